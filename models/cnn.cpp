@@ -1,0 +1,61 @@
+#include "models/cnn.h"
+
+#include "models/pretty.h"
+#include "models/registry.h"
+
+namespace zoo::models {
+
+CNNImpl::CNNImpl(CNNOptions options_) : options(std::move(options_)) { reset(); }
+
+void CNNImpl::reset() {
+  namespace nn = torch::nn;
+  TORCH_CHECK(!options.channels().empty(), "CNN needs at least one conv block (channels)");
+  TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, "CNN dropout must be in [0, 1)");
+  features = nn::Sequential();
+  int64_t in = options.in_channels(), size = options.image_size();
+  for (int64_t c : options.channels()) {
+    TORCH_CHECK(c > 0, "CNN channels must be positive, got ", c);
+    TORCH_CHECK(size >= 2, "CNN: image_size ", options.image_size(), " is too small for ",
+                options.channels().size(), " pooling steps");
+    features->push_back(nn::Conv2d(nn::Conv2dOptions(in, c, 3).padding(1).bias(false)));
+    features->push_back(nn::BatchNorm2d(c));
+    features->push_back(nn::ReLU());
+    features->push_back(nn::MaxPool2d(2));
+    in = c;
+    size /= 2;
+  }
+  classifier = nn::Sequential(nn::Linear(in * size * size, options.hidden()), nn::ReLU(),
+                              nn::Dropout(options.dropout()), nn::Linear(options.hidden(), options.num_classes()));
+  register_module("features", features);
+  register_module("classifier", classifier);
+}
+
+torch::Tensor CNNImpl::forward(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels() && x.size(2) == options.image_size() &&
+                  x.size(3) == options.image_size(),
+              "CNN expects [N, ", options.in_channels(), ", ", options.image_size(), ", ", options.image_size(),
+              "], got ", x.sizes());
+  return classifier->forward(features->forward(x).flatten(1));
+}
+
+void CNNImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::CNN(in_channels=" << options.in_channels() << ", image_size=" << options.image_size()
+         << ", channels=" << format_list(options.channels()) << ", hidden=" << options.hidden()
+         << ", num_classes=" << options.num_classes() << ", dropout=" << options.dropout() << ")";
+}
+
+ZOO_REGISTER_MODEL(cnn) {
+  return ModelSpec<CNN, CNNOptions>("cnn", "convolutional classifier (2x conv-BN-ReLU-pool, 128 hidden)")
+      .task("classify")
+      .dataset("fashion-mnist")
+      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 1e-3}, {"batch_size", 64}})
+      .ZOO_OPTION(CNNOptions, in_channels)
+      .ZOO_OPTION(CNNOptions, image_size)
+      .ZOO_OPTION(CNNOptions, channels)
+      .ZOO_OPTION(CNNOptions, hidden)
+      .ZOO_OPTION(CNNOptions, num_classes)
+      .ZOO_OPTION(CNNOptions, dropout)
+      .validate([](const CNNOptions& o) { CNN{o}; });
+}
+
+}  // namespace zoo::models

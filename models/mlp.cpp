@@ -1,0 +1,50 @@
+#include "models/mlp.h"
+
+#include "models/pretty.h"
+#include "models/registry.h"
+
+namespace zoo::models {
+
+MLPImpl::MLPImpl(MLPOptions options_) : options(std::move(options_)) { reset(); }
+
+void MLPImpl::reset() {
+  TORCH_CHECK(options.in_features() > 0 && options.num_classes() > 0,
+              "MLP needs in_features > 0 and num_classes > 0");
+  TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, "MLP dropout must be in [0, 1)");
+  net = torch::nn::Sequential();
+  int64_t width = options.in_features();
+  for (int64_t h : options.hidden()) {
+    TORCH_CHECK(h > 0, "MLP hidden sizes must be positive, got ", h);
+    net->push_back(torch::nn::Linear(width, h));
+    net->push_back(torch::nn::ReLU());
+    if (options.dropout() > 0) net->push_back(torch::nn::Dropout(options.dropout()));
+    width = h;
+  }
+  net->push_back(torch::nn::Linear(width, options.num_classes()));
+  register_module("net", net);
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 2 && x[0].numel() == options.in_features(), "MLP expects [N, ...] with ",
+              options.in_features(), " features per item, got ", x.sizes());
+  return net->forward(x.flatten(1));
+}
+
+void MLPImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::MLP(in_features=" << options.in_features() << ", hidden=" << format_list(options.hidden())
+         << ", num_classes=" << options.num_classes() << ", dropout=" << options.dropout() << ")";
+}
+
+ZOO_REGISTER_MODEL(mlp) {
+  return ModelSpec<MLP, MLPOptions>("mlp", "multilayer perceptron classifier (784-256-128-10, ReLU)")
+      .task("classify")
+      .dataset("fashion-mnist")
+      .train_defaults({{"epochs", 5}, {"optimizer", "adam"}, {"lr", 1e-3}, {"batch_size", 128}})
+      .ZOO_OPTION(MLPOptions, in_features)
+      .ZOO_OPTION(MLPOptions, hidden)
+      .ZOO_OPTION(MLPOptions, num_classes)
+      .ZOO_OPTION(MLPOptions, dropout)
+      .validate([](const MLPOptions& o) { MLP{o}; });
+}
+
+}  // namespace zoo::models

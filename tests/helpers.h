@@ -1,0 +1,85 @@
+// Shared test helpers: temporary directories, running the zoo binary, data availability.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace zoo::test {
+
+namespace fs = std::filesystem;
+
+/// A fresh directory, removed with everything in it when the object goes.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "zoo-test-XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string str(const std::string& child = "") const { return child.empty() ? path_.string() : (path_ / child).string(); }
+
+ private:
+  fs::path path_;
+};
+
+struct CommandResult {
+  int code = -1;
+  std::string out, err;
+};
+
+inline std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// Runs a shell command line; stdout and stderr are captured separately.
+inline CommandResult run_command(const std::string& command) {
+  TempDir tmp;
+  const std::string full = command + " >" + tmp.str("out") + " 2>" + tmp.str("err") + " </dev/null";
+  const int status = std::system(full.c_str());
+  CommandResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(tmp.path() / "out");
+  r.err = read_text(tmp.path() / "err");
+  return r;
+}
+
+/// Runs the zoo binary with arguments (a shell-quoted string), one thread.
+inline CommandResult run_zoo(const std::string& args) { return run_command(std::string(ZOO_BIN) + " " + args); }
+
+/// The last non-empty line of a text.
+inline std::string last_line(const std::string& text) {
+  auto end = text.find_last_not_of('\n');
+  if (end == std::string::npos) return "";
+  auto start = text.rfind('\n', end);
+  return text.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+}
+
+/// Number of lines of a text.
+inline size_t count_lines(const std::string& text) {
+  size_t n = 0;
+  for (char c : text) n += c == '\n';
+  return n;
+}
+
+inline bool have_fashion_mnist() {
+  const char* env = std::getenv("ZOO_DATA_DIR");
+  const std::string dir = env && *env ? env : "/usr/share/datasets/fashion-mnist";
+  return fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") || fs::exists(fs::path(dir) / "train-images-idx3-ubyte");
+}
+
+}  // namespace zoo::test

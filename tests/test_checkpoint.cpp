@@ -1,0 +1,162 @@
+// Checkpoints: round trip, mismatch errors, crash safety of the commit protocol, exact resume.
+#include "models/cnn.h"
+#include "models/mlp.h"
+#include "training/checkpoint.h"
+#include "training/run.h"
+#include "tests/helpers.h"
+
+#include <catch2/catch.hpp>
+
+using namespace zoo;
+using zoo::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+bool same_tensors(const std::map<std::string, torch::Tensor>& a, const std::map<std::string, torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [k, v] : a) {
+    auto it = b.find(k);
+    if (it == b.end() || !torch::equal(v, it->second)) return false;
+  }
+  return true;
+}
+training::TrainOptions quiet() { return training::TrainOptions().progress(false).threads(1); }
+}  // namespace
+
+TEST_CASE("Checkpoint: module round trip keeps every parameter and buffer", "[checkpoint]") {
+  TempDir tmp;
+  models::CNN a, b;
+  a->forward(torch::rand({3, 1, 28, 28}));  // moves batch-norm running statistics
+  training::save_module(*a, tmp.str("m.pt"));
+  training::load_module(*b, tmp.str("m.pt"));
+  auto ta = training::read_tensors(tmp.str("m.pt"));
+  CHECK(ta.count("features.1.running_mean") == 1);
+  CHECK(ta.count("features.1.num_batches_tracked") == 1);
+  CHECK(ta.size() == a->named_parameters().size() + a->named_buffers().size());
+  for (const auto& p : b->named_parameters()) CHECK(torch::equal(p.value(), a->named_parameters()[p.key()]));
+  for (const auto& p : b->named_buffers()) CHECK(torch::equal(p.value(), a->named_buffers()[p.key()]));
+}
+
+TEST_CASE("Checkpoint: weights that do not match the model are refused, naming each difference", "[checkpoint][errors]") {
+  TempDir tmp;
+  models::MLP small(models::MLPOptions().hidden({8}));
+  training::save_module(*small, tmp.str("m.pt"));
+  models::MLP other(models::MLPOptions().hidden({16}));
+  auto before = other->parameters()[0].clone();
+  try {
+    training::load_module(*other, tmp.str("m.pt"));
+    FAIL("a mismatched load must throw");
+  } catch (const std::runtime_error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("shape of net.0.weight: file [8, 784], model [16, 784]") != std::string::npos);
+  }
+  CHECK(torch::equal(before, other->parameters()[0]));  // nothing half-loaded
+  std::ofstream(tmp.str("junk.pt")) << "not a zip";
+  CHECK_THROWS_WITH(training::load_module(*other, tmp.str("junk.pt")), Catch::Contains("is not a TorchScript archive"));
+}
+
+TEST_CASE("Checkpoint: an interrupted write never damages the previous checkpoint", "[checkpoint]") {
+  TempDir tmp;
+  const auto run = tmp.str();
+  auto write = [&](const std::string& text) {
+    training::write_checkpoint(run, {{"a.txt", [&](const std::string& p) { std::ofstream(p) << text << "-a"; }},
+                                     {"b.txt", [&](const std::string& p) { std::ofstream(p) << text << "-b"; }}});
+  };
+  write("one");
+  CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "one-a");
+
+  SECTION("a writer that fails (disk full) leaves the old files and no staging directory") {
+    CHECK_THROWS_WITH(training::write_checkpoint(run, {{"a.txt", [](const std::string& p) { std::ofstream(p) << "x"; }},
+                                                       {"b.txt", [](const std::string&) {
+                                                          throw std::runtime_error("No space left on device");
+                                                        }}}),
+                      Catch::Contains("No space left on device") && Catch::Contains("previous checkpoint") &&
+                          Catch::Contains("is intact"));
+    CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "one-a");
+    CHECK(zoo::test::read_text(tmp.path() / "b.txt") == "one-b");
+    CHECK(!fs::exists(tmp.path() / ".staging"));
+  }
+  SECTION("killed before the commit: the staging directory is discarded") {
+    fs::create_directories(tmp.path() / ".staging");
+    std::ofstream(tmp.path() / ".staging" / "a.txt") << "half";
+    training::recover_checkpoint(run);
+    CHECK(!fs::exists(tmp.path() / ".staging"));
+    CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "one-a");
+  }
+  SECTION("killed after the commit: readers see the new set and recovery rolls it forward") {
+    fs::create_directories(tmp.path() / ".commit");
+    std::ofstream(tmp.path() / ".commit" / "b.txt") << "two-b";  // a.txt was already moved
+    std::ofstream(tmp.path() / "a.txt") << "two-a";
+    CHECK(training::checkpoint_file(run, "b.txt") == (tmp.path() / ".commit" / "b.txt").string());
+    training::recover_checkpoint(run);
+    CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "two-a");
+    CHECK(zoo::test::read_text(tmp.path() / "b.txt") == "two-b");
+    CHECK(!fs::exists(tmp.path() / ".commit"));
+    write("three");
+    CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "three-a");
+    CHECK(zoo::test::read_text(tmp.path() / "b.txt") == "three-b");
+    CHECK(!fs::exists(tmp.path() / ".commit"));
+  }
+}
+
+TEST_CASE("Resume: 1 epoch + resume to 2 equals an uninterrupted 2-epoch run, bit for bit", "[checkpoint][resume]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  training::RunConfig config;
+  config.model = "cnn";  // dropout and batch norm: the RNG state and the buffers must be restored too
+  config.data.limit = 640;
+  config.train = quiet().epochs(2).batch_size(64).seed(3).optimizer("adam");
+
+  training::Run::create(config, tmp.str("straight"))->fit();
+
+  auto first = config;
+  first.train.epochs(1);
+  training::Run::create(first, tmp.str("resumed"))->fit();
+  CHECK(training::read_json_file(tmp.str("resumed/state.json"))["epoch"] == 1);
+  auto resumed = training::Run::resume(tmp.str("resumed"), 2);
+  CHECK(resumed->trainer().state().epoch == 1);
+  resumed->fit();
+
+  auto a = training::read_tensors(tmp.str("straight/model.pt"));
+  auto b = training::read_tensors(tmp.str("resumed/model.pt"));
+  CHECK(same_tensors(a, b));
+  auto sa = training::read_json_file(tmp.str("straight/state.json"));
+  auto sb = training::read_json_file(tmp.str("resumed/state.json"));
+  CHECK(sa["step"] == sb["step"]);
+  CHECK(sa["last"]["test"] == sb["last"]["test"]);
+  CHECK(sa["rng_state"] == sb["rng_state"]);
+  CHECK(zoo::test::count_lines(zoo::test::read_text(tmp.path() / "resumed" / "metrics.jsonl")) == 2);
+  CHECK(training::read_run_config(tmp.str("resumed")).train.epochs() == 2);
+}
+
+TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash between commit and log", "[checkpoint][resume]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  training::RunConfig config;
+  config.model = "mlp";
+  config.data.limit = 200;
+  config.train = quiet().epochs(1);
+  training::Run::create(config, tmp.str("run"))->fit();
+  std::ofstream(tmp.path() / "run" / "metrics.jsonl", std::ios::trunc) << "{\"epoch\": 1, \"torn";
+  auto run = training::Run::resume(tmp.str("run"), 2);
+  run->fit();
+  const auto log = zoo::test::read_text(tmp.path() / "run" / "metrics.jsonl");
+  CHECK(zoo::test::count_lines(log) == 2);
+  CHECK(nlohmann::json::parse(log.substr(0, log.find('\n')))["epoch"] == 1);
+}
+
+TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear error", "[checkpoint][errors]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  training::RunConfig config;
+  config.model = "mlp";
+  config.data.limit = 100;
+  config.train = quiet();
+  training::Run::create(config, tmp.str("run"))->fit();
+  CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")), Catch::Contains("already holds a run") &&
+                                                                       Catch::Contains("--resume"));
+  CHECK_THROWS_WITH(training::Run::resume(tmp.str("nope")), Catch::Contains("does not exist"));
+  std::ofstream(tmp.path() / "run" / "config.json", std::ios::trunc) << "{ not json";
+  CHECK_THROWS_WITH(training::Run::open(tmp.str("run")), Catch::Contains("config.json is not valid JSON"));
+}

@@ -1,0 +1,137 @@
+// The `zoo` command line, run as a user runs it: train, eval --json, list, info, resume, and every error path
+// (non-zero exit, one clear line on stderr).
+#include "models/registry.h"
+#include "tests/helpers.h"
+
+#include <catch2/catch.hpp>
+
+using zoo::test::TempDir;
+using zoo::test::run_zoo;
+using nlohmann::json;
+
+namespace {
+void check_error(const zoo::test::CommandResult& r, const std::string& expected, int code = -1) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code != 0);
+  if (code >= 0) CHECK(r.code == code);
+  CHECK(r.err.find(expected) != std::string::npos);
+  CHECK(zoo::test::count_lines(r.err) == 1);
+  CHECK(r.err.rfind("zoo: error: ", 0) == 0);
+}
+}  // namespace
+
+TEST_CASE("CLI: list prints every registered model, name first", "[cli]") {
+  auto r = run_zoo("list");
+  REQUIRE(r.code == 0);
+  CHECK(r.out.rfind("cnn ", 0) == 0);
+  CHECK(r.out.find("\nmlp ") != std::string::npos);
+  CHECK(zoo::test::count_lines(r.out) == 2);
+  auto d = run_zoo("list --datasets");
+  CHECK(d.out.find("fashion-mnist") != std::string::npos);
+}
+
+TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learning]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const auto run = tmp.str("run");
+  auto r = run_zoo("train mlp --epochs 1 --limit 2000 --threads 2 --seed 5 --set hidden=[64] --out " + run);
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("run saved to " + run) != std::string::npos);
+  CHECK(r.out.find("test accuracy") != std::string::npos);
+  for (const char* f : {"config.json", "model.pt", "optimizer.pt", "state.json", "metrics.jsonl"})
+    CHECK(std::filesystem::exists(tmp.path() / "run" / f));
+
+  auto e = run_zoo("eval " + run + " --json");
+  REQUIRE(e.code == 0);
+  auto metrics = json::parse(zoo::test::last_line(e.out));
+  CHECK(metrics["accuracy"].get<double>() > 0.6);
+  CHECK(metrics["items"] == 2000);
+  auto state = json::parse(zoo::test::read_text(tmp.path() / "run" / "state.json"));
+  CHECK(metrics["accuracy"].get<double>() == Approx(state["last"]["test"]["accuracy"].get<double>()));
+
+  auto info = run_zoo("info " + run + " --json");
+  REQUIRE(info.code == 0);
+  auto i = json::parse(zoo::test::last_line(info.out));
+  CHECK(i["parameters"] == 784 * 64 + 64 + 64 * 10 + 10);
+  CHECK(i["config"]["options"]["hidden"] == json::array({64}));
+  CHECK(i["config"]["train"]["seed"] == 5);
+  CHECK(i["config"]["versions"]["torch"].get<std::string>().size() > 0);
+  CHECK(i["best"]["metric"] == "accuracy");
+  CHECK(run_zoo("info " + run).out.find("parameters  50890") != std::string::npos);
+
+  auto resumed = run_zoo("train --resume " + run + " --epochs 2 --no-progress");
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("after epoch 1 of 2") != std::string::npos);
+  CHECK(json::parse(zoo::test::read_text(tmp.path() / "run" / "state.json"))["epoch"] == 2);
+  check_error(run_zoo("train --resume " + run + " --lr 0.5"), "--lr cannot change a run being resumed");
+  check_error(run_zoo("train cnn --resume " + run), "is a run of model 'mlp', not 'cnn'");
+  check_error(run_zoo("train mlp --limit 100 --out " + run), "already holds a run");
+}
+
+TEST_CASE("CLI: model.pt opens in Python with the C++ module's parameter names", "[cli][python]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  REQUIRE(zoo::test::run_command("/usr/bin/python3 -c 'import torch'").code == 0);  // scripts/setup installs it
+  TempDir tmp;
+  REQUIRE(run_zoo("train cnn --epochs 1 --limit 200 --no-progress --out " + tmp.str("run")).code == 0);
+  auto py = zoo::test::run_command(
+      "/usr/bin/python3 -c \"import torch; m = torch.jit.load('" + tmp.str("run/model.pt") +
+      "'); print(' '.join(n + ':' + 'x'.join(map(str, p.shape)) for n, p in m.named_parameters()))\"");
+  INFO(py.err);
+  REQUIRE(py.code == 0);
+  auto [model, options] = zoo::models::build_model("cnn");
+  std::string expected;
+  for (const auto& p : model.ptr()->named_parameters()) {
+    std::string shape;
+    for (auto d : p.value().sizes()) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    expected += (expected.empty() ? "" : " ") + p.key() + ":" + shape;
+  }
+  CHECK(zoo::test::last_line(py.out) == expected);
+}
+
+TEST_CASE("CLI: bad input gets one clear line and a non-zero exit", "[cli][errors]") {
+  TempDir tmp;
+  SECTION("unknown model lists the valid ones") { check_error(run_zoo("train resnet9000"), "valid models: cnn, mlp", 1); }
+  SECTION("unknown flag") { check_error(run_zoo("train mlp --epoks 3"), "--epoks", 2); }
+  SECTION("bad optimizer value lists the choices") { check_error(run_zoo("train mlp --optimizer lbfgs"), "sgd", 2); }
+  SECTION("bad schedule value lists the choices") { check_error(run_zoo("train mlp --schedule linear"), "cosine", 2); }
+  SECTION("negative or non-numeric values") {
+    check_error(run_zoo("train mlp --epochs -1"), "--epochs", 2);
+    check_error(run_zoo("train mlp --lr fast"), "--lr", 2);
+  }
+  SECTION("unknown --set option lists the valid ones") {
+    check_error(run_zoo("train mlp --set hiden=3 --out " + tmp.str("r")), "valid options: in_features, hidden");
+  }
+  SECTION("--set with a wrong type") {
+    check_error(run_zoo("train mlp --set hidden=wide --out " + tmp.str("r")), "expects a list of integers");
+  }
+  SECTION("--set without '='") { check_error(run_zoo("train mlp --set hidden --out " + tmp.str("r")), "key=value"); }
+  SECTION("bad --config JSON") {
+    std::ofstream(tmp.str("c.json")) << "{\"hidden\": [3,";
+    check_error(run_zoo("train mlp --config " + tmp.str("c.json") + " --out " + tmp.str("r")), "is not valid JSON");
+  }
+  SECTION("missing data names the path and the package") {
+    check_error(run_zoo("train mlp --data-dir " + tmp.str("empty") + " --out " + tmp.str("r")),
+                "apt-get install dataset-fashion-mnist");
+  }
+  SECTION("eval of a directory that is not a run") { check_error(run_zoo("eval " + tmp.str()), "not a zoo run directory"); }
+  SECTION("eval of a missing directory") { check_error(run_zoo("eval " + tmp.str("nope")), "does not exist"); }
+  SECTION("no subcommand") {
+    auto r = run_zoo("");
+    CHECK(r.code != 0);
+  }
+}
+
+TEST_CASE("CLI: --help on every subcommand", "[cli]") {
+  for (const char* sub : {"list", "train", "eval", "info"}) {
+    auto r = run_zoo(std::string(sub) + " --help");
+    INFO(sub);
+    CHECK(r.code == 0);
+    CHECK(r.out.find("Usage") != std::string::npos);
+  }
+  auto train = run_zoo("train --help").out;
+  for (const char* flag : {"--epochs", "--batch-size", "--lr", "--optimizer", "--schedule", "--seed", "--threads",
+                           "--limit", "--data-dir", "--out", "--set", "--config", "--resume", "--device"})
+    CHECK(train.find(flag) != std::string::npos);
+}

@@ -1,0 +1,181 @@
+#include "models/registry.h"
+#include "training/checkpoint.h"
+#include "training/optim.h"
+#include "training/run.h"
+#include "tools/cli/cli.h"
+
+#include <cstdio>
+#include <filesystem>
+
+namespace zoo::cli {
+
+using nlohmann::json;
+
+std::string format_metrics(const json& metrics) {
+  std::string out;
+  char buf[64];
+  for (const auto& [k, v] : metrics.items()) {
+    if (v.is_number_float()) std::snprintf(buf, sizeof buf, "%.4f", v.get<double>());
+    else std::snprintf(buf, sizeof buf, "%s", v.dump().c_str());
+    out += (out.empty() ? "" : "  ") + k + " " + buf;
+  }
+  return out;
+}
+
+namespace {
+
+struct TrainArgs {
+  std::string model;
+  std::string resume, out, config, data_dir, dataset, optimizer, schedule, device;
+  std::vector<std::string> set;
+  int64_t epochs = 0, batch_size = 0, eval_batch_size = 0, seed = 0, threads = 0, limit = 0, step_size = 0, warmup = 0;
+  double lr = 0, momentum = 0, weight_decay = 0, gamma = 0, clip_grad = 0;
+  bool no_progress = false;
+};
+
+/// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string.
+std::pair<std::string, json> parse_set(const std::string& item) {
+  const auto eq = item.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::invalid_argument("--set expects key=value (e.g. --set hidden=[512,256]), got '" + item + "'");
+  const std::string key = item.substr(0, eq), text = item.substr(eq + 1);
+  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = text;
+  return {key, value};
+}
+
+void run_train(const TrainArgs& a, const CLI::App& cmd) {
+  using training::Run;
+  auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
+
+  if (!a.resume.empty()) {
+    // A resumed run keeps its configuration; only the length and the threads may change.
+    for (const char* flag : {"--batch-size", "--lr", "--optimizer", "--schedule", "--seed", "--limit", "--data-dir",
+                             "--dataset", "--out", "--set", "--config", "--momentum", "--weight-decay",
+                             "--step-size", "--gamma", "--warmup", "--clip-grad", "--device", "--eval-batch-size"})
+      if (given(flag))
+        throw std::invalid_argument(std::string(flag) + " cannot change a run being resumed (its config.json decides); "
+                                    "only --epochs and --threads can; start a new run to change it");
+    if (!a.model.empty()) {
+      auto saved = training::read_run_config(a.resume);
+      if (saved.model != a.model)
+        throw std::invalid_argument(a.resume + " is a run of model '" + saved.model + "', not '" + a.model + "'");
+    }
+    auto run = Run::resume(a.resume, given("--epochs") ? a.epochs : 0, given("--threads") ? a.threads : -1,
+                           a.no_progress);
+    const auto& st = run->trainer().state();
+    std::printf("resuming %s (%s) after epoch %lld of %lld\n", a.resume.c_str(), run->config().model.c_str(),
+                static_cast<long long>(st.epoch), static_cast<long long>(run->config().train.epochs()));
+    std::fflush(stdout);
+    run->fit();
+    const auto& s = run->trainer().state();
+    std::printf("test %s\nrun saved to %s\n", format_metrics(s.last.value("test", json::object())).c_str(),
+                run->dir().c_str());
+    return;
+  }
+
+  training::RunConfig config;
+  json base_train = json::object();
+  if (!a.config.empty()) {
+    json file = training::read_json_file(a.config);
+    if (file.is_object() && file.contains("model") && file.contains("options")) {  // a run's config.json
+      auto saved = training::run_config_from_json(file, a.config);
+      config.model = saved.model;
+      config.options = saved.options;
+      config.data = saved.data;
+      config.task = saved.task;
+      config.task_options = saved.task_options;
+      base_train = training::to_json(saved.train);
+    } else if (file.is_object()) {
+      config.options = file;
+    } else {
+      throw std::invalid_argument(a.config + " must hold a JSON object of model options");
+    }
+  }
+  if (!a.model.empty()) {
+    if (!config.model.empty() && config.model != a.model) config.options = json::object();
+    config.model = a.model;
+  }
+  if (config.model.empty()) config.model = "cnn";
+  const auto& entry = models::ModelRegistry::instance().at(config.model);
+  if (a.config.empty() || base_train.empty()) config.data.name = entry.dataset;
+  for (const auto& item : a.set) {
+    auto [key, value] = parse_set(item);
+    config.options[key] = value;
+  }
+
+  auto train = training::train_options_from_json(entry.train_defaults);
+  if (!base_train.empty()) train = training::train_options_from_json(base_train);
+  if (given("--epochs")) train.epochs(a.epochs);
+  if (given("--batch-size")) train.batch_size(a.batch_size);
+  if (given("--eval-batch-size")) train.eval_batch_size(a.eval_batch_size);
+  if (given("--lr")) train.lr(a.lr);
+  if (given("--optimizer")) train.optimizer(a.optimizer);
+  if (given("--momentum")) train.momentum(a.momentum);
+  if (given("--weight-decay")) train.weight_decay(a.weight_decay);
+  if (given("--schedule")) train.schedule(a.schedule);
+  if (given("--step-size")) train.step_size(a.step_size);
+  if (given("--gamma")) train.gamma(a.gamma);
+  if (given("--warmup")) train.warmup(a.warmup);
+  if (given("--clip-grad")) train.clip_grad(a.clip_grad);
+  if (given("--seed")) train.seed(a.seed);
+  if (given("--threads")) train.threads(a.threads);
+  if (given("--device")) train.device(a.device);
+  if (a.no_progress) train.progress(false);
+  config.train = train;
+  if (given("--dataset")) config.data.name = a.dataset;
+  if (given("--data-dir")) config.data.data_dir = a.data_dir;
+  if (given("--limit")) config.data.limit = a.limit;
+
+  const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
+  auto run = Run::create(config, dir);
+  const auto& c = run->config();
+  std::printf("training %s (%lld parameters) on %s | %lld epochs, %s lr %g, batch %lld | %d threads | run %s\n",
+              c.model.c_str(), static_cast<long long>(models::count_parameters(*run->model().ptr())),
+              c.data.name.c_str(), static_cast<long long>(c.train.epochs()), c.train.optimizer().c_str(),
+              c.train.lr(), static_cast<long long>(c.train.batch_size()), torch::get_num_threads(), dir.c_str());
+  std::fflush(stdout);
+  run->fit();
+  const auto& s = run->trainer().state();
+  std::printf("test %s\nrun saved to %s\n", format_metrics(s.last.value("test", json::object())).c_str(), dir.c_str());
+}
+
+}  // namespace
+
+void add_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train a model (default: cnn on Fashion-MNIST) or resume a run");
+  cmd->add_option("model", a->model, "Registered model name (see 'zoo list'); default cnn");
+  cmd->add_option("--epochs", a->epochs, "Number of epochs (default: the model's recommendation)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", a->batch_size, "Training batch size")->check(CLI::PositiveNumber);
+  cmd->add_option("--eval-batch-size", a->eval_batch_size, "Evaluation batch size (default 1000)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", a->lr, "Learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--optimizer", a->optimizer, "Optimizer")->check(CLI::IsMember(training::optimizer_names()));
+  cmd->add_option("--momentum", a->momentum, "SGD momentum (default 0.9)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weight-decay", a->weight_decay, "Optimizer weight decay (default 0)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--schedule", a->schedule, "Learning-rate schedule")->check(CLI::IsMember(training::schedule_names()));
+  cmd->add_option("--step-size", a->step_size, "Epochs per decay of the step schedule (default 1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--gamma", a->gamma, "Decay factor of the step schedule (default 0.1)")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", a->warmup, "Linear warm-up steps (default 0)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--clip-grad", a->clip_grad, "Clip the global gradient norm to this value (0 = off)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", a->seed, "Random seed (default 0)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--dataset", a->dataset, "Dataset name (default: the model's; see 'zoo list --datasets')");
+  cmd->add_option("--data-dir", a->data_dir, "Data directory (default $ZOO_DATA_DIR or the dataset's default)");
+  cmd->add_option("--limit", a->limit, "Use only the first N items of each split (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
+  cmd->add_option("--set", a->set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
+  cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
+  cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
+  cmd->add_flag("--no-progress", a->no_progress, "No progress bar or per-epoch lines");
+  cmd->callback([a, cmd] { run_train(*a, *cmd); });
+}
+
+}  // namespace zoo::cli

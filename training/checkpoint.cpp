@@ -1,0 +1,207 @@
+#include "training/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/script.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace zoo::training {
+namespace fs = std::filesystem;
+
+namespace {
+
+void fsync_path(const fs::path& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// Runs a writer and turns every failure (disk full, read-only, permission) into one clear line.
+void run_writer(const std::function<void(const std::string&)>& write, const fs::path& path) {
+  try {
+    write(path.string());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot write " + path.string() + ": " + first_line(e.what_without_backtrace()));
+  }
+  if (!fs::exists(path)) throw std::runtime_error("cannot write " + path.string());
+}
+
+void finish_commit(const fs::path& run) {
+  const fs::path commit = run / ".commit";
+  for (const auto& entry : fs::directory_iterator(commit)) fs::rename(entry.path(), run / entry.path().filename());
+  fs::remove_all(commit);
+  fsync_path(run, true);
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const std::function<void(const std::string&)>& write) {
+  const fs::path target(path);
+  const fs::path tmp = target.string() + ".tmp";
+  try {
+    run_writer(write, tmp);
+    fsync_path(tmp, false);
+    fs::rename(tmp, target);
+    fsync_path(target.parent_path().empty() ? fs::path(".") : target.parent_path(), true);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno));
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno) + " (disk full?)");
+  });
+}
+
+void recover_checkpoint(const std::string& run_dir) {
+  const fs::path run(run_dir);
+  if (fs::exists(run / ".commit")) finish_commit(run);
+  if (fs::exists(run / ".staging")) fs::remove_all(run / ".staging");
+}
+
+std::string checkpoint_file(const std::string& run_dir, const std::string& name) {
+  const fs::path pending = fs::path(run_dir) / ".commit" / name;
+  if (fs::exists(pending)) return pending.string();
+  return (fs::path(run_dir) / name).string();
+}
+
+void write_checkpoint(const std::string& run_dir, const std::vector<CheckpointFile>& files) {
+  const fs::path run(run_dir);
+  recover_checkpoint(run_dir);
+  const fs::path staging = run / ".staging";
+  try {
+    fs::create_directories(staging);
+    for (const auto& f : files) {
+      run_writer(f.write, staging / f.name);
+      fsync_path(staging / f.name, false);
+    }
+    fsync_path(staging, true);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    throw std::runtime_error(std::string(e.what()) + "; the previous checkpoint in " + run_dir + " is intact");
+  }
+  fs::rename(staging, run / ".commit");  // commit point
+  fsync_path(run, true);
+  finish_commit(run);
+}
+
+void save_module(const torch::nn::Module& module, const std::string& path) {
+  torch::serialize::OutputArchive archive;
+  module.save(archive);
+  archive.save_to(path);
+}
+
+std::map<std::string, torch::Tensor> read_tensors(const std::string& path) {
+  if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  torch::jit::Module archive;
+  try {
+    archive = torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + " is not a TorchScript archive (" + first_line(e.what_without_backtrace()) +
+                             "); save weights with zoo or torch.jit.save");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + " is not a TorchScript archive (" + first_line(e.what()) + ")");
+  }
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : archive.named_parameters(/*recurse=*/true)) out[p.name] = p.value;
+  for (const auto& b : archive.named_buffers(/*recurse=*/true)) out[b.name] = b.value;
+  return out;
+}
+
+std::vector<std::string> copy_tensors(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
+                                      bool strict) {
+  std::map<std::string, torch::Tensor> own;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) own[p.key()] = p.value();
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) own[b.key()] = b.value();
+  std::vector<std::string> problems;
+  for (const auto& [name, t] : own) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) problems.push_back("missing " + name + " " + c10::str(t.sizes()));
+    else if (it->second.sizes() != t.sizes())
+      problems.push_back("shape of " + name + ": file " + c10::str(it->second.sizes()) + ", model " +
+                         c10::str(t.sizes()));
+  }
+  for (const auto& [name, t] : tensors)
+    if (!own.count(name)) problems.push_back("unexpected " + name + " " + c10::str(t.sizes()));
+  if (strict && !problems.empty()) return problems;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : own) {
+    auto it = tensors.find(name);
+    if (it != tensors.end() && it->second.sizes() == t.sizes()) t.copy_(it->second);
+  }
+  return problems;
+}
+
+void load_module(torch::nn::Module& module, const std::string& path) {
+  auto problems = copy_tensors(module, read_tensors(path), /*strict=*/true);
+  if (!problems.empty()) {
+    std::string list;
+    for (size_t i = 0; i < problems.size() && i < 5; ++i) list += (i ? "; " : "") + problems[i];
+    if (problems.size() > 5) list += "; and " + std::to_string(problems.size() - 5) + " more";
+    throw std::runtime_error(path + " does not match the model (" + list + ")");
+  }
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path + " is not valid JSON (" + first_line(e.what()) + ")");
+  }
+}
+
+std::string rng_state_hex() {
+  auto state = at::detail::getDefaultCPUGenerator().get_state();
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  const auto* p = state.data_ptr<uint8_t>();
+  out.reserve(static_cast<size_t>(state.numel()) * 2);
+  for (int64_t i = 0; i < state.numel(); ++i) {
+    out.push_back(digits[p[i] >> 4]);
+    out.push_back(digits[p[i] & 15]);
+  }
+  return out;
+}
+
+void set_rng_state_hex(const std::string& hex) {
+  if (hex.size() % 2) throw std::runtime_error("state.json: rng_state is not hex");
+  auto state = torch::empty({static_cast<int64_t>(hex.size() / 2)}, torch::kUInt8);
+  auto* p = state.data_ptr<uint8_t>();
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw std::runtime_error("state.json: rng_state is not hex");
+  };
+  for (size_t i = 0; i < hex.size() / 2; ++i) p[i] = static_cast<uint8_t>(nibble(hex[2 * i]) * 16 + nibble(hex[2 * i + 1]));
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  try {
+    gen.set_state(state);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("state.json: rng_state is invalid (" + first_line(e.what_without_backtrace()) + ")");
+  }
+}
+
+}  // namespace zoo::training

@@ -1,0 +1,87 @@
+#include "training/objective.h"
+
+#include <stdexcept>
+
+namespace zoo::training {
+
+ObjectiveRegistry& ObjectiveRegistry::instance() {
+  static ObjectiveRegistry registry;
+  return registry;
+}
+
+void ObjectiveRegistry::add(const std::string& task, Factory factory) {
+  if (factories_.count(task)) throw std::logic_error("task '" + task + "' is registered twice");
+  factories_.emplace(task, std::move(factory));
+}
+
+std::shared_ptr<Objective> ObjectiveRegistry::make(const std::string& task, const json& options) const {
+  auto it = factories_.find(task);
+  if (it == factories_.end()) {
+    std::string valid;
+    for (const auto& [n, f] : factories_) valid += (valid.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("unknown task '" + task + "'; valid tasks: " + valid);
+  }
+  return it->second(options);
+}
+
+std::vector<std::string> ObjectiveRegistry::names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, f] : factories_) out.push_back(n);
+  return out;
+}
+
+namespace {
+
+torch::Tensor logits_of(torch::nn::AnyModule& model, const datasets::Batch& batch) {
+  auto logits = model.forward(batch.input);
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == batch.size(),
+              "a classifier must return logits [N, classes], got ", logits.sizes());
+  return logits;
+}
+
+class ClassificationEvaluator : public Evaluator {
+ public:
+  void add(torch::nn::AnyModule& model, const datasets::Batch& batch) override {
+    auto logits = logits_of(model, batch);
+    loss_sum_ += torch::nn::functional::cross_entropy(
+                     logits, batch.target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                     .item<double>();
+    correct_ += logits.argmax(1).eq(batch.target).sum().item<double>();
+    count_ += static_cast<double>(batch.size());
+  }
+  torch::Tensor state() const override {
+    return torch::tensor({loss_sum_, correct_, count_}, torch::kFloat64);
+  }
+  json result(const torch::Tensor& s) const override {
+    auto a = s.accessor<double, 1>();
+    const double n = a[2];
+    return {{"loss", n > 0 ? a[0] / n : 0.0}, {"accuracy", n > 0 ? a[1] / n : 0.0}, {"items", static_cast<int64_t>(n)}};
+  }
+
+ private:
+  double loss_sum_ = 0, correct_ = 0, count_ = 0;
+};
+
+}  // namespace
+
+torch::Tensor ClassificationObjective::loss(torch::nn::AnyModule& model, const datasets::Batch& batch,
+                                            Terms& terms) {
+  auto logits = logits_of(model, batch);
+  auto loss = torch::nn::functional::cross_entropy(logits, batch.target);
+  terms.emplace_back("accuracy", logits.argmax(1).eq(batch.target).to(torch::kFloat64).mean().item<double>());
+  return loss;
+}
+
+std::unique_ptr<Evaluator> ClassificationObjective::evaluator() const {
+  return std::make_unique<ClassificationEvaluator>();
+}
+
+namespace {
+const detail::ObjectiveRegistrar classify{"classify", [](const json& options) -> std::shared_ptr<Objective> {
+                                            if (!options.empty())
+                                              throw std::invalid_argument("task 'classify' takes no options");
+                                            return std::make_shared<ClassificationObjective>();
+                                          }};
+}  // namespace
+
+}  // namespace zoo::training

@@ -1,0 +1,80 @@
+// Objectives: what a batch's loss and an evaluation's metrics are for one kind of task.
+//
+// The trainer knows models only as torch::nn::AnyModule and tasks only through this interface, so a new model
+// family adds an objective (or reuses one) and never touches the loop.
+#pragma once
+
+#include "datasets/dataset.h"
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace zoo::training {
+
+using json = nlohmann::json;
+
+/// Named scalar parts of a training loss (e.g. "recon", "kl"), averaged over the epoch and logged.
+using Terms = std::vector<std::pair<std::string, double>>;
+
+/// Accumulates evaluation results batch by batch as running sums, so that distributed ranks can all-reduce
+/// their sums before the metrics are computed.
+class Evaluator {
+ public:
+  virtual ~Evaluator() = default;
+  /// Called with the model in eval mode, under NoGradGuard.
+  virtual void add(torch::nn::AnyModule& model, const datasets::Batch& batch) = 0;
+  /// Running sums as a 1-D float64 tensor.
+  virtual torch::Tensor state() const = 0;
+  /// Metrics from (possibly all-reduced) sums.
+  virtual json result(const torch::Tensor& state) const = 0;
+};
+
+class Objective {
+ public:
+  virtual ~Objective() = default;
+  /// Loss of one training batch: a scalar that requires grad. Parts worth logging go to `terms`.
+  virtual torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) = 0;
+  virtual std::unique_ptr<Evaluator> evaluator() const = 0;
+  /// The evaluation metric that decides the best epoch.
+  virtual std::string primary_metric() const = 0;
+  virtual bool higher_is_better() const { return true; }
+};
+
+/// Tasks by name ("classify", ...): the tag a model's registry entry names.
+class ObjectiveRegistry {
+ public:
+  using Factory = std::function<std::shared_ptr<Objective>(const json& options)>;
+  static ObjectiveRegistry& instance();
+  void add(const std::string& task, Factory factory);
+  std::shared_ptr<Objective> make(const std::string& task, const json& options = json::object()) const;
+  std::vector<std::string> names() const;
+
+ private:
+  std::map<std::string, Factory> factories_;
+};
+
+namespace detail {
+struct ObjectiveRegistrar {
+  ObjectiveRegistrar(const std::string& task, ObjectiveRegistry::Factory f) {
+    ObjectiveRegistry::instance().add(task, std::move(f));
+  }
+};
+}  // namespace detail
+
+/// Classification: cross-entropy on logits [N, C] against int64 labels [N]; metrics loss and accuracy.
+class ClassificationObjective : public Objective {
+ public:
+  torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) override;
+  std::unique_ptr<Evaluator> evaluator() const override;
+  std::string primary_metric() const override { return "accuracy"; }
+};
+
+}  // namespace zoo::training

@@ -1,0 +1,138 @@
+#include "training/run.h"
+
+#include "models/registry.h"
+#include "training/checkpoint.h"
+
+#include <torch/version.h>
+#include <zoo_version.h>
+
+#include <ctime>
+#include <filesystem>
+
+namespace zoo::training {
+namespace fs = std::filesystem;
+
+namespace {
+std::string now_string(const char* format) {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, format, &tm);
+  return buf;
+}
+}  // namespace
+
+json library_versions() {
+  return {{"zoo", ZOO_VERSION},
+          {"torch", std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                        std::to_string(TORCH_VERSION_PATCH)},
+          {"compiler", __VERSION__},
+          {"created", now_string("%Y-%m-%dT%H:%M:%S%z")}};
+}
+
+json to_json(const RunConfig& c) {
+  return {{"model", c.model},          {"options", c.options},        {"data", datasets::to_json(c.data)},
+          {"task", c.task},            {"task_options", c.task_options}, {"train", to_json(c.train)},
+          {"versions", c.versions}};
+}
+
+RunConfig run_config_from_json(const json& j, const std::string& source) {
+  RunConfig c;
+  try {
+    c.model = j.at("model").get<std::string>();
+    c.options = j.value("options", json::object());
+    c.data = datasets::data_config_from_json(j.value("data", json::object()));
+    c.task = j.value("task", std::string());
+    c.task_options = j.value("task_options", json::object());
+    c.train = train_options_from_json(j.value("train", json::object()));
+    c.versions = j.value("versions", json::object());
+  } catch (const json::exception& e) {
+    throw std::runtime_error(source + " is not a zoo run configuration (" + std::string(e.what()) + ")");
+  }
+  return c;
+}
+
+RunConfig read_run_config(const std::string& run_dir) {
+  const auto path = (fs::path(run_dir) / "config.json").string();
+  if (!fs::exists(run_dir)) throw std::runtime_error("run directory " + run_dir + " does not exist");
+  if (!fs::exists(path)) throw std::runtime_error(run_dir + " is not a zoo run directory (no config.json)");
+  return run_config_from_json(read_json_file(path), path);
+}
+
+RunConfig complete_config(RunConfig c) {
+  const auto& entry = models::ModelRegistry::instance().at(c.model);
+  c.options = entry.complete_options(c.options);
+  if (c.task.empty()) c.task = entry.task;
+  if (c.data.name.empty()) c.data.name = entry.dataset;
+  validate(c.train);
+  return c;
+}
+
+std::string default_run_dir(const std::string& model) {
+  const std::string base = "runs/" + model + "-" + now_string("%Y%m%d-%H%M%S");
+  std::string dir = base;
+  for (int i = 2; fs::exists(dir); ++i) dir = base + "-" + std::to_string(i);
+  return dir;
+}
+
+void Run::build() {
+  auto [model, options] = models::build_model(config_.model, config_.options);
+  config_.options = options;
+  auto objective = ObjectiveRegistry::instance().make(config_.task, config_.task_options);
+  auto splits = datasets::load_splits(config_.data);
+  trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
+}
+
+std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {
+  std::unique_ptr<Run> run(new Run());
+  run->config_ = complete_config(std::move(config));
+  run->config_.versions = library_versions();
+  run->dir_ = dir;
+  if (fs::exists(fs::path(dir) / "config.json"))
+    throw std::runtime_error(dir + " already holds a run; continue it with --resume " + dir +
+                             " or choose another --out");
+  torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
+  run->build();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create run directory " + dir + ": " + ec.message());
+  write_text_atomically((fs::path(dir) / "config.json").string(), to_json(run->config_).dump(2) + "\n");
+  run->trainer_->set_run_dir(dir);
+  return run;
+}
+
+std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t threads, bool quiet) {
+  std::unique_ptr<Run> run(new Run());
+  run->config_ = complete_config(read_run_config(dir));
+  run->dir_ = dir;
+  if (epochs > 0) run->config_.train.epochs(epochs);
+  if (threads >= 0) run->config_.train.threads(threads);
+  if (quiet) run->config_.train.progress(false);
+  torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
+  run->build();
+  run->trainer_->restore(dir);
+  if (epochs > 0) {
+    json saved = read_json_file((fs::path(dir) / "config.json").string());
+    saved["train"]["epochs"] = epochs;
+    write_text_atomically((fs::path(dir) / "config.json").string(), saved.dump(2) + "\n");
+  }
+  return run;
+}
+
+std::unique_ptr<Run> Run::open(const std::string& dir, const std::function<void(RunConfig&)>& adjust) {
+  std::unique_ptr<Run> run(new Run());
+  run->config_ = complete_config(read_run_config(dir));
+  run->dir_ = dir;
+  run->config_.train.progress(false);
+  if (adjust) adjust(run->config_);
+  run->build();
+  const auto model_path = checkpoint_file(dir, "model.pt");
+  if (!fs::exists(model_path))
+    throw std::runtime_error(dir + " has no model.pt yet: the run has not finished an epoch");
+  load_module(*run->model().ptr(), model_path);
+  run->model().ptr()->eval();
+  return run;
+}
+
+}  // namespace zoo::training

@@ -1,0 +1,364 @@
+#include "training/trainer.h"
+
+#include "models/registry.h"
+#include "training/checkpoint.h"
+#include "training/progress.h"
+
+#include <chrono>
+#include <optional>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+#include <thread>
+
+namespace zoo::training {
+namespace fs = std::filesystem;
+
+json to_json(const TrainOptions& o) {
+  return {{"epochs", o.epochs()},       {"batch_size", o.batch_size()}, {"eval_batch_size", o.eval_batch_size()},
+          {"optimizer", o.optimizer()}, {"lr", o.lr()},                 {"momentum", o.momentum()},
+          {"weight_decay", o.weight_decay()}, {"schedule", o.schedule()}, {"step_size", o.step_size()},
+          {"gamma", o.gamma()},         {"warmup", o.warmup()},         {"clip_grad", o.clip_grad()},
+          {"seed", o.seed()},           {"threads", o.threads()},       {"device", o.device()},
+          {"shuffle", o.shuffle()},     {"progress", o.progress()}};
+}
+
+TrainOptions train_options_from_json(const json& j, TrainOptions o) {
+  if (!j.is_object()) throw std::invalid_argument("training options must be a JSON object, got " + j.dump());
+  using models::strict_get;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    const json& v = it.value();
+    const std::string what = "training option '" + k + "'";
+    if (k == "epochs") o.epochs(strict_get<int64_t>(v, what));
+    else if (k == "batch_size") o.batch_size(strict_get<int64_t>(v, what));
+    else if (k == "eval_batch_size") o.eval_batch_size(strict_get<int64_t>(v, what));
+    else if (k == "optimizer") o.optimizer(strict_get<std::string>(v, what));
+    else if (k == "lr") o.lr(strict_get<double>(v, what));
+    else if (k == "momentum") o.momentum(strict_get<double>(v, what));
+    else if (k == "weight_decay") o.weight_decay(strict_get<double>(v, what));
+    else if (k == "schedule") o.schedule(strict_get<std::string>(v, what));
+    else if (k == "step_size") o.step_size(strict_get<int64_t>(v, what));
+    else if (k == "gamma") o.gamma(strict_get<double>(v, what));
+    else if (k == "warmup") o.warmup(strict_get<int64_t>(v, what));
+    else if (k == "clip_grad") o.clip_grad(strict_get<double>(v, what));
+    else if (k == "seed") o.seed(strict_get<int64_t>(v, what));
+    else if (k == "threads") o.threads(strict_get<int64_t>(v, what));
+    else if (k == "device") o.device(strict_get<std::string>(v, what));
+    else if (k == "shuffle") o.shuffle(strict_get<bool>(v, what));
+    else if (k == "progress") o.progress(strict_get<bool>(v, what));
+    else {
+      std::string valid;
+      const json defaults = to_json(TrainOptions{});
+      for (const auto& [key, val] : defaults.items()) valid += (valid.empty() ? "" : ", ") + key;
+      throw std::invalid_argument("unknown training option '" + k + "'; valid: " + valid);
+    }
+  }
+  return o;
+}
+
+namespace {
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+}  // namespace
+
+void validate(const TrainOptions& o) {
+  auto bad = [](const std::string& msg) { throw std::invalid_argument(msg); };
+  if (o.epochs() < 1) bad("--epochs must be >= 1, got " + std::to_string(o.epochs()));
+  if (o.batch_size() < 1) bad("--batch-size must be >= 1, got " + std::to_string(o.batch_size()));
+  if (o.eval_batch_size() < 1) bad("--eval-batch-size must be >= 1, got " + std::to_string(o.eval_batch_size()));
+  if (!(o.lr() > 0) || !std::isfinite(o.lr())) bad("--lr must be a positive number, got " + std::to_string(o.lr()));
+  if (!contains(optimizer_names(), o.optimizer()))
+    bad("unknown optimizer '" + o.optimizer() + "'; valid optimizers: " + join(optimizer_names()));
+  if (!contains(schedule_names(), o.schedule()))
+    bad("unknown schedule '" + o.schedule() + "'; valid schedules: " + join(schedule_names()));
+  if (o.momentum() < 0) bad("--momentum must be >= 0");
+  if (o.weight_decay() < 0) bad("--weight-decay must be >= 0");
+  if (o.step_size() < 1) bad("--step-size must be >= 1");
+  if (!(o.gamma() > 0)) bad("--gamma must be > 0");
+  if (o.warmup() < 0) bad("--warmup must be >= 0");
+  if (o.clip_grad() < 0) bad("--clip-grad must be >= 0 (0 turns clipping off)");
+  if (o.threads() < 0) bad("--threads must be >= 0 (0 means all cores)");
+  if (o.seed() < 0) bad("--seed must be >= 0");
+  parse_device(o.device());
+}
+
+int64_t apply_threads(int64_t n) {
+  if (n <= 0) n = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  torch::set_num_threads(static_cast<int>(n));
+  return n;
+}
+
+torch::Device parse_device(const std::string& spec) {
+  std::optional<torch::Device> device;
+  try {
+    device.emplace(spec);
+  } catch (const c10::Error&) {
+    throw std::invalid_argument("unknown device '" + spec + "'; valid devices: cpu, cuda, cuda:N");
+  }
+  if (device->is_cuda() && !torch::cuda::is_available())
+    throw std::invalid_argument("device '" + spec + "' requested but CUDA is not available here; use --device cpu");
+  if (!device->is_cpu() && !device->is_cuda())
+    throw std::invalid_argument("device '" + spec + "' is not supported; valid devices: cpu, cuda, cuda:N");
+  return *device;
+}
+
+Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objective, datasets::Splits data,
+                 TrainOptions options)
+    : model_(std::move(model)), objective_(std::move(objective)), data_(std::move(data)),
+      options_(std::move(options)), device_(torch::kCPU) {
+  validate(options_);
+  TORCH_CHECK(data_.train && data_.test, "Trainer needs a train and a test split");
+  device_ = parse_device(options_.device());
+  apply_threads(options_.threads());
+  model_.ptr()->to(device_);
+  optimizer_ = make_optimizer(options_.optimizer(), model_.ptr()->parameters(), options_.lr(), options_.momentum(),
+                              options_.weight_decay());
+}
+
+void Trainer::add_loss_term(std::string name, std::function<torch::Tensor(torch::nn::Module&)> term) {
+  loss_terms_.emplace_back(std::move(name), std::move(term));
+}
+void Trainer::add_gradient_hook(std::function<void(torch::nn::Module&)> hook) {
+  gradient_hooks_.push_back(std::move(hook));
+}
+void Trainer::add_epoch_hook(std::function<void(const json&)> hook) { epoch_hooks_.push_back(std::move(hook)); }
+void Trainer::set_parallel(int64_t rank, int64_t world_size, std::function<void(torch::Tensor&)> all_reduce_sum) {
+  TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "bad rank ", rank, " of ", world_size);
+  rank_ = rank;
+  world_size_ = world_size;
+  all_reduce_sum_ = std::move(all_reduce_sum);
+}
+void Trainer::set_epochs(int64_t epochs) {
+  options_.epochs(epochs);
+  validate(options_);
+}
+
+int64_t Trainer::steps_per_epoch() const {
+  const int64_t shard = (data_.train->size() + world_size_ - 1) / world_size_;
+  int64_t steps = (shard + options_.batch_size() - 1) / options_.batch_size();
+  if (steps > 1 && shard % options_.batch_size() == 1) --steps;  // a last batch of one is dropped (batch norm)
+  return steps;
+}
+
+Schedule Trainer::schedule() const {
+  Schedule s;
+  s.name = options_.schedule();
+  s.lr = options_.lr();
+  s.step_size = options_.step_size();
+  s.gamma = options_.gamma();
+  s.warmup = options_.warmup();
+  s.total_steps = options_.epochs() * steps_per_epoch();
+  return s;
+}
+
+json Trainer::train_epoch(int64_t epoch) {
+  auto& module = *model_.ptr();
+  module.train();
+  const auto order = datasets::epoch_order(data_.train->size(), options_.shuffle(),
+                                           static_cast<uint64_t>(options_.seed()), epoch, rank_, world_size_);
+  const int64_t steps = steps_per_epoch();
+  const auto sched = schedule();
+  const bool show = options_.progress() && rank_ == 0;
+  Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(options_.epochs()), steps,
+                    Progress::stderr_is_terminal(), show);
+  std::map<std::string, double> sums;
+  std::vector<std::string> term_order{"loss"};
+  double items = 0;
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t lo = s * options_.batch_size();
+    const int64_t hi = std::min<int64_t>(lo + options_.batch_size(), order.size(0));
+    const auto batch = data_.train->get(order.slice(0, lo, hi)).to(device_);
+    const double lr = sched.at(state_.step, epoch - 1);
+    set_learning_rate(*optimizer_, lr);
+    optimizer_->zero_grad();
+    Terms terms;
+    auto loss = objective_->loss(model_, batch, terms);
+    for (auto& [name, term] : loss_terms_) {
+      auto value = term(module);
+      terms.emplace_back(name, value.item<double>());
+      loss = loss + value;
+    }
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      progress.finish();
+      std::ostringstream msg;
+      msg << "loss became " << loss_value << " at epoch " << epoch << ", step " << (s + 1) << " of " << steps
+          << "; training stopped";
+      if (!run_dir_.empty())
+        msg << " and the last good checkpoint in " << run_dir_ << " (epoch " << state_.epoch << ") is intact";
+      msg << ". Try a lower --lr or --clip-grad 1.0";
+      throw DivergedError(msg.str());
+    }
+    loss.backward();
+    for (auto& hook : gradient_hooks_) hook(module);
+    if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(module.parameters(), options_.clip_grad());
+    optimizer_->step();
+    ++state_.step;
+
+    const auto n = static_cast<double>(batch.size());
+    items += n;
+    sums["loss"] += loss_value * n;
+    for (const auto& [name, value] : terms) {
+      if (!sums.count(name)) term_order.push_back(name);
+      sums[name] += value * n;
+    }
+    progress.update(s + 1, static_cast<int64_t>(items), sums["loss"] / items);
+  }
+  progress.finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  json train = json::object();
+  for (const auto& name : term_order) train[name] = sums[name] / std::max(1.0, items);
+  return {{"epoch", epoch},
+          {"step", state_.step},
+          {"lr", sched.at(std::max<int64_t>(0, state_.step - 1), epoch - 1)},
+          {"train", train},
+          {"train_time_s", seconds},
+          {"items_per_s", seconds > 0 ? items * static_cast<double>(world_size_) / seconds : 0.0}};
+}
+
+json Trainer::evaluate() {
+  auto& module = *model_.ptr();
+  const bool was_training = module.is_training();
+  module.eval();
+  torch::NoGradGuard no_grad;
+  auto evaluator = objective_->evaluator();
+  const int64_t n = data_.test->size();
+  // Each rank takes every world_size-th item (no padding, so no item counts twice).
+  const auto mine = torch::arange(rank_, n, world_size_, torch::kInt64);
+  for (int64_t lo = 0; lo < mine.size(0); lo += options_.eval_batch_size()) {
+    const int64_t hi = std::min<int64_t>(lo + options_.eval_batch_size(), mine.size(0));
+    evaluator->add(model_, data_.test->get(mine.slice(0, lo, hi)).to(device_));
+  }
+  auto state = evaluator->state();
+  if (world_size_ > 1 && all_reduce_sum_) all_reduce_sum_(state);
+  module.train(was_training);
+  return evaluator->result(state);
+}
+
+void Trainer::write_checkpoint_and_metrics(const json& record) {
+  if (run_dir_.empty() || rank_ != 0) return;
+  json state = {{"epoch", state_.epoch},
+                {"step", state_.step},
+                {"best", std::isnan(state_.best) ? json(nullptr) : json(state_.best)},
+                {"best_metric", objective_->primary_metric()},
+                {"best_epoch", state_.best_epoch},
+                {"last", record},
+                {"rng_state", rng_state_hex()}};
+  write_checkpoint(run_dir_, {{"model.pt", [&](const std::string& p) { save_module(*model_.ptr(), p); }},
+                              {"optimizer.pt",
+                               [&](const std::string& p) {
+                                 torch::serialize::OutputArchive archive;
+                                 optimizer_->save(archive);
+                                 archive.save_to(p);
+                               }},
+                              {"state.json", [&](const std::string& p) {
+                                 std::ofstream out(p);
+                                 out << state.dump(2) << "\n";
+                                 if (!out) throw std::runtime_error("cannot write " + p);
+                               }}});
+  // metrics.jsonl is a log, appended after the commit; restore() repairs it from state.json if needed.
+  std::ofstream log(fs::path(run_dir_) / "metrics.jsonl", std::ios::app);
+  log << record.dump() << "\n";
+}
+
+json Trainer::fit() {
+  json last = state_.last;
+  for (int64_t epoch = state_.epoch + 1; epoch <= options_.epochs(); ++epoch) {
+    json record = train_epoch(epoch);
+    record["test"] = evaluate();
+    state_.epoch = epoch;
+    const auto metric = objective_->primary_metric();
+    if (record["test"].contains(metric)) {
+      const double value = record["test"][metric].get<double>();
+      const bool better = std::isnan(state_.best) ||
+                          (objective_->higher_is_better() ? value > state_.best : value < state_.best);
+      if (better) {
+        state_.best = value;
+        state_.best_epoch = epoch;
+      }
+    }
+    state_.last = record;
+    write_checkpoint_and_metrics(record);
+    if (options_.progress() && rank_ == 0) {
+      std::ostringstream line;
+      line << "epoch " << epoch << "/" << options_.epochs() << std::fixed << std::setprecision(4);
+      for (const auto& [k, v] : record["train"].items()) line << "  train " << k << " " << v.get<double>();
+      for (const auto& [k, v] : record["test"].items())
+        if (v.is_number_float()) line << "  test " << k << " " << v.get<double>();
+      line << " (" << format_duration(record["train_time_s"].get<double>()) << ", "
+           << static_cast<int64_t>(record["items_per_s"].get<double>()) << " items/s)";
+      std::printf("%s\n", line.str().c_str());
+      std::fflush(stdout);
+    }
+    for (auto& hook : epoch_hooks_) hook(record);
+    last = record;
+  }
+  return last;
+}
+
+void Trainer::restore(const std::string& run_dir) {
+  recover_checkpoint(run_dir);
+  const fs::path run(run_dir);
+  if (!fs::exists(run / "state.json"))
+    throw std::runtime_error(run_dir + " has no checkpoint yet (no state.json): the run stopped before its first "
+                             "epoch ended; start it again without --resume");
+  const json state = read_json_file((run / "state.json").string());
+  try {
+    state_.epoch = state.at("epoch").get<int64_t>();
+    state_.step = state.at("step").get<int64_t>();
+    state_.best = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN() : state.at("best").get<double>();
+    state_.best_epoch = state.at("best_epoch").get<int64_t>();
+    state_.last = state.at("last");
+  } catch (const json::exception& e) {
+    throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
+  }
+  load_module(*model_.ptr(), (run / "model.pt").string());
+  model_.ptr()->to(device_);
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from((run / "optimizer.pt").string(), device_);
+    optimizer_->load(archive);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error((run / "optimizer.pt").string() + " cannot be loaded (" +
+                             first_line(e.what_without_backtrace()) + "); was the optimizer changed?");
+  }
+  set_rng_state_hex(state.value("rng_state", std::string()));
+  // Make metrics.jsonl agree with the checkpoint: keep the epochs it covers, drop a torn last line, and add the
+  // checkpoint's own epoch if the process died between the commit and the append.
+  const fs::path log_path = run / "metrics.jsonl";
+  std::vector<std::string> keep;
+  int64_t logged = 0;
+  if (std::ifstream in(log_path); in) {
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      json rec;
+      try {
+        rec = json::parse(line);
+      } catch (const json::exception&) {
+        continue;  // a torn last line
+      }
+      const int64_t e = rec.value("epoch", int64_t{0});
+      if (e > state_.epoch) continue;
+      logged = std::max(logged, e);
+      keep.push_back(rec.dump());
+    }
+  }
+  if (logged < state_.epoch && !state_.last.empty()) keep.push_back(state_.last.dump());
+  std::string text;
+  for (const auto& l : keep) text += l + "\n";
+  write_text_atomically(log_path.string(), text);
+  run_dir_ = run_dir;
+}
+
+}  // namespace zoo::training
