@@ -48,7 +48,7 @@ ZOO_REGISTER_MODEL(cnn) {
   return ModelSpec<CNN, CNNOptions>("cnn", "convolutional classifier (2x conv-BN-ReLU-pool, 128 hidden)")
       .task("classify")
       .dataset("fashion-mnist")
-      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 1e-3}, {"batch_size", 64}})
+      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
       .ZOO_OPTION(CNNOptions, in_channels)
       .ZOO_OPTION(CNNOptions, image_size)
       .ZOO_OPTION(CNNOptions, channels)

@@ -39,7 +39,7 @@ ZOO_REGISTER_MODEL(mlp) {
   return ModelSpec<MLP, MLPOptions>("mlp", "multilayer perceptron classifier (784-256-128-10, ReLU)")
       .task("classify")
       .dataset("fashion-mnist")
-      .train_defaults({{"epochs", 5}, {"optimizer", "adam"}, {"lr", 1e-3}, {"batch_size", 128}})
+      .train_defaults({{"epochs", 10}, {"optimizer", "adam"}, {"lr", 1e-3}, {"schedule", "cosine"}, {"batch_size", 128}})
       .ZOO_OPTION(MLPOptions, in_features)
       .ZOO_OPTION(MLPOptions, hidden)
       .ZOO_OPTION(MLPOptions, num_classes)

@@ -160,3 +160,18 @@ TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear 
   std::ofstream(tmp.path() / "run" / "config.json", std::ios::trunc) << "{ not json";
   CHECK_THROWS_WITH(training::Run::open(tmp.str("run")), Catch::Contains("config.json is not valid JSON"));
 }
+
+TEST_CASE("Runs: a run stopped in its first epoch (config.json, no checkpoint) can be started again", "[checkpoint]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  training::RunConfig config;
+  config.model = "mlp";
+  config.data.limit = 100;
+  config.train = quiet();
+  training::Run::create(config, tmp.str("run"));  // killed before fit(): config.json only
+  CHECK_THROWS_WITH(training::Run::resume(tmp.str("run")), Catch::Contains("no checkpoint yet") &&
+                                                               Catch::Contains("without --resume"));
+  auto again = training::Run::create(config, tmp.str("run"));
+  again->fit();
+  CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 1);
+}

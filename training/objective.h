@@ -21,8 +21,10 @@ namespace zoo::training {
 
 using json = nlohmann::json;
 
-/// Named scalar parts of a training loss (e.g. "recon", "kl"), averaged over the epoch and logged.
-using Terms = std::vector<std::pair<std::string, double>>;
+/// Named per-batch means worth logging (e.g. "recon", "kl", "accuracy"): 0-dim tensors, detached. The trainer
+/// keeps them as tensors and averages them (weighted by batch size) once per epoch, so logging costs no
+/// per-step synchronisation.
+using Terms = std::vector<std::pair<std::string, torch::Tensor>>;
 
 /// Accumulates evaluation results batch by batch as running sums, so that distributed ranks can all-reduce
 /// their sums before the metrics are computed.

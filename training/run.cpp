@@ -69,6 +69,12 @@ RunConfig complete_config(RunConfig c) {
   return c;
 }
 
+namespace {
+void recover_checkpoint_if_writable(const std::string& dir) {
+  if (fs::exists(fs::path(dir) / ".commit") || fs::exists(fs::path(dir) / ".staging")) recover_checkpoint(dir);
+}
+}  // namespace
+
 std::string default_run_dir(const std::string& model) {
   const std::string base = "runs/" + model + "-" + now_string("%Y%m%d-%H%M%S");
   std::string dir = base;
@@ -89,7 +95,10 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {
   run->config_ = complete_config(std::move(config));
   run->config_.versions = library_versions();
   run->dir_ = dir;
-  if (fs::exists(fs::path(dir) / "config.json"))
+  // A directory with a checkpoint is never overwritten. One with only config.json (a run stopped during its
+  // first epoch) has nothing to lose and may be started again.
+  recover_checkpoint_if_writable(dir);
+  if (fs::exists(fs::path(dir) / "state.json"))
     throw std::runtime_error(dir + " already holds a run; continue it with --resume " + dir +
                              " or choose another --out");
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));

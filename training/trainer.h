@@ -42,7 +42,7 @@ struct TrainOptions {
   TORCH_ARG(int64_t, threads) = 0;  ///< intra-op threads; 0 = all cores
   TORCH_ARG(std::string, device) = "cpu";
   TORCH_ARG(bool, shuffle) = true;
-  TORCH_ARG(bool, progress) = true;  ///< progress bar / lines on stderr and a summary line per epoch on stdout
+  TORCH_ARG(bool, progress) = true;  ///< progress bar (terminal) or lines (log) on stderr during an epoch
 };
 
 json to_json(const TrainOptions& options);
@@ -51,7 +51,8 @@ TrainOptions train_options_from_json(const json& j, TrainOptions base = {});
 /// Throws std::invalid_argument naming the bad value and the valid choices.
 void validate(const TrainOptions& options);
 
-/// Sets LibTorch's intra-op threads: n > 0, or all cores for 0. Returns the number set.
+/// Sets LibTorch's intra-op threads: n > 0, or all cores for 0 (and OpenBLAS, if that is the BLAS, to one
+/// thread: LibTorch parallelises around BLAS calls). Returns the number set.
 int64_t apply_threads(int64_t n);
 /// Parses "cpu" / "cuda" / "cuda:1" with a clear error when the device is unknown or unavailable.
 torch::Device parse_device(const std::string& spec);
