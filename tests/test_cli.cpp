@@ -34,7 +34,7 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const auto run = tmp.str("run");
-  auto r = run_zoo("train mlp --epochs 1 --limit 2000 --threads 2 --seed 5 --set hidden=[64] --out " + run);
+  auto r = run_zoo("train mlp --epochs 1 --limit 2000 --threads 2 --seed 5 --schedule constant --set hidden=[64] --out " + run);
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("run saved to " + run) != std::string::npos);
@@ -56,6 +56,8 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(i["parameters"] == 784 * 64 + 64 + 64 * 10 + 10);
   CHECK(i["config"]["options"]["hidden"] == json::array({64}));
   CHECK(i["config"]["train"]["seed"] == 5);
+  CHECK(i["config"]["train"]["schedule"] == "constant");
+  CHECK(i["config"]["train"]["epochs"] == 1);
   CHECK(i["config"]["versions"]["torch"].get<std::string>().size() > 0);
   CHECK(i["best"]["metric"] == "accuracy");
   CHECK(run_zoo("info " + run).out.find("parameters  50890") != std::string::npos);
