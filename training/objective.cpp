@@ -14,14 +14,15 @@ void ObjectiveRegistry::add(const std::string& task, Factory factory) {
   factories_.emplace(task, std::move(factory));
 }
 
-std::shared_ptr<Objective> ObjectiveRegistry::make(const std::string& task, const json& options) const {
+std::shared_ptr<Objective> ObjectiveRegistry::make(const std::string& task, const json& model_options,
+                                                   const json& task_options) const {
   auto it = factories_.find(task);
   if (it == factories_.end()) {
     std::string valid;
     for (const auto& [n, f] : factories_) valid += (valid.empty() ? "" : ", ") + n;
     throw std::invalid_argument("unknown task '" + task + "'; valid tasks: " + valid);
   }
-  return it->second(options);
+  return it->second(model_options, task_options);
 }
 
 std::vector<std::string> ObjectiveRegistry::names() const {
@@ -72,16 +73,16 @@ torch::Tensor ClassificationObjective::loss(torch::nn::AnyModule& model, const d
   return loss;
 }
 
-std::unique_ptr<Evaluator> ClassificationObjective::evaluator() const {
+std::unique_ptr<Evaluator> ClassificationObjective::evaluator(bool) const {
   return std::make_unique<ClassificationEvaluator>();
 }
 
 namespace {
-const detail::ObjectiveRegistrar classify{"classify", [](const json& options) -> std::shared_ptr<Objective> {
-                                            if (!options.empty())
-                                              throw std::invalid_argument("task 'classify' takes no options");
-                                            return std::make_shared<ClassificationObjective>();
-                                          }};
+const detail::ObjectiveRegistrar classify{
+    "classify", [](const json&, const json& task_options) -> std::shared_ptr<Objective> {
+      if (!task_options.empty()) throw std::invalid_argument("task 'classify' takes no options");
+      return std::make_shared<ClassificationObjective>();
+    }};
 }  // namespace
 
 }  // namespace zoo::training

@@ -44,7 +44,9 @@ class Objective {
   virtual ~Objective() = default;
   /// Loss of one training batch: a scalar that requires grad. Parts worth logging go to `terms`.
   virtual torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) = 0;
-  virtual std::unique_ptr<Evaluator> evaluator() const = 0;
+  /// `thorough`: also the expensive metrics (e.g. IWAE likelihoods), as `zoo eval` reports them; the
+  /// per-epoch evaluation during training is not thorough.
+  virtual std::unique_ptr<Evaluator> evaluator(bool thorough) const = 0;
   /// The evaluation metric that decides the best epoch.
   virtual std::string primary_metric() const = 0;
   virtual bool higher_is_better() const { return true; }
@@ -53,10 +55,13 @@ class Objective {
 /// Tasks by name ("classify", ...): the tag a model's registry entry names.
 class ObjectiveRegistry {
  public:
-  using Factory = std::function<std::shared_ptr<Objective>(const json& options)>;
+  /// Builds the objective from the model's complete options (a task may read some, e.g. "beta") and the
+  /// run's task options.
+  using Factory = std::function<std::shared_ptr<Objective>(const json& model_options, const json& task_options)>;
   static ObjectiveRegistry& instance();
   void add(const std::string& task, Factory factory);
-  std::shared_ptr<Objective> make(const std::string& task, const json& options = json::object()) const;
+  std::shared_ptr<Objective> make(const std::string& task, const json& model_options = json::object(),
+                                  const json& task_options = json::object()) const;
   std::vector<std::string> names() const;
 
  private:
@@ -75,7 +80,7 @@ struct ObjectiveRegistrar {
 class ClassificationObjective : public Objective {
  public:
   torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) override;
-  std::unique_ptr<Evaluator> evaluator() const override;
+  std::unique_ptr<Evaluator> evaluator(bool thorough) const override;
   std::string primary_metric() const override { return "accuracy"; }
 };
 

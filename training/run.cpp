@@ -69,6 +69,18 @@ RunConfig complete_config(RunConfig c) {
   return c;
 }
 
+std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device) {
+  auto config = complete_config(read_run_config(dir));
+  auto [model, options] = models::build_model(config.model, config.options);
+  const auto model_path = checkpoint_file(dir, "model.pt");
+  if (!fs::exists(model_path))
+    throw std::runtime_error(dir + " has no model.pt yet: the run has not finished an epoch");
+  load_module(*model.ptr(), model_path);
+  model.ptr()->to(parse_device(device));
+  model.ptr()->eval();
+  return {config, model};
+}
+
 namespace {
 void recover_checkpoint_if_writable(const std::string& dir) {
   if (fs::exists(fs::path(dir) / ".commit") || fs::exists(fs::path(dir) / ".staging")) recover_checkpoint(dir);
@@ -85,7 +97,7 @@ std::string default_run_dir(const std::string& model) {
 void Run::build() {
   auto [model, options] = models::build_model(config_.model, config_.options);
   config_.options = options;
-  auto objective = ObjectiveRegistry::instance().make(config_.task, config_.task_options);
+  auto objective = ObjectiveRegistry::instance().make(config_.task, config_.options, config_.task_options);
   auto splits = datasets::load_splits(config_.data);
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
 }

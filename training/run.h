@@ -54,7 +54,7 @@ class Run {
   Trainer& trainer() { return *trainer_; }
   torch::nn::AnyModule& model() { return trainer_->model(); }
   json fit() { return trainer_->fit(); }
-  json evaluate() { return trainer_->evaluate(); }
+  json evaluate(bool thorough = false) { return trainer_->evaluate(thorough); }
 
  private:
   Run() = default;
@@ -63,6 +63,9 @@ class Run {
   std::string dir_;
   std::unique_ptr<Trainer> trainer_;
 };
+
+/// The model of a run with its weights, without data or optimizer (for sampling, export, inspection).
+std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device = "cpu");
 
 /// "runs/<model>-<YYYYmmdd-HHMMSS>" (with a suffix if taken).
 std::string default_run_dir(const std::string& model);

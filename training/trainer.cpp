@@ -246,12 +246,12 @@ json Trainer::train_epoch(int64_t epoch) {
           {"items_per_s", seconds > 0 ? items * static_cast<double>(world_size_) / seconds : 0.0}};
 }
 
-json Trainer::evaluate() {
+json Trainer::evaluate(bool thorough) {
   auto& module = *model_.ptr();
   const bool was_training = module.is_training();
   module.eval();
   torch::NoGradGuard no_grad;
-  auto evaluator = objective_->evaluator();
+  auto evaluator = objective_->evaluator(thorough);
   const int64_t n = data_.test->size();
   // Each rank takes every world_size-th item (no padding, so no item counts twice).
   const auto mine = torch::arange(rank_, n, world_size_, torch::kInt64);

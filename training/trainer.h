@@ -93,8 +93,8 @@ class Trainer {
   void restore(const std::string& run_dir);
   /// Trains epochs state().epoch + 1 .. options().epochs(); returns the last epoch's record.
   json fit();
-  /// Metrics on the test split.
-  json evaluate();
+  /// Metrics on the test split; `thorough` adds the objective's expensive metrics (see Objective::evaluator).
+  json evaluate(bool thorough = false);
 
   torch::nn::AnyModule& model() { return model_; }
   torch::optim::Optimizer& optimizer() { return *optimizer_; }

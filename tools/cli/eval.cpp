@@ -33,7 +33,7 @@ void add_eval(CLI::App& app) {
       if (cmd->count("--device")) c.train.device(a->device);
       c.train.threads(a->threads);
     });
-    const json metrics = run->evaluate();
+    const json metrics = run->evaluate(/*thorough=*/true);
     if (a->json_out) {
       std::printf("%s\n", metrics.dump().c_str());
     } else {

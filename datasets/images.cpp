@@ -1,0 +1,69 @@
+#include "datasets/images.h"
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include <stb_image_write.h>
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#include <stb_image.h>
+
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+namespace zoo::datasets {
+
+torch::Tensor make_grid(torch::Tensor images, const GridOptions& o) {
+  TORCH_CHECK(images.dim() == 4, "make_grid expects [N, C, H, W], got ", images.sizes());
+  TORCH_CHECK(images.size(0) > 0, "make_grid: no images");
+  TORCH_CHECK(o.nrow() > 0 && o.padding() >= 0, "make_grid: nrow must be > 0 and padding >= 0");
+  images = images.detach().to(torch::kCPU, torch::kFloat32);
+  if (o.normalize()) {
+    const auto lo = images.min(), hi = images.max();
+    images = (images - lo) / (hi - lo).clamp_min(1e-12);
+  }
+  const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  const int64_t cols = std::min(o.nrow(), n), rows = (n + cols - 1) / cols, p = o.padding();
+  auto grid = torch::full({c, rows * (h + p) + p, cols * (w + p) + p}, o.pad_value(), torch::kFloat32);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i / cols, col = i % cols;
+    grid.slice(1, r * (h + p) + p, r * (h + p) + p + h).slice(2, col * (w + p) + p, col * (w + p) + p + w).copy_(images[i]);
+  }
+  return grid;
+}
+
+void save_png(const torch::Tensor& image, const std::string& path) {
+  auto t = image.detach().to(torch::kCPU, torch::kFloat32);
+  if (t.dim() == 2) t = t.unsqueeze(0);
+  TORCH_CHECK(t.dim() == 3 && (t.size(0) == 1 || t.size(0) == 3 || t.size(0) == 4),
+              "save_png expects [C, H, W] with C = 1, 3 or 4, got ", image.sizes());
+  auto bytes = t.clamp(0, 1).mul(255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+  const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)), c = static_cast<int>(bytes.size(2));
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::exists(parent))
+    throw std::runtime_error("cannot write " + path + ": directory " + parent.string() + " does not exist");
+  if (!stbi_write_png(path.c_str(), w, h, c, bytes.data_ptr<uint8_t>(), w * c))
+    throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+}
+
+void save_image_grid(const torch::Tensor& images, const std::string& path, const GridOptions& options) {
+  save_png(make_grid(images, options), path);
+}
+
+torch::Tensor load_image(const std::string& path, int channels) {
+  TORCH_CHECK(channels >= 0 && channels <= 4 && channels != 2, "load_image: channels must be 0, 1, 3 or 4");
+  int w = 0, h = 0, c = 0;
+  unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
+  if (!data) {
+    const char* reason = stbi_failure_reason();
+    throw std::runtime_error("cannot read image " + path + ": " +
+                             (std::filesystem::exists(path) ? std::string(reason ? reason : "unknown format")
+                                                            : std::string("no such file")));
+  }
+  const int out_c = channels > 0 ? channels : c;
+  auto t = torch::from_blob(data, {h, w, out_c}, torch::kUInt8).permute({2, 0, 1}).clone();
+  stbi_image_free(data);
+  return t;
+}
+
+}  // namespace zoo::datasets

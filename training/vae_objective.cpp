@@ -1,0 +1,95 @@
+#include "training/vae_objective.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace zoo::training {
+
+VAEObjective::VAEObjective(bool binarize, int64_t iwae_samples) : binarize_(binarize), iwae_samples_(iwae_samples) {
+  TORCH_CHECK(iwae_samples >= 1, "iwae_samples must be >= 1");
+}
+
+models::GaussianLatentModel& VAEObjective::latent_model(torch::nn::AnyModule& model) {
+  auto* latent = dynamic_cast<models::GaussianLatentModel*>(model.ptr().get());
+  if (!latent)
+    throw std::invalid_argument("the 'vae' task needs a model that implements zoo::models::GaussianLatentModel "
+                                "(encode, decode, latent_size, beta)");
+  return *latent;
+}
+
+torch::Tensor VAEObjective::loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) {
+  auto& vae = latent_model(model);
+  const auto x = binarize_ ? torch::bernoulli(batch.input) : batch.input;
+  auto [mu, logvar] = vae.encode(x);
+  auto logits = vae.decode(models::reparameterize(mu, logvar));
+  auto elbo = models::negative_elbo(logits, x, mu, logvar, vae.beta());
+  terms.emplace_back("recon", elbo.recon.detach());
+  terms.emplace_back("kl", elbo.kl.detach());
+  terms.emplace_back("elbo", -(elbo.recon + elbo.kl).detach());
+  return elbo.loss;
+}
+
+namespace {
+
+class VAEEvaluator : public Evaluator {
+ public:
+  VAEEvaluator(bool binarize, int64_t k, bool thorough) : binarize_(binarize), k_(k), thorough_(thorough) {
+    // Evaluation randomness comes from a fixed seed; the training stream is put back afterwards.
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    saved_ = gen.get_state();
+    gen.set_current_seed(20240521);
+  }
+  ~VAEEvaluator() override {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(saved_);
+  }
+  void add(torch::nn::AnyModule& model, const datasets::Batch& batch) override {
+    auto& vae = VAEObjective::latent_model(model);
+    const auto x = binarize_ ? torch::bernoulli(batch.input) : batch.input;
+    auto [mu, logvar] = vae.encode(x);
+    auto logits = vae.decode(models::reparameterize(mu, logvar));
+    recon_ += models::bernoulli_nll(logits, x).sum().item<double>();
+    kl_ += models::gaussian_kl(mu, logvar).sum().item<double>();
+    beta_ = vae.beta();
+    // IWAE samples from its own generator, so the ELBO's samples are the same with and without it.
+    if (thorough_) iwae_ += models::iwae_log_likelihood(vae, x, k_, 32768, iwae_generator_).sum().item<double>();
+    n_ += static_cast<double>(batch.size());
+  }
+  torch::Tensor state() const override { return torch::tensor({recon_, kl_, iwae_, n_}, torch::kFloat64); }
+  json result(const torch::Tensor& s) const override {
+    auto a = s.accessor<double, 1>();
+    const double n = std::max(1.0, a[3]);
+    json out = {{"elbo", -(a[0] + a[1]) / n}, {"recon", a[0] / n},          {"kl", a[1] / n},
+                {"loss", (a[0] + beta_ * a[1]) / n}, {"items", static_cast<int64_t>(a[3])}};
+    if (thorough_) {
+      out["iwae"] = a[2] / n;
+      out["iwae_k"] = k_;
+    }
+    return out;
+  }
+
+ private:
+  bool binarize_;
+  int64_t k_;
+  bool thorough_;
+  double beta_ = 1.0;
+  at::Generator iwae_generator_ = at::detail::createCPUGenerator(7);
+  double recon_ = 0, kl_ = 0, iwae_ = 0, n_ = 0;
+  torch::Tensor saved_;
+};
+
+const detail::ObjectiveRegistrar vae{"vae", [](const json& model_options, const json& task_options) {
+                                       if (!task_options.empty())
+                                         throw std::invalid_argument("task 'vae' takes its options from the model");
+                                       return std::make_shared<VAEObjective>(model_options.value("binarize", false),
+                                                                             model_options.value("iwae_samples", 100));
+                                     }};
+
+}  // namespace
+
+std::unique_ptr<Evaluator> VAEObjective::evaluator(bool thorough) const {
+  return std::make_unique<VAEEvaluator>(binarize_, iwae_samples_, thorough);
+}
+
+}  // namespace zoo::training
