@@ -34,7 +34,7 @@ json library_versions() {
 json to_json(const RunConfig& c) {
   return {{"model", c.model},          {"options", c.options},        {"data", datasets::to_json(c.data)},
           {"task", c.task},            {"task_options", c.task_options}, {"train", to_json(c.train)},
-          {"versions", c.versions}};
+          {"prior", to_json(c.prior)}, {"versions", c.versions}};
 }
 
 RunConfig run_config_from_json(const json& j, const std::string& source) {
@@ -46,6 +46,7 @@ RunConfig run_config_from_json(const json& j, const std::string& source) {
     c.task = j.value("task", std::string());
     c.task_options = j.value("task_options", json::object());
     c.train = train_options_from_json(j.value("train", json::object()));
+    c.prior = prior_options_from_json(j.value("prior", json::object()));
     c.versions = j.value("versions", json::object());
   } catch (const json::exception& e) {
     throw std::runtime_error(source + " is not a zoo run configuration (" + std::string(e.what()) + ")");
@@ -66,6 +67,7 @@ RunConfig complete_config(RunConfig c) {
   if (c.task.empty()) c.task = entry.task;
   if (c.data.name.empty()) c.data.name = entry.dataset;
   validate(c.train);
+  validate(c.prior);
   return c;
 }
 
@@ -100,6 +102,7 @@ void Run::build() {
   auto objective = ObjectiveRegistry::instance().make(config_.task, config_.options, config_.task_options);
   auto splits = datasets::load_splits(config_.data);
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
+  attach_prior(*trainer_, config_.prior);
 }
 
 std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "datasets/registry.h"
+#include "training/priors.h"
 #include "training/trainer.h"
 
 #include <functional>
@@ -24,6 +25,7 @@ struct RunConfig {
   std::string task;  ///< empty: the model's registered task
   json task_options = json::object();
   TrainOptions train;
+  PriorOptions prior;  ///< MAP training: a prior on the weights (none by default)
   json versions = json::object();
 };
 

@@ -139,6 +139,7 @@ void Trainer::add_loss_term(std::string name, std::function<torch::Tensor(torch:
 void Trainer::add_gradient_hook(std::function<void(torch::nn::Module&)> hook) {
   gradient_hooks_.push_back(std::move(hook));
 }
+void Trainer::add_step_hook(std::function<void(torch::nn::Module&)> hook) { step_hooks_.push_back(std::move(hook)); }
 void Trainer::add_epoch_hook(std::function<void(const json&)> hook) { epoch_hooks_.push_back(std::move(hook)); }
 void Trainer::set_parallel(int64_t rank, int64_t world_size, std::function<void(torch::Tensor&)> all_reduce_sum) {
   TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "bad rank ", rank, " of ", world_size);
@@ -217,6 +218,7 @@ json Trainer::train_epoch(int64_t epoch) {
     for (auto& hook : gradient_hooks_) hook(module);
     if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(module.parameters(), options_.clip_grad());
     optimizer_->step();
+    for (auto& hook : step_hooks_) hook(module);
     ++state_.step;
 
     const auto n = static_cast<double>(batch.size());

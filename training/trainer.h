@@ -2,7 +2,7 @@
 //
 //   for epoch: for batch in shard(permutation(seed, epoch)):
 //       loss = objective.loss(model, batch) + sum(extra loss terms)      <- priors plug in here
-//       backward; gradient hooks; clip; optimizer step; learning-rate schedule  <- all-reduce plugs in here
+//       backward; gradient hooks; clip; optimizer step; step hooks   <- all-reduce / proximal steps plug in here
 //     evaluate on the test split; checkpoint (atomic); append to metrics.jsonl
 //
 // It knows no specific model: models are torch::nn::AnyModule, tasks are Objectives.
@@ -83,6 +83,8 @@ class Trainer {
   void add_loss_term(std::string name, std::function<torch::Tensor(torch::nn::Module&)> term);
   /// Called after backward and before clipping and the optimizer step (e.g. gradient all-reduce).
   void add_gradient_hook(std::function<void(torch::nn::Module&)> hook);
+  /// Called after each optimizer step (e.g. a proximal step).
+  void add_step_hook(std::function<void(torch::nn::Module&)> hook);
   /// Called with each epoch's metrics record, after the checkpoint is written.
   void add_epoch_hook(std::function<void(const json& record)> hook);
   /// Data-parallel training: this process is `rank` of `world_size`; `all_reduce_sum` sums a tensor in place
@@ -120,6 +122,7 @@ class Trainer {
   std::string run_dir_;
   std::vector<std::pair<std::string, std::function<torch::Tensor(torch::nn::Module&)>>> loss_terms_;
   std::vector<std::function<void(torch::nn::Module&)>> gradient_hooks_;
+  std::vector<std::function<void(torch::nn::Module&)>> step_hooks_;
   std::vector<std::function<void(const json&)>> epoch_hooks_;
   int64_t rank_ = 0, world_size_ = 1;
   std::function<void(torch::Tensor&)> all_reduce_sum_;

@@ -27,7 +27,10 @@ namespace {
 struct TrainArgs {
   std::string model;
   std::string resume, out, config, data_dir, dataset, optimizer, schedule, device;
-  std::vector<std::string> set;
+  std::vector<std::string> set, prior_layers;
+  std::string prior;
+  double lambda = 0;
+  bool prior_decoupled = false, prior_proximal = false, prior_all = false;
   int64_t epochs = 0, batch_size = 0, eval_batch_size = 0, seed = 0, threads = 0, limit = 0, step_size = 0, warmup = 0;
   double lr = 0, momentum = 0, weight_decay = 0, gamma = 0, clip_grad = 0;
   bool no_progress = false;
@@ -52,7 +55,9 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     // A resumed run keeps its configuration; only the length and the threads may change.
     for (const char* flag : {"--batch-size", "--lr", "--optimizer", "--schedule", "--seed", "--limit", "--data-dir",
                              "--dataset", "--out", "--set", "--config", "--momentum", "--weight-decay",
-                             "--step-size", "--gamma", "--warmup", "--clip-grad", "--device", "--eval-batch-size"})
+                             "--step-size", "--gamma", "--warmup", "--clip-grad", "--device", "--eval-batch-size",
+                             "--prior", "--lambda", "--prior-layer", "--prior-decoupled", "--prior-proximal",
+                             "--prior-all-params"})
       if (given(flag))
         throw std::invalid_argument(std::string(flag) + " cannot change a run being resumed (its config.json decides); "
                                     "only --epochs and --threads can; start a new run to change it");
@@ -85,6 +90,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
       config.data = saved.data;
       config.task = saved.task;
       config.task_options = saved.task_options;
+      config.prior = saved.prior;
       base_train = training::to_json(saved.train);
     } else if (file.is_object()) {
       config.options = file;
@@ -123,6 +129,12 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   if (given("--device")) train.device(a.device);
   if (a.no_progress) train.progress(false);
   config.train = train;
+  if (given("--prior")) config.prior.kind = a.prior;
+  if (given("--lambda")) config.prior.lambda = a.lambda;
+  for (const auto& layer : a.prior_layers) config.prior.layers.push_back(training::parse_prior_layer(layer));
+  if (a.prior_decoupled) config.prior.decoupled = true;
+  if (a.prior_proximal) config.prior.proximal = true;
+  if (a.prior_all) config.prior.include_all = true;
   if (given("--dataset")) config.data.name = a.dataset;
   if (given("--data-dir")) config.data.data_dir = a.data_dir;
   if (given("--limit")) config.data.limit = a.limit;
@@ -174,6 +186,15 @@ void add_train(CLI::App& app) {
   cmd->add_option("--set", a->set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
   cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
+  cmd->add_option("--prior", a->prior, "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")
+      ->check(CLI::IsMember({"none", "gaussian", "laplace"}));
+  cmd->add_option("--lambda", a->lambda, "Prior strength: gaussian adds lambda/2 ||w||^2, laplace lambda ||w||_1")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--prior-layer", a->prior_layers,
+                  "Per-layer lambda PATTERN=X (glob on parameter names, e.g. 'net.0.*=1e-3'; first match wins)");
+  cmd->add_flag("--prior-decoupled", a->prior_decoupled, "Gaussian prior as decoupled weight decay w <- (1-lr*lambda)w");
+  cmd->add_flag("--prior-proximal", a->prior_proximal, "Laplace prior as a soft-threshold step (exact zeros)");
+  cmd->add_flag("--prior-all-params", a->prior_all, "Also put the prior on biases and normalisation parameters");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar or per-epoch lines");
   cmd->callback([a, cmd] { run_train(*a, *cmd); });
 }
