@@ -6,6 +6,7 @@
 #include <torch/version.h>
 #include <zoo_version.h>
 
+#include <cstdio>
 #include <ctime>
 #include <filesystem>
 
@@ -103,6 +104,17 @@ void Run::build() {
   auto splits = datasets::load_splits(config_.data);
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
   attach_prior(*trainer_, config_.prior);
+}
+
+json Run::fit() {
+  if (!summary_hook_) {
+    summary_hook_ = true;
+    trainer_->add_epoch_hook([this](const json& record) {
+      std::printf("%s\n", format_epoch_summary(record, trainer_->options().epochs()).c_str());
+      std::fflush(stdout);
+    });
+  }
+  return trainer_->fit();
 }
 
 std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {

@@ -55,7 +55,8 @@ class Run {
   const std::string& dir() const { return dir_; }
   Trainer& trainer() { return *trainer_; }
   torch::nn::AnyModule& model() { return trainer_->model(); }
-  json fit() { return trainer_->fit(); }
+  /// Trains; each epoch's summary line goes to stdout (see format_epoch_summary).
+  json fit();
   json evaluate(bool thorough = false) { return trainer_->evaluate(thorough); }
 
  private:
@@ -64,6 +65,7 @@ class Run {
   RunConfig config_;
   std::string dir_;
   std::unique_ptr<Trainer> trainer_;
+  bool summary_hook_ = false;
 };
 
 /// The model of a run with its weights, without data or optimizer (for sampling, export, inspection).

@@ -293,6 +293,18 @@ void Trainer::write_checkpoint_and_metrics(const json& record) {
   log << record.dump() << "\n";
 }
 
+std::string format_epoch_summary(const json& record, int64_t epochs) {
+  std::ostringstream line;
+  line << "epoch " << record.value("epoch", 0) << "/" << epochs << std::fixed << std::setprecision(4);
+  const json train = record.value("train", json::object()), test = record.value("test", json::object());
+  for (const auto& [k, v] : train.items()) line << "  train " << k << " " << v.get<double>();
+  for (const auto& [k, v] : test.items())
+    if (v.is_number_float()) line << "  test " << k << " " << v.get<double>();
+  line << " (" << format_duration(record.value("train_time_s", 0.0)) << ", "
+       << static_cast<int64_t>(record.value("items_per_s", 0.0)) << " items/s)";
+  return line.str();
+}
+
 json Trainer::fit() {
   json last = state_.last;
   for (int64_t epoch = state_.epoch + 1; epoch <= options_.epochs(); ++epoch) {
@@ -311,17 +323,6 @@ json Trainer::fit() {
     }
     state_.last = record;
     write_checkpoint_and_metrics(record);
-    if (rank_ == 0) {
-      std::ostringstream line;
-      line << "epoch " << epoch << "/" << options_.epochs() << std::fixed << std::setprecision(4);
-      for (const auto& [k, v] : record["train"].items()) line << "  train " << k << " " << v.get<double>();
-      for (const auto& [k, v] : record["test"].items())
-        if (v.is_number_float()) line << "  test " << k << " " << v.get<double>();
-      line << " (" << format_duration(record["train_time_s"].get<double>()) << ", "
-           << static_cast<int64_t>(record["items_per_s"].get<double>()) << " items/s)";
-      std::printf("%s\n", line.str().c_str());
-      std::fflush(stdout);
-    }
     for (auto& hook : epoch_hooks_) hook(record);
     last = record;
   }

@@ -57,6 +57,9 @@ int64_t apply_threads(int64_t n);
 /// Parses "cpu" / "cuda" / "cuda:1" with a clear error when the device is unknown or unavailable.
 torch::Device parse_device(const std::string& spec);
 
+/// One line for an epoch's record: "epoch 2/3  train loss ...  test accuracy ... (18.7s, 3214 items/s)".
+std::string format_epoch_summary(const json& record, int64_t epochs);
+
 /// Where the loop is: saved in state.json.
 struct TrainState {
   int64_t epoch = 0;  ///< completed epochs

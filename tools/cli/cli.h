@@ -13,6 +13,7 @@ void add_train(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_info(CLI::App& app);
 void add_generate(CLI::App& app);
+void add_experiment(CLI::App& app);
 
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   zoo::cli::add_eval(app);
   zoo::cli::add_info(app);
   zoo::cli::add_generate(app);
+  zoo::cli::add_experiment(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

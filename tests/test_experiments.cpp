@@ -1,0 +1,86 @@
+// The experiments' claims: double descent (peak at N = n, descent beyond, interpolation), and the priors table.
+#include "tests/helpers.h"
+
+#include <catch2/catch.hpp>
+
+#include <sstream>
+
+using zoo::test::TempDir;
+
+namespace {
+/// Rows of a CSV with a header line, as name -> column of doubles (non-numeric cells read as NaN).
+std::map<std::string, std::vector<double>> read_csv(const std::string& path) {
+  std::istringstream in(zoo::test::read_text(path));
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::string> names;
+  std::stringstream header(line);
+  for (std::string cell; std::getline(header, cell, ',');) names.push_back(cell);
+  std::map<std::string, std::vector<double>> columns;
+  while (std::getline(in, line)) {
+    std::stringstream row(line);
+    size_t i = 0;
+    for (std::string cell; std::getline(row, cell, ',') && i < names.size(); ++i) {
+      char* end = nullptr;
+      double v = std::strtod(cell.c_str(), &end);
+      columns[names[i]].push_back(end && *end == 0 ? v : std::nan(""));
+    }
+  }
+  return columns;
+}
+}  // namespace
+
+TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond; train error 0 from N = n", "[experiments][learning]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const int n = 200;
+  auto r = zoo::test::run_zoo("experiment double-descent --n 200 --test-n 1000 --seeds 3 --no-plot "
+                              "--ratios 0.1 0.25 0.5 0.8 1 1.25 2 5 10 --out " + tmp.str());
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  auto c = read_csv(tmp.str("double_descent.csv"));
+  const auto& features = c["features"];
+  REQUIRE(features.size() == 9);
+  auto argmax = [](const std::vector<double>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
+  CHECK(features[argmax(c["test_mse"])] == n);
+  CHECK(features[argmax(c["norm"])] == n);
+  CHECK(features[argmax(c["test_error"])] == n);
+  const size_t at_n = 4, last = 8, first = 0;
+  CHECK(c["test_error"][last] < 0.6 * c["test_error"][at_n]);  // the second descent
+  CHECK(c["test_error"][at_n] > c["test_error"][first]);        // ... after a rise: the classical U first
+  CHECK(c["norm"][last] < c["norm"][at_n] / 10);
+  for (size_t i = at_n; i < features.size(); ++i) {
+    INFO("features " << features[i]);
+    CHECK(c["train_error"][i] == 0.0);  // interpolation from the threshold on
+    CHECK(c["train_mse"][i] < 1e-12);
+  }
+  CHECK(c["train_mse"][first] > 0.1);  // too few features cannot fit the labels
+}
+
+TEST_CASE("Priors experiment: Laplace makes exact zeros, the Gaussian shrinks, on a subset", "[experiments][priors]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  auto r = zoo::test::run_zoo("experiment priors --limit 6000 --epochs 2 --lambdas 0.01 --out " + tmp.str());
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(std::filesystem::exists(tmp.path() / "priors_weights.png"));
+  auto text = zoo::test::read_text(tmp.path() / "priors.csv");
+  std::istringstream in(text);
+  std::string header, none, gaussian, laplace;
+  std::getline(in, header);
+  std::getline(in, none);
+  std::getline(in, gaussian);
+  std::getline(in, laplace);
+  auto field = [](const std::string& row, int i) {
+    std::stringstream s(row);
+    std::string cell;
+    for (int k = 0; k <= i; ++k) std::getline(s, cell, ',');
+    return std::stod(cell);
+  };
+  CHECK(none.rfind("none,", 0) == 0);
+  CHECK(field(gaussian, 3) < field(none, 3));     // weight norm
+  CHECK(field(laplace, 4) > 0.5);                 // fraction of exact zeros (measured 0.86)
+  CHECK(field(none, 4) == 0.0);
+  CHECK(field(gaussian, 4) == 0.0);
+  CHECK(field(laplace, 2) > 0.5);                 // and it still classifies (measured 0.69; chance 0.1)
+}
