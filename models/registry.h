@@ -120,6 +120,11 @@ class ModelSpec {
                             }});
     return *this;
   }
+  /// The option values this entry starts from (default: Options{}), for several entries over one module.
+  ModelSpec& defaults(Options base) {
+    base_ = std::move(base);
+    return *this;
+  }
   /// Checks that a built module accepts an option set (e.g. a value out of range); throw to reject.
   ModelSpec& validate(std::function<void(const Options&)> check) {
     validate_ = std::move(check);
@@ -130,10 +135,10 @@ class ModelSpec {
     ModelEntry e = entry_;
     auto fields = fields_;
     auto validate = validate_;
-    auto to_options = [fields, validate, name = e.name](const json& j) {
+    auto to_options = [fields, validate, name = e.name, base = base_](const json& j) {
       if (!j.is_object())
         throw std::invalid_argument("options of model '" + name + "' must be a JSON object, got " + j.dump());
-      Options o;
+      Options o = base;
       for (auto it = j.begin(); it != j.end(); ++it) {
         auto f = std::find_if(fields.begin(), fields.end(), [&](const Field& fl) { return fl.key == it.key(); });
         if (f == fields.end()) {
@@ -159,7 +164,7 @@ class ModelSpec {
       for (const auto& f : fields) j[f.key] = f.get(o);
       return j;
     };
-    e.default_options = [to_json] { return to_json(Options{}); };
+    e.default_options = [to_json, base = base_] { return to_json(base); };
     e.complete_options = [to_options, to_json](const json& j) { return to_json(to_options(j)); };
     e.build = [to_options](const json& j) { return torch::nn::AnyModule(Holder(to_options(j))); };
     return e;
@@ -174,6 +179,7 @@ class ModelSpec {
   ModelEntry entry_;
   std::vector<Field> fields_;
   std::function<void(const Options&)> validate_;
+  Options base_{};
 };
 
 /// The process-wide table of models, sorted by name.

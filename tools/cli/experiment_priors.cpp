@@ -88,7 +88,9 @@ void run_priors(const PriorsArgs& a) {
   for (size_t i = 0; i < histogram_files.size(); ++i)
     plot += std::string(i ? ", " : "") + "'" + histogram_files[i] + "' using 1:($2+1) with steps lw 2 title '" +
             titles[i] + "'";
-  run_gnuplot("set title 'First-layer weights of the mlp after training, lambda = " + std::to_string(a.lambdas.back()) +
+  char lambda_text[32];
+  std::snprintf(lambda_text, sizeof lambda_text, "%g", a.lambdas.back());
+  run_gnuplot(std::string("set title 'First-layer weights of the mlp after training, lambda = ") + lambda_text +
                   " (exact zeros pile up in the middle bin under the Laplace prior)'\n"
                   "set xlabel 'weight value (clamped to +-0.15)'\nset ylabel 'count + 1'\nset logscale y\nset grid\n" +
                   plot + "\n",
