@@ -79,7 +79,7 @@ torch::Tensor parse_idx(const uint8_t* data, size_t size, const std::string& nam
   }
   if (saturated) claimed = available + 1;
   if (claimed > available)
-    throw std::runtime_error(name + " is truncated: its header claims more data (" + c10::str(dims) +
+    throw std::runtime_error(name + " is truncated: its header claims more data (" + c10::str(c10::IntArrayRef(dims)) +
                              ") than the " + std::to_string(available) + " bytes it holds");
   if (claimed < available)
     throw std::runtime_error(name + " has " + std::to_string(available - claimed) +

@@ -161,17 +161,22 @@ TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear 
   CHECK_THROWS_WITH(training::Run::open(tmp.str("run")), Catch::Contains("config.json is not valid JSON"));
 }
 
-TEST_CASE("Runs: a run stopped in its first epoch (config.json, no checkpoint) can be started again", "[checkpoint]") {
+TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its first epoch resumes exactly", "[checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   training::RunConfig config;
   config.model = "mlp";
-  config.data.limit = 100;
-  config.train = quiet();
-  training::Run::create(config, tmp.str("run"));  // killed before fit(): config.json only
-  CHECK_THROWS_WITH(training::Run::resume(tmp.str("run")), Catch::Contains("no checkpoint yet") &&
-                                                               Catch::Contains("without --resume"));
-  auto again = training::Run::create(config, tmp.str("run"));
-  again->fit();
+  config.data.limit = 300;
+  config.train = quiet().seed(4);
+  training::Run::create(config, tmp.str("straight"))->fit();
+  training::Run::create(config, tmp.str("run"));  // killed before its first epoch ended
+  CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 0);
+  CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")), Catch::Contains("--resume"));
+  training::Run::resume(tmp.str("run"))->fit();
+  CHECK(same_tensors(training::read_tensors(tmp.str("straight/model.pt")), training::read_tensors(tmp.str("run/model.pt"))));
+  // A directory with only config.json (killed between the two writes) has nothing to lose: it starts again.
+  for (const char* f : {"state.json", "model.pt", "optimizer.pt", "metrics.jsonl"}) fs::remove(tmp.path() / "run" / f);
+  CHECK_THROWS_WITH(training::Run::resume(tmp.str("run")), Catch::Contains("no checkpoint yet"));
+  training::Run::create(config, tmp.str("run"))->fit();
   CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 1);
 }

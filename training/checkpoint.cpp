@@ -62,11 +62,7 @@ void write_file_atomically(const std::string& path, const std::function<void(con
 
 void write_text_atomically(const std::string& path, const std::string& text) {
   write_file_atomically(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno));
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno) + " (disk full?)");
+    write_bytes(tmp, text);
   });
 }
 
@@ -103,10 +99,31 @@ void write_checkpoint(const std::string& run_dir, const std::vector<CheckpointFi
   finish_commit(run);
 }
 
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+  const size_t written = std::fwrite(bytes.data(), 1, bytes.size(), f);
+  const int saved_errno = errno;
+  const bool flushed = std::fflush(f) == 0;
+  const int flush_errno = errno;
+  const bool closed = std::fclose(f) == 0;
+  if (written != bytes.size() || !flushed || !closed)
+    throw std::runtime_error("cannot write " + path + ": " +
+                             std::strerror(written != bytes.size() ? saved_errno : flush_errno));
+}
+
+void save_archive(torch::serialize::OutputArchive& archive, const std::string& path) {
+  // Into memory first: LibTorch's file writer, when a write fails (disk full), throws again from its destructor
+  // and terminates the process. Our own write reports the failure and the checkpoint protocol keeps the old set.
+  std::ostringstream buffer;
+  archive.save_to(buffer);
+  write_bytes(path, buffer.str());
+}
+
 void save_module(const torch::nn::Module& module, const std::string& path) {
   torch::serialize::OutputArchive archive;
   module.save(archive);
-  archive.save_to(path);
+  save_archive(archive, path);
 }
 
 std::map<std::string, torch::Tensor> read_tensors(const std::string& path) {

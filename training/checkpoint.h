@@ -38,6 +38,11 @@ struct CheckpointFile {
 };
 void write_checkpoint(const std::string& run_dir, const std::vector<CheckpointFile>& files);
 
+/// Writes an archive to `path` through memory with checked I/O (a failed write is an exception, never a crash).
+void save_archive(torch::serialize::OutputArchive& archive, const std::string& path);
+/// Writes bytes to `path`; a short write, flush or close is an error naming the reason (e.g. "File too large").
+void write_bytes(const std::string& path, const std::string& bytes);
+
 /// Module parameters and buffers <-> a TorchScript-format archive (`torch.jit.load` opens it in Python).
 void save_module(const torch::nn::Module& module, const std::string& path);
 /// Loads into `module`; a missing, extra or mis-shaped tensor is an error naming it (nothing is changed then).

@@ -135,6 +135,8 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {
   if (ec) throw std::runtime_error("cannot create run directory " + dir + ": " + ec.message());
   write_text_atomically((fs::path(dir) / "config.json").string(), to_json(run->config_).dump(2) + "\n");
   run->trainer_->set_run_dir(dir);
+  // Epoch 0: from now on the directory always holds a loadable checkpoint, whenever the process dies.
+  run->trainer_->save_checkpoint();
   return run;
 }
 

@@ -94,6 +94,14 @@ void validate(const TrainOptions& o) {
   parse_device(o.device());
 }
 
+namespace {
+std::atomic<int> stop_signal{-1};
+}  // namespace
+
+void request_stop(int signal) { stop_signal.store(signal); }
+bool stop_requested() { return stop_signal.load(std::memory_order_relaxed) >= 0; }
+void clear_stop_request() { stop_signal.store(-1); }
+
 int64_t apply_threads(int64_t n) {
   if (n <= 0) n = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
   torch::set_num_threads(static_cast<int>(n));
@@ -180,7 +188,10 @@ json Trainer::train_epoch(int64_t epoch) {
   const bool show = options_.progress() && rank_ == 0;
   Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(options_.epochs()), steps,
                     Progress::stderr_is_terminal(), show);
-  double loss_sum = 0, items = 0;
+  // An interrupted epoch goes on where it stopped, with the sums of the part already done.
+  const int64_t first_step = state_.epoch_step;
+  double loss_sum = state_.partial.value("loss_sum", 0.0), items = state_.partial.value("items", 0.0);
+  const double seconds_before = state_.partial.value("seconds", 0.0);
   // Per-term (value, batch size) pairs, reduced once at the end of the epoch.
   std::vector<std::pair<std::string, std::vector<std::pair<torch::Tensor, double>>>> term_values;
   auto record_term = [&](const std::string& name, const torch::Tensor& value, double n) {
@@ -188,8 +199,29 @@ json Trainer::train_epoch(int64_t epoch) {
     if (it == term_values.end()) it = term_values.insert(term_values.end(), {name, {}});
     it->second.emplace_back(value.detach(), n);
   };
+  const json partial_terms = state_.partial.value("terms", json::object());
+  for (const auto& [name, sw] : partial_terms.items())
+    record_term(name, torch::tensor(sw[0].get<double>() / std::max(1e-300, sw[1].get<double>()), torch::kFloat64),
+                sw[1].get<double>());
+  auto reduce_terms = [&] {
+    json out = json::object();
+    for (const auto& [name, values] : term_values) {
+      std::vector<torch::Tensor> v;
+      std::vector<double> w;
+      for (const auto& [value, n] : values) {
+        v.push_back(value.to(torch::kCPU, torch::kFloat64).reshape({}));
+        w.push_back(n);
+      }
+      const auto weights = torch::tensor(w, torch::kFloat64);
+      out[name] = {(torch::stack(v) * weights).sum().item<double>(), weights.sum().item<double>()};
+    }
+    return out;  // name -> [weighted sum, total weight]
+  };
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t s = 0; s < steps; ++s) {
+  auto elapsed = [&] {
+    return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (int64_t s = first_step; s < steps; ++s) {
     const int64_t lo = s * options_.batch_size();
     const int64_t hi = std::min<int64_t>(lo + options_.batch_size(), order.size(0));
     const auto batch = data_.train->get(order.slice(0, lo, hi)).to(device_);
@@ -226,20 +258,24 @@ json Trainer::train_epoch(int64_t epoch) {
     loss_sum += loss_value * n;
     for (const auto& [name, value] : terms) record_term(name, value, n);
     progress.update(s + 1, static_cast<int64_t>(items), loss_sum / items);
+    if (stop_requested() && s + 1 < steps) {
+      progress.finish();
+      state_.epoch_step = s + 1;
+      state_.partial = {{"loss_sum", loss_sum}, {"items", items}, {"seconds", elapsed()}, {"terms", reduce_terms()}};
+      save_checkpoint();
+      std::ostringstream msg;
+      msg << "stopped at epoch " << epoch << ", step " << (s + 1) << " of " << steps;
+      if (!run_dir_.empty() && rank_ == 0) msg << "; checkpoint saved in " << run_dir_;
+      throw Interrupted(msg.str(), stop_signal.load());
+    }
   }
   progress.finish();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = elapsed();
   json train = {{"loss", loss_sum / std::max(1.0, items)}};
-  for (const auto& [name, values] : term_values) {
-    std::vector<torch::Tensor> v;
-    std::vector<double> w;
-    for (const auto& [value, n] : values) {
-      v.push_back(value.to(torch::kCPU, torch::kFloat64).reshape({}));
-      w.push_back(n);
-    }
-    const auto weights = torch::tensor(w, torch::kFloat64);
-    train[name] = (torch::stack(v) * weights).sum().item<double>() / weights.sum().item<double>();
-  }
+  const json term_sums = reduce_terms();
+  for (const auto& [name, sw] : term_sums.items()) train[name] = sw[0].get<double>() / sw[1].get<double>();
+  state_.epoch_step = 0;
+  state_.partial = json::object();
   return {{"epoch", epoch},
           {"step", state_.step},
           {"lr", sched.at(std::max<int64_t>(0, state_.step - 1), epoch - 1)},
@@ -267,27 +303,29 @@ json Trainer::evaluate(bool thorough) {
   return evaluator->result(state);
 }
 
-void Trainer::write_checkpoint_and_metrics(const json& record) {
+void Trainer::save_checkpoint() {
   if (run_dir_.empty() || rank_ != 0) return;
   json state = {{"epoch", state_.epoch},
                 {"step", state_.step},
+                {"epoch_step", state_.epoch_step},
+                {"partial", state_.partial},
                 {"best", std::isnan(state_.best) ? json(nullptr) : json(state_.best)},
                 {"best_metric", objective_->primary_metric()},
                 {"best_epoch", state_.best_epoch},
-                {"last", record},
+                {"last", state_.last},
                 {"rng_state", rng_state_hex()}};
   write_checkpoint(run_dir_, {{"model.pt", [&](const std::string& p) { save_module(*model_.ptr(), p); }},
                               {"optimizer.pt",
                                [&](const std::string& p) {
                                  torch::serialize::OutputArchive archive;
                                  optimizer_->save(archive);
-                                 archive.save_to(p);
+                                 save_archive(archive, p);
                                }},
-                              {"state.json", [&](const std::string& p) {
-                                 std::ofstream out(p);
-                                 out << state.dump(2) << "\n";
-                                 if (!out) throw std::runtime_error("cannot write " + p);
-                               }}});
+                              {"state.json", [&](const std::string& p) { write_bytes(p, state.dump(2) + "\n"); }}});
+}
+
+void Trainer::append_metrics(const json& record) {
+  if (run_dir_.empty() || rank_ != 0) return;
   // metrics.jsonl is a log, appended after the commit; restore() repairs it from state.json if needed.
   std::ofstream log(fs::path(run_dir_) / "metrics.jsonl", std::ios::app);
   log << record.dump() << "\n";
@@ -322,7 +360,8 @@ json Trainer::fit() {
       }
     }
     state_.last = record;
-    write_checkpoint_and_metrics(record);
+    save_checkpoint();
+    append_metrics(record);
     for (auto& hook : epoch_hooks_) hook(record);
     last = record;
   }
@@ -342,6 +381,8 @@ void Trainer::restore(const std::string& run_dir) {
     state_.best = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN() : state.at("best").get<double>();
     state_.best_epoch = state.at("best_epoch").get<int64_t>();
     state_.last = state.at("last");
+    state_.epoch_step = state.value("epoch_step", int64_t{0});
+    state_.partial = state.value("partial", json::object());
   } catch (const json::exception& e) {
     throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
   }
@@ -376,7 +417,8 @@ void Trainer::restore(const std::string& run_dir) {
       keep.push_back(rec.dump());
     }
   }
-  if (logged < state_.epoch && !state_.last.empty()) keep.push_back(state_.last.dump());
+  if (logged < state_.epoch && !state_.last.empty() && state_.last.value("epoch", int64_t{0}) == state_.epoch)
+    keep.push_back(state_.last.dump());
   std::string text;
   for (const auto& l : keep) text += l + "\n";
   write_text_atomically(log_path.string(), text);

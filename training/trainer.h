@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -60,10 +61,26 @@ torch::Device parse_device(const std::string& spec);
 /// One line for an epoch's record: "epoch 2/3  train loss ...  test accuracy ... (18.7s, 3214 items/s)".
 std::string format_epoch_summary(const json& record, int64_t epochs);
 
+/// Asks a running Trainer to stop after its current step: it saves a checkpoint (also in the middle of an
+/// epoch, exactly resumable) and throws Interrupted. Async-signal-safe (an atomic store), for SIGINT/SIGTERM
+/// handlers; `signal` is reported back through Interrupted::signal.
+void request_stop(int signal = 0);
+bool stop_requested();
+void clear_stop_request();
+
+/// Thrown by Trainer::fit after a requested stop; the checkpoint (if the trainer has a run directory) is written.
+class Interrupted : public std::runtime_error {
+ public:
+  Interrupted(const std::string& what, int signal) : std::runtime_error(what), signal(signal) {}
+  int signal;
+};
+
 /// Where the loop is: saved in state.json.
 struct TrainState {
-  int64_t epoch = 0;  ///< completed epochs
-  int64_t step = 0;   ///< optimizer steps taken
+  int64_t epoch = 0;       ///< completed epochs
+  int64_t step = 0;        ///< optimizer steps taken
+  int64_t epoch_step = 0;  ///< steps already taken in epoch `epoch + 1` (an interrupted epoch)
+  json partial = json::object();  ///< that epoch's running sums, so its metrics come out as if uninterrupted
   double best = std::numeric_limits<double>::quiet_NaN();
   int64_t best_epoch = 0;
   json last = json::object();  ///< the last epoch's metrics record
@@ -94,6 +111,9 @@ class Trainer {
   /// over ranks (used for evaluation sums). Only rank 0 writes files.
   void set_parallel(int64_t rank, int64_t world_size, std::function<void(torch::Tensor&)> all_reduce_sum);
 
+  /// Writes a checkpoint of the current state to the run directory (the trainer does so after every epoch and
+  /// when stopped; Run writes one before the first epoch, so a run directory always holds one).
+  void save_checkpoint();
   /// Restores model, optimizer, loop state and RNG from the checkpoint in `run_dir`.
   void restore(const std::string& run_dir);
   /// Trains epochs state().epoch + 1 .. options().epochs(); returns the last epoch's record.
@@ -112,7 +132,7 @@ class Trainer {
 
  private:
   json train_epoch(int64_t epoch);
-  void write_checkpoint_and_metrics(const json& record);
+  void append_metrics(const json& record);
   Schedule schedule() const;
 
   torch::nn::AnyModule model_;

@@ -5,8 +5,31 @@
 #include <cstdio>
 #include <iostream>
 
+#include "training/trainer.h"
+
+#include <csignal>
+#include <cstring>
+
 namespace {
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// First SIGINT/SIGTERM: ask the trainer to stop after its step and save a checkpoint. The default action is put
+// back, so a second signal ends the process at once (the checkpoint protocol keeps the last one whole anyway).
+extern "C" void on_stop_signal(int sig) {
+  zoo::training::request_stop(sig);
+  std::signal(sig, SIG_DFL);
+}
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  // A file-size limit (ulimit -f) would kill the process with SIGXFSZ in the middle of a write; ignored, the
+  // write fails with EFBIG and the checkpoint writer reports it like a full disk.
+  std::signal(SIGXFSZ, SIG_IGN);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -19,8 +42,13 @@ int main(int argc, char** argv) {
   zoo::cli::add_info(app);
   zoo::cli::add_generate(app);
   zoo::cli::add_experiment(app);
+  install_signal_handlers();
   try {
     app.parse(argc, argv);
+  } catch (const zoo::training::Interrupted& e) {
+    std::fprintf(stderr, "zoo: %s (%s); continue with --resume\n", e.what(),
+                 e.signal > 0 ? strsignal(e.signal) : "stop requested");
+    return e.signal > 0 ? 128 + e.signal : 1;
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

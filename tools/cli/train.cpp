@@ -69,8 +69,11 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     auto run = Run::resume(a.resume, given("--epochs") ? a.epochs : 0, given("--threads") ? a.threads : -1,
                            a.no_progress);
     const auto& st = run->trainer().state();
-    std::printf("resuming %s (%s) after epoch %lld of %lld\n", a.resume.c_str(), run->config().model.c_str(),
+    std::printf("resuming %s (%s) after epoch %lld of %lld", a.resume.c_str(), run->config().model.c_str(),
                 static_cast<long long>(st.epoch), static_cast<long long>(run->config().train.epochs()));
+    if (st.epoch_step > 0) std::printf(" and step %lld of epoch %lld", static_cast<long long>(st.epoch_step),
+                                       static_cast<long long>(st.epoch + 1));
+    std::printf("\n");
     std::fflush(stdout);
     run->fit();
     const auto& s = run->trainer().state();

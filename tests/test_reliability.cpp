@@ -1,0 +1,117 @@
+// Crash safety as a user meets it: Ctrl-C and SIGTERM save an exactly resumable checkpoint; SIGKILL at any
+// moment leaves a loadable one and --resume ends where an uninterrupted run ends; a full disk is an error that
+// keeps the previous checkpoint.
+#include "training/checkpoint.h"
+#include "tests/helpers.h"
+
+#include <catch2/catch.hpp>
+
+using zoo::test::TempDir;
+using zoo::test::run_zoo;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+bool same_weights(const std::string& a, const std::string& b) {
+  auto ta = zoo::training::read_tensors(a), tb = zoo::training::read_tensors(b);
+  if (ta.size() != tb.size()) return false;
+  for (const auto& [k, v] : ta)
+    if (!tb.count(k) || !torch::equal(v, tb[k])) return false;
+  return true;
+}
+std::string zoo_cmd(const std::string& args) { return std::string(ZOO_BIN) + " " + args; }
+}  // namespace
+
+TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint; --resume ends bit-identical to an uninterrupted run", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string args = "train mlp --epochs 4 --threads 1 --seed 2 --no-progress --out ";
+  REQUIRE(run_zoo(args + tmp.str("straight")).code == 0);
+  auto r = zoo::test::run_command("timeout --preserve-status -s INT 1.5 " + zoo_cmd(args + tmp.str("run")));
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 130);  // 128 + SIGINT
+  CHECK(r.err.find("stopped at epoch") != std::string::npos);
+  CHECK(r.err.find("checkpoint saved in " + tmp.str("run")) != std::string::npos);
+  CHECK(r.err.find("continue with --resume") != std::string::npos);
+  auto state = zoo::training::read_json_file(tmp.str("run/state.json"));
+  CHECK(state["epoch_step"].get<int64_t>() > 0);  // stopped inside an epoch, not at its end
+  auto resumed = run_zoo("train --resume " + tmp.str("run") + " --no-progress");
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("and step") != std::string::npos);
+  CHECK(same_weights(tmp.str("straight/model.pt"), tmp.str("run/model.pt")));
+  // the interrupted epoch's training metrics come out as if it had not been interrupted
+  auto log_a = zoo::test::read_text(tmp.path() / "straight" / "metrics.jsonl");
+  auto log_b = zoo::test::read_text(tmp.path() / "run" / "metrics.jsonl");
+  REQUIRE(zoo::test::count_lines(log_b) == 4);
+  std::istringstream a(log_a), b(log_b);
+  for (std::string la, lb; std::getline(a, la) && std::getline(b, lb);) {
+    auto ja = json::parse(la), jb = json::parse(lb);
+    CHECK(ja["train"]["loss"].get<double>() == Approx(jb["train"]["loss"].get<double>()).epsilon(1e-12));
+    CHECK(ja["train"]["accuracy"].get<double>() == Approx(jb["train"]["accuracy"].get<double>()).epsilon(1e-12));
+    CHECK(ja["test"] == jb["test"]);
+  }
+}
+
+TEST_CASE("Reliability: SIGTERM stops cleanly with a checkpoint too", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  auto r = zoo::test::run_command("timeout --preserve-status -s TERM 1.5 " +
+                                  zoo_cmd("train mlp --epochs 4 --threads 1 --no-progress --out " + tmp.str("run")));
+  INFO(r.err);
+  CHECK(r.code == 143);  // 128 + SIGTERM
+  CHECK(r.err.find("checkpoint saved") != std::string::npos);
+  CHECK(run_zoo("eval " + tmp.str("run") + " --json").code == 0);
+}
+
+TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpoint; resume ends where a clean run ends", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string args = "--epochs 3 --limit 20000 --threads 1 --seed 9 --no-progress";
+  REQUIRE(run_zoo("train mlp " + args + " --out " + tmp.str("straight")).code == 0);
+  const std::string run = tmp.str("run");
+  // Kill times cover start-up (data loading), training steps, evaluation and checkpoint writing.
+  const std::vector<double> kills{0.9, 0.25, 1.1, 0.6, 1.4, 0.8, 0.45, 1.2};
+  int killed = 0;
+  for (size_t i = 0; i < kills.size(); ++i) {
+    const bool exists = fs::exists(fs::path(run) / "config.json");
+    const std::string cmd = exists ? "train --resume " + run + " --no-progress" : "train mlp " + args + " --out " + run;
+    auto r = zoo::test::run_command("timeout -s KILL " + std::to_string(kills[i]) + " " + zoo_cmd(cmd));
+    if (r.code == 0) break;  // finished before the kill
+    ++killed;
+    if (!fs::exists(fs::path(run) / "config.json")) continue;  // killed before the run existed: start it again
+    INFO("after kill " << i << " at " << kills[i] << " s");
+    auto info = run_zoo("info " + run + " --json");
+    CHECK(info.code == 0);
+    CHECK(run_zoo("eval " + run + " --json --limit 100").code == 0);  // model.pt loads
+  }
+  CHECK(killed >= 4);
+  auto last = run_zoo(fs::exists(fs::path(run) / "config.json") ? "train --resume " + run + " --no-progress"
+                                                                  : "train mlp " + args + " --out " + run);
+  INFO(last.out << last.err);
+  if (last.code != 0) CHECK(last.err.find("has finished") != std::string::npos);
+  CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 3);
+  CHECK(same_weights(tmp.str("straight/model.pt"), run + "/model.pt"));
+}
+
+TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the previous checkpoint stays", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  REQUIRE(run_zoo("train mlp --epochs 1 --limit 1000 --no-progress --out " + run).code == 0);
+  const auto before = zoo::test::read_text(fs::path(run) / "model.pt");
+  REQUIRE(before.size() > 300 * 1024);
+  // ulimit -f 300: files may not grow past 300 KiB, so the next model.pt (about 940 KiB) cannot be written.
+  auto r = zoo::test::run_command("bash -c 'ulimit -f 300; " + zoo_cmd("train --resume " + run + " --epochs 2 --no-progress") + "'");
+  INFO(r.out << r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("cannot write") != std::string::npos);
+  CHECK(r.err.find("the previous checkpoint in " + run + " is intact") != std::string::npos);
+  CHECK(zoo::test::count_lines(r.err) == 1);
+  CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 1);
+  CHECK(zoo::test::read_text(fs::path(run) / "model.pt") == before);
+  CHECK(!fs::exists(fs::path(run) / ".staging"));
+  auto again = run_zoo("train --resume " + run + " --epochs 2 --no-progress");
+  CHECK(again.code == 0);
+  CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 2);
+}
