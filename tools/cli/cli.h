@@ -15,6 +15,34 @@ void add_info(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_experiment(CLI::App& app);
 
+/// Flag validators with short messages ("must be a positive number, got 'fast'"), unlike CLI11's
+/// PositiveNumber, whose message prints the whole range of a double.
+inline CLI::Validator number_validator(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        size_t used = 0;
+        double value = 0;
+        try {
+          value = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        const std::string need = allow_zero ? "a number >= 0" : "a positive number";
+        if (used == 0 || used != text.size() || !(allow_zero ? value >= 0 : value > 0))
+          return "must be " + need + ", got '" + text + "'";
+        return "";
+      },
+      allow_zero ? "NUMBER>=0" : "NUMBER>0");
+}
+inline const CLI::Validator& positive() {
+  static const CLI::Validator v = number_validator(false);
+  return v;
+}
+inline const CLI::Validator& non_negative() {
+  static const CLI::Validator v = number_validator(true);
+  return v;
+}
+
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);
 

@@ -21,9 +21,9 @@ void add_eval(CLI::App& app) {
   cmd->add_option("run", a->run, "Run directory")->required();
   cmd->add_flag("--json", a->json_out, "Print the metrics as one JSON object on the last line");
   cmd->add_option("--data-dir", a->data_dir, "Data directory (default: the run's)");
-  cmd->add_option("--limit", a->limit, "First N test items (default: the run's; 0 = all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--limit", a->limit, "First N test items (default: the run's; 0 = all)")->check(non_negative());
+  cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(positive());
+  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: the run's)");
   cmd->callback([a, cmd] {
     auto run = training::Run::open(a->run, [&](training::RunConfig& c) {

@@ -140,14 +140,14 @@ void add_double_descent(CLI::App& experiment) {
   auto a = std::make_shared<DDArgs>();
   auto* cmd = experiment.add_subcommand("double-descent",
                                         "Random ReLU features + min-norm least squares: test error against features");
-  cmd->add_option("--n", a->n, "Training images (default 1000)")->check(CLI::PositiveNumber);
-  cmd->add_option("--test-n", a->test_n, "Test images (default 2000)")->check(CLI::PositiveNumber);
+  cmd->add_option("--n", a->n, "Training images (default 1000)")->check(positive());
+  cmd->add_option("--test-n", a->test_n, "Test images (default 2000)")->check(positive());
   cmd->add_option("--noise", a->noise, "Fraction of training labels replaced by random ones (default 0)");
-  cmd->add_option("--seeds", a->seeds, "Random feature draws averaged per point (default 3)")->check(CLI::PositiveNumber);
+  cmd->add_option("--seeds", a->seeds, "Random feature draws averaged per point (default 3)")->check(positive());
   cmd->add_option("--ratios", a->ratios, "Feature counts as multiples of n (default 0.1 ... 10, dense near 1)");
   cmd->add_option("--out", a->out, "Output directory (default runs/double-descent-DATE-TIME)");
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->callback([a] { run_double_descent(*a); });
 }

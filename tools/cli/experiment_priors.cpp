@@ -105,12 +105,12 @@ void add_priors(CLI::App& experiment) {
   auto* cmd = experiment.add_subcommand("priors", "mlp with no, Gaussian (L2) and Laplace (L1) priors: accuracy, "
                                                   "weight norm, exact zeros");
   cmd->add_option("--lambdas", a->lambdas, "Prior strengths (default 1e-4 1e-3)");
-  cmd->add_option("--epochs", a->epochs, "Epochs per run (default 5)")->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", a->lr, "SGD learning rate (default 0.05)")->check(CLI::PositiveNumber);
-  cmd->add_option("--limit", a->limit, "First N images of each split (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--epochs", a->epochs, "Epochs per run (default 5)")->check(positive());
+  cmd->add_option("--lr", a->lr, "SGD learning rate (default 0.05)")->check(positive());
+  cmd->add_option("--limit", a->limit, "First N images of each split (0 = all)")->check(non_negative());
   cmd->add_option("--out", a->out, "Output directory (default runs/priors-DATE-TIME)");
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->callback([a] { run_priors(*a); });
 }

@@ -35,16 +35,16 @@ void add_generate(CLI::App& app) {
   auto s = std::make_shared<SampleArgs>();
   auto* sample = app.add_subcommand("sample", "Decode z ~ N(0, I) (or a grid over a 2-D latent plane) to a PNG grid");
   sample->add_option("run", s->run, "Run directory of a latent-variable model (vae)")->required();
-  sample->add_option("--n", s->n, "Number of samples (default 64)")->check(CLI::PositiveNumber);
-  sample->add_option("--nrow", s->nrow, "Images per row (default: square-ish)")->check(CLI::NonNegativeNumber);
+  sample->add_option("--n", s->n, "Number of samples (default 64)")->check(positive());
+  sample->add_option("--nrow", s->nrow, "Images per row (default: square-ish)")->check(non_negative());
   sample->add_option("--out", s->out, "Output PNG (default samples.png)");
-  sample->add_option("--seed", s->seed, "Seed of z (default 0)")->check(CLI::NonNegativeNumber);
+  sample->add_option("--seed", s->seed, "Seed of z (default 0)")->check(non_negative());
   sample->add_flag("--manifold", s->manifold, "Decode a grid over the latent plane (2-D latent only)");
   sample->add_option("--grid", s->grid, "Grid side for --manifold (default 20)")->check(CLI::Range(2, 100));
   sample->add_option("--range", s->range, "--manifold spans the Gaussian quantiles 1-p .. p (default 0.95)")
       ->check(CLI::Range(0.5, 0.9999));
   sample->add_option("--device", s->device, "cpu, cuda or cuda:N (default cpu)");
-  sample->add_option("--threads", s->threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  sample->add_option("--threads", s->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
   sample->callback([s] {
     training::apply_threads(s->threads);
     auto [config, model] = training::load_run_model(s->run, s->device);
@@ -82,11 +82,11 @@ void add_generate(CLI::App& app) {
   auto* recon = app.add_subcommand("reconstruct", "Test images (top row) above their reconstructions, as a PNG");
   recon->add_option("run", r->run, "Run directory of a latent-variable model (vae)")->required();
   recon->add_option("--n", r->n, "Number of test images (default 16)")->check(CLI::Range(1, 1000));
-  recon->add_option("--offset", r->offset, "Index of the first test image (default 0)")->check(CLI::NonNegativeNumber);
+  recon->add_option("--offset", r->offset, "Index of the first test image (default 0)")->check(non_negative());
   recon->add_option("--out", r->out, "Output PNG (default recon.png)");
   recon->add_option("--data-dir", r->data_dir, "Data directory (default: the run's)");
   recon->add_option("--device", r->device, "cpu, cuda or cuda:N (default cpu)");
-  recon->add_option("--threads", r->threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  recon->add_option("--threads", r->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
   recon->callback([r, recon] {
     training::apply_threads(r->threads);
     auto [config, model] = training::load_run_model(r->run, r->device);

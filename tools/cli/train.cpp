@@ -162,29 +162,29 @@ void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model (default: cnn on Fashion-MNIST) or resume a run");
   cmd->add_option("model", a->model, "Registered model name (see 'zoo list'); default cnn");
   cmd->add_option("--epochs", a->epochs, "Number of epochs (default: the model's recommendation)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size", a->batch_size, "Training batch size")->check(CLI::PositiveNumber);
+      ->check(positive());
+  cmd->add_option("--batch-size", a->batch_size, "Training batch size")->check(positive());
   cmd->add_option("--eval-batch-size", a->eval_batch_size, "Evaluation batch size (default 1000)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", a->lr, "Learning rate")->check(CLI::PositiveNumber);
+      ->check(positive());
+  cmd->add_option("--lr", a->lr, "Learning rate")->check(positive());
   cmd->add_option("--optimizer", a->optimizer, "Optimizer")->check(CLI::IsMember(training::optimizer_names()));
-  cmd->add_option("--momentum", a->momentum, "SGD momentum (default 0.9)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--momentum", a->momentum, "SGD momentum (default 0.9)")->check(non_negative());
   cmd->add_option("--weight-decay", a->weight_decay, "Optimizer weight decay (default 0)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--schedule", a->schedule, "Learning-rate schedule")->check(CLI::IsMember(training::schedule_names()));
   cmd->add_option("--step-size", a->step_size, "Epochs per decay of the step schedule (default 1)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--gamma", a->gamma, "Decay factor of the step schedule (default 0.1)")->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", a->warmup, "Linear warm-up steps (default 0)")->check(CLI::NonNegativeNumber);
+      ->check(positive());
+  cmd->add_option("--gamma", a->gamma, "Decay factor of the step schedule (default 0.1)")->check(positive());
+  cmd->add_option("--warmup", a->warmup, "Linear warm-up steps (default 0)")->check(non_negative());
   cmd->add_option("--clip-grad", a->clip_grad, "Clip the global gradient norm to this value (0 = off)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", a->seed, "Random seed (default 0)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
+  cmd->add_option("--seed", a->seed, "Random seed (default 0)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--dataset", a->dataset, "Dataset name (default: the model's; see 'zoo list --datasets')");
   cmd->add_option("--data-dir", a->data_dir, "Data directory (default $ZOO_DATA_DIR or the dataset's default)");
   cmd->add_option("--limit", a->limit, "Use only the first N items of each split (0 = all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
   cmd->add_option("--set", a->set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
   cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
@@ -192,7 +192,7 @@ void add_train(CLI::App& app) {
   cmd->add_option("--prior", a->prior, "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")
       ->check(CLI::IsMember({"none", "gaussian", "laplace"}));
   cmd->add_option("--lambda", a->lambda, "Prior strength: gaussian adds lambda/2 ||w||^2, laplace lambda ||w||_1")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--prior-layer", a->prior_layers,
                   "Per-layer lambda PATTERN=X (glob on parameter names, e.g. 'net.0.*=1e-3'; first match wins)");
   cmd->add_flag("--prior-decoupled", a->prior_decoupled, "Gaussian prior as decoupled weight decay w <- (1-lr*lambda)w");
