@@ -364,6 +364,11 @@ json Trainer::fit() {
     append_metrics(record);
     for (auto& hook : epoch_hooks_) hook(record);
     last = record;
+    if (stop_requested() && epoch < options_.epochs()) {
+      std::string msg = "stopped after epoch " + std::to_string(epoch);
+      if (!run_dir_.empty() && rank_ == 0) msg += "; checkpoint saved in " + run_dir_;
+      throw Interrupted(msg, stop_signal.load());
+    }
   }
   return last;
 }
