@@ -20,6 +20,18 @@ bool same_weights(const std::string& a, const std::string& b) {
   return true;
 }
 std::string zoo_cmd(const std::string& args) { return std::string(ZOO_BIN) + " " + args; }
+
+/// Starts `zoo ARGS` writing to RUN, waits until training has begun (the epoch-0 checkpoint exists) plus
+/// `delay` seconds, then sends `signal`; returns the process's result. Independent of machine load.
+zoo::test::CommandResult signal_during_training(const std::string& args, const std::string& run,
+                                                const std::string& signal, double delay) {
+  TempDir dir;
+  const auto script = dir.str("signal.sh");
+  std::ofstream(script) << zoo_cmd(args) << " &\npid=$!\n"
+                        << "for i in $(seq 600); do [ -f '" << run << "/state.json' ] && break; sleep 0.05; done\n"
+                        << "sleep " << delay << "\nkill -" << signal << " $pid\nwait $pid\n";
+  return zoo::test::run_command("bash " + script);
+}
 }  // namespace
 
 TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint; --resume ends bit-identical to an uninterrupted run", "[reliability]") {
@@ -27,7 +39,7 @@ TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint; --resume ends bit-i
   TempDir tmp;
   const std::string args = "train mlp --epochs 4 --threads 1 --seed 2 --no-progress --out ";
   REQUIRE(run_zoo(args + tmp.str("straight")).code == 0);
-  auto r = zoo::test::run_command("timeout --preserve-status -s INT 1.5 " + zoo_cmd(args + tmp.str("run")));
+  auto r = signal_during_training(args + tmp.str("run"), tmp.str("run"), "INT", 0.3);
   INFO(r.out << r.err);
   REQUIRE(r.code == 130);  // 128 + SIGINT
   CHECK(r.err.find("stopped at epoch") != std::string::npos);
@@ -56,8 +68,8 @@ TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint; --resume ends bit-i
 TEST_CASE("Reliability: SIGTERM stops cleanly with a checkpoint too", "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto r = zoo::test::run_command("timeout --preserve-status -s TERM 1.5 " +
-                                  zoo_cmd("train mlp --epochs 4 --threads 1 --no-progress --out " + tmp.str("run")));
+  auto r = signal_during_training("train mlp --epochs 4 --threads 1 --no-progress --out " + tmp.str("run"),
+                                  tmp.str("run"), "TERM", 0.3);
   INFO(r.err);
   CHECK(r.code == 143);  // 128 + SIGTERM
   CHECK(r.err.find("checkpoint saved") != std::string::npos);
@@ -67,7 +79,7 @@ TEST_CASE("Reliability: SIGTERM stops cleanly with a checkpoint too", "[reliabil
 TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpoint; resume ends where a clean run ends", "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  const std::string args = "--epochs 3 --limit 20000 --threads 1 --seed 9 --no-progress";
+  const std::string args = "--epochs 3 --limit 40000 --threads 1 --seed 9 --no-progress";
   REQUIRE(run_zoo("train mlp " + args + " --out " + tmp.str("straight")).code == 0);
   const std::string run = tmp.str("run");
   // Kill times cover start-up (data loading), training steps, evaluation and checkpoint writing.
