@@ -129,6 +129,12 @@ TEST_CASE("CLI: bad input gets one clear line and a non-zero exit", "[cli][error
     check_error(run_zoo("train mlp --data-dir " + tmp.str("empty") + " --out " + tmp.str("r")),
                 "apt-get install dataset-fashion-mnist");
   }
+  SECTION("a model that does not fit the data fails before anything is written") {
+    auto r = run_zoo("train cnn --set in_channels=3 --out " + tmp.str("r"));
+    check_error(r, "the model does not fit the data (fashion-mnist train");
+    CHECK(r.err.find("items [1, 28, 28]): CNN expects [N, 3, 28, 28]") != std::string::npos);
+    CHECK(!std::filesystem::exists(tmp.path() / "r"));
+  }
   SECTION("eval of a directory that is not a run") { check_error(run_zoo("eval " + tmp.str()), "not a zoo run directory"); }
   SECTION("eval of a missing directory") { check_error(run_zoo("eval " + tmp.str("nope")), "does not exist"); }
   SECTION("no subcommand") {

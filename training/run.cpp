@@ -130,6 +130,7 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {
                              " or choose another --out");
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build();
+  run->trainer_->check_data_fits();
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create run directory " + dir + ": " + ec.message());

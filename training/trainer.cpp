@@ -284,6 +284,26 @@ json Trainer::train_epoch(int64_t epoch) {
           {"items_per_s", seconds > 0 ? items * static_cast<double>(world_size_) / seconds : 0.0}};
 }
 
+void Trainer::check_data_fits() {
+  auto& module = *model_.ptr();
+  const bool was_training = module.is_training();
+  module.eval();
+  torch::NoGradGuard no_grad;
+  const auto batch = data_.train->get(torch::arange(std::min<int64_t>(2, data_.train->size()))).to(device_);
+  try {
+    Terms terms;
+    objective_->loss(model_, batch, terms);
+  } catch (const std::exception& e) {
+    module.train(was_training);
+    std::string what = e.what();
+    if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) what = c10_error->what_without_backtrace();
+    throw std::invalid_argument("the model does not fit the data (" + data_.train->describe() + ", items " +
+                                c10::str(batch.input.sizes().slice(1)) + "): " + first_line(what) +
+                                "; change the model's options (--set) or the dataset");
+  }
+  module.train(was_training);
+}
+
 json Trainer::evaluate(bool thorough) {
   auto& module = *model_.ptr();
   const bool was_training = module.is_training();

@@ -111,6 +111,9 @@ class Trainer {
   /// over ranks (used for evaluation sums). Only rank 0 writes files.
   void set_parallel(int64_t rank, int64_t world_size, std::function<void(torch::Tensor&)> all_reduce_sum);
 
+  /// Runs the objective on two training items (eval mode, no gradient) and turns a failure into an error that
+  /// names the item shape, so a model that does not fit its data fails before anything is written.
+  void check_data_fits();
   /// Writes a checkpoint of the current state to the run directory (the trainer does so after every epoch and
   /// when stopped; Run writes one before the first epoch, so a run directory always holds one).
   void save_checkpoint();
