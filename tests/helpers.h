@@ -1,6 +1,8 @@
 // Shared test helpers: temporary directories, running the zoo binary, data availability.
 #pragma once
 
+#include "training/run.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
@@ -74,6 +76,16 @@ inline size_t count_lines(const std::string& text) {
   size_t n = 0;
   for (char c : text) n += c == '\n';
   return n;
+}
+
+/// A run configuration on the first `limit` Fashion-MNIST items, quiet and single-threaded unless `train` says.
+inline training::RunConfig small_run(const std::string& model, int64_t limit,
+                                     training::TrainOptions train = training::TrainOptions().progress(false).threads(1)) {
+  training::RunConfig config;
+  config.model = model;
+  config.data.limit = limit;
+  config.train = train;
+  return config;
 }
 
 inline bool have_fashion_mnist() {

@@ -103,10 +103,8 @@ TEST_CASE("Checkpoint: an interrupted write never damages the previous checkpoin
 TEST_CASE("Resume: 1 epoch + resume to 2 equals an uninterrupted 2-epoch run, bit for bit", "[checkpoint][resume]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "cnn";  // dropout and batch norm: the RNG state and the buffers must be restored too
-  config.data.limit = 640;
-  config.train = quiet().epochs(2).batch_size(64).seed(3).optimizer("adam");
+  // cnn: dropout and batch norm, so the RNG state and the buffers must be restored too
+  auto config = zoo::test::small_run("cnn", 640, quiet().epochs(2).batch_size(64).seed(3).optimizer("adam"));
 
   training::Run::create(config, tmp.str("straight"))->fit();
 
@@ -133,10 +131,7 @@ TEST_CASE("Resume: 1 epoch + resume to 2 equals an uninterrupted 2-epoch run, bi
 TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash between commit and log", "[checkpoint][resume]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "mlp";
-  config.data.limit = 200;
-  config.train = quiet().epochs(1);
+  auto config = zoo::test::small_run("mlp", 200, quiet().epochs(1));
   training::Run::create(config, tmp.str("run"))->fit();
   std::ofstream(tmp.path() / "run" / "metrics.jsonl", std::ios::trunc) << "{\"epoch\": 1, \"torn";
   auto run = training::Run::resume(tmp.str("run"), 2);
@@ -149,10 +144,7 @@ TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash betwe
 TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear error", "[checkpoint][errors]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "mlp";
-  config.data.limit = 100;
-  config.train = quiet();
+  auto config = zoo::test::small_run("mlp", 100, quiet());
   training::Run::create(config, tmp.str("run"))->fit();
   CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")), Catch::Contains("already holds a run") &&
                                                                        Catch::Contains("--resume"));
@@ -164,10 +156,7 @@ TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear 
 TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its first epoch resumes exactly", "[checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "mlp";
-  config.data.limit = 300;
-  config.train = quiet().seed(4);
+  auto config = zoo::test::small_run("mlp", 300, quiet().seed(4));
   training::Run::create(config, tmp.str("straight"))->fit();
   training::Run::create(config, tmp.str("run"));  // killed before its first epoch ended
   CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 0);

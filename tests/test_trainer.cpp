@@ -135,10 +135,7 @@ TEST_CASE("Trainer: gradient hooks run between backward and the optimizer step",
 TEST_CASE("Trainer: a NaN loss stops training with a clear error and keeps the last checkpoint", "[trainer][errors]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "mlp";
-  config.data.limit = 300;
-  config.train = quiet().epochs(3);
+  auto config = zoo::test::small_run("mlp", 300, quiet().epochs(3));
   auto run = training::Run::create(config, tmp.str("run"));
   int64_t steps = 0;
   run->trainer().add_loss_term("poison", [&](torch::nn::Module&) {
@@ -207,10 +204,7 @@ TEST_CASE("Extension: a module defined in the test registers, trains and evaluat
   REQUIRE(zoo::test::have_fashion_mnist());
   CHECK(models::ModelRegistry::instance().contains("test-softmax"));
   TempDir tmp;
-  training::RunConfig config;
-  config.model = "test-softmax";
-  config.data.limit = 1000;
-  config.train = quiet().epochs(2).lr(0.01);
+  auto config = zoo::test::small_run("test-softmax", 1000, quiet().epochs(2).lr(0.01));
   auto run = training::Run::create(config, tmp.str("run"));
   run->fit();
   auto reopened = training::Run::open(tmp.str("run"));
