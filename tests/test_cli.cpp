@@ -75,6 +75,7 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(resumed.out.find("after epoch 1 of 2") != std::string::npos);
   CHECK(json::parse(zoo::test::read_text(tmp.path() / "run" / "state.json"))["epoch"] == 2);
   check_error(run_zoo("train --resume " + run + " --lr 0.5"), "--lr cannot change a run being resumed");
+  check_error(run_zoo("train --resume " + run + " --epochs 1"), "has already trained 2 epochs");
   check_error(run_zoo("train cnn --resume " + run), "is a run of model 'mlp', not 'cnn'");
   check_error(run_zoo("train mlp --limit 100 --out " + run), "already holds a run");
 }

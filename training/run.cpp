@@ -151,6 +151,9 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build();
   run->trainer_->restore(dir);
+  if (epochs > 0 && epochs < run->trainer_->state().epoch)
+    throw std::invalid_argument(dir + " has already trained " + std::to_string(run->trainer_->state().epoch) +
+                                " epochs; --epochs " + std::to_string(epochs) + " would undo nothing (give more)");
   if (epochs > 0) {
     json saved = read_json_file((fs::path(dir) / "config.json").string());
     saved["train"]["epochs"] = epochs;
