@@ -127,3 +127,37 @@ TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the p
   CHECK(again.code == 0);
   CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 2);
 }
+
+TEST_CASE("Reliability: a stop requested in-process ends at the next step or right after the epoch's checkpoint", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  auto config = zoo::test::small_run("mlp", 1000, zoo::training::TrainOptions().epochs(3).batch_size(100).progress(false).threads(1));
+  {  // requested at the end of epoch 1 (from an epoch hook): stops after epoch 1's checkpoint, not in epoch 2
+    auto run = zoo::training::Run::create(config, tmp.str("end"));
+    run->trainer().add_epoch_hook([](const json&) { zoo::training::request_stop(0); });
+    CHECK_THROWS_WITH(run->fit(), Catch::Contains("stopped after epoch 1"));
+    zoo::training::clear_stop_request();
+    auto state = zoo::training::read_json_file(tmp.str("end/state.json"));
+    CHECK(state["epoch"] == 1);
+    CHECK(state["epoch_step"] == 0);
+  }
+  {  // requested during step 4 of epoch 1: stops after that step with a mid-epoch checkpoint
+    auto run = zoo::training::Run::create(config, tmp.str("mid"));
+    int steps = 0;
+    run->trainer().add_step_hook([&](torch::nn::Module&) {
+      if (++steps == 4) zoo::training::request_stop(0);
+    });
+    CHECK_THROWS_AS(run->fit(), zoo::training::Interrupted);
+    zoo::training::clear_stop_request();
+    auto state = zoo::training::read_json_file(tmp.str("mid/state.json"));
+    CHECK(state["epoch"] == 0);
+    CHECK(state["epoch_step"] == 4);
+    CHECK(state["step"] == 4);
+    CHECK(state["partial"]["items"] == 400.0);
+  }
+  // both resume to the end
+  for (const char* dir : {"end", "mid"}) {
+    zoo::training::Run::resume(tmp.str(dir))->fit();
+    CHECK(zoo::training::read_json_file(tmp.str(dir) + "/state.json")["epoch"] == 3);
+  }
+}
