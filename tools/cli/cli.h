@@ -43,6 +43,9 @@ inline const CLI::Validator& non_negative() {
   return v;
 }
 
+/// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string.
+std::pair<std::string, nlohmann::json> parse_set(const std::string& item);
+
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);
 

@@ -15,6 +15,7 @@ void add_eval(CLI::App& app) {
     std::string run, data_dir, device;
     int64_t limit = 0, threads = 0, batch_size = 0;
     bool json_out = false;
+    std::vector<std::string> set;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "Evaluate a run's model on the test split");
@@ -25,6 +26,9 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(positive());
   cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: the run's)");
+  cmd->add_option("--set", a->set,
+                  "Model option key=value for this evaluation only, e.g. --set method=dopri5 (options that change "
+                  "parameter shapes do not match the saved weights)");
   cmd->callback([a, cmd] {
     auto run = training::Run::open(a->run, [&](training::RunConfig& c) {
       if (cmd->count("--data-dir")) c.data.data_dir = a->data_dir;
@@ -32,6 +36,11 @@ void add_eval(CLI::App& app) {
       if (cmd->count("--batch-size")) c.train.eval_batch_size(a->batch_size);
       if (cmd->count("--device")) c.train.device(a->device);
       c.train.threads(a->threads);
+      for (const auto& item : a->set) {
+        auto [key, value] = parse_set(item);
+        c.options[key] = value;
+      }
+      if (!a->set.empty()) c.options = models::ModelRegistry::instance().at(c.model).complete_options(c.options);
     });
     const json metrics = run->evaluate(/*thorough=*/true);
     if (a->json_out) {

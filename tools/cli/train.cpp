@@ -36,7 +36,8 @@ struct TrainArgs {
   bool no_progress = false;
 };
 
-/// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string.
+}  // namespace
+
 std::pair<std::string, json> parse_set(const std::string& item) {
   const auto eq = item.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -46,6 +47,8 @@ std::pair<std::string, json> parse_set(const std::string& item) {
   if (value.is_discarded()) value = text;
   return {key, value};
 }
+
+namespace {
 
 void run_train(const TrainArgs& a, const CLI::App& cmd) {
   using training::Run;

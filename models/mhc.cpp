@@ -1,0 +1,368 @@
+#include "models/mhc.h"
+
+#include "models/registry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace zoo::models {
+
+namespace {
+
+using torch::Tensor;
+
+// One n x n matrix through `iterations` rounds of log-space Sinkhorn-Knopp, in double. Each half-step is
+// L -= logsumexp over columns (even k) or rows (odd k); `states` (if given) receives L after each half-step.
+void sinkhorn_matrix(std::vector<double>& L, int64_t n, int64_t iterations, std::vector<double>* states) {
+  for (int64_t k = 0; k < 2 * iterations; ++k) {
+    const bool rows = k % 2 == 1;
+    for (int64_t a = 0; a < n; ++a) {
+      // Entry b of line a: row a, column b (rows) or row b, column a (columns).
+      auto at = [&](int64_t b) -> double& { return rows ? L[a * n + b] : L[b * n + a]; };
+      double m = -INFINITY;
+      for (int64_t b = 0; b < n; ++b) m = std::max(m, at(b));
+      if (!std::isfinite(m)) continue;  // a line of -inf (all zeros after exp) is left as it is
+      double s = 0;
+      for (int64_t b = 0; b < n; ++b) s += std::exp(at(b) - m);
+      const double lse = m + std::log(s);
+      for (int64_t b = 0; b < n; ++b) at(b) -= lse;
+    }
+    if (states) states->insert(states->end(), L.begin(), L.end());
+  }
+}
+
+template <typename scalar_t>
+void sinkhorn_forward_kernel(const scalar_t* in, scalar_t* out, int64_t matrices, int64_t n, int64_t iterations) {
+  at::parallel_for(0, matrices, 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> L(static_cast<size_t>(n * n));
+    for (int64_t m = begin; m < end; ++m) {
+      const scalar_t* src = in + m * n * n;
+      std::copy(src, src + n * n, L.begin());
+      sinkhorn_matrix(L, n, iterations, nullptr);
+      for (int64_t i = 0; i < n * n; ++i) out[m * n * n + i] = static_cast<scalar_t>(std::exp(L[i]));
+    }
+  });
+}
+
+// Backward by recomputation: the half-steps L' = L - lse(L) along a line have the Jacobian-vector product
+// g_in = g - softmax(L) * sum(g) = g - exp(L') * sum(g), applied from the last half-step to the first.
+template <typename scalar_t>
+void sinkhorn_backward_kernel(const scalar_t* in, const scalar_t* grad_out, scalar_t* grad_in, int64_t matrices,
+                              int64_t n, int64_t iterations) {
+  at::parallel_for(0, matrices, 16, [&](int64_t begin, int64_t end) {
+    const auto nn = static_cast<size_t>(n * n);
+    std::vector<double> L(nn), states, g(nn);
+    for (int64_t m = begin; m < end; ++m) {
+      const scalar_t* src = in + m * n * n;
+      std::copy(src, src + n * n, L.begin());
+      states.clear();
+      sinkhorn_matrix(L, n, iterations, &states);
+      for (size_t i = 0; i < nn; ++i) g[i] = static_cast<double>(grad_out[m * n * n + static_cast<int64_t>(i)]) * std::exp(L[i]);
+      for (int64_t k = 2 * iterations - 1; k >= 0; --k) {
+        const double* state = states.data() + static_cast<size_t>(k) * nn;
+        const bool rows = k % 2 == 1;
+        for (int64_t a = 0; a < n; ++a) {
+          auto idx = [&](int64_t b) { return static_cast<size_t>(rows ? a * n + b : b * n + a); };
+          double s = 0;
+          for (int64_t b = 0; b < n; ++b) s += g[idx(b)];
+          for (int64_t b = 0; b < n; ++b) g[idx(b)] -= std::exp(state[idx(b)]) * s;
+        }
+      }
+      for (size_t i = 0; i < nn; ++i) grad_in[m * n * n + static_cast<int64_t>(i)] = static_cast<scalar_t>(g[i]);
+    }
+  });
+}
+
+struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& logits, int64_t iterations) {
+    const auto in = logits.contiguous();
+    ctx->save_for_backward({in});
+    ctx->saved_data["iterations"] = iterations;
+    auto out = torch::empty_like(in);
+    const int64_t n = in.size(-1), matrices = in.numel() / (n * n);
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sinkhorn_knopp", [&] {
+      sinkhorn_forward_kernel<scalar_t>(in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), matrices, n, iterations);
+    });
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto in = ctx->get_saved_variables()[0];
+    const int64_t iterations = ctx->saved_data["iterations"].toInt();
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    const auto grad_out = grads[0].contiguous();
+    auto grad_in = torch::empty_like(in);
+    const int64_t n = in.size(-1), matrices = in.numel() / (n * n);
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sinkhorn_knopp_backward", [&] {
+      sinkhorn_backward_kernel<scalar_t>(in.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                                         grad_in.data_ptr<scalar_t>(), matrices, n, iterations);
+    });
+    return {grad_in, Tensor()};
+  }
+};
+
+/// [B, n] -> [B, n, 1, ..., 1] to broadcast over a stream tensor of `dims` dimensions.
+Tensor per_stream(const Tensor& weights, int64_t dims) {
+  std::vector<int64_t> shape{weights.size(0), weights.size(1)};
+  shape.resize(static_cast<size_t>(dims), 1);
+  return weights.view(shape);
+}
+
+Tensor rms_norm(const Tensor& v, const Tensor& gain_minus_one, double eps) {
+  return v * torch::rsqrt(v.pow(2).mean(-1, /*keepdim=*/true) + eps) * (1 + gain_minus_one);
+}
+
+int64_t factorial(int64_t n) { return n <= 1 ? 1 : n * factorial(n - 1); }
+
+}  // namespace
+
+Tensor sinkhorn_knopp(const Tensor& logits, int64_t iterations, bool fused) {
+  TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), "sinkhorn_knopp expects [..., n, n], got ",
+              logits.sizes());
+  TORCH_CHECK(iterations >= 0, "sinkhorn_knopp iterations must be >= 0, got ", iterations);
+  if (fused && logits.device().is_cpu() && (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
+    return SinkhornFunction::apply(logits, iterations);
+  Tensor L = logits;
+  for (int64_t i = 0; i < iterations; ++i) {
+    L = L - L.logsumexp(-2, /*keepdim=*/true);
+    L = L - L.logsumexp(-1, /*keepdim=*/true);
+  }
+  return L.exp();
+}
+
+Tensor permutation_matrices(int64_t n) {
+  TORCH_CHECK(n >= 1 && n <= 8, "permutation_matrices: n must be in 1..8, got ", n);
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  auto out = torch::zeros({factorial(n), n, n});
+  auto a = out.accessor<float, 3>();
+  int64_t k = 0;
+  do {
+    for (int64_t i = 0; i < n; ++i) a[k][i][perm[static_cast<size_t>(i)]] = 1;
+    ++k;
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  return out;
+}
+
+Tensor expand_streams(const Tensor& x, int64_t streams) {
+  TORCH_CHECK(streams >= 1, "expand_streams: streams must be >= 1");
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.insert(shape.begin() + 1, streams);
+  return x.unsqueeze(1).expand(shape).contiguous();
+}
+
+Tensor reduce_streams(const Tensor& x) { return x.sum(1); }
+
+// ---------------------------------------------------------------------------------------------------------------
+
+MHCImpl::MHCImpl(MHCOptions options_, torch::nn::AnyModule branch_)
+    : options(std::move(options_)), branch(std::move(branch_)) {
+  reset();
+}
+
+void MHCImpl::reset() {
+  const int64_t n = options.streams(), C = options.width(), favoured = options.layer_index() % std::max<int64_t>(n, 1);
+  const auto& v = options.variant();
+  TORCH_CHECK(v == "mhc" || v == "mhc-lite" || v == "hc", "MHC variant must be mhc, mhc-lite or hc, got '", v, "'");
+  TORCH_CHECK(n >= 1 && C >= 1, "MHC needs streams >= 1 and width >= 1, got streams=", n, ", width=", C);
+  TORCH_CHECK(v != "mhc-lite" || n <= 6, "mhc-lite mixes all n! permutation matrices: streams must be <= 6 (720 ",
+              "matrices), got ", n);
+  TORCH_CHECK(options.sinkhorn_iterations() >= 0, "MHC sinkhorn_iterations must be >= 0");
+  TORCH_CHECK(options.layer_index() >= 0, "MHC layer_index must be >= 0");
+  TORCH_CHECK(!branch.is_empty(), "MHC needs a branch module (the sublayer F)");
+  register_module("branch", branch.ptr());
+
+  const bool hc = v == "hc";
+  const int64_t res_size = v == "mhc-lite" ? factorial(n) : n * n;
+  // Static logits (mHC-lite init; HC: lucidrains' one-hot pre, ones post, identity res).
+  auto pre = hc ? torch::zeros({n}) : torch::full({n}, -1.0);
+  pre[favoured] = 1.0;
+  auto post = hc ? torch::ones({n}) : pre.clone();
+  Tensor res;
+  if (hc)
+    res = torch::eye(n);
+  else if (v == "mhc")
+    res = torch::full({n, n}, -8.0).fill_diagonal_(0.0);
+  else
+    res = torch::full({res_size}, -8.0).index_fill_(0, torch::tensor({int64_t{0}}), 0.0);
+  b_pre = register_parameter("b_pre", pre);
+  b_post = register_parameter("b_post", post);
+  b_res = register_parameter("b_res", res);
+  if (options.dynamic()) {
+    norm_weight = register_parameter("norm_weight", torch::zeros({hc ? C : n * C}));
+    phi_pre = register_parameter("phi_pre", hc ? torch::zeros({C}) : torch::zeros({n * C, n}));
+    phi_post = register_parameter("phi_post", hc ? torch::zeros({C}) : torch::zeros({n * C, n}));
+    phi_res = register_parameter("phi_res", hc ? torch::zeros({n, C}) : torch::zeros({n * C, res_size}));
+    alpha_pre = register_parameter("alpha_pre", torch::full({}, options.alpha_init()));
+    alpha_post = register_parameter("alpha_post", torch::full({}, options.alpha_init()));
+    alpha_res = register_parameter("alpha_res", torch::full({}, options.alpha_init()));
+  }
+  if (v == "mhc-lite") permutations = register_buffer("permutations", permutation_matrices(n));
+}
+
+MixingMatrices MHCImpl::mixing(const Tensor& x) {
+  const int64_t n = options.streams(), C = options.width();
+  TORCH_CHECK(x.dim() >= 3 && x.size(1) == n && x.size(2) == C, "MHC expects [B, streams=", n, ", width=", C,
+              ", ...], got ", x.sizes());
+  const int64_t B = x.size(0);
+  const auto& v = options.variant();
+  MixingMatrices m;
+  if (v == "hc") {
+    // HC (mHC Eq. 5): per-stream RMSNorm, H = alpha * tanh(theta x~^T) + b, unconstrained.
+    m.pre = b_pre.expand({B, n});
+    m.post = b_post.expand({B, n});
+    m.res = b_res.expand({B, n, n});
+    if (options.dynamic()) {
+      const auto features = x.dim() > 3 ? x.flatten(3).mean(-1) : x;  // [B, n, C]
+      const auto xt = rms_norm(features, norm_weight, options.eps());
+      m.pre = m.pre + alpha_pre * torch::tanh(torch::matmul(xt, phi_pre));
+      m.post = m.post + alpha_post * torch::tanh(torch::matmul(xt, phi_post));
+      m.res = m.res + alpha_res * torch::tanh(torch::matmul(phi_res, xt.transpose(1, 2)));
+    }
+    return m;
+  }
+  // mHC Eqs. 7-8 on the flattened streams.
+  Tensor pre = b_pre.expand({B, n}), post = b_post.expand({B, n}), res = b_res.reshape({1, -1}).expand({B, -1});
+  if (options.dynamic()) {
+    const auto features = (x.dim() > 3 ? x.flatten(3).mean(-1) : x).reshape({B, n * C});
+    const auto xv = rms_norm(features, norm_weight, options.eps());
+    pre = pre + alpha_pre * torch::matmul(xv, phi_pre);
+    post = post + alpha_post * torch::matmul(xv, phi_post);
+    res = res + alpha_res * torch::matmul(xv, phi_res);
+  }
+  m.pre = torch::sigmoid(pre);
+  m.post = 2 * torch::sigmoid(post);
+  if (v == "mhc") {
+    m.res = sinkhorn_knopp(res.reshape({B, n, n}), options.sinkhorn_iterations());
+  } else {
+    const int64_t k = permutations.size(0);
+    m.res = torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({B, n, n});
+  }
+  return m;
+}
+
+Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) {
+  const auto input = (x * per_stream(m.pre, x.dim())).sum(1);  // H_pre x: [B, C, ...]
+  const auto out = branch.forward(input);
+  TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
+              out.sizes());
+  const auto mixed = torch::matmul(m.res, x.flatten(2)).view(x.sizes());  // stream t: sum_s H_res[t, s] x_s
+  return mixed + per_stream(m.post, x.dim()) * out.unsqueeze(1);
+}
+
+Tensor MHCImpl::forward(const Tensor& x) { return combine(x, mixing(x)); }
+
+std::shared_ptr<torch::nn::Module> MHCImpl::clone(const torch::optional<torch::Device>& device) const {
+  auto copy = std::make_shared<MHCImpl>(options, branch.clone(device));
+  torch::NoGradGuard no_grad;
+  auto params = copy->named_parameters(/*recurse=*/false);
+  for (const auto& p : named_parameters(/*recurse=*/false)) params[p.key()].copy_(p.value());
+  auto buffers = copy->named_buffers(/*recurse=*/false);
+  for (const auto& b : named_buffers(/*recurse=*/false)) buffers[b.key()].copy_(b.value());
+  if (device) copy->to(*device);
+  copy->train(is_training());
+  return copy;
+}
+
+void MHCImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::MHC(variant=" << options.variant() << ", streams=" << options.streams()
+         << ", width=" << options.width();
+  if (options.variant() == "mhc") stream << ", sinkhorn_iterations=" << options.sinkhorn_iterations();
+  stream << ", dynamic=" << std::boolalpha << options.dynamic() << ")";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+BasicBlockImpl::BasicBlockImpl(BasicBlockOptions options_) : options(options_) { reset(); }
+
+void BasicBlockImpl::reset() {
+  namespace nn = torch::nn;
+  const int64_t c = options.channels();
+  TORCH_CHECK(c > 0, "BasicBlock channels must be positive, got ", c);
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)));
+  bn1 = register_module("bn1", nn::BatchNorm2d(c));
+  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)));
+  bn2 = register_module("bn2", nn::BatchNorm2d(c));
+}
+
+Tensor BasicBlockImpl::forward(const Tensor& x) { return bn2(conv2(torch::relu(bn1(conv1(x))))); }
+
+void BasicBlockImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::BasicBlock(channels=" << options.channels() << ")";
+}
+
+MHCResNetImpl::MHCResNetImpl(MHCResNetOptions options_) : options(std::move(options_)) { reset(); }
+
+void MHCResNetImpl::reset() {
+  namespace nn = torch::nn;
+  const int64_t c = options.channels();
+  const auto& v = options.variant();
+  TORCH_CHECK(v == "mhc" || v == "mhc-lite" || v == "hc" || v == "residual",
+              "mhc-resnet variant must be mhc, mhc-lite, hc or residual, got '", v, "'");
+  TORCH_CHECK(c > 0 && options.blocks() >= 1, "mhc-resnet needs channels > 0 and blocks >= 1");
+  stem = register_module(
+      "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3).padding(1).bias(false)),
+                             nn::BatchNorm2d(c), nn::ReLU(), nn::MaxPool2d(2),
+                             nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)), nn::BatchNorm2d(c),
+                             nn::ReLU(), nn::MaxPool2d(2)));
+  blocks = register_module("blocks", nn::ModuleList());
+  for (int64_t i = 0; i < options.blocks(); ++i) {
+    if (v == "residual") {
+      blocks->push_back(BasicBlock(c));
+    } else {
+      blocks->push_back(MHC(MHCOptions(c)
+                                .streams(options.streams())
+                                .variant(v)
+                                .sinkhorn_iterations(options.sinkhorn_iterations())
+                                .layer_index(i),
+                            BasicBlock(c)));
+    }
+  }
+  head = register_module("head", nn::Sequential(nn::ReLU(), nn::AdaptiveAvgPool2d(1), nn::Flatten(),
+                                                nn::Linear(c, options.num_classes())));
+}
+
+Tensor MHCResNetImpl::forward(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels() && x.size(2) >= 4 && x.size(3) >= 4,
+              "mhc-resnet expects [N, ", options.in_channels(), ", H >= 4, W >= 4], got ", x.sizes());
+  auto h = stem->forward(x);
+  if (options.variant() == "residual") {
+    for (const auto& block : *blocks) h = h + block->as<BasicBlockImpl>()->forward(h);
+  } else {
+    h = expand_streams(h, options.streams());
+    for (const auto& block : *blocks) h = block->as<MHCImpl>()->forward(h);
+    h = reduce_streams(h);
+  }
+  return head->forward(h);
+}
+
+void MHCResNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::MHCResNet(variant=" << options.variant() << ", channels=" << options.channels()
+         << ", blocks=" << options.blocks();
+  if (options.variant() != "residual") stream << ", streams=" << options.streams();
+  stream << ", num_classes=" << options.num_classes() << ")";
+}
+
+ZOO_REGISTER_MODEL(mhc_resnet) {
+  return ModelSpec<MHCResNet, MHCResNetOptions>(
+             "mhc-resnet", "ResNet whose blocks mix 4 residual streams: mhc (Sinkhorn), mhc-lite, hc or residual")
+      .task("classify")
+      .dataset("fashion-mnist")
+      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
+      .ZOO_OPTION(MHCResNetOptions, in_channels)
+      .ZOO_OPTION(MHCResNetOptions, num_classes)
+      .ZOO_OPTION(MHCResNetOptions, channels)
+      .ZOO_OPTION(MHCResNetOptions, blocks)
+      .ZOO_OPTION(MHCResNetOptions, variant)
+      .ZOO_OPTION(MHCResNetOptions, streams)
+      .ZOO_OPTION(MHCResNetOptions, sinkhorn_iterations)
+      .validate([](const MHCResNetOptions& o) { MHCResNet{o}; });
+}
+
+}  // namespace zoo::models

@@ -1,0 +1,352 @@
+#include "models/ode.h"
+
+#include "models/registry.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace zoo::models {
+
+namespace {
+
+using torch::Tensor;
+
+// Dormand-Prince 5(4) tableau (Dormand & Prince 1980; the coefficients of torchdiffeq's dopri5.py).
+constexpr double kC[] = {0.0, 1.0 / 5, 3.0 / 10, 4.0 / 5, 8.0 / 9, 1.0, 1.0};
+constexpr double kA[6][6] = {
+    {1.0 / 5, 0, 0, 0, 0, 0},
+    {3.0 / 40, 9.0 / 40, 0, 0, 0, 0},
+    {44.0 / 45, -56.0 / 15, 32.0 / 9, 0, 0, 0},
+    {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729, 0, 0},
+    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
+    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84},
+};
+// 5th-order solution weights are the last row of kA (FSAL: k7 = f(t + h, y1)); the error estimate is 5th minus
+// Shampine's 4th-order weights, as in torchdiffeq.
+constexpr double kE[] = {35.0 / 384 - 1951.0 / 21600,  0, 500.0 / 1113 - 22642.0 / 50085, 125.0 / 192 - 451.0 / 720,
+                         -2187.0 / 6784 + 12231.0 / 42400, 11.0 / 84 - 649.0 / 6300,     -1.0 / 60};
+
+// GroupNorm groups for C channels: the largest divisor of C that is at most min(32, C / 8), so each group holds
+// >= 8 channels. (torchdiffeq's min(32, C) at C = 32 is one channel per group: every channel is normalised to
+// mean 0 over space, and a global average pool after it sees almost nothing of the input.)
+int64_t norm_groups(int64_t c) {
+  int64_t g = std::max<int64_t>(1, std::min<int64_t>(32, c / 8));
+  while (c % g != 0) --g;
+  return g;
+}
+
+double rms(const Tensor& t) { return t.to(torch::kFloat64).pow(2).mean().sqrt().item<double>(); }
+
+// h_next = h * min(ifactor, max(safety / ratio^(1/order), dfactor)), never shrinking after an accepted step
+// (torchdiffeq misc._optimal_step_size with safety 0.9, ifactor 10, dfactor 0.2).
+double next_step(double h, double ratio, int64_t order) {
+  constexpr double safety = 0.9, ifactor = 10.0;
+  if (ratio == 0) return h * ifactor;
+  if (!std::isfinite(ratio)) return h * 0.2;
+  const double dfactor = ratio < 1 ? 1.0 : 0.2;
+  return h * std::min(ifactor, std::max(safety / std::pow(ratio, 1.0 / static_cast<double>(order)), dfactor));
+}
+
+// Hairer, Norsett & Wanner, Solving ODEs I, II.4 (torchdiffeq misc._select_initial_step), with order 4 for dopri5.
+double initial_step(const VectorField& f, double t0, const Tensor& y0, const Tensor& f0, double direction,
+                    const ODESolverOptions& o, int64_t& nfe) {
+  torch::NoGradGuard no_grad;
+  const auto scale = o.atol() + y0.abs() * o.rtol();
+  const double d0 = rms(y0 / scale), d1 = rms(f0 / scale);
+  const double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+  const auto f1 = f(t0 + direction * h0, y0 + direction * h0 * f0);
+  ++nfe;
+  const double d2 = rms((f1 - f0) / scale) / h0;
+  const double h1 = (d1 <= 1e-15 && d2 <= 1e-15) ? std::max(1e-6, h0 * 1e-3)
+                                                  : std::pow(0.01 / std::max(d1, d2), 1.0 / 5.0);
+  return std::min(100 * h0, h1);
+}
+
+ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1, const ODESolverOptions& o) {
+  ODESolution s;
+  const double direction = t1 > t0 ? 1.0 : -1.0;
+  Tensor y = y0, k1 = f(t0, y0);
+  s.nfe = 1;
+  double h = initial_step(f, t0, y0, k1.detach(), direction, o, s.nfe);
+  double t = t0;
+  while (direction * (t1 - t) > 0) {
+    if (s.accepted + s.rejected >= o.max_steps())
+      throw std::runtime_error("dopri5 needed more than max_steps = " + std::to_string(o.max_steps()) +
+                               " steps to reach t = " + std::to_string(t1) + " (at t = " + std::to_string(t) +
+                               "); loosen rtol/atol or raise max_steps");
+    const double remaining = std::abs(t1 - t);
+    const bool last = h >= remaining * (1 - 1e-12);
+    const double step = direction * (last ? remaining : h);
+    Tensor k[7];
+    k[0] = k1;
+    for (int i = 1; i < 6; ++i) {
+      Tensor dy = kA[i - 1][0] * k[0];
+      for (int j = 1; j < i; ++j)
+        if (kA[i - 1][j] != 0) dy = dy + kA[i - 1][j] * k[j];
+      k[i] = f(t + kC[i] * step, y + step * dy);
+    }
+    Tensor dy = kA[5][0] * k[0];
+    for (int j = 2; j < 6; ++j) dy = dy + kA[5][j] * k[j];
+    Tensor y1 = y + step * dy;
+    k[6] = f(t + step, y1);
+    s.nfe += 6;
+    double ratio = 0;
+    {
+      torch::NoGradGuard no_grad;
+      Tensor err = kE[0] * k[0];
+      for (int j = 2; j < 7; ++j) err = err + kE[j] * k[j];
+      err = step * err;
+      const auto tolerance = o.atol() + o.rtol() * torch::max(y.detach().abs(), y1.detach().abs());
+      ratio = rms(err / tolerance);
+    }
+    if (std::isfinite(ratio) && ratio <= 1) {
+      t = last ? t1 : t + step;
+      y = y1;
+      k1 = k[6];
+      ++s.accepted;
+    } else {
+      ++s.rejected;
+    }
+    h = next_step(std::abs(step), ratio, 5);
+  }
+  s.y = y;
+  return s;
+}
+
+ODESolution fixed_step(const VectorField& f, const Tensor& y0, double t0, double t1, const ODESolverOptions& o) {
+  ODESolution s;
+  const double h = (t1 - t0) / static_cast<double>(o.steps());
+  Tensor y = y0;
+  for (int64_t i = 0; i < o.steps(); ++i) {
+    const double t = t0 + static_cast<double>(i) * h;
+    if (o.method() == "euler") {
+      y = y + h * f(t, y);
+      s.nfe += 1;
+    } else if (o.method() == "midpoint") {
+      const auto k1 = f(t, y);
+      y = y + h * f(t + h / 2, y + (h / 2) * k1);
+      s.nfe += 2;
+    } else {  // rk4, 3/8 rule (torchdiffeq rk_common.rk4_alt_step_func)
+      const auto k1 = f(t, y);
+      const auto k2 = f(t + h / 3, y + (h / 3) * k1);
+      const auto k3 = f(t + 2 * h / 3, y + h * (k2 - k1 / 3));
+      const auto k4 = f(t + h, y + h * (k1 - k2 + k3));
+      y = y + (h / 8) * (k1 + 3 * (k2 + k3) + k4);
+      s.nfe += 4;
+    }
+  }
+  s.accepted = o.steps();
+  s.y = y;
+  return s;
+}
+
+}  // namespace
+
+const std::vector<std::string>& ode_methods() {
+  static const std::vector<std::string> methods{"euler", "midpoint", "rk4", "dopri5"};
+  return methods;
+}
+
+int64_t ode_order(const std::string& method) {
+  if (method == "euler") return 1;
+  if (method == "midpoint") return 2;
+  if (method == "rk4") return 4;
+  if (method == "dopri5") return 5;
+  throw std::invalid_argument("unknown ODE solver '" + method + "'; choose euler, midpoint, rk4 or dopri5");
+}
+
+void check_solver(const ODESolverOptions& o) {
+  ode_order(o.method());
+  if (o.steps() < 1) throw std::invalid_argument("ODE solver steps must be >= 1, got " + std::to_string(o.steps()));
+  if (!(o.rtol() > 0) || !(o.atol() > 0))
+    throw std::invalid_argument("ODE solver rtol and atol must be positive");
+  if (o.max_steps() < 1) throw std::invalid_argument("ODE solver max_steps must be >= 1");
+}
+
+ODESolution odeint(const VectorField& f, const Tensor& y0, double t0, double t1, const ODESolverOptions& options) {
+  check_solver(options);
+  if (t0 == t1) return ODESolution{y0, 0, 0, 0};
+  return options.method() == "dopri5" ? dopri5(f, y0, t0, t1, options) : fixed_step(f, y0, t0, t1, options);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+ConvODEFuncImpl::ConvODEFuncImpl(ConvODEFuncOptions options_) : options(options_) { reset(); }
+
+void ConvODEFuncImpl::reset() {
+  namespace nn = torch::nn;
+  const int64_t c = options.channels();
+  TORCH_CHECK(c > 0, "ConvODEFunc channels must be positive, got ", c);
+  const int64_t groups = norm_groups(c), extra = options.time() ? 1 : 0;
+  norm1 = register_module("norm1", nn::GroupNorm(groups, c));
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(c + extra, c, 3).padding(1)));
+  norm2 = register_module("norm2", nn::GroupNorm(groups, c));
+  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(c + extra, c, 3).padding(1)));
+  norm3 = register_module("norm3", nn::GroupNorm(groups, c));
+}
+
+Tensor ConvODEFuncImpl::forward(double t, const Tensor& y) {
+  TORCH_CHECK(y.dim() == 4 && y.size(1) == options.channels(), "ConvODEFunc expects [N, ", options.channels(),
+              ", H, W], got ", y.sizes());
+  auto with_time = [&](const Tensor& h) {
+    if (!options.time()) return h;
+    return torch::cat({torch::full({h.size(0), 1, h.size(2), h.size(3)}, t, h.options()), h}, 1);
+  };
+  auto h = conv1(with_time(torch::relu(norm1(y))));
+  h = conv2(with_time(torch::relu(norm2(h))));
+  return norm3(h);
+}
+
+void ConvODEFuncImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::ConvODEFunc(channels=" << options.channels() << ", time=" << std::boolalpha << options.time()
+         << ")";
+}
+
+EulerResNetImpl::EulerResNetImpl(EulerResNetOptions options_) : options(options_) { reset(); }
+
+void EulerResNetImpl::reset() {
+  TORCH_CHECK(options.steps() >= 1, "EulerResNet steps must be >= 1, got ", options.steps());
+  TORCH_CHECK(options.step_size() > 0, "EulerResNet step_size must be positive, got ", options.step_size());
+  const auto f = ConvODEFuncOptions(options.channels()).time(options.time());
+  if (options.tied()) {
+    func = register_module("func", ConvODEFunc(f));
+  } else {
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < options.steps(); ++i) blocks->push_back(ConvODEFunc(f));
+  }
+}
+
+Tensor EulerResNetImpl::forward(const Tensor& x) {
+  const double h = options.step_size();
+  Tensor y = x;
+  for (int64_t l = 0; l < options.steps(); ++l) {
+    const double t = static_cast<double>(l) * h;
+    auto& F = options.tied() ? *func : *blocks->ptr<ConvODEFuncImpl>(static_cast<size_t>(l));
+    // h == 1 is exactly the residual block y + F(y).
+    y = h == 1.0 ? y + F.forward(t, y) : y + h * F.forward(t, y);
+  }
+  return y;
+}
+
+void EulerResNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::EulerResNet(channels=" << options.channels() << ", steps=" << options.steps()
+         << ", step_size=" << options.step_size() << ", tied=" << std::boolalpha << options.tied()
+         << ", time=" << options.time() << ")";
+}
+
+ODEBlockImpl::ODEBlockImpl(ODEBlockOptions options_) : options(std::move(options_)) { reset(); }
+
+void ODEBlockImpl::reset() {
+  check_solver(options.solver());
+  TORCH_CHECK(options.t1() != 0, "ODEBlock t1 must be non-zero");
+  odefunc = register_module("odefunc", ConvODEFunc(ConvODEFuncOptions(options.channels()).time(options.time())));
+}
+
+Tensor ODEBlockImpl::forward(const Tensor& x) {
+  last_ = odeint([this](double t, const Tensor& y) { return odefunc->forward(t, y); }, x, 0.0, options.t1(),
+                 options.solver());
+  return last_.y;
+}
+
+void ODEBlockImpl::set_solver(const ODESolverOptions& solver) {
+  check_solver(solver);
+  options.solver(solver);
+}
+
+void ODEBlockImpl::pretty_print(std::ostream& stream) const {
+  const auto& s = options.solver();
+  stream << "zoo::ODEBlock(channels=" << options.channels() << ", method=" << s.method();
+  if (s.method() == "dopri5")
+    stream << ", rtol=" << s.rtol() << ", atol=" << s.atol();
+  else
+    stream << ", steps=" << s.steps();
+  stream << ", t1=" << options.t1() << ")";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+
+ODESolverOptions solver_of(const ODEResNetOptions& o) {
+  return ODESolverOptions().method(o.method()).steps(o.steps()).rtol(o.rtol()).atol(o.atol());
+}
+
+}  // namespace
+
+ODEResNetImpl::ODEResNetImpl(ODEResNetOptions options_) : options(std::move(options_)) { reset(); }
+
+void ODEResNetImpl::reset() {
+  namespace nn = torch::nn;
+  const int64_t c = options.channels();
+  TORCH_CHECK(c > 0, "ode-resnet channels must be positive, got ", c);
+  TORCH_CHECK(options.block() == "ode" || options.block() == "resnet", "ode-resnet block must be 'ode' or 'resnet', got '",
+              options.block(), "'");
+  const int64_t groups = norm_groups(c);
+  downsampling = register_module(
+      "downsampling",
+      nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3)), nn::GroupNorm(groups, c), nn::ReLU(),
+                     nn::Conv2d(nn::Conv2dOptions(c, c, 4).stride(2).padding(1)), nn::GroupNorm(groups, c), nn::ReLU(),
+                     nn::Conv2d(nn::Conv2dOptions(c, c, 4).stride(2).padding(1))));
+  if (options.block() == "ode") {
+    ode = register_module("feature", ODEBlock(ODEBlockOptions(c).time(options.time()).solver(solver_of(options))));
+  } else {
+    resnet = register_module("feature", EulerResNet(EulerResNetOptions(c)
+                                                        .steps(options.steps())
+                                                        .step_size(options.step_size())
+                                                        .time(options.time())));
+  }
+  head = register_module("head", nn::Sequential(nn::GroupNorm(groups, c), nn::ReLU(), nn::AdaptiveAvgPool2d(3),
+                                                nn::Flatten(), nn::Linear(9 * c, options.num_classes())));
+}
+
+Tensor ODEResNetImpl::forward(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels() && x.size(2) >= 8 && x.size(3) >= 8,
+              "ode-resnet expects [N, ", options.in_channels(), ", H >= 8, W >= 8], got ", x.sizes());
+  auto h = downsampling->forward(x);
+  h = ode ? ode->forward(h) : resnet->forward(h);
+  return head->forward(h);
+}
+
+void ODEResNetImpl::set_solver(const ODESolverOptions& solver) {
+  TORCH_CHECK(ode, "an ode-resnet with block 'resnet' has no solver to change: its steps are its layers");
+  ode->set_solver(solver);
+  options.method(solver.method()).steps(solver.steps()).rtol(solver.rtol()).atol(solver.atol());
+}
+
+int64_t ODEResNetImpl::last_nfe() const { return ode ? ode->last_solution().nfe : options.steps(); }
+
+void ODEResNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::ODEResNet(channels=" << options.channels() << ", block=" << options.block();
+  if (options.block() == "resnet")
+    stream << ", steps=" << options.steps() << ", step_size=" << options.step_size();
+  else if (options.method() == "dopri5")
+    stream << ", method=dopri5, rtol=" << options.rtol() << ", atol=" << options.atol();
+  else
+    stream << ", method=" << options.method() << ", steps=" << options.steps();
+  stream << ", time=" << std::boolalpha << options.time() << ", num_classes=" << options.num_classes() << ")";
+}
+
+ZOO_REGISTER_MODEL(ode_resnet) {
+  return ModelSpec<ODEResNet, ODEResNetOptions>(
+             "ode-resnet", "conv stem + Neural-ODE block (euler/midpoint/rk4/dopri5) or untied Euler-step ResNet")
+      .task("classify")
+      .dataset("fashion-mnist")
+      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
+      .ZOO_OPTION(ODEResNetOptions, in_channels)
+      .ZOO_OPTION(ODEResNetOptions, num_classes)
+      .ZOO_OPTION(ODEResNetOptions, channels)
+      .ZOO_OPTION(ODEResNetOptions, block)
+      .ZOO_OPTION(ODEResNetOptions, method)
+      .ZOO_OPTION(ODEResNetOptions, steps)
+      .ZOO_OPTION(ODEResNetOptions, rtol)
+      .ZOO_OPTION(ODEResNetOptions, atol)
+      .ZOO_OPTION(ODEResNetOptions, step_size)
+      .ZOO_OPTION(ODEResNetOptions, time)
+      .validate([](const ODEResNetOptions& o) {
+        check_solver(solver_of(o));
+        ODEResNet{o};
+      });
+}
+
+}  // namespace zoo::models

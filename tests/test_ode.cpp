@@ -1,0 +1,200 @@
+// ResNet as Euler steps, ODE solvers (orders, adaptive steps, gradients), ODEBlock and the ode-resnet model.
+#include "helpers.h"
+#include "models/ode.h"
+#include "models/registry.h"
+#include "training/run.h"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+using namespace zoo;
+using models::ODESolverOptions;
+using torch::Tensor;
+
+namespace {
+
+// Least-squares slope of log(error) against log(h).
+double loglog_slope(const std::vector<double>& h, const std::vector<double>& err) {
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < h.size(); ++i) mx += std::log(h[i]) / h.size(), my += std::log(err[i]) / h.size();
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < h.size(); ++i) {
+    sxy += (std::log(h[i]) - mx) * (std::log(err[i]) - my);
+    sxx += (std::log(h[i]) - mx) * (std::log(h[i]) - mx);
+  }
+  return sxy / sxx;
+}
+
+const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+// dy/dt = y, y(0) = 1: y(1) = e.   2-D rotation dy/dt = [[0, -1], [1, 0]] y, y(0) = (1, 0): y(1) = (cos 1, sin 1).
+models::VectorField growth() {
+  return [](double, const Tensor& y) { return y; };
+}
+models::VectorField rotation() {
+  return [](double, const Tensor& y) { return torch::stack({-y[1], y[0]}); };
+}
+double growth_error(const Tensor& y) { return std::abs(y.item<double>() - std::exp(1.0)); }
+double rotation_error(const Tensor& y) {
+  return (y - torch::tensor({std::cos(1.0), std::sin(1.0)}, kF64)).norm().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("Fixed-step solvers converge at their order on dy/dt = y and on a rotation", "[ode]") {
+  for (const auto& [method, order, stages] :
+       std::vector<std::tuple<std::string, double, int64_t>>{{"euler", 1, 1}, {"midpoint", 2, 2}, {"rk4", 4, 4}}) {
+    std::vector<double> h, e_growth, e_rotation;
+    for (int64_t steps : {8, 16, 32, 64}) {
+      const auto o = ODESolverOptions().method(method).steps(steps);
+      auto g = models::odeint(growth(), torch::ones({}, kF64), 0, 1, o);
+      auto r = models::odeint(rotation(), torch::tensor({1.0, 0.0}, kF64), 0, 1, o);
+      CHECK(g.nfe == stages * steps);
+      h.push_back(1.0 / static_cast<double>(steps));
+      e_growth.push_back(growth_error(g.y));
+      e_rotation.push_back(rotation_error(r.y));
+    }
+    const double s_growth = loglog_slope(h, e_growth), s_rotation = loglog_slope(h, e_rotation);
+    INFO(method << ": slopes " << s_growth << " (growth), " << s_rotation << " (rotation), order " << order);
+    CHECK(std::abs(s_growth - order) < 0.3);
+    CHECK(std::abs(s_rotation - order) < 0.3);
+  }
+}
+
+TEST_CASE("dopri5 meets its tolerance with fewer evaluations than rk4 needs for the same error", "[ode]") {
+  for (const auto& [field, y0, error] :
+       std::vector<std::tuple<models::VectorField, Tensor, std::function<double(const Tensor&)>>>{
+           {growth(), torch::ones({}, kF64), growth_error},
+           {rotation(), torch::tensor({1.0, 0.0}, kF64), rotation_error}}) {
+    const auto d = models::odeint(field, y0, 0, 1, ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
+    const double e_dopri = error(d.y);
+    CHECK(e_dopri < 1e-7);
+    CHECK(d.accepted >= 2);
+    int64_t rk4_steps = 1;
+    while (error(models::odeint(field, y0, 0, 1, ODESolverOptions().method("rk4").steps(rk4_steps)).y) > e_dopri)
+      ++rk4_steps;
+    INFO("dopri5 error " << e_dopri << " with " << d.nfe << " evaluations; rk4 needs " << rk4_steps << " steps");
+    CHECK(d.nfe < 4 * rk4_steps);
+  }
+  // Looser tolerance: fewer evaluations, larger (but bounded) error.
+  const auto loose = models::odeint(growth(), torch::ones({}, kF64), 0, 1,
+                                    ODESolverOptions().method("dopri5").rtol(1e-3).atol(1e-3));
+  const auto tight = models::odeint(growth(), torch::ones({}, kF64), 0, 1,
+                                    ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
+  CHECK(loose.nfe < tight.nfe);
+  CHECK(growth_error(loose.y) < 1e-2);
+  // Backwards in time: y(0) from y(1) = e.
+  const auto back = models::odeint(growth(), torch::full({}, std::exp(1.0), kF64), 1, 0,
+                                   ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
+  CHECK(back.y.item<double>() == Approx(1.0).epsilon(1e-6));
+  CHECK_THROWS_WITH(models::odeint(growth(), torch::ones({}, kF64), 0, 1,
+                                   ODESolverOptions().method("dopri5").rtol(1e-12).atol(1e-12).max_steps(3)),
+                    Catch::Contains("max_steps"));
+  CHECK_THROWS_WITH(models::odeint(growth(), torch::ones({}), 0, 1, ODESolverOptions().method("rk5")),
+                    Catch::Contains("unknown ODE solver 'rk5'"));
+  CHECK_THROWS_WITH(models::odeint(growth(), torch::ones({}), 0, 1, ODESolverOptions().steps(0)),
+                    Catch::Contains("steps must be >= 1"));
+}
+
+TEST_CASE("Gradients flow through the solver steps: d y(1) / d a = e^a for dy/dt = a y", "[ode]") {
+  for (const std::string method : {"rk4", "dopri5"}) {
+    auto a = torch::full({}, 0.7, kF64.requires_grad(true));
+    auto solution = models::odeint([&](double, const Tensor& y) { return a * y; }, torch::ones({}, kF64), 0, 1,
+                                   ODESolverOptions().method(method).steps(20).rtol(1e-9).atol(1e-9));
+    solution.y.backward();
+    INFO(method);
+    CHECK(a.grad().item<double>() == Approx(std::exp(0.7)).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("Euler ResNet: h = 1 with one step is the residual block; tied Euler equals the ODE block", "[ode]") {
+  torch::manual_seed(0);
+  const auto x = torch::randn({2, 8, 6, 6});
+  models::EulerResNet one(models::EulerResNetOptions(8).steps(1));
+  const auto& F = one->blocks->ptr<models::ConvODEFuncImpl>(0);
+  CHECK(torch::equal(one->forward(x), x + F->forward(0.0, x)));
+
+  models::EulerResNet untied(models::EulerResNetOptions(8).steps(4));
+  models::EulerResNet tied(models::EulerResNetOptions(8).steps(4).tied(true).step_size(0.25).time(true));
+  CHECK(models::count_parameters(*untied) == 4 * models::count_parameters(*F));
+  CHECK(untied->named_parameters().contains("blocks.3.conv2.weight"));
+  CHECK(models::count_parameters(*tied) ==
+        models::count_parameters(*models::ConvODEFunc(models::ConvODEFuncOptions(8).time(true))));
+
+  // Tied Euler with h = 1/4 is the ODE block solved by 4 Euler steps over [0, 1].
+  models::ODEBlock block(models::ODEBlockOptions(8).solver(ODESolverOptions().method("euler").steps(4)));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : tied->func->named_parameters()) block->odefunc->named_parameters()[p.key()].copy_(p.value());
+  }
+  CHECK(torch::allclose(block->forward(x), tied->forward(x), 1e-5, 1e-6));
+  CHECK(block->last_solution().nfe == 4);
+  block->set_solver(ODESolverOptions().method("rk4").steps(3));
+  block->forward(x);
+  CHECK(block->last_solution().nfe == 12);
+}
+
+TEST_CASE("ode-resnet: shapes, names, solver changes at inference, errors", "[ode]") {
+  torch::manual_seed(0);
+  models::ODEResNet net;
+  const auto x = torch::rand({3, 1, 28, 28});
+  CHECK(net->forward(x).sizes() == torch::IntArrayRef({3, 10}));
+  CHECK(net->last_nfe() == 8);  // rk4, 2 steps
+  const auto names = net->named_parameters();
+  CHECK(names.contains("downsampling.0.weight"));
+  CHECK(names.contains("feature.odefunc.conv1.weight"));
+  CHECK(names["feature.odefunc.conv1.weight"].size(1) == 33);  // t is one more input channel
+  CHECK(names.contains("head.4.weight"));
+  net->eval();
+  // Same weights, other solvers: accurate ones agree, a single Euler step does not.
+  net->set_solver(ODESolverOptions().method("rk4").steps(16));
+  const auto reference = net->forward(x);
+  net->set_solver(ODESolverOptions().method("dopri5").rtol(1e-6).atol(1e-6));
+  const auto adaptive = net->forward(x);
+  CHECK(net->last_nfe() > 8);
+  const double scale = reference.abs().max().item<double>();
+  INFO("logit scale " << scale << ", dopri5 - rk4x16 " << (adaptive - reference).abs().max().item<double>());
+  CHECK((adaptive - reference).abs().max().item<double>() < 1e-3 * scale);
+  net->set_solver(ODESolverOptions().method("euler").steps(1));
+  const double euler = (net->forward(x) - reference).abs().max().item<double>();
+  INFO("euler x1 - rk4x16 " << euler);
+  CHECK(euler > 1e-2 * scale);
+
+  models::ODEResNet resnet(models::ODEResNetOptions().block("resnet").steps(3));
+  CHECK(resnet->named_parameters().contains("feature.blocks.2.conv1.weight"));
+  CHECK_THROWS_WITH(resnet->set_solver(ODESolverOptions()), Catch::Contains("no solver to change"));
+  CHECK_THROWS_WITH(models::build_model("ode-resnet", {{"method", "rk5"}}), Catch::Contains("unknown ODE solver"));
+  CHECK_THROWS_WITH(models::build_model("ode-resnet", {{"channels", 0}}), Catch::Contains("channels must be positive"));
+  CHECK(models::ODEResNet(models::ODEResNetOptions().channels(12))->forward(x).size(1) == 10);
+  CHECK_THROWS_WITH(net->forward(torch::rand({1, 1, 4, 4})), Catch::Contains("H >= 8"));
+}
+
+TEST_CASE("ode-resnet learns Fashion-MNIST; eval --set changes the solver without retraining (CLI)",
+          "[ode][learning][cli]") {
+  REQUIRE(test::have_fashion_mnist());
+  test::TempDir dir;
+  const auto run = dir.str("ode");
+  auto train = test::run_zoo("train ode-resnet --limit 2000 --epochs 2 --threads 2 --no-progress --out " + run);
+  INFO(train.err);
+  REQUIRE(train.code == 0);
+  auto eval = [&](const std::string& set) {
+    auto r = test::run_zoo("eval " + run + " --json --threads 2 " + set);
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(test::last_line(r.out))["accuracy"].get<double>();
+  };
+  const double rk4 = eval("");
+  INFO("accuracy after two epochs on 2000 images: " << rk4);
+  CHECK(rk4 > 0.6);  // chance 0.1 (measured 0.72)
+  const double dopri5 = eval("--set method=dopri5");
+  const double euler8 = eval("--set method=euler --set steps=8");
+  INFO("dopri5 " << dopri5 << ", euler x8 " << euler8);
+  CHECK(std::abs(dopri5 - rk4) < 0.03);
+  CHECK(std::abs(euler8 - rk4) < 0.03);
+  auto wrong = test::run_zoo("eval " + run + " --set channels=64");
+  CHECK(wrong.code != 0);
+  CHECK_THAT(wrong.err, Catch::Contains("does not match the model"));
+  auto bad = test::run_zoo("eval " + run + " --set method=rk5");
+  CHECK(bad.code != 0);
+  CHECK_THAT(bad.err, Catch::Contains("unknown ODE solver 'rk5'"));
+}
