@@ -239,7 +239,7 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   m.pre = torch::sigmoid(pre);
   m.post = 2 * torch::sigmoid(post);
   if (v == "mhc") {
-    m.res = sinkhorn_knopp(res.reshape({B, n, n}), options.sinkhorn_iterations());
+    m.res = sinkhorn_knopp(res.reshape({B, n, n}), options.sinkhorn_iterations(), options.fused_sinkhorn());
   } else {
     const int64_t k = permutations.size(0);
     m.res = torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({B, n, n});

@@ -41,6 +41,8 @@ struct MHCOptions {
   /// mhc, mhc-lite or hc.
   TORCH_ARG(std::string, variant) = "mhc";
   TORCH_ARG(int64_t, sinkhorn_iterations) = 20;
+  /// Sinkhorn through the fused CPU kernel (false: autograd over tensor operations; for benchmarks).
+  TORCH_ARG(bool, fused_sinkhorn) = true;
   /// The stream H_pre and H_post favour at initialisation: layer_index mod n.
   TORCH_ARG(int64_t, layer_index) = 0;
   TORCH_ARG(double, alpha_init) = 0.01;

@@ -84,3 +84,62 @@ TEST_CASE("Priors experiment: Laplace makes exact zeros, the Gaussian shrinks, o
   CHECK(field(gaussian, 4) == 0.0);
   CHECK(field(laplace, 2) > 0.5);                 // and it still classifies (measured 0.69; chance 0.1)
 }
+
+TEST_CASE("mhc-stability: HC's composite gain explodes, mHC's stays near 1, mHC-lite's is exactly 1", "[experiments][mhc]") {
+  TempDir tmp;
+  auto r = zoo::test::run_zoo("experiment mhc-stability --layers 32 --scales 0 0.5 --no-plot --threads 1 --out " +
+                              tmp.str());
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  auto csv = read_csv(tmp.str("mhc_stability.csv"));
+  REQUIRE(csv["backward_gain"].size() == 6);  // hc, mhc, mhc-lite at scales 0 and 0.5
+  const auto& backward = csv["backward_gain"];
+  const auto& forward = csv["forward_gain"];
+  CHECK(backward[0] == Approx(1).margin(1e-9));  // hc at initialisation: H_res = I, no dynamic part yet
+  CHECK(backward[1] > 100);                      // hc, perturbed: unconstrained products grow
+  CHECK(backward[3] > 1.0);                      // mhc: Sinkhorn's columns are not exact ...
+  CHECK(backward[3] < 1.1);                      // ... but the composite stays near 1
+  CHECK(forward[3] == Approx(1).margin(1e-5));   // rows are normalised last: exact
+  CHECK(backward[5] == Approx(1).margin(1e-5));  // mhc-lite: doubly stochastic by construction
+  CHECK(forward[5] == Approx(1).margin(1e-5));
+  CHECK(csv["max_column_error"][5] < 1e-6);
+  auto bad = zoo::test::run_zoo("experiment mhc-stability --scales -1 --no-plot --out " + tmp.str("bad"));
+  CHECK(bad.code != 0);
+  CHECK_THAT(bad.err, Catch::Contains("--scales must be >= 0"));
+}
+
+TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver; NFE as the solvers define it",
+          "[experiments][ode][learning]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  auto r = zoo::test::run_zoo("experiment ode-solvers --limit 1000 --epochs 2 --no-baselines --no-plot --threads 2 --out " +
+                              tmp.str());
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  std::istringstream in(zoo::test::read_text(tmp.str("ode_solvers.csv")));
+  std::string line;
+  std::getline(in, line);
+  int rows = 0;
+  double rk4_2 = 0, euler_1 = 0;
+  while (std::getline(in, line)) {
+    std::stringstream row(line);
+    std::string solver, steps, tolerance, accuracy, nfe;
+    std::getline(row, solver, ',');
+    std::getline(row, steps, ',');
+    std::getline(row, tolerance, ',');
+    std::getline(row, accuracy, ',');
+    std::getline(row, nfe, ',');
+    const int per_step = solver == "euler" ? 1 : solver == "midpoint" ? 2 : solver == "rk4" ? 4 : 0;
+    if (per_step) CHECK(std::stod(nfe) == per_step * std::stoi(steps));
+    if (solver == "dopri5") CHECK(std::stod(nfe) >= 8);  // 2 for the first step size + 6 per accepted step
+    CHECK(std::stod(accuracy) > 0.3);                    // chance 0.1 for every solver
+    if (solver == "rk4" && steps == "2") rk4_2 = std::stod(accuracy);
+    if (solver == "euler" && steps == "1") euler_1 = std::stod(accuracy);
+    ++rows;
+  }
+  CHECK(rows == 16);
+  CHECK(rk4_2 > 0.4);  // the solver it was trained with: 4x chance (measured 0.50 after 2 epochs on 1000 images)
+  CHECK(euler_1 > 0.3);
+  auto wrong = zoo::test::run_zoo("experiment ode-solvers --run " + tmp.str("ode-resnet/nonexistent") + " --no-plot");
+  CHECK(wrong.code != 0);
+}

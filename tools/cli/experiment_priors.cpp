@@ -116,12 +116,16 @@ void add_priors(CLI::App& experiment) {
 }
 
 void add_double_descent(CLI::App& experiment);
+void add_ode_solvers(CLI::App& experiment);
+void add_mhc_stability(CLI::App& experiment);
 
 void add_experiment(CLI::App& app) {
   auto* experiment = app.add_subcommand("experiment", "Run an experiment that checks a claim of the course sheet");
   experiment->require_subcommand(1);
   add_priors(*experiment);
   add_double_descent(*experiment);
+  add_ode_solvers(*experiment);
+  add_mhc_stability(*experiment);
 }
 
 }  // namespace zoo::cli

@@ -1,0 +1,97 @@
+// ResNet-as-ODE and mHC benchmarks.
+//  - MHCBlockOverhead: one residual block of mhc-resnet (BasicBlock, 32 channels, 7x7, batch 128), forward +
+//    backward, as a plain residual x + F(x) and wrapped by hc, mhc (fused and unfused Sinkhorn) and mhc-lite.
+//    Prints milliseconds per step and the overhead of each variant over hc and over the plain block.
+//  - ODESolverCost: the ode-resnet ODE block (32 channels, 6x6, batch 128) with each solver: milliseconds per
+//    function evaluation, forward only and forward + backward.
+//
+//   build/bin/zoo_bench --benchmark_filter='MHC|ODE'
+#include "models/mhc.h"
+#include "models/ode.h"
+#include "training/trainer.h"
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+
+namespace {
+
+using namespace zoo;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+void MHCBlockOverhead(benchmark::State& state) {
+  training::apply_threads(0);
+  torch::manual_seed(0);
+  const int64_t batch = 128, c = 32, n = 4, size = 7;
+  std::map<std::string, std::function<void()>> steps;
+  auto plain = models::BasicBlock(c);
+  const auto x1 = torch::randn({batch, c, size, size});
+  steps["residual"] = [=]() mutable { (x1 + plain->forward(x1)).sum().backward(); };
+  const auto xn = torch::randn({batch, n, c, size, size});
+  for (const auto& [name, variant, fused] : std::vector<std::tuple<std::string, std::string, bool>>{
+           {"hc", "hc", true}, {"mhc", "mhc", true}, {"mhc_unfused", "mhc", false}, {"mhc_lite", "mhc-lite", true}}) {
+    auto block = models::MHC(models::MHCOptions(c).streams(n).variant(variant).fused_sinkhorn(fused),
+                             models::BasicBlock(c));
+    steps[name] = [=]() mutable { block->forward(xn).sum().backward(); };
+  }
+  std::map<std::string, double> total;
+  int64_t rounds = 0;
+  for (auto _ : state) {
+    for (auto& [name, step] : steps) {  // interleaved, so drifts in machine speed hit every variant alike
+      step();                           // warm-up
+      const auto start = Clock::now();
+      for (int i = 0; i < 5; ++i) step();
+      total[name] += seconds_since(start) / 5;
+    }
+    ++rounds;
+  }
+  for (auto& [name, seconds] : total) state.counters[name + "_ms"] = 1e3 * seconds / static_cast<double>(rounds);
+  auto pct = [&](const std::string& a, const std::string& b) { return 100.0 * (total[a] / total[b] - 1); };
+  state.counters["mhc_over_hc_%"] = pct("mhc", "hc");
+  state.counters["mhc_unfused_over_hc_%"] = pct("mhc_unfused", "hc");
+  state.counters["mhc_lite_over_hc_%"] = pct("mhc_lite", "hc");
+  state.counters["mhc_over_residual_%"] = pct("mhc", "residual");
+  state.counters["mhc_lite_over_residual_%"] = pct("mhc_lite", "residual");
+  state.counters["hc_over_residual_%"] = pct("hc", "residual");
+}
+BENCHMARK(MHCBlockOverhead)->Unit(benchmark::kSecond)->Iterations(10);
+
+void ODESolverCost(benchmark::State& state) {
+  training::apply_threads(0);
+  torch::manual_seed(0);
+  models::ODEBlock block(models::ODEBlockOptions(32));
+  const auto x = torch::randn({128, 32, 6, 6});
+  const std::vector<models::ODESolverOptions> solvers{
+      models::ODESolverOptions().method("euler").steps(8), models::ODESolverOptions().method("midpoint").steps(4),
+      models::ODESolverOptions().method("rk4").steps(2), models::ODESolverOptions().method("dopri5")};
+  std::map<std::string, double> forward_s, backward_s, nfe;
+  for (auto _ : state) {
+    for (const auto& solver : solvers) {
+      block->set_solver(solver);
+      {
+        torch::NoGradGuard no_grad;
+        block->forward(x);  // warm-up
+        const auto start = Clock::now();
+        block->forward(x);
+        forward_s[solver.method()] += seconds_since(start) / static_cast<double>(block->last_solution().nfe);
+      }
+      const auto start = Clock::now();
+      block->forward(x).sum().backward();
+      backward_s[solver.method()] += seconds_since(start) / static_cast<double>(block->last_solution().nfe);
+      nfe[solver.method()] = static_cast<double>(block->last_solution().nfe);
+    }
+  }
+  const auto iterations = static_cast<double>(state.iterations());
+  for (const auto& [method, seconds] : forward_s) {
+    state.counters[method + "_fwd_ms/nfe"] = 1e3 * seconds / iterations;
+    state.counters[method + "_fwdbwd_ms/nfe"] = 1e3 * backward_s[method] / iterations;
+    state.counters[method + "_nfe"] = nfe[method];
+  }
+}
+BENCHMARK(ODESolverCost)->Unit(benchmark::kSecond)->Iterations(5);
+
+}  // namespace
