@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
 
 namespace zoo::models {
@@ -71,10 +72,12 @@ ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1,
   double h = initial_step(f, t0, y0, k1.detach(), direction, o, s.nfe);
   double t = t0;
   while (direction * (t1 - t) > 0) {
-    if (s.accepted + s.rejected >= o.max_steps())
-      throw std::runtime_error("dopri5 needed more than max_steps = " + std::to_string(o.max_steps()) +
-                               " steps to reach t = " + std::to_string(t1) + " (at t = " + std::to_string(t) +
-                               "); loosen rtol/atol or raise max_steps");
+    if (s.accepted + s.rejected >= o.max_steps()) {
+      std::ostringstream msg;
+      msg << "dopri5 needed more than max_steps = " << o.max_steps() << " steps to reach t = " << t1
+          << " (at t = " << t << "); loosen rtol/atol or raise max_steps";
+      throw std::runtime_error(msg.str());
+    }
     const double remaining = std::abs(t1 - t);
     const bool last = h >= remaining * (1 - 1e-12);
     const double step = direction * (last ? remaining : h);
@@ -269,7 +272,7 @@ void ODEBlockImpl::pretty_print(std::ostream& stream) const {
 namespace {
 
 ODESolverOptions solver_of(const ODEResNetOptions& o) {
-  return ODESolverOptions().method(o.method()).steps(o.steps()).rtol(o.rtol()).atol(o.atol());
+  return ODESolverOptions().method(o.method()).steps(o.steps()).rtol(o.rtol()).atol(o.atol()).max_steps(o.max_steps());
 }
 
 }  // namespace
@@ -311,7 +314,8 @@ Tensor ODEResNetImpl::forward(const Tensor& x) {
 void ODEResNetImpl::set_solver(const ODESolverOptions& solver) {
   TORCH_CHECK(ode, "an ode-resnet with block 'resnet' has no solver to change: its steps are its layers");
   ode->set_solver(solver);
-  options.method(solver.method()).steps(solver.steps()).rtol(solver.rtol()).atol(solver.atol());
+  options.method(solver.method()).steps(solver.steps()).rtol(solver.rtol()).atol(solver.atol()).max_steps(
+      solver.max_steps());
 }
 
 int64_t ODEResNetImpl::last_nfe() const { return ode ? ode->last_solution().nfe : options.steps(); }
@@ -341,6 +345,7 @@ ZOO_REGISTER_MODEL(ode_resnet) {
       .ZOO_OPTION(ODEResNetOptions, steps)
       .ZOO_OPTION(ODEResNetOptions, rtol)
       .ZOO_OPTION(ODEResNetOptions, atol)
+      .ZOO_OPTION(ODEResNetOptions, max_steps)
       .ZOO_OPTION(ODEResNetOptions, step_size)
       .ZOO_OPTION(ODEResNetOptions, time)
       .validate([](const ODEResNetOptions& o) {

@@ -146,6 +146,7 @@ struct ODEResNetOptions {
   TORCH_ARG(int64_t, steps) = 2;
   TORCH_ARG(double, rtol) = 1e-3;
   TORCH_ARG(double, atol) = 1e-3;
+  TORCH_ARG(int64_t, max_steps) = 1000;
   TORCH_ARG(double, step_size) = 1.0;
   TORCH_ARG(bool, time) = true;
 };

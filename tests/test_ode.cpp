@@ -194,6 +194,10 @@ TEST_CASE("ode-resnet learns Fashion-MNIST; eval --set changes the solver withou
   auto wrong = test::run_zoo("eval " + run + " --set channels=64");
   CHECK(wrong.code != 0);
   CHECK_THAT(wrong.err, Catch::Contains("does not match the model"));
+  auto stuck = test::run_zoo("eval " + run + " --set method=dopri5 --set rtol=1e-12 --set atol=1e-12 --set max_steps=3");
+  CHECK(stuck.code == 1);
+  CHECK_THAT(stuck.err, Catch::Contains("needed more than max_steps = 3") && Catch::Contains("raise max_steps"));
+  CHECK(test::count_lines(stuck.err) == 1);
   auto bad = test::run_zoo("eval " + run + " --set method=rk5");
   CHECK(bad.code != 0);
   CHECK_THAT(bad.err, Catch::Contains("unknown ODE solver 'rk5'"));
