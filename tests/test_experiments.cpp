@@ -142,4 +142,16 @@ TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver; NFE 
   CHECK(euler_1 > 0.3);
   auto wrong = zoo::test::run_zoo("experiment ode-solvers --run " + tmp.str("ode-resnet/nonexistent") + " --no-plot");
   CHECK(wrong.code != 0);
+  // Runs without an ODE block are refused by name, in one line.
+  REQUIRE(zoo::test::run_zoo("train mlp --limit 100 --epochs 1 --no-progress --out " + tmp.str("mlp")).code == 0);
+  REQUIRE(zoo::test::run_zoo("train ode-resnet --set block=resnet --limit 100 --epochs 1 --no-progress --out " +
+                             tmp.str("resnet")).code == 0);
+  auto mlp = zoo::test::run_zoo("experiment ode-solvers --no-plot --run " + tmp.str("mlp") + " --out " + tmp.str("e1"));
+  CHECK(mlp.code == 1);
+  CHECK_THAT(mlp.err, Catch::Contains("is a mlp run; --run needs an ode-resnet run"));
+  CHECK(zoo::test::count_lines(mlp.err) == 1);
+  auto resnet =
+      zoo::test::run_zoo("experiment ode-solvers --no-plot --run " + tmp.str("resnet") + " --out " + tmp.str("e2"));
+  CHECK(resnet.code == 1);
+  CHECK_THAT(resnet.err, Catch::Contains("has no ODE block"));
 }
