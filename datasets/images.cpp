@@ -46,6 +46,37 @@ void save_png(const torch::Tensor& image, const std::string& path) {
     throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
 }
 
+torch::Tensor colorize_labels(const torch::Tensor& labels) {
+  // Distinct, saturated colours (after matplotlib's tab20, bright shades first); index 0 is the background.
+  static const float palette[21][3] = {
+      {0, 0, 0},       {31, 119, 180},  {255, 127, 14},  {44, 160, 44},   {214, 39, 40},   {148, 103, 189},
+      {140, 86, 75},   {227, 119, 194}, {188, 189, 34},  {23, 190, 207},  {255, 255, 255}, {174, 199, 232},
+      {255, 187, 120}, {152, 223, 138}, {255, 152, 150}, {197, 176, 213}, {196, 156, 148}, {247, 182, 210},
+      {219, 219, 141}, {158, 218, 229}, {127, 127, 127}};
+  auto table = torch::from_blob(const_cast<float*>(&palette[0][0]), {21, 3}, torch::kFloat32).div(255);
+  auto ids = labels.detach().to(torch::kCPU, torch::kInt64);
+  TORCH_CHECK(ids.dim() >= 2, "colorize_labels expects [*, H, W], got ", labels.sizes());
+  TORCH_CHECK(ids.numel() == 0 || ids.min().item<int64_t>() >= 0, "colorize_labels: negative class id");
+  auto index = torch::where(ids > 0, (ids - 1).remainder(20) + 1, ids);
+  return table.index_select(0, index.flatten()).view([&] {
+    auto shape = ids.sizes().vec();
+    shape.push_back(3);
+    return shape;
+  }()).movedim(-1, -3).contiguous();
+}
+
+torch::Tensor overlay_labels(const torch::Tensor& image, const torch::Tensor& labels, double alpha) {
+  auto img = image.detach().to(torch::kCPU, torch::kFloat32);
+  TORCH_CHECK(img.dim() == 3 && (img.size(0) == 1 || img.size(0) == 3), "overlay_labels: image must be [1 or 3, H, W], got ",
+              image.sizes());
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == img.size(1) && labels.size(1) == img.size(2),
+              "overlay_labels: labels ", labels.sizes(), " do not match the image ", image.sizes());
+  if (img.size(0) == 1) img = img.expand({3, -1, -1});
+  auto colours = colorize_labels(labels);
+  auto blended = (1 - alpha) * img + alpha * colours;
+  return torch::where(labels.to(torch::kCPU).gt(0).unsqueeze(0), blended, img).contiguous();
+}
+
 void save_image_grid(const torch::Tensor& images, const std::string& path, const GridOptions& options) {
   save_png(make_grid(images, options), path);
 }

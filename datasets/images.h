@@ -28,4 +28,12 @@ void save_image_grid(const torch::Tensor& images, const std::string& path, const
 /// An unreadable file is an error naming it and stb's reason.
 torch::Tensor load_image(const std::string& path, int channels = 0);
 
+/// Label maps [*, H, W] (int64 class ids) as colours [*, 3, H, W] in [0, 1]: class 0 (background) black, classes
+/// 1.. from a 20-colour palette (repeating after 20).
+torch::Tensor colorize_labels(const torch::Tensor& labels);
+
+/// An image [C, H, W] (C = 1 or 3, in [0, 1]) with the classes of `labels` [H, W] blended over it: pixels of class
+/// k > 0 become (1 - alpha) image + alpha colour(k); background pixels keep the image. Returns [3, H, W].
+torch::Tensor overlay_labels(const torch::Tensor& image, const torch::Tensor& labels, double alpha = 0.5);
+
 }  // namespace zoo::datasets

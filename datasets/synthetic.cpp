@@ -1,5 +1,6 @@
 #include "datasets/synthetic.h"
 
+#include "datasets/options.h"
 #include "datasets/registry.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -86,27 +87,6 @@ std::shared_ptr<TensorDataset> make_motion4d(int64_t n, int64_t frames, int64_t 
 
 namespace {
 
-int64_t opt(const nlohmann::json& o, const char* key, int64_t fallback) {
-  if (!o.contains(key)) return fallback;
-  if (!o[key].is_number_integer())
-    throw std::invalid_argument(std::string("dataset option '") + key + "' expects an integer, got " + o[key].dump());
-  return o[key].get<int64_t>();
-}
-double optd(const nlohmann::json& o, const char* key, double fallback) {
-  if (!o.contains(key)) return fallback;
-  if (!o[key].is_number())
-    throw std::invalid_argument(std::string("dataset option '") + key + "' expects a number, got " + o[key].dump());
-  return o[key].get<double>();
-}
-void only(const nlohmann::json& o, const std::vector<std::string>& keys, const std::string& name) {
-  for (auto it = o.begin(); it != o.end(); ++it)
-    if (std::find(keys.begin(), keys.end(), it.key()) == keys.end()) {
-      std::string valid;
-      for (const auto& k : keys) valid += (valid.empty() ? "" : ", ") + k;
-      throw std::invalid_argument("dataset '" + name + "' has no option '" + it.key() + "'; valid: " + valid);
-    }
-}
-int64_t limited(int64_t n, int64_t limit) { return limit > 0 ? std::min(n, limit) : n; }
 
 DatasetEntry synthetic(const std::string& name, const std::string& description,
                        std::function<std::shared_ptr<TensorDataset>(const nlohmann::json&, int64_t, uint64_t)> make,
@@ -116,10 +96,10 @@ DatasetEntry synthetic(const std::string& name, const std::string& description,
   e.description = description;
   e.default_dir = [] { return std::string("(generated)"); };
   e.load = [=](const DataConfig& c) {
-    only(c.options, keys, name);
-    const int64_t train = limited(opt(c.options, "n_train", n_train), c.limit);
-    const int64_t test = limited(opt(c.options, "n_test", n_test), c.limit);
-    const auto seed = static_cast<uint64_t>(opt(c.options, "seed", 0));
+    check_option_names(c.options, keys, name);
+    const int64_t train = limited(int_option(c.options, "n_train", n_train), c.limit);
+    const int64_t test = limited(int_option(c.options, "n_test", n_test), c.limit);
+    const auto seed = static_cast<uint64_t>(int_option(c.options, "seed", 0));
     return Splits{make(c.options, train, 2 * seed + 1), make(c.options, test, 2 * seed + 2)};
   };
   return e;
@@ -128,19 +108,19 @@ DatasetEntry synthetic(const std::string& name, const std::string& description,
 const detail::DatasetRegistrar waveforms{synthetic(
     "waveforms", "1-D: sine/square/sawtooth/triangle waves in noise, [1, 256], 4 classes (generated)",
     [](const nlohmann::json& o, int64_t n, uint64_t seed) {
-      return make_waveforms(n, opt(o, "length", 256), optd(o, "noise", 0.5), seed);
+      return make_waveforms(n, int_option(o, "length", 256), number_option(o, "noise", 0.5), seed);
     },
     {"n_train", "n_test", "seed", "length", "noise"}, 8000, 2000)};
 const detail::DatasetRegistrar shapes3d{synthetic(
     "shapes3d", "3-D: sphere/cube/cylinder volumes in noise, [1, 16, 16, 16], 3 classes (generated)",
     [](const nlohmann::json& o, int64_t n, uint64_t seed) {
-      return make_shapes3d(n, opt(o, "size", 16), optd(o, "noise", 0.5), seed);
+      return make_shapes3d(n, int_option(o, "size", 16), number_option(o, "noise", 0.5), seed);
     },
     {"n_train", "n_test", "seed", "size", "noise"}, 4000, 1000)};
 const detail::DatasetRegistrar motion4d{synthetic(
     "motion4d", "4-D: a blob moving along one of 6 directions, [1, 6, 8, 8, 8], 6 classes (generated)",
     [](const nlohmann::json& o, int64_t n, uint64_t seed) {
-      return make_motion4d(n, opt(o, "frames", 6), opt(o, "size", 8), optd(o, "noise", 0.3), seed);
+      return make_motion4d(n, int_option(o, "frames", 6), int_option(o, "size", 8), number_option(o, "noise", 0.3), seed);
     },
     {"n_train", "n_test", "seed", "frames", "size", "noise"}, 3000, 1000)};
 

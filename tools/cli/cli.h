@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -14,6 +15,7 @@ void add_eval(CLI::App& app);
 void add_info(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_experiment(CLI::App& app);
+void add_segment(CLI::App& app);
 
 /// Flag validators with short messages ("must be a positive number, got 'fast'"), unlike CLI11's
 /// PositiveNumber, whose message prints the whole range of a double.
@@ -43,8 +45,13 @@ inline const CLI::Validator& non_negative() {
   return v;
 }
 
-/// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string.
-std::pair<std::string, nlohmann::json> parse_set(const std::string& item);
+/// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string. `flag` names the flag in errors.
+std::pair<std::string, nlohmann::json> parse_set(const std::string& item, const std::string& flag = "--set");
+
+/// Class ids [N, *spatial] a segmentation model predicts for `input` [N, C, *spatial] (eval mode, no gradient).
+torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device);
+/// [..., D, H, W] -> [..., H, W] at depth D / 2 when `spatial_dims` is 3; unchanged for 2.
+torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims);
 
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);

@@ -118,6 +118,7 @@ void add_priors(CLI::App& experiment) {
 void add_double_descent(CLI::App& experiment);
 void add_ode_solvers(CLI::App& experiment);
 void add_mhc_stability(CLI::App& experiment);
+void add_unet_vs_deconvnet(CLI::App& experiment);
 
 void add_experiment(CLI::App& app) {
   auto* experiment = app.add_subcommand("experiment", "Run an experiment that checks a claim of the course sheet");
@@ -126,6 +127,7 @@ void add_experiment(CLI::App& app) {
   add_double_descent(*experiment);
   add_ode_solvers(*experiment);
   add_mhc_stability(*experiment);
+  add_unet_vs_deconvnet(*experiment);
 }
 
 }  // namespace zoo::cli

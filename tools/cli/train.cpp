@@ -12,12 +12,23 @@ namespace zoo::cli {
 using nlohmann::json;
 
 std::string format_metrics(const json& metrics) {
-  std::string out;
-  char buf[64];
-  for (const auto& [k, v] : metrics.items()) {
+  auto number = [](const json& v) {
+    char buf[64];
     if (v.is_number_float()) std::snprintf(buf, sizeof buf, "%.4f", v.get<double>());
+    else if (v.is_null()) std::snprintf(buf, sizeof buf, "-");
     else std::snprintf(buf, sizeof buf, "%s", v.dump().c_str());
-    out += (out.empty() ? "" : "  ") + k + " " + buf;
+    return std::string(buf);
+  };
+  std::string out;
+  for (const auto& [k, v] : metrics.items()) {
+    std::string text;
+    if (v.is_array()) {  // e.g. per-class IoU: [0.9812 0.4410 - ...], "-" for a class that never occurs
+      for (const auto& x : v) text += (text.empty() ? "[" : " ") + number(x);
+      text += "]";
+    } else {
+      text = number(v);
+    }
+    out += (out.empty() ? "" : "  ") + k + " " + text;
   }
   return out;
 }
@@ -27,7 +38,7 @@ namespace {
 struct TrainArgs {
   std::string model;
   std::string resume, out, config, data_dir, dataset, optimizer, schedule, device;
-  std::vector<std::string> set, prior_layers;
+  std::vector<std::string> set, prior_layers, data_options, task_options;
   std::string prior;
   double lambda = 0;
   bool prior_decoupled = false, prior_proximal = false, prior_all = false;
@@ -38,10 +49,11 @@ struct TrainArgs {
 
 }  // namespace
 
-std::pair<std::string, json> parse_set(const std::string& item) {
+std::pair<std::string, json> parse_set(const std::string& item, const std::string& flag) {
   const auto eq = item.find('=');
   if (eq == std::string::npos || eq == 0)
-    throw std::invalid_argument("--set expects key=value (e.g. --set hidden=[512,256]), got '" + item + "'");
+    throw std::invalid_argument(flag + " expects key=value (e.g. " + flag +
+                                (flag == "--set" ? " hidden=[512,256]" : " size=32") + "), got '" + item + "'");
   const std::string key = item.substr(0, eq), text = item.substr(eq + 1);
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = text;
@@ -60,7 +72,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
                              "--dataset", "--out", "--set", "--config", "--momentum", "--weight-decay",
                              "--step-size", "--gamma", "--warmup", "--clip-grad", "--device", "--eval-batch-size",
                              "--prior", "--lambda", "--prior-layer", "--prior-decoupled", "--prior-proximal",
-                             "--prior-all-params"})
+                             "--prior-all-params", "--data-option", "--task-option"})
       if (given(flag))
         throw std::invalid_argument(std::string(flag) + " cannot change a run being resumed (its config.json decides); "
                                     "only --epochs and --threads can; start a new run to change it");
@@ -144,6 +156,14 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   if (given("--dataset")) config.data.name = a.dataset;
   if (given("--data-dir")) config.data.data_dir = a.data_dir;
   if (given("--limit")) config.data.limit = a.limit;
+  for (const auto& item : a.data_options) {
+    auto [key, value] = parse_set(item, "--data-option");
+    config.data.options[key] = value;
+  }
+  for (const auto& item : a.task_options) {
+    auto [key, value] = parse_set(item, "--task-option");
+    config.task_options[key] = value;
+  }
 
   const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
   auto run = Run::create(config, dir);
@@ -190,6 +210,10 @@ void add_train(CLI::App& app) {
       ->check(non_negative());
   cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
   cmd->add_option("--set", a->set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
+  cmd->add_option("--data-option", a->data_options,
+                  "Dataset option key=value (JSON value), repeatable, e.g. --data-option size=32 (see README, Data)");
+  cmd->add_option("--task-option", a->task_options,
+                  "Task (objective) option key=value, repeatable, e.g. --task-option dice=1 for segmentation");
   cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
   cmd->add_option("--prior", a->prior, "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")

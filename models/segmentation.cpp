@@ -1,0 +1,369 @@
+#include "models/segmentation.h"
+
+#include "models/registry.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace zoo::models {
+
+namespace nn = torch::nn;
+
+namespace {
+
+void check_dims(int64_t dims, const char* what) {
+  TORCH_CHECK(dims == 2 || dims == 3, what, " dims must be 2 (images) or 3 (volumes), got ", dims);
+}
+
+nn::AnyModule make_conv(int64_t dims, int64_t in, int64_t out, int64_t kernel, int64_t padding, bool bias) {
+  if (dims == 2) return nn::AnyModule(nn::Conv2d(nn::Conv2dOptions(in, out, kernel).padding(padding).bias(bias)));
+  return nn::AnyModule(nn::Conv3d(nn::Conv3dOptions(in, out, kernel).padding(padding).bias(bias)));
+}
+
+nn::AnyModule make_batch_norm(int64_t dims, int64_t channels) {
+  if (dims == 2) return nn::AnyModule(nn::BatchNorm2d(channels));
+  return nn::AnyModule(nn::BatchNorm3d(channels));
+}
+
+nn::AnyModule make_conv_transpose(int64_t dims, int64_t in, int64_t out) {
+  if (dims == 2) return nn::AnyModule(nn::ConvTranspose2d(nn::ConvTranspose2dOptions(in, out, 2).stride(2)));
+  return nn::AnyModule(nn::ConvTranspose3d(nn::ConvTranspose3dOptions(in, out, 2).stride(2)));
+}
+
+std::string join_sizes(const std::vector<int64_t>& sizes) {
+  std::string out;
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? "x" : "") + std::to_string(sizes[i]);
+  return out;
+}
+
+/// Pads `x` at the end of every spatial axis to a multiple of `multiple`, or (without `pad`) refuses sizes that
+/// are not such a multiple, naming the nearest sizes that work.
+torch::Tensor fit_input(const torch::Tensor& x, int64_t dims, int64_t in_channels, int64_t multiple, bool pad,
+                        const char* model) {
+  TORCH_CHECK(x.dim() == dims + 2 && x.size(1) == in_channels, model, "(dims=", dims, ") expects [N, ", in_channels,
+              ", ", dims == 2 ? "H, W" : "D, H, W", "], got ", x.sizes());
+  std::vector<int64_t> sizes(x.sizes().begin() + 2, x.sizes().end()), pads, down, up;
+  bool fits = true;
+  for (int64_t d = dims - 1; d >= 0; --d) {  // constant_pad_nd lists the last axis first
+    const int64_t s = sizes[static_cast<size_t>(d)], target = (s + multiple - 1) / multiple * multiple;
+    pads.push_back(0);
+    pads.push_back(target - s);
+    fits = fits && target == s;
+  }
+  if (fits) return x;
+  if (!pad) {
+    for (int64_t s : sizes) {
+      down.push_back(std::max(multiple, s / multiple * multiple));
+      up.push_back((s + multiple - 1) / multiple * multiple);
+    }
+    std::ostringstream msg;
+    msg << model << " input size " << join_sizes(sizes) << " is not a multiple of " << multiple
+        << " (2^(levels-1)) on every axis: use e.g. " << join_sizes(down) << " or " << join_sizes(up)
+        << ", or the option pad=true";
+    TORCH_CHECK(false, msg.str());
+  }
+  return torch::constant_pad_nd(x, pads, 0);
+}
+
+torch::Tensor crop_to(const torch::Tensor& y, const torch::Tensor& x) {
+  auto out = y;
+  for (int64_t d = 2; d < x.dim(); ++d)
+    if (out.size(d) != x.size(d)) out = out.narrow(d, 0, x.size(d));
+  return out;
+}
+
+torch::Tensor max_pool(const torch::Tensor& x, int64_t dims) {
+  return dims == 2 ? torch::max_pool2d(x, {2, 2}, {2, 2}) : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2});
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+
+DoubleConvImpl::DoubleConvImpl(DoubleConvOptions options_) : options(options_) { reset(); }
+
+void DoubleConvImpl::reset() {
+  const auto& o = options;
+  check_dims(o.dims(), "DoubleConv");
+  TORCH_CHECK(o.in_channels() > 0 && o.out_channels() > 0, "DoubleConv channels must be positive");
+  double_conv = nn::Sequential();
+  double_conv->push_back(make_conv(o.dims(), o.in_channels(), o.out_channels(), 3, 1, false));
+  double_conv->push_back(make_batch_norm(o.dims(), o.out_channels()));
+  double_conv->push_back(nn::ReLU());
+  double_conv->push_back(make_conv(o.dims(), o.out_channels(), o.out_channels(), 3, 1, false));
+  double_conv->push_back(make_batch_norm(o.dims(), o.out_channels()));
+  double_conv->push_back(nn::ReLU());
+  register_module("double_conv", double_conv);
+}
+
+void DoubleConvImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::DoubleConv(dims=" << options.dims() << ", " << options.in_channels() << " -> "
+         << options.out_channels() << ")";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+UNetUpImpl::UNetUpImpl(int64_t dims_, int64_t in_channels_, int64_t out_channels_, std::string upsample_)
+    : dims(dims_), in_channels(in_channels_), out_channels(out_channels_), mode(std::move(upsample_)) {
+  reset();
+}
+
+void UNetUpImpl::reset() {
+  TORCH_CHECK(mode == "transpose" || mode == "bilinear", "U-Net upsample must be transpose or bilinear, got '", mode,
+              "'");
+  // transpose: a 2x2 stride-2 transposed conv; bilinear: F.interpolate(x2) in forward, then this 3x3 conv
+  up = mode == "transpose" ? make_conv_transpose(dims, in_channels, out_channels)
+                           : make_conv(dims, in_channels, out_channels, 3, 1, true);
+  register_module("up", up.ptr());
+  conv = DoubleConv(DoubleConvOptions(dims, 2 * out_channels, out_channels));
+  register_module("conv", conv);
+}
+
+torch::Tensor UNetUpImpl::upsample(const torch::Tensor& x) {
+  if (mode == "transpose") return up.forward(x);
+  namespace F = torch::nn::functional;
+  auto options = F::InterpolateFuncOptions()
+                     .scale_factor(std::vector<double>(static_cast<size_t>(dims), 2.0))
+                     .align_corners(false);
+  options.mode(dims == 2 ? F::InterpolateFuncOptions::mode_t(torch::kBilinear)
+                         : F::InterpolateFuncOptions::mode_t(torch::kTrilinear));
+  return up.forward(F::interpolate(x, options));
+}
+
+torch::Tensor UNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
+  return conv(torch::cat({skip, upsample(x)}, 1));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+UNetImpl::UNetImpl(UNetOptions options_) : options(std::move(options_)) { reset(); }
+
+void UNetImpl::reset() {
+  const auto& o = options;
+  check_dims(o.dims(), "UNet");
+  TORCH_CHECK(o.levels() >= 1 && o.levels() <= 8, "UNet levels must be 1..8, got ", o.levels());
+  TORCH_CHECK(o.base_channels() > 0 && o.in_channels() > 0, "UNet base_channels and in_channels must be positive");
+  TORCH_CHECK(o.num_classes() >= 2, "UNet num_classes must be >= 2 (background and one class), got ", o.num_classes());
+  TORCH_CHECK(o.upsample() == "transpose" || o.upsample() == "bilinear",
+              "UNet upsample must be transpose or bilinear, got '", o.upsample(), "'");
+  encoder = nn::ModuleList();
+  decoder = nn::ModuleList();
+  int64_t in = o.in_channels();
+  for (int64_t i = 0; i < o.levels(); ++i) {
+    const int64_t c = o.base_channels() << i;
+    encoder->push_back(DoubleConv(DoubleConvOptions(o.dims(), in, c)));
+    in = c;
+  }
+  for (int64_t i = o.levels() - 2; i >= 0; --i)
+    decoder->push_back(UNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i, o.upsample()));
+  head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
+  register_module("encoder", encoder);
+  register_module("decoder", decoder);
+  register_module("head", head.ptr());
+}
+
+std::vector<torch::Tensor> UNetImpl::encode(const torch::Tensor& x) {
+  std::vector<torch::Tensor> features;
+  auto h = x;
+  for (size_t i = 0; i < encoder->size(); ++i) {
+    if (i > 0) h = max_pool(h, options.dims());
+    h = encoder[i]->as<DoubleConvImpl>()->forward(h);
+    features.push_back(h);
+  }
+  return features;
+}
+
+torch::Tensor UNetImpl::decode(const std::vector<torch::Tensor>& features) {
+  TORCH_CHECK(features.size() == encoder->size(), "UNet::decode needs ", encoder->size(), " feature maps, got ",
+              features.size());
+  last_concats_.clear();
+  auto h = features.back();
+  for (size_t k = 0; k < decoder->size(); ++k) {
+    auto* up = decoder[k]->as<UNetUpImpl>();
+    const auto& skip = features[features.size() - 2 - k];
+    auto u = up->upsample(h);
+    last_concats_.emplace_back(skip.sizes().vec(), u.sizes().vec());
+    h = up->conv(torch::cat({skip, u}, 1));
+  }
+  return head.forward(h);
+}
+
+torch::Tensor UNetImpl::forward(const torch::Tensor& x) {
+  auto input = fit_input(x, options.dims(), options.in_channels(), multiple(), options.pad(), "UNet");
+  return crop_to(decode(encode(input)), x);
+}
+
+void UNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::UNet(dims=" << options.dims() << ", in_channels=" << options.in_channels()
+         << ", num_classes=" << options.num_classes() << ", levels=" << options.levels()
+         << ", base_channels=" << options.base_channels() << ", upsample=" << options.upsample() << ")";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+DeconvNetUpImpl::DeconvNetUpImpl(int64_t dims_, int64_t in_channels_, int64_t out_channels_)
+    : dims(dims_), in_channels(in_channels_), out_channels(out_channels_) {
+  reset();
+}
+
+void DeconvNetUpImpl::reset() {
+  reduce = nn::Sequential();
+  reduce->push_back(make_conv(dims, in_channels, out_channels, 3, 1, false));
+  reduce->push_back(make_batch_norm(dims, out_channels));
+  reduce->push_back(nn::ReLU());
+  register_module("reduce", reduce);
+  conv = DoubleConv(DoubleConvOptions(dims, out_channels, out_channels));
+  register_module("conv", conv);
+}
+
+torch::Tensor DeconvNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& indices,
+                                       const std::vector<int64_t>& size) {
+  auto h = reduce->forward(x);
+  h = dims == 2 ? torch::max_unpool2d(h, indices, size) : torch::max_unpool3d(h, indices, size, {2, 2, 2}, {0, 0, 0});
+  return conv(h);
+}
+
+DeconvNetImpl::DeconvNetImpl(DeconvNetOptions options_) : options(std::move(options_)) { reset(); }
+
+void DeconvNetImpl::reset() {
+  const auto& o = options;
+  check_dims(o.dims(), "DeconvNet");
+  TORCH_CHECK(o.levels() >= 1 && o.levels() <= 8, "DeconvNet levels must be 1..8, got ", o.levels());
+  TORCH_CHECK(o.base_channels() > 0 && o.in_channels() > 0, "DeconvNet base_channels and in_channels must be positive");
+  TORCH_CHECK(o.num_classes() >= 2, "DeconvNet num_classes must be >= 2 (background and one class), got ",
+              o.num_classes());
+  encoder = nn::ModuleList();
+  decoder = nn::ModuleList();
+  int64_t in = o.in_channels();
+  for (int64_t i = 0; i < o.levels(); ++i) {
+    const int64_t c = o.base_channels() << i;
+    encoder->push_back(DoubleConv(DoubleConvOptions(o.dims(), in, c)));
+    in = c;
+  }
+  for (int64_t i = o.levels() - 2; i >= 0; --i)
+    decoder->push_back(DeconvNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i));
+  head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
+  register_module("encoder", encoder);
+  register_module("decoder", decoder);
+  register_module("head", head.ptr());
+}
+
+torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
+  const int64_t dims = options.dims();
+  auto h = fit_input(x, dims, options.in_channels(), multiple(), options.pad(), "DeconvNet");
+  std::vector<torch::Tensor> switches;
+  std::vector<std::vector<int64_t>> sizes;
+  for (size_t i = 0; i < encoder->size(); ++i) {
+    if (i > 0) {
+      sizes.emplace_back(h.sizes().begin() + 2, h.sizes().end());
+      auto pooled = dims == 2 ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2})
+                              : torch::max_pool3d_with_indices(h, {2, 2, 2}, {2, 2, 2});
+      h = std::get<0>(pooled);
+      switches.push_back(std::get<1>(pooled));
+    }
+    h = encoder[i]->as<DoubleConvImpl>()->forward(h);
+  }
+  for (size_t k = 0; k < decoder->size(); ++k) {
+    const size_t level = switches.size() - 1 - k;
+    h = decoder[k]->as<DeconvNetUpImpl>()->forward(h, switches[level], sizes[level]);
+  }
+  return crop_to(head.forward(h), x);
+}
+
+void DeconvNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::DeconvNet(dims=" << options.dims() << ", in_channels=" << options.in_channels()
+         << ", num_classes=" << options.num_classes() << ", levels=" << options.levels()
+         << ", base_channels=" << options.base_channels() << ")";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+double segmentation_macs(const std::string& model, int64_t dims, int64_t in_channels, int64_t num_classes,
+                         int64_t levels, int64_t base_channels, const std::string& upsample,
+                         const std::vector<int64_t>& spatial) {
+  const double k = dims == 2 ? 9.0 : 27.0;  // 3x3 or 3x3x3 taps
+  double pixels = 1;
+  for (int64_t s : spatial) pixels *= static_cast<double>(s);
+  auto p = [&](int64_t level) { return pixels / std::pow(2.0, static_cast<double>(dims * level)); };
+  auto c = [&](int64_t level) { return static_cast<double>(base_channels << level); };
+  double macs = 0;
+  for (int64_t i = 0; i < levels; ++i) {  // encoder: two 3x3 convs per level
+    const double in = i == 0 ? static_cast<double>(in_channels) : c(i - 1);
+    macs += k * (in * c(i) + c(i) * c(i)) * p(i);
+  }
+  for (int64_t i = levels - 2; i >= 0; --i) {
+    if (model == "unet") {
+      // 2x2 stride-2 transposed conv: one tap per output pixel and input channel; or a 3x3 conv after upsampling
+      macs += (upsample == "bilinear" ? k : 1.0) * c(i + 1) * c(i) * p(i);
+      macs += k * (2 * c(i) * c(i) + c(i) * c(i)) * p(i);
+    } else {
+      macs += k * c(i + 1) * c(i) * p(i + 1);          // reduce, at the coarse resolution
+      macs += k * (c(i) * c(i) + c(i) * c(i)) * p(i);  // DoubleConv after unpooling
+    }
+  }
+  return macs + c(0) * static_cast<double>(num_classes) * p(0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+
+json segmentation_train_defaults() {
+  return {{"epochs", 3},      {"optimizer", "adam"},    {"lr", 2e-3},
+          {"batch_size", 32}, {"eval_batch_size", 100}, {"schedule", "cosine"}};
+}
+
+ModelEntry unet_entry(const std::string& name, const std::string& description, UNetOptions base,
+                      const std::string& dataset) {
+  return ModelSpec<UNet, UNetOptions>(name, description)
+      .defaults(base)
+      .task("segment")
+      .dataset(dataset)
+      .train_defaults(segmentation_train_defaults())
+      .ZOO_OPTION(UNetOptions, dims)
+      .ZOO_OPTION(UNetOptions, in_channels)
+      .ZOO_OPTION(UNetOptions, num_classes)
+      .ZOO_OPTION(UNetOptions, levels)
+      .ZOO_OPTION(UNetOptions, base_channels)
+      .ZOO_OPTION(UNetOptions, upsample)
+      .ZOO_OPTION(UNetOptions, pad)
+      .validate([](const UNetOptions& o) { UNet{o}; });
+}
+
+ModelEntry deconvnet_entry(const std::string& name, const std::string& description, DeconvNetOptions base,
+                           const std::string& dataset) {
+  return ModelSpec<DeconvNet, DeconvNetOptions>(name, description)
+      .defaults(base)
+      .task("segment")
+      .dataset(dataset)
+      .train_defaults(segmentation_train_defaults())
+      .ZOO_OPTION(DeconvNetOptions, dims)
+      .ZOO_OPTION(DeconvNetOptions, in_channels)
+      .ZOO_OPTION(DeconvNetOptions, num_classes)
+      .ZOO_OPTION(DeconvNetOptions, levels)
+      .ZOO_OPTION(DeconvNetOptions, base_channels)
+      .ZOO_OPTION(DeconvNetOptions, pad)
+      .validate([](const DeconvNetOptions& o) { DeconvNet{o}; });
+}
+
+}  // namespace
+
+ZOO_REGISTER_MODEL(unet) {
+  return unet_entry("unet", "U-Net segmenter: encoder-decoder with skip concatenation at every level (scenes)",
+                    UNetOptions(), "scenes");
+}
+ZOO_REGISTER_MODEL(unet3d) {
+  return unet_entry("unet3d", "3-D U-Net (Conv3d, MaxPool3d, ConvTranspose3d) for volumes",
+                    UNetOptions().dims(3).num_classes(4).levels(3).base_channels(16), "volumes");
+}
+ZOO_REGISTER_MODEL(deconvnet) {
+  return deconvnet_entry("deconvnet",
+                         "DeconvNet segmenter (Noh et al. 2015): max-unpooling decoder, no skip connections (scenes)",
+                         DeconvNetOptions(), "scenes");
+}
+ZOO_REGISTER_MODEL(deconvnet3d) {
+  return deconvnet_entry("deconvnet3d", "3-D DeconvNet (MaxUnpool3d) for volumes",
+                         DeconvNetOptions().dims(3).num_classes(4).levels(3).base_channels(16), "volumes");
+}
+
+}  // namespace zoo::models

@@ -1,0 +1,135 @@
+// `zoo segment`: what a segmentation run predicts, as pictures. On the user's own image (coloured overlay, and
+// the label map itself with --mask), or on test scenes as rows of image | truth | prediction.
+#include "datasets/images.h"
+#include "datasets/registry.h"
+#include "models/registry.h"
+#include "tools/cli/cli.h"
+#include "training/run.h"
+#include "training/trainer.h"
+
+#include <cstdio>
+#include <map>
+
+namespace zoo::cli {
+
+using nlohmann::json;
+
+torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  model.ptr()->eval();
+  return model.forward(input.to(device)).argmax(1).cpu();
+}
+
+torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims) {
+  // [.., D, H, W] -> [.., H, W] at depth D / 2; 2-D data passes through.
+  return spatial_dims == 3 ? t.select(-3, t.size(-3) / 2) : t;
+}
+
+namespace {
+
+struct SegmentArgs {
+  std::string run, input, out, mask, device = "cpu", data_dir;
+  int64_t n = 0, offset = 0, threads = 0;
+  double alpha = 0.5;
+};
+
+void check_segmenter(const training::RunConfig& config, const std::string& run) {
+  const auto& entry = models::ModelRegistry::instance().at(config.model);
+  const std::string task = config.task.empty() ? entry.task : config.task;
+  if (task != "segment")
+    throw std::invalid_argument(run + " is a run of '" + config.model + "' (task " + task +
+                                "); zoo segment needs a segmentation run (unet, deconvnet, unet3d, deconvnet3d)");
+}
+
+std::string class_summary(const torch::Tensor& labels) {
+  auto counts = torch::bincount(labels.flatten());
+  const double total = static_cast<double>(labels.numel());
+  std::string out;
+  char buf[48];
+  for (int64_t k = 0; k < counts.size(0); ++k) {
+    const auto c = counts[k].item<int64_t>();
+    if (c == 0) continue;
+    std::snprintf(buf, sizeof buf, "%s%lld (%.1f%%)", out.empty() ? "" : ", ", static_cast<long long>(k),
+                  100.0 * static_cast<double>(c) / total);
+    out += buf;
+  }
+  return out;
+}
+
+void segment_image(const SegmentArgs& a, const training::RunConfig& config, torch::nn::AnyModule& model) {
+  const int64_t dims = config.options.value("dims", 2), channels = config.options.value("in_channels", 1);
+  if (dims != 2)
+    throw std::invalid_argument("--input takes a 2-D image, but " + a.run + " is a " + std::to_string(dims) +
+                                "-D model; use --n for test volumes (shown as middle slices)");
+  if (channels != 1 && channels != 3)
+    throw std::invalid_argument("--input needs a model with 1 or 3 input channels; this one has " +
+                                std::to_string(channels));
+  auto image = datasets::load_image(a.input, static_cast<int>(channels)).to(torch::kFloat32).div(255);
+  auto labels = predict_labels(model, image.unsqueeze(0), training::parse_device(a.device))[0];
+  datasets::save_png(datasets::overlay_labels(image, labels, a.alpha), a.out);
+  if (!a.mask.empty()) datasets::save_png(labels.to(torch::kFloat32).div(255), a.mask);
+  std::printf("wrote %s (%lldx%lld, predicted classes: %s)%s\n", a.out.c_str(), static_cast<long long>(image.size(2)),
+              static_cast<long long>(image.size(1)), class_summary(labels).c_str(),
+              a.mask.empty() ? "" : (" and the label map " + a.mask).c_str());
+}
+
+void segment_test_items(const SegmentArgs& a, const training::RunConfig& config, torch::nn::AnyModule& model,
+                        bool data_dir_given) {
+  auto data = config.data;
+  data.limit = a.offset + a.n;  // generated datasets make only what is asked for
+  if (data_dir_given) data.data_dir = a.data_dir;
+  auto test = datasets::load_splits(data).test;
+  if (a.offset + a.n > test->size())
+    throw std::invalid_argument("--offset + --n = " + std::to_string(a.offset + a.n) + " exceeds the " +
+                                std::to_string(test->size()) + " test items");
+  auto batch = test->get(torch::arange(a.offset, a.offset + a.n, torch::kInt64));
+  auto predicted = predict_labels(model, batch.input, training::parse_device(a.device));
+  const int64_t spatial = batch.target.dim() - 1;
+  auto images = middle_slice(batch.input, spatial);  // [n, C, H, W]
+  if (images.size(1) == 1) images = images.expand({-1, 3, -1, -1});
+  images = images.slice(1, 0, 3).clamp(0, 1);
+  auto truth = datasets::colorize_labels(middle_slice(batch.target, spatial));
+  auto pred = datasets::colorize_labels(middle_slice(predicted, spatial));
+  auto rows = torch::stack({images, truth, pred}, 1).flatten(0, 1);  // image, truth, prediction per item
+  datasets::save_image_grid(rows, a.out, datasets::GridOptions().nrow(3).pad_value(1.0));
+  const double accuracy = predicted.eq(batch.target).to(torch::kFloat64).mean().item<double>();
+  std::printf("wrote %s (%lld test items %lld..%lld as image | truth | prediction%s; pixel accuracy %.4f)\n",
+              a.out.c_str(), static_cast<long long>(a.n), static_cast<long long>(a.offset),
+              static_cast<long long>(a.offset + a.n - 1), spatial == 3 ? ", middle slices" : "", accuracy);
+}
+
+}  // namespace
+
+void add_segment(CLI::App& app) {
+  auto a = std::make_shared<SegmentArgs>();
+  auto* cmd = app.add_subcommand(
+      "segment", "Segment an image (--input, coloured overlay) or show test items as image | truth | prediction (--n)");
+  cmd->add_option("run", a->run, "Run directory of a segmentation model (unet, deconvnet, ...)")->required();
+  auto* input = cmd->add_option("--input", a->input, "An image (PNG, JPEG, ...) to segment");
+  auto* n = cmd->add_option("--n", a->n, "Show this many test items (rows of image | truth | prediction)")
+                ->check(CLI::Range(1, 1000));
+  input->excludes(n);
+  cmd->add_option("--offset", a->offset, "Index of the first test item for --n (default 0)")->check(non_negative());
+  cmd->add_option("--out", a->out, "Output PNG (default overlay.png for --input, segments.png for --n)");
+  cmd->add_option("--mask", a->mask, "With --input: also write the predicted label map (pixel value = class id)");
+  cmd->add_option("--alpha", a->alpha, "Opacity of the class colours over the image (default 0.5)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--data-dir", a->data_dir, "Data directory for --n (default: the run's)");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--threads", a->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
+  cmd->callback([a, cmd] {
+    if (a->input.empty() && a->n == 0)
+      throw std::invalid_argument("zoo segment needs --input IMAGE or --n N (test items)");
+    if (!a->mask.empty() && a->input.empty()) throw std::invalid_argument("--mask goes with --input");
+    if (a->out.empty()) a->out = a->input.empty() ? "segments.png" : "overlay.png";
+    training::apply_threads(a->threads);
+    auto [config, model] = training::load_run_model(a->run, a->device);
+    check_segmenter(config, a->run);
+    if (!a->input.empty())
+      segment_image(*a, config, model);
+    else
+      segment_test_items(*a, config, model, cmd->count("--data-dir") > 0);
+  });
+}
+
+}  // namespace zoo::cli
