@@ -215,14 +215,14 @@ const detail::DatasetRegistrar scenes{[] {
 const detail::DatasetRegistrar volumes{[] {
   DatasetEntry e;
   e.name = "volumes";
-  e.description = "3-D segmentation: spheres, boxes and cylinders in noise, [1, 32, 32, 32], 4 classes (generated)";
+  e.description = "3-D segmentation: spheres, boxes and cylinders in noise, [1, 24, 24, 24], 4 classes (generated)";
   e.default_dir = [] { return std::string("(generated)"); };
   e.load = [](const DataConfig& c) {
     check_option_names(c.options, {"n_train", "n_test", "seed", "size", "min_objects", "max_objects", "noise"},
                        "volumes");
     const auto& o = c.options;
     const auto options = VolumeOptions()
-                             .size(int_option(o, "size", 32))
+                             .size(int_option(o, "size", 24))
                              .min_objects(int_option(o, "min_objects", 2))
                              .max_objects(int_option(o, "max_objects", 4))
                              .noise(number_option(o, "noise", 0.3));

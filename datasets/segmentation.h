@@ -4,7 +4,7 @@
 //                 min_items..max_items items at random positions; an item's pixels above `threshold` get the
 //                 item's class + 1 (later items occlude earlier ones), so 11 classes. Train scenes use training
 //                 items, test scenes test items; everything follows from the seed.
-//   volumes       3-D scenes (default 32^3): spheres (class 1), boxes (2) and z-axis cylinders (3) of random size,
+//   volumes       3-D scenes (default 24^3): spheres (class 1), boxes (2) and z-axis cylinders (3) of random size,
 //                 position and brightness (brightness does not tell the class; shape does), later objects
 //                 occluding earlier ones, in Gaussian noise. 4 classes.
 //   image folder  users' data: DIR/images/NAME.png with DIR/masks/NAME.png (mask pixel value = class id),
@@ -32,7 +32,7 @@ std::shared_ptr<TensorDataset> make_scenes(const torch::Tensor& items, const tor
                                            const SceneOptions& options, uint64_t seed);
 
 struct VolumeOptions {
-  TORCH_ARG(int64_t, size) = 32;
+  TORCH_ARG(int64_t, size) = 24;
   TORCH_ARG(int64_t, min_objects) = 2;
   TORCH_ARG(int64_t, max_objects) = 4;
   TORCH_ARG(double, noise) = 0.3;

@@ -119,14 +119,14 @@ void add_unet_vs_deconvnet(CLI::App& experiment) {
   auto a = std::make_shared<SegArgs>();
   auto* cmd = experiment.add_subcommand(
       "unet-vs-deconvnet", "U-Net (skips) against DeconvNet (unpooling, no skips) on the same scenes and budget");
-  cmd->add_option("--epochs", a->epochs, "Epochs for each model (default 3)")->check(positive());
+  cmd->add_option("--epochs", a->epochs, "Epochs for each model (default 3; 5 with --dims 3)")->check(positive());
   cmd->add_option("--base-channels", a->base_channels, "Width of the first level, both models (default 16)")
       ->check(positive());
-  cmd->add_option("--levels", a->levels, "Levels, both models (default 4)")->check(CLI::Range(1, 8));
-  cmd->add_option("--n-train", a->n_train, "Training scenes (default 4000)")->check(positive());
-  cmd->add_option("--n-test", a->n_test, "Test scenes (default 1000)")->check(positive());
-  cmd->add_option("--size", a->size, "Canvas size (default 64; 32 for --dims 3 is a good choice)")->check(positive());
-  cmd->add_option("--batch-size", a->batch_size, "Batch size (default 32)")->check(positive());
+  cmd->add_option("--levels", a->levels, "Levels, both models (default 4; 3 with --dims 3)")->check(CLI::Range(1, 8));
+  cmd->add_option("--n-train", a->n_train, "Training scenes (default 4000; 1000 volumes with --dims 3)")->check(positive());
+  cmd->add_option("--n-test", a->n_test, "Test scenes (default 1000; 200 volumes with --dims 3)")->check(positive());
+  cmd->add_option("--size", a->size, "Canvas size (default 64; 24 with --dims 3)")->check(positive());
+  cmd->add_option("--batch-size", a->batch_size, "Batch size (default 32; 8 with --dims 3)")->check(positive());
   cmd->add_option("--lr", a->lr, "Adam learning rate, cosine schedule (default 2e-3)")->check(positive());
   cmd->add_option("--dice", a->dice, "Weight of the Dice loss added to cross-entropy (default 0)")
       ->check(non_negative());
@@ -139,7 +139,17 @@ void add_unet_vs_deconvnet(CLI::App& experiment) {
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory (the scenes' items)");
   cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only, no picture");
-  cmd->callback([a] { run_unet_vs_deconvnet(*a); });
+  cmd->callback([a, cmd] {
+    if (a->dims == 3) {  // volumes: the 3-D models' own defaults unless given
+      if (!cmd->count("--size")) a->size = 24;
+      if (!cmd->count("--n-train")) a->n_train = 1000;
+      if (!cmd->count("--n-test")) a->n_test = 200;
+      if (!cmd->count("--levels")) a->levels = 3;
+      if (!cmd->count("--batch-size")) a->batch_size = 8;
+      if (!cmd->count("--epochs")) a->epochs = 5;
+    }
+    run_unet_vs_deconvnet(*a);
+  });
 }
 
 }  // namespace zoo::cli
