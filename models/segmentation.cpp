@@ -103,6 +103,24 @@ void DoubleConvImpl::pretty_print(std::ostream& stream) const {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+namespace {
+/// The encoder both networks share, after checking the options they share: DoubleConv per level, c_i = base 2^i.
+nn::ModuleList make_encoder(const char* model, int64_t dims, int64_t in_channels, int64_t num_classes, int64_t levels,
+                            int64_t base_channels) {
+  check_dims(dims, model);
+  TORCH_CHECK(levels >= 1 && levels <= 8, model, " levels must be 1..8, got ", levels);
+  TORCH_CHECK(base_channels > 0 && in_channels > 0, model, " base_channels and in_channels must be positive");
+  TORCH_CHECK(num_classes >= 2, model, " num_classes must be >= 2 (background and one class), got ", num_classes);
+  nn::ModuleList encoder;
+  int64_t in = in_channels;
+  for (int64_t i = 0; i < levels; ++i) {
+    encoder->push_back(DoubleConv(DoubleConvOptions(dims, in, base_channels << i)));
+    in = base_channels << i;
+  }
+  return encoder;
+}
+}  // namespace
+
 UNetUpImpl::UNetUpImpl(int64_t dims_, int64_t in_channels_, int64_t out_channels_, std::string upsample_)
     : dims(dims_), in_channels(in_channels_), out_channels(out_channels_), mode(std::move(upsample_)) {
   reset();
@@ -140,20 +158,10 @@ UNetImpl::UNetImpl(UNetOptions options_) : options(std::move(options_)) { reset(
 
 void UNetImpl::reset() {
   const auto& o = options;
-  check_dims(o.dims(), "UNet");
-  TORCH_CHECK(o.levels() >= 1 && o.levels() <= 8, "UNet levels must be 1..8, got ", o.levels());
-  TORCH_CHECK(o.base_channels() > 0 && o.in_channels() > 0, "UNet base_channels and in_channels must be positive");
-  TORCH_CHECK(o.num_classes() >= 2, "UNet num_classes must be >= 2 (background and one class), got ", o.num_classes());
   TORCH_CHECK(o.upsample() == "transpose" || o.upsample() == "bilinear",
               "UNet upsample must be transpose or bilinear, got '", o.upsample(), "'");
-  encoder = nn::ModuleList();
+  encoder = make_encoder("UNet", o.dims(), o.in_channels(), o.num_classes(), o.levels(), o.base_channels());
   decoder = nn::ModuleList();
-  int64_t in = o.in_channels();
-  for (int64_t i = 0; i < o.levels(); ++i) {
-    const int64_t c = o.base_channels() << i;
-    encoder->push_back(DoubleConv(DoubleConvOptions(o.dims(), in, c)));
-    in = c;
-  }
   for (int64_t i = o.levels() - 2; i >= 0; --i)
     decoder->push_back(UNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i, o.upsample()));
   head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
@@ -227,19 +235,8 @@ DeconvNetImpl::DeconvNetImpl(DeconvNetOptions options_) : options(std::move(opti
 
 void DeconvNetImpl::reset() {
   const auto& o = options;
-  check_dims(o.dims(), "DeconvNet");
-  TORCH_CHECK(o.levels() >= 1 && o.levels() <= 8, "DeconvNet levels must be 1..8, got ", o.levels());
-  TORCH_CHECK(o.base_channels() > 0 && o.in_channels() > 0, "DeconvNet base_channels and in_channels must be positive");
-  TORCH_CHECK(o.num_classes() >= 2, "DeconvNet num_classes must be >= 2 (background and one class), got ",
-              o.num_classes());
-  encoder = nn::ModuleList();
+  encoder = make_encoder("DeconvNet", o.dims(), o.in_channels(), o.num_classes(), o.levels(), o.base_channels());
   decoder = nn::ModuleList();
-  int64_t in = o.in_channels();
-  for (int64_t i = 0; i < o.levels(); ++i) {
-    const int64_t c = o.base_channels() << i;
-    encoder->push_back(DoubleConv(DoubleConvOptions(o.dims(), in, c)));
-    in = c;
-  }
   for (int64_t i = o.levels() - 2; i >= 0; --i)
     decoder->push_back(DeconvNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i));
   head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
