@@ -195,11 +195,12 @@ const detail::DatasetRegistrar scenes{[] {
     check_option_names(c.options, {"n_train", "n_test", "seed", "size", "min_items", "max_items", "threshold"},
                        "scenes");
     const auto& o = c.options;
+    const SceneOptions d;  // the defaults live in the options struct only
     const auto options = SceneOptions()
-                             .size(int_option(o, "size", 64))
-                             .min_items(int_option(o, "min_items", 2))
-                             .max_items(int_option(o, "max_items", 4))
-                             .threshold(number_option(o, "threshold", 0.1));
+                             .size(int_option(o, "size", d.size()))
+                             .min_items(int_option(o, "min_items", d.min_items()))
+                             .max_items(int_option(o, "max_items", d.max_items()))
+                             .threshold(number_option(o, "threshold", d.threshold()));
     const auto seed = static_cast<uint64_t>(int_option(o, "seed", 0));
     const std::string dir = c.data_dir.empty() ? default_fashion_mnist_dir() : c.data_dir;
     auto train_items = load_mnist(dir, Split::Train, 0, "fashion-mnist");
@@ -221,11 +222,12 @@ const detail::DatasetRegistrar volumes{[] {
     check_option_names(c.options, {"n_train", "n_test", "seed", "size", "min_objects", "max_objects", "noise"},
                        "volumes");
     const auto& o = c.options;
+    const VolumeOptions d;
     const auto options = VolumeOptions()
-                             .size(int_option(o, "size", 24))
-                             .min_objects(int_option(o, "min_objects", 2))
-                             .max_objects(int_option(o, "max_objects", 4))
-                             .noise(number_option(o, "noise", 0.3));
+                             .size(int_option(o, "size", d.size()))
+                             .min_objects(int_option(o, "min_objects", d.min_objects()))
+                             .max_objects(int_option(o, "max_objects", d.max_objects()))
+                             .noise(number_option(o, "noise", d.noise()));
     const auto seed = static_cast<uint64_t>(int_option(o, "seed", 0));
     return Splits{make_volumes(limited(int_option(o, "n_train", 1000), c.limit), options, 2 * seed + 1),
                   make_volumes(limited(int_option(o, "n_test", 200), c.limit), options, 2 * seed + 2)};
