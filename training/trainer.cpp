@@ -144,6 +144,7 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
 void Trainer::add_loss_term(std::string name, std::function<torch::Tensor(torch::nn::Module&)> term) {
   loss_terms_.emplace_back(std::move(name), std::move(term));
 }
+void Trainer::add_log_terms(std::function<Terms(torch::nn::Module&)> terms) { log_terms_.push_back(std::move(terms)); }
 void Trainer::add_gradient_hook(std::function<void(torch::nn::Module&)> hook) {
   gradient_hooks_.push_back(std::move(hook));
 }
@@ -200,20 +201,26 @@ json Trainer::train_epoch(int64_t epoch) {
     it->second.emplace_back(value.detach(), n);
   };
   const json partial_terms = state_.partial.value("terms", json::object());
-  for (const auto& [name, sw] : partial_terms.items())
-    record_term(name, torch::tensor(sw[0].get<double>() / std::max(1e-300, sw[1].get<double>()), torch::kFloat64),
-                sw[1].get<double>());
+  for (const auto& [name, sw] : partial_terms.items()) {
+    const auto sum = sw[0].is_array() ? torch::tensor(sw[0].get<std::vector<double>>(), torch::kFloat64)
+                                      : torch::tensor(sw[0].get<double>(), torch::kFloat64);
+    record_term(name, sum / std::max(1e-300, sw[1].get<double>()), sw[1].get<double>());
+  }
   auto reduce_terms = [&] {
     json out = json::object();
     for (const auto& [name, values] : term_values) {
       std::vector<torch::Tensor> v;
       std::vector<double> w;
       for (const auto& [value, n] : values) {
-        v.push_back(value.to(torch::kCPU, torch::kFloat64).reshape({}));
+        v.push_back(value.to(torch::kCPU, torch::kFloat64).reshape({-1}));
         w.push_back(n);
       }
       const auto weights = torch::tensor(w, torch::kFloat64);
-      out[name] = {(torch::stack(v) * weights).sum().item<double>(), weights.sum().item<double>()};
+      const auto sum = (torch::stack(v) * weights.unsqueeze(1)).sum(0);  // terms are scalars or 1-D
+      const json total = sum.numel() == 1 && values.front().first.dim() == 0
+                             ? json(sum.item<double>())
+                             : json(std::vector<double>(sum.data_ptr<double>(), sum.data_ptr<double>() + sum.numel()));
+      out[name] = {total, weights.sum().item<double>()};
     }
     return out;  // name -> [weighted sum, total weight]
   };
@@ -235,6 +242,9 @@ json Trainer::train_epoch(int64_t epoch) {
       terms.emplace_back(name, value.detach());
       loss = loss + value;
     }
+    for (auto& log_terms : log_terms_)
+      for (auto& [name, value] : log_terms(module))
+        if (value.defined()) terms.emplace_back(name, value.detach());
     const double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value)) {
       progress.finish();
@@ -273,7 +283,16 @@ json Trainer::train_epoch(int64_t epoch) {
   const double seconds = elapsed();
   json train = {{"loss", loss_sum / std::max(1.0, items)}};
   const json term_sums = reduce_terms();
-  for (const auto& [name, sw] : term_sums.items()) train[name] = sw[0].get<double>() / sw[1].get<double>();
+  for (const auto& [name, sw] : term_sums.items()) {
+    const double weight = sw[1].get<double>();
+    if (sw[0].is_array()) {
+      std::vector<double> mean = sw[0].get<std::vector<double>>();
+      for (auto& m : mean) m /= weight;
+      train[name] = mean;
+    } else {
+      train[name] = sw[0].get<double>() / weight;
+    }
+  }
   state_.epoch_step = 0;
   state_.partial = json::object();
   return {{"epoch", epoch},
@@ -355,7 +374,15 @@ std::string format_epoch_summary(const json& record, int64_t epochs) {
   std::ostringstream line;
   line << "epoch " << record.value("epoch", 0) << "/" << epochs << std::fixed << std::setprecision(4);
   const json train = record.value("train", json::object()), test = record.value("test", json::object());
-  for (const auto& [k, v] : train.items()) line << "  train " << k << " " << v.get<double>();
+  for (const auto& [k, v] : train.items()) {
+    if (v.is_array()) {  // e.g. the fraction of tokens per expert, in two decimals
+      line << "  train " << k << " [" << std::setprecision(2);
+      for (size_t i = 0; i < v.size(); ++i) line << (i ? " " : "") << v[i].get<double>();
+      line << "]" << std::setprecision(4);
+    } else {
+      line << "  train " << k << " " << v.get<double>();
+    }
+  }
   for (const auto& [k, v] : test.items())
     if (v.is_number_float()) line << "  test " << k << " " << v.get<double>();
   line << " (" << format_duration(record.value("train_time_s", 0.0)) << ", "

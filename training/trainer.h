@@ -101,6 +101,9 @@ class Trainer {
   void set_run_dir(std::string dir) { run_dir_ = std::move(dir); }
   /// An extra term added to every training loss (e.g. a prior's -log p(w)); logged under `name`.
   void add_loss_term(std::string name, std::function<torch::Tensor(torch::nn::Module&)> term);
+  /// Statistics recorded after every step's forward pass (named detached scalars or 1-D tensors, e.g. the
+  /// fraction of tokens per expert), averaged over the epoch like the objective's terms and logged under "train".
+  void add_log_terms(std::function<Terms(torch::nn::Module&)> terms);
   /// Called after backward and before clipping and the optimizer step (e.g. gradient all-reduce).
   void add_gradient_hook(std::function<void(torch::nn::Module&)> hook);
   /// Called after each optimizer step (e.g. a proximal step).
@@ -147,6 +150,7 @@ class Trainer {
   TrainState state_;
   std::string run_dir_;
   std::vector<std::pair<std::string, std::function<torch::Tensor(torch::nn::Module&)>>> loss_terms_;
+  std::vector<std::function<Terms(torch::nn::Module&)>> log_terms_;
   std::vector<std::function<void(torch::nn::Module&)>> gradient_hooks_;
   std::vector<std::function<void(torch::nn::Module&)>> step_hooks_;
   std::vector<std::function<void(const json&)>> epoch_hooks_;
