@@ -1,5 +1,7 @@
 #include "training/run.h"
 
+#include "training/auxiliary.h"
+
 #include "models/registry.h"
 #include "training/checkpoint.h"
 
@@ -104,6 +106,7 @@ void Run::build() {
   auto splits = datasets::load_splits(config_.data);
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
   attach_prior(*trainer_, config_.prior);
+  attach_auxiliary_losses(*trainer_);
 }
 
 json Run::fit() {
