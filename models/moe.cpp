@@ -1,0 +1,304 @@
+#include "models/moe.h"
+
+#include "models/pretty.h"
+#include "models/registry.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace zoo::models {
+
+namespace {
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+/// CV(v)^2 = Var(v) / Mean(v)^2 (unbiased variance, as Shazeer's reference code); 0 for a single expert.
+torch::Tensor cv_squared(const torch::Tensor& v) {
+  if (v.numel() < 2) return torch::zeros({}, v.options());
+  return v.var() / (v.mean().pow(2) + 1e-10);
+}
+}  // namespace
+
+const std::vector<std::string>& moe_gate_names() {
+  static const std::vector<std::string> names{"softmax", "topk", "noisy-topk"};
+  return names;
+}
+const std::vector<std::string>& moe_balance_names() {
+  static const std::vector<std::string> names{"none", "switch", "cv"};
+  return names;
+}
+
+void ExpertImpl::reset() {
+  fc1 = register_module("fc1", torch::nn::Linear(in_, hidden_));
+  fc2 = register_module("fc2", torch::nn::Linear(hidden_, out_));
+}
+
+MixtureOfExpertsImpl::MixtureOfExpertsImpl(MixtureOfExpertsOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void MixtureOfExpertsImpl::reset() {
+  const auto& o = options;
+  TORCH_CHECK(o.in_features() > 0 && o.out_features() > 0 && o.hidden() > 0,
+              "MixtureOfExperts: in_features, out_features and hidden must be positive");
+  TORCH_CHECK(o.experts() >= 1, "MixtureOfExperts: experts must be >= 1, got ", o.experts());
+  TORCH_CHECK(contains(moe_gate_names(), o.gate()), "MixtureOfExperts: unknown gate '", o.gate(),
+              "'; valid gates: ", join(moe_gate_names()));
+  TORCH_CHECK(contains(moe_balance_names(), o.balance()), "MixtureOfExperts: unknown balance '", o.balance(),
+              "'; valid: ", join(moe_balance_names()));
+  TORCH_CHECK(o.gate() == "softmax" || (o.k() >= 1 && o.k() <= o.experts()), "MixtureOfExperts: k must be in [1, ",
+              o.experts(), "] (the number of experts), got ", o.k());
+  TORCH_CHECK(o.balance_coef() >= 0, "MixtureOfExperts: balance_coef must be >= 0");
+  TORCH_CHECK(o.capacity_factor() >= 0 && o.eval_capacity_factor() >= 0,
+              "MixtureOfExperts: capacity factors must be >= 0 (0 = unlimited)");
+  TORCH_CHECK(o.noise_epsilon() >= 0, "MixtureOfExperts: noise_epsilon must be >= 0");
+  TORCH_CHECK(o.gate_features() >= 0, "MixtureOfExperts: gate_features must be >= 0 (0 = in_features)");
+  const int64_t g = gate_features();
+  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(g, o.experts()).bias(false)));
+  if (o.gate() == "noisy-topk") {
+    // W_noise starts at zero (Shazeer et al.): the noise scale starts at softplus(0) + eps for every expert.
+    noise = register_module("noise",
+                            torch::nn::Linear(torch::nn::LinearOptions(g, o.experts()).bias(false)));
+    torch::NoGradGuard no_grad;
+    noise->weight.zero_();
+  } else {
+    noise = nullptr;
+  }
+  experts = torch::nn::ModuleList();
+  for (int64_t i = 0; i < o.experts(); ++i) experts->push_back(Expert(o.in_features(), o.hidden(), o.out_features()));
+  register_module("experts", experts);
+}
+
+int64_t MixtureOfExpertsImpl::capacity(int64_t tokens) const {
+  const double factor = is_training() ? options.capacity_factor() : options.eval_capacity_factor();
+  if (factor <= 0 || options.gate() == "softmax") return 0;
+  const double share = static_cast<double>(tokens * options.k()) / static_cast<double>(options.experts());
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(factor * share)));
+}
+
+Routing MixtureOfExpertsImpl::route(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == gate_features(), "MixtureOfExperts.route expects [T, ", gate_features(),
+              "], got ", x.sizes());
+  const int64_t tokens = x.size(0), n = options.experts();
+  Routing r;
+  const auto clean = gate(x);
+  r.logits = clean;
+  torch::Tensor noise_std;
+  const bool noisy = options.gate() == "noisy-topk" && is_training();
+  if (noisy) {
+    noise_std = torch::softplus(noise(x)) + options.noise_epsilon();
+    r.logits = clean + torch::randn_like(clean) * noise_std;
+  }
+  r.probs = torch::softmax(r.logits, -1);
+  if (options.gate() == "softmax") {
+    r.experts = torch::arange(n, x.options().dtype(torch::kLong)).expand({tokens, n});
+    r.gates = r.probs;
+    r.load = r.probs.detach().mean(0);
+    return r;
+  }
+  const int64_t k = options.k();
+  // softmax over the top k logits = the full softmax renormalised over the top k (KeepTopK sets the rest to -inf).
+  auto [top, index] = r.logits.topk(k, -1);
+  r.experts = index;
+  r.gates = options.renormalize() ? torch::softmax(top, -1) : r.probs.gather(1, index);
+  r.load = torch::bincount(index.reshape(-1), {}, n).to(x.dtype()) / static_cast<double>(tokens * k);
+  if (noisy && k < n) {
+    // P(x, i): the probability that expert i stays in the top k when only its own noise is drawn again, i.e. that
+    // clean_i + noise beats the k-th largest of the other noisy logits (Shazeer et al., Appendix A). The thresholds
+    // are noisy logits, not probabilities (the bug of davidmrau/mixture-of-experts #31 is avoided).
+    const auto top_k1 = std::get<0>(r.logits.topk(k + 1, -1));
+    const auto threshold_if_in = top_k1.select(1, k).unsqueeze(1);
+    const auto threshold_if_out = top_k1.select(1, k - 1).unsqueeze(1);
+    const auto is_in = r.logits > threshold_if_in;
+    auto normal_cdf = [](const torch::Tensor& z) { return 0.5 * (1 + torch::erf(z / std::sqrt(2.0))); };
+    const auto p = torch::where(is_in, normal_cdf((clean - threshold_if_in) / noise_std),
+                                normal_cdf((clean - threshold_if_out) / noise_std));
+    r.soft_load = p.sum(0);
+  }
+  if (const int64_t cap = capacity(tokens); cap > 0) {
+    // Priority: every token's first choice before any second choice, each in token order.
+    const auto flat = index.t().reshape(-1);
+    const auto position = torch::one_hot(flat, n).cumsum(0).gather(1, flat.unsqueeze(1)).squeeze(1) - 1;
+    r.kept = (position < cap).view({k, tokens}).t();
+    r.dropped = tokens * k - r.kept.sum().item<int64_t>();
+  }
+  return r;
+}
+
+torch::Tensor MixtureOfExpertsImpl::expert(int64_t i, const torch::Tensor& x) {
+  return experts[static_cast<size_t>(i)]->as<Expert>()->forward(x);
+}
+
+torch::Tensor MixtureOfExpertsImpl::dispatch(const torch::Tensor& x, const Routing& r, bool dense) {
+  const int64_t tokens = x.size(0), n = options.experts();
+  auto gates = r.kept.defined() ? r.gates * r.kept.to(r.gates.dtype()) : r.gates;
+  if (dense) {
+    const auto full = torch::zeros({tokens, n}, gates.options()).scatter(1, r.experts, gates);
+    auto out = full.select(1, 0).unsqueeze(1) * expert(0, x);
+    for (int64_t i = 1; i < n; ++i) out = out + full.select(1, i).unsqueeze(1) * expert(i, x);
+    return out;
+  }
+  // Sparse: group the (token, expert, gate) assignments by expert, run each expert once on its rows.
+  auto expert_of = r.experts.reshape(-1);
+  auto token_of = torch::arange(tokens, r.experts.options()).repeat_interleave(r.experts.size(1));
+  auto gate_of = gates.reshape(-1);
+  if (r.kept.defined()) {
+    const auto keep = r.kept.reshape(-1).nonzero().squeeze(1);
+    expert_of = expert_of.index_select(0, keep);
+    token_of = token_of.index_select(0, keep);
+    gate_of = gate_of.index_select(0, keep);
+  }
+  const auto order = std::get<1>(torch::sort(expert_of, /*stable=*/true, 0, /*descending=*/false));
+  token_of = token_of.index_select(0, order);
+  gate_of = gate_of.index_select(0, order);
+  const auto counts = torch::bincount(expert_of, {}, n).to(torch::kCPU);
+  const auto* count = counts.data_ptr<int64_t>();
+  auto out = torch::zeros({tokens, options.out_features()}, x.options());
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (count[i] == 0) continue;
+    const auto rows = token_of.slice(0, offset, offset + count[i]);
+    const auto y = expert(i, x.index_select(0, rows)) * gate_of.slice(0, offset, offset + count[i]).unsqueeze(1);
+    out.index_add_(0, rows, y);  // in place: index_add's backward needs neither operand
+    offset += count[i];
+  }
+  return out;
+}
+
+torch::Tensor MixtureOfExpertsImpl::balance_loss(const Routing& r) const {
+  const double alpha = options.balance_coef();
+  const auto n = static_cast<double>(options.experts());
+  if (options.balance() == "switch") return alpha * n * (r.load * r.probs.mean(0)).sum();
+  if (options.balance() == "cv") {
+    const int64_t tokens = r.gates.size(0);
+    auto gates = r.kept.defined() ? r.gates * r.kept.to(r.gates.dtype()) : r.gates;
+    const auto importance =
+        torch::zeros({tokens, options.experts()}, gates.options()).scatter(1, r.experts, gates).sum(0);
+    const auto load = r.soft_load.defined() ? r.soft_load : r.load * static_cast<double>(r.experts.numel());
+    return alpha * (cv_squared(importance) + cv_squared(load));
+  }
+  return {};
+}
+
+torch::Tensor MixtureOfExpertsImpl::forward(const torch::Tensor& x, const torch::Tensor& gate_input) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == options.in_features(), "MixtureOfExperts expects [..., ",
+              options.in_features(), "], got ", x.sizes());
+  const auto tokens = x.reshape({-1, options.in_features()});
+  if (gate_input.defined()) {
+    TORCH_CHECK(gate_input.dim() == x.dim() && gate_input.size(-1) == gate_features() &&
+                    gate_input.numel() / gate_features() == tokens.size(0),
+                "MixtureOfExperts: gate_input must be [..., ", gate_features(), "] with x's leading sizes, got ",
+                gate_input.sizes(), " for x ", x.sizes());
+  } else {
+    TORCH_CHECK(gate_features() == options.in_features(), "MixtureOfExperts: the gate reads ", gate_features(),
+                " features (gate_features), so forward needs a gate_input");
+  }
+  last_ = route(gate_input.defined() ? gate_input.reshape({-1, gate_features()}) : tokens);
+  aux_loss_ = is_training() ? balance_loss(last_) : torch::Tensor();
+  auto out = dispatch(tokens, last_, /*dense=*/options.gate() == "softmax");
+  auto shape = x.sizes().vec();
+  shape.back() = options.out_features();
+  return out.view(shape);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> MixtureOfExpertsImpl::auxiliary_statistics() const {
+  if (!last_.load.defined()) return {};
+  const auto load = last_.load.detach();
+  const auto assignments = static_cast<double>(std::max<int64_t>(1, last_.experts.numel()));
+  return {{"expert_load", load},
+          {"load_entropy", -(load * torch::log(load.clamp_min(1e-12))).sum()},
+          {"dropped", torch::tensor(static_cast<double>(last_.dropped) / assignments, torch::kFloat64)}};
+}
+
+void MixtureOfExpertsImpl::pretty_print(std::ostream& stream) const {
+  const auto& o = options;
+  stream << "zoo::MixtureOfExperts(in_features=" << o.in_features() << ", out_features=" << o.out_features()
+         << ", hidden=" << o.hidden() << ", experts=" << o.experts() << ", gate=" << o.gate();
+  if (o.gate() != "softmax") stream << ", k=" << o.k();
+  stream << ", balance=" << o.balance() << ", capacity_factor=" << o.capacity_factor() << ")";
+}
+
+// ------------------------------------------------------------------------------------------ the moe classifier
+
+MoEClassifierImpl::MoEClassifierImpl(MoEClassifierOptions options_) : options(std::move(options_)) { reset(); }
+
+void MoEClassifierImpl::reset() {
+  namespace nn = torch::nn;
+  const auto& o = options;
+  TORCH_CHECK(!o.channels().empty(), "moe: the stem needs at least one conv block (channels)");
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "moe: dropout must be in [0, 1)");
+  features = nn::Sequential();
+  int64_t in = o.in_channels(), size = o.image_size();
+  for (int64_t c : o.channels()) {
+    TORCH_CHECK(c > 0, "moe: channels must be positive, got ", c);
+    TORCH_CHECK(size >= 2, "moe: image_size ", o.image_size(), " is too small for ", o.channels().size(),
+                " pooling steps");
+    features->push_back(nn::Conv2d(nn::Conv2dOptions(in, c, 3).padding(1).bias(false)));
+    features->push_back(nn::BatchNorm2d(c));
+    features->push_back(nn::ReLU());
+    features->push_back(nn::MaxPool2d(2));
+    in = c;
+    size /= 2;
+  }
+  register_module("features", features);
+  dropout = register_module("dropout", nn::Dropout(o.dropout()));
+  moe = register_module("moe", MixtureOfExperts(MixtureOfExpertsOptions(in * size * size, o.num_classes())
+                                                    .gate_features(in)
+                                                    .hidden(o.hidden())
+                                                    .experts(o.experts())
+                                                    .gate(o.gate())
+                                                    .k(o.k())
+                                                    .renormalize(o.renormalize())
+                                                    .balance(o.balance())
+                                                    .balance_coef(o.balance_coef())
+                                                    .capacity_factor(o.capacity_factor())
+                                                    .eval_capacity_factor(o.eval_capacity_factor())
+                                                    .noise_epsilon(o.noise_epsilon())));
+}
+
+torch::Tensor MoEClassifierImpl::forward(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels() && x.size(2) == options.image_size() &&
+                  x.size(3) == options.image_size(),
+              "moe expects [N, ", options.in_channels(), ", ", options.image_size(), ", ", options.image_size(),
+              "], got ", x.sizes());
+  const auto maps = features->forward(x);
+  return moe->forward(dropout->forward(maps.flatten(1)), maps.mean({2, 3}));
+}
+
+void MoEClassifierImpl::pretty_print(std::ostream& stream) const {
+  const auto& o = options;
+  stream << "zoo::MoEClassifier(channels=" << format_list(o.channels()) << ", experts=" << o.experts()
+         << ", hidden=" << o.hidden() << ", gate=" << o.gate() << ", k=" << o.k() << ", balance=" << o.balance()
+         << ")";
+}
+
+ZOO_REGISTER_MODEL(moe) {
+  return ModelSpec<MoEClassifier, MoEClassifierOptions>(
+             "moe", "conv stem + Mixture-of-Experts head (top-2 of 8 experts, Switch balancing loss)")
+      .task("classify")
+      .dataset("fashion-mnist")
+      .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
+      .ZOO_OPTION(MoEClassifierOptions, in_channels)
+      .ZOO_OPTION(MoEClassifierOptions, image_size)
+      .ZOO_OPTION(MoEClassifierOptions, channels)
+      .ZOO_OPTION(MoEClassifierOptions, num_classes)
+      .ZOO_OPTION(MoEClassifierOptions, dropout)
+      .ZOO_OPTION(MoEClassifierOptions, hidden)
+      .ZOO_OPTION(MoEClassifierOptions, experts)
+      .ZOO_OPTION(MoEClassifierOptions, gate)
+      .ZOO_OPTION(MoEClassifierOptions, k)
+      .ZOO_OPTION(MoEClassifierOptions, renormalize)
+      .ZOO_OPTION(MoEClassifierOptions, balance)
+      .ZOO_OPTION(MoEClassifierOptions, balance_coef)
+      .ZOO_OPTION(MoEClassifierOptions, capacity_factor)
+      .ZOO_OPTION(MoEClassifierOptions, eval_capacity_factor)
+      .ZOO_OPTION(MoEClassifierOptions, noise_epsilon)
+      .validate([](const MoEClassifierOptions& o) { MoEClassifier{o}; });
+}
+
+}  // namespace zoo::models
