@@ -110,7 +110,7 @@ void Run::build() {
 }
 
 json Run::fit() {
-  if (!summary_hook_) {
+  if (!summary_hook_ && trainer_->rank() == 0) {
     summary_hook_ = true;
     trainer_->add_epoch_hook([this](const json& record) {
       std::printf("%s\n", format_epoch_summary(record, trainer_->options().epochs()).c_str());
@@ -120,32 +120,40 @@ json Run::fit() {
   return trainer_->fit();
 }
 
-std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir) {
+std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::shared_ptr<ProcessGroup> group) {
   std::unique_ptr<Run> run(new Run());
+  run->group_ = std::move(group);
+  const bool writer = !run->group_ || run->group_->rank() == 0;
   run->config_ = complete_config(std::move(config));
   run->config_.versions = library_versions();
   run->dir_ = dir;
   // A directory with a checkpoint is never overwritten. One with only config.json (a run stopped during its
   // first epoch) has nothing to lose and may be started again.
-  recover_checkpoint_if_writable(dir);
+  if (writer) recover_checkpoint_if_writable(dir);
   if (fs::exists(fs::path(dir) / "state.json"))
     throw std::runtime_error(dir + " already holds a run; continue it with --resume " + dir +
                              " or choose another --out");
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build();
   run->trainer_->check_data_fits();
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error("cannot create run directory " + dir + ": " + ec.message());
-  write_text_atomically((fs::path(dir) / "config.json").string(), to_json(run->config_).dump(2) + "\n");
+  if (writer) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw std::runtime_error("cannot create run directory " + dir + ": " + ec.message());
+    write_text_atomically((fs::path(dir) / "config.json").string(), to_json(run->config_).dump(2) + "\n");
+  }
+  attach_distributed(*run->trainer_, run->group_);
   run->trainer_->set_run_dir(dir);
   // Epoch 0: from now on the directory always holds a loadable checkpoint, whenever the process dies.
   run->trainer_->save_checkpoint();
   return run;
 }
 
-std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t threads, bool quiet) {
+std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t threads, bool quiet,
+                                 std::shared_ptr<ProcessGroup> group) {
   std::unique_ptr<Run> run(new Run());
+  run->group_ = std::move(group);
+  const bool writer = !run->group_ || run->group_->rank() == 0;
   run->config_ = complete_config(read_run_config(dir));
   run->dir_ = dir;
   if (epochs > 0) run->config_.train.epochs(epochs);
@@ -153,11 +161,22 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   if (quiet) run->config_.train.progress(false);
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build();
-  run->trainer_->restore(dir);
+  attach_distributed(*run->trainer_, run->group_);
+  // Rank 0 repairs the directory if needed (rolls a half-committed checkpoint forward) before the others read it.
+  const bool parallel = run->group_ && run->group_->world_size() > 1;
+  if (parallel && !writer) run->group_->barrier();
+  std::exception_ptr failed;
+  try {
+    run->trainer_->restore(dir);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (parallel && writer) run->group_->barrier();
+  if (failed) std::rethrow_exception(failed);
   if (epochs > 0 && epochs < run->trainer_->state().epoch)
     throw std::invalid_argument(dir + " has already trained " + std::to_string(run->trainer_->state().epoch) +
                                 " epochs; --epochs " + std::to_string(epochs) + " would undo nothing (give more)");
-  if (epochs > 0) {
+  if (epochs > 0 && writer) {
     json saved = read_json_file((fs::path(dir) / "config.json").string());
     saved["train"]["epochs"] = epochs;
     write_text_atomically((fs::path(dir) / "config.json").string(), saved.dump(2) + "\n");

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "datasets/registry.h"
+#include "training/distributed.h"
 #include "training/priors.h"
 #include "training/trainer.h"
 
@@ -42,11 +43,13 @@ class Run {
  public:
   /// A new run in `dir` (created; an existing run there is an error, never overwritten). Seeds torch with the
   /// config's seed before the model is built, so a run is reproducible from its config.
-  static std::unique_ptr<Run> create(RunConfig config, const std::string& dir);
+  /// With a process group of more than one rank the run trains data-parallel; only rank 0 writes files.
+  static std::unique_ptr<Run> create(RunConfig config, const std::string& dir,
+                                     std::shared_ptr<ProcessGroup> group = nullptr);
   /// Continues the run in `dir` from its last checkpoint; `epochs` > 0 changes the total number of epochs,
   /// `threads` >= 0 the threads, `quiet` turns the progress display off.
   static std::unique_ptr<Run> resume(const std::string& dir, int64_t epochs = 0, int64_t threads = -1,
-                                     bool quiet = false);
+                                     bool quiet = false, std::shared_ptr<ProcessGroup> group = nullptr);
   /// Opens a finished or running run for evaluation and inspection: model with its weights, no training.
   /// `adjust` may change the configuration first (another --limit, device, evaluation batch size).
   static std::unique_ptr<Run> open(const std::string& dir, const std::function<void(RunConfig&)>& adjust = {});
@@ -65,6 +68,7 @@ class Run {
   RunConfig config_;
   std::string dir_;
   std::unique_ptr<Trainer> trainer_;
+  std::shared_ptr<ProcessGroup> group_;
   bool summary_hook_ = false;
 };
 

@@ -156,6 +156,14 @@ void Trainer::set_parallel(int64_t rank, int64_t world_size, std::function<void(
   world_size_ = world_size;
   all_reduce_sum_ = std::move(all_reduce_sum);
 }
+bool Trainer::stop_agreed() {
+  if (world_size_ == 1 || !all_reduce_sum_) return stop_requested();
+  // Every rank must leave the loop at the same step, or the others would wait in the next all-reduce.
+  auto flag = torch::full({1}, stop_requested() ? 1.0 : 0.0, torch::kFloat32);
+  all_reduce_sum_(flag);
+  return flag.item<float>() > 0;
+}
+
 void Trainer::set_epochs(int64_t epochs) {
   options_.epochs(epochs);
   validate(options_);
@@ -191,7 +199,9 @@ json Trainer::train_epoch(int64_t epoch) {
                     Progress::stderr_is_terminal(), show);
   // An interrupted epoch goes on where it stopped, with the sums of the part already done.
   const int64_t first_step = state_.epoch_step;
-  double loss_sum = state_.partial.value("loss_sum", 0.0), items = state_.partial.value("items", 0.0);
+  // A resumed data-parallel epoch: the saved sums are already over all ranks, so rank 0 alone carries them on.
+  const json partial = rank_ == 0 ? state_.partial : json::object();
+  double loss_sum = partial.value("loss_sum", 0.0), items = partial.value("items", 0.0);
   const double seconds_before = state_.partial.value("seconds", 0.0);
   // Per-term (value, batch size) pairs, reduced once at the end of the epoch.
   std::vector<std::pair<std::string, std::vector<std::pair<torch::Tensor, double>>>> term_values;
@@ -200,7 +210,7 @@ json Trainer::train_epoch(int64_t epoch) {
     if (it == term_values.end()) it = term_values.insert(term_values.end(), {name, {}});
     it->second.emplace_back(value.detach(), n);
   };
-  const json partial_terms = state_.partial.value("terms", json::object());
+  const json partial_terms = partial.value("terms", json::object());
   for (const auto& [name, sw] : partial_terms.items()) {
     const auto sum = sw[0].is_array() ? torch::tensor(sw[0].get<std::vector<double>>(), torch::kFloat64)
                                       : torch::tensor(sw[0].get<double>(), torch::kFloat64);
@@ -223,6 +233,32 @@ json Trainer::train_epoch(int64_t epoch) {
       out[name] = {total, weights.sum().item<double>()};
     }
     return out;  // name -> [weighted sum, total weight]
+  };
+  // Over every rank's shard (data-parallel): one all-reduce of all the sums, in the same order on every rank.
+  auto reduce_over_ranks = [&](json term_sums) {
+    if (world_size_ == 1 || !all_reduce_sum_) return term_sums;
+    std::vector<double> sums{loss_sum, items};
+    for (const auto& [name, sw] : term_sums.items()) {
+      if (sw[0].is_array())
+        for (const auto& v : sw[0]) sums.push_back(v.get<double>());
+      else
+        sums.push_back(sw[0].get<double>());
+      sums.push_back(sw[1].get<double>());
+    }
+    auto all = torch::tensor(sums, torch::kFloat64);
+    all_reduce_sum_(all);
+    const auto* v = all.data_ptr<double>();
+    size_t i = 0;
+    loss_sum = v[i++];
+    items = v[i++];
+    for (auto& [name, sw] : term_sums.items()) {
+      if (sw[0].is_array())
+        for (auto& x : sw[0]) x = v[i++];
+      else
+        sw[0] = v[i++];
+      sw[1] = v[i++];
+    }
+    return term_sums;
   };
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
@@ -268,10 +304,11 @@ json Trainer::train_epoch(int64_t epoch) {
     loss_sum += loss_value * n;
     for (const auto& [name, value] : terms) record_term(name, value, n);
     progress.update(s + 1, static_cast<int64_t>(items), loss_sum / items);
-    if (stop_requested() && s + 1 < steps) {
+    if (stop_agreed() && s + 1 < steps) {
       progress.finish();
       state_.epoch_step = s + 1;
-      state_.partial = {{"loss_sum", loss_sum}, {"items", items}, {"seconds", elapsed()}, {"terms", reduce_terms()}};
+      const json terms_so_far = reduce_over_ranks(reduce_terms());  // also sums loss_sum and items over ranks
+      state_.partial = {{"loss_sum", loss_sum}, {"items", items}, {"seconds", elapsed()}, {"terms", terms_so_far}};
       save_checkpoint();
       std::ostringstream msg;
       msg << "stopped at epoch " << epoch << ", step " << (s + 1) << " of " << steps;
@@ -281,8 +318,8 @@ json Trainer::train_epoch(int64_t epoch) {
   }
   progress.finish();
   const double seconds = elapsed();
+  const json term_sums = reduce_over_ranks(reduce_terms());  // also sums loss_sum and items over ranks
   json train = {{"loss", loss_sum / std::max(1.0, items)}};
-  const json term_sums = reduce_terms();
   for (const auto& [name, sw] : term_sums.items()) {
     const double weight = sw[1].get<double>();
     if (sw[0].is_array()) {
@@ -300,7 +337,7 @@ json Trainer::train_epoch(int64_t epoch) {
           {"lr", sched.at(std::max<int64_t>(0, state_.step - 1), epoch - 1)},
           {"train", train},
           {"train_time_s", seconds},
-          {"items_per_s", seconds > 0 ? items * static_cast<double>(world_size_) / seconds : 0.0}};
+          {"items_per_s", seconds > 0 ? items / seconds : 0.0}};  // items of all ranks
 }
 
 void Trainer::check_data_fits() {
@@ -351,6 +388,7 @@ void Trainer::save_checkpoint() {
                 {"best", std::isnan(state_.best) ? json(nullptr) : json(state_.best)},
                 {"best_metric", objective_->primary_metric()},
                 {"best_epoch", state_.best_epoch},
+                {"world_size", world_size_},
                 {"last", state_.last},
                 {"rng_state", rng_state_hex()}};
   write_checkpoint(run_dir_, {{"model.pt", [&](const std::string& p) { save_module(*model_.ptr(), p); }},
@@ -411,7 +449,7 @@ json Trainer::fit() {
     append_metrics(record);
     for (auto& hook : epoch_hooks_) hook(record);
     last = record;
-    if (stop_requested() && epoch < options_.epochs()) {
+    if (stop_agreed() && epoch < options_.epochs()) {
       std::string msg = "stopped after epoch " + std::to_string(epoch);
       if (!run_dir_.empty() && rank_ == 0) msg += "; checkpoint saved in " + run_dir_;
       throw Interrupted(msg, stop_signal.load());
@@ -421,7 +459,7 @@ json Trainer::fit() {
 }
 
 void Trainer::restore(const std::string& run_dir) {
-  recover_checkpoint(run_dir);
+  if (rank_ == 0) recover_checkpoint(run_dir);  // other ranks only read (after rank 0, see Run::resume)
   const fs::path run(run_dir);
   if (!fs::exists(run / "state.json"))
     throw std::runtime_error(run_dir + " has no checkpoint yet (no state.json): the run stopped before its first "
@@ -435,6 +473,12 @@ void Trainer::restore(const std::string& run_dir) {
     state_.last = state.at("last");
     state_.epoch_step = state.value("epoch_step", int64_t{0});
     state_.partial = state.value("partial", json::object());
+    const int64_t saved_world = state.value("world_size", int64_t{1});
+    if (state_.epoch_step > 0 && saved_world != world_size_)
+      throw std::runtime_error(run_dir + " stopped in the middle of epoch " + std::to_string(state_.epoch + 1) +
+                               " with " + std::to_string(saved_world) + " rank(s); resume it with " +
+                               (saved_world > 1 ? "--nproc " + std::to_string(saved_world) : "one process") +
+                               " (at an epoch boundary any number of ranks may continue)");
   } catch (const json::exception& e) {
     throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
   }
@@ -473,7 +517,7 @@ void Trainer::restore(const std::string& run_dir) {
     keep.push_back(state_.last.dump());
   std::string text;
   for (const auto& l : keep) text += l + "\n";
-  write_text_atomically(log_path.string(), text);
+  if (rank_ == 0) write_text_atomically(log_path.string(), text);
   run_dir_ = run_dir;
 }
 

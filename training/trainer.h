@@ -111,7 +111,7 @@ class Trainer {
   /// Called with each epoch's metrics record, after the checkpoint is written.
   void add_epoch_hook(std::function<void(const json& record)> hook);
   /// Data-parallel training: this process is `rank` of `world_size`; `all_reduce_sum` sums a tensor in place
-  /// over ranks (used for evaluation sums). Only rank 0 writes files.
+  /// over ranks (used for evaluation sums and to agree on stops). Only rank 0 writes files.
   void set_parallel(int64_t rank, int64_t world_size, std::function<void(torch::Tensor&)> all_reduce_sum);
 
   /// Runs the objective on two training items (eval mode, no gradient) and turns a failure into an error that
@@ -131,6 +131,8 @@ class Trainer {
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
   const TrainState& state() const { return state_; }
   const TrainOptions& options() const { return options_; }
+  int64_t rank() const { return rank_; }
+  int64_t world_size() const { return world_size_; }
   /// Only the number of epochs can change between runs of the loop (a resumed run may go on longer).
   void set_epochs(int64_t epochs);
   Objective& objective() { return *objective_; }
@@ -138,6 +140,8 @@ class Trainer {
 
  private:
   json train_epoch(int64_t epoch);
+  /// stop_requested() on any rank (one tiny all-reduce per step when data-parallel).
+  bool stop_agreed();
   void append_metrics(const json& record);
   Schedule schedule() const;
 

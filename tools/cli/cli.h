@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <vector>
 
 namespace zoo::cli {
 
@@ -52,6 +53,18 @@ std::pair<std::string, nlohmann::json> parse_set(const std::string& item, const 
 torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device);
 /// [..., D, H, W] -> [..., H, W] at depth D / 2 when `spatial_dims` is 3; unchanged for 2.
 torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims);
+
+/// Thrown to end the program with `code` after everything was said (e.g. the launcher's result).
+struct ExitCode {
+  int code;
+};
+
+/// The process's command line, kept by main for the launcher.
+void set_command_line(int argc, char** argv);
+/// Starts `nproc` ranks of this same command (without --nproc, plus `extra_args`) with torchrun's environment
+/// on this machine and waits for them. Returns 0 when all succeed; when one fails, says which and how, ends the
+/// others if they have not failed too within `timeout_s`, and returns non-zero.
+int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s);
 
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);

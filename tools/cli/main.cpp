@@ -44,8 +44,11 @@ int main(int argc, char** argv) {
   zoo::cli::add_segment(app);
   zoo::cli::add_experiment(app);
   install_signal_handlers();
+  zoo::cli::set_command_line(argc, argv);
   try {
     app.parse(argc, argv);
+  } catch (const zoo::cli::ExitCode& e) {
+    return e.code;
   } catch (const zoo::training::Interrupted& e) {
     std::fprintf(stderr, "zoo: %s (%s); continue with --resume\n", e.what(),
                  e.signal > 0 ? strsignal(e.signal) : "stop requested");

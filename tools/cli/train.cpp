@@ -4,8 +4,10 @@
 #include "training/run.h"
 #include "tools/cli/cli.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 namespace zoo::cli {
 
@@ -45,6 +47,8 @@ struct TrainArgs {
   int64_t epochs = 0, batch_size = 0, eval_batch_size = 0, seed = 0, threads = 0, limit = 0, step_size = 0, warmup = 0;
   double lr = 0, momentum = 0, weight_decay = 0, gamma = 0, clip_grad = 0;
   bool no_progress = false;
+  int64_t nproc = 1;
+  double dist_timeout = 60;
 };
 
 }  // namespace
@@ -62,6 +66,26 @@ std::pair<std::string, json> parse_set(const std::string& item, const std::strin
 
 namespace {
 
+/// Starts the ranks of a --nproc run (same command, a shared run directory and threads split among them) and
+/// ends the program with their result.
+[[noreturn]] void launch(const TrainArgs& a, const CLI::App& cmd, const std::string& dir) {
+  std::vector<std::string> extra;
+  if (!dir.empty() && cmd.count("--out") == 0) extra = {"--out", dir};
+  if (cmd.count("--threads") == 0) {
+    const auto cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+    extra.insert(extra.end(), {"--threads", std::to_string(std::max<int64_t>(1, cores / a.nproc))});
+  }
+  throw ExitCode{launch_ranks(a.nproc, extra, a.dist_timeout)};
+}
+
+/// This process's rank in a data-parallel run started by --nproc or torchrun (WORLD_SIZE in the environment).
+std::shared_ptr<training::ProcessGroup> join_group(const TrainArgs& a) {
+  auto options = training::distributed_options_from_env();
+  if (!options || options->world_size < 2) return nullptr;
+  options->timeout_s = a.dist_timeout;
+  return std::make_shared<training::ProcessGroup>(*options);
+}
+
 void run_train(const TrainArgs& a, const CLI::App& cmd) {
   using training::Run;
   auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
@@ -75,15 +99,21 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
                              "--prior-all-params", "--data-option", "--task-option"})
       if (given(flag))
         throw std::invalid_argument(std::string(flag) + " cannot change a run being resumed (its config.json decides); "
-                                    "only --epochs and --threads can; start a new run to change it");
+                                    "only --epochs, --threads and --nproc can; start a new run to change it");
     if (!a.model.empty()) {
       auto saved = training::read_run_config(a.resume);
       if (saved.model != a.model)
         throw std::invalid_argument(a.resume + " is a run of model '" + saved.model + "', not '" + a.model + "'");
     }
+    if (a.nproc > 1) launch(a, cmd, "");
     auto run = Run::resume(a.resume, given("--epochs") ? a.epochs : 0, given("--threads") ? a.threads : -1,
-                           a.no_progress);
+                           a.no_progress, join_group(a));
+    const bool speak = run->trainer().rank() == 0;
     const auto& st = run->trainer().state();
+    if (!speak) {
+      run->fit();
+      return;
+    }
     std::printf("resuming %s (%s) after epoch %lld of %lld", a.resume.c_str(), run->config().model.c_str(),
                 static_cast<long long>(st.epoch), static_cast<long long>(run->config().train.epochs()));
     if (st.epoch_step > 0) std::printf(" and step %lld of epoch %lld", static_cast<long long>(st.epoch_step),
@@ -166,12 +196,20 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   }
 
   const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
-  auto run = Run::create(config, dir);
+  if (a.nproc > 1) launch(a, cmd, dir);
+  auto run = Run::create(config, dir, join_group(a));
+  if (run->trainer().rank() != 0) {  // only rank 0 speaks (and writes)
+    run->fit();
+    return;
+  }
   const auto& c = run->config();
-  std::printf("training %s (%lld parameters) on %s | %lld epochs, %s lr %g, batch %lld | %d threads | run %s\n",
+  const int64_t world = run->trainer().world_size();
+  const std::string ranks = world > 1 ? " x " + std::to_string(world) + " ranks" : "";
+  std::printf("training %s (%lld parameters) on %s | %lld epochs, %s lr %g, batch %lld%s | %d threads%s | run %s\n",
               c.model.c_str(), static_cast<long long>(models::count_parameters(*run->model().ptr())),
               c.data.name.c_str(), static_cast<long long>(c.train.epochs()), c.train.optimizer().c_str(),
-              c.train.lr(), static_cast<long long>(c.train.batch_size()), torch::get_num_threads(), dir.c_str());
+              c.train.lr(), static_cast<long long>(c.train.batch_size()), ranks.c_str(), torch::get_num_threads(),
+              world > 1 ? " per rank" : "", dir.c_str());
   std::fflush(stdout);
   run->fit();
   const auto& s = run->trainer().state();
@@ -226,6 +264,13 @@ void add_train(CLI::App& app) {
   cmd->add_flag("--prior-proximal", a->prior_proximal, "Laplace prior as a soft-threshold step (exact zeros)");
   cmd->add_flag("--prior-all-params", a->prior_all, "Also put the prior on biases and normalisation parameters");
   cmd->add_flag("--no-progress", a->no_progress, "No progress bar or per-epoch lines");
+  cmd->add_option("--nproc", a->nproc,
+                  "Train data-parallel with N local processes (c10d/Gloo); --batch-size is per process. Without it, "
+                  "torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT make this process one rank")
+      ->check(positive());
+  cmd->add_option("--dist-timeout", a->dist_timeout,
+                  "Seconds to wait for the other ranks at the start and in each collective (default 60)")
+      ->check(positive());
   cmd->callback([a, cmd] { run_train(*a, *cmd); });
 }
 

@@ -1,0 +1,268 @@
+// Data-parallel training on c10d/Gloo: equivalence with one process, resume across world sizes, faults.
+#include "helpers.h"
+#include "models/registry.h"
+#include "training/checkpoint.h"
+#include "training/distributed.h"
+#include "training/run.h"
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <fcntl.h>
+#include <thread>
+
+using namespace zoo;
+using zoo::test::TempDir;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A socket bound to a free loopback port; listening if asked (then the port is "in use").
+struct Port {
+  int fd = -1;
+  int number = 0;
+  explicit Port(bool listening) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    number = ntohs(addr.sin_port);
+    if (listening) listen(fd, 1);
+  }
+  ~Port() { close(fd); }
+};
+
+/// A free port (the socket that found it is closed again).
+int free_port() { return Port(false).number; }
+
+double max_difference(torch::nn::Module& a, torch::nn::Module& b) {
+  double worst = 0;
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  for (const auto& p : pa) worst = std::max(worst, (p.value() - pb[p.key()]).abs().max().item<double>());
+  return worst;
+}
+
+/// A process running the zoo binary with `args` and extra environment, output to files in `dir`.
+struct Child {
+  pid_t pid = -1;
+  std::string out, err;
+  Child(const std::vector<std::string>& args, const std::vector<std::pair<std::string, std::string>>& env,
+        const std::string& dir, const std::string& name) {
+    out = dir + "/" + name + ".out";
+    err = dir + "/" + name + ".err";
+    pid = fork();
+    if (pid == 0) {
+      for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+      const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(o, 1);
+      dup2(e, 2);
+      std::vector<std::string> all{ZOO_BIN};
+      all.insert(all.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(ZOO_BIN, argv.data());
+      _exit(127);
+    }
+  }
+  /// Exit code (128 + signal for a signal), or -1 if it did not end within `seconds` (then it is killed).
+  int wait(double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid)
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    return -1;
+  }
+  std::string error() const { return test::read_text(err); }
+};
+
+/// Process ids whose parent is `parent`.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = test::read_text(entry.path() / "stat");
+    const auto close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close_paren + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+bool wait_for_file(const fs::path& path, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (fs::exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("Two ranks with batch b end bit-identical, and equal to one process with batch 2b", "[distributed]") {
+  REQUIRE(test::have_fashion_mnist());
+  // Three trainers built one after the other from seed 0 (the global generator is not for concurrent use):
+  // two ranks with batch 50 and one process with batch 100, all on the same sample order.
+  datasets::DataConfig data;
+  data.limit = 1000;
+  const auto splits = datasets::load_splits(data);
+  auto make = [&](int64_t batch) {
+    torch::manual_seed(0);
+    auto model = models::build_model("mlp").first;
+    return std::make_unique<training::Trainer>(
+        model, training::ObjectiveRegistry::instance().make("classify"), splits,
+        training::TrainOptions().progress(false).threads(1).batch_size(batch).epochs(2));
+  };
+  std::unique_ptr<training::Trainer> ranks[2] = {make(50), make(50)};
+  auto single = make(100);
+  const int port = free_port();
+  std::string errors[2];
+  json last[2];
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        training::DistributedOptions o;
+        o.rank = r;
+        o.world_size = 2;
+        o.master_port = port;
+        o.bucket_mb = 0.25;  // several buckets for the 235k parameters
+        training::attach_distributed(*ranks[r], std::make_shared<training::ProcessGroup>(o));
+        last[r] = ranks[r]->fit();
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(errors[0].empty());
+  REQUIRE(errors[1].empty());
+  auto& a = *ranks[0]->model().ptr();
+  auto& b = *ranks[1]->model().ptr();
+  CHECK(max_difference(a, b) == 0);  // bit-identical on both ranks
+  const auto ref = single->fit();
+  const double diff = max_difference(a, *single->model().ptr());
+  INFO("max |w_parallel - w_single| = " << diff);
+  CHECK(diff < 1e-5);
+  // Both ranks evaluate over the whole test split (sums all-reduced); the training loss covers both shards.
+  for (int r = 0; r < 2; ++r) {
+    CHECK(last[r]["test"]["items"] == 1000);
+    CHECK(last[r]["test"]["accuracy"].get<double>() == Approx(ref["test"]["accuracy"].get<double>()).margin(2e-3));
+    CHECK(last[r]["train"]["loss"].get<double>() == Approx(ref["train"]["loss"].get<double>()).epsilon(1e-4));
+  }
+}
+
+TEST_CASE("zoo train --nproc 2; a distributed run resumes in one process and the other way round",
+          "[distributed][cli]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  auto r = test::run_zoo("train mlp --nproc 2 --limit 1000 --batch-size 50 --epochs 1 --no-progress --out " + run);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("batch 50 x 2 ranks") != std::string::npos);
+  CHECK(test::count_lines(r.out) == 4);  // rank 0 alone prints: header, epoch, test, saved
+  CHECK(training::read_json_file(run + "/state.json")["world_size"] == 2);
+  auto one = test::run_zoo("train --resume " + run + " --epochs 2 --no-progress");
+  INFO(one.err);
+  REQUIRE(one.code == 0);
+  CHECK(training::read_json_file(run + "/state.json")["epoch"] == 2);
+  auto two = test::run_zoo("train --resume " + run + " --epochs 3 --nproc 2 --no-progress");
+  INFO(two.err);
+  REQUIRE(two.code == 0);
+  const auto state = training::read_json_file(run + "/state.json");
+  CHECK(state["epoch"] == 3);
+  CHECK(state["world_size"] == 2);
+  CHECK(test::count_lines(test::read_text(fs::path(run) / "metrics.jsonl")) == 3);
+}
+
+TEST_CASE("A rank killed mid-training: the others fail with a clear message instead of hanging", "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  Child launcher({"train", "mlp", "--nproc", "2", "--epochs", "50", "--limit", "20000", "--batch-size", "20",
+                  "--no-progress", "--dist-timeout", "20", "--out", run},
+                 {}, tmp.str(), "launcher");
+  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));  // the epoch-0 checkpoint: training has started
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto ranks = children_of(launcher.pid);
+  REQUIRE(ranks.size() == 2);
+  kill(ranks.back(), SIGKILL);
+  const auto start = std::chrono::steady_clock::now();
+  const int code = launcher.wait(60);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(launcher.error());
+  CHECK(code == 1);
+  CHECK(seconds < 30);
+  CHECK(launcher.error().find("was killed by signal 9") != std::string::npos);
+  CHECK(launcher.error().find("another rank has probably died") != std::string::npos);  // the surviving rank
+  CHECK(children_of(launcher.pid).empty());
+  // The checkpoint is intact: the run evaluates (and would resume).
+  auto eval = test::run_zoo("eval " + run + " --limit 200 --json");
+  INFO(eval.err);
+  CHECK(eval.code == 0);
+}
+
+TEST_CASE("Distributed set-up errors: port in use, rank out of range, disagreeing world sizes, missing ranks",
+          "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::vector<std::string> train{"train", "mlp", "--limit", "200", "--epochs", "1", "--no-progress", "--dist-timeout", "5"};
+  auto with_out = [&](const std::string& name) {
+    auto args = train;
+    args.insert(args.end(), {"--out", tmp.str(name)});
+    return args;
+  };
+  {
+    Port busy(/*listening=*/true);
+    Child rank0(with_out("busy"), {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", std::to_string(busy.number)}},
+                tmp.str(), "busy");
+    CHECK(rank0.wait(30) == 1);
+    CHECK(rank0.error().find("the port is probably in use: choose another MASTER_PORT") != std::string::npos);
+  }
+  {
+    Child bad(with_out("range"), {{"WORLD_SIZE", "2"}, {"RANK", "2"}, {"MASTER_PORT", std::to_string(free_port())}},
+              tmp.str(), "range");
+    CHECK(bad.wait(30) == 1);
+    CHECK(bad.error().find("RANK 2 is out of range for WORLD_SIZE 2") != std::string::npos);
+  }
+  {
+    const std::string port = std::to_string(free_port());
+    Child rank0(with_out("mismatch"), {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", port}}, tmp.str(), "m0");
+    Child rank1(with_out("mismatch"), {{"WORLD_SIZE", "3"}, {"RANK", "1"}, {"MASTER_PORT", port}}, tmp.str(), "m1");
+    CHECK(rank0.wait(30) == 1);
+    CHECK(rank1.wait(30) == 1);
+    CHECK(rank0.error().find("was started with WORLD_SIZE 3 but rank 0 with 2") != std::string::npos);
+  }
+  {
+    Child alone(with_out("alone"), {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", std::to_string(free_port())}},
+                tmp.str(), "alone");
+    CHECK(alone.wait(30) == 1);
+    CHECK(alone.error().find("only 1 of 2 ranks joined") != std::string::npos);
+  }
+  auto bad_env = test::run_command("WORLD_SIZE=two " + std::string(ZOO_BIN) + " train mlp --limit 100 --out " + tmp.str("env"));
+  CHECK(bad_env.code == 1);
+  CHECK(bad_env.err.find("WORLD_SIZE must be a whole number") != std::string::npos);
+}
