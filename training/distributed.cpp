@@ -114,7 +114,14 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
   }
   try {
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(millis(o.timeout_s));
-    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr));
+    // Where this rank listens for its peers, as torch.distributed chooses: GLOO_SOCKET_IFNAME if set; the loopback
+    // interface when the master is on this machine's loopback (single-machine runs); else this host's address.
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    const bool loopback = o.master_addr == "localhost" || o.master_addr.rfind("127.", 0) == 0 || o.master_addr == "::1";
+    gloo_options->devices.push_back(
+        ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+        : loopback        ? c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr)
+                          : c10d::ProcessGroupGloo::createDefaultDevice());
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("zoo/gloo", impl_->store), static_cast<int>(o.rank),
         static_cast<int>(o.world_size), gloo_options);
