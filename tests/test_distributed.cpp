@@ -266,3 +266,32 @@ TEST_CASE("Distributed set-up errors: port in use, rank out of range, disagreein
   CHECK(bad_env.code == 1);
   CHECK(bad_env.err.find("WORLD_SIZE must be a whole number") != std::string::npos);
 }
+
+TEST_CASE("Ctrl-C during a --nproc run: every rank stops at the same step, the run resumes with two ranks",
+          "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  Child launcher({"train", "mlp", "--nproc", "2", "--epochs", "2", "--limit", "20000", "--batch-size", "10",
+                  "--no-progress", "--out", run},
+                 {}, tmp.str(), "launcher");
+  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  kill(launcher.pid, SIGINT);  // as a terminal's Ctrl-C reaches the launcher
+  const int code = launcher.wait(60);
+  INFO(launcher.error());
+  CHECK(code == 130);
+  CHECK(launcher.error().find("checkpoint saved in " + run) != std::string::npos);  // rank 0 says so
+  const auto state = training::read_json_file(run + "/state.json");
+  CHECK(state["epoch"] == 0);
+  CHECK(state["epoch_step"].get<int64_t>() > 0);  // stopped mid-epoch, both ranks at the same step
+  CHECK(state["world_size"] == 2);
+  // Mid-epoch, only the same number of ranks may continue; with two it finishes.
+  auto one = test::run_zoo("train --resume " + run + " --no-progress");
+  CHECK(one.code == 1);
+  CHECK(one.err.find("resume it with --nproc 2") != std::string::npos);
+  auto two = test::run_zoo("train --resume " + run + " --nproc 2 --no-progress");
+  INFO(two.err);
+  CHECK(two.code == 0);
+  CHECK(training::read_json_file(run + "/state.json")["epoch"] == 2);
+}

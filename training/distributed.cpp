@@ -3,6 +3,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 #include <stdexcept>
@@ -51,9 +54,35 @@ std::optional<DistributedOptions> distributed_options_from_env() {
   return o;
 }
 
+bool nccl_available() {
+#ifdef USE_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+#ifdef USE_C10D_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;  // backend "nccl": CUDA tensors, on a CUDA build of LibTorch
+#endif
+  /// Runs a collective on the process group in use; NCCL gets the tensors on its GPU and back.
+  template <typename F>
+  void run(std::vector<torch::Tensor>& tensors, F&& collective) {
+#ifdef USE_C10D_NCCL
+    if (nccl) {
+      std::vector<torch::Tensor> on_gpu;
+      for (auto& t : tensors) on_gpu.push_back(t.is_cuda() ? t : t.to(torch::kCUDA));
+      collective(*nccl, on_gpu)->wait();
+      for (size_t i = 0; i < tensors.size(); ++i)
+        if (!tensors[i].is_cuda()) tensors[i].copy_(on_gpu[i]);
+      return;
+    }
+#endif
+    collective(*group, tensors)->wait();
+  }
 };
 
 ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
@@ -112,6 +141,25 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
   } catch (const std::exception& e) {
     throw std::runtime_error("rendezvous at " + where + " failed: " + error_text(e));
   }
+  if (o.backend != "gloo" && o.backend != "nccl")
+    throw std::invalid_argument("unknown distributed backend '" + o.backend + "'; valid: gloo, nccl");
+  if (o.backend == "nccl") {
+#ifdef USE_C10D_NCCL
+    try {
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = millis(o.timeout_s);
+      impl_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          c10::make_intrusive<c10d::PrefixStore>("zoo/nccl", impl_->store), static_cast<int>(o.rank),
+          static_cast<int>(o.world_size), nccl_options);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("rank " + std::to_string(o.rank) + " could not set up NCCL: " + error_text(e));
+    }
+    return;
+#else
+    throw std::invalid_argument("this LibTorch was built without NCCL: use the gloo backend (--device cpu, or "
+                                "CUDA tensors through Gloo)");
+#endif
+  }
   try {
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(millis(o.timeout_s));
     // Where this rank listens for its peers, as torch.distributed chooses: GLOO_SOCKET_IFNAME if set; the loopback
@@ -147,19 +195,23 @@ void ProcessGroup::guarded(const char* what, F&& f) {
 void ProcessGroup::all_reduce_sum(torch::Tensor& t) {
   guarded("all-reduce", [&] {
     std::vector<torch::Tensor> tensors{t};
-    impl_->group->allreduce(tensors)->wait();
+    impl_->run(tensors, [](auto& group, std::vector<torch::Tensor>& ts) { return group.allreduce(ts); });
   });
 }
 
 void ProcessGroup::broadcast(torch::Tensor& t) {
   guarded("broadcast", [&] {
     std::vector<torch::Tensor> tensors{t};
-    impl_->group->broadcast(tensors)->wait();
+    impl_->run(tensors, [](auto& group, std::vector<torch::Tensor>& ts) { return group.broadcast(ts); });
   });
 }
 
 void ProcessGroup::barrier() {
-  guarded("barrier", [&] { impl_->group->barrier()->wait(); });
+  guarded("barrier", [&] {
+    // A one-element all-reduce: a barrier that works the same on every backend.
+    auto token = torch::zeros({1});
+    all_reduce_sum(token);
+  });
 }
 
 namespace {

@@ -33,11 +33,16 @@ struct DistributedOptions {
   double timeout_s = 60;
   /// Gradient bucket size in MiB.
   double bucket_mb = 25;
+  /// gloo (CPU and CUDA tensors), or nccl (CUDA; only in a LibTorch built with NCCL, where --device cuda picks it).
+  std::string backend = "gloo";
 };
 
 /// torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK (default RANK), MASTER_ADDR (default 127.0.0.1),
 /// MASTER_PORT (default 29500). Empty when WORLD_SIZE is not set. Malformed values are errors.
 std::optional<DistributedOptions> distributed_options_from_env();
+
+/// Whether this LibTorch was built with NCCL (then data-parallel runs on CUDA use it).
+bool nccl_available();
 
 /// One process's membership in the group. Construction is the rendezvous; it fails with one clear line for a
 /// port in use, a rank out of range, ranks that disagree on the world size, and ranks that do not all arrive

@@ -83,6 +83,8 @@ std::shared_ptr<training::ProcessGroup> join_group(const TrainArgs& a) {
   auto options = training::distributed_options_from_env();
   if (!options || options->world_size < 2) return nullptr;
   options->timeout_s = a.dist_timeout;
+  if (training::nccl_available() && torch::Device(a.device.empty() ? "cpu" : a.device).is_cuda())
+    options->backend = "nccl";
   return std::make_shared<training::ProcessGroup>(*options);
 }
 
