@@ -85,7 +85,7 @@ torch::Tensor parse_idx(const uint8_t* data, size_t size, const std::string& nam
     throw std::runtime_error(name + " has " + std::to_string(available - claimed) +
                              " bytes after the data its header describes; it is not a valid IDX file");
   auto out = torch::empty(dims, torch::kUInt8);
-  std::memcpy(out.data_ptr<uint8_t>(), data + header, claimed);
+  if (claimed > 0) std::memcpy(out.data_ptr<uint8_t>(), data + header, claimed);  // an empty tensor has no data
   return out;
 }
 

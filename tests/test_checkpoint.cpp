@@ -169,3 +169,33 @@ TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its f
   training::Run::create(config, tmp.str("run"))->fit();
   CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 1);
 }
+
+TEST_CASE("Checkpoint: a damaged archive is refused by its CRC-32s before LibTorch parses it (fuzz finding)",
+          "[checkpoint][errors]") {
+  TempDir tmp;
+  models::MLP mlp(models::MLPOptions().hidden({4}));
+  const std::string path = tmp.str("model.pt");
+  training::save_module(*mlp, path);
+  CHECK_NOTHROW(training::verify_archive(path));
+  std::string bytes = test::read_text(path);
+  auto write = [&](const std::string& content) { std::ofstream(path, std::ios::binary | std::ios::trunc) << content; };
+  // One flipped bit in the archive's code section: LibTorch 1.13's loader crashed (SIGSEGV) on such a file.
+  const auto code = bytes.find("def forward") != std::string::npos ? bytes.find("def forward") : bytes.find("class ");
+  REQUIRE(code != std::string::npos);
+  std::string flipped = bytes;
+  flipped[code + 2] = static_cast<char>(flipped[code + 2] ^ 0x10);
+  write(flipped);
+  CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("fails its CRC-32 check"));
+  // The input the fuzzer found crashes no more either.
+  const auto found = test::read_text(fs::path(ZOO_SOURCE_DIR) / "tests/fuzz/corpus/checkpoint/flipped-bit-in-code-section");
+  write(found);
+  CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("is not a TorchScript archive, or is damaged"));
+  // Cut short: the zip directory at the end is missing.
+  write(bytes.substr(0, bytes.size() / 2));
+  CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("no zip directory at its end"));
+  write("not a zip at all");
+  CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("is not a TorchScript archive, or is damaged"));
+  // The intact file still loads.
+  write(bytes);
+  CHECK_NOTHROW(training::load_module(*mlp, path));
+}

@@ -155,3 +155,11 @@ TEST_CASE("epoch_order: a deterministic permutation per (seed, epoch), disjoint 
   CHECK(std::get<0>(torch::_unique(all)).size(0) == 103);
   CHECK(torch::equal(shards[0].slice(0, 0, 3), torch::stack({a[0], a[3], a[6]})));
 }
+
+TEST_CASE("IDX: a header with a zero dimension is an empty tensor (fuzz finding: memcpy from null)", "[idx]") {
+  const uint8_t bytes[] = {0, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 5};
+  const auto t = datasets::parse_idx(bytes, sizeof bytes, "empty");
+  CHECK(t.sizes() == torch::IntArrayRef({0, 5}));
+  const uint8_t extra[] = {0, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 5, 7};
+  CHECK_THROWS_WITH(datasets::parse_idx(extra, sizeof extra, "extra"), Catch::Contains("1 bytes after the data"));
+}

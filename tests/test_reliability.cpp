@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 using zoo::test::TempDir;
 using zoo::test::run_zoo;
 using nlohmann::json;
@@ -160,4 +162,34 @@ TEST_CASE("Reliability: a stop requested in-process ends at the next step or rig
     zoo::training::Run::resume(tmp.str(dir))->fit();
     CHECK(zoo::training::read_json_file(tmp.str(dir) + "/state.json")["epoch"] == 3);
   }
+}
+
+TEST_CASE("Reliability: a read-only output directory is a clear error, and the checkpoint in it stays", "[reliability]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  REQUIRE(run_zoo("train mlp --limit 200 --epochs 1 --no-progress --out " + run).code == 0);
+  const auto before = zoo::test::read_text(fs::path(run) / "model.pt");
+  // Root ignores permissions: then the commands run as 'nobody' (setpriv), to whom the directories are read-only.
+  const std::string as_user = geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+  fs::permissions(tmp.path(), fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec);
+  for (const auto& entry : fs::recursive_directory_iterator(run))
+    fs::permissions(entry.path(), fs::perms::others_read | fs::perms::group_read, fs::perm_options::add);
+  const auto read_only = fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read | fs::perms::group_exec |
+                         fs::perms::others_read | fs::perms::others_exec;
+  fs::permissions(run, read_only);
+  fs::permissions(tmp.path(), read_only);
+  auto resumed = zoo::test::run_command(as_user + ZOO_BIN + " train --resume " + run + " --epochs 2 --no-progress");
+  auto created = zoo::test::run_command(as_user + ZOO_BIN + " train mlp --limit 200 --no-progress --out " + tmp.str("new"));
+  fs::permissions(tmp.path(), fs::perms::owner_all);
+  fs::permissions(run, fs::perms::owner_all);
+  CHECK(resumed.code == 1);
+  CHECK(zoo::test::count_lines(resumed.err) == 1);
+  CHECK(resumed.err.find("cannot write " + run) != std::string::npos);
+  CHECK(resumed.err.find("Permission denied") != std::string::npos);
+  CHECK(created.code == 1);
+  CHECK(created.err.find("cannot create run directory " + tmp.str("new") + ": Permission denied") != std::string::npos);
+  CHECK(zoo::test::read_text(fs::path(run) / "model.pt") == before);
+  CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 1);
 }

@@ -5,7 +5,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -126,8 +130,83 @@ void save_module(const torch::nn::Module& module, const std::string& path) {
   save_archive(archive, path);
 }
 
+namespace {
+uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t le32(const uint8_t* p) { return static_cast<uint32_t>(le16(p)) | (static_cast<uint32_t>(le16(p + 2)) << 16); }
+uint64_t le64(const uint8_t* p) { return static_cast<uint64_t>(le32(p)) | (static_cast<uint64_t>(le32(p + 4)) << 32); }
+}  // namespace
+
+void verify_archive(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint64_t size = bytes.size();
+  auto damaged = [&](const std::string& why) {
+    return std::runtime_error(path + " is not a TorchScript archive, or is damaged (" + why +
+                              "); use another checkpoint, or save weights with zoo or torch.jit.save");
+  };
+  // End of central directory: the last "PK\5\6" record, within the last 64 KiB + 22 bytes (the comment's room).
+  int64_t eocd = -1;
+  for (int64_t i = static_cast<int64_t>(size) - 22; i >= 0 && i >= static_cast<int64_t>(size) - 22 - 65535; --i)
+    if (le32(data + i) == 0x06054b50) {
+      eocd = i;
+      break;
+    }
+  if (eocd < 0) throw damaged("no zip directory at its end: truncated, or another kind of file");
+  uint64_t entries = le16(data + eocd + 10), dir_size = le32(data + eocd + 12), dir_offset = le32(data + eocd + 16);
+  if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF) {  // ZIP64: locator before EOCD
+    if (eocd < 20 || le32(data + eocd - 20) != 0x07064b50) throw damaged("bad ZIP64 locator");
+    const uint64_t record = le64(data + eocd - 20 + 8);
+    if (record > size - 56 || le32(data + record) != 0x06064b50) throw damaged("bad ZIP64 directory record");
+    entries = le64(data + record + 32);
+    dir_size = le64(data + record + 40);
+    dir_offset = le64(data + record + 48);
+  }
+  if (dir_offset > size || dir_size > size - dir_offset) throw damaged("its zip directory points outside the file");
+  uint64_t at = dir_offset;
+  for (uint64_t n = 0; n < entries; ++n) {
+    if (at + 46 > size || le32(data + at) != 0x02014b50) throw damaged("its zip directory is cut or overwritten");
+    const uint16_t method = le16(data + at + 10);
+    const uint32_t crc = le32(data + at + 16);
+    uint64_t compressed = le32(data + at + 20), local = le32(data + at + 42);
+    const uint16_t name_len = le16(data + at + 28), extra_len = le16(data + at + 30), comment_len = le16(data + at + 32);
+    if (at + 46 + name_len + extra_len + comment_len > size) throw damaged("its zip directory is cut");
+    const std::string name(bytes.data() + at + 46, name_len);
+    // ZIP64 sizes and offsets live in extra field 0x0001, in this order, for the fields that hold 0xFFFFFFFF.
+    const uint8_t* extra = data + at + 46 + name_len;
+    for (uint32_t e = 0; e + 4 <= extra_len;) {
+      const uint16_t id = le16(extra + e), len = le16(extra + e + 2);
+      if (id == 0x0001) {
+        uint32_t f = e + 4;
+        if (le32(data + at + 24) == 0xFFFFFFFF && f + 8 <= e + 4u + len) f += 8;  // uncompressed size
+        if (compressed == 0xFFFFFFFF && f + 8 <= e + 4u + len) compressed = le64(extra + f), f += 8;
+        if (local == 0xFFFFFFFF && f + 8 <= e + 4u + len) local = le64(extra + f);
+      }
+      e += 4u + len;
+    }
+    if (local + 30 > size || le32(data + local) != 0x04034b50)
+      throw damaged("entry '" + name + "' has no local header where the directory says");
+    const uint64_t start = local + 30 + le16(data + local + 26) + le16(data + local + 28);
+    if (start > size || compressed > size - start) throw damaged("entry '" + name + "' is cut");
+    if (method == 0) {  // stored, as LibTorch and PyTorch write archives: check the CRC-32 of the bytes
+      uLong actual = crc32(0L, Z_NULL, 0);
+      for (uint64_t off = 0; off < compressed;) {
+        const auto chunk = static_cast<uInt>(std::min<uint64_t>(compressed - off, 1u << 30));
+        actual = crc32(actual, data + start + off, chunk);
+        off += chunk;
+      }
+      if (actual != crc) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
+    }
+    at += 46 + name_len + extra_len + comment_len;
+  }
+}
+
 std::map<std::string, torch::Tensor> read_tensors(const std::string& path) {
   if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  // LibTorch's loader trusts the archive: a flipped bit in its code section can crash it (found by fuzzing,
+  // LibTorch 1.13). The zip's own CRC-32s catch such damage first.
+  verify_archive(path);
   torch::jit::Module archive;
   try {
     archive = torch::jit::load(path, torch::kCPU);

@@ -1,0 +1,105 @@
+// libFuzzer targets for everything zoo reads from users' files. One binary; the environment variable
+// ZOO_FUZZ_TARGET picks the target:
+//   idx         datasets::parse_idx on the bytes (plain or gzip IDX)
+//   image       datasets::load_image on the bytes as a file, and load_image_folder with them as image and mask
+//   config      a run's config.json: JSON parsing, then training::run_config_from_json
+//   checkpoint  training::load_module of a small mlp from the bytes as model.pt
+// Every input must end in a result or in an exception (std::exception, c10::Error): anything else (a crash, an
+// abort, a leak or overflow that the sanitizers see, a hang) is a finding.
+//
+// With ZOO_FUZZ_SEED=PATH in the environment, the target writes a valid input to PATH and exits (seed corpus).
+#include "datasets/idx.h"
+#include "datasets/images.h"
+#include "datasets/segmentation.h"
+#include "models/registry.h"
+#include "training/checkpoint.h"
+#include "training/run.h"
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace fs = std::filesystem;
+using namespace zoo;
+
+namespace {
+
+fs::path scratch() {
+  static const fs::path dir = [] {
+    auto d = fs::temp_directory_path() / ("zoo-fuzz-" + std::to_string(getpid()));
+    fs::create_directories(d / "images");
+    fs::create_directories(d / "masks");
+    return d;
+  }();
+  return dir;
+}
+
+void write_file(const fs::path& path, const uint8_t* data, size_t size) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+}
+
+torch::nn::AnyModule small_mlp() {
+  return models::build_model("mlp", {{"hidden", {4}}}).first;
+}
+
+std::string target;
+
+void write_seed(const std::string& path) {
+  if (target == "idx") {
+    const uint8_t idx[] = {0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6};
+    write_file(path, idx, sizeof idx);
+  } else if (target == "image") {
+    datasets::save_png(torch::randint(0, 11, {1, 6, 5}).to(torch::kFloat) / 255.0, path);
+  } else if (target == "config") {
+    std::ofstream(path) << R"({"model":"mlp","options":{"hidden":[4]},"data":{"name":"fashion-mnist","limit":10},)"
+                        << R"("train":{"epochs":1,"lr":0.01},"prior":{"kind":"gaussian","lambda":0.1}})";
+  } else if (target == "checkpoint") {
+    training::save_module(*small_mlp().ptr(), path);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  torch::set_num_threads(1);
+  const char* name = std::getenv("ZOO_FUZZ_TARGET");
+  target = name ? name : "";
+  if (target != "idx" && target != "image" && target != "config" && target != "checkpoint") {
+    std::fprintf(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config or checkpoint\n");
+    std::exit(2);
+  }
+  if (const char* seed = std::getenv("ZOO_FUZZ_SEED")) {
+    write_seed(seed);
+    std::exit(0);
+  }
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  try {
+    if (target == "idx") {
+      datasets::parse_idx(data, size, "fuzz");
+    } else if (target == "image") {
+      write_file(scratch() / "images" / "a.png", data, size);
+      write_file(scratch() / "masks" / "a.png", data, size);
+      datasets::load_image((scratch() / "images" / "a.png").string());
+      datasets::load_image_folder(scratch().string(), 11, 1);
+    } else if (target == "config") {
+      const auto j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_discarded()) training::run_config_from_json(j, "fuzz");
+    } else if (target == "checkpoint") {
+      static auto model = small_mlp();
+      write_file(scratch() / "model.pt", data, size);
+      training::load_module(*model.ptr(), (scratch() / "model.pt").string());
+    }
+  } catch (const std::exception&) {
+    // Refused with a message: what should happen to bad input.
+  }
+  return 0;
+}
