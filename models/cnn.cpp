@@ -7,25 +7,33 @@ namespace zoo::models {
 
 CNNImpl::CNNImpl(CNNOptions options_) : options(std::move(options_)) { reset(); }
 
+ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vector<int64_t>& channels,
+                        const std::string& model) {
+  namespace nn = torch::nn;
+  TORCH_CHECK(!channels.empty(), model, " needs at least one conv block (channels)");
+  ConvStem stem{nn::Sequential(), in_channels, image_size};
+  for (int64_t c : channels) {
+    TORCH_CHECK(c > 0, model, " channels must be positive, got ", c);
+    TORCH_CHECK(stem.size >= 2, model, ": image_size ", image_size, " is too small for ", channels.size(),
+                " pooling steps");
+    stem.features->push_back(nn::Conv2d(nn::Conv2dOptions(stem.channels, c, 3).padding(1).bias(false)));
+    stem.features->push_back(nn::BatchNorm2d(c));
+    stem.features->push_back(nn::ReLU());
+    stem.features->push_back(nn::MaxPool2d(2));
+    stem.channels = c;
+    stem.size /= 2;
+  }
+  return stem;
+}
+
 void CNNImpl::reset() {
   namespace nn = torch::nn;
-  TORCH_CHECK(!options.channels().empty(), "CNN needs at least one conv block (channels)");
   TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, "CNN dropout must be in [0, 1)");
-  features = nn::Sequential();
-  int64_t in = options.in_channels(), size = options.image_size();
-  for (int64_t c : options.channels()) {
-    TORCH_CHECK(c > 0, "CNN channels must be positive, got ", c);
-    TORCH_CHECK(size >= 2, "CNN: image_size ", options.image_size(), " is too small for ",
-                options.channels().size(), " pooling steps");
-    features->push_back(nn::Conv2d(nn::Conv2dOptions(in, c, 3).padding(1).bias(false)));
-    features->push_back(nn::BatchNorm2d(c));
-    features->push_back(nn::ReLU());
-    features->push_back(nn::MaxPool2d(2));
-    in = c;
-    size /= 2;
-  }
-  classifier = nn::Sequential(nn::Linear(in * size * size, options.hidden()), nn::ReLU(),
-                              nn::Dropout(options.dropout()), nn::Linear(options.hidden(), options.num_classes()));
+  const auto stem = make_conv_stem(options.in_channels(), options.image_size(), options.channels(), "CNN");
+  features = stem.features;
+  const int64_t flat = stem.channels * stem.size * stem.size;
+  classifier = nn::Sequential(nn::Linear(flat, options.hidden()), nn::ReLU(), nn::Dropout(options.dropout()),
+                              nn::Linear(options.hidden(), options.num_classes()));
   register_module("features", features);
   register_module("classifier", classifier);
 }

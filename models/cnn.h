@@ -17,6 +17,16 @@ struct CNNOptions {
   TORCH_ARG(double, dropout) = 0.25;
 };
 
+/// The cnn's feature extractor, shared with models built on the same stem (moe): [Conv3x3(pad 1, no bias) ->
+/// BatchNorm -> ReLU -> MaxPool2] per entry of `channels`, with its output channels and spatial size. `model`
+/// names the caller in errors.
+struct ConvStem {
+  torch::nn::Sequential features{nullptr};
+  int64_t channels = 0, size = 0;
+};
+ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vector<int64_t>& channels,
+                        const std::string& model);
+
 /// Parameters are named like torchvision-style Python code: features.0.weight (conv), features.1.* (batch
 /// norm), ..., classifier.0.weight, classifier.3.weight.
 class CNNImpl : public torch::nn::Cloneable<CNNImpl> {

@@ -1,5 +1,7 @@
 #include "models/moe.h"
 
+#include "models/cnn.h"
+
 #include "models/pretty.h"
 #include "models/registry.h"
 
@@ -230,21 +232,10 @@ MoEClassifierImpl::MoEClassifierImpl(MoEClassifierOptions options_) : options(st
 void MoEClassifierImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  TORCH_CHECK(!o.channels().empty(), "moe: the stem needs at least one conv block (channels)");
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "moe: dropout must be in [0, 1)");
-  features = nn::Sequential();
-  int64_t in = o.in_channels(), size = o.image_size();
-  for (int64_t c : o.channels()) {
-    TORCH_CHECK(c > 0, "moe: channels must be positive, got ", c);
-    TORCH_CHECK(size >= 2, "moe: image_size ", o.image_size(), " is too small for ", o.channels().size(),
-                " pooling steps");
-    features->push_back(nn::Conv2d(nn::Conv2dOptions(in, c, 3).padding(1).bias(false)));
-    features->push_back(nn::BatchNorm2d(c));
-    features->push_back(nn::ReLU());
-    features->push_back(nn::MaxPool2d(2));
-    in = c;
-    size /= 2;
-  }
+  const auto stem = make_conv_stem(o.in_channels(), o.image_size(), o.channels(), "moe");
+  features = stem.features;
+  const int64_t in = stem.channels, size = stem.size;
   register_module("features", features);
   dropout = register_module("dropout", nn::Dropout(o.dropout()));
   moe = register_module("moe", MixtureOfExperts(MixtureOfExpertsOptions(in * size * size, o.num_classes())

@@ -43,8 +43,7 @@ struct Port {
   ~Port() { close(fd); }
 };
 
-/// A free port (the socket that found it is closed again).
-int free_port() { return Port(false).number; }
+int free_port() { return static_cast<int>(training::free_loopback_port()); }
 
 double max_difference(torch::nn::Module& a, torch::nn::Module& b) {
   double worst = 0;

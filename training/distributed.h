@@ -41,6 +41,9 @@ struct DistributedOptions {
 /// MASTER_PORT (default 29500). Empty when WORLD_SIZE is not set. Malformed values are errors.
 std::optional<DistributedOptions> distributed_options_from_env();
 
+/// A TCP port on 127.0.0.1 that is free now (the kernel's choice), e.g. for MASTER_PORT of a local run.
+int64_t free_loopback_port();
+
 /// Whether this LibTorch was built with NCCL (then data-parallel runs on CUDA use it).
 bool nccl_available();
 

@@ -13,9 +13,6 @@
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -29,21 +26,9 @@ namespace {
 using namespace zoo;
 namespace fs = std::filesystem;
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 void DistributedAllReduce(benchmark::State& state) {
   torch::set_num_threads(1);
-  const int port = free_port();
+  const auto port = training::free_loopback_port();
   const int steps = 50;
   double seconds[2] = {0, 0};
   for (auto _ : state) {

@@ -1,11 +1,9 @@
 // `zoo train --nproc N`: starts N copies of this command as ranks 0..N-1 of one data-parallel run, with
 // torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and watches them.
 #include "tools/cli/cli.h"
+#include "training/distributed.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,25 +34,6 @@ extern "C" void forward_signal(int sig) {
   std::signal(sig, SIG_DFL);  // a second one ends the launcher itself
 }
 
-/// A free TCP port on the loopback interface, chosen by the kernel.
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error(std::string("cannot open a socket: ") + std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    throw std::runtime_error(std::string("cannot find a free port: ") + std::strerror(errno));
-  }
-  const int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
-
 std::string describe(int status) {
   if (WIFSIGNALED(status))
     return "was killed by signal " + std::to_string(WTERMSIG(status)) + " (" + strsignal(WTERMSIG(status)) + ")";
@@ -81,7 +60,7 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
   }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   const char* port_env = std::getenv("MASTER_PORT");
-  const std::string port = port_env && *port_env ? port_env : std::to_string(free_port());
+  const std::string port = port_env && *port_env ? port_env : std::to_string(training::free_loopback_port());
   const char* addr_env = std::getenv("MASTER_ADDR");
   const std::string addr = addr_env && *addr_env ? addr_env : "127.0.0.1";
   std::fflush(stdout);
