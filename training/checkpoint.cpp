@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <iterator>
+#include <set>
+#include <vector>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -155,49 +157,92 @@ void verify_archive(const std::string& path) {
     }
   if (eocd < 0) throw damaged("no zip directory at its end: truncated, or another kind of file");
   uint64_t entries = le16(data + eocd + 10), dir_size = le32(data + eocd + 12), dir_offset = le32(data + eocd + 16);
-  if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF) {  // ZIP64: locator before EOCD
-    if (eocd < 20 || le32(data + eocd - 20) != 0x07064b50) throw damaged("bad ZIP64 locator");
+  // ZIP64: a locator right before the EOCD. LibTorch's reader (miniz) uses it whenever it is there, so do we.
+  if (eocd >= 20 && le32(data + eocd - 20) == 0x07064b50) {
     const uint64_t record = le64(data + eocd - 20 + 8);
-    if (record > size - 56 || le32(data + record) != 0x06064b50) throw damaged("bad ZIP64 directory record");
+    if (size < 56 || record > size - 56 || le32(data + record) != 0x06064b50) throw damaged("bad ZIP64 directory record");
     entries = le64(data + record + 32);
     dir_size = le64(data + record + 40);
     dir_offset = le64(data + record + 48);
+  } else if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF) {
+    throw damaged("bad ZIP64 locator");
   }
   if (dir_offset > size || dir_size > size - dir_offset) throw damaged("its zip directory points outside the file");
+  if (entries > dir_size / 46) throw damaged("its zip directory is cut or overwritten");
+  std::set<std::string> names;
   uint64_t at = dir_offset;
   for (uint64_t n = 0; n < entries; ++n) {
     if (at + 46 > size || le32(data + at) != 0x02014b50) throw damaged("its zip directory is cut or overwritten");
     const uint16_t method = le16(data + at + 10);
     const uint32_t crc = le32(data + at + 16);
-    uint64_t compressed = le32(data + at + 20), local = le32(data + at + 42);
+    uint64_t compressed = le32(data + at + 20), uncompressed = le32(data + at + 24), local = le32(data + at + 42);
     const uint16_t name_len = le16(data + at + 28), extra_len = le16(data + at + 30), comment_len = le16(data + at + 32);
     if (at + 46 + name_len + extra_len + comment_len > size) throw damaged("its zip directory is cut");
     const std::string name(bytes.data() + at + 46, name_len);
+    if (!names.insert(name).second) throw damaged("entry '" + name + "' is there twice");
+    // miniz extracts nothing from a directory entry and LibTorch would read the buffer it did not fill.
+    if ((le32(data + at + 38) & 0x10) != 0 || (!name.empty() && name.back() == '/'))
+      throw damaged("entry '" + name + "' is marked as a directory");
     // ZIP64 sizes and offsets live in extra field 0x0001, in this order, for the fields that hold 0xFFFFFFFF.
     const uint8_t* extra = data + at + 46 + name_len;
     for (uint32_t e = 0; e + 4 <= extra_len;) {
       const uint16_t id = le16(extra + e), len = le16(extra + e + 2);
+      if (e + 4u + len > extra_len) throw damaged("entry '" + name + "' has a cut extra field");
       if (id == 0x0001) {
         uint32_t f = e + 4;
-        if (le32(data + at + 24) == 0xFFFFFFFF && f + 8 <= e + 4u + len) f += 8;  // uncompressed size
+        if (uncompressed == 0xFFFFFFFF && f + 8 <= e + 4u + len) uncompressed = le64(extra + f), f += 8;
         if (compressed == 0xFFFFFFFF && f + 8 <= e + 4u + len) compressed = le64(extra + f), f += 8;
         if (local == 0xFFFFFFFF && f + 8 <= e + 4u + len) local = le64(extra + f);
       }
       e += 4u + len;
     }
-    if (local + 30 > size || le32(data + local) != 0x04034b50)
+    if (size < 30 || local > size - 30 || le32(data + local) != 0x04034b50)
       throw damaged("entry '" + name + "' has no local header where the directory says");
-    const uint64_t start = local + 30 + le16(data + local + 26) + le16(data + local + 28);
+    const uint16_t local_name_len = le16(data + local + 26);
+    if (local_name_len != name_len || local + 30 + name_len > size ||
+        std::memcmp(data + local + 30, name.data(), name_len) != 0)
+      throw damaged("entry '" + name + "' has another name in its local header");
+    const uint64_t start = local + 30 + local_name_len + le16(data + local + 28);
     if (start > size || compressed > size - start) throw damaged("entry '" + name + "' is cut");
-    if (method == 0) {  // stored, as LibTorch and PyTorch write archives: check the CRC-32 of the bytes
-      uLong actual = crc32(0L, Z_NULL, 0);
+    // LibTorch's miniz is built without CRC checks: check the CRC-32 of every entry's bytes after decompression.
+    uLong actual = crc32(0L, Z_NULL, 0);
+    uint64_t length = 0;
+    if (method == 0) {  // stored, as LibTorch and PyTorch write tensors
       for (uint64_t off = 0; off < compressed;) {
         const auto chunk = static_cast<uInt>(std::min<uint64_t>(compressed - off, 1u << 30));
         actual = crc32(actual, data + start + off, chunk);
         off += chunk;
       }
-      if (actual != crc) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
+      length = compressed;
+    } else if (method == 8) {  // deflated (PyTorch compresses some records)
+      z_stream z{};
+      if (inflateInit2(&z, -MAX_WBITS) != Z_OK) throw std::runtime_error("zlib: inflateInit2 failed");
+      std::vector<Bytef> out(1 << 16);
+      uint64_t off = 0;
+      int rc = Z_OK;
+      while (rc == Z_OK) {
+        const auto chunk = static_cast<uInt>(std::min<uint64_t>(compressed - off, 1u << 30));
+        z.next_in = const_cast<Bytef*>(data + start + off);
+        z.avail_in = chunk;
+        z.next_out = out.data();
+        z.avail_out = static_cast<uInt>(out.size());
+        rc = inflate(&z, Z_NO_FLUSH);
+        off += chunk - z.avail_in;
+        const auto produced = out.size() - z.avail_out;
+        actual = crc32(actual, out.data(), static_cast<uInt>(produced));
+        length += produced;
+        if (rc == Z_BUF_ERROR && (produced > 0 || off < compressed)) rc = Z_OK;  // more room or more input
+        if (length > uncompressed) break;
+      }
+      inflateEnd(&z);
+      if (rc != Z_STREAM_END || length != uncompressed)
+        throw damaged("entry '" + name + "' does not inflate to its recorded size");
+    } else {
+      throw damaged("entry '" + name + "' uses compression method " + std::to_string(method) +
+                    ", which LibTorch does not read");
     }
+    if (length != uncompressed) throw damaged("entry '" + name + "' is not its recorded size");
+    if (actual != crc) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
     at += 46 + name_len + extra_len + comment_len;
   }
 }
