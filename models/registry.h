@@ -82,6 +82,9 @@ struct ModelEntry {
   std::string dataset = "fashion-mnist";
   /// Recommended training hyperparameters (epochs, lr, optimizer, ...), overridden by command-line flags.
   json train_defaults = json::object();
+  /// Dataset options that follow from the model's complete options (e.g. the vocabulary size of a language
+  /// model); a run's own --data-option values win. Empty: none.
+  std::function<json(const json& options)> data_options;
   /// The full option set with defaults.
   std::function<json()> default_options;
   /// Validates `options` (unknown names and wrong types are errors) and returns the complete option set.
@@ -108,6 +111,11 @@ class ModelSpec {
   }
   ModelSpec& train_defaults(json j) {
     entry_.train_defaults = std::move(j);
+    return *this;
+  }
+  /// Dataset options derived from the model's complete options (see ModelEntry::data_options).
+  ModelSpec& data_options(std::function<json(const json&)> f) {
+    entry_.data_options = std::move(f);
     return *this;
   }
   /// Declares an option: its JSON name, a getter and a setter on Options.

@@ -69,6 +69,11 @@ RunConfig complete_config(RunConfig c) {
   c.options = entry.complete_options(c.options);
   if (c.task.empty()) c.task = entry.task;
   if (c.data.name.empty()) c.data.name = entry.dataset;
+  if (entry.data_options) {
+    const json derived = entry.data_options(c.options);
+    for (auto it = derived.begin(); it != derived.end(); ++it)
+      if (!c.data.options.contains(it.key())) c.data.options[it.key()] = it.value();
+  }
   validate(c.train);
   validate(c.prior);
   return c;

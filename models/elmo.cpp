@@ -1,0 +1,287 @@
+#include "models/elmo.h"
+
+#include "datasets/text.h"
+#include "models/registry.h"
+
+#include <numeric>
+
+namespace zoo::models {
+
+// ---- Highway ---------------------------------------------------------------------------------------------
+
+HighwayImpl::HighwayImpl(HighwayOptions options_) : options(std::move(options_)) { reset(); }
+
+void HighwayImpl::reset() {
+  TORCH_CHECK(options.dim() > 0 && options.num_layers() >= 0, "highway: dim must be > 0 and num_layers >= 0");
+  layers = register_module("layers", torch::nn::ModuleList());
+  const int64_t d = options.dim();
+  for (int64_t i = 0; i < options.num_layers(); ++i) {
+    torch::nn::Linear layer(d, 2 * d);
+    torch::NoGradGuard no_grad;
+    layer->bias.slice(0, d).fill_(1.0);  // the gate starts by carrying x
+    layers->push_back(layer);
+  }
+}
+
+torch::Tensor HighwayImpl::forward(const torch::Tensor& x) {
+  auto current = x;
+  for (const auto& m : *layers) {
+    auto projected = m->as<torch::nn::Linear>()->forward(current);
+    auto parts = projected.chunk(2, -1);
+    const auto gate = torch::sigmoid(parts[1]);
+    current = gate * current + (1 - gate) * torch::relu(parts[0]);
+  }
+  return current;
+}
+
+void HighwayImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::Highway(dim=" << options.dim() << ", num_layers=" << options.num_layers() << ")";
+}
+
+// ---- LSTM with projection --------------------------------------------------------------------------------
+
+LstmWithProjectionImpl::LstmWithProjectionImpl(LstmWithProjectionOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void LstmWithProjectionImpl::reset() {
+  const auto& o = options;
+  TORCH_CHECK(o.input_size() > 0 && o.hidden_size() > 0 && o.cell_size() > 0,
+              "lstm: input_size, hidden_size and cell_size must be > 0");
+  const int64_t C = o.cell_size();
+  input_linearity = register_module("input_linearity", torch::nn::Linear(torch::nn::LinearOptions(o.input_size(), 4 * C).bias(false)));
+  state_linearity = register_module("state_linearity", torch::nn::Linear(o.hidden_size(), 4 * C));
+  if (o.hidden_size() != C)
+    state_projection =
+        register_module("state_projection", torch::nn::Linear(torch::nn::LinearOptions(C, o.hidden_size()).bias(false)));
+  else
+    state_projection = nullptr;
+  // AllenNLP: block-orthogonal weights (one orthogonal block per gate), zero biases but the forget gate's 1.
+  torch::NoGradGuard no_grad;
+  for (auto* w : {&input_linearity->weight, &state_linearity->weight})
+    for (int64_t g = 0; g < 4; ++g) torch::nn::init::orthogonal_(w->slice(0, g * C, (g + 1) * C));
+  state_linearity->bias.zero_();
+  state_linearity->bias.slice(0, C, 2 * C).fill_(1.0);
+}
+
+torch::Tensor LstmWithProjectionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  const auto& o = options;
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == o.input_size(), "lstm expects [N, T, ", o.input_size(), "], got ",
+              x.sizes());
+  TORCH_CHECK(mask.sizes() == x.sizes().slice(0, 2), "lstm: mask must be [N, T], got ", mask.sizes());
+  const int64_t N = x.size(0), T = x.size(1), C = o.cell_size();
+  const auto xs = input_linearity->forward(x);  // [N, T, 4C], all steps in one product
+  const auto keep = mask.to(x.dtype()).unsqueeze(-1);  // [N, T, 1]
+  auto h = torch::zeros({N, o.hidden_size()}, x.options());
+  auto c = torch::zeros({N, C}, x.options());
+  std::vector<torch::Tensor> out(static_cast<size_t>(T));
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = o.go_forward() ? s : T - 1 - s;
+    const auto gates = (xs.select(1, t) + state_linearity->forward(h)).chunk(4, 1);
+    auto c_new = torch::sigmoid(gates[0]) * torch::tanh(gates[2]) + torch::sigmoid(gates[1]) * c;
+    if (o.cell_clip() > 0) c_new = c_new.clamp(-o.cell_clip(), o.cell_clip());
+    auto h_new = torch::sigmoid(gates[3]) * torch::tanh(c_new);
+    if (state_projection) h_new = state_projection->forward(h_new);
+    if (o.proj_clip() > 0) h_new = h_new.clamp(-o.proj_clip(), o.proj_clip());
+    const auto m = keep.select(1, t);
+    c = m * c_new + (1 - m) * c;  // padding carries the state over untouched
+    h = m * h_new + (1 - m) * h;
+    out[static_cast<size_t>(t)] = h_new * m;
+  }
+  return torch::stack(out, 1);
+}
+
+void LstmWithProjectionImpl::pretty_print(std::ostream& stream) const {
+  const auto& o = options;
+  stream << "zoo::LstmWithProjection(input_size=" << o.input_size() << ", hidden_size=" << o.hidden_size()
+         << ", cell_size=" << o.cell_size() << ", cell_clip=" << o.cell_clip() << ", proj_clip=" << o.proj_clip()
+         << ", go_forward=" << (o.go_forward() ? "True" : "False") << ")";
+}
+
+// ---- ScalarMix -------------------------------------------------------------------------------------------
+
+ScalarMixImpl::ScalarMixImpl(ScalarMixOptions options_) : options(std::move(options_)) { reset(); }
+
+void ScalarMixImpl::reset() {
+  const auto& o = options;
+  TORCH_CHECK(o.mixture_size() > 0, "scalar mix: mixture_size must be > 0");
+  auto initial = o.initial_scalar_parameters();
+  if (initial.empty()) initial.assign(static_cast<size_t>(o.mixture_size()), 0.0);
+  TORCH_CHECK(static_cast<int64_t>(initial.size()) == o.mixture_size(), "scalar mix: ", initial.size(),
+              " initial_scalar_parameters for mixture_size ", o.mixture_size());
+  scalar_parameters = register_module("scalar_parameters", torch::nn::ParameterList());
+  for (double v : initial) scalar_parameters->append(torch::full({1}, v).set_requires_grad(o.trainable()));
+  gamma = register_parameter("gamma", torch::ones({1}), o.trainable());
+}
+
+torch::Tensor ScalarMixImpl::weights() const {
+  std::vector<torch::Tensor> s;
+  for (const auto& p : *scalar_parameters) s.push_back(p.value());
+  return torch::softmax(torch::cat(s), 0);
+}
+
+torch::Tensor ScalarMixImpl::forward(const std::vector<torch::Tensor>& tensors, const torch::Tensor& mask) {
+  TORCH_CHECK(static_cast<int64_t>(tensors.size()) == options.mixture_size(), "scalar mix of ",
+              options.mixture_size(), " tensors got ", tensors.size());
+  const auto w = weights();
+  torch::Tensor broadcast_mask, count;
+  if (options.do_layer_norm()) {
+    TORCH_CHECK(mask.defined(), "scalar mix with do_layer_norm needs the mask");
+    broadcast_mask = mask.to(tensors[0].dtype()).unsqueeze(-1);
+    count = mask.to(tensors[0].dtype()).sum() * tensors[0].size(-1);
+  }
+  torch::Tensor sum;
+  for (size_t j = 0; j < tensors.size(); ++j) {
+    auto t = tensors[j];
+    if (options.do_layer_norm()) {  // one scalar mean and variance over the unmasked elements (AllenNLP)
+      const auto masked = t * broadcast_mask;
+      const auto mean = masked.sum() / count;
+      const auto variance = (((masked - mean) * broadcast_mask).pow(2)).sum() / count;
+      t = (t - mean) / torch::sqrt(variance + 1e-12);
+    }
+    const auto term = w[static_cast<int64_t>(j)] * t;
+    sum = sum.defined() ? sum + term : term;
+  }
+  return gamma * sum;
+}
+
+void ScalarMixImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::ScalarMix(mixture_size=" << options.mixture_size()
+         << ", do_layer_norm=" << (options.do_layer_norm() ? "True" : "False") << ")";
+}
+
+// ---- ELMo ------------------------------------------------------------------------------------------------
+
+ElmoImpl::ElmoImpl(ElmoOptions options_) : options(std::move(options_)) { reset(); }
+
+void ElmoImpl::reset() {
+  namespace nn = torch::nn;
+  const auto& o = options;
+  TORCH_CHECK(o.filters().size() >= 2 && o.filters().size() % 2 == 0,
+              "elmo: filters must be [width, count, ...], got ", format_list(o.filters()));
+  TORCH_CHECK(o.num_layers() >= 1, "elmo: num_layers must be >= 1");
+  TORCH_CHECK(o.vocab_size() >= 4, "elmo: vocab_size must be >= 4");
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "elmo: dropout must be in [0, 1)");
+  TORCH_CHECK(o.char_embedding() > 0 && o.projection_dim() > 0 && o.cell_size() > 0,
+              "elmo: char_embedding, projection_dim and cell_size must be > 0");
+  char_embedding = register_module(
+      "char_embedding", nn::Embedding(nn::EmbeddingOptions(datasets::CharIds::kCount, o.char_embedding())
+                                          .padding_idx(datasets::CharIds::kPad)));
+  char_convs = register_module("char_convs", nn::ModuleList());
+  int64_t total = 0;
+  for (size_t i = 0; i < o.filters().size(); i += 2) {
+    const int64_t width = o.filters()[i], count = o.filters()[i + 1];
+    TORCH_CHECK(width >= 1 && count >= 1, "elmo: filter widths and counts must be >= 1, got ",
+                format_list(o.filters()));
+    TORCH_CHECK(width <= o.max_word_length(), "elmo: filter width ", width, " exceeds max_word_length ",
+                o.max_word_length());
+    char_convs->push_back(nn::Conv1d(o.char_embedding(), count, width));
+    total += count;
+  }
+  highway = register_module("highway", Highway(HighwayOptions(total, o.highway_layers())));
+  projection = register_module("projection", nn::Linear(total, o.projection_dim()));
+  forward_layers = register_module("forward_layers", nn::ModuleList());
+  backward_layers = register_module("backward_layers", nn::ModuleList());
+  for (int64_t l = 0; l < o.num_layers(); ++l)
+    for (bool forward : {true, false}) {
+      auto layer = LstmWithProjection(LstmWithProjectionOptions(o.projection_dim(), o.projection_dim(), o.cell_size())
+                                          .cell_clip(o.cell_clip())
+                                          .proj_clip(o.proj_clip())
+                                          .go_forward(forward));
+      (forward ? forward_layers : backward_layers)->push_back(layer);
+    }
+  softmax = register_module("softmax", nn::Linear(o.projection_dim(), o.vocab_size()));
+  scalar_mix = register_module("scalar_mix", ScalarMix(ScalarMixOptions(o.num_layers() + 1).do_layer_norm(o.mix_layer_norm())));
+}
+
+torch::Tensor ElmoImpl::word_mask(const torch::Tensor& chars) { return (chars != datasets::CharIds::kPad).any(-1); }
+
+torch::Tensor ElmoImpl::token_embedding(const torch::Tensor& chars) {
+  const auto& o = options;
+  TORCH_CHECK(chars.dim() == 3 && chars.size(2) == o.max_word_length() && chars.scalar_type() == torch::kInt64,
+              "elmo expects character ids [N, T, ", o.max_word_length(), "] (int64), got ", chars.sizes(), " ",
+              chars.scalar_type());
+  const int64_t N = chars.size(0), T = chars.size(1);
+  // [N*T, E, W]: one word per row, so nothing here sees a neighbour.
+  const auto e = char_embedding->forward(chars.reshape({N * T, o.max_word_length()})).transpose(1, 2);
+  std::vector<torch::Tensor> pooled;
+  for (const auto& conv : *char_convs)
+    pooled.push_back(torch::relu(std::get<0>(conv->as<torch::nn::Conv1d>()->forward(e).max(-1))));
+  auto x = projection->forward(highway->forward(torch::cat(pooled, 1)));
+  return (x * word_mask(chars).reshape({N * T, 1}).to(x.dtype())).view({N, T, o.projection_dim()});
+}
+
+void ElmoImpl::run_lstms(const torch::Tensor& x, const torch::Tensor& mask, std::vector<torch::Tensor>& fwd,
+                         std::vector<torch::Tensor>& bwd) {
+  const double p = is_training() ? options.dropout() : 0.0;
+  for (bool forward : {true, false}) {
+    auto& list = forward ? forward_layers : backward_layers;
+    auto& out = forward ? fwd : bwd;
+    auto input = x;
+    for (int64_t l = 0; l < options.num_layers(); ++l) {
+      auto h = list[l]->as<LstmWithProjection>()->forward(torch::dropout(input, p, is_training()), mask);
+      if (l > 0) h = h + input;  // the residual connection between LSTM layers (none from the token layer)
+      out.push_back(h);
+      input = h;
+    }
+  }
+}
+
+std::vector<torch::Tensor> ElmoImpl::layers(const torch::Tensor& chars) {
+  const auto mask = word_mask(chars);
+  const auto x = token_embedding(chars);
+  std::vector<torch::Tensor> fwd, bwd;
+  run_lstms(x, mask, fwd, bwd);
+  std::vector<torch::Tensor> out{torch::cat({x, x}, -1)};
+  for (size_t l = 0; l < fwd.size(); ++l) out.push_back(torch::cat({fwd[l], bwd[l]}, -1));
+  return out;
+}
+
+torch::Tensor ElmoImpl::forward(const torch::Tensor& chars) { return torch::stack(layers(chars), 0); }
+
+torch::Tensor ElmoImpl::mix(const torch::Tensor& chars) { return scalar_mix->forward(layers(chars), word_mask(chars)); }
+
+std::pair<torch::Tensor, torch::Tensor> ElmoImpl::lm_states(const torch::Tensor& chars) {
+  const auto mask = word_mask(chars);
+  std::vector<torch::Tensor> fwd, bwd;
+  run_lstms(token_embedding(chars), mask, fwd, bwd);
+  const double p = is_training() ? options.dropout() : 0.0;
+  return {torch::dropout(fwd.back(), p, is_training()), torch::dropout(bwd.back(), p, is_training())};
+}
+
+torch::Tensor ElmoImpl::word_logits(const torch::Tensor& states) { return softmax->forward(states); }
+
+void ElmoImpl::pretty_print(std::ostream& stream) const {
+  const auto& o = options;
+  stream << "zoo::Elmo(char_embedding=" << o.char_embedding() << ", filters=" << format_list(o.filters())
+         << ", highway_layers=" << o.highway_layers() << ", projection_dim=" << o.projection_dim()
+         << ", cell_size=" << o.cell_size() << ", num_layers=" << o.num_layers() << ", vocab_size=" << o.vocab_size()
+         << ")";
+}
+
+ZOO_REGISTER_MODEL(elmo) {
+  return ModelSpec<Elmo, ElmoOptions>("elmo",
+                                      "ELMo biLM: char-CNN + highway, 2-layer forward and backward LSTM LMs, scalar mix")
+      .task("bilm")
+      .dataset("fortunes")
+      .train_defaults({{"epochs", 2}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 32},
+                       {"eval_batch_size", 128}, {"clip_grad", 10.0}})
+      .data_options([](const json& o) {
+        return json{{"vocab_size", o.at("vocab_size")}, {"max_word_length", o.at("max_word_length")}};
+      })
+      .ZOO_OPTION(ElmoOptions, char_embedding)
+      .ZOO_OPTION(ElmoOptions, filters)
+      .ZOO_OPTION(ElmoOptions, highway_layers)
+      .ZOO_OPTION(ElmoOptions, max_word_length)
+      .ZOO_OPTION(ElmoOptions, projection_dim)
+      .ZOO_OPTION(ElmoOptions, cell_size)
+      .ZOO_OPTION(ElmoOptions, num_layers)
+      .ZOO_OPTION(ElmoOptions, cell_clip)
+      .ZOO_OPTION(ElmoOptions, proj_clip)
+      .ZOO_OPTION(ElmoOptions, dropout)
+      .ZOO_OPTION(ElmoOptions, vocab_size)
+      .ZOO_OPTION(ElmoOptions, mix_layer_norm)
+      .validate([](const ElmoOptions& o) { Elmo{o}; });
+}
+
+}  // namespace zoo::models
