@@ -264,7 +264,7 @@ ZOO_REGISTER_MODEL(elmo) {
                                       "ELMo biLM: char-CNN + highway, 2-layer forward and backward LSTM LMs, scalar mix")
       .task("bilm")
       .dataset("fortunes")
-      .train_defaults({{"epochs", 2}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 32},
+      .train_defaults({{"epochs", 1}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 32},
                        {"eval_batch_size", 128}, {"clip_grad", 10.0}})
       .data_options([](const json& o) {
         return json{{"vocab_size", o.at("vocab_size")}, {"max_word_length", o.at("max_word_length")}};

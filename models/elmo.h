@@ -101,7 +101,7 @@ struct ElmoOptions {
   /// Width of every layer's output per direction: the token projection and the LSTMs' hidden state.
   TORCH_ARG(int64_t, projection_dim) = 128;
   /// LSTM cell size; equal to projection_dim means no LSTM projection.
-  TORCH_ARG(int64_t, cell_size) = 512;
+  TORCH_ARG(int64_t, cell_size) = 256;
   TORCH_ARG(int64_t, num_layers) = 2;
   TORCH_ARG(double, cell_clip) = 3.0;
   TORCH_ARG(double, proj_clip) = 3.0;

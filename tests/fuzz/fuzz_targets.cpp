@@ -4,6 +4,7 @@
 //   image       datasets::load_image on the bytes as a file, and load_image_folder with them as image and mask
 //   config      a run's config.json: JSON parsing, then training::run_config_from_json
 //   checkpoint  training::load_module of a small mlp from the bytes as model.pt
+//   text        datasets::read_records of the bytes as a corpus file, then tokens, a vocabulary, LM windows
 // Every input must end in a result or in an exception (std::exception, c10::Error): anything else (a crash, an
 // abort, a leak or overflow that the sanitizers see, a hang) is a finding.
 //
@@ -11,6 +12,7 @@
 #include "datasets/idx.h"
 #include "datasets/images.h"
 #include "datasets/segmentation.h"
+#include "datasets/text.h"
 #include "models/registry.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
@@ -62,6 +64,9 @@ void write_seed(const std::string& path) {
                         << R"("train":{"epochs":1,"lr":0.01},"prior":{"kind":"gaussian","lambda":0.1}})";
   } else if (target == "checkpoint") {
     training::save_module(*small_mlp().ptr(), path);
+  } else if (target == "text") {
+    std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87a va?\n\n"
+                           "two\n%\nA fair price.\n";
   }
 }
 
@@ -71,8 +76,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   torch::set_num_threads(1);
   const char* name = std::getenv("ZOO_FUZZ_TARGET");
   target = name ? name : "";
-  if (target != "idx" && target != "image" && target != "config" && target != "checkpoint") {
-    std::fprintf(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config or checkpoint\n");
+  if (target != "idx" && target != "image" && target != "config" && target != "checkpoint" && target != "text") {
+    std::fprintf(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint or text\n");
     std::exit(2);
   }
   if (const char* seed = std::getenv("ZOO_FUZZ_SEED")) {
@@ -98,6 +103,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       static auto model = small_mlp();
       write_file(scratch() / "model.pt", data, size);
       training::load_module(*model.ptr(), (scratch() / "model.pt").string());
+    } else if (target == "text") {
+      write_file(scratch() / "corpus.txt", data, size);
+      const auto records = datasets::read_records((scratch() / "corpus.txt").string());
+      std::vector<std::vector<std::string>> tokens;
+      for (const auto& r : records) tokens.push_back(datasets::tokenize(r));
+      const auto vocab = datasets::Vocabulary::build(tokens, 4);
+      datasets::LanguageModelDataset lm(tokens, vocab, 3, 6, 0, "fuzz");
+      lm.get(torch::arange(lm.size()));
+      lm.unigram_perplexity(vocab);
     }
   } catch (const std::exception&) {
     // Refused with a message: what should happen to bad input.
