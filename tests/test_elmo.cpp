@@ -299,6 +299,18 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   r = test::run_zoo("embed " + tmp.str("run") + " --compare 'one fair' 'two fair' --word fair");
   CHECK(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("layer 0    1.0000") && Catch::Contains("layer mix"));
+  // The senses experiment: layer 0 never tells senses apart (its cosines are all 1); the contextual layers do.
+  r = test::run_zoo("experiment elmo-senses " + tmp.str("run") + " --json");
+  REQUIRE(r.code == 0);
+  const auto senses = nlohmann::json::parse(r.out);
+  CHECK(senses["triples"] == 32);
+  CHECK(senses["layers"]["0"]["fraction"] == 0.0);
+  CHECK(senses["layers"]["0"]["mean_cos_same"].get<double>() == Approx(1.0).epsilon(1e-5));
+  CHECK(std::max(senses["layers"]["1"]["fraction"].get<double>(), senses["layers"]["2"]["fraction"].get<double>()) > 0);
+  write_file(tmp.path() / "bad-triples.txt", "fair | only two | parts\n");
+  r = test::run_zoo("experiment elmo-senses " + tmp.str("run") + " --triples " + tmp.str("bad-triples.txt"));
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("bad-triples.txt:1: expected 'word | sentence A | same sense | other sense'"));
   // Errors: one line each, non-zero exit.
   r = test::run_zoo("embed " + tmp.str("run") + " --compare 'a b' 'c d' --word fair");
   CHECK(r.code != 0);

@@ -12,6 +12,19 @@ namespace zoo::cli {
 
 using nlohmann::json;
 
+torch::Tensor elmo_vectors(models::ElmoImpl& elmo, const std::vector<std::string>& words, const torch::Device& device) {
+  std::vector<std::string> with{datasets::kBeginSentence};
+  with.insert(with.end(), words.begin(), words.end());
+  with.push_back(datasets::kEndSentence);
+  const auto chars = datasets::words_to_chars(with, elmo.options.max_word_length()).unsqueeze(0).to(device);
+  torch::NoGradGuard no_grad;
+  elmo.eval();
+  auto layers = elmo.layers(chars);
+  layers.push_back(elmo.scalar_mix->forward(layers, models::ElmoImpl::word_mask(chars)));
+  const auto n = static_cast<int64_t>(words.size());
+  return torch::stack(layers, 0).select(1, 0).slice(1, 1, n + 1).cpu();
+}
+
 namespace {
 
 struct EmbedArgs {
@@ -33,19 +46,7 @@ struct Embedder {
     if (words.empty()) throw std::invalid_argument("no words in \"" + sentence + "\"; give a sentence");
     return words;
   }
-  /// Every layer and the mix for the tokens of one sentence (<S> and </S> added for context, then dropped):
-  /// [num_layers + 2, tokens, 2 * projection_dim], the mix last.
-  torch::Tensor vectors(const std::vector<std::string>& words) {
-    std::vector<std::string> with{datasets::kBeginSentence};
-    with.insert(with.end(), words.begin(), words.end());
-    with.push_back(datasets::kEndSentence);
-    const auto chars = datasets::words_to_chars(with, elmo->options.max_word_length()).unsqueeze(0).to(device);
-    torch::NoGradGuard no_grad;
-    auto layers = elmo->layers(chars);
-    layers.push_back(elmo->scalar_mix->forward(layers, models::ElmoImpl::word_mask(chars)));
-    const auto n = static_cast<int64_t>(words.size());
-    return torch::stack(layers, 0).select(1, 0).slice(1, 1, n + 1).cpu();
-  }
+  torch::Tensor vectors(const std::vector<std::string>& words) { return elmo_vectors(*elmo, words, device); }
   int64_t layer_index(const std::string& layer) const {
     const int64_t top = elmo->options.num_layers();
     if (layer == "mix") return top + 1;

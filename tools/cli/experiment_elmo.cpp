@@ -1,0 +1,165 @@
+// zoo experiment elmo-senses: does ELMo tell word senses apart? For each triple (a word in sentence A, in B
+// with the same sense, in C with another sense) and each layer, the triple counts when cos(A, B) > cos(A, C).
+// Layer 0 sees the word alone, so its cosines are always 1 and no triple counts; the sheet's claim is that the
+// contextual layers count more often.
+#include "datasets/text.h"
+#include "tools/cli/cli.h"
+#include "training/run.h"
+#include "training/trainer.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace zoo::cli {
+
+namespace {
+
+/// word | sentence A | sentence B (the sense of A) | sentence C (another sense)
+const char* const kSenseTriples = R"(fair | I went to the fair last Saturday. | We ate cotton candy at the county fair. | I do not believe your attitude is fair.
+fair | The judge was fair to both sides. | That is not a fair price for a car. | The fair had a big wheel and games.
+bank | She put her money in the bank. | The bank raised its interest rates. | We sat on the bank of the river.
+bank | They fished from the river bank. | The boat drifted toward the muddy bank. | He robbed a bank in the city.
+light | Turn on the light, it is dark. | The light in the kitchen is broken. | This box is light enough to carry.
+light | The feather is very light. | Travel light and carry one bag. | The light from the sun is bright.
+right | Turn right at the next corner. | The door on the right is open. | You have the right to remain silent.
+right | You are right about that. | He was right and I was wrong. | Take the road on the right.
+bear | A bear lives in the woods. | The bear ate the honey. | I cannot bear this noise any longer.
+bear | She could not bear the pain. | How do you bear such a boring job? | The brown bear climbed a tree.
+watch | He looked at his watch and sighed. | My watch is five minutes slow. | Watch the children while I cook.
+watch | We watch television every night. | Watch out for the dog! | She wore a gold watch.
+match | He lit a match in the dark. | The match burned his fingers. | We won the football match.
+match | The tennis match lasted three hours. | Who won the match last night? | Strike a match to light the candle.
+point | What is the point of this meeting? | I do not see the point of arguing. | The pencil has a sharp point.
+spring | Flowers bloom in the spring. | We plant the garden in spring. | The spring in the old bed is broken.
+fall | Leaves turn red in the fall. | We visited the mountains last fall. | Be careful not to fall down the stairs.
+ring | She wore a diamond ring. | He gave her a gold ring. | I heard the phone ring twice.
+rock | He threw a rock into the lake. | The house is built on solid rock. | They like to listen to rock music.
+left | He left the house early. | She left her keys at work. | Turn left at the light.
+kind | She is a kind and gentle person. | It was kind of you to help. | What kind of music do you like?
+mean | What do you mean by that? | Words mean different things to people. | He was mean to his little brother.
+present | She gave him a birthday present. | The present was wrapped in paper. | All students were present today.
+fine | The weather is fine today. | I feel fine, thank you. | He had to pay a fine for parking.
+club | He joined the chess club. | The club meets every Friday. | The caveman carried a wooden club.
+lead | Lead is a heavy metal. | The pipes were made of lead. | You lead and we will follow.
+saw | I saw a movie last night. | She saw him at the store. | He cut the wood with a saw.
+change | Keep the change from the dollar. | I have no change for the bus. | Things change over time.
+party | We had a party for her birthday. | The party lasted until midnight. | He voted for the other party.
+plant | Water the plant every day. | The plant grew near the window. | The car plant closed last year.
+train | We took the train to the city. | The train was late again. | They train dogs to find people.
+date | What is the date today? | Write the date on the letter. | He asked her out on a date.
+)";
+
+struct Triple {
+  std::string word;
+  std::vector<std::string> sentences;  // A, B (same sense), C (other sense)
+};
+
+std::string trim(const std::string& s) {
+  const auto a = s.find_first_not_of(" \t\r");
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(" \t\r") - a + 1);
+}
+
+std::vector<Triple> parse_triples(const std::string& text, const std::string& where) {
+  std::vector<Triple> out;
+  std::stringstream in(text);
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (trim(line).empty() || trim(line)[0] == '#') continue;
+    std::vector<std::string> parts;
+    std::stringstream fields(line);
+    std::string field;
+    while (std::getline(fields, field, '|')) parts.push_back(trim(field));
+    if (parts.size() != 4 || parts[0].empty())
+      throw std::invalid_argument(where + ":" + std::to_string(number) +
+                                  ": expected 'word | sentence A | same sense | other sense'");
+    out.push_back({parts[0], {parts[1], parts[2], parts[3]}});
+  }
+  if (out.empty()) throw std::invalid_argument(where + " holds no triples");
+  return out;
+}
+
+struct SensesArgs {
+  std::string run, triples, device = "cpu";
+  bool json = false;
+  int64_t threads = 0;
+};
+
+void run_senses(const SensesArgs& a) {
+  training::apply_threads(a.threads);
+  std::string text = kSenseTriples, where = "the built-in triples";
+  if (!a.triples.empty()) {
+    std::ifstream in(a.triples);
+    if (!in) throw std::runtime_error("cannot read " + a.triples);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+    where = a.triples;
+  }
+  const auto triples = parse_triples(text, where);
+  auto [config, model] = training::load_run_model(a.run, a.device);
+  auto* elmo = dynamic_cast<models::ElmoImpl*>(model.ptr().get());
+  if (!elmo) throw std::invalid_argument(a.run + " is a run of '" + config.model + "'; elmo-senses needs an elmo run");
+  const bool lowercase = config.data.options.value("lowercase", true);
+  const auto device = training::parse_device(a.device);
+  const int64_t n_layers = elmo->options.num_layers() + 2;  // 0..L and the mix
+  std::vector<int64_t> wins(static_cast<size_t>(n_layers), 0);
+  std::vector<double> same(static_cast<size_t>(n_layers), 0), other(static_cast<size_t>(n_layers), 0);
+  for (const auto& t : triples) {
+    const auto word = datasets::tokenize(t.word, lowercase);
+    if (word.size() != 1) throw std::invalid_argument("'" + t.word + "' is not one token");
+    std::vector<torch::Tensor> v;  // [layers, D] each
+    for (const auto& s : t.sentences) {
+      const auto tokens = datasets::tokenize(s, lowercase);
+      const auto it = std::find(tokens.begin(), tokens.end(), word[0]);
+      if (it == tokens.end()) throw std::invalid_argument("'" + t.word + "' is not a token of \"" + s + "\"");
+      v.push_back(elmo_vectors(*elmo, tokens, device).select(1, it - tokens.begin()));
+    }
+    const auto ab = torch::cosine_similarity(v[0], v[1], 1), ac = torch::cosine_similarity(v[0], v[2], 1);
+    for (int64_t k = 0; k < n_layers; ++k) {
+      const double x = ab[k].item<double>(), y = ac[k].item<double>();
+      same[static_cast<size_t>(k)] += x;
+      other[static_cast<size_t>(k)] += y;
+      wins[static_cast<size_t>(k)] += x > y + 1e-6;
+    }
+  }
+  const double n = static_cast<double>(triples.size());
+  nlohmann::json out{{"triples", triples.size()}, {"layers", nlohmann::json::object()}};
+  for (int64_t k = 0; k < n_layers; ++k) {
+    const auto i = static_cast<size_t>(k);
+    const std::string name = k == n_layers - 1 ? "mix" : std::to_string(k);
+    out["layers"][name] = {{"fraction", static_cast<double>(wins[i]) / n},
+                           {"mean_cos_same", same[i] / n},
+                           {"mean_cos_other", other[i] / n}};
+  }
+  if (a.json) {
+    std::printf("%s\n", out.dump().c_str());
+    return;
+  }
+  std::printf("%zu triples: how often the same-sense pair is more similar than the other-sense pair\n",
+              triples.size());
+  std::printf("layer  fraction  mean cos (same sense)  mean cos (other sense)\n");
+  for (auto it = out["layers"].begin(); it != out["layers"].end(); ++it)
+    std::printf("%-5s  %8.3f  %21.4f  %22.4f\n", it.key().c_str(), it.value()["fraction"].get<double>(),
+                it.value()["mean_cos_same"].get<double>(), it.value()["mean_cos_other"].get<double>());
+}
+
+}  // namespace
+
+void add_elmo_senses(CLI::App& experiment) {
+  auto a = std::make_shared<SensesArgs>();
+  auto* cmd = experiment.add_subcommand(
+      "elmo-senses", "Per ELMo layer: how often a word's same-sense pair of sentences is more similar than another sense");
+  cmd->add_option("run", a->run, "Run directory of an elmo model")->required();
+  cmd->add_option("--triples", a->triples,
+                  "File of lines 'word | sentence A | same sense | other sense' (default: 32 built-in triples)");
+  cmd->add_flag("--json", a->json, "Print JSON");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->callback([a] { run_senses(*a); });
+}
+
+}  // namespace zoo::cli
