@@ -65,7 +65,7 @@ void write_seed(const std::string& path) {
   } else if (target == "checkpoint") {
     training::save_module(*small_mlp().ptr(), path);
   } else if (target == "text") {
-    std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87a va?\n\n"
+    std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87" "a va?\n\n"
                            "two\n%\nA fair price.\n";
   }
 }
