@@ -201,14 +201,15 @@ torch::Tensor ElmoImpl::token_embedding(const torch::Tensor& chars) {
   TORCH_CHECK(chars.dim() == 3 && chars.size(2) == o.max_word_length() && chars.scalar_type() == torch::kInt64,
               "elmo expects character ids [N, T, ", o.max_word_length(), "] (int64), got ", chars.sizes(), " ",
               chars.scalar_type());
-  const int64_t N = chars.size(0), T = chars.size(1);
-  // [N*T, E, W]: one word per row, so nothing here sees a neighbour.
-  const auto e = char_embedding->forward(chars.reshape({N * T, o.max_word_length()})).transpose(1, 2);
+  const int64_t T = chars.size(1);
+  // [N*T, E, W]: one word per row, so nothing here sees a neighbour. (-1 rather than N: a LibTorch trace keeps
+  // the batch size free.)
+  const auto e = char_embedding->forward(chars.reshape({-1, o.max_word_length()})).transpose(1, 2);
   std::vector<torch::Tensor> pooled;
   for (const auto& conv : *char_convs)
     pooled.push_back(torch::relu(std::get<0>(conv->as<torch::nn::Conv1d>()->forward(e).max(-1))));
   auto x = projection->forward(highway->forward(torch::cat(pooled, 1)));
-  return (x * word_mask(chars).reshape({N * T, 1}).to(x.dtype())).view({N, T, o.projection_dim()});
+  return (x * word_mask(chars).reshape({-1, 1}).to(x.dtype())).view({-1, T, o.projection_dim()});
 }
 
 void ElmoImpl::run_lstms(const torch::Tensor& x, const torch::Tensor& mask, std::vector<torch::Tensor>& fwd,

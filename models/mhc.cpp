@@ -4,6 +4,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
 #include <cmath>
@@ -109,7 +110,7 @@ struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction> {
 
 /// [B, n] -> [B, n, 1, ..., 1] to broadcast over a stream tensor of `dims` dimensions.
 Tensor per_stream(const Tensor& weights, int64_t dims) {
-  std::vector<int64_t> shape{weights.size(0), weights.size(1)};
+  std::vector<int64_t> shape{-1, weights.size(1)};
   shape.resize(static_cast<size_t>(dims), 1);
   return weights.view(shape);
 }
@@ -126,7 +127,8 @@ Tensor sinkhorn_knopp(const Tensor& logits, int64_t iterations, bool fused) {
   TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), "sinkhorn_knopp expects [..., n, n], got ",
               logits.sizes());
   TORCH_CHECK(iterations >= 0, "sinkhorn_knopp iterations must be >= 0, got ", iterations);
-  if (fused && logits.device().is_cpu() && (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
+  // A trace cannot look into the fused kernel (it writes through data pointers): trace the plain loop instead.
+  if (fused && !torch::jit::tracer::isTracing() && logits.device().is_cpu() && (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
     return SinkhornFunction::apply(logits, iterations);
   Tensor L = logits;
   for (int64_t i = 0; i < iterations; ++i) {
@@ -152,9 +154,9 @@ Tensor permutation_matrices(int64_t n) {
 
 Tensor expand_streams(const Tensor& x, int64_t streams) {
   TORCH_CHECK(streams >= 1, "expand_streams: streams must be >= 1");
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.insert(shape.begin() + 1, streams);
-  return x.unsqueeze(1).expand(shape).contiguous();
+  std::vector<int64_t> repeats(static_cast<size_t>(x.dim() + 1), 1);  // repeat, not expand(sizes): traces keep N free
+  repeats[1] = streams;
+  return x.unsqueeze(1).repeat(repeats);
 }
 
 Tensor reduce_streams(const Tensor& x) { return x.sum(1); }
@@ -210,14 +212,15 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   const int64_t n = options.streams(), C = options.width();
   TORCH_CHECK(x.dim() >= 3 && x.size(1) == n && x.size(2) == C, "MHC expects [B, streams=", n, ", width=", C,
               ", ...], got ", x.sizes());
-  const int64_t B = x.size(0);
   const auto& v = options.variant();
+  // Zeros [B, n] made from x rather than from x.size(0), so that a LibTorch trace keeps the batch size free.
+  const auto zero = torch::zeros_like(x.flatten(2).select(2, 0));
   MixingMatrices m;
   if (v == "hc") {
     // HC (mHC Eq. 5): per-stream RMSNorm, H = alpha * tanh(theta x~^T) + b, unconstrained.
-    m.pre = b_pre.expand({B, n});
-    m.post = b_post.expand({B, n});
-    m.res = b_res.expand({B, n, n});
+    m.pre = b_pre + zero;
+    m.post = b_post + zero;
+    m.res = b_res + zero.unsqueeze(-1);
     if (options.dynamic()) {
       const auto features = x.dim() > 3 ? x.flatten(3).mean(-1) : x;  // [B, n, C]
       const auto xt = rms_norm(features, norm_weight, options.eps());
@@ -228,9 +231,9 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
     return m;
   }
   // mHC Eqs. 7-8 on the flattened streams.
-  Tensor pre = b_pre.expand({B, n}), post = b_post.expand({B, n}), res = b_res.reshape({1, -1}).expand({B, -1});
+  Tensor pre = b_pre + zero, post = b_post + zero, res = b_res.reshape({1, -1}) + zero.narrow(1, 0, 1);
   if (options.dynamic()) {
-    const auto features = (x.dim() > 3 ? x.flatten(3).mean(-1) : x).reshape({B, n * C});
+    const auto features = (x.dim() > 3 ? x.flatten(3).mean(-1) : x).reshape({-1, n * C});
     const auto xv = rms_norm(features, norm_weight, options.eps());
     pre = pre + alpha_pre * torch::matmul(xv, phi_pre);
     post = post + alpha_post * torch::matmul(xv, phi_post);
@@ -239,10 +242,10 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   m.pre = torch::sigmoid(pre);
   m.post = 2 * torch::sigmoid(post);
   if (v == "mhc") {
-    m.res = sinkhorn_knopp(res.reshape({B, n, n}), options.sinkhorn_iterations(), options.fused_sinkhorn());
+    m.res = sinkhorn_knopp(res.reshape({-1, n, n}), options.sinkhorn_iterations(), options.fused_sinkhorn());
   } else {
     const int64_t k = permutations.size(0);
-    m.res = torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({B, n, n});
+    m.res = torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({-1, n, n});
   }
   return m;
 }
@@ -252,7 +255,7 @@ Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) {
   const auto out = branch.forward(input);
   TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
               out.sizes());
-  const auto mixed = torch::matmul(m.res, x.flatten(2)).view(x.sizes());  // stream t: sum_s H_res[t, s] x_s
+  const auto mixed = torch::matmul(m.res, x.flatten(2)).view_as(x);  // stream t: sum_s H_res[t, s] x_s
   return mixed + per_stream(m.post, x.dim()) * out.unsqueeze(1);
 }
 

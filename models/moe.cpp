@@ -5,6 +5,8 @@
 #include "models/pretty.h"
 #include "models/registry.h"
 
+#include <torch/csrc/jit/frontend/tracer.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -140,7 +142,7 @@ torch::Tensor MixtureOfExpertsImpl::dispatch(const torch::Tensor& x, const Routi
   const int64_t tokens = x.size(0), n = options.experts();
   auto gates = r.kept.defined() ? r.gates * r.kept.to(r.gates.dtype()) : r.gates;
   if (dense) {
-    const auto full = torch::zeros({tokens, n}, gates.options()).scatter(1, r.experts, gates);
+    const auto full = torch::zeros_like(r.probs).scatter(1, r.experts, gates);  // zeros_like: traces keep T free
     auto out = full.select(1, 0).unsqueeze(1) * expert(0, x);
     for (int64_t i = 1; i < n; ++i) out = out + full.select(1, i).unsqueeze(1) * expert(i, x);
     return out;
@@ -202,9 +204,12 @@ torch::Tensor MixtureOfExpertsImpl::forward(const torch::Tensor& x, const torch:
   }
   last_ = route(gate_input.defined() ? gate_input.reshape({-1, gate_features()}) : tokens);
   aux_loss_ = is_training() ? balance_loss(last_) : torch::Tensor();
-  auto out = dispatch(tokens, last_, /*dense=*/options.gate() == "softmax");
+  // Sparse dispatch sizes its work from the routing (counts read on the CPU), which a LibTorch trace would
+  // freeze; a traced forward uses the dense form, the same sums.
+  auto out = dispatch(tokens, last_, /*dense=*/options.gate() == "softmax" || torch::jit::tracer::isTracing());
   auto shape = x.sizes().vec();
   shape.back() = options.out_features();
+  shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
   return out.view(shape);
 }
 

@@ -194,7 +194,7 @@ Tensor ConvODEFuncImpl::forward(double t, const Tensor& y) {
               ", H, W], got ", y.sizes());
   auto with_time = [&](const Tensor& h) {
     if (!options.time()) return h;
-    return torch::cat({torch::full({h.size(0), 1, h.size(2), h.size(3)}, t, h.options()), h}, 1);
+    return torch::cat({torch::full_like(h.narrow(1, 0, 1), t), h}, 1);  // full_like: a trace keeps N free
   };
   auto h = conv1(with_time(torch::relu(norm1(y))));
   h = conv2(with_time(torch::relu(norm2(h))));

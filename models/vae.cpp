@@ -50,7 +50,7 @@ std::tuple<torch::Tensor, torch::Tensor> VAEImpl::encode(const torch::Tensor& x)
 
 torch::Tensor VAEImpl::decode(const torch::Tensor& z) {
   auto logits = decoder->forward(z);
-  return logits.view({z.size(0), options.in_channels(), options.image_size(), options.image_size()});
+  return logits.view({-1, options.in_channels(), options.image_size(), options.image_size()});
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> VAEImpl::forward(const torch::Tensor& x) {

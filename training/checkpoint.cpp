@@ -138,7 +138,7 @@ uint32_t le32(const uint8_t* p) { return static_cast<uint32_t>(le16(p)) | (stati
 uint64_t le64(const uint8_t* p) { return static_cast<uint64_t>(le32(p)) | (static_cast<uint64_t>(le32(p + 4)) << 32); }
 }  // namespace
 
-void verify_archive(const std::string& path) {
+std::vector<std::string> verify_archive(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -245,6 +245,7 @@ void verify_archive(const std::string& path) {
     if (actual != crc) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
     at += 46 + name_len + extra_len + comment_len;
   }
+  return {names.begin(), names.end()};
 }
 
 std::map<std::string, torch::Tensor> read_tensors(const std::string& path) {

@@ -50,9 +50,10 @@ void load_module(torch::nn::Module& module, const std::string& path);
 
 /// Every parameter and buffer of a TorchScript archive (saved by zoo or by torch.jit.save), by dotted name.
 std::map<std::string, torch::Tensor> read_tensors(const std::string& path);
-/// Checks that `path` is a whole zip archive whose stored entries match their CRC-32s (LibTorch does not check,
-/// and crashes on some damaged archives); throws std::runtime_error naming the first problem.
-void verify_archive(const std::string& path);
+/// Checks that `path` is a whole zip archive whose entries match their CRC-32s (LibTorch does not check, and
+/// crashes on some damaged archives); throws std::runtime_error naming the first problem. Returns the entry
+/// names, sorted.
+std::vector<std::string> verify_archive(const std::string& path);
 /// Copies tensors into `module` by name. Returns the problems (missing, unexpected, wrong shape), one line
 /// each; with `strict`, nothing is copied unless there are none.
 std::vector<std::string> copy_tensors(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   zoo::cli::add_generate(app);
   zoo::cli::add_segment(app);
   zoo::cli::add_embed(app);
+  zoo::cli::add_interop(app);
   zoo::cli::add_experiment(app);
   install_signal_handlers();
   zoo::cli::set_command_line(argc, argv);

@@ -1,0 +1,79 @@
+"""Parity of zoo's C++ models with their Python twins (tests/python/zoo_twins.py).
+
+    /usr/bin/python3 tests/python/parity.py ROOT
+
+ROOT holds one directory per case, written by tests/test_parity.cpp: weights.pt (zoo's TorchScript weights),
+options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save of the input, the seed drawn
+before the forward, the C++ outputs, the weights of the scalar loss sum_k (out_k * r_k).sum() and the C++
+gradients of every parameter). For each case the twin loads the weights by name (strict), runs the same input
+in eval mode, and its outputs and gradients are compared: the largest absolute difference, divided by
+max(1, largest absolute C++ value) of that tensor, must be at most 1e-5. Prints one line per case; exits 1 if
+any case fails.
+"""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo_twins  # noqa: E402
+
+TOLERANCE = 1e-5
+
+
+def scaled_diff(ours, theirs):
+    if ours.shape != theirs.shape:
+        return float("inf")
+    scale = max(1.0, theirs.abs().max().item()) if theirs.numel() else 1.0
+    return (ours.double() - theirs.double()).abs().max().item() / scale if theirs.numel() else 0.0
+
+
+def run_case(path):
+    spec = json.load(open(os.path.join(path, "options.json")))
+    twin = zoo_twins.build(spec["model"], spec["options"])
+    archive = torch.jit.load(os.path.join(path, "weights.pt"))
+    state = dict(archive.named_parameters())
+    state.update(dict(archive.named_buffers()))
+    twin.load_state_dict(state, strict=True)
+    twin.eval()
+    case = torch.load(os.path.join(path, "case.pt"))
+    torch.manual_seed(case["seed"])
+    out = twin(case["input"])
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    out_diff = max(scaled_diff(o.detach(), r) for o, r in zip(outs, case["outputs"]))
+    if len(outs) != len(case["outputs"]):
+        out_diff = float("inf")
+    loss = sum((o * w).sum() for o, w in zip(outs, case["loss_weights"]))
+    loss.backward()
+    grad_diff, worst = 0.0, ""
+    for name, p in twin.named_parameters():
+        ours = p.grad if p.grad is not None else torch.zeros_like(p)
+        theirs = case["grads"].get(name)
+        d = scaled_diff(ours, theirs) if theirs is not None else float("inf")
+        if d > grad_diff:
+            grad_diff, worst = d, name
+    return out_diff, grad_diff, worst
+
+
+def main():
+    root = sys.argv[1]
+    failed = 0
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if not os.path.isdir(path):
+            continue
+        try:
+            out_diff, grad_diff, worst = run_case(path)
+            ok = out_diff <= TOLERANCE and grad_diff <= TOLERANCE
+            print("case %s %s output %.3g gradient %.3g%s" % (name, "ok" if ok else "FAILED", out_diff, grad_diff,
+                                                             " (worst %s)" % worst if worst else ""))
+        except Exception as e:  # a twin that cannot load the weights is a failure with its reason
+            ok = False
+            print("case %s FAILED %s: %s" % (name, type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+        failed += not ok
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+// Parity with Python: every zoo model that has a twin in tests/python/zoo_twins.py computes the same outputs and
+// the same gradients of a scalar loss as the twin fed the same weights (by name) and inputs, within 1e-5.
+// Also the interop tools: zoo export -> Python runs forward; Python -> zoo import -> zoo eval; zoo predict.
+#include "datasets/text.h"
+#include "helpers.h"
+#include "models/registry.h"
+#include "training/checkpoint.h"
+#include "training/export.h"
+
+#include <catch2/catch.hpp>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fstream>
+#include <map>
+#include <regex>
+
+using namespace zoo;
+using test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kPython = "/usr/bin/python3";
+
+bool python_has_torch() { return test::run_command(std::string(kPython) + " -c 'import torch'").code == 0; }
+
+struct Case {
+  std::string name, model;
+  nlohmann::json options;
+  torch::Tensor input;
+};
+
+/// Writes one case directory: weights, options, and the C++ outputs and gradients.
+void write_case(const fs::path& root, const Case& c) {
+  const auto dir = root / c.name;
+  fs::create_directories(dir);
+  torch::manual_seed(0);
+  auto [model, options] = models::build_model(c.model, c.options);
+  auto& module = *model.ptr();
+  {
+    torch::NoGradGuard no_grad;  // batch-norm statistics away from 0 and 1, so that they matter
+    for (auto& b : module.named_buffers())
+      if (b.key().find("running_mean") != std::string::npos) b.value().copy_(torch::randn_like(b.value()) * 0.1);
+      else if (b.key().find("running_var") != std::string::npos) b.value().copy_(torch::rand_like(b.value()) + 0.5);
+  }
+  {
+    torch::NoGradGuard no_grad;  // away from initial values such as zero gate projections, so every path counts
+    for (auto& p : module.parameters()) p.add_(torch::randn_like(p) * 0.05);
+  }
+  module.eval();
+  training::save_module(module, (dir / "weights.pt").string());
+  std::ofstream(dir / "options.json") << nlohmann::json{{"model", c.model}, {"options", options}}.dump();
+  const int64_t seed = 123;
+  torch::manual_seed(seed);
+  auto any = model.any_forward(c.input);
+  std::vector<torch::Tensor> outs;
+  if (auto* t = any.try_get<torch::Tensor>()) outs = {*t};
+  else if (auto* t3 = any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>())
+    outs = {std::get<0>(*t3), std::get<1>(*t3), std::get<2>(*t3)};
+  REQUIRE(!outs.empty());
+  torch::manual_seed(7);
+  c10::impl::GenericList weights(c10::TensorType::get()), outputs(c10::TensorType::get());
+  torch::Tensor loss = torch::zeros({});
+  for (const auto& o : outs) {
+    const auto w = torch::randn_like(o);
+    weights.push_back(w);
+    outputs.push_back(o.detach());
+    loss = loss + (o * w).sum();
+  }
+  loss.backward();
+  c10::impl::GenericDict grads(c10::StringType::get(), c10::TensorType::get());
+  for (const auto& p : module.named_parameters())
+    grads.insert(p.key(), p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value()));
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("input", c.input);
+  d.insert("seed", seed);
+  d.insert("outputs", outputs);
+  d.insert("loss_weights", weights);
+  d.insert("grads", grads);
+  const auto bytes = torch::jit::pickle_save(d);
+  std::ofstream(dir / "case.pt", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace
+
+TEST_CASE("Parity: every model with a Python twin gives the same outputs and gradients (within 1e-5)",
+          "[parity][python]") {
+  if (!python_has_torch()) {
+    WARN("skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+    return;
+  }
+  torch::manual_seed(1);
+  const auto chars = torch::cat({datasets::words_to_chars({"<S>", "the", "fair", "is", "fair", "</S>"}, 12).unsqueeze(0),
+                                 datasets::words_to_chars({"<S>", "a", "day", "</S>", "", ""}, 12).unsqueeze(0)});
+  auto padded = chars.clone();
+  padded[1].slice(0, 4).zero_();  // a shorter sentence, padded
+  const std::vector<Case> cases{
+      {"mlp", "mlp", {{"hidden", {16, 8}}}, torch::rand({3, 1, 28, 28})},
+      {"mlp-dropout", "mlp", {{"hidden", {16}}, {"dropout", 0.2}}, torch::rand({2, 1, 28, 28})},
+      {"cnn", "cnn", {{"channels", {4, 8}}, {"hidden", 16}}, torch::rand({2, 1, 28, 28})},
+      {"conv1d", "conv1d", {{"channels", {4, 8}}}, torch::randn({2, 1, 32})},
+      {"conv3d", "conv3d", {{"channels", {4, 8}}}, torch::randn({2, 1, 8, 8, 8})},
+      {"conv4d", "conv4d", {{"channels", {2, 4}}}, torch::randn({2, 1, 5, 6, 6, 6})},
+      {"vae-mlp", "vae", {{"hidden", 32}, {"latent", 4}}, torch::rand({2, 1, 28, 28})},
+      {"vae-conv", "vae", {{"arch", "conv"}, {"hidden", 32}, {"latent", 4}}, torch::rand({2, 1, 28, 28})},
+      {"unet", "unet", {{"levels", 3}, {"base_channels", 4}}, torch::randn({2, 1, 20, 20})},
+      {"unet-bilinear", "unet", {{"levels", 3}, {"base_channels", 4}, {"upsample", "bilinear"}}, torch::randn({1, 1, 16, 16})},
+      {"unet3d", "unet3d", {{"levels", 2}, {"base_channels", 2}}, torch::randn({1, 1, 7, 8, 8})},
+      {"deconvnet", "deconvnet", {{"levels", 3}, {"base_channels", 4}}, torch::randn({2, 1, 20, 20})},
+      {"deconvnet3d", "deconvnet3d", {{"levels", 2}, {"base_channels", 2}}, torch::randn({1, 1, 8, 8, 8})},
+      {"moe-top2", "moe", {{"channels", {4, 8}}, {"experts", 4}, {"k", 2}, {"hidden", 8}}, torch::rand({5, 1, 28, 28})},
+      {"moe-softmax", "moe", {{"channels", {4}}, {"experts", 3}, {"gate", "softmax"}, {"hidden", 8}}, torch::rand({3, 1, 28, 28})},
+      {"moe-noisy", "moe", {{"channels", {4}}, {"experts", 3}, {"gate", "noisy-topk"}, {"k", 1}, {"renormalize", false}, {"hidden", 8}},
+       torch::rand({4, 1, 28, 28})},
+      {"ode-rk4", "ode-resnet", {{"channels", 8}}, torch::rand({2, 1, 28, 28})},
+      {"ode-euler", "ode-resnet", {{"channels", 8}, {"method", "euler"}, {"steps", 3}, {"time", false}}, torch::rand({2, 1, 16, 16})},
+      {"ode-midpoint", "ode-resnet", {{"channels", 8}, {"method", "midpoint"}}, torch::rand({2, 1, 16, 16})},
+      {"ode-dopri5", "ode-resnet", {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}}, torch::rand({2, 1, 16, 16})},
+      {"ode-resnet-blocks", "ode-resnet", {{"channels", 8}, {"block", "resnet"}, {"steps", 3}, {"step_size", 0.5}}, torch::rand({2, 1, 16, 16})},
+      {"mhc", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},
+      {"mhc-lite", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "mhc-lite"}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},
+      {"mhc-hc", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "hc"}}, torch::rand({2, 1, 16, 16})},
+      {"mhc-residual", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "residual"}}, torch::rand({2, 1, 16, 16})},
+      {"elmo", "elmo",
+       {{"char_embedding", 4}, {"filters", {1, 4, 2, 8, 3, 16}}, {"highway_layers", 2}, {"max_word_length", 12},
+        {"projection_dim", 8}, {"cell_size", 16}, {"vocab_size", 20}, {"mix_layer_norm", true}},
+       padded},
+  };
+  TempDir tmp;
+  for (const auto& c : cases) write_case(tmp.path(), c);
+  const auto r = test::run_command(std::string(kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/parity.py " + tmp.str());
+  INFO(r.out << r.err);
+  for (const auto& c : cases) {
+    const std::regex ok("case " + c.name + " ok output [0-9.e+-]+ gradient [0-9.e+-]+");
+    CHECK(std::regex_search(r.out, ok));
+  }
+  CHECK(r.code == 0);
+}
+
+TEST_CASE("Interop: zoo export -> Python calls forward; zoo predict runs it; Python -> zoo import -> zoo eval",
+          "[parity][python][cli]") {
+  if (!python_has_torch()) {
+    WARN("skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+    return;
+  }
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  auto r = test::run_zoo("train mlp --set hidden=[32] --limit 300 --epochs 1 --threads 1 --out " + tmp.str("run"));
+  REQUIRE(r.code == 0);
+  r = test::run_zoo("export " + tmp.str("run") + " --out " + tmp.str("mlp.pt"));
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("torch.jit.load"));
+  // Python runs the exported forward; it equals the C++ model on the same input.
+  const std::string py = std::string(kPython) + " -c '\nimport torch\nm = torch.jit.load(\"" + tmp.str("mlp.pt") +
+                         "\")\ntorch.manual_seed(0)\nx = torch.rand(4, 1, 28, 28)\ny = m(x)\nprint(list(y.shape))\n"
+                         "torch.save({\"x\": x, \"y\": y}, \"" + tmp.str("py.pt") + "\")\n"
+                         "print(sorted(n for n, _ in m.named_parameters()))\n'";
+  r = test::run_command(py);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("[4, 10]"));
+  CHECK_THAT(r.out, Catch::Contains("net.0.weight") && Catch::Contains("net.2.bias"));
+  {
+    std::ifstream in(tmp.str("py.pt"), std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto d = torch::jit::pickle_load(bytes).toGenericDict();
+    auto [config, model] = training::load_run_model(tmp.str("run"), "cpu");
+    torch::NoGradGuard no_grad;
+    const auto ours = model.forward(d.at("x").toTensor());
+    CHECK((ours - d.at("y").toTensor()).abs().max().item<double>() < 1e-5);
+  }
+  // zoo predict on the export: random input and an image.
+  r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --shape 2,1,28,28 --topk 3");
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("input [2, 1, 28, 28] -> output [2, 10]") && Catch::Contains("item 1: top classes"));
+  // A Python model: trained weights saved as a state_dict and as TorchScript, imported, evaluated.
+  const std::string train_py =
+      std::string(kPython) + " -c '\nimport sys, torch\nsys.path.insert(0, \"" + ZOO_SOURCE_DIR +
+      "/tests/python\")\nimport zoo_twins\ntorch.manual_seed(0)\nm = zoo_twins.build(\"mlp\", {\"in_features\": 784, "
+      "\"hidden\": [32], \"num_classes\": 10, \"dropout\": 0.0})\ntorch.save(dict(m.state_dict()), \"" + tmp.str("sd.pt") +
+      "\")\ntorch.save(m.state_dict(), \"" + tmp.str("ordered.pt") + "\")\ntorch.jit.save(torch.jit.script(m), \"" + tmp.str("scripted.pt") + "\")\n'";
+  r = test::run_command(train_py);
+  REQUIRE(r.code == 0);
+  for (const char* file : {"sd.pt", "scripted.pt"}) {
+    const std::string out = tmp.str(std::string("imported-") + file);
+    r = test::run_zoo(std::string("import ") + tmp.str(file) + " --model mlp --set hidden=[32] --out " + out);
+    INFO(file << ": " << r.err);
+    REQUIRE(r.code == 0);
+    const auto a = training::read_tensors(out + "/model.pt");
+    CHECK(a.count("net.0.weight") == 1);
+    r = test::run_zoo("eval " + out + " --limit 200 --json");
+    REQUIRE(r.code == 0);
+  }
+  // Both imports hold the same weights.
+  const auto sd = training::read_tensors(tmp.str("imported-sd.pt/model.pt"));
+  const auto scripted = training::read_tensors(tmp.str("imported-scripted.pt/model.pt"));
+  for (const auto& [name, t] : sd) CHECK(torch::equal(t, scripted.at(name)));
+  // Mismatches are listed and nothing is written; --partial imports what matches.
+  r = test::run_zoo("import " + tmp.str("sd.pt") + " --model mlp --out " + tmp.str("wrong"));
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("does not match model 'mlp'") && Catch::Contains("shape of net.0.weight"));
+  CHECK_FALSE(fs::exists(tmp.path() / "wrong"));
+  r = test::run_zoo("import " + tmp.str("sd.pt") + " --model mlp --partial --out " + tmp.str("partial"));
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("not imported: shape of net.0.weight"));
+  // model.state_dict() itself is an OrderedDict, which LibTorch cannot unpickle: a message that says what to do.
+  r = test::run_zoo("import " + tmp.str("ordered.pt") + " --model mlp --set hidden=[32] --out " + tmp.str("od"));
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("pickle of an OrderedDict (model.state_dict())") &&
+                        Catch::Contains("torch.save(dict(model.state_dict()), PATH)"));
+  CHECK(test::count_lines(r.err) == 1);
+  CHECK_FALSE(fs::exists(tmp.path() / "od"));
+  // Files that are not TorchScript: clear messages.
+  std::ofstream(tmp.str("junk.pt")) << "junk";
+  r = test::run_zoo("predict " + tmp.str("junk.pt") + " --shape 1,1,28,28");
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("not a PyTorch file") && Catch::Contains("torch.jit.save"));
+  r = test::run_zoo("predict " + tmp.str("sd.pt") + " --shape 1,1,28,28");
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("is a torch.save pickle, not a TorchScript module"));
+  r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --shape 1,3,5");
+  CHECK(r.code != 0);
+  CHECK_THAT(r.err, Catch::Contains("the module does not take input [1, 3, 5]"));
+}
+
+TEST_CASE("Export: traced forwards equal the C++ ones, batch sizes stay free where they can, dopri5 is refused",
+          "[parity][export]") {
+  struct Model {
+    std::string name;
+    nlohmann::json options;
+    std::vector<int64_t> shape;
+    bool any_batch;
+  };
+  const std::vector<Model> models{
+      {"mlp", {{"hidden", {16}}}, {2, 1, 28, 28}, true},
+      {"cnn", {{"channels", {4, 8}}, {"hidden", 16}}, {2, 1, 28, 28}, true},
+      {"vae", {{"hidden", 16}, {"latent", 2}}, {2, 1, 28, 28}, true},
+      {"conv1d", {{"channels", {4, 8}}}, {2, 1, 32}, true},
+      {"conv4d", {{"channels", {2, 4}}}, {2, 1, 4, 6, 6, 6}, false},  // Conv4d reshapes by the batch size
+      {"unet", {{"levels", 3}, {"base_channels", 4}}, {2, 1, 20, 20}, true},
+      {"deconvnet", {{"levels", 3}, {"base_channels", 4}}, {2, 1, 16, 16}, true},
+      {"moe", {{"channels", {4}}, {"experts", 4}, {"hidden", 8}}, {2, 1, 28, 28}, true},
+      {"mhc-resnet", {{"channels", 8}, {"blocks", 2}}, {2, 1, 16, 16}, true},
+      {"mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "mhc-lite"}, {"streams", 3}}, {2, 1, 16, 16}, true},
+      {"mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "hc"}}, {2, 1, 16, 16}, true},
+      {"ode-resnet", {{"channels", 8}}, {2, 1, 16, 16}, true},
+      {"ode-resnet", {{"channels", 8}, {"block", "resnet"}, {"steps", 2}}, {2, 1, 16, 16}, true},
+  };
+  for (const auto& m : models) {
+    INFO(m.name << " " << m.options.dump());
+    torch::manual_seed(0);
+    auto [model, options] = models::build_model(m.name, m.options);
+    torch::NoGradGuard no_grad;
+    for (auto& p : model.ptr()->parameters()) p.add_(torch::randn_like(p) * 0.05);  // routing and mixing that vary
+    auto shape = m.shape;
+    const auto example = torch::rand(shape), same = torch::rand(shape);
+    shape[0] = 3;
+    const auto other = torch::rand(shape);
+    training::Exported e;
+    REQUIRE_NOTHROW(e = training::export_torchscript(model, example, same, other));
+    CHECK(e.any_batch == m.any_batch);
+    // Saved and loaded again, it still computes the C++ outputs.
+    TempDir tmp;
+    e.module.save(tmp.str("m.pt"));
+    auto loaded = torch::jit::load(tmp.str("m.pt"));
+    const auto x = torch::rand(m.shape);
+    torch::manual_seed(5);
+    auto ours = model.any_forward(x);
+    torch::manual_seed(5);
+    const auto traced = loaded.forward({x});
+    const auto expected = ours.try_get<torch::Tensor>() ? *ours.try_get<torch::Tensor>()
+                                                         : std::get<0>(*ours.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>());
+    const auto got = traced.isTensor() ? traced.toTensor() : traced.toTupleRef().elements()[0].toTensor();
+    CHECK((expected - got).abs().max().item<double>() < 1e-5);
+  }
+  // dopri5 chooses its steps from the data: no trace can stand for it.
+  torch::manual_seed(0);
+  auto [ode, options] = models::build_model("ode-resnet", {{"channels", 8}, {"method", "dopri5"}});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : ode.ptr()->parameters()) p.add_(torch::randn_like(p) * 0.3);
+  }
+  CHECK_THROWS_WITH(training::export_torchscript(ode, torch::rand({1, 1, 16, 16}), torch::rand({1, 1, 16, 16}) * 3,
+                                                 torch::rand({2, 1, 16, 16})),
+                    Catch::Contains("depends on the data") && Catch::Contains("cannot be exported"));
+}

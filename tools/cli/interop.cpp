@@ -1,0 +1,306 @@
+// Python interop: `zoo export` (a run -> TorchScript that Python can load and call), `zoo import` (weights of
+// a TorchScript module or a torch.save state_dict -> a zoo run), `zoo predict` (any TorchScript module on an
+// image, a folder of images, or random input).
+#include "datasets/images.h"
+#include "datasets/registry.h"
+#include "models/registry.h"
+#include "tools/cli/cli.h"
+#include "training/checkpoint.h"
+#include "training/export.h"
+#include "training/run.h"
+#include "training/trainer.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+namespace zoo::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+std::vector<int64_t> parse_shape(const std::string& text, const std::string& flag) {
+  std::vector<int64_t> dims;
+  std::stringstream in(text);
+  std::string part;
+  while (std::getline(in, part, ',')) {
+    size_t used = 0;
+    int64_t d = 0;
+    try {
+      d = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != part.size() || d < 1)
+      throw std::invalid_argument(flag + " must be positive sizes separated by commas, e.g. 1,1,28,28; got '" + text + "'");
+    dims.push_back(d);
+  }
+  if (dims.empty()) throw std::invalid_argument(flag + " is empty; give e.g. 1,1,28,28");
+  return dims;
+}
+
+/// Weights of a TorchScript module or of a torch.save state_dict, by dotted name.
+std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
+  if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  const auto kind = training::describe_torch_file(path);
+  if (kind == "TorchScript") return training::read_tensors(path);
+  if (kind == "a torch.save pickle") return training::read_state_dict(path);
+  throw std::runtime_error(path + " is " + kind + "; in Python save the module with "
+                           "torch.jit.save(torch.jit.script(model), PATH) (or torch.jit.trace), or its weights with "
+                           "torch.save(model.state_dict(), PATH)");
+}
+
+torch::jit::Module load_torchscript(const std::string& path) {
+  if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  const auto kind = training::describe_torch_file(path);
+  if (kind != "TorchScript")
+    throw std::runtime_error(path + " is " + kind + ", not a TorchScript module; in Python save it with "
+                             "torch.jit.save(torch.jit.script(model), PATH) or torch.jit.save(torch.jit.trace(model, "
+                             "example), PATH)");
+  try {
+    return torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + " is not a loadable TorchScript module (" + first_line(e.what_without_backtrace()) + ")");
+  }
+}
+
+// ---- zoo export ------------------------------------------------------------------------------------------
+
+struct ExportArgs {
+  std::string run, out = "model.pt", example_shape;
+  int64_t threads = 0;
+};
+
+void run_export(const ExportArgs& a) {
+  training::apply_threads(a.threads);
+  auto [config, model] = training::load_run_model(a.run, "cpu");
+  torch::Tensor example, same_shape, other_batch;
+  if (!a.example_shape.empty()) {
+    auto shape = parse_shape(a.example_shape, "--example-shape");
+    torch::manual_seed(0);
+    example = torch::rand(shape);
+    same_shape = torch::rand(shape);
+    shape[0] += 1;
+    other_batch = torch::rand(shape);
+  } else {  // test items of the run's data: item 0 to trace, item 1 for the check, items 0-2 for another batch size
+    auto data = config.data;
+    data.limit = 3;
+    const auto splits = datasets::load_splits(data);
+    if (splits.test->size() < 3) throw std::runtime_error("the run's test data has fewer than 3 items; give --example-shape");
+    example = splits.test->get(torch::tensor({int64_t{0}})).input;
+    same_shape = splits.test->get(torch::tensor({int64_t{1}})).input;
+    other_batch = splits.test->get(torch::arange(3)).input;
+  }
+  auto exported = training::export_torchscript(model, example, same_shape, other_batch);
+  const auto tmp = a.out + ".tmp";
+  try {
+    exported.module.save(tmp);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot write " + a.out + " (" + first_line(e.what_without_backtrace()) + ")");
+  }
+  std::error_code ec;
+  fs::rename(tmp, a.out, ec);
+  if (ec) throw std::runtime_error("cannot write " + a.out + ": " + ec.message());
+  auto shape = example.sizes().vec();
+  std::string input = c10::str(example.sizes());
+  if (exported.any_batch) {
+    shape[0] = -1;
+    input = c10::str(c10::IntArrayRef(shape)) + " (any batch size)";
+  } else {
+    input += " (this shape only: the C++ forward reads sizes, which a trace keeps as constants)";
+  }
+  std::printf("exported %s (%s) to %s; input %s %s\n", a.run.c_str(), config.model.c_str(), a.out.c_str(),
+              input.c_str(), c10::toString(example.scalar_type()));
+  std::printf("python: m = torch.jit.load(\"%s\"); y = m(x)\n", a.out.c_str());
+}
+
+// ---- zoo import ------------------------------------------------------------------------------------------
+
+struct ImportArgs {
+  std::string file, model, out, dataset, data_dir;
+  std::vector<std::string> set, data_options;
+  bool partial = false;
+  int64_t threads = 0;
+};
+
+void run_import(const ImportArgs& a) {
+  training::apply_threads(a.threads);
+  const auto weights = read_weights(a.file);
+  training::RunConfig config;
+  config.model = a.model;
+  const auto& entry = models::ModelRegistry::instance().at(a.model);
+  config.data.name = a.dataset.empty() ? entry.dataset : a.dataset;
+  config.data.data_dir = a.data_dir;
+  for (const auto& item : a.set) {
+    auto [key, value] = parse_set(item, "--set");
+    config.options[key] = value;
+  }
+  for (const auto& item : a.data_options) {
+    auto [key, value] = parse_set(item, "--data-option");
+    config.data.options[key] = value;
+  }
+  config.train = training::TrainOptions().progress(false);
+  // Check every name and shape before anything is written.
+  auto [probe, options] = models::build_model(a.model, config.options);
+  const auto problems = training::copy_tensors(*probe.ptr(), weights, /*strict=*/true);
+  if (!problems.empty() && !a.partial) {
+    std::string list;
+    for (size_t i = 0; i < problems.size() && i < 6; ++i) list += (i ? "; " : "") + problems[i];
+    if (problems.size() > 6) list += "; and " + std::to_string(problems.size() - 6) + " more";
+    throw std::runtime_error(a.file + " does not match model '" + a.model + "' (" + list +
+                             "); fix the options (--set) or import what matches with --partial");
+  }
+  auto run = training::Run::create(config, a.out);
+  training::copy_tensors(*run->model().ptr(), weights, /*strict=*/false);
+  run->trainer().save_checkpoint();
+  for (const auto& p : problems) std::printf("not imported: %s\n", p.c_str());
+  std::printf("imported %zu tensors of %s into %s (%s); try: zoo eval %s\n", weights.size(),
+              a.file.c_str(), a.out.c_str(), a.model.c_str(), a.out.c_str());
+}
+
+// ---- zoo predict -----------------------------------------------------------------------------------------
+
+struct PredictArgs {
+  std::string file, input, shape, folder, out;
+  int64_t topk = 5, batch_size = 32, threads = 0, channels = 0;
+};
+
+std::string top_classes(const torch::Tensor& logits, int64_t k) {
+  const auto p = torch::softmax(logits.to(torch::kFloat64), -1);
+  const auto top = p.topk(std::min<int64_t>(k, p.size(-1)));
+  std::string out;
+  char buf[48];
+  for (int64_t j = 0; j < std::get<0>(top).size(0); ++j) {
+    std::snprintf(buf, sizeof buf, "%s%lld (%.4f)", j ? ", " : "", static_cast<long long>(std::get<1>(top)[j].item<int64_t>()),
+                  std::get<0>(top)[j].item<double>());
+    out += buf;
+  }
+  return out;
+}
+
+torch::Tensor first_tensor(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor();
+  if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
+    return v.toTupleRef().elements()[0].toTensor();
+  throw std::runtime_error("the module's forward returns " + v.tagKind() + "; zoo predict shows tensors (or the first of a tuple)");
+}
+
+torch::Tensor image_input(const std::string& path, int64_t channels) {
+  return datasets::load_image(path, static_cast<int>(channels)).to(torch::kFloat32).div(255.0).unsqueeze(0);
+}
+
+void run_predict(const PredictArgs& a) {
+  training::apply_threads(a.threads);
+  auto module = load_torchscript(a.file);
+  module.eval();
+  torch::NoGradGuard no_grad;
+  const int given = !a.input.empty() + !a.shape.empty() + !a.folder.empty();
+  if (given != 1) throw std::invalid_argument("zoo predict needs exactly one of --input FILE, --shape N,C,H,W, --batch DIR");
+  if (!a.folder.empty()) {
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(a.folder)) {
+      auto ext = e.path().extension().string();
+      std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+      if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp" || ext == ".pgm"))
+        files.push_back(e.path().string());
+    }
+    if (files.empty()) throw std::runtime_error(a.folder + " holds no images (.png, .jpg, .bmp, .pgm)");
+    std::sort(files.begin(), files.end());
+    for (size_t lo = 0; lo < files.size(); lo += static_cast<size_t>(a.batch_size)) {
+      const size_t hi = std::min(files.size(), lo + static_cast<size_t>(a.batch_size));
+      std::vector<torch::Tensor> images;
+      for (size_t i = lo; i < hi; ++i) images.push_back(image_input(files[i], a.channels));
+      for (size_t i = lo + 1; i < hi; ++i)
+        if (images[i - lo].sizes() != images[0].sizes())
+          throw std::runtime_error(files[i] + " is " + c10::str(images[i - lo].sizes().slice(1)) + " but " + files[lo] +
+                                   " is " + c10::str(images[0].sizes().slice(1)) + "; a batch needs images of one size");
+      const auto out = first_tensor(module.forward({torch::cat(images)}));
+      for (size_t i = lo; i < hi; ++i)
+        std::printf("%s  %s\n", fs::path(files[i]).filename().c_str(),
+                    out.dim() == 2 ? top_classes(out[static_cast<int64_t>(i - lo)], a.topk).c_str()
+                                   : c10::str(out.sizes().slice(1)).c_str());
+    }
+    return;
+  }
+  torch::Tensor x;
+  if (!a.shape.empty()) {
+    torch::manual_seed(0);
+    x = torch::rand(parse_shape(a.shape, "--shape"));
+  } else {
+    x = image_input(a.input, a.channels);
+  }
+  torch::Tensor out;
+  try {
+    out = first_tensor(module.forward({x}));
+  } catch (const std::exception& e) {  // TorchScript's errors (JITException) end with the line that says why
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+    std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
+    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+    throw std::runtime_error("the module does not take input " + c10::str(x.sizes()) + " (" +
+                             what.substr(what.rfind('\n') == std::string::npos ? 0 : what.rfind('\n') + 1) +
+                             "); give --shape or --channels to match it");
+  }
+  std::printf("input %s -> output %s\n", c10::str(x.sizes()).c_str(), c10::str(out.sizes()).c_str());
+  if (out.dim() == 2)
+    for (int64_t i = 0; i < out.size(0); ++i) std::printf("item %lld: top classes %s\n", static_cast<long long>(i), top_classes(out[i], a.topk).c_str());
+  if (!a.out.empty()) {
+    if (out.dim() != 4) throw std::invalid_argument("--out writes image outputs [N, C, H, W]; this output is " + c10::str(out.sizes()));
+    auto image = out[0];
+    if (image.size(0) == 1 || image.size(0) == 3)
+      datasets::save_png(image, a.out);  // values in [0, 1] (clamped)
+    else
+      datasets::save_png(datasets::colorize_labels(image.argmax(0)), a.out);  // class scores: coloured labels
+    std::printf("wrote %s\n", a.out.c_str());
+  }
+}
+
+}  // namespace
+
+void add_interop(CLI::App& app) {
+  {
+    auto a = std::make_shared<ExportArgs>();
+    auto* cmd = app.add_subcommand("export", "Write a run as TorchScript that Python can torch.jit.load and call");
+    cmd->add_option("run", a->run, "Run directory")->required();
+    cmd->add_option("--out", a->out, "Output file (default model.pt)");
+    cmd->add_option("--example-shape", a->example_shape,
+                    "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");
+    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->callback([a] { run_export(*a); });
+  }
+  {
+    auto a = std::make_shared<ImportArgs>();
+    auto* cmd = app.add_subcommand("import", "Weights of a TorchScript module or torch.save state_dict -> a zoo run");
+    cmd->add_option("file", a->file, "TorchScript module (torch.jit.save) or state_dict (torch.save)")->required();
+    cmd->add_option("--model", a->model, "zoo model to import into (see zoo list)")->required();
+    cmd->add_option("--out", a->out, "Run directory to write")->required();
+    cmd->add_option("--set", a->set, "Model option key=value, repeatable (as for zoo train)");
+    cmd->add_option("--dataset", a->dataset, "Dataset of the run (default: the model's)");
+    cmd->add_option("--data-dir", a->data_dir, "Data directory or file(s)");
+    cmd->add_option("--data-option", a->data_options, "Dataset option key=value, repeatable");
+    cmd->add_flag("--partial", a->partial, "Import the tensors that match and list the others, instead of refusing");
+    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->callback([a] { run_import(*a); });
+  }
+  {
+    auto a = std::make_shared<PredictArgs>();
+    auto* cmd = app.add_subcommand("predict", "Run any TorchScript module on an image, a folder of images or random input");
+    cmd->add_option("file", a->file, "TorchScript module (torch.jit.save in Python, or zoo export)")->required();
+    cmd->add_option("--input", a->input, "An image (PNG, JPEG, ...), as [1, C, H, W] in [0, 1]");
+    cmd->add_option("--shape", a->shape, "Random input of this shape instead, e.g. 1,1,28,28");
+    cmd->add_option("--batch", a->folder, "A folder of images: predicts them all, --batch-size at a time");
+    cmd->add_option("--batch-size", a->batch_size, "Images per forward with --batch (default 32)")->check(CLI::Range(1, 100000));
+    cmd->add_option("--channels", a->channels, "Read images with 1 (grey) or 3 (RGB) channels (default: as stored)")
+        ->check(CLI::IsMember({0, 1, 3}));
+    cmd->add_option("--topk", a->topk, "Classes to print for a classifier (default 5)")->check(CLI::Range(1, 1000));
+    cmd->add_option("--out", a->out, "Write an image output [N, C, H, W] as PNG (class scores as coloured labels)");
+    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->callback([a] { run_predict(*a); });
+  }
+}
+
+}  // namespace zoo::cli

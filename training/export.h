@@ -1,0 +1,37 @@
+// TorchScript export of C++ modules: a torch::jit::Module with the module's parameters and buffers under their
+// dotted names and a `forward` method traced from the C++ forward, so Python can `torch.jit.load` it and call
+// it, not only read its weights.
+#pragma once
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace zoo::training {
+
+/// A traced module, and whether its forward takes other batch sizes than the example's.
+struct Exported {
+  torch::jit::Module module;
+  bool any_batch = false;
+};
+
+/// Traces `model.forward(example)` (in eval mode, under no_grad) into a TorchScript module whose submodule
+/// hierarchy mirrors the C++ one. The forward may return a tensor or a tuple of 2 or 3 tensors. Then runs the
+/// traced forward against the C++ one: on `same_shape` (other values, the example's shape) they must agree, or
+/// the forward depends on the data in ways a trace cannot record (routing, adaptive steps) and export is refused
+/// with a message saying so; on `other_batch` (another batch size) agreement sets `any_batch` (sizes that C++
+/// code reads from a tensor are constants in a LibTorch trace, so some models keep the example's batch size).
+Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& example, const torch::Tensor& same_shape,
+                            const torch::Tensor& other_batch);
+
+/// What a file holds, for messages: "TorchScript", "torch.save pickle", "zip", "not a zip".
+std::string describe_torch_file(const std::string& path);
+
+/// Every tensor of a file saved by `torch.save` in Python (new zip format) of a tensor, a dict / OrderedDict
+/// (a state_dict) or nested dicts of tensors, by dotted name. Throws with a clear message otherwise.
+std::map<std::string, torch::Tensor> read_state_dict(const std::string& path);
+
+}  // namespace zoo::training
