@@ -1,6 +1,7 @@
 // Parity with Python: every zoo model that has a twin in tests/python/zoo_twins.py computes the same outputs and
 // the same gradients of a scalar loss as the twin fed the same weights (by name) and inputs, within 1e-5.
 // Also the interop tools: zoo export -> Python runs forward; Python -> zoo import -> zoo eval; zoo predict.
+#include "datasets/images.h"
 #include "datasets/text.h"
 #include "helpers.h"
 #include "models/registry.h"
@@ -172,6 +173,23 @@ TEST_CASE("Interop: zoo export -> Python calls forward; zoo predict runs it; Pyt
   r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --shape 2,1,28,28 --topk 3");
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("input [2, 1, 28, 28] -> output [2, 10]") && Catch::Contains("item 1: top classes"));
+  // A folder of images, two per forward; one image; an image-to-image module made in Python with --out.
+  fs::create_directories(tmp.path() / "images");
+  for (int i = 0; i < 3; ++i)
+    datasets::save_png(torch::rand({1, 28, 28}), tmp.str("images/" + std::to_string(i) + ".png"));
+  r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --batch " + tmp.str("images") + " --batch-size 2 --topk 1");
+  REQUIRE(r.code == 0);
+  CHECK(test::count_lines(r.out) == 3);
+  CHECK_THAT(r.out, Catch::Contains("0.png  ") && Catch::Contains("2.png  "));
+  r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --input " + tmp.str("images/1.png"));
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("input [1, 1, 28, 28] -> output [1, 10]"));
+  r = test::run_command(std::string(kPython) + " -c 'import torch; torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 3, 1)), \"" +
+                        tmp.str("colour.pt") + "\")'");
+  REQUIRE(r.code == 0);
+  r = test::run_zoo("predict " + tmp.str("colour.pt") + " --input " + tmp.str("images/1.png") + " --out " + tmp.str("out.png"));
+  REQUIRE(r.code == 0);
+  CHECK(datasets::load_image(tmp.str("out.png")).sizes() == torch::IntArrayRef({3, 28, 28}));
   // A Python model: trained weights saved as a state_dict and as TorchScript, imported, evaluated.
   const std::string train_py =
       std::string(kPython) + " -c '\nimport sys, torch\nsys.path.insert(0, \"" + ZOO_SOURCE_DIR +
