@@ -4,6 +4,8 @@
 #include "datasets/images.h"
 #include "datasets/text.h"
 #include "helpers.h"
+#include "models/attention.h"
+#include "models/gated_lstm.h"
 #include "models/registry.h"
 #include "training/checkpoint.h"
 #include "training/export.h"
@@ -12,6 +14,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <fstream>
+#include <functional>
 #include <map>
 #include <regex>
 
@@ -31,13 +34,12 @@ struct Case {
   torch::Tensor input;
 };
 
-/// Writes one case directory: weights, options, and the C++ outputs and gradients.
-void write_case(const fs::path& root, const Case& c) {
-  const auto dir = root / c.name;
+/// Writes one case directory: weights, the twin's spec, and the C++ inputs, outputs and gradients. `run` maps
+/// the inputs to the outputs (several for tuple results).
+void write_case_with(const fs::path& dir, torch::nn::Module& module, const nlohmann::json& spec,
+                     const std::vector<torch::Tensor>& inputs,
+                     const std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&)>& run) {
   fs::create_directories(dir);
-  torch::manual_seed(0);
-  auto [model, options] = models::build_model(c.model, c.options);
-  auto& module = *model.ptr();
   {
     torch::NoGradGuard no_grad;  // batch-norm statistics away from 0 and 1, so that they matter
     for (auto& b : module.named_buffers())
@@ -50,17 +52,14 @@ void write_case(const fs::path& root, const Case& c) {
   }
   module.eval();
   training::save_module(module, (dir / "weights.pt").string());
-  std::ofstream(dir / "options.json") << nlohmann::json{{"model", c.model}, {"options", options}}.dump();
+  std::ofstream(dir / "options.json") << spec.dump();
   const int64_t seed = 123;
   torch::manual_seed(seed);
-  auto any = model.any_forward(c.input);
-  std::vector<torch::Tensor> outs;
-  if (auto* t = any.try_get<torch::Tensor>()) outs = {*t};
-  else if (auto* t3 = any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>())
-    outs = {std::get<0>(*t3), std::get<1>(*t3), std::get<2>(*t3)};
+  const auto outs = run(inputs);
   REQUIRE(!outs.empty());
   torch::manual_seed(7);
-  c10::impl::GenericList weights(c10::TensorType::get()), outputs(c10::TensorType::get());
+  c10::impl::GenericList weights(c10::TensorType::get()), outputs(c10::TensorType::get()), in(c10::TensorType::get());
+  for (const auto& x : inputs) in.push_back(x);
   torch::Tensor loss = torch::zeros({});
   for (const auto& o : outs) {
     const auto w = torch::randn_like(o);
@@ -73,13 +72,26 @@ void write_case(const fs::path& root, const Case& c) {
   for (const auto& p : module.named_parameters())
     grads.insert(p.key(), p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value()));
   c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
-  d.insert("input", c.input);
+  d.insert("inputs", in);
   d.insert("seed", seed);
   d.insert("outputs", outputs);
   d.insert("loss_weights", weights);
   d.insert("grads", grads);
   const auto bytes = torch::jit::pickle_save(d);
   std::ofstream(dir / "case.pt", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// A registered model on one input.
+void write_case(const fs::path& root, const Case& c) {
+  torch::manual_seed(0);
+  auto [model, options] = models::build_model(c.model, c.options);
+  write_case_with(root / c.name, *model.ptr(), {{"model", c.model}, {"options", options}}, {c.input},
+                  [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+                    auto any = model.any_forward(x[0]);
+                    if (auto* t = any.try_get<torch::Tensor>()) return {*t};
+                    const auto& t3 = *any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>();
+                    return {std::get<0>(t3), std::get<1>(t3), std::get<2>(t3)};
+                  });
 }
 
 }  // namespace
@@ -129,10 +141,31 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
   };
   TempDir tmp;
   for (const auto& c : cases) write_case(tmp.path(), c);
+  // Layers outside the registry: the attention layer (its twin: the same maths written in Python) and the gated
+  // LSTM cell (its twin: torch.nn.LSTMCell itself, which has the same parameter names).
+  torch::manual_seed(2);
+  models::Attention attention(models::AttentionOptions(8, 2).temperature(0.7));
+  write_case_with(tmp.path() / "attention", *attention,
+                  {{"model", "attention"}, {"options", {{"embed_dim", 8}, {"num_heads", 2}, {"temperature", 0.7}}}},
+                  {torch::randn({2, 3, 8}), torch::randn({2, 5, 8}), torch::randn({2, 5, 8})},
+                  [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+                    auto r = attention->forward(x[0], x[1], x[2]);
+                    return {r.output, r.weights};
+                  });
+  models::GatedLSTMCell cell(models::GatedLSTMCellOptions(6, 4));
+  write_case_with(tmp.path() / "gated-lstm-cell", *cell,
+                  {{"model", "gated-lstm-cell"}, {"options", {{"input_size", 6}, {"hidden_size", 4}}}},
+                  {torch::randn({3, 6}), torch::randn({3, 4}), torch::randn({3, 4})},
+                  [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+                    auto step = cell->forward(x[0], std::make_tuple(x[1], x[2]));
+                    return {step.h, step.c};
+                  });
   const auto r = test::run_command(std::string(kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/parity.py " + tmp.str());
   INFO(r.out << r.err);
-  for (const auto& c : cases) {
-    const std::regex ok("case " + c.name + " ok output [0-9.e+-]+ gradient [0-9.e+-]+");
+  std::vector<std::string> names{"attention", "gated-lstm-cell"};
+  for (const auto& c : cases) names.push_back(c.name);
+  for (const auto& name : names) {
+    const std::regex ok("case " + name + " ok output [0-9.e+-]+ gradient [0-9.e+-]+");
     CHECK(std::regex_search(r.out, ok));
   }
   CHECK(r.code == 0);
@@ -184,6 +217,13 @@ TEST_CASE("Interop: zoo export -> Python calls forward; zoo predict runs it; Pyt
   r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --input " + tmp.str("images/1.png"));
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("input [1, 1, 28, 28] -> output [1, 10]"));
+  // A tensor saved in Python (the x of py.pt, again on its own).
+  r = test::run_command(std::string(kPython) + " -c 'import torch; torch.save(torch.load(\"" + tmp.str("py.pt") +
+                        "\")[\"x\"], \"" + tmp.str("x.pt") + "\")'");
+  REQUIRE(r.code == 0);
+  r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --input " + tmp.str("x.pt") + " --topk 1");
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("input [4, 1, 28, 28] -> output [4, 10]") && Catch::Contains("item 3: top classes"));
   r = test::run_command(std::string(kPython) + " -c 'import torch; torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 3, 1)), \"" +
                         tmp.str("colour.pt") + "\")'");
   REQUIRE(r.code == 0);

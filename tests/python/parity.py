@@ -3,7 +3,7 @@
     /usr/bin/python3 tests/python/parity.py ROOT
 
 ROOT holds one directory per case, written by tests/test_parity.cpp: weights.pt (zoo's TorchScript weights),
-options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save of the input, the seed drawn
+options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save of the inputs, the seed drawn
 before the forward, the C++ outputs, the weights of the scalar loss sum_k (out_k * r_k).sum() and the C++
 gradients of every parameter). For each case the twin loads the weights by name (strict), runs the same input
 in eval mode, and its outputs and gradients are compared: the largest absolute difference, divided by
@@ -39,7 +39,7 @@ def run_case(path):
     twin.eval()
     case = torch.load(os.path.join(path, "case.pt"))
     torch.manual_seed(case["seed"])
-    out = twin(case["input"])
+    out = twin(*case["inputs"])
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     out_diff = max(scaled_diff(o.detach(), r) for o, r in zip(outs, case["outputs"]))
     if len(outs) != len(case["outputs"]):

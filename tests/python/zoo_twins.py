@@ -648,7 +648,37 @@ class Elmo(nn.Module):
         return torch.stack(layers, 0)
 
 
+# ---- attention, the gated LSTM cell -------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head attention, batch first: softmax(Q K^T / (sqrt(d) tau)) V per head, then out_proj."""
+
+    def __init__(self, embed_dim, num_heads, temperature=1.0, bias=True, **_):
+        super().__init__()
+        self.h, self.temperature = num_heads, temperature
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(embed_dim, embed_dim, bias=bias)
+                                                                for _ in range(4))
+
+    def forward(self, query, key, value):
+        n, l, e = query.shape
+        heads = lambda x: x.view(n, x.shape[1], self.h, e // self.h).transpose(1, 2)
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (math.sqrt(e // self.h) * self.temperature), -1)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(n, l, e)), weights
+
+
+class LSTMCellTwin(nn.LSTMCell):
+    """torch.nn.LSTMCell itself (weight_ih, weight_hh, bias_ih, bias_hh), called as (x, h, c) -> (h, c)."""
+
+    def forward(self, x, h, c):
+        return super().forward(x, (h, c))
+
+
 def build(name, o):
+    if name == "attention":
+        return Attention(**o)
+    if name == "gated-lstm-cell":
+        return LSTMCellTwin(o["input_size"], o["hidden_size"])
     if name == "mlp":
         return MLP(o["in_features"], o["hidden"], o["num_classes"], o["dropout"])
     if name == "cnn":

@@ -231,6 +231,12 @@ void run_predict(const PredictArgs& a) {
   if (!a.shape.empty()) {
     torch::manual_seed(0);
     x = torch::rand(parse_shape(a.shape, "--shape"));
+  } else if (fs::exists(a.input) && training::describe_torch_file(a.input) == "a torch.save pickle") {
+    const auto tensors = training::read_state_dict(a.input);  // torch.save(tensor, PATH) in Python
+    if (tensors.size() != 1)
+      throw std::runtime_error(a.input + " holds " + std::to_string(tensors.size()) +
+                               " tensors; save the one input tensor with torch.save(x, PATH)");
+    x = tensors.begin()->second;
   } else {
     x = image_input(a.input, a.channels);
   }
@@ -290,7 +296,8 @@ void add_interop(CLI::App& app) {
     auto a = std::make_shared<PredictArgs>();
     auto* cmd = app.add_subcommand("predict", "Run any TorchScript module on an image, a folder of images or random input");
     cmd->add_option("file", a->file, "TorchScript module (torch.jit.save in Python, or zoo export)")->required();
-    cmd->add_option("--input", a->input, "An image (PNG, JPEG, ...), as [1, C, H, W] in [0, 1]");
+    cmd->add_option("--input", a->input,
+                    "An image (PNG, JPEG, ...), as [1, C, H, W] in [0, 1], or a tensor saved with torch.save(x, PATH)");
     cmd->add_option("--shape", a->shape, "Random input of this shape instead, e.g. 1,1,28,28");
     cmd->add_option("--batch", a->folder, "A folder of images: predicts them all, --batch-size at a time");
     cmd->add_option("--batch-size", a->batch_size, "Images per forward with --batch (default 32)")->check(CLI::Range(1, 100000));
