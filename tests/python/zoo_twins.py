@@ -501,38 +501,58 @@ class Expert(nn.Module):
 
 
 class MixtureOfExperts(nn.Module):
-    """Evaluation-mode routing (no gate noise, no capacity limit), computed densely: every expert on every token,
-    weighted by the gate values of the selected experts (0 for the others)."""
+    """Top-k (or softmax) routing with sparse dispatch: each expert runs once on the tokens routed to it. In training
+    mode, as zoo's layer: tokens beyond an expert's capacity are dropped (first choices before second choices, in
+    token order) and the load-balancing loss is kept in `aux_loss` (no gate noise: gate "topk" or "softmax")."""
 
-    def __init__(self, cin, cout, hidden, experts, gate, k, renormalize, gate_features=0):
+    def __init__(self, cin, cout, hidden, experts, gate, k, renormalize, gate_features=0, capacity_factor=0.0,
+                 balance="switch", balance_coef=1e-2):
         super().__init__()
         self.mode, self.k, self.renormalize = gate, k, renormalize
+        self.capacity_factor, self.balance, self.balance_coef = capacity_factor, balance, balance_coef
         g = gate_features or cin
         self.gate = nn.Linear(g, experts, bias=False)
         if gate == "noisy-topk":
             self.noise = nn.Linear(g, experts, bias=False)
         self.experts = nn.ModuleList(Expert(cin, hidden, cout) for _ in range(experts))
+        self.aux_loss = None
 
-    def forward(self, x, gate_input):
-        logits = self.gate(gate_input)
+    def forward(self, x, gate_input=None):
+        n = len(self.experts)
+        logits = self.gate(x if gate_input is None else gate_input)
         probs = torch.softmax(logits, -1)
         if self.mode == "softmax":
-            full = probs
-        else:
-            top, index = logits.topk(self.k, -1)
-            gates = torch.softmax(top, -1) if self.renormalize else probs.gather(1, index)
-            full = torch.zeros_like(probs).scatter(1, index, gates)
-        outs = torch.stack([e(x) for e in self.experts], 1)
-        return (full.unsqueeze(-1) * outs).sum(1)
+            self.aux_loss = None
+            return sum(probs[:, i:i + 1] * e(x) for i, e in enumerate(self.experts))
+        top, index = logits.topk(self.k, -1)
+        gates = torch.softmax(top, -1) if self.renormalize else probs.gather(1, index)
+        tokens = x.shape[0]
+        self.aux_loss = None
+        if self.training:
+            load = torch.bincount(index.reshape(-1), minlength=n).to(x.dtype) / (tokens * self.k)
+            if self.balance == "switch":
+                self.aux_loss = self.balance_coef * n * (load * probs.mean(0)).sum()
+            if self.capacity_factor > 0:
+                cap = max(1, math.ceil(self.capacity_factor * tokens * self.k / n))
+                flat = index.t().reshape(-1)
+                position = F.one_hot(flat, n).cumsum(0).gather(1, flat.unsqueeze(1)).squeeze(1) - 1
+                gates = gates * (position < cap).view(self.k, tokens).t().to(gates.dtype)
+        out = x.new_zeros(tokens, self.experts[0].fc2.out_features)
+        for i, expert in enumerate(self.experts):
+            token, slot = (index == i).nonzero(as_tuple=True)
+            if token.numel():
+                out.index_add_(0, token, expert(x[token]) * gates[token, slot].unsqueeze(1))
+        return out
 
 
 class MoEClassifier(nn.Module):
     def __init__(self, in_channels, image_size, channels, num_classes, dropout, hidden, experts, gate, k, renormalize,
-                 **_):
+                 capacity_factor=0.0, balance="switch", balance_coef=0.1, **_):
         super().__init__()
         self.features, c, s = conv_stem(in_channels, image_size, channels)
         self.dropout = nn.Dropout(dropout)
-        self.moe = MixtureOfExperts(c * s * s, num_classes, hidden, experts, gate, k, renormalize, gate_features=c)
+        self.moe = MixtureOfExperts(c * s * s, num_classes, hidden, experts, gate, k, renormalize, gate_features=c,
+                                    capacity_factor=capacity_factor, balance=balance, balance_coef=balance_coef)
 
     def forward(self, x):
         maps = self.features(x)
@@ -609,8 +629,9 @@ class ScalarMix(nn.Module):
 
 class Elmo(nn.Module):
     def __init__(self, char_embedding, filters, highway_layers, max_word_length, projection_dim, cell_size,
-                 num_layers, cell_clip, proj_clip, vocab_size, mix_layer_norm, **_):
+                 num_layers, cell_clip, proj_clip, vocab_size, mix_layer_norm, dropout=0.0, **_):
         super().__init__()
+        self.dropout = dropout
         self.char_embedding = nn.Embedding(261, char_embedding, padding_idx=0)
         self.char_convs = nn.ModuleList(nn.Conv1d(char_embedding, filters[i + 1], filters[i])
                                         for i in range(0, len(filters), 2))
@@ -631,9 +652,7 @@ class Elmo(nn.Module):
         mask = (chars != 0).any(-1)
         return (x * mask.reshape(n * steps, 1).to(x.dtype)).view(n, steps, -1), mask
 
-    def forward(self, chars):
-        x, mask = self.token_embedding(chars)
-        layers = [torch.cat([x, x], -1)]
+    def run_lstms(self, x, mask):
         outs = []
         for stack in (self.forward_layers, self.backward_layers):
             inp, per_layer = x, []
@@ -644,7 +663,16 @@ class Elmo(nn.Module):
                 per_layer.append(h)
                 inp = h
             outs.append(per_layer)
-        layers += [torch.cat([f, b], -1) for f, b in zip(*outs)]
+        return outs
+
+    def lm_states(self, chars):
+        """The top forward and backward states, for the language-model loss (dropout in training mode)."""
+        fwd, bwd = self.run_lstms(*self.token_embedding(chars))
+        return F.dropout(fwd[-1], self.dropout, self.training), F.dropout(bwd[-1], self.dropout, self.training)
+
+    def forward(self, chars):
+        x, mask = self.token_embedding(chars)
+        layers = [torch.cat([x, x], -1)] + [torch.cat([f, b], -1) for f, b in zip(*self.run_lstms(x, mask))]
         return torch.stack(layers, 0)
 
 
@@ -674,11 +702,35 @@ class LSTMCellTwin(nn.LSTMCell):
         return super().forward(x, (h, c))
 
 
+class GatedLSTMCell(nn.Module):
+    """The LSTM cell with its gates written out (zoo's GatedLSTMCell): the same parameters as torch.nn.LSTMCell."""
+
+    def __init__(self, input_size, hidden_size, **_):
+        super().__init__()
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        for p in self.parameters():
+            nn.init.uniform_(p, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+
+    def forward(self, x, h, c):
+        i, f, g, o = (x @ self.weight_ih.t() + h @ self.weight_hh.t() + self.bias_ih + self.bias_hh).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
 def build(name, o):
     if name == "attention":
         return Attention(**o)
     if name == "gated-lstm-cell":
         return LSTMCellTwin(o["input_size"], o["hidden_size"])
+    if name == "gated-lstm-cell-explicit":
+        return GatedLSTMCell(**o)
+    if name == "moe-layer":
+        return MixtureOfExperts(o["in_features"], o["out_features"], o["hidden"], o["experts"], o["gate"], o["k"],
+                                o["renormalize"], o.get("gate_features", 0), o.get("capacity_factor", 0.0),
+                                o.get("balance", "switch"), o.get("balance_coef", 1e-2))
     if name == "mlp":
         return MLP(o["in_features"], o["hidden"], o["num_classes"], o["dropout"])
     if name == "cnn":

@@ -21,6 +21,7 @@ void add_experiment(CLI::App& app);
 void add_segment(CLI::App& app);
 void add_embed(CLI::App& app);
 void add_interop(CLI::App& app);
+void add_bench(CLI::App& app);
 
 /// Flag validators with short messages ("must be a positive number, got 'fast'"), unlike CLI11's
 /// PositiveNumber, whose message prints the whole range of a double.

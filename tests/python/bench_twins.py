@@ -1,0 +1,172 @@
+"""Timing server for `zoo bench`: runs the Python twins (zoo_twins.py) of the benchmarked models on Debian's
+python3-torch, the same LibTorch build as zoo, so that C++ and Python are timed in one invocation, interleaved.
+
+    /usr/bin/python3 tests/python/bench_twins.py        (started by `zoo bench`; speaks JSON lines)
+
+Requests on stdin, one JSON object per line; one JSON reply per line on stdout:
+  {"op": "load", "id": ID, "dir": DIR}   DIR holds case.json, weights.pt (zoo's TorchScript weights, loaded by name)
+                                         and batch.pt (the C++ batch: input, target, latency_input)
+  {"op": "time", "id": ID, "what": "train" | "infer" | "latency", "threads": T, "min_steps": S, "min_time": SEC}
+                                         -> {"seconds": per-step mean, "steps": n}; the same rule as the C++ side:
+                                         one untimed step, then at least S steps and at least SEC seconds
+  {"op": "quit"}
+Errors reply {"error": "..."} and the server keeps going.
+
+A training step is what zoo's trainer does: zero_grad, the task's loss (plus a layer's load-balancing loss),
+loss.item(), backward, Adam step. Inference is the model's forward in eval mode under no_grad; latency is the same
+at batch size 1.
+"""
+import ctypes
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo_twins  # noqa: E402
+
+
+def openblas_single_threaded():
+    """zoo runs OpenBLAS single-threaded under LibTorch's own threads (training/trainer.cpp apply_threads); do the
+    same here so both sides run the same kernels."""
+    try:
+        for line in open("/proc/self/maps"):
+            path = line.split()[-1]
+            if "openblas" in os.path.basename(path) and path.startswith("/"):
+                ctypes.CDLL(path).openblas_set_num_threads(1)
+                return
+    except (OSError, AttributeError):
+        pass
+
+
+def task_loss(case, twin, batch):
+    task, x, y = case["task"], batch["input"], batch.get("target")
+    if task in ("classify", "segment"):
+        logits = twin(x)
+        loss = F.cross_entropy(logits, y)
+        hits = logits.detach().argmax(1).eq(y)
+        _ = hits.sum().div(x.shape[0]) if task == "classify" else hits.float().mean()  # the trainer's logged term
+        moe = getattr(twin, "moe", None)
+        if moe is not None and moe.aux_loss is not None:
+            loss = loss + moe.aux_loss
+        return loss
+    if task == "vae":
+        logits, mu, logvar = twin(x)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+        return recon + case["options"].get("beta", 1.0) * kl
+    if task == "bilm":
+        fwd, bwd = twin.lm_states(x)
+        total = 0
+        for states, target in ((fwd, y[:, 0]), (bwd, y[:, 1])):
+            t = target.reshape(-1)
+            nll = F.cross_entropy(twin.softmax(states).reshape(-1, twin.softmax.out_features), t, ignore_index=-1,
+                                  reduction="sum")
+            total = total + nll / (t >= 0).sum().clamp_min(1)
+        return total / 2
+    if task == "kernel":  # layers outside the registry: the mean square of the (first) output
+        out = run_kernel(case, twin, x)
+        loss = out.pow(2).mean()
+        aux = getattr(twin, "aux_loss", None)
+        return loss + aux if aux is not None else loss
+    raise ValueError("no Python loss for task '%s'" % task)
+
+
+def run_kernel(case, twin, x):
+    name = case["model"]
+    if name == "sinkhorn":
+        return zoo_twins.sinkhorn_knopp(x, case["options"]["iterations"])
+    if name == "gated-lstm-cell-explicit":  # x: [T, N, input]; unrolled over T steps from zero state
+        h = c = x.new_zeros(x.shape[1], twin.weight_hh.shape[1])
+        for t in range(x.shape[0]):
+            h, c = twin(x[t], h, c)
+        return h
+    if name == "attention":
+        return twin(x, x, x)[0]
+    return twin(x)
+
+
+class Case:
+    def __init__(self, directory):
+        self.spec = json.load(open(os.path.join(directory, "case.json")))
+        name, options = self.spec["model"], self.spec["options"]
+        self.twin = None if name == "sinkhorn" else zoo_twins.build(name, options)
+        raw = torch.load(os.path.join(directory, "batch.pt"))
+        self.batch = {k: v for k, v in raw.items()}
+        if self.twin is not None:
+            archive = torch.jit.load(os.path.join(directory, "weights.pt"))
+            state = dict(archive.named_parameters())
+            state.update(dict(archive.named_buffers()))
+            self.twin.load_state_dict(state, strict=True)
+            self.optimizer = torch.optim.Adam(self.twin.parameters(), lr=self.spec.get("lr", 1e-3))
+        else:
+            self.batch["input"].requires_grad_(True)
+            self.optimizer = None
+
+    def train_step(self):
+        if self.twin is not None:
+            self.twin.train()
+            self.optimizer.zero_grad()
+        loss = task_loss(self.spec, self.twin, self.batch)
+        loss.item()
+        loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+    def infer(self, key):
+        if self.twin is not None:
+            self.twin.eval()
+        with torch.no_grad():
+            x = self.batch[key]
+            if self.spec["task"] == "kernel":
+                run_kernel(self.spec, self.twin, x)
+            else:
+                self.twin(x)
+
+
+def measure(step, min_steps, min_time):
+    step()  # untimed: first-call allocations
+    start, steps = time.perf_counter(), 0
+    while steps < min_steps or time.perf_counter() - start < min_time:
+        step()
+        steps += 1
+    return (time.perf_counter() - start) / steps, steps
+
+
+def main():
+    openblas_single_threaded()
+    cases = {}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op = request["op"]
+            if op == "quit":
+                break
+            if op == "load":
+                cases[request["id"]] = Case(request["dir"])
+                reply = {"ok": True}
+            elif op == "time":
+                case = cases[request["id"]]
+                torch.set_num_threads(int(request["threads"]))
+                torch.manual_seed(0)
+                what = request["what"]
+                step = case.train_step if what == "train" else (
+                    lambda: case.infer("input" if what == "infer" else "latency_input"))
+                seconds, steps = measure(step, int(request["min_steps"]), float(request["min_time"]))
+                reply = {"seconds": seconds, "steps": steps}
+            else:
+                reply = {"error": "unknown op '%s'" % op}
+        except Exception as e:  # reported to zoo, which names the case
+            message = str(e).strip().splitlines()
+            reply = {"error": "%s: %s" % (type(e).__name__, message[-1] if message else "")}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
