@@ -237,6 +237,57 @@ TEST_CASE("LstmWithProjection: cell and projection clipping hold, a one-step cel
   CHECK(max_abs(plain->forward(x, torch::ones({1, 1}, torch::kBool))[0][0] - h) < 1e-6);
 }
 
+TEST_CASE("LstmWithProjection: the fused backward through time gives autograd's outputs and gradients", "[elmo]") {
+  struct Setup {
+    int64_t hidden, cell;
+    double cell_clip, proj_clip;
+  };
+  for (const bool forward : {true, false}) {
+    for (const auto& st : {Setup{3, 5, 0.6, 0.25}, Setup{4, 4, 0.6, 0.25}, Setup{3, 5, 0, 0}}) {
+      for (const bool pad : {false, true}) {
+        INFO("go_forward " << forward << ", hidden " << st.hidden << ", cell " << st.cell << ", clips "
+                           << st.cell_clip << "/" << st.proj_clip << ", padded " << pad);
+        torch::manual_seed(5);
+        models::LstmWithProjection fused(models::LstmWithProjectionOptions(4, st.hidden, st.cell)
+                                             .cell_clip(st.cell_clip)
+                                             .proj_clip(st.proj_clip)
+                                             .go_forward(forward));
+        {
+          torch::NoGradGuard no_grad;  // weights large enough for the clips to bite
+          for (auto& p : fused->parameters()) p.mul_(3);
+        }
+        auto reference = std::dynamic_pointer_cast<models::LstmWithProjectionImpl>(fused->clone());
+        reference->options.fused(false);
+        auto x = torch::randn({3, 6, 4});
+        auto mask = torch::ones({3, 6}, torch::kBool);
+        if (pad) {
+          mask[1].slice(0, 4).fill_(false);  // padding at the end, as in batches of sentences
+          mask[2][0] = false;                 // and anywhere else
+          mask[2][3] = false;
+        }
+        const auto weights = torch::randn({3, 6, st.hidden});
+        auto xf = x.clone().requires_grad_(true), xr = x.clone().requires_grad_(true);
+        const auto out_f = fused->forward(xf, mask), out_r = reference->forward(xr, mask);
+        CHECK(max_abs(out_f - out_r) < 1e-6);
+        if (st.proj_clip > 0) CHECK(out_r.abs().max().item<double>() == Approx(st.proj_clip));  // clipping happened
+        (out_f * weights).sum().backward();
+        (out_r * weights).sum().backward();
+        CHECK(max_abs(xf.grad() - xr.grad()) < 1e-5);
+        const auto pf = fused->named_parameters(), pr = reference->named_parameters();
+        for (const auto& item : pr) {
+          INFO(item.key());
+          REQUIRE(pf[item.key()].grad().defined());
+          CHECK(max_abs(pf[item.key()].grad() - item.value().grad()) < 1e-5 * std::max(1.0, max_abs(item.value().grad())));
+          CHECK(max_abs(item.value().grad()) > 0);
+        }
+        // Without gradients the step-by-step loop runs: the same outputs.
+        torch::NoGradGuard no_grad;
+        CHECK(max_abs(fused->forward(x, mask) - out_r) < 1e-6);
+      }
+    }
+  }
+}
+
 TEST_CASE("ELMo learns: validation perplexity falls clearly below the unigram perplexity (learning test)",
           "[elmo][learning]") {
   REQUIRE(fs::exists(datasets::default_fortunes_dir()));
