@@ -1,5 +1,6 @@
 #include "models/conv4d.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace zoo::models {
@@ -50,27 +51,31 @@ torch::Tensor Conv4dImpl::forward(const torch::Tensor& x) {
                                                          .padding({p[1], p[2], p[3]})
                                                          .dilation({d[1], d[2], d[3]}));
   };
-  torch::Tensor out;
+  // Time-major view [N, T, C, D, H, W]: tap i reads the frames t * s - p + i * d, an arithmetic run, for a run of
+  // output frames t, so each tap is one strided slice in, one conv3d over all of its frames, and one in-place
+  // add into a run of the time-major output; no index tensors, no copies of the output.
+  const auto xt = x.transpose(1, 2);
+  torch::Tensor acc;  // [N, T_out, O, D', H', W']
   for (int64_t i = 0; i < k[0]; ++i) {
-    std::vector<int64_t> src, dst;  // input frame -> output frame pairs of this tap
+    int64_t t_lo = t_out, t_hi = -1;  // output frames whose input frame of this tap exists
     for (int64_t t = 0; t < t_out; ++t) {
       const int64_t frame = t * s[0] - p[0] + i * d[0];
       if (frame >= 0 && frame < t_in) {
-        src.push_back(frame);
-        dst.push_back(t);
+        t_lo = std::min(t_lo, t);
+        t_hi = t;
       }
     }
-    if (src.empty()) continue;
-    const auto v = static_cast<int64_t>(src.size());
-    auto frames = x.index_select(2, torch::tensor(src, torch::kInt64).to(x.device()));  // [N, C, V, D, H, W]
-    frames = frames.transpose(1, 2).reshape({n * v, x.size(1), x.size(3), x.size(4), x.size(5)});
+    if (t_hi < 0) continue;
+    const int64_t v = t_hi - t_lo + 1, first = t_lo * s[0] - p[0] + i * d[0];
+    const auto frames = xt.slice(1, first, first + (v - 1) * s[0] + 1, s[0])
+                            .reshape({n * v, x.size(1), x.size(3), x.size(4), x.size(5)});
     auto y = conv3d(frames, weight.select(2, i));  // [N*V, O, D', H', W']
-    y = y.view({n, v, y.size(1), y.size(2), y.size(3), y.size(4)}).transpose(1, 2);  // [N, O, V, D', H', W']
-    if (!out.defined())
-      out = torch::zeros({n, o.out_channels(), t_out, y.size(3), y.size(4), y.size(5)}, y.options());
-    out = out.index_add(2, torch::tensor(dst, torch::kInt64).to(x.device()), y);
+    y = y.view({n, v, y.size(1), y.size(2), y.size(3), y.size(4)});
+    if (!acc.defined()) acc = torch::zeros({n, t_out, y.size(2), y.size(3), y.size(4), y.size(5)}, y.options());
+    acc.narrow(1, t_lo, v).add_(y);
   }
-  TORCH_CHECK(out.defined(), "Conv4d: no output frame reads an input frame (padding larger than the input?)");
+  TORCH_CHECK(acc.defined(), "Conv4d: no output frame reads an input frame (padding larger than the input?)");
+  auto out = acc.transpose(1, 2);  // [N, O, T_out, D', H', W'], time-major in memory
   if (bias.defined()) out = out + bias.view({1, -1, 1, 1, 1, 1});
   return out;
 }

@@ -4,6 +4,8 @@
 // README without the results block.
 #include "helpers.h"
 
+#include <algorithm>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -26,7 +28,7 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
   const bool fashion = zoo::test::have_fashion_mnist();
   const std::string cases = fashion ? "mlp sinkhorn moe-layer gated-lstm-cell" : "sinkhorn moe-layer gated-lstm-cell";
   TempDir tmp;
-  const auto r = run_zoo("bench " + cases + kQuick + "--threads 1,2,1 --json --markdown " + tmp.str("results.md"));
+  const auto r = run_zoo("bench " + cases + " --repeat 3 --min-steps 1 --min-time 0 --threads 1,2,1 --json --markdown " + tmp.str("results.md"));
   INFO(r.err);
   REQUIRE(r.code == 0);
   const auto doc = json::parse(r.out);
@@ -43,8 +45,18 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
     for (const char* side : {"cpp", "python"})
       for (const char* what : {"train_ms", "infer_ms", "latency_ms"}) CHECK(res[side][what].get<double>() > 0);
     for (const char* what : {"train", "infer", "latency"}) {
-      const std::string key = std::string(what) + "_ms";
-      const double expected = res["python"][key].get<double>() / res["cpp"][key].get<double>();
+      // 3 rounds: the times are the medians of the samples, the speedup the median of the rounds' ratios.
+      const auto cpp = res["cpp"]["samples_ms"][what].get<std::vector<double>>();
+      const auto py = res["python"]["samples_ms"][what].get<std::vector<double>>();
+      REQUIRE(cpp.size() == 3);
+      REQUIRE(py.size() == 3);
+      auto median3 = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[1];
+      };
+      CHECK(res["cpp"][std::string(what) + "_ms"].get<double>() == Approx(median3(cpp)).epsilon(1e-12));
+      CHECK(res["python"][std::string(what) + "_ms"].get<double>() == Approx(median3(py)).epsilon(1e-12));
+      const double expected = median3({py[0] / cpp[0], py[1] / cpp[1], py[2] / cpp[2]});
       CHECK(res["speedup"][what].get<double>() == Approx(expected).epsilon(1e-9));
     }
     const double items = res["batch"].get<double>() / (res["cpp"]["train_ms"].get<double>() / 1e3);

@@ -472,10 +472,26 @@ std::string ms(double seconds) {
 json result_json(const Result& r, bool python) {
   const auto& spec = r.runner->spec;
   const double batch = static_cast<double>(r.runner->batch);
+  auto samples = [](const std::vector<double>& v) {
+    json a = json::array();
+    for (double x : v) a.push_back(x * 1e3);
+    return a;
+  };
   auto side = [&](const Figures& f) {
     const double t = median(f.train), i = median(f.infer), l = median(f.latency);
-    return json{{"train_ms", t * 1e3},      {"infer_ms", i * 1e3},         {"latency_ms", l * 1e3},
-                {"train_items_per_s", batch / t}, {"infer_items_per_s", batch / i}};
+    return json{{"train_ms", t * 1e3},
+                {"infer_ms", i * 1e3},
+                {"latency_ms", l * 1e3},
+                {"train_items_per_s", batch / t},
+                {"infer_items_per_s", batch / i},
+                {"samples_ms", {{"train", samples(f.train)}, {"infer", samples(f.infer)}, {"latency", samples(f.latency)}}}};
+  };
+  // Speedup: the median over rounds of Python time / C++ time of the same round (measured back to back, so a
+  // slow spell of the machine mostly hits both).
+  auto ratio = [](const std::vector<double>& py, const std::vector<double>& cpp) {
+    std::vector<double> r;
+    for (size_t k = 0; k < std::min(py.size(), cpp.size()); ++k) r.push_back(py[k] / cpp[k]);
+    return median(r);
   };
   json j = {{"case", spec.name},
             {"model", spec.model},
@@ -486,9 +502,9 @@ json result_json(const Result& r, bool python) {
             {"cpp", side(r.cpp)}};
   if (python) {
     j["python"] = side(r.python);
-    const double train = median(r.python.train) / median(r.cpp.train);
-    const double infer = median(r.python.infer) / median(r.cpp.infer);
-    const double latency = median(r.python.latency) / median(r.cpp.latency);
+    const double train = ratio(r.python.train, r.cpp.train);
+    const double infer = ratio(r.python.infer, r.cpp.infer);
+    const double latency = ratio(r.python.latency, r.cpp.latency);
     j["speedup"] = {{"train", train}, {"infer", infer}, {"latency", latency}};
     const double target = spec.overhead_bound ? 1.3 : 1.0;
     j["meets_target"] = std::min({train, infer, latency}) >= target;
