@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <set>
 
@@ -110,6 +111,63 @@ TEST_CASE("Attention: multi-head output and weights equal torch::nn::MultiheadAt
   CHECK(names == std::vector<std::string>{"q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
                                           "v_proj.weight", "v_proj.bias", "out_proj.weight", "out_proj.bias"});
   CHECK_THROWS_WITH(models::Attention(models::AttentionOptions(10, 3)), Catch::Contains("multiple of num_heads"));
+}
+
+TEST_CASE("GatedLSTMCell: its one-node backward equals autograd through the formulas, gates included", "[gates]") {
+  for (const bool bias : {true, false}) {
+    INFO("bias " << bias);
+    torch::manual_seed(6);
+    const int64_t n = 3, in = 4, hidden = 5, steps = 3;
+    models::GatedLSTMCell cell(models::GatedLSTMCellOptions(in, hidden).bias(bias));
+    const auto xs = torch::randn({steps, n, in});
+    const auto h0 = torch::randn({n, hidden}), c0 = torch::randn({n, hidden});
+    const auto w = torch::randn({6, n, hidden});
+    // The cell, unrolled over 3 steps, with a loss on the state and on every gate of every step.
+    auto run = [&](const std::function<std::vector<torch::Tensor>(const torch::Tensor&, const torch::Tensor&,
+                                                                  const torch::Tensor&)>& step_fn,
+                   const torch::Tensor& x, const torch::Tensor& h_init, const torch::Tensor& c_init) {
+      auto h = h_init, c = c_init;
+      torch::Tensor loss = torch::zeros({});
+      for (int64_t t = 0; t < steps; ++t) {
+        auto outs = step_fn(x[t], h, c);
+        for (size_t k = 0; k < 6; ++k) loss = loss + (outs[k] * w[static_cast<int64_t>(k)]).sum();
+        h = outs[0];
+        c = outs[1];
+      }
+      return loss;
+    };
+    auto fused = [&](const torch::Tensor& x, const torch::Tensor& h, const torch::Tensor& c) {
+      auto s = cell->forward(x, std::make_tuple(h, c));
+      return std::vector<torch::Tensor>{s.h, s.c, s.input_gate, s.forget_gate, s.candidate, s.output_gate};
+    };
+    auto formulas = [&](const torch::Tensor& x, const torch::Tensor& h, const torch::Tensor& c) {
+      auto z = torch::matmul(x, cell->weight_ih.t()) + torch::matmul(h, cell->weight_hh.t());
+      if (bias) z = z + cell->bias_ih + cell->bias_hh;
+      auto p = z.chunk(4, 1);
+      auto i = torch::sigmoid(p[0]), f = torch::sigmoid(p[1]), g = torch::tanh(p[2]), o = torch::sigmoid(p[3]);
+      auto c2 = f * c + i * g;
+      return std::vector<torch::Tensor>{o * torch::tanh(c2), c2, i, f, g, o};
+    };
+    using StepFn = std::function<std::vector<torch::Tensor>(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+    auto grads = [&](const StepFn& fn) {
+      auto x = xs.clone().requires_grad_(true), h = h0.clone().requires_grad_(true),
+           c = c0.clone().requires_grad_(true);
+      cell->zero_grad();
+      const auto loss = run(fn, x, h, c);
+      loss.backward();
+      std::vector<torch::Tensor> g{loss.detach(), x.grad(), h.grad(), c.grad()};
+      for (const auto& p : cell->parameters()) g.push_back(p.grad().clone());
+      return g;
+    };
+    const auto a = grads(fused), b = grads(formulas);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(a.size() == (bias ? 8u : 6u));
+    for (size_t k = 0; k < a.size(); ++k) {
+      INFO("tensor " << k);
+      CHECK(max_abs(a[k] - b[k]) < 1e-5 * std::max(1.0, max_abs(b[k])));
+      CHECK(max_abs(b[k]) > 0);
+    }
+  }
 }
 
 TEST_CASE("GatedLSTMCell equals torch::nn::LSTMCell with the same weights, gates exposed", "[gates]") {
