@@ -83,23 +83,24 @@ ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1,
     const double step = direction * (last ? remaining : h);
     Tensor k[7];
     k[0] = k1;
+    // Stage inputs y + step * sum_j a_ij k_j as chains of fused y + alpha * k (torch::add with alpha): one
+    // operation (and one autograd node) per term instead of a product and a sum.
     for (int i = 1; i < 6; ++i) {
-      Tensor dy = kA[i - 1][0] * k[0];
-      for (int j = 1; j < i; ++j)
-        if (kA[i - 1][j] != 0) dy = dy + kA[i - 1][j] * k[j];
-      k[i] = f(t + kC[i] * step, y + step * dy);
+      Tensor yi = y;
+      for (int j = 0; j < i; ++j)
+        if (kA[i - 1][j] != 0) yi = torch::add(yi, k[j], step * kA[i - 1][j]);
+      k[i] = f(t + kC[i] * step, yi);
     }
-    Tensor dy = kA[5][0] * k[0];
-    for (int j = 2; j < 6; ++j) dy = dy + kA[5][j] * k[j];
-    Tensor y1 = y + step * dy;
+    Tensor y1 = y;
+    for (int j = 0; j < 6; ++j)
+      if (kA[5][j] != 0) y1 = torch::add(y1, k[j], step * kA[5][j]);
     k[6] = f(t + step, y1);
     s.nfe += 6;
     double ratio = 0;
     {
       torch::NoGradGuard no_grad;
-      Tensor err = kE[0] * k[0];
-      for (int j = 2; j < 7; ++j) err = err + kE[j] * k[j];
-      err = step * err;
+      Tensor err = k[0] * (step * kE[0]);
+      for (int j = 2; j < 7; ++j) err.add_(k[j], step * kE[j]);
       const auto tolerance = o.atol() + o.rtol() * torch::max(y.detach().abs(), y1.detach().abs());
       ratio = rms(err / tolerance);
     }
@@ -123,19 +124,20 @@ ODESolution fixed_step(const VectorField& f, const Tensor& y0, double t0, double
   Tensor y = y0;
   for (int64_t i = 0; i < o.steps(); ++i) {
     const double t = t0 + static_cast<double>(i) * h;
+    // y + alpha * k as one fused torch::add each: many small steps are where each operation's fixed cost counts.
     if (o.method() == "euler") {
-      y = y + h * f(t, y);
+      y = torch::add(y, f(t, y), h);
       s.nfe += 1;
     } else if (o.method() == "midpoint") {
       const auto k1 = f(t, y);
-      y = y + h * f(t + h / 2, y + (h / 2) * k1);
+      y = torch::add(y, f(t + h / 2, torch::add(y, k1, h / 2)), h);
       s.nfe += 2;
     } else {  // rk4, 3/8 rule (torchdiffeq rk_common.rk4_alt_step_func)
       const auto k1 = f(t, y);
-      const auto k2 = f(t + h / 3, y + (h / 3) * k1);
-      const auto k3 = f(t + 2 * h / 3, y + h * (k2 - k1 / 3));
-      const auto k4 = f(t + h, y + h * (k1 - k2 + k3));
-      y = y + (h / 8) * (k1 + 3 * (k2 + k3) + k4);
+      const auto k2 = f(t + h / 3, torch::add(y, k1, h / 3));
+      const auto k3 = f(t + 2 * h / 3, torch::add(torch::add(y, k2, h), k1, -h / 3));
+      const auto k4 = f(t + h, torch::add(torch::add(torch::add(y, k1, h), k2, -h), k3, h));
+      y = torch::add(torch::add(torch::add(y, k1 + k4, h / 8), k2, 3 * h / 8), k3, 3 * h / 8);
       s.nfe += 4;
     }
   }
