@@ -86,6 +86,8 @@ def run_kernel(case, twin, x):
         return h
     if name == "attention":
         return twin(x, x, x)[0]
+    if name == "ode-solver":  # the field ignores t
+        return zoo_twins.odeint(lambda t, y: twin(y), x, 0.0, 1.0, "rk4", case["options"]["steps"], 0, 0, 0)
     return twin(x)
 
 
@@ -93,7 +95,13 @@ class Case:
     def __init__(self, directory):
         self.spec = json.load(open(os.path.join(directory, "case.json")))
         name, options = self.spec["model"], self.spec["options"]
-        self.twin = None if name == "sinkhorn" else zoo_twins.build(name, options)
+        if name == "sinkhorn":
+            self.twin = None
+        elif name == "ode-solver":  # an MLP vector field: torch.nn.Sequential's names, as the C++ one
+            self.twin = torch.nn.Sequential(torch.nn.Linear(options["dim"], options["hidden"]), torch.nn.Tanh(),
+                                            torch.nn.Linear(options["hidden"], options["dim"]))
+        else:
+            self.twin = zoo_twins.build(name, options)
         raw = torch.load(os.path.join(directory, "batch.pt"))
         self.batch = {k: v for k, v in raw.items()}
         if self.twin is not None:

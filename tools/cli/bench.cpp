@@ -17,6 +17,7 @@
 #include "models/gated_lstm.h"
 #include "models/mhc.h"
 #include "models/moe.h"
+#include "models/ode.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
 #include "training/checkpoint.h"
@@ -87,6 +88,8 @@ const std::vector<CaseSpec>& all_cases() {
       {"ode-resnet", "ode-resnet", {}, 0, false, false, "ODE-ResNet, RK4, 2 steps"},
       {"ode-euler-32", "ode-resnet", {{"method", "euler"}, {"steps", 32}, {"channels", 8}}, 8, true, false,
        "ODE-ResNet, Euler, 32 small steps, width 8, batch 8"},
+      {"ode-solver", "ode-solver", {{"dim", 16}, {"hidden", 64}, {"steps", 50}}, 32, true, false,
+       "odeint alone: RK4, 50 steps of an MLP field 16-64-16, batch 32"},
       {"mhc-resnet", "mhc-resnet", {}, 0, false, false, "ResNet with mHC streams"},
       {"sinkhorn", "sinkhorn", {{"n", 4}, {"iterations", 20}}, 64, true, false,
        "Sinkhorn-Knopp, 64 4x4 matrices, 20 iterations"},
@@ -264,6 +267,17 @@ Runner make_layer_runner(const CaseSpec& spec) {
                  {{"in_features", 64}, {"out_features", 64}, {"hidden", 128}, {"experts", 8}, {"gate", "topk"},
                   {"k", 2}, {"renormalize", true}, {"capacity_factor", 2.0}, {"balance", "switch"},
                   {"balance_coef", 1e-2}}}};
+  } else if (spec.model == "ode-solver") {
+    const int64_t dim = o.at("dim"), hidden = o.at("hidden"), steps = o.at("steps");
+    torch::nn::Sequential field(torch::nn::Linear(dim, hidden), torch::nn::Tanh(), torch::nn::Linear(hidden, dim));
+    r.module = field.ptr();
+    r.input = torch::randn({spec.batch, dim});
+    out = [field, steps](const torch::Tensor& y0) mutable {
+      return models::odeint([&](double, const torch::Tensor& y) { return field->forward(y); }, y0, 0.0, 1.0,
+                            models::ODESolverOptions().method("rk4").steps(steps))
+          .y;
+    };
+    r.python = {{"model", "ode-solver"}, {"options", {{"dim", dim}, {"hidden", hidden}, {"steps", steps}}}};
   } else if (spec.model == "sinkhorn") {
     const int64_t n = o.at("n"), iterations = o.at("iterations");
     r.input = torch::randn({spec.batch, n, n}).requires_grad_(true);
@@ -719,7 +733,17 @@ void run_bench(const BenchArgs& a) {
     }
   }
 
+  // The command that reproduces this run (paths of --python-dir and the outputs left out).
   std::string command = "zoo bench";
+  for (const auto& c : a.cases) command += " " + c;
+  if (!a.threads.empty()) {
+    command += " --threads ";
+    for (size_t k = 0; k < a.threads.size(); ++k) command += (k ? "," : "") + std::to_string(a.threads[k]);
+  }
+  if (a.repeat != BenchArgs{}.repeat) command += " --repeat " + std::to_string(a.repeat);
+  if (a.min_steps != BenchArgs{}.min_steps) command += " --min-steps " + std::to_string(a.min_steps);
+  if (a.min_time != BenchArgs{}.min_time) command += " --min-time " + format("%g", a.min_time);
+  if (a.no_python) command += " --no-python";
   json doc = {{"machine", machine_description()},
               {"date", [] {
                  const auto now = std::time(nullptr);
@@ -742,7 +766,7 @@ void run_bench(const BenchArgs& a) {
     doc["calibration"].push_back(
         {{"threads", c.threads}, {"conv_gflops", c.conv_gflops}, {"matmul_gflops", c.matmul_gflops}});
   for (const auto& r : results) doc["results"].push_back(result_json(r, python));
-  doc["command"] = a.markdown.empty() ? command : command + " --markdown " + a.markdown;
+  doc["command"] = command;
   const std::string table = markdown(doc);
   if (!a.markdown.empty()) {
     std::ofstream out(a.markdown);
