@@ -1,5 +1,7 @@
 #include "training/checkpoint.h"
 
+#include "training/messages.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/script.h>
 #include <fcntl.h>
@@ -30,7 +32,6 @@ void fsync_path(const fs::path& path, bool directory) {
   ::close(fd);
 }
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 // Runs a writer and turns every failure (disk full, read-only, permission) into one clear line.
 void run_writer(const std::function<void(const std::string&)>& write, const fs::path& path) {

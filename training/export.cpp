@@ -1,6 +1,7 @@
 #include "training/export.h"
 
 #include "training/checkpoint.h"
+#include "training/messages.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -57,13 +58,6 @@ std::vector<torch::Tensor> tensors_of(const c10::IValue& v) {
 
 namespace {
 
-/// The line of a TorchScript interpreter error that says what failed (its last non-empty line).
-std::string reason(std::string what) {
-  while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
-  const auto nl = what.rfind('\n');
-  return nl == std::string::npos ? what : what.substr(nl + 1);
-}
-
 /// Largest difference between the traced and the C++ outputs, relative to max(1, |C++|); infinity when the
 /// traced forward fails or the shapes differ.
 double compare(torch::nn::AnyModule& model, torch::jit::Module& traced, const torch::Tensor& input,
@@ -75,10 +69,10 @@ double compare(torch::nn::AnyModule& model, torch::jit::Module& traced, const to
     torch::manual_seed(0);
     got = tensors_of(traced.forward({input}));
   } catch (const c10::Error& e) {
-    failure = reason(e.what_without_backtrace());
+    failure = last_line(e.what_without_backtrace());
     return INFINITY;
   } catch (const std::exception& e) {  // torch::jit::JITException
-    failure = reason(e.what());
+    failure = last_line(e.what());
     return INFINITY;
   }
   if (got.size() != expected.size()) return INFINITY;

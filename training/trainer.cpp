@@ -2,6 +2,7 @@
 
 #include "models/registry.h"
 #include "training/checkpoint.h"
+#include "training/messages.h"
 #include "training/progress.h"
 
 #include <dlfcn.h>
@@ -70,7 +71,6 @@ std::string join(const std::vector<std::string>& v) {
 bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 }  // namespace
 
 void validate(const TrainOptions& o) {

@@ -7,6 +7,7 @@
 #include "tools/cli/cli.h"
 #include "training/checkpoint.h"
 #include "training/export.h"
+#include "training/messages.h"
 #include "training/run.h"
 #include "training/trainer.h"
 
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 namespace {
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+using training::first_line;
 
 std::vector<int64_t> parse_shape(const std::string& text, const std::string& flag) {
   std::vector<int64_t> dims;
@@ -245,11 +246,9 @@ void run_predict(const PredictArgs& a) {
     out = first_tensor(module.forward({x}));
   } catch (const std::exception& e) {  // TorchScript's errors (JITException) end with the line that says why
     const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-    std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
-    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+    const std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
     throw std::runtime_error("the module does not take input " + c10::str(x.sizes()) + " (" +
-                             what.substr(what.rfind('\n') == std::string::npos ? 0 : what.rfind('\n') + 1) +
-                             "); give --shape or --channels to match it");
+                             training::last_line(what) + "); give --shape or --channels to match it");
   }
   std::printf("input %s -> output %s\n", c10::str(x.sizes()).c_str(), c10::str(out.sizes()).c_str());
   if (out.dim() == 2)

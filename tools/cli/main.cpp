@@ -5,13 +5,14 @@
 #include <cstdio>
 #include <iostream>
 
+#include "training/messages.h"
 #include "training/trainer.h"
 
 #include <csignal>
 #include <cstring>
 
 namespace {
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+using zoo::training::first_line;
 
 // First SIGINT/SIGTERM: ask the trainer to stop after its step and save a checkpoint. The default action is put
 // back, so a second signal ends the process at once (the checkpoint protocol keeps the last one whole anyway).
