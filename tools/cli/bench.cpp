@@ -545,7 +545,10 @@ std::string markdown(const json& doc) {
     << ", " << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>()
     << (python ? " in C++ and, for the Python twins, Debian's python3-torch (the same build)" : "") << ". Medians of "
     << doc["settings"]["repeat"].get<int64_t>() << " interleaved rounds; times per step in ms"
-    << (python ? "; speedup = Python time / C++ time (above 1: C++ is faster)" : "") << ".\n\n";
+    << (python ? "; speedup = Python time / C++ time, the median over rounds of the two measured back to back "
+                 "(above 1: C++ is faster)"
+               : "")
+    << ".\n\n";
   s << "Machine throughput: ";
   for (const auto& c : doc["calibration"])
     s << c["threads"].get<int64_t>() << " thread" << (c["threads"].get<int64_t>() > 1 ? "s" : "") << ": conv "
@@ -573,6 +576,25 @@ std::string markdown(const json& doc) {
         << format("%.2fx", r["speedup"]["latency"].get<double>()) << " | "
         << format("%.1fx", r["target_speedup"].get<double>()) << (r["meets_target"].get<bool>() ? " met" : " **missed**");
     s << " |\n";
+  }
+  if (python) {
+    std::string misses;
+    int64_t rows = 0, met = 0;
+    for (const auto& r : doc["results"]) {
+      ++rows;
+      if (r["meets_target"].get<bool>()) {
+        ++met;
+        continue;
+      }
+      for (const char* what : {"train", "infer", "latency"})
+        if (r["speedup"][what].get<double>() < r["target_speedup"].get<double>())
+          misses += std::string(misses.empty() ? "" : "; ") + r["case"].get<std::string>() + " at " +
+                    std::to_string(r["threads"].get<int64_t>()) + " thread" + (r["threads"].get<int64_t>() > 1 ? "s" : "") +
+                    ", " + what + " " + format("%.2fx", r["speedup"][what].get<double>()) + " (target " +
+                    format("%.1fx", r["target_speedup"].get<double>()) + ")";
+    }
+    s << "\nTargets met in " << met << " of " << rows << " rows" << (misses.empty() ? "." : "; below target: " + misses + ".")
+      << "\n";
   }
   s << "\nData loading (one batch of the model's dataset, `Dataset::get`, as the trainer does) and achieved "
        "GFLOP/s (FLOPs of convolutions and matrix products counted from a trace of the forward; a training step "
