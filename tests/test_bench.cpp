@@ -89,8 +89,9 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
 TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]") {
   TempDir tmp;
   {
-    std::ofstream(tmp.path() / "README.md") << "# t\n\nbefore\n<!-- zoo bench: begin -->\nold table\n"
-                                               "<!-- zoo bench: end -->\nafter\n";
+    std::ofstream(tmp.path() / "README.md")
+        << "# t\n\nThe text may name `<!-- zoo bench: begin -->` and `<!-- zoo bench: end -->` in passing.\n"
+           "before\n<!-- zoo bench: begin -->\nold table\n<!-- zoo bench: end -->\nafter\n";
     const auto r = run_zoo("bench sinkhorn attention --no-python --threads 1" + kQuick + "--readme " + tmp.str("README.md"));
     INFO(r.err);
     REQUIRE(r.code == 0);
@@ -100,6 +101,7 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
     CHECK(readme.find("| sinkhorn | 1 | 64 |") != std::string::npos);
     CHECK(readme.find("before\n<!-- zoo bench: begin -->\n") != std::string::npos);
     CHECK(readme.find("<!-- zoo bench: end -->\nafter\n") != std::string::npos);
+    CHECK(readme.find("name `<!-- zoo bench: begin -->` and `<!-- zoo bench: end -->` in passing") != std::string::npos);
   }
   {
     const auto r = run_zoo("bench no-such-model --no-python");

@@ -625,9 +625,18 @@ void replace_readme_block(const std::string& path, const std::string& table) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   std::string text = buffer.str();
-  const auto b = text.find(begin), e = text.find(end);
-  if (b == std::string::npos || e == std::string::npos || e < b)
-    throw std::runtime_error(path + " has no '" + begin + "' ... '" + end + "' block for the results; add one");
+  // The markers count only as lines of their own (the README also mentions them in running text).
+  auto line_at = [&](const std::string& marker, size_t from) {
+    for (size_t at = text.find(marker, from); at != std::string::npos; at = text.find(marker, at + 1))
+      if ((at == 0 || text[at - 1] == '\n') && (at + marker.size() == text.size() || text[at + marker.size()] == '\n'))
+        return at;
+    return std::string::npos;
+  };
+  const auto b = line_at(begin, 0);
+  const auto e = b == std::string::npos ? std::string::npos : line_at(end, b);
+  if (b == std::string::npos || e == std::string::npos)
+    throw std::runtime_error(path + " has no '" + begin + "' ... '" + end + "' block for the results (each marker "
+                             "on a line of its own); add one");
   text = text.substr(0, b + begin.size()) + "\n" + table + text.substr(e);
   std::ofstream out(path + ".tmp");
   out << text;
