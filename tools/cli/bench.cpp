@@ -738,13 +738,17 @@ void run_bench(const BenchArgs& a) {
           std::to_string(res.threads) + " thread" + (res.threads > 1 ? "s" : ""));
       training::apply_threads(res.threads);
       auto py = [&](const std::string& what) {
-        const auto reply = worker->request({{"op", "time"},
-                                            {"id", r.spec.name},
-                                            {"what", what},
-                                            {"threads", res.threads},
-                                            {"min_steps", rule.min_steps},
-                                            {"min_time", rule.min_time}});
-        return reply.at("seconds").get<double>();
+        try {
+          const auto reply = worker->request({{"op", "time"},
+                                              {"id", r.spec.name},
+                                              {"what", what},
+                                              {"threads", res.threads},
+                                              {"min_steps", rule.min_steps},
+                                              {"min_time", rule.min_time}});
+          return reply.at("seconds").get<double>();
+        } catch (const std::exception& e) {
+          throw std::runtime_error("the Python twin of " + r.spec.name + " failed (" + what + "): " + e.what());
+        }
       };
       torch::manual_seed(0);
       res.cpp.train.push_back(measure([&] { r.train_step(); }, rule));
