@@ -137,3 +137,26 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
     CHECK(r.out.find("(target 1.3x)") != std::string::npos);
   }
 }
+
+TEST_CASE("Bench: every case runs in C++ and in its Python twin (one quick round)", "[bench][cli][slow]") {
+  if (!python_has_torch() || !zoo::test::have_fashion_mnist()) {
+    WARN("skipped: needs /usr/bin/python3 with torch and the Fashion-MNIST files");
+    return;
+  }
+  // Every model family's training step, inference and latency on both sides: the twins' training-mode paths
+  // (the VAE's ELBO, ELMo's language-model loss, the MoE's capacity and balancing loss, segmentation) run here.
+  const auto r = run_zoo("bench --threads 1 --repeat 1 --min-steps 1 --min-time 0 --json");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto doc = json::parse(r.out);
+  const auto listed = run_zoo("bench --list");
+  REQUIRE(listed.code == 0);
+  REQUIRE(doc["results"].size() == static_cast<size_t>(zoo::test::count_lines(listed.out)));
+  for (const auto& res : doc["results"]) {
+    INFO(res["case"]);
+    for (const char* what : {"train", "infer", "latency"}) {
+      CHECK(res["cpp"][std::string(what) + "_ms"].get<double>() > 0);
+      CHECK(res["python"][std::string(what) + "_ms"].get<double>() > 0);
+    }
+  }
+}
