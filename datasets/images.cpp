@@ -84,6 +84,13 @@ void save_image_grid(const torch::Tensor& images, const std::string& path, const
 torch::Tensor load_image(const std::string& path, int channels) {
   TORCH_CHECK(channels >= 0 && channels <= 4 && channels != 2, "load_image: channels must be 0, 1, 3 or 4");
   int w = 0, h = 0, c = 0;
+  // A header may claim far more pixels than the file holds (a damaged TGA makes stb decode billions of pixels
+  // from nothing: found by fuzzing); refuse those before decoding.
+  constexpr int64_t kMaxPixels = int64_t{1} << 24;  // 16.7 megapixels, e.g. 4096 x 4096
+  if (stbi_info(path.c_str(), &w, &h, &c) && int64_t{w} * int64_t{h} > kMaxPixels)
+    throw std::runtime_error("cannot read image " + path + ": its header claims " + std::to_string(w) + "x" +
+                             std::to_string(h) + " pixels, more than zoo reads (" + std::to_string(kMaxPixels) +
+                             "); the file is damaged or too large");
   unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
   if (!data) {
     const char* reason = stbi_failure_reason();
