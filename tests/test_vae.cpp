@@ -158,6 +158,31 @@ TEST_CASE("VAE: Jensen on a trained model - ELBO = E[IWAE_1] <= E[IWAE_10] <= E[
   CHECK((i100 - elbo).mean().item<double>() > 0);
 }
 
+TEST_CASE("load_image refuses a header that claims more pixels than it reads, before decoding", "[images]") {
+  // An 18-byte TGA header (uncompressed grey) claiming 30000 x 10000 pixels and no pixel data: stb_image would
+  // decode 300 million pixels from nothing (a fuzz finding).
+  TempDir tmp;
+  const unsigned char header[18] = {0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x30, 0x75, 0x10, 0x27, 8, 0};
+  std::ofstream(tmp.path() / "huge.tga", std::ios::binary).write(reinterpret_cast<const char*>(header), 18);
+  try {
+    datasets::load_image(tmp.str("huge.tga"), 1);
+    FAIL("a 300-megapixel header was decoded");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("claims 30000x10000 pixels, more than zoo reads (16777216)") !=
+          std::string::npos);
+  }
+  // The same header, honest about a 2 x 1 image with its two pixels, is read.
+  const unsigned char small[18] = {0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 8, 0};
+  {
+    std::ofstream out(tmp.path() / "small.tga", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(small), 18);
+    out.write("\x10\xf0", 2);
+  }
+  const auto img = datasets::load_image(tmp.str("small.tga"), 1);
+  REQUIRE(img.sizes() == torch::IntArrayRef({1, 1, 2}));
+  CHECK(img[0][0][1].item<double>() > img[0][0][0].item<double>());  // 0xf0 brighter than 0x10
+}
+
 TEST_CASE("Image grid: torchvision's make_grid layout, and PNG round trip", "[images]") {
   auto images = torch::zeros({5, 1, 4, 3});
   for (int i = 0; i < 5; ++i) images[i].fill_(0.1 * (i + 1));
