@@ -132,12 +132,22 @@ struct Runner {
   }
 };
 
-/// Sum of the auxiliary losses (MoE load balancing) of a module's layers after a training forward.
-torch::Tensor auxiliary_losses(torch::nn::Module& module) {
+/// The layers of a module with an auxiliary loss (MoE load balancing), found once per case: the timed step only
+/// sums their losses, as the trainer does (training/auxiliary.cpp).
+using AuxiliaryLayers = std::vector<std::shared_ptr<models::AuxiliaryLoss>>;
+AuxiliaryLayers auxiliary_layers(const std::shared_ptr<torch::nn::Module>& module) {
+  AuxiliaryLayers layers;
+  if (module)
+    for (const auto& m : module->modules(/*include_self=*/true))
+      if (auto layer = std::dynamic_pointer_cast<models::AuxiliaryLoss>(m)) layers.push_back(std::move(layer));
+  return layers;
+}
+
+/// Sum of the layers' auxiliary losses after a training forward (undefined when there are none).
+torch::Tensor auxiliary_losses(const AuxiliaryLayers& layers) {
   torch::Tensor total;
-  for (const auto& m : module.modules(/*include_self=*/true))
-    if (auto layer = std::dynamic_pointer_cast<models::AuxiliaryLoss>(m))
-      if (auto l = layer->auxiliary_loss(); l.defined()) total = total.defined() ? total + l : l;
+  for (const auto& layer : layers)
+    if (auto l = layer->auxiliary_loss(); l.defined()) total = total.defined() ? total + l : l;
   return total;
 }
 
@@ -231,10 +241,10 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   auto model = models::build_model(spec.model, config.options).first;
   r.module = model.ptr();
   auto objective = training::ObjectiveRegistry::instance().make(config.task, config.options, config.task_options);
-  r.loss = [model, objective, batch, module = r.module]() mutable {
+  r.loss = [model, objective, batch, aux_layers = auxiliary_layers(r.module)]() mutable {
     training::Terms terms;
     auto l = objective->loss(model, batch, terms);
-    if (auto aux = auxiliary_losses(*module); aux.defined()) l = l + aux;
+    if (auto aux = auxiliary_losses(aux_layers); aux.defined()) l = l + aux;
     return l;
   };
   r.forward = [model](const torch::Tensor& x) mutable { model.any_forward(x); };
@@ -313,10 +323,9 @@ Runner make_layer_runner(const CaseSpec& spec) {
   // Sequences are [T, N, ...] for the LSTM cell: batch 1 is a slice of dimension 1.
   r.latency_input = spec.model == "gated-lstm-cell" ? r.input.slice(1, 0, 1).detach() : r.input.slice(0, 0, 1).detach();
   if (spec.model == "sinkhorn") r.latency_input.requires_grad_(false);
-  r.loss = [out, x = r.input, module = r.module]() {
+  r.loss = [out, x = r.input, aux_layers = auxiliary_layers(r.module)]() {
     auto l = out(x).pow(2).mean();
-    if (module)
-      if (auto aux = auxiliary_losses(*module); aux.defined()) l = l + aux;
+    if (auto aux = auxiliary_losses(aux_layers); aux.defined()) l = l + aux;
     return l;
   };
   r.forward = [out](const torch::Tensor& x) { out(x); };
