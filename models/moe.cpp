@@ -162,15 +162,17 @@ torch::Tensor MixtureOfExpertsImpl::dispatch(const torch::Tensor& x, const Routi
   gate_of = gate_of.index_select(0, order);
   const auto counts = torch::bincount(expert_of, {}, n).to(torch::kCPU);
   const auto* count = counts.data_ptr<int64_t>();
+  // One gather of every assigned row, one split into the experts' groups, one concatenation of their outputs and
+  // one scatter-add back to the tokens: a split's backward is a single concatenation, where a gather per expert
+  // would cost a token-sized zero tensor and an index_add in the backward for each expert.
+  const auto groups = x.index_select(0, token_of).split_with_sizes(c10::IntArrayRef(count, static_cast<size_t>(n)));
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    if (count[i] > 0) outputs.push_back(expert(i, groups[static_cast<size_t>(i)]));
   auto out = torch::zeros({tokens, options.out_features()}, x.options());
-  int64_t offset = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (count[i] == 0) continue;
-    const auto rows = token_of.slice(0, offset, offset + count[i]);
-    const auto y = expert(i, x.index_select(0, rows)) * gate_of.slice(0, offset, offset + count[i]).unsqueeze(1);
-    out.index_add_(0, rows, y);  // in place: index_add's backward needs neither operand
-    offset += count[i];
-  }
+  if (outputs.empty()) return out;
+  out.index_add_(0, token_of, torch::cat(outputs) * gate_of.unsqueeze(1));  // in place: needs neither operand
   return out;
 }
 

@@ -309,6 +309,28 @@ TEST_CASE("MoE dispatch: sparse equals dense; with k = N equals the softmax gate
   models::MixtureOfExperts moe(models::MixtureOfExpertsOptions(10, 4).experts(5).k(2));
   const auto r = moe->route(x);
   CHECK(max_abs(moe->dispatch(x, r) - moe->dispatch(x, r, /*dense=*/true)) < 1e-5);
+  // The same gradients too, for the input, the gate and every expert, with and without a capacity limit
+  // (capacity 1.0 on 40 tokens x 2 choices / 5 experts = 16 slots drops some assignments).
+  for (const double capacity : {0.0, 1.0}) {
+    INFO("capacity_factor " << capacity);
+    models::MixtureOfExperts limited(models::MixtureOfExpertsOptions(10, 4).experts(5).k(2).capacity_factor(capacity));
+    auto gradients = [&](bool dense) {
+      limited->zero_grad(/*set_to_none=*/true);
+      const auto xg = x.clone().requires_grad_(true);
+      const auto routing = limited->route(xg);
+      if (capacity > 0) REQUIRE(routing.dropped > 0);
+      limited->dispatch(xg, routing, dense).pow(2).sum().backward();
+      std::vector<torch::Tensor> g{xg.grad()};
+      for (const auto& p : limited->parameters()) g.push_back(p.grad().defined() ? p.grad() : torch::zeros_like(p));
+      return g;
+    };
+    const auto sparse = gradients(false), dense = gradients(true);
+    for (size_t i = 0; i < sparse.size(); ++i) {
+      INFO("gradient " << i);
+      CHECK(max_abs(sparse[i] - dense[i]) < 1e-5);
+    }
+    CHECK(max_abs(sparse[0]) > 1e-2);
+  }
   // All experts selected: the sparse top-N layer computes the dense softmax mixture.
   models::MixtureOfExperts all(models::MixtureOfExpertsOptions(10, 4).experts(5).k(5));
   models::MixtureOfExperts dense(models::MixtureOfExpertsOptions(10, 4).experts(5).gate("softmax"));
