@@ -33,6 +33,9 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
   REQUIRE(r.code == 0);
   const auto doc = json::parse(r.out);
   REQUIRE(doc["settings"]["python"] == true);
+  // Each side names the malloc it ran with.
+  CHECK(doc["allocator"]["cpp"] == "glibc malloc");
+  CHECK(doc["allocator"]["python"] == "glibc malloc");
   REQUIRE(doc["calibration"].size() == 2);  // 1,2,1: a repeated thread count is measured once
   for (const auto& c : doc["calibration"]) {
     CHECK(c["conv_gflops"].get<double>() > 0.1);
@@ -84,6 +87,7 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
   const auto md = read_text(tmp.path() / "results.md");
   CHECK(md.find("| sinkhorn | 2 | 64 |") != std::string::npos);
   CHECK(md.find("Machine throughput: 1 thread: conv") != std::string::npos);
+  CHECK(md.find("(glibc malloc)") != std::string::npos);
 }
 
 TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]") {
@@ -125,6 +129,16 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
     CHECK(r.code != 0);
     CHECK(zoo::test::last_line(r.err).find("has no '<!-- zoo bench: begin -->'") != std::string::npos);
     CHECK(read_text(tmp.path() / "plain.md") == "# no block\n");
+  }
+  if (const std::string jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+      std::filesystem::exists(jemalloc) && python_has_torch()) {
+    // Under LD_PRELOAD both sides run with another malloc, and the report says so for each.
+    const auto r = run_command("LD_PRELOAD=" + jemalloc + " " + ZOO_BIN + " bench sinkhorn --threads 1" + kQuick +
+                               "--json");
+    REQUIRE(r.code == 0);
+    const auto doc = json::parse(r.out);
+    CHECK(doc["allocator"]["cpp"].get<std::string>().rfind("jemalloc 5.", 0) == 0);
+    CHECK(doc["allocator"]["python"] == "jemalloc");
   }
   {
     const auto r = run_zoo("bench sinkhorn --repeat 0");

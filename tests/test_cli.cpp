@@ -2,6 +2,9 @@
 // (non-zero exit, one clear line on stderr).
 #include "models/registry.h"
 #include "tests/helpers.h"
+#include "training/runtime.h"
+
+#include <torch/version.h>
 
 #include <catch2/catch.hpp>
 
@@ -37,6 +40,25 @@ TEST_CASE("CLI: list prints every registered model, name first", "[cli]") {
   CHECK(d.out.find("fashion-mnist") != std::string::npos);
 }
 
+TEST_CASE("CLI: --version names LibTorch and the allocator that serves malloc", "[cli]") {
+  CHECK(zoo::training::allocator() == "glibc malloc");  // zoo links no allocator of its own (README, "Speed")
+  const auto r = run_zoo("--version");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.rfind("zoo 0.", 0) == 0);
+  CHECK(r.out.find("(LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + ".") != std::string::npos);
+  CHECK(r.out.find(", glibc malloc, ") != std::string::npos);
+  CHECK(r.out.find(" cores)") != std::string::npos);
+  // Another malloc put in front (LD_PRELOAD) is the one reported, with its version.
+  if (const std::string jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"; std::filesystem::exists(jemalloc)) {
+    const auto preloaded = zoo::test::run_command("LD_PRELOAD=" + jemalloc + " " + ZOO_BIN + " --version");
+    REQUIRE(preloaded.code == 0);
+    CHECK(preloaded.out.find(", jemalloc 5.") != std::string::npos);
+  } else {
+    WARN("jemalloc check skipped: apt-get install libjemalloc2 (scripts/setup)");
+  }
+}
+
 TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
@@ -66,6 +88,7 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(i["config"]["train"]["schedule"] == "constant");
   CHECK(i["config"]["train"]["epochs"] == 1);
   CHECK(i["config"]["versions"]["torch"].get<std::string>().size() > 0);
+  CHECK(i["config"]["versions"]["allocator"] == zoo::training::allocator());
   CHECK(i["best"]["metric"] == "accuracy");
   CHECK(run_zoo("info " + run).out.find("parameters  50890") != std::string::npos);
 

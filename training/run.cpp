@@ -4,6 +4,7 @@
 
 #include "models/registry.h"
 #include "training/checkpoint.h"
+#include "training/runtime.h"
 
 #include <torch/version.h>
 #include <zoo_version.h>
@@ -31,6 +32,7 @@ json library_versions() {
           {"torch", std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                         std::to_string(TORCH_VERSION_PATCH)},
           {"compiler", __VERSION__},
+          {"allocator", allocator()},
           {"created", now_string("%Y-%m-%dT%H:%M:%S%z")}};
 }
 

@@ -9,6 +9,7 @@ Requests on stdin, one JSON object per line; one JSON reply per line on stdout:
   {"op": "time", "id": ID, "what": "train" | "infer" | "latency", "threads": T, "min_steps": S, "min_time": SEC}
                                          -> {"seconds": per-step mean, "steps": n}; the same rule as the C++ side:
                                          one untimed step, then at least S steps and at least SEC seconds
+  {"op": "info"}                         -> {"torch": version, "allocator": "glibc malloc" | "jemalloc" | ...}
   {"op": "quit"}
 Errors reply {"error": "..."} and the server keeps going.
 
@@ -135,6 +136,19 @@ class Case:
                 self.twin(x)
 
 
+def allocator():
+    """The allocator behind malloc: one preloaded into the process (zoo bench --python-preload), or glibc's."""
+    try:
+        for line in open("/proc/self/maps"):
+            name = os.path.basename(line.split()[-1])
+            for known in ("jemalloc", "tcmalloc", "mimalloc"):
+                if known in name:
+                    return known
+    except OSError:
+        pass
+    return "glibc malloc"
+
+
 def measure(step, min_steps, min_time):
     step()  # untimed: first-call allocations
     start, steps = time.perf_counter(), 0
@@ -155,7 +169,9 @@ def main():
             op = request["op"]
             if op == "quit":
                 break
-            if op == "load":
+            if op == "info":
+                reply = {"torch": torch.__version__, "allocator": allocator()}
+            elif op == "load":
                 cases[request["id"]] = Case(request["dir"])
                 reply = {"ok": True}
             elif op == "time":

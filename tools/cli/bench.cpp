@@ -23,6 +23,7 @@
 #include "training/checkpoint.h"
 #include "training/objective.h"
 #include "training/run.h"
+#include "training/runtime.h"
 #include "training/trainer.h"
 #include "zoo_paths.h"
 #include "zoo_version.h"
@@ -550,9 +551,14 @@ json result_json(const Result& r, bool python) {
 std::string markdown(const json& doc) {
   std::ostringstream s;
   const bool python = doc["settings"]["python"].get<bool>();
+  const auto& allocator = doc["allocator"];
   s << "Measured by `" << doc["command"].get<std::string>() << "` on " << doc["machine"].get<std::string>()
-    << ", " << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>()
-    << (python ? " in C++ and, for the Python twins, Debian's python3-torch (the same build)" : "") << ". Medians of "
+    << ", " << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>() << " in C++ ("
+    << allocator["cpp"].get<std::string>() << ")"
+    << (python ? " and, for the Python twins, Debian's python3-torch (the same build; " +
+                     allocator["python"].get<std::string>() + ")"
+               : "")
+    << ". Medians of "
     << doc["settings"]["repeat"].get<int64_t>() << " interleaved rounds; times per step in ms"
     << (python ? "; speedup = Python time / C++ time, the median over rounds of the two measured back to back "
                  "(above 1: C++ is faster)"
@@ -697,7 +703,11 @@ void run_bench(const BenchArgs& a) {
 
   auto log = [&](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   std::unique_ptr<PythonWorker> worker;
-  if (python) worker = std::make_unique<PythonWorker>(a.python, (fs::path(a.python_dir) / "bench_twins.py").string());
+  json allocators = {{"cpp", training::allocator()}};
+  if (python) {
+    worker = std::make_unique<PythonWorker>(a.python, (fs::path(a.python_dir) / "bench_twins.py").string());
+    allocators["python"] = worker->request({{"op", "info"}})["allocator"];
+  }
   training::apply_threads(cores);
   std::map<std::string, datasets::Splits> data_cache;
   std::vector<std::unique_ptr<Runner>> runners;
@@ -798,6 +808,7 @@ void run_bench(const BenchArgs& a) {
               {"torch", std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                             std::to_string(TORCH_VERSION_PATCH)},
               {"zoo", ZOO_VERSION},
+              {"allocator", allocators},
               {"settings",
                {{"threads", threads},
                 {"repeat", a.repeat},

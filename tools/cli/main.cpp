@@ -6,7 +6,13 @@
 #include <iostream>
 
 #include "training/messages.h"
+#include "training/runtime.h"
 #include "training/trainer.h"
+
+#include <torch/version.h>
+#include <zoo_version.h>
+
+#include <thread>
 
 #include <csignal>
 #include <cstring>
@@ -37,6 +43,11 @@ int main(int argc, char** argv) {
   CLI::App app{"zoo: classic deep-learning models as trainable LibTorch modules"};
   app.require_subcommand(1);
   app.fallthrough(false);
+  app.set_version_flag("--version", [] {
+    return std::string("zoo ") + ZOO_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
+           std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " +
+           zoo::training::allocator() + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores)";
+  });
   zoo::cli::add_list(app);
   zoo::cli::add_train(app);
   zoo::cli::add_eval(app);
@@ -60,6 +71,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::string where = "zoo";
