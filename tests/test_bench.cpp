@@ -3,6 +3,7 @@
 // data-loading share, the Markdown and README outputs, and clear errors for bad cases, a missing interpreter and a
 // README without the results block.
 #include "helpers.h"
+#include "tools/cli/verdict.h"
 
 #include <algorithm>
 
@@ -61,6 +62,9 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
       CHECK(res["python"][std::string(what) + "_ms"].get<double>() == Approx(median3(py)).epsilon(1e-12));
       const double expected = median3({py[0] / cpp[0], py[1] / cpp[1], py[2] / cpp[2]});
       CHECK(res["speedup"][what].get<double>() == Approx(expected).epsilon(1e-9));
+      const auto rounds = res["speedup_rounds"][what].get<std::vector<double>>();
+      REQUIRE(rounds.size() == 3);
+      for (size_t k = 0; k < 3; ++k) CHECK(rounds[k] == Approx(py[k] / cpp[k]).epsilon(1e-12));
     }
     const double items = res["batch"].get<double>() / (res["cpp"]["train_ms"].get<double>() / 1e3);
     CHECK(res["cpp"]["train_items_per_s"].get<double>() == Approx(items).epsilon(1e-9));
@@ -68,6 +72,8 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
     CHECK(res["meets_target"].get<bool>() ==
           (std::min({res["speedup"]["train"].get<double>(), res["speedup"]["infer"].get<double>(),
                      res["speedup"]["latency"].get<double>()}) >= target));
+    // 3 rounds are too few to call a miss parity.
+    CHECK(res["verdict"] == (res["meets_target"].get<bool>() ? "met" : "missed"));
     // The per-operation cases carry the issue's 1.3x target; whole models 1.0x.
     CHECK(target == (res["case"] == "mlp" ? 1.0 : 1.3));
   }
@@ -84,10 +90,32 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
           Approx(mlp["data"]["batch_ms"].get<double>() / mlp["cpp"]["train_ms"].get<double>()));
     CHECK_FALSE(doc["results"][2].contains("data"));  // layers outside the registry have no dataset
   }
+  // Rounds alternate which side goes first.
+  CHECK(r.err.find("bench: round 1/3, sinkhorn, 1 thread, C++ first") != std::string::npos);
+  CHECK(r.err.find("bench: round 2/3, sinkhorn, 1 thread, Python first") != std::string::npos);
+  CHECK(r.err.find("bench: round 3/3, sinkhorn, 2 threads, C++ first") != std::string::npos);
   const auto md = read_text(tmp.path() / "results.md");
   CHECK(md.find("| sinkhorn | 2 | 64 |") != std::string::npos);
   CHECK(md.find("Machine throughput: 1 thread: conv") != std::string::npos);
   CHECK(md.find("(glibc malloc)") != std::string::npos);
+}
+
+TEST_CASE("Bench verdicts: met on the median; parity only for 1.0x, over 5+ rounds, if C++ won a round", "[bench]") {
+  using zoo::cli::speedup_verdict;
+  const std::vector<double> fast{1.2, 1.1, 1.3, 1.2, 1.25};
+  // Medians 0.97 (C++ faster in 2 of 5 rounds) and 0.95 (in 1 of 5): not slower beyond the spread.
+  CHECK(speedup_verdict({fast, {0.97, 1.02, 0.95, 1.01, 0.97}, fast}, 1.0) == "parity");
+  CHECK(speedup_verdict({{0.95, 0.94, 1.01, 0.9, 0.96}, fast, fast}, 1.0) == "parity");
+  // Slower in every round of one measurement: missed, however close.
+  CHECK(speedup_verdict({fast, fast, {0.99, 0.98, 0.99, 0.97, 0.999}}, 1.0) == "missed");
+  // Too few rounds for the sign test.
+  CHECK(speedup_verdict({{0.97, 1.02, 0.95}, {1.1, 1.1, 1.1}, {1.1, 1.1, 1.1}}, 1.0) == "missed");
+  // A claimed speedup needs its median: 1.28x with rounds up to 1.5x is a miss.
+  CHECK(speedup_verdict({{1.28, 1.5, 1.27, 1.29, 1.2}, fast, fast}, 1.3) == "missed");
+  CHECK(speedup_verdict({{1.31, 1.5, 1.27, 1.32, 1.2}, {1.3, 1.3, 1.3, 1.3, 1.3}, {2, 2, 2, 2, 2}}, 1.3) == "met");
+  CHECK(speedup_verdict({{1.0, 1.0, 1.0}, {1.0, 1.0, 1.0}, {1.0, 1.0, 1.0}}, 1.0) == "met");  // the target itself
+  // Even counts: the median is the mean of the middle two.
+  CHECK(zoo::cli::median({1.0, 3.0, 2.0, 10.0}) == 2.5);
 }
 
 TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]") {
