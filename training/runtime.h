@@ -5,8 +5,8 @@
 
 namespace zoo::training {
 
-/// The allocator that serves malloc in this process, found at run time: "jemalloc 5.3.0" (zoo's programs link it,
-/// see ZOO_ALLOCATOR in CMakeLists.txt), "tcmalloc", "mimalloc" (e.g. under LD_PRELOAD) or "glibc malloc".
+/// The allocator that serves malloc in this process, found at run time: "glibc malloc" (zoo links no other; README,
+/// "Speed"), or one put in front with LD_PRELOAD: "jemalloc 5.3.0" (with its version), "tcmalloc", "mimalloc".
 std::string allocator();
 
 }  // namespace zoo::training

@@ -137,7 +137,7 @@ class Case:
 
 
 def allocator():
-    """The allocator behind malloc: one preloaded into the process (zoo bench --python-preload), or glibc's."""
+    """The allocator behind malloc: one preloaded into the process (LD_PRELOAD, inherited from zoo), or glibc's."""
     try:
         for line in open("/proc/self/maps"):
             name = os.path.basename(line.split()[-1])
