@@ -100,7 +100,7 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
   CHECK(md.find("(glibc malloc)") != std::string::npos);
 }
 
-TEST_CASE("Bench verdicts: met on the median; parity only for 1.0x, over 5+ rounds, if C++ won a round", "[bench]") {
+TEST_CASE("Bench verdicts: met on the median, parity only for 1.0x, over 5+ rounds, if C++ won a round", "[bench]") {
   using zoo::cli::speedup_verdict;
   const std::vector<double> fast{1.2, 1.1, 1.3, 1.2, 1.25};
   // Medians 0.97 (C++ faster in 2 of 5 rounds) and 0.95 (in 1 of 5): not slower beyond the spread.

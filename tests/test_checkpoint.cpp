@@ -141,7 +141,7 @@ TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash betwe
   CHECK(nlohmann::json::parse(log.substr(0, log.find('\n')))["epoch"] == 1);
 }
 
-TEST_CASE("Runs: an existing run is never overwritten; a missing one is a clear error", "[checkpoint][errors]") {
+TEST_CASE("Runs: an existing run is never overwritten, a missing one is a clear error", "[checkpoint][errors]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   auto config = zoo::test::small_run("mlp", 100, quiet());

@@ -173,7 +173,7 @@ TEST_CASE("Two ranks with batch b end bit-identical, and equal to one process wi
   }
 }
 
-TEST_CASE("zoo train --nproc 2; a distributed run resumes in one process and the other way round",
+TEST_CASE("zoo train --nproc 2, a distributed run resumes in one process and the other way round",
           "[distributed][cli]") {
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;

@@ -61,7 +61,7 @@ TEST_CASE("Text: tokens, records split by % lines or blank lines, <S> and </S> a
   CHECK(datasets::read_records(tmp.str("plain") + ":" + tmp.str("fort")).size() == 5);
 }
 
-TEST_CASE("Text: character ids with begin/end of word and padding; <S> and </S> have their own", "[elmo][data]") {
+TEST_CASE("Text: character ids with begin/end of word and padding, <S> and </S> have their own", "[elmo][data]") {
   using C = datasets::CharIds;
   CHECK(datasets::word_chars("ab", 6) == std::vector<int64_t>{C::kBeginWord, 'a' + 1, 'b' + 1, C::kEndWord, 0, 0});
   CHECK(datasets::word_chars("abcdefgh", 5) == std::vector<int64_t>{C::kBeginWord, 'a' + 1, 'b' + 1, 'c' + 1, C::kEndWord});
@@ -145,7 +145,7 @@ TEST_CASE("ELMo: shapes, names as in a Python port, layer 0 duplicated", "[elmo]
   CHECK_THROWS_WITH(models::build_model("elmo", {{"filters", {1, 4, 30, 8}}}), Catch::Contains("exceeds max_word_length"));
 }
 
-TEST_CASE("ELMo claim: layer 0 gives a word the same vector in every context; layers 1 and 2 do not", "[elmo]") {
+TEST_CASE("ELMo claim: layer 0 gives a word the same vector in every context, layers 1 and 2 do not", "[elmo]") {
   torch::manual_seed(1);
   models::Elmo elmo(tiny_elmo());
   elmo->eval();
@@ -156,7 +156,7 @@ TEST_CASE("ELMo claim: layer 0 gives a word the same vector in every context; la
   for (int layer : {1, 2}) CHECK(max_abs(a[layer][0][5] - b[layer][0][4]) > 1e-3);
 }
 
-TEST_CASE("ELMo claim: the forward LM never sees the future, the backward LM never the past; padding changes nothing",
+TEST_CASE("ELMo claim: the forward LM never sees the future, the backward LM never the past, padding changes nothing",
           "[elmo]") {
   torch::manual_seed(2);
   models::Elmo elmo(tiny_elmo());
@@ -183,7 +183,7 @@ TEST_CASE("ELMo claim: the forward LM never sees the future, the backward LM nev
   CHECK(max_abs(padded.select(1, 0).slice(1, static_cast<int64_t>(words.size()))) == 0);  // padding outputs are 0
 }
 
-TEST_CASE("ScalarMix: equal weights give gamma times the mean; weights always sum to 1; layer norm as AllenNLP",
+TEST_CASE("ScalarMix: equal weights give gamma times the mean, weights always sum to 1, layer norm as AllenNLP",
           "[elmo]") {
   torch::manual_seed(3);
   std::vector<Tensor> layers{torch::randn({2, 5, 8}), torch::randn({2, 5, 8}), torch::randn({2, 5, 8})};

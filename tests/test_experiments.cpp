@@ -30,7 +30,7 @@ std::map<std::string, std::vector<double>> read_csv(const std::string& path) {
 }
 }  // namespace
 
-TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond; train error 0 from N = n", "[experiments][learning]") {
+TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond, train error 0 from N = n", "[experiments][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const int n = 200;
@@ -108,7 +108,7 @@ TEST_CASE("mhc-stability: HC's composite gain explodes, mHC's stays near 1, mHC-
   CHECK_THAT(bad.err, Catch::Contains("--scales must be >= 0"));
 }
 
-TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver; NFE as the solvers define it",
+TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver, NFE as the solvers define it",
           "[experiments][ode][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;

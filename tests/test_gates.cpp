@@ -303,7 +303,7 @@ TEST_CASE("MoE gating: weights sum to 1, top-k picks exactly k distinct experts"
                     Catch::Contains("valid gates: softmax, topk, noisy-topk"));
 }
 
-TEST_CASE("MoE dispatch: sparse equals dense; with k = N equals the softmax gate", "[moe]") {
+TEST_CASE("MoE dispatch: sparse equals dense, with k = N equals the softmax gate", "[moe]") {
   torch::manual_seed(7);
   const auto x = torch::randn({40, 10});
   models::MixtureOfExperts moe(models::MixtureOfExpertsOptions(10, 4).experts(5).k(2));

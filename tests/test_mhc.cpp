@@ -140,7 +140,7 @@ TEST_CASE("MHC at initialisation is a plain residual connection around the branc
   CHECK(max_abs(m->combine(x, given) - expected) < 1e-5);
 }
 
-TEST_CASE("MHC: gradients reach every mixing parameter; clone is deep; bad options are refused", "[mhc]") {
+TEST_CASE("MHC: gradients reach every mixing parameter, clone is deep, bad options are refused", "[mhc]") {
   torch::manual_seed(3);
   for (const std::string variant : {"mhc", "mhc-lite", "hc"}) {
     models::MHC m(models::MHCOptions(6).variant(variant), torch::nn::Linear(6, 6));

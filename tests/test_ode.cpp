@@ -108,7 +108,7 @@ TEST_CASE("Gradients flow through the solver steps: d y(1) / d a = e^a for dy/dt
   }
 }
 
-TEST_CASE("Euler ResNet: h = 1 with one step is the residual block; tied Euler equals the ODE block", "[ode]") {
+TEST_CASE("Euler ResNet: h = 1 with one step is the residual block, tied Euler equals the ODE block", "[ode]") {
   torch::manual_seed(0);
   const auto x = torch::randn({2, 8, 6, 6});
   models::EulerResNet one(models::EulerResNetOptions(8).steps(1));
@@ -170,7 +170,7 @@ TEST_CASE("ode-resnet: shapes, names, solver changes at inference, errors", "[od
   CHECK_THROWS_WITH(net->forward(torch::rand({1, 1, 4, 4})), Catch::Contains("H >= 8"));
 }
 
-TEST_CASE("ode-resnet learns Fashion-MNIST; eval --set changes the solver without retraining (CLI)",
+TEST_CASE("ode-resnet learns Fashion-MNIST, eval --set changes the solver without retraining (CLI)",
           "[ode][learning][cli]") {
   REQUIRE(test::have_fashion_mnist());
   test::TempDir dir;

@@ -171,7 +171,7 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
   CHECK(r.code == 0);
 }
 
-TEST_CASE("Interop: zoo export -> Python calls forward; zoo predict runs it; Python -> zoo import -> zoo eval",
+TEST_CASE("Interop: zoo export -> Python calls forward, zoo predict runs it, Python -> zoo import -> zoo eval",
           "[parity][python][cli]") {
   if (!python_has_torch()) {
     WARN("skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");

@@ -86,7 +86,7 @@ TEST_CASE("Priors: decoupled weight decay equals the Gaussian penalty step by st
   CHECK(decay.back().norm().item<double>() < 0.99 * plain.back().norm().item<double>());
 }
 
-TEST_CASE("Priors: the proximal Laplace step makes exact zeros; the subgradient does not", "[priors][learning]") {
+TEST_CASE("Priors: the proximal Laplace step makes exact zeros, the subgradient does not", "[priors][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   auto data = small_data(2000);
   auto zero_fraction = [&](bool proximal) {

@@ -36,7 +36,7 @@ zoo::test::CommandResult signal_during_training(const std::string& args, const s
 }
 }  // namespace
 
-TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint; --resume ends bit-identical to an uninterrupted run", "[reliability]") {
+TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint, --resume ends bit-identical to an uninterrupted run", "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string args = "train mlp --epochs 4 --threads 1 --seed 2 --no-progress --out ";
@@ -78,7 +78,7 @@ TEST_CASE("Reliability: SIGTERM stops cleanly with a checkpoint too", "[reliabil
   CHECK(run_zoo("eval " + tmp.str("run") + " --json").code == 0);
 }
 
-TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpoint; resume ends where a clean run ends", "[reliability]") {
+TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpoint, resume ends where a clean run ends", "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string args = "--epochs 3 --limit 40000 --threads 1 --seed 9 --no-progress";
