@@ -2,6 +2,8 @@
 
 #include "models/registry.h"
 
+#include <torch/csrc/jit/frontend/tracer.h>
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -173,6 +175,174 @@ ODESolution odeint(const VectorField& f, const Tensor& y0, double t0, double t1,
   check_solver(options);
   if (t0 == t1) return ODESolution{y0, 0, 0, 0};
   return options.method() == "dopri5" ? dopri5(f, y0, t0, t1, options) : fixed_step(f, y0, t0, t1, options);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+
+// The fixed-step solvers as Butcher tableaus: stage i evaluates k_i = f(y + h sum_{j<i} a_ij k_j), and the step
+// is y + h sum_i b_i k_i (the same steps as fixed_step above).
+struct Tableau {
+  int stages;
+  double a[4][4];
+  double b[4];
+};
+
+const Tableau& tableau(const std::string& method) {
+  static const Tableau euler{1, {{0}}, {1}};
+  static const Tableau midpoint{2, {{0}, {0.5}}, {0, 1}};
+  static const Tableau rk4{4, {{0}, {1.0 / 3}, {-1.0 / 3, 1}, {1, -1, 1}}, {1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8}};
+  if (method == "euler") return euler;
+  if (method == "midpoint") return midpoint;
+  return rk4;
+}
+
+// out = y + h sum_{j < n} c_j k_j, written into out (a copy of y when every c_j is 0).
+void combine(Tensor& out, const Tensor& y, const Tensor* k, const double* c, int n, double h) {
+  bool started = false;
+  for (int j = 0; j < n; ++j) {
+    if (c[j] == 0) continue;
+    if (started) {
+      out.add_(k[j], h * c[j]);
+    } else {
+      torch::add_out(out, y, k[j], h * c[j]);
+      started = true;
+    }
+  }
+  if (!started) out.copy_(y);
+}
+
+// The forward of MLPFieldImpl::solve on y0 [N, dim]. Given the buffers (both or neither), stage e's input goes
+// to inputs[e] and its activation tanh(W1 u + b1) to activations[e] (e = step * stages + stage) for the backward.
+Tensor mlp_field_steps(const Tensor& y0, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                       double t0, double t1, int64_t steps, const Tableau& tab, Tensor* inputs, Tensor* activations) {
+  const double h = (t1 - t0) / static_cast<double>(steps);
+  const bool save = inputs != nullptr;
+  const auto w1t = w1.t(), w2t = w2.t();
+  Tensor y = y0, k[4], hidden;
+  for (int64_t n = 0; n < steps; ++n) {
+    for (int i = 0; i < tab.stages; ++i) {
+      const int64_t e = n * tab.stages + i;
+      Tensor u;
+      if (i == 0 && !save) {
+        u = y;
+      } else {
+        u = save ? (*inputs)[e] : torch::empty_like(y);
+        combine(u, y, k, tab.a[i], i, h);
+      }
+      Tensor a = save ? (*activations)[e] : hidden;
+      if (!a.defined()) a = hidden = torch::empty({y.size(0), w1.size(0)}, y.options());
+      torch::addmm_out(a, b1, u, w1t).tanh_();
+      k[i] = torch::addmm(b2, a, w2t);
+    }
+    Tensor next = torch::empty_like(y);
+    combine(next, y, k, tab.b, tab.stages, h);
+    y = next;
+  }
+  return y;
+}
+
+struct MLPFieldSolve : public torch::autograd::Function<MLPFieldSolve> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& y0, const Tensor& w1, const Tensor& b1,
+                        const Tensor& w2, const Tensor& b2, double t0, double t1, int64_t steps,
+                        const std::string& method) {
+    const auto& tab = tableau(method);
+    const int64_t evaluations = steps * tab.stages;
+    auto inputs = torch::empty({evaluations, y0.size(0), y0.size(1)}, y0.options());
+    auto activations = torch::empty({evaluations, y0.size(0), w1.size(0)}, y0.options());
+    auto y = mlp_field_steps(y0, w1, b1, w2, b2, t0, t1, steps, tab, &inputs, &activations);
+    ctx->save_for_backward({w1, w2, inputs, activations});
+    ctx->saved_data["h"] = (t1 - t0) / static_cast<double>(steps);
+    ctx->saved_data["steps"] = steps;
+    ctx->saved_data["method"] = method;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &w1 = saved[0], &w2 = saved[1], &inputs = saved[2], &activations = saved[3];
+    const double h = ctx->saved_data["h"].toDouble();
+    const int64_t steps = ctx->saved_data["steps"].toInt();
+    const auto& tab = tableau(ctx->saved_data["method"].toStringRef());
+    // gk[e]: the gradient reaching stage e's output k; gz[e]: the one reaching W1 u + b1.
+    auto gk = torch::empty_like(inputs), gz = torch::empty_like(activations);
+    auto gy = grads[0].clone(torch::MemoryFormat::Contiguous);
+    const bool need_y0 = ctx->needs_input_grad(0);
+    for (int64_t n = steps - 1; n >= 0; --n) {
+      const int64_t base = n * tab.stages;
+      for (int i = 0; i < tab.stages; ++i) {
+        auto g = gk[base + i];
+        tab.b[i] == 0 ? g.zero_() : g.copy_(gy).mul_(h * tab.b[i]);
+      }
+      for (int i = tab.stages - 1; i >= 0; --i) {
+        const int64_t e = base + i;
+        auto gz_e = gz[e];
+        torch::tanh_backward_out(gz_e, torch::mm(gk[e], w2), activations[e]);
+        if (n == 0 && i == 0 && !need_y0) break;
+        const auto gu = torch::mm(gz_e, w1);
+        gy.add_(gu);
+        for (int j = 0; j < i; ++j)
+          if (tab.a[i][j] != 0) gk[base + j].add_(gu, h * tab.a[i][j]);
+      }
+    }
+    const int64_t rows = inputs.size(0) * inputs.size(1);
+    const auto gk2 = gk.view({rows, gk.size(2)}), gz2 = gz.view({rows, gz.size(2)});
+    torch::autograd::variable_list out(9);
+    if (need_y0) out[0] = gy;
+    if (ctx->needs_input_grad(1)) out[1] = torch::mm(gz2.t(), inputs.view({rows, inputs.size(2)}));
+    if (ctx->needs_input_grad(2)) out[2] = gz2.sum(0);
+    if (ctx->needs_input_grad(3)) out[3] = torch::mm(gk2.t(), activations.view({rows, activations.size(2)}));
+    if (ctx->needs_input_grad(4)) out[4] = gk2.sum(0);
+    return out;
+  }
+};
+
+}  // namespace
+
+MLPFieldImpl::MLPFieldImpl(MLPFieldOptions options_) : options(options_) { reset(); }
+
+void MLPFieldImpl::reset() {
+  TORCH_CHECK(options.dim() > 0 && options.hidden() > 0, "MLPField dim and hidden must be positive, got ",
+              options.dim(), " and ", options.hidden());
+  net = register_module("net",
+                        torch::nn::Sequential(torch::nn::Linear(options.dim(), options.hidden()), torch::nn::Tanh(),
+                                              torch::nn::Linear(options.hidden(), options.dim())));
+}
+
+Tensor MLPFieldImpl::forward(double /*t*/, const Tensor& y) {
+  TORCH_CHECK(y.dim() >= 1 && y.size(-1) == options.dim(), "MLPField expects y [..., ", options.dim(), "], got ",
+              y.sizes());
+  return net->forward(y);
+}
+
+ODESolution MLPFieldImpl::solve(const Tensor& y0, double t0, double t1, const ODESolverOptions& solver) {
+  check_solver(solver);
+  TORCH_CHECK(y0.dim() >= 1 && y0.size(-1) == options.dim(), "MLPField expects y0 [..., ", options.dim(), "], got ",
+              y0.sizes());
+  if (solver.method() == "dopri5" || torch::jit::tracer::isTracing())
+    return odeint([this](double t, const Tensor& y) { return forward(t, y); }, y0, t0, t1, solver);
+  if (t0 == t1) return ODESolution{y0, 0, 0, 0};
+  const auto& first = *net->ptr<torch::nn::LinearImpl>(0);
+  const auto& last = *net->ptr<torch::nn::LinearImpl>(2);
+  const auto y = y0.reshape({-1, options.dim()});
+  const bool grad = torch::GradMode::is_enabled() &&
+                    (y0.requires_grad() || first.weight.requires_grad() || first.bias.requires_grad() ||
+                     last.weight.requires_grad() || last.bias.requires_grad());
+  ODESolution s;
+  s.y = grad ? MLPFieldSolve::apply(y, first.weight, first.bias, last.weight, last.bias, t0, t1, solver.steps(),
+                                    solver.method())
+             : mlp_field_steps(y, first.weight, first.bias, last.weight, last.bias, t0, t1, solver.steps(),
+                               tableau(solver.method()), nullptr, nullptr);
+  s.y = s.y.reshape(y0.sizes());
+  s.accepted = solver.steps();
+  s.nfe = solver.steps() * tableau(solver.method()).stages;
+  return s;
+}
+
+void MLPFieldImpl::pretty_print(std::ostream& stream) const {
+  stream << "zoo::MLPField(dim=" << options.dim() << ", hidden=" << options.hidden() << ")";
 }
 
 // ---------------------------------------------------------------------------------------------------------------

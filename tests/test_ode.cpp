@@ -108,6 +108,82 @@ TEST_CASE("Gradients flow through the solver steps: d y(1) / d a = e^a for dy/dt
   }
 }
 
+TEST_CASE("MLPField: the hand-written adjoint of the fixed-step solvers equals autograd through odeint", "[ode]") {
+  torch::manual_seed(0);
+  models::MLPField field(models::MLPFieldOptions(3, 8));
+  field->to(torch::kFloat64);
+  REQUIRE(field->named_parameters().contains("net.0.weight"));
+  REQUIRE(field->named_parameters().contains("net.2.bias"));
+  const auto params = field->parameters();
+  auto gradients = [&](bool fused, const Tensor& y0, const Tensor& weight, const ODESolverOptions& solver, double t0,
+                       double t1) {
+    for (auto& p : params) p.mutable_grad() = Tensor();
+    auto y = y0.detach().clone().requires_grad_(y0.requires_grad());
+    auto solution =
+        fused ? field->solve(y, t0, t1, solver)
+              : models::odeint([&](double t, const Tensor& u) { return field->forward(t, u); }, y, t0, t1, solver);
+    (solution.y * weight).sum().backward();
+    std::vector<Tensor> out{solution.y.detach()};
+    out.push_back(y.requires_grad() ? y.grad() : Tensor());
+    for (auto& p : params) out.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+    return std::make_pair(out, solution);
+  };
+  struct Case {
+    std::string method;
+    int64_t steps;
+    double t0, t1;
+    std::vector<int64_t> shape;
+  };
+  for (const Case& c : {Case{"euler", 7, 0.0, 1.0, {5, 3}}, Case{"midpoint", 5, 0.0, 0.8, {5, 3}},
+                        Case{"rk4", 6, 0.0, 1.0, {2, 4, 3}}, Case{"rk4", 3, 1.0, -0.5, {3}}}) {
+    INFO(c.method << " steps " << c.steps << " from " << c.t0 << " to " << c.t1);
+    const auto y0 = torch::randn(c.shape, kF64).requires_grad_(true);
+    const auto weight = torch::randn(c.shape, kF64);
+    const auto solver = ODESolverOptions().method(c.method).steps(c.steps);
+    const auto [fused, s1] = gradients(true, y0, weight, solver, c.t0, c.t1);
+    const auto [reference, s2] = gradients(false, y0, weight, solver, c.t0, c.t1);
+    CHECK(s1.nfe == s2.nfe);
+    CHECK(s1.accepted == c.steps);
+    CHECK(fused[0].sizes() == y0.sizes());
+    for (size_t i = 0; i < fused.size(); ++i) {
+      INFO("output " << i << " (y, dy0, dW1, db1, dW2, db2)");
+      REQUIRE(fused[i].defined());
+      CHECK(fused[i].abs().max().item<double>() > 1e-3);  // a real gradient, not zeros on both sides
+      CHECK(torch::allclose(fused[i], reference[i], 1e-10, 1e-12));
+    }
+  }
+  SECTION("only the weights, or only y0, need a gradient") {
+    const auto weight = torch::randn({4, 3}, kF64);
+    const auto solver = ODESolverOptions().steps(4);
+    const auto [fused, s1] = gradients(true, torch::randn({4, 3}, kF64), weight, solver, 0, 1);
+    CHECK_FALSE(fused[1].defined());
+    for (auto& p : params) p.requires_grad_(false);
+    auto y0 = torch::randn({4, 3}, kF64).requires_grad_(true);
+    const auto [only_y0, s2] = gradients(true, y0, weight, solver, 0, 1);
+    const auto [reference, s3] = gradients(false, y0, weight, solver, 0, 1);
+    for (auto& p : params) p.requires_grad_(true);
+    CHECK(torch::allclose(only_y0[1], reference[1], 1e-10, 1e-12));
+    CHECK_FALSE(only_y0[2].defined());
+  }
+  SECTION("without gradients, dopri5, and errors") {
+    const auto y0 = torch::randn({6, 3}, kF64);
+    torch::NoGradGuard no_grad;
+    for (const std::string method : {"euler", "midpoint", "rk4"}) {
+      const auto solver = ODESolverOptions().method(method).steps(5);
+      const auto y = field->solve(y0, 0, 1, solver).y;
+      CHECK_FALSE(y.requires_grad());
+      CHECK(torch::allclose(y, models::odeint(field, y0, 0, 1, solver).y, 1e-12, 1e-12));
+    }
+    const auto adaptive = ODESolverOptions().method("dopri5").rtol(1e-6).atol(1e-6);
+    const auto s = field->solve(y0, 0, 1, adaptive);
+    CHECK(s.nfe > 6);
+    CHECK(torch::allclose(s.y, models::odeint(field, y0, 0, 1, adaptive).y));
+    CHECK(torch::equal(field->solve(y0, 0.5, 0.5).y, y0));
+    CHECK_THROWS_WITH(field->solve(torch::randn({6, 4}, kF64), 0, 1), Catch::Contains("expects y0 [..., 3]"));
+    CHECK_THROWS_WITH(field->solve(y0, 0, 1, ODESolverOptions().steps(0)), Catch::Contains("steps must be >= 1"));
+  }
+}
+
 TEST_CASE("Euler ResNet: h = 1 with one step is the residual block, tied Euler equals the ODE block", "[ode]") {
   torch::manual_seed(0);
   const auto x = torch::randn({2, 8, 6, 6});

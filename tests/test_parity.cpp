@@ -6,6 +6,7 @@
 #include "helpers.h"
 #include "models/attention.h"
 #include "models/gated_lstm.h"
+#include "models/ode.h"
 #include "models/registry.h"
 #include "training/checkpoint.h"
 #include "training/export.h"
@@ -141,8 +142,8 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
   };
   TempDir tmp;
   for (const auto& c : cases) write_case(tmp.path(), c);
-  // Layers outside the registry: the attention layer (its twin: the same maths written in Python) and the gated
-  // LSTM cell (its twin: torch.nn.LSTMCell itself, which has the same parameter names).
+  // Layers outside the registry: the attention layer (its twin: the same maths written in Python), the gated
+  // LSTM cell (its twin: torch.nn.LSTMCell itself, which has the same parameter names) and MLPField below.
   torch::manual_seed(2);
   models::Attention attention(models::AttentionOptions(8, 2).temperature(0.7));
   write_case_with(tmp.path() / "attention", *attention,
@@ -160,9 +161,22 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
                     auto step = cell->forward(x[0], std::make_tuple(x[1], x[2]));
                     return {step.h, step.c};
                   });
-  const auto r = test::run_command(std::string(kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/parity.py " + tmp.str());
+  // MLPField::solve (a hand-written adjoint) against torchdiffeq-style stepping through autograd in Python.
+  for (const std::string method : {"euler", "midpoint", "rk4"}) {
+    models::MLPField field(models::MLPFieldOptions(3, 6));
+    write_case_with(
+        tmp.path() / ("mlp-field-" + method), *field,
+        {{"model", "mlp-field-solve"},
+         {"options", {{"dim", 3}, {"hidden", 6}, {"method", method}, {"steps", 5}, {"t0", 0.0}, {"t1", 1.5}}}},
+        {torch::randn({4, 3})}, [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+          return {field->solve(x[0], 0.0, 1.5, models::ODESolverOptions().method(method).steps(5)).y};
+        });
+  }
+  const auto r =
+      test::run_command(std::string(kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/parity.py " + tmp.str());
   INFO(r.out << r.err);
-  std::vector<std::string> names{"attention", "gated-lstm-cell"};
+  std::vector<std::string> names{"attention", "gated-lstm-cell", "mlp-field-euler", "mlp-field-midpoint",
+                                 "mlp-field-rk4"};
   for (const auto& c : cases) names.push_back(c.name);
   for (const auto& name : names) {
     const std::regex ok("case " + name + " ok output [0-9.e+-]+ gradient [0-9.e+-]+");

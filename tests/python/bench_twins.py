@@ -98,9 +98,8 @@ class Case:
         name, options = self.spec["model"], self.spec["options"]
         if name == "sinkhorn":
             self.twin = None
-        elif name == "ode-solver":  # an MLP vector field: torch.nn.Sequential's names, as the C++ one
-            self.twin = torch.nn.Sequential(torch.nn.Linear(options["dim"], options["hidden"]), torch.nn.Tanh(),
-                                            torch.nn.Linear(options["hidden"], options["dim"]))
+        elif name == "ode-solver":  # zoo::models::MLPField: torchdiffeq's ODEFunc (net = Linear, Tanh, Linear)
+            self.twin = zoo_twins.ODEFunc(options["dim"], options["hidden"])
         else:
             self.twin = zoo_twins.build(name, options)
         raw = torch.load(os.path.join(directory, "batch.pt"))

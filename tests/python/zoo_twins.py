@@ -342,6 +342,28 @@ def odeint(f, y, t0, t1, method, steps, rtol, atol, max_steps):
     return y
 
 
+class ODEFunc(nn.Module):
+    """zoo::models::MLPField: the vector field of torchdiffeq's examples/ode_demo.py (t is not an input)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, y):
+        return self.net(y)
+
+
+class ODEFuncSolve(ODEFunc):
+    """MLPField::solve: y(t1) of the ODEFunc from y(t0) = y0 by a fixed-step solver, through autograd."""
+
+    def __init__(self, dim, hidden, method, steps, t0, t1):
+        super().__init__(dim, hidden)
+        self.method, self.steps, self.t0, self.t1 = method, steps, t0, t1
+
+    def forward(self, y0):
+        return odeint(lambda t, y: self.net(y), y0, self.t0, self.t1, self.method, self.steps, 0, 0, 0)
+
+
 class ODEBlock(nn.Module):
     def __init__(self, c, time, solver):
         super().__init__()
@@ -751,4 +773,6 @@ def build(name, o):
         return ODEResNet(**o)
     if name == "mhc-resnet":
         return MHCResNet(**o)
+    if name == "mlp-field-solve":
+        return ODEFuncSolve(**o)
     raise SystemExit("no Python twin for model '%s' yet" % name)

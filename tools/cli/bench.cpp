@@ -95,7 +95,7 @@ const std::vector<CaseSpec>& all_cases() {
       {"ode-euler-32", "ode-resnet", {{"method", "euler"}, {"steps", 32}, {"channels", 8}}, 8, true, false,
        "ODE-ResNet, Euler, 32 small steps, width 8, batch 8"},
       {"ode-solver", "ode-solver", {{"dim", 16}, {"hidden", 64}, {"steps", 50}}, 32, true, false,
-       "odeint alone: RK4, 50 steps of an MLP field 16-64-16, batch 32"},
+       "MLPField.solve: RK4, 50 steps of a field 16-64-16, batch 32"},
       {"mhc-resnet", "mhc-resnet", {}, 0, false, false, "ResNet with mHC streams"},
       {"sinkhorn", "sinkhorn", {{"n", 4}, {"iterations", 20}}, 64, true, false,
        "Sinkhorn-Knopp, 64 4x4 matrices, 20 iterations"},
@@ -285,13 +285,11 @@ Runner make_layer_runner(const CaseSpec& spec) {
                   {"balance_coef", 1e-2}}}};
   } else if (spec.model == "ode-solver") {
     const int64_t dim = o.at("dim"), hidden = o.at("hidden"), steps = o.at("steps");
-    torch::nn::Sequential field(torch::nn::Linear(dim, hidden), torch::nn::Tanh(), torch::nn::Linear(hidden, dim));
+    models::MLPField field(models::MLPFieldOptions(dim, hidden));
     r.module = field.ptr();
     r.input = torch::randn({spec.batch, dim});
     out = [field, steps](const torch::Tensor& y0) mutable {
-      return models::odeint([&](double, const torch::Tensor& y) { return field->forward(y); }, y0, 0.0, 1.0,
-                            models::ODESolverOptions().method("rk4").steps(steps))
-          .y;
+      return field->solve(y0, 0.0, 1.0, models::ODESolverOptions().method("rk4").steps(steps)).y;
     };
     r.python = {{"model", "ode-solver"}, {"options", {{"dim", dim}, {"hidden", hidden}, {"steps", steps}}}};
   } else if (spec.model == "sinkhorn") {
