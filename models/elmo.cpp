@@ -326,6 +326,20 @@ void ElmoImpl::reset() {
   scalar_mix = register_module("scalar_mix", ScalarMix(ScalarMixOptions(o.num_layers() + 1).do_layer_norm(o.mix_layer_norm())));
 }
 
+namespace {
+
+/// y [B, L, F] -> max over L, [B, F], as ceil(log2 L) elementwise maxima of the two (overlapping when L is odd)
+/// halves: a reduction over a short inner dimension is slow in LibTorch (1.7 ms for [160, 256, 16]).
+torch::Tensor max_over_windows(torch::Tensor y) {
+  while (y.size(1) > 1) {
+    const int64_t L = y.size(1), half = (L + 1) / 2;
+    y = torch::maximum(y.narrow(1, 0, half), y.narrow(1, L - half, half));
+  }
+  return y.squeeze(1);
+}
+
+}  // namespace
+
 torch::Tensor ElmoImpl::word_mask(const torch::Tensor& chars) { return (chars != datasets::CharIds::kPad).any(-1); }
 
 torch::Tensor ElmoImpl::token_embedding(const torch::Tensor& chars) {
@@ -333,13 +347,27 @@ torch::Tensor ElmoImpl::token_embedding(const torch::Tensor& chars) {
   TORCH_CHECK(chars.dim() == 3 && chars.size(2) == o.max_word_length() && chars.scalar_type() == torch::kInt64,
               "elmo expects character ids [N, T, ", o.max_word_length(), "] (int64), got ", chars.sizes(), " ",
               chars.scalar_type());
-  const int64_t T = chars.size(1);
-  // [N*T, E, W]: one word per row, so nothing here sees a neighbour. (-1 rather than N: a LibTorch trace keeps
+  const int64_t T = chars.size(1), E = o.char_embedding();
+  // [N*T, W, E]: one word per row, so nothing here sees a neighbour. (-1 rather than N: a LibTorch trace keeps
   // the batch size free.)
-  const auto e = char_embedding->forward(chars.reshape({-1, o.max_word_length()})).transpose(1, 2);
+  const auto e = char_embedding->forward(chars.reshape({-1, o.max_word_length()}));
   std::vector<torch::Tensor> pooled;
-  for (const auto& conv : *char_convs)
-    pooled.push_back(torch::relu(std::get<0>(conv->as<torch::nn::Conv1d>()->forward(e).max(-1))));
+  for (const auto& module : *char_convs) {
+    auto& conv = *module->as<torch::nn::Conv1d>();
+    if (torch::GradMode::is_enabled()) {  // relu(max over time of conv1d(e)), as AllenNLP
+      pooled.push_back(torch::relu(std::get<0>(conv.forward(e.transpose(1, 2)).max(-1))));
+      continue;
+    }
+    // Without gradients the same, with the convolution (valid, stride 1) as one product over all windows: the
+    // L = W - w + 1 windows of each word as rows [N*T*L, w*E] times the weight as [F, w*E] give the output
+    // channels-last, [N*T, L, F], whose max over L is a few elementwise maxima of halves. Measured on the bench's
+    // ELMo (batch 8 x 20 words of 20 characters): 11.7 -> 8.2 ms for the token embedding at 1 thread; in
+    // training, the backward of the windows and of the maxima made it twice as slow as conv1d's (35 -> 70 ms).
+    const int64_t F = conv.weight.size(0), w = conv.weight.size(2), L = o.max_word_length() - w + 1;
+    const auto windows = e.unfold(1, w, 1).transpose(2, 3).reshape({-1, w * E});
+    const auto weight = conv.weight.permute({0, 2, 1}).reshape({F, w * E});
+    pooled.push_back(torch::relu(max_over_windows(torch::addmm(conv.bias, windows, weight.t()).view({-1, L, F}))));
+  }
   auto x = projection->forward(highway->forward(torch::cat(pooled, 1)));
   return (x * word_mask(chars).reshape({-1, 1}).to(x.dtype())).view({-1, T, o.projection_dim()});
 }
