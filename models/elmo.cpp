@@ -1,6 +1,7 @@
 #include "models/elmo.h"
 
 #include "datasets/text.h"
+#include "models/packed_gemm.h"
 #include "models/registry.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -202,18 +203,29 @@ torch::Tensor LstmWithProjectionImpl::forward(const torch::Tensor& x, const torc
                                  state_projection ? state_projection->weight : torch::empty({0}, x.options()), mask != 0,
                                  o.cell_clip(), o.proj_clip(), o.go_forward());
   }
-  const auto xs = input_linearity->forward(x);  // [N, T, 4C], all steps in one product
+  // Without gradients, and not tracing (a trace records torch operations only), the recurrent products run on
+  // weights packed once for all steps (models/packed_gemm.h): the bench ELMo's four LSTMs (8 x 20 words) took
+  // 19.3 -> 15.9 ms at 1 thread.
+  const bool packed = !torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && PackedWeight::usable(x);
+  PackedWeight state_weight, projection_weight;
+  if (packed) {
+    state_weight = PackedWeight(state_linearity->weight);
+    if (state_projection) projection_weight = PackedWeight(state_projection->weight);
+  }
+  // [N, T, 4C], all steps in one product (with the state bias when the packed product adds it to each step)
+  const auto xs = packed ? input_linearity->forward(x) + state_linearity->bias : input_linearity->forward(x);
   const auto keep = mask.to(x.dtype()).unsqueeze(-1);  // [N, T, 1]
   auto h = torch::zeros({N, o.hidden_size()}, x.options());
   auto c = torch::zeros({N, C}, x.options());
   std::vector<torch::Tensor> out(static_cast<size_t>(T));
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = o.go_forward() ? s : T - 1 - s;
-    const auto gates = (xs.select(1, t) + state_linearity->forward(h)).chunk(4, 1);
+    const auto gates =
+        (packed ? state_weight.addmm(xs.select(1, t), h) : xs.select(1, t) + state_linearity->forward(h)).chunk(4, 1);
     auto c_new = torch::sigmoid(gates[0]) * torch::tanh(gates[2]) + torch::sigmoid(gates[1]) * c;
     if (o.cell_clip() > 0) c_new = c_new.clamp(-o.cell_clip(), o.cell_clip());
     auto h_new = torch::sigmoid(gates[3]) * torch::tanh(c_new);
-    if (state_projection) h_new = state_projection->forward(h_new);
+    if (state_projection) h_new = packed ? projection_weight.addmm({}, h_new) : state_projection->forward(h_new);
     if (o.proj_clip() > 0) h_new = h_new.clamp(-o.proj_clip(), o.proj_clip());
     const auto m = keep.select(1, t);
     c = m * c_new + (1 - m) * c;  // padding carries the state over untouched
