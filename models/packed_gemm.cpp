@@ -12,7 +12,7 @@ namespace {
 constexpr int64_t kPanel = 16;  // output columns per panel: two AVX registers
 
 #ifdef ZOO_PACKED_GEMM
-// Rows [m, m + R) of the output for one panel: acc[r] = x[m + r] . panel (K x 16), then out = acc (+ add).
+// R rows of x times one panel (K x 16): lo[r] and hi[r] hold columns 0-7 and 8-15 of output row r.
 template <int R>
 __attribute__((target("avx2,fma"))) inline void panel_rows(const float* x, int64_t ldx, const float* panel, int64_t K,
                                                            __m256 (&lo)[R], __m256 (&hi)[R]) {
