@@ -220,7 +220,7 @@ Tensor mlp_field_steps(const Tensor& y0, const Tensor& w1, const Tensor& b1, con
   const double h = (t1 - t0) / static_cast<double>(steps);
   const bool save = inputs != nullptr;
   const auto w1t = w1.t(), w2t = w2.t();
-  Tensor y = y0, k[4], hidden;
+  Tensor y = y0, k[4], hidden, stage;
   for (int64_t n = 0; n < steps; ++n) {
     for (int i = 0; i < tab.stages; ++i) {
       const int64_t e = n * tab.stages + i;
@@ -228,7 +228,8 @@ Tensor mlp_field_steps(const Tensor& y0, const Tensor& w1, const Tensor& b1, con
       if (i == 0 && !save) {
         u = y;
       } else {
-        u = save ? (*inputs)[e] : torch::empty_like(y);
+        if (!save && !stage.defined()) stage = torch::empty_like(y);  // one buffer for every stage input
+        u = save ? (*inputs)[e] : stage;
         combine(u, y, k, tab.a[i], i, h);
       }
       Tensor a = save ? (*activations)[e] : hidden;
