@@ -1,4 +1,5 @@
 #include "models/ode.h"
+#include "models/conv3x3.h"
 
 #include "models/registry.h"
 
@@ -365,12 +366,9 @@ void ConvODEFuncImpl::reset() {
 Tensor ConvODEFuncImpl::forward(double t, const Tensor& y) {
   TORCH_CHECK(y.dim() == 4 && y.size(1) == options.channels(), "ConvODEFunc expects [N, ", options.channels(),
               ", H, W], got ", y.sizes());
-  auto with_time = [&](const Tensor& h) {
-    if (!options.time()) return h;
-    return torch::cat({torch::full_like(h.narrow(1, 0, 1), t), h}, 1);  // full_like: a trace keeps N free
-  };
-  auto h = conv1(with_time(torch::relu(norm1(y))));
-  h = conv2(with_time(torch::relu(norm2(h))));
+  // conv3x3 adds the time channel (torchdiffeq's ConcatConv2d) and runs small maps without oneDNN.
+  auto h = conv3x3(torch::relu(norm1(y)), conv1->weight, conv1->bias, t);
+  h = conv3x3(torch::relu(norm2(h)), conv2->weight, conv2->bias, t);
   return norm3(h);
 }
 

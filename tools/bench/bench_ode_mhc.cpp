@@ -4,8 +4,13 @@
 //    Prints milliseconds per step and the overhead of each variant over hc and over the plain block.
 //  - ODESolverCost: the ode-resnet ODE block (32 channels, 6x6, batch 128) with each solver: milliseconds per
 //    function evaluation, forward only and forward + backward.
+//  - Conv3x3Crossover/T: conv3x3's direct kernel against torch::conv2d (oneDNN) on the ODE field's 3x3
+//    convolutions (time channel, 6x6 maps), forward and forward + backward, at T threads (0 = all cores), for a
+//    range of batch and width: where the direct kernel wins is where conv3x3_direct sends it (up to 4 M
+//    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //
-//   build/bin/zoo_bench --benchmark_filter='MHC|ODE'
+//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3'
+#include "models/conv3x3.h"
 #include "models/mhc.h"
 #include "models/ode.h"
 #include "training/trainer.h"
@@ -93,5 +98,47 @@ void ODESolverCost(benchmark::State& state) {
   }
 }
 BENCHMARK(ODESolverCost)->Unit(benchmark::kSecond)->Iterations(5);
+
+// Median-free but interleaved: each shape's two kernels alternate, 5 timed calls each per round.
+void Conv3x3Crossover(benchmark::State& state) {
+  training::apply_threads(state.range(0));
+  torch::manual_seed(0);
+  struct Shape {
+    int64_t n, c;
+  };
+  const std::vector<Shape> shapes{{8, 8}, {32, 8}, {8, 16}, {8, 32}, {16, 32}, {32, 32}, {64, 32}, {64, 64}};
+  std::map<std::string, double> time;
+  for (auto _ : state) {
+    for (const auto& s : shapes) {
+      const auto x = torch::randn({s.n, s.c, 6, 6}, torch::requires_grad());
+      const auto w = torch::randn({s.c, s.c + 1, 3, 3}, torch::requires_grad());
+      const auto b = torch::randn({s.c}, torch::requires_grad());
+      const auto name = std::to_string(s.n) + "x" + std::to_string(s.c);
+      for (const auto& [kernel, tag] : {std::pair{models::Conv3x3Kernel::direct, "direct"},
+                                        std::pair{models::Conv3x3Kernel::reference, "onednn"}}) {
+        auto forward = [&] { return models::conv3x3(x, w, b, 0.5, kernel); };
+        {
+          torch::NoGradGuard no_grad;
+          forward();
+          const auto start = Clock::now();
+          for (int i = 0; i < 5; ++i) forward();
+          time[name + "_fwd_" + tag] += seconds_since(start) / 5;
+        }
+        forward().sum().backward();
+        const auto start = Clock::now();
+        for (int i = 0; i < 5; ++i) forward().sum().backward();
+        time[name + "_fwdbwd_" + tag] += seconds_since(start) / 5;
+      }
+    }
+  }
+  for (const auto& s : shapes) {
+    const auto name = std::to_string(s.n) + "x" + std::to_string(s.c);
+    state.counters[name + "_fwd_ratio"] = time[name + "_fwd_onednn"] / time[name + "_fwd_direct"];
+    state.counters[name + "_fwdbwd_ratio"] = time[name + "_fwdbwd_onednn"] / time[name + "_fwdbwd_direct"];
+    state.counters[name + "_fwdbwd_direct_us"] =
+        1e6 * time[name + "_fwdbwd_direct"] / static_cast<double>(state.iterations());
+  }
+}
+BENCHMARK(Conv3x3Crossover)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(5);
 
 }  // namespace

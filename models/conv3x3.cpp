@@ -1,0 +1,385 @@
+#include "models/conv3x3.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ZOO_CONV3X3 1
+#include <immintrin.h>
+#endif
+
+namespace zoo::models {
+
+using torch::Tensor;
+
+namespace {
+
+torch::Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value) {
+  const int64_t lead = weight.size(1) - x.size(1);
+  auto in = x;
+  if (lead > 0) {
+    // full_like of a narrow (not torch::full of x's sizes) keeps the batch size free in a trace.
+    auto constant = torch::full_like(x.narrow(1, 0, 1), lead_value);
+    in = torch::cat({lead == 1 ? constant : constant.repeat({1, lead, 1, 1}), x}, 1);
+  }
+  return torch::conv2d(in, weight, bias, /*stride=*/1, /*padding=*/1);
+}
+
+#ifdef ZOO_CONV3X3
+
+bool cpu_supported() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// Geometry of one direct convolution: input [N, H + 2, W + 2, ldc] channels-last and zero-padded (channels
+// 0 .. K-1 used), output [N, O, H, W] (NCHW), weight packed into panels of P = 8 V output channels:
+// packed[p][tap * K + k][0 .. P) with tap = 3 kh + kw.
+struct Shape {
+  int64_t N, H, W, K, ldc, O;
+};
+
+// R output pixels (consecutive in a row) x one panel: acc[r][v] holds output channels o0 + 8 v .. + 7. With
+// V = 1 the kernel rows kh = 0, 1, 2 accumulate separately (S = 3 sets, summed at the end): an FMA waits 4 cycles
+// for its accumulator and 2 issue per cycle, so a block needs 8 or more independent chains to keep both busy.
+template <int R, int V, int S>
+__attribute__((target("avx2,fma"))) inline void pixels(const float* in, const Shape& s, const float* panel,
+                                                        const float* bias, float* out, int64_t n, int64_t h,
+                                                        int64_t w, int64_t o0) {
+  constexpr int P = 8 * V;
+  __m256 acc[S][R][V];
+#pragma GCC unroll 3
+  for (int q = 0; q < S; ++q)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v)
+        acc[q][r][v] = q == 0 && bias ? _mm256_loadu_ps(bias + o0 + 8 * v) : _mm256_setzero_ps();
+  const int64_t row = s.W + 2;
+#pragma GCC unroll 3
+  for (int kh = 0; kh < 3; ++kh) {
+    const int q = kh % S;
+    for (int kw = 0; kw < 3; ++kw) {
+      const float* x = in + ((n * (s.H + 2) + h + kh) * row + w + kw) * s.ldc;
+      const float* b = panel + (kh * 3 + kw) * s.K * P;
+      for (int64_t k = 0; k < s.K; ++k) {
+        __m256 wv[V];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(b + k * P + 8 * v);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const __m256 a = _mm256_broadcast_ss(x + r * s.ldc + k);
+#pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) acc[q][r][v] = _mm256_fmadd_ps(a, wv[v], acc[q][r][v]);
+        }
+      }
+    }
+  }
+  const int64_t plane = s.H * s.W, channels = std::min<int64_t>(P, s.O - o0);
+  float* o = out + (n * s.O + o0) * plane + h * s.W + w;
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    alignas(32) float lane[P];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      __m256 sum = acc[0][r][v];
+#pragma GCC unroll 3
+      for (int q = 1; q < S; ++q) sum = _mm256_add_ps(sum, acc[q][r][v]);
+      _mm256_store_ps(lane + 8 * v, sum);
+    }
+    for (int64_t j = 0; j < channels; ++j) o[j * plane + r] = lane[j];
+  }
+}
+
+// Output rows [row_begin, row_end) of the flattened (n, h) range.
+template <int V>
+__attribute__((target("avx2,fma"))) void direct_rows(const float* in, const Shape& s, const float* packed,
+                                                     const float* bias, float* out, int64_t row_begin,
+                                                     int64_t row_end) {
+  constexpr int P = 8 * V;
+  const int64_t panels = (s.O + P - 1) / P;
+  for (int64_t nh = row_begin; nh < row_end; ++nh) {
+    const int64_t n = nh / s.H, h = nh % s.H;
+    for (int64_t p = 0; p < panels; ++p) {
+      const float* panel = packed + p * 9 * s.K * P;
+      int64_t w = 0;
+      constexpr int S = V == 1 ? 3 : 1;  // 8 to 12 chains in the 4-pixel block (see pixels)
+      for (; w + 4 <= s.W; w += 4) pixels<4, V, S>(in, s, panel, bias, out, n, h, w, p * P);
+      for (; w + 2 <= s.W; w += 2) pixels<2, V, 3>(in, s, panel, bias, out, n, h, w, p * P);
+      for (; w < s.W; ++w) pixels<1, V, 3>(in, s, panel, bias, out, n, h, w, p * P);
+    }
+  }
+}
+
+// The weight gradient: the sum over all output pixels of in[pixel shifted by tap][k] * grad[pixel][o], with
+// grad channels-last and zero-padded like `in` (channel stride ldg, a multiple of 8). R input channels k0 ..
+// k0 + R - 1 of one tap x V vectors of output channels from o0, written to dw[(tap K + k) ldg + o]. Even and
+// odd pixels of a row accumulate separately (twice the independent chains, see pixels).
+template <int R, int V>
+__attribute__((target("avx2,fma"))) inline void weight_pixel(const float* x, const float* g, __m256 (&acc)[R][V]) {
+  __m256 gv[V];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) gv[v] = _mm256_loadu_ps(g + 8 * v);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m256 a = _mm256_broadcast_ss(x + r);
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(a, gv[v], acc[r][v]);
+  }
+}
+
+template <int R, int V>
+__attribute__((target("avx2,fma"))) void weight_block(const float* in, const Shape& s, const float* grad, int64_t ldg,
+                                                      float* dw, int tap, int64_t k0, int64_t o0) {
+  __m256 acc[2][R][V];
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[q][r][v] = _mm256_setzero_ps();
+  const int64_t row = s.W + 2, kh = tap / 3, kw = tap % 3;
+  for (int64_t n = 0; n < s.N; ++n) {
+    for (int64_t h = 0; h < s.H; ++h) {
+      const float* x = in + ((n * (s.H + 2) + h + kh) * row + kw) * s.ldc + k0;
+      const float* g = grad + ((n * (s.H + 2) + h + 1) * row + 1) * ldg + o0;
+      int64_t w = 0;
+      for (; w + 2 <= s.W; w += 2) {
+        weight_pixel<R, V>(x + w * s.ldc, g + w * ldg, acc[0]);
+        weight_pixel<R, V>(x + (w + 1) * s.ldc, g + (w + 1) * ldg, acc[1]);
+      }
+      if (w < s.W) weight_pixel<R, V>(x + w * s.ldc, g + w * ldg, acc[0]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v)
+      _mm256_storeu_ps(dw + (tap * s.K + k0 + r) * ldg + o0 + 8 * v, _mm256_add_ps(acc[0][r][v], acc[1][r][v]));
+}
+
+// Multiply-adds a thread takes on before a second one is woken (about 50 us of work: less costs more to hand
+// over than it saves on two cores).
+constexpr int64_t kGrain = int64_t{1} << 20;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// x [N, C, H, W] (any strides) -> [N, H + 2, W + 2, ldc] channels-last with a zero border: channels 0 .. lead-1
+// hold `value` inside the image, lead .. lead + C - 1 hold x, the rest (up to ldc) 0.
+Tensor pad_channels_last(const Tensor& x, int64_t lead, double value, int64_t ldc) {
+  const auto xc = x.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto out = torch::empty({N, H + 2, W + 2, ldc}, x.options());
+  const float* src = xc.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const auto v = static_cast<float>(value);
+  const int64_t plane = H * W;
+  at::parallel_for(0, N, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, (H + 2) * (W + 2) * ldc)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t n = begin; n < end; ++n) {
+                       float* d = dst + n * (H + 2) * (W + 2) * ldc;
+                       std::memset(d, 0, sizeof(float) * (W + 2) * ldc);                         // top row
+                       std::memset(d + (H + 1) * (W + 2) * ldc, 0, sizeof(float) * (W + 2) * ldc);  // bottom row
+                       for (int64_t h = 0; h < H; ++h) {
+                         float* r = d + (h + 1) * (W + 2) * ldc;
+                         std::memset(r, 0, sizeof(float) * ldc);
+                         std::memset(r + (W + 1) * ldc, 0, sizeof(float) * ldc);
+                         for (int64_t w = 0; w < W; ++w) {
+                           float* p = r + (w + 1) * ldc;
+                           for (int64_t c = 0; c < lead; ++c) p[c] = v;
+                           const float* s = src + n * C * plane + h * W + w;
+                           for (int64_t c = 0; c < C; ++c) p[lead + c] = s[c * plane];
+                           for (int64_t c = lead + C; c < ldc; ++c) p[c] = 0;
+                         }
+                       }
+                     }
+                   });
+  return out;
+}
+
+// Packs weight [O, K, 3, 3] into panels [ceil(O / P), 9 ldk, P] of P output channels: element (p, tap ldk + k, j)
+// = weight[p P + j, k, kh, kw] (tap = 3 kh + kw), 0 for p P + j >= O or k >= K. With flip_transpose it packs the
+// weight of the input gradient instead, [C, O, 3, 3] with element (c, o, kh, kw) = weight[o, lead + c, 2 - kh,
+// 2 - kw] (C = weight.size(1) - lead).
+Tensor pack(const Tensor& weight, int64_t P, int64_t ldk, bool flip_transpose, int64_t lead) {
+  const auto wc = weight.detach().contiguous();
+  const int64_t O0 = wc.size(0), K0 = wc.size(1);
+  const int64_t O = flip_transpose ? K0 - lead : O0, K = flip_transpose ? O0 : K0, panels = (O + P - 1) / P;
+  auto packed = torch::zeros({panels, 9 * ldk, P}, wc.options());
+  const float* src = wc.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t k = 0; k < K; ++k)
+      for (int tap = 0; tap < 9; ++tap) {
+        const int64_t from = flip_transpose ? (k * K0 + lead + o) * 9 + (8 - tap) : (o * K0 + k) * 9 + tap;
+        dst[((o / P) * 9 * ldk + tap * ldk + k) * P + o % P] = src[from];
+      }
+  return packed;
+}
+
+// out [N, O, H, W] = direct convolution of the padded channels-last `in` with packed panels.
+Tensor direct(const Tensor& in, int64_t K, int64_t O, const Tensor& packed, int64_t P, const float* bias) {
+  const int64_t N = in.size(0), H = in.size(1) - 2, W = in.size(2) - 2;
+  const Shape s{N, H, W, K, in.size(3), O};
+  auto out = torch::empty({N, O, H, W}, in.options());
+  const float* ip = in.data_ptr<float>();
+  const float* pp = packed.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t work = W * 9 * K * round_up(O, P);  // multiply-adds per output row
+  at::parallel_for(0, N * H, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)), [&](int64_t b, int64_t e) {
+    if (P == 8)
+      direct_rows<1>(ip, s, pp, bias, op, b, e);
+    else
+      direct_rows<2>(ip, s, pp, bias, op, b, e);
+  });
+  return out;
+}
+
+struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias, double lead_value) {
+    const int64_t O = weight.size(0), K = weight.size(1), lead = K - x.size(1);
+    const int64_t P = O <= 8 ? 8 : 16;
+    auto in = pad_channels_last(x, lead, lead_value, K);
+    std::vector<float> b;  // padded to whole panels
+    const bool has_bias = bias.numel() > 0;
+    if (has_bias) {
+      const auto bc = bias.detach().contiguous();
+      b.assign(bc.data_ptr<float>(), bc.data_ptr<float>() + O);
+      b.resize(static_cast<size_t>(round_up(O, P)), 0.0f);
+    }
+    auto out = direct(in, K, O, pack(weight, P, K, false, 0), P, b.empty() ? nullptr : b.data());
+    ctx->save_for_backward({in, weight, x, bias});
+    ctx->saved_data["lead"] = lead;
+    ctx->saved_data["bias"] = has_bias;
+    ctx->saved_data["lead_value"] = lead_value;
+    return out;
+  }
+
+  // Under create_graph: the gradients through torch::conv2d's autograd, so that they are differentiable again.
+  static torch::autograd::variable_list differentiable_backward(torch::autograd::AutogradContext* ctx,
+                                                                const torch::autograd::variable_list& saved,
+                                                                const Tensor& go) {
+    const double lead_value = ctx->saved_data["lead_value"].toDouble();
+    std::vector<Tensor> inputs;
+    std::vector<int> which;
+    for (int i = 0; i < 3; ++i) {
+      const auto& t = saved[i == 0 ? 2 : i == 1 ? 1 : 3];
+      if (ctx->needs_input_grad(i) && t.numel() > 0 && t.requires_grad()) {
+        inputs.push_back(t);
+        which.push_back(i);
+      }
+    }
+    torch::autograd::variable_list out(4);
+    if (inputs.empty()) return out;
+    const auto y = reference(saved[2], saved[1], ctx->saved_data["bias"].toBool() ? saved[3] : Tensor(), lead_value);
+    const auto g = torch::autograd::grad({y}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
+                                         /*allow_unused=*/true);
+    for (size_t j = 0; j < which.size(); ++j) out[which[j]] = g[j];
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &in = saved[0], &weight = saved[1];
+    const int64_t lead = ctx->saved_data["lead"].toInt();
+    const int64_t O = weight.size(0), K = weight.size(1), C = K - lead;
+    const int64_t N = in.size(0), H = in.size(1) - 2, W = in.size(2) - 2;
+    const auto& go = grads[0];
+    if (torch::GradMode::is_enabled()) return differentiable_backward(ctx, saved, go);
+    // The gradient, padded and channels-last with a channel stride of whole vectors (the weight kernel loads 8 or
+    // 16 output channels at a time; the input kernel reads it as an input of ldg channels, the extra ones 0).
+    const int64_t V = O <= 8 ? 1 : 2, ldg = round_up(O, 8 * V);
+    const auto g = pad_channels_last(go, 0, 0, ldg);
+    torch::autograd::variable_list out(4);
+    if (ctx->needs_input_grad(0)) {
+      const int64_t P = C <= 8 ? 8 : 16;
+      out[0] = direct(g, ldg, C, pack(weight, P, ldg, true, lead), P, nullptr);  // zero rows for g's extra channels
+    }
+    if (ctx->needs_input_grad(1)) {
+      auto dw = torch::empty({9 * K, ldg}, in.options());  // [(tap, k), o]
+      const float* ip = in.data_ptr<float>();
+      const float* gp = g.data_ptr<float>();
+      float* dp = dw.data_ptr<float>();
+      const Shape s{N, H, W, K, in.size(3), O};
+      const int64_t blocks = (K + 3) / 4, panels = ldg / (8 * V), items = 9 * blocks * panels;
+      at::parallel_for(0, items, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * H * W * 4 * 8 * V)),
+                       [&](int64_t b, int64_t e) {
+                         for (int64_t i = b; i < e; ++i) {
+                           const int tap = static_cast<int>(i / (blocks * panels));
+                           const int64_t k0 = (i / panels) % blocks * 4, o0 = i % panels * 8 * V;
+                           if (k0 + 4 <= K) {
+                             V == 1 ? weight_block<4, 1>(ip, s, gp, ldg, dp, tap, k0, o0)
+                                    : weight_block<4, 2>(ip, s, gp, ldg, dp, tap, k0, o0);
+                           } else {
+                             for (int64_t k = k0; k < K; ++k)
+                               V == 1 ? weight_block<1, 1>(ip, s, gp, ldg, dp, tap, k, o0)
+                                      : weight_block<1, 2>(ip, s, gp, ldg, dp, tap, k, o0);
+                           }
+                         }
+                       });
+      auto dweight = torch::empty({O, K, 3, 3}, in.options());
+      float* dst = dweight.data_ptr<float>();
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t k = 0; k < K; ++k)
+          for (int tap = 0; tap < 9; ++tap) dst[(o * K + k) * 9 + tap] = dp[(tap * K + k) * ldg + o];
+      out[1] = dweight;
+    }
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) out[2] = go.sum({0, 2, 3});
+    return out;
+  }
+};
+#endif  // ZOO_CONV3X3
+
+}  // namespace
+
+bool conv3x3_direct_available(const Tensor& x, const Tensor& weight) {
+#ifdef ZOO_CONV3X3
+  return cpu_supported() && !torch::jit::tracer::isTracing() && x.device().is_cpu() &&
+         weight.device().is_cpu() && x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
+#else
+  (void)x;
+  (void)weight;
+  return false;
+#endif
+}
+
+bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
+  if (!conv3x3_direct_available(x, weight) || x.dim() != 4 || weight.dim() != 4) return false;
+  const double macs = static_cast<double>(x.size(0)) * static_cast<double>(x.size(2) * x.size(3)) *
+                      static_cast<double>(weight.size(0) * weight.size(1) * 9);
+  return macs <= 4e6;
+}
+
+Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value, Conv3x3Kernel kernel) {
+  TORCH_CHECK(x.dim() == 4, "conv3x3 expects x [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.size(1) >= x.size(1),
+              "conv3x3 expects a weight [O, lead + ", x.size(1), ", 3, 3] for x ", x.sizes(), ", got ",
+              weight.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "conv3x3 expects a bias [",
+              weight.size(0), "], got ", bias.sizes());
+  bool direct = kernel == Conv3x3Kernel::direct ||
+                (kernel == Conv3x3Kernel::automatic && conv3x3_direct(x, weight));
+  if (direct && bias.defined() && (bias.scalar_type() != torch::kFloat32 || !bias.device().is_cpu())) {
+    TORCH_CHECK(kernel != Conv3x3Kernel::direct, "conv3x3's direct kernel needs a float32 CPU bias, got ",
+                bias.scalar_type(), " on ", bias.device());
+    direct = false;
+  }
+  if (!direct) return reference(x, weight, bias, lead_value);
+  TORCH_CHECK(conv3x3_direct_available(x, weight),
+              "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA, outside a "
+              "trace (got ", x.scalar_type(), " on ", x.device(), "); use Conv3x3Kernel::automatic");
+#ifdef ZOO_CONV3X3
+  if (x.numel() == 0) return reference(x, weight, bias, lead_value);
+  // The autograd function takes tensors only: no bias is an empty one (its flag is saved with it).
+  return Conv3x3Function::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()), lead_value);
+#else
+  return {};
+#endif
+}
+
+}  // namespace zoo::models

@@ -1,0 +1,39 @@
+// 3x3 convolutions (stride 1, padding 1) of small feature maps: the vector field of an ODE-ResNet.
+//
+// A continuous-depth network evaluates its field at every solver step: 32 Euler steps of torchdiffeq's odenet
+// field at width 8 on 6 x 6 maps are 64 convolutions of [8, 9, 6, 6] per forward. oneDNN spends about 70 us on
+// each (and 90 us on its backward) where the arithmetic is 190 k multiply-adds: setting up a primitive for every
+// call. conv3x3 runs these as a direct convolution on a channels-last, zero-padded copy of the input with an
+// AVX2 + FMA kernel (a block of 4 output pixels x 8 or 16 output channels in registers, the taps read in place:
+// no im2col), and its backward as two more of the same kind. Larger problems go to torch::conv2d, where oneDNN's
+// setup is paid back (see conv3x3_direct).
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::models {
+
+/// Which implementation conv3x3 runs.
+enum class Conv3x3Kernel {
+  automatic,  ///< direct when conv3x3_direct says so, else reference
+  direct,     ///< the direct kernel (an error where conv3x3_direct_available is false)
+  reference,  ///< torch::conv2d on the input with its lead channels concatenated
+};
+
+/// torch::conv2d(cat({lead constant channels, x}, 1), weight, bias, /*stride=*/1, /*padding=*/1) for x
+/// [N, C, H, W] and weight [O, lead + C, 3, 3], lead = weight.size(1) - C (0 or more), bias [O] or undefined.
+/// The lead channels hold `lead_value` inside the image and 0 in the padding, as torchdiffeq's ConcatConv2d
+/// builds its time channel. Differentiable in x, weight and bias, twice too: under create_graph the direct
+/// kernel's backward recomputes the gradients through torch::conv2d's autograd.
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                      double lead_value = 0, Conv3x3Kernel kernel = Conv3x3Kernel::automatic);
+
+/// Whether the direct kernel can run on these operands: float32 CPU tensors (bias too), an x86-64 CPU with AVX2
+/// and FMA (checked at run time), not tracing (a trace records torch::conv2d, which TorchScript and Python load).
+bool conv3x3_direct_available(const torch::Tensor& x, const torch::Tensor& weight);
+
+/// What Conv3x3Kernel::automatic picks: available, and a problem small enough (at most 4 M multiply-adds
+/// forward) that oneDNN's per-call setup dominates. The crossover was measured with zoo_bench's Conv3x3Crossover.
+bool conv3x3_direct(const torch::Tensor& x, const torch::Tensor& weight);
+
+}  // namespace zoo::models

@@ -1,0 +1,133 @@
+// conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
+#include "models/conv3x3.h"
+
+#include <catch2/catch.hpp>
+
+using zoo::models::conv3x3;
+using zoo::models::Conv3x3Kernel;
+
+namespace {
+
+// torch::conv2d on x with `lead` channels of `value` in front (zero in the padding), as ConcatConv2d builds it.
+torch::Tensor expected_conv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, int64_t lead,
+                            double value) {
+  auto in = x;
+  if (lead > 0) {
+    auto sizes = x.sizes().vec();
+    sizes[1] = lead;
+    in = torch::cat({torch::full(sizes, value, x.options()), x}, 1);
+  }
+  return torch::conv2d(in, w, b, 1, 1);
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+bool direct_here() {
+  return zoo::models::conv3x3_direct_available(torch::zeros({1, 1, 1, 1}), torch::zeros({1, 1, 3, 3}));
+}
+
+}  // namespace
+
+TEST_CASE("conv3x3: outputs and all three gradients equal torch::conv2d, for any channels, lead and map size",
+          "[kernels][ode]") {
+  if (!direct_here()) {
+    WARN("this CPU has no AVX2 + FMA: conv3x3 runs torch::conv2d here, its direct kernel is not tested");
+    return;
+  }
+  torch::manual_seed(0);
+  struct Shape {
+    int64_t n, c, h, w, o, lead;
+  };
+  // 8-channel panels (o <= 8) and 16-channel ones with a partial last panel; 4-, 2- and 1-pixel blocks (w = 1 .. 9);
+  // input channels not a multiple of 4 (the weight kernel's remainder); 0, 1 and 2 lead channels.
+  for (const auto& s : {Shape{8, 8, 6, 6, 8, 1}, Shape{3, 5, 7, 9, 12, 0}, Shape{2, 20, 5, 3, 19, 2},
+                        Shape{1, 1, 1, 1, 1, 0}, Shape{2, 3, 4, 5, 7, 1}, Shape{1, 16, 2, 7, 33, 1},
+                        Shape{4, 32, 6, 6, 32, 1}}) {
+    INFO("x [" << s.n << ", " << s.c << ", " << s.h << ", " << s.w << "], " << s.o << " outputs, lead " << s.lead);
+    const auto x = torch::randn({s.n, s.c, s.h, s.w}, torch::requires_grad());
+    const auto w = torch::randn({s.o, s.c + s.lead, 3, 3}, torch::requires_grad());
+    const auto b = torch::randn({s.o}, torch::requires_grad());
+    const auto go = torch::randn({s.n, s.o, s.h, s.w});
+    const double t = 0.375;
+    const auto y = conv3x3(x, w, b, t, Conv3x3Kernel::direct);
+    const auto r = expected_conv(x, w, b, s.lead, t);
+    REQUIRE(y.sizes() == r.sizes());
+    CHECK(y.is_contiguous());
+    const double scale = std::max(1.0, r.abs().max().item<double>());
+    CHECK(max_diff(y, r) < 1e-5 * scale);
+    const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
+    const auto gr = torch::autograd::grad({r}, {x, w, b}, {go});
+    for (int i = 0; i < 3; ++i) {
+      INFO("gradient " << i);
+      CHECK(g[i].sizes() == gr[i].sizes());
+      CHECK(max_diff(g[i], gr[i]) < 1e-5 * std::max(1.0, gr[i].abs().max().item<double>()));
+    }
+    // Without a bias, and with only the weight or only the input asking for a gradient.
+    const auto y0 = conv3x3(x.detach(), w, {}, t, Conv3x3Kernel::direct);
+    CHECK(max_diff(y0, expected_conv(x.detach(), w.detach(), {}, s.lead, t)) < 1e-5 * scale);
+    const auto gw = torch::autograd::grad({y0}, {w}, {go})[0];
+    CHECK(max_diff(gw, gr[1]) < 1e-5 * std::max(1.0, gr[1].abs().max().item<double>()));
+    const auto gx = torch::autograd::grad({conv3x3(x, w.detach(), {}, t, Conv3x3Kernel::direct)}, {x}, {go})[0];
+    CHECK(max_diff(gx, gr[0]) < 1e-5 * std::max(1.0, gr[0].abs().max().item<double>()));
+  }
+}
+
+TEST_CASE("conv3x3: a strided input, the lead channel's value, and no gradients", "[kernels][ode]") {
+  if (!direct_here()) return;
+  torch::manual_seed(1);
+  const auto base = torch::randn({2, 6, 5, 8});
+  const auto x = base.narrow(1, 1, 4).transpose(2, 3);  // [2, 4, 8, 5], neither contiguous nor channels-last
+  const auto w = torch::randn({5, 5, 3, 3});
+  torch::NoGradGuard no_grad;
+  for (double t : {0.0, 1.0, -2.5}) {
+    const auto y = conv3x3(x, w, {}, t, Conv3x3Kernel::direct);
+    CHECK(max_diff(y, expected_conv(x, w, {}, 1, t)) < 1e-5 * 20);
+    CHECK_FALSE(y.requires_grad());
+  }
+  // The lead channel's value is seen only where the 3x3 window covers the image: its weight alone, on x = 0,
+  // gives t times the sum of the weight over the taps inside (4 at a corner, 6 at an edge, 9 inside).
+  auto w_lead = torch::zeros({1, 2, 3, 3});
+  w_lead.select(1, 0).fill_(1.0);
+  const auto y = conv3x3(torch::zeros({1, 1, 4, 4}), w_lead, {}, 2.0, Conv3x3Kernel::direct);
+  CHECK(y[0][0][0][0].item<double>() == 8.0);
+  CHECK(y[0][0][0][1].item<double>() == 12.0);
+  CHECK(y[0][0][1][1].item<double>() == 18.0);
+}
+
+TEST_CASE("conv3x3: second derivatives flow through the direct kernel's backward", "[kernels][ode]") {
+  if (!direct_here()) return;
+  torch::manual_seed(2);
+  const auto x = torch::randn({2, 3, 4, 4}, torch::requires_grad());
+  const auto w = torch::randn({4, 4, 3, 3}, torch::requires_grad());
+  // A gradient penalty: d/dw of |dL/dx|^2, with L = sum(tanh(conv)).
+  auto penalty = [&](Conv3x3Kernel k) {
+    const auto y = conv3x3(x, w, {}, 0.5, k);
+    const auto gx = torch::autograd::grad({torch::tanh(y).sum()}, {x}, {}, true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({gx.pow(2).sum()}, {w})[0];
+  };
+  const auto expected = penalty(Conv3x3Kernel::reference);
+  const auto got = penalty(Conv3x3Kernel::direct);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK(max_diff(got, expected) < 1e-4 * std::max(1.0, expected.abs().max().item<double>()));
+}
+
+TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {
+  const auto x = torch::randn({8, 8, 6, 6});
+  const auto w = torch::randn({8, 9, 3, 3});
+  // The ODE-ResNet field of ode-euler-32 runs the direct kernel; a 64-channel map of 64 images does not.
+  CHECK(zoo::models::conv3x3_direct(x, w) == direct_here());
+  CHECK_FALSE(zoo::models::conv3x3_direct(torch::randn({64, 64, 6, 6}), torch::randn({64, 65, 3, 3})));
+  CHECK_FALSE(zoo::models::conv3x3_direct(x.to(torch::kFloat64), w.to(torch::kFloat64)));
+  // Double precision goes through torch::conv2d, exactly.
+  const auto xd = x.to(torch::kFloat64), wd = w.to(torch::kFloat64);
+  CHECK(max_diff(conv3x3(xd, wd, {}, 0.5), expected_conv(xd, wd, {}, 1, 0.5)) == 0.0);
+  CHECK_THROWS_WITH(conv3x3(xd, wd, {}, 0.5, Conv3x3Kernel::direct),
+                    Catch::Contains("needs float32 CPU tensors") && Catch::Contains("Conv3x3Kernel::automatic"));
+  CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 9, 5, 5}), {}), Catch::Contains("expects a weight [O, lead + 8, 3, 3]"));
+  CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 7, 3, 3}), {}), Catch::Contains("expects a weight"));
+  CHECK_THROWS_WITH(conv3x3(x, w, torch::randn({7})), Catch::Contains("expects a bias [8]"));
+  CHECK_THROWS_WITH(conv3x3(x.flatten(2), w, {}), Catch::Contains("expects x [N, C, H, W]"));
+  // An empty batch gives an empty output.
+  CHECK(conv3x3(torch::zeros({0, 8, 6, 6}), w, {}, 0.0).sizes() ==
+        torch::IntArrayRef({0, 8, 6, 6}));
+}
