@@ -1,15 +1,11 @@
 #include "models/conv3x3.h"
+#include "models/simd.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
 #include <cstring>
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ZOO_CONV3X3 1
-#include <immintrin.h>
-#endif
 
 namespace zoo::models {
 
@@ -28,12 +24,7 @@ torch::Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bia
   return torch::conv2d(in, weight, bias, /*stride=*/1, /*padding=*/1);
 }
 
-#ifdef ZOO_CONV3X3
-
-bool cpu_supported() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
+#ifdef ZOO_X86_KERNELS
 
 // Geometry of one direct convolution: input [N, H + 2, W + 2, ldc] channels-last and zero-padded (channels
 // 0 .. K-1 used), output [N, O, H, W] (NCHW), weight packed into panels of P = 8 V output channels:
@@ -333,19 +324,13 @@ struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
     return out;
   }
 };
-#endif  // ZOO_CONV3X3
+#endif  // ZOO_X86_KERNELS
 
 }  // namespace
 
 bool conv3x3_direct_available(const Tensor& x, const Tensor& weight) {
-#ifdef ZOO_CONV3X3
-  return cpu_supported() && !torch::jit::tracer::isTracing() && x.device().is_cpu() &&
-         weight.device().is_cpu() && x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
-#else
-  (void)x;
-  (void)weight;
-  return false;
-#endif
+  return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.device().is_cpu() && weight.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
 }
 
 bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
@@ -373,7 +358,7 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
   TORCH_CHECK(conv3x3_direct_available(x, weight),
               "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA, outside a "
               "trace (got ", x.scalar_type(), " on ", x.device(), "); use Conv3x3Kernel::automatic");
-#ifdef ZOO_CONV3X3
+#ifdef ZOO_X86_KERNELS
   if (x.numel() == 0) return reference(x, weight, bias, lead_value);
   // The autograd function takes tensors only: no bias is an empty one (its flag is saved with it).
   return Conv3x3Function::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()), lead_value);

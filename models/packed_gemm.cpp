@@ -1,9 +1,6 @@
 #include "models/packed_gemm.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ZOO_PACKED_GEMM 1
-#include <immintrin.h>
-#endif
+#include "models/simd.h"
 
 namespace zoo::models {
 
@@ -11,7 +8,7 @@ namespace {
 
 constexpr int64_t kPanel = 16;  // output columns per panel: two AVX registers
 
-#ifdef ZOO_PACKED_GEMM
+#ifdef ZOO_X86_KERNELS
 // R rows of x times one panel (K x 16): lo[r] and hi[r] hold columns 0-7 and 8-15 of output row r.
 template <int R>
 __attribute__((target("avx2,fma"))) inline void panel_rows(const float* x, int64_t ldx, const float* panel, int64_t K,
@@ -69,12 +66,6 @@ __attribute__((target("avx2,fma"))) void kernel(const float* x, int64_t ldx, con
   }
 }
 
-bool cpu_supported() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-#else
-bool cpu_supported() { return false; }
 #endif
 
 }  // namespace
@@ -91,7 +82,7 @@ PackedWeight::PackedWeight(const torch::Tensor& weight) {
 }
 
 bool PackedWeight::usable(const torch::Tensor& x) {
-  return cpu_supported() && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
+  return cpu_has_avx2_fma() && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
 }
 
 torch::Tensor PackedWeight::addmm(const torch::Tensor& add, const torch::Tensor& x) const {
@@ -101,8 +92,8 @@ torch::Tensor PackedWeight::addmm(const torch::Tensor& add, const torch::Tensor&
   const int64_t M = x.size(0);
   TORCH_CHECK(!add.defined() || (add.sizes() == torch::IntArrayRef({M, n_}) && add.scalar_type() == torch::kFloat32),
               "PackedWeight::addmm expects add [", M, ", ", n_, "] float32, got ", add.sizes());
-#ifdef ZOO_PACKED_GEMM
-  TORCH_CHECK(cpu_supported(), "PackedWeight::addmm needs AVX2 and FMA (check PackedWeight::usable first)");
+#ifdef ZOO_X86_KERNELS
+  TORCH_CHECK(cpu_has_avx2_fma(), "PackedWeight::addmm needs AVX2 and FMA (check PackedWeight::usable first)");
   const auto xs = x.stride(1) == 1 ? x : x.contiguous();
   const auto as = !add.defined() || add.stride(1) == 1 ? add : add.contiguous();
   auto out = torch::empty({M, n_}, x.options());
