@@ -6,49 +6,34 @@
 
 namespace zoo::datasets {
 
-nlohmann::json to_json(const DataConfig& c) {
-  return {{"name", c.name}, {"data_dir", c.data_dir}, {"limit", c.limit}, {"options", c.options}};
+const Schema<DataConfig>& data_schema() {
+  static const Schema<DataConfig> schema = [] {
+    Schema<DataConfig> s("data option");
+    s.add("name", ZOO_MEMBER(DataConfig, name), "Dataset name (default: the model's; see 'zoo list --datasets')")
+        .flag("--dataset");
+    s.add("data_dir", ZOO_MEMBER(DataConfig, data_dir),
+          "Data directory (default $ZOO_DATA_DIR or the dataset's default)");
+    s.add("limit", ZOO_MEMBER(DataConfig, limit), "Use only the first N items of each split (0 = all)").at_least(0);
+    s.add("options", ZOO_MEMBER(DataConfig, options),
+          "Dataset option key=value (JSON value), repeatable, e.g. --data-option size=32 (see README, Data)")
+        .check([](const json& v) { return v.is_object() ? "" : "must be a JSON object"; })
+        .flag("--data-option");
+    return s;
+  }();
+  return schema;
 }
 
-DataConfig data_config_from_json(const nlohmann::json& j) {
-  DataConfig c;
-  c.name = j.value("name", c.name);
-  c.data_dir = j.value("data_dir", c.data_dir);
-  c.limit = j.value("limit", c.limit);
-  c.options = j.value("options", nlohmann::json::object());
-  return c;
-}
+nlohmann::json to_json(const DataConfig& c) { return data_schema().to_json(c); }
 
-DatasetRegistry& DatasetRegistry::instance() {
-  static DatasetRegistry registry;
-  return registry;
-}
-
-void DatasetRegistry::add(DatasetEntry entry) {
-  if (entries_.count(entry.name)) throw std::logic_error("dataset '" + entry.name + "' is registered twice");
-  auto name = entry.name;
-  entries_.emplace(std::move(name), std::move(entry));
-}
-
-const DatasetEntry& DatasetRegistry::at(const std::string& name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end()) {
-    std::string valid;
-    for (const auto& [n, e] : entries_) valid += (valid.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown dataset '" + name + "'; valid datasets: " + valid);
-  }
-  return it->second;
-}
-
-std::vector<std::string> DatasetRegistry::names() const {
-  std::vector<std::string> out;
-  for (const auto& [n, e] : entries_) out.push_back(n);
-  return out;
-}
+DataConfig data_config_from_json(const nlohmann::json& j) { return data_schema().from_json(j); }
 
 Splits load_splits(const DataConfig& config) {
   const auto& entry = DatasetRegistry::instance().at(config.name);
-  if (config.limit < 0) throw std::invalid_argument("--limit must be >= 0, got " + std::to_string(config.limit));
+  try {
+    data_schema().validate(config);
+  } catch (const SettingError& e) {
+    throw SettingError("data." + e.setting(), e.problem());
+  }
   return entry.load(config);
 }
 

@@ -1,6 +1,8 @@
 // Dataset registry: names -> loaders of train/test splits, so tools and configs refer to data by name.
 #pragma once
 
+#include "core/registry.h"
+#include "core/schema.h"
 #include "datasets/dataset.h"
 
 #include <nlohmann/json.hpp>
@@ -20,34 +22,27 @@ struct DataConfig {
   nlohmann::json options = nlohmann::json::object();
 };
 
+/// Every setting of DataConfig (config.json's "data"; flags --dataset, --data-dir, --limit, --data-option).
+const Schema<DataConfig>& data_schema();
 nlohmann::json to_json(const DataConfig& config);
 DataConfig data_config_from_json(const nlohmann::json& j);
 
 struct DatasetEntry {
+  static constexpr const char* registry_kind = "dataset";
+  static constexpr const char* registry_hint = "";
   std::string name;
   std::string description;
   std::function<std::string()> default_dir;
   std::function<Splits(const DataConfig&)> load;
 };
 
-class DatasetRegistry {
- public:
-  static DatasetRegistry& instance();
-  void add(DatasetEntry entry);
-  const DatasetEntry& at(const std::string& name) const;
-  std::vector<std::string> names() const;
-
- private:
-  std::map<std::string, DatasetEntry> entries_;
-};
+using DatasetRegistry = ::zoo::Registry<DatasetEntry>;
 
 /// Loads both splits of the dataset a config names.
 Splits load_splits(const DataConfig& config);
 
 namespace detail {
-struct DatasetRegistrar {
-  explicit DatasetRegistrar(DatasetEntry entry) { DatasetRegistry::instance().add(std::move(entry)); }
-};
+using DatasetRegistrar = ::zoo::Registrar<DatasetEntry>;
 }  // namespace detail
 
 }  // namespace zoo::datasets

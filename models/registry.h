@@ -12,12 +12,16 @@
 // command line with `--set name=value`.
 #pragma once
 
+#include "core/registry.h"
+#include "core/schema.h"
+
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,54 +30,13 @@ namespace zoo::models {
 
 using json = nlohmann::json;
 
-/// Human-readable name of a JSON-mappable C++ type, for error messages.
-template <typename T>
-std::string type_name() {
-  if constexpr (std::is_same_v<T, bool>) {
-    return "true or false";
-  } else if constexpr (std::is_integral_v<T>) {
-    return "an integer";
-  } else if constexpr (std::is_floating_point_v<T>) {
-    return "a number";
-  } else if constexpr (std::is_same_v<T, std::string>) {
-    return "a string";
-  } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-    return "a list of integers, e.g. [64,32]";
-  } else if constexpr (std::is_same_v<T, std::vector<double>>) {
-    return "a list of numbers";
-  } else {
-    return "a value of the option's type";
-  }
-}
-
-/// Converts `value` to T exactly: no silent narrowing of 2.5 to 2, no strings for numbers.
-template <typename T>
-T strict_get(const json& value, const std::string& what) {
-  auto fail = [&] {
-    throw std::invalid_argument(what + " expects " + type_name<T>() + ", got " + value.dump());
-  };
-  if constexpr (std::is_same_v<T, bool>) {
-    if (!value.is_boolean()) fail();
-  } else if constexpr (std::is_integral_v<T>) {
-    if (!value.is_number_integer()) fail();
-  } else if constexpr (std::is_floating_point_v<T>) {
-    if (!value.is_number()) fail();
-  } else if constexpr (std::is_same_v<T, std::string>) {
-    if (!value.is_string()) fail();
-  } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-    if (!value.is_array()) fail();
-    for (const auto& v : value)
-      if (!v.is_number_integer()) fail();
-  } else if constexpr (std::is_same_v<T, std::vector<double>>) {
-    if (!value.is_array()) fail();
-    for (const auto& v : value)
-      if (!v.is_number()) fail();
-  }
-  return value.get<T>();
-}
+using zoo::strict_get;
+using zoo::type_name;
 
 /// Everything the tools need to know about one registered model.
 struct ModelEntry {
+  static constexpr const char* registry_kind = "model";
+  static constexpr const char* registry_hint = " (see 'zoo list')";
   std::string name;
   std::string description;
   /// Objective the trainer uses ("classify", ...): a tag, so models never include training code.
@@ -89,8 +52,29 @@ struct ModelEntry {
   std::function<json()> default_options;
   /// Validates `options` (unknown names and wrong types are errors) and returns the complete option set.
   std::function<json(const json& options)> complete_options;
-  /// Builds a fresh module from a complete option set.
+  /// Builds a fresh module from a complete option set (as complete_options returns it: not checked again).
   std::function<torch::nn::AnyModule(const json& options)> build;
+  /// The options' names, types and docs.
+  std::vector<SettingInfo> settings;
+};
+
+/// Restores the default CPU generator's state when it goes out of scope.
+class PreserveRandomState {
+ public:
+  PreserveRandomState() : generator_(at::detail::getDefaultCPUGenerator()) {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    state_ = generator_.get_state();
+  }
+  ~PreserveRandomState() {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    generator_.set_state(state_);
+  }
+  PreserveRandomState(const PreserveRandomState&) = delete;
+  PreserveRandomState& operator=(const PreserveRandomState&) = delete;
+
+ private:
+  at::Generator generator_;
+  torch::Tensor state_;
 };
 
 /// Typed builder of a ModelEntry for a module `Holder` (a TORCH_MODULE) built from `Options`.
@@ -122,10 +106,12 @@ class ModelSpec {
   template <typename Get, typename Set>
   ModelSpec& option(const std::string& key, Get get, Set set) {
     using T = std::decay_t<decltype(get(std::declval<const Options&>()))>;
-    fields_.push_back(Field{key, [get](const Options& o) { return json(get(o)); },
-                            [set, key, name = entry_.name](Options& o, const json& v) {
-                              set(o, strict_get<T>(v, "option '" + key + "' of model '" + name + "'"));
-                            }});
+    schema_.add_json(
+        key, [get](const Options& o) { return json(get(o)); },
+        [set, key, name = entry_.name](Options& o, const json& v) {
+          set(o, strict_get<T>(v, "option '" + key + "' of model '" + name + "'"));
+        },
+        "", type_name<T>());
     return *this;
   }
   /// The option values this entry starts from (default: Options{}), for several entries over one module.
@@ -141,70 +127,58 @@ class ModelSpec {
 
   operator ModelEntry() const {  // NOLINT: implicit by design, so registrations read as one expression
     ModelEntry e = entry_;
-    auto fields = fields_;
+    auto schema = std::make_shared<Schema<Options>>(schema_);
     auto validate = validate_;
-    auto to_options = [fields, validate, name = e.name, base = base_](const json& j) {
-      if (!j.is_object())
-        throw std::invalid_argument("options of model '" + name + "' must be a JSON object, got " + j.dump());
-      Options o = base;
-      for (auto it = j.begin(); it != j.end(); ++it) {
-        auto f = std::find_if(fields.begin(), fields.end(), [&](const Field& fl) { return fl.key == it.key(); });
-        if (f == fields.end()) {
-          std::string valid;
-          for (const auto& fl : fields) valid += (valid.empty() ? "" : ", ") + fl.key;
-          throw std::invalid_argument("model '" + name + "' has no option '" + it.key() +
-                                      "'; valid options: " + (valid.empty() ? "(none)" : valid));
-        }
-        f->set(o, it.value());
+    const auto name = e.name;
+    const auto base = base_;
+    auto read = [schema, name, base](const json& j) {
+      if (j.is_object())
+        for (const auto& [key, value] : schema->flatten(j))
+          if (!schema->find(key))
+            throw std::invalid_argument("model '" + name + "' has no option '" + key + "'; valid options: " +
+                                        (schema->settings().empty() ? "(none)" : join(schema->names())));
+      try {
+        return schema->from_json(j, base);
+      } catch (const SettingError&) {
+        throw;
+      } catch (const std::invalid_argument& err) {
+        throw std::invalid_argument("model '" + name + "': " + err.what());
       }
-      if (validate) {
-        try {
-          validate(o);
-        } catch (const c10::Error& e) {
-          const std::string msg = e.what_without_backtrace();
-          throw std::invalid_argument("invalid options for model '" + name + "': " + msg.substr(0, msg.find('\n')));
-        }
+    };
+    auto check = [validate, name](const Options& o) {
+      if (!validate) return;
+      // A check may build the module; it must not draw from the generator, so that a seed gives the same model
+      // whether or not its options were checked first.
+      const PreserveRandomState keep;
+      try {
+        validate(o);
+      } catch (const c10::Error& err) {
+        const std::string msg = err.what_without_backtrace();
+        throw std::invalid_argument("invalid options for model '" + name + "': " + msg.substr(0, msg.find('\n')));
       }
-      return o;
     };
-    auto to_json = [fields](const Options& o) {
-      json j = json::object();
-      for (const auto& f : fields) j[f.key] = f.get(o);
-      return j;
+    e.default_options = [schema, base] { return schema->to_json(base); };
+    e.complete_options = [schema, read, check](const json& j) {
+      const Options o = read(j);
+      check(o);
+      return schema->to_json(o);
     };
-    e.default_options = [to_json, base = base_] { return to_json(base); };
-    e.complete_options = [to_options, to_json](const json& j) { return to_json(to_options(j)); };
-    e.build = [to_options](const json& j) { return torch::nn::AnyModule(Holder(to_options(j))); };
+    // Options are checked by complete_options; build makes the module once, consuming the random numbers of
+    // its own initialisation only.
+    e.build = [read](const json& j) { return torch::nn::AnyModule(Holder(read(j))); };
+    for (const auto& setting : schema->settings()) e.settings.push_back(setting);
     return e;
   }
 
  private:
-  struct Field {
-    std::string key;
-    std::function<json(const Options&)> get;
-    std::function<void(Options&, const json&)> set;
-  };
   ModelEntry entry_;
-  std::vector<Field> fields_;
+  Schema<Options> schema_{"option"};
   std::function<void(const Options&)> validate_;
   Options base_{};
 };
 
 /// The process-wide table of models, sorted by name.
-class ModelRegistry {
- public:
-  static ModelRegistry& instance();
-
-  /// Adds a model; a second model with the same name is an error.
-  void add(ModelEntry entry);
-  bool contains(const std::string& name) const;
-  /// The entry, or an error that lists every registered model.
-  const ModelEntry& at(const std::string& name) const;
-  std::vector<std::string> names() const;
-
- private:
-  std::map<std::string, ModelEntry> entries_;
-};
+using ModelRegistry = ::zoo::Registry<ModelEntry>;
 
 /// Builds a registered model from (possibly partial) options; returns the module and the complete options.
 std::pair<torch::nn::AnyModule, json> build_model(const std::string& name, const json& options = json::object());
@@ -213,9 +187,7 @@ std::pair<torch::nn::AnyModule, json> build_model(const std::string& name, const
 int64_t count_parameters(const torch::nn::Module& module);
 
 namespace detail {
-struct Registrar {
-  explicit Registrar(ModelEntry entry) { ModelRegistry::instance().add(std::move(entry)); }
-};
+using Registrar = ::zoo::Registrar<ModelEntry>;
 }  // namespace detail
 
 }  // namespace zoo::models

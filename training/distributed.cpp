@@ -311,14 +311,27 @@ void ProcessGroup::broadcast_module(torch::nn::Module& module) {
   broadcast_buffers(module);
 }
 
+namespace {
+/// Data-parallel SGD: after every backward the gradients are averaged over ranks and rank 0's buffers
+/// (batch-norm statistics) are broadcast, so every rank takes the same optimizer step.
+class GradientAllReduceCallback : public Callback {
+ public:
+  explicit GradientAllReduceCallback(std::shared_ptr<ProcessGroup> group) : group_(std::move(group)) {}
+  void after_backward(Trainer& trainer) override {
+    group_->average_gradients(*trainer.model().ptr());
+    group_->broadcast_buffers(*trainer.model().ptr());
+  }
+
+ private:
+  std::shared_ptr<ProcessGroup> group_;
+};
+}  // namespace
+
 void attach_distributed(Trainer& trainer, const std::shared_ptr<ProcessGroup>& group) {
   if (!group || group->world_size() == 1) return;
   trainer.set_parallel(group->rank(), group->world_size(), [group](torch::Tensor& t) { group->all_reduce_sum(t); });
   group->broadcast_module(*trainer.model().ptr());
-  trainer.add_gradient_hook([group](torch::nn::Module& module) {
-    group->average_gradients(module);
-    group->broadcast_buffers(module);
-  });
+  trainer.add_callback(std::make_shared<GradientAllReduceCallback>(group));
 }
 
 }  // namespace zoo::training

@@ -4,31 +4,9 @@
 
 namespace zoo::training {
 
-ObjectiveRegistry& ObjectiveRegistry::instance() {
-  static ObjectiveRegistry registry;
-  return registry;
-}
-
-void ObjectiveRegistry::add(const std::string& task, Factory factory) {
-  if (factories_.count(task)) throw std::logic_error("task '" + task + "' is registered twice");
-  factories_.emplace(task, std::move(factory));
-}
-
-std::shared_ptr<Objective> ObjectiveRegistry::make(const std::string& task, const json& model_options,
-                                                   const json& task_options) const {
-  auto it = factories_.find(task);
-  if (it == factories_.end()) {
-    std::string valid;
-    for (const auto& [n, f] : factories_) valid += (valid.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown task '" + task + "'; valid tasks: " + valid);
-  }
-  return it->second(model_options, task_options);
-}
-
-std::vector<std::string> ObjectiveRegistry::names() const {
-  std::vector<std::string> out;
-  for (const auto& [n, f] : factories_) out.push_back(n);
-  return out;
+std::shared_ptr<Objective> make_objective(const std::string& task, const json& model_options,
+                                          const json& task_options) {
+  return ObjectiveRegistry::instance().at(task).make(model_options, task_options);
 }
 
 namespace {

@@ -4,6 +4,7 @@
 // family adds an objective (or reuses one) and never touches the loop.
 #pragma once
 
+#include "core/registry.h"
 #include "datasets/dataset.h"
 
 #include <torch/torch.h>
@@ -52,26 +53,25 @@ class Objective {
   virtual bool higher_is_better() const { return true; }
 };
 
-/// Tasks by name ("classify", ...): the tag a model's registry entry names.
-class ObjectiveRegistry {
- public:
-  /// Builds the objective from the model's complete options (a task may read some, e.g. "beta") and the
-  /// run's task options.
+/// A task by name ("classify", ...): the tag a model's registry entry names. `make` builds the objective from
+/// the model's complete options (a task may read some, e.g. "beta") and the run's task options.
+struct TaskEntry {
+  static constexpr const char* registry_kind = "task";
+  static constexpr const char* registry_hint = "";
   using Factory = std::function<std::shared_ptr<Objective>(const json& model_options, const json& task_options)>;
-  static ObjectiveRegistry& instance();
-  void add(const std::string& task, Factory factory);
-  std::shared_ptr<Objective> make(const std::string& task, const json& model_options = json::object(),
-                                  const json& task_options = json::object()) const;
-  std::vector<std::string> names() const;
-
- private:
-  std::map<std::string, Factory> factories_;
+  std::string name;
+  Factory make;
 };
+using ObjectiveRegistry = ::zoo::Registry<TaskEntry>;
+
+/// The objective of `task` (an error lists the registered tasks).
+std::shared_ptr<Objective> make_objective(const std::string& task, const json& model_options = json::object(),
+                                          const json& task_options = json::object());
 
 namespace detail {
 struct ObjectiveRegistrar {
-  ObjectiveRegistrar(const std::string& task, ObjectiveRegistry::Factory f) {
-    ObjectiveRegistry::instance().add(task, std::move(f));
+  ObjectiveRegistrar(const std::string& task, TaskEntry::Factory f) {
+    ObjectiveRegistry::instance().add({task, std::move(f)});
   }
 };
 }  // namespace detail

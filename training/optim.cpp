@@ -1,5 +1,7 @@
 #include "training/optim.h"
 
+#include "core/choices.h"
+
 #include <cmath>
 #include <stdexcept>
 
@@ -28,7 +30,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
   if (name == "adamw")
     return std::make_unique<torch::optim::AdamW>(parameters,
                                                  torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
-  throw std::invalid_argument("unknown optimizer '" + name + "'; valid optimizers: sgd, adam, adamw");
+  throw std::invalid_argument(unknown_choice("optimizer", name, optimizer_names()));
 }
 
 double Schedule::at(int64_t step, int64_t epoch) const {
@@ -39,7 +41,7 @@ double Schedule::at(int64_t step, int64_t epoch) const {
     const double progress = std::min(1.0, static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, total_steps)));
     rate = lr * 0.5 * (1.0 + std::cos(M_PI * progress));
   } else if (name != "constant") {
-    throw std::invalid_argument("unknown schedule '" + name + "'; valid schedules: constant, step, cosine");
+    throw std::invalid_argument(unknown_choice("schedule", name, schedule_names()));
   }
   if (warmup > 0 && step < warmup) rate *= static_cast<double>(step + 1) / static_cast<double>(warmup);
   return rate;

@@ -1,6 +1,6 @@
 #include "training/priors.h"
 
-#include "models/registry.h"
+#include <fmt/format.h>
 
 #include <fnmatch.h>
 
@@ -8,53 +8,77 @@
 
 namespace zoo::training {
 
-json to_json(const PriorOptions& p) {
-  json layers = json::array();
-  for (const auto& [pattern, lambda] : p.layers) layers.push_back({{"pattern", pattern}, {"lambda", lambda}});
-  return {{"kind", p.kind},           {"lambda", p.lambda},     {"layers", layers},
-          {"decoupled", p.decoupled}, {"proximal", p.proximal}, {"include_all", p.include_all}};
+const Schema<PriorOptions>& prior_schema() {
+  static const Schema<PriorOptions> schema = [] {
+    Schema<PriorOptions> s("prior option");
+    s.add("kind", ZOO_MEMBER(PriorOptions, kind), "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")
+        .one_of({"none", "gaussian", "laplace"}, "prior")
+        .flag("--prior");
+    s.add("lambda", ZOO_MEMBER(PriorOptions, lambda),
+          "Prior strength: gaussian adds lambda/2 ||w||^2, laplace lambda ||w||_1")
+        .at_least(0)
+        .check([](const json& v) { return std::isfinite(v.get<double>()) ? "" : "must be finite"; })
+        .flag("--lambda");
+    s.add_json(
+         "layers",
+         [](const PriorOptions& p) {
+           json layers = json::array();
+           for (const auto& [pattern, lambda] : p.layers) layers.push_back({{"pattern", pattern}, {"lambda", lambda}});
+           return layers;
+         },
+         [](PriorOptions& p, const json& v) {
+           if (!v.is_array()) throw SettingError("layers", "must be a list of {pattern, lambda}");
+           p.layers.clear();
+           for (const auto& l : v) {
+             if (!l.is_object() || !l.contains("pattern") || !l.contains("lambda"))
+               throw SettingError("layers", "must be a list of {pattern, lambda}, got " + l.dump());
+             p.layers.emplace_back(strict_get<std::string>(l.at("pattern"), "layers pattern"),
+                                   strict_get<double>(l.at("lambda"), "layers lambda"));
+           }
+         },
+         "Per-layer lambda PATTERN=X (glob on parameter names, e.g. 'net.0.*=1e-3'; first match wins)",
+         "a list of {pattern, lambda}")
+        .check([](const json& layers) -> std::string {
+          for (const auto& l : layers)
+            if (!(l["lambda"].get<double>() >= 0) || !std::isfinite(l["lambda"].get<double>()))
+              return fmt::format("{}: lambda must be a number >= 0", l["pattern"].get<std::string>());
+          return {};
+        })
+        .flag("--prior-layer");
+    s.add("decoupled", ZOO_MEMBER(PriorOptions, decoupled),
+          "Gaussian prior as decoupled weight decay w <- (1-lr*lambda)w")
+        .flag("--prior-decoupled");
+    s.add("proximal", ZOO_MEMBER(PriorOptions, proximal), "Laplace prior as a soft-threshold step (exact zeros)")
+        .flag("--prior-proximal");
+    s.add("include_all", ZOO_MEMBER(PriorOptions, include_all),
+          "Also put the prior on biases and normalisation parameters")
+        .flag("--prior-all-params");
+    return s;
+  }();
+  return schema;
 }
 
+json to_json(const PriorOptions& p) { return prior_schema().to_json(p); }
+
 PriorOptions prior_options_from_json(const json& j) {
-  using models::strict_get;
-  PriorOptions p;
-  if (j.is_null()) return p;
-  if (!j.is_object()) throw std::invalid_argument("prior options must be a JSON object, got " + j.dump());
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const auto& k = it.key();
-    const auto what = "prior option '" + k + "'";
-    if (k == "kind") p.kind = strict_get<std::string>(it.value(), what);
-    else if (k == "lambda") p.lambda = strict_get<double>(it.value(), what);
-    else if (k == "decoupled") p.decoupled = strict_get<bool>(it.value(), what);
-    else if (k == "proximal") p.proximal = strict_get<bool>(it.value(), what);
-    else if (k == "include_all") p.include_all = strict_get<bool>(it.value(), what);
-    else if (k == "layers") {
-      if (!it.value().is_array()) throw std::invalid_argument(what + " must be a list");
-      for (const auto& l : it.value())
-        p.layers.emplace_back(strict_get<std::string>(l.at("pattern"), what + " pattern"),
-                              strict_get<double>(l.at("lambda"), what + " lambda"));
-    } else {
-      throw std::invalid_argument("unknown prior option '" + k +
-                                  "'; valid: kind, lambda, layers, decoupled, proximal, include_all");
-    }
-  }
-  return p;
+  if (j.is_null()) return {};
+  return prior_schema().from_json(j);
 }
 
 void validate(const PriorOptions& p) {
-  if (p.kind != "none" && p.kind != "gaussian" && p.kind != "laplace")
-    throw std::invalid_argument("unknown prior '" + p.kind + "'; valid priors: none, gaussian, laplace");
-  auto check_lambda = [](double l, const std::string& what) {
-    if (!(l >= 0) || !std::isfinite(l)) throw std::invalid_argument(what + " must be a number >= 0");
-  };
-  check_lambda(p.lambda, "--lambda");
-  for (const auto& [pattern, l] : p.layers) check_lambda(l, "--prior-layer " + pattern);
+  try {
+    prior_schema().validate(p);
+  } catch (const SettingError& e) {
+    throw SettingError("prior." + e.setting(), e.problem());
+  }
   if (p.kind == "none" && (p.lambda > 0 || !p.layers.empty()))
-    throw std::invalid_argument("--lambda / --prior-layer given without a prior; add --prior gaussian or laplace");
+    throw std::invalid_argument("prior.lambda / prior.layers given without a prior; add prior.kind gaussian or laplace");
   if (p.decoupled && p.kind != "gaussian")
-    throw std::invalid_argument("--prior-decoupled is the decoupled form of the Gaussian prior; use --prior gaussian");
+    throw std::invalid_argument(
+        "prior.decoupled is the decoupled form of the Gaussian prior; use prior.kind gaussian");
   if (p.proximal && p.kind != "laplace")
-    throw std::invalid_argument("--prior-proximal is the soft-threshold step of the Laplace prior; use --prior laplace");
+    throw std::invalid_argument(
+        "prior.proximal is the soft-threshold step of the Laplace prior; use prior.kind laplace");
 }
 
 std::pair<std::string, double> parse_prior_layer(const std::string& text) {
@@ -102,36 +126,50 @@ torch::Tensor prior_penalty(torch::nn::Module& module, const PriorOptions& prior
   return total;
 }
 
+namespace {
+/// The prior as a part of the loop: its penalty in the loss (or only logged, for the decoupled and proximal
+/// forms), the decoupled decay before the optimizer step and the soft threshold after it.
+class PriorCallback : public Callback {
+ public:
+  explicit PriorCallback(PriorOptions prior) : prior_(std::move(prior)) {}
+
+  void loss_terms(Trainer& trainer, Terms& terms) override {
+    auto& m = *trainer.model().ptr();
+    if (prior_.decoupled || prior_.proximal) {
+      torch::NoGradGuard no_grad;
+      terms.emplace_back("prior", prior_penalty(m, prior_));
+    } else {
+      terms.emplace_back("prior", prior_penalty(m, prior_));
+    }
+  }
+  // Applied before the optimizer step, to the weights the gradient was computed at:
+  // (w - eta*lambda*w) - eta*grad = (1 - eta*lambda) w - eta*grad.
+  void after_backward(Trainer& trainer) override {
+    if (!prior_.decoupled) return;
+    torch::NoGradGuard no_grad;
+    const double eta = lr(trainer);
+    for (auto& [w, lambda] : prior_parameters(*trainer.model().ptr(), prior_)) w.mul_(1.0 - eta * lambda);
+  }
+  void after_step(Trainer& trainer) override {
+    if (!prior_.proximal) return;
+    torch::NoGradGuard no_grad;
+    const double eta = lr(trainer);
+    for (auto& [w, lambda] : prior_parameters(*trainer.model().ptr(), prior_)) {
+      auto shrunk = (w.abs() - eta * lambda).clamp_min(0);
+      w.copy_(w.sign() * shrunk);
+    }
+  }
+
+ private:
+  static double lr(Trainer& t) { return t.optimizer().param_groups().front().options().get_lr(); }
+  PriorOptions prior_;
+};
+}  // namespace
+
 void attach_prior(Trainer& trainer, const PriorOptions& prior) {
   validate(prior);
   if (prior.kind == "none") return;
-  const bool only_log = prior.decoupled || prior.proximal;
-  trainer.add_loss_term("prior", [prior, only_log](torch::nn::Module& m) {
-    if (!only_log) return prior_penalty(m, prior);
-    torch::NoGradGuard no_grad;
-    return prior_penalty(m, prior);
-  });
-  auto* t = &trainer;
-  auto lr = [t] { return t->optimizer().param_groups().front().options().get_lr(); };
-  if (prior.decoupled) {
-    // Applied before the optimizer step, to the weights the gradient was computed at:
-    // (w - eta*lambda*w) - eta*grad = (1 - eta*lambda) w - eta*grad.
-    trainer.add_gradient_hook([prior, lr](torch::nn::Module& m) {
-      torch::NoGradGuard no_grad;
-      const double eta = lr();
-      for (auto& [w, lambda] : prior_parameters(m, prior)) w.mul_(1.0 - eta * lambda);
-    });
-  }
-  if (prior.proximal) {
-    trainer.add_step_hook([prior, lr](torch::nn::Module& m) {
-      torch::NoGradGuard no_grad;
-      const double eta = lr();
-      for (auto& [w, lambda] : prior_parameters(m, prior)) {
-        auto shrunk = (w.abs() - eta * lambda).clamp_min(0);
-        w.copy_(w.sign() * shrunk);
-      }
-    });
-  }
+  trainer.add_callback(std::make_shared<PriorCallback>(prior));
 }
 
 }  // namespace zoo::training

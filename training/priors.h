@@ -14,6 +14,7 @@
 //   proximal (Laplace):    after the step, w <- sign(w) max(|w| - eta * lambda, 0)   (soft threshold: exact zeros)
 #pragma once
 
+#include "core/schema.h"
 #include "training/trainer.h"
 
 #include <nlohmann/json.hpp>
@@ -33,6 +34,8 @@ struct PriorOptions {
   bool include_all = false;  ///< also biases and normalisation parameters
 };
 
+/// Every setting of PriorOptions (config.json's "prior"; flags --prior, --lambda, --prior-layer, ...).
+const Schema<PriorOptions>& prior_schema();
 json to_json(const PriorOptions& prior);
 PriorOptions prior_options_from_json(const json& j);
 /// Checks kind, lambdas and the decoupled/proximal combinations; throws std::invalid_argument.

@@ -1,21 +1,22 @@
-// A run directory and everything built from it: config.json -> model (registry), data (dataset registry),
-// objective (task registry) and trainer. The command-line tool is a thin layer over this.
+// A run: its configuration and everything built from it, over a RunDirectory (training/run_directory.h).
 //
-//   RUN/config.json    model name and options, dataset, training options, library versions
-//   RUN/model.pt       parameters and buffers (TorchScript archive: torch.jit.load opens it)
-//   RUN/optimizer.pt   optimizer state
-//   RUN/state.json     epoch, step, best metric, last metrics, RNG state
-//   RUN/metrics.jsonl  one JSON record per epoch
+//   RunConfig (config.json) -> model (model registry), data (dataset registry), objective (task registry)
+//                           -> Trainer with its callbacks (checkpoints, console, progress, prior, ...)
+//
+// The command-line tool is a thin layer over this: parse the settings, Run::create, Run::fit.
 #pragma once
 
 #include "datasets/registry.h"
 #include "training/distributed.h"
 #include "training/priors.h"
+#include "training/run_directory.h"
+#include "training/runtime.h"
 #include "training/trainer.h"
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace zoo::training {
 
@@ -27,22 +28,26 @@ struct RunConfig {
   json task_options = json::object();
   TrainOptions train;
   PriorOptions prior;  ///< MAP training: a prior on the weights (none by default)
+  std::vector<std::string> callbacks;  ///< registered callbacks added to the trainer (zoo train --callback NAME)
+  std::vector<std::string> plugins;  ///< shared libraries the run's model, data or task came from (core/plugins.h)
   json versions = json::object();
 };
 
+/// Every setting of a run: "model", "options", "data.*", "task", "task_options", "train.*", "prior.*", ...
+const Schema<RunConfig>& run_schema();
 json to_json(const RunConfig& config);
+/// Reads a config.json; `source` names it in errors.
 RunConfig run_config_from_json(const json& j, const std::string& source);
 RunConfig read_run_config(const std::string& run_dir);
-/// {"zoo": ..., "torch": ..., "compiler": ...}
-json library_versions();
 
-/// Fills in a config from the registry: complete model options, default task and dataset.
+/// Fills in a config from the registry: complete model options, default task and dataset; checks every setting
+/// (SettingError names it by its path, e.g. "train.epochs").
 RunConfig complete_config(RunConfig config);
 
 class Run {
  public:
   /// A new run in `dir` (created; an existing run there is an error, never overwritten). Seeds torch with the
-  /// config's seed before the model is built, so a run is reproducible from its config.
+  /// config's seed, then builds the model once, so a run is reproducible from its config.
   /// With a process group of more than one rank the run trains data-parallel; only rank 0 writes files.
   static std::unique_ptr<Run> create(RunConfig config, const std::string& dir,
                                      std::shared_ptr<ProcessGroup> group = nullptr);
@@ -55,21 +60,24 @@ class Run {
   static std::unique_ptr<Run> open(const std::string& dir, const std::function<void(RunConfig&)>& adjust = {});
 
   const RunConfig& config() const { return config_; }
-  const std::string& dir() const { return dir_; }
+  const std::string& dir() const { return dir_->path(); }
+  const RunDirectory& directory() const { return *dir_; }
   Trainer& trainer() { return *trainer_; }
   torch::nn::AnyModule& model() { return trainer_->model(); }
-  /// Trains; each epoch's summary line goes to stdout (see format_epoch_summary).
+  /// Trains; each epoch's summary line goes to stdout (rank 0). Errors say where the last checkpoint is.
   json fit();
   json evaluate(bool thorough = false) { return trainer_->evaluate(thorough); }
+  /// Writes a checkpoint of the current state (e.g. after importing weights).
+  void save_checkpoint() { dir_->save(*trainer_); }
 
  private:
   Run() = default;
-  void build();
+  /// Model, objective, data and trainer from config_, with the callbacks every run has.
+  void build(bool train);
   RunConfig config_;
-  std::string dir_;
+  std::shared_ptr<RunDirectory> dir_;
   std::unique_ptr<Trainer> trainer_;
   std::shared_ptr<ProcessGroup> group_;
-  bool summary_hook_ = false;
 };
 
 /// The model of a run with its weights, without data or optimizer (for sampling, export, inspection).

@@ -1,6 +1,11 @@
 #include "training/runtime.h"
 
+#include <torch/version.h>
+#include <zoo_version.h>
+
 #include <dlfcn.h>
+
+#include <ctime>
 
 #include <cstddef>
 
@@ -28,6 +33,20 @@ std::string allocator() {
   if (library.find("mimalloc") != std::string::npos) return "mimalloc";
   if (library.rfind("libc.so", 0) == 0) return "glibc malloc";
   return library.empty() ? "unknown" : library;
+}
+
+nlohmann::json library_versions() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char created[64];
+  std::strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%S%z", &tm);
+  return {{"zoo", ZOO_VERSION},
+          {"torch", std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                        std::to_string(TORCH_VERSION_PATCH)},
+          {"compiler", __VERSION__},
+          {"allocator", allocator()},
+          {"created", created}};
 }
 
 }  // namespace zoo::training

@@ -1,0 +1,54 @@
+#include "training/options.h"
+
+#include "training/device.h"
+#include "training/optim.h"
+#include "training/threads.h"
+
+namespace zoo::training {
+
+const Schema<TrainOptions>& train_schema() {
+  static const Schema<TrainOptions> schema = [] {
+    Schema<TrainOptions> s("training option");
+    s.add("epochs", ZOO_FIELD(TrainOptions, epochs), "Number of epochs (default: the model's recommendation)")
+        .at_least(1)
+        .resumable();
+    s.add("batch_size", ZOO_FIELD(TrainOptions, batch_size), "Training batch size (per process when distributed)")
+        .at_least(1);
+    s.add("eval_batch_size", ZOO_FIELD(TrainOptions, eval_batch_size), "Evaluation batch size").at_least(1);
+    s.add("optimizer", ZOO_FIELD(TrainOptions, optimizer), "Optimizer").one_of(optimizer_names(), "optimizer");
+    s.add("lr", ZOO_FIELD(TrainOptions, lr), "Learning rate").above(0);
+    s.add("momentum", ZOO_FIELD(TrainOptions, momentum), "SGD momentum").at_least(0);
+    s.add("weight_decay", ZOO_FIELD(TrainOptions, weight_decay),
+          "The optimizer's own weight decay (coupled for sgd/adam, decoupled for adamw)")
+        .at_least(0);
+    s.add("schedule", ZOO_FIELD(TrainOptions, schedule), "Learning-rate schedule").one_of(schedule_names(), "schedule");
+    s.add("step_size", ZOO_FIELD(TrainOptions, step_size), "Epochs per decay of the step schedule").at_least(1);
+    s.add("gamma", ZOO_FIELD(TrainOptions, gamma), "Decay factor of the step schedule").above(0);
+    s.add("warmup", ZOO_FIELD(TrainOptions, warmup), "Linear warm-up steps").at_least(0);
+    s.add("clip_grad", ZOO_FIELD(TrainOptions, clip_grad), "Clip the global gradient norm to this value (0 = off)")
+        .at_least(0);
+    s.add("seed", ZOO_FIELD(TrainOptions, seed), "Random seed (model initialisation, data order, dropout)")
+        .at_least(0);
+    s.add("threads", ZOO_FIELD(TrainOptions, threads), "Intra-op threads (0 = all cores)")
+        .at_least(0)
+        .at_most(max_threads)
+        .resumable();
+    s.add("device", ZOO_FIELD(TrainOptions, device), "cpu, cuda or cuda:N").check([](const json& v) {
+      parse_device(v.get<std::string>());  // throws with the valid devices
+      return std::string();
+    });
+    s.add("shuffle", ZOO_FIELD(TrainOptions, shuffle), "Shuffle the training items every epoch");
+    s.add("progress", ZOO_FIELD(TrainOptions, progress), "Progress bar or lines on stderr during an epoch")
+        .resumable();
+    return s;
+  }();
+  return schema;
+}
+
+json to_json(const TrainOptions& options) { return train_schema().to_json(options); }
+
+TrainOptions train_options_from_json(const json& j, TrainOptions base) { return train_schema().from_json(j, base); }
+
+void validate(const TrainOptions& options) { train_schema().validate(options); }
+
+}  // namespace zoo::training

@@ -1,0 +1,46 @@
+// The training loop's settings, declared once (core/schema.h): config.json's "train" object, the flags of
+// `zoo train`, their checks and which of them a resumed run may change all come from train_schema().
+#pragma once
+
+#include "core/schema.h"
+
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <string>
+
+namespace zoo::training {
+
+using json = nlohmann::json;
+
+/// Hyperparameters of the loop; serialised in config.json under "train". Docs and checks: train_schema().
+struct TrainOptions {
+  TORCH_ARG(int64_t, epochs) = 1;
+  TORCH_ARG(int64_t, batch_size) = 64;
+  TORCH_ARG(int64_t, eval_batch_size) = 1000;
+  TORCH_ARG(std::string, optimizer) = "adam";
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, momentum) = 0.9;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(std::string, schedule) = "constant";
+  TORCH_ARG(int64_t, step_size) = 1;
+  TORCH_ARG(double, gamma) = 0.1;
+  TORCH_ARG(int64_t, warmup) = 0;
+  TORCH_ARG(double, clip_grad) = 0.0;
+  TORCH_ARG(int64_t, seed) = 0;
+  TORCH_ARG(int64_t, threads) = 0;
+  TORCH_ARG(std::string, device) = "cpu";
+  TORCH_ARG(bool, shuffle) = true;
+  TORCH_ARG(bool, progress) = true;
+};
+
+/// Every setting of TrainOptions: name, doc, check, resumability.
+const Schema<TrainOptions>& train_schema();
+
+json to_json(const TrainOptions& options);
+/// Reads the keys present in `j` over `base`; unknown keys and wrong types are errors.
+TrainOptions train_options_from_json(const json& j, TrainOptions base = {});
+/// Throws SettingError naming the setting, the bad value and what it must be.
+void validate(const TrainOptions& options);
+
+}  // namespace zoo::training

@@ -1,0 +1,88 @@
+// The one reader and writer of a run's files. Nothing else opens these paths.
+//
+//   RUN/config.json    model name and options, dataset, training options, library versions
+//   RUN/model.pt       parameters and buffers (TorchScript archive: torch.jit.load opens it)
+//   RUN/optimizer.pt   optimizer state
+//   RUN/state.json     epoch, step, best metric, last metrics, RNG state, callbacks' own state
+//   RUN/metrics.jsonl  one JSON record per epoch (a log: repaired from state.json when a run resumes)
+//
+// model.pt, optimizer.pt and state.json change together through the atomic protocol of training/checkpoint.h.
+#pragma once
+
+#include "training/callback.h"
+#include "training/progress.h"
+#include "training/trainer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+
+namespace zoo::training {
+
+class RunDirectory {
+ public:
+  /// `writer`: this process may write (rank 0 of a data-parallel run); the others only read.
+  explicit RunDirectory(std::string path, bool writer = true);
+  const std::string& path() const { return path_; }
+  bool writer() const { return writer_; }
+
+  /// Refuses a directory that holds a run (continue it with resume; a half-committed checkpoint is first rolled
+  /// forward). One with only config.json (a run stopped in its first epoch) has nothing to lose.
+  void refuse_existing_run() const;
+  /// Starts a run here: refuse_existing_run, then creates the directory and writes config.json (a writer only).
+  void create(const json& config) const;
+  /// config.json, with an error that names the directory when it is not a run.
+  json read_config() const;
+  /// Rewrites config.json (atomically) after `change` (e.g. a resumed run that trains longer).
+  void update_config(const std::function<void(json&)>& change) const;
+  /// Whether a checkpoint (state.json) exists.
+  bool has_checkpoint() const;
+  /// The path of checkpoint file `name` to read (RUN/.commit/name while a commit is pending).
+  std::string file(const std::string& name) const;
+
+  /// Writes the trainer's model, optimizer and state (with every callback's state) as one checkpoint.
+  void save(Trainer& trainer) const;
+  /// Restores model, optimizer, loop state, callbacks' state and RNG; repairs metrics.jsonl to match.
+  void restore(Trainer& trainer) const;
+  /// Appends an epoch's record to metrics.jsonl.
+  void append_metrics(const json& record) const;
+  /// Loads the weights of model.pt into `module`.
+  void load_weights(torch::nn::Module& module) const;
+
+ private:
+  void recover() const;
+  std::string path_;
+  bool writer_;
+};
+
+/// Writes a checkpoint at the end of every epoch and when a stop is requested mid-epoch, and appends the
+/// epoch's record to metrics.jsonl (after the commit: a crash in between is repaired on resume).
+class CheckpointCallback : public Callback {
+ public:
+  explicit CheckpointCallback(std::shared_ptr<const RunDirectory> dir) : dir_(std::move(dir)) {}
+  void on_epoch_end(Trainer& trainer, const json& record) override;
+  void on_interrupt(Trainer& trainer) override;
+
+ private:
+  std::shared_ptr<const RunDirectory> dir_;
+};
+
+/// Prints each epoch's summary line on stdout (format_epoch_summary).
+class ConsoleCallback : public Callback {
+ public:
+  void on_epoch_end(Trainer& trainer, const json& record) override;
+};
+
+/// The progress bar (terminal) or progress lines (log) on stderr during an epoch.
+class ProgressCallback : public Callback {
+ public:
+  void on_epoch_start(Trainer& trainer, int64_t epoch, int64_t first_step, int64_t steps) override;
+  void on_batch_end(Trainer& trainer, const StepInfo& step) override;
+  void on_train_end(Trainer& trainer) override;
+
+ private:
+  std::unique_ptr<Progress> progress_;
+};
+
+}  // namespace zoo::training

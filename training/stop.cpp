@@ -1,0 +1,16 @@
+#include "training/stop.h"
+
+#include <algorithm>
+#include <atomic>
+
+namespace zoo::training {
+namespace {
+std::atomic<int> requested{-1};
+}  // namespace
+
+void request_stop(int signal) { requested.store(signal); }
+bool stop_requested() { return requested.load(std::memory_order_relaxed) >= 0; }
+void clear_stop_request() { requested.store(-1); }
+int stop_signal() { return std::max(0, requested.load()); }
+
+}  // namespace zoo::training
