@@ -158,7 +158,7 @@ void run_import(const ImportArgs& a) {
   }
   auto run = training::Run::create(config, a.out);
   training::copy_tensors(*run->model().ptr(), weights, /*strict=*/false);
-  run->trainer().save_checkpoint();
+  run->save_checkpoint();
   for (const auto& p : problems) std::printf("not imported: %s\n", p.c_str());
   std::printf("imported %zu tensors of %s into %s (%s); try: zoo eval %s\n", weights.size(),
               a.file.c_str(), a.out.c_str(), a.model.c_str(), a.out.c_str());

@@ -1,4 +1,7 @@
 #include "tools/cli/cli.h"
+#include "tools/cli/settings.h"
+
+#include "core/plugins.h"
 
 #include <torch/torch.h>
 
@@ -37,12 +40,35 @@ void install_signal_handlers() {
   // write fails with EFBIG and the checkpoint writer reports it like a full disk.
   std::signal(SIGXFSZ, SIG_IGN);
 }
+
+/// --plugin PATH / --plugin=PATH anywhere on the command line, then ZOO_PLUGINS: loaded before the commands are
+/// defined, so a plugin's models, datasets and tasks are there for every subcommand (and its --help).
+void load_plugins(int argc, char** argv) {
+  zoo::load_plugins_from_environment();
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg == "--plugin" && i + 1 < argc) zoo::load_plugin(argv[++i]);
+    else if (arg.rfind("--plugin=", 0) == 0) zoo::load_plugin(arg.substr(9));
+  }
+}
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    load_plugins(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zoo: error: %s\n", first_line(e.what()).c_str());
+    return 1;
+  }
   CLI::App app{"zoo: classic deep-learning models as trainable LibTorch modules"};
   app.require_subcommand(1);
-  app.fallthrough(false);
+  // Options of the whole program (--plugin) may also come after the subcommand's name.
+  app.fallthrough(true);
+  std::vector<std::string> plugins;
+  app.add_option("--plugin", plugins,
+                 "Load a shared library of your own models, datasets, tasks or callbacks (repeatable; also "
+                 "ZOO_PLUGINS=a.so:b.so). See docs/extending.md");
   app.set_version_flag("--version", [] {
     return std::string("zoo ") + ZOO_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
            std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " +
@@ -83,7 +109,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "zoo: error: %s\n", first_line(e.what_without_backtrace()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "zoo: error: %s\n", first_line(e.what()).c_str());
+    std::fprintf(stderr, "zoo: error: %s\n", zoo::cli::in_flags(first_line(e.what())).c_str());
     return 1;
   }
   return 0;
