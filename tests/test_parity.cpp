@@ -33,6 +33,7 @@ struct Case {
   std::string name, model;
   nlohmann::json options;
   torch::Tensor input;
+  double tolerance = 1e-5;  ///< parity.py's bound on the scaled difference of outputs and gradients
 };
 
 /// Writes one case directory: weights, the twin's spec, and the C++ inputs, outputs and gradients. `run` maps
@@ -86,7 +87,8 @@ void write_case_with(const fs::path& dir, torch::nn::Module& module, const nlohm
 void write_case(const fs::path& root, const Case& c) {
   torch::manual_seed(0);
   auto [model, options] = models::build_model(c.model, c.options);
-  write_case_with(root / c.name, *model.ptr(), {{"model", c.model}, {"options", options}}, {c.input},
+  write_case_with(root / c.name, *model.ptr(), {{"model", c.model}, {"options", options}, {"tolerance", c.tolerance}},
+                  {c.input},
                   [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
                     auto any = model.any_forward(x[0]);
                     if (auto* t = any.try_get<torch::Tensor>()) return {*t};
@@ -129,7 +131,9 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
       {"ode-rk4", "ode-resnet", {{"channels", 8}}, torch::rand({2, 1, 28, 28})},
       {"ode-euler", "ode-resnet", {{"channels", 8}, {"method", "euler"}, {"steps", 3}, {"time", false}}, torch::rand({2, 1, 16, 16})},
       {"ode-midpoint", "ode-resnet", {{"channels", 8}, {"method", "midpoint"}}, torch::rand({2, 1, 16, 16})},
-      {"ode-dopri5", "ode-resnet", {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}}, torch::rand({2, 1, 16, 16})},
+      // A bias's gradient through dopri5 sums over every pixel of every stage of every step in float32: rounding
+      // reaches 1.1e-5 and 1.6e-5 there (measured with two initialisations), while the outputs agree to 3e-7-7e-7.
+      {"ode-dopri5", "ode-resnet", {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}}, torch::rand({2, 1, 16, 16}), 5e-5},
       {"ode-resnet-blocks", "ode-resnet", {{"channels", 8}, {"block", "resnet"}, {"steps", 3}, {"step_size", 0.5}}, torch::rand({2, 1, 16, 16})},
       {"mhc", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},
       {"mhc-lite", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "mhc-lite"}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},

@@ -1,4 +1,7 @@
-// Builds a registered zoo model by name and trains it a few steps with the zoo trainer on synthetic data.
+// Builds a registered zoo model by name and trains it with the zoo trainer on synthetic data, with a callback
+// of its own (callback_example.h, the one docs/extending.md shows) that ends training early.
+#include "callback_example.h"
+
 #include <models/mlp.h>
 #include <models/registry.h>
 #include <training/trainer.h>
@@ -11,10 +14,13 @@ int main() {
   auto y = (x.flatten(1).sum(1) > 0).to(torch::kInt64);
   auto data = std::make_shared<zoo::datasets::TensorDataset>(x, y, "synthetic");
   zoo::training::Trainer trainer(model, std::make_shared<zoo::training::ClassificationObjective>(), {data, data},
-                                 zoo::training::TrainOptions().epochs(5).progress(false).threads(1));
+                                 zoo::training::TrainOptions().epochs(20).progress(false).threads(1));
+  trainer.add_callback(std::make_shared<StopBelow>(0.3));
   auto record = trainer.fit();
   const double accuracy = record["test"]["accuracy"].get<double>();
-  std::cout << "consumer: " << zoo::models::count_parameters(*model.ptr()) << " parameters, accuracy " << accuracy
-            << "\n";
-  return accuracy > 0.7 ? 0 : 1;
+  const auto epochs = record["epoch"].get<int64_t>();
+  std::cout << "consumer: " << zoo::models::count_parameters(*model.ptr()) << " parameters, " << epochs
+            << " epochs (stopped early: train loss " << record["train"]["loss"].get<double>() << " < 0.3), accuracy "
+            << accuracy << "\n";
+  return accuracy > 0.7 && epochs < 20 && record["train"]["loss"].get<double>() < 0.3 ? 0 : 1;
 }

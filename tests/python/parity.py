@@ -7,7 +7,8 @@ options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save
 before the forward, the C++ outputs, the weights of the scalar loss sum_k (out_k * r_k).sum() and the C++
 gradients of every parameter). For each case the twin loads the weights by name (strict), runs the same input
 in eval mode, and its outputs and gradients are compared: the largest absolute difference, divided by
-max(1, largest absolute C++ value) of that tensor, must be at most 1e-5. Prints one line per case; exits 1 if
+max(1, largest absolute C++ value) of that tensor, must be at most 1e-5 (or the case's own "tolerance" in
+options.json, given where float32 rounding accumulates further, as in dopri5). Prints one line per case; exits 1 if
 any case fails.
 """
 import json
@@ -65,7 +66,8 @@ def main():
             continue
         try:
             out_diff, grad_diff, worst = run_case(path)
-            ok = out_diff <= TOLERANCE and grad_diff <= TOLERANCE
+            tolerance = json.load(open(os.path.join(path, "options.json"))).get("tolerance", TOLERANCE)
+            ok = out_diff <= tolerance and grad_diff <= tolerance
             print("case %s %s output %.3g gradient %.3g%s" % (name, "ok" if ok else "FAILED", out_diff, grad_diff,
                                                              " (worst %s)" % worst if worst else ""))
         except Exception as e:  # a twin that cannot load the weights is a failure with its reason
