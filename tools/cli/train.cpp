@@ -5,6 +5,8 @@
 #include "tools/cli/cli.h"
 #include "tools/cli/settings.h"
 
+#include "core/plugins.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -136,6 +138,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     json file = training::read_json_file(a.config);
     if (file.is_object() && file.contains("model") && file.contains("options")) {  // a run's config.json
       auto saved = training::run_config_from_json(file, a.config);
+      load_plugins(saved.plugins, a.config);  // the plugins that run needed
       base_train = training::to_json(saved.train);
       saved.versions = json::object();
       config = saved;
