@@ -53,9 +53,10 @@ void load_plugin(const std::string& path) {
   if (version.empty())
     throw std::runtime_error(fmt::format("{} is not a zoo plugin (no ZOO_PLUGIN() in its sources)", path));
   if (version != ZOO_VERSION)
-    throw std::runtime_error(fmt::format("plugin {} was built against zoo {}, this is zoo {}; rebuild it against "
-                                         "this version",
-                                         path, version, ZOO_VERSION));
+    throw std::runtime_error(
+        fmt::format("plugin {} was built against zoo {}, this is zoo {}; rebuild it against "
+                    "this version",
+                    path, version, ZOO_VERSION));
   loading = true;
   deferred.clear();
   void* handle = dlopen(absolute.c_str(), RTLD_NOW | RTLD_GLOBAL);

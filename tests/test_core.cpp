@@ -63,7 +63,10 @@ const Schema<Outer>& outer_schema() {
 TEST_CASE("Schema: one declaration gives JSON in and out, defaults, checks and nesting", "[core][schema]") {
   const auto& s = outer_schema();
   const json defaults = s.to_json(Outer{});
-  CHECK(defaults == json{{"width", 8}, {"rate", 0.5}, {"flag", false}, {"sizes", {1, 2}},
+  CHECK(defaults == json{{"width", 8},
+                         {"rate", 0.5},
+                         {"flag", false},
+                         {"sizes", {1, 2}},
                          {"solver", {{"method", "rk4"}, {"steps", 2}}}});
   CHECK(s.find("solver.steps")->default_value == 2);
   CHECK(resumable(*s.find("width")));
@@ -227,7 +230,8 @@ TEST_CASE("Registry: one table per entry type, names sorted, unknown and duplica
   CHECK_THROWS_WITH(things.add({"a", 3}), "thing 'a' is registered twice");
   CHECK(things.at("a").value == 1);
   // The library's registries are instances of it.
-  CHECK_THROWS_WITH(models::ModelRegistry::instance().at("nope"), Catch::StartsWith("unknown model 'nope'; valid models: "));
+  CHECK_THROWS_WITH(models::ModelRegistry::instance().at("nope"),
+                    Catch::StartsWith("unknown model 'nope'; valid models: "));
   CHECK_THROWS_WITH(datasets::DatasetRegistry::instance().at("nope"), Catch::StartsWith("unknown dataset 'nope'"));
   CHECK_THROWS_WITH(training::make_objective("nope"), Catch::StartsWith("unknown task 'nope'; valid tasks: "));
 }
@@ -244,9 +248,9 @@ class StepCounter : public training::Callback {
 };
 std::shared_ptr<StepCounter> last_counter;
 const Registrar<training::CallbackEntry> step_counter{{"test-step-counter", "counts steps (a test)", [] {
-                                                          last_counter = std::make_shared<StepCounter>();
-                                                          return last_counter;
-                                                        }}};
+                                                         last_counter = std::make_shared<StepCounter>();
+                                                         return last_counter;
+                                                       }}};
 
 /// Records the order of the loop's calls.
 class Recorder : public training::Callback {
@@ -281,7 +285,8 @@ class Recorder : public training::Callback {
 };
 }  // namespace
 
-TEST_CASE("Callbacks: called at fixed points of the loop, in order, and a term they add is logged", "[core][callbacks]") {
+TEST_CASE("Callbacks: called at fixed points of the loop, in order, and a term they add is logged",
+          "[core][callbacks]") {
   auto x = torch::randn({8, 1, 28, 28});
   auto data = std::make_shared<datasets::TensorDataset>(x, torch::randint(0, 10, {8}, torch::kInt64), "tiny");
   training::Trainer trainer(torch::nn::AnyModule(models::MLP()), std::make_shared<training::ClassificationObjective>(),
@@ -305,7 +310,8 @@ TEST_CASE("Callbacks: stop_after_epoch ends fit without an error, and a callback
           "[core][callbacks][checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto config = zoo::test::small_run("mlp", 300, training::TrainOptions().epochs(3).batch_size(100).progress(false).threads(1));
+  auto config =
+      zoo::test::small_run("mlp", 300, training::TrainOptions().epochs(3).batch_size(100).progress(false).threads(1));
   config.callbacks = {"test-step-counter"};
   {  // uninterrupted: 3 epochs of 3 steps
     auto run = training::Run::create(config, tmp.str("whole"));
@@ -326,7 +332,8 @@ TEST_CASE("Callbacks: stop_after_epoch ends fit without an error, and a callback
     CHECK(last_counter->steps == 9);
   }
   // The two runs end with the same weights.
-  const auto a = training::read_tensors(tmp.str("whole/model.pt")), b = training::read_tensors(tmp.str("split/model.pt"));
+  const auto a = training::read_tensors(tmp.str("whole/model.pt")),
+             b = training::read_tensors(tmp.str("split/model.pt"));
   REQUIRE(a.size() == b.size());
   for (const auto& [name, t] : a) CHECK(torch::equal(t, b.at(name)));
   // An unknown callback name is refused with the registered ones.
