@@ -107,8 +107,7 @@ void Run::build(bool train) {
 }
 
 json Run::fit() {
-  static_assert(std::is_base_of_v<Callback, ConsoleCallback>);
-  if (trainer_->rank() == 0) {
+  if (trainer_->rank() == 0) {  // once, after any callback a caller added: its epoch line comes last
     bool has_console = false;
     for (const auto& c : trainer_->callbacks()) has_console |= dynamic_cast<ConsoleCallback*>(c.get()) != nullptr;
     if (!has_console) trainer_->add_callback(std::make_shared<ConsoleCallback>());
