@@ -114,12 +114,12 @@ T strict_get(const json& value, const std::string& what) {
 struct SettingInfo {
   std::string name;  ///< JSON key; dotted inside nested options ("solver.method")
   std::string doc;
-  std::string type;  ///< type_name<T>()
-  bool is_flag = false;  ///< a bool: on the command line a flag without a value
+  std::string type;        ///< type_name<T>()
+  bool is_flag = false;    ///< a bool: on the command line a flag without a value
   bool resumable = false;  ///< a resumed run may change it (epochs, threads, ...)
   json default_value;
   std::vector<std::string> choices;  ///< the valid values of a string setting; empty: any
-  std::string cli_flag;  ///< the command-line flag ("--batch-size")
+  std::string cli_flag;              ///< the command-line flag ("--batch-size")
 };
 
 /// "batch_size" -> "--batch-size"; "solver.method" -> "--solver.method".
@@ -128,6 +128,14 @@ inline std::string flag_of(const std::string& setting) {
   for (auto& c : flag)
     if (c == '_') c = '-';
   return flag;
+}
+
+/// "solver.method" -> "/solver/method": where a setting sits in its JSON object.
+inline std::string setting_pointer(const std::string& dotted) {
+  std::string p = "/" + dotted;
+  for (auto& c : p)
+    if (c == '.') c = '/';
+  return p;
 }
 
 template <typename Options>
@@ -212,6 +220,9 @@ class Schema {
     const void* nested_ = nullptr;  // a nested schema's settings are copied in with a prefix
   };
 
+  template <typename>
+  friend class Schema;
+
   /// `what` names an entry in messages: "training option", "option of model 'mlp'".
   explicit Schema(std::string what = "option") : what_(std::move(what)) {}
 
@@ -265,8 +276,54 @@ class Schema {
         }
       };
       s.checks_ = c.checks_;
+      s.default_value = s.get_(Options{});  // the parent's default for its child may differ from the child's own
       settings_.push_back(std::move(s));
     }
+    for (const auto& r : child.rules_)
+      rules_.push_back({prefix + "." + r.setting,
+                        [access, rule = r.rule](const Options& o) { return rule(access(const_cast<Options&>(o))); }});
+  }
+
+  /// A check that reads several settings (k <= experts): `rule` returns the problem with `setting` ("must be in
+  /// [1, 4] ..."), or an empty string. validate runs it after the settings' own checks.
+  void require(const std::string& setting, std::function<std::string(const Options&)> rule) {
+    rules_.push_back({setting, std::move(rule)});
+  }
+
+  /// Declares every setting and alias of `other` here as well (e.g. a model's schema inside its registration).
+  void extend(const Schema& other) {
+    settings_.insert(settings_.end(), other.settings_.begin(), other.settings_.end());
+    aliases_.insert(aliases_.end(), other.aliases_.begin(), other.aliases_.end());
+    rules_.insert(rules_.end(), other.rules_.begin(), other.rules_.end());
+  }
+
+  /// Accepts `old_name` as another name of the setting `name` (e.g. a key of an earlier, flat format:
+  /// "method" for "solver.method"). Aliases are read, never written; --help and to_json use `name`.
+  void alias(const std::string& old_name, const std::string& name) {
+    if (!find(name)) throw std::logic_error("alias '" + old_name + "' of an undeclared setting '" + name + "'");
+    aliases_.emplace_back(old_name, name);
+  }
+  /// The declared name `name` stands for (itself, or what it is an alias of).
+  std::string canonical(const std::string& name) const {
+    for (const auto& [old_name, target] : aliases_)
+      if (old_name == name && !find(name)) return target;
+    return name;
+  }
+  const std::vector<std::pair<std::string, std::string>>& aliases() const { return aliases_; }
+
+  /// `j` with every key under its declared name, nested ({"method": 1} -> {"solver": {"method": 1}}), so that
+  /// JSON-merging two option sets lets the later win whichever spelling each used. Unknown keys are kept (as
+  /// given) for from_json to name.
+  json normalize(const json& j) const {
+    if (!j.is_object()) return j;
+    json out = json::object();
+    for (const auto& [key, value] : flatten(j)) {
+      if (find(canonical(key)))
+        out[json::json_pointer(setting_pointer(canonical(key)))] = value;
+      else
+        out[key] = value;
+    }
+    return out;
   }
 
   const std::deque<Setting>& settings() const { return settings_; }
@@ -286,7 +343,7 @@ class Schema {
   /// Every setting as JSON; nested settings as objects.
   json to_json(const Options& o) const {
     json j = json::object();
-    for (const auto& s : settings_) j[json::json_pointer(pointer(s.name))] = s.get_(o);
+    for (const auto& s : settings_) j[json::json_pointer(setting_pointer(s.name))] = s.get_(o);
     return j;
   }
 
@@ -295,7 +352,7 @@ class Schema {
   Options from_json(const json& j, Options base = Options{}) const {
     if (!j.is_object()) throw std::invalid_argument(what_ + "s must be a JSON object, got " + j.dump());
     for (const auto& [key, value] : flatten(j)) {
-      const Setting* s = find(key);
+      const Setting* s = find(canonical(key));
       if (!s)
         throw std::invalid_argument(fmt::format("unknown {} '{}'; valid {}s: {}", what_, key, what_,
                                                 settings_.empty() ? "(none)" : join(names())));
@@ -311,6 +368,8 @@ class Schema {
       for (const auto& check : s.checks_)
         if (auto problem = check(v); !problem.empty()) throw SettingError(s.name, problem);
     }
+    for (const auto& r : rules_)
+      if (auto problem = r.rule(o); !problem.empty()) throw SettingError(r.setting, problem);
   }
 
   /// {"a": {"b": 1}, "c": 2} -> [("a.b", 1), ("c", 2)] where "a" is a nested prefix of this schema.
@@ -318,7 +377,7 @@ class Schema {
     std::vector<std::pair<std::string, json>> out;
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-      if (it.value().is_object() && !find(key) && has_prefix(key + ".")) {
+      if (it.value().is_object() && !find(canonical(key)) && has_prefix(key + ".")) {
         auto inner = flatten(it.value(), key);
         out.insert(out.end(), inner.begin(), inner.end());
       } else {
@@ -334,20 +393,22 @@ class Schema {
       if (s.name.rfind(p, 0) == 0) return true;
     return false;
   }
-  static std::string pointer(const std::string& dotted) {
-    std::string p = "/" + dotted;
-    for (auto& c : p)
-      if (c == '.') c = '/';
-    return p;
-  }
 
   std::string what_;
   std::deque<Setting> settings_;
+  std::vector<std::pair<std::string, std::string>> aliases_;  // (old name, declared name)
+  struct Rule {
+    std::string setting;
+    std::function<std::string(const Options&)> rule;
+  };
+  std::vector<Rule> rules_;
 };
 
 }  // namespace zoo
 
 /// The member `name` of a TORCH_ARG options struct, as a Schema accessor.
-#define ZOO_FIELD(Options, name) [](Options & o) -> auto& { return o.name(); }
+#define ZOO_FIELD(Options, name) \
+  [](Options & o) -> auto& { return o.name(); }
 /// A plain struct member, as a Schema accessor.
-#define ZOO_MEMBER(Options, name) [](Options & o) -> auto& { return o.name; }
+#define ZOO_MEMBER(Options, name) \
+  [](Options & o) -> auto& { return o.name; }

@@ -7,15 +7,22 @@ namespace zoo::models {
 
 CNNImpl::CNNImpl(CNNOptions options_) : options(std::move(options_)) { reset(); }
 
+void check_conv_stem(int64_t image_size, const std::vector<int64_t>& channels, const std::string& model) {
+  TORCH_CHECK(!channels.empty(), model, " needs at least one conv block (channels)");
+  int64_t size = image_size;
+  for (int64_t c : channels) {
+    TORCH_CHECK(c > 0, model, " channels must be positive, got ", c);
+    TORCH_CHECK(size >= 2, model, ": image_size ", image_size, " is too small for ", channels.size(), " pooling steps");
+    size /= 2;
+  }
+}
+
 ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vector<int64_t>& channels,
                         const std::string& model) {
   namespace nn = torch::nn;
-  TORCH_CHECK(!channels.empty(), model, " needs at least one conv block (channels)");
+  check_conv_stem(image_size, channels, model);
   ConvStem stem{nn::Sequential(), in_channels, image_size};
   for (int64_t c : channels) {
-    TORCH_CHECK(c > 0, model, " channels must be positive, got ", c);
-    TORCH_CHECK(stem.size >= 2, model, ": image_size ", image_size, " is too small for ", channels.size(),
-                " pooling steps");
     stem.features->push_back(nn::Conv2d(nn::Conv2dOptions(stem.channels, c, 3).padding(1).bias(false)));
     stem.features->push_back(nn::BatchNorm2d(c));
     stem.features->push_back(nn::ReLU());
@@ -26,9 +33,19 @@ ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vect
   return stem;
 }
 
+namespace {
+/// The constructor's checks, which the registry also runs on options without building the module.
+void check(const CNNOptions& o) {
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "CNN dropout must be in [0, 1)");
+  TORCH_CHECK(o.in_channels() > 0 && o.hidden() > 0 && o.num_classes() > 0,
+              "CNN in_channels, hidden and num_classes must be positive");
+  check_conv_stem(o.image_size(), o.channels(), "CNN");
+}
+}  // namespace
+
 void CNNImpl::reset() {
   namespace nn = torch::nn;
-  TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, "CNN dropout must be in [0, 1)");
+  check(options);
   const auto stem = make_conv_stem(options.in_channels(), options.image_size(), options.channels(), "CNN");
   features = stem.features;
   const int64_t flat = stem.channels * stem.size * stem.size;
@@ -63,7 +80,7 @@ ZOO_REGISTER_MODEL(cnn) {
       .ZOO_OPTION(CNNOptions, hidden)
       .ZOO_OPTION(CNNOptions, num_classes)
       .ZOO_OPTION(CNNOptions, dropout)
-      .validate([](const CNNOptions& o) { CNN{o}; });
+      .validate(check);
 }
 
 }  // namespace zoo::models

@@ -26,6 +26,9 @@ struct ConvStem {
 };
 ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vector<int64_t>& channels,
                         const std::string& model);
+/// make_conv_stem's checks alone (no layers built): at least one block, positive channels, an image that
+/// survives every pooling.
+void check_conv_stem(int64_t image_size, const std::vector<int64_t>& channels, const std::string& model);
 
 /// Parameters are named like torchvision-style Python code: features.0.weight (conv), features.1.* (batch
 /// norm), ..., classifier.0.weight, classifier.3.weight.

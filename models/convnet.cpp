@@ -6,23 +6,39 @@
 
 namespace zoo::models {
 
+namespace {
+/// The constructor's checks, which the registry also runs on options without building the module.
+void check(const ConvNetOptions& o) {
+  TORCH_CHECK(o.dims() >= 1 && o.dims() <= 4, "ConvNet dims must be 1, 2, 3 or 4, got ", o.dims());
+  TORCH_CHECK(!o.channels().empty(), "ConvNet needs at least one block (channels)");
+  TORCH_CHECK(o.in_channels() > 0 && o.num_classes() > 0, "ConvNet in_channels and num_classes must be positive");
+  for (int64_t c : o.channels()) TORCH_CHECK(c > 0, "ConvNet channels must be positive");
+}
+}  // namespace
+
 ConvNetImpl::ConvNetImpl(ConvNetOptions options_) : options(std::move(options_)) { reset(); }
 
 void ConvNetImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  TORCH_CHECK(o.dims() >= 1 && o.dims() <= 4, "ConvNet dims must be 1, 2, 3 or 4, got ", o.dims());
-  TORCH_CHECK(!o.channels().empty(), "ConvNet needs at least one block (channels)");
+  check(o);
   features = nn::Sequential();
   int64_t in = o.in_channels();
   for (size_t i = 0; i < o.channels().size(); ++i) {
     const int64_t out = o.channels()[i], stride = i == 0 ? 1 : 2;
-    TORCH_CHECK(out > 0, "ConvNet channels must be positive");
     switch (o.dims()) {
-      case 1: features->push_back(nn::Conv1d(nn::Conv1dOptions(in, out, 3).stride(stride).padding(1))); break;
-      case 2: features->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1))); break;
-      case 3: features->push_back(nn::Conv3d(nn::Conv3dOptions(in, out, 3).stride(stride).padding(1))); break;
-      default: features->push_back(Conv4d(Conv4dOptions(in, out, 3).stride(stride).padding(1))); break;
+      case 1:
+        features->push_back(nn::Conv1d(nn::Conv1dOptions(in, out, 3).stride(stride).padding(1)));
+        break;
+      case 2:
+        features->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1)));
+        break;
+      case 3:
+        features->push_back(nn::Conv3d(nn::Conv3dOptions(in, out, 3).stride(stride).padding(1)));
+        break;
+      default:
+        features->push_back(Conv4d(Conv4dOptions(in, out, 3).stride(stride).padding(1)));
+        break;
     }
     features->push_back(nn::ReLU());
     in = out;
@@ -55,17 +71,17 @@ ModelEntry convnet_entry(const std::string& name, const std::string& description
       .ZOO_OPTION(ConvNetOptions, in_channels)
       .ZOO_OPTION(ConvNetOptions, channels)
       .ZOO_OPTION(ConvNetOptions, num_classes)
-      .validate([](const ConvNetOptions& o) { ConvNet{o}; });
+      .validate(check);
 }
 }  // namespace
 
 ZOO_REGISTER_MODEL(conv1d) {
-  return convnet_entry("conv1d", "1-D conv classifier (Conv1d) for signals, e.g. the waveforms dataset", 1,
-                       "waveforms", 4, {16, 32, 64}, 10);
+  return convnet_entry("conv1d", "1-D conv classifier (Conv1d) for signals, e.g. the waveforms dataset", 1, "waveforms",
+                       4, {16, 32, 64}, 10);
 }
 ZOO_REGISTER_MODEL(conv3d) {
-  return convnet_entry("conv3d", "3-D conv classifier (Conv3d) for volumes, e.g. the shapes3d dataset", 3,
-                       "shapes3d", 3, {8, 16, 32}, 10);
+  return convnet_entry("conv3d", "3-D conv classifier (Conv3d) for volumes, e.g. the shapes3d dataset", 3, "shapes3d",
+                       3, {8, 16, 32}, 10);
 }
 ZOO_REGISTER_MODEL(conv4d) {
   return convnet_entry("conv4d", "4-D conv classifier (zoo Conv4d: space + time), e.g. the motion4d dataset", 4,

@@ -63,7 +63,8 @@ void sinkhorn_backward_kernel(const scalar_t* in, const scalar_t* grad_out, scal
       std::copy(src, src + n * n, L.begin());
       states.clear();
       sinkhorn_matrix(L, n, iterations, &states);
-      for (size_t i = 0; i < nn; ++i) g[i] = static_cast<double>(grad_out[m * n * n + static_cast<int64_t>(i)]) * std::exp(L[i]);
+      for (size_t i = 0; i < nn; ++i)
+        g[i] = static_cast<double>(grad_out[m * n * n + static_cast<int64_t>(i)]) * std::exp(L[i]);
       for (int64_t k = 2 * iterations - 1; k >= 0; --k) {
         const double* state = states.data() + static_cast<size_t>(k) * nn;
         const bool rows = k % 2 == 1;
@@ -128,7 +129,8 @@ Tensor sinkhorn_knopp(const Tensor& logits, int64_t iterations, bool fused) {
               logits.sizes());
   TORCH_CHECK(iterations >= 0, "sinkhorn_knopp iterations must be >= 0, got ", iterations);
   // A trace cannot look into the fused kernel (it writes through data pointers): trace the plain loop instead.
-  if (fused && !torch::jit::tracer::isTracing() && logits.device().is_cpu() && (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
+  if (fused && !torch::jit::tracer::isTracing() && logits.device().is_cpu() &&
+      (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
     return SinkhornFunction::apply(logits, iterations);
   Tensor L = logits;
   for (int64_t i = 0; i < iterations; ++i) {
@@ -163,6 +165,30 @@ Tensor reduce_streams(const Tensor& x) { return x.sum(1); }
 
 // ---------------------------------------------------------------------------------------------------------------
 
+namespace {
+
+/// mhc-lite mixes all n! permutation matrices: n <= 6 keeps that at 720.
+std::string streams_problem(const std::string& variant, int64_t streams) {
+  if (variant != "mhc-lite" || streams <= 6) return {};
+  return fmt::format("must be <= 6 for mhc-lite (it mixes all n! permutation matrices, 720 for 6), got {}", streams);
+}
+
+}  // namespace
+
+const Schema<MHCOptions>& mhc_schema() {
+  static const auto schema = [] {
+    using O = MHCOptions;
+    Schema<O> s;
+    s.add("streams", ZOO_FIELD(O, streams), "n: residual streams").at_least(1);
+    s.require("streams", [](const O& o) { return streams_problem(o.variant(), o.streams()); });
+    s.add("sinkhorn_iterations", ZOO_FIELD(O, sinkhorn_iterations), "mhc: Sinkhorn-Knopp iterations").at_least(0);
+    s.add("alpha_init", ZOO_FIELD(O, alpha_init), "initial gain of the input-dependent mixing");
+    s.add("eps", ZOO_FIELD(O, eps), "RMSNorm epsilon").above(0);
+    return s;
+  }();
+  return schema;
+}
+
 MHCImpl::MHCImpl(MHCOptions options_, torch::nn::AnyModule branch_)
     : options(std::move(options_)), branch(std::move(branch_)) {
   reset();
@@ -172,10 +198,8 @@ void MHCImpl::reset() {
   const int64_t n = options.streams(), C = options.width(), favoured = options.layer_index() % std::max<int64_t>(n, 1);
   const auto& v = options.variant();
   TORCH_CHECK(v == "mhc" || v == "mhc-lite" || v == "hc", "MHC variant must be mhc, mhc-lite or hc, got '", v, "'");
-  TORCH_CHECK(n >= 1 && C >= 1, "MHC needs streams >= 1 and width >= 1, got streams=", n, ", width=", C);
-  TORCH_CHECK(v != "mhc-lite" || n <= 6, "mhc-lite mixes all n! permutation matrices: streams must be <= 6 (720 ",
-              "matrices), got ", n);
-  TORCH_CHECK(options.sinkhorn_iterations() >= 0, "MHC sinkhorn_iterations must be >= 0");
+  check_options(mhc_schema(), options, "MHC");
+  TORCH_CHECK(C >= 1, "MHC needs width >= 1, got ", C);
   TORCH_CHECK(options.layer_index() >= 0, "MHC layer_index must be >= 0");
   TORCH_CHECK(!branch.is_empty(), "MHC needs a branch module (the sublayer F)");
   register_module("branch", branch.ptr());
@@ -245,7 +269,8 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
     m.res = sinkhorn_knopp(res.reshape({-1, n, n}), options.sinkhorn_iterations(), options.fused_sinkhorn());
   } else {
     const int64_t k = permutations.size(0);
-    m.res = torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({-1, n, n});
+    m.res =
+        torch::matmul(torch::softmax(res, -1), permutations.to(res.dtype()).reshape({k, n * n})).reshape({-1, n, n});
   }
   return m;
 }
@@ -300,15 +325,36 @@ void BasicBlockImpl::pretty_print(std::ostream& stream) const {
   stream << "zoo::BasicBlock(channels=" << options.channels() << ")";
 }
 
+namespace {
+
+const Schema<MHCResNetOptions>& mhc_resnet_schema() {
+  static const auto schema = [] {
+    using O = MHCResNetOptions;
+    Schema<O> s;
+    s.add("in_channels", ZOO_FIELD(O, in_channels), "channels of the input images").at_least(1);
+    s.add("num_classes", ZOO_FIELD(O, num_classes), "number of classes (logits)").at_least(1);
+    s.add("channels", ZOO_FIELD(O, channels), "C: width of the stem, every block and the head").at_least(1);
+    s.add("blocks", ZOO_FIELD(O, blocks), "residual blocks (BasicBlock)").at_least(1);
+    s.add("variant", ZOO_FIELD(O, variant), "mhc (Sinkhorn), mhc-lite, hc, or residual (one stream: the baseline)")
+        .one_of({"mhc", "mhc-lite", "hc", "residual"}, "variant");
+    s.nest("mhc", ZOO_FIELD(O, mhc), mhc_schema());
+    s.require("mhc.streams", [](const O& o) { return streams_problem(o.variant(), o.mhc().streams()); });
+    // The flat keys of zoo 0.1 (and the shorter spelling on the command line: --set streams=3).
+    for (const auto& setting : mhc_schema().settings()) s.alias(setting.name, "mhc." + setting.name);
+    return s;
+  }();
+  return schema;
+}
+
+}  // namespace
+
 MHCResNetImpl::MHCResNetImpl(MHCResNetOptions options_) : options(std::move(options_)) { reset(); }
 
 void MHCResNetImpl::reset() {
   namespace nn = torch::nn;
+  check_options(mhc_resnet_schema(), options, "mhc-resnet");
   const int64_t c = options.channels();
   const auto& v = options.variant();
-  TORCH_CHECK(v == "mhc" || v == "mhc-lite" || v == "hc" || v == "residual",
-              "mhc-resnet variant must be mhc, mhc-lite, hc or residual, got '", v, "'");
-  TORCH_CHECK(c > 0 && options.blocks() >= 1, "mhc-resnet needs channels > 0 and blocks >= 1");
   stem = register_module(
       "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3).padding(1).bias(false)),
                              nn::BatchNorm2d(c), nn::ReLU(), nn::MaxPool2d(2),
@@ -319,12 +365,7 @@ void MHCResNetImpl::reset() {
     if (v == "residual") {
       blocks->push_back(BasicBlock(c));
     } else {
-      blocks->push_back(MHC(MHCOptions(c)
-                                .streams(options.streams())
-                                .variant(v)
-                                .sinkhorn_iterations(options.sinkhorn_iterations())
-                                .layer_index(i),
-                            BasicBlock(c)));
+      blocks->push_back(MHC(MHCOptions(options.mhc()).width(c).variant(v).layer_index(i), BasicBlock(c)));
     }
   }
   head = register_module("head", nn::Sequential(nn::ReLU(), nn::AdaptiveAvgPool2d(1), nn::Flatten(),
@@ -338,7 +379,7 @@ Tensor MHCResNetImpl::forward(const Tensor& x) {
   if (options.variant() == "residual") {
     for (const auto& block : *blocks) h = h + block->as<BasicBlockImpl>()->forward(h);
   } else {
-    h = expand_streams(h, options.streams());
+    h = expand_streams(h, options.mhc().streams());
     for (const auto& block : *blocks) h = block->as<MHCImpl>()->forward(h);
     h = reduce_streams(h);
   }
@@ -348,7 +389,7 @@ Tensor MHCResNetImpl::forward(const Tensor& x) {
 void MHCResNetImpl::pretty_print(std::ostream& stream) const {
   stream << "zoo::MHCResNet(variant=" << options.variant() << ", channels=" << options.channels()
          << ", blocks=" << options.blocks();
-  if (options.variant() != "residual") stream << ", streams=" << options.streams();
+  if (options.variant() != "residual") stream << ", streams=" << options.mhc().streams();
   stream << ", num_classes=" << options.num_classes() << ")";
 }
 
@@ -358,14 +399,7 @@ ZOO_REGISTER_MODEL(mhc_resnet) {
       .task("classify")
       .dataset("fashion-mnist")
       .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
-      .ZOO_OPTION(MHCResNetOptions, in_channels)
-      .ZOO_OPTION(MHCResNetOptions, num_classes)
-      .ZOO_OPTION(MHCResNetOptions, channels)
-      .ZOO_OPTION(MHCResNetOptions, blocks)
-      .ZOO_OPTION(MHCResNetOptions, variant)
-      .ZOO_OPTION(MHCResNetOptions, streams)
-      .ZOO_OPTION(MHCResNetOptions, sinkhorn_iterations)
-      .validate([](const MHCResNetOptions& o) { MHCResNet{o}; });
+      .options(mhc_resnet_schema());
 }
 
 }  // namespace zoo::models

@@ -16,6 +16,8 @@
 // sample, as the paper has one H per token.
 #pragma once
 
+#include "core/schema.h"
+
 #include <torch/torch.h>
 
 #include <string>
@@ -51,6 +53,11 @@ struct MHCOptions {
   TORCH_ARG(double, eps) = 1e-6;
 };
 
+/// The settings of the stream mixing a user chooses (streams, sinkhorn_iterations, alpha_init, eps: not width,
+/// variant or layer_index, which follow from where an MHC sits): names, docs and checks; nested as "mhc" in the
+/// mhc-resnet model's options.
+const Schema<MHCOptions>& mhc_schema();
+
 /// The three mixing matrices for a batch: pre [B, n], post [B, n], res [B, n, n].
 struct MixingMatrices {
   torch::Tensor pre, post, res;
@@ -74,7 +81,8 @@ class MHCImpl : public torch::nn::Cloneable<MHCImpl> {
   /// H_res x + H_post^T branch(H_pre x) for given matrices.
   torch::Tensor combine(const torch::Tensor& x, const MixingMatrices& m);
   /// Deep copy, branch included.
-  std::shared_ptr<torch::nn::Module> clone(const torch::optional<torch::Device>& device = torch::nullopt) const override;
+  std::shared_ptr<torch::nn::Module> clone(
+      const torch::optional<torch::Device>& device = torch::nullopt) const override;
   void pretty_print(std::ostream& stream) const override;
 
   MHCOptions options;
@@ -118,8 +126,8 @@ struct MHCResNetOptions {
   TORCH_ARG(int64_t, blocks) = 4;
   /// mhc, mhc-lite, hc, or residual (a plain x + F(x) ResNet with one stream, the baseline).
   TORCH_ARG(std::string, variant) = "mhc";
-  TORCH_ARG(int64_t, streams) = 4;
-  TORCH_ARG(int64_t, sinkhorn_iterations) = 20;
+  /// The blocks' stream mixing (their width, variant and layer_index are set from the above).
+  TORCH_ARG(MHCOptions, mhc) = {};
 };
 
 /// Fashion-MNIST classifier whose residual blocks are hyper-connected:

@@ -5,16 +5,22 @@
 
 namespace zoo::models {
 
+namespace {
+/// The constructor's checks, which the registry also runs on options without building the module.
+void check(const MLPOptions& o) {
+  TORCH_CHECK(o.in_features() > 0 && o.num_classes() > 0, "MLP needs in_features > 0 and num_classes > 0");
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "MLP dropout must be in [0, 1)");
+  for (int64_t h : o.hidden()) TORCH_CHECK(h > 0, "MLP hidden sizes must be positive, got ", h);
+}
+}  // namespace
+
 MLPImpl::MLPImpl(MLPOptions options_) : options(std::move(options_)) { reset(); }
 
 void MLPImpl::reset() {
-  TORCH_CHECK(options.in_features() > 0 && options.num_classes() > 0,
-              "MLP needs in_features > 0 and num_classes > 0");
-  TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, "MLP dropout must be in [0, 1)");
+  check(options);
   net = torch::nn::Sequential();
   int64_t width = options.in_features();
   for (int64_t h : options.hidden()) {
-    TORCH_CHECK(h > 0, "MLP hidden sizes must be positive, got ", h);
     net->push_back(torch::nn::Linear(width, h));
     net->push_back(torch::nn::ReLU());
     if (options.dropout() > 0) net->push_back(torch::nn::Dropout(options.dropout()));
@@ -39,12 +45,13 @@ ZOO_REGISTER_MODEL(mlp) {
   return ModelSpec<MLP, MLPOptions>("mlp", "multilayer perceptron classifier (784-256-128-10, ReLU)")
       .task("classify")
       .dataset("fashion-mnist")
-      .train_defaults({{"epochs", 10}, {"optimizer", "adam"}, {"lr", 1e-3}, {"schedule", "cosine"}, {"batch_size", 128}})
+      .train_defaults(
+          {{"epochs", 10}, {"optimizer", "adam"}, {"lr", 1e-3}, {"schedule", "cosine"}, {"batch_size", 128}})
       .ZOO_OPTION(MLPOptions, in_features)
       .ZOO_OPTION(MLPOptions, hidden)
       .ZOO_OPTION(MLPOptions, num_classes)
       .ZOO_OPTION(MLPOptions, dropout)
-      .validate([](const MLPOptions& o) { MLP{o}; });
+      .validate(check);
 }
 
 }  // namespace zoo::models

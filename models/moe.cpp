@@ -13,14 +13,6 @@
 namespace zoo::models {
 
 namespace {
-bool contains(const std::vector<std::string>& v, const std::string& s) {
-  return std::find(v.begin(), v.end(), s) != v.end();
-}
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
-  return out;
-}
 /// CV(v)^2 = Var(v) / Mean(v)^2 (unbiased variance, as Shazeer's reference code); 0 for a single expert.
 torch::Tensor cv_squared(const torch::Tensor& v) {
   if (v.numel() < 2) return torch::zeros({}, v.options());
@@ -37,37 +29,50 @@ const std::vector<std::string>& moe_balance_names() {
   return names;
 }
 
+const Schema<MixtureOfExpertsOptions>& moe_schema() {
+  static const auto schema = [] {
+    using O = MixtureOfExpertsOptions;
+    Schema<O> s;
+    s.add("hidden", ZOO_FIELD(O, hidden), "hidden units of each expert (Linear-ReLU-Linear)").at_least(1);
+    s.add("experts", ZOO_FIELD(O, experts), "number of experts").at_least(1);
+    s.add("gate", ZOO_FIELD(O, gate), "softmax (dense), topk or noisy-topk").one_of(moe_gate_names(), "gate");
+    s.add("k", ZOO_FIELD(O, k), "experts per token (topk, noisy-topk)");
+    s.require("k", [](const O& o) {
+      return o.gate() == "softmax" || (o.k() >= 1 && o.k() <= o.experts())
+                 ? ""
+                 : fmt::format("must be in [1, {}] (the number of experts), got {}", o.experts(), o.k());
+    });
+    s.add("renormalize", ZOO_FIELD(O, renormalize), "softmax over the top k (false: the full softmax's weights)");
+    s.add("balance", ZOO_FIELD(O, balance), "balancing loss: none, switch or cv")
+        .one_of(moe_balance_names(), "balance");
+    s.add("balance_coef", ZOO_FIELD(O, balance_coef), "weight of the balancing loss").at_least(0);
+    s.add("capacity_factor", ZOO_FIELD(O, capacity_factor), "training: tokens per expert, x fair share (0: any)")
+        .at_least(0);
+    s.add("eval_capacity_factor", ZOO_FIELD(O, eval_capacity_factor), "the same in evaluation (0: any)").at_least(0);
+    s.add("noise_epsilon", ZOO_FIELD(O, noise_epsilon), "noisy-topk: added to the noise scale").at_least(0);
+    return s;
+  }();
+  return schema;
+}
+
 void ExpertImpl::reset() {
   fc1 = register_module("fc1", torch::nn::Linear(in_, hidden_));
   fc2 = register_module("fc2", torch::nn::Linear(hidden_, out_));
 }
 
-MixtureOfExpertsImpl::MixtureOfExpertsImpl(MixtureOfExpertsOptions options_) : options(std::move(options_)) {
-  reset();
-}
+MixtureOfExpertsImpl::MixtureOfExpertsImpl(MixtureOfExpertsOptions options_) : options(std::move(options_)) { reset(); }
 
 void MixtureOfExpertsImpl::reset() {
   const auto& o = options;
   TORCH_CHECK(o.in_features() > 0 && o.out_features() > 0 && o.hidden() > 0,
               "MixtureOfExperts: in_features, out_features and hidden must be positive");
-  TORCH_CHECK(o.experts() >= 1, "MixtureOfExperts: experts must be >= 1, got ", o.experts());
-  TORCH_CHECK(contains(moe_gate_names(), o.gate()), "MixtureOfExperts: unknown gate '", o.gate(),
-              "'; valid gates: ", join(moe_gate_names()));
-  TORCH_CHECK(contains(moe_balance_names(), o.balance()), "MixtureOfExperts: unknown balance '", o.balance(),
-              "'; valid: ", join(moe_balance_names()));
-  TORCH_CHECK(o.gate() == "softmax" || (o.k() >= 1 && o.k() <= o.experts()), "MixtureOfExperts: k must be in [1, ",
-              o.experts(), "] (the number of experts), got ", o.k());
-  TORCH_CHECK(o.balance_coef() >= 0, "MixtureOfExperts: balance_coef must be >= 0");
-  TORCH_CHECK(o.capacity_factor() >= 0 && o.eval_capacity_factor() >= 0,
-              "MixtureOfExperts: capacity factors must be >= 0 (0 = unlimited)");
-  TORCH_CHECK(o.noise_epsilon() >= 0, "MixtureOfExperts: noise_epsilon must be >= 0");
+  check_options(moe_schema(), o, "MixtureOfExperts");
   TORCH_CHECK(o.gate_features() >= 0, "MixtureOfExperts: gate_features must be >= 0 (0 = in_features)");
   const int64_t g = gate_features();
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(g, o.experts()).bias(false)));
   if (o.gate() == "noisy-topk") {
     // W_noise starts at zero (Shazeer et al.): the noise scale starts at softplus(0) + eps for every expert.
-    noise = register_module("noise",
-                            torch::nn::Linear(torch::nn::LinearOptions(g, o.experts()).bias(false)));
+    noise = register_module("noise", torch::nn::Linear(torch::nn::LinearOptions(g, o.experts()).bias(false)));
     torch::NoGradGuard no_grad;
     noise->weight.zero_();
   } else {
@@ -234,29 +239,43 @@ void MixtureOfExpertsImpl::pretty_print(std::ostream& stream) const {
 
 // ------------------------------------------------------------------------------------------ the moe classifier
 
+namespace {
+
+const Schema<MoEClassifierOptions>& moe_classifier_schema() {
+  static const auto schema = [] {
+    using O = MoEClassifierOptions;
+    Schema<O> s;
+    s.add("in_channels", ZOO_FIELD(O, in_channels), "channels of the input images").at_least(1);
+    s.add("image_size", ZOO_FIELD(O, image_size), "height and width of the input images").at_least(1);
+    s.add("channels", ZOO_FIELD(O, channels), "conv stem: channels of each conv-BN-ReLU-pool block");
+    s.add("num_classes", ZOO_FIELD(O, num_classes), "number of classes (logits)").at_least(1);
+    s.add("dropout", ZOO_FIELD(O, dropout), "dropout before the MoE head").at_least(0).check([](const json& v) {
+      return v.get<double>() < 1 ? "" : "must be < 1, got " + v.dump();
+    });
+    s.nest("moe", ZOO_FIELD(O, moe), moe_schema());
+    // The flat keys of zoo 0.1 (and the shorter spelling on the command line: --set experts=4).
+    for (const auto& setting : moe_schema().settings()) s.alias(setting.name, "moe." + setting.name);
+    return s;
+  }();
+  return schema;
+}
+
+}  // namespace
+
 MoEClassifierImpl::MoEClassifierImpl(MoEClassifierOptions options_) : options(std::move(options_)) { reset(); }
 
 void MoEClassifierImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "moe: dropout must be in [0, 1)");
+  check_options(moe_classifier_schema(), o, "moe");
   const auto stem = make_conv_stem(o.in_channels(), o.image_size(), o.channels(), "moe");
   features = stem.features;
   const int64_t in = stem.channels, size = stem.size;
   register_module("features", features);
   dropout = register_module("dropout", nn::Dropout(o.dropout()));
-  moe = register_module("moe", MixtureOfExperts(MixtureOfExpertsOptions(in * size * size, o.num_classes())
-                                                    .gate_features(in)
-                                                    .hidden(o.hidden())
-                                                    .experts(o.experts())
-                                                    .gate(o.gate())
-                                                    .k(o.k())
-                                                    .renormalize(o.renormalize())
-                                                    .balance(o.balance())
-                                                    .balance_coef(o.balance_coef())
-                                                    .capacity_factor(o.capacity_factor())
-                                                    .eval_capacity_factor(o.eval_capacity_factor())
-                                                    .noise_epsilon(o.noise_epsilon())));
+  auto layer = o.moe();
+  moe = register_module(
+      "moe", MixtureOfExperts(layer.in_features(in * size * size).out_features(o.num_classes()).gate_features(in)));
 }
 
 torch::Tensor MoEClassifierImpl::forward(const torch::Tensor& x) {
@@ -270,9 +289,9 @@ torch::Tensor MoEClassifierImpl::forward(const torch::Tensor& x) {
 
 void MoEClassifierImpl::pretty_print(std::ostream& stream) const {
   const auto& o = options;
-  stream << "zoo::MoEClassifier(channels=" << format_list(o.channels()) << ", experts=" << o.experts()
-         << ", hidden=" << o.hidden() << ", gate=" << o.gate() << ", k=" << o.k() << ", balance=" << o.balance()
-         << ")";
+  const auto& m = o.moe();
+  stream << "zoo::MoEClassifier(channels=" << format_list(o.channels()) << ", experts=" << m.experts()
+         << ", hidden=" << m.hidden() << ", gate=" << m.gate() << ", k=" << m.k() << ", balance=" << m.balance() << ")";
 }
 
 ZOO_REGISTER_MODEL(moe) {
@@ -281,22 +300,8 @@ ZOO_REGISTER_MODEL(moe) {
       .task("classify")
       .dataset("fashion-mnist")
       .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
-      .ZOO_OPTION(MoEClassifierOptions, in_channels)
-      .ZOO_OPTION(MoEClassifierOptions, image_size)
-      .ZOO_OPTION(MoEClassifierOptions, channels)
-      .ZOO_OPTION(MoEClassifierOptions, num_classes)
-      .ZOO_OPTION(MoEClassifierOptions, dropout)
-      .ZOO_OPTION(MoEClassifierOptions, hidden)
-      .ZOO_OPTION(MoEClassifierOptions, experts)
-      .ZOO_OPTION(MoEClassifierOptions, gate)
-      .ZOO_OPTION(MoEClassifierOptions, k)
-      .ZOO_OPTION(MoEClassifierOptions, renormalize)
-      .ZOO_OPTION(MoEClassifierOptions, balance)
-      .ZOO_OPTION(MoEClassifierOptions, balance_coef)
-      .ZOO_OPTION(MoEClassifierOptions, capacity_factor)
-      .ZOO_OPTION(MoEClassifierOptions, eval_capacity_factor)
-      .ZOO_OPTION(MoEClassifierOptions, noise_epsilon)
-      .validate([](const MoEClassifierOptions& o) { MoEClassifier{o}; });
+      .options(moe_classifier_schema())
+      .validate([](const MoEClassifierOptions& o) { check_conv_stem(o.image_size(), o.channels(), "moe"); });
 }
 
 }  // namespace zoo::models

@@ -23,6 +23,8 @@
 
 #include "models/auxiliary.h"
 
+#include "core/schema.h"
+
 #include <torch/torch.h>
 
 #include <string>
@@ -30,7 +32,9 @@
 namespace zoo::models {
 
 struct MixtureOfExpertsOptions {
-  MixtureOfExpertsOptions(int64_t in_features, int64_t out_features)
+  /// in_features and out_features are set by whoever builds the layer (0 until then: a wrapper such as the moe
+  /// classifier derives them from its own layout).
+  /* implicit */ MixtureOfExpertsOptions(int64_t in_features = 0, int64_t out_features = 0)
       : in_features_(in_features), out_features_(out_features) {}
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, out_features);
@@ -59,14 +63,14 @@ struct MixtureOfExpertsOptions {
 
 /// The routing of one batch of T tokens.
 struct Routing {
-  torch::Tensor logits;   ///< [T, N] gate logits (with noise in noisy-topk training)
-  torch::Tensor probs;    ///< [T, N] softmax(logits)
-  torch::Tensor experts;  ///< [T, k] chosen experts, best first (softmax: all N)
-  torch::Tensor gates;    ///< [T, k] their weights, summing to 1 per token (unless renormalize is false)
-  torch::Tensor kept;     ///< [T, k] bool: the assignment fits in its expert's capacity (undefined: all fit)
+  torch::Tensor logits;     ///< [T, N] gate logits (with noise in noisy-topk training)
+  torch::Tensor probs;      ///< [T, N] softmax(logits)
+  torch::Tensor experts;    ///< [T, k] chosen experts, best first (softmax: all N)
+  torch::Tensor gates;      ///< [T, k] their weights, summing to 1 per token (unless renormalize is false)
+  torch::Tensor kept;       ///< [T, k] bool: the assignment fits in its expert's capacity (undefined: all fit)
   torch::Tensor soft_load;  ///< [N] Shazeer's smooth Load(X) (noisy-topk in training), else undefined
-  torch::Tensor load;     ///< [N] fraction of the T*k assignments routed to each expert (before capacity)
-  int64_t dropped = 0;    ///< assignments over capacity
+  torch::Tensor load;       ///< [N] fraction of the T*k assignments routed to each expert (before capacity)
+  int64_t dropped = 0;      ///< assignments over capacity
 };
 
 /// One expert: fc1 -> ReLU -> fc2.
@@ -109,7 +113,9 @@ class MixtureOfExpertsImpl : public torch::nn::Cloneable<MixtureOfExpertsImpl>, 
   void pretty_print(std::ostream& stream) const override;
 
   MixtureOfExpertsOptions options;
-  int64_t gate_features() const { return options.gate_features() > 0 ? options.gate_features() : options.in_features(); }
+  int64_t gate_features() const {
+    return options.gate_features() > 0 ? options.gate_features() : options.in_features();
+  }
   torch::nn::Linear gate{nullptr};
   torch::nn::Linear noise{nullptr};
   torch::nn::ModuleList experts{nullptr};
@@ -126,6 +132,9 @@ TORCH_MODULE(MixtureOfExperts);
 /// The gate modes and balancing losses by name, for option checks and messages.
 const std::vector<std::string>& moe_gate_names();
 const std::vector<std::string>& moe_balance_names();
+/// The layer's settings a user chooses (hidden, experts, gate, k, ...: not in/out/gate_features, which follow
+/// from where the layer sits): names, docs and checks; nested as "moe" in the moe classifier's options.
+const Schema<MixtureOfExpertsOptions>& moe_schema();
 
 struct MoEClassifierOptions {
   TORCH_ARG(int64_t, in_channels) = 1;
@@ -134,17 +143,10 @@ struct MoEClassifierOptions {
   TORCH_ARG(std::vector<int64_t>, channels) = std::vector<int64_t>{32, 64};
   TORCH_ARG(int64_t, num_classes) = 10;
   TORCH_ARG(double, dropout) = 0.25;
-  TORCH_ARG(int64_t, hidden) = 64;
-  TORCH_ARG(int64_t, experts) = 8;
-  TORCH_ARG(std::string, gate) = "topk";
-  TORCH_ARG(int64_t, k) = 2;
-  TORCH_ARG(bool, renormalize) = true;
-  TORCH_ARG(std::string, balance) = "switch";
-  /// 0.1, not Switch's 0.01: measured on Fashion-MNIST, 0.01 leaves 3 experts with 76 % of the tokens.
-  TORCH_ARG(double, balance_coef) = 0.1;
-  TORCH_ARG(double, capacity_factor) = 2.0;
-  TORCH_ARG(double, eval_capacity_factor) = 0.0;
-  TORCH_ARG(double, noise_epsilon) = 1e-2;
+  /// The MoE head (its in_features, out_features and gate_features are set from the stem and num_classes).
+  /// balance_coef 0.1, not Switch's 0.01: measured on Fashion-MNIST, 0.01 leaves 3 experts with 76 % of the
+  /// tokens.
+  TORCH_ARG(MixtureOfExpertsOptions, moe) = MixtureOfExpertsOptions().balance_coef(0.1).capacity_factor(2.0);
 };
 
 /// Fashion-MNIST classifier with a conv stem and a Mixture-of-Experts head: features.* as the cnn model, then

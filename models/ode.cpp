@@ -3,11 +3,11 @@
 
 #include "models/registry.h"
 
+#include <fmt/format.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 #include <stdexcept>
 
 namespace zoo::models {
@@ -28,8 +28,13 @@ constexpr double kA[6][6] = {
 };
 // 5th-order solution weights are the last row of kA (FSAL: k7 = f(t + h, y1)); the error estimate is 5th minus
 // Shampine's 4th-order weights, as in torchdiffeq.
-constexpr double kE[] = {35.0 / 384 - 1951.0 / 21600,  0, 500.0 / 1113 - 22642.0 / 50085, 125.0 / 192 - 451.0 / 720,
-                         -2187.0 / 6784 + 12231.0 / 42400, 11.0 / 84 - 649.0 / 6300,     -1.0 / 60};
+constexpr double kE[] = {35.0 / 384 - 1951.0 / 21600,
+                         0,
+                         500.0 / 1113 - 22642.0 / 50085,
+                         125.0 / 192 - 451.0 / 720,
+                         -2187.0 / 6784 + 12231.0 / 42400,
+                         11.0 / 84 - 649.0 / 6300,
+                         -1.0 / 60};
 
 // GroupNorm groups for C channels: the largest divisor of C that is at most min(32, C / 8), so each group holds
 // >= 8 channels. (torchdiffeq's min(32, C) at C = 32 is one channel per group: every channel is normalised to
@@ -62,8 +67,8 @@ double initial_step(const VectorField& f, double t0, const Tensor& y0, const Ten
   const auto f1 = f(t0 + direction * h0, y0 + direction * h0 * f0);
   ++nfe;
   const double d2 = rms((f1 - f0) / scale) / h0;
-  const double h1 = (d1 <= 1e-15 && d2 <= 1e-15) ? std::max(1e-6, h0 * 1e-3)
-                                                  : std::pow(0.01 / std::max(d1, d2), 1.0 / 5.0);
+  const double h1 =
+      (d1 <= 1e-15 && d2 <= 1e-15) ? std::max(1e-6, h0 * 1e-3) : std::pow(0.01 / std::max(d1, d2), 1.0 / 5.0);
   return std::min(100 * h0, h1);
 }
 
@@ -76,10 +81,10 @@ ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1,
   double t = t0;
   while (direction * (t1 - t) > 0) {
     if (s.accepted + s.rejected >= o.max_steps()) {
-      std::ostringstream msg;
-      msg << "dopri5 needed more than max_steps = " << o.max_steps() << " steps to reach t = " << t1
-          << " (at t = " << t << "); loosen rtol/atol or raise max_steps";
-      throw std::runtime_error(msg.str());
+      throw std::runtime_error(
+          fmt::format("dopri5 needed more than max_steps = {} steps to reach t = {:g} (at t = "
+                      "{:g}); loosen rtol/atol or raise max_steps",
+                      o.max_steps(), t1, t));
     }
     const double remaining = std::abs(t1 - t);
     const bool last = h >= remaining * (1 - 1e-12);
@@ -164,12 +169,27 @@ int64_t ode_order(const std::string& method) {
   throw std::invalid_argument("unknown ODE solver '" + method + "'; choose euler, midpoint, rk4 or dopri5");
 }
 
+const Schema<ODESolverOptions>& ode_solver_schema() {
+  static const auto schema = [] {
+    using O = ODESolverOptions;
+    Schema<O> s("ODE solver option");
+    s.add("method", ZOO_FIELD(O, method), "euler, midpoint, rk4 (fixed steps) or dopri5 (adaptive)")
+        .one_of(ode_methods(), "ODE solver");
+    s.add("steps", ZOO_FIELD(O, steps), "fixed-step solvers: equal steps over [t0, t1]").at_least(1);
+    s.add("rtol", ZOO_FIELD(O, rtol), "dopri5: relative tolerance").above(0);
+    s.add("atol", ZOO_FIELD(O, atol), "dopri5: absolute tolerance").above(0);
+    s.add("max_steps", ZOO_FIELD(O, max_steps), "dopri5: step attempts before giving up").at_least(1);
+    return s;
+  }();
+  return schema;
+}
+
 void check_solver(const ODESolverOptions& o) {
-  ode_order(o.method());
-  if (o.steps() < 1) throw std::invalid_argument("ODE solver steps must be >= 1, got " + std::to_string(o.steps()));
-  if (!(o.rtol() > 0) || !(o.atol() > 0))
-    throw std::invalid_argument("ODE solver rtol and atol must be positive");
-  if (o.max_steps() < 1) throw std::invalid_argument("ODE solver max_steps must be >= 1");
+  try {
+    ode_solver_schema().validate(o);
+  } catch (const SettingError& e) {
+    throw std::invalid_argument(std::string("ODE solver ") + e.what());
+  }
 }
 
 ODESolution odeint(const VectorField& f, const Tensor& y0, double t0, double t1, const ODESolverOptions& options) {
@@ -373,8 +393,7 @@ Tensor ConvODEFuncImpl::forward(double t, const Tensor& y) {
 }
 
 void ConvODEFuncImpl::pretty_print(std::ostream& stream) const {
-  stream << "zoo::ConvODEFunc(channels=" << options.channels() << ", time=" << std::boolalpha << options.time()
-         << ")";
+  stream << "zoo::ConvODEFunc(channels=" << options.channels() << ", time=" << std::boolalpha << options.time() << ")";
 }
 
 EulerResNetImpl::EulerResNetImpl(EulerResNetOptions options_) : options(options_) { reset(); }
@@ -440,22 +459,35 @@ void ODEBlockImpl::pretty_print(std::ostream& stream) const {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+ODEResNetImpl::ODEResNetImpl(ODEResNetOptions options_) : options(std::move(options_)) { reset(); }
+
 namespace {
 
-ODESolverOptions solver_of(const ODEResNetOptions& o) {
-  return ODESolverOptions().method(o.method()).steps(o.steps()).rtol(o.rtol()).atol(o.atol()).max_steps(o.max_steps());
+const Schema<ODEResNetOptions>& ode_resnet_schema() {
+  static const auto schema = [] {
+    using O = ODEResNetOptions;
+    Schema<O> s;
+    s.add("in_channels", ZOO_FIELD(O, in_channels), "channels of the input images").at_least(1);
+    s.add("num_classes", ZOO_FIELD(O, num_classes), "number of classes (logits)").at_least(1);
+    s.add("channels", ZOO_FIELD(O, channels), "C: width of the stem, the ODE block and the head").at_least(1);
+    s.add("block", ZOO_FIELD(O, block), "ode: one ODE block (tied F); resnet: solver.steps untied Euler steps")
+        .one_of({"ode", "resnet"}, "block");
+    s.nest("solver", ZOO_FIELD(O, solver), ode_solver_schema());
+    s.add("step_size", ZOO_FIELD(O, step_size), "block resnet: h of x + h F(t, x)").above(0);
+    s.add("time", ZOO_FIELD(O, time), "F reads t as an extra input channel");
+    // The flat keys of zoo 0.1 (and a shorter spelling on the command line: --set method=dopri5).
+    for (const char* key : {"method", "steps", "rtol", "atol", "max_steps"}) s.alias(key, std::string("solver.") + key);
+    return s;
+  }();
+  return schema;
 }
 
 }  // namespace
 
-ODEResNetImpl::ODEResNetImpl(ODEResNetOptions options_) : options(std::move(options_)) { reset(); }
-
 void ODEResNetImpl::reset() {
   namespace nn = torch::nn;
+  check_options(ode_resnet_schema(), options, "ode-resnet");
   const int64_t c = options.channels();
-  TORCH_CHECK(c > 0, "ode-resnet channels must be positive, got ", c);
-  TORCH_CHECK(options.block() == "ode" || options.block() == "resnet", "ode-resnet block must be 'ode' or 'resnet', got '",
-              options.block(), "'");
   const int64_t groups = norm_groups(c);
   downsampling = register_module(
       "downsampling",
@@ -463,12 +495,12 @@ void ODEResNetImpl::reset() {
                      nn::Conv2d(nn::Conv2dOptions(c, c, 4).stride(2).padding(1)), nn::GroupNorm(groups, c), nn::ReLU(),
                      nn::Conv2d(nn::Conv2dOptions(c, c, 4).stride(2).padding(1))));
   if (options.block() == "ode") {
-    ode = register_module("feature", ODEBlock(ODEBlockOptions(c).time(options.time()).solver(solver_of(options))));
+    ode = register_module("feature", ODEBlock(ODEBlockOptions(c).time(options.time()).solver(options.solver())));
   } else {
-    resnet = register_module("feature", EulerResNet(EulerResNetOptions(c)
-                                                        .steps(options.steps())
-                                                        .step_size(options.step_size())
-                                                        .time(options.time())));
+    resnet = register_module(
+        "feature",
+        EulerResNet(
+            EulerResNetOptions(c).steps(options.solver().steps()).step_size(options.step_size()).time(options.time())));
   }
   head = register_module("head", nn::Sequential(nn::GroupNorm(groups, c), nn::ReLU(), nn::AdaptiveAvgPool2d(3),
                                                 nn::Flatten(), nn::Linear(9 * c, options.num_classes())));
@@ -485,20 +517,20 @@ Tensor ODEResNetImpl::forward(const Tensor& x) {
 void ODEResNetImpl::set_solver(const ODESolverOptions& solver) {
   TORCH_CHECK(ode, "an ode-resnet with block 'resnet' has no solver to change: its steps are its layers");
   ode->set_solver(solver);
-  options.method(solver.method()).steps(solver.steps()).rtol(solver.rtol()).atol(solver.atol()).max_steps(
-      solver.max_steps());
+  options.solver(solver);
 }
 
-int64_t ODEResNetImpl::last_nfe() const { return ode ? ode->last_solution().nfe : options.steps(); }
+int64_t ODEResNetImpl::last_nfe() const { return ode ? ode->last_solution().nfe : options.solver().steps(); }
 
 void ODEResNetImpl::pretty_print(std::ostream& stream) const {
   stream << "zoo::ODEResNet(channels=" << options.channels() << ", block=" << options.block();
+  const auto& solver = options.solver();
   if (options.block() == "resnet")
-    stream << ", steps=" << options.steps() << ", step_size=" << options.step_size();
-  else if (options.method() == "dopri5")
-    stream << ", method=dopri5, rtol=" << options.rtol() << ", atol=" << options.atol();
+    stream << ", steps=" << solver.steps() << ", step_size=" << options.step_size();
+  else if (solver.method() == "dopri5")
+    stream << ", method=dopri5, rtol=" << solver.rtol() << ", atol=" << solver.atol();
   else
-    stream << ", method=" << options.method() << ", steps=" << options.steps();
+    stream << ", method=" << solver.method() << ", steps=" << solver.steps();
   stream << ", time=" << std::boolalpha << options.time() << ", num_classes=" << options.num_classes() << ")";
 }
 
@@ -508,21 +540,7 @@ ZOO_REGISTER_MODEL(ode_resnet) {
       .task("classify")
       .dataset("fashion-mnist")
       .train_defaults({{"epochs", 3}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 64}})
-      .ZOO_OPTION(ODEResNetOptions, in_channels)
-      .ZOO_OPTION(ODEResNetOptions, num_classes)
-      .ZOO_OPTION(ODEResNetOptions, channels)
-      .ZOO_OPTION(ODEResNetOptions, block)
-      .ZOO_OPTION(ODEResNetOptions, method)
-      .ZOO_OPTION(ODEResNetOptions, steps)
-      .ZOO_OPTION(ODEResNetOptions, rtol)
-      .ZOO_OPTION(ODEResNetOptions, atol)
-      .ZOO_OPTION(ODEResNetOptions, max_steps)
-      .ZOO_OPTION(ODEResNetOptions, step_size)
-      .ZOO_OPTION(ODEResNetOptions, time)
-      .validate([](const ODEResNetOptions& o) {
-        check_solver(solver_of(o));
-        ODEResNet{o};
-      });
+      .options(ode_resnet_schema());
 }
 
 }  // namespace zoo::models

@@ -9,6 +9,8 @@
 // backpropagating through the solver's steps. The solver can change at inference without retraining.
 #pragma once
 
+#include "core/schema.h"
+
 #include <torch/torch.h>
 
 #include <functional>
@@ -43,6 +45,8 @@ struct ODESolution {
 const std::vector<std::string>& ode_methods();
 /// The order of a solver's global error (euler 1, midpoint 2, rk4 4, dopri5 5).
 int64_t ode_order(const std::string& method);
+/// The solver's settings: names, docs and checks (nested as "solver" in the ode-resnet model's options).
+const Schema<ODESolverOptions>& ode_solver_schema();
 /// Throws std::invalid_argument naming the problem (unknown method, steps < 1, tolerances <= 0).
 void check_solver(const ODESolverOptions& options);
 
@@ -99,7 +103,8 @@ struct ConvODEFuncOptions {
 
 /// F(t, y) of torchdiffeq's odenet_mnist example:
 ///   norm1 -> ReLU -> conv1 -> norm2 -> ReLU -> conv2 -> norm3
-/// with GroupNorm(G, C), G the largest divisor of C up to min(32, C / 8) (>= 8 channels a group), and 3x3 convolutions (padding 1) that see t as one more channel when `time`.
+/// with GroupNorm(G, C), G the largest divisor of C up to min(32, C / 8) (>= 8 channels a group), and 3x3 convolutions
+/// (padding 1) that see t as one more channel when `time`.
 class ConvODEFuncImpl : public torch::nn::Cloneable<ConvODEFuncImpl> {
  public:
   explicit ConvODEFuncImpl(ConvODEFuncOptions options = {});
@@ -177,14 +182,13 @@ struct ODEResNetOptions {
   TORCH_ARG(int64_t, in_channels) = 1;
   TORCH_ARG(int64_t, num_classes) = 10;
   TORCH_ARG(int64_t, channels) = 32;
-  /// "ode": one ODEBlock (tied F, any solver); "resnet": `steps` untied Euler steps of size `step_size`.
+  /// "ode": one ODEBlock (tied F, any solver); "resnet": solver.steps untied Euler steps of size `step_size`.
   TORCH_ARG(std::string, block) = "ode";
-  TORCH_ARG(std::string, method) = "rk4";
-  TORCH_ARG(int64_t, steps) = 2;
-  TORCH_ARG(double, rtol) = 1e-3;
-  TORCH_ARG(double, atol) = 1e-3;
-  TORCH_ARG(int64_t, max_steps) = 1000;
+  /// The ODE block's solver (block "resnet" reads only its steps: the number of layers).
+  TORCH_ARG(ODESolverOptions, solver) = {};
+  /// Block "resnet": h of x_{k+1} = x_k + h F_k(t_k, x_k).
   TORCH_ARG(double, step_size) = 1.0;
+  /// F reads t as an extra input channel.
   TORCH_ARG(bool, time) = true;
 };
 

@@ -21,8 +21,8 @@
 
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -50,6 +50,9 @@ struct ModelEntry {
   std::function<json(const json& options)> data_options;
   /// The full option set with defaults.
   std::function<json()> default_options;
+  /// `options` with every key under its declared name, nested (aliases such as a flat "method" for
+  /// "solver.method" resolved), so that merging two option sets lets the later win; unknown keys are kept.
+  std::function<json(const json& options)> normalize_options;
   /// Validates `options` (unknown names and wrong types are errors) and returns the complete option set.
   std::function<json(const json& options)> complete_options;
   /// Builds a fresh module from a complete option set (as complete_options returns it: not checked again).
@@ -57,6 +60,15 @@ struct ModelEntry {
   /// The options' names, types and docs.
   std::vector<SettingInfo> settings;
 };
+
+/// `base` with `changes` applied (a run's options with --set values): each key under its declared name, so the
+/// change wins whichever spelling either used ("method" or "solver.method").
+inline json merge_options(const ModelEntry& entry, const json& base, const json& changes) {
+  auto normalize = [&](const json& j) { return entry.normalize_options ? entry.normalize_options(j) : j; };
+  json out = normalize(base);
+  if (changes.is_object()) out.merge_patch(normalize(changes));
+  return out;
+}
 
 /// Restores the default CPU generator's state when it goes out of scope.
 class PreserveRandomState {
@@ -76,6 +88,16 @@ class PreserveRandomState {
   at::Generator generator_;
   torch::Tensor state_;
 };
+
+/// A module constructor's check of its options against their schema: c10::Error "model: setting problem".
+template <typename Options>
+void check_options(const Schema<Options>& schema, const Options& options, const char* model) {
+  try {
+    schema.validate(options);
+  } catch (const SettingError& e) {
+    TORCH_CHECK(false, model, ": ", e.what());
+  }
+}
 
 /// Typed builder of a ModelEntry for a module `Holder` (a TORCH_MODULE) built from `Options`.
 template <typename Holder, typename Options>
@@ -102,16 +124,35 @@ class ModelSpec {
     entry_.data_options = std::move(f);
     return *this;
   }
-  /// Declares an option: its JSON name, a getter and a setter on Options.
+  /// Declares an option: its JSON name, a getter and a setter on Options, and a one-line doc.
   template <typename Get, typename Set>
-  ModelSpec& option(const std::string& key, Get get, Set set) {
+  ModelSpec& option(const std::string& key, Get get, Set set, std::string doc = "") {
     using T = std::decay_t<decltype(get(std::declval<const Options&>()))>;
     schema_.add_json(
         key, [get](const Options& o) { return json(get(o)); },
         [set, key, name = entry_.name](Options& o, const json& v) {
           set(o, strict_get<T>(v, "option '" + key + "' of model '" + name + "'"));
         },
-        "", type_name<T>());
+        std::move(doc), type_name<T>());
+    return *this;
+  }
+  /// Declares the options of a Schema written beside the module (whose constructor checks with it as well).
+  ModelSpec& options(const Schema<Options>& schema) {
+    schema_.extend(schema);
+    return *this;
+  }
+  /// Declares a nested options struct (`access` maps Options& to it): its settings read as "prefix.name" and
+  /// are written as {"prefix": {...}}. `child` must outlive the program's registrations (a function-local
+  /// static).
+  template <typename Access, typename Child>
+  ModelSpec& nest(const std::string& prefix, Access access, const Schema<Child>& child) {
+    schema_.nest(prefix, access, child);
+    return *this;
+  }
+  /// Accepts `old_name` for the option `name` (keys of an earlier format, or short forms: "method" for
+  /// "solver.method"). Declare after the option itself.
+  ModelSpec& alias(const std::string& old_name, const std::string& name) {
+    schema_.alias(old_name, name);
     return *this;
   }
   /// The option values this entry starts from (default: Options{}), for several entries over one module.
@@ -119,7 +160,8 @@ class ModelSpec {
     base_ = std::move(base);
     return *this;
   }
-  /// Checks that a built module accepts an option set (e.g. a value out of range); throw to reject.
+  /// Checks an option set (e.g. a value out of range, or two options that do not fit together) without
+  /// building the module; throw to reject. Usually the function the module's constructor calls itself.
   ModelSpec& validate(std::function<void(const Options&)> check) {
     validate_ = std::move(check);
     return *this;
@@ -134,21 +176,27 @@ class ModelSpec {
     auto read = [schema, name, base](const json& j) {
       if (j.is_object())
         for (const auto& [key, value] : schema->flatten(j))
-          if (!schema->find(key))
+          if (!schema->find(schema->canonical(key)))
             throw std::invalid_argument("model '" + name + "' has no option '" + key + "'; valid options: " +
                                         (schema->settings().empty() ? "(none)" : join(schema->names())));
       try {
         return schema->from_json(j, base);
-      } catch (const SettingError&) {
-        throw;
+      } catch (const SettingError& err) {
+        if (err.setting().rfind("option '", 0) == 0) throw;
+        throw SettingError("option '" + err.setting() + "' of model '" + name + "':", err.problem());  // nested
       } catch (const std::invalid_argument& err) {
         throw std::invalid_argument("model '" + name + "': " + err.what());
       }
     };
-    auto check = [validate, name](const Options& o) {
+    auto check = [schema, validate, name](const Options& o) {
+      try {
+        schema->validate(o);  // the declared checks: ranges and choices
+      } catch (const SettingError& err) {
+        throw SettingError("option '" + err.setting() + "' of model '" + name + "':", err.problem());
+      }
       if (!validate) return;
-      // A check may build the module; it must not draw from the generator, so that a seed gives the same model
-      // whether or not its options were checked first.
+      // A user's check may build the module; it must not draw from the generator, so that a seed gives the same
+      // model whether or not its options were checked first.
       const PreserveRandomState keep;
       try {
         validate(o);
@@ -158,6 +206,7 @@ class ModelSpec {
       }
     };
     e.default_options = [schema, base] { return schema->to_json(base); };
+    e.normalize_options = [schema](const json& j) { return schema->normalize(j); };
     e.complete_options = [schema, read, check](const json& j) {
       const Options o = read(j);
       check(o);
@@ -166,7 +215,11 @@ class ModelSpec {
     // Options are checked by complete_options; build makes the module once, consuming the random numbers of
     // its own initialisation only.
     e.build = [read](const json& j) { return torch::nn::AnyModule(Holder(read(j))); };
-    for (const auto& setting : schema->settings()) e.settings.push_back(setting);
+    const json defaults = schema->to_json(base);
+    for (const auto& setting : schema->settings()) {
+      e.settings.push_back(setting);
+      e.settings.back().default_value = defaults.at(json::json_pointer(setting_pointer(setting.name)));
+    }
     return e;
   }
 
@@ -196,10 +249,10 @@ using Registrar = ::zoo::Registrar<ModelEntry>;
 #define ZOO_REGISTRY_CONCAT(a, b) ZOO_REGISTRY_CONCAT_(a, b)
 
 /// Registers a model at program start: the body returns a ModelEntry (usually a ModelSpec).
-#define ZOO_REGISTER_MODEL(id)                                                                        \
-  static ::zoo::models::ModelEntry ZOO_REGISTRY_CONCAT(zoo_model_entry_, id)();                       \
-  static const ::zoo::models::detail::Registrar ZOO_REGISTRY_CONCAT(zoo_model_registrar_, id){        \
-      ZOO_REGISTRY_CONCAT(zoo_model_entry_, id)()};                                                   \
+#define ZOO_REGISTER_MODEL(id)                                                                                        \
+  static ::zoo::models::ModelEntry ZOO_REGISTRY_CONCAT(zoo_model_entry_, id)();                                       \
+  static const ::zoo::models::detail::Registrar ZOO_REGISTRY_CONCAT(zoo_model_registrar_,                             \
+                                                                    id){ZOO_REGISTRY_CONCAT(zoo_model_entry_, id)()}; \
   static ::zoo::models::ModelEntry ZOO_REGISTRY_CONCAT(zoo_model_entry_, id)()
 
 /// Getter and setter of a TORCH_ARG option, for ModelSpec::option.

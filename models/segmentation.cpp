@@ -2,8 +2,8 @@
 
 #include "models/registry.h"
 
+#include <fmt/format.h>
 #include <cmath>
-#include <sstream>
 
 namespace zoo::models {
 
@@ -30,11 +30,7 @@ nn::AnyModule make_conv_transpose(int64_t dims, int64_t in, int64_t out) {
   return nn::AnyModule(nn::ConvTranspose3d(nn::ConvTranspose3dOptions(in, out, 2).stride(2)));
 }
 
-std::string join_sizes(const std::vector<int64_t>& sizes) {
-  std::string out;
-  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? "x" : "") + std::to_string(sizes[i]);
-  return out;
-}
+std::string join_sizes(const std::vector<int64_t>& sizes) { return fmt::format("{}", fmt::join(sizes, "x")); }
 
 /// Pads `x` at the end of every spatial axis to a multiple of `multiple`, or (without `pad`) refuses sizes that
 /// are not such a multiple, naming the nearest sizes that work.
@@ -56,11 +52,9 @@ torch::Tensor fit_input(const torch::Tensor& x, int64_t dims, int64_t in_channel
       down.push_back(std::max(multiple, s / multiple * multiple));
       up.push_back((s + multiple - 1) / multiple * multiple);
     }
-    std::ostringstream msg;
-    msg << model << " input size " << join_sizes(sizes) << " is not a multiple of " << multiple
-        << " (2^(levels-1)) on every axis: use e.g. " << join_sizes(down) << " or " << join_sizes(up)
-        << ", or the option pad=true";
-    TORCH_CHECK(false, msg.str());
+    TORCH_CHECK(false, fmt::format("{} input size {} is not a multiple of {} (2^(levels-1)) on every axis: use e.g. "
+                                   "{} or {}, or the option encoder.pad=true",
+                                   model, join_sizes(sizes), multiple, join_sizes(down), join_sizes(up)));
   }
   return torch::constant_pad_nd(x, pads, 0);
 }
@@ -103,19 +97,59 @@ void DoubleConvImpl::pretty_print(std::ostream& stream) const {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+const Schema<EncoderOptions>& encoder_schema() {
+  static const auto schema = [] {
+    using O = EncoderOptions;
+    Schema<O> s;
+    s.add("dims", ZOO_FIELD(O, dims), "2: images (Conv2d, ...); 3: volumes (Conv3d, ...)").check([](const json& v) {
+      return v == 2 || v == 3 ? "" : "must be 2 (images) or 3 (volumes), got " + v.dump();
+    });
+    s.add("in_channels", ZOO_FIELD(O, in_channels), "channels of the input").at_least(1);
+    s.add("levels", ZOO_FIELD(O, levels), "resolutions, bottleneck included (4: three poolings)")
+        .at_least(1)
+        .at_most(8);
+    s.add("base_channels", ZOO_FIELD(O, base_channels), "channels of the first level (level i: base * 2^i)")
+        .at_least(1);
+    s.add("pad", ZOO_FIELD(O, pad), "pad inputs to a multiple of 2^(levels-1), crop the output back");
+    return s;
+  }();
+  return schema;
+}
+
 namespace {
-/// The encoder both networks share, after checking the options they share: DoubleConv per level, c_i = base 2^i.
-nn::ModuleList make_encoder(const char* model, int64_t dims, int64_t in_channels, int64_t num_classes, int64_t levels,
-                            int64_t base_channels) {
-  check_dims(dims, model);
-  TORCH_CHECK(levels >= 1 && levels <= 8, model, " levels must be 1..8, got ", levels);
-  TORCH_CHECK(base_channels > 0 && in_channels > 0, model, " base_channels and in_channels must be positive");
-  TORCH_CHECK(num_classes >= 2, model, " num_classes must be >= 2 (background and one class), got ", num_classes);
+
+/// The settings U-Net and DeconvNet share: the encoder (nested) and the classes. Flat keys of zoo 0.1 stay valid.
+template <typename Options>
+Schema<Options> segmentation_schema() {
+  Schema<Options> s;
+  s.nest("encoder", ZOO_FIELD(Options, encoder), encoder_schema());
+  s.add("num_classes", ZOO_FIELD(Options, num_classes), "classes per pixel, background included").at_least(2);
+  for (const auto& setting : encoder_schema().settings()) s.alias(setting.name, "encoder." + setting.name);
+  return s;
+}
+
+const Schema<UNetOptions>& unet_schema() {
+  static const auto schema = [] {
+    auto s = segmentation_schema<UNetOptions>();
+    s.add("upsample", ZOO_FIELD(UNetOptions, upsample), "transpose (2x2 transposed conv) or bilinear (+ 3x3 conv)")
+        .one_of({"transpose", "bilinear"}, "upsample mode");
+    return s;
+  }();
+  return schema;
+}
+
+const Schema<DeconvNetOptions>& deconvnet_schema() {
+  static const auto schema = segmentation_schema<DeconvNetOptions>();
+  return schema;
+}
+
+/// The encoder both networks share: DoubleConv per level, c_i = base 2^i.
+nn::ModuleList make_encoder(const EncoderOptions& o) {
   nn::ModuleList encoder;
-  int64_t in = in_channels;
-  for (int64_t i = 0; i < levels; ++i) {
-    encoder->push_back(DoubleConv(DoubleConvOptions(dims, in, base_channels << i)));
-    in = base_channels << i;
+  int64_t in = o.in_channels();
+  for (int64_t i = 0; i < o.levels(); ++i) {
+    encoder->push_back(DoubleConv(DoubleConvOptions(o.dims(), in, o.base_channels() << i)));
+    in = o.base_channels() << i;
   }
   return encoder;
 }
@@ -157,14 +191,13 @@ torch::Tensor UNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& s
 UNetImpl::UNetImpl(UNetOptions options_) : options(std::move(options_)) { reset(); }
 
 void UNetImpl::reset() {
-  const auto& o = options;
-  TORCH_CHECK(o.upsample() == "transpose" || o.upsample() == "bilinear",
-              "UNet upsample must be transpose or bilinear, got '", o.upsample(), "'");
-  encoder = make_encoder("UNet", o.dims(), o.in_channels(), o.num_classes(), o.levels(), o.base_channels());
+  check_options(unet_schema(), options, "UNet");
+  const auto& o = options.encoder();
+  encoder = make_encoder(o);
   decoder = nn::ModuleList();
   for (int64_t i = o.levels() - 2; i >= 0; --i)
-    decoder->push_back(UNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i, o.upsample()));
-  head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
+    decoder->push_back(UNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i, options.upsample()));
+  head = make_conv(o.dims(), o.base_channels(), options.num_classes(), 1, 0, true);
   register_module("encoder", encoder);
   register_module("decoder", decoder);
   register_module("head", head.ptr());
@@ -174,7 +207,7 @@ std::vector<torch::Tensor> UNetImpl::encode(const torch::Tensor& x) {
   std::vector<torch::Tensor> features;
   auto h = x;
   for (size_t i = 0; i < encoder->size(); ++i) {
-    if (i > 0) h = max_pool(h, options.dims());
+    if (i > 0) h = max_pool(h, options.encoder().dims());
     h = encoder[i]->as<DoubleConvImpl>()->forward(h);
     features.push_back(h);
   }
@@ -197,14 +230,16 @@ torch::Tensor UNetImpl::decode(const std::vector<torch::Tensor>& features) {
 }
 
 torch::Tensor UNetImpl::forward(const torch::Tensor& x) {
-  auto input = fit_input(x, options.dims(), options.in_channels(), multiple(), options.pad(), "UNet");
+  const auto& e = options.encoder();
+  auto input = fit_input(x, e.dims(), e.in_channels(), multiple(), e.pad(), "UNet");
   return crop_to(decode(encode(input)), x);
 }
 
 void UNetImpl::pretty_print(std::ostream& stream) const {
-  stream << "zoo::UNet(dims=" << options.dims() << ", in_channels=" << options.in_channels()
-         << ", num_classes=" << options.num_classes() << ", levels=" << options.levels()
-         << ", base_channels=" << options.base_channels() << ", upsample=" << options.upsample() << ")";
+  const auto& e = options.encoder();
+  stream << "zoo::UNet(dims=" << e.dims() << ", in_channels=" << e.in_channels()
+         << ", num_classes=" << options.num_classes() << ", levels=" << e.levels()
+         << ", base_channels=" << e.base_channels() << ", upsample=" << options.upsample() << ")";
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -234,20 +269,22 @@ torch::Tensor DeconvNetUpImpl::forward(const torch::Tensor& x, const torch::Tens
 DeconvNetImpl::DeconvNetImpl(DeconvNetOptions options_) : options(std::move(options_)) { reset(); }
 
 void DeconvNetImpl::reset() {
-  const auto& o = options;
-  encoder = make_encoder("DeconvNet", o.dims(), o.in_channels(), o.num_classes(), o.levels(), o.base_channels());
+  check_options(deconvnet_schema(), options, "DeconvNet");
+  const auto& o = options.encoder();
+  encoder = make_encoder(o);
   decoder = nn::ModuleList();
   for (int64_t i = o.levels() - 2; i >= 0; --i)
     decoder->push_back(DeconvNetUp(o.dims(), o.base_channels() << (i + 1), o.base_channels() << i));
-  head = make_conv(o.dims(), o.base_channels(), o.num_classes(), 1, 0, true);
+  head = make_conv(o.dims(), o.base_channels(), options.num_classes(), 1, 0, true);
   register_module("encoder", encoder);
   register_module("decoder", decoder);
   register_module("head", head.ptr());
 }
 
 torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
-  const int64_t dims = options.dims();
-  auto h = fit_input(x, dims, options.in_channels(), multiple(), options.pad(), "DeconvNet");
+  const auto& e = options.encoder();
+  const int64_t dims = e.dims();
+  auto h = fit_input(x, dims, e.in_channels(), multiple(), e.pad(), "DeconvNet");
   std::vector<torch::Tensor> switches;
   std::vector<std::vector<int64_t>> sizes;
   for (size_t i = 0; i < encoder->size(); ++i) {
@@ -268,9 +305,10 @@ torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
 }
 
 void DeconvNetImpl::pretty_print(std::ostream& stream) const {
-  stream << "zoo::DeconvNet(dims=" << options.dims() << ", in_channels=" << options.in_channels()
-         << ", num_classes=" << options.num_classes() << ", levels=" << options.levels()
-         << ", base_channels=" << options.base_channels() << ")";
+  const auto& e = options.encoder();
+  stream << "zoo::DeconvNet(dims=" << e.dims() << ", in_channels=" << e.in_channels()
+         << ", num_classes=" << options.num_classes() << ", levels=" << e.levels()
+         << ", base_channels=" << e.base_channels() << ")";
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -308,9 +346,12 @@ namespace {
 json segmentation_train_defaults(int64_t dims) {
   // Volumes: fewer, costlier items, so smaller batches give the optimizer more steps for the same compute.
   const bool images = dims == 2;
-  return {{"epochs", images ? 3 : 5},       {"optimizer", "adam"},
-          {"lr", 2e-3},                     {"batch_size", images ? 32 : 8},
-          {"eval_batch_size", images ? 100 : 20}, {"schedule", "cosine"}};
+  return {{"epochs", images ? 3 : 5},
+          {"optimizer", "adam"},
+          {"lr", 2e-3},
+          {"batch_size", images ? 32 : 8},
+          {"eval_batch_size", images ? 100 : 20},
+          {"schedule", "cosine"}};
 }
 
 ModelEntry unet_entry(const std::string& name, const std::string& description, UNetOptions base,
@@ -319,15 +360,8 @@ ModelEntry unet_entry(const std::string& name, const std::string& description, U
       .defaults(base)
       .task("segment")
       .dataset(dataset)
-      .train_defaults(segmentation_train_defaults(base.dims()))
-      .ZOO_OPTION(UNetOptions, dims)
-      .ZOO_OPTION(UNetOptions, in_channels)
-      .ZOO_OPTION(UNetOptions, num_classes)
-      .ZOO_OPTION(UNetOptions, levels)
-      .ZOO_OPTION(UNetOptions, base_channels)
-      .ZOO_OPTION(UNetOptions, upsample)
-      .ZOO_OPTION(UNetOptions, pad)
-      .validate([](const UNetOptions& o) { UNet{o}; });
+      .train_defaults(segmentation_train_defaults(base.encoder().dims()))
+      .options(unet_schema());
 }
 
 ModelEntry deconvnet_entry(const std::string& name, const std::string& description, DeconvNetOptions base,
@@ -336,14 +370,8 @@ ModelEntry deconvnet_entry(const std::string& name, const std::string& descripti
       .defaults(base)
       .task("segment")
       .dataset(dataset)
-      .train_defaults(segmentation_train_defaults(base.dims()))
-      .ZOO_OPTION(DeconvNetOptions, dims)
-      .ZOO_OPTION(DeconvNetOptions, in_channels)
-      .ZOO_OPTION(DeconvNetOptions, num_classes)
-      .ZOO_OPTION(DeconvNetOptions, levels)
-      .ZOO_OPTION(DeconvNetOptions, base_channels)
-      .ZOO_OPTION(DeconvNetOptions, pad)
-      .validate([](const DeconvNetOptions& o) { DeconvNet{o}; });
+      .train_defaults(segmentation_train_defaults(base.encoder().dims()))
+      .options(deconvnet_schema());
 }
 
 }  // namespace
@@ -354,7 +382,8 @@ ZOO_REGISTER_MODEL(unet) {
 }
 ZOO_REGISTER_MODEL(unet3d) {
   return unet_entry("unet3d", "3-D U-Net (Conv3d, MaxPool3d, ConvTranspose3d) for volumes",
-                    UNetOptions().dims(3).num_classes(4).levels(3).base_channels(16), "volumes");
+                    UNetOptions().encoder(EncoderOptions().dims(3).levels(3).base_channels(16)).num_classes(4),
+                    "volumes");
 }
 ZOO_REGISTER_MODEL(deconvnet) {
   return deconvnet_entry("deconvnet",
@@ -362,8 +391,9 @@ ZOO_REGISTER_MODEL(deconvnet) {
                          DeconvNetOptions(), "scenes");
 }
 ZOO_REGISTER_MODEL(deconvnet3d) {
-  return deconvnet_entry("deconvnet3d", "3-D DeconvNet (MaxUnpool3d) for volumes",
-                         DeconvNetOptions().dims(3).num_classes(4).levels(3).base_channels(16), "volumes");
+  return deconvnet_entry(
+      "deconvnet3d", "3-D DeconvNet (MaxUnpool3d) for volumes",
+      DeconvNetOptions().encoder(EncoderOptions().dims(3).levels(3).base_channels(16)).num_classes(4), "volumes");
 }
 
 }  // namespace zoo::models

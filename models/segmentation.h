@@ -18,6 +18,8 @@
 // sizes that work. Input [N, in_channels, *spatial], output [N, num_classes, *spatial].
 #pragma once
 
+#include "core/schema.h"
+
 #include <torch/torch.h>
 
 #include <string>
@@ -46,19 +48,29 @@ class DoubleConvImpl : public torch::nn::Cloneable<DoubleConvImpl> {
 };
 TORCH_MODULE(DoubleConv);
 
-struct UNetOptions {
+/// What U-Net and DeconvNet share: their input, their encoder (a DoubleConv per level, 2x max-pooled between
+/// levels) and the padding of inputs to a size the encoder takes.
+struct EncoderOptions {
+  /// 2 (images: Conv2d, ...) or 3 (volumes: Conv3d, ...).
   TORCH_ARG(int64_t, dims) = 2;
   TORCH_ARG(int64_t, in_channels) = 1;
-  /// Background + the 10 Fashion-MNIST classes of the `scenes` dataset.
-  TORCH_ARG(int64_t, num_classes) = 11;
   /// Resolutions, bottleneck included: 4 = three poolings.
   TORCH_ARG(int64_t, levels) = 4;
   /// Channels of the first level; level i has base_channels * 2^i.
   TORCH_ARG(int64_t, base_channels) = 64;
-  /// "transpose" (2x2 transposed conv, stride 2) or "bilinear" (bilinear/trilinear x2, then a 3x3 conv).
-  TORCH_ARG(std::string, upsample) = "transpose";
   /// Pad inputs to a multiple of 2^(levels-1) and crop the output back (false: such sizes only).
   TORCH_ARG(bool, pad) = true;
+};
+
+/// The encoder's settings: names, docs and checks (nested as "encoder" in both models' options).
+const Schema<EncoderOptions>& encoder_schema();
+
+struct UNetOptions {
+  TORCH_ARG(EncoderOptions, encoder) = {};
+  /// Background + the 10 Fashion-MNIST classes of the `scenes` dataset.
+  TORCH_ARG(int64_t, num_classes) = 11;
+  /// "transpose" (2x2 transposed conv, stride 2) or "bilinear" (bilinear/trilinear x2, then a 3x3 conv).
+  TORCH_ARG(std::string, upsample) = "transpose";
 };
 
 /// One U-Net decoder level: `up` (ConvTranspose; or, for bilinear, interpolation then a 3x3 Conv), then the
@@ -90,7 +102,7 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   /// Logits from encode()'s features: the bottleneck goes up, level by level, concatenated with features[i].
   torch::Tensor decode(const std::vector<torch::Tensor>& features);
   /// Spatial sizes must be a multiple of this (2^(levels-1)); with `pad` any size works.
-  int64_t multiple() const { return int64_t{1} << (options.levels() - 1); }
+  int64_t multiple() const { return int64_t{1} << (options.encoder().levels() - 1); }
   /// The two halves of every skip concatenation of the last forward/decode, deepest first: [skip, upsampled].
   const std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>>& last_concats() const {
     return last_concats_;
@@ -108,12 +120,8 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
 TORCH_MODULE(UNet);
 
 struct DeconvNetOptions {
-  TORCH_ARG(int64_t, dims) = 2;
-  TORCH_ARG(int64_t, in_channels) = 1;
+  TORCH_ARG(EncoderOptions, encoder) = {};
   TORCH_ARG(int64_t, num_classes) = 11;
-  TORCH_ARG(int64_t, levels) = 4;
-  TORCH_ARG(int64_t, base_channels) = 64;
-  TORCH_ARG(bool, pad) = true;
 };
 
 /// One DeconvNet decoder level: `reduce` (3x3 conv-BN-ReLU, c_{i+1} -> c_i), max-unpool, `conv` (DoubleConv).
@@ -135,7 +143,7 @@ class DeconvNetImpl : public torch::nn::Cloneable<DeconvNetImpl> {
   explicit DeconvNetImpl(DeconvNetOptions options = {});
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
-  int64_t multiple() const { return int64_t{1} << (options.levels() - 1); }
+  int64_t multiple() const { return int64_t{1} << (options.encoder().levels() - 1); }
   void pretty_print(std::ostream& stream) const override;
 
   DeconvNetOptions options;

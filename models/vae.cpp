@@ -6,30 +6,39 @@
 
 namespace zoo::models {
 
-VAEImpl::VAEImpl(VAEOptions options_) : options(std::move(options_)) { reset(); }
-
-void VAEImpl::reset() {
-  namespace nn = torch::nn;
-  const auto& o = options;
+namespace {
+/// The constructor's checks, which the registry also runs on options without building the module.
+void check(const VAEOptions& o) {
   TORCH_CHECK(o.arch() == "mlp" || o.arch() == "conv", "VAE arch must be \"mlp\" or \"conv\", got \"", o.arch(), "\"");
   TORCH_CHECK(o.latent() > 0 && o.hidden() > 0 && o.in_channels() > 0 && o.image_size() > 0,
               "VAE sizes (latent, hidden, in_channels, image_size) must be positive");
   TORCH_CHECK(o.beta() >= 0, "VAE beta must be >= 0");
   TORCH_CHECK(o.iwae_samples() >= 1, "VAE iwae_samples must be >= 1");
+  TORCH_CHECK(o.arch() != "conv" || o.image_size() % 4 == 0, "the conv VAE needs image_size divisible by 4, got ",
+              o.image_size());
+}
+}  // namespace
+
+VAEImpl::VAEImpl(VAEOptions options_) : options(std::move(options_)) { reset(); }
+
+void VAEImpl::reset() {
+  namespace nn = torch::nn;
+  const auto& o = options;
+  check(o);
   const int64_t c = o.in_channels(), size = o.image_size(), pixels = c * size * size;
   if (o.arch() == "mlp") {
     encoder = nn::Sequential(nn::Linear(pixels, o.hidden()), nn::ReLU());
     decoder = nn::Sequential(nn::Linear(o.latent(), o.hidden()), nn::ReLU(), nn::Linear(o.hidden(), pixels));
   } else {
-    TORCH_CHECK(size % 4 == 0, "the conv VAE needs image_size divisible by 4, got ", size);
     const int64_t s = size / 4;
     encoder = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(c, 32, 4).stride(2).padding(1)), nn::ReLU(),
                              nn::Conv2d(nn::Conv2dOptions(32, 64, 4).stride(2).padding(1)), nn::ReLU(), nn::Flatten(),
                              nn::Linear(64 * s * s, o.hidden()), nn::ReLU());
-    decoder = nn::Sequential(nn::Linear(o.latent(), o.hidden()), nn::ReLU(), nn::Linear(o.hidden(), 64 * s * s),
-                             nn::ReLU(), nn::Unflatten(nn::UnflattenOptions(1, {64, s, s})),
-                             nn::ConvTranspose2d(nn::ConvTranspose2dOptions(64, 32, 4).stride(2).padding(1)), nn::ReLU(),
-                             nn::ConvTranspose2d(nn::ConvTranspose2dOptions(32, c, 4).stride(2).padding(1)));
+    decoder =
+        nn::Sequential(nn::Linear(o.latent(), o.hidden()), nn::ReLU(), nn::Linear(o.hidden(), 64 * s * s), nn::ReLU(),
+                       nn::Unflatten(nn::UnflattenOptions(1, {64, s, s})),
+                       nn::ConvTranspose2d(nn::ConvTranspose2dOptions(64, 32, 4).stride(2).padding(1)), nn::ReLU(),
+                       nn::ConvTranspose2d(nn::ConvTranspose2dOptions(32, c, 4).stride(2).padding(1)));
   }
   fc_mu = nn::Linear(o.hidden(), o.latent());
   fc_logvar = nn::Linear(o.hidden(), o.latent());
@@ -41,9 +50,9 @@ void VAEImpl::reset() {
 
 std::tuple<torch::Tensor, torch::Tensor> VAEImpl::encode(const torch::Tensor& x) {
   const auto& o = options;
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == o.in_channels() && x.size(2) == o.image_size() &&
-                  x.size(3) == o.image_size(),
-              "VAE expects [N, ", o.in_channels(), ", ", o.image_size(), ", ", o.image_size(), "], got ", x.sizes());
+  TORCH_CHECK(
+      x.dim() == 4 && x.size(1) == o.in_channels() && x.size(2) == o.image_size() && x.size(3) == o.image_size(),
+      "VAE expects [N, ", o.in_channels(), ", ", o.image_size(), ", ", o.image_size(), "], got ", x.sizes());
   auto h = encoder->forward(o.arch() == "mlp" ? x.flatten(1) : x);
   return {fc_mu(h), fc_logvar(h)};
 }
@@ -127,7 +136,7 @@ ZOO_REGISTER_MODEL(vae) {
       .ZOO_OPTION(VAEOptions, beta)
       .ZOO_OPTION(VAEOptions, binarize)
       .ZOO_OPTION(VAEOptions, iwae_samples)
-      .validate([](const VAEOptions& o) { VAE{o}; });
+      .validate(check);
 }
 
 }  // namespace zoo::models

@@ -9,9 +9,9 @@
 
 #include <catch2/catch.hpp>
 
-using zoo::test::TempDir;
-using zoo::test::run_zoo;
 using nlohmann::json;
+using zoo::test::run_zoo;
+using zoo::test::TempDir;
 
 namespace {
 void check_error(const zoo::test::CommandResult& r, const std::string& expected, int code = -1) {
@@ -39,6 +39,19 @@ TEST_CASE("CLI: list prints every registered model, name first", "[cli]") {
   for (const char* name : {"cnn", "mlp", "vae"}) CHECK(r.out.find(std::string(name) + " ") != std::string::npos);
   auto d = run_zoo("list --datasets");
   CHECK(d.out.find("fashion-mnist") != std::string::npos);
+  // One model's options: dotted names of nested options, defaults as JSON, the doc and the choices.
+  auto o = run_zoo("list ode-resnet");
+  REQUIRE(o.code == 0);
+  CHECK_THAT(o.out, Catch::Matches(R"((.|\n)*\n  solver\.method +"rk4" +euler, midpoint, rk4 \(fixed steps\) or )"
+                                   R"(dopri5 \(adaptive\)\n(.|\n)*)"));
+  CHECK_THAT(run_zoo("list unet").out, Catch::Contains("transpose (2x2 transposed conv) or bilinear (+ 3x3 conv)\n"));
+  CHECK_THAT(run_zoo("list moe").out, Catch::Contains("softmax (dense), topk or noisy-topk\n") &&
+                                          Catch::Contains("balancing loss: none, switch or cv\n"));
+  CHECK(o.out.find("  moe.experts") == std::string::npos);
+  CHECK_THAT(run_zoo("list moe").out, Catch::Matches(R"((.|\n)*\n  moe\.balance_coef +0\.1 (.|\n)*)"));
+  auto bad = run_zoo("list resnet9000");
+  CHECK(bad.code != 0);
+  CHECK_THAT(bad.err, Catch::Contains("unknown model 'resnet9000'; valid models:"));
 }
 
 TEST_CASE("CLI: --version names LibTorch and the allocator that serves malloc", "[cli]") {
@@ -66,7 +79,8 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const auto run = tmp.str("run");
-  auto r = run_zoo("train mlp --epochs 1 --limit 2000 --threads 2 --seed 5 --schedule constant --set hidden=[64] --out " + run);
+  auto r = run_zoo(
+      "train mlp --epochs 1 --limit 2000 --threads 2 --seed 5 --schedule constant --set hidden=[64] --out " + run);
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("run saved to " + run) != std::string::npos);
@@ -162,7 +176,9 @@ TEST_CASE("CLI: bad input gets one clear line and a non-zero exit", "[cli][error
     CHECK(r.err.find("items [1, 28, 28]): CNN expects [N, 3, 28, 28]") != std::string::npos);
     CHECK(!std::filesystem::exists(tmp.path() / "r"));
   }
-  SECTION("eval of a directory that is not a run") { check_error(run_zoo("eval " + tmp.str()), "not a zoo run directory"); }
+  SECTION("eval of a directory that is not a run") {
+    check_error(run_zoo("eval " + tmp.str()), "not a zoo run directory");
+  }
   SECTION("eval of a missing directory") { check_error(run_zoo("eval " + tmp.str("nope")), "does not exist"); }
   SECTION("no subcommand") {
     auto r = run_zoo("");

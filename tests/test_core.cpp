@@ -114,6 +114,43 @@ TEST_CASE("Schema: one declaration gives JSON in and out, defaults, checks and n
   }
 }
 
+TEST_CASE("Schema: aliases of old names, checks across settings, normalised JSON for merging", "[core][schema]") {
+  Schema<Outer> s("test option");
+  s.extend(outer_schema());
+  s.alias("steps", "solver.steps");  // a flat key of an earlier format
+  s.require("solver.steps", [](const Outer& o) {
+    return o.solver().steps() <= o.width()
+               ? ""
+               : fmt::format("must be <= width ({}), got {}", o.width(), o.solver().steps());
+  });
+  CHECK_THROWS_AS(s.alias("old", "nothing"), std::logic_error);  // an alias of an undeclared setting
+  // Read under either name, written under the declared one only.
+  CHECK(s.from_json({{"steps", 5}}).solver().steps() == 5);
+  CHECK(s.canonical("steps") == "solver.steps");
+  CHECK(s.canonical("width") == "width");
+  CHECK_FALSE(s.to_json(s.from_json({{"steps", 5}})).contains("steps"));
+  CHECK(s.names() == outer_schema().names());  // aliases are no settings of their own
+  // The rule sees the whole struct and names its setting.
+  CHECK_NOTHROW(s.validate(s.from_json({{"steps", 8}})));
+  CHECK_THROWS_WITH(s.validate(s.from_json({{"steps", 9}})), "solver.steps must be <= width (8), got 9");
+  // Nested, a child's rules keep working under the prefix.
+  Schema<Inner> inner;
+  inner.extend(inner_schema());
+  inner.require("steps",
+                [](const Inner& o) { return o.method() == "euler" || o.steps() <= 4 ? "" : "rk4: at most 4"; });
+  struct Wrapper {
+    TORCH_ARG(Inner, solver) = {};
+  };
+  Schema<Wrapper> w;
+  w.nest("solver", ZOO_FIELD(Wrapper, solver), inner);
+  CHECK_THROWS_WITH(w.validate(w.from_json({{"solver", {{"steps", 5}}}})), "solver.steps rk4: at most 4");
+  CHECK_NOTHROW(w.validate(w.from_json({{"solver.method", "euler"}, {"solver.steps", 5}})));
+  // normalize: every spelling nested under its declared name, so a JSON merge lets the later value win.
+  json run = s.normalize({{"solver", {{"steps", 2}, {"method", "euler"}}}, {"width", 3}});
+  run.merge_patch(s.normalize({{"steps", 4}}));
+  CHECK(run == json{{"solver", {{"steps", 4}, {"method", "euler"}}}, {"width", 3}});
+  CHECK(s.normalize({{"solver.method", "rk4"}, {"nope", 1}}) == json{{"solver", {{"method", "rk4"}}}, {"nope", 1}});
+}
 TEST_CASE("Schema: the training, data and prior settings are declared once and nest into the run's", "[core][schema]") {
   const auto& run = training::run_schema();
   // Every TrainOptions setting appears under train., with its flag and resumability.

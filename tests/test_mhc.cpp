@@ -118,7 +118,7 @@ TEST_CASE("MHC at initialisation is a plain residual connection around the branc
     auto m = models::MHC(models::MHCOptions(6).variant(variant),
                          torch::nn::Functional([](const Tensor& t) { return torch::zeros_like(t); }));
     INFO(variant);
-    const double tolerance = variant == "mhc" ? 3e-3 : 1.5e-2;  // twice the distance of H_res from I
+    const double tolerance = variant == "mhc" ? 3e-3 : 1.5e-2;   // twice the distance of H_res from I
     CHECK(max_abs(m->forward(x) - x) < tolerance * max_abs(x));  // F = 0: the streams pass unchanged
     // With a real branch: stream t = x_t + H_post[t] F(sum_s H_pre[s] x_s), H_pre/H_post as initialised.
     auto f = identity_branch_mhc(variant);
@@ -134,7 +134,8 @@ TEST_CASE("MHC at initialisation is a plain residual connection around the branc
   const auto branch = torch::tanh((x * given.pre.view({8, 4, 1, 1, 1})).sum(1));
   for (int64_t t = 0; t < 4; ++t) {
     auto stream = given.post.select(1, t).view({8, 1, 1, 1}) * branch;
-    for (int64_t s = 0; s < 4; ++s) stream = stream + given.res.select(1, t).select(1, s).view({8, 1, 1, 1}) * x.select(1, s);
+    for (int64_t s = 0; s < 4; ++s)
+      stream = stream + given.res.select(1, t).select(1, s).view({8, 1, 1, 1}) * x.select(1, s);
     expected.select(1, t).copy_(stream);
   }
   CHECK(max_abs(m->combine(x, given) - expected) < 1e-5);
@@ -181,7 +182,10 @@ TEST_CASE("mhc-resnet: every variant runs, names map to Python, and it learns", 
     CHECK(names.contains(variant == "residual" ? "blocks.1.conv2.weight" : "blocks.1.branch.conv2.weight"));
     CHECK(names.contains("blocks.0.b_res") == (variant != "residual"));
   }
-  CHECK_THROWS_WITH(models::build_model("mhc-resnet", {{"variant", "lite"}}), Catch::Contains("variant must be"));
+  CHECK_THROWS_WITH(
+      models::build_model("mhc-resnet", {{"variant", "lite"}}),
+      Catch::Contains(
+          "option 'variant' of model 'mhc-resnet': 'lite' is unknown; valid variants: mhc, mhc-lite, hc, residual"));
   REQUIRE(test::have_fashion_mnist());
   auto [net, options] = models::build_model("mhc-resnet");
   datasets::DataConfig data;

@@ -39,21 +39,27 @@ void write_ids(const torch::Tensor& ids, const std::string& path) {
 TEST_CASE("U-Net and DeconvNet output the input's spatial size for any size, in 2-D and 3-D", "[segmentation]") {
   torch::manual_seed(0);
   for (const std::string upsample : {"transpose", "bilinear"}) {
-    models::UNet unet(models::UNetOptions().base_channels(4).levels(4).num_classes(5).upsample(upsample));
+    models::UNet unet(models::UNetOptions()
+                          .encoder(models::EncoderOptions().base_channels(4).levels(4))
+                          .num_classes(5)
+                          .upsample(upsample));
     unet->eval();
     for (auto size : std::vector<std::vector<int64_t>>{{32, 32}, {37, 50}, {7, 9}, {1, 1}, {64, 24}}) {
       auto y = unet->forward(torch::randn({2, 1, size[0], size[1]}));
       CHECK(y.sizes() == torch::IntArrayRef({2, 5, size[0], size[1]}));
     }
   }
-  models::DeconvNet deconv(models::DeconvNetOptions().base_channels(4).levels(4).num_classes(5));
+  models::DeconvNet deconv(
+      models::DeconvNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(4)).num_classes(5));
   deconv->eval();
   for (auto size : std::vector<std::vector<int64_t>>{{32, 32}, {37, 50}, {7, 9}}) {
     auto y = deconv->forward(torch::randn({2, 1, size[0], size[1]}));
     CHECK(y.sizes() == torch::IntArrayRef({2, 5, size[0], size[1]}));
   }
-  models::UNet unet3d(models::UNetOptions().dims(3).base_channels(2).levels(3).num_classes(4));
-  models::DeconvNet deconv3d(models::DeconvNetOptions().dims(3).base_channels(2).levels(3).num_classes(4));
+  models::UNet unet3d(
+      models::UNetOptions().encoder(models::EncoderOptions().dims(3).base_channels(2).levels(3)).num_classes(4));
+  models::DeconvNet deconv3d(
+      models::DeconvNetOptions().encoder(models::EncoderOptions().dims(3).base_channels(2).levels(3)).num_classes(4));
   unet3d->eval();
   deconv3d->eval();
   for (auto size : std::vector<std::vector<int64_t>>{{8, 8, 8}, {9, 13, 6}}) {
@@ -62,7 +68,7 @@ TEST_CASE("U-Net and DeconvNet output the input's spatial size for any size, in 
     CHECK(deconv3d->forward(x).sizes() == torch::IntArrayRef({1, 4, size[0], size[1], size[2]}));
   }
   // Without padding, sizes that are not a multiple of 2^(levels-1) are refused with the sizes that work.
-  models::UNet strict(models::UNetOptions().base_channels(4).levels(4).pad(false));
+  models::UNet strict(models::UNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(4).pad(false)));
   CHECK(strict->forward(torch::randn({1, 1, 32, 16})).size(2) == 32);
   try {
     strict->forward(torch::randn({1, 1, 30, 30}));
@@ -77,7 +83,8 @@ TEST_CASE("U-Net and DeconvNet output the input's spatial size for any size, in 
 
 TEST_CASE("U-Net concatenates each skip with the upsampled map at the same resolution", "[segmentation]") {
   for (const std::string upsample : {"transpose", "bilinear"}) {
-    models::UNet unet(models::UNetOptions().base_channels(4).levels(4).upsample(upsample));
+    models::UNet unet(
+        models::UNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(4)).upsample(upsample));
     unet->forward(torch::randn({2, 1, 32, 32}));
     const auto& concats = unet->last_concats();
     REQUIRE(concats.size() == 3);
@@ -94,7 +101,7 @@ TEST_CASE("U-Net concatenates each skip with the upsampled map at the same resol
 }
 
 TEST_CASE("U-Net and DeconvNet: Python parameter names and hand-counted parameters", "[segmentation]") {
-  models::UNet unet(models::UNetOptions().base_channels(4).levels(2).num_classes(3));
+  models::UNet unet(models::UNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(2)).num_classes(3));
   const auto names = parameter_names(*unet);
   for (const char* n :
        {"encoder.0.double_conv.0.weight", "encoder.0.double_conv.1.weight", "encoder.1.double_conv.3.weight",
@@ -105,7 +112,8 @@ TEST_CASE("U-Net and DeconvNet: Python parameter names and hand-counted paramete
   CHECK(models::count_parameters(*unet) == 196 + 896 + 132 + 448 + 15);
   CHECK(unet->named_buffers().contains("encoder.0.double_conv.1.running_mean"));
 
-  models::DeconvNet deconv(models::DeconvNetOptions().base_channels(4).levels(2).num_classes(3));
+  models::DeconvNet deconv(
+      models::DeconvNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(2)).num_classes(3));
   const auto dnames = parameter_names(*deconv);
   for (const char* n : {"encoder.0.double_conv.0.weight", "decoder.0.reduce.0.weight", "decoder.0.reduce.1.bias",
                         "decoder.0.conv.double_conv.0.weight", "head.weight"})
@@ -126,8 +134,9 @@ TEST_CASE("U-Net and DeconvNet: Python parameter names and hand-counted paramete
 
 TEST_CASE("Gradient reaches the first encoder layer, and the U-Net skips are used", "[segmentation]") {
   torch::manual_seed(1);
-  models::UNet unet(models::UNetOptions().base_channels(4).levels(3).num_classes(4));
-  models::DeconvNet deconv(models::DeconvNetOptions().base_channels(4).levels(3).num_classes(4));
+  models::UNet unet(models::UNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(3)).num_classes(4));
+  models::DeconvNet deconv(
+      models::DeconvNetOptions().encoder(models::EncoderOptions().base_channels(4).levels(3)).num_classes(4));
   auto x = torch::randn({2, 1, 16, 16});
   auto target = torch::randint(0, 4, {2, 16, 16}, torch::kInt64);
   for (torch::nn::Module* m :
@@ -198,7 +207,7 @@ TEST_CASE("Soft Dice loss: 0 for a perfect prediction, the formula for a uniform
   CHECK(training::soft_dice_loss(uniform, labels).item<double>() == Approx(expected).epsilon(1e-5));
   // The objective adds dice * (1 - Dice) to the cross-entropy and logs both parts.
   torch::manual_seed(0);
-  models::UNet unet(models::UNetOptions().base_channels(2).levels(2).num_classes(3));
+  models::UNet unet(models::UNetOptions().encoder(models::EncoderOptions().base_channels(2).levels(2)).num_classes(3));
   torch::nn::AnyModule any(unet);
   datasets::Batch batch{torch::randn({1, 1, 2, 3}), labels};
   training::SegmentationObjective plain, with_dice(training::SegmentationOptions().dice(0.5));

@@ -178,8 +178,9 @@ def make_encoder(dims, in_channels, levels, base_channels):
 
 
 class UNet(nn.Module):
-    def __init__(self, dims, in_channels, num_classes, levels, base_channels, upsample, **_):
+    def __init__(self, encoder, num_classes, upsample):
         super().__init__()
+        dims, in_channels, levels, base_channels = (encoder[k] for k in ("dims", "in_channels", "levels", "base_channels"))
         self.dims, self.multiple = dims, 1 << (levels - 1)
         self.encoder = make_encoder(dims, in_channels, levels, base_channels)
         self.decoder = nn.ModuleList(UNetUp(dims, base_channels << (i + 1), base_channels << i, upsample)
@@ -211,8 +212,9 @@ class DeconvNetUp(nn.Module):
 
 
 class DeconvNet(nn.Module):
-    def __init__(self, dims, in_channels, num_classes, levels, base_channels, **_):
+    def __init__(self, encoder, num_classes):
         super().__init__()
+        dims, in_channels, levels, base_channels = (encoder[k] for k in ("dims", "in_channels", "levels", "base_channels"))
         self.dims, self.multiple = dims, 1 << (levels - 1)
         self.encoder = make_encoder(dims, in_channels, levels, base_channels)
         self.decoder = nn.ModuleList(DeconvNetUp(dims, base_channels << (i + 1), base_channels << i)
@@ -386,16 +388,15 @@ class EulerResNet(nn.Module):
 
 
 class ODEResNet(nn.Module):
-    def __init__(self, in_channels, num_classes, channels, block, method, steps, rtol, atol, max_steps, step_size,
-                 time, **_):
+    def __init__(self, in_channels, num_classes, channels, block, solver, step_size, time):
         super().__init__()
         c, g = channels, norm_groups(channels)
         self.downsampling = nn.Sequential(nn.Conv2d(in_channels, c, 3), nn.GroupNorm(g, c), nn.ReLU(),
                                           nn.Conv2d(c, c, 4, 2, 1), nn.GroupNorm(g, c), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1))
         if block == "ode":
-            self.feature = ODEBlock(c, time, dict(method=method, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps))
+            self.feature = ODEBlock(c, time, solver)
         else:
-            self.feature = EulerResNet(c, steps, step_size, time)
+            self.feature = EulerResNet(c, solver["steps"], step_size, time)
         self.head = nn.Sequential(nn.GroupNorm(g, c), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
                                   nn.Linear(9 * c, num_classes))
 
@@ -484,9 +485,9 @@ class MHC(nn.Module):
 
 
 class MHCResNet(nn.Module):
-    def __init__(self, in_channels, num_classes, channels, blocks, variant, streams, sinkhorn_iterations, **_):
+    def __init__(self, in_channels, num_classes, channels, blocks, variant, mhc):
         super().__init__()
-        c = channels
+        c, streams = channels, mhc["streams"]
         self.variant, self.streams = variant, streams
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
                                   nn.MaxPool2d(2), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
@@ -494,8 +495,8 @@ class MHCResNet(nn.Module):
         if variant == "residual":
             self.blocks = nn.ModuleList(BasicBlock(c) for _ in range(blocks))
         else:
-            self.blocks = nn.ModuleList(MHC(c, streams, variant, sinkhorn_iterations, i, BasicBlock(c))
-                                        for i in range(blocks))
+            self.blocks = nn.ModuleList(MHC(c, streams, variant, mhc["sinkhorn_iterations"], i, BasicBlock(c),
+                                            mhc["alpha_init"], mhc["eps"]) for i in range(blocks))
         self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
     def forward(self, x):
@@ -568,13 +569,13 @@ class MixtureOfExperts(nn.Module):
 
 
 class MoEClassifier(nn.Module):
-    def __init__(self, in_channels, image_size, channels, num_classes, dropout, hidden, experts, gate, k, renormalize,
-                 capacity_factor=0.0, balance="switch", balance_coef=0.1, **_):
+    def __init__(self, in_channels, image_size, channels, num_classes, dropout, moe):
         super().__init__()
         self.features, c, s = conv_stem(in_channels, image_size, channels)
         self.dropout = nn.Dropout(dropout)
-        self.moe = MixtureOfExperts(c * s * s, num_classes, hidden, experts, gate, k, renormalize, gate_features=c,
-                                    capacity_factor=capacity_factor, balance=balance, balance_coef=balance_coef)
+        self.moe = MixtureOfExperts(c * s * s, num_classes, moe["hidden"], moe["experts"], moe["gate"], moe["k"],
+                                    moe["renormalize"], gate_features=c, capacity_factor=moe["capacity_factor"],
+                                    balance=moe["balance"], balance_coef=moe["balance_coef"])
 
     def forward(self, x):
         maps = self.features(x)

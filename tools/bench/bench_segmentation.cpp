@@ -78,8 +78,8 @@ void train_steps(benchmark::State& state, const std::string& name, Options optio
     seconds += std::chrono::duration<double>(clock_type::now() - start).count();
   }
   seconds /= static_cast<double>(state.iterations());
-  const double macs =
-      models::segmentation_macs(name, 2, 1, 11, options.levels(), options.base_channels(), upsample, {kSize, kSize});
+  const double macs = models::segmentation_macs(name, 2, 1, 11, options.encoder().levels(),
+                                                options.encoder().base_channels(), upsample, {kSize, kSize});
   const double gflops = 3.0 * 2.0 * macs * kBatch / seconds / 1e9;
   state.counters["images/s"] = kBatch / seconds;
   state.counters["step_s"] = seconds;
@@ -89,12 +89,16 @@ void train_steps(benchmark::State& state, const std::string& name, Options optio
 }
 
 void SegmentationUNetTrain(benchmark::State& state) {
-  train_steps<models::UNet>(state, "unet", models::UNetOptions().base_channels(state.range(0)), "transpose");
+  train_steps<models::UNet>(state, "unet",
+                            models::UNetOptions().encoder(models::EncoderOptions().base_channels(state.range(0))),
+                            "transpose");
 }
 BENCHMARK(SegmentationUNetTrain)->Arg(64)->Arg(16)->Unit(benchmark::kMillisecond)->Iterations(3);
 
 void SegmentationDeconvNetTrain(benchmark::State& state) {
-  train_steps<models::DeconvNet>(state, "deconvnet", models::DeconvNetOptions().base_channels(state.range(0)), "");
+  train_steps<models::DeconvNet>(
+      state, "deconvnet", models::DeconvNetOptions().encoder(models::EncoderOptions().base_channels(state.range(0))),
+      "");
 }
 BENCHMARK(SegmentationDeconvNetTrain)->Arg(64)->Arg(16)->Unit(benchmark::kMillisecond)->Iterations(3);
 

@@ -5,20 +5,16 @@
 #include "models/registry.h"
 #include "tools/cli/cli.h"
 #include "training/run.h"
+#include "training/segmentation_objective.h"
 #include "training/trainer.h"
 
+#include <fmt/format.h>
 #include <cstdio>
 #include <map>
 
 namespace zoo::cli {
 
 using nlohmann::json;
-
-torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device) {
-  torch::NoGradGuard no_grad;
-  model.ptr()->eval();
-  return model.forward(input.to(device)).argmax(1).cpu();
-}
 
 torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims) {
   // [.., D, H, W] -> [.., H, W] at depth D / 2; 2-D data passes through.
@@ -45,19 +41,20 @@ std::string class_summary(const torch::Tensor& labels) {
   auto counts = torch::bincount(labels.flatten());
   const double total = static_cast<double>(labels.numel());
   std::string out;
-  char buf[48];
   for (int64_t k = 0; k < counts.size(0); ++k) {
     const auto c = counts[k].item<int64_t>();
     if (c == 0) continue;
-    std::snprintf(buf, sizeof buf, "%s%lld (%.1f%%)", out.empty() ? "" : ", ", static_cast<long long>(k),
-                  100.0 * static_cast<double>(c) / total);
-    out += buf;
+    out += fmt::format("{}{} ({:.1f}%)", out.empty() ? "" : ", ", k, 100.0 * static_cast<double>(c) / total);
   }
   return out;
 }
 
 void segment_image(const SegmentArgs& a, const training::RunConfig& config, torch::nn::AnyModule& model) {
-  const int64_t dims = config.options.value("dims", 2), channels = config.options.value("in_channels", 1);
+  // U-Net and DeconvNet keep these in "encoder" (a run of zoo 0.1 wrote them flat: normalised here).
+  const json options =
+      models::merge_options(models::ModelRegistry::instance().at(config.model), config.options, json::object());
+  const int64_t dims = options.value(json::json_pointer("/encoder/dims"), int64_t{2}),
+                channels = options.value(json::json_pointer("/encoder/in_channels"), int64_t{1});
   if (dims != 2)
     throw std::invalid_argument("--input takes a 2-D image, but " + a.run + " is a " + std::to_string(dims) +
                                 "-D model; use --n for test volumes (shown as middle slices)");
@@ -65,12 +62,12 @@ void segment_image(const SegmentArgs& a, const training::RunConfig& config, torc
     throw std::invalid_argument("--input needs a model with 1 or 3 input channels; this one has " +
                                 std::to_string(channels));
   auto image = datasets::load_image(a.input, static_cast<int>(channels)).to(torch::kFloat32).div(255);
-  auto labels = predict_labels(model, image.unsqueeze(0), training::parse_device(a.device))[0];
+  auto labels = training::predict_labels(model, image.unsqueeze(0), training::parse_device(a.device))[0];
   datasets::save_png(datasets::overlay_labels(image, labels, a.alpha), a.out);
   if (!a.mask.empty()) datasets::save_png(labels.to(torch::kFloat32).div(255), a.mask);
-  std::printf("wrote %s (%lldx%lld, predicted classes: %s)%s\n", a.out.c_str(), static_cast<long long>(image.size(2)),
-              static_cast<long long>(image.size(1)), class_summary(labels).c_str(),
-              a.mask.empty() ? "" : (" and the label map " + a.mask).c_str());
+  fmt::print("wrote {} ({}x{}, predicted classes: {}){}\n", a.out, static_cast<long long>(image.size(2)),
+             static_cast<long long>(image.size(1)), class_summary(labels),
+             a.mask.empty() ? "" : (" and the label map " + a.mask));
 }
 
 void segment_test_items(const SegmentArgs& a, const training::RunConfig& config, torch::nn::AnyModule& model,
@@ -83,7 +80,7 @@ void segment_test_items(const SegmentArgs& a, const training::RunConfig& config,
     throw std::invalid_argument("--offset + --n = " + std::to_string(a.offset + a.n) + " exceeds the " +
                                 std::to_string(test->size()) + " test items");
   auto batch = test->get(torch::arange(a.offset, a.offset + a.n, torch::kInt64));
-  auto predicted = predict_labels(model, batch.input, training::parse_device(a.device));
+  auto predicted = training::predict_labels(model, batch.input, training::parse_device(a.device));
   const int64_t spatial = batch.target.dim() - 1;
   auto images = middle_slice(batch.input, spatial);  // [n, C, H, W]
   if (images.size(1) == 1) images = images.expand({-1, 3, -1, -1});
@@ -93,9 +90,9 @@ void segment_test_items(const SegmentArgs& a, const training::RunConfig& config,
   auto rows = torch::stack({images, truth, pred}, 1).flatten(0, 1);  // image, truth, prediction per item
   datasets::save_image_grid(rows, a.out, datasets::GridOptions().nrow(3).pad_value(1.0));
   const double accuracy = predicted.eq(batch.target).to(torch::kFloat64).mean().item<double>();
-  std::printf("wrote %s (%lld test items %lld..%lld as image | truth | prediction%s; pixel accuracy %.4f)\n",
-              a.out.c_str(), static_cast<long long>(a.n), static_cast<long long>(a.offset),
-              static_cast<long long>(a.offset + a.n - 1), spatial == 3 ? ", middle slices" : "", accuracy);
+  fmt::print("wrote {} ({} test items {}..{} as image | truth | prediction{}; pixel accuracy {:.4f})\n", a.out,
+             static_cast<long long>(a.n), static_cast<long long>(a.offset), static_cast<long long>(a.offset + a.n - 1),
+             spatial == 3 ? ", middle slices" : "", accuracy);
 }
 
 }  // namespace

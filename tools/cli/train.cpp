@@ -1,9 +1,9 @@
 #include "models/registry.h"
+#include "tools/cli/cli.h"
+#include "tools/cli/settings.h"
 #include "training/checkpoint.h"
 #include "training/optim.h"
 #include "training/run.h"
-#include "tools/cli/cli.h"
-#include "tools/cli/settings.h"
 
 #include "core/plugins.h"
 
@@ -19,12 +19,10 @@ namespace zoo::cli {
 using nlohmann::json;
 
 std::string format_metrics(const json& metrics) {
-  auto number = [](const json& v) {
-    char buf[64];
-    if (v.is_number_float()) std::snprintf(buf, sizeof buf, "%.4f", v.get<double>());
-    else if (v.is_null()) std::snprintf(buf, sizeof buf, "-");
-    else std::snprintf(buf, sizeof buf, "%s", v.dump().c_str());
-    return std::string(buf);
+  auto number = [](const json& v) -> std::string {
+    if (v.is_number_float()) return fmt::format("{:.4f}", v.get<double>());
+    if (v.is_null()) return "-";
+    return v.dump();
   };
   std::string out;
   for (const auto& [k, v] : metrics.items()) {
@@ -99,13 +97,16 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   if (!a.resume.empty()) {
     // A resumed run keeps its configuration: only the settings declared resumable (and --nproc) may change.
     std::vector<std::string> fixed = a.train->given_fixed();
-    for (const auto& list : {a.data->given_fixed(), a.prior->given_fixed()}) fixed.insert(fixed.end(), list.begin(), list.end());
+    for (const auto& list : {a.data->given_fixed(), a.prior->given_fixed()})
+      fixed.insert(fixed.end(), list.begin(), list.end());
     for (const char* flag :
          {"--out", "--set", "--config", "--prior-layer", "--data-option", "--task-option", "--callback"})
       if (given(flag)) fixed.push_back(flag);
     if (!fixed.empty())
-      throw std::invalid_argument(fixed.front() + " cannot change a run being resumed (its config.json decides); "
-                                  "only " + join(a.train->resumable()) + " and --nproc can; start a new run to change it");
+      throw std::invalid_argument(fixed.front() +
+                                  " cannot change a run being resumed (its config.json decides); "
+                                  "only " +
+                                  join(a.train->resumable()) + " and --nproc can; start a new run to change it");
     if (!a.model.empty()) {
       auto saved = training::read_run_config(a.resume);
       if (saved.model != a.model)
@@ -157,7 +158,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   if (a.config.empty() || base_train.empty()) config.data.name = entry.dataset;
   for (const auto& item : a.set) {
     auto [key, value] = parse_set(item);
-    config.options[key] = value;
+    config.options = models::merge_options(entry, config.options, {{key, value}});
   }
   // The model's recommended settings (or a run's), then the flags given.
   config.train = training::train_options_from_json(base_train.empty() ? entry.train_defaults : base_train);
