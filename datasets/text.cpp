@@ -20,35 +20,6 @@ namespace fs = std::filesystem;
 
 namespace zoo::datasets {
 
-std::vector<int64_t> word_chars(const std::string& word, int64_t max_word_length) {
-  if (max_word_length < 3) throw std::invalid_argument("max_word_length must be >= 3, got " + std::to_string(max_word_length));
-  std::vector<int64_t> ids(static_cast<size_t>(max_word_length), CharIds::kPad);
-  ids[0] = CharIds::kBeginWord;
-  size_t n = 0;
-  if (word == kBeginSentence) {
-    ids[1] = CharIds::kBeginSentence;
-    n = 1;
-  } else if (word == kEndSentence) {
-    ids[1] = CharIds::kEndSentence;
-    n = 1;
-  } else {
-    n = std::min<size_t>(word.size(), static_cast<size_t>(max_word_length - 2));
-    for (size_t i = 0; i < n; ++i) ids[i + 1] = CharIds::of_byte(static_cast<unsigned char>(word[i]));
-  }
-  ids[n + 1] = CharIds::kEndWord;
-  return ids;
-}
-
-torch::Tensor words_to_chars(const std::vector<std::string>& words, int64_t max_word_length) {
-  auto out = torch::empty({static_cast<int64_t>(words.size()), max_word_length}, torch::kInt64);
-  auto* p = out.data_ptr<int64_t>();
-  for (const auto& w : words) {
-    const auto ids = word_chars(w, max_word_length);
-    p = std::copy(ids.begin(), ids.end(), p);
-  }
-  return out;
-}
-
 namespace {
 
 bool word_byte(unsigned char c) { return std::isalnum(c) || c >= 128; }
@@ -64,9 +35,12 @@ std::vector<std::string> tokenize(const std::string& text, bool lowercase) {
       size_t j = i + 1;
       while (j < n) {
         const auto d = static_cast<unsigned char>(text[j]);
-        if (word_byte(d)) ++j;
-        else if (d == '\'' && j + 1 < n && word_byte(static_cast<unsigned char>(text[j + 1]))) j += 2;
-        else break;
+        if (word_byte(d))
+          ++j;
+        else if (d == '\'' && j + 1 < n && word_byte(static_cast<unsigned char>(text[j + 1])))
+          j += 2;
+        else
+          break;
       }
       out.push_back(text.substr(i, j - i));
       i = j;
@@ -93,7 +67,8 @@ std::vector<std::string> corpus_files(const std::string& spec) {
     std::error_code ec;
     const auto status = fs::status(part, ec);
     if (ec || !fs::exists(status))
-      throw std::runtime_error("text corpus " + part + " does not exist; give a text file, several separated by "
+      throw std::runtime_error("text corpus " + part +
+                               " does not exist; give a text file, several separated by "
                                "':', or a directory (--data-dir)");
     if (fs::is_directory(status)) {
       std::vector<std::string> in_dir;
@@ -147,8 +122,10 @@ void split_records(const std::string& text, std::vector<std::string>& records) {
   };
   for (const auto& l : lines) {
     const bool separator = fortune ? l == "%" : l.find_first_not_of(" \t\f") == std::string::npos;
-    if (separator) flush();
-    else current += l + "\n";
+    if (separator)
+      flush();
+    else
+      current += l + "\n";
   }
   flush();
 }
@@ -167,8 +144,8 @@ std::vector<std::string> read_records(const std::string& path) {
 }
 
 Vocabulary Vocabulary::build(const std::vector<std::vector<std::string>>& records, int64_t size) {
-  if (size < 4) throw std::invalid_argument("vocab_size must be >= 4 (<unk>, <S>, </S> and a word), got " +
-                                            std::to_string(size));
+  if (size < 4)
+    throw std::invalid_argument("vocab_size must be >= 4 (<unk>, <S>, </S> and a word), got " + std::to_string(size));
   std::unordered_map<std::string, int64_t> counts;
   for (const auto& r : records)
     for (const auto& w : r) ++counts[w];
@@ -177,11 +154,14 @@ Vocabulary Vocabulary::build(const std::vector<std::vector<std::string>>& record
     if (w != kBeginSentence && w != kEndSentence && w != kUnknown) sorted.emplace_back(w, c);
   const auto wanted = static_cast<size_t>(size - 3);
   if (sorted.size() < wanted)
-    throw std::invalid_argument("the corpus has " + std::to_string(sorted.size()) + " distinct words, too few for "
-                                "vocab_size " + std::to_string(size) + "; choose vocab_size <= " +
-                                std::to_string(sorted.size() + 3) + " (--set vocab_size=N) or a larger corpus");
-  std::partial_sort(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(wanted), sorted.end(),
-                    [](const auto& a, const auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
+    throw std::invalid_argument("the corpus has " + std::to_string(sorted.size()) +
+                                " distinct words, too few for "
+                                "vocab_size " +
+                                std::to_string(size) + "; choose vocab_size <= " + std::to_string(sorted.size() + 3) +
+                                " (--set vocab_size=N) or a larger corpus");
+  std::partial_sort(
+      sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(wanted), sorted.end(),
+      [](const auto& a, const auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; });
   Vocabulary v;
   int64_t kept = 0, total = 0;
   for (const auto& [w, c] : counts) total += c;
@@ -268,7 +248,8 @@ TextCorpus load_text_corpus(const std::string& path, int64_t vocab_size, double 
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(seed);
   std::shuffle(order.begin(), order.end(), rng);
-  const auto n_val = std::max<size_t>(1, static_cast<size_t>(std::llround(val_fraction * static_cast<double>(raw.size()))));
+  const auto n_val =
+      std::max<size_t>(1, static_cast<size_t>(std::llround(val_fraction * static_cast<double>(raw.size()))));
   TextCorpus c;
   for (size_t k = 0; k < order.size(); ++k) {
     std::vector<std::string> r{kBeginSentence};
@@ -320,8 +301,9 @@ const detail::DatasetRegistrar fortunes{[] {
 const detail::DatasetRegistrar text{[] {
   DatasetEntry e;
   e.name = "text";
-  e.description = "your text for language models: --data-dir FILE, FILE:FILE... or DIR (records split by '%' "
-                  "lines or blank lines)";
+  e.description =
+      "your text for language models: --data-dir FILE, FILE:FILE... or DIR (records split by '%' "
+      "lines or blank lines)";
   e.default_dir = [] { return std::string("(none: pass --data-dir)"); };
   e.load = [](const DataConfig& c) { return load_text_splits(c, "text", ""); };
   return e;

@@ -10,6 +10,7 @@
 // default. Every record is wrapped in <S> ... </S>.
 #pragma once
 
+#include "core/chars.h"
 #include "datasets/dataset.h"
 
 #include <torch/torch.h>
@@ -21,26 +22,13 @@
 
 namespace zoo::datasets {
 
-/// Byte-level character ids, as ELMo's character encoder reads them (261 ids in all).
-struct CharIds {
-  static constexpr int64_t kPad = 0;            ///< padding (no character)
-  static constexpr int64_t kBeginWord = 257;    ///< begin of word
-  static constexpr int64_t kEndWord = 258;      ///< end of word
-  static constexpr int64_t kBeginSentence = 259;  ///< the one character of <S>
-  static constexpr int64_t kEndSentence = 260;  ///< the one character of </S>
-  static constexpr int64_t kCount = 261;
-  /// byte b -> b + 1
-  static int64_t of_byte(unsigned char b) { return static_cast<int64_t>(b) + 1; }
-};
-
-/// The token strings of record boundaries and unknown words.
-inline const std::string kBeginSentence = "<S>", kEndSentence = "</S>", kUnknown = "<unk>";
-
-/// Character ids of one token: [begin-of-word, bytes..., end-of-word, padding...] of length `max_word_length`
-/// (a longer word keeps its first max_word_length - 2 bytes); <S> and </S> get their own characters.
-std::vector<int64_t> word_chars(const std::string& word, int64_t max_word_length);
-/// [N, max_word_length] int64 for a list of tokens.
-torch::Tensor words_to_chars(const std::vector<std::string>& words, int64_t max_word_length);
+/// The character encoding of words (core/chars.h), also under the datasets' names.
+using ::zoo::CharIds;
+using ::zoo::kBeginSentence;
+using ::zoo::kEndSentence;
+using ::zoo::kUnknown;
+using ::zoo::word_chars;
+using ::zoo::words_to_chars;
 
 /// The documented tokenisation of one piece of text (no <S> / </S>).
 std::vector<std::string> tokenize(const std::string& text, bool lowercase = true);
@@ -77,8 +65,8 @@ class Vocabulary {
 ///          -1 where there is none (the stream's ends, padding).
 class LanguageModelDataset : public Dataset {
  public:
-  LanguageModelDataset(const std::vector<std::vector<std::string>>& records, const Vocabulary& vocab,
-                       int64_t seq_len, int64_t max_word_length, int64_t limit, std::string description);
+  LanguageModelDataset(const std::vector<std::vector<std::string>>& records, const Vocabulary& vocab, int64_t seq_len,
+                       int64_t max_word_length, int64_t limit, std::string description);
   int64_t size() const override { return items_; }
   Batch get(const torch::Tensor& indices) const override;
   std::string describe() const override { return description_; }
@@ -88,9 +76,9 @@ class LanguageModelDataset : public Dataset {
   double unigram_perplexity(const Vocabulary& vocab) const;
 
  private:
-  torch::Tensor stream_;     ///< [L] int64 word ids
-  torch::Tensor types_;      ///< [L] int64 ids into chars_
-  torch::Tensor chars_;      ///< [types, W] int64
+  torch::Tensor stream_;  ///< [L] int64 word ids
+  torch::Tensor types_;   ///< [L] int64 ids into chars_
+  torch::Tensor chars_;   ///< [types, W] int64
   int64_t seq_len_, items_;
   std::string description_;
 };

@@ -1,6 +1,6 @@
 #include "models/elmo.h"
 
-#include "datasets/text.h"
+#include "core/chars.h"
 #include "models/packed_gemm.h"
 #include "models/registry.h"
 
@@ -52,11 +52,12 @@ void LstmWithProjectionImpl::reset() {
   TORCH_CHECK(o.input_size() > 0 && o.hidden_size() > 0 && o.cell_size() > 0,
               "lstm: input_size, hidden_size and cell_size must be > 0");
   const int64_t C = o.cell_size();
-  input_linearity = register_module("input_linearity", torch::nn::Linear(torch::nn::LinearOptions(o.input_size(), 4 * C).bias(false)));
+  input_linearity = register_module("input_linearity",
+                                    torch::nn::Linear(torch::nn::LinearOptions(o.input_size(), 4 * C).bias(false)));
   state_linearity = register_module("state_linearity", torch::nn::Linear(o.hidden_size(), 4 * C));
   if (o.hidden_size() != C)
-    state_projection =
-        register_module("state_projection", torch::nn::Linear(torch::nn::LinearOptions(C, o.hidden_size()).bias(false)));
+    state_projection = register_module("state_projection",
+                                       torch::nn::Linear(torch::nn::LinearOptions(C, o.hidden_size()).bias(false)));
   else
     state_projection = nullptr;
   // AllenNLP: block-orthogonal weights (one orthogonal block per gate), zero biases but the forget gate's 1.
@@ -71,9 +72,9 @@ namespace {
 
 /// The recurrence of LstmWithProjection over all steps as one autograd node. Inputs: xs [N, T, 4C] (the input
 /// product plus the state bias), the state weight [4C, H], the projection weight [H, C] (empty without
-/// projection: custom autograd functions take no undefined inputs), keep [N, T] (bool). The forward saves each step's gate activations, cell state and clip masks;
-/// the backward walks the steps in reverse and gathers dL/dz of every step, so that the state and projection
-/// weight gradients are one matrix product each over all N * T rows.
+/// projection: custom autograd functions take no undefined inputs), keep [N, T] (bool). The forward saves each step's
+/// gate activations, cell state and clip masks; the backward walks the steps in reverse and gathers dL/dz of every
+/// step, so that the state and projection weight gradients are one matrix product each over all N * T rows.
 struct LstmRecurrence : public torch::autograd::Function<LstmRecurrence> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xs,
                                const torch::Tensor& w_state, const torch::Tensor& w_proj, const torch::Tensor& keep,
@@ -200,8 +201,8 @@ torch::Tensor LstmWithProjectionImpl::forward(const torch::Tensor& x, const torc
   if (o.fused() && torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && T > 0) {
     const auto xs = input_linearity->forward(x) + state_linearity->bias;  // [N, T, 4C]
     return LstmRecurrence::apply(xs, state_linearity->weight,
-                                 state_projection ? state_projection->weight : torch::empty({0}, x.options()), mask != 0,
-                                 o.cell_clip(), o.proj_clip(), o.go_forward());
+                                 state_projection ? state_projection->weight : torch::empty({0}, x.options()),
+                                 mask != 0, o.cell_clip(), o.proj_clip(), o.go_forward());
   }
   // Without gradients, and not tracing (a trace records torch operations only), the recurrent products run on
   // weights packed once for all steps (models/packed_gemm.h): the bench ELMo's four LSTMs (8 x 20 words) took
@@ -265,8 +266,8 @@ torch::Tensor ScalarMixImpl::weights() const {
 }
 
 torch::Tensor ScalarMixImpl::forward(const std::vector<torch::Tensor>& tensors, const torch::Tensor& mask) {
-  TORCH_CHECK(static_cast<int64_t>(tensors.size()) == options.mixture_size(), "scalar mix of ",
-              options.mixture_size(), " tensors got ", tensors.size());
+  TORCH_CHECK(static_cast<int64_t>(tensors.size()) == options.mixture_size(), "scalar mix of ", options.mixture_size(),
+              " tensors got ", tensors.size());
   const auto w = weights();
   torch::Tensor broadcast_mask, count;
   if (options.do_layer_norm()) {
@@ -296,29 +297,40 @@ void ScalarMixImpl::pretty_print(std::ostream& stream) const {
 
 // ---- ELMo ------------------------------------------------------------------------------------------------
 
-ElmoImpl::ElmoImpl(ElmoOptions options_) : options(std::move(options_)) { reset(); }
-
-void ElmoImpl::reset() {
-  namespace nn = torch::nn;
-  const auto& o = options;
-  TORCH_CHECK(o.filters().size() >= 2 && o.filters().size() % 2 == 0,
-              "elmo: filters must be [width, count, ...], got ", format_list(o.filters()));
+namespace {
+/// The constructor's checks, which the registry also runs on options without building the module.
+void check(const ElmoOptions& o) {
+  TORCH_CHECK(o.filters().size() >= 2 && o.filters().size() % 2 == 0, "elmo: filters must be [width, count, ...], got ",
+              format_list(o.filters()));
   TORCH_CHECK(o.num_layers() >= 1, "elmo: num_layers must be >= 1");
   TORCH_CHECK(o.vocab_size() >= 4, "elmo: vocab_size must be >= 4");
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "elmo: dropout must be in [0, 1)");
   TORCH_CHECK(o.char_embedding() > 0 && o.projection_dim() > 0 && o.cell_size() > 0,
               "elmo: char_embedding, projection_dim and cell_size must be > 0");
-  char_embedding = register_module(
-      "char_embedding", nn::Embedding(nn::EmbeddingOptions(datasets::CharIds::kCount, o.char_embedding())
-                                          .padding_idx(datasets::CharIds::kPad)));
-  char_convs = register_module("char_convs", nn::ModuleList());
-  int64_t total = 0;
+  TORCH_CHECK(o.highway_layers() >= 0, "elmo: highway_layers must be >= 0");
   for (size_t i = 0; i < o.filters().size(); i += 2) {
     const int64_t width = o.filters()[i], count = o.filters()[i + 1];
     TORCH_CHECK(width >= 1 && count >= 1, "elmo: filter widths and counts must be >= 1, got ",
                 format_list(o.filters()));
     TORCH_CHECK(width <= o.max_word_length(), "elmo: filter width ", width, " exceeds max_word_length ",
                 o.max_word_length());
+  }
+}
+}  // namespace
+
+ElmoImpl::ElmoImpl(ElmoOptions options_) : options(std::move(options_)) { reset(); }
+
+void ElmoImpl::reset() {
+  namespace nn = torch::nn;
+  const auto& o = options;
+  check(o);
+  char_embedding = register_module(
+      "char_embedding",
+      nn::Embedding(nn::EmbeddingOptions(CharIds::kCount, o.char_embedding()).padding_idx(CharIds::kPad)));
+  char_convs = register_module("char_convs", nn::ModuleList());
+  int64_t total = 0;
+  for (size_t i = 0; i < o.filters().size(); i += 2) {
+    const int64_t width = o.filters()[i], count = o.filters()[i + 1];
     char_convs->push_back(nn::Conv1d(o.char_embedding(), count, width));
     total += count;
   }
@@ -335,7 +347,8 @@ void ElmoImpl::reset() {
       (forward ? forward_layers : backward_layers)->push_back(layer);
     }
   softmax = register_module("softmax", nn::Linear(o.projection_dim(), o.vocab_size()));
-  scalar_mix = register_module("scalar_mix", ScalarMix(ScalarMixOptions(o.num_layers() + 1).do_layer_norm(o.mix_layer_norm())));
+  scalar_mix =
+      register_module("scalar_mix", ScalarMix(ScalarMixOptions(o.num_layers() + 1).do_layer_norm(o.mix_layer_norm())));
 }
 
 namespace {
@@ -352,7 +365,20 @@ torch::Tensor max_over_windows(torch::Tensor y) {
 
 }  // namespace
 
-torch::Tensor ElmoImpl::word_mask(const torch::Tensor& chars) { return (chars != datasets::CharIds::kPad).any(-1); }
+torch::Tensor ElmoImpl::sentence_vectors(const std::vector<std::string>& words) {
+  std::vector<std::string> with{kBeginSentence};
+  with.insert(with.end(), words.begin(), words.end());
+  with.push_back(kEndSentence);
+  const auto chars = words_to_chars(with, options.max_word_length()).unsqueeze(0).to(char_embedding->weight.device());
+  torch::NoGradGuard no_grad;
+  eval();
+  auto out = layers(chars);
+  out.push_back(scalar_mix->forward(out, word_mask(chars)));
+  const auto n = static_cast<int64_t>(words.size());
+  return torch::stack(out, 0).select(1, 0).slice(1, 1, n + 1).cpu();
+}
+
+torch::Tensor ElmoImpl::word_mask(const torch::Tensor& chars) { return (chars != CharIds::kPad).any(-1); }
 
 torch::Tensor ElmoImpl::token_embedding(const torch::Tensor& chars) {
   const auto& o = options;
@@ -433,12 +459,17 @@ void ElmoImpl::pretty_print(std::ostream& stream) const {
 }
 
 ZOO_REGISTER_MODEL(elmo) {
-  return ModelSpec<Elmo, ElmoOptions>("elmo",
-                                      "ELMo biLM: char-CNN + highway, 2-layer forward and backward LSTM LMs, scalar mix")
+  return ModelSpec<Elmo, ElmoOptions>(
+             "elmo", "ELMo biLM: char-CNN + highway, 2-layer forward and backward LSTM LMs, scalar mix")
       .task("bilm")
       .dataset("fortunes")
-      .train_defaults({{"epochs", 1}, {"optimizer", "adam"}, {"lr", 2e-3}, {"schedule", "cosine"}, {"batch_size", 32},
-                       {"eval_batch_size", 128}, {"clip_grad", 10.0}})
+      .train_defaults({{"epochs", 1},
+                       {"optimizer", "adam"},
+                       {"lr", 2e-3},
+                       {"schedule", "cosine"},
+                       {"batch_size", 32},
+                       {"eval_batch_size", 128},
+                       {"clip_grad", 10.0}})
       .data_options([](const json& o) {
         return json{{"vocab_size", o.at("vocab_size")}, {"max_word_length", o.at("max_word_length")}};
       })
@@ -454,7 +485,7 @@ ZOO_REGISTER_MODEL(elmo) {
       .ZOO_OPTION(ElmoOptions, dropout)
       .ZOO_OPTION(ElmoOptions, vocab_size)
       .ZOO_OPTION(ElmoOptions, mix_layer_norm)
-      .validate([](const ElmoOptions& o) { Elmo{o}; });
+      .validate(check);
 }
 
 }  // namespace zoo::models

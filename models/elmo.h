@@ -4,13 +4,15 @@
 //
 // Names follow AllenNLP's modules where it has them (Highway.layers, LstmCellWithProjection's
 // input_linearity / state_linearity / state_projection, ScalarMix.scalar_parameters / gamma), so weights map
-// 1:1 to a Python port. Input everywhere: character ids [N, T, W] (datasets::CharIds; padding words are all 0).
+// 1:1 to a Python port. Input everywhere: character ids [N, T, W] (core/chars.h; padding words are all 0).
 #pragma once
 
+#include "models/language_model.h"
 #include "models/pretty.h"
 
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
 namespace zoo::models {
@@ -119,16 +121,6 @@ struct ElmoOptions {
   TORCH_ARG(bool, mix_layer_norm) = false;
 };
 
-/// What the "bilm" objective needs of a bidirectional language model.
-class BidirectionalLanguageModel {
- public:
-  virtual ~BidirectionalLanguageModel() = default;
-  /// chars [N, T, W] -> (forward top states, backward top states), each [N, T, D].
-  virtual std::pair<torch::Tensor, torch::Tensor> lm_states(const torch::Tensor& chars) = 0;
-  /// states [..., D] -> next-word logits [..., vocab] (one softmax for both directions).
-  virtual torch::Tensor word_logits(const torch::Tensor& states) = 0;
-};
-
 /// ELMo's biLM. Submodules: char_embedding, char_convs.i, highway, projection, forward_layers.i,
 /// backward_layers.i, softmax, scalar_mix.
 class ElmoImpl : public torch::nn::Cloneable<ElmoImpl>, public BidirectionalLanguageModel {
@@ -140,6 +132,10 @@ class ElmoImpl : public torch::nn::Cloneable<ElmoImpl>, public BidirectionalLang
   torch::Tensor forward(const torch::Tensor& chars);
   /// The same as a list, and the mask [N, T] of real (non-padding) words.
   std::vector<torch::Tensor> layers(const torch::Tensor& chars);
+  /// The vectors of one tokenised sentence (<S> and </S> added for context, then dropped), in eval mode without
+  /// gradients: [num_layers + 2, tokens, 2 * projection_dim], layers 0..num_layers and then the model's scalar
+  /// mix, on the CPU.
+  torch::Tensor sentence_vectors(const std::vector<std::string>& words);
   /// Layer 0 alone: chars [N, T, W] -> [N, T, projection_dim]; sees one word at a time.
   torch::Tensor token_embedding(const torch::Tensor& chars);
   /// [N, T] bool: words that are not padding.

@@ -1,9 +1,9 @@
 // Checkpoints: round trip, mismatch errors, crash safety of the commit protocol, exact resume.
 #include "models/cnn.h"
 #include "models/mlp.h"
+#include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
-#include "tests/helpers.h"
 
 #include <catch2/catch.hpp>
 
@@ -37,7 +37,8 @@ TEST_CASE("Checkpoint: module round trip keeps every parameter and buffer", "[ch
   for (const auto& p : b->named_buffers()) CHECK(torch::equal(p.value(), a->named_buffers()[p.key()]));
 }
 
-TEST_CASE("Checkpoint: weights that do not match the model are refused, naming each difference", "[checkpoint][errors]") {
+TEST_CASE("Checkpoint: weights that do not match the model are refused, naming each difference",
+          "[checkpoint][errors]") {
   TempDir tmp;
   models::MLP small(models::MLPOptions().hidden({8}));
   training::save_module(*small, tmp.str("m.pt"));
@@ -67,12 +68,12 @@ TEST_CASE("Checkpoint: an interrupted write never damages the previous checkpoin
   CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "one-a");
 
   SECTION("a writer that fails (disk full) leaves the old files and no staging directory") {
-    CHECK_THROWS_WITH(training::write_checkpoint(run, {{"a.txt", [](const std::string& p) { std::ofstream(p) << "x"; }},
-                                                       {"b.txt", [](const std::string&) {
-                                                          throw std::runtime_error("No space left on device");
-                                                        }}}),
-                      Catch::Contains("No space left on device") && Catch::Contains("previous checkpoint") &&
-                          Catch::Contains("is intact"));
+    CHECK_THROWS_WITH(
+        training::write_checkpoint(
+            run, {{"a.txt", [](const std::string& p) { std::ofstream(p) << "x"; }},
+                  {"b.txt", [](const std::string&) { throw std::runtime_error("No space left on device"); }}}),
+        Catch::Contains("No space left on device") && Catch::Contains("previous checkpoint") &&
+            Catch::Contains("is intact"));
     CHECK(zoo::test::read_text(tmp.path() / "a.txt") == "one-a");
     CHECK(zoo::test::read_text(tmp.path() / "b.txt") == "one-b");
     CHECK(!fs::exists(tmp.path() / ".staging"));
@@ -128,7 +129,8 @@ TEST_CASE("Resume: 1 epoch + resume to 2 equals an uninterrupted 2-epoch run, bi
   CHECK(training::read_run_config(tmp.str("resumed")).train.epochs() == 2);
 }
 
-TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash between commit and log", "[checkpoint][resume]") {
+TEST_CASE("Resume: metrics.jsonl is repaired from state.json after a crash between commit and log",
+          "[checkpoint][resume]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   auto config = zoo::test::small_run("mlp", 200, quiet().epochs(1));
@@ -146,14 +148,15 @@ TEST_CASE("Runs: an existing run is never overwritten, a missing one is a clear 
   TempDir tmp;
   auto config = zoo::test::small_run("mlp", 100, quiet());
   training::Run::create(config, tmp.str("run"))->fit();
-  CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")), Catch::Contains("already holds a run") &&
-                                                                       Catch::Contains("--resume"));
+  CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")),
+                    Catch::Contains("already holds a run") && Catch::Contains("--resume"));
   CHECK_THROWS_WITH(training::Run::resume(tmp.str("nope")), Catch::Contains("does not exist"));
   std::ofstream(tmp.path() / "run" / "config.json", std::ios::trunc) << "{ not json";
   CHECK_THROWS_WITH(training::Run::open(tmp.str("run")), Catch::Contains("config.json is not valid JSON"));
 }
 
-TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its first epoch resumes exactly", "[checkpoint]") {
+TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its first epoch resumes exactly",
+          "[checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   auto config = zoo::test::small_run("mlp", 300, quiet().seed(4));
@@ -162,7 +165,8 @@ TEST_CASE("Runs: a new run holds an epoch-0 checkpoint, so a run killed in its f
   CHECK(training::read_json_file(tmp.str("run/state.json"))["epoch"] == 0);
   CHECK_THROWS_WITH(training::Run::create(config, tmp.str("run")), Catch::Contains("--resume"));
   training::Run::resume(tmp.str("run"))->fit();
-  CHECK(same_tensors(training::read_tensors(tmp.str("straight/model.pt")), training::read_tensors(tmp.str("run/model.pt"))));
+  CHECK(same_tensors(training::read_tensors(tmp.str("straight/model.pt")),
+                     training::read_tensors(tmp.str("run/model.pt"))));
   // A directory with only config.json (killed between the two writes) has nothing to lose: it starts again.
   for (const char* f : {"state.json", "model.pt", "optimizer.pt", "metrics.jsonl"}) fs::remove(tmp.path() / "run" / f);
   CHECK_THROWS_WITH(training::Run::resume(tmp.str("run")), Catch::Contains("no checkpoint yet"));
@@ -187,7 +191,8 @@ TEST_CASE("Checkpoint: a damaged archive is refused by its CRC-32s before LibTor
   write(flipped);
   CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("fails its CRC-32 check"));
   // The input the fuzzer found crashes no more either.
-  const auto found = test::read_text(fs::path(ZOO_SOURCE_DIR) / "tests/fuzz/corpus/checkpoint/flipped-bit-in-code-section");
+  const auto found =
+      test::read_text(fs::path(ZOO_SOURCE_DIR) / "tests/fuzz/corpus/checkpoint/flipped-bit-in-code-section");
   write(found);
   CHECK_THROWS_WITH(training::load_module(*mlp, path), Catch::Contains("is not a TorchScript archive, or is damaged"));
   // A damaged deflated entry (PyTorch deflates some code records): its CRC-32 is checked after inflating.
@@ -203,7 +208,47 @@ TEST_CASE("Checkpoint: a damaged archive is refused by its CRC-32s before LibTor
   CHECK_NOTHROW(training::load_module(*mlp, path));
 }
 
-TEST_CASE("Checkpoint: every one-byte damage anywhere in an archive is refused or changes nothing", "[checkpoint][errors]") {
+TEST_CASE("Checkpoint: archives libzip would read but LibTorch would misread are refused, each in one line",
+          "[checkpoint][errors]") {
+  TempDir tmp;
+  models::MLP mlp(models::MLPOptions().hidden({4}));
+  const std::string path = tmp.str("model.pt");
+  training::save_module(*mlp, path);
+  const std::string bytes = test::read_text(path);
+  // Entries data/0 .. data/3 (the four tensors): each name occurs in its local header, then in the directory.
+  const auto suffix = std::string("/data/1");
+  const auto local_name = bytes.find(suffix), central_name = bytes.rfind(suffix);
+  REQUIRE((local_name != std::string::npos && central_name > local_name));
+  const size_t name_start = bytes.rfind('\0', local_name) + 1;  // the name follows its header's last zero byte
+  const size_t local = local_name - (local_name - name_start) - 30;
+  const size_t name_len = local_name + suffix.size() - name_start;
+  const size_t central = central_name + suffix.size() - name_len - 46;
+  REQUIRE(bytes.compare(local, 4, "PK\3\4") == 0);
+  REQUIRE(bytes.compare(central, 4, "PK\1\2") == 0);
+  auto refused = [&](std::string damaged, const std::string& why) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << damaged;
+    INFO(why);
+    CHECK_THROWS_WITH(training::verify_archive(path),
+                      Catch::Contains("is not a TorchScript archive, or is damaged") && Catch::Contains(why));
+  };
+  std::string twice = bytes;  // data/1 renamed data/0 in both places: one name, two entries
+  twice[local_name + suffix.size() - 1] = twice[central_name + suffix.size() - 1] = '0';
+  refused(twice, "is there twice");
+  std::string other = bytes;  // only the local header says data/9
+  other[local_name + suffix.size() - 1] = '9';
+  refused(other, "disagree");
+  std::string method = bytes;  // bzip2 (12), which LibTorch's miniz does not read, in both headers
+  method[local + 8] = method[central + 10] = 12;
+  refused(method, "uses compression method 12");
+  std::string directory = bytes;  // the MS-DOS directory attribute in the directory entry
+  directory[central + 38] = static_cast<char>(directory[central + 38] | 0x10);
+  refused(directory, "is marked as a directory");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  CHECK(training::verify_archive(path).size() >= 4);
+}
+
+TEST_CASE("Checkpoint: every one-byte damage anywhere in an archive is refused or changes nothing",
+          "[checkpoint][errors]") {
   TempDir tmp;
   models::MLP mlp(models::MLPOptions().hidden({4}));
   const std::string path = tmp.str("model.pt");
@@ -217,8 +262,10 @@ TEST_CASE("Checkpoint: every one-byte damage anywhere in an archive is refused o
     std::ofstream(path, std::ios::binary | std::ios::trunc) << damaged;
     try {
       // Bytes no reader uses (times, "made by" versions) may change: the tensors must then be the same.
-      if (same_tensors(training::read_tensors(path), expected)) ++harmless;
-      else FAIL("byte " << i << " changed the tensors without an error");
+      if (same_tensors(training::read_tensors(path), expected))
+        ++harmless;
+      else
+        FAIL("byte " << i << " changed the tensors without an error");
     } catch (const std::runtime_error& e) {
       ++refused;
     }

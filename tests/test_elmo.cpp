@@ -13,8 +13,8 @@
 #include <fstream>
 
 using namespace zoo;
-using torch::Tensor;
 using test::TempDir;
+using torch::Tensor;
 namespace fs = std::filesystem;
 
 namespace {
@@ -45,7 +45,9 @@ void write_file(const fs::path& path, const std::string& text) { std::ofstream(p
 TEST_CASE("Text: tokens, records split by % lines or blank lines, <S> and </S> around each", "[elmo][data]") {
   CHECK(datasets::tokenize("I don't like it, Sam!  5.5 o'clock") ==
         std::vector<std::string>{"i", "don't", "like", "it", ",", "sam", "!", "5", ".", "5", "o'clock"});
-  CHECK(datasets::tokenize("Ça va?", /*lowercase=*/false) == std::vector<std::string>{"\xc3\x87" "a", "va", "?"});
+  CHECK(datasets::tokenize("Ça va?", /*lowercase=*/false) == std::vector<std::string>{"\xc3\x87"
+                                                                                      "a",
+                                                                                      "va", "?"});
   CHECK(datasets::tokenize("end' 'quote") == std::vector<std::string>{"end", "'", "'", "quote"});
   TempDir tmp;
   write_file(tmp.path() / "fort", "First one.\n%\nSecond\n\nstill second.\n%\n%\nThird.\n");
@@ -64,7 +66,8 @@ TEST_CASE("Text: tokens, records split by % lines or blank lines, <S> and </S> a
 TEST_CASE("Text: character ids with begin/end of word and padding, <S> and </S> have their own", "[elmo][data]") {
   using C = datasets::CharIds;
   CHECK(datasets::word_chars("ab", 6) == std::vector<int64_t>{C::kBeginWord, 'a' + 1, 'b' + 1, C::kEndWord, 0, 0});
-  CHECK(datasets::word_chars("abcdefgh", 5) == std::vector<int64_t>{C::kBeginWord, 'a' + 1, 'b' + 1, 'c' + 1, C::kEndWord});
+  CHECK(datasets::word_chars("abcdefgh", 5) ==
+        std::vector<int64_t>{C::kBeginWord, 'a' + 1, 'b' + 1, 'c' + 1, C::kEndWord});
   CHECK(datasets::word_chars("<S>", 5) == std::vector<int64_t>{C::kBeginWord, C::kBeginSentence, C::kEndWord, 0, 0});
   CHECK(datasets::word_chars("</S>", 5) == std::vector<int64_t>{C::kBeginWord, C::kEndSentence, C::kEndWord, 0, 0});
   CHECK(datasets::word_chars("\xff", 4) == std::vector<int64_t>{C::kBeginWord, 256, C::kEndWord, 0});
@@ -76,21 +79,23 @@ TEST_CASE("Text: vocabulary by frequency, windows with forward and backward targ
   CHECK(vocab.words() == std::vector<std::string>{"<unk>", "<S>", "</S>", "a", "b"});  // b before c: tie by bytes
   CHECK(vocab.counts() == std::vector<int64_t>{1, 2, 2, 3, 1});
   CHECK(vocab.id("c") == 0);
-  CHECK_THROWS_WITH(datasets::Vocabulary::build(records, 7), Catch::Contains("3 distinct words, too few for vocab_size 7"));
+  CHECK_THROWS_WITH(datasets::Vocabulary::build(records, 7),
+                    Catch::Contains("3 distinct words, too few for vocab_size 7"));
   // Stream: <S> a b a </S> <S> c a </S> = ids 1 3 4 3 2 1 0 3 2; windows of 4.
   datasets::LanguageModelDataset data(records, vocab, 4, 6, 0, "toy");
   REQUIRE(data.size() == 3);
   auto batch = data.get(torch::tensor({0, 2}, torch::kInt64));
   CHECK(batch.input.sizes() == torch::IntArrayRef({2, 4, 6}));
   CHECK(batch.target.sizes() == torch::IntArrayRef({2, 2, 4}));
-  CHECK(torch::equal(batch.target[0][0], torch::tensor({3, 4, 3, 2})));    // next tokens
-  CHECK(torch::equal(batch.target[0][1], torch::tensor({-1, 1, 3, 4})));   // previous tokens
+  CHECK(torch::equal(batch.target[0][0], torch::tensor({3, 4, 3, 2})));      // next tokens
+  CHECK(torch::equal(batch.target[0][1], torch::tensor({-1, 1, 3, 4})));     // previous tokens
   CHECK(torch::equal(batch.target[1][0], torch::tensor({-1, -1, -1, -1})));  // </S> is last: nothing follows
   CHECK(torch::equal(batch.target[1][1], torch::tensor({3, -1, -1, -1})));
   CHECK(torch::equal(batch.input[1][1], torch::zeros({6}, torch::kInt64)));  // padding past the end
   // The out-of-vocabulary "c" keeps its characters: the char CNN sees every word.
   CHECK(torch::equal(batch.input[0][0], torch::tensor(datasets::word_chars("<S>", 6))));
-  CHECK(torch::equal(data.get(torch::tensor({1}, torch::kInt64)).input[0][2], torch::tensor(datasets::word_chars("c", 6))));
+  CHECK(torch::equal(data.get(torch::tensor({1}, torch::kInt64)).input[0][2],
+                     torch::tensor(datasets::word_chars("c", 6))));
   // Unigram perplexity by hand: targets = stream[1:] + stream[:-1] with p = counts / 9.
   const std::vector<int64_t> stream{1, 3, 4, 3, 2, 1, 0, 3, 2};
   double nll = 0;
@@ -105,7 +110,8 @@ TEST_CASE("Text: an empty corpus, a missing file, binary data and a too small vo
           "[elmo][data][errors]") {
   TempDir tmp;
   write_file(tmp.path() / "empty.txt", "\n\n%\n%\n");
-  CHECK_THROWS_WITH(datasets::read_records(tmp.str("empty.txt")), Catch::Contains("is empty") && Catch::Contains("--data-dir"));
+  CHECK_THROWS_WITH(datasets::read_records(tmp.str("empty.txt")),
+                    Catch::Contains("is empty") && Catch::Contains("--data-dir"));
   CHECK_THROWS_WITH(datasets::read_records(tmp.str("missing.txt")), Catch::Contains("does not exist"));
   write_file(tmp.path() / "binary", std::string("text\0more", 9));
   CHECK_THROWS_WITH(datasets::read_records(tmp.str("binary")), Catch::Contains("is binary data, not text"));
@@ -130,8 +136,8 @@ TEST_CASE("ELMo: shapes, names as in a Python port, layer 0 duplicated", "[elmo]
   CHECK(out.sizes() == torch::IntArrayRef({3, 2, 5, 32}));
   CHECK(torch::equal(out[0].slice(-1, 0, 16), out[0].slice(-1, 16)));
   const auto params = elmo->named_parameters();
-  for (const char* name : {"char_embedding.weight", "char_convs.0.weight", "char_convs.4.bias", "highway.layers.1.weight",
-                           "projection.weight", "forward_layers.0.input_linearity.weight",
+  for (const char* name : {"char_embedding.weight", "char_convs.0.weight", "char_convs.4.bias",
+                           "highway.layers.1.weight", "projection.weight", "forward_layers.0.input_linearity.weight",
                            "forward_layers.1.state_linearity.bias", "backward_layers.0.state_projection.weight",
                            "softmax.weight", "scalar_mix.scalar_parameters.0", "scalar_mix.gamma"})
     CHECK(params.contains(name));
@@ -142,7 +148,8 @@ TEST_CASE("ELMo: shapes, names as in a Python port, layer 0 duplicated", "[elmo]
   CHECK(max_abs(bias.slice(0, 0, 64)) == 0);
   CHECK(max_abs(elmo->char_embedding->weight[0]) == 0);
   CHECK_THROWS_WITH(elmo->forward(chars.slice(2, 0, 10)), Catch::Contains("elmo expects character ids [N, T, 12]"));
-  CHECK_THROWS_WITH(models::build_model("elmo", {{"filters", {1, 4, 30, 8}}}), Catch::Contains("exceeds max_word_length"));
+  CHECK_THROWS_WITH(models::build_model("elmo", {{"filters", {1, 4, 30, 8}}}),
+                    Catch::Contains("exceeds max_word_length"));
 }
 
 TEST_CASE("ELMo: without gradients, the character CNN as products over windows equals conv1d and max over time",
@@ -189,8 +196,8 @@ TEST_CASE("ELMo claim: the forward LM never sees the future, the backward LM nev
   auto [f1, b1] = elmo->lm_states(chars_of(words));
   auto [f2, b2] = elmo->lm_states(chars_of(changed));
   CHECK(max_abs(f1.slice(1, 0, 4) - f2.slice(1, 0, 4)) == 0);  // forward states up to t = 3: unchanged
-  CHECK(max_abs(f1.slice(1, 4) - f2.slice(1, 4)) > 1e-4);       // from the change on: changed
-  CHECK(max_abs(b1.slice(1, 5) - b2.slice(1, 5)) == 0);         // backward states after it: unchanged
+  CHECK(max_abs(f1.slice(1, 4) - f2.slice(1, 4)) > 1e-4);      // from the change on: changed
+  CHECK(max_abs(b1.slice(1, 5) - b2.slice(1, 5)) == 0);        // backward states after it: unchanged
   CHECK(max_abs(b1.slice(1, 0, 5) - b2.slice(1, 0, 5)) > 1e-4);
   // Padding: the same sentence in a batch with a longer one (padded after it) gives the same vectors.
   auto longer = words;
@@ -266,8 +273,8 @@ TEST_CASE("LstmWithProjection: the fused backward through time gives autograd's 
   for (const bool forward : {true, false}) {
     for (const auto& st : {Setup{3, 5, 0.6, 0.25}, Setup{4, 4, 0.6, 0.25}, Setup{3, 5, 0, 0}}) {
       for (const bool pad : {false, true}) {
-        INFO("go_forward " << forward << ", hidden " << st.hidden << ", cell " << st.cell << ", clips "
-                           << st.cell_clip << "/" << st.proj_clip << ", padded " << pad);
+        INFO("go_forward " << forward << ", hidden " << st.hidden << ", cell " << st.cell << ", clips " << st.cell_clip
+                           << "/" << st.proj_clip << ", padded " << pad);
         torch::manual_seed(5);
         models::LstmWithProjection fused(models::LstmWithProjectionOptions(4, st.hidden, st.cell)
                                              .cell_clip(st.cell_clip)
@@ -283,7 +290,7 @@ TEST_CASE("LstmWithProjection: the fused backward through time gives autograd's 
         auto mask = torch::ones({3, 6}, torch::kBool);
         if (pad) {
           mask[1].slice(0, 4).fill_(false);  // padding at the end, as in batches of sentences
-          mask[2][0] = false;                 // and anywhere else
+          mask[2][0] = false;                // and anywhere else
           mask[2][3] = false;
         }
         const auto weights = torch::randn({3, 6, st.hidden});
@@ -298,7 +305,8 @@ TEST_CASE("LstmWithProjection: the fused backward through time gives autograd's 
         for (const auto& item : pr) {
           INFO(item.key());
           REQUIRE(pf[item.key()].grad().defined());
-          CHECK(max_abs(pf[item.key()].grad() - item.value().grad()) < 1e-5 * std::max(1.0, max_abs(item.value().grad())));
+          CHECK(max_abs(pf[item.key()].grad() - item.value().grad()) <
+                1e-5 * std::max(1.0, max_abs(item.value().grad())));
           CHECK(max_abs(item.value().grad()) > 0);
         }
         // Without gradients the step-by-step loop runs: the same outputs.
@@ -313,10 +321,12 @@ TEST_CASE("ELMo learns: validation perplexity falls clearly below the unigram pe
           "[elmo][learning]") {
   REQUIRE(fs::exists(datasets::default_fortunes_dir()));
   torch::manual_seed(0);
-  auto config = test::small_run("elmo", 800, training::TrainOptions().progress(false).threads(2).epochs(4).lr(5e-3).batch_size(16));
+  auto config = test::small_run("elmo", 800,
+                                training::TrainOptions().progress(false).threads(2).epochs(4).lr(5e-3).batch_size(16));
   config.data.name = "fortunes";
-  config.options = {{"char_embedding", 8}, {"filters", {1, 16, 2, 16, 3, 32, 4, 64}}, {"projection_dim", 32},
-                    {"cell_size", 64}, {"vocab_size", 300}, {"dropout", 0.0}};
+  config.options = {{"char_embedding", 8},  {"filters", {1, 16, 2, 16, 3, 32, 4, 64}},
+                    {"projection_dim", 32}, {"cell_size", 64},
+                    {"vocab_size", 300},    {"dropout", 0.0}};
   TempDir tmp;
   auto run = training::Run::create(config, tmp.str("run"));
   const auto before = run->trainer().evaluate();
@@ -333,17 +343,20 @@ TEST_CASE("ELMo learns: validation perplexity falls clearly below the unigram pe
   CHECK(result["test"]["backward_perplexity"].get<double>() < unigram);
 }
 
-TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --compare) and its errors", "[elmo][cli]") {
+TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --compare) and its errors",
+          "[elmo][cli]") {
   TempDir tmp;
   std::string text;
-  const std::vector<std::string> sentences{"I went to the fair last Saturday.", "I do not believe your attitude is fair.",
-                                           "The weather is fair today.", "We rode the wheel at the fair.",
-                                           "A fair price for a fair deal.", "She has fair hair and blue eyes."};
+  const std::vector<std::string> sentences{
+      "I went to the fair last Saturday.", "I do not believe your attitude is fair.",
+      "The weather is fair today.",        "We rode the wheel at the fair.",
+      "A fair price for a fair deal.",     "She has fair hair and blue eyes."};
   for (int i = 0; i < 8; ++i)
     for (const auto& s : sentences) text += s + "\n\n";
   write_file(tmp.path() / "corpus.txt", text);
-  const std::string tiny = " --set char_embedding=4 --set filters=[1,8,2,8,3,16] --set projection_dim=8 --set cell_size=16"
-                           " --set vocab_size=20 --set max_word_length=12";
+  const std::string tiny =
+      " --set char_embedding=4 --set filters=[1,8,2,8,3,16] --set projection_dim=8 --set cell_size=16"
+      " --set vocab_size=20 --set max_word_length=12";
   auto r = test::run_zoo("train elmo --dataset text --data-dir " + tmp.str("corpus.txt") + tiny +
                          " --epochs 1 --threads 1 --out " + tmp.str("run"));
   REQUIRE(r.code == 0);
@@ -362,7 +375,8 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   REQUIRE(j["vectors"].size() == 5);
   CHECK(j["vectors"][1].size() == 16);
   CHECK(j["vectors"][1] != j["vectors"][3]);  // the same word in two places: two vectors
-  r = test::run_zoo("embed " + tmp.str("run") + " --compare 'I went to the fair last Saturday.' "
+  r = test::run_zoo("embed " + tmp.str("run") +
+                    " --compare 'I went to the fair last Saturday.' "
                     "'I do not believe your attitude is fair.' --word fair --json");
   REQUIRE(r.code == 0);
   const auto c = nlohmann::json::parse(r.out);
@@ -372,9 +386,12 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   CHECK(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("layer 0    1.0000") && Catch::Contains("layer mix"));
   // The senses experiment: layer 0 never tells senses apart (its cosines are all 1); the contextual layers do.
-  r = test::run_zoo("experiment elmo-senses " + tmp.str("run") + " --json");
+  r = test::run_zoo("experiment elmo-senses " + tmp.str("run") + " --json --no-plot --out " + tmp.str("senses"));
   REQUIRE(r.code == 0);
   const auto senses = nlohmann::json::parse(r.out);
+  const auto csv = test::read_text(tmp.path() / "senses" / "elmo_senses.csv");
+  CHECK(csv.rfind("layer,fraction,mean_cos_same,mean_cos_other\n0,0,", 0) == 0);
+  CHECK(test::count_lines(csv) == 5);  // header, layers 0-2 and the mix
   CHECK(senses["triples"] == 32);
   CHECK(senses["layers"]["0"]["fraction"] == 0.0);
   CHECK(senses["layers"]["0"]["mean_cos_same"].get<double>() == Approx(1.0).epsilon(1e-5));
@@ -394,7 +411,8 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   CHECK(r.code != 0);
   CHECK_THAT(r.err, Catch::Contains("needs a sentence"));
   write_file(tmp.path() / "empty.txt", "%\n%\n");
-  r = test::run_zoo("train elmo --dataset text --data-dir " + tmp.str("empty.txt") + tiny + " --out " + tmp.str("run2"));
+  r = test::run_zoo("train elmo --dataset text --data-dir " + tmp.str("empty.txt") + tiny + " --out " +
+                    tmp.str("run2"));
   CHECK(r.code != 0);
   CHECK_THAT(r.err, Catch::Contains("is empty"));
   CHECK(test::count_lines(r.err) == 1);

@@ -3,22 +3,23 @@
 #include "training/messages.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/script.h>
 #include <fcntl.h>
+#include <torch/script.h>
 #include <unistd.h>
 
-#include <zlib.h>
+#include <zip.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <iterator>
-#include <set>
-#include <vector>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <memory>
+#include <set>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 namespace zoo::training {
 namespace fs = std::filesystem;
@@ -31,7 +32,6 @@ void fsync_path(const fs::path& path, bool directory) {
   ::fsync(fd);
   ::close(fd);
 }
-
 
 // Runs a writer and turns every failure (disk full, read-only, permission) into one clear line.
 void run_writer(const std::function<void(const std::string&)>& write, const fs::path& path) {
@@ -68,9 +68,7 @@ void write_file_atomically(const std::string& path, const std::function<void(con
 }
 
 void write_text_atomically(const std::string& path, const std::string& text) {
-  write_file_atomically(path, [&](const std::string& tmp) {
-    write_bytes(tmp, text);
-  });
+  write_file_atomically(path, [&](const std::string& tmp) { write_bytes(tmp, text); });
 }
 
 void recover_checkpoint(const std::string& run_dir) {
@@ -134,117 +132,90 @@ void save_module(const torch::nn::Module& module, const std::string& path) {
 }
 
 namespace {
-uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-uint32_t le32(const uint8_t* p) { return static_cast<uint32_t>(le16(p)) | (static_cast<uint32_t>(le16(p + 2)) << 16); }
-uint64_t le64(const uint8_t* p) { return static_cast<uint64_t>(le32(p)) | (static_cast<uint64_t>(le32(p + 4)) << 32); }
+
+/// libzip's text for an error code.
+std::string zip_error_text(int code) {
+  zip_error_t error;
+  zip_error_init_with_code(&error, code);
+  std::string text = zip_error_strerror(&error);
+  zip_error_fini(&error);
+  return text;
+}
+
+/// What libzip's error code says of an archive, in the words of the message.
+std::string zip_problem(int code) {
+  switch (code) {
+    case ZIP_ER_NOZIP:
+      return "no zip directory at its end: truncated, or another kind of file";
+    case ZIP_ER_EXISTS:
+      return "an entry name is there twice";
+    case ZIP_ER_INCONS:
+      return "its zip directory and its entries' local headers disagree, or it is cut";
+    case ZIP_ER_EOF:
+    case ZIP_ER_READ:
+      return "it is cut short";
+    default:
+      return zip_error_text(code);
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> verify_archive(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  const uint64_t size = bytes.size();
   auto damaged = [&](const std::string& why) {
     return std::runtime_error(path + " is not a TorchScript archive, or is damaged (" + why +
                               "); use another checkpoint, or save weights with zoo or torch.jit.save");
   };
-  // End of central directory: the last "PK\5\6" record, within the last 64 KiB + 22 bytes (the comment's room).
-  int64_t eocd = -1;
-  for (int64_t i = static_cast<int64_t>(size) - 22; i >= 0 && i >= static_cast<int64_t>(size) - 22 - 65535; --i)
-    if (le32(data + i) == 0x06054b50) {
-      eocd = i;
-      break;
-    }
-  if (eocd < 0) throw damaged("no zip directory at its end: truncated, or another kind of file");
-  uint64_t entries = le16(data + eocd + 10), dir_size = le32(data + eocd + 12), dir_offset = le32(data + eocd + 16);
-  // ZIP64: a locator right before the EOCD. LibTorch's reader (miniz) uses it whenever it is there, so do we.
-  if (eocd >= 20 && le32(data + eocd - 20) == 0x07064b50) {
-    const uint64_t record = le64(data + eocd - 20 + 8);
-    if (size < 56 || record > size - 56 || le32(data + record) != 0x06064b50) throw damaged("bad ZIP64 directory record");
-    entries = le64(data + record + 32);
-    dir_size = le64(data + record + 40);
-    dir_offset = le64(data + record + 48);
-  } else if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_offset == 0xFFFFFFFF) {
-    throw damaged("bad ZIP64 locator");
+  // libzip reads the directory (ZIP64 included) and, with ZIP_CHECKCONS, checks every local header against it
+  // (name, method, sizes, CRC) and that the entries fit in the file.
+  zip_error_t error;
+  zip_error_init(&error);
+  zip_source_t* source = zip_source_buffer_create(bytes.data(), bytes.size(), 0, &error);
+  if (!source) throw std::runtime_error(std::string("libzip: ") + zip_error_strerror(&error));
+  zip_t* opened = zip_open_from_source(source, ZIP_RDONLY | ZIP_CHECKCONS, &error);
+  if (!opened) {
+    zip_source_free(source);
+    const int code = zip_error_code_zip(&error);
+    zip_error_fini(&error);
+    throw damaged(zip_problem(code));
   }
-  if (dir_offset > size || dir_size > size - dir_offset) throw damaged("its zip directory points outside the file");
-  if (entries > dir_size / 46) throw damaged("its zip directory is cut or overwritten");
+  const std::unique_ptr<zip_t, void (*)(zip_t*)> archive(opened, zip_discard);
   std::set<std::string> names;
-  uint64_t at = dir_offset;
-  for (uint64_t n = 0; n < entries; ++n) {
-    if (at + 46 > size || le32(data + at) != 0x02014b50) throw damaged("its zip directory is cut or overwritten");
-    const uint16_t method = le16(data + at + 10);
-    const uint32_t crc = le32(data + at + 16);
-    uint64_t compressed = le32(data + at + 20), uncompressed = le32(data + at + 24), local = le32(data + at + 42);
-    const uint16_t name_len = le16(data + at + 28), extra_len = le16(data + at + 30), comment_len = le16(data + at + 32);
-    if (at + 46 + name_len + extra_len + comment_len > size) throw damaged("its zip directory is cut");
-    const std::string name(bytes.data() + at + 46, name_len);
-    if (!names.insert(name).second) throw damaged("entry '" + name + "' is there twice");
+  std::vector<char> buffer(1 << 16);
+  const zip_int64_t entries = zip_get_num_entries(opened, 0);
+  for (zip_int64_t i = 0; i < entries; ++i) {
+    zip_stat_t stat;
+    zip_stat_init(&stat);
+    if (zip_stat_index(opened, static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &stat) != 0 || !stat.name)
+      throw damaged("its zip directory is cut or overwritten");
+    const std::string name = stat.name;
+    names.insert(name);  // libzip refused a name used twice already (which one miniz reads is not ours to guess)
+    // Checks libzip leaves to its user.
     // miniz extracts nothing from a directory entry and LibTorch would read the buffer it did not fill.
-    if ((le32(data + at + 38) & 0x10) != 0 || (!name.empty() && name.back() == '/'))
+    zip_uint8_t system = 0;
+    zip_uint32_t attributes = 0;
+    zip_file_get_external_attributes(opened, static_cast<zip_uint64_t>(i), 0, &system, &attributes);
+    if ((attributes & 0x10) != 0 || (!name.empty() && name.back() == '/'))
       throw damaged("entry '" + name + "' is marked as a directory");
-    // ZIP64 sizes and offsets live in extra field 0x0001, in this order, for the fields that hold 0xFFFFFFFF.
-    const uint8_t* extra = data + at + 46 + name_len;
-    for (uint32_t e = 0; e + 4 <= extra_len;) {
-      const uint16_t id = le16(extra + e), len = le16(extra + e + 2);
-      if (e + 4u + len > extra_len) throw damaged("entry '" + name + "' has a cut extra field");
-      if (id == 0x0001) {
-        uint32_t f = e + 4;
-        if (uncompressed == 0xFFFFFFFF && f + 8 <= e + 4u + len) uncompressed = le64(extra + f), f += 8;
-        if (compressed == 0xFFFFFFFF && f + 8 <= e + 4u + len) compressed = le64(extra + f), f += 8;
-        if (local == 0xFFFFFFFF && f + 8 <= e + 4u + len) local = le64(extra + f);
-      }
-      e += 4u + len;
-    }
-    if (size < 30 || local > size - 30 || le32(data + local) != 0x04034b50)
-      throw damaged("entry '" + name + "' has no local header where the directory says");
-    const uint16_t local_name_len = le16(data + local + 26);
-    if (local_name_len != name_len || local + 30 + name_len > size ||
-        std::memcmp(data + local + 30, name.data(), name_len) != 0)
-      throw damaged("entry '" + name + "' has another name in its local header");
-    const uint64_t start = local + 30 + local_name_len + le16(data + local + 28);
-    if (start > size || compressed > size - start) throw damaged("entry '" + name + "' is cut");
-    // LibTorch's miniz is built without CRC checks: check the CRC-32 of every entry's bytes after decompression.
-    uLong actual = crc32(0L, Z_NULL, 0);
-    uint64_t length = 0;
-    if (method == 0) {  // stored, as LibTorch and PyTorch write tensors
-      for (uint64_t off = 0; off < compressed;) {
-        const auto chunk = static_cast<uInt>(std::min<uint64_t>(compressed - off, 1u << 30));
-        actual = crc32(actual, data + start + off, chunk);
-        off += chunk;
-      }
-      length = compressed;
-    } else if (method == 8) {  // deflated (PyTorch compresses some records)
-      z_stream z{};
-      if (inflateInit2(&z, -MAX_WBITS) != Z_OK) throw std::runtime_error("zlib: inflateInit2 failed");
-      std::vector<Bytef> out(1 << 16);
-      uint64_t off = 0;
-      int rc = Z_OK;
-      while (rc == Z_OK) {
-        const auto chunk = static_cast<uInt>(std::min<uint64_t>(compressed - off, 1u << 30));
-        z.next_in = const_cast<Bytef*>(data + start + off);
-        z.avail_in = chunk;
-        z.next_out = out.data();
-        z.avail_out = static_cast<uInt>(out.size());
-        rc = inflate(&z, Z_NO_FLUSH);
-        off += chunk - z.avail_in;
-        const auto produced = out.size() - z.avail_out;
-        actual = crc32(actual, out.data(), static_cast<uInt>(produced));
-        length += produced;
-        if (rc == Z_BUF_ERROR && (produced > 0 || off < compressed)) rc = Z_OK;  // more room or more input
-        if (length > uncompressed) break;
-      }
-      inflateEnd(&z);
-      if (rc != Z_STREAM_END || length != uncompressed)
-        throw damaged("entry '" + name + "' does not inflate to its recorded size");
-    } else {
-      throw damaged("entry '" + name + "' uses compression method " + std::to_string(method) +
+    if (stat.comp_method != ZIP_CM_STORE && stat.comp_method != ZIP_CM_DEFLATE)
+      throw damaged("entry '" + name + "' uses compression method " + std::to_string(stat.comp_method) +
                     ", which LibTorch does not read");
+    // LibTorch's miniz is built without CRC checks; libzip checks each entry's CRC-32 and size as it is read
+    // (after inflating a deflated one).
+    zip_file_t* file = zip_fopen_index(opened, static_cast<zip_uint64_t>(i), 0);
+    if (!file) throw damaged("entry '" + name + "' cannot be read (" + zip_strerror(opened) + ")");
+    zip_int64_t got = 0;
+    while ((got = zip_fread(file, buffer.data(), buffer.size())) > 0) {
     }
-    if (length != uncompressed) throw damaged("entry '" + name + "' is not its recorded size");
-    if (actual != crc) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
-    at += 46 + name_len + extra_len + comment_len;
+    const int code = got < 0 ? zip_error_code_zip(zip_file_get_error(file)) : ZIP_ER_OK;
+    zip_fclose(file);
+    if (code == ZIP_ER_CRC) throw damaged("entry '" + name + "' fails its CRC-32 check: changed after it was written");
+    if (code == ZIP_ER_COMPRESSED_DATA || code == ZIP_ER_INCONS)
+      throw damaged("entry '" + name + "' does not inflate to its recorded size");
+    if (code != ZIP_ER_OK) throw damaged("entry '" + name + "': " + zip_error_text(code));
   }
   return {names.begin(), names.end()};
 }
@@ -277,7 +248,8 @@ std::vector<std::string> copy_tensors(torch::nn::Module& module, const std::map<
   std::vector<std::string> problems;
   for (const auto& [name, t] : own) {
     auto it = tensors.find(name);
-    if (it == tensors.end()) problems.push_back("missing " + name + " " + c10::str(t.sizes()));
+    if (it == tensors.end())
+      problems.push_back("missing " + name + " " + c10::str(t.sizes()));
     else if (it->second.sizes() != t.sizes())
       problems.push_back("shape of " + name + ": file " + c10::str(it->second.sizes()) + ", model " +
                          c10::str(t.sizes()));
@@ -337,7 +309,8 @@ void set_rng_state_hex(const std::string& hex) {
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     throw std::runtime_error("state.json: rng_state is not hex");
   };
-  for (size_t i = 0; i < hex.size() / 2; ++i) p[i] = static_cast<uint8_t>(nibble(hex[2 * i]) * 16 + nibble(hex[2 * i + 1]));
+  for (size_t i = 0; i < hex.size() / 2; ++i)
+    p[i] = static_cast<uint8_t>(nibble(hex[2 * i]) * 16 + nibble(hex[2 * i + 1]));
   auto gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
   try {

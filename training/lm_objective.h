@@ -2,7 +2,7 @@
 // cross-entropies, and its perplexities.
 #pragma once
 
-#include "models/elmo.h"
+#include "models/language_model.h"
 #include "training/objective.h"
 
 namespace zoo::training {

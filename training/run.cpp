@@ -23,7 +23,8 @@ const Schema<RunConfig>& run_schema() {
     s.add("task_options", ZOO_MEMBER(RunConfig, task_options), "Task (objective) options").flag("--task-option");
     s.nest("train", ZOO_MEMBER(RunConfig, train), train_schema());
     s.nest("prior", ZOO_MEMBER(RunConfig, prior), prior_schema());
-    s.add("callbacks", ZOO_MEMBER(RunConfig, callbacks), "Registered callbacks to add to the loop (see 'zoo list "
+    s.add("callbacks", ZOO_MEMBER(RunConfig, callbacks),
+          "Registered callbacks to add to the loop (see 'zoo list "
           "--callbacks')")
         .check([](const json& names) {
           for (const auto& n : names) CallbackRegistry::instance().at(n.get<std::string>());  // or the valid names
@@ -134,6 +135,9 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
   run->config_.versions = library_versions();
   run->dir_ = std::make_shared<RunDirectory>(dir, writer);
   run->dir_->refuse_existing_run();
+  // Every rank has looked before rank 0 writes: a rank that starts late must not find rank 0's new run and take
+  // it for an old one.
+  if (run->group_ && run->group_->world_size() > 1) run->group_->barrier();
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build(true);
   run->trainer_->check_data_fits();
@@ -167,9 +171,10 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   if (parallel && writer) run->group_->barrier();
   if (failed) std::rethrow_exception(failed);
   if (epochs > 0 && epochs < run->trainer_->state().epoch)
-    throw std::invalid_argument(fmt::format("{} has already trained {} epochs; train.epochs {} would undo nothing "
-                                            "(give more)",
-                                            dir, run->trainer_->state().epoch, epochs));
+    throw std::invalid_argument(
+        fmt::format("{} has already trained {} epochs; train.epochs {} would undo nothing "
+                    "(give more)",
+                    dir, run->trainer_->state().epoch, epochs));
   if (epochs > 0) run->dir_->update_config([&](json& saved) { saved["train"]["epochs"] = epochs; });
   return run;
 }

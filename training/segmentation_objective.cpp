@@ -103,6 +103,12 @@ class SegmentationEvaluator : public Evaluator {
 
 }  // namespace
 
+torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  model.ptr()->eval();
+  return model.forward(input.to(device)).argmax(1).cpu();
+}
+
 torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& labels, double eps) {
   const int64_t c = logits.size(1);
   auto p = torch::softmax(logits, 1);

@@ -39,6 +39,10 @@ class SegmentationObjective : public Objective {
 };
 
 /// 1 - soft Dice of logits [N, C, *] against labels [N, *] (see above).
+/// Class ids [N, *spatial] a segmentation model predicts for `input` [N, C, *spatial] (eval mode, no gradient),
+/// on the CPU.
+torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device);
+
 torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& labels, double eps = 1e-6);
 
 /// Confusion matrix [C, C] (int64; row = true class, column = predicted class) of label maps of equal shape.

@@ -5,7 +5,7 @@
 // randomness (binarisation, samples) from a fixed seed, so it is repeatable and leaves the training RNG alone.
 #pragma once
 
-#include "models/vae.h"
+#include "models/latent.h"
 #include "training/objective.h"
 
 namespace zoo::training {

@@ -3,8 +3,8 @@
 
 #include "models/elmo.h"
 
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -54,14 +54,8 @@ inline const CLI::Validator& non_negative() {
 /// "key=value" -> (key, JSON value); a value that is not JSON is taken as a string. `flag` names the flag in errors.
 std::pair<std::string, nlohmann::json> parse_set(const std::string& item, const std::string& flag = "--set");
 
-/// Class ids [N, *spatial] a segmentation model predicts for `input` [N, C, *spatial] (eval mode, no gradient).
-torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device);
 /// [..., D, H, W] -> [..., H, W] at depth D / 2 when `spatial_dims` is 3; unchanged for 2.
 torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims);
-
-/// ELMo's vectors of one sentence's tokens (<S> and </S> added for context, then dropped), eval mode, no
-/// gradient: [num_layers + 2, tokens, 2 * projection_dim], layers 0..num_layers and then the model's scalar mix.
-torch::Tensor elmo_vectors(models::ElmoImpl& elmo, const std::vector<std::string>& words, const torch::Device& device);
 
 /// Thrown to end the program with `code` after everything was said (e.g. the launcher's result).
 struct ExitCode {

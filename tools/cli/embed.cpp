@@ -5,25 +5,13 @@
 #include "tools/cli/cli.h"
 #include "training/run.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstdio>
 
 namespace zoo::cli {
 
 using nlohmann::json;
-
-torch::Tensor elmo_vectors(models::ElmoImpl& elmo, const std::vector<std::string>& words, const torch::Device& device) {
-  std::vector<std::string> with{datasets::kBeginSentence};
-  with.insert(with.end(), words.begin(), words.end());
-  with.push_back(datasets::kEndSentence);
-  const auto chars = datasets::words_to_chars(with, elmo.options.max_word_length()).unsqueeze(0).to(device);
-  torch::NoGradGuard no_grad;
-  elmo.eval();
-  auto layers = elmo.layers(chars);
-  layers.push_back(elmo.scalar_mix->forward(layers, models::ElmoImpl::word_mask(chars)));
-  const auto n = static_cast<int64_t>(words.size());
-  return torch::stack(layers, 0).select(1, 0).slice(1, 1, n + 1).cpu();
-}
 
 namespace {
 
@@ -38,7 +26,6 @@ struct Embedder {
   training::RunConfig config;
   torch::nn::AnyModule model;
   models::ElmoImpl* elmo = nullptr;
-  torch::Device device = torch::kCPU;
 
   std::vector<std::string> tokens(const std::string& sentence) const {
     const bool lowercase = config.data.options.value("lowercase", true);
@@ -46,7 +33,7 @@ struct Embedder {
     if (words.empty()) throw std::invalid_argument("no words in \"" + sentence + "\"; give a sentence");
     return words;
   }
-  torch::Tensor vectors(const std::vector<std::string>& words) { return elmo_vectors(*elmo, words, device); }
+  torch::Tensor vectors(const std::vector<std::string>& words) { return elmo->sentence_vectors(words); }
   int64_t layer_index(const std::string& layer) const {
     const int64_t top = elmo->options.num_layers();
     if (layer == "mix") return top + 1;
@@ -68,7 +55,6 @@ Embedder open(const EmbedArgs& a) {
   e.model = model;
   e.elmo = dynamic_cast<models::ElmoImpl*>(e.model.ptr().get());
   if (!e.elmo) throw std::invalid_argument(a.run + " is a run of '" + config.model + "'; zoo embed needs an elmo run");
-  e.device = training::parse_device(a.device);
   return e;
 }
 
@@ -82,21 +68,18 @@ void print_vectors(const EmbedArgs& a, Embedder& e) {
       const auto row = v[i].contiguous();
       out["vectors"].push_back(std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel()));
     }
-    std::printf("%s\n", out.dump().c_str());
+    fmt::print("{}\n", out.dump());
     return;
   }
-  std::printf("layer %s, %lld values per token\n", e.layer_name(k).c_str(), static_cast<long long>(v.size(1)));
+  fmt::print("layer {}, {} values per token\n", e.layer_name(k), static_cast<long long>(v.size(1)));
   size_t width = 5;
   for (const auto& w : words) width = std::max(width, w.size());
   for (int64_t i = 0; i < v.size(0); ++i) {
     std::string first;
-    char buf[32];
-    for (int64_t j = 0; j < std::min<int64_t>(a.values, v.size(1)); ++j) {
-      std::snprintf(buf, sizeof buf, "%s%.4f", j ? ", " : "", v[i][j].item<double>());
-      first += buf;
-    }
-    std::printf("%-*s  norm %8.4f  [%s, ...]\n", static_cast<int>(width), words[static_cast<size_t>(i)].c_str(),
-                v[i].norm().item<double>(), first.c_str());
+    for (int64_t j = 0; j < std::min<int64_t>(a.values, v.size(1)); ++j)
+      first += fmt::format("{}{:.4f}", j ? ", " : "", v[i][j].item<double>());
+    fmt::print("{:<{}}  norm {:8.4f}  [{}, ...]\n", words[static_cast<size_t>(i)], width, v[i].norm().item<double>(),
+               first);
   }
 }
 
@@ -120,13 +103,13 @@ void compare(const EmbedArgs& a, Embedder& e) {
   json out{{"word", target[0]}, {"sentences", a.compare}, {"cosine", json::object()}};
   for (int64_t k = 0; k < cos.size(0); ++k) out["cosine"][e.layer_name(k)] = cos[k].item<double>();
   if (a.json) {
-    std::printf("%s\n", out.dump().c_str());
+    fmt::print("{}\n", out.dump());
     return;
   }
-  std::printf("cosine similarity of '%s' between the two sentences\n", target[0].c_str());
+  fmt::print("cosine similarity of '{}' between the two sentences\n", target[0]);
   for (int64_t k = 0; k < cos.size(0); ++k)
-    std::printf("layer %-4s %.4f%s\n", e.layer_name(k).c_str(), cos[k].item<double>(),
-                k == 0 ? "  (context-free: always 1)" : "");
+    fmt::print("layer {:<4} {:.4f}{}\n", e.layer_name(k), cos[k].item<double>(),
+               k == 0 ? "  (context-free: always 1)" : "");
 }
 
 }  // namespace

@@ -4,10 +4,13 @@
 // contextual layers count more often.
 #include "datasets/text.h"
 #include "tools/cli/cli.h"
+#include "tools/cli/plot.h"
 #include "training/run.h"
 #include "training/trainer.h"
 
+#include <fmt/format.h>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -16,7 +19,8 @@ namespace zoo::cli {
 namespace {
 
 /// word | sentence A | sentence B (the sense of A) | sentence C (another sense)
-const char* const kSenseTriples = R"(fair | I went to the fair last Saturday. | We ate cotton candy at the county fair. | I do not believe your attitude is fair.
+const char* const kSenseTriples =
+    R"(fair | I went to the fair last Saturday. | We ate cotton candy at the county fair. | I do not believe your attitude is fair.
 fair | The judge was fair to both sides. | That is not a fair price for a car. | The fair had a big wheel and games.
 bank | She put her money in the bank. | The bank raised its interest rates. | We sat on the bank of the river.
 bank | They fished from the river bank. | The boat drifted toward the muddy bank. | He robbed a bank in the city.
@@ -83,8 +87,8 @@ std::vector<Triple> parse_triples(const std::string& text, const std::string& wh
 }
 
 struct SensesArgs {
-  std::string run, triples, device = "cpu";
-  bool json = false;
+  std::string run, triples, device = "cpu", out;
+  bool json = false, no_plot = false;
   int64_t threads = 0;
 };
 
@@ -104,7 +108,6 @@ void run_senses(const SensesArgs& a) {
   auto* elmo = dynamic_cast<models::ElmoImpl*>(model.ptr().get());
   if (!elmo) throw std::invalid_argument(a.run + " is a run of '" + config.model + "'; elmo-senses needs an elmo run");
   const bool lowercase = config.data.options.value("lowercase", true);
-  const auto device = training::parse_device(a.device);
   const int64_t n_layers = elmo->options.num_layers() + 2;  // 0..L and the mix
   std::vector<int64_t> wins(static_cast<size_t>(n_layers), 0);
   std::vector<double> same(static_cast<size_t>(n_layers), 0), other(static_cast<size_t>(n_layers), 0);
@@ -116,7 +119,7 @@ void run_senses(const SensesArgs& a) {
       const auto tokens = datasets::tokenize(s, lowercase);
       const auto it = std::find(tokens.begin(), tokens.end(), word[0]);
       if (it == tokens.end()) throw std::invalid_argument("'" + t.word + "' is not a token of \"" + s + "\"");
-      v.push_back(elmo_vectors(*elmo, tokens, device).select(1, it - tokens.begin()));
+      v.push_back(elmo->sentence_vectors(tokens).select(1, it - tokens.begin()));
     }
     const auto ab = torch::cosine_similarity(v[0], v[1], 1), ac = torch::cosine_similarity(v[0], v[2], 1);
     for (int64_t k = 0; k < n_layers; ++k) {
@@ -135,16 +138,36 @@ void run_senses(const SensesArgs& a) {
                            {"mean_cos_same", same[i] / n},
                            {"mean_cos_other", other[i] / n}};
   }
+  const std::string dir = a.out.empty() ? experiment_dir("elmo-senses") : a.out;
+  std::filesystem::create_directories(dir);
+  const auto csv_path = (std::filesystem::path(dir) / "elmo_senses.csv").string();
+  {
+    std::ofstream csv(csv_path);
+    csv << "layer,fraction,mean_cos_same,mean_cos_other\n";
+    for (auto it = out["layers"].begin(); it != out["layers"].end(); ++it)
+      csv << fmt::format("{},{},{:.9g},{:.9g}\n", it.key(), it.value()["fraction"].get<double>(),
+                         it.value()["mean_cos_same"].get<double>(), it.value()["mean_cos_other"].get<double>());
+  }
+  const auto png = (std::filesystem::path(dir) / "elmo_senses.png").string();
+  if (!a.no_plot)
+    run_gnuplot(
+        "set title 'ELMo: how often a word is closer to its same-sense use, per layer'\n"
+        "set ylabel 'fraction of triples'\nset yrange [0:1]\nset style fill solid 0.6\nset boxwidth 0.6\n"
+        "set grid ytics\nset datafile separator ','\n"
+        "plot '" +
+            csv_path + "' every ::1 using 0:2:xtic(1) with boxes notitle\n",
+        png);
   if (a.json) {
-    std::printf("%s\n", out.dump().c_str());
+    fmt::print("{}\n", out.dump());
     return;
   }
-  std::printf("%zu triples: how often the same-sense pair is more similar than the other-sense pair\n",
-              triples.size());
-  std::printf("layer  fraction  mean cos (same sense)  mean cos (other sense)\n");
+  // Distances 1 - cos: a short run's cosines all read 1.0000 to four decimals, its distances do not.
+  fmt::print("{} triples: how often the same-sense pair is more similar than the other-sense pair\n", triples.size());
+  fmt::print("layer  fraction  mean 1-cos (same sense)  mean 1-cos (other sense)\n");
   for (auto it = out["layers"].begin(); it != out["layers"].end(); ++it)
-    std::printf("%-5s  %8.3f  %21.4f  %22.4f\n", it.key().c_str(), it.value()["fraction"].get<double>(),
-                it.value()["mean_cos_same"].get<double>(), it.value()["mean_cos_other"].get<double>());
+    fmt::print("{:<5}  {:8.3f}  {:23.4g}  {:24.4g}\n", it.key(), it.value()["fraction"].get<double>(),
+               1 - it.value()["mean_cos_same"].get<double>(), 1 - it.value()["mean_cos_other"].get<double>());
+  fmt::print("wrote {}{}\n", csv_path, a.no_plot ? "" : " and " + png);
 }
 
 }  // namespace
@@ -152,11 +175,14 @@ void run_senses(const SensesArgs& a) {
 void add_elmo_senses(CLI::App& experiment) {
   auto a = std::make_shared<SensesArgs>();
   auto* cmd = experiment.add_subcommand(
-      "elmo-senses", "Per ELMo layer: how often a word's same-sense pair of sentences is more similar than another sense");
+      "elmo-senses",
+      "Per ELMo layer: how often a word's same-sense pair of sentences is more similar than another sense");
   cmd->add_option("run", a->run, "Run directory of an elmo model")->required();
   cmd->add_option("--triples", a->triples,
                   "File of lines 'word | sentence A | same sense | other sense' (default: 32 built-in triples)");
   cmd->add_flag("--json", a->json, "Print JSON");
+  cmd->add_option("--out", a->out, "Output directory (default runs/elmo-senses-DATE-TIME)");
+  cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
   cmd->callback([a] { run_senses(*a); });

@@ -7,7 +7,9 @@
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
 #include "training/run.h"
+#include "training/segmentation_objective.h"
 
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -63,9 +65,8 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
     Result r;
     r.model = name;
     r.parameters = models::count_parameters(*run->model().ptr());
-    std::printf("training %s (%lld parameters) on %s for %lld epochs -> %s\n", name.c_str(),
-                static_cast<long long>(r.parameters), config.data.name.c_str(), static_cast<long long>(a.epochs),
-                run_dir.c_str());
+    fmt::print("training {} ({} parameters) on {} for {} epochs -> {}\n", name, static_cast<long long>(r.parameters),
+               config.data.name, static_cast<long long>(a.epochs), run_dir);
     std::fflush(stdout);
     const auto start = std::chrono::steady_clock::now();
     run->fit();
@@ -82,16 +83,16 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
   const auto csv_path = (fs::path(dir) / "unet_vs_deconvnet.csv").string();
   std::ofstream csv(csv_path);
   csv << "model,parameters,miou,boundary_iou,pixel_accuracy,dice,train_seconds,epochs\n";
-  std::printf("\n%-12s %10s %7s %12s %9s %7s %9s\n", "model", "params", "mIoU", "boundary IoU", "pixel acc", "Dice",
-              "train s");
+  fmt::print("\n{:<12} {:>10} {:>7} {:>12} {:>9} {:>7} {:>9}\n", "model", "params", "mIoU", "boundary IoU", "pixel acc",
+             "Dice", "train s");
   for (const auto& r : results) {
-    std::printf("%-12s %10lld %7.4f %12.4f %9.4f %7.4f %9.1f\n", r.model.c_str(), static_cast<long long>(r.parameters),
-                r.miou, r.boundary_iou, r.pixel_accuracy, r.dice, r.seconds);
+    fmt::print("{:<12} {:10} {:7.4f} {:12.4f} {:9.4f} {:7.4f} {:9.1f}\n", r.model, static_cast<long long>(r.parameters),
+               r.miou, r.boundary_iou, r.pixel_accuracy, r.dice, r.seconds);
     csv << r.model << "," << r.parameters << "," << r.miou << "," << r.boundary_iou << "," << r.pixel_accuracy << ","
         << r.dice << "," << r.seconds << "," << a.epochs << "\n";
   }
   csv.close();
-  std::printf("wrote %s\n", csv_path.c_str());
+  fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
 
   // Test items as rows: image | truth | U-Net | DeconvNet.
@@ -105,12 +106,12 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
   for (const auto& run_dir : run_dirs) {
     auto model = training::load_run_model(run_dir).second;
     columns.push_back(
-        datasets::colorize_labels(middle_slice(predict_labels(model, batch.input, torch::kCPU), spatial)));
+        datasets::colorize_labels(middle_slice(training::predict_labels(model, batch.input, torch::kCPU), spatial)));
   }
   const auto png = (fs::path(dir) / "unet_vs_deconvnet.png").string();
   datasets::save_image_grid(torch::stack(columns, 1).flatten(0, 1), png,
                             datasets::GridOptions().nrow(static_cast<int64_t>(columns.size())).pad_value(1.0));
-  std::printf("wrote %s (rows: image | truth | %s | %s)\n", png.c_str(), models[0].c_str(), models[1].c_str());
+  fmt::print("wrote {} (rows: image | truth | {} | {})\n", png, models[0], models[1]);
 }
 
 }  // namespace
@@ -123,7 +124,8 @@ void add_unet_vs_deconvnet(CLI::App& experiment) {
   cmd->add_option("--base-channels", a->base_channels, "Width of the first level, both models (default 16)")
       ->check(positive());
   cmd->add_option("--levels", a->levels, "Levels, both models (default 4; 3 with --dims 3)")->check(CLI::Range(1, 8));
-  cmd->add_option("--n-train", a->n_train, "Training scenes (default 4000; 1000 volumes with --dims 3)")->check(positive());
+  cmd->add_option("--n-train", a->n_train, "Training scenes (default 4000; 1000 volumes with --dims 3)")
+      ->check(positive());
   cmd->add_option("--n-test", a->n_test, "Test scenes (default 1000; 200 volumes with --dims 3)")->check(positive());
   cmd->add_option("--size", a->size, "Canvas size (default 64; 24 with --dims 3)")->check(positive());
   cmd->add_option("--batch-size", a->batch_size, "Batch size (default 32; 8 with --dims 3)")->check(positive());
