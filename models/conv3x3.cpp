@@ -38,8 +38,8 @@ struct Shape {
 // for its accumulator and 2 issue per cycle, so a block needs 8 or more independent chains to keep both busy.
 template <int R, int V, int S>
 __attribute__((target("avx2,fma"))) inline void pixels(const float* in, const Shape& s, const float* panel,
-                                                        const float* bias, float* out, int64_t n, int64_t h,
-                                                        int64_t w, int64_t o0) {
+                                                       const float* bias, float* out, int64_t n, int64_t h, int64_t w,
+                                                       int64_t o0) {
   constexpr int P = 8 * V;
   __m256 acc[S][R][V];
 #pragma GCC unroll 3
@@ -172,7 +172,7 @@ Tensor pad_channels_last(const Tensor& x, int64_t lead, double value, int64_t ld
                    [&](int64_t begin, int64_t end) {
                      for (int64_t n = begin; n < end; ++n) {
                        float* d = dst + n * (H + 2) * (W + 2) * ldc;
-                       std::memset(d, 0, sizeof(float) * (W + 2) * ldc);                         // top row
+                       std::memset(d, 0, sizeof(float) * (W + 2) * ldc);                            // top row
                        std::memset(d + (H + 1) * (W + 2) * ldc, 0, sizeof(float) * (W + 2) * ldc);  // bottom row
                        for (int64_t h = 0; h < H; ++h) {
                          float* r = d + (h + 1) * (W + 2) * ldc;
@@ -343,12 +343,10 @@ bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
 Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value, Conv3x3Kernel kernel) {
   TORCH_CHECK(x.dim() == 4, "conv3x3 expects x [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.size(1) >= x.size(1),
-              "conv3x3 expects a weight [O, lead + ", x.size(1), ", 3, 3] for x ", x.sizes(), ", got ",
-              weight.sizes());
+              "conv3x3 expects a weight [O, lead + ", x.size(1), ", 3, 3] for x ", x.sizes(), ", got ", weight.sizes());
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "conv3x3 expects a bias [",
               weight.size(0), "], got ", bias.sizes());
-  bool direct = kernel == Conv3x3Kernel::direct ||
-                (kernel == Conv3x3Kernel::automatic && conv3x3_direct(x, weight));
+  bool direct = kernel == Conv3x3Kernel::direct || (kernel == Conv3x3Kernel::automatic && conv3x3_direct(x, weight));
   if (direct && bias.defined() && (bias.scalar_type() != torch::kFloat32 || !bias.device().is_cpu())) {
     TORCH_CHECK(kernel != Conv3x3Kernel::direct, "conv3x3's direct kernel needs a float32 CPU bias, got ",
                 bias.scalar_type(), " on ", bias.device());
@@ -357,7 +355,8 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
   if (!direct) return reference(x, weight, bias, lead_value);
   TORCH_CHECK(conv3x3_direct_available(x, weight),
               "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA, outside a "
-              "trace (got ", x.scalar_type(), " on ", x.device(), "); use Conv3x3Kernel::automatic");
+              "trace (got ",
+              x.scalar_type(), " on ", x.device(), "); use Conv3x3Kernel::automatic");
 #ifdef ZOO_X86_KERNELS
   if (x.numel() == 0) return reference(x, weight, bias, lead_value);
   // The autograd function takes tensors only: no bias is an empty one (its flag is saved with it).

@@ -1,8 +1,8 @@
 // Helpers for pretty_print: lists print as Python does, "[32, 64]".
 #pragma once
 
-#include <ostream>
-#include <sstream>
+#include <fmt/format.h>
+
 #include <string>
 #include <vector>
 
@@ -10,11 +10,7 @@ namespace zoo::models {
 
 template <typename T>
 std::string format_list(const std::vector<T>& values) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
-  out << "]";
-  return out.str();
+  return fmt::format("[{}]", fmt::join(values, ", "));
 }
 
 }  // namespace zoo::models

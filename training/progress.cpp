@@ -1,5 +1,6 @@
 #include "training/progress.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -7,19 +8,22 @@
 namespace zoo::training {
 
 std::string format_duration(double s) {
-  char buf[32];
   if (!std::isfinite(s) || s < 0) return "?";
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.1fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, (static_cast<int>(s) % 3600) / 60);
-  return buf;
+  const int whole = static_cast<int>(s);
+  if (s < 60) return fmt::format("{:.1f}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", whole / 60, whole % 60);
+  return fmt::format("{}h{:02}m", whole / 3600, (whole % 3600) / 60);
 }
 
 bool Progress::stderr_is_terminal() { return isatty(fileno(stderr)) != 0; }
 
 Progress::Progress(std::string label, int64_t total_steps, bool interactive, bool enabled)
-    : label_(std::move(label)), total_(std::max<int64_t>(1, total_steps)), interactive_(interactive),
-      enabled_(enabled), start_(std::chrono::steady_clock::now()), last_draw_(start_) {
+    : label_(std::move(label)),
+      total_(std::max<int64_t>(1, total_steps)),
+      interactive_(interactive),
+      enabled_(enabled),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {
   next_line_step_ = std::max<int64_t>(1, total_ / 4);
 }
 
@@ -57,13 +61,12 @@ void Progress::draw(int64_t step, int64_t items, double loss, bool final) {
     const int filled = static_cast<int>(width * step / total_);
     std::string bar(static_cast<size_t>(filled), '#');
     bar.resize(width, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld loss %.4f %.0f items/s %s %s\033[K", label_.c_str(), bar.c_str(),
-                 static_cast<long long>(step), static_cast<long long>(total_), loss, rate,
-                 final ? "in" : "ETA", format_duration(final ? elapsed : eta).c_str());
+    fmt::print(stderr, "\r{} [{}] {}/{} loss {:.4f} {:.0f} items/s {} {}\033[K", label_, bar,
+               static_cast<long long>(step), static_cast<long long>(total_), loss, rate, final ? "in" : "ETA",
+               format_duration(final ? elapsed : eta));
   } else {
-    std::fprintf(stderr, "%s step %lld/%lld loss %.4f %.0f items/s ETA %s\n", label_.c_str(),
-                 static_cast<long long>(step), static_cast<long long>(total_), loss, rate,
-                 format_duration(eta).c_str());
+    fmt::print(stderr, "{} step {}/{} loss {:.4f} {:.0f} items/s ETA {}\n", label_, static_cast<long long>(step),
+               static_cast<long long>(total_), loss, rate, format_duration(eta));
   }
   std::fflush(stderr);
 }

@@ -97,7 +97,8 @@ void RunDirectory::restore(Trainer& trainer) const {
   recover();  // only a writer repairs; the other ranks read after it (see Run::resume)
   const fs::path run(path_);
   if (!fs::exists(run / "state.json"))
-    throw std::runtime_error(path_ + " has no checkpoint yet (no state.json): the run stopped before its first "
+    throw std::runtime_error(path_ +
+                             " has no checkpoint yet (no state.json): the run stopped before its first "
                              "epoch ended; start it again without --resume (the same --out is fine)");
   const json state = read_json_file((run / "state.json").string());
   TrainState st;
@@ -114,7 +115,8 @@ void RunDirectory::restore(Trainer& trainer) const {
       throw std::runtime_error(fmt::format(
           "{} stopped in the middle of epoch {} with {} rank(s); resume it with {} (at an epoch boundary any "
           "number of ranks may continue)",
-          path_, st.epoch + 1, saved_world, saved_world > 1 ? "--nproc " + std::to_string(saved_world) : "one process"));
+          path_, st.epoch + 1, saved_world,
+          saved_world > 1 ? "--nproc " + std::to_string(saved_world) : "one process"));
     trainer.load_callback_states(state.value("callbacks", json::object()));
   } catch (const json::exception& e) {
     throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
@@ -166,7 +168,7 @@ void CheckpointCallback::on_epoch_end(Trainer& trainer, const json& record) {
 void CheckpointCallback::on_interrupt(Trainer& trainer) { dir_->save(trainer); }
 
 void ConsoleCallback::on_epoch_end(Trainer& trainer, const json& record) {
-  std::printf("%s\n", format_epoch_summary(record, trainer.options().epochs()).c_str());
+  fmt::print("{}\n", format_epoch_summary(record, trainer.options().epochs()));
   std::fflush(stdout);
 }
 

@@ -17,6 +17,7 @@
 #include "training/checkpoint.h"
 #include "training/run.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -46,9 +47,7 @@ void write_file(const fs::path& path, const uint8_t* data, size_t size) {
   out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
 }
 
-torch::nn::AnyModule small_mlp() {
-  return models::build_model("mlp", {{"hidden", {4}}}).first;
-}
+torch::nn::AnyModule small_mlp() { return models::build_model("mlp", {{"hidden", {4}}}).first; }
 
 std::string target;
 
@@ -65,7 +64,8 @@ void write_seed(const std::string& path) {
   } else if (target == "checkpoint") {
     training::save_module(*small_mlp().ptr(), path);
   } else if (target == "text") {
-    std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87" "a va?\n\n"
+    std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87"
+                           "a va?\n\n"
                            "two\n%\nA fair price.\n";
   }
 }
@@ -77,7 +77,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* name = std::getenv("ZOO_FUZZ_TARGET");
   target = name ? name : "";
   if (target != "idx" && target != "image" && target != "config" && target != "checkpoint" && target != "text") {
-    std::fprintf(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint or text\n");
+    fmt::print(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint or text\n");
     std::exit(2);
   }
   if (const char* seed = std::getenv("ZOO_FUZZ_SEED")) {

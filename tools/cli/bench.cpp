@@ -5,7 +5,7 @@
 //
 //   zoo bench                              all cases, threads 1 and all cores, 3 repeats, a table
 //   zoo bench mlp elmo --threads 2 --json  two cases, one thread count, JSON
-//   zoo bench --markdown bench/results.md --readme README.md   regenerate the published results
+//   zoo bench --markdown bench/results.md --readme docs/speed.md   regenerate the published results
 //
 // A training step is the trainer's: zero_grad, the task's loss (plus any layer's auxiliary loss), loss.item(),
 // backward, Adam step, on one batch of the model's own dataset. Each measurement runs one untimed step, then at
@@ -24,6 +24,7 @@
 #include "zoo_paths.h"
 #include "zoo_version.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -69,7 +70,7 @@ struct BenchArgs {
 void run_bench(const BenchArgs& a) {
   if (a.list) {
     for (const auto& c : all_cases())
-      std::printf("%-16s %s%s\n", c.name.c_str(), c.what.c_str(), c.overhead_bound ? " (target 1.3x)" : "");
+      fmt::print("{:<16} {}{}\n", c.name, c.what, c.overhead_bound ? " (target 1.3x)" : "");
     return;
   }
   std::vector<CaseSpec> chosen;
@@ -98,7 +99,7 @@ void run_bench(const BenchArgs& a) {
   const bool python = !a.no_python;
   std::signal(SIGPIPE, SIG_IGN);
 
-  auto log = [&](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  auto log = [&](const std::string& s) { fmt::print(stderr, "{}\n", s); };
   std::unique_ptr<PythonWorker> worker;
   json allocators = {{"cpp", training::allocator()}};
   if (python) {
@@ -177,9 +178,12 @@ void run_bench(const BenchArgs& a) {
         if (worker && !python_first) python.push_back(py(what));
       };
       torch::manual_seed(0);
-      both("train", [&] { r.train_step(); }, res.cpp.train, res.python.train);
-      both("infer", [&] { r.infer(r.input); }, res.cpp.infer, res.python.infer);
-      both("latency", [&] { r.infer(r.latency_input); }, res.cpp.latency, res.python.latency);
+      both(
+          "train", [&] { r.train_step(); }, res.cpp.train, res.python.train);
+      both(
+          "infer", [&] { r.infer(r.input); }, res.cpp.infer, res.python.infer);
+      both(
+          "latency", [&] { r.infer(r.latency_input); }, res.cpp.latency, res.python.latency);
       if (r.data) {
         res.load.push_back(measure(
             [&] {
@@ -200,10 +204,11 @@ void run_bench(const BenchArgs& a) {
   }
   if (a.repeat != BenchArgs{}.repeat) command += " --repeat " + std::to_string(a.repeat);
   if (a.min_steps != BenchArgs{}.min_steps) command += " --min-steps " + std::to_string(a.min_steps);
-  if (a.min_time != BenchArgs{}.min_time) command += " --min-time " + format("%g", a.min_time);
+  if (a.min_time != BenchArgs{}.min_time) command += " --min-time " + fmt::format("{:g}", a.min_time);
   if (a.no_python) command += " --no-python";
   json doc = {{"machine", machine_description()},
-              {"date", [] {
+              {"date",
+               [] {
                  const auto now = std::time(nullptr);
                  char buf[32];
                  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&now));
@@ -230,7 +235,7 @@ void run_bench(const BenchArgs& a) {
   if (!a.markdown.empty()) {
     std::ofstream out(a.markdown);
     out << "# zoo benchmarks: C++ against the same models in Python\n\n"
-        << "Regenerate with `scripts/bench` (or `zoo bench --markdown bench/results.md --readme README.md`).\n\n"
+        << "Regenerate with `scripts/bench` (or `zoo bench --markdown bench/results.md --readme docs/speed.md`).\n\n"
         << table;
     if (!out) throw std::runtime_error("cannot write " + a.markdown);
   }
@@ -260,7 +265,8 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--json", args->json, "print the results as JSON");
   cmd->add_flag("--no-python", args->no_python, "C++ only: no Python twins");
   cmd->add_option("--python", args->python, "Python interpreter with torch (default /usr/bin/python3)");
-  cmd->add_option("--python-dir", args->python_dir, "directory of bench_twins.py and zoo_twins.py (zoo's tests/python)");
+  cmd->add_option("--python-dir", args->python_dir,
+                  "directory of bench_twins.py and zoo_twins.py (zoo's tests/python)");
   cmd->add_option("--markdown", args->markdown, "also write the results as Markdown to this file");
   cmd->add_option("--readme", args->readme, "replace the results block of this README with the table");
   cmd->add_flag("--list", args->list, "list the cases and exit");
@@ -268,4 +274,3 @@ void add_bench(CLI::App& app) {
 }
 
 }  // namespace zoo::cli
-

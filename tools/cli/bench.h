@@ -6,8 +6,8 @@
 #include "datasets/dataset.h"
 #include "training/trainer.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <functional>
@@ -34,7 +34,6 @@ struct CaseSpec {
   std::string what;
 };
 
-
 /// Every case `zoo bench` knows, in the order of the published table.
 const std::vector<CaseSpec>& all_cases();
 
@@ -50,7 +49,7 @@ struct Runner {
   std::function<void(const torch::Tensor&)> forward;
   torch::Tensor input, target, latency_input;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
-  json python;  ///< case.json: twin name, options, task
+  json python;                              ///< case.json: twin name, options, task
   std::shared_ptr<datasets::Dataset> data;  ///< the model's training split (registry models)
   std::string dataset;
   int64_t batch = 0;
@@ -78,7 +77,6 @@ struct Runner {
     forward(x);
   }
 };
-
 
 /// A registry model's runner: a batch of its own dataset (`data_cache` keeps each dataset loaded once).
 Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache);
@@ -130,8 +128,6 @@ struct Calibration {
 Calibration calibrate(int64_t threads, const Rule& rule);
 /// "AMD EPYC ..., 2 cores"
 std::string machine_description();
-/// printf-style formatting of one number.
-std::string format(const char* fmt, double v);
 /// One row of the JSON report.
 json result_json(const Result& r, bool python);
 /// The published tables, from the JSON report.

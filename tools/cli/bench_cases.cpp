@@ -121,16 +121,41 @@ const std::vector<CaseSpec>& all_cases() {
       {"moe", "moe", {}, 0, false, false, "CNN + top-2 of 8 experts"},
       {"moe-layer", "moe-layer", {}, 256, true, false, "MoE layer alone: 256 tokens, top-2 of 8 experts"},
       {"ode-resnet", "ode-resnet", {}, 0, false, false, "ODE-ResNet, RK4, 2 steps"},
-      {"ode-euler-32", "ode-resnet", {{"method", "euler"}, {"steps", 32}, {"channels", 8}}, 8, true, false,
+      {"ode-euler-32",
+       "ode-resnet",
+       {{"method", "euler"}, {"steps", 32}, {"channels", 8}},
+       8,
+       true,
+       false,
        "ODE-ResNet, Euler, 32 small steps, width 8, batch 8"},
-      {"ode-solver", "ode-solver", {{"dim", 16}, {"hidden", 64}, {"steps", 50}}, 32, true, false,
+      {"ode-solver",
+       "ode-solver",
+       {{"dim", 16}, {"hidden", 64}, {"steps", 50}},
+       32,
+       true,
+       false,
        "MLPField.solve: RK4, 50 steps of a field 16-64-16, batch 32"},
       {"mhc-resnet", "mhc-resnet", {}, 0, false, false, "ResNet with mHC streams"},
-      {"sinkhorn", "sinkhorn", {{"n", 4}, {"iterations", 20}}, 64, true, false,
+      {"sinkhorn",
+       "sinkhorn",
+       {{"n", 4}, {"iterations", 20}},
+       64,
+       true,
+       false,
        "Sinkhorn-Knopp, 64 4x4 matrices, 20 iterations"},
-      {"gated-lstm-cell", "gated-lstm-cell", {{"input_size", 32}, {"hidden_size", 64}, {"steps", 20}}, 8, true,
-       false, "LSTM cell with explicit gates, 32 -> 64, 20 steps, batch 8"},
-      {"attention", "attention", {{"embed_dim", 64}, {"num_heads", 4}, {"length", 20}}, 16, false, false,
+      {"gated-lstm-cell",
+       "gated-lstm-cell",
+       {{"input_size", 32}, {"hidden_size", 64}, {"steps", 20}},
+       8,
+       true,
+       false,
+       "LSTM cell with explicit gates, 32 -> 64, 20 steps, batch 8"},
+      {"attention",
+       "attention",
+       {{"embed_dim", 64}, {"num_heads", 4}, {"length", 20}},
+       16,
+       false,
+       false,
        "multi-head self-attention, 16 x 20 x 64"},
   };
   return cases;
@@ -170,8 +195,7 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   if (spec.flops) {
     r.module->eval();
     r.forward_flops = count_flops(
-        *r.module, [model](const torch::Tensor& x) mutable { return first_tensor(model.any_forward(x)); },
-        r.input);
+        *r.module, [model](const torch::Tensor& x) mutable { return first_tensor(model.any_forward(x)); }, r.input);
   }
   return r;
 }
@@ -191,8 +215,15 @@ Runner make_layer_runner(const CaseSpec& spec) {
     out = [moe](const torch::Tensor& x) mutable { return moe->forward(x); };
     r.python = {{"model", "moe-layer"},
                 {"options",
-                 {{"in_features", 64}, {"out_features", 64}, {"hidden", 128}, {"experts", 8}, {"gate", "topk"},
-                  {"k", 2}, {"renormalize", true}, {"capacity_factor", 2.0}, {"balance", "switch"},
+                 {{"in_features", 64},
+                  {"out_features", 64},
+                  {"hidden", 128},
+                  {"experts", 8},
+                  {"gate", "topk"},
+                  {"k", 2},
+                  {"renormalize", true},
+                  {"capacity_factor", 2.0},
+                  {"balance", "switch"},
                   {"balance_coef", 1e-2}}}};
   } else if (spec.model == "ode-solver") {
     const int64_t dim = o.at("dim"), hidden = o.at("hidden"), steps = o.at("steps");

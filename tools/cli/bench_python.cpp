@@ -15,7 +15,8 @@ namespace zoo::cli::bench {
 
 PythonWorker::PythonWorker(const std::string& python, const std::string& script) : python_(python) {
   if (!std::filesystem::exists(script))
-    throw std::runtime_error("the Python benchmark script " + script + " is missing; point --python-dir at zoo's "
+    throw std::runtime_error("the Python benchmark script " + script +
+                             " is missing; point --python-dir at zoo's "
                              "tests/python, or run with --no-python");
   int to_child[2], from_child[2];
   if (pipe(to_child) != 0 || pipe(from_child) != 0) throw std::runtime_error("cannot create pipes for Python");
@@ -70,7 +71,8 @@ json PythonWorker::request(const json& r) {
 }
 
 void PythonWorker::dead() {
-  throw std::runtime_error("the Python benchmark process (" + python_ + ") ended unexpectedly, see its message "
+  throw std::runtime_error("the Python benchmark process (" + python_ +
+                           ") ended unexpectedly, see its message "
                            "above; it needs python3-torch (import torch), or run with --no-python");
 }
 

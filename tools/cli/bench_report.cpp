@@ -4,6 +4,7 @@
 #include "tools/cli/verdict.h"
 #include "training/threads.h"
 
+#include <fmt/format.h>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -35,22 +36,14 @@ std::string machine_description() {
       cpu = line.substr(line.find(':') + 2);
       break;
     }
-  std::ostringstream s;
-  s << cpu << ", " << std::thread::hardware_concurrency() << " cores";
-  return s.str();
-}
-
-std::string format(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, fmt, v);
-  return buf;
+  return fmt::format("{}, {} cores", cpu, std::thread::hardware_concurrency());
 }
 
 namespace {
 /// Milliseconds with three significant digits.
 std::string ms(double seconds) {
   const double m = seconds * 1e3;
-  return format(m >= 100 ? "%.0f" : m >= 10 ? "%.1f" : m >= 1 ? "%.2f" : "%.3f", m);
+  return fmt::format("{:.{}f}", m, m >= 100 ? 0 : m >= 10 ? 1 : m >= 1 ? 2 : 3);
 }
 }  // namespace
 
@@ -64,12 +57,13 @@ json result_json(const Result& r, bool python) {
   };
   auto side = [&](const Figures& f) {
     const double t = median(f.train), i = median(f.infer), l = median(f.latency);
-    return json{{"train_ms", t * 1e3},
-                {"infer_ms", i * 1e3},
-                {"latency_ms", l * 1e3},
-                {"train_items_per_s", batch / t},
-                {"infer_items_per_s", batch / i},
-                {"samples_ms", {{"train", samples(f.train)}, {"infer", samples(f.infer)}, {"latency", samples(f.latency)}}}};
+    return json{
+        {"train_ms", t * 1e3},
+        {"infer_ms", i * 1e3},
+        {"latency_ms", l * 1e3},
+        {"train_items_per_s", batch / t},
+        {"infer_items_per_s", batch / i},
+        {"samples_ms", {{"train", samples(f.train)}, {"infer", samples(f.infer)}, {"latency", samples(f.latency)}}}};
   };
   // Speedup: the median over rounds of Python time / C++ time of the same round (measured back to back, so a
   // slow spell of the machine mostly hits both).
@@ -78,12 +72,8 @@ json result_json(const Result& r, bool python) {
     for (size_t k = 0; k < std::min(py.size(), cpp.size()); ++k) r.push_back(py[k] / cpp[k]);
     return r;
   };
-  json j = {{"case", spec.name},
-            {"model", spec.model},
-            {"description", spec.what},
-            {"batch", r.runner->batch},
-            {"threads", r.threads},
-            {"target_speedup", spec.overhead_bound ? 1.3 : 1.0},
+  json j = {{"case", spec.name},        {"model", spec.model},  {"description", spec.what},
+            {"batch", r.runner->batch}, {"threads", r.threads}, {"target_speedup", spec.overhead_bound ? 1.3 : 1.0},
             {"cpp", side(r.cpp)}};
   if (python) {
     j["python"] = side(r.python);
@@ -114,14 +104,13 @@ std::string markdown(const json& doc) {
   std::ostringstream s;
   const bool python = doc["settings"]["python"].get<bool>();
   const auto& allocator = doc["allocator"];
-  s << "Measured by `" << doc["command"].get<std::string>() << "` on " << doc["machine"].get<std::string>()
-    << ", " << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>() << " in C++ ("
+  s << "Measured by `" << doc["command"].get<std::string>() << "` on " << doc["machine"].get<std::string>() << ", "
+    << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>() << " in C++ ("
     << allocator["cpp"].get<std::string>() << ")"
     << (python ? " and, for the Python twins, Debian's python3-torch (the same build; " +
                      allocator["python"].get<std::string>() + ")"
                : "")
-    << ". Medians of "
-    << doc["settings"]["repeat"].get<int64_t>() << " interleaved rounds; times per step in ms"
+    << ". Medians of " << doc["settings"]["repeat"].get<int64_t>() << " interleaved rounds; times per step in ms"
     << (python ? "; speedup = Python time / C++ time, the median over rounds of the two measured back to back "
                  "(above 1: C++ is faster)"
                : "")
@@ -129,8 +118,8 @@ std::string markdown(const json& doc) {
   s << "Machine throughput: ";
   for (const auto& c : doc["calibration"])
     s << c["threads"].get<int64_t>() << " thread" << (c["threads"].get<int64_t>() > 1 ? "s" : "") << ": conv "
-      << format("%.1f", c["conv_gflops"].get<double>()) << " GFLOP/s, matmul "
-      << format("%.1f", c["matmul_gflops"].get<double>()) << " GFLOP/s; ";
+      << fmt::format("{:.1f}", c["conv_gflops"].get<double>()) << " GFLOP/s, matmul "
+      << fmt::format("{:.1f}", c["matmul_gflops"].get<double>()) << " GFLOP/s; ";
   s << "(3x3 convolution 64->64 on 32x64x32x32, 1024^3 matmul).\n\n";
   if (python)
     s << "| case | threads | batch | train C++ | train Python | speedup | infer C++ | infer Python | speedup | "
@@ -142,17 +131,19 @@ std::string markdown(const json& doc) {
       << r["batch"].get<int64_t>() << " | " << ms(r["cpp"]["train_ms"].get<double>() / 1e3);
     if (python)
       s << " | " << ms(r["python"]["train_ms"].get<double>() / 1e3) << " | "
-        << format("%.2fx", r["speedup"]["train"].get<double>());
+        << fmt::format("{:.2f}x", r["speedup"]["train"].get<double>());
     s << " | " << ms(r["cpp"]["infer_ms"].get<double>() / 1e3);
     if (python)
       s << " | " << ms(r["python"]["infer_ms"].get<double>() / 1e3) << " | "
-        << format("%.2fx", r["speedup"]["infer"].get<double>());
+        << fmt::format("{:.2f}x", r["speedup"]["infer"].get<double>());
     s << " | " << ms(r["cpp"]["latency_ms"].get<double>() / 1e3);
     if (python)
       s << " | " << ms(r["python"]["latency_ms"].get<double>() / 1e3) << " | "
-        << format("%.2fx", r["speedup"]["latency"].get<double>()) << " | "
-        << format("%.1fx", r["target_speedup"].get<double>()) << " "
-        << (r["verdict"] == "met" ? "met" : r["verdict"] == "parity" ? "parity" : "**missed**");
+        << fmt::format("{:.2f}x", r["speedup"]["latency"].get<double>()) << " | "
+        << fmt::format("{:.1f}x", r["target_speedup"].get<double>()) << " "
+        << (r["verdict"] == "met"      ? "met"
+            : r["verdict"] == "parity" ? "parity"
+                                       : "**missed**");
     s << " |\n";
   }
   if (python) {
@@ -170,10 +161,10 @@ std::string markdown(const json& doc) {
         const auto v = r["speedup_rounds"][what].get<std::vector<double>>();
         list += std::string(list.empty() ? "" : "; ") + r["case"].get<std::string>() + " at " +
                 std::to_string(r["threads"].get<int64_t>()) + " thread" + (r["threads"].get<int64_t>() > 1 ? "s" : "") +
-                ", " + what + " " + format("%.2fx", r["speedup"][what].get<double>()) + " (rounds " +
-                format("%.2f", *std::min_element(v.begin(), v.end())) + "-" +
-                format("%.2f", *std::max_element(v.begin(), v.end())) + "x, target " +
-                format("%.1fx", r["target_speedup"].get<double>()) + ")";
+                ", " + what + " " + fmt::format("{:.2f}x", r["speedup"][what].get<double>()) + " (rounds " +
+                fmt::format("{:.2f}", *std::min_element(v.begin(), v.end())) + "-" +
+                fmt::format("{:.2f}", *std::max_element(v.begin(), v.end())) + "x, target " +
+                fmt::format("{:.1f}x", r["target_speedup"].get<double>()) + ")";
       }
     }
     s << "\nTargets met in " << met << " of " << rows << " rows";
@@ -191,13 +182,14 @@ std::string markdown(const json& doc) {
     s << "| " << r["case"].get<std::string>() << " | " << r["threads"].get<int64_t>() << " | ";
     if (r.contains("data"))
       s << r["data"]["dataset"].get<std::string>() << " | " << ms(r["data"]["batch_ms"].get<double>() / 1e3) << " | "
-        << format("%.0f", r["data"]["items_per_s"].get<double>()) << " | "
-        << format("%.2f%%", 100 * r["data"]["fraction_of_step"].get<double>()) << " | ";
+        << fmt::format("{:.0f}", r["data"]["items_per_s"].get<double>()) << " | "
+        << fmt::format("{:.2f}%", 100 * r["data"]["fraction_of_step"].get<double>()) << " | ";
     else
       s << "- | - | - | - | ";
     if (r.contains("gflops"))
-      s << format("%.3f", r["gflop_per_batch"].get<double>()) << " | " << format("%.1f", r["gflops"]["train"].get<double>())
-        << " | " << format("%.1f", r["gflops"]["infer"].get<double>()) << " |\n";
+      s << fmt::format("{:.3f}", r["gflop_per_batch"].get<double>()) << " | "
+        << fmt::format("{:.1f}", r["gflops"]["train"].get<double>()) << " | "
+        << fmt::format("{:.1f}", r["gflops"]["infer"].get<double>()) << " |\n";
     else
       s << "- | - | - |\n";
   }
@@ -221,7 +213,8 @@ void replace_readme_block(const std::string& path, const std::string& table) {
   const auto b = line_at(begin, 0);
   const auto e = b == std::string::npos ? std::string::npos : line_at(end, b);
   if (b == std::string::npos || e == std::string::npos)
-    throw std::runtime_error(path + " has no '" + begin + "' ... '" + end + "' block for the results (each marker "
+    throw std::runtime_error(path + " has no '" + begin + "' ... '" + end +
+                             "' block for the results (each marker "
                              "on a line of its own); add one");
   text = text.substr(0, b + begin.size()) + "\n" + table + text.substr(e);
   std::ofstream out(path + ".tmp");

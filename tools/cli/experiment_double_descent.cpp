@@ -3,6 +3,7 @@
 // equals the number of training images n (the interpolation threshold) and fall again beyond it: past the
 // threshold many solutions interpolate, and the pseudo-inverse picks the one of least norm, which is smooth.
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include "datasets/registry.h"
 #include "tools/cli/cli.h"
@@ -58,7 +59,8 @@ void run_double_descent(const DDArgs& a) {
   if (a.noise < 0 || a.noise > 1) throw std::invalid_argument("--noise must be in [0, 1]");
   // Not training::apply_threads: that pins OpenBLAS to one thread, right for training but not here, where the
   // time goes into one large LAPACK least-squares solve per point (threaded OpenBLAS: 4.9 s against 5.9 s).
-  torch::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads) : static_cast<int>(std::thread::hardware_concurrency()));
+  torch::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
+                                       : static_cast<int>(std::thread::hardware_concurrency()));
   datasets::DataConfig data;
   data.data_dir = a.data_dir;
   auto splits = datasets::load_splits(data);
@@ -91,10 +93,10 @@ void run_double_descent(const DDArgs& a) {
   const auto csv_path = (std::filesystem::path(dir) / "double_descent.csv").string();
   std::ofstream csv(csv_path);
   csv << "features,ratio,train_mse,test_mse,train_error,test_error,norm\n";
-  std::printf("double descent: n = %lld training images, %lld test images, label noise %.2f, %lld seeds\n",
-              static_cast<long long>(a.n), static_cast<long long>(a.test_n), a.noise, static_cast<long long>(a.seeds));
-  std::printf("%9s %6s %10s %10s %9s %9s %12s\n", "features", "N/n", "train_mse", "test_mse", "train_err",
-              "test_err", "norm");
+  fmt::print("double descent: n = {} training images, {} test images, label noise {:.2f}, {} seeds\n",
+             static_cast<long long>(a.n), static_cast<long long>(a.test_n), a.noise, static_cast<long long>(a.seeds));
+  fmt::print("{:>9} {:>6} {:>10} {:>10} {:>9} {:>9} {:>12}\n", "features", "N/n", "train_mse", "test_mse", "train_err",
+             "test_err", "norm");
   for (double ratio : a.ratios) {
     const auto features = std::max<int64_t>(1, static_cast<int64_t>(std::llround(ratio * static_cast<double>(a.n))));
     Point mean_point;
@@ -109,31 +111,37 @@ void run_double_descent(const DDArgs& a) {
       mean_point.norm += w * p.norm;
     }
     const auto& m = mean_point;
-    std::printf("%9lld %6.2f %10.4g %10.4g %9.4f %9.4f %12.4g\n", static_cast<long long>(features), ratio, m.train_mse,
-                m.test_mse, m.train_error, m.test_error, m.norm);
+    fmt::print("{:9} {:6.2f} {:10.4g} {:10.4g} {:9.4f} {:9.4f} {:12.4g}\n", static_cast<long long>(features), ratio,
+               m.train_mse, m.test_mse, m.train_error, m.test_error, m.norm);
     std::fflush(stdout);
     csv << features << "," << ratio << "," << m.train_mse << "," << m.test_mse << "," << m.train_error << ","
         << m.test_error << "," << m.norm << "\n";
   }
   csv.close();
-  std::printf("wrote %s\n", csv_path.c_str());
+  fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   const auto png = (std::filesystem::path(dir) / "double_descent.png").string();
-  run_gnuplot("set datafile separator ','\n"
-              "set title 'Double descent: random ReLU features, min-norm least squares, n = " +
-                  std::to_string(a.n) + " Fashion-MNIST images'\n"
-                  "set logscale x\nset xlabel 'number of random features N'\n"
-                  "set ylabel 'test error (0-1)'\nset y2label '||a|| (norm of the min-norm solution)'\n"
-                  "set logscale y2\nset ytics nomirror\nset y2tics\nset key top right\nset grid\n"
-                  "set arrow from " + std::to_string(a.n) + ", graph 0 to " + std::to_string(a.n) +
-                  ", graph 1 nohead dashtype 2 lc rgb 'gray40'\n"
-                  "set label 'N = n (interpolation threshold)' at " + std::to_string(a.n) +
-                  ", graph 0.95 offset 1,0 tc rgb 'gray40'\n"
-                  "plot '" + csv_path + "' every ::1 using 1:6 with linespoints lw 2 pt 7 title 'test error', "
-                  "'' every ::1 using 1:5 with linespoints lw 1 pt 6 title 'train error', "
-                  "'' every ::1 using 1:7 axes x1y2 with linespoints lw 2 pt 5 dashtype 3 title 'norm ||a||'\n",
-              png);
-  std::printf("wrote %s\n", png.c_str());
+  run_gnuplot(
+      "set datafile separator ','\n"
+      "set title 'Double descent: random ReLU features, min-norm least squares, n = " +
+          std::to_string(a.n) +
+          " Fashion-MNIST images'\n"
+          "set logscale x\nset xlabel 'number of random features N'\n"
+          "set ylabel 'test error (0-1)'\nset y2label '||a|| (norm of the min-norm solution)'\n"
+          "set logscale y2\nset ytics nomirror\nset y2tics\nset key top right\nset grid\n"
+          "set arrow from " +
+          std::to_string(a.n) + ", graph 0 to " + std::to_string(a.n) +
+          ", graph 1 nohead dashtype 2 lc rgb 'gray40'\n"
+          "set label 'N = n (interpolation threshold)' at " +
+          std::to_string(a.n) +
+          ", graph 0.95 offset 1,0 tc rgb 'gray40'\n"
+          "plot '" +
+          csv_path +
+          "' every ::1 using 1:6 with linespoints lw 2 pt 7 title 'test error', "
+          "'' every ::1 using 1:5 with linespoints lw 1 pt 6 title 'train error', "
+          "'' every ::1 using 1:7 axes x1y2 with linespoints lw 2 pt 5 dashtype 3 title 'norm ||a||'\n",
+      png);
+  fmt::print("wrote {}\n", png);
 }
 
 }  // namespace

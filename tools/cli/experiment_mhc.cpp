@@ -10,6 +10,7 @@
 #include "tools/cli/plot.h"
 #include "training/trainer.h"
 
+#include <fmt/format.h>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -38,8 +39,9 @@ Result follow(const MhcArgs& a, const std::string& variant, double scale) {
   std::vector<models::MHC> stack;
   for (int64_t l = 0; l < a.layers; ++l) {
     torch::nn::Linear linear(a.width, a.width);  // random sublayer F(h) = tanh(W h + b), default init
-    auto m = models::MHC(models::MHCOptions(a.width).streams(a.streams).variant(variant).layer_index(l),
-                         torch::nn::Functional([linear](const Tensor& h) mutable { return torch::tanh(linear->forward(h)); }));
+    auto m = models::MHC(
+        models::MHCOptions(a.width).streams(a.streams).variant(variant).layer_index(l),
+        torch::nn::Functional([linear](const Tensor& h) mutable { return torch::tanh(linear->forward(h)); }));
     torch::NoGradGuard no_grad;
     for (auto& p : m->named_parameters(/*recurse=*/false)) {
       if (p.key().rfind("alpha", 0) == 0) continue;
@@ -51,7 +53,8 @@ Result follow(const MhcArgs& a, const std::string& variant, double scale) {
   torch::NoGradGuard no_grad;
   auto x = models::expand_streams(torch::randn({a.batch, a.width}), a.streams);
   const auto x0_norm = x.flatten(1).norm(2, 1);
-  auto composite = torch::eye(a.streams, torch::kFloat64).expand({a.batch, a.streams, a.streams});  // double: HC overflows float
+  auto composite =
+      torch::eye(a.streams, torch::kFloat64).expand({a.batch, a.streams, a.streams});  // double: HC overflows float
   Result r;
   for (auto& m : stack) {
     const auto mix = m->mixing(x);
@@ -77,22 +80,22 @@ void run_mhc_stability(const MhcArgs& a) {
   const auto csv_path = (fs::path(dir) / "mhc_stability.csv").string();
   std::ofstream csv(csv_path);
   csv << "variant,scale,forward_gain,backward_gain,max_column_error,activation_growth\n";
-  std::printf("mhc-stability: %lld layers, %lld streams of width %lld, Linear+tanh sublayers, batch %lld, seed %lld\n",
-              static_cast<long long>(a.layers), static_cast<long long>(a.streams), static_cast<long long>(a.width),
-              static_cast<long long>(a.batch), static_cast<long long>(a.seed));
-  std::printf("%-9s %6s %14s %14s %12s %12s\n", "variant", "scale", "forward gain", "backward gain", "col error",
-              "|x_L|/|x_0|");
+  fmt::print("mhc-stability: {} layers, {} streams of width {}, Linear+tanh sublayers, batch {}, seed {}\n",
+             static_cast<long long>(a.layers), static_cast<long long>(a.streams), static_cast<long long>(a.width),
+             static_cast<long long>(a.batch), static_cast<long long>(a.seed));
+  fmt::print("{:<9} {:>6} {:>14} {:>14} {:>12} {:>12}\n", "variant", "scale", "forward gain", "backward gain",
+             "col error", "|x_L|/|x_0|");
   std::vector<std::string> variants{"hc", "mhc", "mhc-lite"};
   if (a.streams > 6) variants.pop_back();  // mhc-lite needs n! permutation matrices
   std::vector<std::string> depth_files;
   for (const auto& variant : variants) {
     for (double scale : a.scales) {
       const auto r = follow(a, variant, scale);
-      std::printf("%-9s %6g %14.6g %14.6g %12.3g %12.4g\n", variant.c_str(), scale, r.forward_gain, r.backward_gain,
-                  r.column_error, r.activation_growth);
+      fmt::print("{:<9} {:6g} {:14.6g} {:14.6g} {:12.3g} {:12.4g}\n", variant, scale, r.forward_gain, r.backward_gain,
+                 r.column_error, r.activation_growth);
       std::fflush(stdout);
-      csv << variant << "," << scale << "," << r.forward_gain << "," << r.backward_gain << "," << r.column_error
-          << "," << r.activation_growth << "\n";
+      csv << variant << "," << scale << "," << r.forward_gain << "," << r.backward_gain << "," << r.column_error << ","
+          << r.activation_growth << "\n";
       if (scale == a.scales.back()) {
         const auto dat = (fs::path(dir) / ("depth_" + variant + ".dat")).string();
         std::ofstream out(dat);
@@ -102,21 +105,28 @@ void run_mhc_stability(const MhcArgs& a) {
     }
   }
   csv.close();
-  std::printf("wrote %s\n", csv_path.c_str());
+  fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
-  std::string plot = "plot ";
-  for (size_t i = 0; i < depth_files.size(); ++i)
-    plot += std::string(i ? ", " : "") + "'" + depth_files[i] + "' using 1:2 with lines lw 2 title '" +
-            variants[i] + "'";
-  char title[160];
-  std::snprintf(title, sizeof title, "Backward gain of the composite residual mapping, mixing noise scale %g",
-                a.scales.back());
+  // Two panels: every variant on a log scale (hc grows by tens of orders of magnitude), and the doubly
+  // stochastic ones alone on a linear scale, where their gain of 1 is not a line on the bottom axis.
+  std::string all = "plot ", bounded = "plot ";
+  for (size_t i = 0; i < depth_files.size(); ++i) {
+    const auto line =
+        fmt::format("'{}' using 1:2 with lines lw 2 dt {} title '{}'", depth_files[i], i + 1, variants[i]);
+    all += std::string(i ? ", " : "") + line;
+    if (variants[i] != "hc") bounded += std::string(bounded == "plot " ? "" : ", ") + line;
+  }
   const auto png = (fs::path(dir) / "mhc_stability.png").string();
-  run_gnuplot(std::string("set title '") + title +
-                  "'\nset xlabel 'depth (sublayers)'\nset ylabel 'max column sum of |H_L ... H_1|'\n"
-                  "set logscale y\nset key top left\nset grid\n" + plot + "\n",
-              png);
-  std::printf("wrote %s\n", png.c_str());
+  std::string script = fmt::format(
+      "set multiplot layout 1,2 title 'Backward gain of the composite residual mapping, mixing noise scale {:g}'\n"
+      "set xlabel 'depth (sublayers)'\nset ylabel 'max column sum of |H_L ... H_1|'\nset key top left\nset grid\n"
+      "set title 'all variants (log scale)'\nset logscale y\n{}\n",
+      a.scales.back(), all);
+  if (bounded != "plot ")
+    script += "set title 'doubly stochastic mixing only (linear scale)'\nunset logscale y\nset yrange [0:2]\n" +
+              bounded + "\n";
+  run_gnuplot(script + "unset multiplot\n", png);
+  fmt::print("wrote {}\n", png);
 }
 
 }  // namespace

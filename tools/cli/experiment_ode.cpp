@@ -5,10 +5,11 @@
 #include "datasets/registry.h"
 #include "models/ode.h"
 #include "models/registry.h"
-#include "training/run.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
+#include "training/run.h"
 
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -45,8 +46,7 @@ double train_model(const OdeArgs& a, const std::string& model, const json& optio
                      .epochs(a.epochs)
                      .threads(a.threads)
                      .progress(false);
-  std::printf("training %s %s for %lld epochs -> %s\n", model.c_str(), options.dump().c_str(),
-              static_cast<long long>(a.epochs), dir.c_str());
+  fmt::print("training {} {} for {} epochs -> {}\n", model, options.dump(), static_cast<long long>(a.epochs), dir);
   std::fflush(stdout);
   auto run = training::Run::create(config, dir);
   run->fit();
@@ -86,7 +86,7 @@ void run_ode_solvers(const OdeArgs& a) {
     baselines["ode-resnet (rk4, 2 steps)"] = train_model(a, "ode-resnet", json::object(), run_dir);
     if (!a.no_baselines) {
       baselines["resnet (6 untied Euler steps, h = 1)"] = train_model(
-          a, "ode-resnet", {{"block", "resnet"}, {"steps", 6}}, (fs::path(dir) / "resnet-6").string());
+          a, "ode-resnet", {{"block", "resnet"}, {"solver", {{"steps", 6}}}}, (fs::path(dir) / "resnet-6").string());
       baselines["cnn"] = train_model(a, "cnn", json::object(), (fs::path(dir) / "cnn").string());
     }
   }
@@ -112,30 +112,30 @@ void run_ode_solvers(const OdeArgs& a) {
   const auto csv_path = (fs::path(dir) / "ode_solvers.csv").string();
   std::ofstream csv(csv_path);
   csv << "solver,steps,tolerance,test_accuracy,nfe,eval_seconds\n";
-  std::printf("\nthe ode-resnet of %s (trained with %s, %lld steps), on %s:\n", run_dir.c_str(),
-              config.options["method"].get<std::string>().c_str(),
-              static_cast<long long>(config.options["steps"].get<int64_t>()), splits.test->describe().c_str());
-  std::printf("%-9s %6s %9s %9s %7s %8s\n", "solver", "steps", "tolerance", "accuracy", "NFE", "eval s");
+  const json trained = models::ModelRegistry::instance().at("ode-resnet").complete_options(config.options)["solver"];
+  fmt::print("\nthe ode-resnet of {} (trained with {}, {} steps), on {}:\n", run_dir,
+             trained["method"].get<std::string>(), static_cast<long long>(trained["steps"].get<int64_t>()),
+             splits.test->describe());
+  fmt::print("{:<9} {:>6} {:>9} {:>9} {:>7} {:>8}\n", "solver", "steps", "tolerance", "accuracy", "NFE", "eval s");
   std::vector<Row> rows;
   for (const auto& solver : grid) {
     const auto r = evaluate(*net, *splits.test, solver);
     rows.push_back(r);
-    char tolerance[16] = "-";
-    if (r.tolerance > 0) std::snprintf(tolerance, sizeof tolerance, "%g", r.tolerance);
-    std::printf("%-9s %6s %9s %9.4f %7.1f %8.2f\n", r.solver.c_str(), r.steps ? std::to_string(r.steps).c_str() : "-",
-                tolerance, r.accuracy, r.nfe, r.seconds);
+    const std::string tolerance = r.tolerance > 0 ? fmt::format("{:g}", r.tolerance) : "-";
+    fmt::print("{:<9} {:>6} {:>9} {:9.4f} {:7.1f} {:8.2f}\n", r.solver, r.steps ? std::to_string(r.steps) : "-",
+               tolerance, r.accuracy, r.nfe, r.seconds);
     std::fflush(stdout);
     csv << r.solver << "," << r.steps << "," << r.tolerance << "," << r.accuracy << "," << r.nfe << "," << r.seconds
         << "\n";
   }
   csv.close();
   if (!baselines.empty()) {
-    std::printf("\ntrained models (test accuracy after %lld epochs):\n", static_cast<long long>(a.epochs));
+    fmt::print("\ntrained models (test accuracy after {} epochs):\n", static_cast<long long>(a.epochs));
     for (auto it = baselines.begin(); it != baselines.end(); ++it)
-      std::printf("  %-38s %.4f\n", it.key().c_str(), it.value().get<double>());
+      fmt::print("  {:<38} {:.4f}\n", it.key(), it.value().get<double>());
     std::ofstream((fs::path(dir) / "trained.json").string()) << baselines.dump(2) << "\n";
   }
-  std::printf("wrote %s\n", csv_path.c_str());
+  fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   std::string plot = "plot ";
   const char* solvers[] = {"euler", "midpoint", "rk4", "dopri5"};
@@ -144,22 +144,30 @@ void run_ode_solvers(const OdeArgs& a) {
     std::ofstream out(dat);
     for (const auto& r : rows)
       if (r.solver == solvers[i]) out << r.nfe << " " << r.accuracy << "\n";
-    plot += std::string(i ? ", " : "") + "'" + dat + "' using 1:2 with linespoints lw 2 pt 7 title '" + solvers[i] + "'";
+    plot +=
+        std::string(i ? ", " : "") + "'" + dat + "' using 1:2 with linespoints lw 2 pt 7 title '" + solvers[i] + "'";
   }
-  if (baselines.contains("cnn"))
-    plot += ", " + std::to_string(baselines["cnn"].get<double>()) + " with lines dt 2 lw 2 title 'cnn (trained)'";
+  // The other trained models as dashed reference lines (the ode-resnet itself is the rk4 point at 8 evaluations).
+  int dash = 2;
+  for (auto it = baselines.begin(); it != baselines.end(); ++it)
+    if (it.key().rfind("ode-resnet", 0) != 0)
+      plot +=
+          fmt::format(", {} with lines dt {} lw 2 title '{} (trained)'", it.value().get<double>(), dash++, it.key());
   double low = 1, high = 0;
   for (const auto& r : rows) low = std::min(low, r.accuracy), high = std::max(high, r.accuracy);
   for (auto it = baselines.begin(); it != baselines.end(); ++it)
     low = std::min(low, it.value().get<double>()), high = std::max(high, it.value().get<double>());
-  char yrange[64];
-  std::snprintf(yrange, sizeof yrange, "set yrange [%.4f:%.4f]\n", low - 0.002, high + 0.002);
+  // A margin of a tenth of the range above and below, so that no line runs along the frame.
+  const double margin = std::max(0.002, 0.1 * (high - low));
+  const auto yrange = fmt::format("set yrange [{:.4f}:{:.4f}]\n", low - margin, high + margin);
   const auto png = (fs::path(dir) / "ode_solvers.png").string();
-  run_gnuplot("set title 'One trained ode-resnet (rk4, 2 steps) evaluated with other solvers'\n"
-              "set xlabel 'function evaluations per forward pass'\nset ylabel 'test accuracy'\nset logscale x 2\n"
-              "set key bottom right\nset grid\n" + std::string(yrange) + plot + "\n",
-              png);
-  std::printf("wrote %s\n", png.c_str());
+  run_gnuplot(
+      "set title 'One trained ode-resnet (rk4, 2 steps) evaluated with other solvers'\n"
+      "set xlabel 'function evaluations per forward pass'\nset ylabel 'test accuracy'\nset logscale x 2\n"
+      "set key bottom right\nset grid\n" +
+          std::string(yrange) + plot + "\n",
+      png);
+  fmt::print("wrote {}\n", png);
 }
 
 }  // namespace

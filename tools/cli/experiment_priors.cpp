@@ -3,11 +3,12 @@
 // the norm of the weights and the fraction of weights that are exactly zero; draws the weight histograms.
 #include "datasets/registry.h"
 #include "models/registry.h"
-#include "training/priors.h"
-#include "training/trainer.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
+#include "training/priors.h"
+#include "training/trainer.h"
 
+#include <fmt/format.h>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -40,16 +41,22 @@ void run_priors(const PriorsArgs& a) {
   std::vector<std::pair<std::string, double>> runs{{"none", 0.0}};
   for (double l : a.lambdas) runs.emplace_back("gaussian", l);
   for (double l : a.lambdas) runs.emplace_back("laplace", l);
-  std::printf("priors: mlp, SGD lr %g momentum 0.9, %lld epochs, %s\n", a.lr, static_cast<long long>(a.epochs),
-              splits.train->describe().c_str());
-  std::printf("%-9s %8s %9s %12s %10s\n", "prior", "lambda", "accuracy", "||w||_2", "zeros");
+  fmt::print("priors: mlp, SGD lr {:g} momentum 0.9, {} epochs, {}\n", a.lr, static_cast<long long>(a.epochs),
+             splits.train->describe());
+  fmt::print("{:<9} {:>8} {:>9} {:>12} {:>10}\n", "prior", "lambda", "accuracy", "||w||_2", "zeros");
   std::vector<std::string> histogram_files;
   for (const auto& [kind, lambda] : runs) {
     torch::manual_seed(0);
     auto [model, options] = models::build_model("mlp");
     training::Trainer trainer(model, std::make_shared<training::ClassificationObjective>(), splits,
-                              training::TrainOptions().epochs(a.epochs).batch_size(128).optimizer("sgd").lr(a.lr)
-                                  .momentum(0.9).threads(a.threads).progress(false));
+                              training::TrainOptions()
+                                  .epochs(a.epochs)
+                                  .batch_size(128)
+                                  .optimizer("sgd")
+                                  .lr(a.lr)
+                                  .momentum(0.9)
+                                  .threads(a.threads)
+                                  .progress(false));
     training::PriorOptions prior;
     prior.kind = kind;
     prior.lambda = lambda;
@@ -67,12 +74,13 @@ void run_priors(const PriorsArgs& a) {
     const double accuracy = record["test"]["accuracy"].get<double>();
     const double norm = w.norm().item<double>();
     const double zeros = w.eq(0).to(torch::kFloat64).mean().item<double>();
-    std::printf("%-9s %8g %9.4f %12.4f %10.4f\n", kind.c_str(), lambda, accuracy, norm, zeros);
+    fmt::print("{:<9} {:8g} {:9.4f} {:12.4f} {:10.4f}\n", kind, lambda, accuracy, norm, zeros);
     std::fflush(stdout);
     csv << kind << "," << lambda << "," << accuracy << "," << norm << "," << zeros << "," << seconds << "\n";
     // First-layer weights for the histogram.
     const auto first = model.ptr()->named_parameters()["net.0.weight"].detach().flatten();
-    const auto hist_path = (std::filesystem::path(dir) / ("weights_" + kind + "_" + std::to_string(lambda) + ".dat")).string();
+    const auto hist_path =
+        (std::filesystem::path(dir) / ("weights_" + kind + "_" + std::to_string(lambda) + ".dat")).string();
     std::ofstream hist(hist_path);
     const auto counts = torch::histc(first.clamp(-0.15, 0.15), 121, -0.15, 0.15);
     for (int64_t i = 0; i < counts.size(0); ++i)
@@ -80,7 +88,7 @@ void run_priors(const PriorsArgs& a) {
     if (lambda == a.lambdas.back() || kind == "none") histogram_files.push_back(hist_path);
   }
   csv.close();
-  std::printf("wrote %s\n", csv_path.c_str());
+  fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   const auto png = (std::filesystem::path(dir) / "priors_weights.png").string();
   std::string plot = "plot ";
@@ -88,22 +96,22 @@ void run_priors(const PriorsArgs& a) {
   for (size_t i = 0; i < histogram_files.size(); ++i)
     plot += std::string(i ? ", " : "") + "'" + histogram_files[i] + "' using 1:($2+1) with steps lw 2 title '" +
             titles[i] + "'";
-  char lambda_text[32];
-  std::snprintf(lambda_text, sizeof lambda_text, "%g", a.lambdas.back());
-  run_gnuplot(std::string("set title 'First-layer weights of the mlp after training, lambda = ") + lambda_text +
-                  " (exact zeros pile up in the middle bin under the Laplace prior)'\n"
-                  "set xlabel 'weight value (clamped to +-0.15)'\nset ylabel 'count + 1'\nset logscale y\nset grid\n" +
-                  plot + "\n",
-              png);
-  std::printf("wrote %s\n", png.c_str());
+  run_gnuplot(
+      "set title 'First-layer weights of the mlp after training, lambda = " + fmt::format("{:g}", a.lambdas.back()) +
+          " (exact zeros pile up in the middle bin under the Laplace prior)'\n"
+          "set xlabel 'weight value (clamped to +-0.15)'\nset ylabel 'count + 1'\nset logscale y\nset grid\n" +
+          plot + "\n",
+      png);
+  fmt::print("wrote {}\n", png);
 }
 
 }  // namespace
 
 void add_priors(CLI::App& experiment) {
   auto a = std::make_shared<PriorsArgs>();
-  auto* cmd = experiment.add_subcommand("priors", "mlp with no, Gaussian (L2) and Laplace (L1) priors: accuracy, "
-                                                  "weight norm, exact zeros");
+  auto* cmd = experiment.add_subcommand("priors",
+                                        "mlp with no, Gaussian (L2) and Laplace (L1) priors: accuracy, "
+                                        "weight norm, exact zeros");
   cmd->add_option("--lambdas", a->lambdas, "Prior strengths (default 1e-4 1e-3)");
   cmd->add_option("--epochs", a->epochs, "Epochs per run (default 5)")->check(positive());
   cmd->add_option("--lr", a->lr, "SGD learning rate (default 0.05)")->check(positive());

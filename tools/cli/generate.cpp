@@ -1,13 +1,14 @@
 // `zoo sample` and `zoo reconstruct`: pictures from a latent-variable model (the VAE).
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include "datasets/images.h"
 #include "datasets/registry.h"
 #include "models/vae.h"
+#include "tools/cli/cli.h"
 #include "training/run.h"
 #include "training/trainer.h"
 #include "training/vae_objective.h"
-#include "tools/cli/cli.h"
 
 #include <cmath>
 #include <cstdio>
@@ -18,8 +19,7 @@ namespace {
 
 models::GaussianLatentModel& latent_of(torch::nn::AnyModule& model, const std::string& name) {
   auto* latent = dynamic_cast<models::GaussianLatentModel*>(model.ptr().get());
-  if (!latent)
-    throw std::invalid_argument("model '" + name + "' has no latent space to sample (use a run of 'vae')");
+  if (!latent) throw std::invalid_argument("model '" + name + "' has no latent space to sample (use a run of 'vae')");
   return *latent;
 }
 
@@ -70,8 +70,8 @@ void add_generate(CLI::App& app) {
     }
     auto images = torch::sigmoid(vae.decode(z.to(device)));
     datasets::save_image_grid(images, s->out, datasets::GridOptions().nrow(nrow));
-    std::printf("wrote %s (%lld images, %s)\n", s->out.c_str(), static_cast<long long>(z.size(0)),
-                s->manifold ? "latent-plane grid" : "z ~ N(0, I)");
+    fmt::print("wrote {} ({} images, {})\n", s->out, static_cast<long long>(z.size(0)),
+               s->manifold ? "latent-plane grid" : "z ~ N(0, I)");
   });
 
   struct ReconArgs {
@@ -104,8 +104,7 @@ void add_generate(CLI::App& app) {
     auto [mu, logvar] = vae.encode(x);
     auto rec = torch::sigmoid(vae.decode(mu));  // the posterior mean: a deterministic reconstruction
     datasets::save_image_grid(torch::cat({x, rec}), r->out, datasets::GridOptions().nrow(r->n));
-    std::printf("wrote %s (%lld test images above their reconstructions)\n", r->out.c_str(),
-                static_cast<long long>(r->n));
+    fmt::print("wrote {} ({} test images above their reconstructions)\n", r->out, static_cast<long long>(r->n));
   });
 }
 

@@ -11,6 +11,7 @@
 #include "training/run.h"
 #include "training/trainer.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -38,7 +39,8 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& fla
       used = 0;
     }
     if (used == 0 || used != part.size() || d < 1)
-      throw std::invalid_argument(flag + " must be positive sizes separated by commas, e.g. 1,1,28,28; got '" + text + "'");
+      throw std::invalid_argument(flag + " must be positive sizes separated by commas, e.g. 1,1,28,28; got '" + text +
+                                  "'");
     dims.push_back(d);
   }
   if (dims.empty()) throw std::invalid_argument(flag + " is empty; give e.g. 1,1,28,28");
@@ -51,7 +53,8 @@ std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
   const auto kind = training::describe_torch_file(path);
   if (kind == "TorchScript") return training::read_tensors(path);
   if (kind == "a torch.save pickle") return training::read_state_dict(path);
-  throw std::runtime_error(path + " is " + kind + "; in Python save the module with "
+  throw std::runtime_error(path + " is " + kind +
+                           "; in Python save the module with "
                            "torch.jit.save(torch.jit.script(model), PATH) (or torch.jit.trace), or its weights with "
                            "torch.save(model.state_dict(), PATH)");
 }
@@ -60,13 +63,15 @@ torch::jit::Module load_torchscript(const std::string& path) {
   if (!fs::exists(path)) throw std::runtime_error("missing " + path);
   const auto kind = training::describe_torch_file(path);
   if (kind != "TorchScript")
-    throw std::runtime_error(path + " is " + kind + ", not a TorchScript module; in Python save it with "
+    throw std::runtime_error(path + " is " + kind +
+                             ", not a TorchScript module; in Python save it with "
                              "torch.jit.save(torch.jit.script(model), PATH) or torch.jit.save(torch.jit.trace(model, "
                              "example), PATH)");
   try {
     return torch::jit::load(path, torch::kCPU);
   } catch (const c10::Error& e) {
-    throw std::runtime_error(path + " is not a loadable TorchScript module (" + first_line(e.what_without_backtrace()) + ")");
+    throw std::runtime_error(path + " is not a loadable TorchScript module (" + first_line(e.what_without_backtrace()) +
+                             ")");
   }
 }
 
@@ -92,7 +97,8 @@ void run_export(const ExportArgs& a) {
     auto data = config.data;
     data.limit = 3;
     const auto splits = datasets::load_splits(data);
-    if (splits.test->size() < 3) throw std::runtime_error("the run's test data has fewer than 3 items; give --example-shape");
+    if (splits.test->size() < 3)
+      throw std::runtime_error("the run's test data has fewer than 3 items; give --example-shape");
     example = splits.test->get(torch::tensor({int64_t{0}})).input;
     same_shape = splits.test->get(torch::tensor({int64_t{1}})).input;
     other_batch = splits.test->get(torch::arange(3)).input;
@@ -115,9 +121,9 @@ void run_export(const ExportArgs& a) {
   } else {
     input += " (this shape only: the C++ forward reads sizes, which a trace keeps as constants)";
   }
-  std::printf("exported %s (%s) to %s; input %s %s\n", a.run.c_str(), config.model.c_str(), a.out.c_str(),
-              input.c_str(), c10::toString(example.scalar_type()));
-  std::printf("python: m = torch.jit.load(\"%s\"); y = m(x)\n", a.out.c_str());
+  fmt::print("exported {} ({}) to {}; input {} {}\n", a.run, config.model, a.out, input,
+             c10::toString(example.scalar_type()));
+  fmt::print("python: m = torch.jit.load(\"{}\"); y = m(x)\n", a.out);
 }
 
 // ---- zoo import ------------------------------------------------------------------------------------------
@@ -159,9 +165,9 @@ void run_import(const ImportArgs& a) {
   auto run = training::Run::create(config, a.out);
   training::copy_tensors(*run->model().ptr(), weights, /*strict=*/false);
   run->save_checkpoint();
-  for (const auto& p : problems) std::printf("not imported: %s\n", p.c_str());
-  std::printf("imported %zu tensors of %s into %s (%s); try: zoo eval %s\n", weights.size(),
-              a.file.c_str(), a.out.c_str(), a.model.c_str(), a.out.c_str());
+  for (const auto& p : problems) fmt::print("not imported: {}\n", p);
+  fmt::print("imported {} tensors of {} into {} ({}); try: zoo eval {}\n", weights.size(), a.file, a.out, a.model,
+             a.out);
 }
 
 // ---- zoo predict -----------------------------------------------------------------------------------------
@@ -175,12 +181,9 @@ std::string top_classes(const torch::Tensor& logits, int64_t k) {
   const auto p = torch::softmax(logits.to(torch::kFloat64), -1);
   const auto top = p.topk(std::min<int64_t>(k, p.size(-1)));
   std::string out;
-  char buf[48];
-  for (int64_t j = 0; j < std::get<0>(top).size(0); ++j) {
-    std::snprintf(buf, sizeof buf, "%s%lld (%.4f)", j ? ", " : "", static_cast<long long>(std::get<1>(top)[j].item<int64_t>()),
-                  std::get<0>(top)[j].item<double>());
-    out += buf;
-  }
+  for (int64_t j = 0; j < std::get<0>(top).size(0); ++j)
+    out += fmt::format("{}{} ({:.4f})", j ? ", " : "", std::get<1>(top)[j].item<int64_t>(),
+                       std::get<0>(top)[j].item<double>());
   return out;
 }
 
@@ -188,7 +191,8 @@ torch::Tensor first_tensor(const c10::IValue& v) {
   if (v.isTensor()) return v.toTensor();
   if (v.isTuple() && !v.toTupleRef().elements().empty() && v.toTupleRef().elements()[0].isTensor())
     return v.toTupleRef().elements()[0].toTensor();
-  throw std::runtime_error("the module's forward returns " + v.tagKind() + "; zoo predict shows tensors (or the first of a tuple)");
+  throw std::runtime_error("the module's forward returns " + v.tagKind() +
+                           "; zoo predict shows tensors (or the first of a tuple)");
 }
 
 torch::Tensor image_input(const std::string& path, int64_t channels) {
@@ -201,7 +205,8 @@ void run_predict(const PredictArgs& a) {
   module.eval();
   torch::NoGradGuard no_grad;
   const int given = !a.input.empty() + !a.shape.empty() + !a.folder.empty();
-  if (given != 1) throw std::invalid_argument("zoo predict needs exactly one of --input FILE, --shape N,C,H,W, --batch DIR");
+  if (given != 1)
+    throw std::invalid_argument("zoo predict needs exactly one of --input FILE, --shape N,C,H,W, --batch DIR");
   if (!a.folder.empty()) {
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(a.folder)) {
@@ -219,12 +224,13 @@ void run_predict(const PredictArgs& a) {
       for (size_t i = lo + 1; i < hi; ++i)
         if (images[i - lo].sizes() != images[0].sizes())
           throw std::runtime_error(files[i] + " is " + c10::str(images[i - lo].sizes().slice(1)) + " but " + files[lo] +
-                                   " is " + c10::str(images[0].sizes().slice(1)) + "; a batch needs images of one size");
+                                   " is " + c10::str(images[0].sizes().slice(1)) +
+                                   "; a batch needs images of one size");
       const auto out = first_tensor(module.forward({torch::cat(images)}));
       for (size_t i = lo; i < hi; ++i)
-        std::printf("%s  %s\n", fs::path(files[i]).filename().c_str(),
-                    out.dim() == 2 ? top_classes(out[static_cast<int64_t>(i - lo)], a.topk).c_str()
-                                   : c10::str(out.sizes().slice(1)).c_str());
+        fmt::print(
+            "{}  {}\n", fs::path(files[i]).filename().string(),
+            out.dim() == 2 ? top_classes(out[static_cast<int64_t>(i - lo)], a.topk) : c10::str(out.sizes().slice(1)));
     }
     return;
   }
@@ -250,17 +256,19 @@ void run_predict(const PredictArgs& a) {
     throw std::runtime_error("the module does not take input " + c10::str(x.sizes()) + " (" +
                              training::last_line(what) + "); give --shape or --channels to match it");
   }
-  std::printf("input %s -> output %s\n", c10::str(x.sizes()).c_str(), c10::str(out.sizes()).c_str());
+  fmt::print("input {} -> output {}\n", c10::str(x.sizes()), c10::str(out.sizes()));
   if (out.dim() == 2)
-    for (int64_t i = 0; i < out.size(0); ++i) std::printf("item %lld: top classes %s\n", static_cast<long long>(i), top_classes(out[i], a.topk).c_str());
+    for (int64_t i = 0; i < out.size(0); ++i)
+      fmt::print("item {}: top classes {}\n", static_cast<long long>(i), top_classes(out[i], a.topk));
   if (!a.out.empty()) {
-    if (out.dim() != 4) throw std::invalid_argument("--out writes image outputs [N, C, H, W]; this output is " + c10::str(out.sizes()));
+    if (out.dim() != 4)
+      throw std::invalid_argument("--out writes image outputs [N, C, H, W]; this output is " + c10::str(out.sizes()));
     auto image = out[0];
     if (image.size(0) == 1 || image.size(0) == 3)
       datasets::save_png(image, a.out);  // values in [0, 1] (clamped)
     else
       datasets::save_png(datasets::colorize_labels(image.argmax(0)), a.out);  // class scores: coloured labels
-    std::printf("wrote %s\n", a.out.c_str());
+    fmt::print("wrote {}\n", a.out);
   }
 }
 
@@ -293,13 +301,15 @@ void add_interop(CLI::App& app) {
   }
   {
     auto a = std::make_shared<PredictArgs>();
-    auto* cmd = app.add_subcommand("predict", "Run any TorchScript module on an image, a folder of images or random input");
+    auto* cmd =
+        app.add_subcommand("predict", "Run any TorchScript module on an image, a folder of images or random input");
     cmd->add_option("file", a->file, "TorchScript module (torch.jit.save in Python, or zoo export)")->required();
     cmd->add_option("--input", a->input,
                     "An image (PNG, JPEG, ...), as [1, C, H, W] in [0, 1], or a tensor saved with torch.save(x, PATH)");
     cmd->add_option("--shape", a->shape, "Random input of this shape instead, e.g. 1,1,28,28");
     cmd->add_option("--batch", a->folder, "A folder of images: predicts them all, --batch-size at a time");
-    cmd->add_option("--batch-size", a->batch_size, "Images per forward with --batch (default 32)")->check(CLI::Range(1, 100000));
+    cmd->add_option("--batch-size", a->batch_size, "Images per forward with --batch (default 32)")
+        ->check(CLI::Range(1, 100000));
     cmd->add_option("--channels", a->channels, "Read images with 1 (grey) or 3 (RGB) channels (default: as stored)")
         ->check(CLI::IsMember({0, 1, 3}));
     cmd->add_option("--topk", a->topk, "Classes to print for a classifier (default 5)")->check(CLI::Range(1, 1000));

@@ -3,6 +3,7 @@
 #include "tools/cli/cli.h"
 #include "training/distributed.h"
 
+#include <fmt/format.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -71,7 +72,7 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
     const pid_t pid = fork();
     if (pid < 0) throw std::runtime_error(std::string("cannot start a rank: ") + std::strerror(errno));
     if (pid == 0) {
-      setpgid(0, 0);                    // a terminal's Ctrl-C reaches the launcher, which passes it on once
+      setpgid(0, 0);                     // a terminal's Ctrl-C reaches the launcher, which passes it on once
       prctl(PR_SET_PDEATHSIG, SIGTERM);  // and a launcher that dies takes its ranks along
       setenv("RANK", std::to_string(rank).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
@@ -82,8 +83,7 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
       execv(argv[0], argv.data());
-      std::fprintf(stderr, "zoo: error: cannot start rank %lld: %s\n", static_cast<long long>(rank),
-                   std::strerror(errno));
+      fmt::print(stderr, "zoo: error: cannot start rank {}: {}\n", static_cast<long long>(rank), std::strerror(errno));
       _exit(127);
     }
     children[rank] = pid;
@@ -135,9 +135,10 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
     for (int s : status) same = same && s == st;
     if (same) return WEXITSTATUS(st);
   }
-  std::fprintf(stderr, "zoo: error: rank %lld of %lld %s; the other ranks were stopped (the last checkpoint is intact; "
-               "continue with --resume)\n", static_cast<long long>(first_failed), static_cast<long long>(nproc),
-               describe(st).c_str());
+  fmt::print(stderr,
+             "zoo: error: rank {} of {} {}; the other ranks were stopped (the last checkpoint is intact; "
+             "continue with --resume)\n",
+             static_cast<long long>(first_failed), static_cast<long long>(nproc), describe(st));
   return 1;
 }
 

@@ -3,6 +3,7 @@
 
 #include "core/plugins.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -48,8 +49,10 @@ void load_plugins(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--") break;
-    if (arg == "--plugin" && i + 1 < argc) zoo::load_plugin(argv[++i]);
-    else if (arg.rfind("--plugin=", 0) == 0) zoo::load_plugin(arg.substr(9));
+    if (arg == "--plugin" && i + 1 < argc)
+      zoo::load_plugin(argv[++i]);
+    else if (arg.rfind("--plugin=", 0) == 0)
+      zoo::load_plugin(arg.substr(9));
   }
 }
 }  // namespace
@@ -58,7 +61,7 @@ int main(int argc, char** argv) {
   try {
     load_plugins(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "zoo: error: %s\n", first_line(e.what()).c_str());
+    fmt::print(stderr, "zoo: error: {}\n", first_line(e.what()));
     return 1;
   }
   CLI::App app{"zoo: classic deep-learning models as trainable LibTorch modules"};
@@ -91,8 +94,8 @@ int main(int argc, char** argv) {
   } catch (const zoo::cli::ExitCode& e) {
     return e.code;
   } catch (const zoo::training::Interrupted& e) {
-    std::fprintf(stderr, "zoo: %s (%s); continue with --resume\n", e.what(),
-                 e.signal > 0 ? strsignal(e.signal) : "stop requested");
+    fmt::print(stderr, "zoo: {} ({}); continue with --resume\n", e.what(),
+               e.signal > 0 ? strsignal(e.signal) : "stop requested");
     return e.signal > 0 ? 128 + e.signal : 1;
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
@@ -103,13 +106,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string where = "zoo";
     for (const auto* sub : app.get_subcommands()) where += " " + sub->get_name();
-    std::fprintf(stderr, "zoo: error: %s (see '%s --help')\n", first_line(e.what()).c_str(), where.c_str());
+    fmt::print(stderr, "zoo: error: {} (see '{} --help')\n", first_line(e.what()), where);
     return 2;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "zoo: error: %s\n", first_line(e.what_without_backtrace()).c_str());
+    fmt::print(stderr, "zoo: error: {}\n", first_line(e.what_without_backtrace()));
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "zoo: error: %s\n", zoo::cli::in_flags(first_line(e.what())).c_str());
+    fmt::print(stderr, "zoo: error: {}\n", zoo::cli::in_flags(first_line(e.what())));
     return 1;
   }
   return 0;
