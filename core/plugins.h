@@ -38,6 +38,6 @@ bool defer_registration_error(const std::string& message);
 }  // namespace zoo
 
 /// Marks a shared library as a zoo plugin built against this zoo version (see above).
-#define ZOO_PLUGIN()                                                                          \
-  extern "C" __attribute__((used, visibility("default"))) const char zoo_plugin_marker[] =   \
+#define ZOO_PLUGIN()                                                                       \
+  extern "C" __attribute__((used, visibility("default"))) const char zoo_plugin_marker[] = \
       "zoo-plugin-version=" ZOO_VERSION ";"

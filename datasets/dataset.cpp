@@ -8,19 +8,17 @@ namespace zoo::datasets {
 
 TensorDataset::TensorDataset(torch::Tensor inputs, torch::Tensor targets, std::string description)
     : inputs_(std::move(inputs)), targets_(std::move(targets)), description_(std::move(description)) {
-  TORCH_CHECK(inputs_.size(0) == targets_.size(0), "TensorDataset: ", inputs_.size(0), " inputs but ",
-              targets_.size(0), " targets");
+  TORCH_CHECK(inputs_.size(0) == targets_.size(0), "TensorDataset: ", inputs_.size(0), " inputs but ", targets_.size(0),
+              " targets");
 }
 
 Batch TensorDataset::get(const torch::Tensor& indices) const {
   return {inputs_.index_select(0, indices), targets_.index_select(0, indices)};
 }
 
-torch::Tensor epoch_order(int64_t size, bool shuffle, uint64_t seed, int64_t epoch, int64_t rank,
-                          int64_t world_size) {
+torch::Tensor epoch_order(int64_t size, bool shuffle, uint64_t seed, int64_t epoch, int64_t rank, int64_t world_size) {
   TORCH_CHECK(size > 0, "epoch_order: empty dataset");
-  TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "epoch_order: bad rank ", rank, " of ",
-              world_size);
+  TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "epoch_order: bad rank ", rank, " of ", world_size);
   std::vector<int64_t> order(static_cast<size_t>(size));
   std::iota(order.begin(), order.end(), int64_t{0});
   if (shuffle) {

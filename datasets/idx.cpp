@@ -63,7 +63,8 @@ torch::Tensor parse_idx(const uint8_t* data, size_t size, const std::string& nam
   if (type != 0x08)
     throw std::runtime_error(name + ": IDX element type 0x" + std::to_string(type) +
                              " is not supported (only unsigned bytes, 0x08)");
-  if (ndims == 0 || ndims > 8) throw std::runtime_error(name + ": IDX header has " + std::to_string(ndims) + " dimensions");
+  if (ndims == 0 || ndims > 8)
+    throw std::runtime_error(name + ": IDX header has " + std::to_string(ndims) + " dimensions");
   const size_t header = 4 + 4 * ndims;
   if (size < header) throw std::runtime_error(name + " is truncated (incomplete IDX header)");
   std::vector<int64_t> dims(ndims);
@@ -74,8 +75,10 @@ torch::Tensor parse_idx(const uint8_t* data, size_t size, const std::string& nam
   for (size_t i = 0; i < ndims; ++i) {
     dims[i] = be32(data + 4 + 4 * i);
     const auto d = static_cast<uint64_t>(dims[i]);
-    if (d != 0 && claimed > available / d) saturated = true;
-    else claimed *= d;
+    if (d != 0 && claimed > available / d)
+      saturated = true;
+    else
+      claimed *= d;
   }
   if (saturated) claimed = available + 1;
   if (claimed > available)

@@ -27,7 +27,9 @@ torch::Tensor make_grid(torch::Tensor images, const GridOptions& o) {
   auto grid = torch::full({c, rows * (h + p) + p, cols * (w + p) + p}, o.pad_value(), torch::kFloat32);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = i / cols, col = i % cols;
-    grid.slice(1, r * (h + p) + p, r * (h + p) + p + h).slice(2, col * (w + p) + p, col * (w + p) + p + w).copy_(images[i]);
+    grid.slice(1, r * (h + p) + p, r * (h + p) + p + h)
+        .slice(2, col * (w + p) + p, col * (w + p) + p + w)
+        .copy_(images[i]);
   }
   return grid;
 }
@@ -38,7 +40,8 @@ void save_png(const torch::Tensor& image, const std::string& path) {
   TORCH_CHECK(t.dim() == 3 && (t.size(0) == 1 || t.size(0) == 3 || t.size(0) == 4),
               "save_png expects [C, H, W] with C = 1, 3 or 4, got ", image.sizes());
   auto bytes = t.clamp(0, 1).mul(255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
-  const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)), c = static_cast<int>(bytes.size(2));
+  const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)),
+            c = static_cast<int>(bytes.size(2));
   const auto parent = std::filesystem::path(path).parent_path();
   if (!parent.empty() && !std::filesystem::exists(parent))
     throw std::runtime_error("cannot write " + path + ": directory " + parent.string() + " does not exist");
@@ -58,17 +61,20 @@ torch::Tensor colorize_labels(const torch::Tensor& labels) {
   TORCH_CHECK(ids.dim() >= 2, "colorize_labels expects [*, H, W], got ", labels.sizes());
   TORCH_CHECK(ids.numel() == 0 || ids.min().item<int64_t>() >= 0, "colorize_labels: negative class id");
   auto index = torch::where(ids > 0, (ids - 1).remainder(20) + 1, ids);
-  return table.index_select(0, index.flatten()).view([&] {
-    auto shape = ids.sizes().vec();
-    shape.push_back(3);
-    return shape;
-  }()).movedim(-1, -3).contiguous();
+  return table.index_select(0, index.flatten())
+      .view([&] {
+        auto shape = ids.sizes().vec();
+        shape.push_back(3);
+        return shape;
+      }())
+      .movedim(-1, -3)
+      .contiguous();
 }
 
 torch::Tensor overlay_labels(const torch::Tensor& image, const torch::Tensor& labels, double alpha) {
   auto img = image.detach().to(torch::kCPU, torch::kFloat32);
-  TORCH_CHECK(img.dim() == 3 && (img.size(0) == 1 || img.size(0) == 3), "overlay_labels: image must be [1 or 3, H, W], got ",
-              image.sizes());
+  TORCH_CHECK(img.dim() == 3 && (img.size(0) == 1 || img.size(0) == 3),
+              "overlay_labels: image must be [1 or 3, H, W], got ", image.sizes());
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == img.size(1) && labels.size(1) == img.size(2),
               "overlay_labels: labels ", labels.sizes(), " do not match the image ", image.sizes());
   if (img.size(0) == 1) img = img.expand({3, -1, -1});

@@ -28,8 +28,7 @@ std::string find_file(const std::string& dir, const std::string& stem, const std
 
 }  // namespace
 
-std::shared_ptr<TensorDataset> load_mnist(const std::string& dir, Split split, int64_t limit,
-                                          const std::string& name) {
+std::shared_ptr<TensorDataset> load_mnist(const std::string& dir, Split split, int64_t limit, const std::string& name) {
   const std::string prefix = split == Split::Train ? "train" : "t10k";
   const std::string image_path = find_file(dir, prefix + "-images-idx3-ubyte", name);
   const std::string label_path = find_file(dir, prefix + "-labels-idx1-ubyte", name);

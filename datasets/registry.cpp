@@ -54,11 +54,11 @@ DatasetEntry idx_dataset(const std::string& name, const std::string& description
   return e;
 }
 
-const detail::DatasetRegistrar fashion_mnist{idx_dataset(
-    "fashion-mnist", "Zalando Fashion-MNIST: 60,000 + 10,000 28x28 grey images, 10 classes",
-    default_fashion_mnist_dir)};
-const detail::DatasetRegistrar mnist{idx_dataset(
-    "mnist", "MNIST digits in IDX format (same reader; pass --data-dir)", [] {
+const detail::DatasetRegistrar fashion_mnist{
+    idx_dataset("fashion-mnist", "Zalando Fashion-MNIST: 60,000 + 10,000 28x28 grey images, 10 classes",
+                default_fashion_mnist_dir)};
+const detail::DatasetRegistrar mnist{
+    idx_dataset("mnist", "MNIST digits in IDX format (same reader; pass --data-dir)", [] {
       if (const char* env = std::getenv("ZOO_DATA_DIR"); env && *env) return std::string(env);
       return std::string("/usr/share/datasets/mnist");
     })};

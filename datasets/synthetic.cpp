@@ -24,8 +24,8 @@ std::shared_ptr<TensorDataset> make_waveforms(int64_t n, int64_t length, double 
   auto phase = uniform(g, {n, 1}, 0.0, 1.0);
   auto amplitude = uniform(g, {n, 1}, 0.5, 1.0);
   auto t = torch::linspace(0, 1, length).unsqueeze(0);
-  auto cycle = cycles * t + phase;           // position in cycles
-  auto frac = cycle - torch::floor(cycle);   // in [0, 1)
+  auto cycle = cycles * t + phase;          // position in cycles
+  auto frac = cycle - torch::floor(cycle);  // in [0, 1)
   auto sine = torch::sin(2 * M_PI * cycle);
   auto square = torch::where(frac < 0.5, torch::ones_like(frac), -torch::ones_like(frac));
   auto saw = 2 * frac - 1;
@@ -33,8 +33,8 @@ std::shared_ptr<TensorDataset> make_waveforms(int64_t n, int64_t length, double 
   auto all = torch::stack({sine, square, saw, triangle}, 1);  // [n, 4, L]
   auto wave = all.gather(1, labels.view({n, 1, 1}).expand({n, 1, length})) * amplitude.unsqueeze(1);
   wave = wave + noise * at::randn(wave.sizes(), g, torch::kFloat32);
-  return std::make_shared<TensorDataset>(wave, labels, "waveforms (" + std::to_string(n) + " x [1, " +
-                                                           std::to_string(length) + "])");
+  return std::make_shared<TensorDataset>(wave, labels,
+                                         "waveforms (" + std::to_string(n) + " x [1, " + std::to_string(length) + "])");
 }
 
 std::shared_ptr<TensorDataset> make_shapes3d(int64_t n, int64_t size, double noise, uint64_t seed) {
@@ -54,8 +54,8 @@ std::shared_ptr<TensorDataset> make_shapes3d(int64_t n, int64_t size, double noi
   auto all = torch::stack({sphere, cube, cylinder}, 1).to(torch::kFloat32);  // [n, 3, S, S, S]
   auto volume = all.gather(1, labels.view({n, 1, 1, 1, 1}).expand({n, 1, size, size, size}));
   volume = volume + noise * at::randn(volume.sizes(), g, torch::kFloat32);
-  return std::make_shared<TensorDataset>(volume, labels, "shapes3d (" + std::to_string(n) + " x [1, " +
-                                                             std::to_string(size) + "^3])");
+  return std::make_shared<TensorDataset>(volume, labels,
+                                         "shapes3d (" + std::to_string(n) + " x [1, " + std::to_string(size) + "^3])");
 }
 
 std::shared_ptr<TensorDataset> make_motion4d(int64_t n, int64_t frames, int64_t size, double noise, uint64_t seed) {
@@ -67,7 +67,7 @@ std::shared_ptr<TensorDataset> make_motion4d(int64_t n, int64_t frames, int64_t 
   // direction k: axis k / 2, sign + for even k
   auto directions = torch::zeros({6, 3});
   for (int k = 0; k < 6; ++k) directions[k][k / 2] = (k % 2 == 0) ? 1.0 : -1.0;
-  auto dir = directions.index_select(0, labels);                                  // [n, 3]
+  auto dir = directions.index_select(0, labels);                                   // [n, 3]
   auto start = uniform(g, {n, 3}, 1.5, s - 1.5) - dir * speed * (frames - 1) / 2;  // centred path
   auto axis = torch::arange(size, torch::kFloat32) + 0.5;
   auto grid = torch::meshgrid({axis, axis, axis}, "ij");
@@ -81,12 +81,12 @@ std::shared_ptr<TensorDataset> make_motion4d(int64_t n, int64_t frames, int64_t 
   }
   auto x = torch::stack(video, 1).unsqueeze(1);  // [n, 1, T, S, S, S]
   x = x + noise * at::randn(x.sizes(), g, torch::kFloat32);
-  return std::make_shared<TensorDataset>(x, labels, "motion4d (" + std::to_string(n) + " x [1, " +
-                                                        std::to_string(frames) + ", " + std::to_string(size) + "^3])");
+  return std::make_shared<TensorDataset>(
+      x, labels,
+      "motion4d (" + std::to_string(n) + " x [1, " + std::to_string(frames) + ", " + std::to_string(size) + "^3])");
 }
 
 namespace {
-
 
 DatasetEntry synthetic(const std::string& name, const std::string& description,
                        std::function<std::shared_ptr<TensorDataset>(const nlohmann::json&, int64_t, uint64_t)> make,
@@ -120,7 +120,8 @@ const detail::DatasetRegistrar shapes3d{synthetic(
 const detail::DatasetRegistrar motion4d{synthetic(
     "motion4d", "4-D: a blob moving along one of 6 directions, [1, 6, 8, 8, 8], 6 classes (generated)",
     [](const nlohmann::json& o, int64_t n, uint64_t seed) {
-      return make_motion4d(n, int_option(o, "frames", 6), int_option(o, "size", 8), number_option(o, "noise", 0.3), seed);
+      return make_motion4d(n, int_option(o, "frames", 6), int_option(o, "size", 8), number_option(o, "noise", 0.3),
+                           seed);
     },
     {"n_train", "n_test", "seed", "frames", "size", "noise"}, 3000, 1000)};
 

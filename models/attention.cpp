@@ -13,8 +13,7 @@ AttentionResult scaled_dot_product_attention(const torch::Tensor& q, const torch
   TORCH_CHECK(q.size(-1) == k.size(-1), "attention: queries and keys differ in width: ", q.size(-1), " vs ",
               k.size(-1));
   TORCH_CHECK(k.size(-2) == v.size(-2), "attention: ", k.size(-2), " keys but ", v.size(-2), " values");
-  TORCH_CHECK(temperature >= 0 && std::isfinite(temperature), "attention: temperature must be >= 0, got ",
-              temperature);
+  TORCH_CHECK(temperature >= 0 && std::isfinite(temperature), "attention: temperature must be >= 0, got ", temperature);
   auto scores = torch::matmul(q, k.transpose(-2, -1));
   if (temperature > 0) scores = scores / (std::sqrt(static_cast<double>(q.size(-1))) * temperature);
   if (mask.defined()) {
@@ -57,9 +56,8 @@ void AttentionImpl::reset() {
   if (options.bias()) out_proj->bias.zero_();
 }
 
-AttentionResult AttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
-                                       const torch::Tensor& value, const torch::Tensor& key_padding_mask,
-                                       const torch::Tensor& attn_mask) {
+AttentionResult AttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                                       const torch::Tensor& key_padding_mask, const torch::Tensor& attn_mask) {
   const int64_t e = options.embed_dim(), h = options.num_heads(), d = e / h;
   TORCH_CHECK(query.dim() == 3 && query.size(2) == e, "Attention expects query [N, L, ", e, "], got ", query.sizes());
   TORCH_CHECK(key.dim() == 3 && key.size(2) == e && key.size(0) == query.size(0), "Attention expects key [",
@@ -76,11 +74,10 @@ AttentionResult AttentionImpl::forward(const torch::Tensor& query, const torch::
     return m.scalar_type() == torch::kBool ? torch::zeros(m.sizes(), q.options()).masked_fill(m, -inf) : m;
   };
   if (attn_mask.defined()) {
-    TORCH_CHECK((attn_mask.dim() == 2 && attn_mask.size(0) == l && attn_mask.size(1) == s) ||
-                    (attn_mask.dim() == 3 && attn_mask.size(0) == n * h && attn_mask.size(1) == l &&
-                     attn_mask.size(2) == s),
-                "Attention: attn_mask must be [", l, ", ", s, "] or [", n * h, ", ", l, ", ", s, "], got ",
-                attn_mask.sizes());
+    TORCH_CHECK(
+        (attn_mask.dim() == 2 && attn_mask.size(0) == l && attn_mask.size(1) == s) ||
+            (attn_mask.dim() == 3 && attn_mask.size(0) == n * h && attn_mask.size(1) == l && attn_mask.size(2) == s),
+        "Attention: attn_mask must be [", l, ", ", s, "] or [", n * h, ", ", l, ", ", s, "], got ", attn_mask.sizes());
     mask = as_additive(attn_mask);
     if (mask.dim() == 3) mask = mask.view({n, h, l, s});
   }

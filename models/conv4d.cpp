@@ -18,8 +18,10 @@ void Conv4dImpl::reset() {
   }
   const auto& k = *o.kernel_size();
   weight = register_parameter("weight", torch::empty({o.out_channels(), o.in_channels(), k[0], k[1], k[2], k[3]}));
-  if (o.bias()) bias = register_parameter("bias", torch::empty({o.out_channels()}));
-  else bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+  if (o.bias())
+    bias = register_parameter("bias", torch::empty({o.out_channels()}));
+  else
+    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
   reset_parameters();
 }
 
@@ -43,13 +45,14 @@ torch::Tensor Conv4dImpl::forward(const torch::Tensor& x) {
   const auto& d = *o.dilation();
   const int64_t n = x.size(0), t_in = x.size(2);
   const int64_t t_out = (t_in + 2 * p[0] - d[0] * (k[0] - 1) - 1) / s[0] + 1;
-  TORCH_CHECK(t_out > 0, "Conv4d: time axis of length ", t_in, " is too short for kernel ", k[0], " (dilation ",
-              d[0], ", padding ", p[0], ")");
+  TORCH_CHECK(t_out > 0, "Conv4d: time axis of length ", t_in, " is too short for kernel ", k[0], " (dilation ", d[0],
+              ", padding ", p[0], ")");
   const auto conv3d = [&](const torch::Tensor& frames, const torch::Tensor& w) {
-    return torch::nn::functional::conv3d(frames, w, torch::nn::functional::Conv3dFuncOptions()
-                                                         .stride({s[1], s[2], s[3]})
-                                                         .padding({p[1], p[2], p[3]})
-                                                         .dilation({d[1], d[2], d[3]}));
+    return torch::nn::functional::conv3d(frames, w,
+                                         torch::nn::functional::Conv3dFuncOptions()
+                                             .stride({s[1], s[2], s[3]})
+                                             .padding({p[1], p[2], p[3]})
+                                             .dilation({d[1], d[2], d[3]}));
   };
   // Time-major view [N, T, C, D, H, W]: tap i reads the frames t * s - p + i * d, an arithmetic run, for a run of
   // output frames t, so each tap is one strided slice in, one conv3d over all of its frames, and one in-place

@@ -83,8 +83,8 @@ struct GatedLSTMStepFunction : public torch::autograd::Function<GatedLSTMStepFun
 GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x,
                                          const std::optional<std::tuple<torch::Tensor, torch::Tensor>>& state) {
   const int64_t hidden = options.hidden_size();
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.input_size(), "GatedLSTMCell expects x [N, ",
-              options.input_size(), "], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.input_size(), "GatedLSTMCell expects x [N, ", options.input_size(),
+              "], got ", x.sizes());
   torch::Tensor h, c;
   if (state) {
     std::tie(h, c) = *state;

@@ -30,7 +30,9 @@ class TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   const fs::path& path() const { return path_; }
-  std::string str(const std::string& child = "") const { return child.empty() ? path_.string() : (path_ / child).string(); }
+  std::string str(const std::string& child = "") const {
+    return child.empty() ? path_.string() : (path_ / child).string();
+  }
 
  private:
   fs::path path_;
@@ -61,6 +63,10 @@ inline CommandResult run_command(const std::string& command) {
 }
 
 /// Runs the zoo binary with arguments (a shell-quoted string), one thread.
+/// Debian's python3-torch (the same LibTorch build as zoo's), not the python3 first on PATH.
+inline constexpr const char* kPython = "/usr/bin/python3";
+inline bool python_has_torch() { return run_command(std::string(kPython) + " -c 'import torch'").code == 0; }
+
 inline CommandResult run_zoo(const std::string& args) { return run_command(std::string(ZOO_BIN) + " " + args); }
 
 /// The last non-empty line of a text.
@@ -68,7 +74,8 @@ inline std::string last_line(const std::string& text) {
   auto end = text.find_last_not_of('\n');
   if (end == std::string::npos) return "";
   auto start = text.rfind('\n', end);
-  return text.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+  return text.substr(start == std::string::npos ? 0 : start + 1,
+                     end - (start == std::string::npos ? 0 : start + 1) + 1);
 }
 
 /// Number of lines of a text.
@@ -79,8 +86,9 @@ inline size_t count_lines(const std::string& text) {
 }
 
 /// A run configuration on the first `limit` Fashion-MNIST items, quiet and single-threaded unless `train` says.
-inline training::RunConfig small_run(const std::string& model, int64_t limit,
-                                     training::TrainOptions train = training::TrainOptions().progress(false).threads(1)) {
+inline training::RunConfig small_run(
+    const std::string& model, int64_t limit,
+    training::TrainOptions train = training::TrainOptions().progress(false).threads(1)) {
   training::RunConfig config;
   config.model = model;
   config.data.limit = limit;
@@ -91,7 +99,8 @@ inline training::RunConfig small_run(const std::string& model, int64_t limit,
 inline bool have_fashion_mnist() {
   const char* env = std::getenv("ZOO_DATA_DIR");
   const std::string dir = env && *env ? env : "/usr/share/datasets/fashion-mnist";
-  return fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") || fs::exists(fs::path(dir) / "train-images-idx3-ubyte");
+  return fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") ||
+         fs::exists(fs::path(dir) / "train-images-idx3-ubyte");
 }
 
 }  // namespace zoo::test

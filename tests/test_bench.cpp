@@ -30,7 +30,9 @@ TEST_CASE("Bench: C++ and Python twins timed side by side, with FLOPs, data load
   const bool fashion = zoo::test::have_fashion_mnist();
   const std::string cases = fashion ? "mlp sinkhorn moe-layer gated-lstm-cell" : "sinkhorn moe-layer gated-lstm-cell";
   TempDir tmp;
-  const auto r = run_zoo("bench " + cases + " --repeat 3 --min-steps 1 --min-time 0 --threads 1,2,1 --json --markdown " + tmp.str("results.md"));
+  const auto r =
+      run_zoo("bench " + cases + " --repeat 3 --min-steps 1 --min-time 0 --threads 1,2,1 --json --markdown " +
+              tmp.str("results.md"));
   INFO(r.err);
   REQUIRE(r.code == 0);
   const auto doc = json::parse(r.out);
@@ -125,7 +127,8 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
     std::ofstream(tmp.path() / "README.md")
         << "# t\n\nThe text may name `<!-- zoo bench: begin -->` and `<!-- zoo bench: end -->` in passing.\n"
            "before\n<!-- zoo bench: begin -->\nold table\n<!-- zoo bench: end -->\nafter\n";
-    const auto r = run_zoo("bench sinkhorn attention --no-python --threads 1" + kQuick + "--readme " + tmp.str("README.md"));
+    const auto r =
+        run_zoo("bench sinkhorn attention --no-python --threads 1" + kQuick + "--readme " + tmp.str("README.md"));
     INFO(r.err);
     REQUIRE(r.code == 0);
     CHECK(r.out.find("| attention | 1 | 16 |") != std::string::npos);
@@ -134,7 +137,8 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
     CHECK(readme.find("| sinkhorn | 1 | 64 |") != std::string::npos);
     CHECK(readme.find("before\n<!-- zoo bench: begin -->\n") != std::string::npos);
     CHECK(readme.find("<!-- zoo bench: end -->\nafter\n") != std::string::npos);
-    CHECK(readme.find("name `<!-- zoo bench: begin -->` and `<!-- zoo bench: end -->` in passing") != std::string::npos);
+    CHECK(readme.find("name `<!-- zoo bench: begin -->` and `<!-- zoo bench: end -->` in passing") !=
+          std::string::npos);
   }
   {
     const auto r = run_zoo("bench no-such-model --no-python");
@@ -162,8 +166,8 @@ TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]")
   std::string why;
   if (const auto jemalloc = zoo::test::preloadable_jemalloc(why); !jemalloc.empty() && python_has_torch()) {
     // Under LD_PRELOAD both sides run with another malloc, and the report says so for each.
-    const auto r = run_command("LD_PRELOAD=" + jemalloc + " " + ZOO_BIN + " bench sinkhorn --threads 1" + kQuick +
-                               "--json");
+    const auto r =
+        run_command("LD_PRELOAD=" + jemalloc + " " + ZOO_BIN + " bench sinkhorn --threads 1" + kQuick + "--json");
     REQUIRE(r.code == 0);
     const auto doc = json::parse(r.out);
     CHECK(doc["allocator"]["cpp"].get<std::string>().rfind("jemalloc 5.", 0) == 0);

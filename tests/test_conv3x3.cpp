@@ -40,9 +40,9 @@ TEST_CASE("conv3x3: outputs and all three gradients equal torch::conv2d, for any
   };
   // 8-channel panels (o <= 8) and 16-channel ones with a partial last panel; 4-, 2- and 1-pixel blocks (w = 1 .. 9);
   // input channels not a multiple of 4 (the weight kernel's remainder); 0, 1 and 2 lead channels.
-  for (const auto& s : {Shape{8, 8, 6, 6, 8, 1}, Shape{3, 5, 7, 9, 12, 0}, Shape{2, 20, 5, 3, 19, 2},
-                        Shape{1, 1, 1, 1, 1, 0}, Shape{2, 3, 4, 5, 7, 1}, Shape{1, 16, 2, 7, 33, 1},
-                        Shape{4, 32, 6, 6, 32, 1}}) {
+  for (const auto& s :
+       {Shape{8, 8, 6, 6, 8, 1}, Shape{3, 5, 7, 9, 12, 0}, Shape{2, 20, 5, 3, 19, 2}, Shape{1, 1, 1, 1, 1, 0},
+        Shape{2, 3, 4, 5, 7, 1}, Shape{1, 16, 2, 7, 33, 1}, Shape{4, 32, 6, 6, 32, 1}}) {
     INFO("x [" << s.n << ", " << s.c << ", " << s.h << ", " << s.w << "], " << s.o << " outputs, lead " << s.lead);
     const auto x = torch::randn({s.n, s.c, s.h, s.w}, torch::requires_grad());
     const auto w = torch::randn({s.o, s.c + s.lead, 3, 3}, torch::requires_grad());
@@ -123,11 +123,11 @@ TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {
   CHECK(max_diff(conv3x3(xd, wd, {}, 0.5), expected_conv(xd, wd, {}, 1, 0.5)) == 0.0);
   CHECK_THROWS_WITH(conv3x3(xd, wd, {}, 0.5, Conv3x3Kernel::direct),
                     Catch::Contains("needs float32 CPU tensors") && Catch::Contains("Conv3x3Kernel::automatic"));
-  CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 9, 5, 5}), {}), Catch::Contains("expects a weight [O, lead + 8, 3, 3]"));
+  CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 9, 5, 5}), {}),
+                    Catch::Contains("expects a weight [O, lead + 8, 3, 3]"));
   CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 7, 3, 3}), {}), Catch::Contains("expects a weight"));
   CHECK_THROWS_WITH(conv3x3(x, w, torch::randn({7})), Catch::Contains("expects a bias [8]"));
   CHECK_THROWS_WITH(conv3x3(x.flatten(2), w, {}), Catch::Contains("expects x [N, C, H, W]"));
   // An empty batch gives an empty output.
-  CHECK(conv3x3(torch::zeros({0, 8, 6, 6}), w, {}, 0.0).sizes() ==
-        torch::IntArrayRef({0, 8, 6, 6}));
+  CHECK(conv3x3(torch::zeros({0, 8, 6, 6}), w, {}, 0.0).sizes() == torch::IntArrayRef({0, 8, 6, 6}));
 }

@@ -11,7 +11,8 @@ namespace {
 torch::Tensor brute_force(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                           std::array<int64_t, 4> s, std::array<int64_t, 4> p, std::array<int64_t, 4> d) {
   const int64_t N = x.size(0), C = x.size(1), O = w.size(0);
-  std::array<int64_t, 4> in{x.size(2), x.size(3), x.size(4), x.size(5)}, k{w.size(2), w.size(3), w.size(4), w.size(5)}, out{};
+  std::array<int64_t, 4> in{x.size(2), x.size(3), x.size(4), x.size(5)}, k{w.size(2), w.size(3), w.size(4), w.size(5)},
+      out{};
   for (int a = 0; a < 4; ++a) out[a] = (in[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1;
   auto y = torch::zeros({N, O, out[0], out[1], out[2], out[3]}, torch::kFloat64);
   auto X = x.accessor<double, 6>();
@@ -59,7 +60,8 @@ TEST_CASE("Conv4d equals the brute-force nested-loop sum (stride, padding, dilat
                     .bias(c.bias));
     conv->to(torch::kFloat64);
     auto x = torch::randn({2, 2, 5, 4, 5, 4}, torch::kFloat64);
-    auto expected = brute_force(x, conv->weight.detach(), c.bias ? conv->bias.detach() : torch::Tensor(), c.s, c.p, c.d);
+    auto expected =
+        brute_force(x, conv->weight.detach(), c.bias ? conv->bias.detach() : torch::Tensor(), c.s, c.p, c.d);
     auto y = conv->forward(x);
     REQUIRE(y.sizes() == expected.sizes());
     CHECK(torch::allclose(y, expected, 1e-10, 1e-10));
@@ -100,5 +102,6 @@ TEST_CASE("Conv4d: shapes, parameter names, and errors", "[conv4d]") {
   CHECK(names == std::vector<std::string>{"weight", "bias"});
   CHECK(conv->weight.sizes() == torch::IntArrayRef({8, 3, 3, 3, 3, 3}));
   CHECK_THROWS_WITH(conv->forward(torch::rand({2, 3, 6, 5, 7})), Catch::Contains("expects [N, 3, T, D, H, W]"));
-  CHECK_THROWS_WITH(Conv4d(Conv4dOptions(3, 8, 3))->forward(torch::rand({1, 3, 2, 5, 5, 5})), Catch::Contains("too short"));
+  CHECK_THROWS_WITH(Conv4d(Conv4dOptions(3, 8, 3))->forward(torch::rand({1, 3, 2, 5, 5, 5})),
+                    Catch::Contains("too short"));
 }

@@ -40,7 +40,8 @@ TEST_CASE("Synthetic datasets: shapes, balanced labels, deterministic per seed",
   }
   auto splits = datasets::load_splits({"waveforms", "", 100, {{"length", 64}}});
   CHECK(splits.train->size() == 100);
-  CHECK_THROWS_WITH(datasets::load_splits({"waveforms", "", 0, {{"colour", 1}}}), Catch::Contains("no option 'colour'"));
+  CHECK_THROWS_WITH(datasets::load_splits({"waveforms", "", 0, {{"colour", 1}}}),
+                    Catch::Contains("no option 'colour'"));
 }
 
 TEST_CASE("ConvNet: one classifier for 1-, 2-, 3- and 4-D input", "[convnd]") {

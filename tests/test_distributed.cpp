@@ -13,14 +13,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <chrono>
 #include <csignal>
-#include <fcntl.h>
 #include <thread>
 
 using namespace zoo;
-using zoo::test::TempDir;
 using nlohmann::json;
+using zoo::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
@@ -63,7 +63,8 @@ struct Child {
     pid = fork();
     if (pid == 0) {
       for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-      const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644),
+                e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(o, 1);
       dup2(e, 2);
       std::vector<std::string> all{ZOO_BIN};
@@ -199,7 +200,8 @@ TEST_CASE("zoo train --nproc 2, a distributed run resumes in one process and the
   CHECK(test::count_lines(test::read_text(fs::path(run) / "metrics.jsonl")) == 3);
 }
 
-TEST_CASE("A rank killed mid-training: the others fail with a clear message instead of hanging", "[distributed][faults]") {
+TEST_CASE("A rank killed mid-training: the others fail with a clear message instead of hanging",
+          "[distributed][faults]") {
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
@@ -230,7 +232,8 @@ TEST_CASE("Distributed set-up errors: port in use, rank out of range, disagreein
           "[distributed][faults]") {
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;
-  const std::vector<std::string> train{"train", "mlp", "--limit", "200", "--epochs", "1", "--no-progress", "--dist-timeout", "5"};
+  const std::vector<std::string> train{"train", "mlp",           "--limit",        "200", "--epochs",
+                                       "1",     "--no-progress", "--dist-timeout", "5"};
   auto with_out = [&](const std::string& name) {
     auto args = train;
     args.insert(args.end(), {"--out", tmp.str(name)});
@@ -263,7 +266,8 @@ TEST_CASE("Distributed set-up errors: port in use, rank out of range, disagreein
     CHECK(alone.wait(30) == 1);
     CHECK(alone.error().find("only 1 of 2 ranks joined") != std::string::npos);
   }
-  auto bad_env = test::run_command("WORLD_SIZE=two " + std::string(ZOO_BIN) + " train mlp --limit 100 --out " + tmp.str("env"));
+  auto bad_env =
+      test::run_command("WORLD_SIZE=two " + std::string(ZOO_BIN) + " train mlp --limit 100 --out " + tmp.str("env"));
   CHECK(bad_env.code == 1);
   CHECK(bad_env.err.find("WORLD_SIZE must be a whole number") != std::string::npos);
 }

@@ -30,12 +30,15 @@ std::map<std::string, std::vector<double>> read_csv(const std::string& path) {
 }
 }  // namespace
 
-TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond, train error 0 from N = n", "[experiments][learning]") {
+TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond, train error 0 from N = n",
+          "[experiments][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const int n = 200;
-  auto r = zoo::test::run_zoo("experiment double-descent --n 200 --test-n 1000 --seeds 3 --no-plot "
-                              "--ratios 0.1 0.25 0.5 0.8 1 1.25 2 5 10 --out " + tmp.str());
+  auto r = zoo::test::run_zoo(
+      "experiment double-descent --n 200 --test-n 1000 --seeds 3 --no-plot "
+      "--ratios 0.1 0.25 0.5 0.8 1 1.25 2 5 10 --out " +
+      tmp.str());
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   auto c = read_csv(tmp.str("double_descent.csv"));
@@ -47,7 +50,7 @@ TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond, tr
   CHECK(features[argmax(c["test_error"])] == n);
   const size_t at_n = 4, last = 8, first = 0;
   CHECK(c["test_error"][last] < 0.6 * c["test_error"][at_n]);  // the second descent
-  CHECK(c["test_error"][at_n] > c["test_error"][first]);        // ... after a rise: the classical U first
+  CHECK(c["test_error"][at_n] > c["test_error"][first]);       // ... after a rise: the classical U first
   CHECK(c["norm"][last] < c["norm"][at_n] / 10);
   for (size_t i = at_n; i < features.size(); ++i) {
     INFO("features " << features[i]);
@@ -78,14 +81,15 @@ TEST_CASE("Priors experiment: Laplace makes exact zeros, the Gaussian shrinks, o
     return std::stod(cell);
   };
   CHECK(none.rfind("none,", 0) == 0);
-  CHECK(field(gaussian, 3) < field(none, 3));     // weight norm
-  CHECK(field(laplace, 4) > 0.5);                 // fraction of exact zeros (measured 0.86)
+  CHECK(field(gaussian, 3) < field(none, 3));  // weight norm
+  CHECK(field(laplace, 4) > 0.5);              // fraction of exact zeros (measured 0.86)
   CHECK(field(none, 4) == 0.0);
   CHECK(field(gaussian, 4) == 0.0);
-  CHECK(field(laplace, 2) > 0.5);                 // and it still classifies (measured 0.69; chance 0.1)
+  CHECK(field(laplace, 2) > 0.5);  // and it still classifies (measured 0.69; chance 0.1)
 }
 
-TEST_CASE("mhc-stability: HC's composite gain explodes, mHC's stays near 1, mHC-lite's is exactly 1", "[experiments][mhc]") {
+TEST_CASE("mhc-stability: HC's composite gain explodes, mHC's stays near 1, mHC-lite's is exactly 1",
+          "[experiments][mhc]") {
   TempDir tmp;
   auto r = zoo::test::run_zoo("experiment mhc-stability --layers 32 --scales 0 0.5 --no-plot --threads 1 --out " +
                               tmp.str());
@@ -112,8 +116,8 @@ TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver, NFE 
           "[experiments][ode][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto r = zoo::test::run_zoo("experiment ode-solvers --limit 1000 --epochs 2 --no-baselines --no-plot --threads 2 --out " +
-                              tmp.str());
+  auto r = zoo::test::run_zoo(
+      "experiment ode-solvers --limit 1000 --epochs 2 --no-baselines --no-plot --threads 2 --out " + tmp.str());
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   std::istringstream in(zoo::test::read_text(tmp.str("ode_solvers.csv")));
@@ -145,7 +149,8 @@ TEST_CASE("ode-solvers: one trained ode-resnet evaluated with every solver, NFE 
   // Runs without an ODE block are refused by name, in one line.
   REQUIRE(zoo::test::run_zoo("train mlp --limit 100 --epochs 1 --no-progress --out " + tmp.str("mlp")).code == 0);
   REQUIRE(zoo::test::run_zoo("train ode-resnet --set block=resnet --limit 100 --epochs 1 --no-progress --out " +
-                             tmp.str("resnet")).code == 0);
+                             tmp.str("resnet"))
+              .code == 0);
   auto mlp = zoo::test::run_zoo("experiment ode-solvers --no-plot --run " + tmp.str("mlp") + " --out " + tmp.str("e1"));
   CHECK(mlp.code == 1);
   CHECK_THAT(mlp.err, Catch::Contains("is a mlp run; --run needs an ode-resnet run"));

@@ -38,8 +38,7 @@ TEST_CASE("Embedding is a table: Embedding(ids) == one_hot(ids) @ weight", "[gat
   CHECK(max_abs(looked_up[1] - table->weight[0]) == 0);
 }
 
-TEST_CASE("Attention is a soft dictionary: a query equal to a key returns that key's value as tau -> 0",
-          "[gates]") {
+TEST_CASE("Attention is a soft dictionary: a query equal to a key returns that key's value as tau -> 0", "[gates]") {
   torch::manual_seed(1);
   const int64_t entries = 6, d = 8;
   // Keys of equal length (rows of an orthogonal matrix): a key matches itself best.
@@ -103,7 +102,7 @@ TEST_CASE("Attention: multi-head output and weights equal torch::nn::MultiheadAt
   const auto causal_float = torch::zeros({l, s}).masked_fill(causal, -inf);
   const auto ref = theirs(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), padding, true, causal_float);
   CHECK(max_abs(ours.output - std::get<0>(ref).transpose(0, 1)) < 1e-5);
-  CHECK(max_abs(ours.weights.mean(1) - std::get<1>(ref)) < 1e-6);  // PyTorch averages the heads' weights
+  CHECK(max_abs(ours.weights.mean(1) - std::get<1>(ref)) < 1e-6);        // PyTorch averages the heads' weights
   CHECK(ours.weights[1].select(-1, 4).abs().max().item<double>() == 0);  // padding gets no weight
   CHECK(ours.weights.sizes() == torch::IntArrayRef({n, h, l, s}));
   // Names as a PyTorch user writes them.
@@ -148,7 +147,8 @@ TEST_CASE("GatedLSTMCell: its one-node backward equals autograd through the form
       auto c2 = f * c + i * g;
       return std::vector<torch::Tensor>{o * torch::tanh(c2), c2, i, f, g, o};
     };
-    using StepFn = std::function<std::vector<torch::Tensor>(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+    using StepFn =
+        std::function<std::vector<torch::Tensor>(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
     auto grads = [&](const StepFn& fn) {
       auto x = xs.clone().requires_grad_(true), h = h0.clone().requires_grad_(true),
            c = c0.clone().requires_grad_(true);
@@ -225,8 +225,8 @@ TEST_CASE("GatedLSTMCell learns to remember a flag over a gap: the forget gate o
     x.select(2, 1).zero_();
     x.select(2, 2).zero_();
     x[0].select(1, 1).copy_(flag);
-    x[0].select(1, 2).fill_(1);   // "remember this"
-    x[-1].select(1, 2).fill_(-1); // "answer now"
+    x[0].select(1, 2).fill_(1);    // "remember this"
+    x[-1].select(1, 2).fill_(-1);  // "answer now"
     return std::make_pair(x, flag);
   };
   // Mean forget gate over the gap per unit, and the accuracy, on fresh sequences.
@@ -244,8 +244,8 @@ TEST_CASE("GatedLSTMCell learns to remember a flag over a gap: the forget gate o
     // The unit that carries the flag: the one whose cell state at the end best separates the classes.
     const auto separation = (step.c * flag.unsqueeze(1)).mean(0).abs();
     const int64_t unit = separation.argmax().item<int64_t>();
-    const double accuracy = ((head(step.h).squeeze(1) > 0).to(torch::kFloat) * 2 - 1 == flag)
-                                .to(torch::kFloat).mean().item<double>();
+    const double accuracy =
+        ((head(step.h).squeeze(1) > 0).to(torch::kFloat) * 2 - 1 == flag).to(torch::kFloat).mean().item<double>();
     return std::make_tuple(forget[unit].item<double>(), accuracy);
   };
   const auto [forget_before, accuracy_before] = probe();
@@ -264,8 +264,8 @@ TEST_CASE("GatedLSTMCell learns to remember a flag over a gap: the forget gate o
     optimizer.step();
   }
   const auto [forget_after, accuracy_after] = probe();
-  INFO("forget gate of the memory unit over the gap: " << forget_before << " -> " << forget_after
-                                                       << ", accuracy " << accuracy_before << " -> " << accuracy_after);
+  INFO("forget gate of the memory unit over the gap: " << forget_before << " -> " << forget_after << ", accuracy "
+                                                       << accuracy_before << " -> " << accuracy_after);
   CHECK(forget_before < 0.7);
   CHECK(forget_after > 0.85);
   // What the gate buys: the share of the flag's cell content left after the gap, prod f, from ~0 to most of it.
@@ -383,7 +383,8 @@ TEST_CASE("MoE gradients reach the gate and only the selected experts", "[moe]")
   REQUIRE(two->gate->weight.grad().defined());
   CHECK(max_abs(two->gate->weight.grad()) > 0);
   // noisy-topk: the noise scale is trained too (through the smooth load of the cv loss).
-  models::MixtureOfExperts noisy(models::MixtureOfExpertsOptions(6, 3).experts(8).k(2).gate("noisy-topk").balance("cv"));
+  models::MixtureOfExperts noisy(
+      models::MixtureOfExpertsOptions(6, 3).experts(8).k(2).gate("noisy-topk").balance("cv"));
   CHECK(max_abs(noisy->noise->weight) == 0);  // zero at start (Shazeer et al.)
   noisy->train();
   const auto y = noisy(torch::randn({64, 6}));
@@ -452,7 +453,8 @@ TEST_CASE("MoE balancing losses: the Switch form is alpha at balance, both forms
   const auto importance = torch::zeros({100, 4}).scatter(1, rc.experts, rc.gates).sum(0);
   const auto load = torch::bincount(rc.experts.reshape(-1), {}, 4).to(torch::kFloat);
   auto cv2 = [](const Tensor& v) { return v.var() / v.mean().pow(2); };
-  CHECK(cv->auxiliary_loss().item<double>() == Approx((0.1 * (cv2(importance) + cv2(load))).item<double>()).epsilon(1e-4));
+  CHECK(cv->auxiliary_loss().item<double>() ==
+        Approx((0.1 * (cv2(importance) + cv2(load))).item<double>()).epsilon(1e-4));
   // Evaluation mode carries no loss; balance none carries none at all.
   cv->eval();
   cv(x);
@@ -465,8 +467,13 @@ TEST_CASE("MoE learning: the balancing loss spreads the tokens over the experts"
   auto train = [](const std::string& balance) {
     torch::manual_seed(10);
     const int64_t n = 8, d = 9;
-    models::MixtureOfExperts moe(
-        models::MixtureOfExpertsOptions(d, 1).experts(n).k(1).renormalize(false).hidden(16).balance(balance).balance_coef(0.1));
+    models::MixtureOfExperts moe(models::MixtureOfExpertsOptions(d, 1)
+                                     .experts(n)
+                                     .k(1)
+                                     .renormalize(false)
+                                     .hidden(16)
+                                     .balance(balance)
+                                     .balance_coef(0.1));
     {
       torch::NoGradGuard no_grad;
       moe->gate->weight.select(1, d - 1).zero_();
@@ -478,7 +485,8 @@ TEST_CASE("MoE learning: the balancing loss spreads the tokens over the experts"
     moe->train();
     for (int step = 0; step < 200; ++step) {
       const auto cluster = torch::randint(0, 8, {256}, torch::kLong);
-      auto x = torch::cat({centres.index_select(0, cluster) + 0.1 * torch::randn({256, d - 1}), torch::ones({256, 1})}, 1);
+      auto x =
+          torch::cat({centres.index_select(0, cluster) + 0.1 * torch::randn({256, d - 1}), torch::ones({256, 1})}, 1);
       const auto y = targets.index_select(0, cluster);
       auto loss = (moe(x).squeeze(1) - y).pow(2).mean();
       if (auto aux = moe->auxiliary_loss(); aux.defined()) loss = loss + aux;

@@ -4,8 +4,8 @@
 #include "datasets/registry.h"
 #include "tests/helpers.h"
 
-#include <catch2/catch.hpp>
 #include <zlib.h>
+#include <catch2/catch.hpp>
 
 #include <vector>
 

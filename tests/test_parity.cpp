@@ -11,8 +11,8 @@
 #include "training/checkpoint.h"
 #include "training/export.h"
 
-#include <catch2/catch.hpp>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <catch2/catch.hpp>
 
 #include <fstream>
 #include <functional>
@@ -25,9 +25,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kPython = "/usr/bin/python3";
-
-bool python_has_torch() { return test::run_command(std::string(kPython) + " -c 'import torch'").code == 0; }
+using test::kPython;
+using test::python_has_torch;
 
 struct Case {
   std::string name, model;
@@ -45,8 +44,10 @@ void write_case_with(const fs::path& dir, torch::nn::Module& module, const nlohm
   {
     torch::NoGradGuard no_grad;  // batch-norm statistics away from 0 and 1, so that they matter
     for (auto& b : module.named_buffers())
-      if (b.key().find("running_mean") != std::string::npos) b.value().copy_(torch::randn_like(b.value()) * 0.1);
-      else if (b.key().find("running_var") != std::string::npos) b.value().copy_(torch::rand_like(b.value()) + 0.5);
+      if (b.key().find("running_mean") != std::string::npos)
+        b.value().copy_(torch::randn_like(b.value()) * 0.1);
+      else if (b.key().find("running_var") != std::string::npos)
+        b.value().copy_(torch::rand_like(b.value()) + 0.5);
   }
   {
     torch::NoGradGuard no_grad;  // away from initial values such as zero gate projections, so every path counts
@@ -88,8 +89,7 @@ void write_case(const fs::path& root, const Case& c) {
   torch::manual_seed(0);
   auto [model, options] = models::build_model(c.model, c.options);
   write_case_with(root / c.name, *model.ptr(), {{"model", c.model}, {"options", options}, {"tolerance", c.tolerance}},
-                  {c.input},
-                  [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+                  {c.input}, [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
                     auto any = model.any_forward(x[0]);
                     if (auto* t = any.try_get<torch::Tensor>()) return {*t};
                     const auto& t3 = *any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>();
@@ -106,8 +106,9 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
     return;
   }
   torch::manual_seed(1);
-  const auto chars = torch::cat({datasets::words_to_chars({"<S>", "the", "fair", "is", "fair", "</S>"}, 12).unsqueeze(0),
-                                 datasets::words_to_chars({"<S>", "a", "day", "</S>", "", ""}, 12).unsqueeze(0)});
+  const auto chars =
+      torch::cat({datasets::words_to_chars({"<S>", "the", "fair", "is", "fair", "</S>"}, 12).unsqueeze(0),
+                  datasets::words_to_chars({"<S>", "a", "day", "</S>", "", ""}, 12).unsqueeze(0)});
   auto padded = chars.clone();
   padded[1].slice(0, 4).zero_();  // a shorter sentence, padded
   const std::vector<Case> cases{
@@ -120,28 +121,59 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
       {"vae-mlp", "vae", {{"hidden", 32}, {"latent", 4}}, torch::rand({2, 1, 28, 28})},
       {"vae-conv", "vae", {{"arch", "conv"}, {"hidden", 32}, {"latent", 4}}, torch::rand({2, 1, 28, 28})},
       {"unet", "unet", {{"levels", 3}, {"base_channels", 4}}, torch::randn({2, 1, 20, 20})},
-      {"unet-bilinear", "unet", {{"levels", 3}, {"base_channels", 4}, {"upsample", "bilinear"}}, torch::randn({1, 1, 16, 16})},
+      {"unet-bilinear",
+       "unet",
+       {{"levels", 3}, {"base_channels", 4}, {"upsample", "bilinear"}},
+       torch::randn({1, 1, 16, 16})},
       {"unet3d", "unet3d", {{"levels", 2}, {"base_channels", 2}}, torch::randn({1, 1, 7, 8, 8})},
       {"deconvnet", "deconvnet", {{"levels", 3}, {"base_channels", 4}}, torch::randn({2, 1, 20, 20})},
       {"deconvnet3d", "deconvnet3d", {{"levels", 2}, {"base_channels", 2}}, torch::randn({1, 1, 8, 8, 8})},
       {"moe-top2", "moe", {{"channels", {4, 8}}, {"experts", 4}, {"k", 2}, {"hidden", 8}}, torch::rand({5, 1, 28, 28})},
-      {"moe-softmax", "moe", {{"channels", {4}}, {"experts", 3}, {"gate", "softmax"}, {"hidden", 8}}, torch::rand({3, 1, 28, 28})},
-      {"moe-noisy", "moe", {{"channels", {4}}, {"experts", 3}, {"gate", "noisy-topk"}, {"k", 1}, {"renormalize", false}, {"hidden", 8}},
+      {"moe-softmax",
+       "moe",
+       {{"channels", {4}}, {"experts", 3}, {"gate", "softmax"}, {"hidden", 8}},
+       torch::rand({3, 1, 28, 28})},
+      {"moe-noisy",
+       "moe",
+       {{"channels", {4}}, {"experts", 3}, {"gate", "noisy-topk"}, {"k", 1}, {"renormalize", false}, {"hidden", 8}},
        torch::rand({4, 1, 28, 28})},
       {"ode-rk4", "ode-resnet", {{"channels", 8}}, torch::rand({2, 1, 28, 28})},
-      {"ode-euler", "ode-resnet", {{"channels", 8}, {"method", "euler"}, {"steps", 3}, {"time", false}}, torch::rand({2, 1, 16, 16})},
+      {"ode-euler",
+       "ode-resnet",
+       {{"channels", 8}, {"method", "euler"}, {"steps", 3}, {"time", false}},
+       torch::rand({2, 1, 16, 16})},
       {"ode-midpoint", "ode-resnet", {{"channels", 8}, {"method", "midpoint"}}, torch::rand({2, 1, 16, 16})},
       // A bias's gradient through dopri5 sums over every pixel of every stage of every step in float32: rounding
       // reaches 1.1e-5 and 1.6e-5 there (measured with two initialisations), while the outputs agree to 3e-7-7e-7.
-      {"ode-dopri5", "ode-resnet", {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}}, torch::rand({2, 1, 16, 16}), 5e-5},
-      {"ode-resnet-blocks", "ode-resnet", {{"channels", 8}, {"block", "resnet"}, {"steps", 3}, {"step_size", 0.5}}, torch::rand({2, 1, 16, 16})},
+      {"ode-dopri5",
+       "ode-resnet",
+       {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}},
+       torch::rand({2, 1, 16, 16}),
+       5e-5},
+      {"ode-resnet-blocks",
+       "ode-resnet",
+       {{"channels", 8}, {"block", "resnet"}, {"steps", 3}, {"step_size", 0.5}},
+       torch::rand({2, 1, 16, 16})},
       {"mhc", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},
-      {"mhc-lite", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "mhc-lite"}, {"streams", 3}}, torch::rand({2, 1, 16, 16})},
+      {"mhc-lite",
+       "mhc-resnet",
+       {{"channels", 8}, {"blocks", 2}, {"variant", "mhc-lite"}, {"streams", 3}},
+       torch::rand({2, 1, 16, 16})},
       {"mhc-hc", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "hc"}}, torch::rand({2, 1, 16, 16})},
-      {"mhc-residual", "mhc-resnet", {{"channels", 8}, {"blocks", 2}, {"variant", "residual"}}, torch::rand({2, 1, 16, 16})},
-      {"elmo", "elmo",
-       {{"char_embedding", 4}, {"filters", {1, 4, 2, 8, 3, 16}}, {"highway_layers", 2}, {"max_word_length", 12},
-        {"projection_dim", 8}, {"cell_size", 16}, {"vocab_size", 20}, {"mix_layer_norm", true}},
+      {"mhc-residual",
+       "mhc-resnet",
+       {{"channels", 8}, {"blocks", 2}, {"variant", "residual"}},
+       torch::rand({2, 1, 16, 16})},
+      {"elmo",
+       "elmo",
+       {{"char_embedding", 4},
+        {"filters", {1, 4, 2, 8, 3, 16}},
+        {"highway_layers", 2},
+        {"max_word_length", 12},
+        {"projection_dim", 8},
+        {"cell_size", 16},
+        {"vocab_size", 20},
+        {"mix_layer_norm", true}},
        padded},
   };
   TempDir tmp;
@@ -205,7 +237,9 @@ TEST_CASE("Interop: zoo export -> Python calls forward, zoo predict runs it, Pyt
   // Python runs the exported forward; it equals the C++ model on the same input.
   const std::string py = std::string(kPython) + " -c '\nimport torch\nm = torch.jit.load(\"" + tmp.str("mlp.pt") +
                          "\")\ntorch.manual_seed(0)\nx = torch.rand(4, 1, 28, 28)\ny = m(x)\nprint(list(y.shape))\n"
-                         "torch.save({\"x\": x, \"y\": y}, \"" + tmp.str("py.pt") + "\")\n"
+                         "torch.save({\"x\": x, \"y\": y}, \"" +
+                         tmp.str("py.pt") +
+                         "\")\n"
                          "print(sorted(n for n, _ in m.named_parameters()))\n'";
   r = test::run_command(py);
   REQUIRE(r.code == 0);
@@ -223,7 +257,8 @@ TEST_CASE("Interop: zoo export -> Python calls forward, zoo predict runs it, Pyt
   // zoo predict on the export: random input and an image.
   r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --shape 2,1,28,28 --topk 3");
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("input [2, 1, 28, 28] -> output [2, 10]") && Catch::Contains("item 1: top classes"));
+  CHECK_THAT(r.out,
+             Catch::Contains("input [2, 1, 28, 28] -> output [2, 10]") && Catch::Contains("item 1: top classes"));
   // A folder of images, two per forward; one image; an image-to-image module made in Python with --out.
   fs::create_directories(tmp.path() / "images");
   for (int i = 0; i < 3; ++i)
@@ -241,19 +276,23 @@ TEST_CASE("Interop: zoo export -> Python calls forward, zoo predict runs it, Pyt
   REQUIRE(r.code == 0);
   r = test::run_zoo("predict " + tmp.str("mlp.pt") + " --input " + tmp.str("x.pt") + " --topk 1");
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("input [4, 1, 28, 28] -> output [4, 10]") && Catch::Contains("item 3: top classes"));
-  r = test::run_command(std::string(kPython) + " -c 'import torch; torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 3, 1)), \"" +
+  CHECK_THAT(r.out,
+             Catch::Contains("input [4, 1, 28, 28] -> output [4, 10]") && Catch::Contains("item 3: top classes"));
+  r = test::run_command(std::string(kPython) +
+                        " -c 'import torch; torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 3, 1)), \"" +
                         tmp.str("colour.pt") + "\")'");
   REQUIRE(r.code == 0);
-  r = test::run_zoo("predict " + tmp.str("colour.pt") + " --input " + tmp.str("images/1.png") + " --out " + tmp.str("out.png"));
+  r = test::run_zoo("predict " + tmp.str("colour.pt") + " --input " + tmp.str("images/1.png") + " --out " +
+                    tmp.str("out.png"));
   REQUIRE(r.code == 0);
   CHECK(datasets::load_image(tmp.str("out.png")).sizes() == torch::IntArrayRef({3, 28, 28}));
   // A Python model: trained weights saved as a state_dict and as TorchScript, imported, evaluated.
   const std::string train_py =
       std::string(kPython) + " -c '\nimport sys, torch\nsys.path.insert(0, \"" + ZOO_SOURCE_DIR +
       "/tests/python\")\nimport zoo_twins\ntorch.manual_seed(0)\nm = zoo_twins.build(\"mlp\", {\"in_features\": 784, "
-      "\"hidden\": [32], \"num_classes\": 10, \"dropout\": 0.0})\ntorch.save(dict(m.state_dict()), \"" + tmp.str("sd.pt") +
-      "\")\ntorch.save(m.state_dict(), \"" + tmp.str("ordered.pt") + "\")\ntorch.jit.save(torch.jit.script(m), \"" + tmp.str("scripted.pt") + "\")\n'";
+      "\"hidden\": [32], \"num_classes\": 10, \"dropout\": 0.0})\ntorch.save(dict(m.state_dict()), \"" +
+      tmp.str("sd.pt") + "\")\ntorch.save(m.state_dict(), \"" + tmp.str("ordered.pt") +
+      "\")\ntorch.jit.save(torch.jit.script(m), \"" + tmp.str("scripted.pt") + "\")\n'";
   r = test::run_command(train_py);
   REQUIRE(r.code == 0);
   for (const char* file : {"sd.pt", "scripted.pt"}) {
@@ -343,8 +382,9 @@ TEST_CASE("Export: traced forwards equal the C++ ones, batch sizes stay free whe
     auto ours = model.any_forward(x);
     torch::manual_seed(5);
     const auto traced = loaded.forward({x});
-    const auto expected = ours.try_get<torch::Tensor>() ? *ours.try_get<torch::Tensor>()
-                                                         : std::get<0>(*ours.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>());
+    const auto expected = ours.try_get<torch::Tensor>()
+                              ? *ours.try_get<torch::Tensor>()
+                              : std::get<0>(*ours.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>());
     const auto got = traced.isTensor() ? traced.toTensor() : traced.toTupleRef().elements()[0].toTensor();
     CHECK((expected - got).abs().max().item<double>() < 1e-5);
   }

@@ -3,10 +3,10 @@
 #include "datasets/registry.h"
 #include "models/cnn.h"
 #include "models/mlp.h"
+#include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/priors.h"
 #include "training/run.h"
-#include "tests/helpers.h"
 
 #include <catch2/catch.hpp>
 
@@ -65,9 +65,10 @@ TEST_CASE("Priors: decoupled weight decay equals the Gaussian penalty step by st
   auto trace = [&](bool decoupled, double lambda) {
     torch::manual_seed(3);
     models::MLP mlp(models::MLPOptions().hidden({32}));
-    training::Trainer t(torch::nn::AnyModule(mlp), std::make_shared<training::ClassificationObjective>(), data,
-                        training::TrainOptions().epochs(1).batch_size(64).optimizer("sgd").momentum(0).lr(0.1)
-                            .progress(false).threads(1));
+    training::Trainer t(
+        torch::nn::AnyModule(mlp), std::make_shared<training::ClassificationObjective>(), data,
+        training::TrainOptions().epochs(1).batch_size(64).optimizer("sgd").momentum(0).lr(0.1).progress(false).threads(
+            1));
     auto p = prior(lambda > 0 ? "gaussian" : "none", lambda);
     p.decoupled = decoupled;
     training::attach_prior(t, p);
@@ -92,9 +93,10 @@ TEST_CASE("Priors: the proximal Laplace step makes exact zeros, the subgradient 
   auto zero_fraction = [&](bool proximal) {
     torch::manual_seed(1);
     models::MLP linear(models::MLPOptions().hidden({}));  // softmax regression: 784 x 10 weights
-    training::Trainer t(torch::nn::AnyModule(linear), std::make_shared<training::ClassificationObjective>(), data,
-                        training::TrainOptions().epochs(3).batch_size(32).optimizer("sgd").momentum(0).lr(0.05)
-                            .progress(false).threads(1));
+    training::Trainer t(
+        torch::nn::AnyModule(linear), std::make_shared<training::ClassificationObjective>(), data,
+        training::TrainOptions().epochs(3).batch_size(32).optimizer("sgd").momentum(0).lr(0.05).progress(false).threads(
+            1));
     auto p = prior("laplace", 0.01);
     p.proximal = proximal;
     training::attach_prior(t, p);
@@ -112,8 +114,10 @@ TEST_CASE("Priors: the proximal Laplace step makes exact zeros, the subgradient 
 TEST_CASE("Priors: CLI flags reach config.json, the log has the prior term, bad flags are errors", "[priors][cli]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   zoo::test::TempDir tmp;
-  auto r = zoo::test::run_zoo("train mlp --epochs 1 --limit 300 --prior gaussian --lambda 0.001 "
-                              "--prior-layer 'net.4.*=0' --prior-decoupled --no-progress --out " + tmp.str("run"));
+  auto r = zoo::test::run_zoo(
+      "train mlp --epochs 1 --limit 300 --prior gaussian --lambda 0.001 "
+      "--prior-layer 'net.4.*=0' --prior-decoupled --no-progress --out " +
+      tmp.str("run"));
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   auto config = training::read_json_file(tmp.str("run/config.json"));
@@ -123,7 +127,9 @@ TEST_CASE("Priors: CLI flags reach config.json, the log has the prior term, bad 
   CHECK(config["prior"]["layers"][0] == json({{"pattern", "net.4.*"}, {"lambda", 0.0}}));
   auto state = training::read_json_file(tmp.str("run/state.json"));
   CHECK(state["last"]["train"]["prior"].get<double>() > 0);
-  auto err = [&](const std::string& args) { return zoo::test::run_zoo("train mlp " + args + " --out " + tmp.str("x")); };
+  auto err = [&](const std::string& args) {
+    return zoo::test::run_zoo("train mlp " + args + " --out " + tmp.str("x"));
+  };
   CHECK(err("--prior cauchy").code == 2);
   CHECK(err("--lambda 0.1").err.find("add --prior gaussian or laplace") != std::string::npos);
   CHECK(err("--prior laplace --lambda 0.1 --prior-decoupled").err.find("use --prior gaussian") != std::string::npos);

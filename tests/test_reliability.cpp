@@ -1,16 +1,16 @@
 // Crash safety as a user meets it: Ctrl-C and SIGTERM save an exactly resumable checkpoint; SIGKILL at any
 // moment leaves a loadable one and --resume ends where an uninterrupted run ends; a full disk is an error that
 // keeps the previous checkpoint.
-#include "training/checkpoint.h"
 #include "tests/helpers.h"
+#include "training/checkpoint.h"
 
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
-using zoo::test::TempDir;
-using zoo::test::run_zoo;
 using nlohmann::json;
+using zoo::test::run_zoo;
+using zoo::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
@@ -36,7 +36,8 @@ zoo::test::CommandResult signal_during_training(const std::string& args, const s
 }
 }  // namespace
 
-TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint, --resume ends bit-identical to an uninterrupted run", "[reliability]") {
+TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint, --resume ends bit-identical to an uninterrupted run",
+          "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string args = "train mlp --epochs 4 --threads 1 --seed 2 --no-progress --out ";
@@ -78,7 +79,9 @@ TEST_CASE("Reliability: SIGTERM stops cleanly with a checkpoint too", "[reliabil
   CHECK(run_zoo("eval " + tmp.str("run") + " --json").code == 0);
 }
 
-TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpoint, resume ends where a clean run ends", "[reliability]") {
+TEST_CASE(
+    "Reliability: SIGKILL at many moments always leaves a loadable checkpoint, resume ends where a clean run ends",
+    "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string args = "--epochs 3 --limit 40000 --threads 1 --seed 9 --no-progress";
@@ -101,14 +104,15 @@ TEST_CASE("Reliability: SIGKILL at many moments always leaves a loadable checkpo
   }
   CHECK(killed >= 4);
   auto last = run_zoo(fs::exists(fs::path(run) / "config.json") ? "train --resume " + run + " --no-progress"
-                                                                  : "train mlp " + args + " --out " + run);
+                                                                : "train mlp " + args + " --out " + run);
   INFO(last.out << last.err);
   if (last.code != 0) CHECK(last.err.find("has finished") != std::string::npos);
   CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 3);
   CHECK(same_weights(tmp.str("straight/model.pt"), run + "/model.pt"));
 }
 
-TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the previous checkpoint stays", "[reliability]") {
+TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the previous checkpoint stays",
+          "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
@@ -116,7 +120,8 @@ TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the p
   const auto before = zoo::test::read_text(fs::path(run) / "model.pt");
   REQUIRE(before.size() > 300 * 1024);
   // ulimit -f 300: files may not grow past 300 KiB, so the next model.pt (about 940 KiB) cannot be written.
-  auto r = zoo::test::run_command("bash -c 'ulimit -f 300; " + zoo_cmd("train --resume " + run + " --epochs 2 --no-progress") + "'");
+  auto r = zoo::test::run_command("bash -c 'ulimit -f 300; " +
+                                  zoo_cmd("train --resume " + run + " --epochs 2 --no-progress") + "'");
   INFO(r.out << r.err);
   CHECK(r.code == 1);
   CHECK(r.err.find("cannot write") != std::string::npos);
@@ -130,10 +135,12 @@ TEST_CASE("Reliability: a full disk (file-size limit) is a clear error and the p
   CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 2);
 }
 
-TEST_CASE("Reliability: a stop requested in-process ends at the next step or right after the epoch's checkpoint", "[reliability]") {
+TEST_CASE("Reliability: a stop requested in-process ends at the next step or right after the epoch's checkpoint",
+          "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto config = zoo::test::small_run("mlp", 1000, zoo::training::TrainOptions().epochs(3).batch_size(100).progress(false).threads(1));
+  auto config = zoo::test::small_run(
+      "mlp", 1000, zoo::training::TrainOptions().epochs(3).batch_size(100).progress(false).threads(1));
   {  // requested at the end of epoch 1 (from an epoch hook): stops after epoch 1's checkpoint, not in epoch 2
     auto run = zoo::training::Run::create(config, tmp.str("end"));
     run->trainer().add_epoch_hook([](const json&) { zoo::training::request_stop(0); });
@@ -164,7 +171,8 @@ TEST_CASE("Reliability: a stop requested in-process ends at the next step or rig
   }
 }
 
-TEST_CASE("Reliability: a read-only output directory is a clear error, and the checkpoint in it stays", "[reliability]") {
+TEST_CASE("Reliability: a read-only output directory is a clear error, and the checkpoint in it stays",
+          "[reliability]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
@@ -181,7 +189,8 @@ TEST_CASE("Reliability: a read-only output directory is a clear error, and the c
   fs::permissions(run, read_only);
   fs::permissions(tmp.path(), read_only);
   auto resumed = zoo::test::run_command(as_user + ZOO_BIN + " train --resume " + run + " --epochs 2 --no-progress");
-  auto created = zoo::test::run_command(as_user + ZOO_BIN + " train mlp --limit 200 --no-progress --out " + tmp.str("new"));
+  auto created =
+      zoo::test::run_command(as_user + ZOO_BIN + " train mlp --limit 200 --no-progress --out " + tmp.str("new"));
   fs::permissions(tmp.path(), fs::perms::owner_all);
   fs::permissions(run, fs::perms::owner_all);
   CHECK(resumed.code == 1);

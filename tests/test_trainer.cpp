@@ -3,10 +3,10 @@
 #include "datasets/registry.h"
 #include "models/mlp.h"
 #include "models/registry.h"
+#include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
 #include "training/trainer.h"
-#include "tests/helpers.h"
 
 #include <catch2/catch.hpp>
 
@@ -75,12 +75,12 @@ TEST_CASE("Schedules: constant, step, cosine and warm-up values", "[trainer]") {
 
 TEST_CASE("Trainer: the learning rate the optimizer sees follows the schedule", "[trainer]") {
   auto splits = synthetic_splits(256, 64);
-  training::Trainer trainer(torch::nn::AnyModule(models::MLP()), std::make_shared<training::ClassificationObjective>(),
-                            splits, quiet().epochs(3).batch_size(64).optimizer("sgd").lr(0.1).schedule("step").step_size(1).gamma(0.5));
+  training::Trainer trainer(
+      torch::nn::AnyModule(models::MLP()), std::make_shared<training::ClassificationObjective>(), splits,
+      quiet().epochs(3).batch_size(64).optimizer("sgd").lr(0.1).schedule("step").step_size(1).gamma(0.5));
   std::vector<double> lrs;
-  trainer.add_gradient_hook([&](torch::nn::Module&) {
-    lrs.push_back(trainer.optimizer().param_groups()[0].options().get_lr());
-  });
+  trainer.add_gradient_hook(
+      [&](torch::nn::Module&) { lrs.push_back(trainer.optimizer().param_groups()[0].options().get_lr()); });
   trainer.fit();
   REQUIRE(lrs.size() == 12);
   CHECK(lrs[0] == Approx(0.1));
@@ -175,7 +175,8 @@ TEST_CASE("Trainer: bad hyperparameters are errors that name the setting and the
   CHECK(error(quiet().device("tpu")).find("valid devices: cpu, cuda") != std::string::npos);
   if (!torch::cuda::is_available())
     CHECK(error(quiet().device("cuda")).find("CUDA is not available") != std::string::npos);
-  CHECK_THROWS_WITH(training::train_options_from_json({{"epochz", 1}}), Catch::Contains("unknown training option 'epochz'"));
+  CHECK_THROWS_WITH(training::train_options_from_json({{"epochz", 1}}),
+                    Catch::Contains("unknown training option 'epochz'"));
 }
 
 // ---- extension: a module defined right here, registered in a few lines, trained by the same trainer.
@@ -200,7 +201,8 @@ ZOO_REGISTER_MODEL(test_softmax_regression) {
 }
 }  // namespace
 
-TEST_CASE("Extension: a module defined in the test registers, trains and evaluates through the trainer", "[registry][learning]") {
+TEST_CASE("Extension: a module defined in the test registers, trains and evaluates through the trainer",
+          "[registry][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   CHECK(models::ModelRegistry::instance().contains("test-softmax"));
   TempDir tmp;

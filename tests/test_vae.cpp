@@ -4,16 +4,16 @@
 #include "datasets/registry.h"
 #include "models/registry.h"
 #include "models/vae.h"
+#include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
 #include "training/vae_objective.h"
-#include "tests/helpers.h"
 
 #include <catch2/catch.hpp>
 
 using namespace zoo;
-using zoo::test::TempDir;
 using nlohmann::json;
+using zoo::test::TempDir;
 
 TEST_CASE("VAE: the closed-form KL equals a Monte-Carlo estimate with 200,000 samples (within 1%)", "[vae]") {
   torch::manual_seed(0);
@@ -54,7 +54,7 @@ TEST_CASE("VAE: gradients flow through the reparameterised sample to mu and logv
   const auto eps = torch::randn_like(mu);  // the same draw
   CHECK(!eps.requires_grad());
   z.sum().backward();
-  CHECK(torch::allclose(mu.grad(), torch::ones({3})));                                    // dz/dmu = 1
+  CHECK(torch::allclose(mu.grad(), torch::ones({3})));                                   // dz/dmu = 1
   CHECK(torch::allclose(logvar.grad(), 0.5 * torch::exp(0.5 * logvar.detach()) * eps));  // dz/dlogvar
   CHECK(torch::allclose(z.detach(), mu.detach() + torch::exp(0.5 * logvar.detach()) * eps));
 }
@@ -91,7 +91,8 @@ TEST_CASE("VAE: shapes, names and both architectures", "[vae]") {
     CHECK(std::find(names.begin(), names.end(), "decoder.0.weight") != names.end());
   }
   CHECK_THROWS_WITH(models::build_model("vae", {{"arch", "resnet"}}), Catch::Contains("\"mlp\" or \"conv\""));
-  CHECK_THROWS_WITH(models::build_model("vae", {{"arch", "conv"}, {"image_size", 30}}), Catch::Contains("divisible by 4"));
+  CHECK_THROWS_WITH(models::build_model("vae", {{"arch", "conv"}, {"image_size", 30}}),
+                    Catch::Contains("divisible by 4"));
 }
 
 namespace {
@@ -154,7 +155,7 @@ TEST_CASE("VAE: Jensen on a trained model - ELBO = E[IWAE_1] <= E[IWAE_10] <= E[
   CHECK(std::abs(d0) < 3 * s0 + 0.05);  // E[IWAE_1] = ELBO
   CHECK(d1 > -3 * s1);                  // does not decrease with k ...
   CHECK(d2 > -3 * s2);
-  CHECK(d1 + d2 > 0.5);                 // ... and here it really rises: the KL gap of the sheet closes
+  CHECK(d1 + d2 > 0.5);  // ... and here it really rises: the KL gap of the sheet closes
   CHECK((i100 - elbo).mean().item<double>() > 0);
 }
 
@@ -168,8 +169,7 @@ TEST_CASE("load_image refuses a header that claims more pixels than it reads, be
     datasets::load_image(tmp.str("huge.tga"), 1);
     FAIL("a 300-megapixel header was decoded");
   } catch (const std::runtime_error& e) {
-    CHECK(std::string(e.what()).find("claims 30000x10000 pixels, more than zoo reads (16777216)") !=
-          std::string::npos);
+    CHECK(std::string(e.what()).find("claims 30000x10000 pixels, more than zoo reads (16777216)") != std::string::npos);
   }
   // The same header, honest about a 2 x 1 image with its two pixels, is read.
   const unsigned char small[18] = {0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 8, 0};
@@ -188,11 +188,11 @@ TEST_CASE("Image grid: torchvision's make_grid layout, and PNG round trip", "[im
   for (int i = 0; i < 5; ++i) images[i].fill_(0.1 * (i + 1));
   auto grid = datasets::make_grid(images, datasets::GridOptions().nrow(3).padding(2).pad_value(1.0));
   CHECK(grid.sizes() == torch::IntArrayRef({1, 2 * (4 + 2) + 2, 3 * (3 + 2) + 2}));
-  CHECK(grid[0][0][0].item<float>() == 1.0f);                                  // padding
-  CHECK(grid[0][2][2].item<float>() == Approx(0.1f));                          // image 0 at (row 0, col 0)
-  CHECK(grid[0][2][2 + 2 * 5].item<float>() == Approx(0.3f));                  // image 2 at (row 0, col 2)
-  CHECK(grid[0][2 + 6][2 + 5].item<float>() == Approx(0.5f));                  // image 4 at (row 1, col 1)
-  CHECK(grid[0][2 + 6][2 + 2 * 5].item<float>() == 1.0f);                      // empty slot keeps the padding value
+  CHECK(grid[0][0][0].item<float>() == 1.0f);                  // padding
+  CHECK(grid[0][2][2].item<float>() == Approx(0.1f));          // image 0 at (row 0, col 0)
+  CHECK(grid[0][2][2 + 2 * 5].item<float>() == Approx(0.3f));  // image 2 at (row 0, col 2)
+  CHECK(grid[0][2 + 6][2 + 5].item<float>() == Approx(0.5f));  // image 4 at (row 1, col 1)
+  CHECK(grid[0][2 + 6][2 + 2 * 5].item<float>() == 1.0f);      // empty slot keeps the padding value
   TempDir tmp;
   datasets::save_png(grid, tmp.str("g.png"));
   auto back = datasets::load_image(tmp.str("g.png"));

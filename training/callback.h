@@ -32,11 +32,11 @@ class Trainer;
 
 /// Where the loop is after a step.
 struct StepInfo {
-  int64_t epoch = 0;  ///< 1-based
-  int64_t step = 0;   ///< 1-based, within the epoch
-  int64_t steps = 0;  ///< steps in this epoch
-  int64_t items = 0;  ///< training items so far this epoch (this rank's, plus the saved part of a resumed epoch)
-  double loss = 0;    ///< this step's loss
+  int64_t epoch = 0;     ///< 1-based
+  int64_t step = 0;      ///< 1-based, within the epoch
+  int64_t steps = 0;     ///< steps in this epoch
+  int64_t items = 0;     ///< training items so far this epoch (this rank's, plus the saved part of a resumed epoch)
+  double loss = 0;       ///< this step's loss
   double mean_loss = 0;  ///< the epoch's mean loss so far
   double lr = 0;
 };

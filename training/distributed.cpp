@@ -25,9 +25,9 @@ namespace zoo::training {
 
 namespace {
 
-
 std::string error_text(const std::exception& e) {
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return first_line(c10_error->what_without_backtrace());
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e))
+    return first_line(c10_error->what_without_backtrace());
   return first_line(e.what());
 }
 
@@ -139,7 +139,8 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
   try {
     const std::string mine = std::to_string(o.world_size);
     if (store.add("zoo/rank/" + std::to_string(o.rank), 1) > 1)
-      throw std::runtime_error("two processes were started as rank " + std::to_string(o.rank) + "; give each its own RANK");
+      throw std::runtime_error("two processes were started as rank " + std::to_string(o.rank) +
+                               "; give each its own RANK");
     store.set("zoo/world/" + std::to_string(o.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
     std::vector<std::string> keys;
     for (int64_t r = 0; r < o.world_size; ++r) keys.push_back("zoo/world/" + std::to_string(r));
@@ -158,7 +159,8 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
       const std::string value(theirs.begin(), theirs.end());
       if (value != mine)
         throw std::runtime_error("rank " + std::to_string(r) + " was started with WORLD_SIZE " + value + " but rank " +
-                                 std::to_string(o.rank) + " with " + mine + "; start every rank with the same WORLD_SIZE");
+                                 std::to_string(o.rank) + " with " + mine +
+                                 "; start every rank with the same WORLD_SIZE");
     }
   } catch (const std::runtime_error&) {
     throw;
@@ -180,8 +182,9 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
     }
     return;
 #else
-    throw std::invalid_argument("this LibTorch was built without NCCL: use the gloo backend (--device cpu, or "
-                                "CUDA tensors through Gloo)");
+    throw std::invalid_argument(
+        "this LibTorch was built without NCCL: use the gloo backend (--device cpu, or "
+        "CUDA tensors through Gloo)");
 #endif
   }
   try {
@@ -190,16 +193,15 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
     // interface when the master is on this machine's loopback (single-machine runs); else this host's address.
     const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
     const bool loopback = o.master_addr == "localhost" || o.master_addr.rfind("127.", 0) == 0 || o.master_addr == "::1";
-    gloo_options->devices.push_back(
-        ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
-        : loopback        ? c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr)
-                          : c10d::ProcessGroupGloo::createDefaultDevice());
+    gloo_options->devices.push_back(ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+                                    : loopback        ? c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr)
+                                                      : c10d::ProcessGroupGloo::createDefaultDevice());
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(
         c10::make_intrusive<c10d::PrefixStore>("zoo/gloo", impl_->store), static_cast<int>(o.rank),
         static_cast<int>(o.world_size), gloo_options);
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(o.rank) + " could not connect to the other ranks: " +
-                             error_text(e));
+    throw std::runtime_error("rank " + std::to_string(o.rank) +
+                             " could not connect to the other ranks: " + error_text(e));
   }
 }
 

@@ -80,7 +80,8 @@ double compare(torch::nn::AnyModule& model, torch::jit::Module& traced, const to
   for (size_t i = 0; i < expected.size(); ++i) {
     if (expected[i].sizes() != got[i].sizes()) return INFINITY;
     const auto scale = std::max(1.0, expected[i].abs().max().item<double>());
-    worst = std::max(worst, (expected[i].to(torch::kFloat64) - got[i].to(torch::kFloat64)).abs().max().item<double>() / scale);
+    worst = std::max(worst,
+                     (expected[i].to(torch::kFloat64) - got[i].to(torch::kFloat64)).abs().max().item<double>() / scale);
   }
   return worst;
 }
@@ -102,17 +103,19 @@ Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& ex
       [&](torch::jit::Stack inputs) -> torch::jit::Stack {
         return {to_ivalue(model.any_forward(inputs.at(0).toTensor()), name)};
       },
-      [](const torch::autograd::Variable&) { return std::string(); }, /*strict=*/false, /*force_outplace=*/false,
-      &top);
+      [](const torch::autograd::Variable&) { return std::string(); }, /*strict=*/false, /*force_outplace=*/false, &top);
   auto graph = traced.first->graph;
-  auto fn = top._ivalue()->compilation_unit()->create_function(c10::QualifiedName(*top.type()->name(), "forward"), graph);
+  auto fn =
+      top._ivalue()->compilation_unit()->create_function(c10::QualifiedName(*top.type()->name(), "forward"), graph);
   top.type()->addMethod(fn);
   // The traced graph must compute what the C++ forward computes on other data, or tracing missed something.
   std::string failure;
   const double same = compare(model, top, same_shape, name, failure);
   if (!(same <= 1e-4))
-    throw std::runtime_error("the traced forward of " + name + " differs from the C++ forward on other input of the "
-                             "same shape (" + (failure.empty() ? "relative difference " + std::to_string(same) : failure) +
+    throw std::runtime_error("the traced forward of " + name +
+                             " differs from the C++ forward on other input of the "
+                             "same shape (" +
+                             (failure.empty() ? "relative difference " + std::to_string(same) : failure) +
                              "): its work depends on the data (routing, adaptive steps, loops over values), which a "
                              "trace cannot record, so it cannot be exported as TorchScript");
   failure.clear();
@@ -139,7 +142,8 @@ std::string describe_torch_file(const std::string& path) {
     });
   };
   auto has_part = [&](const std::string& part) {
-    return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return n.find(part) != std::string::npos; });
+    return std::any_of(names.begin(), names.end(),
+                       [&](const std::string& n) { return n.find(part) != std::string::npos; });
   };
   if (has("/constants.pkl") || has_part("/code/")) return "TorchScript";
   if (has("/data.pkl")) return "a torch.save pickle";
@@ -171,8 +175,9 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
   verify_archive(path);
   std::ifstream in(path, std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string how = "in Python save torch.save(dict(model.state_dict()), PATH) (a plain dict), or the module "
-                          "with torch.jit.save(torch.jit.script(model), PATH)";
+  const std::string how =
+      "in Python save torch.save(dict(model.state_dict()), PATH) (a plain dict), or the module "
+      "with torch.jit.save(torch.jit.script(model), PATH)";
   // model.state_dict() is an OrderedDict, which LibTorch's unpickler turns into None (it only expects one as a
   // tensor's empty hook table), so it cannot hold the weights: say so rather than show its internal assert.
   const std::string pattern = "collections\nOrderedDict";
@@ -183,8 +188,10 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     if (ordered)
-      throw std::runtime_error(path + " is a torch.save pickle of an OrderedDict (model.state_dict()), which LibTorch "
-                               "cannot read; " + how);
+      throw std::runtime_error(path +
+                               " is a torch.save pickle of an OrderedDict (model.state_dict()), which LibTorch "
+                               "cannot read; " +
+                               how);
     throw std::runtime_error(path + " is a torch.save pickle that LibTorch cannot read (" +
                              what.substr(0, what.find('\n')) + "); " + how);
   }

@@ -7,8 +7,9 @@ namespace zoo::training {
 models::BidirectionalLanguageModel& BidirectionalLMObjective::language_model(torch::nn::AnyModule& model) {
   auto* lm = dynamic_cast<models::BidirectionalLanguageModel*>(model.ptr().get());
   if (!lm)
-    throw std::invalid_argument("the 'bilm' task needs a model that implements "
-                                "zoo::models::BidirectionalLanguageModel (lm_states, word_logits), such as elmo");
+    throw std::invalid_argument(
+        "the 'bilm' task needs a model that implements "
+        "zoo::models::BidirectionalLanguageModel (lm_states, word_logits), such as elmo");
   return *lm;
 }
 
@@ -78,11 +79,11 @@ class LMEvaluator : public Evaluator {
   torch::Tensor sums_ = torch::zeros({4}, torch::kFloat64);
 };
 
-const detail::ObjectiveRegistrar bilm{
-    "bilm", [](const json&, const json& task_options) -> std::shared_ptr<Objective> {
-      if (!task_options.empty()) throw std::invalid_argument("task 'bilm' takes no options");
-      return std::make_shared<BidirectionalLMObjective>();
-    }};
+const detail::ObjectiveRegistrar bilm{"bilm", [](const json&, const json& task_options) -> std::shared_ptr<Objective> {
+                                        if (!task_options.empty())
+                                          throw std::invalid_argument("task 'bilm' takes no options");
+                                        return std::make_shared<BidirectionalLMObjective>();
+                                      }};
 
 }  // namespace
 

@@ -13,8 +13,8 @@ namespace {
 
 torch::Tensor logits_of(torch::nn::AnyModule& model, const datasets::Batch& batch) {
   auto logits = model.forward(batch.input);
-  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == batch.size(),
-              "a classifier must return logits [N, classes], got ", logits.sizes());
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == batch.size(), "a classifier must return logits [N, classes], got ",
+              logits.sizes());
   return logits;
 }
 
@@ -28,9 +28,7 @@ class ClassificationEvaluator : public Evaluator {
     correct_ += logits.argmax(1).eq(batch.target).sum().item<double>();
     count_ += static_cast<double>(batch.size());
   }
-  torch::Tensor state() const override {
-    return torch::tensor({loss_sum_, correct_, count_}, torch::kFloat64);
-  }
+  torch::Tensor state() const override { return torch::tensor({loss_sum_, correct_, count_}, torch::kFloat64); }
   json result(const torch::Tensor& s) const override {
     auto a = s.accessor<double, 1>();
     const double n = a[2];
@@ -43,8 +41,7 @@ class ClassificationEvaluator : public Evaluator {
 
 }  // namespace
 
-torch::Tensor ClassificationObjective::loss(torch::nn::AnyModule& model, const datasets::Batch& batch,
-                                            Terms& terms) {
+torch::Tensor ClassificationObjective::loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) {
   auto logits = logits_of(model, batch);
   auto loss = torch::nn::functional::cross_entropy(logits, batch.target);
   terms.emplace_back("accuracy", logits.detach().argmax(1).eq(batch.target).sum().div(batch.size()));
@@ -56,11 +53,12 @@ std::unique_ptr<Evaluator> ClassificationObjective::evaluator(bool) const {
 }
 
 namespace {
-const detail::ObjectiveRegistrar classify{
-    "classify", [](const json&, const json& task_options) -> std::shared_ptr<Objective> {
-      if (!task_options.empty()) throw std::invalid_argument("task 'classify' takes no options");
-      return std::make_shared<ClassificationObjective>();
-    }};
+const detail::ObjectiveRegistrar classify{"classify",
+                                          [](const json&, const json& task_options) -> std::shared_ptr<Objective> {
+                                            if (!task_options.empty())
+                                              throw std::invalid_argument("task 'classify' takes no options");
+                                            return std::make_shared<ClassificationObjective>();
+                                          }};
 }  // namespace
 
 }  // namespace zoo::training

@@ -10,9 +10,8 @@
 namespace zoo::training {
 
 /// "sgd" (with momentum), "adam" or "adamw".
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
-                                                        std::vector<torch::Tensor> parameters, double lr,
-                                                        double momentum, double weight_decay);
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, std::vector<torch::Tensor> parameters,
+                                                        double lr, double momentum, double weight_decay);
 
 const std::vector<std::string>& optimizer_names();
 const std::vector<std::string>& schedule_names();

@@ -27,8 +27,7 @@ const Schema<TrainOptions>& train_schema() {
     s.add("warmup", ZOO_FIELD(TrainOptions, warmup), "Linear warm-up steps").at_least(0);
     s.add("clip_grad", ZOO_FIELD(TrainOptions, clip_grad), "Clip the global gradient norm to this value (0 = off)")
         .at_least(0);
-    s.add("seed", ZOO_FIELD(TrainOptions, seed), "Random seed (model initialisation, data order, dropout)")
-        .at_least(0);
+    s.add("seed", ZOO_FIELD(TrainOptions, seed), "Random seed (model initialisation, data order, dropout)").at_least(0);
     s.add("threads", ZOO_FIELD(TrainOptions, threads), "Intra-op threads (0 = all cores)")
         .at_least(0)
         .at_most(max_threads)
@@ -38,8 +37,7 @@ const Schema<TrainOptions>& train_schema() {
       return std::string();
     });
     s.add("shuffle", ZOO_FIELD(TrainOptions, shuffle), "Shuffle the training items every epoch");
-    s.add("progress", ZOO_FIELD(TrainOptions, progress), "Progress bar or lines on stderr during an epoch")
-        .resumable();
+    s.add("progress", ZOO_FIELD(TrainOptions, progress), "Progress bar or lines on stderr during an epoch").resumable();
     return s;
   }();
   return schema;

@@ -11,7 +11,8 @@ namespace zoo::training {
 const Schema<PriorOptions>& prior_schema() {
   static const Schema<PriorOptions> schema = [] {
     Schema<PriorOptions> s("prior option");
-    s.add("kind", ZOO_MEMBER(PriorOptions, kind), "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")
+    s.add("kind", ZOO_MEMBER(PriorOptions, kind),
+          "Prior on the weights (MAP training): none, gaussian (L2), laplace (L1)")
         .one_of({"none", "gaussian", "laplace"}, "prior")
         .flag("--prior");
     s.add("lambda", ZOO_MEMBER(PriorOptions, lambda),
@@ -72,10 +73,10 @@ void validate(const PriorOptions& p) {
     throw SettingError("prior." + e.setting(), e.problem());
   }
   if (p.kind == "none" && (p.lambda > 0 || !p.layers.empty()))
-    throw std::invalid_argument("prior.lambda / prior.layers given without a prior; add prior.kind gaussian or laplace");
-  if (p.decoupled && p.kind != "gaussian")
     throw std::invalid_argument(
-        "prior.decoupled is the decoupled form of the Gaussian prior; use prior.kind gaussian");
+        "prior.lambda / prior.layers given without a prior; add prior.kind gaussian or laplace");
+  if (p.decoupled && p.kind != "gaussian")
+    throw std::invalid_argument("prior.decoupled is the decoupled form of the Gaussian prior; use prior.kind gaussian");
   if (p.proximal && p.kind != "laplace")
     throw std::invalid_argument(
         "prior.proximal is the soft-threshold step of the Laplace prior; use prior.kind laplace");

@@ -27,9 +27,9 @@ struct RunConfig {
   std::string task;  ///< empty: the model's registered task
   json task_options = json::object();
   TrainOptions train;
-  PriorOptions prior;  ///< MAP training: a prior on the weights (none by default)
+  PriorOptions prior;                  ///< MAP training: a prior on the weights (none by default)
   std::vector<std::string> callbacks;  ///< registered callbacks added to the trainer (zoo train --callback NAME)
-  std::vector<std::string> plugins;  ///< shared libraries the run's model, data or task came from (core/plugins.h)
+  std::vector<std::string> plugins;    ///< shared libraries the run's model, data or task came from (core/plugins.h)
   json versions = json::object();
 };
 

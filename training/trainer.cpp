@@ -37,8 +37,11 @@ struct LambdaCallback : Callback {
 
 Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objective, datasets::Splits data,
                  TrainOptions options)
-    : model_(std::move(model)), objective_(std::move(objective)), data_(std::move(data)),
-      options_(std::move(options)), device_(torch::kCPU) {
+    : model_(std::move(model)),
+      objective_(std::move(objective)),
+      data_(std::move(data)),
+      options_(std::move(options)),
+      device_(torch::kCPU) {
   validate(options_);
   TORCH_CHECK(data_.train && data_.test, "Trainer needs a train and a test split");
   device_ = parse_device(options_.device());
@@ -152,8 +155,7 @@ double Trainer::train_step(const datasets::Batch& batch, double lr, Terms& terms
   if (!std::isfinite(loss_value)) throw DivergedError(fmt::format("loss became {}", loss_value));
   loss.backward();
   each([&](Callback& c) { c.after_backward(*this); });
-  if (options_.clip_grad() > 0)
-    torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
+  if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
   optimizer_->step();
   each([&](Callback& c) { c.after_step(*this); });
   return loss_value;
@@ -189,7 +191,8 @@ json Trainer::train_epoch(int64_t epoch) {
       loss_value = train_step(batch, lr, terms);
     } catch (const DivergedError& e) {
       each([&](Callback& c) { c.on_train_end(*this); });
-      throw DivergedError(fmt::format("{} at epoch {}, step {} of {}; training stopped", e.what(), epoch, s + 1, steps));
+      throw DivergedError(
+          fmt::format("{} at epoch {}, step {} of {}; training stopped", e.what(), epoch, s + 1, steps));
     }
     ++state_.step;
 

@@ -36,9 +36,9 @@ std::string format_epoch_summary(const json& record, int64_t epochs);
 
 /// Where the loop is: saved in state.json.
 struct TrainState {
-  int64_t epoch = 0;       ///< completed epochs
-  int64_t step = 0;        ///< optimizer steps taken
-  int64_t epoch_step = 0;  ///< steps already taken in epoch `epoch + 1` (an interrupted epoch)
+  int64_t epoch = 0;              ///< completed epochs
+  int64_t step = 0;               ///< optimizer steps taken
+  int64_t epoch_step = 0;         ///< steps already taken in epoch `epoch + 1` (an interrupted epoch)
   json partial = json::object();  ///< that epoch's running sums, so its metrics come out as if uninterrupted
   double best = std::numeric_limits<double>::quiet_NaN();
   int64_t best_epoch = 0;

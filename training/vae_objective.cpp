@@ -11,8 +11,9 @@ VAEObjective::VAEObjective(bool binarize, int64_t iwae_samples) : binarize_(bina
 models::GaussianLatentModel& VAEObjective::latent_model(torch::nn::AnyModule& model) {
   auto* latent = dynamic_cast<models::GaussianLatentModel*>(model.ptr().get());
   if (!latent)
-    throw std::invalid_argument("the 'vae' task needs a model that implements zoo::models::GaussianLatentModel "
-                                "(encode, decode, latent_size, beta)");
+    throw std::invalid_argument(
+        "the 'vae' task needs a model that implements zoo::models::GaussianLatentModel "
+        "(encode, decode, latent_size, beta)");
   return *latent;
 }
 
@@ -60,8 +61,11 @@ class VAEEvaluator : public Evaluator {
   json result(const torch::Tensor& s) const override {
     auto a = s.accessor<double, 1>();
     const double n = std::max(1.0, a[3]);
-    json out = {{"elbo", -(a[0] + a[1]) / n}, {"recon", a[0] / n},          {"kl", a[1] / n},
-                {"loss", (a[0] + beta_ * a[1]) / n}, {"items", static_cast<int64_t>(a[3])}};
+    json out = {{"elbo", -(a[0] + a[1]) / n},
+                {"recon", a[0] / n},
+                {"kl", a[1] / n},
+                {"loss", (a[0] + beta_ * a[1]) / n},
+                {"items", static_cast<int64_t>(a[3])}};
     if (thorough_) {
       out["iwae"] = a[2] / n;
       out["iwae_k"] = k_;

@@ -58,10 +58,9 @@ void FoundationTrainerOverhead(benchmark::State& state) {
       bare_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     {  // the trainer (its evaluation pass excluded: measured separately from the epoch time it reports)
-      training::Trainer trainer(torch::nn::AnyModule(models::MLP()),
-                                std::make_shared<training::ClassificationObjective>(), splits,
-                                training::TrainOptions().batch_size(batch).progress(false).threads(
-                                    torch::get_num_threads()));
+      training::Trainer trainer(
+          torch::nn::AnyModule(models::MLP()), std::make_shared<training::ClassificationObjective>(), splits,
+          training::TrainOptions().batch_size(batch).progress(false).threads(torch::get_num_threads()));
       auto record = trainer.fit();
       trainer_s += record["train_time_s"].get<double>();
     }

@@ -39,8 +39,8 @@ void MHCBlockOverhead(benchmark::State& state) {
   const auto xn = torch::randn({batch, n, c, size, size});
   for (const auto& [name, variant, fused] : std::vector<std::tuple<std::string, std::string, bool>>{
            {"hc", "hc", true}, {"mhc", "mhc", true}, {"mhc_unfused", "mhc", false}, {"mhc_lite", "mhc-lite", true}}) {
-    auto block = models::MHC(models::MHCOptions(c).streams(n).variant(variant).fused_sinkhorn(fused),
-                             models::BasicBlock(c));
+    auto block =
+        models::MHC(models::MHCOptions(c).streams(n).variant(variant).fused_sinkhorn(fused), models::BasicBlock(c));
     steps[name] = [=]() mutable { block->forward(xn).sum().backward(); };
   }
   std::map<std::string, double> total;

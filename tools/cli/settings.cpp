@@ -53,8 +53,9 @@ std::string in_flags(std::string message) {
   for (const auto& [path, flag] : table) {
     for (size_t at = message.find(path); at != std::string::npos; at = message.find(path, at)) {
       const size_t end = at + path.size();
-      const bool whole = (at == 0 || !word_char(message[at - 1])) && (end == message.size() || !word_char(message[end]) ||
-                                                                      (message[end] == '.' && end + 1 == message.size()));
+      const bool whole =
+          (at == 0 || !word_char(message[at - 1])) &&
+          (end == message.size() || !word_char(message[end]) || (message[end] == '.' && end + 1 == message.size()));
       if (whole) {
         message.replace(at, path.size(), flag);
         at += flag.size();
