@@ -1,8 +1,8 @@
 #include "models/elmo.h"
 
 #include "core/chars.h"
-#include "models/packed_gemm.h"
 #include "models/registry.h"
+#include "ops/packed_gemm.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 
@@ -205,13 +205,14 @@ torch::Tensor LstmWithProjectionImpl::forward(const torch::Tensor& x, const torc
                                  mask != 0, o.cell_clip(), o.proj_clip(), o.go_forward());
   }
   // Without gradients, and not tracing (a trace records torch operations only), the recurrent products run on
-  // weights packed once for all steps (models/packed_gemm.h): the bench ELMo's four LSTMs (8 x 20 words) took
+  // weights packed once for all steps (ops/packed_gemm.h): the bench ELMo's four LSTMs (8 x 20 words) took
   // 19.3 -> 15.9 ms at 1 thread.
-  const bool packed = !torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && PackedWeight::usable(x);
-  PackedWeight state_weight, projection_weight;
+  const bool packed =
+      !torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && ops::PackedWeight::usable(x);
+  ops::PackedWeight state_weight, projection_weight;
   if (packed) {
-    state_weight = PackedWeight(state_linearity->weight);
-    if (state_projection) projection_weight = PackedWeight(state_projection->weight);
+    state_weight = ops::PackedWeight(state_linearity->weight);
+    if (state_projection) projection_weight = ops::PackedWeight(state_projection->weight);
   }
   // [N, T, 4C], all steps in one product (with the state bias when the packed product adds it to each step)
   const auto xs = packed ? input_linearity->forward(x) + state_linearity->bias : input_linearity->forward(x);

@@ -24,12 +24,6 @@
 
 namespace zoo::models {
 
-/// Sinkhorn-Knopp in log space: `iterations` rounds of L -= logsumexp over columns, then over rows; returns
-/// exp(L). logits: [..., n, n]. Rows of the result sum to 1 (to rounding), columns converge geometrically.
-/// On CPU the iterations run in one fused kernel whose backward recomputes them (O(1) memory in iterations);
-/// elsewhere, or with `fused` false, autograd records the tensor operations.
-torch::Tensor sinkhorn_knopp(const torch::Tensor& logits, int64_t iterations = 20, bool fused = true);
-
 /// All n! permutation matrices, [n!, n, n], in lexicographic order (index 0 is the identity); P_k[i][perm_k[i]] = 1
 /// (as eye(n)[itertools.permutations(range(n))] in mHC-lite).
 torch::Tensor permutation_matrices(int64_t n);

@@ -1,5 +1,5 @@
 #include "models/ode.h"
-#include "models/conv3x3.h"
+#include "ops/conv3x3.h"
 
 #include "models/registry.h"
 
@@ -126,28 +126,47 @@ ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1,
   return s;
 }
 
+// The fixed-step solvers as Butcher tableaus: stage i evaluates k_i = f(y + h sum_{j<i} a_ij k_j), and the step
+// is y + h sum_i b_i k_i; stage i is evaluated at t + c_i h with c_i = sum_j a_ij. fixed_step (any vector field)
+// and MLPField's own solver (its forward and hand-written adjoint) both step with these.
+struct Tableau {
+  int stages;
+  double a[4][4];
+  double b[4];
+};
+
+const Tableau& tableau(const std::string& method) {
+  static const Tableau euler{1, {{0}}, {1}};
+  static const Tableau midpoint{2, {{0}, {0.5}}, {0, 1}};
+  static const Tableau rk4{4, {{0}, {1.0 / 3}, {-1.0 / 3, 1}, {1, -1, 1}}, {1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8}};
+  if (method == "euler") return euler;
+  if (method == "midpoint") return midpoint;
+  return rk4;
+}
+
 ODESolution fixed_step(const VectorField& f, const Tensor& y0, double t0, double t1, const ODESolverOptions& o) {
+  const Tableau& tab = tableau(o.method());
   ODESolution s;
   const double h = (t1 - t0) / static_cast<double>(o.steps());
-  Tensor y = y0;
+  Tensor y = y0, k[4];
   for (int64_t i = 0; i < o.steps(); ++i) {
     const double t = t0 + static_cast<double>(i) * h;
     // y + alpha * k as one fused torch::add each: many small steps are where each operation's fixed cost counts.
-    if (o.method() == "euler") {
-      y = torch::add(y, f(t, y), h);
-      s.nfe += 1;
-    } else if (o.method() == "midpoint") {
-      const auto k1 = f(t, y);
-      y = torch::add(y, f(t + h / 2, torch::add(y, k1, h / 2)), h);
-      s.nfe += 2;
-    } else {  // rk4, 3/8 rule (torchdiffeq rk_common.rk4_alt_step_func)
-      const auto k1 = f(t, y);
-      const auto k2 = f(t + h / 3, torch::add(y, k1, h / 3));
-      const auto k3 = f(t + 2 * h / 3, torch::add(torch::add(y, k2, h), k1, -h / 3));
-      const auto k4 = f(t + h, torch::add(torch::add(torch::add(y, k1, h), k2, -h), k3, h));
-      y = torch::add(torch::add(torch::add(y, k1 + k4, h / 8), k2, 3 * h / 8), k3, 3 * h / 8);
-      s.nfe += 4;
+    for (int stage = 0; stage < tab.stages; ++stage) {
+      Tensor u = y;
+      double c = 0;
+      for (int j = 0; j < stage; ++j) {
+        if (tab.a[stage][j] == 0) continue;
+        u = torch::add(u, k[j], h * tab.a[stage][j]);
+        c += tab.a[stage][j];
+      }
+      k[stage] = f(t + c * h, u);
     }
+    Tensor next = y;
+    for (int j = 0; j < tab.stages; ++j)
+      if (tab.b[j] != 0) next = torch::add(next, k[j], h * tab.b[j]);
+    y = next;
+    s.nfe += tab.stages;
   }
   s.accepted = o.steps();
   s.y = y;
@@ -201,23 +220,6 @@ ODESolution odeint(const VectorField& f, const Tensor& y0, double t0, double t1,
 // ---------------------------------------------------------------------------------------------------------------
 
 namespace {
-
-// The fixed-step solvers as Butcher tableaus: stage i evaluates k_i = f(y + h sum_{j<i} a_ij k_j), and the step
-// is y + h sum_i b_i k_i (the same steps as fixed_step above).
-struct Tableau {
-  int stages;
-  double a[4][4];
-  double b[4];
-};
-
-const Tableau& tableau(const std::string& method) {
-  static const Tableau euler{1, {{0}}, {1}};
-  static const Tableau midpoint{2, {{0}, {0.5}}, {0, 1}};
-  static const Tableau rk4{4, {{0}, {1.0 / 3}, {-1.0 / 3, 1}, {1, -1, 1}}, {1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8}};
-  if (method == "euler") return euler;
-  if (method == "midpoint") return midpoint;
-  return rk4;
-}
 
 // out = y + h sum_{j < n} c_j k_j, written into out (a copy of y when every c_j is 0).
 void combine(Tensor& out, const Tensor& y, const Tensor* k, const double* c, int n, double h) {
@@ -387,8 +389,8 @@ Tensor ConvODEFuncImpl::forward(double t, const Tensor& y) {
   TORCH_CHECK(y.dim() == 4 && y.size(1) == options.channels(), "ConvODEFunc expects [N, ", options.channels(),
               ", H, W], got ", y.sizes());
   // conv3x3 adds the time channel (torchdiffeq's ConcatConv2d) and runs small maps without oneDNN.
-  auto h = conv3x3(torch::relu(norm1(y)), conv1->weight, conv1->bias, t);
-  h = conv3x3(torch::relu(norm2(h)), conv2->weight, conv2->bias, t);
+  auto h = ops::conv3x3(torch::relu(norm1(y)), conv1->weight, conv1->bias, t);
+  h = ops::conv3x3(torch::relu(norm2(h)), conv2->weight, conv2->bias, t);
   return norm3(h);
 }
 

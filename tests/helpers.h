@@ -63,6 +63,11 @@ inline CommandResult run_command(const std::string& command) {
 }
 
 /// Runs the zoo binary with arguments (a shell-quoted string), one thread.
+/// The largest absolute entry; how far rows and columns of (batches of) matrices are from summing to 1.
+inline double max_abs(const torch::Tensor& t) { return t.abs().max().item<double>(); }
+inline double row_error(const torch::Tensor& m) { return max_abs(m.sum(-1) - 1); }
+inline double column_error(const torch::Tensor& m) { return max_abs(m.sum(-2) - 1); }
+
 /// Debian's python3-torch (the same LibTorch build as zoo's), not the python3 first on PATH.
 inline constexpr const char* kPython = "/usr/bin/python3";
 inline bool python_has_torch() { return run_command(std::string(kPython) + " -c 'import torch'").code == 0; }

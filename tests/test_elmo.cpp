@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double max_abs(const Tensor& t) { return t.abs().max().item<double>(); }
+using test::max_abs;
 
 models::ElmoOptions tiny_elmo() {
   // AllenNLP's test fixture sizes (char embedding 4, filters up to width 5, 2 highway layers, LSTM 64 -> 16).

@@ -20,7 +20,7 @@ using torch::Tensor;
 
 namespace {
 
-double max_abs(const Tensor& t) { return t.abs().max().item<double>(); }
+using test::max_abs;
 
 /// Entropy (nats) of a distribution.
 double entropy(const Tensor& p) { return -(p * torch::log(p.clamp_min(1e-12))).sum().item<double>(); }

@@ -1,4 +1,4 @@
-// Hyper-connections: Sinkhorn-Knopp, permutation mixing (mHC-lite), the MHC wrapper and the mhc-resnet model.
+// Hyper-connections: permutation mixing (mHC-lite), the MHC wrapper and the mhc-resnet model.
 #include "helpers.h"
 #include "models/mhc.h"
 #include "models/registry.h"
@@ -11,9 +11,9 @@ using torch::Tensor;
 
 namespace {
 
-double max_abs(const Tensor& t) { return t.abs().max().item<double>(); }
-double row_error(const Tensor& h) { return max_abs(h.sum(-1) - 1); }
-double column_error(const Tensor& h) { return max_abs(h.sum(-2) - 1); }
+using test::column_error;
+using test::max_abs;
+using test::row_error;
 
 // Random mixing parameters, far from the initialisation: static logits scale * N(0, 1), the rest moved by it.
 void perturb(models::MHCImpl& m, double scale) {
@@ -33,47 +33,6 @@ models::MHC identity_branch_mhc(const std::string& variant, int64_t n = 4, int64
 }
 
 }  // namespace
-
-TEST_CASE("Sinkhorn-Knopp: rows exact, columns within 1e-3 after 20 iterations, known fixed points", "[mhc]") {
-  const auto zeros = models::sinkhorn_knopp(torch::zeros({4, 4}));
-  CHECK(max_abs(zeros - 0.25) < 1e-7);  // exp(0) = J -> J / n
-  const auto diagonal = models::sinkhorn_knopp(torch::eye(4) * 20);
-  CHECK(max_abs(diagonal - torch::eye(4)) < 1e-6);
-  torch::manual_seed(0);
-  const auto logits = torch::randn({64, 4, 4});
-  const auto h = models::sinkhorn_knopp(logits);
-  CHECK(row_error(h) < 1e-6);
-  CHECK(column_error(h) < 1e-3);
-  CHECK(h.min().item<double>() >= 0);
-  CHECK(column_error(models::sinkhorn_knopp(logits, 1)) > column_error(h));  // converges with iterations
-  // Convergence slows as the logits spread: at scale 8, 20 iterations leave columns off by more than 1e-2 (the
-  // mHC-lite argument); more iterations shrink it.
-  const auto wide = torch::randn({64, 4, 4}) * 8;
-  const double after20 = column_error(models::sinkhorn_knopp(wide));
-  CHECK(after20 > 1e-2);
-  CHECK(column_error(models::sinkhorn_knopp(wide, 500)) < after20 / 4);
-  // The fused CPU kernel and the tensor-operation reference agree in value and gradient.
-  const auto reference = models::sinkhorn_knopp(logits, 20, /*fused=*/false);
-  CHECK(max_abs(h - reference) < 1e-6);
-  auto x64 = logits.to(torch::kFloat64).requires_grad_(true);
-  auto y64 = logits.to(torch::kFloat64).requires_grad_(true);
-  const auto w = torch::randn({64, 4, 4}, torch::kFloat64);
-  (models::sinkhorn_knopp(x64, 20, true) * w).sum().backward();
-  (models::sinkhorn_knopp(y64, 20, false) * w).sum().backward();
-  CHECK(max_abs(x64.grad() - y64.grad()) < 1e-10);
-  CHECK(max_abs(x64.grad()) > 1e-3);
-  // and against central finite differences
-  const auto base = logits[0].to(torch::kFloat64);
-  for (int64_t k : {0, 5, 10, 15}) {
-    auto plus = base.clone(), minus = base.clone();
-    plus.view(-1)[k] += 1e-6;
-    minus.view(-1)[k] -= 1e-6;
-    const double numeric =
-        ((models::sinkhorn_knopp(plus) - models::sinkhorn_knopp(minus)) * w[0]).sum().item<double>() / 2e-6;
-    CHECK(x64.grad()[0].view(-1)[k].item<double>() == Approx(numeric).margin(1e-6));
-  }
-  CHECK_THROWS_WITH(models::sinkhorn_knopp(torch::zeros({3, 4})), Catch::Contains("[..., n, n]"));
-}
 
 TEST_CASE("Permutation matrices: n! of them, identity first, each a permutation", "[mhc]") {
   const auto p = models::permutation_matrices(4);

@@ -10,9 +10,9 @@
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //
 //   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3'
-#include "models/conv3x3.h"
 #include "models/mhc.h"
 #include "models/ode.h"
+#include "ops/conv3x3.h"
 #include "training/trainer.h"
 
 #include <benchmark/benchmark.h>
@@ -114,9 +114,9 @@ void Conv3x3Crossover(benchmark::State& state) {
       const auto w = torch::randn({s.c, s.c + 1, 3, 3}, torch::requires_grad());
       const auto b = torch::randn({s.c}, torch::requires_grad());
       const auto name = std::to_string(s.n) + "x" + std::to_string(s.c);
-      for (const auto& [kernel, tag] : {std::pair{models::Conv3x3Kernel::direct, "direct"},
-                                        std::pair{models::Conv3x3Kernel::reference, "onednn"}}) {
-        auto forward = [&] { return models::conv3x3(x, w, b, 0.5, kernel); };
+      for (const auto& [kernel, tag] :
+           {std::pair{ops::Conv3x3Kernel::direct, "direct"}, std::pair{ops::Conv3x3Kernel::reference, "onednn"}}) {
+        auto forward = [&] { return ops::conv3x3(x, w, b, 0.5, kernel); };
         {
           torch::NoGradGuard no_grad;
           forward();

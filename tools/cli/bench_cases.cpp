@@ -9,6 +9,7 @@
 #include "models/moe.h"
 #include "models/ode.h"
 #include "models/registry.h"
+#include "ops/sinkhorn.h"
 #include "training/auxiliary.h"
 #include "training/run.h"
 
@@ -237,7 +238,7 @@ Runner make_layer_runner(const CaseSpec& spec) {
   } else if (spec.model == "sinkhorn") {
     const int64_t n = o.at("n"), iterations = o.at("iterations");
     r.input = torch::randn({spec.batch, n, n}).requires_grad_(true);
-    out = [iterations](const torch::Tensor& x) { return models::sinkhorn_knopp(x, iterations); };
+    out = [iterations](const torch::Tensor& x) { return ops::sinkhorn_knopp(x, iterations); };
     r.python = {{"model", "sinkhorn"}, {"options", {{"iterations", iterations}}}};
   } else if (spec.model == "gated-lstm-cell") {
     const int64_t in = o.at("input_size"), hidden = o.at("hidden_size"), steps = o.at("steps");

@@ -8,7 +8,7 @@
 #include <immintrin.h>
 #endif
 
-namespace zoo::models {
+namespace zoo::ops {
 
 inline bool cpu_has_avx2_fma() {
 #ifdef ZOO_X86_KERNELS
@@ -19,4 +19,4 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
-}  // namespace zoo::models
+}  // namespace zoo::ops

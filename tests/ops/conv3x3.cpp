@@ -1,10 +1,10 @@
 // conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
-#include "models/conv3x3.h"
+#include "ops/conv3x3.h"
 
 #include <catch2/catch.hpp>
 
-using zoo::models::conv3x3;
-using zoo::models::Conv3x3Kernel;
+using zoo::ops::conv3x3;
+using zoo::ops::Conv3x3Kernel;
 
 namespace {
 
@@ -23,7 +23,7 @@ torch::Tensor expected_conv(const torch::Tensor& x, const torch::Tensor& w, cons
 double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 bool direct_here() {
-  return zoo::models::conv3x3_direct_available(torch::zeros({1, 1, 1, 1}), torch::zeros({1, 1, 3, 3}));
+  return zoo::ops::conv3x3_direct_available(torch::zeros({1, 1, 1, 1}), torch::zeros({1, 1, 3, 3}));
 }
 
 }  // namespace
@@ -115,9 +115,9 @@ TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {
   const auto x = torch::randn({8, 8, 6, 6});
   const auto w = torch::randn({8, 9, 3, 3});
   // The ODE-ResNet field of ode-euler-32 runs the direct kernel; a 64-channel map of 64 images does not.
-  CHECK(zoo::models::conv3x3_direct(x, w) == direct_here());
-  CHECK_FALSE(zoo::models::conv3x3_direct(torch::randn({64, 64, 6, 6}), torch::randn({64, 65, 3, 3})));
-  CHECK_FALSE(zoo::models::conv3x3_direct(x.to(torch::kFloat64), w.to(torch::kFloat64)));
+  CHECK(zoo::ops::conv3x3_direct(x, w) == direct_here());
+  CHECK_FALSE(zoo::ops::conv3x3_direct(torch::randn({64, 64, 6, 6}), torch::randn({64, 65, 3, 3})));
+  CHECK_FALSE(zoo::ops::conv3x3_direct(x.to(torch::kFloat64), w.to(torch::kFloat64)));
   // Double precision goes through torch::conv2d, exactly.
   const auto xd = x.to(torch::kFloat64), wd = w.to(torch::kFloat64);
   CHECK(max_diff(conv3x3(xd, wd, {}, 0.5), expected_conv(xd, wd, {}, 1, 0.5)) == 0.0);

@@ -10,7 +10,7 @@
 
 #include <torch/torch.h>
 
-namespace zoo::models {
+namespace zoo::ops {
 
 class PackedWeight {
  public:
@@ -30,4 +30,4 @@ class PackedWeight {
   int64_t n_ = 0, k_ = 0;
 };
 
-}  // namespace zoo::models
+}  // namespace zoo::ops

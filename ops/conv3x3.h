@@ -11,7 +11,7 @@
 
 #include <torch/torch.h>
 
-namespace zoo::models {
+namespace zoo::ops {
 
 /// Which implementation conv3x3 runs.
 enum class Conv3x3Kernel {
@@ -36,4 +36,4 @@ bool conv3x3_direct_available(const torch::Tensor& x, const torch::Tensor& weigh
 /// forward) that oneDNN's per-call setup dominates. The crossover was measured with zoo_bench's Conv3x3Crossover.
 bool conv3x3_direct(const torch::Tensor& x, const torch::Tensor& weight);
 
-}  // namespace zoo::models
+}  // namespace zoo::ops

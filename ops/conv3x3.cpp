@@ -1,5 +1,5 @@
-#include "models/conv3x3.h"
-#include "models/simd.h"
+#include "ops/conv3x3.h"
+#include "ops/simd.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace zoo::models {
+namespace zoo::ops {
 
 using torch::Tensor;
 
@@ -366,4 +366,4 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
 #endif
 }
 
-}  // namespace zoo::models
+}  // namespace zoo::ops

@@ -1,8 +1,8 @@
-#include "models/packed_gemm.h"
+#include "ops/packed_gemm.h"
 
-#include "models/simd.h"
+#include "ops/simd.h"
 
-namespace zoo::models {
+namespace zoo::ops {
 
 namespace {
 
@@ -112,4 +112,4 @@ torch::Tensor PackedWeight::addmm(const torch::Tensor& add, const torch::Tensor&
 #endif
 }
 
-}  // namespace zoo::models
+}  // namespace zoo::ops

@@ -1,9 +1,9 @@
 // PackedWeight: x W^T (+ add) with the weight packed once, against torch::addmm.
-#include "models/packed_gemm.h"
+#include "ops/packed_gemm.h"
 
 #include <catch2/catch.hpp>
 
-using zoo::models::PackedWeight;
+using zoo::ops::PackedWeight;
 
 TEST_CASE("PackedWeight: add + x W^T equals torch::addmm for any rows, columns, depth and strides", "[kernels]") {
   const auto x0 = torch::randn({2, 3});

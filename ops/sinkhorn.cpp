@@ -1,0 +1,127 @@
+#include "ops/sinkhorn.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace zoo::ops {
+
+namespace {
+
+using torch::Tensor;
+
+// One n x n matrix through `iterations` rounds of log-space Sinkhorn-Knopp, in double. Each half-step is
+// L -= logsumexp over columns (even k) or rows (odd k); `states` (if given) receives L after each half-step.
+void sinkhorn_matrix(std::vector<double>& L, int64_t n, int64_t iterations, std::vector<double>* states) {
+  for (int64_t k = 0; k < 2 * iterations; ++k) {
+    const bool rows = k % 2 == 1;
+    for (int64_t a = 0; a < n; ++a) {
+      // Entry b of line a: row a, column b (rows) or row b, column a (columns).
+      auto at = [&](int64_t b) -> double& { return rows ? L[a * n + b] : L[b * n + a]; };
+      double m = -INFINITY;
+      for (int64_t b = 0; b < n; ++b) m = std::max(m, at(b));
+      if (!std::isfinite(m)) continue;  // a line of -inf (all zeros after exp) is left as it is
+      double s = 0;
+      for (int64_t b = 0; b < n; ++b) s += std::exp(at(b) - m);
+      const double lse = m + std::log(s);
+      for (int64_t b = 0; b < n; ++b) at(b) -= lse;
+    }
+    if (states) states->insert(states->end(), L.begin(), L.end());
+  }
+}
+
+template <typename scalar_t>
+void sinkhorn_forward_kernel(const scalar_t* in, scalar_t* out, int64_t matrices, int64_t n, int64_t iterations) {
+  at::parallel_for(0, matrices, 16, [&](int64_t begin, int64_t end) {
+    std::vector<double> L(static_cast<size_t>(n * n));
+    for (int64_t m = begin; m < end; ++m) {
+      const scalar_t* src = in + m * n * n;
+      std::copy(src, src + n * n, L.begin());
+      sinkhorn_matrix(L, n, iterations, nullptr);
+      for (int64_t i = 0; i < n * n; ++i) out[m * n * n + i] = static_cast<scalar_t>(std::exp(L[i]));
+    }
+  });
+}
+
+// Backward by recomputation: the half-steps L' = L - lse(L) along a line have the Jacobian-vector product
+// g_in = g - softmax(L) * sum(g) = g - exp(L') * sum(g), applied from the last half-step to the first.
+template <typename scalar_t>
+void sinkhorn_backward_kernel(const scalar_t* in, const scalar_t* grad_out, scalar_t* grad_in, int64_t matrices,
+                              int64_t n, int64_t iterations) {
+  at::parallel_for(0, matrices, 16, [&](int64_t begin, int64_t end) {
+    const auto nn = static_cast<size_t>(n * n);
+    std::vector<double> L(nn), states, g(nn);
+    for (int64_t m = begin; m < end; ++m) {
+      const scalar_t* src = in + m * n * n;
+      std::copy(src, src + n * n, L.begin());
+      states.clear();
+      sinkhorn_matrix(L, n, iterations, &states);
+      for (size_t i = 0; i < nn; ++i)
+        g[i] = static_cast<double>(grad_out[m * n * n + static_cast<int64_t>(i)]) * std::exp(L[i]);
+      for (int64_t k = 2 * iterations - 1; k >= 0; --k) {
+        const double* state = states.data() + static_cast<size_t>(k) * nn;
+        const bool rows = k % 2 == 1;
+        for (int64_t a = 0; a < n; ++a) {
+          auto idx = [&](int64_t b) { return static_cast<size_t>(rows ? a * n + b : b * n + a); };
+          double s = 0;
+          for (int64_t b = 0; b < n; ++b) s += g[idx(b)];
+          for (int64_t b = 0; b < n; ++b) g[idx(b)] -= std::exp(state[idx(b)]) * s;
+        }
+      }
+      for (size_t i = 0; i < nn; ++i) grad_in[m * n * n + static_cast<int64_t>(i)] = static_cast<scalar_t>(g[i]);
+    }
+  });
+}
+
+struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& logits, int64_t iterations) {
+    const auto in = logits.contiguous();
+    ctx->save_for_backward({in});
+    ctx->saved_data["iterations"] = iterations;
+    auto out = torch::empty_like(in);
+    const int64_t n = in.size(-1), matrices = in.numel() / (n * n);
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sinkhorn_knopp", [&] {
+      sinkhorn_forward_kernel<scalar_t>(in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), matrices, n, iterations);
+    });
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto in = ctx->get_saved_variables()[0];
+    const int64_t iterations = ctx->saved_data["iterations"].toInt();
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    const auto grad_out = grads[0].contiguous();
+    auto grad_in = torch::empty_like(in);
+    const int64_t n = in.size(-1), matrices = in.numel() / (n * n);
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sinkhorn_knopp_backward", [&] {
+      sinkhorn_backward_kernel<scalar_t>(in.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                                         grad_in.data_ptr<scalar_t>(), matrices, n, iterations);
+    });
+    return {grad_in, Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor sinkhorn_knopp(const Tensor& logits, int64_t iterations, bool fused) {
+  TORCH_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), "sinkhorn_knopp expects [..., n, n], got ",
+              logits.sizes());
+  TORCH_CHECK(iterations >= 0, "sinkhorn_knopp iterations must be >= 0, got ", iterations);
+  // A trace cannot look into the fused kernel (it writes through data pointers): trace the plain loop instead.
+  if (fused && !torch::jit::tracer::isTracing() && logits.device().is_cpu() &&
+      (logits.scalar_type() == torch::kFloat || logits.scalar_type() == torch::kDouble))
+    return SinkhornFunction::apply(logits, iterations);
+  Tensor L = logits;
+  for (int64_t i = 0; i < iterations; ++i) {
+    L = L - L.logsumexp(-2, /*keepdim=*/true);
+    L = L - L.logsumexp(-1, /*keepdim=*/true);
+  }
+  return L.exp();
+}
+
+}  // namespace zoo::ops
