@@ -112,7 +112,7 @@ void run_mhc_stability(const MhcArgs& a) {
   std::string all = "plot ", bounded = "plot ";
   for (size_t i = 0; i < depth_files.size(); ++i) {
     const auto line =
-        fmt::format("'{}' using 1:2 with lines lw 2 dt {} title '{}'", depth_files[i], i + 1, variants[i]);
+        fmt::format("'{}' using 1:2 with lines lw 2 dt {} lc {} title '{}'", depth_files[i], i + 1, i + 1, variants[i]);
     all += std::string(i ? ", " : "") + line;
     if (variants[i] != "hc") bounded += std::string(bounded == "plot " ? "" : ", ") + line;
   }
