@@ -128,7 +128,8 @@ ODESolution dopri5(const VectorField& f, const Tensor& y0, double t0, double t1,
 
 // The fixed-step solvers as Butcher tableaus: stage i evaluates k_i = f(y + h sum_{j<i} a_ij k_j), and the step
 // is y + h sum_i b_i k_i; stage i is evaluated at t + c_i h with c_i = sum_j a_ij. fixed_step (any vector field)
-// and MLPField's own solver (its forward and hand-written adjoint) both step with these.
+// and MLPField's own solver (its forward and hand-written adjoint) both step with these. rk4 is the 3/8 rule
+// (torchdiffeq's rk4_alt_step_func).
 struct Tableau {
   int stages;
   double a[4][4];
