@@ -261,6 +261,7 @@ class Schema {
   }
 
   /// Declares a nested options struct: its settings appear as "prefix.name" (JSON: an object under "prefix").
+  /// `child` must outlive this schema (a function-local static, as every schema here is).
   template <typename Access, typename Child>
   void nest(const std::string& prefix, Access access, const Schema<Child>& child) {
     for (const auto& c : child.settings()) {

@@ -141,20 +141,6 @@ class ModelSpec {
     schema_.extend(schema);
     return *this;
   }
-  /// Declares a nested options struct (`access` maps Options& to it): its settings read as "prefix.name" and
-  /// are written as {"prefix": {...}}. `child` must outlive the program's registrations (a function-local
-  /// static).
-  template <typename Access, typename Child>
-  ModelSpec& nest(const std::string& prefix, Access access, const Schema<Child>& child) {
-    schema_.nest(prefix, access, child);
-    return *this;
-  }
-  /// Accepts `old_name` for the option `name` (keys of an earlier format, or short forms: "method" for
-  /// "solver.method"). Declare after the option itself.
-  ModelSpec& alias(const std::string& old_name, const std::string& name) {
-    schema_.alias(old_name, name);
-    return *this;
-  }
   /// The option values this entry starts from (default: Options{}), for several entries over one module.
   ModelSpec& defaults(Options base) {
     base_ = std::move(base);
