@@ -2,9 +2,7 @@
 
 #include "core/chars.h"
 #include "models/registry.h"
-#include "ops/packed_gemm.h"
-
-#include <torch/csrc/jit/frontend/tracer.h>
+#include "ops/lstm.h"
 
 #include <numeric>
 
@@ -68,173 +66,16 @@ void LstmWithProjectionImpl::reset() {
   state_linearity->bias.slice(0, C, 2 * C).fill_(1.0);
 }
 
-namespace {
-
-/// The recurrence of LstmWithProjection over all steps as one autograd node. Inputs: xs [N, T, 4C] (the input
-/// product plus the state bias), the state weight [4C, H], the projection weight [H, C] (empty without
-/// projection: custom autograd functions take no undefined inputs), keep [N, T] (bool). The forward saves each step's
-/// gate activations, cell state and clip masks; the backward walks the steps in reverse and gathers dL/dz of every
-/// step, so that the state and projection weight gradients are one matrix product each over all N * T rows.
-struct LstmRecurrence : public torch::autograd::Function<LstmRecurrence> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xs,
-                               const torch::Tensor& w_state, const torch::Tensor& w_proj, const torch::Tensor& keep,
-                               double cell_clip, double proj_clip, bool go_forward) {
-    const int64_t N = xs.size(0), T = xs.size(1), C = xs.size(2) / 4, H = w_state.size(1);
-    const bool padded = !keep.all().item<bool>(), project = w_proj.numel() > 0;
-    auto opts = xs.options();
-    auto acts = torch::empty({T, N, 4 * C}, opts), c_prev = torch::empty({T, N, C}, opts);
-    auto tanh_c = torch::empty({T, N, C}, opts), p = torch::empty({T, N, C}, opts);
-    auto h_prev = torch::empty({T, N, H}, opts);
-    auto c_ok = cell_clip > 0 ? torch::empty({T, N, C}, opts.dtype(torch::kBool)) : torch::Tensor();
-    auto h_ok = proj_clip > 0 ? torch::empty({T, N, H}, opts.dtype(torch::kBool)) : torch::Tensor();
-    auto out = torch::empty({N, T, H}, opts);
-    auto h = torch::zeros({N, H}, opts), c = torch::zeros({N, C}, opts);
-    const auto w_state_t = w_state.t();
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = go_forward ? s : T - 1 - s;
-      h_prev[s].copy_(h);
-      c_prev[s].copy_(c);
-      auto a = acts[s];
-      torch::addmm_out(a, xs.select(1, t), h, w_state_t);  // z, then in place: sigmoid(i, f, o), tanh(g)
-      auto candidate = a.slice(1, 2 * C, 3 * C);
-      const auto g = torch::tanh(candidate);
-      a.sigmoid_();
-      candidate.copy_(g);
-      const auto parts = a.chunk(4, 1);
-      auto c_new = parts[1] * c + parts[0] * parts[2];
-      if (cell_clip > 0) {
-        auto ok = c_ok[s];
-        torch::le_out(ok, c_new.abs(), cell_clip);
-        c_new.clamp_(-cell_clip, cell_clip);
-      }
-      auto tc = tanh_c[s], ps = p[s];
-      torch::tanh_out(tc, c_new);
-      torch::mul_out(ps, parts[3], tc);
-      auto h_new = project ? torch::mm(ps, w_proj.t()) : ps.clone();
-      if (proj_clip > 0) {
-        auto ok = h_ok[s];
-        torch::le_out(ok, h_new.abs(), proj_clip);
-        h_new.clamp_(-proj_clip, proj_clip);
-      }
-      if (padded) {
-        const auto m = keep.select(1, t).unsqueeze(1);
-        c = torch::where(m, c_new, c);
-        h = torch::where(m, h_new, h);
-        out.select(1, t).copy_(h_new * m);
-      } else {
-        c = c_new;
-        h = h_new;
-        out.select(1, t).copy_(h_new);
-      }
-    }
-    ctx->save_for_backward({w_state, w_proj, keep, acts, c_prev, tanh_c, p, h_prev, c_ok, h_ok});
-    ctx->saved_data["padded"] = padded;
-    ctx->saved_data["go_forward"] = go_forward;
-    return out;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto &w_state = saved[0], &w_proj = saved[1], &keep = saved[2], &acts = saved[3], &c_prev = saved[4],
-               &tanh_c = saved[5], &p = saved[6], &h_prev = saved[7], &c_ok = saved[8], &h_ok = saved[9];
-    const bool padded = ctx->saved_data["padded"].toBool(), go_forward = ctx->saved_data["go_forward"].toBool();
-    const int64_t T = acts.size(0), N = acts.size(1), C = acts.size(2) / 4, H = w_state.size(1);
-    const bool project = w_proj.numel() > 0;
-    const auto& grad_out = grads[0];
-    auto dz = torch::empty({T, N, 4 * C}, acts.options());
-    auto dhp_all = project ? torch::empty({T, N, H}, acts.options()) : torch::Tensor();
-    auto dh = torch::zeros({N, H}, acts.options()), dc = torch::zeros({N, C}, acts.options());
-    for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = go_forward ? s : T - 1 - s;
-      torch::Tensor dh_new = grad_out.defined() ? grad_out.select(1, t) : torch::zeros_like(dh), dc_new = dc;
-      torch::Tensor m, carry_h, carry_c;
-      if (padded) {
-        m = keep.select(1, t).unsqueeze(1);
-        dh_new = torch::where(m, dh_new + dh, torch::zeros_like(dh));
-        dc_new = torch::where(m, dc, torch::zeros_like(dc));
-        carry_h = torch::where(m, torch::zeros_like(dh), dh);
-        carry_c = torch::where(m, torch::zeros_like(dc), dc);
-      } else {
-        dh_new = dh_new + dh;
-      }
-      if (h_ok.defined()) dh_new = dh_new * h_ok[s];
-      torch::Tensor dp = dh_new;
-      if (project) {
-        dhp_all[s].copy_(dh_new);
-        dp = torch::mm(dh_new, w_proj);
-      }
-      const auto parts = acts[s].chunk(4, 1);
-      const auto &i = parts[0], &f = parts[1], &g = parts[2], &o = parts[3];
-      const auto tc = tanh_c[s];
-      auto dc_raw = dc_new + dp * o * (1 - tc * tc);
-      if (c_ok.defined()) dc_raw = dc_raw * c_ok[s];
-      auto d = dz[s].chunk(4, 1);
-      torch::mul_out(d[0], dc_raw * g, i * (1 - i));
-      torch::mul_out(d[1], dc_raw * c_prev[s], f * (1 - f));
-      torch::mul_out(d[2], dc_raw * i, 1 - g * g);
-      torch::mul_out(d[3], dp * tc, o * (1 - o));
-      dc = dc_raw * f;
-      dh = torch::mm(dz[s], w_state);
-      if (padded) {
-        dc = dc + carry_c;
-        dh = dh + carry_h;
-      }
-    }
-    // Rows of step s belong to position t(s); the weight gradients are sums over all rows, in any order.
-    auto grad_xs = (go_forward ? dz : dz.flip(0)).transpose(0, 1);
-    auto grad_w_state = torch::mm(dz.reshape({T * N, 4 * C}).t(), h_prev.reshape({T * N, H}));
-    torch::Tensor grad_w_proj;
-    if (project) grad_w_proj = torch::mm(dhp_all.reshape({T * N, H}).t(), p.reshape({T * N, C}));
-    return {grad_xs, grad_w_state, grad_w_proj, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
-}  // namespace
-
 torch::Tensor LstmWithProjectionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   const auto& o = options;
   TORCH_CHECK(x.dim() == 3 && x.size(2) == o.input_size(), "lstm expects [N, T, ", o.input_size(), "], got ",
               x.sizes());
   TORCH_CHECK(mask.sizes() == x.sizes().slice(0, 2), "lstm: mask must be [N, T], got ", mask.sizes());
-  const int64_t N = x.size(0), T = x.size(1), C = o.cell_size();
-  if (o.fused() && torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && T > 0) {
-    const auto xs = input_linearity->forward(x) + state_linearity->bias;  // [N, T, 4C]
-    return LstmRecurrence::apply(xs, state_linearity->weight,
-                                 state_projection ? state_projection->weight : torch::empty({0}, x.options()),
-                                 mask != 0, o.cell_clip(), o.proj_clip(), o.go_forward());
-  }
-  // Without gradients, and not tracing (a trace records torch operations only), the recurrent products run on
-  // weights packed once for all steps (ops/packed_gemm.h): the bench ELMo's four LSTMs (8 x 20 words) took
-  // 19.3 -> 15.9 ms at 1 thread.
-  const bool packed =
-      !torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing() && ops::PackedWeight::usable(x);
-  ops::PackedWeight state_weight, projection_weight;
-  if (packed) {
-    state_weight = ops::PackedWeight(state_linearity->weight);
-    if (state_projection) projection_weight = ops::PackedWeight(state_projection->weight);
-  }
-  // [N, T, 4C], all steps in one product (with the state bias when the packed product adds it to each step)
-  const auto xs = packed ? input_linearity->forward(x) + state_linearity->bias : input_linearity->forward(x);
-  const auto keep = mask.to(x.dtype()).unsqueeze(-1);  // [N, T, 1]
-  auto h = torch::zeros({N, o.hidden_size()}, x.options());
-  auto c = torch::zeros({N, C}, x.options());
-  std::vector<torch::Tensor> out(static_cast<size_t>(T));
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = o.go_forward() ? s : T - 1 - s;
-    const auto gates =
-        (packed ? state_weight.addmm(xs.select(1, t), h) : xs.select(1, t) + state_linearity->forward(h)).chunk(4, 1);
-    auto c_new = torch::sigmoid(gates[0]) * torch::tanh(gates[2]) + torch::sigmoid(gates[1]) * c;
-    if (o.cell_clip() > 0) c_new = c_new.clamp(-o.cell_clip(), o.cell_clip());
-    auto h_new = torch::sigmoid(gates[3]) * torch::tanh(c_new);
-    if (state_projection) h_new = packed ? projection_weight.addmm({}, h_new) : state_projection->forward(h_new);
-    if (o.proj_clip() > 0) h_new = h_new.clamp(-o.proj_clip(), o.proj_clip());
-    const auto m = keep.select(1, t);
-    c = m * c_new + (1 - m) * c;  // padding carries the state over untouched
-    h = m * h_new + (1 - m) * h;
-    out[static_cast<size_t>(t)] = h_new * m;
-  }
-  return torch::stack(out, 1);
+  const auto xs = input_linearity->forward(x);  // W_x x_t for all steps in one product: [N, T, 4C]
+  const auto w_proj = state_projection ? state_projection->weight : torch::Tensor();
+  const ops::LstmClip clip{o.cell_clip(), o.proj_clip()};
+  auto* recurrence = o.fused() ? &ops::lstm_recurrence : &ops::lstm_recurrence_reference;
+  return recurrence(xs, state_linearity->weight, state_linearity->bias, w_proj, mask, clip, o.go_forward());
 }
 
 void LstmWithProjectionImpl::pretty_print(std::ostream& stream) const {

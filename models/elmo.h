@@ -43,11 +43,9 @@ TORCH_MODULE(Highway);
 /// Clips <= 0 are off. At masked positions the state is carried over unchanged and the output is 0, so
 /// padding never reaches a real token's state in either direction.
 ///
-/// With gradients on, the recurrence runs as one autograd function with a hand-written backward through time
-/// (`fused`, the default): the per-step gradients of the state weights are gathered and multiplied once over all
-/// steps, instead of one small product and one accumulation per step. It computes the same gradients as autograd
-/// through the step-by-step loop (tests/test_elmo.cpp), but only first derivatives. Without gradients, and in
-/// traces, the step-by-step loop runs.
+/// The recurrence is ops::lstm_recurrence (ops/lstm.h): with gradients, one autograd node with a hand-written
+/// backward through time (first derivatives only); without, a loop on weights packed once. `fused` false runs
+/// ops::lstm_recurrence_reference, the plain loop the fast path is tested against (tests/ops/lstm.cpp).
 struct LstmWithProjectionOptions {
   LstmWithProjectionOptions(int64_t input_size, int64_t hidden_size, int64_t cell_size)
       : input_size_(input_size), hidden_size_(hidden_size), cell_size_(cell_size) {}
@@ -57,7 +55,7 @@ struct LstmWithProjectionOptions {
   TORCH_ARG(double, cell_clip) = 3.0;
   TORCH_ARG(double, proj_clip) = 3.0;
   TORCH_ARG(bool, go_forward) = true;  ///< false: from the last position to the first
-  TORCH_ARG(bool, fused) = true;       ///< the hand-written backward through time (see above)
+  TORCH_ARG(bool, fused) = true;       ///< the fast path of ops/lstm.h (false: its plain reference)
 };
 
 class LstmWithProjectionImpl : public torch::nn::Cloneable<LstmWithProjectionImpl> {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "core/schema.h"
+#include "ops/ode.h"
 
 #include <torch/torch.h>
 
@@ -19,41 +20,14 @@
 
 namespace zoo::models {
 
-/// The right-hand side f(t, y) of dy/dt = f(t, y).
-using VectorField = std::function<torch::Tensor(double t, const torch::Tensor& y)>;
-
-struct ODESolverOptions {
-  /// euler (order 1), midpoint (2), rk4 (4; the 3/8 rule, as torchdiffeq's rk4) or dopri5 (adaptive, 5(4)).
-  TORCH_ARG(std::string, method) = "rk4";
-  /// Fixed-step solvers: number of equal steps over [t0, t1].
-  TORCH_ARG(int64_t, steps) = 2;
-  /// dopri5: a step is accepted when RMS(err / (atol + rtol * max(|y0|, |y1|))) <= 1.
-  TORCH_ARG(double, rtol) = 1e-3;
-  TORCH_ARG(double, atol) = 1e-3;
-  /// dopri5: the most step attempts (accepted + rejected) before giving up with an error.
-  TORCH_ARG(int64_t, max_steps) = 1000;
-};
-
-struct ODESolution {
-  torch::Tensor y;       ///< y(t1)
-  int64_t nfe = 0;       ///< number of evaluations of f
-  int64_t accepted = 0;  ///< steps taken
-  int64_t rejected = 0;  ///< dopri5: steps tried and rejected
-};
-
-/// The solver names odeint accepts.
-const std::vector<std::string>& ode_methods();
-/// The order of a solver's global error (euler 1, midpoint 2, rk4 4, dopri5 5).
-int64_t ode_order(const std::string& method);
-/// The solver's settings: names, docs and checks (nested as "solver" in the ode-resnet model's options).
-const Schema<ODESolverOptions>& ode_solver_schema();
-/// Throws std::invalid_argument naming the problem (unknown method, steps < 1, tolerances <= 0).
-void check_solver(const ODESolverOptions& options);
-
-/// Integrates dy/dt = f(t, y) from y(t0) = y0 to t1 (t1 < t0 integrates backwards). Differentiable: autograd
-/// records every accepted step (dopri5's step-size control itself is not differentiated, as in torchdiffeq).
-ODESolution odeint(const VectorField& f, const torch::Tensor& y0, double t0, double t1,
-                   const ODESolverOptions& options = {});
+using ops::check_solver;
+using ops::ode_methods;
+using ops::ode_order;
+using ops::ode_solver_schema;
+using ops::odeint;
+using ops::ODESolution;
+using ops::ODESolverOptions;
+using ops::VectorField;
 
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -69,14 +43,10 @@ struct MLPFieldOptions {
 /// as net = Sequential(Linear(dim, hidden), Tanh, Linear(hidden, dim)), so the weights are net.0.weight,
 /// net.0.bias, net.2.weight, net.2.bias, the names of the Python ODEFunc.
 ///
-/// solve() integrates it with the fixed-step solvers as one autograd node: the forward runs without a tape and
-/// keeps each stage's input u and activation a = tanh(W1 u + b1); the backward is the discrete adjoint of the
-/// Runge-Kutta steps written out (stage by stage in reverse: g_u = W1^T ((1 - a^2) * (W2^T g_k)), g_k of the
-/// earlier stages += h a_ij g_u), and the weight gradients are four products over all stages at once
-/// (dW2 = sum_e g_k,e^T a_e, ...). It computes the same gradients as autograd through odeint (a test checks), with
-/// 3 operations per evaluation instead of about 9 autograd nodes: many small steps are where the per-node cost
-/// of the engine is most of a training step. The result is differentiable once (no double backward). dopri5,
-/// and tracing for TorchScript, go through odeint with autograd.
+/// solve() with a fixed-step solver runs ops::mlp_field_solve (ops/ode.h): one autograd node with the discrete
+/// adjoint of the Runge-Kutta steps written out, the same gradients as autograd through odeint (tests/ops/ode.cpp)
+/// with 3 operations per evaluation instead of about 9 autograd nodes. It is differentiable once (no double
+/// backward). dopri5, and tracing for TorchScript, go through odeint with autograd.
 class MLPFieldImpl : public torch::nn::Cloneable<MLPFieldImpl> {
  public:
   explicit MLPFieldImpl(MLPFieldOptions options);

@@ -130,10 +130,7 @@ class ModelSpec {
     using T = std::decay_t<decltype(get(std::declval<const Options&>()))>;
     schema_.add_json(
         key, [get](const Options& o) { return json(get(o)); },
-        [set, key, name = entry_.name](Options& o, const json& v) {
-          set(o, strict_get<T>(v, "option '" + key + "' of model '" + name + "'"));
-        },
-        std::move(doc), type_name<T>());
+        [set, key](Options& o, const json& v) { set(o, strict_get<T>(v, key)); }, std::move(doc), type_name<T>());
     return *this;
   }
   /// Declares the options of a Schema written beside the module (whose constructor checks with it as well).
@@ -168,8 +165,7 @@ class ModelSpec {
       try {
         return schema->from_json(j, base);
       } catch (const SettingError& err) {
-        if (err.setting().rfind("option '", 0) == 0) throw;
-        throw SettingError("option '" + err.setting() + "' of model '" + name + "':", err.problem());  // nested
+        throw SettingError("option '" + err.setting() + "' of model '" + name + "':", err.problem());
       } catch (const std::invalid_argument& err) {
         throw std::invalid_argument("model '" + name + "': " + err.what());
       }

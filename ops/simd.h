@@ -1,6 +1,7 @@
 // What zoo's hand-written AVX2 kernels (PackedWeight, conv3x3) need: ZOO_X86_KERNELS is defined where they are
 // compiled (x86-64 with GCC or Clang, each kernel marked target("avx2,fma")), and cpu_has_avx2_fma() says at run
-// time whether this CPU may run them.
+// time whether this CPU may run them. ScalarOnly makes it answer false in the current thread, as on a CPU without
+// AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
 #pragma once
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -10,13 +11,32 @@
 
 namespace zoo::ops {
 
+namespace detail {
+inline bool& scalar_only() {
+  thread_local bool on = false;
+  return on;
+}
+}  // namespace detail
+
 inline bool cpu_has_avx2_fma() {
 #ifdef ZOO_X86_KERNELS
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return ok && !detail::scalar_only();
 #else
   return false;
 #endif
 }
+
+/// While one lives, cpu_has_avx2_fma() is false in this thread (the kernels' callers take their fallbacks).
+class ScalarOnly {
+ public:
+  ScalarOnly() : previous_(detail::scalar_only()) { detail::scalar_only() = true; }
+  ~ScalarOnly() { detail::scalar_only() = previous_; }
+  ScalarOnly(const ScalarOnly&) = delete;
+  ScalarOnly& operator=(const ScalarOnly&) = delete;
+
+ private:
+  bool previous_;
+};
 
 }  // namespace zoo::ops

@@ -5,11 +5,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace zoo::test {
 
@@ -67,6 +70,26 @@ inline CommandResult run_command(const std::string& command) {
 inline double max_abs(const torch::Tensor& t) { return t.abs().max().item<double>(); }
 inline double row_error(const torch::Tensor& m) { return max_abs(m.sum(-1) - 1); }
 inline double column_error(const torch::Tensor& m) { return max_abs(m.sum(-2) - 1); }
+
+/// The names of a module's parameters, in registration order (Python's named_parameters()).
+inline std::vector<std::string> parameter_names(const torch::nn::Module& m) {
+  std::vector<std::string> names;
+  for (const auto& p : m.named_parameters()) names.push_back(p.key());
+  return names;
+}
+
+/// The message of what `f` throws ("" when it does not throw).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+/// Writes `text` to `path` as it is (binary).
+inline void write_text(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
 /// Debian's python3-torch (the same LibTorch build as zoo's), not the python3 first on PATH.
 inline constexpr const char* kPython = "/usr/bin/python3";

@@ -2,7 +2,7 @@
 
     /usr/bin/python3 tests/python/parity.py ROOT
 
-ROOT holds one directory per case, written by tests/test_parity.cpp: weights.pt (zoo's TorchScript weights),
+ROOT holds one directory per case, written by tests/python/parity.cpp: weights.pt (zoo's TorchScript weights),
 options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save of the inputs, the seed drawn
 before the forward, the C++ outputs, the weights of the scalar loss sum_k (out_k * r_k).sum() and the C++
 gradients of every parameter). For each case the twin loads the weights by name (strict), runs the same input

@@ -1,11 +1,11 @@
 // Priors as regularisers: penalties by hand, what is covered, decoupled weight decay = Gaussian penalty under
 // plain SGD (step by step), proximal Laplace steps give exact zeros, and the CLI flags.
+#include "training/priors.h"
 #include "datasets/registry.h"
 #include "models/cnn.h"
 #include "models/mlp.h"
 #include "tests/helpers.h"
 #include "training/checkpoint.h"
-#include "training/priors.h"
 #include "training/run.h"
 
 #include <catch2/catch.hpp>

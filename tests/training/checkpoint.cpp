@@ -1,8 +1,8 @@
 // Checkpoints: round trip, mismatch errors, crash safety of the commit protocol, exact resume.
+#include "training/checkpoint.h"
 #include "models/cnn.h"
 #include "models/mlp.h"
 #include "tests/helpers.h"
-#include "training/checkpoint.h"
 #include "training/run.h"
 
 #include <catch2/catch.hpp>

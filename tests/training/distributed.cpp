@@ -1,8 +1,8 @@
 // Data-parallel training on c10d/Gloo: equivalence with one process, resume across world sizes, faults.
+#include "training/distributed.h"
 #include "helpers.h"
 #include "models/registry.h"
 #include "training/checkpoint.h"
-#include "training/distributed.h"
 #include "training/run.h"
 
 #include <catch2/catch.hpp>

@@ -1,6 +1,6 @@
-// ResNet as Euler steps, ODE solvers (orders, adaptive steps, gradients), ODEBlock and the ode-resnet model.
-#include "helpers.h"
+// ResNet as Euler steps, MLPField, ODEBlock and the ode-resnet model.
 #include "models/ode.h"
+#include "helpers.h"
 #include "models/registry.h"
 #include "training/run.h"
 
@@ -14,100 +14,9 @@ using torch::Tensor;
 
 namespace {
 
-// Least-squares slope of log(error) against log(h).
-double loglog_slope(const std::vector<double>& h, const std::vector<double>& err) {
-  double mx = 0, my = 0;
-  for (size_t i = 0; i < h.size(); ++i) mx += std::log(h[i]) / h.size(), my += std::log(err[i]) / h.size();
-  double sxy = 0, sxx = 0;
-  for (size_t i = 0; i < h.size(); ++i) {
-    sxy += (std::log(h[i]) - mx) * (std::log(err[i]) - my);
-    sxx += (std::log(h[i]) - mx) * (std::log(h[i]) - mx);
-  }
-  return sxy / sxx;
-}
-
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
-// dy/dt = y, y(0) = 1: y(1) = e.   2-D rotation dy/dt = [[0, -1], [1, 0]] y, y(0) = (1, 0): y(1) = (cos 1, sin 1).
-models::VectorField growth() {
-  return [](double, const Tensor& y) { return y; };
-}
-models::VectorField rotation() {
-  return [](double, const Tensor& y) { return torch::stack({-y[1], y[0]}); };
-}
-double growth_error(const Tensor& y) { return std::abs(y.item<double>() - std::exp(1.0)); }
-double rotation_error(const Tensor& y) {
-  return (y - torch::tensor({std::cos(1.0), std::sin(1.0)}, kF64)).norm().item<double>();
-}
-
 }  // namespace
-
-TEST_CASE("Fixed-step solvers converge at their order on dy/dt = y and on a rotation", "[ode]") {
-  for (const auto& [method, order, stages] :
-       std::vector<std::tuple<std::string, double, int64_t>>{{"euler", 1, 1}, {"midpoint", 2, 2}, {"rk4", 4, 4}}) {
-    std::vector<double> h, e_growth, e_rotation;
-    for (int64_t steps : {8, 16, 32, 64}) {
-      const auto o = ODESolverOptions().method(method).steps(steps);
-      auto g = models::odeint(growth(), torch::ones({}, kF64), 0, 1, o);
-      auto r = models::odeint(rotation(), torch::tensor({1.0, 0.0}, kF64), 0, 1, o);
-      CHECK(g.nfe == stages * steps);
-      h.push_back(1.0 / static_cast<double>(steps));
-      e_growth.push_back(growth_error(g.y));
-      e_rotation.push_back(rotation_error(r.y));
-    }
-    const double s_growth = loglog_slope(h, e_growth), s_rotation = loglog_slope(h, e_rotation);
-    INFO(method << ": slopes " << s_growth << " (growth), " << s_rotation << " (rotation), order " << order);
-    CHECK(std::abs(s_growth - order) < 0.3);
-    CHECK(std::abs(s_rotation - order) < 0.3);
-  }
-}
-
-TEST_CASE("dopri5 meets its tolerance with fewer evaluations than rk4 needs for the same error", "[ode]") {
-  for (const auto& [field, y0, error] :
-       std::vector<std::tuple<models::VectorField, Tensor, std::function<double(const Tensor&)>>>{
-           {growth(), torch::ones({}, kF64), growth_error},
-           {rotation(), torch::tensor({1.0, 0.0}, kF64), rotation_error}}) {
-    const auto d = models::odeint(field, y0, 0, 1, ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
-    const double e_dopri = error(d.y);
-    CHECK(e_dopri < 1e-7);
-    CHECK(d.accepted >= 2);
-    int64_t rk4_steps = 1;
-    while (error(models::odeint(field, y0, 0, 1, ODESolverOptions().method("rk4").steps(rk4_steps)).y) > e_dopri)
-      ++rk4_steps;
-    INFO("dopri5 error " << e_dopri << " with " << d.nfe << " evaluations; rk4 needs " << rk4_steps << " steps");
-    CHECK(d.nfe < 4 * rk4_steps);
-  }
-  // Looser tolerance: fewer evaluations, larger (but bounded) error.
-  const auto loose =
-      models::odeint(growth(), torch::ones({}, kF64), 0, 1, ODESolverOptions().method("dopri5").rtol(1e-3).atol(1e-3));
-  const auto tight =
-      models::odeint(growth(), torch::ones({}, kF64), 0, 1, ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
-  CHECK(loose.nfe < tight.nfe);
-  CHECK(growth_error(loose.y) < 1e-2);
-  // Backwards in time: y(0) from y(1) = e.
-  const auto back = models::odeint(growth(), torch::full({}, std::exp(1.0), kF64), 1, 0,
-                                   ODESolverOptions().method("dopri5").rtol(1e-8).atol(1e-8));
-  CHECK(back.y.item<double>() == Approx(1.0).epsilon(1e-6));
-  CHECK_THROWS_WITH(models::odeint(growth(), torch::ones({}, kF64), 0, 1,
-                                   ODESolverOptions().method("dopri5").rtol(1e-12).atol(1e-12).max_steps(3)),
-                    Catch::Contains("max_steps"));
-  CHECK_THROWS_WITH(
-      models::odeint(growth(), torch::ones({}), 0, 1, ODESolverOptions().method("rk5")),
-      Catch::Contains("ODE solver method 'rk5' is unknown; valid ODE solvers: euler, midpoint, rk4, dopri5"));
-  CHECK_THROWS_WITH(models::odeint(growth(), torch::ones({}), 0, 1, ODESolverOptions().steps(0)),
-                    Catch::Contains("steps must be >= 1"));
-}
-
-TEST_CASE("Gradients flow through the solver steps: d y(1) / d a = e^a for dy/dt = a y", "[ode]") {
-  for (const std::string method : {"rk4", "dopri5"}) {
-    auto a = torch::full({}, 0.7, kF64.requires_grad(true));
-    auto solution = models::odeint([&](double, const Tensor& y) { return a * y; }, torch::ones({}, kF64), 0, 1,
-                                   ODESolverOptions().method(method).steps(20).rtol(1e-9).atol(1e-9));
-    solution.y.backward();
-    INFO(method);
-    CHECK(a.grad().item<double>() == Approx(std::exp(0.7)).epsilon(1e-6));
-  }
-}
 
 TEST_CASE("MLPField: the hand-written adjoint of the fixed-step solvers equals autograd through odeint", "[ode]") {
   torch::manual_seed(0);

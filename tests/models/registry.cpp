@@ -1,57 +1,14 @@
-// The baseline models and the registry: shapes, parameter names (Python's), options as data, errors.
+// The model registry: models by name, options as data (nested, dotted, flat), errors.
+#include "models/registry.h"
+#include "helpers.h"
 #include "models/cnn.h"
 #include "models/mlp.h"
-#include "models/registry.h"
 
 #include <catch2/catch.hpp>
 
 using namespace zoo::models;
-
-namespace {
-std::vector<std::string> parameter_names(const torch::nn::Module& m) {
-  std::vector<std::string> names;
-  for (const auto& p : m.named_parameters()) names.push_back(p.key());
-  return names;
-}
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
-
-TEST_CASE("MLP: logits shape and the Python twin's parameter names", "[models]") {
-  MLP mlp(MLPOptions().hidden({32, 16}).num_classes(7));
-  auto y = mlp->forward(torch::rand({5, 1, 28, 28}));
-  CHECK(y.sizes() == torch::IntArrayRef({5, 7}));
-  CHECK(parameter_names(*mlp) == std::vector<std::string>{"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
-                                                          "net.4.weight", "net.4.bias"});
-  CHECK(count_parameters(*mlp) == 784 * 32 + 32 + 32 * 16 + 16 + 16 * 7 + 7);
-  std::ostringstream s;
-  mlp->pretty_print(s);
-  CHECK(s.str() == "zoo::MLP(in_features=784, hidden=[32, 16], num_classes=7, dropout=0)");
-  CHECK_THROWS(mlp->forward(torch::rand({5, 100})));
-}
-
-TEST_CASE("CNN: logits shape, names, and gradients reach the first layer", "[models]") {
-  CNN cnn;
-  auto y = cnn->forward(torch::rand({4, 1, 28, 28}));
-  CHECK(y.sizes() == torch::IntArrayRef({4, 10}));
-  auto names = parameter_names(*cnn);
-  CHECK(names.front() == "features.0.weight");
-  CHECK(std::find(names.begin(), names.end(), "classifier.3.weight") != names.end());
-  y.sum().backward();
-  CHECK(cnn->features[0]->as<torch::nn::Conv2d>()->weight.grad().abs().sum().item<double>() > 0);
-  // clone() is deep (reset() registers everything)
-  auto copy = std::dynamic_pointer_cast<CNNImpl>(cnn->clone());
-  REQUIRE(copy);
-  torch::NoGradGuard g;
-  copy->classifier[0]->as<torch::nn::Linear>()->weight.fill_(0);
-  CHECK(cnn->classifier[0]->as<torch::nn::Linear>()->weight.abs().sum().item<double>() > 0);
-}
+using zoo::test::error_of;
+using zoo::test::parameter_names;
 
 TEST_CASE("Registry: models by name, options as JSON round trip", "[registry]") {
   auto names = ModelRegistry::instance().names();

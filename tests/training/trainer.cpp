@@ -1,12 +1,12 @@
-// The shared trainer: learning, schedules, extension hooks, divergence, and the extension story (a module
-// defined here registers itself and trains through the same trainer).
+// The shared trainer: learning, the learning rate it sets, extension hooks, divergence, and the extension
+// story (a module defined here registers itself and trains through the same trainer).
+#include "training/trainer.h"
 #include "datasets/registry.h"
 #include "models/mlp.h"
 #include "models/registry.h"
 #include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
-#include "training/trainer.h"
 
 #include <catch2/catch.hpp>
 
@@ -48,29 +48,6 @@ TEST_CASE("Trainer: loss falls and accuracy rises on Fashion-MNIST (learning tes
   CHECK(last["test"]["accuracy"].get<double>() > 0.70);
   CHECK(trainer.state().epoch == 3);
   CHECK(trainer.state().step == 3 * 32);  // 2000 / 64 = 31.25 -> 32 steps per epoch
-}
-
-TEST_CASE("Schedules: constant, step, cosine and warm-up values", "[trainer]") {
-  training::Schedule s;
-  s.lr = 0.1;
-  CHECK(s.at(123, 4) == Approx(0.1));
-  s.name = "step";
-  s.step_size = 2;
-  s.gamma = 0.5;
-  CHECK(s.at(0, 0) == Approx(0.1));
-  CHECK(s.at(0, 1) == Approx(0.1));
-  CHECK(s.at(0, 2) == Approx(0.05));
-  CHECK(s.at(0, 5) == Approx(0.025));
-  s.name = "cosine";
-  s.total_steps = 100;
-  CHECK(s.at(0, 0) == Approx(0.1));
-  CHECK(s.at(50, 0) == Approx(0.05));
-  CHECK(s.at(100, 0) == Approx(0.0).margin(1e-12));
-  s.name = "constant";
-  s.warmup = 4;
-  CHECK(s.at(0, 0) == Approx(0.025));
-  CHECK(s.at(3, 0) == Approx(0.1));
-  CHECK(s.at(4, 0) == Approx(0.1));
 }
 
 TEST_CASE("Trainer: the learning rate the optimizer sees follows the schedule", "[trainer]") {

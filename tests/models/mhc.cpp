@@ -1,6 +1,6 @@
 // Hyper-connections: permutation mixing (mHC-lite), the MHC wrapper and the mhc-resnet model.
-#include "helpers.h"
 #include "models/mhc.h"
+#include "helpers.h"
 #include "models/registry.h"
 #include "training/trainer.h"
 

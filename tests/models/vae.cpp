@@ -1,9 +1,9 @@
 // The VAE and the sheet's ELBO derivation, checked numerically: closed-form KL, reparameterisation gradients,
 // the loss by hand, Jensen (ELBO <= IWAE_k, increasing in k), learning, and the CLI.
+#include "models/vae.h"
 #include "datasets/images.h"
 #include "datasets/registry.h"
 #include "models/registry.h"
-#include "models/vae.h"
 #include "tests/helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"

@@ -10,6 +10,7 @@
 #include <vector>
 
 using namespace zoo;
+using zoo::test::error_of;
 using zoo::test::TempDir;
 
 namespace {
@@ -30,15 +31,6 @@ void write_file(const std::string& path, const std::vector<uint8_t>& bytes, bool
   } else {
     std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   }
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
