@@ -7,6 +7,8 @@
 #define STB_IMAGE_STATIC
 #include <stb_image.h>
 
+#include <fmt/format.h>
+
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -49,14 +51,28 @@ void save_png(const torch::Tensor& image, const std::string& path) {
     throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
 }
 
+namespace {
+
+// Distinct, saturated colours (after matplotlib's tab20, bright shades first); index 0 is the background, ids
+// above 20 repeat 1..20.
+constexpr float kPalette[21][3] = {{0, 0, 0},       {31, 119, 180},  {255, 127, 14},  {44, 160, 44},   {214, 39, 40},
+                                   {148, 103, 189}, {140, 86, 75},   {227, 119, 194}, {188, 189, 34},  {23, 190, 207},
+                                   {255, 255, 255}, {174, 199, 232}, {255, 187, 120}, {152, 223, 138}, {255, 152, 150},
+                                   {197, 176, 213}, {196, 156, 148}, {247, 182, 210}, {219, 219, 141}, {158, 218, 229},
+                                   {127, 127, 127}};
+
+int64_t palette_index(int64_t id) { return id > 0 ? (id - 1) % 20 + 1 : 0; }
+
+}  // namespace
+
+std::string class_colour_hex(int64_t id) {
+  TORCH_CHECK(id >= 0, "class_colour_hex: negative class id ", id);
+  const auto& c = kPalette[palette_index(id)];
+  return fmt::format("#{:02x}{:02x}{:02x}", static_cast<int>(c[0]), static_cast<int>(c[1]), static_cast<int>(c[2]));
+}
+
 torch::Tensor colorize_labels(const torch::Tensor& labels) {
-  // Distinct, saturated colours (after matplotlib's tab20, bright shades first); index 0 is the background.
-  static const float palette[21][3] = {
-      {0, 0, 0},       {31, 119, 180},  {255, 127, 14},  {44, 160, 44},   {214, 39, 40},   {148, 103, 189},
-      {140, 86, 75},   {227, 119, 194}, {188, 189, 34},  {23, 190, 207},  {255, 255, 255}, {174, 199, 232},
-      {255, 187, 120}, {152, 223, 138}, {255, 152, 150}, {197, 176, 213}, {196, 156, 148}, {247, 182, 210},
-      {219, 219, 141}, {158, 218, 229}, {127, 127, 127}};
-  auto table = torch::from_blob(const_cast<float*>(&palette[0][0]), {21, 3}, torch::kFloat32).div(255);
+  auto table = torch::from_blob(const_cast<float*>(&kPalette[0][0]), {21, 3}, torch::kFloat32).div(255);
   auto ids = labels.detach().to(torch::kCPU, torch::kInt64);
   TORCH_CHECK(ids.dim() >= 2, "colorize_labels expects [*, H, W], got ", labels.sizes());
   TORCH_CHECK(ids.numel() == 0 || ids.min().item<int64_t>() >= 0, "colorize_labels: negative class id");

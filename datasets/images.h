@@ -32,6 +32,9 @@ torch::Tensor load_image(const std::string& path, int channels = 0);
 /// 1.. from a 20-colour palette (repeating after 20).
 torch::Tensor colorize_labels(const torch::Tensor& labels);
 
+/// The colour colorize_labels gives class `id` (>= 0), as "#rrggbb" (for legends drawn elsewhere).
+std::string class_colour_hex(int64_t id);
+
 /// An image [C, H, W] (C = 1 or 3, in [0, 1]) with the classes of `labels` [H, W] blended over it: pixels of class
 /// k > 0 become (1 - alpha) image + alpha colour(k); background pixels keep the image. Returns [3, H, W].
 torch::Tensor overlay_labels(const torch::Tensor& image, const torch::Tensor& labels, double alpha = 0.5);

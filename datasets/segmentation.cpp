@@ -183,6 +183,14 @@ std::shared_ptr<TensorDataset> load_image_folder(const std::string& dir, int64_t
                                          "image folder " + dir + " (" + std::to_string(inputs.size()) + " images)");
 }
 
+std::vector<std::string> segmentation_class_names(const std::string& dataset) {
+  if (dataset == "scenes")
+    return {"background", "T-shirt/top", "trouser", "pullover", "dress",     "coat",
+            "sandal",     "shirt",       "sneaker", "bag",      "ankle boot"};
+  if (dataset == "volumes") return {"background", "sphere", "box", "cylinder"};
+  return {};
+}
+
 namespace {
 
 const detail::DatasetRegistrar scenes{[] {

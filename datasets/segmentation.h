@@ -50,4 +50,8 @@ std::shared_ptr<TensorDataset> load_image_folder(const std::string& dir, int64_t
 /// The image names (file names in DIR/images, sorted) of an image folder; an error when there are none.
 std::vector<std::string> image_folder_names(const std::string& dir);
 
+/// The names of a segmentation dataset's label ids (index = id): scenes (background and the ten Fashion-MNIST
+/// classes), volumes (background, sphere, box, cylinder); empty for other datasets (image folders have ids only).
+std::vector<std::string> segmentation_class_names(const std::string& dataset);
+
 }  // namespace zoo::datasets

@@ -75,11 +75,23 @@ TEST_CASE("zoo train/eval/segment for a U-Net, with data and task options", "[se
   CHECK(m["iou"].size() == 11);
   CHECK(m["items"] == 16);
 
-  // Test scenes as rows of image | truth | prediction: 3 columns of 64 + padding 2.
+  // Test scenes as rows of image | truth | prediction: 3 columns of 64 + padding 2, drawn 3 times larger (tiles
+  // at least 160 pixels wide) under a 24-pixel band of titles, with the legend to the right; only the picture
+  // is left behind.
   auto s = run_zoo("segment " + run + " --n 4 --out " + dir.str("grid.png"));
   REQUIRE(s.code == 0);
   auto grid = datasets::load_image(dir.str("grid.png"));
-  CHECK(grid.sizes() == torch::IntArrayRef({3, 4 * 66 + 2, 3 * 66 + 2}));
+  CHECK(grid.size(1) == 3 * (4 * 66 + 2) + 24);
+  CHECK(grid.size(2) > 3 * (3 * 66 + 2) + 100);
+  CHECK_FALSE(fs::exists(dir.path() / "grid.gp"));
+  CHECK_FALSE(fs::exists(dir.path() / "grid.grid.png"));
+  // Without gnuplot: the enlarged grid alone, and a line saying what to install.
+  s = zoo::test::run_command("PATH=/nonexistent " + std::string(ZOO_BIN) + " segment " + run + " --n 2 --out " +
+                             dir.str("plain.png"));
+  REQUIRE(s.code == 0);
+  CHECK_THAT(s.err, Catch::Contains("has no titles or legend: apt-get install gnuplot-nox"));
+  CHECK(datasets::load_image(dir.str("plain.png")).sizes() ==
+        torch::IntArrayRef({3, 3 * (2 * 66 + 2), 3 * (3 * 66 + 2)}));
   // A user's image: an overlay of the same size, and the label map with --mask.
   datasets::save_png(torch::rand({1, 40, 50}), dir.str("photo.png"));
   s = run_zoo("segment " + run + " --input " + dir.str("photo.png") + " --out " + dir.str("overlay.png") + " --mask " +
@@ -119,11 +131,11 @@ TEST_CASE("zoo segment refuses runs that do not segment, and 2-D input for a 3-D
   auto s = run_zoo("segment " + dir.str("u3") + " --input " + dir.str("photo.png"));
   CHECK(s.code == 1);
   CHECK_THAT(s.err, Catch::Contains("is a 3-D model"));
-  // Volumes show as middle slices: rows of 3 panels of 8 + padding.
+  // Volumes show as middle slices: rows of 3 panels of 8 + padding, drawn 20 times larger.
   s = run_zoo("segment " + dir.str("u3") + " --n 2 --out " + dir.str("v.png"));
   REQUIRE(s.code == 0);
   CHECK_THAT(s.out, Catch::Contains("middle slices"));
-  CHECK(datasets::load_image(dir.str("v.png")).sizes() == torch::IntArrayRef({3, 2 * 10 + 2, 3 * 10 + 2}));
+  CHECK(datasets::load_image(dir.str("v.png")).size(1) == 20 * (2 * 10 + 2) + 24);
   r = run_zoo("train mlp --limit 64 --epochs 1 --threads 1 --no-progress --out " + dir.str("mlp"));
   if (r.code == 0) {  // needs Fashion-MNIST
     s = run_zoo("segment " + dir.str("mlp") + " --n 2");
@@ -150,9 +162,10 @@ TEST_CASE("zoo experiment unet-vs-deconvnet writes the table, the CSV and the pi
   CHECK_THAT(unet, Catch::StartsWith("unet,"));
   CHECK_THAT(deconv, Catch::StartsWith("deconvnet,"));
   CHECK_FALSE(std::getline(csv, extra));
-  // Rows of image | truth | unet | deconvnet.
-  CHECK(datasets::load_image(dir.str("unet_vs_deconvnet.png")).sizes() ==
-        torch::IntArrayRef({3, 3 * 34 + 2, 4 * 34 + 2}));
+  // Rows of image | truth | unet | deconvnet, 32-pixel tiles drawn 5 times larger, titles and legend.
+  const auto picture = datasets::load_image(dir.str("unet_vs_deconvnet.png"));
+  CHECK(picture.size(1) == 5 * (3 * 34 + 2) + 24);
+  CHECK(picture.size(2) > 5 * (4 * 34 + 2) + 100);
   CHECK(fs::exists(dir.path() / "unet" / "model.pt"));
   CHECK(fs::exists(dir.path() / "deconvnet" / "model.pt"));
 }

@@ -36,3 +36,25 @@ TEST_CASE("Class colours and overlays: background keeps the image, classes blend
   CHECK_THROWS_WITH(datasets::overlay_labels(image, torch::zeros({3, 2}, torch::kInt64)),
                     Catch::Contains("do not match the image"));
 }
+
+TEST_CASE("Class colours for legends: the colours colorize_labels paints, and the names of each dataset's classes",
+          "[segmentation][images]") {
+  const auto colours = datasets::colorize_labels(torch::arange(0, 23).view({1, 23}));  // [3, 1, 23]
+  for (int64_t id = 0; id < 23; ++id) {
+    INFO("class " << id);
+    const auto rgb = colours.select(2, id).flatten().mul(255).round().to(torch::kInt64);
+    CHECK(datasets::class_colour_hex(id) ==
+          fmt::format("#{:02x}{:02x}{:02x}", rgb[0].item<int64_t>(), rgb[1].item<int64_t>(), rgb[2].item<int64_t>()));
+  }
+  CHECK(datasets::class_colour_hex(0) == "#000000");
+  CHECK(datasets::class_colour_hex(21) == datasets::class_colour_hex(1));  // the palette repeats after 20
+  CHECK_THROWS_WITH(datasets::class_colour_hex(-1), Catch::Contains("negative class id"));
+  const auto scenes = datasets::segmentation_class_names("scenes");
+  REQUIRE(scenes.size() == 11);  // background + the ten Fashion-MNIST classes, in label order
+  CHECK(scenes[0] == "background");
+  CHECK(scenes[1] == "T-shirt/top");
+  CHECK(scenes[10] == "ankle boot");
+  CHECK(datasets::segmentation_class_names("volumes") ==
+        std::vector<std::string>{"background", "sphere", "box", "cylinder"});
+  CHECK(datasets::segmentation_class_names("image-folder").empty());
+}

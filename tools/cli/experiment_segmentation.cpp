@@ -3,6 +3,7 @@
 // same budget and seed, and compares mIoU and boundary IoU (where lost detail shows first), parameters and time.
 #include "datasets/images.h"
 #include "datasets/registry.h"
+#include "datasets/segmentation.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
@@ -102,15 +103,17 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
   auto batch = datasets::load_splits(data).test->get(torch::arange(0, std::min(a.show, a.n_test), torch::kInt64));
   const int64_t spatial = batch.target.dim() - 1;
   auto images = middle_slice(batch.input, spatial).expand({-1, 3, -1, -1}).clamp(0, 1);
-  std::vector<torch::Tensor> columns{images, datasets::colorize_labels(middle_slice(batch.target, spatial))};
+  const auto truth = middle_slice(batch.target, spatial);
+  std::vector<torch::Tensor> columns{images, datasets::colorize_labels(truth)}, label_maps{truth};
   for (const auto& run_dir : run_dirs) {
     auto model = training::load_run_model(run_dir).second;
-    columns.push_back(
-        datasets::colorize_labels(middle_slice(training::predict_labels(model, batch.input, torch::kCPU), spatial)));
+    label_maps.push_back(middle_slice(training::predict_labels(model, batch.input, torch::kCPU), spatial));
+    columns.push_back(datasets::colorize_labels(label_maps.back()));
   }
   const auto png = (fs::path(dir) / "unet_vs_deconvnet.png").string();
-  datasets::save_image_grid(torch::stack(columns, 1).flatten(0, 1), png,
-                            datasets::GridOptions().nrow(static_cast<int64_t>(columns.size())).pad_value(1.0));
+  save_label_figure(torch::stack(columns, 1).flatten(0, 1), static_cast<int64_t>(columns.size()),
+                    {"image", "truth", models[0], models[1]}, present_classes(label_maps),
+                    datasets::segmentation_class_names(config.data.name), png);
   fmt::print("wrote {} (rows: image | truth | {} | {})\n", png, models[0], models[1]);
 }
 

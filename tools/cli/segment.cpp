@@ -2,8 +2,10 @@
 // the label map itself with --mask), or on test scenes as rows of image | truth | prediction.
 #include "datasets/images.h"
 #include "datasets/registry.h"
+#include "datasets/segmentation.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
+#include "tools/cli/plot.h"
 #include "training/run.h"
 #include "training/segmentation_objective.h"
 #include "training/trainer.h"
@@ -85,10 +87,11 @@ void segment_test_items(const SegmentArgs& a, const training::RunConfig& config,
   auto images = middle_slice(batch.input, spatial);  // [n, C, H, W]
   if (images.size(1) == 1) images = images.expand({-1, 3, -1, -1});
   images = images.slice(1, 0, 3).clamp(0, 1);
-  auto truth = datasets::colorize_labels(middle_slice(batch.target, spatial));
-  auto pred = datasets::colorize_labels(middle_slice(predicted, spatial));
-  auto rows = torch::stack({images, truth, pred}, 1).flatten(0, 1);  // image, truth, prediction per item
-  datasets::save_image_grid(rows, a.out, datasets::GridOptions().nrow(3).pad_value(1.0));
+  const auto truth_ids = middle_slice(batch.target, spatial), pred_ids = middle_slice(predicted, spatial);
+  auto rows = torch::stack({images, datasets::colorize_labels(truth_ids), datasets::colorize_labels(pred_ids)}, 1)
+                  .flatten(0, 1);  // image, truth, prediction per item
+  save_label_figure(rows, 3, {"image", "truth", "prediction"}, present_classes({truth_ids, pred_ids}),
+                    datasets::segmentation_class_names(config.data.name), a.out);
   const double accuracy = predicted.eq(batch.target).to(torch::kFloat64).mean().item<double>();
   fmt::print("wrote {} ({} test items {}..{} as image | truth | prediction{}; pixel accuracy {:.4f})\n", a.out,
              static_cast<long long>(a.n), static_cast<long long>(a.offset), static_cast<long long>(a.offset + a.n - 1),
