@@ -42,7 +42,7 @@ Tensor run(const Tensor& xs, const Tensor& w_state, const Tensor& w_proj, const 
   const auto w_state_t = w_state.t();
   auto out = torch::empty({N, T, H}, opts);
   auto h = torch::zeros({N, H}, opts), c = torch::zeros({N, C}, opts);
-  Tensor scratch = torch::empty({N, 4 * C}, opts);
+  Tensor scratch = saved == nullptr ? torch::empty({N, 4 * C}, opts) : Tensor();  // the gates of one step
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = go_forward ? s : T - 1 - s;
     if (saved != nullptr) {
