@@ -33,8 +33,9 @@ void RunDirectory::refuse_existing_run() const {
 }
 
 void RunDirectory::create(const json& config) const {
-  refuse_existing_run();
+  // The other ranks looked before the barrier in Run::create; looking again now could find rank 0's new run.
   if (!writer_) return;
+  refuse_existing_run();
   std::error_code ec;
   fs::create_directories(path_, ec);
   if (ec) throw std::runtime_error("cannot create run directory " + path_ + ": " + ec.message());

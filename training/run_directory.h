@@ -30,7 +30,8 @@ class RunDirectory {
   /// Refuses a directory that holds a run (continue it with resume; a half-committed checkpoint is first rolled
   /// forward). One with only config.json (a run stopped in its first epoch) has nothing to lose.
   void refuse_existing_run() const;
-  /// Starts a run here: refuse_existing_run, then creates the directory and writes config.json (a writer only).
+  /// Starts a run here (a writer only; a reader does nothing): refuse_existing_run, then creates the directory and
+  /// writes config.json.
   void create(const json& config) const;
   /// config.json, with an error that names the directory when it is not a run.
   json read_config() const;

@@ -275,3 +275,16 @@ TEST_CASE("Checkpoint: every one-byte damage anywhere in an archive is refused o
   CHECK(refused > static_cast<int>(bytes.size()) * 9 / 10);
   CHECK(harmless > 0);
 }
+
+TEST_CASE("Runs: only rank 0 refuses an existing run when it starts one; a reader rank that starts late does not "
+          "take rank 0's new checkpoint for an old run",
+          "[checkpoint][distributed]") {
+  TempDir tmp;
+  const auto dir = tmp.str("run");
+  std::filesystem::create_directories(dir);
+  zoo::test::write_text(tmp.path() / "run" / "state.json", "{\"epoch\": 0}\n");  // rank 0's epoch-0 checkpoint
+  CHECK_NOTHROW(training::RunDirectory(dir, false).create({{"model", "mlp"}}));
+  CHECK_FALSE(std::filesystem::exists(tmp.path() / "run" / "config.json"));  // a reader writes nothing
+  CHECK_THROWS_WITH(training::RunDirectory(dir, true).create({{"model", "mlp"}}),
+                    Catch::Contains("already holds a run") && Catch::Contains("--resume " + dir));
+}
