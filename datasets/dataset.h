@@ -45,11 +45,33 @@ class TensorDataset : public Dataset {
   std::string description_;
 };
 
-/// A train and a test split.
+/// The items of `base` at `indices`, like torch.utils.data.Subset.
+class Subset : public Dataset {
+ public:
+  Subset(std::shared_ptr<Dataset> base, torch::Tensor indices, std::string description);
+  int64_t size() const override { return indices_.size(0); }
+  Batch get(const torch::Tensor& indices) const override;
+  std::string describe() const override { return description_; }
+  const torch::Tensor& indices() const { return indices_; }
+
+ private:
+  std::shared_ptr<Dataset> base_;
+  torch::Tensor indices_;
+  std::string description_;
+};
+
+/// A train, a test and (optionally) a validation split. Model selection (best checkpoint, early stopping) looks
+/// only at `val`; `test` is for the one final evaluation.
 struct Splits {
   std::shared_ptr<Dataset> train;
   std::shared_ptr<Dataset> test;
+  std::shared_ptr<Dataset> val = nullptr;  ///< null: no validation split
 };
+
+/// Holds out round(fraction * size) items of `splits.train` as `splits.val` (a permutation drawn from `seed`, so
+/// the same seed gives the same split; both parts keep their items in the original order). Throws when either
+/// part would be empty.
+void hold_out_validation(Splits& splits, double fraction, uint64_t seed);
 
 /// Item order for one epoch, like torch.utils.data.DistributedSampler: a permutation of [0, size) drawn from
 /// (seed, epoch) when `shuffle` (the same on every rank), padded by wrapping to a multiple of `world_size`, and

@@ -18,6 +18,11 @@ const Schema<DataConfig>& data_schema() {
           "Dataset option key=value (JSON value), repeatable, e.g. --data-option size=32 (see README, Data)")
         .check([](const json& v) { return v.is_object() ? "" : "must be a JSON object"; })
         .flag("--data-option");
+    s.add("val_fraction", ZOO_MEMBER(DataConfig, val_fraction),
+          "Fraction of the training split held out for validation, where the best epoch and early stopping are "
+          "decided (0 = none: nothing is selected and the last weights are tested)")
+        .at_least(0)
+        .check([](const json& v) { return v.get<double>() < 1 ? "" : "must be below 1"; });
     return s;
   }();
   return schema;
@@ -27,14 +32,20 @@ nlohmann::json to_json(const DataConfig& c) { return data_schema().to_json(c); }
 
 DataConfig data_config_from_json(const nlohmann::json& j) { return data_schema().from_json(j); }
 
-Splits load_splits(const DataConfig& config) {
+Splits load_splits(const DataConfig& config, uint64_t seed) {
   const auto& entry = DatasetRegistry::instance().at(config.name);
   try {
     data_schema().validate(config);
   } catch (const SettingError& e) {
     throw SettingError("data." + e.setting(), e.problem());
   }
-  return entry.load(config);
+  Splits splits = entry.load(config);
+  if (config.val_fraction == 0) {
+    splits.val = nullptr;
+  } else if (!splits.val) {
+    hold_out_validation(splits, config.val_fraction, seed);
+  }
+  return splits;
 }
 
 namespace {

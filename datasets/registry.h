@@ -20,6 +20,7 @@ struct DataConfig {
   std::string data_dir;  ///< empty: the dataset's default
   int64_t limit = 0;     ///< > 0: use the first `limit` items of each split
   nlohmann::json options = nlohmann::json::object();
+  double val_fraction = 0.1;  ///< of the training split, held out for validation unless the dataset has its own
 };
 
 /// Every setting of DataConfig (config.json's "data"; flags --dataset, --data-dir, --limit, --data-option).
@@ -38,8 +39,9 @@ struct DatasetEntry {
 
 using DatasetRegistry = ::zoo::Registry<DatasetEntry>;
 
-/// Loads both splits of the dataset a config names.
-Splits load_splits(const DataConfig& config);
+/// Loads the splits of the dataset a config names. Without a validation split of its own, `val_fraction` of the
+/// training items are held out for it (hold_out_validation, drawn from `seed`: the run's seed).
+Splits load_splits(const DataConfig& config, uint64_t seed = 0);
 
 namespace detail {
 using DatasetRegistrar = ::zoo::Registrar<DatasetEntry>;

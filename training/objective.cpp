@@ -1,12 +1,24 @@
 #include "training/objective.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 namespace zoo::training {
 
 std::shared_ptr<Objective> make_objective(const std::string& task, const json& model_options,
                                           const json& task_options) {
   return ObjectiveRegistry::instance().at(task).make(model_options, task_options);
+}
+
+int metric_direction(const std::string& metric) {
+  static const std::vector<std::string> higher = {"accuracy", "pixel_accuracy", "miou", "boundary_iou",
+                                                  "dice",     "elbo",           "iwae"};
+  static const std::vector<std::string> lower = {
+      "loss", "perplexity", "forward_perplexity", "backward_perplexity", "kl", "recon", "nll", "bpd"};
+  if (std::find(higher.begin(), higher.end(), metric) != higher.end()) return 1;
+  if (std::find(lower.begin(), lower.end(), metric) != lower.end()) return -1;
+  return 0;
 }
 
 namespace {

@@ -53,6 +53,11 @@ class Objective {
   virtual bool higher_is_better() const { return true; }
 };
 
+/// Which way a metric of the built-in evaluators improves: 1 higher is better (accuracy, miou, elbo, ...), -1 lower
+/// (loss, perplexity, kl, ...), 0 unknown (counts such as items, or a plugin's own metric: then only the task's
+/// primary metric can be monitored, with Objective::higher_is_better).
+int metric_direction(const std::string& metric);
+
 /// A task by name ("classify", ...): the tag a model's registry entry names. `make` builds the objective from
 /// the model's complete options (a task may read some, e.g. "beta") and the run's task options.
 struct TaskEntry {

@@ -14,6 +14,9 @@ const Schema<TrainOptions>& train_schema() {
         .resumable();
     s.add("batch_size", ZOO_FIELD(TrainOptions, batch_size), "Training batch size (per process when distributed)")
         .at_least(1);
+    s.add("accumulate", ZOO_FIELD(TrainOptions, accumulate),
+          "Gradient accumulation: batches per optimizer step (the step sees accumulate x batch_size items)")
+        .at_least(1);
     s.add("eval_batch_size", ZOO_FIELD(TrainOptions, eval_batch_size), "Evaluation batch size").at_least(1);
     s.add("optimizer", ZOO_FIELD(TrainOptions, optimizer), "Optimizer").one_of(optimizer_names(), "optimizer");
     s.add("lr", ZOO_FIELD(TrainOptions, lr), "Learning rate").above(0);
@@ -38,6 +41,23 @@ const Schema<TrainOptions>& train_schema() {
     });
     s.add("shuffle", ZOO_FIELD(TrainOptions, shuffle), "Shuffle the training items every epoch");
     s.add("progress", ZOO_FIELD(TrainOptions, progress), "Progress bar or lines on stderr during an epoch").resumable();
+    s.add("monitor", ZOO_FIELD(TrainOptions, monitor),
+          "Metric that picks the best epoch, e.g. val.accuracy, val.loss (default: the task's main metric on "
+          "validation)")
+        .check([](const json& v) {
+          const auto m = v.get<std::string>();
+          return m.empty() || m.rfind("val.", 0) == 0 || m.rfind("train.", 0) == 0
+                     ? ""
+                     : "must be val.<metric> or train.<metric> (the test split is never used to select)";
+        });
+    s.add("early_stop", ZOO_FIELD(TrainOptions, early_stop),
+          "Stop after this many epochs without improvement of the monitored metric (0 = off)")
+        .at_least(0);
+    s.add("min_delta", ZOO_FIELD(TrainOptions, min_delta),
+          "Smallest change of the monitored metric that counts as an improvement")
+        .at_least(0);
+    s.add("eval_test_every_epoch", ZOO_FIELD(TrainOptions, eval_test_every_epoch),
+          "Also evaluate the test split after every epoch (off: test once, the selected weights, at the end)");
     return s;
   }();
   return schema;

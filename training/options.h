@@ -17,6 +17,7 @@ using json = nlohmann::json;
 struct TrainOptions {
   TORCH_ARG(int64_t, epochs) = 1;
   TORCH_ARG(int64_t, batch_size) = 64;
+  TORCH_ARG(int64_t, accumulate) = 1;  ///< micro-batches of batch_size per optimizer step
   TORCH_ARG(int64_t, eval_batch_size) = 1000;
   TORCH_ARG(std::string, optimizer) = "adam";
   TORCH_ARG(double, lr) = 1e-3;
@@ -32,6 +33,10 @@ struct TrainOptions {
   TORCH_ARG(std::string, device) = "cpu";
   TORCH_ARG(bool, shuffle) = true;
   TORCH_ARG(bool, progress) = true;
+  TORCH_ARG(std::string, monitor) = "";  ///< "val.<metric>" that picks the best epoch; empty: the task's main one
+  TORCH_ARG(int64_t, early_stop) = 0;    ///< stop after this many epochs without improvement (0 = off)
+  TORCH_ARG(double, min_delta) = 0.0;    ///< an improvement smaller than this does not count
+  TORCH_ARG(bool, eval_test_every_epoch) = false;
 };
 
 /// Every setting of TrainOptions: name, doc, check, resumability.

@@ -43,7 +43,10 @@ json to_json(const RunConfig& c) { return run_schema().to_json(c); }
 RunConfig run_config_from_json(const json& j, const std::string& source) {
   try {
     if (!j.is_object() || !j.contains("model")) throw std::invalid_argument("no \"model\"");
-    return run_schema().from_json(j);
+    RunConfig c = run_schema().from_json(j);
+    // Runs made before validation splits existed trained on the whole training split; a resume continues so.
+    if (!j.contains("data") || !j["data"].is_object() || !j["data"].contains("val_fraction")) c.data.val_fraction = 0;
+    return c;
   } catch (const std::exception& e) {
     throw std::runtime_error(source + " is not a zoo run configuration (" + std::string(e.what()) + ")");
   }
@@ -70,10 +73,11 @@ RunConfig complete_config(RunConfig c) {
   return c;
 }
 
-std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device) {
+std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device,
+                                                          const std::string& checkpoint) {
   auto config = complete_config(read_run_config(dir));
   auto model = models::ModelRegistry::instance().at(config.model).build(config.options);
-  RunDirectory(dir, false).load_weights(*model.ptr());
+  RunDirectory(dir, false).load_weights(*model.ptr(), checkpoint);
   model.ptr()->to(parse_device(device));
   model.ptr()->eval();
   return {config, model};
@@ -95,7 +99,7 @@ void Run::build(bool train) {
   // config_ is complete: the model is built once, from options already checked.
   auto model = models::ModelRegistry::instance().at(config_.model).build(config_.options);
   auto objective = make_objective(config_.task, config_.options, config_.task_options);
-  auto splits = datasets::load_splits(config_.data);
+  auto splits = datasets::load_splits(config_.data, static_cast<uint64_t>(config_.train.seed()));
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
   if (!train) return;
   attach_prior(*trainer_, config_.prior);
@@ -179,14 +183,19 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   return run;
 }
 
-std::unique_ptr<Run> Run::open(const std::string& dir, const std::function<void(RunConfig&)>& adjust) {
+std::unique_ptr<Run> Run::open(const std::string& dir, const std::function<void(RunConfig&)>& adjust,
+                               const std::string& checkpoint) {
   std::unique_ptr<Run> run(new Run());
   run->config_ = complete_config(read_run_config(dir));
   run->dir_ = std::make_shared<RunDirectory>(dir, false);
   run->config_.train.progress(false);
   if (adjust) adjust(run->config_);
+  // An opened run is evaluated on test, not trained: nothing is selected, so no validation split is held out
+  // (a smaller --limit for the evaluation could not leave one).
+  run->config_.data.val_fraction = 0;
+  run->config_.train.monitor("").early_stop(0);
   run->build(false);
-  run->dir_->load_weights(*run->model().ptr());
+  run->dir_->load_weights(*run->model().ptr(), checkpoint);
   run->model().ptr()->eval();
   return run;
 }

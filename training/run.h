@@ -55,9 +55,11 @@ class Run {
   /// `threads` >= 0 the threads, `quiet` turns the progress display off.
   static std::unique_ptr<Run> resume(const std::string& dir, int64_t epochs = 0, int64_t threads = -1,
                                      bool quiet = false, std::shared_ptr<ProcessGroup> group = nullptr);
-  /// Opens a finished or running run for evaluation and inspection: model with its weights, no training.
-  /// `adjust` may change the configuration first (another --limit, device, evaluation batch size).
-  static std::unique_ptr<Run> open(const std::string& dir, const std::function<void(RunConfig&)>& adjust = {});
+  /// Opens a finished or running run for evaluation and inspection: model with the weights of `checkpoint`
+  /// ("best" or "last", RunDirectory::load_weights), no training. `adjust` may change the configuration first
+  /// (another --limit, device, evaluation batch size).
+  static std::unique_ptr<Run> open(const std::string& dir, const std::function<void(RunConfig&)>& adjust = {},
+                                   const std::string& checkpoint = "best");
 
   const RunConfig& config() const { return config_; }
   const std::string& dir() const { return dir_->path(); }
@@ -80,8 +82,10 @@ class Run {
   std::shared_ptr<ProcessGroup> group_;
 };
 
-/// The model of a run with its weights, without data or optimizer (for sampling, export, inspection).
-std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device = "cpu");
+/// The model of a run with the weights of `checkpoint` ("best" or "last"), without data or optimizer (for
+/// sampling, export, inspection).
+std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device = "cpu",
+                                                          const std::string& checkpoint = "best");
 
 /// "runs/<model>-<YYYYmmdd-HHMMSS>" (with a suffix if taken).
 std::string default_run_dir(const std::string& model);

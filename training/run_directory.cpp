@@ -56,7 +56,7 @@ void RunDirectory::update_config(const std::function<void(json&)>& change) const
   write_text_atomically((fs::path(path_) / "config.json").string(), saved.dump(2) + "\n");
 }
 
-void RunDirectory::save(Trainer& trainer) const {
+void RunDirectory::save(Trainer& trainer, bool best) const {
   if (!writer_) return;
   const auto& st = trainer.state();
   const json state = {{"epoch", st.epoch},
@@ -64,20 +64,30 @@ void RunDirectory::save(Trainer& trainer) const {
                       {"epoch_step", st.epoch_step},
                       {"partial", st.partial},
                       {"best", std::isnan(st.best) ? json(nullptr) : json(st.best)},
-                      {"best_metric", trainer.objective().primary_metric()},
+                      {"best_metric", trainer.monitor()},
                       {"best_epoch", st.best_epoch},
                       {"world_size", trainer.world_size()},
                       {"last", st.last},
+                      {"final", st.final},
                       {"callbacks", trainer.callback_states()},
                       {"rng_state", rng_state_hex()}};
-  write_checkpoint(path_, {{"model.pt", [&](const std::string& p) { save_module(*trainer.model().ptr(), p); }},
-                           {"optimizer.pt",
-                            [&](const std::string& p) {
-                              torch::serialize::OutputArchive archive;
-                              trainer.optimizer().save(archive);
-                              save_archive(archive, p);
-                            }},
-                           {"state.json", [&](const std::string& p) { write_bytes(p, state.dump(2) + "\n"); }}});
+  std::vector<CheckpointFile> files = {
+      {"model.pt", [&](const std::string& p) { save_module(*trainer.model().ptr(), p); }},
+      {"optimizer.pt",
+       [&](const std::string& p) {
+         torch::serialize::OutputArchive archive;
+         trainer.optimizer().save(archive);
+         save_archive(archive, p);
+       }},
+      {"state.json", [&](const std::string& p) { write_bytes(p, state.dump(2) + "\n"); }}};
+  if (best)
+    files.insert(files.begin(), {"best.pt", [&](const std::string& p) { save_module(*trainer.model().ptr(), p); }});
+  write_checkpoint(path_, files);
+}
+
+void RunDirectory::write_test(const json& final) const {
+  if (!writer_) return;
+  write_text_atomically((fs::path(path_) / "test.json").string(), final.dump(2) + "\n");
 }
 
 void RunDirectory::append_metrics(const json& record) const {
@@ -87,11 +97,15 @@ void RunDirectory::append_metrics(const json& record) const {
   log << record.dump() << "\n";
 }
 
-void RunDirectory::load_weights(torch::nn::Module& module) const {
+void RunDirectory::load_weights(torch::nn::Module& module, const std::string& checkpoint) const {
+  if (checkpoint != "best" && checkpoint != "last")
+    throw std::invalid_argument(
+        fmt::format("a run holds the checkpoints best and last, not '{}'; choose one of them", checkpoint));
   const auto model_path = file("model.pt");
   if (!fs::exists(model_path))
     throw std::runtime_error(path_ + " has no model.pt yet: the run has not finished an epoch");
-  load_module(module, model_path);
+  const auto best_path = file("best.pt");
+  load_module(module, checkpoint == "best" && fs::exists(best_path) ? best_path : model_path);
 }
 
 void RunDirectory::restore(Trainer& trainer) const {
@@ -109,6 +123,7 @@ void RunDirectory::restore(Trainer& trainer) const {
     st.best = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN() : state.at("best").get<double>();
     st.best_epoch = state.at("best_epoch").get<int64_t>();
     st.last = state.at("last");
+    st.final = state.value("final", json::object());
     st.epoch_step = state.value("epoch_step", int64_t{0});
     st.partial = state.value("partial", json::object());
     const int64_t saved_world = state.value("world_size", int64_t{1});
@@ -123,6 +138,10 @@ void RunDirectory::restore(Trainer& trainer) const {
     throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
   }
   trainer.set_state(st);
+  if (fs::exists(run / "best.pt")) {  // the best epoch's weights, for the final test of a resumed run
+    load_module(*trainer.model().ptr(), (run / "best.pt").string());
+    trainer.set_best_weights(module_tensors(*trainer.model().ptr(), true));
+  }
   load_module(*trainer.model().ptr(), (run / "model.pt").string());
   trainer.model().ptr()->to(trainer.device());
   try {
@@ -162,8 +181,13 @@ void RunDirectory::restore(Trainer& trainer) const {
 }
 
 void CheckpointCallback::on_epoch_end(Trainer& trainer, const json& record) {
-  dir_->save(trainer);
+  dir_->save(trainer, trainer.state().best_epoch == record.value("epoch", int64_t{-1}));
   dir_->append_metrics(record);
+}
+
+void CheckpointCallback::on_fit_end(Trainer& trainer) {
+  dir_->save(trainer);
+  dir_->write_test(trainer.state().final);
 }
 
 void CheckpointCallback::on_interrupt(Trainer& trainer) { dir_->save(trainer); }

@@ -42,14 +42,18 @@ class RunDirectory {
   /// The path of checkpoint file `name` to read (RUN/.commit/name while a commit is pending).
   std::string file(const std::string& name) const;
 
-  /// Writes the trainer's model, optimizer and state (with every callback's state) as one checkpoint.
-  void save(Trainer& trainer) const;
-  /// Restores model, optimizer, loop state, callbacks' state and RNG; repairs metrics.jsonl to match.
+  /// Writes the trainer's model, optimizer and state (with every callback's state) as one checkpoint; `best`: the
+  /// model holds the best epoch's weights, which also go to best.pt in the same commit.
+  void save(Trainer& trainer, bool best = false) const;
+  /// Restores model, optimizer, loop state, callbacks' state, RNG and the best weights; repairs metrics.jsonl.
   void restore(Trainer& trainer) const;
   /// Appends an epoch's record to metrics.jsonl.
   void append_metrics(const json& record) const;
-  /// Loads the weights of model.pt into `module`.
-  void load_weights(torch::nn::Module& module) const;
+  /// Writes test.json: the selected weights' test metrics (TrainState::final).
+  void write_test(const json& final) const;
+  /// Loads the weights of a checkpoint into `module`: "last" (model.pt) or "best" (best.pt; a run without a
+  /// validation split selects nothing, so its best is its last). Another name is an error listing those held.
+  void load_weights(torch::nn::Module& module, const std::string& checkpoint = "last") const;
 
  private:
   void recover() const;
@@ -57,13 +61,15 @@ class RunDirectory {
   bool writer_;
 };
 
-/// Writes a checkpoint at the end of every epoch and when a stop is requested mid-epoch, and appends the
-/// epoch's record to metrics.jsonl (after the commit: a crash in between is repaired on resume).
+/// Writes a checkpoint at the end of every epoch (with best.pt when the epoch is the best so far) and when a stop
+/// is requested mid-epoch, and appends the epoch's record to metrics.jsonl (after the commit: a crash in between
+/// is repaired on resume). At the end of training: the state with the final test, and test.json.
 class CheckpointCallback : public Callback {
  public:
   explicit CheckpointCallback(std::shared_ptr<const RunDirectory> dir) : dir_(std::move(dir)) {}
   void on_epoch_end(Trainer& trainer, const json& record) override;
   void on_interrupt(Trainer& trainer) override;
+  void on_fit_end(Trainer& trainer) override;
 
  private:
   std::shared_ptr<const RunDirectory> dir_;

@@ -44,6 +44,12 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
       device_(torch::kCPU) {
   validate(options_);
   TORCH_CHECK(data_.train && data_.test, "Trainer needs a train and a test split");
+  const auto& m = options_.monitor();
+  if (m.rfind("val.", 0) == 0 && !data_.val)
+    throw SettingError("train.monitor", m + " needs a validation split; give --val-fraction above 0");
+  if (options_.early_stop() > 0 && monitor().empty())
+    throw SettingError("train.early_stop",
+                       "needs a metric to watch: a validation split (--val-fraction above 0) or --monitor train.loss");
   device_ = parse_device(options_.device());
   apply_threads(options_.threads());
   model_.ptr()->to(device_);
@@ -109,8 +115,9 @@ void Trainer::set_epochs(int64_t epochs) {
 
 int64_t Trainer::steps_per_epoch() const {
   const int64_t shard = (data_.train->size() + world_size_ - 1) / world_size_;
-  int64_t steps = (shard + options_.batch_size() - 1) / options_.batch_size();
-  if (steps > 1 && shard % options_.batch_size() == 1) --steps;  // a last batch of one is dropped (batch norm)
+  const int64_t group = options_.batch_size() * options_.accumulate();  // items per optimizer step
+  int64_t steps = (shard + group - 1) / group;
+  if (steps > 1 && shard % group == 1) --steps;  // a last batch of one is dropped (batch norm)
   return steps;
 }
 
@@ -138,27 +145,49 @@ void Trainer::load_callback_states(const json& states) {
 }
 
 double Trainer::train_step(const datasets::Batch& batch, double lr, Terms& terms) {
+  return train_step(std::vector<datasets::Batch>{batch}, lr, terms);
+}
+
+double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, double lr, Terms& terms) {
+  TORCH_CHECK(!micro_batches.empty(), "train_step: no batch");
   set_learning_rate(*optimizer_, lr);
   optimizer_->zero_grad();
-  auto loss = objective_->loss(model_, batch, terms);
-  Terms extra;
-  each([&](Callback& c) { c.loss_terms(*this, extra); });
-  for (auto& [name, value] : extra) {
-    terms.emplace_back(name, value.detach());
-    loss = loss + value;
+  double items = 0;
+  for (const auto& b : micro_batches) items += static_cast<double>(b.size());
+  double loss_mean = 0;
+  for (const auto& batch : micro_batches) {
+    const double share = static_cast<double>(batch.size()) / items;
+    Terms step_terms;
+    auto loss = objective_->loss(model_, batch, step_terms);
+    Terms extra;
+    each([&](Callback& c) { c.loss_terms(*this, extra); });
+    for (auto& [name, value] : extra) {
+      step_terms.emplace_back(name, value.detach());
+      loss = loss + value;
+    }
+    Terms logged;
+    each([&](Callback& c) { c.log_terms(*this, logged); });
+    for (auto& [name, value] : logged)
+      if (value.defined()) step_terms.emplace_back(name, value.detach());
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) throw DivergedError(fmt::format("loss became {}", loss_value));
+    (micro_batches.size() == 1 ? loss : loss * share).backward();
+    loss_mean += share * loss_value;
+    // The terms of the step: item-weighted means over the micro-batches (the same names in the same order).
+    if (micro_batches.size() == 1) {
+      terms = std::move(step_terms);
+    } else if (&batch == &micro_batches.front()) {
+      for (auto& [name, value] : step_terms) terms.emplace_back(name, value * share);
+    } else {
+      for (size_t i = 0; i < terms.size() && i < step_terms.size(); ++i)
+        terms[i].second = terms[i].second + step_terms[i].second * share;
+    }
   }
-  Terms logged;
-  each([&](Callback& c) { c.log_terms(*this, logged); });
-  for (auto& [name, value] : logged)
-    if (value.defined()) terms.emplace_back(name, value.detach());
-  const double loss_value = loss.item<double>();
-  if (!std::isfinite(loss_value)) throw DivergedError(fmt::format("loss became {}", loss_value));
-  loss.backward();
   each([&](Callback& c) { c.after_backward(*this); });
   if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
   optimizer_->step();
   each([&](Callback& c) { c.after_step(*this); });
-  return loss_value;
+  return loss_mean;
 }
 
 json Trainer::train_epoch(int64_t epoch) {
@@ -180,15 +209,25 @@ json Trainer::train_epoch(int64_t epoch) {
     return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   each([&](Callback& c) { c.on_epoch_start(*this, epoch, first_step, steps); });
+  const int64_t batch_size = options_.batch_size(), group = batch_size * options_.accumulate();
   for (int64_t s = first_step; s < steps; ++s) {
-    const int64_t lo = s * options_.batch_size();
-    const int64_t hi = std::min<int64_t>(lo + options_.batch_size(), order.size(0));
-    const auto batch = data_.train->get(order.slice(0, lo, hi)).to(device_);
+    const int64_t lo = s * group;
+    const int64_t hi = std::min<int64_t>(lo + group, order.size(0));
+    // The step's items in micro-batches of batch_size; a last micro-batch of one joins the one before (batch norm).
+    std::vector<datasets::Batch> micro;
+    for (int64_t m = lo; m < hi;) {
+      int64_t end = std::min<int64_t>(m + batch_size, hi);
+      if (hi - end == 1) end = hi;
+      micro.push_back(data_.train->get(order.slice(0, m, end)).to(device_));
+      m = end;
+    }
+    int64_t items = 0;
+    for (const auto& b : micro) items += b.size();
     const double lr = sched.at(state_.step, epoch - 1);
     Terms terms;
     double loss_value = 0;
     try {
-      loss_value = train_step(batch, lr, terms);
+      loss_value = train_step(micro, lr, terms);
     } catch (const DivergedError& e) {
       each([&](Callback& c) { c.on_train_end(*this); });
       throw DivergedError(
@@ -196,7 +235,7 @@ json Trainer::train_epoch(int64_t epoch) {
     }
     ++state_.step;
 
-    sums.add(loss_value, static_cast<double>(batch.size()), terms);
+    sums.add(loss_value, static_cast<double>(items), terms);
     const StepInfo info{epoch, s + 1, steps, static_cast<int64_t>(sums.items()), loss_value, sums.mean_loss(), lr};
     each([&](Callback& c) { c.on_batch_end(*this, info); });
     if (stop_agreed() && s + 1 < steps) {
@@ -239,20 +278,36 @@ void Trainer::check_data_fits() {
                                 "; change the model's options (--set) or the dataset");
   }
   module.train(was_training);
+  // A misspelt --monitor fails now, not after the first epoch: the metric names of two validation items.
+  if (data_.val && monitor().rfind("val.", 0) == 0) {
+    const auto two = data_.val->get(torch::arange(std::min<int64_t>(2, data_.val->size()))).to(device_);
+    module.eval();
+    auto evaluator = objective_->evaluator(false);
+    evaluator->add(model_, two);
+    module.train(was_training);
+    check_monitor(evaluator->result(evaluator->state()));
+  }
 }
 
-json Trainer::evaluate(bool thorough) {
+json Trainer::evaluate(bool thorough) { return evaluate_on(*data_.test, thorough); }
+
+json Trainer::evaluate_validation(bool thorough) {
+  TORCH_CHECK(data_.val, "this run has no validation split");
+  return evaluate_on(*data_.val, thorough);
+}
+
+json Trainer::evaluate_on(const datasets::Dataset& data, bool thorough) {
   auto& module = *model_.ptr();
   const bool was_training = module.is_training();
   module.eval();
   torch::NoGradGuard no_grad;
   auto evaluator = objective_->evaluator(thorough);
-  const int64_t n = data_.test->size();
+  const int64_t n = data.size();
   // Each rank takes every world_size-th item (no padding, so no item counts twice).
   const auto mine = torch::arange(rank_, n, world_size_, torch::kInt64);
   for (int64_t lo = 0; lo < mine.size(0); lo += options_.eval_batch_size()) {
     const int64_t hi = std::min<int64_t>(lo + options_.eval_batch_size(), mine.size(0));
-    evaluator->add(model_, data_.test->get(mine.slice(0, lo, hi)).to(device_));
+    evaluator->add(model_, data.get(mine.slice(0, lo, hi)).to(device_));
   }
   auto state = evaluator->state();
   all_reduce_sum(state);
@@ -260,16 +315,71 @@ json Trainer::evaluate(bool thorough) {
   return evaluator->result(state);
 }
 
+std::string Trainer::monitor() const {
+  if (!options_.monitor().empty()) return options_.monitor();
+  return data_.val ? "val." + objective_->primary_metric() : "";
+}
+
+int Trainer::monitor_direction() const {
+  const auto m = monitor();
+  const auto name = m.substr(m.find('.') + 1);
+  if (name == objective_->primary_metric()) return objective_->higher_is_better() ? 1 : -1;
+  return metric_direction(name);
+}
+
+void Trainer::check_monitor(const json& metrics) const {
+  const auto m = monitor();
+  const auto name = m.substr(m.find('.') + 1);
+  if (metrics.contains(name) && metrics[name].is_number() && monitor_direction() != 0) return;
+  std::vector<std::string> valid;
+  const auto split = m.substr(0, m.find('.'));
+  for (const auto& [k, v] : metrics.items())
+    if (v.is_number() && (k == objective_->primary_metric() || metric_direction(k) != 0))
+      valid.push_back(split + "." + k);
+  throw SettingError("train.monitor",
+                     fmt::format("{} is not a metric this task reports{}; valid: {}", m,
+                                 metrics.contains(name) ? " with a known direction" : "", fmt::join(valid, ", ")));
+}
+
 void Trainer::update_best(const json& record) {
-  const auto metric = objective_->primary_metric();
-  if (!record["test"].contains(metric)) return;
-  const double value = record["test"][metric].get<double>();
-  const bool better =
-      std::isnan(state_.best) || (objective_->higher_is_better() ? value > state_.best : value < state_.best);
+  const auto m = monitor();
+  if (m.empty()) return;
+  const auto split = m.substr(0, m.find('.'));
+  check_monitor(record.value(split, json::object()));
+  const double value = record[split][m.substr(m.find('.') + 1)].get<double>();
+  const bool better = std::isnan(state_.best) || monitor_direction() * (value - state_.best) > options_.min_delta();
   if (better) {
     state_.best = value;
     state_.best_epoch = record["epoch"].get<int64_t>();
+    best_weights_ = module_tensors(*model_.ptr(), true);
   }
+}
+
+bool Trainer::patience_exhausted() const {
+  return options_.early_stop() > 0 && state_.best_epoch > 0 &&
+         state_.epoch - state_.best_epoch >= options_.early_stop();
+}
+
+json Trainer::test_selected() {
+  json out = {{"checkpoint", "last"}, {"epoch", state_.epoch}};
+  const auto m = monitor();
+  if (!m.empty() && state_.best_epoch > 0) {
+    out["monitor"] = m;
+    out["value"] = state_.best;
+  }
+  if (!m.empty() && state_.best_epoch > 0 && state_.best_epoch != state_.epoch && !best_weights_.empty()) {
+    auto& module = *model_.ptr();
+    const auto current = module_tensors(module, true);
+    load_module_tensors(module, best_weights_);
+    out["checkpoint"] = "best";
+    out["epoch"] = state_.best_epoch;
+    out["test"] = evaluate();
+    load_module_tensors(module, current);
+  } else {
+    if (!m.empty() && state_.best_epoch == state_.epoch) out["checkpoint"] = "best";  // the last is the best
+    out["test"] = evaluate();
+  }
+  return out;
 }
 
 json Trainer::fit() {
@@ -277,8 +387,10 @@ json Trainer::fit() {
   stop_reason_.clear();
   each([&](Callback& c) { c.on_fit_start(*this); });
   for (int64_t epoch = state_.epoch + 1; epoch <= options_.epochs(); ++epoch) {
+    if (patience_exhausted()) break;  // a resumed run that had already stopped early
     json record = train_epoch(epoch);
-    record["test"] = evaluate();
+    if (data_.val) record["val"] = evaluate_on(*data_.val, false);
+    if (!data_.val || options_.eval_test_every_epoch()) record["test"] = evaluate();
     each([&](Callback& c) { c.on_evaluation_end(*this, record); });
     state_.epoch = epoch;
     update_best(record);
@@ -289,13 +401,34 @@ json Trainer::fit() {
       throw Interrupted(fmt::format("stopped after epoch {}", epoch), stop_signal());
     if (!stop_reason_.empty()) break;
   }
+  if (patience_exhausted() && state_.epoch < options_.epochs())
+    stop_reason_ = fmt::format("early stopping after epoch {}: {} has not improved for {} epochs", state_.epoch,
+                               monitor(), state_.epoch - state_.best_epoch);
+  state_.final = test_selected();
+  if (!stop_reason_.empty()) state_.final["stopped"] = stop_reason_;
+  last["test"] = state_.final["test"];
   each([&](Callback& c) { c.on_fit_end(*this); });
   return last;
 }
 
+std::vector<torch::Tensor> module_tensors(torch::nn::Module& module, bool clone) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : module.parameters()) out.push_back(clone ? p.detach().clone() : p.detach());
+  for (const auto& b : module.buffers()) out.push_back(clone ? b.detach().clone() : b.detach());
+  return out;
+}
+
+void load_module_tensors(torch::nn::Module& module, const std::vector<torch::Tensor>& tensors) {
+  auto mine = module_tensors(module, false);
+  TORCH_CHECK(mine.size() == tensors.size(), "load_module_tensors: ", tensors.size(), " tensors for a module with ",
+              mine.size());
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < mine.size(); ++i) mine[i].copy_(tensors[i]);
+}
+
 std::string format_epoch_summary(const json& record, int64_t epochs) {
   std::string line = fmt::format("epoch {}/{}", record.value("epoch", 0), epochs);
-  const json train = record.value("train", json::object()), test = record.value("test", json::object());
+  const json train = record.value("train", json::object());
   for (const auto& [k, v] : train.items()) {
     if (v.is_array()) {  // e.g. the fraction of tokens per expert, in two decimals
       std::vector<std::string> parts;
@@ -305,8 +438,11 @@ std::string format_epoch_summary(const json& record, int64_t epochs) {
       line += fmt::format("  train {} {:.4f}", k, v.get<double>());
     }
   }
-  for (const auto& [k, v] : test.items())
-    if (v.is_number_float()) line += fmt::format("  test {} {:.4f}", k, v.get<double>());
+  for (const char* split : {"val", "test"}) {
+    const json metrics = record.value(split, json::object());  // a copy: items() of a temporary would dangle
+    for (const auto& [k, v] : metrics.items())
+      if (v.is_number_float()) line += fmt::format("  {} {} {:.4f}", split, k, v.get<double>());
+  }
   line += fmt::format(" ({}, {} items/s)", format_duration(record.value("train_time_s", 0.0)),
                       static_cast<int64_t>(record.value("items_per_s", 0.0)));
   return line;

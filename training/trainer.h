@@ -3,7 +3,9 @@
 //   for epoch: for batch in shard(permutation(seed, epoch)):
 //       loss = objective.loss(model, batch) + callbacks' loss terms          <- priors, auxiliary losses
 //       backward; callbacks.after_backward; clip; optimizer step; callbacks.after_step
-//     evaluate; callbacks.on_epoch_end                                       <- checkpoint, metrics log, console
+//     evaluate on validation; keep the best weights by the monitored metric; callbacks.on_epoch_end
+//     stop early when it has not improved for `early_stop` epochs           <- checkpoint, metrics log, console
+//   evaluate the best weights on test, once
 //
 // It knows no specific model (models are torch::nn::AnyModule, tasks are Objectives) and no files: the run
 // directory, the console and every extra step are callbacks (training/callback.h).
@@ -31,7 +33,7 @@
 
 namespace zoo::training {
 
-/// One line for an epoch's record: "epoch 2/3  train loss ...  test accuracy ... (18.7s, 3214 items/s)".
+/// One line for an epoch's record: "epoch 2/3  train loss ...  val accuracy ... (18.7s, 3214 items/s)".
 std::string format_epoch_summary(const json& record, int64_t epochs);
 
 /// Where the loop is: saved in state.json.
@@ -40,9 +42,12 @@ struct TrainState {
   int64_t step = 0;               ///< optimizer steps taken
   int64_t epoch_step = 0;         ///< steps already taken in epoch `epoch + 1` (an interrupted epoch)
   json partial = json::object();  ///< that epoch's running sums, so its metrics come out as if uninterrupted
-  double best = std::numeric_limits<double>::quiet_NaN();
-  int64_t best_epoch = 0;
-  json last = json::object();  ///< the last epoch's metrics record
+  double best = std::numeric_limits<double>::quiet_NaN();  ///< the monitored metric's best value
+  int64_t best_epoch = 0;                                  ///< its epoch (0: nothing monitored yet)
+  json last = json::object();                              ///< the last epoch's metrics record
+  /// Once training has ended: the selected weights on test. {"checkpoint": "best" or "last", "epoch": E,
+  /// "monitor": "val.accuracy", "value": v, "test": {...}} (no monitor and value without a validation split).
+  json final = json::object();
 };
 
 /// Raised when the loss stops being finite.
@@ -79,9 +84,11 @@ class Trainer {
   void all_reduce_sum(torch::Tensor& t) const;
 
   /// Runs the objective on two training items (eval mode, no gradient) and turns a failure into an error that
-  /// names the item shape, so a model that does not fit its data fails before anything is written.
+  /// names the item shape, so a model that does not fit its data fails before anything is written; likewise a
+  /// --monitor metric the task does not report (checked on two validation items).
   void check_data_fits();
-  /// Trains epochs state().epoch + 1 .. options().epochs(); returns the last epoch's record. A stop requested
+  /// Trains epochs state().epoch + 1 .. options().epochs() (fewer when early stopping ends it), then tests the
+  /// selected weights once (state().final); returns the last epoch's record with that "test". A stop requested
   /// (request_stop) in the middle of an epoch calls the callbacks' on_interrupt and throws Interrupted.
   json fit();
   /// One optimizer step on `batch` at learning rate `lr`, as the loop takes it: the objective's loss plus the
@@ -89,8 +96,29 @@ class Trainer {
   /// `terms` gets the logged terms. Throws DivergedError ("loss became nan") before backward if the loss is not
   /// finite. `zoo bench` times this function.
   double train_step(const datasets::Batch& batch, double lr, Terms& terms);
+  /// The same with gradient accumulation: one optimizer step over several micro-batches, each loss weighted by
+  /// its share of the items, so a batch-mean loss gets the gradient of the whole (`--accumulate`). after_backward
+  /// (and with it the data-parallel all-reduce) runs once, after the last micro-batch. The loss and terms
+  /// returned are the item-weighted means.
+  double train_step(const std::vector<datasets::Batch>& micro_batches, double lr, Terms& terms);
   /// Metrics on the test split; `thorough` adds the objective's expensive metrics (see Objective::evaluator).
   json evaluate(bool thorough = false);
+  /// Metrics on the validation split (an error when there is none).
+  json evaluate_validation(bool thorough = false);
+  bool has_validation() const { return data_.val != nullptr; }
+  const datasets::Splits& data() const { return data_; }
+  /// The metric that picks the best epoch, "val.accuracy" or "train.loss"; empty: nothing is selected (no
+  /// validation split and no train.* metric asked for).
+  std::string monitor() const;
+  /// +1 when the monitored metric is better higher, -1 lower.
+  int monitor_direction() const;
+  /// The weights (parameters and buffers, in named_parameters then named_buffers order) of the best epoch;
+  /// empty before one. A resumed run sets them from its best checkpoint.
+  const std::vector<torch::Tensor>& best_weights() const { return best_weights_; }
+  void set_best_weights(std::vector<torch::Tensor> weights) { best_weights_ = std::move(weights); }
+  /// The selected weights on test (TrainState::final): the best epoch's when there are best weights and the
+  /// last epoch is not the best, else the current weights. The model is left as it was.
+  json test_selected();
   /// Asks fit() to end after the current epoch (e.g. early stopping), without an error.
   void stop_after_epoch(std::string reason);
 
@@ -116,6 +144,11 @@ class Trainer {
 
  private:
   json train_epoch(int64_t epoch);
+  json evaluate_on(const datasets::Dataset& data, bool thorough);
+  /// Whether early stopping asks to stop now (patience epochs without improvement).
+  bool patience_exhausted() const;
+  /// Refuses a monitored metric that `metrics` (one split's) does not have, listing those it has.
+  void check_monitor(const json& metrics) const;
   /// stop_requested() on any rank (one tiny all-reduce per step when data-parallel).
   bool stop_agreed();
   void update_best(const json& record);
@@ -135,6 +168,12 @@ class Trainer {
   std::string stop_reason_;
   int64_t rank_ = 0, world_size_ = 1;
   std::function<void(torch::Tensor&)> all_reduce_sum_;
+  std::vector<torch::Tensor> best_weights_;
 };
+
+/// The model's parameters then buffers, in registration order (detached; `clone` copies them).
+std::vector<torch::Tensor> module_tensors(torch::nn::Module& module, bool clone);
+/// Copies `tensors` (from module_tensors of the same architecture) into the module.
+void load_module_tensors(torch::nn::Module& module, const std::vector<torch::Tensor>& tensors);
 
 }  // namespace zoo::training

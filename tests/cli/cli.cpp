@@ -84,8 +84,12 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("run saved to " + run) != std::string::npos);
-  CHECK(r.out.find("test accuracy") != std::string::npos);
-  for (const char* f : {"config.json", "model.pt", "optimizer.pt", "state.json", "metrics.jsonl"})
+  CHECK(r.out.find("  val accuracy ") != std::string::npos);  // the epoch line: validation only
+  CHECK(r.out.find("  test ") == std::string::npos);
+  CHECK_THAT(r.out, Catch::Matches(R"((.|\n)*\ntest accuracy 0\.[0-9]{4} .* \(best epoch 1 of 1, val accuracy )"
+                                   R"(0\.[0-9]{4}\)\nrun saved to (.|\n)*)"));
+  for (const char* f :
+       {"config.json", "model.pt", "best.pt", "optimizer.pt", "state.json", "metrics.jsonl", "test.json"})
     CHECK(std::filesystem::exists(tmp.path() / "run" / f));
 
   auto e = run_zoo("eval " + run + " --json");
@@ -94,7 +98,12 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(metrics["accuracy"].get<double>() > 0.6);
   CHECK(metrics["items"] == 2000);
   auto state = json::parse(zoo::test::read_text(tmp.path() / "run" / "state.json"));
-  CHECK(metrics["accuracy"].get<double>() == Approx(state["last"]["test"]["accuracy"].get<double>()));
+  CHECK(metrics["accuracy"].get<double>() == Approx(state["final"]["test"]["accuracy"].get<double>()));
+  auto last = run_zoo("eval " + run + " --checkpoint last --json");
+  REQUIRE(last.code == 0);
+  CHECK(json::parse(zoo::test::last_line(last.out)) == metrics);  // one epoch: the best is the last
+  CHECK_THAT(run_zoo("eval " + run).out, Catch::Contains("mlp (best checkpoint) on fashion-mnist test: accuracy"));
+  check_error(run_zoo("eval " + run + " --checkpoint epoch-1"), "--checkpoint");
 
   auto info = run_zoo("info " + run + " --json");
   REQUIRE(info.code == 0);
@@ -106,8 +115,14 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(i["config"]["train"]["epochs"] == 1);
   CHECK(i["config"]["versions"]["torch"].get<std::string>().size() > 0);
   CHECK(i["config"]["versions"]["allocator"] == zoo::training::allocator());
-  CHECK(i["best"]["metric"] == "accuracy");
-  CHECK(run_zoo("info " + run).out.find("parameters  50890") != std::string::npos);
+  CHECK(i["best"]["metric"] == "val.accuracy");
+  CHECK(i["best"]["epoch"] == 1);
+  CHECK(i["data"] == json({{"train", 1800}, {"val", 200}, {"test", 2000}}));
+  CHECK(i["final"]["test"]["accuracy"] == metrics["accuracy"]);
+  const auto text = run_zoo("info " + run).out;
+  CHECK(text.find("parameters  50890") != std::string::npos);
+  CHECK(text.find("splits      train 1800, validation 200, test 2000\n") != std::string::npos);
+  CHECK(text.find("final test  accuracy ") != std::string::npos);
 
   auto resumed = run_zoo("train --resume " + run + " --epochs 2 --no-progress");
   INFO(resumed.out << resumed.err);
@@ -174,6 +189,19 @@ TEST_CASE("CLI: bad input gets one clear line and a non-zero exit", "[cli][error
     auto r = run_zoo("train cnn --set in_channels=3 --out " + tmp.str("r"));
     check_error(r, "the model does not fit the data (fashion-mnist train");
     CHECK(r.err.find("items [1, 28, 28]): CNN expects [N, 3, 28, 28]") != std::string::npos);
+    CHECK(!std::filesystem::exists(tmp.path() / "r"));
+  }
+  SECTION("model selection settings, refused before anything is written") {
+    const auto out = " --limit 100 --out " + tmp.str("r");
+    check_error(run_zoo("train mlp --monitor val.acc" + out),
+                "--monitor val.acc is not a metric this task reports; "
+                "valid: val.accuracy, val.loss");
+    check_error(run_zoo("train mlp --monitor test.accuracy" + out), "the test split is never used to select");
+    check_error(run_zoo("train mlp --val-fraction 1" + out), "--val-fraction: must be below 1", 2);
+    check_error(run_zoo("train mlp --val-fraction -0.5" + out), "--val-fraction", 2);
+    check_error(run_zoo("train mlp --early-stop 3 --val-fraction 0" + out), "--early-stop needs a metric to watch");
+    check_error(run_zoo("train mlp --limit 4" + std::string(" --out ") + tmp.str("r")),
+                "--val-fraction 0.1 of 4 training items leaves the validation split empty");
     CHECK(!std::filesystem::exists(tmp.path() / "r"));
   }
   SECTION("eval of a directory that is not a run") {

@@ -34,7 +34,7 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   auto r = test::run_zoo("train elmo --dataset text --data-dir " + tmp.str("corpus.txt") + tiny +
                          " --epochs 1 --threads 1 --out " + tmp.str("run"));
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("test perplexity") && Catch::Contains("forward_perplexity"));
+  CHECK_THAT(r.out, Catch::Contains("val perplexity") && Catch::Contains("forward_perplexity"));
   const auto config = nlohmann::json::parse(test::read_text(tmp.path() / "run" / "config.json"));
   CHECK(config["data"]["options"]["vocab_size"] == 20);  // the model's vocabulary size reaches the dataset
   r = test::run_zoo("embed " + tmp.str("run") + " 'The fair is fair.' --layer 0");

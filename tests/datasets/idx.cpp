@@ -118,7 +118,9 @@ TEST_CASE("MNIST loader: a small hand-made split loads scaled to [0,1] with --li
 
 TEST_CASE("Fashion-MNIST: the Debian package's full splits", "[idx][data]") {
   REQUIRE(zoo::test::have_fashion_mnist());  // CI installs dataset-fashion-mnist through scripts/setup
-  auto splits = datasets::load_splits(datasets::DataConfig{});
+  datasets::DataConfig whole;
+  whole.val_fraction = 0;  // the package's training split as it is, no validation part held out
+  auto splits = datasets::load_splits(whole);
   REQUIRE(splits.train->size() == 60000);
   REQUIRE(splits.test->size() == 10000);
   auto train = std::dynamic_pointer_cast<datasets::TensorDataset>(splits.train);

@@ -56,6 +56,7 @@ TEST_CASE("Scenes are deterministic per seed and their labels agree with their p
 TEST_CASE("The scenes dataset: Fashion-MNIST items, 11 classes, test scenes from test items", "[segmentation][data]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   datasets::DataConfig config;
+  config.val_fraction = 0;  // the loader's own splits
   config.name = "scenes";
   config.options = {{"n_train", 50}, {"n_test", 20}, {"size", 40}};
   auto splits = datasets::load_splits(config);
@@ -118,6 +119,7 @@ TEST_CASE("Image folders: images/NAME.png with masks/NAME.png, and every error i
   CHECK(datasets::load_image_folder(dir.str(), 3, 3)->inputs().size(1) == 3);
   // Through the registry: the last 20% of sorted names (at least one) is the test split.
   datasets::DataConfig config;
+  config.val_fraction = 0;  // the loader's own splits
   config.name = "image-folder";
   config.data_dir = dir.str();
   config.options = {{"num_classes", 3}};

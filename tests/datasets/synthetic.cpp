@@ -38,7 +38,8 @@ TEST_CASE("Synthetic datasets: shapes, balanced labels, deterministic per seed",
     const double shift = frame_mass(4) - frame_mass(0);
     CHECK((label % 2 == 0 ? shift > 1.0 : shift < -1.0));
   }
-  auto splits = datasets::load_splits({"waveforms", "", 100, {{"length", 64}}});
+  auto splits =
+      datasets::load_splits({"waveforms", "", 100, {{"length", 64}}, 0.0});  // val_fraction 0: the loader's splits
   CHECK(splits.train->size() == 100);
   CHECK_THROWS_WITH(datasets::load_splits({"waveforms", "", 0, {{"colour", 1}}}),
                     Catch::Contains("no option 'colour'"));

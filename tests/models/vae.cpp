@@ -106,7 +106,7 @@ std::shared_ptr<models::VAEImpl> trained_vae(std::vector<double>* elbo_per_epoch
   training::Trainer trainer(torch::nn::AnyModule(vae), std::make_shared<training::VAEObjective>(false, 10), splits,
                             training::TrainOptions().epochs(4).batch_size(64).lr(2e-3).progress(false));
   if (elbo_per_epoch)
-    trainer.add_epoch_hook([&](const json& r) { elbo_per_epoch->push_back(r["test"]["elbo"].get<double>()); });
+    trainer.add_epoch_hook([&](const json& r) { elbo_per_epoch->push_back(r["val"]["elbo"].get<double>()); });
   trainer.fit();
   vae->eval();
   return vae.ptr();
@@ -218,7 +218,7 @@ TEST_CASE("CLI: train vae, eval --json with the IWAE estimate, sample, reconstru
   CHECK(m["elbo"].get<double>() == Approx(-(m["recon"].get<double>() + m["kl"].get<double>())));
   CHECK(m["iwae"].get<double>() > m["elbo"].get<double>());
   auto state = training::read_json_file(tmp.str("run/state.json"));
-  CHECK(m["elbo"].get<double>() == Approx(state["last"]["test"]["elbo"].get<double>()).epsilon(1e-9));
+  CHECK(m["elbo"].get<double>() == Approx(state["final"]["test"]["elbo"].get<double>()).epsilon(1e-9));
 
   REQUIRE(zoo::test::run_zoo("sample " + run + " --n 64 --out " + tmp.str("s.png")).code == 0);
   CHECK(datasets::load_image(tmp.str("s.png")).sizes() == torch::IntArrayRef({1, 8 * 30 + 2, 8 * 30 + 2}));
@@ -228,6 +228,7 @@ TEST_CASE("CLI: train vae, eval --json with the IWAE estimate, sample, reconstru
   // top row: the first test image itself
   datasets::DataConfig data;
   data.limit = 1;
+  data.val_fraction = 0;
   auto first = std::dynamic_pointer_cast<datasets::TensorDataset>(datasets::load_splits(data).test)->inputs()[0][0];
   CHECK(torch::equal(rec[0].slice(0, 2, 30).slice(1, 2, 30), first.mul(255).round().to(torch::kUInt8)));
 

@@ -123,7 +123,7 @@ TEST_CASE("Resume: 1 epoch + resume to 2 equals an uninterrupted 2-epoch run, bi
   auto sa = training::read_json_file(tmp.str("straight/state.json"));
   auto sb = training::read_json_file(tmp.str("resumed/state.json"));
   CHECK(sa["step"] == sb["step"]);
-  CHECK(sa["last"]["test"] == sb["last"]["test"]);
+  CHECK(sa["final"]["test"] == sb["final"]["test"]);
   CHECK(sa["rng_state"] == sb["rng_state"]);
   CHECK(zoo::test::count_lines(zoo::test::read_text(tmp.path() / "resumed" / "metrics.jsonl")) == 2);
   CHECK(training::read_run_config(tmp.str("resumed")).train.epochs() == 2);
@@ -276,9 +276,10 @@ TEST_CASE("Checkpoint: every one-byte damage anywhere in an archive is refused o
   CHECK(harmless > 0);
 }
 
-TEST_CASE("Runs: only rank 0 refuses an existing run when it starts one; a reader rank that starts late does not "
-          "take rank 0's new checkpoint for an old run",
-          "[checkpoint][distributed]") {
+TEST_CASE(
+    "Runs: only rank 0 refuses an existing run when it starts one, a reader rank that starts late does not "
+    "take rank 0's new checkpoint for an old run",
+    "[checkpoint][distributed]") {
   TempDir tmp;
   const auto dir = tmp.str("run");
   std::filesystem::create_directories(dir);

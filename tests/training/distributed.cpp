@@ -197,7 +197,15 @@ TEST_CASE("zoo train --nproc 2, a distributed run resumes in one process and the
   const auto state = training::read_json_file(run + "/state.json");
   CHECK(state["epoch"] == 3);
   CHECK(state["world_size"] == 2);
-  CHECK(test::count_lines(test::read_text(fs::path(run) / "metrics.jsonl")) == 3);
+  const auto log = test::read_text(fs::path(run) / "metrics.jsonl");
+  CHECK(test::count_lines(log) == 3);
+  // Validation: both ranks' shares summed (100 held-out items each epoch); rank 0 wrote the best weights, and the
+  // one test of them covers the whole test split.
+  CHECK(nlohmann::json::parse(test::last_line(log))["val"]["items"] == 100);
+  CHECK(fs::exists(fs::path(run) / "best.pt"));
+  const auto final = training::read_json_file(run + "/test.json");
+  CHECK(final["epoch"] == state["best_epoch"]);
+  CHECK(final["test"]["items"] == 1000);
 }
 
 TEST_CASE("A rank killed mid-training: the others fail with a clear message instead of hanging",

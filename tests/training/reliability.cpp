@@ -64,7 +64,7 @@ TEST_CASE("Reliability: SIGINT mid-epoch saves a checkpoint, --resume ends bit-i
     auto ja = json::parse(la), jb = json::parse(lb);
     CHECK(ja["train"]["loss"].get<double>() == Approx(jb["train"]["loss"].get<double>()).epsilon(1e-12));
     CHECK(ja["train"]["accuracy"].get<double>() == Approx(jb["train"]["accuracy"].get<double>()).epsilon(1e-12));
-    CHECK(ja["test"] == jb["test"]);
+    CHECK(ja["val"] == jb["val"]);
   }
 }
 

@@ -35,15 +35,27 @@ TEST_CASE("Run config: a config.json written by zoo 0.1.0 before the schemas sti
   CHECK(config.prior.layers[0].first == "net.0.*");
   CHECK(config.prior.layers[0].second == 0.001);
   CHECK(config.versions["zoo"] == "0.1.0");
-  // The same keys come back out (plus the settings added since: callbacks, plugins).
+  // The same keys come back out with the same values (plus the settings added since: callbacks, plugins, the
+  // validation split and model selection).
   const json out = training::to_json(config);
   const json old = training::read_json_file(tmp.str("old/config.json"));
   for (const auto& [key, value] : old.items()) {
-    INFO(key);
-    if (key != "options") CHECK(out.at(key) == value);
+    if (key == "options") continue;
+    if (!value.is_object()) {
+      CHECK(out.at(key) == value);
+      continue;
+    }
+    for (const auto& [sub, v] : value.items()) {
+      INFO(key << "." << sub);
+      CHECK(out.at(key).at(sub) == v);
+    }
   }
   CHECK(out["callbacks"] == json::array());
   CHECK(out["plugins"] == json::array());
+  // It trained on the whole training split and selected nothing; resumed, it goes on so.
+  CHECK(out["data"]["val_fraction"] == 0);
+  CHECK(out["train"]["monitor"] == "");
+  CHECK(out["train"]["early_stop"] == 0);
   // A config.json with an unknown key, or a wrong type, is refused with the file's name.
   json bad = old;
   bad["train"]["epochz"] = 1;

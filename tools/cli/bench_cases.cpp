@@ -169,6 +169,7 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   config.model = spec.model;
   config.options = spec.options.is_null() ? json::object() : spec.options;
   config.data.name.clear();
+  config.data.val_fraction = 0;  // training steps on all items: nothing held out for validation
   config = training::complete_config(config);
   const auto& entry = models::ModelRegistry::instance().at(spec.model);
   r.batch = spec.batch > 0 ? spec.batch : entry.train_defaults.value("batch_size", int64_t{64});

@@ -72,4 +72,7 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);
 
+/// --checkpoint best|last: which weights of a run a command uses (default best, the epoch chosen on validation).
+void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint);
+
 }  // namespace zoo::cli

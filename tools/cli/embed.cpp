@@ -16,7 +16,7 @@ using nlohmann::json;
 namespace {
 
 struct EmbedArgs {
-  std::string run, sentence, layer = "mix", word, device = "cpu";
+  std::string run, sentence, layer = "mix", word, device = "cpu", checkpoint = "best";
   std::vector<std::string> compare;
   bool json = false;
   int64_t values = 4, threads = 0;
@@ -50,7 +50,7 @@ struct Embedder {
 
 Embedder open(const EmbedArgs& a) {
   Embedder e;
-  auto [config, model] = training::load_run_model(a.run, a.device);
+  auto [config, model] = training::load_run_model(a.run, a.device, a.checkpoint);
   e.config = config;
   e.model = model;
   e.elmo = dynamic_cast<models::ElmoImpl*>(e.model.ptr().get());
@@ -118,6 +118,7 @@ void add_embed(CLI::App& app) {
   auto a = std::make_shared<EmbedArgs>();
   auto* cmd = app.add_subcommand("embed", "ELMo's contextual word vectors of a sentence, or one word compared in two");
   cmd->add_option("run", a->run, "Run directory of an elmo model")->required();
+  add_checkpoint_option(cmd, a->checkpoint);
   auto* sentence = cmd->add_option("sentence", a->sentence, "The sentence to embed");
   auto* cmp = cmd->add_option("--compare", a->compare, "Two sentences: cosine similarity of --word's vectors per layer")
                   ->expected(2);

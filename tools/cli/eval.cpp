@@ -1,3 +1,4 @@
+#include "datasets/registry.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
 #include "training/checkpoint.h"
@@ -11,9 +12,17 @@ namespace zoo::cli {
 
 using nlohmann::json;
 
+void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint) {
+  cmd->add_option("--checkpoint", checkpoint,
+                  "Which weights: best (the epoch the monitored validation metric was best; a run without "
+                  "validation: its last) or last")
+      ->check(CLI::IsMember({"best", "last"}))
+      ->default_str("best");
+}
+
 void add_eval(CLI::App& app) {
   struct Args {
-    std::string run, data_dir, device;
+    std::string run, data_dir, device, checkpoint = "best";
     int64_t limit = 0, threads = 0, batch_size = 0;
     bool json_out = false;
     std::vector<std::string> set;
@@ -22,6 +31,7 @@ void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Evaluate a run's model on the test split");
   cmd->add_option("run", a->run, "Run directory")->required();
   cmd->add_flag("--json", a->json_out, "Print the metrics as one JSON object on the last line");
+  add_checkpoint_option(cmd, a->checkpoint);
   cmd->add_option("--data-dir", a->data_dir, "Data directory (default: the run's)");
   cmd->add_option("--limit", a->limit, "First N test items (default: the run's; 0 = all)")->check(non_negative());
   cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(positive());
@@ -32,24 +42,28 @@ void add_eval(CLI::App& app) {
       "Model option key=value for this evaluation only, e.g. --set solver.method=dopri5 (options that change "
       "parameter shapes do not match the saved weights)");
   cmd->callback([a, cmd] {
-    auto run = training::Run::open(a->run, [&](training::RunConfig& c) {
-      if (cmd->count("--data-dir")) c.data.data_dir = a->data_dir;
-      if (cmd->count("--limit")) c.data.limit = a->limit;
-      if (cmd->count("--batch-size")) c.train.eval_batch_size(a->batch_size);
-      if (cmd->count("--device")) c.train.device(a->device);
-      c.train.threads(a->threads);
-      const auto& entry = models::ModelRegistry::instance().at(c.model);
-      for (const auto& item : a->set) {
-        auto [key, value] = parse_set(item);
-        c.options = models::merge_options(entry, c.options, {{key, value}});
-      }
-      if (!a->set.empty()) c.options = entry.complete_options(c.options);
-    });
+    auto run = training::Run::open(
+        a->run,
+        [&](training::RunConfig& c) {
+          if (cmd->count("--data-dir")) c.data.data_dir = a->data_dir;
+          if (cmd->count("--limit")) c.data.limit = a->limit;
+          if (cmd->count("--batch-size")) c.train.eval_batch_size(a->batch_size);
+          if (cmd->count("--device")) c.train.device(a->device);
+          c.train.threads(a->threads);
+          const auto& entry = models::ModelRegistry::instance().at(c.model);
+          for (const auto& item : a->set) {
+            auto [key, value] = parse_set(item);
+            c.options = models::merge_options(entry, c.options, {{key, value}});
+          }
+          if (!a->set.empty()) c.options = entry.complete_options(c.options);
+        },
+        a->checkpoint);
     const json metrics = run->evaluate(/*thorough=*/true);
     if (a->json_out) {
       fmt::print("{}\n", metrics.dump());
     } else {
-      fmt::print("{} on {} test: {}\n", run->config().model, run->config().data.name, format_metrics(metrics));
+      fmt::print("{} ({} checkpoint) on {} test: {}\n", run->config().model, a->checkpoint, run->config().data.name,
+                 format_metrics(metrics));
     }
   });
 }
@@ -69,6 +83,9 @@ void add_info(CLI::App& app) {
     auto [model, options] = models::build_model(config.model, config.options);
     json out = {
         {"run", a->run}, {"config", training::to_json(config)}, {"parameters", models::count_parameters(*model.ptr())}};
+    const auto splits = datasets::load_splits(config.data, static_cast<uint64_t>(config.train.seed()));
+    out["data"] = {
+        {"train", splits.train->size()}, {"val", splits.val ? splits.val->size() : 0}, {"test", splits.test->size()}};
     const auto state_path = training::checkpoint_file(a->run, "state.json");
     json state;
     if (fs::exists(state_path)) {
@@ -79,6 +96,7 @@ void add_info(CLI::App& app) {
                      {"value", state.value("best", json(nullptr))},
                      {"epoch", state.value("best_epoch", 0)}};
       out["last"] = state.value("last", json::object());
+      out["final"] = state.value("final", json::object());
     }
     if (a->json_out) {
       fmt::print("{}\n", out.dump());
@@ -89,6 +107,8 @@ void add_info(CLI::App& app) {
     fmt::print("run         {}\nmodel       {}\nmodule      {}\nparameters  {}\ndataset     {} (limit {})\n", a->run,
                config.model, model_text.str(), static_cast<long long>(out["parameters"].get<int64_t>()),
                config.data.name, static_cast<long long>(config.data.limit));
+    fmt::print("splits      train {}, validation {}, test {}\n", out["data"]["train"].get<int64_t>(),
+               out["data"]["val"].get<int64_t>(), out["data"]["test"].get<int64_t>());
     fmt::print("options     {}\ntrain       {}\nversions    {}\n", config.options.dump(),
                training::to_json(config.train).dump(), config.versions.dump());
     if (state.is_null()) {
@@ -100,7 +120,11 @@ void add_info(CLI::App& app) {
     if (!out["best"]["value"].is_null())
       fmt::print("best        {} {:.4f} at epoch {}\n", out["best"]["metric"].get<std::string>(),
                  out["best"]["value"].get<double>(), static_cast<long long>(out["best"]["epoch"].get<int64_t>()));
+    if (out["last"].contains("val")) fmt::print("last val    {}\n", format_metrics(out["last"]["val"]));
     if (out["last"].contains("test")) fmt::print("last test   {}\n", format_metrics(out["last"]["test"]));
+    if (out["final"].contains("test"))
+      fmt::print("final test  {} ({} checkpoint, epoch {})\n", format_metrics(out["final"]["test"]),
+                 out["final"].value("checkpoint", std::string()), out["final"].value("epoch", int64_t{0}));
     if (out["last"].contains("train")) fmt::print("last train  {}\n", format_metrics(out["last"]["train"]));
   });
 }

@@ -63,6 +63,7 @@ void run_double_descent(const DDArgs& a) {
                                        : static_cast<int>(std::thread::hardware_concurrency()));
   datasets::DataConfig data;
   data.data_dir = a.data_dir;
+  data.val_fraction = 0;  // closed-form fits on --n items: nothing is selected, so nothing is held out
   auto splits = datasets::load_splits(data);
   auto train = std::dynamic_pointer_cast<datasets::TensorDataset>(splits.train);
   auto test = std::dynamic_pointer_cast<datasets::TensorDataset>(splits.test);

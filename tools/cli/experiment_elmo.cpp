@@ -87,7 +87,7 @@ std::vector<Triple> parse_triples(const std::string& text, const std::string& wh
 }
 
 struct SensesArgs {
-  std::string run, triples, device = "cpu", out;
+  std::string run, triples, device = "cpu", out, checkpoint = "best";
   bool json = false, no_plot = false;
   int64_t threads = 0;
 };
@@ -104,7 +104,7 @@ void run_senses(const SensesArgs& a) {
     where = a.triples;
   }
   const auto triples = parse_triples(text, where);
-  auto [config, model] = training::load_run_model(a.run, a.device);
+  auto [config, model] = training::load_run_model(a.run, a.device, a.checkpoint);
   auto* elmo = dynamic_cast<models::ElmoImpl*>(model.ptr().get());
   if (!elmo) throw std::invalid_argument(a.run + " is a run of '" + config.model + "'; elmo-senses needs an elmo run");
   const bool lowercase = config.data.options.value("lowercase", true);
@@ -178,6 +178,7 @@ void add_elmo_senses(CLI::App& experiment) {
       "elmo-senses",
       "Per ELMo layer: how often a word's same-sense pair of sentences is more similar than another sense");
   cmd->add_option("run", a->run, "Run directory of an elmo model")->required();
+  add_checkpoint_option(cmd, a->checkpoint);
   cmd->add_option("--triples", a->triples,
                   "File of lines 'word | sentence A | same sense | other sense' (default: 32 built-in triples)");
   cmd->add_flag("--json", a->json, "Print JSON");

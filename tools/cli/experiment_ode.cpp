@@ -42,6 +42,7 @@ double train_model(const OdeArgs& a, const std::string& model, const json& optio
   config.data.name = models::ModelRegistry::instance().at(model).dataset;
   config.data.data_dir = a.data_dir;
   config.data.limit = a.limit;
+  config.data.val_fraction = 0;  // equal training for every solver, the last weights tested: nothing is selected
   config.train = training::train_options_from_json(models::ModelRegistry::instance().at(model).train_defaults)
                      .epochs(a.epochs)
                      .threads(a.threads)
@@ -50,7 +51,7 @@ double train_model(const OdeArgs& a, const std::string& model, const json& optio
   std::fflush(stdout);
   auto run = training::Run::create(config, dir);
   run->fit();
-  return run->trainer().state().last["test"]["accuracy"].get<double>();
+  return run->trainer().state().final["test"]["accuracy"].get<double>();
 }
 
 Row evaluate(models::ODEResNetImpl& net, const datasets::Dataset& test, const models::ODESolverOptions& solver) {
@@ -100,6 +101,7 @@ void run_ode_solvers(const OdeArgs& a) {
   datasets::DataConfig data = config.data;
   if (!a.data_dir.empty()) data.data_dir = a.data_dir;
   if (a.limit > 0) data.limit = a.limit;
+  data.val_fraction = 0;  // only the test split is used: nothing held out for validation
   const auto splits = datasets::load_splits(data);
 
   std::vector<models::ODESolverOptions> grid;

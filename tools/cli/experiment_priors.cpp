@@ -31,6 +31,7 @@ void run_priors(const PriorsArgs& a) {
   datasets::DataConfig data;
   data.data_dir = a.data_dir;
   data.limit = a.limit;
+  data.val_fraction = 0;  // the weights a prior made after the last epoch are what is compared: nothing is selected
   auto splits = datasets::load_splits(data);
   const std::string dir = a.out.empty() ? experiment_dir("priors") : a.out;
   std::filesystem::create_directories(dir);

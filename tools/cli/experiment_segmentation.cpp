@@ -53,6 +53,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
     config.data.name = volumes ? "volumes" : "scenes";
     config.data.data_dir = a.data_dir;
     config.data.options = {{"n_train", a.n_train}, {"n_test", a.n_test}, {"size", a.size}, {"seed", a.seed}};
+    config.data.val_fraction = 0;  // both models trained alike and tested at their last epoch: nothing is selected
     if (a.dice > 0) config.task_options = {{"dice", a.dice}};
     config.train = training::train_options_from_json(models::ModelRegistry::instance().at(name).train_defaults)
                        .epochs(a.epochs)
@@ -72,7 +73,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
     const auto start = std::chrono::steady_clock::now();
     run->fit();
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const auto test = run->trainer().state().last["test"];
+    const auto test = run->trainer().state().final["test"];
     r.miou = test["miou"].get<double>();
     r.boundary_iou = test["boundary_iou"].get<double>();
     r.pixel_accuracy = test["pixel_accuracy"].get<double>();

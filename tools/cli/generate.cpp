@@ -27,7 +27,7 @@ models::GaussianLatentModel& latent_of(torch::nn::AnyModule& model, const std::s
 
 void add_generate(CLI::App& app) {
   struct SampleArgs {
-    std::string run, out = "samples.png", device = "cpu";
+    std::string run, out = "samples.png", device = "cpu", checkpoint = "best";
     int64_t n = 64, nrow = 0, seed = 0, grid = 20, threads = 0;
     double range = 0.95;
     bool manifold = false;
@@ -35,6 +35,7 @@ void add_generate(CLI::App& app) {
   auto s = std::make_shared<SampleArgs>();
   auto* sample = app.add_subcommand("sample", "Decode z ~ N(0, I) (or a grid over a 2-D latent plane) to a PNG grid");
   sample->add_option("run", s->run, "Run directory of a latent-variable model (vae)")->required();
+  add_checkpoint_option(sample, s->checkpoint);
   sample->add_option("--n", s->n, "Number of samples (default 64)")->check(positive());
   sample->add_option("--nrow", s->nrow, "Images per row (default: square-ish)")->check(non_negative());
   sample->add_option("--out", s->out, "Output PNG (default samples.png)");
@@ -47,7 +48,7 @@ void add_generate(CLI::App& app) {
   sample->add_option("--threads", s->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
   sample->callback([s] {
     training::apply_threads(s->threads);
-    auto [config, model] = training::load_run_model(s->run, s->device);
+    auto [config, model] = training::load_run_model(s->run, s->device, s->checkpoint);
     auto& vae = latent_of(model, config.model);
     torch::NoGradGuard no_grad;
     const auto device = training::parse_device(s->device);
@@ -75,12 +76,13 @@ void add_generate(CLI::App& app) {
   });
 
   struct ReconArgs {
-    std::string run, out = "recon.png", device = "cpu", data_dir;
+    std::string run, out = "recon.png", device = "cpu", data_dir, checkpoint = "best";
     int64_t n = 16, threads = 0, offset = 0;
   };
   auto r = std::make_shared<ReconArgs>();
   auto* recon = app.add_subcommand("reconstruct", "Test images (top row) above their reconstructions, as a PNG");
   recon->add_option("run", r->run, "Run directory of a latent-variable model (vae)")->required();
+  add_checkpoint_option(recon, r->checkpoint);
   recon->add_option("--n", r->n, "Number of test images (default 16)")->check(CLI::Range(1, 1000));
   recon->add_option("--offset", r->offset, "Index of the first test image (default 0)")->check(non_negative());
   recon->add_option("--out", r->out, "Output PNG (default recon.png)");
@@ -89,11 +91,12 @@ void add_generate(CLI::App& app) {
   recon->add_option("--threads", r->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
   recon->callback([r, recon] {
     training::apply_threads(r->threads);
-    auto [config, model] = training::load_run_model(r->run, r->device);
+    auto [config, model] = training::load_run_model(r->run, r->device, r->checkpoint);
     auto& vae = latent_of(model, config.model);
     auto data = config.data;
     data.limit = 0;
     if (recon->count("--data-dir")) data.data_dir = r->data_dir;
+    data.val_fraction = 0;  // only the test split is used: nothing held out for validation
     auto test = datasets::load_splits(data).test;
     if (r->offset + r->n > test->size())
       throw std::invalid_argument("--offset + --n = " + std::to_string(r->offset + r->n) + " exceeds the " +

@@ -78,13 +78,13 @@ torch::jit::Module load_torchscript(const std::string& path) {
 // ---- zoo export ------------------------------------------------------------------------------------------
 
 struct ExportArgs {
-  std::string run, out = "model.pt", example_shape;
+  std::string run, out = "model.pt", example_shape, checkpoint = "best";
   int64_t threads = 0;
 };
 
 void run_export(const ExportArgs& a) {
   training::apply_threads(a.threads);
-  auto [config, model] = training::load_run_model(a.run, "cpu");
+  auto [config, model] = training::load_run_model(a.run, "cpu", a.checkpoint);
   torch::Tensor example, same_shape, other_batch;
   if (!a.example_shape.empty()) {
     auto shape = parse_shape(a.example_shape, "--example-shape");
@@ -96,6 +96,7 @@ void run_export(const ExportArgs& a) {
   } else {  // test items of the run's data: item 0 to trace, item 1 for the check, items 0-2 for another batch size
     auto data = config.data;
     data.limit = 3;
+    data.val_fraction = 0;  // only test items are used: nothing held out for validation
     const auto splits = datasets::load_splits(data);
     if (splits.test->size() < 3)
       throw std::runtime_error("the run's test data has fewer than 3 items; give --example-shape");
@@ -279,6 +280,7 @@ void add_interop(CLI::App& app) {
     auto a = std::make_shared<ExportArgs>();
     auto* cmd = app.add_subcommand("export", "Write a run as TorchScript that Python can torch.jit.load and call");
     cmd->add_option("run", a->run, "Run directory")->required();
+    add_checkpoint_option(cmd, a->checkpoint);
     cmd->add_option("--out", a->out, "Output file (default model.pt)");
     cmd->add_option("--example-shape", a->example_shape,
                     "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");

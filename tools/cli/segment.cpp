@@ -26,7 +26,7 @@ torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims) {
 namespace {
 
 struct SegmentArgs {
-  std::string run, input, out, mask, device = "cpu", data_dir;
+  std::string run, input, out, mask, device = "cpu", data_dir, checkpoint = "best";
   int64_t n = 0, offset = 0, threads = 0;
   double alpha = 0.5;
 };
@@ -77,6 +77,7 @@ void segment_test_items(const SegmentArgs& a, const training::RunConfig& config,
   auto data = config.data;
   data.limit = a.offset + a.n;  // generated datasets make only what is asked for
   if (data_dir_given) data.data_dir = a.data_dir;
+  data.val_fraction = 0;  // only the test split is used: nothing held out for validation
   auto test = datasets::load_splits(data).test;
   if (a.offset + a.n > test->size())
     throw std::invalid_argument("--offset + --n = " + std::to_string(a.offset + a.n) + " exceeds the " +
@@ -105,6 +106,7 @@ void add_segment(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "segment", "Segment an image (--input, coloured overlay) or show test items as image | truth | prediction (--n)");
   cmd->add_option("run", a->run, "Run directory of a segmentation model (unet, deconvnet, ...)")->required();
+  add_checkpoint_option(cmd, a->checkpoint);
   auto* input = cmd->add_option("--input", a->input, "An image (PNG, JPEG, ...) to segment");
   auto* n = cmd->add_option("--n", a->n, "Show this many test items (rows of image | truth | prediction)")
                 ->check(CLI::Range(1, 1000));
@@ -123,7 +125,7 @@ void add_segment(CLI::App& app) {
     if (!a->mask.empty() && a->input.empty()) throw std::invalid_argument("--mask goes with --input");
     if (a->out.empty()) a->out = a->input.empty() ? "segments.png" : "overlay.png";
     training::apply_threads(a->threads);
-    auto [config, model] = training::load_run_model(a->run, a->device);
+    auto [config, model] = training::load_run_model(a->run, a->device, a->checkpoint);
     check_segmenter(config, a->run);
     if (!a->input.empty())
       segment_image(*a, config, model);

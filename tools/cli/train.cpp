@@ -40,6 +40,24 @@ std::string format_metrics(const json& metrics) {
 
 namespace {
 
+/// "test accuracy 0.9100  loss 0.2500 (best epoch 3 of 5, val accuracy 0.9200)": the one test of the selected
+/// weights (TrainState::final), and why it was stopped early if it was.
+std::string format_final(const training::TrainState& s, int64_t epochs) {
+  const json& f = s.final;
+  std::string line = "test " + format_metrics(f.value("test", json::object()));
+  if (f.contains("monitor")) {
+    const auto m = f["monitor"].get<std::string>();
+    const auto dot = m.find('.');
+    line +=
+        fmt::format(" ({} epoch {} of {}, {} {} {:.4f})", f.value("checkpoint", std::string()),
+                    f.value("epoch", int64_t{0}), s.epoch, m.substr(0, dot), m.substr(dot + 1), f.value("value", 0.0));
+  } else {
+    line += fmt::format(" (last epoch {}; no validation split, nothing selected)", s.epoch);
+  }
+  if (f.contains("stopped")) line += "\n" + f["stopped"].get<std::string>() + fmt::format(" (of {} planned)", epochs);
+  return line;
+}
+
 /// What `zoo train` reads from its command line: the settings' flags come from the schemas.
 struct TrainArgs {
   std::string model, resume, out, config;
@@ -128,8 +146,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     fmt::print("\n");
     std::fflush(stdout);
     run->fit();
-    const auto& s = run->trainer().state();
-    fmt::print("test {}\nrun saved to {}\n", format_metrics(s.last.value("test", json::object())), run->dir());
+    fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), run->config().train.epochs()), run->dir());
     return;
   }
 
@@ -192,8 +209,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
              torch::get_num_threads(), world > 1 ? " per rank" : "", dir);
   std::fflush(stdout);
   run->fit();
-  const auto& s = run->trainer().state();
-  fmt::print("test {}\nrun saved to {}\n", format_metrics(s.last.value("test", json::object())), dir);
+  fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), c.train.epochs()), dir);
 }
 
 }  // namespace
