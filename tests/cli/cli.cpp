@@ -123,6 +123,16 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   CHECK(text.find("parameters  50890") != std::string::npos);
   CHECK(text.find("splits      train 1800, validation 200, test 2000\n") != std::string::npos);
   CHECK(text.find("final test  accuracy ") != std::string::npos);
+  // Without its data (a run copied elsewhere) info still shows the run and says why the sizes are missing.
+  auto moved = json::parse(zoo::test::read_text(tmp.path() / "run" / "config.json"));
+  moved["data"]["data_dir"] = tmp.str("gone");
+  zoo::test::write_text(tmp.path() / "run" / "config.json", moved.dump(2));
+  const auto no_data = run_zoo("info " + run);
+  CHECK(no_data.code == 0);
+  CHECK(no_data.out.find("splits      unknown: ") != std::string::npos);
+  CHECK(no_data.out.find("final test  accuracy ") != std::string::npos);
+  moved["data"]["data_dir"] = "";  // back to the default, for the resume below
+  zoo::test::write_text(tmp.path() / "run" / "config.json", moved.dump(2));
 
   auto resumed = run_zoo("train --resume " + run + " --epochs 2 --no-progress");
   INFO(resumed.out << resumed.err);

@@ -83,9 +83,13 @@ void add_info(CLI::App& app) {
     auto [model, options] = models::build_model(config.model, config.options);
     json out = {
         {"run", a->run}, {"config", training::to_json(config)}, {"parameters", models::count_parameters(*model.ptr())}};
-    const auto splits = datasets::load_splits(config.data, static_cast<uint64_t>(config.train.seed()));
-    out["data"] = {
-        {"train", splits.train->size()}, {"val", splits.val ? splits.val->size() : 0}, {"test", splits.test->size()}};
+    try {  // the data may be gone (a run copied to another machine): info still shows the rest
+      const auto splits = datasets::load_splits(config.data, static_cast<uint64_t>(config.train.seed()));
+      out["data"] = {
+          {"train", splits.train->size()}, {"val", splits.val ? splits.val->size() : 0}, {"test", splits.test->size()}};
+    } catch (const std::exception& e) {
+      out["data"] = {{"error", e.what()}};
+    }
     const auto state_path = training::checkpoint_file(a->run, "state.json");
     json state;
     if (fs::exists(state_path)) {
@@ -107,8 +111,11 @@ void add_info(CLI::App& app) {
     fmt::print("run         {}\nmodel       {}\nmodule      {}\nparameters  {}\ndataset     {} (limit {})\n", a->run,
                config.model, model_text.str(), static_cast<long long>(out["parameters"].get<int64_t>()),
                config.data.name, static_cast<long long>(config.data.limit));
-    fmt::print("splits      train {}, validation {}, test {}\n", out["data"]["train"].get<int64_t>(),
-               out["data"]["val"].get<int64_t>(), out["data"]["test"].get<int64_t>());
+    if (out["data"].contains("error"))
+      fmt::print("splits      unknown: {}\n", out["data"]["error"].get<std::string>());
+    else
+      fmt::print("splits      train {}, validation {}, test {}\n", out["data"]["train"].get<int64_t>(),
+                 out["data"]["val"].get<int64_t>(), out["data"]["test"].get<int64_t>());
     fmt::print("options     {}\ntrain       {}\nversions    {}\n", config.options.dump(),
                training::to_json(config.train).dump(), config.versions.dump());
     if (state.is_null()) {
