@@ -105,16 +105,13 @@ class Trainer {
   json evaluate(bool thorough = false);
   /// Metrics on the validation split (an error when there is none).
   json evaluate_validation(bool thorough = false);
-  bool has_validation() const { return data_.val != nullptr; }
-  const datasets::Splits& data() const { return data_; }
   /// The metric that picks the best epoch, "val.accuracy" or "train.loss"; empty: nothing is selected (no
   /// validation split and no train.* metric asked for).
   std::string monitor() const;
   /// +1 when the monitored metric is better higher, -1 lower.
   int monitor_direction() const;
-  /// The weights (parameters and buffers, in named_parameters then named_buffers order) of the best epoch;
-  /// empty before one. A resumed run sets them from its best checkpoint.
-  const std::vector<torch::Tensor>& best_weights() const { return best_weights_; }
+  /// Sets the best epoch's weights (module_tensors order: parameters, then buffers): a resumed run's, from its
+  /// best checkpoint.
   void set_best_weights(std::vector<torch::Tensor> weights) { best_weights_ = std::move(weights); }
   /// The selected weights on test (TrainState::final): the best epoch's when there are best weights and the
   /// last epoch is not the best, else the current weights. The model is left as it was.
