@@ -26,8 +26,16 @@ const Schema<TrainOptions>& train_schema() {
         .at_least(0);
     s.add("schedule", ZOO_FIELD(TrainOptions, schedule), "Learning-rate schedule").one_of(schedule_names(), "schedule");
     s.add("step_size", ZOO_FIELD(TrainOptions, step_size), "Epochs per decay of the step schedule").at_least(1);
-    s.add("gamma", ZOO_FIELD(TrainOptions, gamma), "Decay factor of the step schedule").above(0);
+    s.add("gamma", ZOO_FIELD(TrainOptions, gamma), "Decay factor of the step and plateau schedules").above(0);
     s.add("warmup", ZOO_FIELD(TrainOptions, warmup), "Linear warm-up steps").at_least(0);
+    s.add("plateau_patience", ZOO_FIELD(TrainOptions, plateau_patience),
+          "plateau schedule: epochs without improvement of the monitored metric before the rate is multiplied by "
+          "gamma")
+        .at_least(0);
+    s.add("pct_start", ZOO_FIELD(TrainOptions, pct_start),
+          "onecycle schedule: fraction of the steps spent rising from lr/25 to lr")
+        .above(0)
+        .check([](const json& v) { return v.get<double>() < 1 ? "" : "must be below 1, e.g. 0.3"; });
     s.add("clip_grad", ZOO_FIELD(TrainOptions, clip_grad), "Clip the global gradient norm to this value (0 = off)")
         .at_least(0);
     s.add("seed", ZOO_FIELD(TrainOptions, seed), "Random seed (model initialisation, data order, dropout)").at_least(0);
@@ -58,6 +66,16 @@ const Schema<TrainOptions>& train_schema() {
         .at_least(0);
     s.add("eval_test_every_epoch", ZOO_FIELD(TrainOptions, eval_test_every_epoch),
           "Also evaluate the test split after every epoch (off: test once, the selected weights, at the end)");
+    s.add("save_top_k", ZOO_FIELD(TrainOptions, save_top_k),
+          "Keep the weights of this many best epochs by the monitored metric (epoch-N.pt when above 1)")
+        .at_least(1);
+    s.add("ema", ZOO_FIELD(TrainOptions, ema),
+          "Also keep an exponential moving average of the weights with this decay per step, e.g. 0.999; it is "
+          "evaluated and saved as its own checkpoint, ema (0 = off)")
+        .check([](const json& v) {
+          const double d = v.get<double>();
+          return d == 0 || (d > 0 && d < 1) ? "" : "must be in (0, 1), e.g. 0.999 (0 = off)";
+        });
     return s;
   }();
   return schema;

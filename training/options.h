@@ -27,6 +27,8 @@ struct TrainOptions {
   TORCH_ARG(int64_t, step_size) = 1;
   TORCH_ARG(double, gamma) = 0.1;
   TORCH_ARG(int64_t, warmup) = 0;
+  TORCH_ARG(int64_t, plateau_patience) = 2;  ///< plateau: epochs without improvement before the rate drops
+  TORCH_ARG(double, pct_start) = 0.3;        ///< onecycle: the fraction of steps spent rising to lr
   TORCH_ARG(double, clip_grad) = 0.0;
   TORCH_ARG(int64_t, seed) = 0;
   TORCH_ARG(int64_t, threads) = 0;
@@ -37,6 +39,8 @@ struct TrainOptions {
   TORCH_ARG(int64_t, early_stop) = 0;    ///< stop after this many epochs without improvement (0 = off)
   TORCH_ARG(double, min_delta) = 0.0;    ///< an improvement smaller than this does not count
   TORCH_ARG(bool, eval_test_every_epoch) = false;
+  TORCH_ARG(int64_t, save_top_k) = 1;  ///< keep the weights of this many best epochs (epoch-N.pt when above 1)
+  TORCH_ARG(double, ema) = 0.0;        ///< decay of an exponential moving average of the weights (0 = off)
 };
 
 /// Every setting of TrainOptions: name, doc, check, resumability.

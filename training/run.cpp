@@ -152,13 +152,12 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
 }
 
 std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t threads, bool quiet,
-                                 std::shared_ptr<ProcessGroup> group) {
+                                 std::shared_ptr<ProcessGroup> group, bool restart_schedule) {
   std::unique_ptr<Run> run(new Run());
   run->group_ = std::move(group);
   const bool writer = !run->group_ || run->group_->rank() == 0;
   run->config_ = complete_config(read_run_config(dir));
   run->dir_ = std::make_shared<RunDirectory>(dir, writer);
-  if (epochs > 0) run->config_.train.epochs(epochs);
   if (threads >= 0) run->config_.train.threads(threads);
   if (quiet) run->config_.train.progress(false);
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
@@ -179,7 +178,15 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
         fmt::format("{} has already trained {} epochs; train.epochs {} would undo nothing "
                     "(give more)",
                     dir, run->trainer_->state().epoch, epochs));
-  if (epochs > 0) run->dir_->update_config([&](json& saved) { saved["train"]["epochs"] = epochs; });
+  if (restart_schedule && epochs == 0)
+    throw std::invalid_argument("a schedule restart needs --epochs beyond the " +
+                                std::to_string(run->config_.train.epochs()) + " planned");
+  if (epochs > 0) {
+    // The trainer was built with the planned epochs: it extends the schedule from them (Trainer::extend).
+    run->trainer_->extend(epochs, restart_schedule);
+    run->config_.train.epochs(epochs);
+    run->dir_->update_config([&](json& saved) { saved["train"]["epochs"] = epochs; });
+  }
   return run;
 }
 
@@ -193,7 +200,8 @@ std::unique_ptr<Run> Run::open(const std::string& dir, const std::function<void(
   // An opened run is evaluated on test, not trained: nothing is selected, so no validation split is held out
   // (a smaller --limit for the evaluation could not leave one).
   run->config_.data.val_fraction = 0;
-  run->config_.train.monitor("").early_stop(0);
+  run->config_.train.monitor("").early_stop(0).save_top_k(1).ema(0);
+  if (run->config_.train.schedule() == "plateau") run->config_.train.schedule("constant");
   run->build(false);
   run->dir_->load_weights(*run->model().ptr(), checkpoint);
   run->model().ptr()->eval();

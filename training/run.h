@@ -52,12 +52,14 @@ class Run {
   static std::unique_ptr<Run> create(RunConfig config, const std::string& dir,
                                      std::shared_ptr<ProcessGroup> group = nullptr);
   /// Continues the run in `dir` from its last checkpoint; `epochs` > 0 changes the total number of epochs,
-  /// `threads` >= 0 the threads, `quiet` turns the progress display off.
+  /// `threads` >= 0 the threads, `quiet` turns the progress display off. Epochs beyond the planned ones go on at
+  /// the schedule's last rate, or with `restart_schedule` as a new cycle of it (Trainer::extend).
   static std::unique_ptr<Run> resume(const std::string& dir, int64_t epochs = 0, int64_t threads = -1,
-                                     bool quiet = false, std::shared_ptr<ProcessGroup> group = nullptr);
+                                     bool quiet = false, std::shared_ptr<ProcessGroup> group = nullptr,
+                                     bool restart_schedule = false);
   /// Opens a finished or running run for evaluation and inspection: model with the weights of `checkpoint`
-  /// ("best" or "last", RunDirectory::load_weights), no training. `adjust` may change the configuration first
-  /// (another --limit, device, evaluation batch size).
+  /// ("best", "last", "ema" or "epoch-N", RunDirectory::load_weights), no training. `adjust` may change the
+  /// configuration first (another --limit, device, evaluation batch size).
   static std::unique_ptr<Run> open(const std::string& dir, const std::function<void(RunConfig&)>& adjust = {},
                                    const std::string& checkpoint = "best");
 
@@ -82,8 +84,8 @@ class Run {
   std::shared_ptr<ProcessGroup> group_;
 };
 
-/// The model of a run with the weights of `checkpoint` ("best" or "last"), without data or optimizer (for
-/// sampling, export, inspection).
+/// The model of a run with the weights of `checkpoint` ("best", "last", "ema" or "epoch-N"), without data or optimizer
+/// (for sampling, export, inspection).
 std::pair<RunConfig, torch::nn::AnyModule> load_run_model(const std::string& dir, const std::string& device = "cpu",
                                                           const std::string& checkpoint = "best");
 

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,49 @@
 
 namespace zoo::training {
 namespace fs = std::filesystem;
+
+namespace {
+
+std::string epoch_file(int64_t epoch) { return fmt::format("epoch-{}.pt", epoch); }
+
+/// Saves `weights` (module_tensors order) through `module`, whose own weights are put back afterwards.
+void save_weights(torch::nn::Module& module, const std::vector<torch::Tensor>& weights, const std::string& path) {
+  const auto own = module_tensors(module, true);
+  load_module_tensors(module, weights);
+  try {
+    save_module(module, path);
+  } catch (...) {
+    load_module_tensors(module, own);
+    throw;
+  }
+  load_module_tensors(module, own);
+}
+
+/// The epochs of the epoch-N.pt files in `dir`.
+std::vector<int64_t> epoch_files(const fs::path& dir) {
+  std::vector<int64_t> epochs;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (name.size() > 9 && name.size() < 25 && name.rfind("epoch-", 0) == 0 && name.substr(name.size() - 3) == ".pt" &&
+        name.find_first_not_of("0123456789", 6) == name.size() - 3)
+      epochs.push_back(std::stoll(name.substr(6, name.size() - 9)));
+  }
+  std::sort(epochs.begin(), epochs.end());
+  return epochs;
+}
+
+/// Removes the epoch-N.pt files of epochs no longer in the top k (after the commit that dropped them).
+void remove_dropped_epochs(const fs::path& dir, const std::vector<std::pair<int64_t, double>>& top_k) {
+  for (const int64_t e : epoch_files(dir)) {
+    bool kept = false;
+    for (const auto& [epoch, value] : top_k) kept |= epoch == e;
+    std::error_code ec;
+    if (!kept) fs::remove(dir / epoch_file(e), ec);
+  }
+}
+
+}  // namespace
 
 RunDirectory::RunDirectory(std::string path, bool writer) : path_(std::move(path)), writer_(writer) {}
 
@@ -56,9 +100,11 @@ void RunDirectory::update_config(const std::function<void(json&)>& change) const
   write_text_atomically((fs::path(path_) / "config.json").string(), saved.dump(2) + "\n");
 }
 
-void RunDirectory::save(Trainer& trainer, bool best) const {
+void RunDirectory::save(Trainer& trainer, bool epoch_end) const {
   if (!writer_) return;
   const auto& st = trainer.state();
+  json top_k = json::array();
+  for (const auto& [epoch, value] : st.top_k) top_k.push_back({{"epoch", epoch}, {"value", value}});
   const json state = {{"epoch", st.epoch},
                       {"step", st.step},
                       {"epoch_step", st.epoch_step},
@@ -69,6 +115,12 @@ void RunDirectory::save(Trainer& trainer, bool best) const {
                       {"world_size", trainer.world_size()},
                       {"last", st.last},
                       {"final", st.final},
+                      {"top_k", top_k},
+                      {"schedule",
+                       {{"start", st.schedule_start},
+                        {"steps", st.schedule_steps},
+                        {"lr_scale", st.lr_scale},
+                        {"lr_reduced_epoch", st.lr_reduced_epoch}}},
                       {"callbacks", trainer.callback_states()},
                       {"rng_state", rng_state_hex()}};
   std::vector<CheckpointFile> files = {
@@ -80,9 +132,18 @@ void RunDirectory::save(Trainer& trainer, bool best) const {
          save_archive(archive, p);
        }},
       {"state.json", [&](const std::string& p) { write_bytes(p, state.dump(2) + "\n"); }}};
-  if (best)
-    files.insert(files.begin(), {"best.pt", [&](const std::string& p) { save_module(*trainer.model().ptr(), p); }});
+  auto& module = *trainer.model().ptr();
+  if (epoch_end && st.best_epoch == st.epoch)
+    files.insert(files.begin(), {"best.pt", [&](const std::string& p) { save_module(module, p); }});
+  if (epoch_end && trainer.options().save_top_k() > 1)
+    for (const auto& [epoch, value] : st.top_k)
+      if (epoch == st.epoch)
+        files.insert(files.begin(), {epoch_file(epoch), [&](const std::string& p) { save_module(module, p); }});
+  if (!trainer.ema_weights().empty())
+    files.insert(files.begin(),
+                 {"ema.pt", [&](const std::string& p) { save_weights(module, trainer.ema_weights(), p); }});
   write_checkpoint(path_, files);
+  if (trainer.options().save_top_k() > 1) remove_dropped_epochs(path_, st.top_k);
 }
 
 void RunDirectory::write_test(const json& final) const {
@@ -97,15 +158,32 @@ void RunDirectory::append_metrics(const json& record) const {
   log << record.dump() << "\n";
 }
 
+std::vector<std::string> RunDirectory::checkpoints() const {
+  std::vector<std::string> names{"best", "last"};
+  if (fs::exists(file("ema.pt"))) names.push_back("ema");
+  for (const int64_t e : epoch_files(path_)) names.push_back(fmt::format("epoch-{}", e));
+  return names;
+}
+
 void RunDirectory::load_weights(torch::nn::Module& module, const std::string& checkpoint) const {
-  if (checkpoint != "best" && checkpoint != "last")
-    throw std::invalid_argument(
-        fmt::format("a run holds the checkpoints best and last, not '{}'; choose one of them", checkpoint));
   const auto model_path = file("model.pt");
   if (!fs::exists(model_path))
     throw std::runtime_error(path_ + " has no model.pt yet: the run has not finished an epoch");
-  const auto best_path = file("best.pt");
-  load_module(module, checkpoint == "best" && fs::exists(best_path) ? best_path : model_path);
+  const auto held = checkpoints();
+  if (std::find(held.begin(), held.end(), checkpoint) == held.end()) {
+    std::string hint;
+    if (checkpoint == "ema") hint = " (ema exists only for a run trained with --ema)";
+    if (checkpoint.rfind("epoch-", 0) == 0) hint = " (epoch-N exists for the --save-top-k best epochs)";
+    throw std::invalid_argument(
+        fmt::format("{} holds the checkpoints {}, not '{}'{}; choose one of them with "
+                    "--checkpoint",
+                    path_, fmt::join(held, ", "), checkpoint, hint));
+  }
+  std::string path = model_path;
+  if (checkpoint == "best" && fs::exists(file("best.pt"))) path = file("best.pt");
+  if (checkpoint == "ema") path = file("ema.pt");
+  if (checkpoint.rfind("epoch-", 0) == 0) path = file(checkpoint + ".pt");
+  load_module(module, path);
 }
 
 void RunDirectory::restore(Trainer& trainer) const {
@@ -126,6 +204,13 @@ void RunDirectory::restore(Trainer& trainer) const {
     st.final = state.value("final", json::object());
     st.epoch_step = state.value("epoch_step", int64_t{0});
     st.partial = state.value("partial", json::object());
+    for (const auto& entry : state.value("top_k", json::array()))
+      st.top_k.emplace_back(entry.at("epoch").get<int64_t>(), entry.at("value").get<double>());
+    const json schedule = state.value("schedule", json::object());
+    st.schedule_start = schedule.value("start", int64_t{0});
+    st.schedule_steps = schedule.value("steps", int64_t{0});
+    st.lr_scale = schedule.value("lr_scale", 1.0);
+    st.lr_reduced_epoch = schedule.value("lr_reduced_epoch", int64_t{0});
     const int64_t saved_world = state.value("world_size", int64_t{1});
     if (st.epoch_step > 0 && saved_world != trainer.world_size())
       throw std::runtime_error(fmt::format(
@@ -141,6 +226,10 @@ void RunDirectory::restore(Trainer& trainer) const {
   if (fs::exists(run / "best.pt")) {  // the best epoch's weights, for the final test of a resumed run
     load_module(*trainer.model().ptr(), (run / "best.pt").string());
     trainer.set_best_weights(module_tensors(*trainer.model().ptr(), true));
+  }
+  if (fs::exists(run / "ema.pt") && !trainer.ema_weights().empty()) {  // the moving average goes on from here
+    load_module(*trainer.model().ptr(), (run / "ema.pt").string());
+    trainer.set_ema_weights(module_tensors(*trainer.model().ptr(), true));
   }
   load_module(*trainer.model().ptr(), (run / "model.pt").string());
   trainer.model().ptr()->to(trainer.device());
@@ -178,10 +267,11 @@ void RunDirectory::restore(Trainer& trainer) const {
   std::string text;
   for (const auto& l : keep) text += l + "\n";
   if (writer_) write_text_atomically(log_path.string(), text);
+  if (writer_ && trainer.options().save_top_k() > 1) remove_dropped_epochs(run, st.top_k);
 }
 
 void CheckpointCallback::on_epoch_end(Trainer& trainer, const json& record) {
-  dir_->save(trainer, trainer.state().best_epoch == record.value("epoch", int64_t{-1}));
+  dir_->save(trainer, true);
   dir_->append_metrics(record);
 }
 

@@ -2,11 +2,13 @@
 //
 //   RUN/config.json    model name and options, dataset, training options, library versions
 //   RUN/model.pt       parameters and buffers (TorchScript archive: torch.jit.load opens it)
+//   RUN/best.pt        the same for the best epoch by the monitored metric; RUN/epoch-N.pt for each of the
+//                      --save-top-k best epochs when that is above 1; RUN/ema.pt the --ema weights
 //   RUN/optimizer.pt   optimizer state
 //   RUN/state.json     epoch, step, best metric, last metrics, RNG state, callbacks' own state
 //   RUN/metrics.jsonl  one JSON record per epoch (a log: repaired from state.json when a run resumes)
 //
-// model.pt, optimizer.pt and state.json change together through the atomic protocol of training/checkpoint.h.
+// The .pt files, optimizer.pt and state.json change together through the atomic protocol of training/checkpoint.h.
 #pragma once
 
 #include "training/callback.h"
@@ -42,18 +44,22 @@ class RunDirectory {
   /// The path of checkpoint file `name` to read (RUN/.commit/name while a commit is pending).
   std::string file(const std::string& name) const;
 
-  /// Writes the trainer's model, optimizer and state (with every callback's state) as one checkpoint; `best`: the
-  /// model holds the best epoch's weights, which also go to best.pt in the same commit.
-  void save(Trainer& trainer, bool best = false) const;
+  /// Writes the trainer's model, optimizer, EMA weights and state (with every callback's state) as one
+  /// checkpoint. `epoch_end`: the model holds the weights of the epoch just ended, which also go to best.pt when it
+  /// is the best so far and to epoch-N.pt when it is among the top k; files of epochs that left the top k go.
+  void save(Trainer& trainer, bool epoch_end = false) const;
   /// Restores model, optimizer, loop state, callbacks' state, RNG and the best weights; repairs metrics.jsonl.
   void restore(Trainer& trainer) const;
   /// Appends an epoch's record to metrics.jsonl.
   void append_metrics(const json& record) const;
   /// Writes test.json: the selected weights' test metrics (TrainState::final).
   void write_test(const json& final) const;
-  /// Loads the weights of a checkpoint into `module`: "last" (model.pt) or "best" (best.pt; a run without a
-  /// validation split selects nothing, so its best is its last). Another name is an error listing those held.
+  /// Loads the weights of a checkpoint into `module`: "last" (model.pt), "best" (best.pt; a run without a
+  /// validation split selects nothing, so its best is its last), "ema" (ema.pt) or "epoch-N" (a top-k epoch).
+  /// Another name is an error listing those held.
   void load_weights(torch::nn::Module& module, const std::string& checkpoint = "last") const;
+  /// The checkpoints this run holds, by the names load_weights takes.
+  std::vector<std::string> checkpoints() const;
 
  private:
   void recover() const;

@@ -47,12 +47,15 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
   const auto& m = options_.monitor();
   if (m.rfind("val.", 0) == 0 && !data_.val)
     throw SettingError("train.monitor", m + " needs a validation split; give --val-fraction above 0");
-  if (options_.early_stop() > 0 && monitor().empty())
-    throw SettingError("train.early_stop",
-                       "needs a metric to watch: a validation split (--val-fraction above 0) or --monitor train.loss");
+  const std::string watch =
+      "needs a metric to watch: a validation split (--val-fraction above 0) or --monitor train.loss";
+  if (options_.early_stop() > 0 && monitor().empty()) throw SettingError("train.early_stop", watch);
+  if (options_.save_top_k() > 1 && monitor().empty()) throw SettingError("train.save_top_k", watch);
+  if (options_.schedule() == "plateau" && monitor().empty()) throw SettingError("train.schedule", "plateau " + watch);
   device_ = parse_device(options_.device());
   apply_threads(options_.threads());
   model_.ptr()->to(device_);
+  if (options_.ema() > 0) ema_ = module_tensors(*model_.ptr(), true);  // the average starts at the initial weights
   optimizer_ = make_optimizer(options_.optimizer(), model_.ptr()->parameters(), options_.lr(), options_.momentum(),
                               options_.weight_decay());
 }
@@ -113,6 +116,22 @@ void Trainer::set_epochs(int64_t epochs) {
   validate(options_);
 }
 
+void Trainer::extend(int64_t epochs, bool restart_schedule) {
+  const int64_t planned = options_.epochs();
+  if (restart_schedule && epochs <= planned)
+    throw std::invalid_argument(fmt::format(
+        "a schedule restart needs epochs beyond the {} planned: give --epochs above {} with --restart-schedule",
+        planned, planned));
+  const int64_t per_epoch = steps_per_epoch();
+  if (restart_schedule) {
+    state_.schedule_start = state_.step;
+    state_.schedule_steps = epochs * per_epoch - state_.step;
+  } else if (epochs != planned && state_.schedule_steps == 0) {
+    state_.schedule_steps = planned * per_epoch - state_.schedule_start;  // the cycle ends where it was planned to
+  }
+  set_epochs(epochs);
+}
+
 int64_t Trainer::steps_per_epoch() const {
   const int64_t shard = (data_.train->size() + world_size_ - 1) / world_size_;
   const int64_t group = options_.batch_size() * options_.accumulate();  // items per optimizer step
@@ -128,7 +147,11 @@ Schedule Trainer::schedule() const {
   s.step_size = options_.step_size();
   s.gamma = options_.gamma();
   s.warmup = options_.warmup();
-  s.total_steps = options_.epochs() * steps_per_epoch();
+  s.pct_start = options_.pct_start();
+  s.steps_per_epoch = steps_per_epoch();
+  s.start = state_.schedule_start;
+  s.total_steps = state_.schedule_steps > 0 ? state_.schedule_steps : options_.epochs() * s.steps_per_epoch - s.start;
+  s.scale = state_.lr_scale;
   return s;
 }
 
@@ -187,7 +210,36 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
   if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
   optimizer_->step();
   each([&](Callback& c) { c.after_step(*this); });
+  update_ema();
   return loss_mean;
+}
+
+void Trainer::update_ema() {
+  if (ema_.empty()) return;
+  torch::NoGradGuard no_grad;
+  const auto current = module_tensors(*model_.ptr(), false);
+  const double decay = options_.ema();
+  for (size_t i = 0; i < ema_.size(); ++i) {
+    if (ema_[i].is_floating_point())
+      ema_[i].mul_(decay).add_(current[i], 1 - decay);
+    else
+      ema_[i].copy_(current[i]);  // counters such as batch norm's num_batches_tracked
+  }
+}
+
+template <typename F>
+auto Trainer::with_weights(const std::vector<torch::Tensor>& weights, F&& f) {
+  auto& module = *model_.ptr();
+  const auto own = module_tensors(module, true);
+  load_module_tensors(module, weights);
+  try {
+    auto result = f();
+    load_module_tensors(module, own);
+    return result;
+  } catch (...) {
+    load_module_tensors(module, own);
+    throw;
+  }
 }
 
 json Trainer::train_epoch(int64_t epoch) {
@@ -223,7 +275,7 @@ json Trainer::train_epoch(int64_t epoch) {
     }
     int64_t items = 0;
     for (const auto& b : micro) items += b.size();
-    const double lr = sched.at(state_.step, epoch - 1);
+    const double lr = sched.at(state_.step);
     Terms terms;
     double loss_value = 0;
     try {
@@ -254,7 +306,7 @@ json Trainer::train_epoch(int64_t epoch) {
   state_.partial = json::object();
   return {{"epoch", epoch},
           {"step", state_.step},
-          {"lr", sched.at(std::max<int64_t>(0, state_.step - 1), epoch - 1)},
+          {"lr", sched.at(std::max<int64_t>(0, state_.step - 1))},
           {"train", sums.metrics(term_sums)},
           {"train_time_s", seconds},
           {"items_per_s", seconds > 0 ? sums.items() / seconds : 0.0}};  // items of all ranks
@@ -353,6 +405,27 @@ void Trainer::update_best(const json& record) {
     state_.best_epoch = record["epoch"].get<int64_t>();
     best_weights_ = module_tensors(*model_.ptr(), true);
   }
+  if (options_.save_top_k() > 1) update_top_k(record["epoch"].get<int64_t>(), value);
+}
+
+void Trainer::update_top_k(int64_t epoch, double value) {
+  auto& top = state_.top_k;
+  const int direction = monitor_direction();
+  // After every entry at least as good (an earlier epoch wins a tie), then cut to k.
+  auto at = top.begin();
+  while (at != top.end() && direction * (at->second - value) >= 0) ++at;
+  top.insert(at, {epoch, value});
+  if (static_cast<int64_t>(top.size()) > options_.save_top_k()) top.resize(options_.save_top_k());
+}
+
+void Trainer::update_plateau() {
+  if (options_.schedule() != "plateau" || state_.best_epoch == 0) return;
+  // As torch.optim.lr_scheduler.ReduceLROnPlateau: more than `patience` epochs without improvement since the best
+  // epoch or the last reduction lower the rate by gamma, and the count starts again.
+  if (state_.epoch - std::max(state_.best_epoch, state_.lr_reduced_epoch) > options_.plateau_patience()) {
+    state_.lr_scale *= options_.gamma();
+    state_.lr_reduced_epoch = state_.epoch;
+  }
 }
 
 bool Trainer::patience_exhausted() const {
@@ -379,6 +452,7 @@ json Trainer::test_selected() {
     if (!m.empty() && state_.best_epoch == state_.epoch) out["checkpoint"] = "best";  // the last is the best
     out["test"] = evaluate();
   }
+  if (!ema_.empty()) out["ema"] = {{"test", with_weights(ema_, [&] { return evaluate(); })}};
   return out;
 }
 
@@ -389,11 +463,21 @@ json Trainer::fit() {
   for (int64_t epoch = state_.epoch + 1; epoch <= options_.epochs(); ++epoch) {
     if (patience_exhausted()) break;  // a resumed run that had already stopped early
     json record = train_epoch(epoch);
+    const bool test_now = !data_.val || options_.eval_test_every_epoch();
     if (data_.val) record["val"] = evaluate_on(*data_.val, false);
-    if (!data_.val || options_.eval_test_every_epoch()) record["test"] = evaluate();
+    if (test_now) record["test"] = evaluate();
+    if (!ema_.empty()) {  // the averaged weights on the same splits, as their own record
+      record["ema"] = with_weights(ema_, [&] {
+        json ema = json::object();
+        if (data_.val) ema["val"] = evaluate_on(*data_.val, false);
+        if (test_now) ema["test"] = evaluate();
+        return ema;
+      });
+    }
     each([&](Callback& c) { c.on_evaluation_end(*this, record); });
     state_.epoch = epoch;
     update_best(record);
+    update_plateau();
     state_.last = record;
     each([&](Callback& c) { c.on_epoch_end(*this, record); });
     last = record;
@@ -438,10 +522,13 @@ std::string format_epoch_summary(const json& record, int64_t epochs) {
       line += fmt::format("  train {} {:.4f}", k, v.get<double>());
     }
   }
-  for (const char* split : {"val", "test"}) {
-    const json metrics = record.value(split, json::object());  // a copy: items() of a temporary would dangle
-    for (const auto& [k, v] : metrics.items())
-      if (v.is_number_float()) line += fmt::format("  {} {} {:.4f}", split, k, v.get<double>());
+  const json ema = record.value("ema", json::object());
+  for (const auto& [prefix, source] : {std::pair<std::string, const json*>{"", &record}, {"ema ", &ema}}) {
+    for (const char* split : {"val", "test"}) {
+      const json metrics = source->value(split, json::object());  // a copy: items() of a temporary would dangle
+      for (const auto& [k, v] : metrics.items())
+        if (v.is_number_float()) line += fmt::format("  {}{} {} {:.4f}", prefix, split, k, v.get<double>());
+    }
   }
   line += fmt::format(" ({}, {} items/s)", format_duration(record.value("train_time_s", 0.0)),
                       static_cast<int64_t>(record.value("items_per_s", 0.0)));

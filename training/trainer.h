@@ -48,6 +48,15 @@ struct TrainState {
   /// Once training has ended: the selected weights on test. {"checkpoint": "best" or "last", "epoch": E,
   /// "monitor": "val.accuracy", "value": v, "test": {...}} (no monitor and value without a validation split).
   json final = json::object();
+  /// --save-top-k: the (epoch, monitored value) of the best epochs kept, best first.
+  std::vector<std::pair<int64_t, double>> top_k;
+  /// The learning-rate schedule's cycle: its first step and length (0: until the planned last epoch). Extending a
+  /// run pins the length, so the added epochs go on at the last step's rate; a warm restart starts a new cycle.
+  int64_t schedule_start = 0;
+  int64_t schedule_steps = 0;
+  /// plateau: the product of the reductions so far and the epoch of the last one.
+  double lr_scale = 1.0;
+  int64_t lr_reduced_epoch = 0;
 };
 
 /// Raised when the loss stops being finite.
@@ -130,6 +139,13 @@ class Trainer {
   int64_t world_size() const { return world_size_; }
   /// Only the number of epochs can change between runs of the loop (a resumed run may go on longer).
   void set_epochs(int64_t epochs);
+  /// A resumed run that trains beyond its planned epochs: the schedule's cycle ends where it ended and the added
+  /// epochs continue at its last step's rate; with `restart_schedule` they are a new cycle of the schedule (a warm
+  /// restart: the rate goes back up to lr, on purpose).
+  void extend(int64_t epochs, bool restart_schedule);
+  /// --ema: the moving average of the weights (module_tensors order), empty without --ema; set from a checkpoint.
+  const std::vector<torch::Tensor>& ema_weights() const { return ema_; }
+  void set_ema_weights(std::vector<torch::Tensor> weights) { ema_ = std::move(weights); }
   Objective& objective() { return *objective_; }
   int64_t steps_per_epoch() const;
   /// The learning-rate schedule of the whole run.
@@ -149,6 +165,14 @@ class Trainer {
   /// stop_requested() on any rank (one tiny all-reduce per step when data-parallel).
   bool stop_agreed();
   void update_best(const json& record);
+  /// Keeps state_.top_k; plateau: lowers the rate when the monitored metric has stalled.
+  void update_top_k(int64_t epoch, double value);
+  void update_plateau();
+  /// ema = decay * ema + (1 - decay) * weights, after each optimizer step (integer buffers are copied).
+  void update_ema();
+  /// Runs `f` with `weights` loaded into the model, then puts the model's own back.
+  template <typename F>
+  auto with_weights(const std::vector<torch::Tensor>& weights, F&& f);
   template <typename F>
   void each(F&& f) {
     for (auto& c : callbacks_) f(*c);
@@ -166,6 +190,7 @@ class Trainer {
   int64_t rank_ = 0, world_size_ = 1;
   std::function<void(torch::Tensor&)> all_reduce_sum_;
   std::vector<torch::Tensor> best_weights_;
+  std::vector<torch::Tensor> ema_;
 };
 
 /// The model's parameters then buffers, in registration order (detached; `clone` copies them).

@@ -7,6 +7,8 @@
 
 #include <torch/version.h>
 
+#include <fmt/format.h>
+
 #include <catch2/catch.hpp>
 
 using nlohmann::json;
@@ -103,7 +105,10 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   REQUIRE(last.code == 0);
   CHECK(json::parse(zoo::test::last_line(last.out)) == metrics);  // one epoch: the best is the last
   CHECK_THAT(run_zoo("eval " + run).out, Catch::Contains("mlp (best checkpoint) on fashion-mnist test: accuracy"));
-  check_error(run_zoo("eval " + run + " --checkpoint epoch-1"), "--checkpoint");
+  check_error(run_zoo("eval " + run + " --checkpoint epoch-1"),
+              "holds the checkpoints best, last, not 'epoch-1' (epoch-N exists for the --save-top-k best epochs); "
+              "choose one of them with --checkpoint");
+  check_error(run_zoo("eval " + run + " --checkpoint newest"), "'newest' is not a checkpoint name", 2);
 
   auto info = run_zoo("info " + run + " --json");
   REQUIRE(info.code == 0);
@@ -143,6 +148,39 @@ TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learn
   check_error(run_zoo("train --resume " + run + " --epochs 1"), "has already trained 2 epochs");
   check_error(run_zoo("train cnn --resume " + run), "is a run of model 'mlp', not 'cnn'");
   check_error(run_zoo("train mlp --limit 100 --out " + run), "already holds a run");
+  check_error(run_zoo("train --resume " + run + " --epochs 2 --restart-schedule"),
+              "a schedule restart needs epochs beyond the 2 planned");
+}
+
+TEST_CASE("CLI: --save-top-k and --ema checkpoints, listed by info and picked by --checkpoint", "[cli][selection]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const auto run = tmp.str("run");
+  auto r = run_zoo(
+      "train mlp --epochs 3 --limit 500 --threads 2 --seed 2 --lr 0.003 --set hidden=[32] --save-top-k 2 "
+      "--monitor val.loss --ema 0.9 --no-progress --out " +
+      run);
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("  ema val accuracy ") != std::string::npos);  // the epoch line
+  CHECK(r.out.find("\nema weights: test accuracy 0.") != std::string::npos);
+  const auto state = json::parse(zoo::test::read_text(tmp.path() / "run" / "state.json"));
+  REQUIRE(state["top_k"].size() == 2);
+  const auto best = state["top_k"][0]["epoch"].get<int64_t>(), second = state["top_k"][1]["epoch"].get<int64_t>();
+  auto info = json::parse(zoo::test::last_line(run_zoo("info " + run + " --json").out));
+  std::vector<std::string> held{"best", "last", "ema", fmt::format("epoch-{}", std::min(best, second)),
+                                fmt::format("epoch-{}", std::max(best, second))};
+  CHECK(info["checkpoints"].get<std::vector<std::string>>() == held);
+  CHECK(run_zoo("info " + run).out.find("checkpoints best, last, ema, epoch-") != std::string::npos);
+  auto eval = [&](const std::string& checkpoint) {
+    auto e = run_zoo("eval " + run + " --json --checkpoint " + checkpoint);
+    INFO(e.err);
+    REQUIRE(e.code == 0);
+    return json::parse(zoo::test::last_line(e.out));
+  };
+  CHECK(eval("ema")["accuracy"] == state["final"]["ema"]["test"]["accuracy"]);
+  CHECK(eval(fmt::format("epoch-{}", best)) == eval("best"));
+  CHECK(eval("best")["accuracy"] == state["final"]["test"]["accuracy"]);
 }
 
 TEST_CASE("CLI: model.pt opens in Python with the C++ module's parameter names", "[cli][python]") {
@@ -210,6 +248,15 @@ TEST_CASE("CLI: bad input gets one clear line and a non-zero exit", "[cli][error
     check_error(run_zoo("train mlp --val-fraction 1" + out), "--val-fraction: must be below 1", 2);
     check_error(run_zoo("train mlp --val-fraction -0.5" + out), "--val-fraction", 2);
     check_error(run_zoo("train mlp --early-stop 3 --val-fraction 0" + out), "--early-stop needs a metric to watch");
+    check_error(run_zoo("train mlp --save-top-k 0" + out), "--save-top-k", 2);
+    check_error(run_zoo("train mlp --save-top-k -1" + out), "--save-top-k", 2);
+    check_error(run_zoo("train mlp --save-top-k 3 --val-fraction 0" + out), "--save-top-k needs a metric to watch");
+    check_error(run_zoo("train mlp --ema 1" + out), "--ema: must be in (0, 1)", 2);
+    check_error(run_zoo("train mlp --ema -0.5" + out), "--ema: must be in (0, 1)", 2);
+    check_error(run_zoo("train mlp --ema 0" + out), "--ema must be in (0, 1), e.g. 0.999, got 0");
+    check_error(run_zoo("train mlp --schedule plateau --val-fraction 0" + out),
+                "--schedule plateau needs a metric to watch");
+    check_error(run_zoo("train mlp --restart-schedule" + out), "--restart-schedule restarts the schedule of a resumed");
     check_error(run_zoo("train mlp --limit 4" + std::string(" --out ") + tmp.str("r")),
                 "--val-fraction 0.1 of 4 training items leaves the validation split empty");
     CHECK(!std::filesystem::exists(tmp.path() / "r"));

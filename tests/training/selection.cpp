@@ -131,7 +131,7 @@ TEST_CASE("Model selection: the best epoch on validation is saved as best.pt and
   CHECK(best_run->evaluate()["accuracy"].get<double>() == final["test"]["accuracy"].get<double>());
   CHECK(best_run->evaluate()["loss"].get<double>() == Approx(final["test"]["loss"].get<double>()).epsilon(1e-12));
   CHECK_THROWS_WITH(training::Run::open(dir, {}, "epoch-2"),
-                    Catch::Contains("holds the checkpoints best and last, not 'epoch-2'"));
+                    Catch::Contains("holds the checkpoints best, last, not 'epoch-2'"));
 }
 
 TEST_CASE(

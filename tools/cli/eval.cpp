@@ -15,8 +15,16 @@ using nlohmann::json;
 void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint) {
   cmd->add_option("--checkpoint", checkpoint,
                   "Which weights: best (the epoch the monitored validation metric was best; a run without "
-                  "validation: its last) or last")
-      ->check(CLI::IsMember({"best", "last"}))
+                  "validation: its last), last, ema (a run trained with --ema) or epoch-N (one of the --save-top-k "
+                  "best epochs; 'zoo info RUN' lists those a run holds)")
+      ->check(CLI::Validator(
+          [](std::string& name) -> std::string {
+            const bool epoch = name.rfind("epoch-", 0) == 0 && name.size() > 6 &&
+                               name.find_first_not_of("0123456789", 6) == std::string::npos;
+            if (name == "best" || name == "last" || name == "ema" || epoch) return {};
+            return "'" + name + "' is not a checkpoint name: best, last, ema or epoch-N";
+          },
+          "best|last|ema|epoch-N", "checkpoint name"))
       ->default_str("best");
 }
 
@@ -101,6 +109,8 @@ void add_info(CLI::App& app) {
                      {"epoch", state.value("best_epoch", 0)}};
       out["last"] = state.value("last", json::object());
       out["final"] = state.value("final", json::object());
+      out["checkpoints"] = training::RunDirectory(a->run, false).checkpoints();
+      out["top_k"] = state.value("top_k", json::array());
     }
     if (a->json_out) {
       fmt::print("{}\n", out.dump());
@@ -132,7 +142,17 @@ void add_info(CLI::App& app) {
     if (out["final"].contains("test"))
       fmt::print("final test  {} ({} checkpoint, epoch {})\n", format_metrics(out["final"]["test"]),
                  out["final"].value("checkpoint", std::string()), out["final"].value("epoch", int64_t{0}));
+    if (out["final"].contains("ema"))
+      fmt::print("final ema   test {}\n", format_metrics(out["final"]["ema"].value("test", json::object())));
     if (out["last"].contains("train")) fmt::print("last train  {}\n", format_metrics(out["last"]["train"]));
+    std::string held = join(out["checkpoints"].get<std::vector<std::string>>());
+    if (!out["top_k"].empty()) {
+      std::vector<std::string> ranked;
+      for (const auto& e : out["top_k"])
+        ranked.push_back(fmt::format("epoch-{} {:.4f}", e["epoch"].get<int64_t>(), e["value"].get<double>()));
+      held += " (top " + std::to_string(ranked.size()) + ": " + join(ranked) + ")";
+    }
+    fmt::print("checkpoints {}\n", held);
   });
 }
 

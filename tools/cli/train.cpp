@@ -54,6 +54,7 @@ std::string format_final(const training::TrainState& s, int64_t epochs) {
   } else {
     line += fmt::format(" (last epoch {}; no validation split, nothing selected)", s.epoch);
   }
+  if (f.contains("ema")) line += "\nema weights: test " + format_metrics(f["ema"].value("test", json::object()));
   if (f.contains("stopped")) line += "\n" + f["stopped"].get<std::string>() + fmt::format(" (of {} planned)", epochs);
   return line;
 }
@@ -64,6 +65,7 @@ struct TrainArgs {
   std::vector<std::string> set, prior_layers, data_options, task_options, callbacks;
   int64_t nproc = 1;
   double dist_timeout = 60;
+  bool restart_schedule = false;
   std::unique_ptr<SettingFlags<training::TrainOptions>> train;
   std::unique_ptr<SettingFlags<datasets::DataConfig>> data;
   std::unique_ptr<SettingFlags<training::PriorOptions>> prior;
@@ -111,6 +113,12 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   using training::Run;
   auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
   const json train_given = a.train->given();
+  if (train_given.contains("ema") && train_given["ema"].get<double>() == 0)
+    throw std::invalid_argument("--ema must be in (0, 1), e.g. 0.999, got 0; leave --ema out to train without one");
+  if (a.restart_schedule && a.resume.empty())
+    throw std::invalid_argument(
+        "--restart-schedule restarts the schedule of a resumed run: give --resume RUN and "
+        "--epochs beyond its planned epochs");
 
   if (!a.resume.empty()) {
     // A resumed run keeps its configuration: only the settings declared resumable (and --nproc) may change.
@@ -133,7 +141,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     if (a.nproc > 1) launch(a, cmd, "");
     const bool quiet = train_given.contains("progress") && !train_given["progress"].get<bool>();
     auto run = Run::resume(a.resume, train_given.value("epochs", int64_t{0}), train_given.value("threads", int64_t{-1}),
-                           quiet, join_group(a));
+                           quiet, join_group(a), a.restart_schedule);
     const bool speak = run->trainer().rank() == 0;
     const auto& st = run->trainer().state();
     if (!speak) {
@@ -232,6 +240,9 @@ void add_train(CLI::App& app) {
   cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
   cmd->add_option("--callback", a->callbacks, training::run_schema().find("callbacks")->doc + "; repeatable");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
+  cmd->add_flag("--restart-schedule", a->restart_schedule,
+                "With --resume and --epochs beyond the planned ones: the added epochs are a new cycle of the "
+                "schedule (a warm restart). Without it they go on at the schedule's last rate");
   cmd->add_option("--nproc", a->nproc,
                   "Train data-parallel with N local processes (c10d/Gloo); --batch-size is per process. Without it, "
                   "torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT make this process one rank")
