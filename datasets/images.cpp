@@ -36,12 +36,33 @@ torch::Tensor make_grid(torch::Tensor images, const GridOptions& o) {
   return grid;
 }
 
-void save_png(const torch::Tensor& image, const std::string& path) {
+namespace {
+/// [C, H, W] in [0, 1] -> uint8 [H, W, C], contiguous.
+torch::Tensor png_pixels(const torch::Tensor& image, const char* who) {
   auto t = image.detach().to(torch::kCPU, torch::kFloat32);
   if (t.dim() == 2) t = t.unsqueeze(0);
-  TORCH_CHECK(t.dim() == 3 && (t.size(0) == 1 || t.size(0) == 3 || t.size(0) == 4),
-              "save_png expects [C, H, W] with C = 1, 3 or 4, got ", image.sizes());
-  auto bytes = t.clamp(0, 1).mul(255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+  TORCH_CHECK(t.dim() == 3 && (t.size(0) == 1 || t.size(0) == 3 || t.size(0) == 4), who,
+              " expects [C, H, W] with C = 1, 3 or 4, got ", image.sizes());
+  return t.clamp(0, 1).mul(255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+}
+}  // namespace
+
+std::string encode_png(const torch::Tensor& image) {
+  auto bytes = png_pixels(image, "encode_png");
+  const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)),
+            c = static_cast<int>(bytes.size(2));
+  std::string out;
+  auto append = [](void* context, void* data, int size) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+  };
+  if (!stbi_write_png_to_func(append, &out, w, h, c, bytes.data_ptr<uint8_t>(), w * c))
+    throw std::runtime_error("encode_png: stb could not encode a " + std::to_string(w) + "x" + std::to_string(h) +
+                             " image");
+  return out;
+}
+
+void save_png(const torch::Tensor& image, const std::string& path) {
+  auto bytes = png_pixels(image, "save_png");
   const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)),
             c = static_cast<int>(bytes.size(2));
   const auto parent = std::filesystem::path(path).parent_path();

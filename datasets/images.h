@@ -21,6 +21,9 @@ torch::Tensor make_grid(torch::Tensor images, const GridOptions& options = {});
 /// Writes [C, H, W] or [H, W] values in [0, 1] (clamped) as an 8-bit PNG (C = 1 grey, 3 RGB, 4 RGBA).
 void save_png(const torch::Tensor& image, const std::string& path);
 
+/// The same image as PNG file bytes (for embedding, e.g. in TensorBoard event files).
+std::string encode_png(const torch::Tensor& image);
+
 /// make_grid + save_png.
 void save_image_grid(const torch::Tensor& images, const std::string& path, const GridOptions& options = {});
 

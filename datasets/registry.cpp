@@ -65,14 +65,22 @@ DatasetEntry idx_dataset(const std::string& name, const std::string& description
   return e;
 }
 
-const detail::DatasetRegistrar fashion_mnist{
+DatasetEntry with_classes(DatasetEntry e, std::vector<std::string> names) {
+  e.class_names = std::move(names);
+  return e;
+}
+
+const detail::DatasetRegistrar fashion_mnist{with_classes(
     idx_dataset("fashion-mnist", "Zalando Fashion-MNIST: 60,000 + 10,000 28x28 grey images, 10 classes",
-                default_fashion_mnist_dir)};
+                default_fashion_mnist_dir),
+    {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"})};
 const detail::DatasetRegistrar mnist{
-    idx_dataset("mnist", "MNIST digits in IDX format (same reader; pass --data-dir)", [] {
-      if (const char* env = std::getenv("ZOO_DATA_DIR"); env && *env) return std::string(env);
-      return std::string("/usr/share/datasets/mnist");
-    })};
+    with_classes(idx_dataset("mnist", "MNIST digits in IDX format (same reader; pass --data-dir)",
+                             [] {
+                               if (const char* env = std::getenv("ZOO_DATA_DIR"); env && *env) return std::string(env);
+                               return std::string("/usr/share/datasets/mnist");
+                             }),
+                 {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"})};
 
 }  // namespace
 }  // namespace zoo::datasets

@@ -35,6 +35,8 @@ struct DatasetEntry {
   std::string description;
   std::function<std::string()> default_dir;
   std::function<Splits(const DataConfig&)> load;
+  /// The names of the class ids of its targets (classification labels, segmentation classes); empty: not named.
+  std::vector<std::string> class_names;
 };
 
 using DatasetRegistry = ::zoo::Registry<DatasetEntry>;

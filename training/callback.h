@@ -23,6 +23,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -39,6 +40,11 @@ struct StepInfo {
   double loss = 0;       ///< this step's loss
   double mean_loss = 0;  ///< the epoch's mean loss so far
   double lr = 0;
+  const Terms* terms = nullptr;  ///< this step's logged terms (the objective's and the callbacks'), item-weighted
+  /// The global gradient norm before clipping: computed when clipping or when a callback wants_grad_norm(), else NaN.
+  double grad_norm = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0;      ///< wall time of this step (data, forward, backward, optimizer step)
+  int64_t step_items = 0;  ///< items of this step (this rank's)
 };
 
 class Callback {
@@ -46,6 +52,8 @@ class Callback {
   virtual ~Callback() = default;
   /// Its key in state.json's "callbacks" object; empty: it keeps no state.
   virtual std::string name() const { return {}; }
+  /// Whether it reads StepInfo::grad_norm (the trainer computes the norm only then, or when clipping).
+  virtual bool wants_grad_norm() const { return false; }
 
   virtual void on_fit_start(Trainer&) {}
   /// Before an epoch's first step (`first_step` > 0 when an interrupted epoch goes on).

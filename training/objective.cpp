@@ -1,6 +1,7 @@
 #include "training/objective.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <vector>
 
@@ -30,25 +31,61 @@ torch::Tensor logits_of(torch::nn::AnyModule& model, const datasets::Batch& batc
   return logits;
 }
 
+/// Loss, accuracy and, when thorough, the confusion matrix (rows: true class, columns: predicted) with each
+/// class's precision, recall and F1.
 class ClassificationEvaluator : public Evaluator {
  public:
+  explicit ClassificationEvaluator(bool thorough) : thorough_(thorough) {}
   void add(torch::nn::AnyModule& model, const datasets::Batch& batch) override {
     auto logits = logits_of(model, batch);
     loss_sum_ += torch::nn::functional::cross_entropy(
                      logits, batch.target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                      .item<double>();
-    correct_ += logits.argmax(1).eq(batch.target).sum().item<double>();
+    const auto predicted = logits.argmax(1);
+    correct_ += predicted.eq(batch.target).sum().item<double>();
     count_ += static_cast<double>(batch.size());
+    if (thorough_) {
+      const int64_t c = logits.size(1);
+      if (!confusion_.defined()) confusion_ = torch::zeros({c * c}, torch::kFloat64);
+      confusion_ +=
+          torch::bincount((batch.target.cpu() * c + predicted.cpu()).to(torch::kInt64), {}, c * c).to(torch::kFloat64);
+    }
   }
-  torch::Tensor state() const override { return torch::tensor({loss_sum_, correct_, count_}, torch::kFloat64); }
+  torch::Tensor state() const override {
+    auto sums = torch::tensor({loss_sum_, correct_, count_}, torch::kFloat64);
+    return confusion_.defined() ? torch::cat({sums, confusion_}) : sums;
+  }
   json result(const torch::Tensor& s) const override {
     auto a = s.accessor<double, 1>();
     const double n = a[2];
-    return {{"loss", n > 0 ? a[0] / n : 0.0}, {"accuracy", n > 0 ? a[1] / n : 0.0}, {"items", static_cast<int64_t>(n)}};
+    json out = {
+        {"loss", n > 0 ? a[0] / n : 0.0}, {"accuracy", n > 0 ? a[1] / n : 0.0}, {"items", static_cast<int64_t>(n)}};
+    if (s.size(0) > 3) {
+      const auto c = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(s.size(0) - 3))));
+      const auto m = s.slice(0, 3).view({c, c});
+      const auto tp = m.diagonal(), predicted = m.sum(0), actual = m.sum(1);
+      json confusion = json::array(), precision = json::array(), recall = json::array(), f1 = json::array();
+      for (int64_t i = 0; i < c; ++i) {
+        json row = json::array();
+        for (int64_t j = 0; j < c; ++j) row.push_back(static_cast<int64_t>(m[i][j].item<double>()));
+        confusion.push_back(row);
+        const double t = tp[i].item<double>(), p = predicted[i].item<double>(), r = actual[i].item<double>();
+        // A class never predicted (or never present) has no precision (recall): null, as sklearn's zero_division.
+        const json pi = p > 0 ? json(t / p) : json(nullptr), ri = r > 0 ? json(t / r) : json(nullptr);
+        precision.push_back(pi);
+        recall.push_back(ri);
+        f1.push_back(p + r > 0 ? json(2 * t / (p + r)) : json(nullptr));
+      }
+      out["confusion"] = confusion;
+      out["per_class"] = {{"precision", precision}, {"recall", recall}, {"f1", f1}};
+    }
+    return out;
   }
 
  private:
+  bool thorough_;
   double loss_sum_ = 0, correct_ = 0, count_ = 0;
+  torch::Tensor confusion_;
 };
 
 }  // namespace
@@ -60,8 +97,8 @@ torch::Tensor ClassificationObjective::loss(torch::nn::AnyModule& model, const d
   return loss;
 }
 
-std::unique_ptr<Evaluator> ClassificationObjective::evaluator(bool) const {
-  return std::make_unique<ClassificationEvaluator>();
+std::unique_ptr<Evaluator> ClassificationObjective::evaluator(bool thorough) const {
+  return std::make_unique<ClassificationEvaluator>(thorough);
 }
 
 namespace {

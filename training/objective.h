@@ -26,6 +26,8 @@ using json = nlohmann::json;
 /// keeps them as tensors and averages them (weighted by batch size) once per epoch, so logging costs no
 /// per-step synchronisation.
 using Terms = std::vector<std::pair<std::string, torch::Tensor>>;
+/// Named pictures a model makes (samples, reconstructions, predicted label maps): [3, H, W] float in [0, 1].
+using Pictures = std::vector<std::pair<std::string, torch::Tensor>>;
 
 /// Accumulates evaluation results batch by batch as running sums, so that distributed ranks can all-reduce
 /// their sums before the metrics are computed.
@@ -51,6 +53,9 @@ class Objective {
   /// The evaluation metric that decides the best epoch.
   virtual std::string primary_metric() const = 0;
   virtual bool higher_is_better() const { return true; }
+  /// Pictures of what the model does on a few items of `data` (called in eval mode, without gradient), for
+  /// loggers such as TensorBoard; none by default.
+  virtual Pictures pictures(torch::nn::AnyModule& /*model*/, const datasets::Dataset& /*data*/) const { return {}; }
 };
 
 /// Which way a metric of the built-in evaluators improves: 1 higher is better (accuracy, miou, elbo, ...), -1 lower

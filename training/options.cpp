@@ -4,7 +4,30 @@
 #include "training/optim.h"
 #include "training/threads.h"
 
+#include "core/choices.h"
+
+#include <algorithm>
+
 namespace zoo::training {
+
+const std::vector<std::string>& logger_names() {
+  static const std::vector<std::string> names{"csv", "tensorboard"};
+  return names;
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    std::string item = text.substr(start, comma - start);
+    item.erase(0, item.find_first_not_of(' '));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (!item.empty()) out.push_back(item);
+    start = comma + 1;
+  }
+  return out;
+}
 
 const Schema<TrainOptions>& train_schema() {
   static const Schema<TrainOptions> schema = [] {
@@ -76,6 +99,19 @@ const Schema<TrainOptions>& train_schema() {
           const double d = v.get<double>();
           return d == 0 || (d > 0 && d < 1) ? "" : "must be in (0, 1), e.g. 0.999 (0 = off)";
         });
+    s.add("log", ZOO_FIELD(TrainOptions, log),
+          "Loggers beside metrics.jsonl, comma-separated: csv (steps.csv, epochs.csv), tensorboard (tb/ event "
+          "files)")
+        .check([](const json& v) {
+          for (const auto& name : split_list(v.get<std::string>()))
+            if (std::find(logger_names().begin(), logger_names().end(), name) == logger_names().end())
+              return unknown_choice("logger", name, logger_names());
+          return std::string();
+        });
+    s.add("log_errors", ZOO_FIELD(TrainOptions, log_errors),
+          "A logger that cannot write: stop (before training, or at once) or warn (one line; training goes on "
+          "without it)")
+        .one_of({"stop", "warn"});
     return s;
   }();
   return schema;

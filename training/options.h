@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace zoo::training {
 
@@ -41,7 +42,14 @@ struct TrainOptions {
   TORCH_ARG(bool, eval_test_every_epoch) = false;
   TORCH_ARG(int64_t, save_top_k) = 1;  ///< keep the weights of this many best epochs (epoch-N.pt when above 1)
   TORCH_ARG(double, ema) = 0.0;        ///< decay of an exponential moving average of the weights (0 = off)
+  TORCH_ARG(std::string, log) = "";    ///< loggers beside metrics.jsonl: "csv", "tensorboard" or both, comma-separated
+  TORCH_ARG(std::string, log_errors) = "stop";  ///< a logger that cannot write: "stop" training or "warn" and go on
 };
+
+/// The loggers `log` may name: "csv", "tensorboard".
+const std::vector<std::string>& logger_names();
+/// "a, b,,c" -> {"a", "b", "c"}: the items of a comma-separated list, trimmed, empty ones dropped.
+std::vector<std::string> split_list(const std::string& text);
 
 /// Every setting of TrainOptions: name, doc, check, resumability.
 const Schema<TrainOptions>& train_schema();

@@ -1,5 +1,7 @@
 #include "training/run.h"
 
+#include "training/loggers.h"
+
 #include "core/plugins.h"
 #include "models/registry.h"
 #include "training/auxiliary.h"
@@ -108,6 +110,11 @@ void Run::build(bool train) {
   // The run's own callbacks come before the checkpoint, so the state it saves includes their epoch's update.
   for (const auto& name : config_.callbacks) trainer_->add_callback(CallbackRegistry::instance().at(name).make());
   if (trainer_->rank() == 0 && config_.train.progress()) trainer_->add_callback(std::make_shared<ProgressCallback>());
+}
+
+void Run::attach_writers() {
+  // The loggers before the checkpoint: their files are on disk when a checkpoint commits.
+  if (dir_->writer()) attach_loggers(*trainer_, dir_->path(), config_.train, to_json(config_));
   trainer_->add_callback(std::make_shared<CheckpointCallback>(dir_));
 }
 
@@ -146,6 +153,7 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
   run->build(true);
   run->trainer_->check_data_fits();
   run->dir_->create(to_json(run->config_));
+  run->attach_writers();
   // Epoch 0: from now on the directory always holds a loadable checkpoint, whenever the process dies.
   run->dir_->save(*run->trainer_);
   return run;
@@ -162,6 +170,7 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   if (quiet) run->config_.train.progress(false);
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build(true);
+  run->attach_writers();
   // Rank 0 repairs the directory if needed (rolls a half-committed checkpoint forward) before the others read it.
   const bool parallel = run->group_ && run->group_->world_size() > 1;
   if (parallel && !writer) run->group_->barrier();

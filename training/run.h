@@ -78,6 +78,8 @@ class Run {
   Run() = default;
   /// Model, objective, data and trainer from config_, with the callbacks every run has.
   void build(bool train);
+  /// The callbacks that write into the run directory (loggers, then checkpoints), once it exists.
+  void attach_writers();
   RunConfig config_;
   std::shared_ptr<RunDirectory> dir_;
   std::unique_ptr<Trainer> trainer_;

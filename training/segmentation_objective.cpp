@@ -1,5 +1,7 @@
 #include "training/segmentation_objective.h"
 
+#include "datasets/images.h"
+
 #include <stdexcept>
 
 namespace zoo::training {
@@ -196,5 +198,21 @@ const detail::ObjectiveRegistrar segment{
       return std::make_shared<SegmentationObjective>(segmentation_options_from_json(task_options));
     }};
 }  // namespace
+
+Pictures SegmentationObjective::pictures(torch::nn::AnyModule& model, const datasets::Dataset& data) const {
+  const auto device = model.ptr()->parameters().front().device();
+  const auto batch = data.get(torch::arange(std::min<int64_t>(4, data.size()))).to(device);
+  if (batch.input.dim() != 4) return {};  // volumes: no flat picture
+  const auto predicted = model.forward(batch.input).argmax(1).cpu();
+  auto images = batch.input.cpu().to(torch::kFloat32);
+  if (images.size(1) == 1) images = images.expand({-1, 3, -1, -1});
+  std::vector<torch::Tensor> tiles;
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    tiles.push_back(images[i].slice(0, 0, 3));
+    tiles.push_back(datasets::colorize_labels(batch.target.cpu()[i]));
+    tiles.push_back(datasets::colorize_labels(predicted[i]));
+  }
+  return {{"segments", datasets::make_grid(torch::stack(tiles), datasets::GridOptions().nrow(3))}};
+}
 
 }  // namespace zoo::training

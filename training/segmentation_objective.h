@@ -33,6 +33,8 @@ class SegmentationObjective : public Objective {
   torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) override;
   std::unique_ptr<Evaluator> evaluator(bool thorough) const override;
   std::string primary_metric() const override { return "miou"; }
+  /// "segments": the first 4 items of 2-D data, each as image, true and predicted label maps.
+  Pictures pictures(torch::nn::AnyModule& model, const datasets::Dataset& data) const override;
 
  private:
   SegmentationOptions options_;

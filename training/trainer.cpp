@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -207,7 +208,15 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
     }
   }
   each([&](Callback& c) { c.after_backward(*this); });
-  if (options_.clip_grad() > 0) torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
+  grad_norm_ = std::numeric_limits<double>::quiet_NaN();
+  if (options_.clip_grad() > 0) {
+    grad_norm_ = torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
+  } else if (std::any_of(callbacks_.begin(), callbacks_.end(), [](const auto& c) { return c->wants_grad_norm(); })) {
+    std::vector<torch::Tensor> norms;
+    for (const auto& p : model_.ptr()->parameters())
+      if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0));
+    if (!norms.empty()) grad_norm_ = torch::stack(norms).norm(2.0).item<double>();
+  }
   optimizer_->step();
   each([&](Callback& c) { c.after_step(*this); });
   update_ema();
@@ -218,7 +227,10 @@ void Trainer::update_ema() {
   if (ema_.empty()) return;
   torch::NoGradGuard no_grad;
   const auto current = module_tensors(*model_.ptr(), false);
-  const double decay = options_.ema();
+  // The warm-up of TensorFlow's ExponentialMovingAverage(num_updates): the average forgets the random initial
+  // weights within the first steps instead of carrying them for ~1/(1 - decay) steps.
+  const auto t = static_cast<double>(state_.step);  // updates so far
+  const double decay = std::min(options_.ema(), (1 + t) / (10 + t));
   for (size_t i = 0; i < ema_.size(); ++i) {
     if (ema_[i].is_floating_point())
       ema_[i].mul_(decay).add_(current[i], 1 - decay);
@@ -263,6 +275,7 @@ json Trainer::train_epoch(int64_t epoch) {
   each([&](Callback& c) { c.on_epoch_start(*this, epoch, first_step, steps); });
   const int64_t batch_size = options_.batch_size(), group = batch_size * options_.accumulate();
   for (int64_t s = first_step; s < steps; ++s) {
+    const auto step_start = std::chrono::steady_clock::now();
     const int64_t lo = s * group;
     const int64_t hi = std::min<int64_t>(lo + group, order.size(0));
     // The step's items in micro-batches of batch_size; a last micro-batch of one joins the one before (batch norm).
@@ -288,7 +301,11 @@ json Trainer::train_epoch(int64_t epoch) {
     ++state_.step;
 
     sums.add(loss_value, static_cast<double>(items), terms);
-    const StepInfo info{epoch, s + 1, steps, static_cast<int64_t>(sums.items()), loss_value, sums.mean_loss(), lr};
+    StepInfo info{epoch, s + 1, steps, static_cast<int64_t>(sums.items()), loss_value, sums.mean_loss(), lr};
+    info.terms = &terms;
+    info.grad_norm = grad_norm_;
+    info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    info.step_items = items;
     each([&](Callback& c) { c.on_batch_end(*this, info); });
     if (stop_agreed() && s + 1 < steps) {
       each([&](Callback& c) { c.on_train_end(*this); });
@@ -346,6 +363,22 @@ json Trainer::evaluate(bool thorough) { return evaluate_on(*data_.test, thorough
 json Trainer::evaluate_validation(bool thorough) {
   TORCH_CHECK(data_.val, "this run has no validation split");
   return evaluate_on(*data_.val, thorough);
+}
+
+Pictures Trainer::pictures() {
+  auto& module = *model_.ptr();
+  const bool was_training = module.is_training();
+  module.eval();
+  torch::NoGradGuard no_grad;
+  Pictures out;
+  try {
+    out = objective_->pictures(model_, data_.val ? *data_.val : *data_.test);
+  } catch (...) {
+    module.train(was_training);
+    throw;
+  }
+  module.train(was_training);
+  return out;
 }
 
 json Trainer::evaluate_on(const datasets::Dataset& data, bool thorough) {

@@ -114,6 +114,9 @@ class Trainer {
   json evaluate(bool thorough = false);
   /// Metrics on the validation split (an error when there is none).
   json evaluate_validation(bool thorough = false);
+  /// The objective's pictures (Objective::pictures) of the validation split's first items (the test split's
+  /// without validation), the model in eval mode; the model is left as it was.
+  Pictures pictures();
   /// The metric that picks the best epoch, "val.accuracy" or "train.loss"; empty: nothing is selected (no
   /// validation split and no train.* metric asked for).
   std::string monitor() const;
@@ -168,7 +171,8 @@ class Trainer {
   /// Keeps state_.top_k; plateau: lowers the rate when the monitored metric has stalled.
   void update_top_k(int64_t epoch, double value);
   void update_plateau();
-  /// ema = decay * ema + (1 - decay) * weights, after each optimizer step (integer buffers are copied).
+  /// ema = d * ema + (1 - d) * weights after each optimizer step, d = min(decay, (1 + t) / (10 + t)) for the t-th
+  /// update (integer buffers are copied).
   void update_ema();
   /// Runs `f` with `weights` loaded into the model, then puts the model's own back.
   template <typename F>
@@ -191,6 +195,7 @@ class Trainer {
   std::function<void(torch::Tensor&)> all_reduce_sum_;
   std::vector<torch::Tensor> best_weights_;
   std::vector<torch::Tensor> ema_;
+  double grad_norm_ = std::numeric_limits<double>::quiet_NaN();  ///< the last step's (StepInfo::grad_norm)
 };
 
 /// The model's parameters then buffers, in registration order (detached; `clone` copies them).

@@ -1,5 +1,7 @@
 #include "training/vae_objective.h"
 
+#include "datasets/images.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 
 namespace zoo::training {
@@ -94,6 +96,22 @@ const detail::ObjectiveRegistrar vae{"vae", [](const json& model_options, const 
 
 std::unique_ptr<Evaluator> VAEObjective::evaluator(bool thorough) const {
   return std::make_unique<VAEEvaluator>(binarize_, iwae_samples_, thorough);
+}
+
+Pictures VAEObjective::pictures(torch::nn::AnyModule& model, const datasets::Dataset& data) const {
+  auto& vae = latent_model(model);
+  const auto device = model.ptr()->parameters().front().device();
+  auto generator = at::detail::createCPUGenerator(20261203);
+  const auto z = torch::randn({16, vae.latent_size()}, generator, torch::kFloat32).to(device);
+  Pictures out;
+  out.emplace_back("samples",
+                   datasets::make_grid(torch::sigmoid(vae.decode(z)).cpu(), datasets::GridOptions().nrow(8)));
+  const auto batch = data.get(torch::arange(std::min<int64_t>(8, data.size()))).to(device);
+  const auto mu = std::get<0>(vae.encode(batch.input));
+  const auto recon = torch::sigmoid(vae.decode(mu));
+  out.emplace_back("reconstructions", datasets::make_grid(torch::cat({batch.input, recon}).cpu(),
+                                                          datasets::GridOptions().nrow(batch.size())));
+  return out;
 }
 
 }  // namespace zoo::training

@@ -17,6 +17,9 @@ class VAEObjective : public Objective {
   torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) override;
   std::unique_ptr<Evaluator> evaluator(bool thorough) const override;
   std::string primary_metric() const override { return "elbo"; }
+  /// "samples": 16 decodings of z ~ N(0, I) (a fixed seed, so epochs compare); "reconstructions": the first 8
+  /// items over their reconstructions (the decoded means).
+  Pictures pictures(torch::nn::AnyModule& model, const datasets::Dataset& data) const override;
 
   /// The model as a GaussianLatentModel, or an error naming what is missing.
   static models::GaussianLatentModel& latent_model(torch::nn::AnyModule& model);

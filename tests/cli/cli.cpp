@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include <set>
+
 #include <catch2/catch.hpp>
 
 using nlohmann::json;
@@ -181,6 +183,67 @@ TEST_CASE("CLI: --save-top-k and --ema checkpoints, listed by info and picked by
   CHECK(eval("ema")["accuracy"] == state["final"]["ema"]["test"]["accuracy"]);
   CHECK(eval(fmt::format("epoch-{}", best)) == eval("best"));
   CHECK(eval("best")["accuracy"] == state["final"]["test"]["accuracy"]);
+}
+
+TEST_CASE("CLI: zoo plot of runs, eval --per-class and --confusion, lr-find", "[cli][loggers]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const auto a = tmp.str("a"), b = tmp.str("b");
+  for (const auto& [dir, seed] : {std::pair{a, 1}, std::pair{b, 2}}) {
+    auto r = run_zoo("train mlp --epochs 2 --limit 1000 --threads 2 --no-progress --log csv --seed " +
+                     std::to_string(seed) + " --out " + dir);
+    INFO(r.err);
+    REQUIRE(r.code == 0);
+  }
+  auto plot = run_zoo("plot " + a + " " + b + " --out " + tmp.str("curves.png"));
+  INFO(plot.err);
+  REQUIRE(plot.code == 0);
+  CHECK_THAT(plot.out, Catch::Contains("wrote " + tmp.str("curves.png") + " (loss, accuracy for 2 run(s))"));
+  CHECK(std::filesystem::file_size(tmp.path() / "curves.png") > 5000);
+  const auto script = zoo::test::read_text(tmp.path() / "curves.gp");
+  CHECK_THAT(script, Catch::Contains("'a validation'") && Catch::Contains("'b train'"));
+  auto steps = run_zoo("plot " + a + " --x step --metric loss --out " + tmp.str("steps.png"));
+  REQUIRE(steps.code == 0);
+  CHECK_THAT(zoo::test::read_text(tmp.path() / "steps.gp"), Catch::Contains("'train (per step)'"));
+  check_error(run_zoo("plot " + a + " --metric miou --out " + tmp.str("x.png")),
+              "no run here has the metric 'miou'; they have: accuracy, loss");
+  check_error(run_zoo("plot " + tmp.str() + " --out " + tmp.str("x.png")), "is not a zoo run directory");
+
+  auto per_class = run_zoo("eval " + a + " --per-class");
+  REQUIRE(per_class.code == 0);
+  CHECK_THAT(per_class.out, Catch::Contains("precision  recall") && Catch::Contains("\nAnkle boot ") &&
+                                Catch::Contains("\nT-shirt/top "));
+  auto j = json::parse(zoo::test::last_line(run_zoo("eval " + a + " --per-class --json").out));
+  REQUIRE(j["confusion"].size() == 10);
+  int64_t total = 0, right = 0;
+  for (size_t i = 0; i < 10; ++i)
+    for (size_t k = 0; k < 10; ++k) {
+      total += j["confusion"][i][k].get<int64_t>();
+      if (i == k) right += j["confusion"][i][k].get<int64_t>();
+    }
+  CHECK(total == 1000);
+  CHECK(static_cast<double>(right) / 1000 == Approx(j["accuracy"].get<double>()));
+  CHECK(j["per_class"]["class"][9] == "Ankle boot");
+  CHECK_FALSE(json::parse(zoo::test::last_line(run_zoo("eval " + a + " --json").out)).contains("confusion"));
+  REQUIRE(run_zoo("eval " + a + " --confusion " + tmp.str("confusion.png")).code == 0);
+  CHECK(std::filesystem::file_size(tmp.path() / "confusion.png") > 5000);
+
+  // In a directory of its own: lr-find writes its CSV and plot there, and no run.
+  std::filesystem::create_directories(tmp.path() / "find");
+  auto lr = zoo::test::run_command("cd " + tmp.str("find") + " && " + ZOO_BIN +
+                                   " lr-find mlp --limit 1000 --steps 40 --start-lr 1e-5 --end-lr 10");
+  INFO(lr.out << lr.err);
+  REQUIRE(lr.code == 0);
+  CHECK_THAT(lr.out, Catch::Contains("suggested learning rate: "));
+  std::set<std::string> written;
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path() / "find"))
+    written.insert(e.path().filename().string());
+  CHECK(written == std::set<std::string>{"lr_find.csv", "lr_find.gp", "lr_find.png"});
+  CHECK(zoo::test::count_lines(zoo::test::read_text(tmp.path() / "find" / "lr_find.csv")) >= 21);
+  check_error(run_zoo("lr-find mlp --limit 500 --optimizer sgd --momentum 0 --start-lr 1e6 --end-lr 1e9 --out " +
+                      tmp.str("lr2")),
+              "lr-find has nothing to suggest");
+  check_error(run_zoo("lr-find mlp --start-lr 1 --end-lr 0.1"), "--end-lr (0.1) must be above --start-lr (1)");
 }
 
 TEST_CASE("CLI: model.pt opens in Python with the C++ module's parameter names", "[cli][python]") {

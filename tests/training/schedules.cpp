@@ -41,8 +41,9 @@ bool same_file_tensors(const std::string& a, const std::string& b) {
 /// The learning rate of every optimizer step the trainer takes from now on.
 std::shared_ptr<std::vector<double>> record_rates(training::Trainer& trainer) {
   auto rates = std::make_shared<std::vector<double>>();
-  trainer.add_gradient_hook(
-      [rates, &trainer](torch::nn::Module&) { rates->push_back(trainer.optimizer().param_groups()[0].options().get_lr()); });
+  trainer.add_gradient_hook([rates, &trainer](torch::nn::Module&) {
+    rates->push_back(trainer.optimizer().param_groups()[0].options().get_lr());
+  });
   return rates;
 }
 
@@ -72,10 +73,16 @@ TEST_CASE("Schedules: plateau lowers the rate on a stalled metric as torch's Red
   auto y = torch::randint(0, 10, {8}, torch::kInt64);
   datasets::Splits data{std::make_shared<datasets::TensorDataset>(x, y, "eight"),
                         std::make_shared<datasets::TensorDataset>(x, y, "eight")};
-  training::Trainer trainer(
-      torch::nn::AnyModule(models::MLP()), objective, data,
-      quiet().epochs(10).batch_size(8).optimizer("sgd").lr(0.1).schedule("plateau").plateau_patience(1).gamma(0.5).monitor(
-          "train.loss"));
+  training::Trainer trainer(torch::nn::AnyModule(models::MLP()), objective, data,
+                            quiet()
+                                .epochs(10)
+                                .batch_size(8)
+                                .optimizer("sgd")
+                                .lr(0.1)
+                                .schedule("plateau")
+                                .plateau_patience(1)
+                                .gamma(0.5)
+                                .monitor("train.loss"));
   auto rates = record_rates(trainer);
   trainer.fit();
   CHECK(*rates == std::vector<double>{0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025});
@@ -92,11 +99,10 @@ TEST_CASE("Schedules: plateau's state is in the checkpoint, so a resumed run low
   const auto options = quiet().epochs(4).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0);
   auto straight = training::Run::create(zoo::test::small_run("mlp", 200, options), tmp.str("straight"));
   straight->fit();
-  auto half = training::Run::create(zoo::test::small_run("mlp", 200, quiet().epochs(2).seed(4).schedule("plateau")
-                                                                         .plateau_patience(0)
-                                                                         .gamma(0.5)
-                                                                         .min_delta(1.0)),
-                                    tmp.str("resumed"));
+  auto half = training::Run::create(
+      zoo::test::small_run("mlp", 200,
+                           quiet().epochs(2).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0)),
+      tmp.str("resumed"));
   half->fit();
   auto resumed = training::Run::resume(tmp.str("resumed"), 4);
   resumed->fit();
@@ -198,25 +204,32 @@ TEST_CASE("Top-k checkpoints: the k best epochs by the monitored metric are kept
   resumed->fit();
   CHECK(resumed->trainer().state().top_k == st.top_k);
   for (const auto& f : expected) CHECK(same_file_tensors(dir + "/" + f, tmp.str("resumed/" + f)));
-  CHECK(training::RunDirectory(tmp.str("resumed"), false).checkpoints() == training::RunDirectory(dir, false).checkpoints());
+  CHECK(training::RunDirectory(tmp.str("resumed"), false).checkpoints() ==
+        training::RunDirectory(dir, false).checkpoints());
 }
 
 TEST_CASE("EMA: the moving average of the weights step by step by hand, evaluated and saved as its own checkpoint",
           "[selection][checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  const double decay = 0.8;
+  const double decay = 0.3;  // reached from the 4th step on: before it the warm-up's (1 + t) / (10 + t) is smaller
   const auto options = quiet().epochs(2).seed(9).batch_size(50).lr(0.01).ema(decay);
   const auto dir = tmp.str("run");
   auto run = training::Run::create(zoo::test::small_run("mlp", 200, options), dir);
-  // By hand: ema_0 = the initial weights, ema_t = decay ema_{t-1} + (1 - decay) w_t after each step t.
+  // By hand: ema = the initial weights, then after step t (0, 1, ...) ema = d_t ema + (1 - d_t) w with
+  // d_t = min(decay, (1 + t) / (10 + t)).
   auto& module = *run->model().ptr();
   std::vector<torch::Tensor> expected;
   for (const auto& p : module.parameters()) expected.push_back(p.detach().clone().to(torch::kFloat64));
+  int64_t t = 0;
+  std::vector<double> decays;
   run->trainer().add_step_hook([&](torch::nn::Module& m) {
+    const double d = std::min(decay, (1.0 + t) / (10.0 + t));
+    decays.push_back(d);
+    ++t;
     auto params = m.parameters();
     for (size_t i = 0; i < params.size(); ++i)
-      expected[i] = decay * expected[i] + (1 - decay) * params[i].detach().to(torch::kFloat64);
+      expected[i] = d * expected[i] + (1 - d) * params[i].detach().to(torch::kFloat64);
   });
   run->fit();
   const auto& ema = run->trainer().ema_weights();
@@ -224,6 +237,9 @@ TEST_CASE("EMA: the moving average of the weights step by step by hand, evaluate
   for (size_t i = 0; i < expected.size(); ++i)
     CHECK(torch::allclose(ema[i].to(torch::kFloat64), expected[i], 1e-5, 1e-6));
   CHECK_FALSE(torch::allclose(ema[0], module.parameters()[0]));  // not the weights themselves
+  REQUIRE(decays.size() == 8);
+  CHECK(decays[0] == Approx(0.1));
+  CHECK(decays[3] == decay);
 
   // Evaluated on validation each epoch and on test at the end, as its own weights: ema.pt.
   const auto log = metrics_log(dir);
@@ -238,7 +254,8 @@ TEST_CASE("EMA: the moving average of the weights step by step by hand, evaluate
 
   // A run stopped after epoch 1 and resumed goes on from the saved average: the same ema.pt.
   auto part = training::Run::create(
-      zoo::test::small_run("mlp", 200, quiet().epochs(1).seed(9).batch_size(50).lr(0.01).ema(decay)), tmp.str("resumed"));
+      zoo::test::small_run("mlp", 200, quiet().epochs(1).seed(9).batch_size(50).lr(0.01).ema(decay)),
+      tmp.str("resumed"));
   part->fit();
   training::Run::resume(tmp.str("resumed"), 2)->fit();
   CHECK(same_file_tensors(dir + "/ema.pt", tmp.str("resumed/ema.pt")));

@@ -4,6 +4,8 @@
 //   build/bin/zoo_bench --benchmark_filter=Foundation
 #include "datasets/mnist.h"
 #include "models/mlp.h"
+#include "models/registry.h"
+#include "training/loggers.h"
 #include "training/trainer.h"
 
 #include <benchmark/benchmark.h>
@@ -70,6 +72,42 @@ void FoundationTrainerOverhead(benchmark::State& state) {
   state.counters["overhead_pct"] = 100.0 * (trainer_s - bare_s) / bare_s;
 }
 BENCHMARK(FoundationTrainerOverhead)->Unit(benchmark::kSecond)->Iterations(5);
+
+// The loggers' cost (--log tensorboard,csv) on the default cnn: one epoch of 6,400 synthetic images, batch 64,
+// with and without them, interleaved (these machines' speed drifts by minutes).
+void FoundationLoggerOverhead(benchmark::State& state) {
+  torch::manual_seed(0);
+  const int64_t n = 6400;
+  auto inputs = torch::rand({n, 1, 28, 28});
+  auto targets = torch::randint(0, 10, {n}, torch::kInt64);
+  auto data = std::make_shared<datasets::TensorDataset>(inputs, targets, "synthetic");
+  datasets::Splits splits{
+      data, std::make_shared<datasets::TensorDataset>(inputs.slice(0, 0, 500), targets.slice(0, 0, 500), "synthetic")};
+  const auto dir = std::filesystem::temp_directory_path() / "zoo_bench_loggers";
+  double plain_s = 0, logged_s = 0;
+  for (auto _ : state) {
+    for (const bool logged : {false, true}) {
+      std::filesystem::remove_all(dir);
+      std::filesystem::create_directories(dir);
+      auto [model, options] = models::build_model("cnn");
+      training::Trainer trainer(
+          model, std::make_shared<training::ClassificationObjective>(), splits,
+          training::TrainOptions().batch_size(64).progress(false).threads(torch::get_num_threads()));
+      if (logged) {
+        auto with_logs = trainer.options();
+        training::attach_loggers(trainer, dir.string(), with_logs.log("tensorboard,csv"), nlohmann::json::object());
+      }
+      const double seconds = trainer.fit()["train_time_s"].get<double>();
+      (logged ? logged_s : plain_s) += seconds;
+    }
+  }
+  std::filesystem::remove_all(dir);
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["items_per_s_plain"] = static_cast<double>(n) * iterations / plain_s;
+  state.counters["items_per_s_logged"] = static_cast<double>(n) * iterations / logged_s;
+  state.counters["overhead_pct"] = 100.0 * (logged_s - plain_s) / plain_s;
+}
+BENCHMARK(FoundationLoggerOverhead)->Unit(benchmark::kSecond)->Iterations(5);
 
 }  // namespace
 

@@ -1,10 +1,12 @@
 #include "datasets/registry.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
+#include "tools/cli/plot.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -28,17 +30,83 @@ void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint) {
       ->default_str("best");
 }
 
+namespace {
+
+/// The class names of a dataset, or the ids as text where it names none.
+std::vector<std::string> class_labels(const std::string& dataset, size_t classes) {
+  std::vector<std::string> names;
+  if (datasets::DatasetRegistry::instance().contains(dataset))
+    names = datasets::DatasetRegistry::instance().at(dataset).class_names;
+  while (names.size() < classes) names.push_back(std::to_string(names.size()));
+  names.resize(classes);
+  return names;
+}
+
+std::string cell(const json& v) { return v.is_null() ? "-" : fmt::format("{:.4f}", v.get<double>()); }
+
+/// The per-class table of `zoo eval --per-class`.
+void print_per_class(const json& metrics, const std::vector<std::string>& names) {
+  const json& pc = metrics["per_class"];
+  const json& confusion = metrics["confusion"];
+  size_t width = 5;
+  for (const auto& n : names) width = std::max(width, n.size());
+  fmt::print("{:<{}}  precision  recall     f1         support\n", "class", width);
+  for (size_t i = 0; i < names.size(); ++i) {
+    int64_t support = 0;
+    for (const auto& v : confusion[i]) support += v.get<int64_t>();
+    fmt::print("{:<{}}  {:<9}  {:<9}  {:<9}  {}\n", names[i], width, cell(pc["precision"][i]), cell(pc["recall"][i]),
+               cell(pc["f1"][i]), support);
+  }
+}
+
+/// The confusion matrix as a labelled heat map (gnuplot): true class down, predicted across, counts in the cells.
+void draw_confusion(const json& confusion, const std::vector<std::string>& names, const std::string& title,
+                    const std::string& png) {
+  const size_t c = names.size();
+  auto quoted = [](const std::string& text) {
+    std::string out = "\"";
+    for (const char ch : text) out += ch == '"' || ch == '\\' ? std::string("\\") + ch : std::string(1, ch);
+    return out + "\"";
+  };
+  std::string tics;
+  for (size_t i = 0; i < c; ++i) tics += (i ? ", " : "") + quoted(names[i]) + " " + std::to_string(i);
+  int64_t largest = 1;
+  for (const auto& row : confusion)
+    for (const auto& v : row) largest = std::max(largest, v.get<int64_t>());
+  std::string data = "$m << EOD\n";
+  for (size_t i = 0; i < c; ++i)
+    for (size_t j = 0; j < c; ++j) {
+      const int64_t n = confusion[i][j].get<int64_t>();
+      data += fmt::format("{} {} {} {}\n", j, i, n, n * 2 > largest ? "white" : "black");
+    }
+  data += "EOD\n";
+  const std::string script = fmt::format(
+      "set title {}\nset xlabel 'predicted'\nset ylabel 'true'\nset xtics ({}) rotate by 45 right\n"
+      "set ytics ({})\nset xrange [-0.5:{}]\nset yrange [{}:-0.5]\nset palette defined (0 'white', 1 '#08306b')\n"
+      "set cbrange [0:{}]\nunset key\nset size ratio 1\nset tics nomirror\n"
+      "plot $m using 1:2:3 with image, $m using 1:2:(sprintf('%d', $3)):(strcol(4) eq 'white' ? 0xffffff : 0) "
+      "with labels tc rgb variable font ',8'\n",
+      quoted(title), tics, tics, c - 0.5, c - 0.5, largest);
+  const int size = static_cast<int>(std::max<size_t>(560, 60 * c + 200));
+  run_gnuplot(data + script, png, fmt::format("{},{}", size, size));
+}
+
+}  // namespace
+
 void add_eval(CLI::App& app) {
   struct Args {
-    std::string run, data_dir, device, checkpoint = "best";
+    std::string run, data_dir, device, checkpoint = "best", confusion;
     int64_t limit = 0, threads = 0, batch_size = 0;
-    bool json_out = false;
+    bool json_out = false, per_class = false;
     std::vector<std::string> set;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "Evaluate a run's model on the test split");
   cmd->add_option("run", a->run, "Run directory")->required();
   cmd->add_flag("--json", a->json_out, "Print the metrics as one JSON object on the last line");
+  cmd->add_flag("--per-class", a->per_class,
+                "Classifiers: each class's precision, recall and F1 (with --json: per_class and confusion)");
+  cmd->add_option("--confusion", a->confusion, "Classifiers: draw the confusion matrix as a labelled heat map (PNG)");
   add_checkpoint_option(cmd, a->checkpoint);
   cmd->add_option("--data-dir", a->data_dir, "Data directory (default: the run's)");
   cmd->add_option("--limit", a->limit, "First N test items (default: the run's; 0 = all)")->check(non_negative());
@@ -66,7 +134,29 @@ void add_eval(CLI::App& app) {
           if (!a->set.empty()) c.options = entry.complete_options(c.options);
         },
         a->checkpoint);
-    const json metrics = run->evaluate(/*thorough=*/true);
+    json metrics = run->evaluate(/*thorough=*/true);
+    const bool diagnostics = a->per_class || !a->confusion.empty();
+    if (diagnostics && !metrics.contains("confusion"))
+      throw std::invalid_argument(fmt::format("--per-class and --confusion are for classifiers; {} is a '{}' model",
+                                              run->config().model, run->config().task));
+    const json confusion = metrics.value("confusion", json());
+    const json per_class = metrics.value("per_class", json());
+    metrics.erase("confusion");  // printed only when asked for
+    metrics.erase("per_class");
+    std::vector<std::string> names;
+    if (diagnostics) names = class_labels(run->config().data.name, confusion.size());
+    if (!a->confusion.empty()) {
+      draw_confusion(confusion, names,
+                     fmt::format("{} ({}) on {} test", run->config().model, a->checkpoint, run->config().data.name),
+                     a->confusion);
+      if (!a->json_out) fmt::print("wrote {}\n", a->confusion);
+    }
+    if (a->per_class && !a->json_out) print_per_class({{"per_class", per_class}, {"confusion", confusion}}, names);
+    if (a->per_class && a->json_out) {
+      metrics["per_class"] = per_class;
+      metrics["per_class"]["class"] = names;
+      metrics["confusion"] = confusion;
+    }
     if (a->json_out) {
       fmt::print("{}\n", metrics.dump());
     } else {

@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
   zoo::cli::add_list(app);
   zoo::cli::add_train(app);
   zoo::cli::add_eval(app);
+  zoo::cli::add_plot(app);
+  zoo::cli::add_lr_find(app);
   zoo::cli::add_info(app);
   zoo::cli::add_generate(app);
   zoo::cli::add_segment(app);

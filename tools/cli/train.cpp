@@ -1,7 +1,10 @@
 #include "models/registry.h"
 #include "tools/cli/cli.h"
+#include "tools/cli/plot.h"
 #include "tools/cli/settings.h"
+#include "training/auxiliary.h"
 #include "training/checkpoint.h"
+#include "training/lr_find.h"
 #include "training/optim.h"
 #include "training/run.h"
 
@@ -109,6 +112,55 @@ std::shared_ptr<training::ProcessGroup> join_group(const TrainArgs& a) {
   return std::make_shared<training::ProcessGroup>(*options);
 }
 
+/// The run configuration the flags describe: a --config file (model options or a run's config.json), the model's
+/// recommended settings, then every flag given.
+training::RunConfig config_from_flags(const TrainArgs& a) {
+  training::RunConfig config;
+  json base_train = json::object();
+  if (!a.config.empty()) {
+    json file = training::read_json_file(a.config);
+    if (file.is_object() && file.contains("model") && file.contains("options")) {  // a run's config.json
+      auto saved = training::run_config_from_json(file, a.config);
+      load_plugins(saved.plugins, a.config);  // the plugins that run needed
+      base_train = training::to_json(saved.train);
+      saved.versions = json::object();
+      config = saved;
+    } else if (file.is_object()) {
+      config.options = file;
+    } else {
+      throw std::invalid_argument(a.config + " must hold a JSON object of model options");
+    }
+  }
+  if (!a.model.empty()) {
+    if (!config.model.empty() && config.model != a.model) config.options = json::object();
+    config.model = a.model;
+  }
+  if (config.model.empty()) config.model = "cnn";
+  const auto& entry = models::ModelRegistry::instance().at(config.model);
+  if (a.config.empty() || base_train.empty()) config.data.name = entry.dataset;
+  for (const auto& item : a.set) {
+    auto [key, value] = parse_set(item);
+    config.options = models::merge_options(entry, config.options, {{key, value}});
+  }
+  // The model's recommended settings (or a run's), then the flags given.
+  config.train = training::train_options_from_json(base_train.empty() ? entry.train_defaults : base_train);
+  config.train = training::train_options_from_json(a.train->given(), config.train);
+  config.data = datasets::data_schema().from_json(a.data->given(), config.data);
+  config.prior = training::prior_schema().from_json(a.prior->given(), config.prior);
+  for (const auto& layer : a.prior_layers) config.prior.layers.push_back(training::parse_prior_layer(layer));
+  for (const auto& item : a.data_options) {
+    auto [key, value] = parse_set(item, "--data-option");
+    config.data.options[key] = value;
+  }
+  for (const auto& item : a.task_options) {
+    auto [key, value] = parse_set(item, "--task-option");
+    config.task_options[key] = value;
+  }
+
+  config.callbacks.insert(config.callbacks.end(), a.callbacks.begin(), a.callbacks.end());
+  return config;
+}
+
 void run_train(const TrainArgs& a, const CLI::App& cmd) {
   using training::Run;
   auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
@@ -158,49 +210,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     return;
   }
 
-  training::RunConfig config;
-  json base_train = json::object();
-  if (!a.config.empty()) {
-    json file = training::read_json_file(a.config);
-    if (file.is_object() && file.contains("model") && file.contains("options")) {  // a run's config.json
-      auto saved = training::run_config_from_json(file, a.config);
-      load_plugins(saved.plugins, a.config);  // the plugins that run needed
-      base_train = training::to_json(saved.train);
-      saved.versions = json::object();
-      config = saved;
-    } else if (file.is_object()) {
-      config.options = file;
-    } else {
-      throw std::invalid_argument(a.config + " must hold a JSON object of model options");
-    }
-  }
-  if (!a.model.empty()) {
-    if (!config.model.empty() && config.model != a.model) config.options = json::object();
-    config.model = a.model;
-  }
-  if (config.model.empty()) config.model = "cnn";
-  const auto& entry = models::ModelRegistry::instance().at(config.model);
-  if (a.config.empty() || base_train.empty()) config.data.name = entry.dataset;
-  for (const auto& item : a.set) {
-    auto [key, value] = parse_set(item);
-    config.options = models::merge_options(entry, config.options, {{key, value}});
-  }
-  // The model's recommended settings (or a run's), then the flags given.
-  config.train = training::train_options_from_json(base_train.empty() ? entry.train_defaults : base_train);
-  config.train = training::train_options_from_json(train_given, config.train);
-  config.data = datasets::data_schema().from_json(a.data->given(), config.data);
-  config.prior = training::prior_schema().from_json(a.prior->given(), config.prior);
-  for (const auto& layer : a.prior_layers) config.prior.layers.push_back(training::parse_prior_layer(layer));
-  for (const auto& item : a.data_options) {
-    auto [key, value] = parse_set(item, "--data-option");
-    config.data.options[key] = value;
-  }
-  for (const auto& item : a.task_options) {
-    auto [key, value] = parse_set(item, "--task-option");
-    config.task_options[key] = value;
-  }
-
-  config.callbacks.insert(config.callbacks.end(), a.callbacks.begin(), a.callbacks.end());
+  training::RunConfig config = config_from_flags(a);
 
   const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
   if (a.nproc > 1) launch(a, cmd, dir);
@@ -222,22 +232,93 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
 
 }  // namespace
 
+namespace {
+
+/// The flags that describe a run's configuration: the model, every setting of the schemas, --set, --config, ...
+void add_config_flags(CLI::App* cmd, TrainArgs& a) {
+  cmd->add_option("model", a.model, "Registered model name (see 'zoo list'); default cnn");
+  a.train = std::make_unique<SettingFlags<training::TrainOptions>>(*cmd, training::train_schema());
+  a.data = std::make_unique<SettingFlags<datasets::DataConfig>>(*cmd, datasets::data_schema(),
+                                                                std::vector<std::string>{"options"});
+  cmd->add_option("--data-option", a.data_options, datasets::data_schema().find("options")->doc);
+  a.prior = std::make_unique<SettingFlags<training::PriorOptions>>(*cmd, training::prior_schema(),
+                                                                   std::vector<std::string>{"layers"});
+  cmd->add_option("--prior-layer", a.prior_layers, training::prior_schema().find("layers")->doc);
+  cmd->add_option("--set", a.set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
+  cmd->add_option("--task-option", a.task_options,
+                  "Task (objective) option key=value, repeatable, e.g. --task-option dice=1 for segmentation");
+  cmd->add_option("--config", a.config, "JSON file of model options, or a run's config.json");
+}
+
+/// `zoo lr-find`: the LR range test on a fresh copy of the model the flags describe; writes PREFIX.csv and
+/// PREFIX.png, prints the suggestion, touches no run directory.
+void run_lr_find(const TrainArgs& a, const training::LrFindOptions& options, const std::string& prefix) {
+  auto config = training::complete_config(config_from_flags(a));
+  // Only the loop's step matters here: settings about epochs, selection and checkpoints do not apply.
+  config.train.progress(false).schedule("constant").early_stop(0).save_top_k(1).ema(0).log("");
+  config.data.val_fraction = 0;
+  torch::manual_seed(static_cast<uint64_t>(config.train.seed()));
+  auto model = models::ModelRegistry::instance().at(config.model).build(config.options);
+  auto objective = training::make_objective(config.task, config.options, config.task_options);
+  auto splits = datasets::load_splits(config.data, static_cast<uint64_t>(config.train.seed()));
+  training::Trainer trainer(std::move(model), std::move(objective), splits, config.train);
+  training::attach_prior(trainer, config.prior);
+  training::attach_auxiliary_losses(trainer);
+  trainer.check_data_fits();
+  fmt::print("lr-find {} on {}: lr {:.3g} to {:.3g} over {} steps of batch {}\n", config.model, config.data.name,
+             options.start_lr, options.end_lr, options.steps, config.train.batch_size());
+  std::fflush(stdout);
+  const auto result = training::lr_range_test(trainer, *splits.train, options);
+  std::string csv = "step,lr,loss,smoothed\n";
+  for (size_t i = 0; i < result.lrs.size(); ++i)
+    csv += fmt::format("{},{:.9g},{:.9g},{:.9g}\n", i + 1, result.lrs[i], result.losses[i], result.smoothed[i]);
+  training::write_text_atomically(prefix + ".csv", csv);
+  std::string data = "$d << EOD\n";
+  for (size_t i = 0; i < result.lrs.size(); ++i)
+    data += fmt::format("{} {} {}\n", result.lrs[i], result.losses[i], result.smoothed[i]);
+  data += "EOD\n";
+  std::string drawn = prefix + ".png";
+  try {
+    run_gnuplot(data + fmt::format("set logscale x\nset grid\nset xlabel 'learning rate'\nset ylabel 'loss'\n"
+                                   "set title 'LR range test: {}'\nset arrow from {},graph 0 to {},graph 1 nohead "
+                                   "dt 2 lc rgb 'red'\nplot $d using 1:2 with lines lc rgb '#bbbbbb' title 'loss', "
+                                   "$d using 1:3 with lines lw 2 lc rgb '#1f77b4' title 'smoothed'\n",
+                                   config.model, result.suggestion, result.suggestion),
+                drawn);
+  } catch (const std::exception& e) {
+    drawn = std::string("no plot: ") + e.what();
+  }
+  if (!result.stopped.empty()) fmt::print("stopped: {}\n", result.stopped);
+  fmt::print("suggested learning rate: {:.3g} (steepest descent of the smoothed loss); {}.csv, {}\n", result.suggestion,
+             prefix, drawn);
+}
+
+}  // namespace
+
+void add_lr_find(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  auto o = std::make_shared<training::LrFindOptions>();
+  auto prefix = std::make_shared<std::string>("lr_find");
+  auto* cmd = app.add_subcommand(
+      "lr-find", "The learning-rate range test: train briefly at growing rates, suggest one (writes no run)");
+  add_config_flags(cmd, *a);
+  cmd->add_option("--start-lr", o->start_lr, "First learning rate (default 1e-7)")->check(positive());
+  cmd->add_option("--end-lr", o->end_lr, "Last learning rate (default 1)")->check(positive());
+  cmd->add_option("--steps", o->steps, "Steps from the first to the last rate (default 100)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1000000}));
+  cmd->add_option("--out", *prefix, "Where to write PREFIX.csv and PREFIX.png (default lr_find)");
+  cmd->callback([a, o, prefix] {
+    if (!(o->end_lr > o->start_lr))
+      throw std::invalid_argument(fmt::format("--end-lr ({}) must be above --start-lr ({})", o->end_lr, o->start_lr));
+    run_lr_find(*a, *o, *prefix);
+  });
+}
+
 void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a model (default: cnn on Fashion-MNIST) or resume a run");
-  cmd->add_option("model", a->model, "Registered model name (see 'zoo list'); default cnn");
-  a->train = std::make_unique<SettingFlags<training::TrainOptions>>(*cmd, training::train_schema());
-  a->data = std::make_unique<SettingFlags<datasets::DataConfig>>(*cmd, datasets::data_schema(),
-                                                                 std::vector<std::string>{"options"});
-  cmd->add_option("--data-option", a->data_options, datasets::data_schema().find("options")->doc);
-  a->prior = std::make_unique<SettingFlags<training::PriorOptions>>(*cmd, training::prior_schema(),
-                                                                    std::vector<std::string>{"layers"});
-  cmd->add_option("--prior-layer", a->prior_layers, training::prior_schema().find("layers")->doc);
+  add_config_flags(cmd, *a);
   cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
-  cmd->add_option("--set", a->set, "Model option key=value (JSON value), repeatable, e.g. --set hidden=[512,256]");
-  cmd->add_option("--task-option", a->task_options,
-                  "Task (objective) option key=value, repeatable, e.g. --task-option dice=1 for segmentation");
-  cmd->add_option("--config", a->config, "JSON file of model options, or a run's config.json");
   cmd->add_option("--callback", a->callbacks, training::run_schema().find("callbacks")->doc + "; repeatable");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
   cmd->add_flag("--restart-schedule", a->restart_schedule,
