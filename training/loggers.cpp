@@ -128,7 +128,8 @@ CsvTable read_csv(const std::string& path) {
 // ---------------------------------------------------------------- CSV
 
 CsvLogger::CsvLogger(std::string run_dir)
-    : steps_path_((fs::path(run_dir) / "steps.csv").string()), epochs_path_((fs::path(run_dir) / "epochs.csv").string()) {
+    : steps_path_((fs::path(run_dir) / "steps.csv").string()),
+      epochs_path_((fs::path(run_dir) / "epochs.csv").string()) {
   append_text(steps_path_, "", false);  // can they be written? (an error now, before training)
   append_text(epochs_path_, "", false);
 }
@@ -141,15 +142,15 @@ void CsvLogger::on_fit_start(Trainer& trainer) {
 }
 
 void CsvLogger::on_batch_end(Trainer& trainer, const StepInfo& step) {
-  std::map<std::string, double> values{{"step", static_cast<double>(trainer.state().step)},
-                                       {"epoch", static_cast<double>(step.epoch)},
-                                       {"loss", step.loss},
-                                       {"lr", step.lr},
-                                       {"grad_norm", step.grad_norm},
-                                       {"items_per_s", step.seconds > 0 ? static_cast<double>(step.step_items) *
-                                                                              static_cast<double>(trainer.world_size()) /
-                                                                              step.seconds
-                                                                        : 0.0}};
+  std::map<std::string, double> values{
+      {"step", static_cast<double>(trainer.state().step)},
+      {"epoch", static_cast<double>(step.epoch)},
+      {"loss", step.loss},
+      {"lr", step.lr},
+      {"grad_norm", step.grad_norm},
+      {"items_per_s", step.seconds > 0 ? static_cast<double>(step.step_items) *
+                                             static_cast<double>(trainer.world_size()) / step.seconds
+                                       : 0.0}};
   std::vector<std::string> terms;
   if (step.terms)
     for (const auto& [name, value] : *step.terms)
@@ -166,7 +167,7 @@ void CsvLogger::on_batch_end(Trainer& trainer, const StepInfo& step) {
   std::vector<std::string> cells;
   for (const auto& c : step_columns_) {
     const auto it = values.find(c);
-    cells.push_back(it == values.end() ? std::string()
+    cells.push_back(it == values.end()            ? std::string()
                     : c == "step" || c == "epoch" ? std::to_string(static_cast<int64_t>(it->second))
                                                   : number(it->second));
   }
@@ -195,7 +196,7 @@ void CsvLogger::on_epoch_end(Trainer& trainer, const json& record) {
   std::vector<std::string> cells;
   for (const auto& c : epoch_columns_) {
     const auto it = values.find(c);
-    cells.push_back(it == values.end() ? std::string()
+    cells.push_back(it == values.end()            ? std::string()
                     : c == "step" || c == "epoch" ? std::to_string(static_cast<int64_t>(it->second))
                                                   : number(it->second));
   }
@@ -240,8 +241,7 @@ void TensorBoardLogger::on_batch_end(Trainer& trainer, const StepInfo& step) {
   writer_->add_scalar("lr", step.lr, s);
   if (std::isfinite(step.grad_norm)) writer_->add_scalar("grad_norm", step.grad_norm, s);
   if (step.seconds > 0)
-    writer_->add_scalar("items_per_s",
-                        static_cast<double>(step.step_items * trainer.world_size()) / step.seconds, s);
+    writer_->add_scalar("items_per_s", static_cast<double>(step.step_items * trainer.world_size()) / step.seconds, s);
 }
 
 void TensorBoardLogger::on_epoch_end(Trainer& trainer, const json& record) {
@@ -332,8 +332,8 @@ void attach_loggers(Trainer& trainer, const std::string& run_dir, const TrainOpt
         throw std::invalid_argument(unknown_choice("logger", name, logger_names()));
     } catch (const std::exception& e) {
       if (!warn)
-        throw std::runtime_error(fmt::format("the {} logger cannot start: {} (--log-errors warn trains without it)",
-                                             name, e.what()));
+        throw std::runtime_error(
+            fmt::format("the {} logger cannot start: {} (--log-errors warn trains without it)", name, e.what()));
       fmt::print(stderr, "warning: the {} logger cannot start ({}); training goes on without it\n", name, e.what());
       continue;
     }

@@ -68,9 +68,9 @@ LrFindResult lr_range_test(Trainer& trainer, const datasets::Dataset& train, con
   }
   const int64_t best = steepest_descent(result.lrs, result.smoothed, options.skip_begin);
   if (best < 0)
-    throw std::runtime_error(fmt::format(
-        "lr-find has nothing to suggest: {} after {} step(s); start lower (--start-lr below {:.3g})",
-        result.stopped.empty() ? "too few steps" : result.stopped, result.lrs.size(), options.start_lr));
+    throw std::runtime_error(
+        fmt::format("lr-find has nothing to suggest: {} after {} step(s); start lower (--start-lr below {:.3g})",
+                    result.stopped.empty() ? "too few steps" : result.stopped, result.lrs.size(), options.start_lr));
   result.suggestion = result.lrs[static_cast<size_t>(best)];
   return result;
 }

@@ -21,8 +21,8 @@ struct LrFindOptions {
   double start_lr = 1e-7;
   double end_lr = 1.0;
   int64_t steps = 100;
-  double beta = 0.98;     ///< smoothing of the loss
-  double diverge = 4.0;   ///< stop when the smoothed loss exceeds this multiple of its minimum
+  double beta = 0.98;       ///< smoothing of the loss
+  double diverge = 4.0;     ///< stop when the smoothed loss exceeds this multiple of its minimum
   int64_t skip_begin = 10;  ///< points left out of the suggestion at the start (the average is still warming up)
 };
 

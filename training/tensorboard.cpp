@@ -77,8 +77,8 @@ EventWriter::EventWriter(const std::string& dir) {
               .string();
   // A second writer in the same second (a quick resume) must not append to the first one's file.
   for (int n = 1; std::filesystem::exists(path_); ++n)
-    path_ = (std::filesystem::path(dir) / fmt::format("events.out.tfevents.{}.{}.{}", static_cast<int64_t>(now_seconds()),
-                                                      host_name(), n))
+    path_ = (std::filesystem::path(dir) /
+             fmt::format("events.out.tfevents.{}.{}.{}", static_cast<int64_t>(now_seconds()), host_name(), n))
                 .string();
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path_, std::strerror(errno)));

@@ -3,6 +3,7 @@
 #include "helpers.h"
 #include "models/registry.h"
 #include "training/checkpoint.h"
+#include "training/loggers.h"
 #include "training/run.h"
 
 #include <catch2/catch.hpp>
@@ -181,7 +182,8 @@ TEST_CASE("zoo train --nproc 2, a distributed run resumes in one process and the
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
-  auto r = test::run_zoo("train mlp --nproc 2 --limit 1000 --batch-size 50 --epochs 1 --no-progress --out " + run);
+  auto r = test::run_zoo(
+      "train mlp --nproc 2 --limit 1000 --batch-size 50 --epochs 1 --no-progress --log csv,tensorboard --out " + run);
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("batch 50 x 2 ranks") != std::string::npos);
@@ -203,6 +205,15 @@ TEST_CASE("zoo train --nproc 2, a distributed run resumes in one process and the
   // one test of them covers the whole test split.
   CHECK(nlohmann::json::parse(test::last_line(log))["val"]["items"] == 100);
   CHECK(fs::exists(fs::path(run) / "best.pt"));
+  // Rank 0 alone logs: every step once (9 per epoch with two ranks, 18 with one), one event file per session.
+  const auto steps = training::read_csv(run + "/steps.csv");
+  REQUIRE(steps.rows.size() == 36);
+  for (size_t i = 0; i < steps.rows.size(); ++i) CHECK(steps.rows[i][0] == std::to_string(i + 1));
+  if (training::tensorboard_available()) {
+    size_t files = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(fs::path(run) / "tb")) ++files;
+    CHECK(files == 3);
+  }
   const auto final = training::read_json_file(run + "/test.json");
   CHECK(final["epoch"] == state["best_epoch"]);
   CHECK(final["test"]["items"] == 1000);

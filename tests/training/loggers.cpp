@@ -1,11 +1,11 @@
 // Loggers: CRC-32C against published vectors, TensorBoard event files read back by an independent Python reader,
 // the per-step and per-epoch CSV files against metrics.jsonl, both exact across SIGKILL and resume, --log-errors;
 // the LR range test; per-class metrics and the confusion matrix by hand.
+#include "training/loggers.h"
 #include "datasets/registry.h"
 #include "models/registry.h"
 #include "tests/helpers.h"
 #include "training/checkpoint.h"
-#include "training/loggers.h"
 #include "training/lr_find.h"
 #include "training/run.h"
 #include "training/tensorboard.h"
@@ -47,8 +47,8 @@ bool have_protobuf_reader() {
 
 /// The Python reader's summary of the event files (it fails on any CRC or framing problem).
 json read_events(const std::vector<std::string>& files) {
-  std::string command = std::string(zoo::test::kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/tfevents.py " +
-                        ZOO_SOURCE_DIR;
+  std::string command =
+      std::string(zoo::test::kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/tfevents.py " + ZOO_SOURCE_DIR;
   for (const auto& f : files) command += " " + f;
   const auto r = zoo::test::run_command(command);
   INFO(r.err);
@@ -85,8 +85,8 @@ TEST_CASE("TensorBoard: the event files of a run, read back by an independent re
   }
   TempDir tmp;
   const auto dir = tmp.str("run");
-  auto run = training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(2).batch_size(50).log("tensorboard")),
-                                   dir);
+  auto run =
+      training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(2).batch_size(50).log("tensorboard")), dir);
   run->fit();
   const auto files = event_files(dir);
   REQUIRE(files.size() == 1);
@@ -135,16 +135,15 @@ TEST_CASE("TensorBoard: a VAE's samples and reconstructions as PNG images", "[lo
   const json events = read_events(event_files(tmp.str("vae")));
   const auto& samples = events["images"]["pictures/samples"];
   REQUIRE(samples.size() == 1);
-  CHECK(samples[0][3] == true);                  // PNG bytes
-  CHECK(samples[0][1] == 8 * (28 + 2) + 2);      // 8 per row, make_grid's padding of 2
-  CHECK(samples[0][2] == 2 * (28 + 2) + 2);      // 16 samples: two rows
+  CHECK(samples[0][3] == true);              // PNG bytes
+  CHECK(samples[0][1] == 8 * (28 + 2) + 2);  // 8 per row, make_grid's padding of 2
+  CHECK(samples[0][2] == 2 * (28 + 2) + 2);  // 16 samples: two rows
   const auto& recon = events["images"]["pictures/reconstructions"];
   REQUIRE(recon.size() == 1);
   CHECK(recon[0][2] == 2 * (28 + 2) + 2);  // the items over their reconstructions
 }
 
-TEST_CASE("CSV logs: steps.csv has every step, epochs.csv every epoch, in agreement with metrics.jsonl",
-          "[loggers]") {
+TEST_CASE("CSV logs: steps.csv has every step, epochs.csv every epoch, in agreement with metrics.jsonl", "[loggers]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const auto dir = tmp.str("run");
@@ -152,8 +151,8 @@ TEST_CASE("CSV logs: steps.csv has every step, epochs.csv every epoch, in agreem
       zoo::test::small_run("mlp", 300, quiet().epochs(2).batch_size(50).clip_grad(5).log("csv")), dir);
   run->fit();
   const auto steps = training::read_csv(dir + "/steps.csv");
-  CHECK(steps.columns == std::vector<std::string>{"step", "epoch", "loss", "accuracy", "lr", "grad_norm",
-                                                  "items_per_s"});
+  CHECK(steps.columns ==
+        std::vector<std::string>{"step", "epoch", "loss", "accuracy", "lr", "grad_norm", "items_per_s"});
   REQUIRE(steps.rows.size() == 12);
   const auto log = metrics_log(dir);
   // The epoch's training loss is the item-weighted mean of its steps' losses (6 steps: 5 x 50 items, then 20).
@@ -214,7 +213,8 @@ TEST_CASE("CSV logs: runs killed (SIGKILL) at many moments and resumed log every
   }
   const auto ea = training::read_csv(tmp.str("straight/epochs.csv")), eb = training::read_csv(run + "/epochs.csv");
   REQUIRE(eb.rows.size() == 3);
-  CHECK(ea.rows[2][static_cast<size_t>(column(ea, "val.loss"))] == eb.rows[2][static_cast<size_t>(column(eb, "val.loss"))]);
+  CHECK(ea.rows[2][static_cast<size_t>(column(ea, "val.loss"))] ==
+        eb.rows[2][static_cast<size_t>(column(eb, "val.loss"))]);
 }
 
 TEST_CASE("Loggers: --log-errors stop refuses to train without its logger, warn trains on with one line",

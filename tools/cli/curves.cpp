@@ -86,7 +86,8 @@ void add_plot(CLI::App& app) {
     std::string x = "epoch", out = "curves.png";
   };
   auto a = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("plot", "Learning curves of one or more runs (gnuplot): train and validation per metric");
+  auto* cmd =
+      app.add_subcommand("plot", "Learning curves of one or more runs (gnuplot): train and validation per metric");
   cmd->add_option("runs", a->runs, "Run directories (overlaid, named by their directory)")->required();
   cmd->add_option("--metric", a->metrics,
                   "A metric to plot, repeatable (default: loss and the runs' monitored metric, e.g. accuracy)");
@@ -132,8 +133,10 @@ void add_plot(CLI::App& app) {
           data += name + " << EOD\n";
           for (const auto& [x, y] : it->second) data += fmt::format("{} {}\n", x, y);
           data += "EOD\n";
-          const std::string label = (runs.size() > 1 ? r.name + " " : std::string()) +
-                                    (split == "step" ? "train (per step)" : split == "val" ? "validation" : split);
+          const std::string label =
+              (runs.size() > 1 ? r.name + " " : std::string()) + (split == "step"  ? "train (per step)"
+                                                                  : split == "val" ? "validation"
+                                                                                   : split);
           lines.push_back(fmt::format("{} using 1:2 with lines lw {} dt {} lc {} title {}", name,
                                       split == "step" ? 1 : 2, dash, colour, gp_quoted(label)));
         }
