@@ -53,6 +53,18 @@ std::string join_row(const std::vector<std::string>& cells) {
   return line + "\n";
 }
 
+/// The CSV row of `values` under `columns`: counters (step, epoch) as integers, a missing or non-finite value empty.
+std::string row_of(const std::vector<std::string>& columns, const std::map<std::string, double>& values) {
+  std::vector<std::string> cells;
+  for (const auto& c : columns) {
+    const auto it = values.find(c);
+    cells.push_back(it == values.end()            ? std::string()
+                    : c == "step" || c == "epoch" ? std::to_string(static_cast<int64_t>(it->second))
+                                                  : number(it->second));
+  }
+  return join_row(cells);
+}
+
 /// The numbers of an epoch record by dotted name: train.loss, val.accuracy, ema.val.loss, lr, ...
 void flatten(const json& j, const std::string& prefix, std::map<std::string, double>& out) {
   for (const auto& [k, v] : j.items()) {
@@ -164,14 +176,7 @@ void CsvLogger::on_batch_end(Trainer& trainer, const StepInfo& step) {
     for (const char* c : {"lr", "grad_norm", "items_per_s"}) step_columns_.push_back(c);
     pending_ += join_row(step_columns_);
   }
-  std::vector<std::string> cells;
-  for (const auto& c : step_columns_) {
-    const auto it = values.find(c);
-    cells.push_back(it == values.end()            ? std::string()
-                    : c == "step" || c == "epoch" ? std::to_string(static_cast<int64_t>(it->second))
-                                                  : number(it->second));
-  }
-  pending_ += join_row(cells);
+  pending_ += row_of(step_columns_, values);
   if (++pending_rows_ >= 64) write_pending();
 }
 
@@ -193,14 +198,7 @@ void CsvLogger::on_epoch_end(Trainer& trainer, const json& record) {
       if (name != "epoch" && name != "step") epoch_columns_.push_back(name);
     text += join_row(epoch_columns_);
   }
-  std::vector<std::string> cells;
-  for (const auto& c : epoch_columns_) {
-    const auto it = values.find(c);
-    cells.push_back(it == values.end()            ? std::string()
-                    : c == "step" || c == "epoch" ? std::to_string(static_cast<int64_t>(it->second))
-                                                  : number(it->second));
-  }
-  text += join_row(cells);
+  text += row_of(epoch_columns_, values);
   // Both files on disk before the checkpoint that follows commits.
   append_text(steps_path_, pending_, true);
   pending_.clear();

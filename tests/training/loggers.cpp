@@ -5,6 +5,7 @@
 #include "datasets/registry.h"
 #include "models/registry.h"
 #include "tests/helpers.h"
+#include "tests/training/run_helpers.h"
 #include "training/checkpoint.h"
 #include "training/lr_find.h"
 #include "training/run.h"
@@ -18,20 +19,12 @@
 
 using namespace zoo;
 using nlohmann::json;
+using zoo::test::metrics_log;
+using zoo::test::quiet_options;
 using zoo::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-training::TrainOptions quiet() { return training::TrainOptions().progress(false).threads(1).schedule("constant"); }
-
-std::vector<json> metrics_log(const std::string& run) {
-  std::vector<json> records;
-  std::ifstream in(run + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(json::parse(line));
-  return records;
-}
 
 std::vector<std::string> event_files(const std::string& run) {
   std::vector<std::string> files;
@@ -85,8 +78,8 @@ TEST_CASE("TensorBoard: the event files of a run, read back by an independent re
   }
   TempDir tmp;
   const auto dir = tmp.str("run");
-  auto run =
-      training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(2).batch_size(50).log("tensorboard")), dir);
+  auto run = training::Run::create(
+      zoo::test::small_run("mlp", 300, quiet_options().epochs(2).batch_size(50).log("tensorboard")), dir);
   run->fit();
   const auto files = event_files(dir);
   REQUIRE(files.size() == 1);
@@ -129,7 +122,7 @@ TEST_CASE("TensorBoard: a VAE's samples and reconstructions as PNG images", "[lo
     return;
   }
   TempDir tmp;
-  auto config = zoo::test::small_run("vae", 200, quiet().epochs(1).batch_size(50).log("tensorboard"));
+  auto config = zoo::test::small_run("vae", 200, quiet_options().epochs(1).batch_size(50).log("tensorboard"));
   auto run = training::Run::create(config, tmp.str("vae"));
   run->fit();
   const json events = read_events(event_files(tmp.str("vae")));
@@ -148,7 +141,7 @@ TEST_CASE("CSV logs: steps.csv has every step, epochs.csv every epoch, in agreem
   TempDir tmp;
   const auto dir = tmp.str("run");
   auto run = training::Run::create(
-      zoo::test::small_run("mlp", 300, quiet().epochs(2).batch_size(50).clip_grad(5).log("csv")), dir);
+      zoo::test::small_run("mlp", 300, quiet_options().epochs(2).batch_size(50).clip_grad(5).log("csv")), dir);
   run->fit();
   const auto steps = training::read_csv(dir + "/steps.csv");
   CHECK(steps.columns ==
@@ -253,7 +246,7 @@ TEST_CASE("LR range test: exponential rates, a stop on divergence, the steepest 
   CHECK(training::steepest_descent(lrs, smoothed, 5) == -1);
 
   REQUIRE(zoo::test::have_fashion_mnist());
-  auto config = training::complete_config(zoo::test::small_run("mlp", 2000, quiet().batch_size(64)));
+  auto config = training::complete_config(zoo::test::small_run("mlp", 2000, quiet_options().batch_size(64)));
   config.data.val_fraction = 0;
   torch::manual_seed(0);
   auto splits = datasets::load_splits(config.data);

@@ -4,6 +4,7 @@
 #include "datasets/registry.h"
 #include "models/mlp.h"
 #include "tests/helpers.h"
+#include "tests/training/run_helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
 
@@ -15,28 +16,13 @@
 
 using namespace zoo;
 using nlohmann::json;
+using zoo::test::metrics_log;
+using zoo::test::quiet_options;
+using zoo::test::same_file_tensors;
 using zoo::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-training::TrainOptions quiet() { return training::TrainOptions().progress(false).threads(1).schedule("constant"); }
-
-std::vector<json> metrics_log(const std::string& run) {
-  std::vector<json> records;
-  std::ifstream in(run + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(json::parse(line));
-  return records;
-}
-
-bool same_file_tensors(const std::string& a, const std::string& b) {
-  const auto x = training::read_tensors(a), y = training::read_tensors(b);
-  if (x.size() != y.size()) return false;
-  for (const auto& [k, v] : x)
-    if (!y.count(k) || !torch::equal(v, y.at(k))) return false;
-  return true;
-}
 
 /// The learning rate of every optimizer step the trainer takes from now on.
 std::shared_ptr<std::vector<double>> record_rates(training::Trainer& trainer) {
@@ -74,7 +60,7 @@ TEST_CASE("Schedules: plateau lowers the rate on a stalled metric as torch's Red
   datasets::Splits data{std::make_shared<datasets::TensorDataset>(x, y, "eight"),
                         std::make_shared<datasets::TensorDataset>(x, y, "eight")};
   training::Trainer trainer(torch::nn::AnyModule(models::MLP()), objective, data,
-                            quiet()
+                            quiet_options()
                                 .epochs(10)
                                 .batch_size(8)
                                 .optimizer("sgd")
@@ -96,12 +82,14 @@ TEST_CASE("Schedules: plateau's state is in the checkpoint, so a resumed run low
   TempDir tmp;
   // min_delta 1 (no epoch improves on the first by a whole unit of accuracy) and patience 0: every epoch after the
   // first halves the rate.
-  const auto options = quiet().epochs(4).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0);
+  const auto options =
+      quiet_options().epochs(4).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0);
   auto straight = training::Run::create(zoo::test::small_run("mlp", 200, options), tmp.str("straight"));
   straight->fit();
   auto half = training::Run::create(
-      zoo::test::small_run("mlp", 200,
-                           quiet().epochs(2).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0)),
+      zoo::test::small_run(
+          "mlp", 200,
+          quiet_options().epochs(2).seed(4).schedule("plateau").plateau_patience(0).gamma(0.5).min_delta(1.0)),
       tmp.str("resumed"));
   half->fit();
   auto resumed = training::Run::resume(tmp.str("resumed"), 4);
@@ -121,7 +109,7 @@ TEST_CASE(
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   // 200 items, 180 for training in batches of 50: 4 steps per epoch.
-  const auto options = quiet().epochs(2).seed(6).batch_size(50).lr(0.01).schedule("cosine");
+  const auto options = quiet_options().epochs(2).seed(6).batch_size(50).lr(0.01).schedule("cosine");
   auto first = training::Run::create(zoo::test::small_run("mlp", 200, options), tmp.str("hold"));
   auto planned = record_rates(first->trainer());
   first->fit();
@@ -160,7 +148,7 @@ TEST_CASE("Top-k checkpoints: the k best epochs by the monitored metric are kept
           "[selection][checkpoint]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  const auto options = quiet().epochs(5).seed(8).lr(3e-3).save_top_k(2).monitor("val.loss");
+  const auto options = quiet_options().epochs(5).seed(8).lr(3e-3).save_top_k(2).monitor("val.loss");
   const auto dir = tmp.str("run");
   auto run = training::Run::create(zoo::test::small_run("mlp", 300, options), dir);
   run->fit();
@@ -186,7 +174,8 @@ TEST_CASE("Top-k checkpoints: the k best epochs by the monitored metric are kept
   // Each file holds its epoch's weights: those of a run that stopped after that epoch.
   const int64_t second = ranked[1].second;
   auto prefix = training::Run::create(
-      zoo::test::small_run("mlp", 300, quiet().epochs(second).seed(8).lr(3e-3).monitor("val.loss")), tmp.str("prefix"));
+      zoo::test::small_run("mlp", 300, quiet_options().epochs(second).seed(8).lr(3e-3).monitor("val.loss")),
+      tmp.str("prefix"));
   prefix->fit();
   CHECK(same_file_tensors(dir + fmt::format("/epoch-{}.pt", second), tmp.str("prefix/model.pt")));
   // They load by name; an epoch not kept is refused with the list of those held.
@@ -197,7 +186,7 @@ TEST_CASE("Top-k checkpoints: the k best epochs by the monitored metric are kept
 
   // Two epochs, then resumed to five: the same files with the same weights.
   auto part = training::Run::create(
-      zoo::test::small_run("mlp", 300, quiet().epochs(2).seed(8).lr(3e-3).save_top_k(2).monitor("val.loss")),
+      zoo::test::small_run("mlp", 300, quiet_options().epochs(2).seed(8).lr(3e-3).save_top_k(2).monitor("val.loss")),
       tmp.str("resumed"));
   part->fit();
   auto resumed = training::Run::resume(tmp.str("resumed"), 5);
@@ -213,7 +202,7 @@ TEST_CASE("EMA: the moving average of the weights step by step by hand, evaluate
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const double decay = 0.3;  // reached from the 4th step on: before it the warm-up's (1 + t) / (10 + t) is smaller
-  const auto options = quiet().epochs(2).seed(9).batch_size(50).lr(0.01).ema(decay);
+  const auto options = quiet_options().epochs(2).seed(9).batch_size(50).lr(0.01).ema(decay);
   const auto dir = tmp.str("run");
   auto run = training::Run::create(zoo::test::small_run("mlp", 200, options), dir);
   // By hand: ema = the initial weights, then after step t (0, 1, ...) ema = d_t ema + (1 - d_t) w with
@@ -254,14 +243,14 @@ TEST_CASE("EMA: the moving average of the weights step by step by hand, evaluate
 
   // A run stopped after epoch 1 and resumed goes on from the saved average: the same ema.pt.
   auto part = training::Run::create(
-      zoo::test::small_run("mlp", 200, quiet().epochs(1).seed(9).batch_size(50).lr(0.01).ema(decay)),
+      zoo::test::small_run("mlp", 200, quiet_options().epochs(1).seed(9).batch_size(50).lr(0.01).ema(decay)),
       tmp.str("resumed"));
   part->fit();
   training::Run::resume(tmp.str("resumed"), 2)->fit();
   CHECK(same_file_tensors(dir + "/ema.pt", tmp.str("resumed/ema.pt")));
   CHECK(same_file_tensors(dir + "/model.pt", tmp.str("resumed/model.pt")));
   // Without --ema there is no such checkpoint.
-  auto plain = training::Run::create(zoo::test::small_run("mlp", 200, quiet().epochs(1)), tmp.str("plain"));
+  auto plain = training::Run::create(zoo::test::small_run("mlp", 200, quiet_options().epochs(1)), tmp.str("plain"));
   plain->fit();
   CHECK_THROWS_WITH(training::Run::open(tmp.str("plain"), {}, "ema"),
                     Catch::Contains("holds the checkpoints best, last, not 'ema' (ema exists only for a run trained "
@@ -277,15 +266,16 @@ TEST_CASE("Top-k, EMA and schedules: bad settings are refused before anything is
     config.data.val_fraction = val_fraction;
     return [config, dir] { training::Run::create(config, dir); };
   };
-  CHECK_THROWS_WITH(fails(quiet().save_top_k(0))(), Catch::Contains("train.save_top_k"));
-  CHECK_THROWS_WITH(fails(quiet().save_top_k(-2))(), Catch::Contains("train.save_top_k"));
-  CHECK_THROWS_WITH(fails(quiet().save_top_k(2), 0)(), Catch::Contains("train.save_top_k needs a metric to watch"));
-  CHECK_THROWS_WITH(fails(quiet().ema(1))(), Catch::Contains("train.ema must be in (0, 1)"));
-  CHECK_THROWS_WITH(fails(quiet().ema(-0.5))(), Catch::Contains("train.ema must be in (0, 1)"));
-  CHECK_THROWS_WITH(fails(quiet().ema(std::nan("")))(), Catch::Contains("train.ema"));
-  CHECK_THROWS_WITH(fails(quiet().schedule("plateau"), 0)(),
+  CHECK_THROWS_WITH(fails(quiet_options().save_top_k(0))(), Catch::Contains("train.save_top_k"));
+  CHECK_THROWS_WITH(fails(quiet_options().save_top_k(-2))(), Catch::Contains("train.save_top_k"));
+  CHECK_THROWS_WITH(fails(quiet_options().save_top_k(2), 0)(),
+                    Catch::Contains("train.save_top_k needs a metric to watch"));
+  CHECK_THROWS_WITH(fails(quiet_options().ema(1))(), Catch::Contains("train.ema must be in (0, 1)"));
+  CHECK_THROWS_WITH(fails(quiet_options().ema(-0.5))(), Catch::Contains("train.ema must be in (0, 1)"));
+  CHECK_THROWS_WITH(fails(quiet_options().ema(std::nan("")))(), Catch::Contains("train.ema"));
+  CHECK_THROWS_WITH(fails(quiet_options().schedule("plateau"), 0)(),
                     Catch::Contains("train.schedule plateau needs a metric to watch"));
-  CHECK_THROWS_WITH(fails(quiet().schedule("onecycle").pct_start(1))(), Catch::Contains("train.pct_start"));
-  CHECK_THROWS_WITH(fails(quiet().plateau_patience(-1))(), Catch::Contains("train.plateau_patience"));
+  CHECK_THROWS_WITH(fails(quiet_options().schedule("onecycle").pct_start(1))(), Catch::Contains("train.pct_start"));
+  CHECK_THROWS_WITH(fails(quiet_options().plateau_patience(-1))(), Catch::Contains("train.plateau_patience"));
   CHECK_FALSE(fs::exists(dir));
 }

@@ -2,6 +2,7 @@
 // checkpoint, early stopping (exact across a resume) and the test split used once, at the end.
 #include "datasets/registry.h"
 #include "tests/helpers.h"
+#include "tests/training/run_helpers.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
 
@@ -11,19 +12,12 @@
 
 using namespace zoo;
 using nlohmann::json;
+using zoo::test::metrics_log;
+using zoo::test::quiet_options;
+using zoo::test::same_file_tensors;
 using zoo::test::TempDir;
 
 namespace {
-training::TrainOptions quiet() { return training::TrainOptions().progress(false).threads(1).schedule("constant"); }
-
-std::vector<json> metrics_log(const std::string& run) {
-  std::vector<json> records;
-  std::ifstream in(run + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) records.push_back(json::parse(line));
-  return records;
-}
-
 /// 50 items whose input and label are their own index, so what a split holds can be read off.
 datasets::Splits numbered(int64_t n) {
   auto ids = torch::arange(n, torch::kInt64);
@@ -33,13 +27,6 @@ datasets::Splits numbered(int64_t n) {
 
 torch::Tensor labels(const datasets::Dataset& d) { return d.get(torch::arange(d.size())).target; }
 
-bool same_file_tensors(const std::string& a, const std::string& b) {
-  const auto x = training::read_tensors(a), y = training::read_tensors(b);
-  if (x.size() != y.size()) return false;
-  for (const auto& [k, v] : x)
-    if (!y.count(k) || !torch::equal(v, y.at(k))) return false;
-  return true;
-}
 }  // namespace
 
 TEST_CASE("Validation split: held out of the training items, disjoint from them, the same for the same seed",
@@ -102,7 +89,7 @@ TEST_CASE("Model selection: the best epoch on validation is saved as best.pt and
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const auto dir = tmp.str("run");
-  auto run = training::Run::create(zoo::test::small_run("mlp", 400, quiet().epochs(3).seed(2).lr(3e-3)), dir);
+  auto run = training::Run::create(zoo::test::small_run("mlp", 400, quiet_options().epochs(3).seed(2).lr(3e-3)), dir);
   const json last = run->fit();
   const auto log = metrics_log(dir);
   REQUIRE(log.size() == 3);
@@ -141,7 +128,7 @@ TEST_CASE(
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   // Validation accuracy cannot rise by more than 1, so epoch 1 stays the best and the run stops after epoch 3.
-  const auto options = quiet().epochs(10).seed(3).early_stop(2).min_delta(1.0);
+  const auto options = quiet_options().epochs(10).seed(3).early_stop(2).min_delta(1.0);
   const auto straight = tmp.str("straight");
   auto run = training::Run::create(zoo::test::small_run("mlp", 300, options), straight);
   run->fit();
@@ -154,7 +141,7 @@ TEST_CASE(
              Catch::Contains("early stopping after epoch 3: val.accuracy has not improved for 2 epochs"));
   CHECK(metrics_log(straight).size() == 3);
   // best.pt holds epoch 1's weights: those of a run that trained one epoch.
-  auto one = training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(1).seed(3)), tmp.str("one"));
+  auto one = training::Run::create(zoo::test::small_run("mlp", 300, quiet_options().epochs(1).seed(3)), tmp.str("one"));
   one->fit();
   CHECK(same_file_tensors(straight + "/best.pt", tmp.str("one/model.pt")));
   CHECK_FALSE(same_file_tensors(straight + "/best.pt", straight + "/model.pt"));
@@ -163,8 +150,8 @@ TEST_CASE(
   // Stopped after epoch 2 (its counter, epoch - best_epoch, is in the checkpoint), resumed: it stops after epoch 3
   // as well, with the same weights, the same best.pt and the same log.
   const auto resumed = tmp.str("resumed");
-  training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(2).seed(3).early_stop(2).min_delta(1.0)),
-                        resumed)
+  training::Run::create(
+      zoo::test::small_run("mlp", 300, quiet_options().epochs(2).seed(3).early_stop(2).min_delta(1.0)), resumed)
       ->fit();
   auto again = training::Run::resume(resumed, 10);
   again->fit();
@@ -184,15 +171,15 @@ TEST_CASE("Model selection: --monitor picks another metric and direction, withou
           "[selection]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto run =
-      training::Run::create(zoo::test::small_run("mlp", 300, quiet().epochs(2).monitor("val.loss")), tmp.str("loss"));
+  auto run = training::Run::create(zoo::test::small_run("mlp", 300, quiet_options().epochs(2).monitor("val.loss")),
+                                   tmp.str("loss"));
   run->fit();
   const auto log = metrics_log(tmp.str("loss"));
   const int64_t lower = log[1]["val"]["loss"].get<double>() < log[0]["val"]["loss"].get<double>() ? 2 : 1;
   CHECK(run->trainer().state().best_epoch == lower);
   CHECK(run->trainer().state().final["monitor"] == "val.loss");
 
-  auto config = zoo::test::small_run("mlp", 300, quiet().epochs(2).eval_test_every_epoch(true));
+  auto config = zoo::test::small_run("mlp", 300, quiet_options().epochs(2).eval_test_every_epoch(true));
   config.data.val_fraction = 0;
   auto plain = training::Run::create(config, tmp.str("plain"));
   plain->fit();
@@ -215,14 +202,16 @@ TEST_CASE("Model selection: bad settings are refused before anything is written"
     config.data.val_fraction = val_fraction;
     return [config, dir] { training::Run::create(config, dir); };
   };
-  CHECK_THROWS_WITH(fails(quiet().monitor("val.nope"))(), Catch::Contains("train.monitor") &&
-                                                              Catch::Contains("val.nope is not a metric") &&
-                                                              Catch::Contains("valid: val.accuracy, val.loss"));
-  CHECK_THROWS_WITH(fails(quiet().monitor("test.accuracy"))(), Catch::Contains("never used to select"));
-  CHECK_THROWS_WITH(fails(quiet().monitor("val.items"))(), Catch::Contains("with a known direction"));
-  CHECK_THROWS_WITH(fails(quiet().monitor("val.accuracy"), 0)(), Catch::Contains("needs a validation split"));
-  CHECK_THROWS_WITH(fails(quiet().early_stop(2), 0)(), Catch::Contains("train.early_stop needs a metric to watch"));
-  CHECK_THROWS_WITH(fails(quiet().min_delta(-1))(), Catch::Contains("min_delta"));
-  CHECK_THROWS_WITH(fails(quiet(), 0.1, 4)(), Catch::Contains("of 4 training items leaves the validation split empty"));
+  CHECK_THROWS_WITH(fails(quiet_options().monitor("val.nope"))(), Catch::Contains("train.monitor") &&
+                                                                      Catch::Contains("val.nope is not a metric") &&
+                                                                      Catch::Contains("valid: val.accuracy, val.loss"));
+  CHECK_THROWS_WITH(fails(quiet_options().monitor("test.accuracy"))(), Catch::Contains("never used to select"));
+  CHECK_THROWS_WITH(fails(quiet_options().monitor("val.items"))(), Catch::Contains("with a known direction"));
+  CHECK_THROWS_WITH(fails(quiet_options().monitor("val.accuracy"), 0)(), Catch::Contains("needs a validation split"));
+  CHECK_THROWS_WITH(fails(quiet_options().early_stop(2), 0)(),
+                    Catch::Contains("train.early_stop needs a metric to watch"));
+  CHECK_THROWS_WITH(fails(quiet_options().min_delta(-1))(), Catch::Contains("min_delta"));
+  CHECK_THROWS_WITH(fails(quiet_options(), 0.1, 4)(),
+                    Catch::Contains("of 4 training items leaves the validation split empty"));
   CHECK_FALSE(std::filesystem::exists(dir));
 }
