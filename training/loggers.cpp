@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -63,6 +64,12 @@ std::string row_of(const std::vector<std::string>& columns, const std::map<std::
                                                   : number(it->second));
   }
   return join_row(cells);
+}
+
+/// A dotted metric name as a TensorBoard tag: train.loss -> train/loss, ema.val.accuracy -> ema/val/accuracy.
+std::string tag_of(std::string name) {
+  std::replace(name.begin(), name.end(), '.', '/');
+  return name;
 }
 
 /// The numbers of an epoch record by dotted name: train.loss, val.accuracy, ema.val.loss, lr, ...
@@ -248,11 +255,8 @@ void TensorBoardLogger::on_epoch_end(Trainer& trainer, const json& record) {
   flatten(record, "", values);
   for (const auto& [name, value] : values) {
     if (name == "step" || name == "lr") continue;  // the step is the x axis; lr is logged every step
-    // train.loss -> train/loss, ema.val.accuracy -> ema/val/accuracy, items_per_s -> epoch/items_per_s
-    std::string tag = name.find('.') == std::string::npos ? "epoch/" + name : name;
-    for (auto& c : tag)
-      if (c == '.') c = '/';
-    writer_->add_scalar(tag, value, s);
+    // items_per_s -> epoch/items_per_s: the record's own numbers apart from the per-step ones
+    writer_->add_scalar(tag_of(name.find('.') == std::string::npos ? "epoch." + name : name), value, s);
   }
   for (const auto& [name, image] : trainer.pictures()) writer_->add_image("pictures/" + name, image, s);
   writer_->flush();
@@ -266,10 +270,7 @@ void TensorBoardLogger::on_fit_end(Trainer& trainer) {
   flatten(final.value("test", json::object()), "final/test", values);
   if (final.contains("ema")) flatten(final["ema"].value("test", json::object()), "final/ema/test", values);
   for (const auto& [name, value] : values) {
-    std::string tag = name;
-    for (auto& c : tag)
-      if (c == '.') c = '/';
-    writer_->add_scalar(tag, value, trainer.state().step);
+    writer_->add_scalar(tag_of(name), value, trainer.state().step);
   }
   writer_->flush();
 }

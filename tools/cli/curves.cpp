@@ -72,12 +72,6 @@ std::string primary_metric(const std::string& dir) {
   return m.empty() ? m : m.substr(m.find('.') + 1);
 }
 
-std::string gp_quoted(const std::string& text) {
-  std::string out = "'";
-  for (const char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
-  return out + "'";
-}
-
 }  // namespace
 
 void add_plot(CLI::App& app) {
@@ -138,12 +132,12 @@ void add_plot(CLI::App& app) {
                                                                   : split == "val" ? "validation"
                                                                                    : split);
           lines.push_back(fmt::format("{} using 1:2 with lines lw {} dt {} lc {} title {}", name,
-                                      split == "step" ? 1 : 2, dash, colour, gp_quoted(label)));
+                                      split == "step" ? 1 : 2, dash, colour, gnuplot_string(label)));
         }
         ++colour;
       }
-      script += fmt::format("set title {}\nset xlabel {}\nset ylabel {}\nplot {}\n", gp_quoted(m), gp_quoted(a->x),
-                            gp_quoted(m), join(lines, ", \\\n     "));
+      script += fmt::format("set title {}\nset xlabel {}\nset ylabel {}\nplot {}\n", gnuplot_string(m),
+                            gnuplot_string(a->x), gnuplot_string(m), join(lines, ", \\\n     "));
     }
     script += "unset multiplot\n";
     run_gnuplot(data + script, a->out, fmt::format("900,{}", 320 * panels + 40));

@@ -63,13 +63,8 @@ void print_per_class(const json& metrics, const std::vector<std::string>& names)
 void draw_confusion(const json& confusion, const std::vector<std::string>& names, const std::string& title,
                     const std::string& png) {
   const size_t c = names.size();
-  auto quoted = [](const std::string& text) {
-    std::string out = "\"";
-    for (const char ch : text) out += ch == '"' || ch == '\\' ? std::string("\\") + ch : std::string(1, ch);
-    return out + "\"";
-  };
   std::string tics;
-  for (size_t i = 0; i < c; ++i) tics += (i ? ", " : "") + quoted(names[i]) + " " + std::to_string(i);
+  for (size_t i = 0; i < c; ++i) tics += (i ? ", " : "") + gnuplot_string(names[i]) + " " + std::to_string(i);
   int64_t largest = 1;
   for (const auto& row : confusion)
     for (const auto& v : row) largest = std::max(largest, v.get<int64_t>());
@@ -86,7 +81,7 @@ void draw_confusion(const json& confusion, const std::vector<std::string>& names
       "set cbrange [0:{}]\nunset key\nset size ratio 1\nset tics nomirror\n"
       "plot $m using 1:2:3 with image, $m using 1:2:(sprintf('%d', $3)):(strcol(4) eq 'white' ? 0xffffff : 0) "
       "with labels tc rgb variable font ',8'\n",
-      quoted(title), tics, tics, c - 0.5, c - 0.5, largest);
+      gnuplot_string(title), tics, tics, c - 0.5, c - 0.5, largest);
   const int size = static_cast<int>(std::max<size_t>(560, 60 * c + 200));
   run_gnuplot(data + script, png, fmt::format("{},{}", size, size));
 }

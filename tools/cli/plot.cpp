@@ -17,14 +17,13 @@ namespace {
 
 bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
 
-/// A string as a gnuplot single-quoted literal ('' is a quote inside one).
-std::string quoted(const std::string& text) {
+}  // namespace
+
+std::string gnuplot_string(const std::string& text) {
   std::string out = "'";
   for (const char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
   return out + "'";
 }
-
-}  // namespace
 
 void run_gnuplot(const std::string& script, const std::string& png, const std::string& size) {
   const auto gp = std::filesystem::path(png).replace_extension(".gp").string();
@@ -75,15 +74,15 @@ void save_label_figure(const torch::Tensor& tiles, int64_t columns, const std::v
   for (size_t c = 0; c < titles.size() && static_cast<int64_t>(c) < columns; ++c) {
     const double centre = static_cast<double>((pad + static_cast<int64_t>(c) * (tile_w + pad)) * scale) +
                           static_cast<double>(tile_w * scale) / 2;
-    script += fmt::format("set label {} {} at screen {}, screen {} center\n", c + 1, quoted(titles[c]),
+    script += fmt::format("set label {} {} at screen {}, screen {} center\n", c + 1, gnuplot_string(titles[c]),
                           x_screen(centre), y_screen(title_band / 2.0));
   }
-  script += fmt::format("plot {} binary filetype=png with rgbimage notitle", quoted(grid_png));
+  script += fmt::format("plot {} binary filetype=png with rgbimage notitle", gnuplot_string(grid_png));
   for (const auto id : ids) {
     const auto i = static_cast<size_t>(id);
     const auto label = i < names.size() ? fmt::format("{} {}", id, names[i]) : fmt::format("{}", id);
     script += fmt::format(", \\\n  keyentry with boxes fs solid 1.0 border lc rgb 'black' fc rgb '{}' title {}",
-                          datasets::class_colour_hex(id), quoted(label));
+                          datasets::class_colour_hex(id), gnuplot_string(label));
   }
   script += "\n";
   // The grid and the script are scaffolding here (the picture is the product): both go, whatever happens.

@@ -8,6 +8,9 @@
 
 namespace zoo::cli {
 
+/// `text` as a gnuplot single-quoted string literal ('' is a quote inside one).
+std::string gnuplot_string(const std::string& text);
+
 /// Writes `script` next to `png` (same name, .gp) and runs gnuplot on it; a missing gnuplot or a failed run is
 /// an error that says what to install.
 void run_gnuplot(const std::string& script, const std::string& png, const std::string& size = "900,560");
