@@ -3,9 +3,8 @@
 #include "datasets/images.h"
 #include "datasets/mnist.h"
 #include "datasets/options.h"
+#include "datasets/random.h"
 #include "datasets/registry.h"
-
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -16,14 +15,8 @@ namespace zoo::datasets {
 namespace fs = std::filesystem;
 
 namespace {
-at::Generator generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
-torch::Tensor uniform(at::Generator& g, std::vector<int64_t> shape, double lo, double hi) {
-  return at::rand(shape, g, torch::kFloat32) * (hi - lo) + lo;
-}
 std::string size_text(int64_t h, int64_t w) { return std::to_string(w) + "x" + std::to_string(h); }
-}  // namespace
 
-namespace {
 /// The seed of item `index` of a dataset seeded `seed` (splitmix64 of both): every item is its own random stream,
 /// so item i is the same whether 10 or 10,000 items are made (--limit keeps a prefix of the same data).
 uint64_t item_seed(uint64_t seed, int64_t index) {
@@ -94,7 +87,7 @@ std::shared_ptr<TensorDataset> make_volumes(int64_t n, const VolumeOptions& o, u
   auto volumes = torch::empty({n, 1, s, s, s}, torch::kFloat32);
   auto labels = torch::empty({n, s, s, s}, torch::kInt64);
   for (int64_t i = 0; i < n; ++i) {
-    auto g = generator(item_seed(seed, i));
+    auto g = seeded_generator(item_seed(seed, i));
     const int64_t count = at::randint(o.min_objects(), o.max_objects() + 1, {1}, g, torch::kInt64).item<int64_t>();
     auto volume = torch::zeros({s, s, s}, torch::kFloat32);
     auto label = torch::zeros({s, s, s}, torch::kInt64);

@@ -1,24 +1,16 @@
 #include "datasets/synthetic.h"
 
 #include "datasets/options.h"
+#include "datasets/random.h"
 #include "datasets/registry.h"
-
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 
 namespace zoo::datasets {
 
-namespace {
-at::Generator generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
-torch::Tensor uniform(at::Generator& g, std::vector<int64_t> shape, double lo, double hi) {
-  return at::rand(shape, g, torch::kFloat32) * (hi - lo) + lo;
-}
-}  // namespace
-
 std::shared_ptr<TensorDataset> make_waveforms(int64_t n, int64_t length, double noise, uint64_t seed) {
   TORCH_CHECK(n > 0 && length >= 16, "waveforms: need n > 0 and length >= 16");
-  auto g = generator(seed);
+  auto g = seeded_generator(seed);
   auto labels = at::randint(0, 4, {n}, g, torch::kInt64);
   auto cycles = uniform(g, {n, 1}, 2.0, 8.0);
   auto phase = uniform(g, {n, 1}, 0.0, 1.0);
@@ -39,7 +31,7 @@ std::shared_ptr<TensorDataset> make_waveforms(int64_t n, int64_t length, double 
 
 std::shared_ptr<TensorDataset> make_shapes3d(int64_t n, int64_t size, double noise, uint64_t seed) {
   TORCH_CHECK(n > 0 && size >= 8, "shapes3d: need n > 0 and size >= 8");
-  auto g = generator(seed);
+  auto g = seeded_generator(seed);
   auto labels = at::randint(0, 3, {n}, g, torch::kInt64);
   const double s = static_cast<double>(size);
   auto center = uniform(g, {n, 3, 1, 1, 1}, 0.35 * s, 0.65 * s);
@@ -60,7 +52,7 @@ std::shared_ptr<TensorDataset> make_shapes3d(int64_t n, int64_t size, double noi
 
 std::shared_ptr<TensorDataset> make_motion4d(int64_t n, int64_t frames, int64_t size, double noise, uint64_t seed) {
   TORCH_CHECK(n > 0 && frames >= 3 && size >= 6, "motion4d: need n > 0, frames >= 3, size >= 6");
-  auto g = generator(seed);
+  auto g = seeded_generator(seed);
   auto labels = at::randint(0, 6, {n}, g, torch::kInt64);
   const double s = static_cast<double>(size);
   const double speed = 0.6 * (s - 3) / static_cast<double>(frames);

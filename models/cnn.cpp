@@ -35,7 +35,7 @@ ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vect
 
 namespace {
 /// The constructor's checks, which the registry also runs on options without building the module.
-void check(const CNNOptions& o) {
+void check_cnn(const CNNOptions& o) {
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "CNN dropout must be in [0, 1)");
   TORCH_CHECK(o.in_channels() > 0 && o.hidden() > 0 && o.num_classes() > 0,
               "CNN in_channels, hidden and num_classes must be positive");
@@ -45,7 +45,7 @@ void check(const CNNOptions& o) {
 
 void CNNImpl::reset() {
   namespace nn = torch::nn;
-  check(options);
+  check_cnn(options);
   const auto stem = make_conv_stem(options.in_channels(), options.image_size(), options.channels(), "CNN");
   features = stem.features;
   const int64_t flat = stem.channels * stem.size * stem.size;
@@ -80,7 +80,7 @@ ZOO_REGISTER_MODEL(cnn) {
       .ZOO_OPTION(CNNOptions, hidden)
       .ZOO_OPTION(CNNOptions, num_classes)
       .ZOO_OPTION(CNNOptions, dropout)
-      .validate(check);
+      .validate(check_cnn);
 }
 
 }  // namespace zoo::models

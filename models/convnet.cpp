@@ -8,7 +8,7 @@ namespace zoo::models {
 
 namespace {
 /// The constructor's checks, which the registry also runs on options without building the module.
-void check(const ConvNetOptions& o) {
+void check_convnet(const ConvNetOptions& o) {
   TORCH_CHECK(o.dims() >= 1 && o.dims() <= 4, "ConvNet dims must be 1, 2, 3 or 4, got ", o.dims());
   TORCH_CHECK(!o.channels().empty(), "ConvNet needs at least one block (channels)");
   TORCH_CHECK(o.in_channels() > 0 && o.num_classes() > 0, "ConvNet in_channels and num_classes must be positive");
@@ -21,7 +21,7 @@ ConvNetImpl::ConvNetImpl(ConvNetOptions options_) : options(std::move(options_))
 void ConvNetImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  check(o);
+  check_convnet(o);
   features = nn::Sequential();
   int64_t in = o.in_channels();
   for (size_t i = 0; i < o.channels().size(); ++i) {
@@ -71,7 +71,7 @@ ModelEntry convnet_entry(const std::string& name, const std::string& description
       .ZOO_OPTION(ConvNetOptions, in_channels)
       .ZOO_OPTION(ConvNetOptions, channels)
       .ZOO_OPTION(ConvNetOptions, num_classes)
-      .validate(check);
+      .validate(check_convnet);
 }
 }  // namespace
 

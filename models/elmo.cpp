@@ -141,7 +141,7 @@ void ScalarMixImpl::pretty_print(std::ostream& stream) const {
 
 namespace {
 /// The constructor's checks, which the registry also runs on options without building the module.
-void check(const ElmoOptions& o) {
+void check_elmo(const ElmoOptions& o) {
   TORCH_CHECK(o.filters().size() >= 2 && o.filters().size() % 2 == 0, "elmo: filters must be [width, count, ...], got ",
               format_list(o.filters()));
   TORCH_CHECK(o.num_layers() >= 1, "elmo: num_layers must be >= 1");
@@ -165,7 +165,7 @@ ElmoImpl::ElmoImpl(ElmoOptions options_) : options(std::move(options_)) { reset(
 void ElmoImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  check(o);
+  check_elmo(o);
   char_embedding = register_module(
       "char_embedding",
       nn::Embedding(nn::EmbeddingOptions(CharIds::kCount, o.char_embedding()).padding_idx(CharIds::kPad)));
@@ -327,7 +327,7 @@ ZOO_REGISTER_MODEL(elmo) {
       .ZOO_OPTION(ElmoOptions, dropout)
       .ZOO_OPTION(ElmoOptions, vocab_size)
       .ZOO_OPTION(ElmoOptions, mix_layer_norm)
-      .validate(check);
+      .validate(check_elmo);
 }
 
 }  // namespace zoo::models

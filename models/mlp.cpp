@@ -7,7 +7,7 @@ namespace zoo::models {
 
 namespace {
 /// The constructor's checks, which the registry also runs on options without building the module.
-void check(const MLPOptions& o) {
+void check_mlp(const MLPOptions& o) {
   TORCH_CHECK(o.in_features() > 0 && o.num_classes() > 0, "MLP needs in_features > 0 and num_classes > 0");
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "MLP dropout must be in [0, 1)");
   for (int64_t h : o.hidden()) TORCH_CHECK(h > 0, "MLP hidden sizes must be positive, got ", h);
@@ -17,7 +17,7 @@ void check(const MLPOptions& o) {
 MLPImpl::MLPImpl(MLPOptions options_) : options(std::move(options_)) { reset(); }
 
 void MLPImpl::reset() {
-  check(options);
+  check_mlp(options);
   net = torch::nn::Sequential();
   int64_t width = options.in_features();
   for (int64_t h : options.hidden()) {
@@ -51,7 +51,7 @@ ZOO_REGISTER_MODEL(mlp) {
       .ZOO_OPTION(MLPOptions, hidden)
       .ZOO_OPTION(MLPOptions, num_classes)
       .ZOO_OPTION(MLPOptions, dropout)
-      .validate(check);
+      .validate(check_mlp);
 }
 
 }  // namespace zoo::models

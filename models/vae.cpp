@@ -8,7 +8,7 @@ namespace zoo::models {
 
 namespace {
 /// The constructor's checks, which the registry also runs on options without building the module.
-void check(const VAEOptions& o) {
+void check_vae(const VAEOptions& o) {
   TORCH_CHECK(o.arch() == "mlp" || o.arch() == "conv", "VAE arch must be \"mlp\" or \"conv\", got \"", o.arch(), "\"");
   TORCH_CHECK(o.latent() > 0 && o.hidden() > 0 && o.in_channels() > 0 && o.image_size() > 0,
               "VAE sizes (latent, hidden, in_channels, image_size) must be positive");
@@ -24,7 +24,7 @@ VAEImpl::VAEImpl(VAEOptions options_) : options(std::move(options_)) { reset(); 
 void VAEImpl::reset() {
   namespace nn = torch::nn;
   const auto& o = options;
-  check(o);
+  check_vae(o);
   const int64_t c = o.in_channels(), size = o.image_size(), pixels = c * size * size;
   if (o.arch() == "mlp") {
     encoder = nn::Sequential(nn::Linear(pixels, o.hidden()), nn::ReLU());
@@ -136,7 +136,7 @@ ZOO_REGISTER_MODEL(vae) {
       .ZOO_OPTION(VAEOptions, beta)
       .ZOO_OPTION(VAEOptions, binarize)
       .ZOO_OPTION(VAEOptions, iwae_samples)
-      .validate(check);
+      .validate(check_vae);
 }
 
 }  // namespace zoo::models

@@ -29,12 +29,12 @@ struct MhcArgs {
   bool no_plot = false;
 };
 
-struct Result {
+struct StabilityResult {
   double forward_gain = 0, backward_gain = 0, column_error = 0, activation_growth = 0;
   std::vector<double> backward_by_depth;
 };
 
-Result follow(const MhcArgs& a, const std::string& variant, double scale) {
+StabilityResult follow(const MhcArgs& a, const std::string& variant, double scale) {
   torch::manual_seed(static_cast<uint64_t>(a.seed));
   std::vector<models::MHC> stack;
   for (int64_t l = 0; l < a.layers; ++l) {
@@ -55,7 +55,7 @@ Result follow(const MhcArgs& a, const std::string& variant, double scale) {
   const auto x0_norm = x.flatten(1).norm(2, 1);
   auto composite =
       torch::eye(a.streams, torch::kFloat64).expand({a.batch, a.streams, a.streams});  // double: HC overflows float
-  Result r;
+  StabilityResult r;
   for (auto& m : stack) {
     const auto mix = m->mixing(x);
     r.column_error = std::max(r.column_error, (mix.res.sum(-2) - 1).abs().max().item<double>());

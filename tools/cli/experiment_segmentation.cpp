@@ -31,7 +31,7 @@ struct SegArgs {
   bool no_plot = false;
 };
 
-struct Result {
+struct SegmentationResult {
   std::string model;
   int64_t parameters = 0;
   double miou = 0, boundary_iou = 0, pixel_accuracy = 0, dice = 0, seconds = 0;
@@ -44,7 +44,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
   const bool volumes = a.dims == 3;
   const std::vector<std::string> models =
       volumes ? std::vector<std::string>{"unet3d", "deconvnet3d"} : std::vector<std::string>{"unet", "deconvnet"};
-  std::vector<Result> results;
+  std::vector<SegmentationResult> results;
   std::vector<std::string> run_dirs;
   for (const auto& name : models) {
     training::RunConfig config;
@@ -64,7 +64,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
                        .progress(false);
     const auto run_dir = (fs::path(dir) / name).string();
     auto run = training::Run::create(config, run_dir);
-    Result r;
+    SegmentationResult r;
     r.model = name;
     r.parameters = models::count_parameters(*run->model().ptr());
     fmt::print("training {} ({} parameters) on {} for {} epochs -> {}\n", name, static_cast<long long>(r.parameters),
