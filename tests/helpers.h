@@ -66,6 +66,9 @@ inline CommandResult run_command(const std::string& command) {
 }
 
 /// Runs the zoo binary with arguments (a shell-quoted string), one thread.
+/// float64 tensor options (the tests that compare against hand computations use them).
+inline const torch::TensorOptions kF64 = torch::TensorOptions().dtype(torch::kFloat64);
+
 /// The largest absolute entry; how far rows and columns of (batches of) matrices are from summing to 1.
 inline double max_abs(const torch::Tensor& t) { return t.abs().max().item<double>(); }
 inline double row_error(const torch::Tensor& m) { return max_abs(m.sum(-1) - 1); }

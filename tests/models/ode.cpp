@@ -11,12 +11,7 @@
 using namespace zoo;
 using models::ODESolverOptions;
 using torch::Tensor;
-
-namespace {
-
-const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
-
-}  // namespace
+using zoo::test::kF64;
 
 TEST_CASE("MLPField: the hand-written adjoint of the fixed-step solvers equals autograd through odeint", "[ode]") {
   torch::manual_seed(0);

@@ -10,6 +10,7 @@
 using namespace zoo;
 using ops::ODESolverOptions;
 using torch::Tensor;
+using zoo::test::kF64;
 
 namespace {
 
@@ -24,8 +25,6 @@ double loglog_slope(const std::vector<double>& h, const std::vector<double>& err
   }
   return sxy / sxx;
 }
-
-const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
 // dy/dt = y, y(0) = 1: y(1) = e.   2-D rotation dy/dt = [[0, -1], [1, 0]] y, y(0) = (1, 0): y(1) = (cos 1, sin 1).
 ops::VectorField growth() {
