@@ -1,6 +1,7 @@
 #include "models/vae.h"
 
 #include "models/registry.h"
+#include "ops/autocast.h"
 
 #include <cmath>
 
@@ -103,7 +104,9 @@ NegativeELBO negative_elbo(const torch::Tensor& logits, const torch::Tensor& x, 
 torch::Tensor iwae_log_likelihood(GaussianLatentModel& model, const torch::Tensor& x, int64_t k, int64_t max_rows,
                                   c10::optional<at::Generator> generator) {
   TORCH_CHECK(k >= 1, "IWAE needs k >= 1 samples");
-  auto [mu, logvar] = model.encode(x);
+  // In float32 under mixed precision: log-densities summed over pixels and latents, then a logsumexp over k.
+  const auto encoded = model.encode(x);
+  const auto mu = ops::float32(std::get<0>(encoded)), logvar = ops::float32(std::get<1>(encoded));
   const int64_t n = x.size(0), latent = mu.size(1);
   const int64_t per_chunk = std::max<int64_t>(1, max_rows / std::max<int64_t>(1, n));
   std::vector<torch::Tensor> log_w;  // each [chunk, N]
@@ -113,7 +116,7 @@ torch::Tensor iwae_log_likelihood(GaussianLatentModel& model, const torch::Tenso
     auto eps = generator ? at::randn({m, n, latent}, generator, mu.options().device(torch::kCPU)).to(mu.device())
                          : at::randn({m, n, latent}, mu.options());
     auto z = mu.unsqueeze(0) + torch::exp(0.5 * logvar).unsqueeze(0) * eps;  // [m, N, L]
-    auto logits = model.decode(z.reshape({m * n, latent}));
+    auto logits = ops::float32(model.decode(z.reshape({m * n, latent})));
     auto target = x.repeat({m, 1, 1, 1}).view_as(logits);  // m-major, like z
     auto log_px = -bernoulli_nll(logits, target).view({m, n});
     auto log_pz = gaussian_log_density(z, torch::zeros_like(z), torch::zeros_like(z));

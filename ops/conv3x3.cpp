@@ -1,4 +1,5 @@
 #include "ops/conv3x3.h"
+#include "ops/autocast.h"
 #include "ops/simd.h"
 
 #include <ATen/Parallel.h>
@@ -329,8 +330,9 @@ struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
 }  // namespace
 
 bool conv3x3_direct_available(const Tensor& x, const Tensor& weight) {
-  return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.device().is_cpu() && weight.device().is_cpu() &&
-         x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
+  // Under autocast the convolution goes to LibTorch, which runs it in bfloat16 (oneDNN).
+  return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && !autocast_enabled() && x.device().is_cpu() &&
+         weight.device().is_cpu() && x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
 }
 
 bool conv3x3_direct(const Tensor& x, const Tensor& weight) {

@@ -1,4 +1,5 @@
 #include "ops/lstm.h"
+#include "ops/autocast.h"
 #include "ops/packed_gemm.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -191,9 +192,14 @@ void check_shapes(const Tensor& xs, const Tensor& w_state, const Tensor& b_state
 
 }  // namespace
 
-Tensor lstm_recurrence(const Tensor& xs, const Tensor& w_state, const Tensor& b_state, const Tensor& w_proj,
+Tensor lstm_recurrence(const Tensor& xs_in, const Tensor& w_state_in, const Tensor& b_state_in, const Tensor& w_proj_in,
                        const Tensor& mask, LstmClip clip, bool go_forward) {
-  check_shapes(xs, w_state, b_state, w_proj, mask);
+  check_shapes(xs_in, w_state_in, b_state_in, w_proj_in, mask);
+  // In float32 under mixed precision: the cell state is a sum over all steps, which 8 bits of mantissa would round
+  // away; the step's products are small next to the input projection (xs), which autocast runs in bfloat16.
+  Float32Region fp32;
+  const auto xs = float32(xs_in), w_state = float32(w_state_in), b_state = float32(b_state_in),
+             w_proj = float32(w_proj_in);
   if (torch::jit::tracer::isTracing() || xs.size(1) == 0)
     return lstm_recurrence_reference(xs, w_state, b_state, w_proj, mask, clip, go_forward);
   const auto keep = mask != 0;

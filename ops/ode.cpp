@@ -1,4 +1,5 @@
 #include "ops/ode.h"
+#include "ops/autocast.h"
 
 #include <fmt/format.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -314,8 +315,11 @@ struct MLPFieldSolve : public torch::autograd::Function<MLPFieldSolve> {
 
 }  // namespace
 
-ODESolution mlp_field_solve(const Tensor& y0, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
-                            double t0, double t1, int64_t steps, const std::string& method) {
+ODESolution mlp_field_solve(const Tensor& y0_in, const Tensor& w1_in, const Tensor& b1_in, const Tensor& w2_in,
+                            const Tensor& b2_in, double t0, double t1, int64_t steps, const std::string& method) {
+  // In float32 under mixed precision: a small field integrated over many stages, and kernels that write float32.
+  Float32Region fp32;
+  const auto y0 = float32(y0_in), w1 = float32(w1_in), b1 = float32(b1_in), w2 = float32(w2_in), b2 = float32(b2_in);
   check_solver(ODESolverOptions().method(method).steps(steps));
   TORCH_CHECK(method != "dopri5", "mlp_field_solve runs the fixed-step solvers; use odeint for dopri5");
   TORCH_CHECK(y0.dim() == 2 && w1.dim() == 2 && w1.size(1) == y0.size(1) && b1.sizes() == w1.sizes().slice(0, 1) &&

@@ -1,4 +1,5 @@
 #include "ops/packed_gemm.h"
+#include "ops/autocast.h"
 
 #include "ops/simd.h"
 
@@ -82,7 +83,7 @@ PackedWeight::PackedWeight(const torch::Tensor& weight) {
 }
 
 bool PackedWeight::usable(const torch::Tensor& x) {
-  return cpu_has_avx2_fma() && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
+  return cpu_has_avx2_fma() && !autocast_enabled() && x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
 }
 
 torch::Tensor PackedWeight::addmm(const torch::Tensor& add, const torch::Tensor& x) const {

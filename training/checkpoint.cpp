@@ -1,15 +1,18 @@
 #include "training/checkpoint.h"
 
 #include "training/messages.h"
+#include "training/precision.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <fcntl.h>
 #include <torch/script.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <zip.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -266,7 +269,19 @@ std::vector<std::string> copy_tensors(torch::nn::Module& module, const std::map<
 }
 
 void load_module(torch::nn::Module& module, const std::string& path) {
-  auto problems = copy_tensors(module, read_tensors(path), /*strict=*/true);
+  const auto tensors = read_tensors(path);
+  // Weights saved in another precision (a --precision bf16 run read in float32, or the other way) are converted
+  // by the copy; said once per process, not once per file.
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+    const auto it = tensors.find(p.key());
+    if (it == tensors.end() || it->second.scalar_type() == p.value().scalar_type()) continue;
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      fmt::print(stderr, "note: {} holds {} weights; converted to {}, the precision of this model\n", path,
+                 dtype_name(it->second.scalar_type()), dtype_name(p.value().scalar_type()));
+    break;
+  }
+  auto problems = copy_tensors(module, tensors, /*strict=*/true);
   if (!problems.empty()) {
     std::string list;
     for (size_t i = 0; i < problems.size() && i < 5; ++i) list += (i ? "; " : "") + problems[i];

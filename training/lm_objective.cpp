@@ -1,5 +1,7 @@
 #include "training/lm_objective.h"
 
+#include "ops/autocast.h"
+
 #include <cmath>
 
 namespace zoo::training {
@@ -25,7 +27,7 @@ void check_batch(const datasets::Batch& batch) {
 
 /// Cross-entropy summed over positions with a target, and their count.
 std::pair<torch::Tensor, torch::Tensor> summed_nll(const torch::Tensor& logits, const torch::Tensor& target) {
-  const auto flat = logits.reshape({-1, logits.size(-1)});
+  const auto flat = ops::float32(logits).reshape({-1, logits.size(-1)});  // float32 under mixed precision
   const auto t = target.reshape({-1});
   auto sum = torch::nn::functional::cross_entropy(
       flat, t, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum));

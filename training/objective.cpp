@@ -1,5 +1,7 @@
 #include "training/objective.h"
 
+#include "ops/autocast.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -28,7 +30,7 @@ torch::Tensor logits_of(torch::nn::AnyModule& model, const datasets::Batch& batc
   auto logits = model.forward(batch.input);
   TORCH_CHECK(logits.dim() == 2 && logits.size(0) == batch.size(), "a classifier must return logits [N, classes], got ",
               logits.sizes());
-  return logits;
+  return ops::float32(logits);  // losses and metrics in float32 under mixed precision
 }
 
 /// Loss, accuracy and, when thorough, the confusion matrix (rows: true class, columns: predicted) with each

@@ -2,6 +2,7 @@
 
 #include "training/device.h"
 #include "training/optim.h"
+#include "training/precision.h"
 #include "training/threads.h"
 
 #include "core/choices.h"
@@ -70,6 +71,12 @@ const Schema<TrainOptions>& train_schema() {
       parse_device(v.get<std::string>());  // throws with the valid devices
       return std::string();
     });
+    s.add("precision", ZOO_FIELD(TrainOptions, precision),
+          "Numeric precision: 32 (float32), bf16-mixed (float32 weights, the forward under bfloat16 autocast), "
+          "bf16 (bfloat16 weights: inference; training with a warning) or fp16-mixed (CUDA: float16 autocast "
+          "with loss scaling)")
+        .one_of(precision_names(), "precision")
+        .resumable();
     s.add("shuffle", ZOO_FIELD(TrainOptions, shuffle), "Shuffle the training items every epoch");
     s.add("progress", ZOO_FIELD(TrainOptions, progress), "Progress bar or lines on stderr during an epoch").resumable();
     s.add("monitor", ZOO_FIELD(TrainOptions, monitor),

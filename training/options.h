@@ -34,6 +34,7 @@ struct TrainOptions {
   TORCH_ARG(int64_t, seed) = 0;
   TORCH_ARG(int64_t, threads) = 0;
   TORCH_ARG(std::string, device) = "cpu";
+  TORCH_ARG(std::string, precision) = "32";  ///< 32, bf16-mixed, bf16 or fp16-mixed (training/precision.h)
   TORCH_ARG(bool, shuffle) = true;
   TORCH_ARG(bool, progress) = true;
   TORCH_ARG(std::string, monitor) = "";  ///< "val.<metric>" that picks the best epoch; empty: the task's main one

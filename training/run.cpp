@@ -160,7 +160,8 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
 }
 
 std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t threads, bool quiet,
-                                 std::shared_ptr<ProcessGroup> group, bool restart_schedule) {
+                                 std::shared_ptr<ProcessGroup> group, bool restart_schedule,
+                                 const std::string& precision) {
   std::unique_ptr<Run> run(new Run());
   run->group_ = std::move(group);
   const bool writer = !run->group_ || run->group_->rank() == 0;
@@ -168,6 +169,16 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   run->dir_ = std::make_shared<RunDirectory>(dir, writer);
   if (threads >= 0) run->config_.train.threads(threads);
   if (quiet) run->config_.train.progress(false);
+  const std::string was = run->config_.train.precision();
+  if (!precision.empty() && precision != was) {
+    parse_precision(precision);  // an unknown name: the valid ones
+    if (was == "bf16" || precision == "bf16")
+      throw SettingError("train.precision",
+                         fmt::format("{} cannot change a run trained in {} to {}: bf16 keeps the weights and the "
+                                     "optimizer's state in bfloat16; start a new run",
+                                     precision, was, precision));
+    run->config_.train.precision(precision);
+  }
   torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
   run->build(true);
   run->attach_writers();
@@ -190,6 +201,8 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   if (restart_schedule && epochs == 0)
     throw std::invalid_argument("a schedule restart needs --epochs beyond the " +
                                 std::to_string(run->config_.train.epochs()) + " planned");
+  if (run->config_.train.precision() != was)
+    run->dir_->update_config([&](json& saved) { saved["train"]["precision"] = run->config_.train.precision(); });
   if (epochs > 0) {
     // The trainer was built with the planned epochs: it extends the schedule from them (Trainer::extend).
     run->trainer_->extend(epochs, restart_schedule);

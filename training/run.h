@@ -53,10 +53,12 @@ class Run {
                                      std::shared_ptr<ProcessGroup> group = nullptr);
   /// Continues the run in `dir` from its last checkpoint; `epochs` > 0 changes the total number of epochs,
   /// `threads` >= 0 the threads, `quiet` turns the progress display off. Epochs beyond the planned ones go on at
-  /// the schedule's last rate, or with `restart_schedule` as a new cycle of it (Trainer::extend).
+  /// the schedule's last rate, or with `restart_schedule` as a new cycle of it (Trainer::extend). A `precision`
+  /// other than the run's goes on in it (32 <-> bf16-mixed; a run in bf16, whose weights and optimizer state are
+  /// bfloat16, cannot switch) and is recorded in config.json.
   static std::unique_ptr<Run> resume(const std::string& dir, int64_t epochs = 0, int64_t threads = -1,
                                      bool quiet = false, std::shared_ptr<ProcessGroup> group = nullptr,
-                                     bool restart_schedule = false);
+                                     bool restart_schedule = false, const std::string& precision = "");
   /// Opens a finished or running run for evaluation and inspection: model with the weights of `checkpoint`
   /// ("best", "last", "ema" or "epoch-N", RunDirectory::load_weights), no training. `adjust` may change the
   /// configuration first (another --limit, device, evaluation batch size).

@@ -105,24 +105,25 @@ void RunDirectory::save(Trainer& trainer, bool epoch_end) const {
   const auto& st = trainer.state();
   json top_k = json::array();
   for (const auto& [epoch, value] : st.top_k) top_k.push_back({{"epoch", epoch}, {"value", value}});
-  const json state = {{"epoch", st.epoch},
-                      {"step", st.step},
-                      {"epoch_step", st.epoch_step},
-                      {"partial", st.partial},
-                      {"best", std::isnan(st.best) ? json(nullptr) : json(st.best)},
-                      {"best_metric", trainer.monitor()},
-                      {"best_epoch", st.best_epoch},
-                      {"world_size", trainer.world_size()},
-                      {"last", st.last},
-                      {"final", st.final},
-                      {"top_k", top_k},
-                      {"schedule",
-                       {{"start", st.schedule_start},
-                        {"steps", st.schedule_steps},
-                        {"lr_scale", st.lr_scale},
-                        {"lr_reduced_epoch", st.lr_reduced_epoch}}},
-                      {"callbacks", trainer.callback_states()},
-                      {"rng_state", rng_state_hex()}};
+  json state = {{"epoch", st.epoch},
+                {"step", st.step},
+                {"epoch_step", st.epoch_step},
+                {"partial", st.partial},
+                {"best", std::isnan(st.best) ? json(nullptr) : json(st.best)},
+                {"best_metric", trainer.monitor()},
+                {"best_epoch", st.best_epoch},
+                {"world_size", trainer.world_size()},
+                {"last", st.last},
+                {"final", st.final},
+                {"top_k", top_k},
+                {"schedule",
+                 {{"start", st.schedule_start},
+                  {"steps", st.schedule_steps},
+                  {"lr_scale", st.lr_scale},
+                  {"lr_reduced_epoch", st.lr_reduced_epoch}}},
+                {"callbacks", trainer.callback_states()},
+                {"rng_state", rng_state_hex()}};
+  if (!st.grad_scaler.empty()) state["grad_scaler"] = st.grad_scaler;
   std::vector<CheckpointFile> files = {
       {"model.pt", [&](const std::string& p) { save_module(*trainer.model().ptr(), p); }},
       {"optimizer.pt",
@@ -211,6 +212,7 @@ void RunDirectory::restore(Trainer& trainer) const {
     st.schedule_steps = schedule.value("steps", int64_t{0});
     st.lr_scale = schedule.value("lr_scale", 1.0);
     st.lr_reduced_epoch = schedule.value("lr_reduced_epoch", int64_t{0});
+    st.grad_scaler = state.value("grad_scaler", json::object());
     const int64_t saved_world = state.value("world_size", int64_t{1});
     if (st.epoch_step > 0 && saved_world != trainer.world_size())
       throw std::runtime_error(fmt::format(
@@ -223,6 +225,7 @@ void RunDirectory::restore(Trainer& trainer) const {
     throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
   }
   trainer.set_state(st);
+  trainer.load_grad_scaler(st.grad_scaler);
   if (fs::exists(run / "best.pt")) {  // the best epoch's weights, for the final test of a resumed run
     load_module(*trainer.model().ptr(), (run / "best.pt").string());
     trainer.set_best_weights(module_tensors(*trainer.model().ptr(), true));

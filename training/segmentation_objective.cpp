@@ -1,6 +1,7 @@
 #include "training/segmentation_objective.h"
 
 #include "datasets/images.h"
+#include "ops/autocast.h"
 
 #include <stdexcept>
 
@@ -44,7 +45,7 @@ torch::Tensor segment_logits(torch::nn::AnyModule& model, const datasets::Batch&
   TORCH_CHECK(top < logits.size(1) && (y.numel() == 0 || y.min().item<int64_t>() >= 0), "the labels hold class id ",
               top, " but the model predicts ", logits.size(1), " classes (set the model's num_classes to at least ",
               top + 1, ")");
-  return logits;
+  return ops::float32(logits);  // losses and metrics in float32 under mixed precision
 }
 
 torch::Tensor one_hot_channels(const torch::Tensor& labels, int64_t num_classes) {

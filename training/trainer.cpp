@@ -54,11 +54,22 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
   if (options_.save_top_k() > 1 && monitor().empty()) throw SettingError("train.save_top_k", watch);
   if (options_.schedule() == "plateau" && monitor().empty()) throw SettingError("train.schedule", "plateau " + watch);
   device_ = parse_device(options_.device());
+  precision_ = parse_precision(options_.precision());
+  // What no flag can excuse (fp16-mixed off CUDA); an emulated bfloat16 is the caller's to refuse or accept.
+  if (auto problem = precision_problem(precision_, device_, /*force=*/true); !problem.empty())
+    throw SettingError("train.precision", problem);
   apply_threads(options_.threads());
   model_.ptr()->to(device_);
+  if (reduced_weights(precision_)) model_.ptr()->to(reduced_type(precision_));
+  if (precision_ == Precision::fp16_mixed) scaler_ = std::make_unique<GradScaler>();
   if (options_.ema() > 0) ema_ = module_tensors(*model_.ptr(), true);  // the average starts at the initial weights
   optimizer_ = make_optimizer(options_.optimizer(), model_.ptr()->parameters(), options_.lr(), options_.momentum(),
                               options_.weight_decay());
+}
+
+void Trainer::load_grad_scaler(const json& state) {
+  if (scaler_ && !state.empty()) scaler_->load_state(state);
+  if (scaler_) state_.grad_scaler = scaler_->state();
 }
 
 void Trainer::add_callback(std::shared_ptr<Callback> callback) { callbacks_.push_back(std::move(callback)); }
@@ -182,7 +193,11 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
   for (const auto& batch : micro_batches) {
     const double share = static_cast<double>(batch.size()) / items;
     Terms step_terms;
-    auto loss = objective_->loss(model_, batch, step_terms);
+    torch::Tensor loss;
+    {
+      auto scope = autocast(precision_, device_);  // the forward only: backward runs outside, as in PyTorch
+      loss = objective_->loss(model_, batch, step_terms);
+    }
     Terms extra;
     each([&](Callback& c) { c.loss_terms(*this, extra); });
     for (auto& [name, value] : extra) {
@@ -195,7 +210,8 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
       if (value.defined()) step_terms.emplace_back(name, value.detach());
     const double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value)) throw DivergedError(fmt::format("loss became {}", loss_value));
-    (micro_batches.size() == 1 ? loss : loss * share).backward();
+    auto weighted = micro_batches.size() == 1 ? loss : loss * share;
+    (scaler_ ? scaler_->scale(weighted) : weighted).backward();
     loss_mean += share * loss_value;
     // The terms of the step: item-weighted means over the micro-batches (the same names in the same order).
     if (micro_batches.size() == 1) {
@@ -208,6 +224,8 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
     }
   }
   each([&](Callback& c) { c.after_backward(*this); });
+  // fp16-mixed: true gradients before clipping; a step whose gradients overflowed is skipped.
+  const bool overflow = scaler_ && scaler_->unscale(model_.ptr()->parameters());
   grad_norm_ = std::numeric_limits<double>::quiet_NaN();
   if (options_.clip_grad() > 0) {
     grad_norm_ = torch::nn::utils::clip_grad_norm_(model_.ptr()->parameters(), options_.clip_grad());
@@ -217,7 +235,11 @@ double Trainer::train_step(const std::vector<datasets::Batch>& micro_batches, do
       if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0));
     if (!norms.empty()) grad_norm_ = torch::stack(norms).norm(2.0).item<double>();
   }
-  optimizer_->step();
+  if (!overflow) optimizer_->step();
+  if (scaler_) {
+    scaler_->update(overflow);
+    state_.grad_scaler = scaler_->state();
+  }
   each([&](Callback& c) { c.after_step(*this); });
   update_ema();
   return loss_mean;
@@ -337,6 +359,7 @@ void Trainer::check_data_fits() {
   const auto batch = data_.train->get(torch::arange(std::min<int64_t>(2, data_.train->size()))).to(device_);
   try {
     Terms terms;
+    auto scope = autocast(precision_, device_);
     objective_->loss(model_, batch, terms);
   } catch (const std::exception& e) {
     module.train(was_training);
@@ -352,6 +375,7 @@ void Trainer::check_data_fits() {
     const auto two = data_.val->get(torch::arange(std::min<int64_t>(2, data_.val->size()))).to(device_);
     module.eval();
     auto evaluator = objective_->evaluator(false);
+    auto scope = autocast(precision_, device_);
     evaluator->add(model_, two);
     module.train(was_training);
     check_monitor(evaluator->result(evaluator->state()));
@@ -372,6 +396,7 @@ Pictures Trainer::pictures() {
   torch::NoGradGuard no_grad;
   Pictures out;
   try {
+    auto scope = autocast(precision_, device_);
     out = objective_->pictures(model_, data_.val ? *data_.val : *data_.test);
   } catch (...) {
     module.train(was_training);
@@ -387,6 +412,7 @@ json Trainer::evaluate_on(const datasets::Dataset& data, bool thorough) {
   module.eval();
   torch::NoGradGuard no_grad;
   auto evaluator = objective_->evaluator(thorough);
+  auto scope = autocast(precision_, device_);
   const int64_t n = data.size();
   // Each rank takes every world_size-th item (no padding, so no item counts twice).
   const auto mine = torch::arange(rank_, n, world_size_, torch::kInt64);

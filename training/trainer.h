@@ -14,9 +14,11 @@
 #include "datasets/dataset.h"
 #include "training/callback.h"
 #include "training/device.h"
+#include "training/grad_scaler.h"
 #include "training/objective.h"
 #include "training/optim.h"
 #include "training/options.h"
+#include "training/precision.h"
 #include "training/stop.h"
 #include "training/threads.h"
 
@@ -57,6 +59,8 @@ struct TrainState {
   /// plateau: the product of the reductions so far and the epoch of the last one.
   double lr_scale = 1.0;
   int64_t lr_reduced_epoch = 0;
+  /// fp16-mixed: the loss scaler's state (GradScaler::state); empty otherwise.
+  json grad_scaler = json::object();
 };
 
 /// Raised when the loss stops being finite.
@@ -138,6 +142,11 @@ class Trainer {
   void set_state(TrainState state) { state_ = std::move(state); }
   const TrainOptions& options() const { return options_; }
   const torch::Device& device() const { return device_; }
+  Precision precision() const { return precision_; }
+  /// fp16-mixed: the loss scaler (null in the other precisions).
+  GradScaler* grad_scaler() { return scaler_.get(); }
+  /// The loss scaler's state from a checkpoint (TrainState::grad_scaler; ignored without a scaler).
+  void load_grad_scaler(const json& state);
   int64_t rank() const { return rank_; }
   int64_t world_size() const { return world_size_; }
   /// Only the number of epochs can change between runs of the loop (a resumed run may go on longer).
@@ -195,6 +204,8 @@ class Trainer {
   std::function<void(torch::Tensor&)> all_reduce_sum_;
   std::vector<torch::Tensor> best_weights_;
   std::vector<torch::Tensor> ema_;
+  Precision precision_ = Precision::fp32;
+  std::unique_ptr<GradScaler> scaler_;
   double grad_norm_ = std::numeric_limits<double>::quiet_NaN();  ///< the last step's (StepInfo::grad_norm)
 };
 

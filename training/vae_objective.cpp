@@ -1,10 +1,20 @@
 #include "training/vae_objective.h"
 
 #include "datasets/images.h"
+#include "ops/autocast.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 namespace zoo::training {
+
+namespace {
+/// The posterior's mean and log-variance in float32 (under mixed precision the encoder's last layer gives
+/// bfloat16): the sample, the KL and the likelihoods are computed in float32.
+std::tuple<torch::Tensor, torch::Tensor> encode_float32(models::GaussianLatentModel& vae, const torch::Tensor& x) {
+  auto [mu, logvar] = vae.encode(x);
+  return {ops::float32(mu), ops::float32(logvar)};
+}
+}  // namespace
 
 VAEObjective::VAEObjective(bool binarize, int64_t iwae_samples) : binarize_(binarize), iwae_samples_(iwae_samples) {
   TORCH_CHECK(iwae_samples >= 1, "iwae_samples must be >= 1");
@@ -22,8 +32,8 @@ models::GaussianLatentModel& VAEObjective::latent_model(torch::nn::AnyModule& mo
 torch::Tensor VAEObjective::loss(torch::nn::AnyModule& model, const datasets::Batch& batch, Terms& terms) {
   auto& vae = latent_model(model);
   const auto x = binarize_ ? torch::bernoulli(batch.input) : batch.input;
-  auto [mu, logvar] = vae.encode(x);
-  auto logits = vae.decode(models::reparameterize(mu, logvar));
+  auto [mu, logvar] = encode_float32(vae, x);
+  auto logits = ops::float32(vae.decode(models::reparameterize(mu, logvar)));
   auto elbo = models::negative_elbo(logits, x, mu, logvar, vae.beta());
   terms.emplace_back("recon", elbo.recon.detach());
   terms.emplace_back("kl", elbo.kl.detach());
@@ -50,8 +60,8 @@ class VAEEvaluator : public Evaluator {
   void add(torch::nn::AnyModule& model, const datasets::Batch& batch) override {
     auto& vae = VAEObjective::latent_model(model);
     const auto x = binarize_ ? torch::bernoulli(batch.input) : batch.input;
-    auto [mu, logvar] = vae.encode(x);
-    auto logits = vae.decode(models::reparameterize(mu, logvar));
+    auto [mu, logvar] = encode_float32(vae, x);
+    auto logits = ops::float32(vae.decode(models::reparameterize(mu, logvar)));
     recon_ += models::bernoulli_nll(logits, x).sum().item<double>();
     kl_ += models::gaussian_kl(mu, logvar).sum().item<double>();
     beta_ = vae.beta();
@@ -104,11 +114,11 @@ Pictures VAEObjective::pictures(torch::nn::AnyModule& model, const datasets::Dat
   auto generator = at::detail::createCPUGenerator(20261203);
   const auto z = torch::randn({16, vae.latent_size()}, generator, torch::kFloat32).to(device);
   Pictures out;
-  out.emplace_back("samples",
-                   datasets::make_grid(torch::sigmoid(vae.decode(z)).cpu(), datasets::GridOptions().nrow(8)));
+  out.emplace_back("samples", datasets::make_grid(torch::sigmoid(ops::float32(vae.decode(z))).cpu(),
+                                                  datasets::GridOptions().nrow(8)));
   const auto batch = data.get(torch::arange(std::min<int64_t>(8, data.size()))).to(device);
   const auto mu = std::get<0>(vae.encode(batch.input));
-  const auto recon = torch::sigmoid(vae.decode(mu));
+  const auto recon = torch::sigmoid(ops::float32(vae.decode(mu)));
   out.emplace_back("reconstructions", datasets::make_grid(torch::cat({batch.input, recon}).cpu(),
                                                           datasets::GridOptions().nrow(batch.size())));
   return out;

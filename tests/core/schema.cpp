@@ -166,7 +166,7 @@ TEST_CASE("Schema: the training, data and prior settings are declared once and n
   auto zoo_resumable = [](const SettingInfo& t) { return resumable(t); };
   for (const auto& t : training::train_schema().settings())
     if (zoo_resumable(t)) names.push_back(t.name);
-  CHECK(names == std::vector<std::string>{"epochs", "threads", "progress"});
+  CHECK(names == std::vector<std::string>{"epochs", "threads", "precision", "progress"});
   CHECK(run.find("data.name")->cli_flag == "--dataset");
   CHECK(run.find("prior.kind")->cli_flag == "--prior");
   CHECK(run.find("prior.include_all")->cli_flag == "--prior-all-params");

@@ -76,5 +76,11 @@ std::string format_metrics(const nlohmann::json& metrics);
 
 /// --checkpoint best|last: which weights of a run a command uses (default best, the epoch chosen on validation).
 void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint);
+/// --precision and --force for a command that runs a model (zoo train has --precision from the training schema
+/// and --force of its own); `default_text` says what no --precision means.
+void add_precision_options(CLI::App* cmd, std::string& precision, bool& force, const std::string& default_text);
+/// Refuses `precision` on `device` with one line naming the fix ("--precision bf16-mixed: this CPU has no native
+/// bfloat16 ..."): an unknown name, fp16-mixed off CUDA, bfloat16 on a CPU without it unless `force`.
+void check_precision(const std::string& precision, const std::string& device, bool force);
 
 }  // namespace zoo::cli

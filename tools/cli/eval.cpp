@@ -3,6 +3,8 @@
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
 #include "training/checkpoint.h"
+#include "training/device.h"
+#include "training/precision.h"
 #include "training/run.h"
 
 #include <fmt/format.h>
@@ -28,6 +30,30 @@ void add_checkpoint_option(CLI::App* cmd, std::string& checkpoint) {
           },
           "best|last|ema|epoch-N", "checkpoint name"))
       ->default_str("best");
+}
+
+void add_precision_options(CLI::App* cmd, std::string& precision, bool& force, const std::string& default_text) {
+  cmd->add_option("--precision", precision,
+                  "32 (float32), bf16-mixed (the forward under bfloat16 autocast) or bf16 (bfloat16 weights); "
+                  "default: " +
+                      default_text)
+      ->check(CLI::Validator(
+          [](std::string& name) -> std::string {
+            try {
+              training::parse_precision(name);
+            } catch (const SettingError& e) {
+              return e.problem();
+            }
+            return {};
+          },
+          "PRECISION", "precision"));
+  cmd->add_flag("--force", force, "Run bfloat16 on a CPU without native bfloat16 (emulated: slower than float32)");
+}
+
+void check_precision(const std::string& precision, const std::string& device, bool force) {
+  const auto p = training::parse_precision(precision);
+  if (auto problem = training::precision_problem(p, training::parse_device(device), force); !problem.empty())
+    throw SettingError("train.precision", problem);
 }
 
 namespace {
@@ -90,9 +116,9 @@ void draw_confusion(const json& confusion, const std::vector<std::string>& names
 
 void add_eval(CLI::App& app) {
   struct Args {
-    std::string run, data_dir, device, checkpoint = "best", confusion;
+    std::string run, data_dir, device, checkpoint = "best", confusion, precision;
     int64_t limit = 0, threads = 0, batch_size = 0;
-    bool json_out = false, per_class = false;
+    bool json_out = false, per_class = false, force = false;
     std::vector<std::string> set;
   };
   auto a = std::make_shared<Args>();
@@ -108,6 +134,7 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(positive());
   cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: the run's)");
+  add_precision_options(cmd, a->precision, a->force, "the run's");
   cmd->add_option(
       "--set", a->set,
       "Model option key=value for this evaluation only, e.g. --set solver.method=dopri5 (options that change "
@@ -120,6 +147,8 @@ void add_eval(CLI::App& app) {
           if (cmd->count("--limit")) c.data.limit = a->limit;
           if (cmd->count("--batch-size")) c.train.eval_batch_size(a->batch_size);
           if (cmd->count("--device")) c.train.device(a->device);
+          if (cmd->count("--precision")) c.train.precision(a->precision);
+          check_precision(c.train.precision(), c.train.device(), a->force);
           c.train.threads(a->threads);
           const auto& entry = models::ModelRegistry::instance().at(c.model);
           for (const auto& item : a->set) {

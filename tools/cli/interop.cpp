@@ -8,6 +8,7 @@
 #include "training/checkpoint.h"
 #include "training/export.h"
 #include "training/messages.h"
+#include "training/precision.h"
 #include "training/run.h"
 #include "training/trainer.h"
 
@@ -174,8 +175,9 @@ void run_import(const ImportArgs& a) {
 // ---- zoo predict -----------------------------------------------------------------------------------------
 
 struct PredictArgs {
-  std::string file, input, shape, folder, out;
+  std::string file, input, shape, folder, out, precision = "32";
   int64_t topk = 5, batch_size = 32, threads = 0, channels = 0;
+  bool force = false;
 };
 
 std::string top_classes(const torch::Tensor& logits, int64_t k) {
@@ -201,10 +203,14 @@ torch::Tensor image_input(const std::string& path, int64_t channels) {
 }
 
 void run_predict(const PredictArgs& a) {
+  check_precision(a.precision, "cpu", a.force);
   training::apply_threads(a.threads);
   auto module = load_torchscript(a.file);
   module.eval();
   torch::NoGradGuard no_grad;
+  const auto precision = training::parse_precision(a.precision);
+  if (training::reduced_weights(precision)) module.to(training::reduced_type(precision));
+  auto scope = training::autocast(precision, torch::kCPU);
   const int given = !a.input.empty() + !a.shape.empty() + !a.folder.empty();
   if (given != 1)
     throw std::invalid_argument("zoo predict needs exactly one of --input FILE, --shape N,C,H,W, --batch DIR");
@@ -227,7 +233,7 @@ void run_predict(const PredictArgs& a) {
           throw std::runtime_error(files[i] + " is " + c10::str(images[i - lo].sizes().slice(1)) + " but " + files[lo] +
                                    " is " + c10::str(images[0].sizes().slice(1)) +
                                    "; a batch needs images of one size");
-      const auto out = first_tensor(module.forward({torch::cat(images)}));
+      const auto out = ops::float32(first_tensor(module.forward({torch::cat(images)})));
       for (size_t i = lo; i < hi; ++i)
         fmt::print(
             "{}  {}\n", fs::path(files[i]).filename().string(),
@@ -250,7 +256,7 @@ void run_predict(const PredictArgs& a) {
   }
   torch::Tensor out;
   try {
-    out = first_tensor(module.forward({x}));
+    out = ops::float32(first_tensor(module.forward({x})));
   } catch (const std::exception& e) {  // TorchScript's errors (JITException) end with the line that says why
     const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     const std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
@@ -317,6 +323,7 @@ void add_interop(CLI::App& app) {
     cmd->add_option("--topk", a->topk, "Classes to print for a classifier (default 5)")->check(CLI::Range(1, 1000));
     cmd->add_option("--out", a->out, "Write an image output [N, C, H, W] as PNG (class scores as coloured labels)");
     cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    add_precision_options(cmd, a->precision, a->force, "32");
     cmd->callback([a] { run_predict(*a); });
   }
 }

@@ -68,7 +68,7 @@ struct TrainArgs {
   std::vector<std::string> set, prior_layers, data_options, task_options, callbacks;
   int64_t nproc = 1;
   double dist_timeout = 60;
-  bool restart_schedule = false;
+  bool restart_schedule = false, force = false;
   std::unique_ptr<SettingFlags<training::TrainOptions>> train;
   std::unique_ptr<SettingFlags<datasets::DataConfig>> data;
   std::unique_ptr<SettingFlags<training::PriorOptions>> prior;
@@ -186,14 +186,17 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
                                   "only " +
                                   join(a.train->resumable()) + " and --nproc can; start a new run to change it");
     if (!a.model.empty()) {
-      auto saved = training::read_run_config(a.resume);
+      const auto saved = training::read_run_config(a.resume);
       if (saved.model != a.model)
         throw std::invalid_argument(a.resume + " is a run of model '" + saved.model + "', not '" + a.model + "'");
     }
+    const auto precision = train_given.value("precision", std::string());  // empty: the run's
+    const auto saved = training::read_run_config(a.resume);
+    check_precision(precision.empty() ? saved.train.precision() : precision, saved.train.device(), a.force);
     if (a.nproc > 1) launch(a, cmd, "");
     const bool quiet = train_given.contains("progress") && !train_given["progress"].get<bool>();
     auto run = Run::resume(a.resume, train_given.value("epochs", int64_t{0}), train_given.value("threads", int64_t{-1}),
-                           quiet, join_group(a), a.restart_schedule);
+                           quiet, join_group(a), a.restart_schedule, precision);
     const bool speak = run->trainer().rank() == 0;
     const auto& st = run->trainer().state();
     if (!speak) {
@@ -211,6 +214,11 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   }
 
   training::RunConfig config = config_from_flags(a);
+  check_precision(config.train.precision(), config.train.device(), a.force);
+  if (config.train.precision() == "bf16")
+    fmt::print(stderr,
+               "warning: --precision bf16 trains bfloat16 weights: an update smaller than 1/256 of a weight is "
+               "lost, and the optimizer's state is bfloat16 too; bf16-mixed keeps float32 weights\n");
 
   const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
   if (a.nproc > 1) launch(a, cmd, dir);
@@ -321,6 +329,8 @@ void add_train(CLI::App& app) {
   cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
   cmd->add_option("--callback", a->callbacks, training::run_schema().find("callbacks")->doc + "; repeatable");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
+  cmd->add_flag("--force", a->force,
+                "Train in bfloat16 on a CPU without native bfloat16 (emulated: slower than float32)");
   cmd->add_flag("--restart-schedule", a->restart_schedule,
                 "With --resume and --epochs beyond the planned ones: the added epochs are a new cycle of the "
                 "schedule (a warm restart). Without it they go on at the schedule's last rate");

@@ -1,0 +1,50 @@
+// Automatic mixed precision (autocast) in one place: turning LibTorch's autocast on for a scope, and the parts that
+// stay in float32 under it.
+//
+// Autocast (PyTorch's torch.autocast; in C++ the at::autocast functions) runs the operations that gain from a
+// lower precision (convolutions, matrix products, linear layers) in bfloat16 or float16 and the others in float32,
+// while parameters and gradients stay float32 ("mixed precision", Micikevicius et al. 2018). It is thread-local:
+// it covers what runs on the thread that turned it on. The hand-written kernels of ops/ read float32 through data
+// pointers, and some computations lose too much in 8 bits of mantissa (an LSTM's cell state summed over steps,
+// Sinkhorn's log-space normalisation, an ODE solver's error control): those run in a Float32Region.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::ops {
+
+/// True while autocast is on in this thread (for the CPU or for CUDA).
+bool autocast_enabled();
+
+/// Autocast on for `device_type` (kCPU or kCUDA) with `dtype` (kBFloat16, or kHalf on CUDA) for the lifetime of
+/// the object; the previous state comes back after it, and the cache of cast weights is cleared when the
+/// outermost scope ends (as torch.autocast does on exit). enabled = false makes it a no-op.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device_type, torch::ScalarType dtype, bool enabled = true);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  c10::DeviceType device_type_;
+  bool was_enabled_ = false;
+  torch::ScalarType was_dtype_ = torch::kFloat32;
+};
+
+/// Autocast off for the lifetime of the object (torch.autocast(enabled=False) in Python): the code in it runs in
+/// the precision of its inputs; pass them through float32() first.
+class Float32Region {
+ public:
+  Float32Region();
+
+ private:
+  c10::impl::ExcludeDispatchKeyGuard no_autocast_;
+};
+
+/// `t` in float32 when it is a bfloat16 or float16 tensor; otherwise `t` itself (float32, float64 and integer
+/// tensors are kept). Differentiable: the gradient flows back in the original precision.
+torch::Tensor float32(const torch::Tensor& t);
+
+}  // namespace zoo::ops

@@ -1,0 +1,117 @@
+// Autocast scopes, float32 regions, and what each hand-written kernel does under bfloat16 autocast: the
+// convolution goes to LibTorch (bfloat16), the LSTM recurrence, Sinkhorn-Knopp and the MLP field's solver stay in
+// float32 and give the float32 result exactly.
+#include "ops/autocast.h"
+#include "helpers.h"
+#include "ops/conv3x3.h"
+#include "ops/lstm.h"
+#include "ops/ode.h"
+#include "ops/packed_gemm.h"
+#include "ops/simd.h"
+#include "ops/sinkhorn.h"
+
+#include <catch2/catch.hpp>
+
+using zoo::test::max_abs;
+namespace ops = zoo::ops;
+
+namespace {
+ops::AutocastScope bf16() { return ops::AutocastScope(c10::kCPU, torch::kBFloat16); }
+}  // namespace
+
+TEST_CASE("Autocast: a scope turns bfloat16 autocast on and puts the previous state back", "[ops][precision]") {
+  const auto a = torch::randn({4, 8}), b = torch::randn({8, 3});
+  CHECK_FALSE(ops::autocast_enabled());
+  CHECK(torch::mm(a, b).scalar_type() == torch::kFloat32);
+  {
+    auto scope = bf16();
+    CHECK(ops::autocast_enabled());
+    const auto product = torch::mm(a, b);
+    CHECK(product.scalar_type() == torch::kBFloat16);
+    // bfloat16 keeps 8 bits of mantissa: the product agrees with float64's to about 1%.
+    CHECK(max_abs(product.to(torch::kFloat32) - torch::mm(a.to(torch::kFloat64), b.to(torch::kFloat64))) <
+          0.02 * max_abs(torch::mm(a, b)) + 0.02);
+    {
+      ops::Float32Region fp32;
+      CHECK_FALSE(ops::autocast_enabled());
+      CHECK(torch::mm(a, b).scalar_type() == torch::kFloat32);
+    }
+    CHECK(ops::autocast_enabled());
+    {
+      auto inner = bf16();  // nested: the outer scope's state comes back after it
+      CHECK(ops::autocast_enabled());
+    }
+    CHECK(ops::autocast_enabled());
+    CHECK(torch::mm(a, b).scalar_type() == torch::kBFloat16);
+  }
+  CHECK_FALSE(ops::autocast_enabled());
+  CHECK(torch::mm(a, b).scalar_type() == torch::kFloat32);
+  {
+    ops::AutocastScope off(c10::kCPU, torch::kBFloat16, /*enabled=*/false);
+    CHECK_FALSE(ops::autocast_enabled());
+  }
+}
+
+TEST_CASE("Autocast: float32() widens bfloat16 and float16, keeps the rest, and passes gradients back",
+          "[ops][precision]") {
+  auto x = torch::randn({5}).to(torch::kBFloat16).requires_grad_(true);
+  auto y = ops::float32(x);
+  CHECK(y.scalar_type() == torch::kFloat32);
+  (y * 3).sum().backward();
+  REQUIRE(x.grad().defined());
+  CHECK(x.grad().scalar_type() == torch::kBFloat16);
+  CHECK(max_abs(x.grad().to(torch::kFloat32) - 3) == 0);
+  CHECK(ops::float32(torch::ones({2}, torch::kHalf)).scalar_type() == torch::kFloat32);
+  const auto d = torch::ones({2}, torch::kFloat64), i = torch::ones({2}, torch::kInt64);
+  CHECK(ops::float32(d).scalar_type() == torch::kFloat64);
+  CHECK(ops::float32(i).scalar_type() == torch::kInt64);
+  CHECK_FALSE(ops::float32(torch::Tensor()).defined());
+}
+
+TEST_CASE("Autocast: conv3x3 and packed weights give way to LibTorch's bfloat16 under autocast", "[ops][precision]") {
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 4, 8, 8}), w = torch::randn({6, 5, 3, 3}) * 0.2, b = torch::randn({6});
+  const auto expected = ops::conv3x3(x, w, b, 1.0, ops::Conv3x3Kernel::reference);
+  CHECK(ops::conv3x3_direct_available(x, w) == ops::cpu_has_avx2_fma());
+  auto scope = bf16();
+  CHECK_FALSE(ops::conv3x3_direct_available(x, w));
+  CHECK_FALSE(ops::PackedWeight::usable(x.flatten(1)));
+  const auto out = ops::conv3x3(x, w, b, 1.0);
+  CHECK(out.scalar_type() == torch::kBFloat16);  // LibTorch's convolution, autocast to bfloat16
+  CHECK(max_abs(out.to(torch::kFloat32) - expected) < 0.03 * max_abs(expected));
+  CHECK(max_abs(out.to(torch::kFloat32) - expected) > 0);  // it did round
+}
+
+TEST_CASE("Autocast: the LSTM recurrence, Sinkhorn-Knopp and the MLP field's solver stay in float32",
+          "[ops][precision]") {
+  torch::manual_seed(4);
+  // LSTM: bfloat16 input projections (what autocast's linear gives) run the float32 recurrence.
+  const auto xs = torch::randn({2, 5, 4 * 3}), w_state = torch::randn({12, 3}), b_state = torch::randn({12});
+  const auto mask = torch::ones({2, 5}, torch::kBool);
+  const auto xs16 = xs.to(torch::kBFloat16);
+  const auto expected_lstm = ops::lstm_recurrence(xs16.to(torch::kFloat32), w_state, b_state, {}, mask, {}, true);
+  // Sinkhorn: logits as autocast would hand them over.
+  const auto logits = torch::randn({3, 4, 4}) * 2;
+  const auto expected_sk = ops::sinkhorn_knopp(logits.to(torch::kBFloat16).to(torch::kFloat32), 20);
+  // The MLP field (torchdiffeq's ode_demo field), rk4.
+  const auto y0 = torch::randn({6, 2}), w1 = torch::randn({16, 2}), b1 = torch::randn({16}),
+             w2 = torch::randn({2, 16}) * 0.3, b2 = torch::randn({2});
+  const auto expected_ode = ops::mlp_field_solve(y0, w1, b1, w2, b2, 0, 1, 4, "rk4").y;
+
+  auto scope = bf16();
+  for (const bool grad : {false, true}) {
+    INFO("with gradients " << grad);
+    torch::AutoGradMode mode(grad);
+    const auto lstm = ops::lstm_recurrence(xs16, w_state, b_state, {}, mask, {}, true);
+    CHECK(lstm.scalar_type() == torch::kFloat32);
+    CHECK(max_abs(lstm - expected_lstm) < 1e-6);
+    const auto sk = ops::sinkhorn_knopp(logits.to(torch::kBFloat16), 20);
+    CHECK(sk.scalar_type() == torch::kFloat32);
+    CHECK(max_abs(sk - expected_sk) < 1e-6);
+    CHECK(zoo::test::row_error(sk) < 1e-5);  // doubly stochastic to float32 precision
+    const auto ode = ops::mlp_field_solve(y0, w1, b1, w2, b2, 0, 1, 4, "rk4").y;
+    CHECK(ode.scalar_type() == torch::kFloat32);
+    CHECK(max_abs(ode - expected_ode) < 1e-6);
+  }
+  CHECK(ops::autocast_enabled());  // the float32 regions ended with the calls
+}
