@@ -1,6 +1,7 @@
 #include "ops/autocast.h"
 
 #include <ATen/autocast_mode.h>
+#include <torch/library.h>
 #include <torch/version.h>
 
 namespace zoo::ops {
@@ -29,6 +30,22 @@ void set_dtype(c10::DeviceType d, torch::ScalarType t) {
     at::autocast::set_autocast_cpu_dtype(t);
   else
     at::autocast::set_autocast_gpu_dtype(t);
+}
+#endif
+}  // namespace
+
+namespace {
+#if TORCH_VERSION_MAJOR < 2
+// LibTorch 1.13's CPU autocast has no rule for group_norm, whose kernel then refuses a bfloat16 input with float32
+// affine parameters ("expected scalar type BFloat16 but found Float"; Python's torch.autocast fails alike). Give it
+// the rule PyTorch gives such operations: widen to float32 and run without autocast. (GroupNorm: the ODE-ResNet.)
+at::Tensor group_norm_float32(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                              const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  auto widen = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? c10::optional<at::Tensor>(float32(*t)) : t;
+  };
+  return at::group_norm(float32(input), num_groups, widen(weight), widen(bias), eps, cudnn_enabled);
 }
 #endif
 }  // namespace
@@ -65,3 +82,7 @@ torch::Tensor float32(const torch::Tensor& t) {
 }
 
 }  // namespace zoo::ops
+
+#if TORCH_VERSION_MAJOR < 2
+TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) { m.impl("group_norm", TORCH_FN(zoo::ops::group_norm_float32)); }
+#endif

@@ -207,3 +207,35 @@ TEST_CASE("Bench: every case runs in C++ and in its Python twin (one quick round
     }
   }
 }
+
+TEST_CASE("Bench: --precision 32,bf16-mixed measures both, the twins under torch.autocast, and a speed-up table",
+          "[bench][cli][precision]") {
+  if (!python_has_torch() || !zoo::test::have_fashion_mnist()) {
+    WARN("skipped: needs /usr/bin/python3 with torch and the Fashion-MNIST files");
+    return;
+  }
+  const auto r = run_zoo("bench cnn sinkhorn --threads 1 --precision 32,bf16-mixed" + kQuick + "--json");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto doc = json::parse(r.out);
+  CHECK(doc["settings"]["precisions"] == json::array({"32", "bf16-mixed"}));
+  REQUIRE(doc["results"].size() == 4);  // two cases, two precisions, one thread count
+  std::vector<std::string> seen;
+  for (const auto& res : doc["results"]) {
+    seen.push_back(res["case"].get<std::string>() + "@" + res["precision"].get<std::string>());
+    CHECK(res["cpp"]["train_ms"].get<double>() > 0);
+    CHECK(res["python"]["train_ms"].get<double>() > 0);
+  }
+  CHECK(seen == std::vector<std::string>{"cnn@32", "cnn@bf16-mixed", "sinkhorn@32", "sinkhorn@bf16-mixed"});
+  CHECK(doc["command"].get<std::string>().find("--precision 32,bf16-mixed") != std::string::npos);
+
+  const auto table = run_zoo("bench cnn --no-python --threads 1 --precision 32,bf16-mixed" + kQuick);
+  REQUIRE(table.code == 0);
+  CHECK(table.out.find("| cnn (bf16-mixed) | 1 | 64 |") != std::string::npos);
+  CHECK(table.out.find("bf16-mixed against float32") != std::string::npos);
+  CHECK_THAT(table.out, Catch::Matches(R"((.|\n)*\n\| cnn \| 1 \| [0-9.]+x \| [0-9.]+x \|\n(.|\n)*)"));
+
+  const auto bad = run_zoo("bench cnn --no-python --precision bf16" + kQuick);
+  CHECK(bad.code == 1);
+  CHECK(bad.err.find("zoo bench --precision measures 32 and bf16-mixed, not 'bf16'") != std::string::npos);
+}

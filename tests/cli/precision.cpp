@@ -23,7 +23,8 @@ size_t occurrences(const std::string& text, const std::string& what) {
 }
 }  // namespace
 
-TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions are one line each", "[cli][precision]") {
+TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions are one line each",
+          "[cli][precision]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   const std::string small = "train mlp --epochs 1 --limit 1000 --seed 3 --set hidden=[64] ";
@@ -33,7 +34,8 @@ TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions 
               "--precision fp16-mixed is for CUDA devices (float16 with loss scaling); on the CPU use bf16-mixed", 1);
   check_error(without_bf16(small + "--precision bf16-mixed --out " + tmp.str("a")),
               "--precision bf16-mixed: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"
-              ", so bfloat16 is emulated and slower than float32; use --precision 32, or --force to run it anyway", 1);
+              ", so bfloat16 is emulated and slower than float32; use --precision 32, or --force to run it anyway",
+              1);
   CHECK_FALSE(std::filesystem::exists(tmp.path() / "a"));  // refused before anything is written
 
   // --force accepts an emulated bfloat16 (here ZOO_CPU_BF16=0 pretends the CPU has none).

@@ -15,7 +15,8 @@ Errors reply {"error": "..."} and the server keeps going.
 
 A training step is what zoo's trainer does: zero_grad, the task's loss (plus a layer's load-balancing loss),
 loss.item(), backward, Adam step. Inference is the model's forward in eval mode under no_grad; latency is the same
-at batch size 1.
+at batch size 1. case.json's "precision" "bf16-mixed" runs the loss and the forward under
+torch.autocast("cpu", dtype=torch.bfloat16), as zoo's --precision bf16-mixed does.
 """
 import ctypes
 import json
@@ -114,11 +115,15 @@ class Case:
             self.batch["input"].requires_grad_(True)
             self.optimizer = None
 
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.spec.get("precision", "32") == "bf16-mixed")
+
     def train_step(self):
         if self.twin is not None:
             self.twin.train()
             self.optimizer.zero_grad()
-        loss = task_loss(self.spec, self.twin, self.batch)
+        with self.autocast():
+            loss = task_loss(self.spec, self.twin, self.batch)
         loss.item()
         loss.backward()
         if self.optimizer is not None:
@@ -127,7 +132,7 @@ class Case:
     def infer(self, key):
         if self.twin is not None:
             self.twin.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             x = self.batch[key]
             if self.spec["task"] == "kernel":
                 run_kernel(self.spec, self.twin, x)

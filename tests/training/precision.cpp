@@ -177,7 +177,8 @@ TEST_CASE("Trainer in bf16-mixed: float32 weights and gradients, the first loss 
   CHECK(std::abs(acc16 - acc32) < 0.03);
 }
 
-TEST_CASE("Trainer in bf16: bfloat16 weights train and evaluate, and fp16-mixed is refused off CUDA", "[precision][trainer]") {
+TEST_CASE("Trainer in bf16: bfloat16 weights train and evaluate, and fp16-mixed is refused off CUDA",
+          "[precision][trainer]") {
   const auto data = separable(256, 128);
   auto t = cnn_trainer(data, "bf16");
   for (const auto& p : t.model().ptr()->parameters()) CHECK(p.scalar_type() == torch::kBFloat16);

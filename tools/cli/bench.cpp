@@ -61,6 +61,7 @@ using namespace bench;
 struct BenchArgs {
   std::vector<std::string> cases;
   std::vector<int64_t> threads;
+  std::vector<std::string> precisions;
   int64_t repeat = 3, min_steps = 3;
   double min_time = 0.3;
   bool json = false, no_python = false, list = false;
@@ -118,30 +119,42 @@ void run_bench(const BenchArgs& a) {
       fs::remove_all(dir, ec);
     }
   } cleanup{tmp};
-  for (const auto& spec : chosen) {
-    log("bench: preparing " + spec.name);
-    auto runner = std::make_unique<Runner>(models::ModelRegistry::instance().contains(spec.model)
-                                               ? make_model_runner(spec, data_cache)
-                                               : make_layer_runner(spec));
-    if (worker) {
-      const auto dir = tmp / spec.name;
-      fs::create_directories(dir);
-      std::ofstream(dir / "case.json") << runner->python.dump();
-      if (runner->module) training::save_module(*runner->module, (dir / "weights.pt").string());
-      c10::Dict<std::string, at::Tensor> batch;
-      batch.insert("input", runner->input.detach());
-      if (runner->target.defined()) batch.insert("target", runner->target);
-      batch.insert("latency_input", runner->latency_input);
-      const auto bytes = torch::pickle_save(c10::IValue(batch));
-      std::ofstream(dir / "batch.pt", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      try {
-        worker->request({{"op", "load"}, {"id", spec.name}, {"dir", dir.string()}});
-      } catch (const std::exception& e) {
-        throw std::runtime_error("the Python twin of " + spec.name + " failed to load: " + e.what());
+  const std::vector<std::string> precisions = a.precisions.empty() ? std::vector<std::string>{"32"} : a.precisions;
+  for (const auto& p : precisions)
+    if (p != "32" && p != "bf16-mixed")
+      throw std::invalid_argument("zoo bench --precision measures 32 and bf16-mixed, not '" + p + "'");
+  if (std::find(precisions.begin(), precisions.end(), "bf16-mixed") != precisions.end())
+    check_precision("bf16-mixed", "cpu", false);
+  for (const auto& spec : chosen)
+    for (const auto& p : precisions) {
+      const auto precision = training::parse_precision(p);
+      log("bench: preparing " + spec.name + (precisions.size() > 1 ? " in " + p : ""));
+      auto runner = std::make_unique<Runner>(models::ModelRegistry::instance().contains(spec.model)
+                                                 ? make_model_runner(spec, data_cache, precision)
+                                                 : make_layer_runner(spec));
+      runner->precision = precision;
+      runner->id = precisions.size() > 1 ? spec.name + "@" + p : spec.name;
+      runner->python["precision"] = p;
+      if (worker) {
+        const auto dir = tmp / runner->id;
+        fs::create_directories(dir);
+        std::ofstream(dir / "case.json") << runner->python.dump();
+        if (runner->module) training::save_module(*runner->module, (dir / "weights.pt").string());
+        c10::Dict<std::string, at::Tensor> batch;
+        batch.insert("input", runner->input.detach());
+        if (runner->target.defined()) batch.insert("target", runner->target);
+        batch.insert("latency_input", runner->latency_input);
+        const auto bytes = torch::pickle_save(c10::IValue(batch));
+        std::ofstream(dir / "batch.pt", std::ios::binary)
+            .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        try {
+          worker->request({{"op", "load"}, {"id", runner->id}, {"dir", dir.string()}});
+        } catch (const std::exception& e) {
+          throw std::runtime_error("the Python twin of " + runner->id + " failed to load: " + e.what());
+        }
       }
+      runners.push_back(std::move(runner));
     }
-    runners.push_back(std::move(runner));
-  }
 
   std::vector<Calibration> calibration;
   for (auto t : threads) calibration.push_back(calibrate(t, rule));
@@ -154,21 +167,21 @@ void run_bench(const BenchArgs& a) {
       // Each side goes first in every other round, so that whatever the first of two measurements suffers (or
       // gains) hits both alike.
       const bool python_first = worker && round % 2 == 1;
-      log("bench: round " + std::to_string(round + 1) + "/" + std::to_string(a.repeat) + ", " + r.spec.name + ", " +
+      log("bench: round " + std::to_string(round + 1) + "/" + std::to_string(a.repeat) + ", " + r.id + ", " +
           std::to_string(res.threads) + " thread" + (res.threads > 1 ? "s" : "") +
           (worker ? python_first ? ", Python first" : ", C++ first" : ""));
       training::apply_threads(res.threads);
       auto py = [&](const std::string& what) {
         try {
           const auto reply = worker->request({{"op", "time"},
-                                              {"id", r.spec.name},
+                                              {"id", r.id},
                                               {"what", what},
                                               {"threads", res.threads},
                                               {"min_steps", rule.min_steps},
                                               {"min_time", rule.min_time}});
           return reply.at("seconds").get<double>();
         } catch (const std::exception& e) {
-          throw std::runtime_error("the Python twin of " + r.spec.name + " failed (" + what + "): " + e.what());
+          throw std::runtime_error("the Python twin of " + r.id + " failed (" + what + "): " + e.what());
         }
       };
       auto both = [&](const std::string& what, const std::function<void()>& cpp_step, std::vector<double>& cpp,
@@ -202,6 +215,7 @@ void run_bench(const BenchArgs& a) {
     command += " --threads ";
     for (size_t k = 0; k < a.threads.size(); ++k) command += (k ? "," : "") + std::to_string(a.threads[k]);
   }
+  if (!a.precisions.empty()) command += " --precision " + join(a.precisions, ",");
   if (a.repeat != BenchArgs{}.repeat) command += " --repeat " + std::to_string(a.repeat);
   if (a.min_steps != BenchArgs{}.min_steps) command += " --min-steps " + std::to_string(a.min_steps);
   if (a.min_time != BenchArgs{}.min_time) command += " --min-time " + fmt::format("{:g}", a.min_time);
@@ -220,6 +234,7 @@ void run_bench(const BenchArgs& a) {
               {"allocator", allocators},
               {"settings",
                {{"threads", threads},
+                {"precisions", precisions},
                 {"repeat", a.repeat},
                 {"min_steps", a.min_steps},
                 {"min_time", a.min_time},
@@ -256,6 +271,10 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "thread counts to measure (default: 1 and all cores; 0 = all cores)")
       ->delimiter(',')
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--precision", args->precisions,
+                  "precisions to measure, comma-separated: 32 and/or bf16-mixed (default 32); with both, a table of "
+                  "bf16-mixed's speed-up over 32 follows")
+      ->delimiter(',');
   cmd->add_option("--repeat", args->repeat, "interleaved rounds; medians are reported (default 3)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--min-steps", args->min_steps, "timed steps per measurement, at least (default 3)")

@@ -40,6 +40,11 @@ const std::vector<CaseSpec>& all_cases();
 /// What one case runs, in C++, and what the Python side needs to run the same.
 struct Runner {
   CaseSpec spec;
+  /// 32 or bf16-mixed: a registry model's trainer runs its step under autocast itself; a layer's loss and every
+  /// forward run under the scope below.
+  training::Precision precision = training::Precision::fp32;
+  /// The Python twin's id: the case's name, with "@bf16-mixed" when more than one precision is measured.
+  std::string id;
   std::shared_ptr<torch::nn::Module> module;  ///< null for sinkhorn (no parameters)
   /// A registry model's training step is the trainer's own (Trainer::train_step on `step_batch`); a layer's is
   /// `loss`.
@@ -66,7 +71,11 @@ struct Runner {
       module->train();
       optimizer->zero_grad();
     }
-    auto l = loss();
+    torch::Tensor l;
+    {
+      auto scope = training::autocast(precision, torch::kCPU);
+      l = loss();
+    }
     l.item<double>();
     l.backward();
     if (optimizer) optimizer->step();
@@ -74,12 +83,15 @@ struct Runner {
   void infer(const torch::Tensor& x) {
     if (module) module->eval();
     torch::NoGradGuard no_grad;
+    auto scope = training::autocast(precision, torch::kCPU);
     forward(x);
   }
 };
 
-/// A registry model's runner: a batch of its own dataset (`data_cache` keeps each dataset loaded once).
-Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache);
+/// A registry model's runner: a batch of its own dataset (`data_cache` keeps each dataset loaded once), its
+/// training step in `precision`.
+Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache,
+                         training::Precision precision = training::Precision::fp32);
 /// A layer outside the registry (moe-layer, ode-solver, sinkhorn, gated-lstm-cell, attention).
 Runner make_layer_runner(const CaseSpec& spec);
 

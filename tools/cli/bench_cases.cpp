@@ -162,7 +162,8 @@ const std::vector<CaseSpec>& all_cases() {
   return cases;
 }
 
-Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache) {
+Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache,
+                         training::Precision precision) {
   Runner r;
   r.spec = spec;
   training::RunConfig config;
@@ -189,7 +190,12 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   // The trainer's own step (Adam, lr 1e-3, with the callbacks a run attaches for any model: auxiliary losses).
   r.trainer = std::make_shared<training::Trainer>(
       model, training::make_objective(config.task, config.options, config.task_options), data_cache[data_key],
-      training::TrainOptions().optimizer("adam").lr(1e-3).progress(false).threads(torch::get_num_threads()));
+      training::TrainOptions()
+          .optimizer("adam")
+          .lr(1e-3)
+          .progress(false)
+          .threads(torch::get_num_threads())
+          .precision(training::precision_name(precision)));
   training::attach_auxiliary_losses(*r.trainer);
   r.step_batch = batch;
   r.forward = [model](const torch::Tensor& x) mutable { model.any_forward(x); };

@@ -72,8 +72,13 @@ json result_json(const Result& r, bool python) {
     for (size_t k = 0; k < std::min(py.size(), cpp.size()); ++k) r.push_back(py[k] / cpp[k]);
     return r;
   };
-  json j = {{"case", spec.name},        {"model", spec.model},  {"description", spec.what},
-            {"batch", r.runner->batch}, {"threads", r.threads}, {"target_speedup", spec.overhead_bound ? 1.3 : 1.0},
+  json j = {{"case", spec.name},
+            {"model", spec.model},
+            {"description", spec.what},
+            {"batch", r.runner->batch},
+            {"threads", r.threads},
+            {"target_speedup", spec.overhead_bound ? 1.3 : 1.0},
+            {"precision", training::precision_name(r.runner->precision)},
             {"cpp", side(r.cpp)}};
   if (python) {
     j["python"] = side(r.python);
@@ -99,6 +104,36 @@ json result_json(const Result& r, bool python) {
   }
   return j;
 }
+
+namespace {
+/// A row's case, with its precision when it is not float32: "cnn", "cnn (bf16-mixed)".
+std::string label(const json& r) {
+  const auto p = r.value("precision", std::string("32"));
+  return r["case"].get<std::string>() + (p == "32" ? "" : " (" + p + ")");
+}
+
+/// bf16-mixed against float32 for each case and thread count measured in both: time in 32 / time in bf16-mixed.
+void precision_table(std::ostringstream& s, const json& doc, bool python) {
+  s << "\nbf16-mixed against float32 (time in 32 / time in bf16-mixed, of the medians; above 1: bf16-mixed is "
+       "faster):\n\n| case | threads | train C++ | infer C++ |"
+    << (python ? " train Python | infer Python |\n|---|---|---|---|---|---|\n" : "\n|---|---|---|---|\n");
+  for (const auto& a : doc["results"]) {
+    if (a.value("precision", std::string("32")) != "32") continue;
+    for (const auto& b : doc["results"]) {
+      if (b.value("precision", std::string("32")) != "bf16-mixed" || b["case"] != a["case"] ||
+          b["threads"] != a["threads"])
+        continue;
+      auto ratio = [&](const char* side, const char* what) {
+        return fmt::format("{:.2f}x", a[side][what].get<double>() / b[side][what].get<double>());
+      };
+      s << "| " << a["case"].get<std::string>() << " | " << a["threads"].get<int64_t>() << " | "
+        << ratio("cpp", "train_ms") << " | " << ratio("cpp", "infer_ms") << " |";
+      if (python) s << " " << ratio("python", "train_ms") << " | " << ratio("python", "infer_ms") << " |";
+      s << "\n";
+    }
+  }
+}
+}  // namespace
 
 std::string markdown(const json& doc) {
   std::ostringstream s;
@@ -127,8 +162,8 @@ std::string markdown(const json& doc) {
   else
     s << "| case | threads | batch | train C++ | infer C++ | latency C++ |\n|---|---|---|---|---|---|\n";
   for (const auto& r : doc["results"]) {
-    s << "| " << r["case"].get<std::string>() << " | " << r["threads"].get<int64_t>() << " | "
-      << r["batch"].get<int64_t>() << " | " << ms(r["cpp"]["train_ms"].get<double>() / 1e3);
+    s << "| " << label(r) << " | " << r["threads"].get<int64_t>() << " | " << r["batch"].get<int64_t>() << " | "
+      << ms(r["cpp"]["train_ms"].get<double>() / 1e3);
     if (python)
       s << " | " << ms(r["python"]["train_ms"].get<double>() / 1e3) << " | "
         << fmt::format("{:.2f}x", r["speedup"]["train"].get<double>());
@@ -159,7 +194,7 @@ std::string markdown(const json& doc) {
       for (const char* what : {"train", "infer", "latency"}) {
         if (r["speedup"][what].get<double>() >= r["target_speedup"].get<double>()) continue;
         const auto v = r["speedup_rounds"][what].get<std::vector<double>>();
-        list += std::string(list.empty() ? "" : "; ") + r["case"].get<std::string>() + " at " +
+        list += std::string(list.empty() ? "" : "; ") + label(r) + " at " +
                 std::to_string(r["threads"].get<int64_t>()) + " thread" + (r["threads"].get<int64_t>() > 1 ? "s" : "") +
                 ", " + what + " " + fmt::format("{:.2f}x", r["speedup"][what].get<double>()) + " (rounds " +
                 fmt::format("{:.2f}", *std::min_element(v.begin(), v.end())) + "-" +
@@ -173,13 +208,17 @@ std::string markdown(const json& doc) {
         << " rounds: not slower beyond the spread of the rounds): " << parity;
     s << (misses.empty() ? "." : "; below target: " + misses + ".") << "\n";
   }
+  const auto precisions = doc["settings"].value("precisions", json::array({"32"}));
+  if (std::find(precisions.begin(), precisions.end(), "bf16-mixed") != precisions.end() &&
+      std::find(precisions.begin(), precisions.end(), "32") != precisions.end())
+    precision_table(s, doc, python);
   s << "\nData loading (one batch of the model's dataset, `Dataset::get`, as the trainer does) and achieved "
        "GFLOP/s (FLOPs of convolutions and matrix products counted from a trace of the forward; a training step "
        "counted as 3 forwards):\n\n| case | threads | dataset | batch load ms | items/s | share of a training step "
        "| GFLOP per batch | train GFLOP/s | infer GFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : doc["results"]) {
     if (!r.contains("data") && !r.contains("gflops")) continue;
-    s << "| " << r["case"].get<std::string>() << " | " << r["threads"].get<int64_t>() << " | ";
+    s << "| " << label(r) << " | " << r["threads"].get<int64_t>() << " | ";
     if (r.contains("data"))
       s << r["data"]["dataset"].get<std::string>() << " | " << ms(r["data"]["batch_ms"].get<double>() / 1e3) << " | "
         << fmt::format("{:.0f}", r["data"]["items_per_s"].get<double>()) << " | "
