@@ -31,6 +31,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_twins  # noqa: E402
 
 
+def autocast_group_norm_in_float32():
+    """LibTorch 1.13's CPU autocast has no rule for group_norm, whose kernel refuses a bfloat16 input with float32
+    parameters; zoo registers PyTorch's rule for such operations (ops/autocast.cpp), and so does its twin here."""
+    if int(torch.__version__.split(".")[0]) >= 2:
+        return None
+    library = torch.library.Library("aten", "IMPL")
+
+    def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+        with torch.autocast("cpu", enabled=False):
+            widen = lambda t: None if t is None else t.float()  # noqa: E731
+            return torch.group_norm(input.float(), num_groups, widen(weight), widen(bias), eps, cudnn_enabled)
+
+    library.impl("group_norm", group_norm, "AutocastCPU")
+    return library  # kept alive: the registration lasts as long as the Library object
+
+
 def openblas_single_threaded():
     """zoo runs OpenBLAS single-threaded under LibTorch's own threads (training/trainer.cpp apply_threads); do the
     same here so both sides run the same kernels."""
@@ -164,6 +180,7 @@ def measure(step, min_steps, min_time):
 
 def main():
     openblas_single_threaded()
+    group_norm_rule = autocast_group_norm_in_float32()  # noqa: F841
     cases = {}
     for line in sys.stdin:
         if not line.strip():
