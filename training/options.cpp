@@ -63,7 +63,8 @@ const Schema<TrainOptions>& train_schema() {
     s.add("clip_grad", ZOO_FIELD(TrainOptions, clip_grad), "Clip the global gradient norm to this value (0 = off)")
         .at_least(0);
     s.add("seed", ZOO_FIELD(TrainOptions, seed), "Random seed (model initialisation, data order, dropout)").at_least(0);
-    s.add("threads", ZOO_FIELD(TrainOptions, threads), "Intra-op threads (0 = all cores)")
+    s.add("threads", ZOO_FIELD(TrainOptions, threads),
+          "Intra-op threads (0 = auto: the cores other work leaves free, followed during training)")
         .at_least(0)
         .at_most(max_threads)
         .resumable();

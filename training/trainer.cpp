@@ -59,6 +59,7 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
   if (auto problem = precision_problem(precision_, device_, /*force=*/true); !problem.empty())
     throw SettingError("train.precision", problem);
   apply_threads(options_.threads());
+  if (options_.threads() == 0) auto_threads_ = std::make_unique<AutoThreads>();
   model_.ptr()->to(device_);
   if (reduced_weights(precision_)) model_.ptr()->to(reduced_type(precision_));
   if (precision_ == Precision::fp16_mixed) scaler_ = std::make_unique<GradScaler>();
@@ -321,6 +322,13 @@ json Trainer::train_epoch(int64_t epoch) {
           fmt::format("{} at epoch {}, step {} of {}; training stopped", e.what(), epoch, s + 1, steps));
     }
     ++state_.step;
+    if (const int64_t n = auto_threads_ ? auto_threads_->tick() : 0) {
+      fmt::print(
+          stderr,
+          "{}note: {} thread{} from step {}: other work kept {:.1f} of {} cores busy (--threads N fixes the count)\n",
+          Progress::stderr_is_terminal() ? "\r\033[K" : "", n, n > 1 ? "s" : "", state_.step, auto_threads_->busy(),
+          auto_threads_->cores());
+    }
 
     sums.add(loss_value, static_cast<double>(items), terms);
     StepInfo info{epoch, s + 1, steps, static_cast<int64_t>(sums.items()), loss_value, sums.mean_loss(), lr};
@@ -348,6 +356,7 @@ json Trainer::train_epoch(int64_t epoch) {
           {"lr", sched.at(std::max<int64_t>(0, state_.step - 1))},
           {"train", sums.metrics(term_sums)},
           {"train_time_s", seconds},
+          {"threads", at::get_num_threads()},
           {"items_per_s", seconds > 0 ? sums.items() / seconds : 0.0}};  // items of all ranks
 }
 

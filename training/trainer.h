@@ -206,6 +206,7 @@ class Trainer {
   std::vector<torch::Tensor> ema_;
   Precision precision_ = Precision::fp32;
   std::unique_ptr<GradScaler> scaler_;
+  std::unique_ptr<AutoThreads> auto_threads_;                    ///< --threads 0: the count follows the machine's load
   double grad_norm_ = std::numeric_limits<double>::quiet_NaN();  ///< the last step's (StepInfo::grad_norm)
 };
 

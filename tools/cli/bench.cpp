@@ -89,7 +89,7 @@ void run_bench(const BenchArgs& a) {
   }
   if (chosen.empty()) chosen = all_cases();
   std::vector<int64_t> threads = a.threads;
-  const auto cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto cores = training::usable_cores();
   if (threads.empty()) threads = cores > 1 ? std::vector<int64_t>{1, cores} : std::vector<int64_t>{1};
   std::vector<int64_t> unique_threads;  // 0 = all cores; each count once, in the order given
   for (auto t : threads)

@@ -44,6 +44,9 @@ inline CLI::Validator number_validator(bool allow_zero) {
       },
       allow_zero ? "NUMBER>=0" : "NUMBER>0");
 }
+/// --threads of every command (training/threads.h).
+constexpr const char* threads_help = "Intra-op threads (0 = auto: the cores other work leaves free)";
+
 inline const CLI::Validator& positive() {
   static const CLI::Validator v = number_validator(false);
   return v;

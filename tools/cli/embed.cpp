@@ -129,7 +129,7 @@ void add_embed(CLI::App& app) {
   cmd->add_option("--values", a->values, "Without --json: how many first values to print per token (default 4)")
       ->check(CLI::Range(0, 100000));
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
-  cmd->add_option("--threads", a->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->callback([a, cmd] {
     if (a->sentence.empty() && a->compare.empty())
       throw std::invalid_argument("zoo embed needs a sentence, or --compare S1 S2 --word W");

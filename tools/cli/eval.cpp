@@ -132,7 +132,7 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--data-dir", a->data_dir, "Data directory (default: the run's)");
   cmd->add_option("--limit", a->limit, "First N test items (default: the run's; 0 = all)")->check(non_negative());
   cmd->add_option("--batch-size", a->batch_size, "Evaluation batch size")->check(positive());
-  cmd->add_option("--threads", a->threads, "Intra-op threads (default 0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: the run's)");
   add_precision_options(cmd, a->precision, a->force, "the run's");
   cmd->add_option(

@@ -8,6 +8,7 @@
 #include "datasets/registry.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
+#include "training/threads.h"
 
 #include <cmath>
 #include <cstdio>
@@ -59,8 +60,7 @@ void run_double_descent(const DDArgs& a) {
   if (a.noise < 0 || a.noise > 1) throw std::invalid_argument("--noise must be in [0, 1]");
   // Not training::apply_threads: that pins OpenBLAS to one thread, right for training but not here, where the
   // time goes into one large LAPACK least-squares solve per point (threaded OpenBLAS: 4.9 s against 5.9 s).
-  torch::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
-                                       : static_cast<int>(std::thread::hardware_concurrency()));
+  torch::set_num_threads(static_cast<int>(a.threads > 0 ? a.threads : training::usable_cores()));
   datasets::DataConfig data;
   data.data_dir = a.data_dir;
   data.val_fraction = 0;  // closed-form fits on --n items: nothing is selected, so nothing is held out

@@ -185,7 +185,7 @@ void add_elmo_senses(CLI::App& experiment) {
   cmd->add_option("--out", a->out, "Output directory (default runs/elmo-senses-DATE-TIME)");
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->callback([a] { run_senses(*a); });
 }
 

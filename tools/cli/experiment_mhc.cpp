@@ -142,7 +142,7 @@ void add_mhc_stability(CLI::App& experiment) {
   cmd->add_option("--scales", a->scales, "Noise scales of the mixing parameters (default 0 0.1 0.2 0.5 1 2)");
   cmd->add_option("--seed", a->seed, "Random seed (default 0)")->check(non_negative());
   cmd->add_option("--out", a->out, "Output directory (default runs/mhc-stability-DATE-TIME)");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->callback([a] { run_mhc_stability(*a); });
 }

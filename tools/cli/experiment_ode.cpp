@@ -183,7 +183,7 @@ void add_ode_solvers(CLI::App& experiment) {
   cmd->add_option("--limit", a->limit, "First N images of each split (0 = all)")->check(non_negative());
   cmd->add_option("--out", a->out, "Output directory (default runs/ode-solvers-DATE-TIME)");
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->add_flag("--no-baselines", a->no_baselines, "Train only the ode-resnet, not the ResNet and cnn baselines");
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->callback([a] { run_ode_solvers(*a); });

@@ -119,7 +119,7 @@ void add_priors(CLI::App& experiment) {
   cmd->add_option("--limit", a->limit, "First N images of each split (0 = all)")->check(non_negative());
   cmd->add_option("--out", a->out, "Output directory (default runs/priors-DATE-TIME)");
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only");
   cmd->callback([a] { run_priors(*a); });
 }

@@ -143,7 +143,7 @@ void add_unet_vs_deconvnet(CLI::App& experiment) {
   cmd->add_option("--show", a->show, "Test items in the picture (default 6)")->check(CLI::Range(1, 64));
   cmd->add_option("--out", a->out, "Output directory (default runs/unet-vs-deconvnet-DATE-TIME)");
   cmd->add_option("--data-dir", a->data_dir, "Fashion-MNIST directory (the scenes' items)");
-  cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->add_flag("--no-plot", a->no_plot, "Write the CSV only, no picture");
   cmd->callback([a, cmd] {
     if (a->dims == 3) {  // volumes: the 3-D models' own defaults unless given

@@ -45,7 +45,7 @@ void add_generate(CLI::App& app) {
   sample->add_option("--range", s->range, "--manifold spans the Gaussian quantiles 1-p .. p (default 0.95)")
       ->check(CLI::Range(0.5, 0.9999));
   sample->add_option("--device", s->device, "cpu, cuda or cuda:N (default cpu)");
-  sample->add_option("--threads", s->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
+  sample->add_option("--threads", s->threads, threads_help)->check(non_negative());
   sample->callback([s] {
     training::apply_threads(s->threads);
     auto [config, model] = training::load_run_model(s->run, s->device, s->checkpoint);
@@ -88,7 +88,7 @@ void add_generate(CLI::App& app) {
   recon->add_option("--out", r->out, "Output PNG (default recon.png)");
   recon->add_option("--data-dir", r->data_dir, "Data directory (default: the run's)");
   recon->add_option("--device", r->device, "cpu, cuda or cuda:N (default cpu)");
-  recon->add_option("--threads", r->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
+  recon->add_option("--threads", r->threads, threads_help)->check(non_negative());
   recon->callback([r, recon] {
     training::apply_threads(r->threads);
     auto [config, model] = training::load_run_model(r->run, r->device, r->checkpoint);

@@ -290,7 +290,7 @@ void add_interop(CLI::App& app) {
     cmd->add_option("--out", a->out, "Output file (default model.pt)");
     cmd->add_option("--example-shape", a->example_shape,
                     "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");
-    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
     cmd->callback([a] { run_export(*a); });
   }
   {
@@ -304,7 +304,7 @@ void add_interop(CLI::App& app) {
     cmd->add_option("--data-dir", a->data_dir, "Data directory or file(s)");
     cmd->add_option("--data-option", a->data_options, "Dataset option key=value, repeatable");
     cmd->add_flag("--partial", a->partial, "Import the tensors that match and list the others, instead of refusing");
-    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
     cmd->callback([a] { run_import(*a); });
   }
   {
@@ -322,7 +322,7 @@ void add_interop(CLI::App& app) {
         ->check(CLI::IsMember({0, 1, 3}));
     cmd->add_option("--topk", a->topk, "Classes to print for a classifier (default 5)")->check(CLI::Range(1, 1000));
     cmd->add_option("--out", a->out, "Write an image output [N, C, H, W] as PNG (class scores as coloured labels)");
-    cmd->add_option("--threads", a->threads, "Threads (0 = all cores)")->check(non_negative());
+    cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
     add_precision_options(cmd, a->precision, a->force, "32");
     cmd->callback([a] { run_predict(*a); });
   }

@@ -118,7 +118,7 @@ void add_segment(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--data-dir", a->data_dir, "Data directory for --n (default: the run's)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
-  cmd->add_option("--threads", a->threads, "Intra-op threads (0 = all cores)")->check(non_negative());
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->callback([a, cmd] {
     if (a->input.empty() && a->n == 0)
       throw std::invalid_argument("zoo segment needs --input IMAGE or --n N (test items)");

@@ -89,13 +89,22 @@ std::pair<std::string, json> parse_set(const std::string& item, const std::strin
 
 namespace {
 
+/// "2 threads"; with --threads 0 "2 threads (auto)", or "1 thread (auto: other work holds 1 of 2 cores)".
+std::string describe_threads(int64_t setting) {
+  const int64_t n = torch::get_num_threads(), cores = training::auto_thread_limit();
+  std::string s = fmt::format("{} thread{}", n, n > 1 ? "s" : "");
+  if (setting == 0)
+    s += n < cores ? fmt::format(" (auto: other work holds {} of {} cores)", cores - n, cores) : " (auto)";
+  return s;
+}
+
 /// Starts the ranks of a --nproc run (same command, a shared run directory and threads split among them) and
 /// ends the program with their result.
 [[noreturn]] void launch(const TrainArgs& a, const CLI::App& cmd, const std::string& dir) {
   std::vector<std::string> extra;
   if (!dir.empty() && cmd.count("--out") == 0) extra = {"--out", dir};
   if (!a.train->was_given("threads")) {
-    const auto cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+    const auto cores = training::usable_cores();
     extra.insert(extra.end(), {"--threads", std::to_string(std::max<int64_t>(1, cores / a.nproc))});
   }
   throw ExitCode{launch_ranks(a.nproc, extra, a.dist_timeout)};
@@ -206,7 +215,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     fmt::print("resuming {} ({}) after epoch {} of {}", a.resume, run->config().model, st.epoch,
                run->config().train.epochs());
     if (st.epoch_step > 0) fmt::print(" and step {} of epoch {}", st.epoch_step, st.epoch + 1);
-    fmt::print("\n");
+    fmt::print(" | {}\n", describe_threads(run->config().train.threads()));
     std::fflush(stdout);
     run->fit();
     fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), run->config().train.epochs()), run->dir());
@@ -229,10 +238,10 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   }
   const auto& c = run->config();
   const int64_t world = run->trainer().world_size();
-  fmt::print("training {} ({} parameters) on {} | {} epochs, {} lr {}, batch {}{} | {} threads{} | run {}\n", c.model,
+  fmt::print("training {} ({} parameters) on {} | {} epochs, {} lr {}, batch {}{} | {}{} | run {}\n", c.model,
              models::count_parameters(*run->model().ptr()), c.data.name, c.train.epochs(), c.train.optimizer(),
              c.train.lr(), c.train.batch_size(), world > 1 ? fmt::format(" x {} ranks", world) : "",
-             torch::get_num_threads(), world > 1 ? " per rank" : "", dir);
+             describe_threads(c.train.threads()), world > 1 ? " per rank" : "", dir);
   std::fflush(stdout);
   run->fit();
   fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), c.train.epochs()), dir);
