@@ -37,6 +37,16 @@ TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions 
               ", so bfloat16 is emulated and slower than float32; use --precision 32, or --force to run it anyway",
               1);
   CHECK_FALSE(std::filesystem::exists(tmp.path() / "a"));  // refused before anything is written
+  // lr-find trains too: the same checks, the same --force.
+  const std::string find = "lr-find mlp --limit 2000 --set hidden=[64] --steps 20 --out " + tmp.str("lr");
+  check_error(run_zoo(find + " --precision fp16-mixed"), "--precision fp16-mixed is for CUDA devices", 1);
+  check_error(without_bf16(find + " --precision bf16-mixed"), "--precision bf16-mixed: this CPU has no native bfloat16",
+              1);
+  CHECK_FALSE(std::filesystem::exists(tmp.path() / "lr.csv"));
+  const auto found = without_bf16(find + " --precision bf16-mixed --force");
+  INFO(found.out << found.err);
+  CHECK(found.code == 0);
+  CHECK(std::filesystem::exists(tmp.path() / "lr.csv"));
 
   // --force accepts an emulated bfloat16 (here ZOO_CPU_BF16=0 pretends the CPU has none).
   const auto run = tmp.str("run");

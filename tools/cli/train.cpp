@@ -267,10 +267,13 @@ void add_config_flags(CLI::App* cmd, TrainArgs& a) {
   cmd->add_option("--config", a.config, "JSON file of model options, or a run's config.json");
 }
 
+constexpr const char* force_help = "Train in bfloat16 on a CPU without native bfloat16 (emulated: slower than float32)";
+
 /// `zoo lr-find`: the LR range test on a fresh copy of the model the flags describe; writes PREFIX.csv and
 /// PREFIX.png, prints the suggestion, touches no run directory.
 void run_lr_find(const TrainArgs& a, const training::LrFindOptions& options, const std::string& prefix) {
   auto config = training::complete_config(config_from_flags(a));
+  check_precision(config.train.precision(), config.train.device(), a.force);
   // Only the loop's step matters here: settings about epochs, selection and checkpoints do not apply.
   config.train.progress(false).schedule("constant").early_stop(0).save_top_k(1).ema(0).log("");
   config.data.val_fraction = 0;
@@ -324,6 +327,7 @@ void add_lr_find(CLI::App& app) {
   cmd->add_option("--steps", o->steps, "Steps from the first to the last rate (default 100)")
       ->check(CLI::Range(int64_t{2}, int64_t{1000000}));
   cmd->add_option("--out", *prefix, "Where to write PREFIX.csv and PREFIX.png (default lr_find)");
+  cmd->add_flag("--force", a->force, force_help);
   cmd->callback([a, o, prefix] {
     if (!(o->end_lr > o->start_lr))
       throw std::invalid_argument(fmt::format("--end-lr ({}) must be above --start-lr ({})", o->end_lr, o->start_lr));
@@ -338,8 +342,7 @@ void add_train(CLI::App& app) {
   cmd->add_option("--out", a->out, "Run directory (default runs/MODEL-DATE-TIME)");
   cmd->add_option("--callback", a->callbacks, training::run_schema().find("callbacks")->doc + "; repeatable");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
-  cmd->add_flag("--force", a->force,
-                "Train in bfloat16 on a CPU without native bfloat16 (emulated: slower than float32)");
+  cmd->add_flag("--force", a->force, force_help);
   cmd->add_flag("--restart-schedule", a->restart_schedule,
                 "With --resume and --epochs beyond the planned ones: the added epochs are a new cycle of the "
                 "schedule (a warm restart). Without it they go on at the schedule's last rate");
