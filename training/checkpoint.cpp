@@ -290,16 +290,65 @@ void load_module(torch::nn::Module& module, const std::string& path) {
   }
 }
 
-nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path + " is not valid JSON (" + first_line(e.what()) + ")");
+namespace {
+
+/// Throws when `text` opens more than max_json_depth arrays or objects at once (strings skipped).
+void check_json_depth(const std::string& text, const std::string& what) {
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_json_depth)
+        throw std::runtime_error(fmt::format("{} is nested more than {} levels deep", what, max_json_depth));
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
   }
+}
+
+}  // namespace
+
+nlohmann::json parse_json(const std::string& text, const std::string& what) {
+  check_json_depth(text, what);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(what + " is not valid JSON (" + first_line(e.what()) + ")");
+  }
+}
+
+nlohmann::json parse_json_or_discard(const std::string& text, const std::string& what) {
+  check_json_depth(text, what);
+  return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    throw std::runtime_error("cannot open " + path + ": " + (ec ? ec.message() : std::strerror(ENOENT)));
+  if (!std::filesystem::is_regular_file(status))
+    throw std::runtime_error(path +
+                             " is not a regular file (a JSON file was expected, not a directory, FIFO or device)");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) throw std::runtime_error("cannot read " + path + ": " + ec.message());
+  if (size > max_json_bytes)
+    throw std::runtime_error(fmt::format("{} is {} MB: larger than any JSON file zoo reads (at most {} MB)", path,
+                                         size >> 20, max_json_bytes >> 20));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  std::string text(static_cast<size_t>(size), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return parse_json(text, path);
 }
 
 std::string rng_state_hex() {

@@ -59,7 +59,20 @@ std::vector<std::string> verify_archive(const std::string& path);
 std::vector<std::string> copy_tensors(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
                                       bool strict);
 
-/// Reads a JSON file with an error that names the file and the problem.
+/// JSON nested deeper than this is refused before it is parsed (a hostile file would exhaust the stack), and a
+/// JSON file larger than this is refused before it is read: zoo's own files are kilobytes (state.json of a long
+/// run with many callbacks a few megabytes).
+constexpr size_t max_json_depth = 256;
+constexpr uintmax_t max_json_bytes = uintmax_t{64} << 20;
+
+/// Parses `text` (`what` names it in errors: "--set hidden", "RUN/state.json"): "WHAT is not valid JSON (...)",
+/// "WHAT is nested more than 256 levels deep".
+nlohmann::json parse_json(const std::string& text, const std::string& what);
+/// The same, or a discarded value (`is_discarded()`) when `text` is not JSON: for flags whose text may be a plain
+/// string. Nesting beyond the limit is still an error.
+nlohmann::json parse_json_or_discard(const std::string& text, const std::string& what);
+/// Reads a JSON file: a regular file (not a FIFO or a device) of at most max_json_bytes, with errors that name
+/// the file and the problem.
 nlohmann::json read_json_file(const std::string& path);
 
 /// The default CPU generator's state as hex text, and back.

@@ -145,13 +145,19 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
   run->config_.plugins = loaded_plugins();
   run->config_.versions = library_versions();
   run->dir_ = std::make_shared<RunDirectory>(dir, writer);
-  run->dir_->refuse_existing_run();
-  // Every rank has looked before rank 0 writes: a rank that starts late must not find rank 0's new run and take
-  // it for an old one.
-  if (run->group_ && run->group_->world_size() > 1) run->group_->barrier();
-  torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
-  run->build(true);
-  run->trainer_->check_data_fits();
+  run->dir_->lock(/*create=*/true);  // two writers never share a directory
+  try {
+    run->dir_->refuse_existing_run();
+    // Every rank has looked before rank 0 writes: a rank that starts late must not find rank 0's new run and
+    // take it for an old one.
+    if (run->group_ && run->group_->world_size() > 1) run->group_->barrier();
+    torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
+    run->build(true);
+    run->trainer_->check_data_fits();
+  } catch (...) {
+    run->dir_->remove_if_unused();
+    throw;
+  }
   run->dir_->create(to_json(run->config_));
   run->attach_writers();
   // Epoch 0: from now on the directory always holds a loadable checkpoint, whenever the process dies.
@@ -167,6 +173,7 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   const bool writer = !run->group_ || run->group_->rank() == 0;
   run->config_ = complete_config(read_run_config(dir));
   run->dir_ = std::make_shared<RunDirectory>(dir, writer);
+  run->dir_->lock();  // before anything is repaired or read for training: one writer at a time
   if (threads >= 0) run->config_.train.threads(threads);
   if (quiet) run->config_.train.progress(false);
   const std::string was = run->config_.train.precision();

@@ -4,13 +4,24 @@
 #include "training/messages.h"
 #include "training/progress.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
 
 namespace zoo::training {
 namespace fs = std::filesystem;
@@ -56,9 +67,116 @@ void remove_dropped_epochs(const fs::path& dir, const std::vector<std::pair<int6
   }
 }
 
+/// The whole number `key` of `object` (`fallback` when absent; required when there is none), from `lo` to `hi`;
+/// anything else is an error naming the key and the value.
+int64_t whole_number(const json& object, const std::string& key, int64_t lo, int64_t hi,
+                     std::optional<int64_t> fallback = std::nullopt) {
+  const auto it = object.find(key);
+  if (it == object.end()) {
+    if (fallback) return *fallback;
+    throw std::runtime_error("no \"" + key + "\"");
+  }
+  const bool whole = it->is_number_integer() && !(it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX);
+  if (!whole || it->get<int64_t>() < lo || it->get<int64_t>() > hi)
+    throw std::runtime_error(
+        fmt::format("\"{}\" is {}: expected a whole number from {} to {}", key, it->dump().substr(0, 40), lo, hi));
+  return it->get<int64_t>();
+}
+
+/// A number, or null for "none yet" (NaN).
+double number_or_null(const json& object, const std::string& key) {
+  const auto& v = object.at(key);
+  if (v.is_null()) return std::numeric_limits<double>::quiet_NaN();
+  if (!v.is_number()) throw std::runtime_error("\"" + key + "\" is " + v.dump().substr(0, 40) + ": expected a number");
+  return v.get<double>();
+}
+
+/// An object member (`{}` when absent).
+json object_member(const json& object, const std::string& key) {
+  const auto it = object.find(key);
+  if (it == object.end()) return json::object();
+  if (!it->is_object())
+    throw std::runtime_error("\"" + key + "\" is " + it->dump().substr(0, 40) + ": expected an object");
+  return *it;
+}
+
 }  // namespace
 
 RunDirectory::RunDirectory(std::string path, bool writer) : path_(std::move(path)), writer_(writer) {}
+
+/// flock on the directory itself: no file of its own in the run, released by the kernel with the descriptor.
+struct RunDirectory::Lock {
+  int fd = -1;
+  bool created = false;  ///< lock() made the directory
+  ~Lock() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+namespace {
+
+/// The process holding a flock on `fd`'s file, from /proc/locks ("1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE
+/// ..."); 0 when not found.
+int64_t flock_holder(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return 0;
+  std::ifstream in("/proc/locks");
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string id, kind, mode, access, device;
+    int64_t pid = 0;
+    if (!(fields >> id >> kind >> mode >> access >> pid >> device) || kind != "FLOCK") continue;
+    const auto colon = device.rfind(':');
+    if (colon != std::string::npos && device.substr(colon + 1) == std::to_string(st.st_ino)) return pid;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void RunDirectory::lock(bool create) const {
+  if (!writer_ || lock_) return;
+  auto held = std::make_shared<Lock>();
+  std::error_code ec;
+  const fs::path dir(path_);
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    throw std::runtime_error(path_ + " is a file, not a run directory; choose another --out");
+  if (create) held->created = fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create run directory " + path_ + ": " + ec.message());
+  if (create && !held->created && !fs::exists(dir / "config.json") && !fs::is_empty(dir, ec))
+    throw std::runtime_error(path_ +
+                             " is not empty and holds no zoo run (no config.json); choose another --out (a new or "
+                             "empty directory)");
+  held->fd = open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (held->fd < 0) throw std::runtime_error("cannot open run directory " + path_ + ": " + std::strerror(errno));
+  // Within one process the lock is shared: a program that trains a run and then resumes it (the tests do) holds
+  // it through both objects. The lock keeps other processes out.
+  struct stat st {};
+  if (fstat(held->fd, &st) != 0)
+    throw std::runtime_error("cannot open run directory " + path_ + ": " + std::strerror(errno));
+  static std::mutex mutex;
+  static std::map<std::pair<dev_t, ino_t>, std::weak_ptr<Lock>> held_here;
+  std::lock_guard<std::mutex> guard(mutex);
+  if (auto shared = held_here[{st.st_dev, st.st_ino}].lock()) {
+    lock_ = std::move(shared);
+    return;
+  }
+  if (flock(held->fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK)
+      throw std::runtime_error("cannot lock run directory " + path_ + ": " + std::strerror(errno));
+    const int64_t pid = flock_holder(held->fd);
+    throw std::runtime_error(fmt::format("{} is being written by {}; wait for it or choose another --out", path_,
+                                         pid > 0 ? fmt::format("process {}", pid) : "another process"));
+  }
+  held_here[{st.st_dev, st.st_ino}] = held;
+  lock_ = std::move(held);
+}
+
+void RunDirectory::remove_if_unused() const {
+  if (!lock_ || !lock_->created) return;
+  std::error_code ec;
+  if (fs::is_empty(path_, ec) && !ec) fs::remove(path_, ec);
+}
 
 void RunDirectory::recover() const {
   if (writer_ && (fs::exists(fs::path(path_) / ".commit") || fs::exists(fs::path(path_) / ".staging")))
@@ -180,11 +298,24 @@ void RunDirectory::load_weights(torch::nn::Module& module, const std::string& ch
                     "--checkpoint",
                     path_, fmt::join(held, ", "), checkpoint, hint));
   }
-  std::string path = model_path;
-  if (checkpoint == "best" && fs::exists(file("best.pt"))) path = file("best.pt");
-  if (checkpoint == "ema") path = file("ema.pt");
-  if (checkpoint.rfind("epoch-", 0) == 0) path = file(checkpoint + ".pt");
-  load_module(module, path);
+  auto choose = [&] {
+    if (checkpoint == "best" && fs::exists(file("best.pt"))) return file("best.pt");
+    if (checkpoint == "ema") return file("ema.pt");
+    if (checkpoint.rfind("epoch-", 0) == 0) return file(checkpoint + ".pt");
+    return file("model.pt");
+  };
+  // A writer's commit can finish between choosing RUN/.commit/model.pt and opening it (the file has moved to
+  // RUN/model.pt): choose again, a few times, while the choice keeps changing under us.
+  for (int attempt = 1;; ++attempt) {
+    const auto path = choose();
+    try {
+      load_module(module, path);
+      return;
+    } catch (...) {
+      if (attempt >= 5 || (choose() == path && fs::exists(path))) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
+    }
+  }
 }
 
 void RunDirectory::restore(Trainer& trainer) const {
@@ -196,33 +327,46 @@ void RunDirectory::restore(Trainer& trainer) const {
                              "epoch ended; start it again without --resume (the same --out is fine)");
   const json state = read_json_file((run / "state.json").string());
   TrainState st;
+  const auto state_file = (run / "state.json").string();
   try {
-    st.epoch = state.at("epoch").get<int64_t>();
-    st.step = state.at("step").get<int64_t>();
-    st.best = state.at("best").is_null() ? std::numeric_limits<double>::quiet_NaN() : state.at("best").get<double>();
-    st.best_epoch = state.at("best_epoch").get<int64_t>();
-    st.last = state.at("last");
-    st.final = state.value("final", json::object());
-    st.epoch_step = state.value("epoch_step", int64_t{0});
-    st.partial = state.value("partial", json::object());
-    for (const auto& entry : state.value("top_k", json::array()))
-      st.top_k.emplace_back(entry.at("epoch").get<int64_t>(), entry.at("value").get<double>());
-    const json schedule = state.value("schedule", json::object());
-    st.schedule_start = schedule.value("start", int64_t{0});
-    st.schedule_steps = schedule.value("steps", int64_t{0});
-    st.lr_scale = schedule.value("lr_scale", 1.0);
-    st.lr_reduced_epoch = schedule.value("lr_reduced_epoch", int64_t{0});
-    st.grad_scaler = state.value("grad_scaler", json::object());
-    const int64_t saved_world = state.value("world_size", int64_t{1});
+    if (!state.is_object()) throw std::runtime_error("not a JSON object");
+    constexpr int64_t most = int64_t{1} << 50;  // far beyond any real run, far from overflowing
+    st.epoch = whole_number(state, "epoch", 0, most);
+    st.step = whole_number(state, "step", 0, most);
+    st.best = number_or_null(state, "best");
+    st.best_epoch = whole_number(state, "best_epoch", 0, st.epoch);
+    st.last = object_member(state, "last");
+    if (!state.contains("last")) throw std::runtime_error("no \"last\"");
+    st.final = object_member(state, "final");
+    st.epoch_step = whole_number(state, "epoch_step", 0, most, 0);
+    st.partial = object_member(state, "partial");
+    if (const auto top = state.find("top_k"); top != state.end()) {
+      if (!top->is_array()) throw std::runtime_error("\"top_k\" is not a list");
+      for (const auto& entry : *top) {
+        if (!entry.is_object()) throw std::runtime_error("an entry of \"top_k\" is not an object");
+        st.top_k.emplace_back(whole_number(entry, "epoch", 1, st.epoch), number_or_null(entry, "value"));
+      }
+    }
+    const json schedule = object_member(state, "schedule");
+    st.schedule_start = whole_number(schedule, "start", 0, most, 0);
+    st.schedule_steps = whole_number(schedule, "steps", 0, most, 0);
+    st.lr_scale = schedule.contains("lr_scale") ? number_or_null(schedule, "lr_scale") : 1.0;
+    if (!(st.lr_scale > 0)) throw std::runtime_error("\"lr_scale\" must be above 0");
+    st.lr_reduced_epoch = whole_number(schedule, "lr_reduced_epoch", 0, st.epoch, 0);
+    st.grad_scaler = object_member(state, "grad_scaler");
+    const int64_t saved_world = whole_number(state, "world_size", 1, 1 << 20, 1);
     if (st.epoch_step > 0 && saved_world != trainer.world_size())
-      throw std::runtime_error(fmt::format(
+      throw std::invalid_argument(fmt::format(
           "{} stopped in the middle of epoch {} with {} rank(s); resume it with {} (at an epoch boundary any "
           "number of ranks may continue)",
           path_, st.epoch + 1, saved_world,
           saved_world > 1 ? "--nproc " + std::to_string(saved_world) : "one process"));
-    trainer.load_callback_states(state.value("callbacks", json::object()));
-  } catch (const json::exception& e) {
-    throw std::runtime_error((run / "state.json").string() + " is damaged (" + first_line(e.what()) + ")");
+    whole_number(state, "epoch_step", 0, trainer.steps_per_epoch() - 1, 0);  // within an epoch of this data
+    trainer.load_callback_states(object_member(state, "callbacks"));
+  } catch (const std::invalid_argument&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(state_file + " is damaged (" + first_line(e.what()) + ")");
   }
   trainer.set_state(st);
   trainer.load_grad_scaler(st.grad_scaler);
@@ -253,13 +397,17 @@ void RunDirectory::restore(Trainer& trainer) const {
   if (std::ifstream in(log_path); in) {
     for (std::string line; std::getline(in, line);) {
       if (line.empty()) continue;
+      // A torn last line, or a line that is no epoch record of zoo's (edited by hand, damaged): dropped, so the
+      // log agrees with the checkpoint again.
       json rec;
       try {
-        rec = json::parse(line);
-      } catch (const json::exception&) {
-        continue;  // a torn last line
+        rec = parse_json_or_discard(line, log_path.string());
+      } catch (const std::exception&) {
+        continue;  // nested too deep to be a record
       }
-      const int64_t e = rec.value("epoch", int64_t{0});
+      if (!rec.is_object() || !rec.contains("epoch") || !rec["epoch"].is_number_integer()) continue;
+      const int64_t e = rec["epoch"].get<int64_t>();
+      if (e < 1) continue;
       if (e > st.epoch) continue;
       logged = std::max(logged, e);
       keep.push_back(rec.dump());

@@ -29,6 +29,15 @@ class RunDirectory {
   const std::string& path() const { return path_; }
   bool writer() const { return writer_; }
 
+  /// A writer's exclusive hold on the directory, kept until this object goes (the kernel drops it when the
+  /// process dies, so a killed run never leaves it held): another process that writes here (train, resume,
+  /// import) gets "RUN is being written by process PID; wait for it or choose another --out". `create`: makes
+  /// the directory if needed, and refuses one that is not empty and holds no zoo run (nothing of the user's is
+  /// touched). A reader does nothing.
+  void lock(bool create = false) const;
+  /// Removes the directory if lock() created it and nothing was written into it since (a run refused before it
+  /// started leaves nothing behind).
+  void remove_if_unused() const;
   /// Refuses a directory that holds a run (continue it with resume; a half-committed checkpoint is first rolled
   /// forward). One with only config.json (a run stopped in its first epoch) has nothing to lose.
   void refuse_existing_run() const;
@@ -65,6 +74,8 @@ class RunDirectory {
   void recover() const;
   std::string path_;
   bool writer_;
+  struct Lock;
+  mutable std::shared_ptr<Lock> lock_;
 };
 
 /// Writes a checkpoint at the end of every epoch (with best.pt when the epoch is the best so far) and when a stop

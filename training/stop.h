@@ -15,6 +15,18 @@ void clear_stop_request();
 /// The signal given to request_stop (0 when none was).
 int stop_signal();
 
+/// Marks the time a loop that answers request_stop runs (Trainer::fit holds one): outside it nothing would look
+/// at a request, so a signal handler should end the process at once instead (stop_answered()).
+class StopAnswered {
+ public:
+  StopAnswered();
+  ~StopAnswered();
+  StopAnswered(const StopAnswered&) = delete;
+  StopAnswered& operator=(const StopAnswered&) = delete;
+};
+/// Whether a StopAnswered is alive. Async-signal-safe (an atomic load).
+bool stop_answered();
+
 /// Thrown by Trainer::fit after a requested stop; the checkpoint (if the trainer has a run directory) is written.
 class Interrupted : public std::runtime_error {
  public:

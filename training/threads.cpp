@@ -7,7 +7,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -117,7 +120,18 @@ int64_t apply_threads(int64_t n) {
     n = threads_for_load(usable_cores(), busy_elsewhere(last_sample, now), auto_thread_limit());
     last_sample = now;
   }
-  n = std::min(n, max_threads);
+  // More threads than cores only make them wait for each other; far more (--threads 100000) would spawn threads
+  // by the thousand. Above the cores: a warning; above 4 per core: that many.
+  const int64_t cores = usable_cores(), most = std::min(max_threads, 4 * cores);
+  if (n > cores) {
+    static std::atomic<int64_t> warned{0};
+    if (warned.exchange(n) != n)
+      fmt::print(stderr,
+                 "warning: --threads {} is more than the {} cores this process may use: threads sharing a core "
+                 "wait for each other at every step{}\n",
+                 n, cores, n > most ? fmt::format("; using {}", most) : "");
+    n = std::min(n, most);
+  }
   at::set_num_threads(static_cast<int>(n));
   // LibTorch parallelises around its BLAS calls (OpenMP). A threaded OpenBLAS underneath starts its own pool,
   // and the two spin against each other on the same cores: measured on 2 cores, training ran 1.4x (cnn) to 3x

@@ -40,8 +40,9 @@ double busy_elsewhere(const CpuSample& from, const CpuSample& to);
 int64_t threads_for_load(int64_t cores, double busy, int64_t limit = 0);
 
 /// Sets LibTorch's intra-op threads: n > 0, or for 0 the cores other work leaves free now (`threads_for_load`
-/// over the time since the previous call or the program's start, at least a quarter of a second). OpenBLAS, if
-/// that is the BLAS, gets one thread: LibTorch parallelises around BLAS calls. Returns the number set.
+/// over the time since the previous call or the program's start, at least a quarter of a second). More than the
+/// cores: a warning (once per count), and at most 4 per core. OpenBLAS, if that is the BLAS, gets one thread:
+/// LibTorch parallelises around BLAS calls. Returns the number set.
 int64_t apply_threads(int64_t n);
 
 /// `--threads 0` during training: every `interval` seconds, the cores other work left free in that time. Fewer

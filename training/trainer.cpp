@@ -525,6 +525,7 @@ json Trainer::test_selected() {
 }
 
 json Trainer::fit() {
+  const StopAnswered answered;  // a SIGINT/SIGTERM from here on stops after the step, with a checkpoint
   json last = state_.last;
   stop_reason_.clear();
   each([&](Callback& c) { c.on_fit_start(*this); });

@@ -2,7 +2,7 @@
 // ZOO_FUZZ_TARGET picks the target:
 //   idx         datasets::parse_idx on the bytes (plain or gzip IDX)
 //   image       datasets::load_image on the bytes as a file, and load_image_folder with them as image and mask
-//   config      a run's config.json: JSON parsing, then training::run_config_from_json
+//   config      a run's config.json: read_json_file (size, nesting depth, JSON), then run_config_from_json
 //   checkpoint  training::load_module of a small mlp from the bytes as model.pt
 //   text        datasets::read_records of the bytes as a corpus file, then tokens, a vocabulary, LM windows
 // Every input must end in a result or in an exception (std::exception, c10::Error): anything else (a crash, an
@@ -97,8 +97,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       datasets::load_image((scratch() / "images" / "a.png").string());
       datasets::load_image_folder(scratch().string(), 11, 1);
     } else if (target == "config") {
-      const auto j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
-      if (!j.is_discarded()) training::run_config_from_json(j, "fuzz");
+      // As zoo reads it: a file, checked for its kind, size and nesting depth, then parsed and read.
+      write_file(scratch() / "config.json", data, size);
+      training::run_config_from_json(training::read_json_file((scratch() / "config.json").string()), "fuzz");
     } else if (target == "checkpoint") {
       static auto model = small_mlp();
       write_file(scratch() / "model.pt", data, size);

@@ -218,6 +218,7 @@ TEST_CASE("Loggers: --log-errors stop refuses to train without its logger, warn 
   // goes through the CLI on a run stopped before its first epoch: only config.json exists.)
   const auto dir = tmp.str("run");
   fs::create_directories(fs::path(dir) / "steps.csv");
+  zoo::test::write_text(fs::path(dir) / "config.json", "{}");  // a run stopped in its first epoch: may be reused
   auto stop = zoo::test::run_zoo("train mlp --limit 200 --epochs 1 --no-progress --log csv --out " + dir);
   CHECK(stop.code == 1);
   CHECK_THAT(stop.err, Catch::Contains("the csv logger cannot start: cannot write " + dir + "/steps.csv") &&

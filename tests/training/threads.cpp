@@ -61,8 +61,7 @@ TEST_CASE("Threads: other work is the machine's CPU time less this process's own
   CHECK(busy_elsewhere(sample_at(10, 100, 5), sample_at(10, 100, 5)) == 0.0);  // no time passed
 }
 
-TEST_CASE("Threads: fewer threads as soon as other work takes a core, more once two intervals agree",
-          "[threads]") {
+TEST_CASE("Threads: fewer threads as soon as other work takes a core, more once two intervals agree", "[threads]") {
   AutoThreads a(/*cores=*/2, /*limit=*/2, /*current=*/2, sample_at(0, 0, 0), /*interval=*/2.0);
   CHECK(a.update(sample_at(1, 0, 0)) == 0);  // within the interval: nothing measured
   // A hog took 2/3 of a core (three busy threads on two cores), this process the rest: drop to one at once.
@@ -88,8 +87,7 @@ TEST_CASE("Threads: fewer threads as soon as other work takes a core, more once 
   CHECK(interval(18, 2, 2) == 2);
 }
 
-TEST_CASE("Threads: a process spinning next to this one is seen, this process's own spinning is not",
-          "[threads]") {
+TEST_CASE("Threads: a process spinning next to this one is seen, this process's own spinning is not", "[threads]") {
   if (sample_cpu().busy < 0) {
     WARN("skipped: no /proc/stat on this system (--threads 0 means all cores there)");
     return;

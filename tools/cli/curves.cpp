@@ -36,11 +36,19 @@ RunCurves read_curves(const std::string& dir, bool by_step) {
   if (run.name.empty()) run.name = fs::path(dir).lexically_normal().parent_path().filename().string();
   std::ifstream in(fs::path(dir) / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
-    json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!record.is_object() || !record.contains("epoch")) continue;  // a torn last line
-    const double x = by_step ? record.value("step", 0.0) : record.value("epoch", 0.0);
+    json record;
+    try {
+      record = training::parse_json_or_discard(line, "a line of metrics.jsonl");
+    } catch (const std::exception&) {
+      continue;  // nested too deep to be a record
+    }
+    // A torn last line, or a line that is no epoch record of zoo's.
+    if (!record.is_object() || !record["epoch"].is_number() || (by_step && !record["step"].is_number())) continue;
+    const double x = by_step ? record["step"].get<double>() : record["epoch"].get<double>();
     for (const char* split : {"train", "val", "test"}) {
-      const json metrics = record.value(split, json::object());
+      const auto it = record.find(split);
+      if (it == record.end() || !it->is_object()) continue;
+      const json& metrics = *it;
       for (const auto& [k, v] : metrics.items())
         if (v.is_number() && k != "items") run.series[std::string(split) + "." + k].emplace_back(x, v.get<double>());
     }

@@ -18,15 +18,24 @@
 
 #include <thread>
 
+#include <unistd.h>
 #include <csignal>
 #include <cstring>
 
 namespace {
 using zoo::training::first_line;
 
-// First SIGINT/SIGTERM: ask the trainer to stop after its step and save a checkpoint. The default action is put
-// back, so a second signal ends the process at once (the checkpoint protocol keeps the last one whole anyway).
+// First SIGINT/SIGTERM during training: ask the trainer to stop after its step and save a checkpoint. The default
+// action is put back, so a second signal ends the process at once (the checkpoint protocol keeps the last one
+// whole anyway). Any other time (loading data, evaluating, sampling, benchmarking) nothing would look at the
+// request: the process ends at once with 128 + signal, as training does after its checkpoint. Every file zoo
+// writes goes through a temporary file and a rename, so nothing is left half-written.
 extern "C" void on_stop_signal(int sig) {
+  if (!zoo::training::stop_answered()) {
+    static const char message[] = "zoo: stopped by a signal\n";
+    [[maybe_unused]] const auto written = write(STDERR_FILENO, message, sizeof message - 1);
+    _exit(128 + sig);
+  }
   zoo::training::request_stop(sig);
   std::signal(sig, SIG_DFL);
 }

@@ -33,7 +33,13 @@ json parse_setting_text(const std::string& text, const json& like, std::string& 
     case json::value_t::string:
       return text;
     default: {
-      json v = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      json v;
+      try {
+        v = training::parse_json_or_discard(text, "the value");
+      } catch (const std::exception& e) {
+        problem = e.what();
+        return json();
+      }
       return v.is_discarded() ? json(text) : v;
     }
   }

@@ -82,7 +82,7 @@ std::pair<std::string, json> parse_set(const std::string& item, const std::strin
     throw std::invalid_argument(flag + " expects key=value (e.g. " + flag +
                                 (flag == "--set" ? " hidden=[512,256]" : " size=32") + "), got '" + item + "'");
   const std::string key = item.substr(0, eq), text = item.substr(eq + 1);
-  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  json value = training::parse_json_or_discard(text, flag + " " + key);
   if (value.is_discarded()) value = text;
   return {key, value};
 }
