@@ -361,7 +361,7 @@ void RunDirectory::restore(Trainer& trainer) const {
           "number of ranks may continue)",
           path_, st.epoch + 1, saved_world,
           saved_world > 1 ? "--nproc " + std::to_string(saved_world) : "one process"));
-    whole_number(state, "epoch_step", 0, trainer.steps_per_epoch() - 1, 0);  // within an epoch of this data
+    whole_number(state, "epoch_step", 0, std::max<int64_t>(0, trainer.steps_per_epoch() - 1), 0);  // in an epoch
     trainer.load_callback_states(object_member(state, "callbacks"));
   } catch (const std::invalid_argument&) {
     throw;

@@ -185,8 +185,8 @@ TEST_CASE("Hostile: --threads far above the cores is bounded with a warning", "[
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
   check_error(run_zoo(kSmall + "--threads 1000000000 --out " + tmp.str("a")), "--threads: must be <= 1024", 2);
-  const auto r = run_zoo("train mlp --limit 600 --set hidden=[16] --epochs 1 --no-progress --threads 1000 --out " +
-                         tmp.str("b"));
+  const auto r =
+      run_zoo("train mlp --limit 600 --set hidden=[16] --epochs 1 --no-progress --threads 1000 --out " + tmp.str("b"));
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(r.err.find("warning: --threads 1000 is more than the") != std::string::npos);
