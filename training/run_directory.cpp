@@ -102,6 +102,19 @@ json object_member(const json& object, const std::string& key) {
 
 }  // namespace
 
+std::optional<json> parse_epoch_record(const std::string& line) {
+  json record;
+  try {
+    record = parse_json_or_discard(line, "a line of metrics.jsonl");
+  } catch (const std::exception&) {
+    return std::nullopt;  // nested too deep to be a record
+  }
+  const auto epoch = record.is_object() ? record.find("epoch") : record.end();
+  if (!record.is_object() || epoch == record.end() || !epoch->is_number_integer() || epoch->get<int64_t>() < 1)
+    return std::nullopt;
+  return record;
+}
+
 RunDirectory::RunDirectory(std::string path, bool writer) : path_(std::move(path)), writer_(writer) {}
 
 /// flock on the directory itself: no file of its own in the run, released by the kernel with the descriptor.
@@ -396,18 +409,11 @@ void RunDirectory::restore(Trainer& trainer) const {
   int64_t logged = 0;
   if (std::ifstream in(log_path); in) {
     for (std::string line; std::getline(in, line);) {
-      if (line.empty()) continue;
-      // A torn last line, or a line that is no epoch record of zoo's (edited by hand, damaged): dropped, so the
-      // log agrees with the checkpoint again.
-      json rec;
-      try {
-        rec = parse_json_or_discard(line, log_path.string());
-      } catch (const std::exception&) {
-        continue;  // nested too deep to be a record
-      }
-      if (!rec.is_object() || !rec.contains("epoch") || !rec["epoch"].is_number_integer()) continue;
+      // Lines that are no epoch records are dropped, so the log agrees with the checkpoint again.
+      const auto parsed = parse_epoch_record(line);
+      if (!parsed) continue;
+      const json& rec = *parsed;
       const int64_t e = rec["epoch"].get<int64_t>();
-      if (e < 1) continue;
       if (e > st.epoch) continue;
       logged = std::max(logged, e);
       keep.push_back(rec.dump());

@@ -18,9 +18,14 @@
 #include <nlohmann/json.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace zoo::training {
+
+/// One line of metrics.jsonl as an epoch record (an object with a whole-number "epoch" of at least 1), or nothing
+/// for a torn last line or a line that is no record of zoo's (edited by hand, damaged, nested too deep).
+std::optional<json> parse_epoch_record(const std::string& line);
 
 class RunDirectory {
  public:

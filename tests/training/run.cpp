@@ -82,3 +82,14 @@ TEST_CASE("Run config: a bad setting is named by its path in the library and by 
   // Only whole setting paths are replaced.
   CHECK(cli::in_flags("my.train.lr and train.lrx") == "my.train.lr and train.lrx");
 }
+
+TEST_CASE("metrics.jsonl: only objects with a whole epoch of at least 1 are epoch records", "[run]") {
+  const auto record = training::parse_epoch_record(R"({"epoch": 2, "train": {"loss": 0.5}})");
+  REQUIRE(record.has_value());
+  CHECK((*record)["train"]["loss"] == 0.5);
+  for (const std::string line : {R"({"epoch": 2, "train")", "[1,2]", R"({"epoch":"x"})", R"({"epoch":0})",
+                                 R"({"epoch":1.5})", R"({"step":3})", ""})
+    CHECK_FALSE(training::parse_epoch_record(line).has_value());
+  CHECK_FALSE(training::parse_epoch_record("{\"epoch\":1,\"x\":" + std::string(300, '[') + std::string(300, ']') + "}")
+                  .has_value());
+}

@@ -4,6 +4,7 @@
 #include "tools/cli/plot.h"
 #include "training/checkpoint.h"
 #include "training/loggers.h"
+#include "training/run_directory.h"
 
 #include <fmt/format.h>
 
@@ -36,14 +37,9 @@ RunCurves read_curves(const std::string& dir, bool by_step) {
   if (run.name.empty()) run.name = fs::path(dir).lexically_normal().parent_path().filename().string();
   std::ifstream in(fs::path(dir) / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
-    json record;
-    try {
-      record = training::parse_json_or_discard(line, "a line of metrics.jsonl");
-    } catch (const std::exception&) {
-      continue;  // nested too deep to be a record
-    }
-    // A torn last line, or a line that is no epoch record of zoo's.
-    if (!record.is_object() || !record["epoch"].is_number() || (by_step && !record["step"].is_number())) continue;
+    auto parsed = training::parse_epoch_record(line);
+    if (!parsed || (by_step && !(*parsed)["step"].is_number())) continue;
+    json& record = *parsed;
     const double x = by_step ? record["step"].get<double>() : record["epoch"].get<double>();
     for (const char* split : {"train", "val", "test"}) {
       const auto it = record.find(split);
