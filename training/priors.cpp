@@ -5,6 +5,8 @@
 #include <fnmatch.h>
 
 #include <cmath>
+#include <sstream>
+#include <type_traits>
 
 namespace zoo::training {
 
@@ -47,9 +49,10 @@ const Schema<PriorOptions>& prior_schema() {
         })
         .flag("--prior-layer");
     s.add("decoupled", ZOO_MEMBER(PriorOptions, decoupled),
-          "Gaussian prior as decoupled weight decay w <- (1-lr*lambda)w")
+          "Gaussian prior as decoupled weight decay w <- (1-tau*lambda)w, tau the optimizer's step size")
         .flag("--prior-decoupled");
-    s.add("proximal", ZOO_MEMBER(PriorOptions, proximal), "Laplace prior as a soft-threshold step (exact zeros)")
+    s.add("proximal", ZOO_MEMBER(PriorOptions, proximal),
+          "Laplace prior as a soft-threshold step by tau*lambda (exact zeros)")
         .flag("--prior-proximal");
     s.add("include_all", ZOO_MEMBER(PriorOptions, include_all),
           "Also put the prior on biases and normalisation parameters")
@@ -128,12 +131,79 @@ torch::Tensor prior_penalty(torch::nn::Module& module, const PriorOptions& prior
 }
 
 namespace {
+
+/// The optimizer's state of one parameter, or null before its first step. LibTorch 1.13 keys the state by the
+/// printed TensorImpl address, later versions by the address itself.
+template <typename Map>
+torch::optim::OptimizerParamState* param_state(Map& state, const torch::Tensor& p) {
+  typename Map::key_type key;
+  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
+    std::ostringstream s;
+    s << p.unsafeGetTensorImpl();
+    key = s.str();
+  } else {
+    key = p.unsafeGetTensorImpl();
+  }
+  auto it = state.find(key);
+  return it == state.end() ? nullptr : it->second.get();
+}
+
+/// Adam's denominator sqrt(v_hat) + eps for a parameter. `predict`: the one the coming step will use (v and the
+/// step count updated with the current gradient), otherwise the one the last step used.
+template <typename State, typename Options>
+torch::Tensor adam_denominator(torch::optim::Optimizer& optimizer, const torch::Tensor& w, const Options& o,
+                               bool predict, bool l2_in_gradient) {
+  auto* s = static_cast<State*>(param_state(optimizer.state(), w));
+  const double beta2 = std::get<1>(o.betas());
+  torch::Tensor v = s ? s->exp_avg_sq() : torch::zeros_like(w);
+  int64_t step = s ? s->step() : 0;
+  if (predict && w.grad().defined()) {
+    auto g = l2_in_gradient && o.weight_decay() != 0 ? w.grad() + o.weight_decay() * w : w.grad();
+    v = beta2 * v + (1 - beta2) * g * g;
+    ++step;
+  }
+  if (step == 0) return torch::ones_like(w);  // no gradient seen yet: nothing to scale by
+  return (v / (1 - std::pow(beta2, static_cast<double>(step)))).sqrt() + o.eps();
+}
+
+}  // namespace
+
+torch::Tensor prior_step_size(torch::optim::Optimizer& optimizer, const torch::Tensor& w, bool predict) {
+  const auto& group = optimizer.param_groups().front();
+  const double lr = group.options().get_lr();
+  auto ones = [&](double tau) { return torch::full_like(w, tau); };
+  if (dynamic_cast<torch::optim::SGD*>(&optimizer)) {
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
+    const double beta = o.momentum(), d = o.dampening();
+    if (beta == 0) return ones(lr);
+    // Stationary buffer: buf = (1 - d) g / (1 - beta); the step is lr * buf, or lr * (g + beta * buf) (Nesterov).
+    return ones(o.nesterov() ? lr * (1 + beta * (1 - d) / (1 - beta)) : lr * (1 - d) / (1 - beta));
+  }
+  if (dynamic_cast<torch::optim::AdamW*>(&optimizer)) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    return lr / adam_denominator<torch::optim::AdamWParamState>(optimizer, w, o, predict, false);
+  }
+  if (dynamic_cast<torch::optim::Adam*>(&optimizer)) {
+    const auto& o = static_cast<const torch::optim::AdamOptions&>(group.options());
+    return lr / adam_denominator<torch::optim::AdamParamState>(optimizer, w, o, predict, true);
+  }
+  throw std::invalid_argument(
+      "the decoupled and proximal prior steps know SGD, Adam and AdamW; with another optimizer put the prior in "
+      "the loss (drop prior.decoupled / prior.proximal)");
+}
+
+namespace {
 /// The prior as a part of the loop: its penalty in the loss (or only logged, for the decoupled and proximal
-/// forms), the decoupled decay before the optimizer step and the soft threshold after it.
+/// forms), the decoupled decay before the optimizer step and the soft threshold after it, each scaled by the
+/// optimizer's stationary step size (prior_step_size) so that its fixed point is the MAP estimate.
 class PriorCallback : public Callback {
  public:
   explicit PriorCallback(PriorOptions prior) : prior_(std::move(prior)) {}
 
+  void on_fit_start(Trainer& trainer) override {
+    if (prior_.decoupled || prior_.proximal)
+      (void)prior_step_size(trainer.optimizer(), trainer.model().ptr()->parameters().front(), false);
+  }
   void loss_terms(Trainer& trainer, Terms& terms) override {
     auto& m = *trainer.model().ptr();
     if (prior_.decoupled || prior_.proximal) {
@@ -144,25 +214,24 @@ class PriorCallback : public Callback {
     }
   }
   // Applied before the optimizer step, to the weights the gradient was computed at:
-  // (w - eta*lambda*w) - eta*grad = (1 - eta*lambda) w - eta*grad.
+  // (w - tau*lambda*w) - tau*grad = (1 - tau*lambda) w - tau*grad  (tau = lr for plain SGD).
   void after_backward(Trainer& trainer) override {
     if (!prior_.decoupled) return;
     torch::NoGradGuard no_grad;
-    const double eta = lr(trainer);
-    for (auto& [w, lambda] : prior_parameters(*trainer.model().ptr(), prior_)) w.mul_(1.0 - eta * lambda);
+    for (auto& [w, lambda] : prior_parameters(*trainer.model().ptr(), prior_))
+      w.mul_(1.0 - lambda * prior_step_size(trainer.optimizer(), w, true));
   }
+  // The proximal step of lambda ||w||_1 with the step size the optimizer just took: w <- S_{tau*lambda}(w).
   void after_step(Trainer& trainer) override {
     if (!prior_.proximal) return;
     torch::NoGradGuard no_grad;
-    const double eta = lr(trainer);
     for (auto& [w, lambda] : prior_parameters(*trainer.model().ptr(), prior_)) {
-      auto shrunk = (w.abs() - eta * lambda).clamp_min(0);
+      auto shrunk = (w.abs() - lambda * prior_step_size(trainer.optimizer(), w, false)).clamp_min(0);
       w.copy_(w.sign() * shrunk);
     }
   }
 
  private:
-  static double lr(Trainer& t) { return t.optimizer().param_groups().front().options().get_lr(); }
   PriorOptions prior_;
 };
 }  // namespace

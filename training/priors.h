@@ -8,10 +8,16 @@
 // unless `include_all` is set. Each layer may have its own lambda, chosen by a glob pattern on the parameter
 // name (first match wins; lambda 0 excludes).
 //
-// Two alternative updates with the same fixed points:
-//   decoupled (Gaussian):  w <- (1 - eta * lambda) w - eta * grad      ("weight decay"; for plain SGD this is the
-//                          same step as the penalty's gradient lambda * w; for Adam it is AdamW's decoupling)
-//   proximal (Laplace):    after the step, w <- sign(w) max(|w| - eta * lambda, 0)   (soft threshold: exact zeros)
+// Two alternative updates with the same fixed points as the penalty in the loss:
+//   decoupled (Gaussian):  w <- (1 - tau * lambda) w - tau * grad    ("weight decay"; for plain SGD this is the
+//                          same step as the penalty's gradient lambda * w)
+//   proximal (Laplace):    after the step, w <- sign(w) max(|w| - tau * lambda, 0)   (soft threshold: exact zeros)
+// where tau is the step the optimizer takes along a constant gradient g (prior_step_size): lr for plain SGD,
+// lr / (1 - momentum) for SGD with momentum (its buffer grows to g / (1 - momentum)), lr / (sqrt(v_hat) + eps) per
+// coordinate for Adam and AdamW, as in proximal Adam (Yun, Lozano, Yang, "Adaptive proximal gradient methods for
+// structured neural networks", NeurIPS 2021). With tau = lr under momentum 0.9 the fixed point would be that of
+// loss + 0.1 * lambda * ||w||_1. (Decoupled decay by lr alone, AdamW's, has no prior behind it under Adam:
+// its fixed point is lambda (sqrt(v) + eps) w = -g; zoo's --weight-decay is that one.)
 #pragma once
 
 #include "core/schema.h"
@@ -48,6 +54,12 @@ std::vector<std::pair<torch::Tensor, double>> prior_parameters(torch::nn::Module
 
 /// -log p(w) up to a constant: sum over covered parameters of (lambda/2)||w||^2 or lambda||w||_1.
 torch::Tensor prior_penalty(torch::nn::Module& module, const PriorOptions& prior);
+
+/// The step size tau, per coordinate of w, with which `optimizer` moves w by -tau * g for a constant gradient g:
+/// the scale under which a decoupled or proximal prior step has the MAP fixed point. `predict`: for the coming
+/// step (Adam's second moment updated with w's current gradient), else for the step just taken. Throws
+/// std::invalid_argument for an optimizer other than SGD, Adam and AdamW.
+torch::Tensor prior_step_size(torch::optim::Optimizer& optimizer, const torch::Tensor& w, bool predict);
 
 /// Installs the prior on a trainer: the penalty is added to the loss (and logged as "prior"); with `decoupled`
 /// or `proximal` it is only logged, and the decay or soft threshold is applied around the optimizer step with

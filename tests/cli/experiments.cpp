@@ -63,7 +63,7 @@ TEST_CASE("Double descent: test error and norm peak at N = n and fall beyond, tr
 TEST_CASE("Priors experiment: Laplace makes exact zeros, the Gaussian shrinks, on a subset", "[experiments][priors]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
-  auto r = zoo::test::run_zoo("experiment priors --limit 6000 --epochs 2 --lambdas 0.01 --out " + tmp.str());
+  auto r = zoo::test::run_zoo("experiment priors --limit 6000 --epochs 2 --lambdas 0.001 --out " + tmp.str());
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   CHECK(std::filesystem::exists(tmp.path() / "priors_weights.png"));
@@ -82,10 +82,10 @@ TEST_CASE("Priors experiment: Laplace makes exact zeros, the Gaussian shrinks, o
   };
   CHECK(none.rfind("none,", 0) == 0);
   CHECK(field(gaussian, 3) < field(none, 3));  // weight norm
-  CHECK(field(laplace, 4) > 0.5);              // fraction of exact zeros (measured 0.86)
+  CHECK(field(laplace, 4) > 0.5);              // fraction of exact zeros (measured 0.84)
   CHECK(field(none, 4) == 0.0);
   CHECK(field(gaussian, 4) == 0.0);
-  CHECK(field(laplace, 2) > 0.5);  // and it still classifies (measured 0.69; chance 0.1)
+  CHECK(field(laplace, 2) > 0.5);  // and it still classifies (measured 0.71; chance 0.1)
 }
 
 TEST_CASE("mhc-stability: HC's composite gain explodes, mHC's stays near 1, mHC-lite's is exactly 1",

@@ -135,3 +135,75 @@ TEST_CASE("Priors: CLI flags reach config.json, the log has the prior term, bad 
   CHECK(err("--prior laplace --lambda 0.1 --prior-decoupled").err.find("use --prior gaussian") != std::string::npos);
   CHECK(err("--prior gaussian --prior-layer net=abc").err.find("is not a number") != std::string::npos);
 }
+
+namespace {
+/// L(w) = (w - 1)^2 / 2 for a single weight, whatever the batch: the lasso's minimiser is S_lambda(1) = 1 - lambda
+/// (for lambda < 1), the ridge's 1 / (1 + lambda).
+struct PriorQuadraticLoss : training::ClassificationObjective {
+  torch::Tensor loss(torch::nn::AnyModule& model, const datasets::Batch&, training::Terms&) override {
+    return 0.5 * (model.ptr()->parameters().front() - 1).pow(2).sum();
+  }
+};
+
+double prior_fixed_point(const std::string& kind, const std::string& optimizer, double momentum, double lr) {
+  torch::manual_seed(0);
+  torch::nn::Linear one(torch::nn::LinearOptions(1, 1).bias(false));  // a [1, 1] weight: covered by the prior
+  {
+    torch::NoGradGuard g;
+    one->weight.fill_(2.0);
+  }
+  auto x = torch::zeros({8, 1});
+  auto y = torch::zeros({8}, torch::kInt64);
+  datasets::Splits data{std::make_shared<datasets::TensorDataset>(x.repeat({400, 1}), y.repeat({400}), "steps"),
+                        std::make_shared<datasets::TensorDataset>(x, y, "eight")};
+  training::Trainer t(torch::nn::AnyModule(one), std::make_shared<PriorQuadraticLoss>(), data,
+                      training::TrainOptions()
+                          .epochs(1)
+                          .batch_size(8)  // 400 steps
+                          .optimizer(optimizer)
+                          .momentum(momentum)
+                          .lr(lr)
+                          .progress(false)
+                          .threads(1));
+  auto p = prior(kind, 0.5);
+  p.proximal = kind == "laplace";
+  p.decoupled = kind == "gaussian";
+  training::attach_prior(t, p);
+  t.fit();
+  return one->weight.item<double>();
+}
+}  // namespace
+
+TEST_CASE("Priors: the proximal and decoupled steps converge to the MAP estimate under momentum and Adam",
+          "[priors][learning]") {
+  // The plain check of the audit: L = (w-1)^2/2, lambda 0.5. A threshold of lr * lambda under momentum 0.9 ends at
+  // 0.95 (the lasso of lambda / 10), the ridge's decay of lr * lambda at 1 / 1.05.
+  const double lasso = 0.5, ridge = 1.0 / 1.5;
+  for (const auto& [optimizer, momentum, lr] : std::vector<std::tuple<std::string, double, double>>{
+           {"sgd", 0.0, 0.05}, {"sgd", 0.9, 0.01}, {"adam", 0.0, 0.01}, {"adamw", 0.0, 0.01}}) {
+    INFO(optimizer << " momentum " << momentum << " lr " << lr);
+    CHECK(prior_fixed_point("laplace", optimizer, momentum, lr) == Approx(lasso).margin(2e-3));
+    CHECK(prior_fixed_point("gaussian", optimizer, momentum, lr) == Approx(ridge).margin(2e-3));
+  }
+}
+
+TEST_CASE("Priors: the stationary step size is lr / (1 - momentum) for SGD, lr / (sqrt(v_hat) + eps) for Adam",
+          "[priors]") {
+  auto w = torch::tensor({{1.0f, -2.0f}}).requires_grad_(true);
+  torch::optim::SGD sgd({w}, torch::optim::SGDOptions(0.1).momentum(0.9));
+  CHECK(training::prior_step_size(sgd, w, false).allclose(torch::full({1, 2}, 1.0f)));
+  torch::optim::SGD nesterov({w}, torch::optim::SGDOptions(0.1).momentum(0.5).nesterov(true));
+  CHECK(training::prior_step_size(nesterov, w, false).allclose(torch::full({1, 2}, 0.2f)));
+  torch::optim::Adam adam({w}, torch::optim::AdamOptions(0.1).eps(0.0));
+  w.mutable_grad() = torch::tensor({{0.5f, -4.0f}});
+  // Before any step: predicted from this gradient, v_hat = g^2 at step 1.
+  CHECK(training::prior_step_size(adam, w, true).allclose(torch::tensor({{0.2f, 0.025f}})));
+  adam.step();
+  CHECK(training::prior_step_size(adam, w, false).allclose(torch::tensor({{0.2f, 0.025f}})));
+  w.mutable_grad() = torch::tensor({{0.0f, 0.0f}});
+  // Step 2 with a zero gradient: v = 0.999 * 0.001 * g1^2, v_hat = v / (1 - 0.999^2).
+  const double shrink = std::sqrt(0.999 * 0.001 / (1 - 0.999 * 0.999));
+  CHECK(training::prior_step_size(adam, w, true).allclose(torch::tensor({{0.2f, 0.025f}}) / shrink, 1e-4));
+  torch::optim::LBFGS other({w});
+  CHECK_THROWS_WITH(training::prior_step_size(other, w, false), Catch::Contains("put the prior in the loss"));
+}
