@@ -44,9 +44,12 @@ torch::Tensor Conv4dImpl::forward(const torch::Tensor& x) {
   const auto& p = *o.padding();
   const auto& d = *o.dilation();
   const int64_t n = x.size(0), t_in = x.size(2);
-  const int64_t t_out = (t_in + 2 * p[0] - d[0] * (k[0] - 1) - 1) / s[0] + 1;
-  TORCH_CHECK(t_out > 0, "Conv4d: time axis of length ", t_in, " is too short for kernel ", k[0], " (dilation ", d[0],
+  // PyTorch's rule, floor((T + 2p - d(k-1) - 1) / s) + 1: the span a kernel needs must fit in the padded input
+  // (C++'s division truncates towards zero and would give one frame for a span that does not fit).
+  const int64_t span = t_in + 2 * p[0] - d[0] * (k[0] - 1) - 1;
+  TORCH_CHECK(span >= 0, "Conv4d: time axis of length ", t_in, " is too short for kernel ", k[0], " (dilation ", d[0],
               ", padding ", p[0], ")");
+  const int64_t t_out = span / s[0] + 1;
   const auto conv3d = [&](const torch::Tensor& frames, const torch::Tensor& w) {
     return torch::nn::functional::conv3d(frames, w,
                                          torch::nn::functional::Conv3dFuncOptions()

@@ -13,7 +13,9 @@ torch::Tensor brute_force(const torch::Tensor& x, const torch::Tensor& w, const 
   const int64_t N = x.size(0), C = x.size(1), O = w.size(0);
   std::array<int64_t, 4> in{x.size(2), x.size(3), x.size(4), x.size(5)}, k{w.size(2), w.size(3), w.size(4), w.size(5)},
       out{};
-  for (int a = 0; a < 4; ++a) out[a] = (in[a] + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1;
+  // Output positions by counting the windows that fit in the padded input (not from the size formula).
+  for (int a = 0; a < 4; ++a)
+    while (out[a] * s[a] + d[a] * (k[a] - 1) <= in[a] + 2 * p[a] - 1) ++out[a];
   auto y = torch::zeros({N, O, out[0], out[1], out[2], out[3]}, torch::kFloat64);
   auto X = x.accessor<double, 6>();
   auto W = w.accessor<double, 6>();
@@ -65,6 +67,22 @@ TEST_CASE("Conv4d equals the brute-force nested-loop sum (stride, padding, dilat
     auto y = conv->forward(x);
     REQUIRE(y.sizes() == expected.sizes());
     CHECK(torch::allclose(y, expected, 1e-10, 1e-10));
+  }
+}
+
+TEST_CASE("Conv4d: a time axis too short for the kernel is refused, as Conv3d refuses its depth", "[conv4d]") {
+  // T = 2, kernel 3, stride 2: floor((2 - 2 - 1) / 2) + 1 = 0 frames (truncating division would make 1).
+  Conv4d conv(Conv4dOptions(1, 1, {3, 1, 1, 1}).stride({2, 1, 1, 1}));
+  CHECK_THROWS_WITH(conv->forward(torch::randn({1, 1, 2, 3, 3, 3})), Catch::Contains("too short for kernel 3"));
+  torch::nn::Conv3d conv3d(torch::nn::Conv3dOptions(1, 1, {3, 1, 1}).stride({2, 1, 1}));
+  CHECK_THROWS(conv3d->forward(torch::randn({1, 1, 2, 3, 3})));
+  // Padding 1 makes the window fit: one frame, as Conv3d gives one depth slice.
+  Conv4d padded(Conv4dOptions(1, 1, {3, 1, 1, 1}).stride({2, 1, 1, 1}).padding({1, 0, 0, 0}));
+  CHECK(padded->forward(torch::randn({1, 1, 2, 3, 3, 3})).size(2) == 1);
+  for (int64_t t = 1; t <= 9; ++t) {
+    torch::nn::Conv3d reference(torch::nn::Conv3dOptions(1, 1, {3, 1, 1}).stride({2, 1, 1}).padding({1, 0, 0}));
+    CHECK(padded->forward(torch::randn({1, 1, t, 2, 2, 2})).size(2) ==
+          reference->forward(torch::randn({1, 1, t, 2, 2})).size(2));
   }
 }
 

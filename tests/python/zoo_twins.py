@@ -64,7 +64,9 @@ class Conv4d(nn.Module):
 
     def forward(self, x):
         (k, s, p, d), t_in = (self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]), x.shape[2]
-        t_out = (t_in + 2 * p - d * (k - 1) - 1) // s + 1
+        t_out = (t_in + 2 * p - d * (k - 1) - 1) // s + 1  # Python's // floors, as Conv3d's rule
+        if t_out <= 0:
+            raise ValueError(f"Conv4d: time axis of length {t_in} is too short for kernel {k}")
         frames = []
         for t in range(t_out):
             acc = None
