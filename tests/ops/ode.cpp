@@ -159,3 +159,81 @@ TEST_CASE("mlp_field_solve: the hand-written adjoint equals autograd through ode
                       Catch::Contains("expects y0 [N, dim], w1 [hidden, dim]"));
   }
 }
+
+TEST_CASE("dopri5 against SciPy's solve_ivp RK45, an independent Dormand-Prince, on problems with known solutions",
+          "[ode][python]") {
+  if (zoo::test::run_command(std::string(zoo::test::kPython) + " -c 'import scipy.integrate'").code != 0) {
+    WARN("skipped: /usr/bin/python3 cannot import scipy (apt-get install python3-scipy)");
+    return;
+  }
+  const auto r = zoo::test::run_command(std::string(zoo::test::kPython) + " " + ZOO_SOURCE_DIR +
+                                        "/tests/python/scipy_ode.py 1e-4 1e-7");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto scipy = nlohmann::json::parse(r.out);
+  struct Problem {
+    ops::VectorField f;
+    std::vector<double> y0;
+    double t0, t1;
+    std::function<std::vector<double>(double)> exact;
+  };
+  const double pi = std::acos(-1.0);
+  const std::map<std::string, Problem> problems{
+      {"decay",
+       {[](double, const Tensor& y) { return -0.5 * y; },
+        {1, 2},
+        0,
+        3,
+        [](double t) {
+          return std::vector<double>{std::exp(-0.5 * t), 2 * std::exp(-0.5 * t)};
+        }}},
+      {"rotation",
+       {[](double, const Tensor& y) {
+          return torch::stack({y[1], -y[0]});
+        },
+        {1, 0},
+        0,
+        2 * pi,
+        [](double t) {
+          return std::vector<double>{std::cos(t), -std::sin(t)};
+        }}},
+      {"logistic",
+       {[](double, const Tensor& y) { return y * (1 - y); },
+        {0.1},
+        0,
+        5,
+        [](double t) { return std::vector<double>{1 / (1 + 9 * std::exp(-t))}; }}},
+      {"time-dependent",
+       {[](double t, const Tensor& y) { return std::cos(t) * y; },
+        {1},
+        0,
+        4,
+        [](double t) { return std::vector<double>{std::exp(std::sin(t))}; }}},
+  };
+  for (const auto& [name, p] : problems) {
+    for (const double tol : {1e-4, 1e-7}) {
+      const auto key = tol == 1e-4 ? "0.0001" : "1e-07";
+      const auto& ref = scipy.at(name).at(key);
+      const auto zoo_solution = ops::odeint(p.f, torch::tensor(p.y0, kF64), p.t0, p.t1,
+                                            ODESolverOptions().method("dopri5").rtol(tol).atol(tol).max_steps(10000));
+      const auto exact = p.exact(p.t1);
+      double zoo_error = 0, scipy_error = 0, scale = 0;
+      for (size_t i = 0; i < exact.size(); ++i) {
+        zoo_error = std::max(zoo_error, std::abs(zoo_solution.y[static_cast<int64_t>(i)].item<double>() - exact[i]));
+        scipy_error = std::max(scipy_error, std::abs(ref["y"][i].get<double>() - exact[i]));
+        scale = std::max(scale, tol * (1 + std::abs(exact[i])));
+      }
+      const auto scipy_steps = ref["steps"].get<int64_t>();
+      INFO(name << " tol " << tol << ": zoo error " << zoo_error << " in " << zoo_solution.accepted << " steps ("
+                << zoo_solution.nfe << " evaluations), SciPy error " << scipy_error << " in " << scipy_steps
+                << " steps (" << ref["nfev"].get<int64_t>() << ")");
+      // The global error of a method whose local error per step is held to the tolerance: within a few
+      // tolerances, as SciPy's own (which this checks too, so that the bound is not zoo's alone).
+      CHECK(zoo_error < 10 * scale);
+      CHECK(scipy_error < 10 * scale);
+      // The same method with a similar step control takes a similar number of steps.
+      CHECK(zoo_solution.accepted <= 2 * scipy_steps + 1);
+      CHECK(scipy_steps <= 2 * zoo_solution.accepted + 1);
+    }
+  }
+}
