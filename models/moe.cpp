@@ -50,6 +50,9 @@ const Schema<MixtureOfExpertsOptions>& moe_schema() {
         .at_least(0);
     s.add("eval_capacity_factor", ZOO_FIELD(O, eval_capacity_factor), "the same in evaluation (0: any)").at_least(0);
     s.add("noise_epsilon", ZOO_FIELD(O, noise_epsilon), "noisy-topk: added to the noise scale").at_least(0);
+    s.add("shared_hidden", ZOO_FIELD(O, shared_hidden),
+          "hidden units of a shared expert every token passes through (a path for dropped tokens; 0: none)")
+        .at_least(0);
     return s;
   }();
   return schema;
@@ -81,6 +84,10 @@ void MixtureOfExpertsImpl::reset() {
   experts = torch::nn::ModuleList();
   for (int64_t i = 0; i < o.experts(); ++i) experts->push_back(Expert(o.in_features(), o.hidden(), o.out_features()));
   register_module("experts", experts);
+  if (o.shared_hidden() > 0)
+    shared = register_module("shared", Expert(o.in_features(), o.shared_hidden(), o.out_features()));
+  else
+    shared = nullptr;
 }
 
 int64_t MixtureOfExpertsImpl::capacity(int64_t tokens) const {
@@ -186,10 +193,11 @@ torch::Tensor MixtureOfExpertsImpl::balance_loss(const Routing& r) const {
   const auto n = static_cast<double>(options.experts());
   if (options.balance() == "switch") return alpha * n * (r.load * r.probs.mean(0)).sum();
   if (options.balance() == "cv") {
+    // Importance from the gate values before the capacity mask (Shazeer et al. 2017, section 4: Importance(X) =
+    // sum over the batch of G(x)), so that it measures what the gate asks for, not what capacity let through.
     const int64_t tokens = r.gates.size(0);
-    auto gates = r.kept.defined() ? r.gates * r.kept.to(r.gates.dtype()) : r.gates;
     const auto importance =
-        torch::zeros({tokens, options.experts()}, gates.options()).scatter(1, r.experts, gates).sum(0);
+        torch::zeros({tokens, options.experts()}, r.gates.options()).scatter(1, r.experts, r.gates).sum(0);
     const auto load = r.soft_load.defined() ? r.soft_load : r.load * static_cast<double>(r.experts.numel());
     return alpha * (cv_squared(importance) + cv_squared(load));
   }
@@ -214,6 +222,7 @@ torch::Tensor MixtureOfExpertsImpl::forward(const torch::Tensor& x, const torch:
   // Sparse dispatch sizes its work from the routing (counts read on the CPU), which a LibTorch trace would
   // freeze; a traced forward uses the dense form, the same sums.
   auto out = dispatch(tokens, last_, /*dense=*/options.gate() == "softmax" || torch::jit::tracer::isTracing());
+  if (shared) out = out + shared->forward(tokens);
   auto shape = x.sizes().vec();
   shape.back() = options.out_features();
   shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
@@ -234,7 +243,9 @@ void MixtureOfExpertsImpl::pretty_print(std::ostream& stream) const {
   stream << "zoo::MixtureOfExperts(in_features=" << o.in_features() << ", out_features=" << o.out_features()
          << ", hidden=" << o.hidden() << ", experts=" << o.experts() << ", gate=" << o.gate();
   if (o.gate() != "softmax") stream << ", k=" << o.k();
-  stream << ", balance=" << o.balance() << ", capacity_factor=" << o.capacity_factor() << ")";
+  stream << ", balance=" << o.balance() << ", capacity_factor=" << o.capacity_factor();
+  if (o.shared_hidden() > 0) stream << ", shared_hidden=" << o.shared_hidden();
+  stream << ")";
 }
 
 // ------------------------------------------------------------------------------------------ the moe classifier

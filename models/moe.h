@@ -17,8 +17,15 @@
 //            CV(v)^2 = Var(v) / Mean(v)^2
 // Expert capacity (Switch/GShard): an expert takes at most ceil(capacity_factor * T * k / N) assignments per
 // batch; first choices of all tokens are served before second choices, each in token order, and the rest are
-// dropped (a token whose every choice is dropped gets a zero output). Sparse dispatch: each expert runs only on
-// the rows gathered for it, and its outputs are scattered back with index_add.
+// dropped (a token whose every choice is dropped gets a zero output from the experts). Sparse dispatch: each
+// expert runs only on the rows gathered for it, and its outputs are scattered back with index_add.
+//
+// Shared expert (`shared_hidden` > 0): one more expert E_s that every token passes through with weight 1,
+//   y = E_s(x) + sum_i G(x)_i E_i(x)
+// as Residual-MoE (Rajbhandari et al. 2022, DeepSpeed-MoE, arXiv 2201.05596, section 4.1) and DeepSeekMoE's
+// shared experts (Dai et al. 2024, arXiv 2401.06066). A token dropped by every expert it chose keeps E_s(x), as a
+// dropped token in the Switch Transformer keeps its residual connection; a head with no residual around it (the
+// moe classifier) needs it for its dropped tokens to get logits at all.
 #pragma once
 
 #include "models/auxiliary.h"
@@ -59,6 +66,8 @@ struct MixtureOfExpertsOptions {
   TORCH_ARG(double, eval_capacity_factor) = 0.0;
   /// Added to the softplus noise scale (noisy-topk), as in Shazeer's reference code.
   TORCH_ARG(double, noise_epsilon) = 1e-2;
+  /// Hidden units of the shared expert every token passes through (0 = none).
+  TORCH_ARG(int64_t, shared_hidden) = 0;
 };
 
 /// The routing of one batch of T tokens.
@@ -87,7 +96,8 @@ class ExpertImpl : public torch::nn::Cloneable<ExpertImpl> {
 TORCH_MODULE(Expert);
 
 /// Parameters: gate.weight [N, in] (W_g), noise.weight [N, in] (W_noise; noisy-topk only, zero at start),
-/// experts.i.fc1.{weight,bias}, experts.i.fc2.{weight,bias}.
+/// experts.i.fc1.{weight,bias}, experts.i.fc2.{weight,bias}; shared.fc1.{weight,bias}, shared.fc2.{weight,bias}
+/// (shared_hidden > 0 only).
 class MixtureOfExpertsImpl : public torch::nn::Cloneable<MixtureOfExpertsImpl>, public AuxiliaryLoss {
  public:
   explicit MixtureOfExpertsImpl(MixtureOfExpertsOptions options);
@@ -119,6 +129,7 @@ class MixtureOfExpertsImpl : public torch::nn::Cloneable<MixtureOfExpertsImpl>, 
   torch::nn::Linear gate{nullptr};
   torch::nn::Linear noise{nullptr};
   torch::nn::ModuleList experts{nullptr};
+  Expert shared{nullptr};
 
  private:
   torch::Tensor aux_loss_;

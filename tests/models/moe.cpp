@@ -182,6 +182,51 @@ TEST_CASE("MoE capacity drops exactly the overflow, first choices before second 
   CHECK(!r2.kept.select(1, 1).any().item<bool>());
 }
 
+TEST_CASE("MoE shared expert: a dropped token keeps the shared expert's output, a kept one gets both", "[moe]") {
+  // The k = 1 case above with a shared expert: tokens 6..9 are over capacity.
+  models::MixtureOfExperts moe(
+      models::MixtureOfExpertsOptions(2, 3).experts(2).k(1).capacity_factor(1.2).balance("none").shared_hidden(5));
+  {
+    torch::NoGradGuard no_grad;
+    moe->gate->weight.copy_(torch::tensor({{2.0f, 0.0f}, {0.0f, 2.0f}}));
+  }
+  moe->train();
+  const auto x = torch::tensor({1.0f, 0.0f}).repeat({10, 1}) + 0.1 * torch::randn({10, 2});
+  const auto y = moe(x);
+  const auto shared = moe->shared(x);
+  CHECK(max_abs(shared.slice(0, 6)) > 0);
+  CHECK(max_abs(y.slice(0, 6) - shared.slice(0, 6)) == 0);  // dropped: the shared path only
+  CHECK(max_abs(y.slice(0, 0, 6) - shared.slice(0, 0, 6) - moe->expert(0, x.slice(0, 0, 6))) < 1e-6);
+  // Gradients reach the shared expert from the dropped rows alone.
+  y.slice(0, 6).sum().backward();
+  CHECK(max_abs(moe->shared->fc2->weight.grad()) > 0);
+  const auto expert_grad = moe->experts[0]->as<models::Expert>()->fc2->weight.grad();
+  CHECK((!expert_grad.defined() || max_abs(expert_grad) == 0));
+  // Names as a Python attribute `shared` would give them.
+  CHECK(moe->named_parameters().contains("shared.fc1.weight"));
+  CHECK(moe->named_parameters().contains("shared.fc2.bias"));
+}
+
+TEST_CASE("The moe classifier: with a shared expert, images dropped by capacity still get logits", "[moe]") {
+  auto options = models::MoEClassifierOptions();
+  options.moe().capacity_factor(0.01).shared_hidden(8);  // capacity 1 of each expert for a batch of 16
+  models::MoEClassifier with_shared(options);
+  options.moe().shared_hidden(0);
+  models::MoEClassifier without(options);
+  with_shared->train();
+  without->train();
+  const auto x = torch::randn({16, 1, 28, 28});
+  torch::manual_seed(1);
+  const auto a = with_shared(x);
+  const auto r = with_shared->moe->route(with_shared->features->forward(x).mean({2, 3}));
+  REQUIRE(r.kept.defined());
+  const auto dropped = r.kept.logical_not().all(1);
+  REQUIRE(dropped.sum().item<int64_t>() >= 8);  // 16 images, 8 experts of capacity 1 at k = 2
+  CHECK(a.index({dropped}).abs().sum(1).min().item<double>() > 0);
+  const auto b = without(x);
+  CHECK(b.index({dropped}).abs().max().item<double>() == 0);  // the defect the shared expert removes
+}
+
 TEST_CASE("MoE balancing losses: the Switch form is alpha at balance, both forms by hand", "[moe]") {
   torch::manual_seed(9);
   models::MixtureOfExperts moe(models::MixtureOfExpertsOptions(8, 2).experts(4).k(1).balance_coef(0.01));
@@ -207,6 +252,18 @@ TEST_CASE("MoE balancing losses: the Switch form is alpha at balance, both forms
   auto cv2 = [](const Tensor& v) { return v.var() / v.mean().pow(2); };
   CHECK(cv->auxiliary_loss().item<double>() ==
         Approx((0.1 * (cv2(importance) + cv2(load))).item<double>()).epsilon(1e-4));
+  // Importance is what the gate asks for, before the capacity mask (Shazeer et al.): with a capacity that drops
+  // assignments the loss is still the formula of the unmasked gates.
+  models::MixtureOfExperts capped(
+      models::MixtureOfExpertsOptions(8, 2).experts(4).k(2).balance("cv").balance_coef(0.1).capacity_factor(0.5));
+  capped->train();
+  capped(x);
+  const auto rcap = capped->route(x);
+  REQUIRE(rcap.dropped > 0);
+  const auto asked = torch::zeros({100, 4}).scatter(1, rcap.experts, rcap.gates).sum(0);
+  const auto load_cap = rcap.load * static_cast<double>(rcap.experts.numel());
+  CHECK(capped->auxiliary_loss().item<double>() ==
+        Approx((0.1 * (cv2(asked) + cv2(load_cap))).item<double>()).epsilon(1e-4));
   // Evaluation mode carries no loss; balance none carries none at all.
   cv->eval();
   cv(x);

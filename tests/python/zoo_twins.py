@@ -531,7 +531,7 @@ class MixtureOfExperts(nn.Module):
     token order) and the load-balancing loss is kept in `aux_loss` (no gate noise: gate "topk" or "softmax")."""
 
     def __init__(self, cin, cout, hidden, experts, gate, k, renormalize, gate_features=0, capacity_factor=0.0,
-                 balance="switch", balance_coef=1e-2):
+                 balance="switch", balance_coef=1e-2, shared_hidden=0):
         super().__init__()
         self.mode, self.k, self.renormalize = gate, k, renormalize
         self.capacity_factor, self.balance, self.balance_coef = capacity_factor, balance, balance_coef
@@ -540,15 +540,18 @@ class MixtureOfExperts(nn.Module):
         if gate == "noisy-topk":
             self.noise = nn.Linear(g, experts, bias=False)
         self.experts = nn.ModuleList(Expert(cin, hidden, cout) for _ in range(experts))
+        if shared_hidden > 0:  # a shared expert every token passes through (Residual-MoE, DeepSeekMoE)
+            self.shared = Expert(cin, shared_hidden, cout)
         self.aux_loss = None
 
     def forward(self, x, gate_input=None):
         n = len(self.experts)
         logits = self.gate(x if gate_input is None else gate_input)
         probs = torch.softmax(logits, -1)
+        base = self.shared(x) if hasattr(self, "shared") else 0
         if self.mode == "softmax":
             self.aux_loss = None
-            return sum(probs[:, i:i + 1] * e(x) for i, e in enumerate(self.experts))
+            return base + sum(probs[:, i:i + 1] * e(x) for i, e in enumerate(self.experts))
         top, index = logits.topk(self.k, -1)
         gates = torch.softmax(top, -1) if self.renormalize else probs.gather(1, index)
         tokens = x.shape[0]
@@ -567,7 +570,7 @@ class MixtureOfExperts(nn.Module):
             token, slot = (index == i).nonzero(as_tuple=True)
             if token.numel():
                 out.index_add_(0, token, expert(x[token]) * gates[token, slot].unsqueeze(1))
-        return out
+        return out + base
 
 
 class MoEClassifier(nn.Module):
@@ -577,7 +580,8 @@ class MoEClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.moe = MixtureOfExperts(c * s * s, num_classes, moe["hidden"], moe["experts"], moe["gate"], moe["k"],
                                     moe["renormalize"], gate_features=c, capacity_factor=moe["capacity_factor"],
-                                    balance=moe["balance"], balance_coef=moe["balance_coef"])
+                                    balance=moe["balance"], balance_coef=moe["balance_coef"],
+                                    shared_hidden=moe.get("shared_hidden", 0))
 
     def forward(self, x):
         maps = self.features(x)
@@ -755,7 +759,7 @@ def build(name, o):
     if name == "moe-layer":
         return MixtureOfExperts(o["in_features"], o["out_features"], o["hidden"], o["experts"], o["gate"], o["k"],
                                 o["renormalize"], o.get("gate_features", 0), o.get("capacity_factor", 0.0),
-                                o.get("balance", "switch"), o.get("balance_coef", 1e-2))
+                                o.get("balance", "switch"), o.get("balance_coef", 1e-2), o.get("shared_hidden", 0))
     if name == "mlp":
         return MLP(o["in_features"], o["hidden"], o["num_classes"], o["dropout"])
     if name == "cnn":
