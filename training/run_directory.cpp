@@ -147,6 +147,21 @@ int64_t flock_holder(int fd) {
 
 }  // namespace
 
+std::optional<std::string> run_owning(const std::string& path) {
+  std::error_code ec;
+  const auto full = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return std::nullopt;
+  const auto dir = full.parent_path();
+  if (!fs::exists(dir / "config.json", ec)) return std::nullopt;
+  const auto name = full.filename().string();
+  static const std::vector<std::string> own{"config.json", "state.json", "metrics.jsonl", "test.json",
+                                            "model.pt",    "best.pt",    "optimizer.pt",  "ema.pt",
+                                            ".commit",     "steps.csv",  "epochs.csv"};
+  const bool epoch = name.rfind("epoch-", 0) == 0 && name.size() > 9 && name.substr(name.size() - 3) == ".pt";
+  if (std::find(own.begin(), own.end(), name) != own.end() || epoch) return dir.string();
+  return std::nullopt;
+}
+
 void RunDirectory::lock(bool create) const {
   if (!writer_ || lock_) return;
   auto held = std::make_shared<Lock>();

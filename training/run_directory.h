@@ -27,6 +27,10 @@ namespace zoo::training {
 /// for a torn last line or a line that is no record of zoo's (edited by hand, damaged, nested too deep).
 std::optional<json> parse_epoch_record(const std::string& line);
 
+/// The run directory whose own file `path` would be (its config, state, log, test metrics, a checkpoint
+/// `.pt` or the pending commit), or nothing. Writers of other files (zoo export) refuse such a path.
+std::optional<std::string> run_owning(const std::string& path);
+
 class RunDirectory {
  public:
   /// `writer`: this process may write (rank 0 of a data-parallel run); the others only read.

@@ -14,19 +14,19 @@ using zoo::test::max_abs;
 
 namespace {
 
-struct Case {
+struct LstmCase {
   int64_t hidden, cell;
   LstmClip clip;
 };
 
-const Case kCases[] = {{3, 5, {0.6, 0.25}}, {4, 4, {0.6, 0.25}}, {3, 5, {0, 0}}};
+const LstmCase kCases[] = {{3, 5, {0.6, 0.25}}, {4, 4, {0.6, 0.25}}, {3, 5, {0, 0}}};
 
 struct Inputs {
   torch::Tensor xs, w_state, b_state, w_proj, mask;
 };
 
 /// N = 3 sequences of T = 6 steps; weights large enough for both clips to bite.
-Inputs make_inputs(const Case& c, bool pad, torch::Dtype dtype) {
+Inputs make_inputs(const LstmCase& c, bool pad, torch::Dtype dtype) {
   const auto opts = torch::TensorOptions(dtype);
   Inputs in;
   in.xs = torch::randn({3, 6, 4 * c.cell}, opts) * 2;

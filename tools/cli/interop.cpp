@@ -79,13 +79,41 @@ torch::jit::Module load_torchscript(const std::string& path) {
 // ---- zoo export ------------------------------------------------------------------------------------------
 
 struct ExportArgs {
-  std::string run, out = "model.pt", example_shape, checkpoint = "best";
+  std::string run, out, example_shape, checkpoint = "best";
   int64_t threads = 0;
+  bool force = false;
 };
 
-void run_export(const ExportArgs& a) {
+/// Where zoo export writes: --out, or RUN.ts.pt beside the run directory (never inside it: a run's own
+/// model.pt has the same name as the export Python users expect, and overwriting it would lose the checkpoint).
+std::string export_path(const ExportArgs& a) {
+  std::string out = a.out;
+  if (out.empty()) {
+    std::error_code ec;
+    const auto dir = fs::weakly_canonical(fs::absolute(a.run), ec);
+    auto name = dir.filename().string();
+    if (ec || name.empty()) name = "export";
+    out = (fs::relative(dir.parent_path(), fs::current_path(), ec) / (name + ".ts.pt")).lexically_normal().string();
+    if (ec) out = (dir.parent_path() / (name + ".ts.pt")).string();
+  }
+  if (const auto run = training::run_owning(out))
+    throw std::invalid_argument(
+        fmt::format("--out {} is a file of the run in {}; exporting there would destroy it "
+                    "(even with --force); choose another --out",
+                    out, *run));
+  std::error_code ec;
+  if (fs::is_directory(out, ec))
+    throw std::invalid_argument(
+        fmt::format("--out {} is a directory; give a file name such as {}/model.ts.pt", out, out));
+  if (fs::exists(out, ec) && !a.force)
+    throw std::invalid_argument(fmt::format("{} exists; add --force to replace it, or choose another --out", out));
+  return out;
+}
+
+void run_export(ExportArgs a) {
   training::apply_threads(a.threads);
   auto [config, model] = training::load_run_model(a.run, "cpu", a.checkpoint);
+  a.out = export_path(a);
   torch::Tensor example, same_shape, other_batch;
   if (!a.example_shape.empty()) {
     auto shape = parse_shape(a.example_shape, "--example-shape");
@@ -287,7 +315,8 @@ void add_interop(CLI::App& app) {
     auto* cmd = app.add_subcommand("export", "Write a run as TorchScript that Python can torch.jit.load and call");
     cmd->add_option("run", a->run, "Run directory")->required();
     add_checkpoint_option(cmd, a->checkpoint);
-    cmd->add_option("--out", a->out, "Output file (default model.pt)");
+    cmd->add_option("--out", a->out, "Output file (default: RUN.ts.pt beside the run directory)");
+    cmd->add_flag("--force", a->force, "Replace an existing output file (never one of a run's own files)");
     cmd->add_option("--example-shape", a->example_shape,
                     "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");
     cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
