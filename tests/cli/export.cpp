@@ -45,3 +45,25 @@ TEST_CASE("zoo export: RUN.ts.pt beside the run by default, --force to replace, 
   CHECK(run_zoo("export " + run + " --out " + run + "/callable.pt").code == 0);
   check_error(run_zoo("export " + run + " --out " + tmp.str("runs")), "is a directory");
 }
+
+TEST_CASE("zoo import: the run takes the model's recommended training settings, as zoo train MODEL would",
+          "[cli][import]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const auto run = tmp.str("cnn");
+  REQUIRE(run_zoo("train cnn --epochs 1 --limit 200 --no-progress --threads 1 --set channels=[4] --set hidden=8 "
+                  "--out " +
+                  run)
+              .code == 0);
+  // A run's model.pt is a TorchScript archive of the weights: zoo import reads it as it reads Python's.
+  auto r =
+      run_zoo("import " + run + "/model.pt --model cnn --set channels=[4] --set hidden=8 --out " + tmp.str("imported"));
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  const auto config = nlohmann::json::parse(zoo::test::read_text(tmp.str("imported/config.json")));
+  CHECK(config["train"]["optimizer"] == "adam");  // cnn's: adam 2e-3, cosine, batch 64, 3 epochs
+  CHECK(config["train"]["lr"] == 2e-3);
+  CHECK(config["train"]["schedule"] == "cosine");
+  CHECK(config["train"]["batch_size"] == 64);
+  CHECK(config["train"]["epochs"] == 3);
+}

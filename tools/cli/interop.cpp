@@ -181,7 +181,9 @@ void run_import(const ImportArgs& a) {
     auto [key, value] = parse_set(item, "--data-option");
     config.data.options[key] = value;
   }
-  config.train = training::TrainOptions().progress(false);
+  // The model's recommended training settings, as `zoo train MODEL` takes them: fine-tuning with `zoo train
+  // --resume` starts from these, not from generic defaults.
+  config.train = training::train_options_from_json(entry.train_defaults).progress(false);
   // Check every name and shape before anything is written.
   auto [probe, options] = models::build_model(a.model, config.options);
   const auto problems = training::copy_tensors(*probe.ptr(), weights, /*strict=*/true);
