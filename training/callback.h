@@ -76,6 +76,9 @@ class Callback {
   virtual void on_epoch_end(Trainer&, const json& /*record*/) {}
   /// A stop was requested in the middle of an epoch; the trainer's state holds the partial epoch.
   virtual void on_interrupt(Trainer&) {}
+  /// A periodic checkpoint is due in the middle of an epoch (--checkpoint-every, --checkpoint-minutes): the
+  /// trainer's state holds the partial epoch, as for on_interrupt, and training goes on after it.
+  virtual void on_checkpoint(Trainer&) {}
   virtual void on_fit_end(Trainer&) {}
 
   /// Resumable state of its own (saved with each checkpoint).

@@ -100,6 +100,15 @@ const Schema<TrainOptions>& train_schema() {
     s.add("save_top_k", ZOO_FIELD(TrainOptions, save_top_k),
           "Keep the weights of this many best epochs by the monitored metric (epoch-N.pt when above 1)")
         .at_least(1);
+    s.add("checkpoint_every", ZOO_FIELD(TrainOptions, checkpoint_every),
+          "Also checkpoint in the middle of an epoch every N optimizer steps (N > 0), so that a killed run loses at "
+          "most N (default: at epoch ends, and every --checkpoint-minutes)")
+        .at_least(0);
+    s.add("checkpoint_minutes", ZOO_FIELD(TrainOptions, checkpoint_minutes),
+          "Also checkpoint in the middle of an epoch when this many minutes passed since the last checkpoint "
+          "(0 = off)")
+        .at_least(0)
+        .check([](const json& v) { return std::isfinite(v.get<double>()) ? "" : "must be finite"; });
     s.add("ema", ZOO_FIELD(TrainOptions, ema),
           "Also keep an exponential moving average of the weights with this decay per step, e.g. 0.999; it is "
           "evaluated and saved as its own checkpoint, ema (0 = off)")

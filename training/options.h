@@ -42,8 +42,12 @@ struct TrainOptions {
   TORCH_ARG(double, min_delta) = 0.0;    ///< an improvement smaller than this does not count
   TORCH_ARG(bool, eval_test_every_epoch) = false;
   TORCH_ARG(int64_t, save_top_k) = 1;  ///< keep the weights of this many best epochs (epoch-N.pt when above 1)
-  TORCH_ARG(double, ema) = 0.0;        ///< decay of an exponential moving average of the weights (0 = off)
-  TORCH_ARG(std::string, log) = "";    ///< loggers beside metrics.jsonl: "csv", "tensorboard" or both, comma-separated
+  /// Mid-epoch checkpoints every this many optimizer steps (0 = only at epoch ends) ...
+  TORCH_ARG(int64_t, checkpoint_every) = 0;
+  /// ... and when this many minutes of training passed since the last checkpoint (0 = off).
+  TORCH_ARG(double, checkpoint_minutes) = 2.0;
+  TORCH_ARG(double, ema) = 0.0;      ///< decay of an exponential moving average of the weights (0 = off)
+  TORCH_ARG(std::string, log) = "";  ///< loggers beside metrics.jsonl: "csv", "tensorboard" or both, comma-separated
   TORCH_ARG(std::string, log_errors) = "stop";  ///< a logger that cannot write: "stop" training or "warn" and go on
 };
 

@@ -454,6 +454,8 @@ void CheckpointCallback::on_fit_end(Trainer& trainer) {
 
 void CheckpointCallback::on_interrupt(Trainer& trainer) { dir_->save(trainer); }
 
+void CheckpointCallback::on_checkpoint(Trainer& trainer) { dir_->save(trainer); }
+
 void ConsoleCallback::on_epoch_end(Trainer& trainer, const json& record) {
   fmt::print("{}\n", format_epoch_summary(record, trainer.options().epochs()));
   std::fflush(stdout);

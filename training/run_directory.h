@@ -95,6 +95,7 @@ class CheckpointCallback : public Callback {
   explicit CheckpointCallback(std::shared_ptr<const RunDirectory> dir) : dir_(std::move(dir)) {}
   void on_epoch_end(Trainer& trainer, const json& record) override;
   void on_interrupt(Trainer& trainer) override;
+  void on_checkpoint(Trainer& trainer) override;
   void on_fit_end(Trainer& trainer) override;
 
  private:

@@ -114,12 +114,21 @@ void Trainer::all_reduce_sum(torch::Tensor& t) const {
   if (world_size_ > 1 && all_reduce_sum_) all_reduce_sum_(t);
 }
 
-bool Trainer::stop_agreed() {
-  if (world_size_ == 1 || !all_reduce_sum_) return stop_requested();
-  // Every rank must leave the loop at the same step, or the others would wait in the next all-reduce.
-  auto flag = torch::full({1}, stop_requested() ? 1.0 : 0.0, torch::kFloat32);
-  all_reduce_sum_(flag);
-  return flag.item<float>() > 0;
+bool Trainer::stop_agreed() { return agree(stop_requested(), false).first; }
+
+std::pair<bool, bool> Trainer::agree(bool stop, bool late) {
+  if (world_size_ == 1 || !all_reduce_sum_) return {stop, late};
+  // Every rank must leave the loop (or checkpoint) at the same step, or the others would wait in the next
+  // collective: one tiny all-reduce per step carries both flags.
+  auto flags = torch::tensor({stop ? 1.0f : 0.0f, late ? 1.0f : 0.0f});
+  all_reduce_sum_(flags);
+  return {flags[0].item<float>() > 0, flags[1].item<float>() > 0};
+}
+
+bool Trainer::checkpoint_late() const {
+  const double minutes = options_.checkpoint_minutes();
+  return minutes > 0 &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() >= minutes * 60;
 }
 
 void Trainer::stop_after_epoch(std::string reason) { stop_reason_ = std::move(reason); }
@@ -296,6 +305,7 @@ json Trainer::train_epoch(int64_t epoch) {
     return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   each([&](Callback& c) { c.on_epoch_start(*this, epoch, first_step, steps); });
+  last_checkpoint_ = start;  // the last epoch ended with a checkpoint (or the run has just started)
   const int64_t batch_size = options_.batch_size(), group = batch_size * options_.accumulate();
   for (int64_t s = first_step; s < steps; ++s) {
     const auto step_start = std::chrono::steady_clock::now();
@@ -337,7 +347,23 @@ json Trainer::train_epoch(int64_t epoch) {
     info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
     info.step_items = items;
     each([&](Callback& c) { c.on_batch_end(*this, info); });
-    if (stop_agreed() && s + 1 < steps) {
+    const auto [stop, late] = agree(stop_requested(), checkpoint_late());
+    const int64_t every = options_.checkpoint_every();
+    if (s + 1 < steps && !stop && (late || (every > 0 && state_.step % every == 0))) {
+      // The state an interruption here would save (the epoch's position and its sums so far, over all ranks),
+      // saved while training goes on: the sums are reduced from a copy, the live ones stay this rank's.
+      auto copy = sums;
+      const json terms_so_far = copy.reduce(over_ranks);
+      const auto saved_step = state_.epoch_step;
+      auto saved_partial = state_.partial;
+      state_.epoch_step = s + 1;
+      state_.partial = copy.partial(elapsed(), terms_so_far);
+      each([&](Callback& c) { c.on_checkpoint(*this); });
+      state_.epoch_step = saved_step;
+      state_.partial = std::move(saved_partial);
+      last_checkpoint_ = std::chrono::steady_clock::now();
+    }
+    if (stop && s + 1 < steps) {
       each([&](Callback& c) { c.on_train_end(*this); });
       state_.epoch_step = s + 1;
       const json terms_so_far = sums.reduce(over_ranks);  // also sums the loss and the items over ranks

@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -176,6 +177,11 @@ class Trainer {
   void check_monitor(const json& metrics) const;
   /// stop_requested() on any rank (one tiny all-reduce per step when data-parallel).
   bool stop_agreed();
+  /// (stop, late) agreed over the ranks: true on every rank when true on any (one tiny all-reduce per step when
+  /// data-parallel; the values as given otherwise).
+  std::pair<bool, bool> agree(bool stop, bool late);
+  /// --checkpoint-minutes have passed since the last checkpoint (on this rank's clock).
+  bool checkpoint_late() const;
   void update_best(const json& record);
   /// Keeps state_.top_k; plateau: lowers the rate when the monitored metric has stalled.
   void update_top_k(int64_t epoch, double value);
@@ -206,6 +212,7 @@ class Trainer {
   std::vector<torch::Tensor> ema_;
   Precision precision_ = Precision::fp32;
   std::unique_ptr<GradScaler> scaler_;
+  std::chrono::steady_clock::time_point last_checkpoint_{};      ///< --checkpoint-minutes: since the last checkpoint
   std::unique_ptr<AutoThreads> auto_threads_;                    ///< --threads 0: the count follows the machine's load
   double grad_norm_ = std::numeric_limits<double>::quiet_NaN();  ///< the last step's (StepInfo::grad_norm)
 };

@@ -1,12 +1,16 @@
 // Crash safety as a user meets it: Ctrl-C and SIGTERM save an exactly resumable checkpoint; SIGKILL at any
 // moment leaves a loadable one and --resume ends where an uninterrupted run ends; a full disk is an error that
 // keeps the previous checkpoint.
+#include "models/mlp.h"
 #include "tests/helpers.h"
 #include "training/checkpoint.h"
+#include "training/trainer.h"
 
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
+#include <csignal>
+#include <fstream>
 
 using nlohmann::json;
 using zoo::test::run_zoo;
@@ -201,4 +205,88 @@ TEST_CASE("Reliability: a read-only output directory is a clear error, and the c
   CHECK(created.err.find("cannot create run directory " + tmp.str("new") + ": Permission denied") != std::string::npos);
   CHECK(zoo::test::read_text(fs::path(run) / "model.pt") == before);
   CHECK(zoo::training::read_json_file(run + "/state.json")["epoch"] == 1);
+}
+
+namespace {
+/// Records the global step and the epoch's position of each periodic checkpoint.
+struct CheckpointRecorder : zoo::training::Callback {
+  void on_checkpoint(zoo::training::Trainer& t) override {
+    seen.emplace_back(t.state().step, t.state().epoch_step);
+    items.push_back(t.state().partial.value("items", 0.0));
+  }
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  std::vector<double> items;
+};
+}  // namespace
+
+TEST_CASE("Periodic checkpoints: every N steps in the middle of epochs, none at an epoch's end, and by the clock",
+          "[reliability][checkpoint]") {
+  auto x = torch::randn({80, 1, 28, 28});
+  auto data = std::make_shared<zoo::datasets::TensorDataset>(x, torch::randint(0, 10, {80}, torch::kInt64), "eighty");
+  auto trainer_with = [&](zoo::training::TrainOptions options) {
+    return std::make_unique<zoo::training::Trainer>(
+        torch::nn::AnyModule(zoo::models::MLP()), std::make_shared<zoo::training::ClassificationObjective>(),
+        zoo::datasets::Splits{data, data}, options.epochs(2).batch_size(4).progress(false).threads(1));
+  };
+  // 20 steps an epoch, every 7: global steps 7 and 14 (epoch 1), 21 = epoch 2's first step, 28, 35; not 20 or 40
+  // (the epoch-end checkpoint covers those).
+  auto t = trainer_with(zoo::training::TrainOptions().checkpoint_every(7).checkpoint_minutes(0));
+  auto recorder = std::make_shared<CheckpointRecorder>();
+  t->add_callback(recorder);
+  t->fit();
+  CHECK(recorder->seen == std::vector<std::pair<int64_t, int64_t>>{{7, 7}, {14, 14}, {21, 1}, {28, 8}, {35, 15}});
+  CHECK(recorder->items == std::vector<double>{28, 56, 4, 32, 60});  // the epoch's sums so far, 4 items a step
+  CHECK(t->state().epoch_step == 0);  // the live state is the loop's again after each checkpoint
+  // By the clock: a hundredth of a second between checkpoints gives some within the two epochs.
+  auto clock = trainer_with(zoo::training::TrainOptions().checkpoint_minutes(0.01 / 60));
+  auto timed = std::make_shared<CheckpointRecorder>();
+  clock->add_callback(timed);
+  clock->fit();
+  CHECK(!timed->seen.empty());
+  // The default: every 2 minutes, so a short run has none.
+  auto plain = trainer_with(zoo::training::TrainOptions());
+  auto none = std::make_shared<CheckpointRecorder>();
+  plain->add_callback(none);
+  plain->fit();
+  CHECK(none->seen.empty());
+}
+
+TEST_CASE("Periodic checkpoints: SIGKILL between them loses at most N steps, resume ends bit-identical",
+          "[reliability][checkpoint]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string args = "--epochs 2 --limit 30000 --threads 1 --seed 4 --no-progress";
+  // The reference trains without periodic checkpoints: saving them must not change training either.
+  REQUIRE(run_zoo("train mlp " + args + " --out " + tmp.str("straight")).code == 0);
+  const std::string run = tmp.str("run");
+  // Killed once a periodic checkpoint exists inside epoch 1, then again at once in the resumed run.
+  TempDir dir;
+  const auto script = dir.str("kill.sh");
+  std::ofstream(script) << zoo_cmd("train mlp " + args + " --checkpoint-every 25 --out " + run) << " &\npid=$!\n"
+                        << "for i in $(seq 2000); do grep -q '\"epoch_step\": *[1-9]' '" << run
+                        << "/state.json' 2>/dev/null && break; sleep 0.01; done\n"
+                        << "sleep 0.03\nkill -KILL $pid\nwait $pid\n";
+  auto r = zoo::test::run_command("bash " + script);
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 128 + SIGKILL);
+  const auto state = zoo::training::read_json_file(run + "/state.json");
+  INFO(state.dump());
+  const int64_t at = state["epoch_step"].get<int64_t>();
+  CHECK(state["epoch"] == 0);  // inside epoch 1
+  CHECK(at > 0);
+  CHECK(at % 25 == 0);  // a periodic checkpoint, not an epoch end or a signal's
+  auto resumed = run_zoo("train --resume " + run + " --no-progress");
+  INFO(resumed.out << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("and step " + std::to_string(at)) != std::string::npos);
+  CHECK(same_weights(tmp.str("straight/model.pt"), run + "/model.pt"));
+  const auto a = zoo::test::read_text(tmp.path() / "straight" / "metrics.jsonl");
+  const auto b = zoo::test::read_text(fs::path(run) / "metrics.jsonl");
+  REQUIRE(zoo::test::count_lines(b) == 2);
+  std::istringstream la(a), lb(b);
+  for (std::string x, y; std::getline(la, x) && std::getline(lb, y);) {
+    auto ja = json::parse(x), jb = json::parse(y);
+    CHECK(ja["train"]["loss"].get<double>() == Approx(jb["train"]["loss"].get<double>()).epsilon(1e-12));
+    CHECK(ja["val"] == jb["val"]);
+  }
 }

@@ -176,6 +176,11 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   const json train_given = a.train->given();
   if (train_given.contains("ema") && train_given["ema"].get<double>() == 0)
     throw std::invalid_argument("--ema must be in (0, 1), e.g. 0.999, got 0; leave --ema out to train without one");
+  if (train_given.contains("checkpoint_every") && train_given["checkpoint_every"].get<int64_t>() <= 0)
+    throw std::invalid_argument(fmt::format(
+        "--checkpoint-every must be a positive number of steps, got {}; leave it out to checkpoint at epoch ends "
+        "(and every --checkpoint-minutes)",
+        train_given["checkpoint_every"].dump()));
   if (a.restart_schedule && a.resume.empty())
     throw std::invalid_argument(
         "--restart-schedule restarts the schedule of a resumed run: give --resume RUN and "
