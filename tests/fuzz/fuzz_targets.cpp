@@ -5,6 +5,7 @@
 //   config      a run's config.json: read_json_file (size, nesting depth, JSON), then run_config_from_json
 //   checkpoint  training::load_module of a small mlp from the bytes as model.pt
 //   text        datasets::read_records of the bytes as a corpus file, then tokens, a vocabulary, LM windows
+//   safetensors training::parse_safetensors of the bytes (header length, JSON, every offset, dtype and shape)
 // Every input must end in a result or in an exception (std::exception, c10::Error): anything else (a crash, an
 // abort, a leak or overflow that the sanitizers see, a hang) is a finding.
 //
@@ -16,6 +17,7 @@
 #include "models/registry.h"
 #include "training/checkpoint.h"
 #include "training/run.h"
+#include "training/safetensors.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -63,6 +65,13 @@ void write_seed(const std::string& path) {
                         << R"("train":{"epochs":1,"lr":0.01},"prior":{"kind":"gaussian","lambda":0.1}})";
   } else if (target == "checkpoint") {
     training::save_module(*small_mlp().ptr(), path);
+  } else if (target == "safetensors") {
+    std::ofstream(path, std::ios::binary)
+        << training::serialize_safetensors({{"w", torch::randn({2, 3})},
+                                            {"b", torch::tensor({true, false})},
+                                            {"n", torch::tensor({int64_t{5}})},
+                                            {"h", torch::randn({3}).to(torch::kBFloat16)}},
+                                           {{"zoo_model", "mlp"}});
   } else if (target == "text") {
     std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87"
                            "a va?\n\n"
@@ -76,8 +85,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   torch::set_num_threads(1);
   const char* name = std::getenv("ZOO_FUZZ_TARGET");
   target = name ? name : "";
-  if (target != "idx" && target != "image" && target != "config" && target != "checkpoint" && target != "text") {
-    fmt::print(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint or text\n");
+  if (target != "idx" && target != "image" && target != "config" && target != "checkpoint" && target != "text" &&
+      target != "safetensors") {
+    fmt::print(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint, text or safetensors\n");
     std::exit(2);
   }
   if (const char* seed = std::getenv("ZOO_FUZZ_SEED")) {
@@ -104,6 +114,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       static auto model = small_mlp();
       write_file(scratch() / "model.pt", data, size);
       training::load_module(*model.ptr(), (scratch() / "model.pt").string());
+    } else if (target == "safetensors") {
+      training::parse_safetensors(data, size, "fuzz");
     } else if (target == "text") {
       write_file(scratch() / "corpus.txt", data, size);
       const auto records = datasets::read_records((scratch() / "corpus.txt").string());

@@ -10,6 +10,7 @@
 #include "training/messages.h"
 #include "training/precision.h"
 #include "training/run.h"
+#include "training/safetensors.h"
 #include "training/trainer.h"
 
 #include <fmt/format.h>
@@ -51,6 +52,7 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& fla
 /// Weights of a TorchScript module or of a torch.save state_dict, by dotted name.
 std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
   if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  if (training::looks_like_safetensors(path)) return training::read_safetensors(path).tensors;
   const auto kind = training::describe_torch_file(path);
   if (kind == "TorchScript") return training::read_tensors(path);
   if (kind == "a torch.save pickle") return training::read_state_dict(path);
@@ -79,23 +81,41 @@ torch::jit::Module load_torchscript(const std::string& path) {
 // ---- zoo export ------------------------------------------------------------------------------------------
 
 struct ExportArgs {
-  std::string run, out, example_shape, checkpoint = "best";
+  std::string run, out, example_shape, checkpoint = "best", format = "torchscript";
   int64_t threads = 0;
   bool force = false;
 };
 
 /// Where zoo export writes: --out, or RUN.ts.pt beside the run directory (never inside it: a run's own
 /// model.pt has the same name as the export Python users expect, and overwriting it would lose the checkpoint).
+/// A path beside the run directory: RUN + suffix (runs/mlp -> runs/mlp.ts.pt), relative when it can be.
+std::string beside_run(const std::string& run, const std::string& suffix) {
+  std::error_code ec;
+  const auto dir = fs::weakly_canonical(fs::absolute(run), ec);
+  auto name = dir.filename().string();
+  if (ec || name.empty()) name = "export";
+  auto out = (fs::relative(dir.parent_path(), fs::current_path(), ec) / (name + suffix)).lexically_normal().string();
+  if (ec) out = (dir.parent_path() / (name + suffix)).string();
+  return out;
+}
+
+/// An output file that is no run's own file and, without --force, does not exist.
+void check_output(const std::string& out, bool force) {
+  if (const auto run = training::run_owning(out))
+    throw std::invalid_argument(
+        fmt::format("--out {} is a file of the run in {}; exporting there would destroy it "
+                    "(even with --force); choose another --out",
+                    out, *run));
+  std::error_code ec;
+  if (fs::is_directory(out, ec))
+    throw std::invalid_argument(
+        fmt::format("--out {} is a directory; give a file name such as {}/model.ts.pt", out, out));
+  if (fs::exists(out, ec) && !force)
+    throw std::invalid_argument(fmt::format("{} exists; add --force to replace it, or choose another --out", out));
+}
+
 std::string export_path(const ExportArgs& a) {
-  std::string out = a.out;
-  if (out.empty()) {
-    std::error_code ec;
-    const auto dir = fs::weakly_canonical(fs::absolute(a.run), ec);
-    auto name = dir.filename().string();
-    if (ec || name.empty()) name = "export";
-    out = (fs::relative(dir.parent_path(), fs::current_path(), ec) / (name + ".ts.pt")).lexically_normal().string();
-    if (ec) out = (dir.parent_path() / (name + ".ts.pt")).string();
-  }
+  std::string out = a.out.empty() ? beside_run(a.run, ".ts.pt") : a.out;
   if (const auto run = training::run_owning(out))
     throw std::invalid_argument(
         fmt::format("--out {} is a file of the run in {}; exporting there would destroy it "
@@ -110,9 +130,44 @@ std::string export_path(const ExportArgs& a) {
   return out;
 }
 
+/// zoo export --format safetensors: model.safetensors and config.json in a directory (RUN.hf/ beside the run by
+/// default), as Hugging Face repositories hold them; the header's __metadata__ names the zoo model and options.
+void export_safetensors(const ExportArgs& a, const training::RunConfig& config, torch::nn::Module& model) {
+  const fs::path file = a.out.empty() ? fs::path(beside_run(a.run, ".hf")) / "model.safetensors" : fs::path(a.out);
+  if (file.extension() != ".safetensors")
+    throw std::invalid_argument("--out " + file.string() + " must end in .safetensors");
+  const auto dir = file.has_parent_path() ? file.parent_path() : fs::path(".");
+  const auto config_path = (dir / "config.json").string();
+  check_output(file.string(), a.force);
+  check_output(config_path, a.force);
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& p : model.named_parameters()) tensors[p.key()] = p.value();
+  for (const auto& b : model.named_buffers()) tensors[b.key()] = b.value();
+  const auto options = config.options.dump();
+  const auto bytes = training::serialize_safetensors(
+      tensors, {{"format", "pt"}, {"zoo_model", config.model}, {"zoo_options", options}});
+  const json hf_config = {{"model_type", "zoo-" + config.model},
+                          {"zoo_model", config.model},
+                          {"zoo_options", config.options},
+                          {"torch_dtype", "float32"},
+                          {"source_run", a.run}};
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message());
+  training::write_file_atomically(file.string(), [&](const std::string& tmp) { training::write_bytes(tmp, bytes); });
+  training::write_text_atomically(config_path, hf_config.dump(2) + "\n");
+  fmt::print("exported {} ({}) to {} ({} tensors, {} bytes) and {}\n", a.run, config.model, file.string(),
+             tensors.size(), bytes.size(), config_path);
+  fmt::print("back into a run: zoo import {} --out RUN (the model and its options come from the file)\n",
+             file.string());
+}
+
 void run_export(ExportArgs a) {
   training::apply_threads(a.threads);
+  if (a.format != "torchscript" && a.format != "safetensors")
+    throw std::invalid_argument("--format must be torchscript or safetensors, got '" + a.format + "'");
   auto [config, model] = training::load_run_model(a.run, "cpu", a.checkpoint);
+  if (a.format == "safetensors") return export_safetensors(a, config, *model.ptr());
   a.out = export_path(a);
   torch::Tensor example, same_shape, other_batch;
   if (!a.example_shape.empty()) {
@@ -170,12 +225,25 @@ void run_import(const ImportArgs& a) {
   const auto weights = read_weights(a.file);
   training::RunConfig config;
   config.model = a.model;
-  const auto& entry = models::ModelRegistry::instance().at(a.model);
+  if (training::looks_like_safetensors(a.file)) {
+    // zoo's own safetensors name the model and its options: --model may be left out, --set changes them.
+    const auto metadata = training::read_safetensors(a.file).metadata;
+    const auto named = metadata.find("zoo_model");
+    if (named != metadata.end() && (a.model.empty() || a.model == named->second)) {
+      config.model = named->second;
+      if (const auto o = metadata.find("zoo_options"); o != metadata.end())
+        config.options = training::parse_json(o->second, a.file + " __metadata__ zoo_options");
+      if (!config.options.is_object()) config.options = json::object();
+    }
+  }
+  if (config.model.empty())
+    throw std::invalid_argument(a.file + " names no zoo model; give --model NAME (see zoo list)");
+  const auto& entry = models::ModelRegistry::instance().at(config.model);
   config.data.name = a.dataset.empty() ? entry.dataset : a.dataset;
   config.data.data_dir = a.data_dir;
   for (const auto& item : a.set) {
     auto [key, value] = parse_set(item, "--set");
-    config.options[key] = value;
+    config.options = models::merge_options(entry, config.options, {{key, value}});
   }
   for (const auto& item : a.data_options) {
     auto [key, value] = parse_set(item, "--data-option");
@@ -185,20 +253,20 @@ void run_import(const ImportArgs& a) {
   // --resume` starts from these, not from generic defaults.
   config.train = training::train_options_from_json(entry.train_defaults).progress(false);
   // Check every name and shape before anything is written.
-  auto [probe, options] = models::build_model(a.model, config.options);
+  auto [probe, options] = models::build_model(config.model, config.options);
   const auto problems = training::copy_tensors(*probe.ptr(), weights, /*strict=*/true);
   if (!problems.empty() && !a.partial) {
     std::string list;
     for (size_t i = 0; i < problems.size() && i < 6; ++i) list += (i ? "; " : "") + problems[i];
     if (problems.size() > 6) list += "; and " + std::to_string(problems.size() - 6) + " more";
-    throw std::runtime_error(a.file + " does not match model '" + a.model + "' (" + list +
+    throw std::runtime_error(a.file + " does not match model '" + config.model + "' (" + list +
                              "); fix the options (--set) or import what matches with --partial");
   }
   auto run = training::Run::create(config, a.out);
   training::copy_tensors(*run->model().ptr(), weights, /*strict=*/false);
   run->save_checkpoint();
   for (const auto& p : problems) fmt::print("not imported: {}\n", p);
-  fmt::print("imported {} tensors of {} into {} ({}); try: zoo eval {}\n", weights.size(), a.file, a.out, a.model,
+  fmt::print("imported {} tensors of {} into {} ({}); try: zoo eval {}\n", weights.size(), a.file, a.out, config.model,
              a.out);
 }
 
@@ -319,6 +387,10 @@ void add_interop(CLI::App& app) {
     add_checkpoint_option(cmd, a->checkpoint);
     cmd->add_option("--out", a->out, "Output file (default: RUN.ts.pt beside the run directory)");
     cmd->add_flag("--force", a->force, "Replace an existing output file (never one of a run's own files)");
+    cmd->add_option("--format", a->format,
+                    "torchscript (a module Python can call) or safetensors (weights only: RUN.hf/model.safetensors "
+                    "and config.json; no code runs on load)")
+        ->check(CLI::IsMember({"torchscript", "safetensors"}));
     cmd->add_option("--example-shape", a->example_shape,
                     "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");
     cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
@@ -327,8 +399,10 @@ void add_interop(CLI::App& app) {
   {
     auto a = std::make_shared<ImportArgs>();
     auto* cmd = app.add_subcommand("import", "Weights of a TorchScript module or torch.save state_dict -> a zoo run");
-    cmd->add_option("file", a->file, "TorchScript module (torch.jit.save) or state_dict (torch.save)")->required();
-    cmd->add_option("--model", a->model, "zoo model to import into (see zoo list)")->required();
+    cmd->add_option("file", a->file, "safetensors file, TorchScript module (torch.jit.save) or state_dict (torch.save)")
+        ->required();
+    cmd->add_option("--model", a->model,
+                    "zoo model to import into (see zoo list); a safetensors file exported by zoo names its own");
     cmd->add_option("--out", a->out, "Run directory to write")->required();
     cmd->add_option("--set", a->set, "Model option key=value, repeatable (as for zoo train)");
     cmd->add_option("--dataset", a->dataset, "Dataset of the run (default: the model's)");
