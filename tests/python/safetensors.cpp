@@ -17,7 +17,7 @@ zoo::test::CommandResult python_io(const std::string& args) {
 }
 }  // namespace
 
-TEST_CASE("safetensors: zoo export -> Python reads the run's weights; Python -> zoo import -> export, bit for bit",
+TEST_CASE("safetensors: zoo export -> Python reads the run's weights, Python -> zoo import -> export bit for bit",
           "[safetensors][python]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   if (!zoo::test::python_has_torch()) {

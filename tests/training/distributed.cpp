@@ -319,3 +319,108 @@ TEST_CASE("Ctrl-C during a --nproc run: every rank stops at the same step, the r
   CHECK(two.code == 0);
   CHECK(training::read_json_file(run + "/state.json")["epoch"] == 2);
 }
+
+namespace {
+/// The child of `parent` that runs as rank `rank` (its RANK in /proc/PID/environ), or 0.
+pid_t rank_process(pid_t parent, int rank) {
+  for (const pid_t pid : children_of(parent)) {
+    std::istringstream environ(test::read_text("/proc/" + std::to_string(pid) + "/environ"));
+    for (std::string entry; std::getline(environ, entry, '\0');)
+      if (entry == "RANK=" + std::to_string(rank)) return pid;
+  }
+  return 0;
+}
+bool same_weight_files(const std::string& a, const std::string& b) {
+  auto ta = training::read_tensors(a), tb = training::read_tensors(b);
+  if (ta.size() != tb.size()) return false;
+  for (const auto& [k, v] : ta)
+    if (!tb.count(k) || !torch::equal(v, tb[k])) return false;
+  return true;
+}
+bool periodic_checkpoint_exists(const std::string& run) {
+  try {
+    return training::read_json_file(run + "/state.json").value("epoch_step", int64_t{0}) > 0;
+  } catch (const std::exception&) {
+    return false;  // between the commit's moves
+  }
+}
+}  // namespace
+
+TEST_CASE(
+    "Restarts (--max-restarts): a rank killed between periodic checkpoints, all ranks restarted, weights as unkilled",
+    "[distributed][faults][checkpoint]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::vector<std::string> common{"train",
+                                        "mlp",
+                                        "--nproc",
+                                        "2",
+                                        "--epochs",
+                                        "2",
+                                        "--limit",
+                                        "20000",
+                                        "--batch-size",
+                                        "20",
+                                        "--threads",
+                                        "1",
+                                        "--seed",
+                                        "3",
+                                        "--no-progress",
+                                        "--dist-timeout",
+                                        "20"};
+  auto straight_args = common;
+  straight_args.insert(straight_args.end(), {"--out", tmp.str("straight")});
+  Child straight(straight_args, {}, tmp.str(), "straight");
+  REQUIRE(straight.wait(300) == 0);
+
+  const std::string run = tmp.str("run");
+  auto args = common;
+  args.insert(args.end(), {"--checkpoint-every", "40", "--max-restarts", "1", "--out", run});
+  Child launcher(args, {}, tmp.str(), "launcher");
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!periodic_checkpoint_exists(run) && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(periodic_checkpoint_exists(run));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // between two periodic checkpoints
+  const pid_t rank1 = rank_process(launcher.pid, 1);
+  REQUIRE(rank1 > 0);
+  kill(rank1, SIGKILL);
+  const int code = launcher.wait(300);
+  INFO(launcher.error());
+  REQUIRE(code == 0);
+  CHECK(launcher.error().find("zoo: rank 1 of 2 was killed by signal 9 (Killed); restarting all 2 ranks from the "
+                              "checkpoint at step ") != std::string::npos);
+  CHECK(launcher.error().find("(restart 1 of 1)") != std::string::npos);
+  CHECK(same_weight_files(tmp.str("straight/model.pt"), run + "/model.pt"));
+  const auto a = test::read_text(tmp.path() / "straight" / "metrics.jsonl");
+  const auto b = test::read_text(fs::path(run) / "metrics.jsonl");
+  REQUIRE(test::count_lines(b) == 2);
+  std::istringstream la(a), lb(b);
+  for (std::string x, y; std::getline(la, x) && std::getline(lb, y);) {
+    auto ja = nlohmann::json::parse(x), jb = nlohmann::json::parse(y);
+    CHECK(ja["train"]["loss"].get<double>() == Approx(jb["train"]["loss"].get<double>()).epsilon(1e-12));
+    CHECK(ja["val"] == jb["val"]);
+  }
+}
+
+TEST_CASE(
+    "Restarts (--max-restarts): the same failure twice before any checkpoint ends the job, without --nproc refused",
+    "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  // Each rank fails when it loads the data: restarted once from the start, then the same failure ends the job.
+  Child launcher({"train", "mlp", "--nproc", "2", "--max-restarts", "3", "--data-dir", tmp.str("nowhere"),
+                  "--no-progress", "--dist-timeout", "10", "--out", tmp.str("run")},
+                 {}, tmp.str(), "launcher");
+  const int code = launcher.wait(120);
+  INFO(launcher.error());
+  CHECK(code == 1);
+  CHECK(launcher.error().find("restarting all 2 ranks from the start (restart 1 of 3)") != std::string::npos);
+  CHECK(launcher.error().find("(restart 2 of 3)") == std::string::npos);
+  CHECK(launcher.error().find("the same failure twice in a row") != std::string::npos);
+  const auto r = test::run_zoo("train mlp --max-restarts 2 --out " + tmp.str("x"));
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--max-restarts restarts the ranks of a --nproc run") != std::string::npos);
+  CHECK(test::count_lines(r.err) == 1);
+}

@@ -72,7 +72,12 @@ void set_command_line(int argc, char** argv);
 /// Starts `nproc` ranks of this same command (without --nproc, plus `extra_args`) with torchrun's environment
 /// on this machine and waits for them. Returns 0 when all succeed; when one fails, says which and how, ends the
 /// others if they have not failed too within `timeout_s`, and returns non-zero.
-int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s);
+/// With `max_restarts` > 0 and the run directory `run_dir`, a failed rank (a signal or a non-zero exit) makes
+/// the launcher stop the others, wait for them, and start all `nproc` again from the run's last checkpoint
+/// (`train --resume run_dir`), up to `max_restarts` times, each restart logged with its cause; the same failure
+/// twice in a row with no step checkpointed in between (a bad configuration) ends the job with its message.
+int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s, int64_t max_restarts = 0,
+                 const std::string& run_dir = "");
 
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);

@@ -1,6 +1,7 @@
 // `zoo train --nproc N`: starts N copies of this command as ranks 0..N-1 of one data-parallel run, with
 // torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and watches them.
 #include "tools/cli/cli.h"
+#include "training/checkpoint.h"
 #include "training/distributed.h"
 
 #include <fmt/format.h>
@@ -13,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -45,21 +47,24 @@ std::string describe(int status) {
 
 void set_command_line(int argc, char** argv) { command_line_.assign(argv, argv + argc); }
 
-int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s) {
-  if (nproc < 2) throw std::invalid_argument("--nproc must be >= 2 to start several ranks");
-  if (nproc > kMaxRanks) throw std::invalid_argument("--nproc must be at most " + std::to_string(kMaxRanks));
-  // The children run this same command without --nproc, plus what the launcher decided for all of them.
-  std::vector<std::string> args{"/proc/self/exe"};
-  for (size_t i = 1; i < command_line_.size(); ++i) {
-    const std::string& a = command_line_[i];
-    if (a == "--nproc") {
-      ++i;
-      continue;
-    }
-    if (a.rfind("--nproc=", 0) == 0) continue;
-    args.push_back(a);
-  }
-  args.insert(args.end(), extra_args.begin(), extra_args.end());
+namespace {
+
+/// How one attempt of the ranks ended: all succeeded (failed < 0), or the first rank that failed and how.
+struct Attempt {
+  int64_t failed = -1;
+  int status = 0;                ///< waitpid status of the failed rank
+  int code = 0;                  ///< the launcher's exit code for this outcome
+  bool all_same_signal = false;  ///< every rank stopped by the same signal (Ctrl-C, kill of the group)
+};
+
+std::atomic<bool> launcher_signalled{false};
+
+extern "C" void forward_and_note(int sig) {
+  launcher_signalled.store(true);
+  forward_signal(sig);
+}
+
+Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double timeout_s) {
   const char* port_env = std::getenv("MASTER_PORT");
   const std::string port = port_env && *port_env ? port_env : std::to_string(training::free_loopback_port());
   const char* addr_env = std::getenv("MASTER_ADDR");
@@ -79,8 +84,9 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
       setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       setenv("MASTER_ADDR", addr.c_str(), 1);
       setenv("MASTER_PORT", port.c_str(), 1);
+      std::vector<std::string> own = args;
       std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
+      for (auto& a : own) argv.push_back(a.data());
       argv.push_back(nullptr);
       execv(argv[0], argv.data());
       fmt::print(stderr, "zoo: error: cannot start rank {}: {}\n", static_cast<long long>(rank), std::strerror(errno));
@@ -89,11 +95,6 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
     children[rank] = pid;
     child_count.store(static_cast<int>(rank + 1));
   }
-  struct sigaction action {};
-  action.sa_handler = forward_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
 
   std::vector<int> status(static_cast<size_t>(nproc), -1);
   int64_t running = nproc, first_failed = -1;
@@ -127,19 +128,104 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
     }
   }
   child_count.store(0);
-  if (first_failed < 0) return 0;
-  const int st = status[static_cast<size_t>(first_failed)];
+  Attempt out;
+  if (first_failed < 0) return out;
+  out.failed = first_failed;
+  out.status = status[static_cast<size_t>(first_failed)];
+  out.code = 1;
   // Every rank stopped by the same signal (Ctrl-C, kill): each has said so; pass its exit code on.
-  if (WIFEXITED(st) && WEXITSTATUS(st) > 128) {
+  if (WIFEXITED(out.status) && WEXITSTATUS(out.status) > 128) {
     bool same = true;
-    for (int s : status) same = same && s == st;
-    if (same) return WEXITSTATUS(st);
+    for (int s : status) same = same && s == out.status;
+    if (same) {
+      out.all_same_signal = true;
+      out.code = WEXITSTATUS(out.status);
+    }
   }
-  fmt::print(stderr,
-             "zoo: error: rank {} of {} {}; the other ranks were stopped (the last checkpoint is intact; "
-             "continue with --resume)\n",
-             static_cast<long long>(first_failed), static_cast<long long>(nproc), describe(st));
-  return 1;
+  return out;
+}
+
+/// The global step of the run's last checkpoint (-1: none yet).
+int64_t checkpoint_step(const std::string& run_dir) {
+  try {
+    const auto path = training::checkpoint_file(run_dir, "state.json");
+    if (!std::filesystem::exists(path)) return -1;
+    return training::read_json_file(path).value("step", int64_t{-1});
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s, int64_t max_restarts,
+                 const std::string& run_dir) {
+  if (nproc < 2) throw std::invalid_argument("--nproc must be >= 2 to start several ranks");
+  if (nproc > kMaxRanks) throw std::invalid_argument("--nproc must be at most " + std::to_string(kMaxRanks));
+  // The children run this same command without --nproc and --max-restarts, plus what the launcher decided for
+  // all of them.
+  std::vector<std::string> args{"/proc/self/exe"};
+  bool quiet = false;
+  for (size_t i = 1; i < command_line_.size(); ++i) {
+    const std::string& a = command_line_[i];
+    if (a == "--nproc" || a == "--max-restarts") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--nproc=", 0) == 0 || a.rfind("--max-restarts=", 0) == 0) continue;
+    quiet = quiet || a == "--no-progress";
+    args.push_back(a);
+  }
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  // A restart resumes the run from its last checkpoint, with the same split of threads.
+  std::vector<std::string> resume_args{"/proc/self/exe", "train",          "--resume",
+                                       run_dir,          "--dist-timeout", fmt::format("{}", timeout_s)};
+  if (quiet) resume_args.push_back("--no-progress");
+  resume_args.insert(resume_args.end(), extra_args.begin(), extra_args.end());
+  for (size_t i = 0; i + 1 < resume_args.size(); ++i)
+    if (resume_args[i] == "--out")
+      resume_args.erase(resume_args.begin() + static_cast<long>(i), resume_args.begin() + static_cast<long>(i) + 2);
+
+  struct sigaction action {};
+  action.sa_handler = forward_and_note;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+
+  int previous_status = -1;
+  int64_t previous_step = -2;
+  for (int64_t restart = 0;; ++restart) {
+    const bool resume = restart > 0 && checkpoint_step(run_dir) >= 0;
+    const int64_t step_before = checkpoint_step(run_dir);
+    const auto attempt = run_ranks(nproc, resume ? resume_args : args, timeout_s);
+    if (attempt.failed < 0) return 0;
+    if (attempt.all_same_signal) return attempt.code;
+    const auto cause = fmt::format("rank {} of {} {}", static_cast<long long>(attempt.failed),
+                                   static_cast<long long>(nproc), describe(attempt.status));
+    const int64_t step_after = checkpoint_step(run_dir);
+    const bool no_progress = step_after == step_before && step_after == previous_step;
+    if (restart < max_restarts && !launcher_signalled.load() && !(no_progress && attempt.status == previous_status)) {
+      fmt::print(stderr, "zoo: {}; restarting all {} ranks from {} (restart {} of {})\n", cause,
+                 static_cast<long long>(nproc),
+                 step_after >= 0 ? fmt::format("the checkpoint at step {}", step_after) : std::string("the start"),
+                 static_cast<long long>(restart + 1), static_cast<long long>(max_restarts));
+      std::fflush(stderr);
+      previous_status = attempt.status;
+      previous_step = step_after;
+      continue;
+    }
+    if (restart > 0 && no_progress && attempt.status == previous_status)
+      fmt::print(stderr,
+                 "zoo: error: {} again before any new checkpoint (the same failure twice in a row: not restarted; "
+                 "see the rank's message above)\n",
+                 cause);
+    else
+      fmt::print(stderr,
+                 "zoo: error: {}; the other ranks were stopped (the last checkpoint is intact; continue with "
+                 "--resume)\n",
+                 cause);
+    return 1;
+  }
 }
 
 }  // namespace zoo::cli

@@ -67,6 +67,7 @@ struct TrainArgs {
   std::string model, resume, out, config;
   std::vector<std::string> set, prior_layers, data_options, task_options, callbacks;
   int64_t nproc = 1;
+  int64_t max_restarts = 0;
   double dist_timeout = 60;
   bool restart_schedule = false, force = false;
   std::unique_ptr<SettingFlags<training::TrainOptions>> train;
@@ -107,7 +108,7 @@ std::string describe_threads(int64_t setting) {
     const auto cores = training::usable_cores();
     extra.insert(extra.end(), {"--threads", std::to_string(std::max<int64_t>(1, cores / a.nproc))});
   }
-  throw ExitCode{launch_ranks(a.nproc, extra, a.dist_timeout)};
+  throw ExitCode{launch_ranks(a.nproc, extra, a.dist_timeout, a.max_restarts, dir.empty() ? a.resume : dir)};
 }
 
 /// This process's rank in a data-parallel run started by --nproc or torchrun (WORLD_SIZE in the environment).
@@ -181,6 +182,10 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
         "--checkpoint-every must be a positive number of steps, got {}; leave it out to checkpoint at epoch ends "
         "(and every --checkpoint-minutes)",
         train_given["checkpoint_every"].dump()));
+  if (given("--max-restarts") && a.nproc < 2)
+    throw std::invalid_argument(
+        "--max-restarts restarts the ranks of a --nproc run; add --nproc N (N >= 2), or restart a single process "
+        "with --resume");
   if (a.restart_schedule && a.resume.empty())
     throw std::invalid_argument(
         "--restart-schedule restarts the schedule of a resumed run: give --resume RUN and "
@@ -355,6 +360,10 @@ void add_train(CLI::App& app) {
                   "Train data-parallel with N local processes (c10d/Gloo); --batch-size is per process. Without it, "
                   "torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT make this process one rank")
       ->check(positive());
+  cmd->add_option("--max-restarts", a->max_restarts,
+                  "With --nproc: when a rank dies, stop the others and restart all from the last checkpoint, up to "
+                  "K times (the same failure twice in a row with no new checkpoint ends the job)")
+      ->check(non_negative());
   cmd->add_option("--dist-timeout", a->dist_timeout,
                   "Seconds to wait for the other ranks at the start and in each collective (default 60)")
       ->check(positive());
