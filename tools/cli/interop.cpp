@@ -116,17 +116,7 @@ void check_output(const std::string& out, bool force) {
 
 std::string export_path(const ExportArgs& a) {
   std::string out = a.out.empty() ? beside_run(a.run, ".ts.pt") : a.out;
-  if (const auto run = training::run_owning(out))
-    throw std::invalid_argument(
-        fmt::format("--out {} is a file of the run in {}; exporting there would destroy it "
-                    "(even with --force); choose another --out",
-                    out, *run));
-  std::error_code ec;
-  if (fs::is_directory(out, ec))
-    throw std::invalid_argument(
-        fmt::format("--out {} is a directory; give a file name such as {}/model.ts.pt", out, out));
-  if (fs::exists(out, ec) && !a.force)
-    throw std::invalid_argument(fmt::format("{} exists; add --force to replace it, or choose another --out", out));
+  check_output(out, a.force);
   return out;
 }
 
