@@ -171,7 +171,8 @@ torch::Tensor adam_denominator(torch::optim::Optimizer& optimizer, const torch::
 torch::Tensor prior_step_size(torch::optim::Optimizer& optimizer, const torch::Tensor& w, bool predict) {
   const auto& group = optimizer.param_groups().front();
   const double lr = group.options().get_lr();
-  auto ones = [&](double tau) { return torch::full_like(w, tau); };
+  // SGD's step is the same for every weight: a 0-d tensor that broadcasts (no weight-sized tensor per step).
+  auto ones = [&](double tau) { return torch::scalar_tensor(tau, w.options()); };
   if (dynamic_cast<torch::optim::SGD*>(&optimizer)) {
     const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
     const double beta = o.momentum(), d = o.dampening();

@@ -55,10 +55,10 @@ std::vector<std::pair<torch::Tensor, double>> prior_parameters(torch::nn::Module
 /// -log p(w) up to a constant: sum over covered parameters of (lambda/2)||w||^2 or lambda||w||_1.
 torch::Tensor prior_penalty(torch::nn::Module& module, const PriorOptions& prior);
 
-/// The step size tau, per coordinate of w, with which `optimizer` moves w by -tau * g for a constant gradient g:
-/// the scale under which a decoupled or proximal prior step has the MAP fixed point. `predict`: for the coming
-/// step (Adam's second moment updated with w's current gradient), else for the step just taken. Throws
-/// std::invalid_argument for an optimizer other than SGD, Adam and AdamW.
+/// The step size tau (0-d for SGD, per coordinate of w for Adam and AdamW) with which `optimizer` moves w by -tau * g
+/// for a constant gradient g: the scale under which a decoupled or proximal prior step has the MAP fixed point.
+/// `predict`: for the coming step (Adam's second moment updated with w's current gradient), else for the step just
+/// taken. Throws std::invalid_argument for an optimizer other than SGD, Adam and AdamW.
 torch::Tensor prior_step_size(torch::optim::Optimizer& optimizer, const torch::Tensor& w, bool predict);
 
 /// Installs the prior on a trainer: the penalty is added to the loss (and logged as "prior"); with `decoupled`

@@ -156,7 +156,7 @@ std::optional<std::string> run_owning(const std::string& path) {
   const auto name = full.filename().string();
   static const std::vector<std::string> own{"config.json", "state.json", "metrics.jsonl", "test.json",
                                             "model.pt",    "best.pt",    "optimizer.pt",  "ema.pt",
-                                            ".commit",     "steps.csv",  "epochs.csv"};
+                                            ".commit",     ".staging",   "steps.csv",     "epochs.csv"};
   const bool epoch = name.rfind("epoch-", 0) == 0 && name.size() > 9 && name.substr(name.size() - 3) == ".pt";
   if (std::find(own.begin(), own.end(), name) != own.end() || epoch) return dir.string();
   return std::nullopt;

@@ -181,10 +181,13 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
   std::vector<std::string> resume_args{"/proc/self/exe", "train",          "--resume",
                                        run_dir,          "--dist-timeout", fmt::format("{}", timeout_s)};
   if (quiet) resume_args.push_back("--no-progress");
-  resume_args.insert(resume_args.end(), extra_args.begin(), extra_args.end());
-  for (size_t i = 0; i + 1 < resume_args.size(); ++i)
-    if (resume_args[i] == "--out")
-      resume_args.erase(resume_args.begin() + static_cast<long>(i), resume_args.begin() + static_cast<long>(i) + 2);
+  for (size_t i = 0; i < extra_args.size(); ++i) {
+    if (extra_args[i] == "--out") {  // the run's own; a resumed run refuses it
+      ++i;
+      continue;
+    }
+    resume_args.push_back(extra_args[i]);
+  }
 
   struct sigaction action {};
   action.sa_handler = forward_and_note;
@@ -195,16 +198,16 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
   int previous_status = -1;
   int64_t previous_step = -2;
   for (int64_t restart = 0;; ++restart) {
-    const bool resume = restart > 0 && checkpoint_step(run_dir) >= 0;
     const int64_t step_before = checkpoint_step(run_dir);
-    const auto attempt = run_ranks(nproc, resume ? resume_args : args, timeout_s);
+    const auto attempt = run_ranks(nproc, restart > 0 && step_before >= 0 ? resume_args : args, timeout_s);
     if (attempt.failed < 0) return 0;
     if (attempt.all_same_signal) return attempt.code;
     const auto cause = fmt::format("rank {} of {} {}", static_cast<long long>(attempt.failed),
                                    static_cast<long long>(nproc), describe(attempt.status));
     const int64_t step_after = checkpoint_step(run_dir);
-    const bool no_progress = step_after == step_before && step_after == previous_step;
-    if (restart < max_restarts && !launcher_signalled.load() && !(no_progress && attempt.status == previous_status)) {
+    // The same failure as the last one, with no step checkpointed in between: a restart would fail again.
+    const bool repeated = step_after == step_before && step_after == previous_step && attempt.status == previous_status;
+    if (restart < max_restarts && !launcher_signalled.load() && !repeated) {
       fmt::print(stderr, "zoo: {}; restarting all {} ranks from {} (restart {} of {})\n", cause,
                  static_cast<long long>(nproc),
                  step_after >= 0 ? fmt::format("the checkpoint at step {}", step_after) : std::string("the start"),
@@ -214,7 +217,7 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
       previous_step = step_after;
       continue;
     }
-    if (restart > 0 && no_progress && attempt.status == previous_status)
+    if (repeated)
       fmt::print(stderr,
                  "zoo: error: {} again before any new checkpoint (the same failure twice in a row: not restarted; "
                  "see the rank's message above)\n",
