@@ -4,7 +4,6 @@
 #include "training/messages.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <algorithm>
 #include <cctype>
@@ -148,57 +147,6 @@ std::string describe_torch_file(const std::string& path) {
   if (has("/constants.pkl") || has_part("/code/")) return "TorchScript";
   if (has("/data.pkl")) return "a torch.save pickle";
   return "a zip archive that PyTorch did not write";
-}
-
-namespace {
-
-void flatten(const c10::IValue& v, const std::string& prefix, std::map<std::string, torch::Tensor>& out,
-             const std::string& path) {
-  if (v.isTensor()) {
-    out[prefix] = v.toTensor();
-  } else if (v.isGenericDict()) {
-    for (const auto& item : v.toGenericDict()) {
-      if (!item.key().isString())
-        throw std::runtime_error(path + " holds a dict with a non-string key; save a state_dict (names -> tensors)");
-      flatten(item.value(), prefix.empty() ? item.key().toStringRef() : prefix + "." + item.key().toStringRef(), out,
-              path);
-    }
-  } else if (!v.isNone()) {
-    throw std::runtime_error(path + " holds a " + v.tagKind() + " at '" + prefix +
-                             "'; save a state_dict (names -> tensors) or a TorchScript module");
-  }
-}
-
-}  // namespace
-
-std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
-  verify_archive(path);
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string how =
-      "in Python save torch.save(dict(model.state_dict()), PATH) (a plain dict), or the module "
-      "with torch.jit.save(torch.jit.script(model), PATH)";
-  // model.state_dict() is an OrderedDict, which LibTorch's unpickler turns into None (it only expects one as a
-  // tensor's empty hook table), so it cannot hold the weights: say so rather than show its internal assert.
-  const std::string pattern = "collections\nOrderedDict";
-  const bool ordered = std::search(bytes.begin(), bytes.end(), pattern.begin(), pattern.end()) != bytes.end();
-  c10::IValue value;
-  try {
-    value = torch::jit::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    const std::string what = e.what_without_backtrace();
-    if (ordered)
-      throw std::runtime_error(path +
-                               " is a torch.save pickle of an OrderedDict (model.state_dict()), which LibTorch "
-                               "cannot read; " +
-                               how);
-    throw std::runtime_error(path + " is a torch.save pickle that LibTorch cannot read (" +
-                             what.substr(0, what.find('\n')) + "); " + how);
-  }
-  std::map<std::string, torch::Tensor> out;
-  flatten(value, "", out, path);
-  if (out.empty()) throw std::runtime_error(path + " holds no tensors");
-  return out;
 }
 
 }  // namespace zoo::training

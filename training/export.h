@@ -30,8 +30,4 @@ Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& ex
 /// What a file holds, for messages: "TorchScript", "torch.save pickle", "zip", "not a zip".
 std::string describe_torch_file(const std::string& path);
 
-/// Every tensor of a file saved by `torch.save` in Python (new zip format) of a tensor, a dict / OrderedDict
-/// (a state_dict) or nested dicts of tensors, by dotted name. Throws with a clear message otherwise.
-std::map<std::string, torch::Tensor> read_state_dict(const std::string& path);
-
 }  // namespace zoo::training

@@ -6,6 +6,9 @@
 //   checkpoint  training::load_module of a small mlp from the bytes as model.pt
 //   text        datasets::read_records of the bytes as a corpus file, then tokens, a vocabulary, LM windows
 //   safetensors training::parse_safetensors of the bytes (header length, JSON, every offset, dtype and shape)
+//   pickle      training::parse_torch_save_pickle of the bytes as a torch.save data.pkl (each storage as large as the
+//   pickle says, up to 1 MiB),
+//               then the state_dict chosen from it
 // Every input must end in a result or in an exception (std::exception, c10::Error): anything else (a crash, an
 // abort, a leak or overflow that the sanitizers see, a hang) is a finding.
 //
@@ -18,6 +21,7 @@
 #include "training/checkpoint.h"
 #include "training/run.h"
 #include "training/safetensors.h"
+#include "training/torch_save.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -72,6 +76,17 @@ void write_seed(const std::string& path) {
                                             {"n", torch::tensor({int64_t{5}})},
                                             {"h", torch::randn({3}).to(torch::kBFloat16)}},
                                            {{"zoo_model", "mlp"}});
+  } else if (target == "pickle") {
+    // torch.save({"model": OrderedDict(w=2x2 view, b=its transpose), "epoch": 3}), opcode by opcode.
+    auto str = [](const std::string& s) { return "X" + std::string{static_cast<char>(s.size()), 0, 0, 0} + s; };
+    auto tensor = [&](int offset, int stride0, int stride1) {
+      return "ctorch._utils\n_rebuild_tensor_v2\n((" + str("storage") + "ctorch\nFloatStorage\n" + str("0") +
+             str("cpu") + "K\x10tQK" + std::string{static_cast<char>(offset)} + "K\x02K\x02\x86K" +
+             std::string{static_cast<char>(stride0)} + "K" + std::string{static_cast<char>(stride1)} + "\x86\x89}tR";
+    };
+    std::ofstream(path, std::ios::binary) << "\x80\x02}(" + str("model") + "ccollections\nOrderedDict\n)R(" + str("w") +
+                                                 tensor(0, 2, 1) + str("b") + tensor(4, 1, 2) + "u" + str("epoch") +
+                                                 "K\x03u.";
   } else if (target == "text") {
     std::ofstream(path) << "A day for firm decisions!!!!!  Or is it?\n%\nDon't 5.5 o'clock \xc3\x87"
                            "a va?\n\n"
@@ -86,8 +101,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* name = std::getenv("ZOO_FUZZ_TARGET");
   target = name ? name : "";
   if (target != "idx" && target != "image" && target != "config" && target != "checkpoint" && target != "text" &&
-      target != "safetensors") {
-    fmt::print(stderr, "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint, text or safetensors\n");
+      target != "safetensors" && target != "pickle") {
+    fmt::print(stderr,
+               "zoo_fuzz: set ZOO_FUZZ_TARGET to idx, image, config, checkpoint, text, safetensors or pickle\n");
     std::exit(2);
   }
   if (const char* seed = std::getenv("ZOO_FUZZ_SEED")) {
@@ -116,6 +132,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       training::load_module(*model.ptr(), (scratch() / "model.pt").string());
     } else if (target == "safetensors") {
       training::parse_safetensors(data, size, "fuzz");
+    } else if (target == "pickle") {
+      const auto file = training::parse_torch_save_pickle(
+          std::string(reinterpret_cast<const char*>(data), size),
+          [](const std::string&, uint64_t expected) {
+            return std::vector<char>(std::min<uint64_t>(expected, 1 << 20));
+          },
+          "fuzz");
+      training::saved_state_dict(file, "fuzz", "", nullptr);
     } else if (target == "text") {
       write_file(scratch() / "corpus.txt", data, size);
       const auto records = datasets::read_records((scratch() / "corpus.txt").string());

@@ -6,7 +6,8 @@ ROOT holds one directory per case, written by tests/python/parity.cpp: weights.p
 options.json ({"model": NAME, "options": {...}}) and case.pt (torch::pickle_save of the inputs, the seed drawn
 before the forward, the C++ outputs, the weights of the scalar loss sum_k (out_k * r_k).sum() and the C++
 gradients of every parameter). For each case the twin loads the weights by name (strict), runs the same input
-in eval mode, and its outputs and gradients are compared: the largest absolute difference, divided by
+in eval mode (and saves its state_dict as state_dict.pth with torch.save, for zoo to read back), and its
+outputs and gradients are compared: the largest absolute difference, divided by
 max(1, largest absolute C++ value) of that tensor, must be at most 1e-5 (or the case's own "tolerance" in
 options.json, given where float32 rounding accumulates further, as in dopri5). Prints one line per case; exits 1 if
 any case fails.
@@ -38,6 +39,8 @@ def run_case(path):
     state.update(dict(archive.named_buffers()))
     twin.load_state_dict(state, strict=True)
     twin.eval()
+    # The file every PyTorch user has: zoo reads it back and compares it with weights.pt (tests/python/parity.cpp).
+    torch.save(twin.state_dict(), os.path.join(path, "state_dict.pth"))
     case = torch.load(os.path.join(path, "case.pt"))
     torch.manual_seed(case["seed"])
     out = twin(*case["inputs"])

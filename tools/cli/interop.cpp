@@ -11,6 +11,7 @@
 #include "training/precision.h"
 #include "training/run.h"
 #include "training/safetensors.h"
+#include "training/torch_save.h"
 #include "training/trainer.h"
 
 #include <fmt/format.h>
@@ -49,17 +50,33 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& fla
   return dims;
 }
 
-/// Weights of a TorchScript module or of a torch.save state_dict, by dotted name.
-std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
+/// Weights of a safetensors file, a TorchScript module or a torch.save state_dict, by dotted name; `key` picks
+/// the entry of a torch.save checkpoint dict.
+std::map<std::string, torch::Tensor> read_weights(const std::string& path, const std::string& key) {
   if (!fs::exists(path)) throw std::runtime_error("missing " + path);
+  const bool pickle =
+      !training::looks_like_safetensors(path) && training::describe_torch_file(path) == "a torch.save pickle";
+  if (!key.empty() && !pickle)
+    throw std::invalid_argument("--key picks an entry of a torch.save file; " + path + " is not one");
   if (training::looks_like_safetensors(path)) return training::read_safetensors(path).tensors;
   const auto kind = training::describe_torch_file(path);
   if (kind == "TorchScript") return training::read_tensors(path);
-  if (kind == "a torch.save pickle") return training::read_state_dict(path);
+  if (pickle) {
+    std::string chosen;
+    const auto tensors = training::saved_state_dict(training::read_torch_save(path), path, key, &chosen);
+    if (key.empty() && !chosen.empty())
+      fmt::print("reading entry '{}' of {} (the one state_dict in it)\n", chosen, path);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& [name, t] : tensors) out[name] = t;
+    return out;
+  }
+  if (kind.rfind("a legacy", 0) == 0)
+    throw std::runtime_error(path + " is " + kind +
+                             ", which zoo does not read; in Python re-save it in the zip format: "
+                             "torch.save(torch.load(PATH), NEW_PATH)");
   throw std::runtime_error(path + " is " + kind +
-                           "; in Python save the module with "
-                           "torch.jit.save(torch.jit.script(model), PATH) (or torch.jit.trace), or its weights with "
-                           "torch.save(model.state_dict(), PATH)");
+                           "; in Python save the weights with torch.save(model.state_dict(), PATH), or the module "
+                           "with torch.jit.save(torch.jit.script(model), PATH)");
 }
 
 torch::jit::Module load_torchscript(const std::string& path) {
@@ -204,7 +221,7 @@ void run_export(ExportArgs a) {
 // ---- zoo import ------------------------------------------------------------------------------------------
 
 struct ImportArgs {
-  std::string file, model, out, dataset, data_dir;
+  std::string file, model, out, dataset, data_dir, key;
   std::vector<std::string> set, data_options;
   bool partial = false;
   int64_t threads = 0;
@@ -212,7 +229,7 @@ struct ImportArgs {
 
 void run_import(const ImportArgs& a) {
   training::apply_threads(a.threads);
-  const auto weights = read_weights(a.file);
+  const auto weights = read_weights(a.file, a.key);
   training::RunConfig config;
   config.model = a.model;
   if (training::looks_like_safetensors(a.file)) {
@@ -334,11 +351,11 @@ void run_predict(const PredictArgs& a) {
     torch::manual_seed(0);
     x = torch::rand(parse_shape(a.shape, "--shape"));
   } else if (fs::exists(a.input) && training::describe_torch_file(a.input) == "a torch.save pickle") {
-    const auto tensors = training::read_state_dict(a.input);  // torch.save(tensor, PATH) in Python
-    if (tensors.size() != 1)
-      throw std::runtime_error(a.input + " holds " + std::to_string(tensors.size()) +
-                               " tensors; save the one input tensor with torch.save(x, PATH)");
-    x = tensors.begin()->second;
+    const auto saved = training::read_torch_save(a.input);  // torch.save(x, PATH) in Python
+    if (saved.top.kind.rfind("tensor", 0) != 0)
+      throw std::runtime_error(a.input + " holds a " + saved.top.kind +
+                               "; save the one input tensor with torch.save(x, PATH)");
+    x = saved.top.tensors.front().second.contiguous();
   } else {
     x = image_input(a.input, a.channels);
   }
@@ -398,6 +415,9 @@ void add_interop(CLI::App& app) {
     cmd->add_option("--dataset", a->dataset, "Dataset of the run (default: the model's)");
     cmd->add_option("--data-dir", a->data_dir, "Data directory or file(s)");
     cmd->add_option("--data-option", a->data_options, "Dataset option key=value, repeatable");
+    cmd->add_option("--key", a->key,
+                    "The entry of a torch.save checkpoint dict that holds the state_dict, e.g. model (default: the "
+                    "file itself, or its one state_dict entry)");
     cmd->add_flag("--partial", a->partial, "Import the tensors that match and list the others, instead of refusing");
     cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
     cmd->callback([a] { run_import(*a); });

@@ -1,5 +1,6 @@
 #include "tools/cli/settings.h"
 
+#include "training/checkpoint.h"
 #include "training/run.h"
 
 #include <algorithm>
