@@ -67,7 +67,9 @@ torch::Tensor crop_to(const torch::Tensor& y, const torch::Tensor& x) {
 }
 
 torch::Tensor max_pool(const torch::Tensor& x, int64_t dims) {
-  return dims == 2 ? torch::max_pool2d(x, {2, 2}, {2, 2}) : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2});
+  // Every size given for every axis: ATen reads a single 0 or 1 as all axes, torch.onnx copies it as it is.
+  return dims == 2 ? torch::max_pool2d(x, {2, 2}, {2, 2}, {0, 0}, {1, 1})
+                   : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
 }
 
 }  // namespace
@@ -290,8 +292,8 @@ torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
   for (size_t i = 0; i < encoder->size(); ++i) {
     if (i > 0) {
       sizes.emplace_back(h.sizes().begin() + 2, h.sizes().end());
-      auto pooled = dims == 2 ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2})
-                              : torch::max_pool3d_with_indices(h, {2, 2, 2}, {2, 2, 2});
+      auto pooled = dims == 2 ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2}, {0, 0}, {1, 1})
+                              : torch::max_pool3d_with_indices(h, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
       h = std::get<0>(pooled);
       switches.push_back(std::get<1>(pooled));
     }

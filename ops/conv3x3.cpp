@@ -21,7 +21,9 @@ torch::Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bia
     auto constant = torch::full_like(x.narrow(1, 0, 1), lead_value);
     in = torch::cat({lead == 1 ? constant : constant.repeat({1, lead, 1, 1}), x}, 1);
   }
-  return torch::conv2d(in, weight, bias, /*stride=*/1, /*padding=*/1);
+  // Strides, padding and dilation for both axes: a single 1 means the same to ATen, but torch.onnx copies it as it is
+  // into a Conv node that ONNX shape inference then rejects (zoo export --format onnx).
+  return torch::conv2d(in, weight, bias, /*stride=*/{1, 1}, /*padding=*/{1, 1}, /*dilation=*/{1, 1});
 }
 
 #ifdef ZOO_X86_KERNELS

@@ -122,6 +122,13 @@ Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& ex
   return out;
 }
 
+std::vector<torch::Tensor> forward_outputs(torch::nn::AnyModule& model, const torch::Tensor& input) {
+  model.ptr()->eval();
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  return tensors_of(to_ivalue(model.any_forward(input), type_name(model.ptr()->name())));
+}
+
 std::string describe_torch_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   char head[4] = {0, 0, 0, 0};

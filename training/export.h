@@ -27,6 +27,9 @@ struct Exported {
 Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& example, const torch::Tensor& same_shape,
                             const torch::Tensor& other_batch);
 
+/// The C++ forward's outputs on `input` (eval mode, no_grad, seed 0): one tensor, or each of a tuple's.
+std::vector<torch::Tensor> forward_outputs(torch::nn::AnyModule& model, const torch::Tensor& input);
+
 /// What a file holds, for messages: "TorchScript", "torch.save pickle", "zip", "not a zip".
 std::string describe_torch_file(const std::string& path);
 

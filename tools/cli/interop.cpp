@@ -14,11 +14,21 @@
 #include "training/torch_save.h"
 #include "training/trainer.h"
 
+#include "onnx_export_py.h"
+
 #include <fmt/format.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
+
+extern char** environ;
 
 namespace zoo::cli {
 
@@ -98,9 +108,9 @@ torch::jit::Module load_torchscript(const std::string& path) {
 // ---- zoo export ------------------------------------------------------------------------------------------
 
 struct ExportArgs {
-  std::string run, out, example_shape, checkpoint = "best", format = "torchscript";
-  int64_t threads = 0;
-  bool force = false;
+  std::string run, out, example_shape, checkpoint = "best", format = "torchscript", python = "/usr/bin/python3";
+  int64_t threads = 0, opset = 13;
+  bool force = false, dynamic_batch = false;
 };
 
 /// Where zoo export writes: --out, or RUN.ts.pt beside the run directory (never inside it: a run's own
@@ -132,7 +142,7 @@ void check_output(const std::string& out, bool force) {
 }
 
 std::string export_path(const ExportArgs& a) {
-  std::string out = a.out.empty() ? beside_run(a.run, ".ts.pt") : a.out;
+  std::string out = a.out.empty() ? beside_run(a.run, a.format == "onnx" ? ".onnx" : ".ts.pt") : a.out;
   check_output(out, a.force);
   return out;
 }
@@ -169,10 +179,127 @@ void export_safetensors(const ExportArgs& a, const training::RunConfig& config, 
              file.string());
 }
 
+/// Runs argv with stdout and stderr into files; its exit status as waitpid gives it (-1: it could not start).
+int run_child(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& s : copy) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return -1;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+/// zoo export --format onnx: LibTorch cannot write ONNX, so the traced module goes to Debian's python3-torch
+/// (torch.onnx.export) in a child process, whose python3-onnx checks the file and OpenCV's DNN module runs it
+/// against the C++ forward (tools/cli/onnx_export.py, compiled in). The file is kept only when they agree to 1e-4.
+void export_onnx(const ExportArgs& a, const std::string& model_name, torch::nn::AnyModule& model,
+                 const training::Exported& exported, const torch::Tensor& example, const torch::Tensor& other_batch) {
+  if (a.dynamic_batch && !exported.any_batch)
+    throw std::runtime_error(model_name + "'s trace keeps the example's batch size (its C++ forward reads sizes), " +
+                             "so --dynamic-batch cannot be honoured; export without it");
+  char pattern[] = "/tmp/zoo-onnx-XXXXXX";
+  if (!mkdtemp(pattern))
+    throw std::runtime_error(std::string("cannot create a temporary directory: ") + std::strerror(errno));
+  const fs::path tmp = pattern;
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{tmp};
+  exported.module.save((tmp / "traced.pt").string());
+  std::vector<torch::Tensor> inputs{example};
+  if (a.dynamic_batch) inputs.push_back(other_batch);
+  c10::impl::GenericList in(c10::TensorType::get()), outs(c10::ListType::create(c10::TensorType::get()));
+  for (const auto& x : inputs) {
+    in.push_back(x);
+    c10::impl::GenericList ys(c10::TensorType::get());
+    for (const auto& y : training::forward_outputs(model, x)) ys.push_back(y.contiguous());
+    outs.push_back(ys);
+  }
+  c10::impl::GenericDict io(c10::StringType::get(), c10::AnyType::get());
+  io.insert("inputs", in);
+  io.insert("outputs", outs);
+  const auto io_bytes = torch::jit::pickle_save(io);
+  training::write_bytes((tmp / "io.pt").string(), std::string(io_bytes.begin(), io_bytes.end()));
+  const auto partial = a.out + ".tmp";
+  const int status =
+      run_child({a.python, "-c", kOnnxExportScript, (tmp / "traced.pt").string(), (tmp / "io.pt").string(), partial,
+                 std::to_string(a.opset), a.dynamic_batch ? "1" : "0"},
+                (tmp / "out").string(), (tmp / "err").string());
+  auto last_line = [](const fs::path& file) {
+    std::ifstream in(file);
+    std::string line, last;
+    while (std::getline(in, line))
+      if (!line.empty()) last = line;
+    return last;
+  };
+  std::error_code ec;
+  if (status == -1 || (WIFEXITED(status) && WEXITSTATUS(status) == 127))
+    throw std::runtime_error("cannot start " + a.python +
+                             "; zoo export --format onnx needs Debian's python3 with python3-torch, python3-onnx and "
+                             "python3-opencv (or --python PATH)");
+  if (WIFSIGNALED(status)) {
+    fs::remove(partial, ec);
+    auto where = last_line(tmp / "out");
+    where = where.rfind("stage: ", 0) == 0 ? where.substr(7) : "the export";
+    throw std::runtime_error(
+        fmt::format("{} died of signal {} ({}) in {}; this model does not export to ONNX here; "
+                    "nothing written",
+                    a.python, WTERMSIG(status), strsignal(WTERMSIG(status)), where));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fs::remove(partial, ec);
+    const auto why = last_line(tmp / "err");
+    throw std::runtime_error(why.empty() ? "the ONNX export in " + a.python + " ended without a reason (status " +
+                                               std::to_string(status) + ")"
+                                         : why);
+  }
+  json result;
+  try {
+    result = json::parse(last_line(tmp / "out"));
+  } catch (const std::exception&) {
+    fs::remove(partial, ec);
+    throw std::runtime_error("the ONNX export in " + a.python + " printed no result");
+  }
+  const double diff = result.value("max_abs_diff", INFINITY);
+  if (!(diff <= 1e-4)) {
+    fs::remove(partial, ec);
+    throw std::runtime_error(
+        fmt::format("OpenCV's run of the ONNX model differs from the C++ forward by {:.3g} "
+                    "(more than 1e-4); nothing written",
+                    diff));
+  }
+  fs::rename(partial, a.out, ec);
+  if (ec) throw std::runtime_error("cannot write " + a.out + ": " + ec.message());
+  auto shape = example.sizes().vec();
+  if (a.dynamic_batch) shape[0] = -1;
+  fmt::print(
+      "exported {} ({}) to {} (ONNX opset {}, input {}{}); checked by onnx.checker, OpenCV DNN equals the C++ "
+      "forward to {:.2g}\n",
+      a.run, model_name, a.out, a.opset, c10::str(c10::IntArrayRef(shape)), a.dynamic_batch ? " (any batch size)" : "",
+      diff);
+  fmt::print("python: net = cv2.dnn.readNetFromONNX(\"{}\"); net.setInput(x.numpy()); y = net.forward()\n", a.out);
+}
+
 void run_export(ExportArgs a) {
   training::apply_threads(a.threads);
-  if (a.format != "torchscript" && a.format != "safetensors")
-    throw std::invalid_argument("--format must be torchscript or safetensors, got '" + a.format + "'");
+  if (a.format != "torchscript" && a.format != "safetensors" && a.format != "onnx")
+    throw std::invalid_argument("--format must be torchscript, safetensors or onnx, got '" + a.format + "'");
+  if (a.format != "onnx" && (a.dynamic_batch || a.opset != 13))
+    throw std::invalid_argument("--opset and --dynamic-batch belong to --format onnx");
   auto [config, model] = training::load_run_model(a.run, "cpu", a.checkpoint);
   if (a.format == "safetensors") return export_safetensors(a, config, *model.ptr());
   a.out = export_path(a);
@@ -196,6 +323,7 @@ void run_export(ExportArgs a) {
     other_batch = splits.test->get(torch::arange(3)).input;
   }
   auto exported = training::export_torchscript(model, example, same_shape, other_batch);
+  if (a.format == "onnx") return export_onnx(a, config.model, model, exported, example, other_batch);
   const auto tmp = a.out + ".tmp";
   try {
     exported.module.save(tmp);
@@ -389,15 +517,25 @@ void run_predict(const PredictArgs& a) {
 void add_interop(CLI::App& app) {
   {
     auto a = std::make_shared<ExportArgs>();
-    auto* cmd = app.add_subcommand("export", "Write a run as TorchScript that Python can torch.jit.load and call");
+    auto* cmd = app.add_subcommand(
+        "export", "Write a run as TorchScript (Python can torch.jit.load and call it), safetensors or ONNX");
     cmd->add_option("run", a->run, "Run directory")->required();
     add_checkpoint_option(cmd, a->checkpoint);
-    cmd->add_option("--out", a->out, "Output file (default: RUN.ts.pt beside the run directory)");
+    cmd->add_option("--out", a->out,
+                    "Output file (default beside the run directory: RUN.ts.pt, RUN.hf/model.safetensors or RUN.onnx)");
     cmd->add_flag("--force", a->force, "Replace an existing output file (never one of a run's own files)");
     cmd->add_option("--format", a->format,
-                    "torchscript (a module Python can call) or safetensors (weights only: RUN.hf/model.safetensors "
-                    "and config.json; no code runs on load)")
-        ->check(CLI::IsMember({"torchscript", "safetensors"}));
+                    "torchscript (a module Python can call), safetensors (weights only: RUN.hf/model.safetensors "
+                    "and config.json; no code runs on load) or onnx (RUN.onnx, through Debian's python3-torch, "
+                    "checked by python3-onnx and run by python3-opencv)")
+        ->check(CLI::IsMember({"torchscript", "safetensors", "onnx"}));
+    cmd->add_option("--opset", a->opset, "ONNX opset version with --format onnx (default 13)")
+        ->check(CLI::Range(7, 17));
+    cmd->add_flag("--dynamic-batch", a->dynamic_batch,
+                  "With --format onnx: a free batch axis (checked on a second batch size; refused for models whose "
+                  "trace keeps the batch size)");
+    cmd->add_option("--python", a->python,
+                    "Python with torch, onnx and cv2 for --format onnx (default /usr/bin/python3)");
     cmd->add_option("--example-shape", a->example_shape,
                     "Example input to trace with, e.g. 1,1,28,28 (default: two test items of the run's data)");
     cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
