@@ -129,6 +129,30 @@ const Schema<TrainOptions>& train_schema() {
           "A logger that cannot write: stop (before training, or at once) or warn (one line; training goes on "
           "without it)")
         .one_of({"stop", "warn"});
+    s.add("init", ZOO_FIELD(TrainOptions, init),
+          "Start from these weights: a safetensors, TorchScript or torch.save file, or a run directory (its best "
+          "weights); tensors whose name or shape differ (a new head) keep their fresh values and are listed");
+    s.add("init_key", ZOO_FIELD(TrainOptions, init_key),
+          "With --init of a torch.save checkpoint dict: the entry that holds the state_dict (default: the one)");
+    s.add_json(
+         "freeze", [](const TrainOptions& o) { return json(o.freeze()); },
+         [](TrainOptions& o, const json& v) {
+           if (!v.is_array()) throw SettingError("freeze", "must be a list of glob patterns");
+           std::vector<std::string> patterns;
+           for (const auto& p : v) patterns.push_back(strict_get<std::string>(p, "freeze pattern"));
+           o.freeze(patterns);
+         },
+         "Keep the parameters whose names match this glob fixed and out of the optimizer, e.g. 'net.0.*'; "
+         "repeatable",
+         "a list of glob patterns")
+        .check([](const json& v) -> std::string {
+          for (const auto& p : v)
+            if (p.get<std::string>().empty()) return "a pattern is empty";
+          return {};
+        });
+    s.add("freeze_bn", ZOO_FIELD(TrainOptions, freeze_bn),
+          "Batch-norm layers whose parameters are all frozen stay in eval mode (their running statistics are part "
+          "of what was learnt; batches of the new data would move them)");
     return s;
   }();
   return schema;

@@ -49,6 +49,11 @@ struct TrainOptions {
   TORCH_ARG(double, ema) = 0.0;      ///< decay of an exponential moving average of the weights (0 = off)
   TORCH_ARG(std::string, log) = "";  ///< loggers beside metrics.jsonl: "csv", "tensorboard" or both, comma-separated
   TORCH_ARG(std::string, log_errors) = "stop";  ///< a logger that cannot write: "stop" training or "warn" and go on
+  /// Transfer learning: weights a new run starts from (a weights file or a run directory; training/weights.h) ...
+  TORCH_ARG(std::string, init) = "";
+  TORCH_ARG(std::string, init_key) = "";             ///< ... and the entry of a torch.save checkpoint dict holding them
+  TORCH_ARG(std::vector<std::string>, freeze) = {};  ///< globs on parameter names: kept fixed, out of the optimizer
+  TORCH_ARG(bool, freeze_bn) = true;  ///< batch-norm layers whose parameters are all frozen stay in eval mode
 };
 
 /// The loggers `log` may name: "csv", "tensorboard".

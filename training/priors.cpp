@@ -106,6 +106,7 @@ std::vector<std::pair<torch::Tensor, double>> prior_parameters(torch::nn::Module
   if (prior.kind == "none") return out;
   for (const auto& p : module.named_parameters()) {
     if (!prior.include_all && p.value().dim() < 2) continue;
+    if (!p.value().requires_grad()) continue;  // frozen (train.freeze): fixed, the prior too
     double lambda = prior.lambda;
     for (const auto& [pattern, l] : prior.layers)
       if (fnmatch(pattern.c_str(), p.key().c_str(), 0) == 0) {

@@ -97,9 +97,14 @@ std::string default_run_dir(const std::string& model) {
   return dir;
 }
 
-void Run::build(bool train) {
+void Run::build(bool train, bool fresh) {
   // config_ is complete: the model is built once, from options already checked.
   auto model = models::ModelRegistry::instance().at(config_.model).build(config_.options);
+  // Before the trainer: its moving average and device copy start from these weights. Only a new run: a resumed
+  // one has them in its checkpoints (epoch 0 is written at once).
+  if (fresh && !config_.train.init().empty())
+    init_report_ = init_from(*model.ptr(), read_weights(config_.train.init(), config_.train.init_key()),
+                             "--init " + config_.train.init());
   auto objective = make_objective(config_.task, config_.options, config_.task_options);
   auto splits = datasets::load_splits(config_.data, static_cast<uint64_t>(config_.train.seed()));
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
@@ -152,7 +157,7 @@ std::unique_ptr<Run> Run::create(RunConfig config, const std::string& dir, std::
     // take it for an old one.
     if (run->group_ && run->group_->world_size() > 1) run->group_->barrier();
     torch::manual_seed(static_cast<uint64_t>(run->config_.train.seed()));
-    run->build(true);
+    run->build(true, /*fresh=*/true);
     run->trainer_->check_data_fits();
   } catch (...) {
     run->dir_->remove_if_unused();

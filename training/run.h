@@ -12,6 +12,7 @@
 #include "training/run_directory.h"
 #include "training/runtime.h"
 #include "training/trainer.h"
+#include "training/weights.h"
 
 #include <functional>
 #include <memory>
@@ -69,6 +70,8 @@ class Run {
   const std::string& dir() const { return dir_->path(); }
   const RunDirectory& directory() const { return *dir_; }
   Trainer& trainer() { return *trainer_; }
+  /// What train.init copied into the new model (empty when the run did not start from weights).
+  const InitReport& init_report() const { return init_report_; }
   torch::nn::AnyModule& model() { return trainer_->model(); }
   /// Trains; each epoch's summary line goes to stdout (rank 0). Errors say where the last checkpoint is.
   json fit();
@@ -79,12 +82,14 @@ class Run {
  private:
   Run() = default;
   /// Model, objective, data and trainer from config_, with the callbacks every run has.
-  void build(bool train);
+  /// `fresh`: a new run, started from train.init when it names weights.
+  void build(bool train, bool fresh = false);
   /// The callbacks that write into the run directory (loggers, then checkpoints), once it exists.
   void attach_writers();
   RunConfig config_;
   std::shared_ptr<RunDirectory> dir_;
   std::unique_ptr<Trainer> trainer_;
+  InitReport init_report_;
   std::shared_ptr<ProcessGroup> group_;
 };
 

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -13,6 +15,36 @@
 namespace zoo::training {
 
 namespace {
+
+/// train.freeze: the parameters whose names match a pattern stop requiring gradients (so the optimizer never sees
+/// them); a pattern that matches nothing, or patterns that match everything, are refused.
+void freeze_parameters(torch::nn::Module& module, const std::vector<std::string>& patterns) {
+  if (patterns.empty()) return;
+  std::vector<bool> used(patterns.size(), false);
+  size_t frozen = 0, total = 0;
+  for (auto& p : module.named_parameters()) {
+    ++total;
+    bool match = false;
+    for (size_t i = 0; i < patterns.size(); ++i)
+      if (fnmatch(patterns[i].c_str(), p.key().c_str(), 0) == 0) used[i] = match = true;
+    if (match) {
+      p.value().set_requires_grad(false);
+      ++frozen;
+    }
+  }
+  for (size_t i = 0; i < patterns.size(); ++i)
+    if (!used[i]) {
+      std::string names;
+      int n = 0;
+      for (const auto& p : module.named_parameters())
+        if (n++ < 12) names += (n > 1 ? ", " : "") + p.key();
+      if (n > 12) names += fmt::format(" and {} more", n - 12);
+      throw SettingError("train.freeze",
+                         fmt::format("'{}' matches no parameter; the model's are {}", patterns[i], names));
+    }
+  if (frozen == total)
+    throw SettingError("train.freeze", "the patterns freeze every parameter; nothing would be trained");
+}
 /// A callback made of one function, for the add_*_hook shorthands.
 struct LambdaCallback : Callback {
   std::function<void(Trainer&, Terms&)> loss, log;
@@ -64,8 +96,12 @@ Trainer::Trainer(torch::nn::AnyModule model, std::shared_ptr<Objective> objectiv
   if (reduced_weights(precision_)) model_.ptr()->to(reduced_type(precision_));
   if (precision_ == Precision::fp16_mixed) scaler_ = std::make_unique<GradScaler>();
   if (options_.ema() > 0) ema_ = module_tensors(*model_.ptr(), true);  // the average starts at the initial weights
-  optimizer_ = make_optimizer(options_.optimizer(), model_.ptr()->parameters(), options_.lr(), options_.momentum(),
-                              options_.weight_decay());
+  freeze_parameters(*model_.ptr(), options_.freeze());
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : model_.ptr()->parameters())
+    if (p.requires_grad()) trainable.push_back(p);
+  optimizer_ =
+      make_optimizer(options_.optimizer(), trainable, options_.lr(), options_.momentum(), options_.weight_decay());
 }
 
 void Trainer::load_grad_scaler(const json& state) {
@@ -286,9 +322,20 @@ auto Trainer::with_weights(const std::vector<torch::Tensor>& weights, F&& f) {
   }
 }
 
-json Trainer::train_epoch(int64_t epoch) {
+void Trainer::train_mode(bool on) {
   auto& module = *model_.ptr();
-  module.train();
+  module.train(on);
+  if (!on || !options_.freeze_bn()) return;
+  for (const auto& m : module.modules(/*include_self=*/true)) {
+    if (!m->named_buffers(/*recurse=*/false).contains("running_mean")) continue;
+    const auto own = m->parameters(/*recurse=*/false);
+    if (!own.empty() && std::none_of(own.begin(), own.end(), [](const torch::Tensor& p) { return p.requires_grad(); }))
+      m->eval();
+  }
+}
+
+json Trainer::train_epoch(int64_t epoch) {
+  train_mode(true);
   const auto order = datasets::epoch_order(data_.train->size(), options_.shuffle(),
                                            static_cast<uint64_t>(options_.seed()), epoch, rank_, world_size_);
   const int64_t steps = steps_per_epoch();
@@ -397,14 +444,14 @@ void Trainer::check_data_fits() {
     auto scope = autocast(precision_, device_);
     objective_->loss(model_, batch, terms);
   } catch (const std::exception& e) {
-    module.train(was_training);
+    train_mode(was_training);
     std::string what = e.what();
     if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) what = c10_error->what_without_backtrace();
     throw std::invalid_argument("the model does not fit the data (" + data_.train->describe() + ", items " +
                                 c10::str(batch.input.sizes().slice(1)) + "): " + first_line(what) +
                                 "; change the model's options (--set) or the dataset");
   }
-  module.train(was_training);
+  train_mode(was_training);
   // A misspelt --monitor fails now, not after the first epoch: the metric names of two validation items.
   if (data_.val && monitor().rfind("val.", 0) == 0) {
     const auto two = data_.val->get(torch::arange(std::min<int64_t>(2, data_.val->size()))).to(device_);
@@ -412,7 +459,7 @@ void Trainer::check_data_fits() {
     auto evaluator = objective_->evaluator(false);
     auto scope = autocast(precision_, device_);
     evaluator->add(model_, two);
-    module.train(was_training);
+    train_mode(was_training);
     check_monitor(evaluator->result(evaluator->state()));
   }
 }
@@ -434,10 +481,10 @@ Pictures Trainer::pictures() {
     auto scope = autocast(precision_, device_);
     out = objective_->pictures(model_, data_.val ? *data_.val : *data_.test);
   } catch (...) {
-    module.train(was_training);
+    train_mode(was_training);
     throw;
   }
-  module.train(was_training);
+  train_mode(was_training);
   return out;
 }
 
@@ -457,7 +504,7 @@ json Trainer::evaluate_on(const datasets::Dataset& data, bool thorough) {
   }
   auto state = evaluator->state();
   all_reduce_sum(state);
-  module.train(was_training);
+  train_mode(was_training);
   return evaluator->result(state);
 }
 

@@ -170,6 +170,8 @@ class Trainer {
 
  private:
   json train_epoch(int64_t epoch);
+  /// module.train(on); training, batch-norm layers whose parameters are all frozen stay in eval (train.freeze_bn).
+  void train_mode(bool on);
   json evaluate_on(const datasets::Dataset& data, bool thorough);
   /// Whether early stopping asks to stop now (patience epochs without improvement).
   bool patience_exhausted() const;

@@ -13,6 +13,7 @@
 #include "training/safetensors.h"
 #include "training/torch_save.h"
 #include "training/trainer.h"
+#include "training/weights.h"
 
 #include "onnx_export_py.h"
 
@@ -60,33 +61,12 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& fla
   return dims;
 }
 
-/// Weights of a safetensors file, a TorchScript module or a torch.save state_dict, by dotted name; `key` picks
-/// the entry of a torch.save checkpoint dict.
+/// Weights of any file zoo reads (training::read_weights), saying which entry of a checkpoint dict it took.
 std::map<std::string, torch::Tensor> read_weights(const std::string& path, const std::string& key) {
-  if (!fs::exists(path)) throw std::runtime_error("missing " + path);
-  const bool pickle =
-      !training::looks_like_safetensors(path) && training::describe_torch_file(path) == "a torch.save pickle";
-  if (!key.empty() && !pickle)
-    throw std::invalid_argument("--key picks an entry of a torch.save file; " + path + " is not one");
-  if (training::looks_like_safetensors(path)) return training::read_safetensors(path).tensors;
-  const auto kind = training::describe_torch_file(path);
-  if (kind == "TorchScript") return training::read_tensors(path);
-  if (pickle) {
-    std::string chosen;
-    const auto tensors = training::saved_state_dict(training::read_torch_save(path), path, key, &chosen);
-    if (key.empty() && !chosen.empty())
-      fmt::print("reading entry '{}' of {} (the one state_dict in it)\n", chosen, path);
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& [name, t] : tensors) out[name] = t;
-    return out;
-  }
-  if (kind.rfind("a legacy", 0) == 0)
-    throw std::runtime_error(path + " is " + kind +
-                             ", which zoo does not read; in Python re-save it in the zip format: "
-                             "torch.save(torch.load(PATH), NEW_PATH)");
-  throw std::runtime_error(path + " is " + kind +
-                           "; in Python save the weights with torch.save(model.state_dict(), PATH), or the module "
-                           "with torch.jit.save(torch.jit.script(model), PATH)");
+  std::string chosen;
+  auto tensors = training::read_weights(path, key, &chosen);
+  if (key.empty() && !chosen.empty()) fmt::print("reading entry '{}' of {} (the one state_dict in it)\n", chosen, path);
+  return tensors;
 }
 
 torch::jit::Module load_torchscript(const std::string& path) {

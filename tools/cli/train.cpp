@@ -65,7 +65,7 @@ std::string format_final(const training::TrainState& s, int64_t epochs) {
 /// What `zoo train` reads from its command line: the settings' flags come from the schemas.
 struct TrainArgs {
   std::string model, resume, out, config;
-  std::vector<std::string> set, prior_layers, data_options, task_options, callbacks;
+  std::vector<std::string> set, prior_layers, data_options, task_options, callbacks, freeze;
   int64_t nproc = 1;
   int64_t max_restarts = 0;
   double dist_timeout = 60;
@@ -158,6 +158,7 @@ training::RunConfig config_from_flags(const TrainArgs& a) {
   config.data = datasets::data_schema().from_json(a.data->given(), config.data);
   config.prior = training::prior_schema().from_json(a.prior->given(), config.prior);
   for (const auto& layer : a.prior_layers) config.prior.layers.push_back(training::parse_prior_layer(layer));
+  if (!a.freeze.empty()) config.train.freeze(a.freeze);
   for (const auto& item : a.data_options) {
     auto [key, value] = parse_set(item, "--data-option");
     config.data.options[key] = value;
@@ -197,7 +198,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     for (const auto& list : {a.data->given_fixed(), a.prior->given_fixed()})
       fixed.insert(fixed.end(), list.begin(), list.end());
     for (const char* flag :
-         {"--out", "--set", "--config", "--prior-layer", "--data-option", "--task-option", "--callback"})
+         {"--out", "--set", "--config", "--prior-layer", "--data-option", "--task-option", "--callback", "--freeze"})
       if (given(flag)) fixed.push_back(flag);
     if (!fixed.empty())
       throw std::invalid_argument(fixed.front() +
@@ -252,6 +253,21 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
              models::count_parameters(*run->model().ptr()), c.data.name, c.train.epochs(), c.train.optimizer(),
              c.train.lr(), c.train.batch_size(), world > 1 ? fmt::format(" x {} ranks", world) : "",
              describe_threads(c.train.threads()), world > 1 ? " per rank" : "", dir);
+  if (!c.train.init().empty()) {
+    const auto& init = run->init_report();
+    fmt::print("started from {}: {} of {} tensors{}\n", c.train.init(), init.copied, init.total,
+               init.kept.empty() ? "" : "; kept fresh (name or shape differ):");
+    for (const auto& k : init.kept) fmt::print("  {}\n", k);
+    if (!init.unused.empty()) fmt::print("  not used from the file: {}\n", fmt::join(init.unused, ", "));
+  }
+  if (!c.train.freeze().empty()) {
+    int64_t frozen = 0, total = 0;
+    for (const auto& p : run->model().ptr()->parameters()) {
+      total += p.numel();
+      if (!p.requires_grad()) frozen += p.numel();
+    }
+    fmt::print("frozen ({}): {} of {} parameters\n", fmt::join(c.train.freeze(), ", "), frozen, total);
+  }
   std::fflush(stdout);
   run->fit();
   fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), c.train.epochs()), dir);
@@ -264,7 +280,9 @@ namespace {
 /// The flags that describe a run's configuration: the model, every setting of the schemas, --set, --config, ...
 void add_config_flags(CLI::App* cmd, TrainArgs& a) {
   cmd->add_option("model", a.model, "Registered model name (see 'zoo list'); default cnn");
-  a.train = std::make_unique<SettingFlags<training::TrainOptions>>(*cmd, training::train_schema());
+  a.train = std::make_unique<SettingFlags<training::TrainOptions>>(*cmd, training::train_schema(),
+                                                                   std::vector<std::string>{"freeze"});
+  cmd->add_option("--freeze", a.freeze, training::train_schema().find("freeze")->doc);
   a.data = std::make_unique<SettingFlags<datasets::DataConfig>>(*cmd, datasets::data_schema(),
                                                                 std::vector<std::string>{"options"});
   cmd->add_option("--data-option", a.data_options, datasets::data_schema().find("options")->doc);
