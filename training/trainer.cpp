@@ -45,6 +45,7 @@ void freeze_parameters(torch::nn::Module& module, const std::vector<std::string>
   if (frozen == total)
     throw SettingError("train.freeze", "the patterns freeze every parameter; nothing would be trained");
 }
+
 /// A callback made of one function, for the add_*_hook shorthands.
 struct LambdaCallback : Callback {
   std::function<void(Trainer&, Terms&)> loss, log;

@@ -110,15 +110,8 @@ void run_bench(const BenchArgs& a) {
   training::apply_threads(cores);
   std::map<std::string, datasets::Splits> data_cache;
   std::vector<std::unique_ptr<Runner>> runners;
-  const auto tmp = fs::temp_directory_path() / ("zoo-bench-" + std::to_string(getpid()));
-  fs::create_directories(tmp);
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  } cleanup{tmp};
+  const ScopedTempDir scratch("zoo-bench");
+  const auto& tmp = scratch.path();
   const std::vector<std::string> precisions = a.precisions.empty() ? std::vector<std::string>{"32"} : a.precisions;
   for (const auto& p : precisions)
     if (p != "32" && p != "bf16-mixed")

@@ -7,10 +7,25 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
 namespace zoo::cli {
+
+/// A fresh directory under the system's temporary directory (mkdtemp), removed with everything in it at scope
+/// exit: the scratch space of zoo bench and zoo export --format onnx.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& prefix);
+  ~ScopedTempDir();
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 void add_list(CLI::App& app);
 void add_train(CLI::App& app);

@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -188,17 +189,8 @@ void export_onnx(const ExportArgs& a, const std::string& model_name, torch::nn::
   if (a.dynamic_batch && !exported.any_batch)
     throw std::runtime_error(model_name + "'s trace keeps the example's batch size (its C++ forward reads sizes), " +
                              "so --dynamic-batch cannot be honoured; export without it");
-  char pattern[] = "/tmp/zoo-onnx-XXXXXX";
-  if (!mkdtemp(pattern))
-    throw std::runtime_error(std::string("cannot create a temporary directory: ") + std::strerror(errno));
-  const fs::path tmp = pattern;
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  } cleanup{tmp};
+  const ScopedTempDir scratch("zoo-onnx");
+  const auto& tmp = scratch.path();
   exported.module.save((tmp / "traced.pt").string());
   std::vector<torch::Tensor> inputs{example};
   if (a.dynamic_batch) inputs.push_back(other_batch);
@@ -273,6 +265,23 @@ void export_onnx(const ExportArgs& a, const std::string& model_name, torch::nn::
       diff);
   fmt::print("python: net = cv2.dnn.readNetFromONNX(\"{}\"); net.setInput(x.numpy()); y = net.forward()\n", a.out);
 }
+
+}  // namespace
+
+ScopedTempDir::ScopedTempDir(const std::string& prefix) {
+  std::string pattern = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (!mkdtemp(pattern.data()))
+    throw std::runtime_error("cannot create a temporary directory in " + fs::temp_directory_path().string() + ": " +
+                             std::strerror(errno));
+  path_ = pattern;
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+namespace {
 
 void run_export(ExportArgs a) {
   training::apply_threads(a.threads);
