@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace zoo::datasets {
 
@@ -28,6 +29,9 @@ class Dataset {
   virtual Batch get(const torch::Tensor& indices) const = 0;
   /// One line: what this dataset is, for logs and `zoo info`.
   virtual std::string describe() const = 0;
+  /// The trainer calls this before each training epoch (and on resume): datasets whose items depend on the epoch
+  /// (random augmentation) take it from here; others ignore it.
+  virtual void set_epoch(int64_t /*epoch*/) {}
 };
 
 /// A dataset held as two tensors whose first dimension indexes items.
@@ -66,6 +70,13 @@ struct Splits {
   std::shared_ptr<Dataset> train;
   std::shared_ptr<Dataset> test;
   std::shared_ptr<Dataset> val = nullptr;  ///< null: no validation split
+  /// The names of the class ids of the targets, where the data names them (class folders, CIFAR's meta files);
+  /// empty: the dataset entry's fixed names, or none.
+  std::vector<std::string> class_names = {};
+  /// What loading found worth a line (e.g. the files skip_bad left out), for the tool to print.
+  std::vector<std::string> notes = {};
+  /// The per-channel normalisation (x - mean) / std the inputs went through (--data-option mean/std); empty: none.
+  std::vector<double> mean = {}, std = {};
 };
 
 /// Holds out round(fraction * size) items of `splits.train` as `splits.val` (a permutation drawn from `seed`, so

@@ -9,11 +9,16 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
 namespace zoo::datasets {
+
+namespace {
+constexpr int64_t kMaxImagePixels = int64_t{1} << 24;  // 16.7 megapixels, e.g. 4096 x 4096
+}  // namespace
 
 torch::Tensor make_grid(torch::Tensor images, const GridOptions& o) {
   TORCH_CHECK(images.dim() == 4, "make_grid expects [N, C, H, W], got ", images.sizes());
@@ -124,16 +129,62 @@ void save_image_grid(const torch::Tensor& images, const std::string& path, const
   save_png(make_grid(images, options), path);
 }
 
+ImageInfo image_info(const std::string& path) {
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &c)) {
+    const char* reason = stbi_failure_reason();
+    throw std::runtime_error("cannot read image " + path + ": " +
+                             (std::filesystem::exists(path) ? std::string(reason ? reason : "unknown format")
+                                                            : std::string("no such file")));
+  }
+  if (int64_t{w} * int64_t{h} > kMaxImagePixels)
+    throw std::runtime_error("cannot read image " + path + ": its header claims " + std::to_string(w) + "x" +
+                             std::to_string(h) + " pixels, more than zoo reads (" + std::to_string(kMaxImagePixels) +
+                             "); the file is damaged or too large");
+  return {w, h, c};
+}
+
+torch::Tensor resize_center_crop(const torch::Tensor& image, int64_t size) {
+  return resize_center_crop(image, size, size);
+}
+
+torch::Tensor resize_center_crop(const torch::Tensor& image, int64_t height, int64_t width) {
+  TORCH_CHECK(image.dim() == 3 && height > 0 && width > 0,
+              "resize_center_crop expects [C, H, W] and a positive size, got ", image.sizes(), " and ", height, "x",
+              width);
+  const int64_t h = image.size(1), w = image.size(2);
+  if (h == height && w == width) return image;
+  // torchvision.transforms.functional.resize: the side that binds becomes its target, the other int(target * other
+  // / side) (for a square target: the shorter edge becomes `size`, the longer int(size * long / short)).
+  const bool by_height = height * w >= width * h;
+  const int64_t new_h = by_height ? height : width * h / w, new_w = by_height ? height * w / h : width;
+  constexpr int64_t kMaxResized = int64_t{1} << 26;
+  if (new_h * new_w > kMaxResized)
+    throw std::invalid_argument("an image of " + std::to_string(w) + "x" + std::to_string(h) +
+                                " pixels is too elongated to bring to " + std::to_string(width) + "x" +
+                                std::to_string(height) + " (resizing it first would make " + std::to_string(new_w) +
+                                "x" + std::to_string(new_h) + " pixels); crop it first");
+  auto x = image.to(torch::kFloat32).unsqueeze(0);
+  if (new_h != h || new_w != w)
+    x = torch::nn::functional::interpolate(x, torch::nn::functional::InterpolateFuncOptions()
+                                                  .size(std::vector<int64_t>{new_h, new_w})
+                                                  .mode(torch::kBilinear)
+                                                  .align_corners(false)
+                                                  .antialias(new_h < h || new_w < w));
+  // center_crop: offsets int(round((H - size) / 2)).
+  const auto top = static_cast<int64_t>(std::round((new_h - height) / 2.0)),
+             left = static_cast<int64_t>(std::round((new_w - width) / 2.0));
+  x = x[0].slice(1, top, top + height).slice(2, left, left + width);
+  if (image.scalar_type() == torch::kUInt8) return x.round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  return x.to(image.scalar_type()).contiguous();
+}
+
 torch::Tensor load_image(const std::string& path, int channels) {
   TORCH_CHECK(channels >= 0 && channels <= 4 && channels != 2, "load_image: channels must be 0, 1, 3 or 4");
   int w = 0, h = 0, c = 0;
   // A header may claim far more pixels than the file holds (a damaged TGA makes stb decode billions of pixels
   // from nothing: found by fuzzing); refuse those before decoding.
-  constexpr int64_t kMaxPixels = int64_t{1} << 24;  // 16.7 megapixels, e.g. 4096 x 4096
-  if (stbi_info(path.c_str(), &w, &h, &c) && int64_t{w} * int64_t{h} > kMaxPixels)
-    throw std::runtime_error("cannot read image " + path + ": its header claims " + std::to_string(w) + "x" +
-                             std::to_string(h) + " pixels, more than zoo reads (" + std::to_string(kMaxPixels) +
-                             "); the file is damaged or too large");
+  if (stbi_info(path.c_str(), &w, &h, &c)) image_info(path);
   unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
   if (!data) {
     const char* reason = stbi_failure_reason();

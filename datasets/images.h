@@ -31,6 +31,20 @@ void save_image_grid(const torch::Tensor& images, const std::string& path, const
 /// An unreadable file is an error naming it and stb's reason.
 torch::Tensor load_image(const std::string& path, int channels = 0);
 
+/// What an image file's header says, without decoding it: an error naming the file when stb cannot read it.
+struct ImageInfo {
+  int64_t width = 0, height = 0, channels = 0;
+};
+ImageInfo image_info(const std::string& path);
+
+/// torchvision's Resize(size) + CenterCrop(size) of an image [C, H, W] (uint8 or float): the shorter side scaled to
+/// `size` (bilinear, antialiased when shrinking; the longer side int(size * long / short)), then the centre
+/// size x size. The dtype is kept (uint8 rounded). An image already size x size is returned as it is.
+torch::Tensor resize_center_crop(const torch::Tensor& image, int64_t size);
+/// The same to height x width: scaled until it covers the target (the binding side exactly), then the centre crop.
+/// An image too elongated for that (more than 2^26 pixels on the way) is refused.
+torch::Tensor resize_center_crop(const torch::Tensor& image, int64_t height, int64_t width);
+
 /// Label maps [*, H, W] (int64 class ids) as colours [*, 3, H, W] in [0, 1]: class 0 (background) black, classes
 /// 1.. from a 20-colour palette (repeating after 20).
 torch::Tensor colorize_labels(const torch::Tensor& labels);

@@ -39,12 +39,16 @@ Splits load_splits(const DataConfig& config, uint64_t seed) {
   } catch (const SettingError& e) {
     throw SettingError("data." + e.setting(), e.problem());
   }
-  Splits splits = entry.load(config);
+  DataConfig own = config;  // the dataset's own options: without those of the transforms
+  const auto [augment, normalization] = take_transform_options(own.options, entry.normalization);
+  Splits splits = entry.load(own);
+  if (splits.class_names.empty()) splits.class_names = entry.class_names;
   if (config.val_fraction == 0) {
     splits.val = nullptr;
   } else if (!splits.val) {
     hold_out_validation(splits, config.val_fraction, seed);
   }
+  apply_transforms(splits, augment, normalization, seed, config.name);
   return splits;
 }
 

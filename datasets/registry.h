@@ -3,6 +3,7 @@
 
 #include "core/registry.h"
 #include "core/schema.h"
+#include "datasets/augment.h"
 #include "datasets/dataset.h"
 
 #include <nlohmann/json.hpp>
@@ -37,12 +38,16 @@ struct DatasetEntry {
   std::function<Splits(const DataConfig&)> load;
   /// The names of the class ids of its targets (classification labels, segmentation classes); empty: not named.
   std::vector<std::string> class_names;
+  /// The normalisation its images get unless --data-option mean/std say otherwise (CIFAR's statistics); none: empty.
+  Normalization normalization;
 };
 
 using DatasetRegistry = ::zoo::Registry<DatasetEntry>;
 
 /// Loads the splits of the dataset a config names. Without a validation split of its own, `val_fraction` of the
-/// training items are held out for it (hold_out_validation, drawn from `seed`: the run's seed).
+/// training items are held out for it (hold_out_validation, drawn from `seed`: the run's seed). The options
+/// `augment`, `mean` and `std` of any image dataset are taken here (datasets/augment.h): augmentation of the
+/// training split, drawn from (`seed`, epoch, item), and normalisation of every split.
 Splits load_splits(const DataConfig& config, uint64_t seed = 0);
 
 namespace detail {

@@ -35,7 +35,7 @@ const DType* dtype_named(const std::string& name) {
   return nullptr;
 }
 
-const char* dtype_name(torch::ScalarType type) {
+const char* safetensors_dtype(torch::ScalarType type) {
   for (const auto& d : kDTypes)
     if (type == d.type) return d.name;
   throw std::invalid_argument(fmt::format("safetensors: no dtype for {} tensors", c10::toString(type)));
@@ -196,7 +196,7 @@ std::string serialize_safetensors(const std::map<std::string, torch::Tensor>& te
     auto t = tensor.detach().to(torch::kCPU).contiguous();
     const uint64_t bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
     header[name] = {
-        {"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {at, at + bytes}}};
+        {"dtype", safetensors_dtype(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {at, at + bytes}}};
     at += bytes;
     data.push_back(std::move(t));
   }

@@ -337,6 +337,7 @@ void Trainer::train_mode(bool on) {
 
 json Trainer::train_epoch(int64_t epoch) {
   train_mode(true);
+  data_.train->set_epoch(epoch);  // the augmentation of this epoch (the same on resume)
   const auto order = datasets::epoch_order(data_.train->size(), options_.shuffle(),
                                            static_cast<uint64_t>(options_.seed()), epoch, rank_, world_size_);
   const int64_t steps = steps_per_epoch();
