@@ -749,6 +749,22 @@ class GatedLSTMCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
+# ---- resnet18/34/50: torchvision's own models, the independent reference -------------------------------------
+
+def torchvision_resnet(depth, in_channels, num_classes, stem, zero_init_residual):
+    """torchvision.models.resnetN, with the stem changed the way CIFAR code changes it (3x3/1 conv, no pool)."""
+    import torchvision
+
+    m = getattr(torchvision.models, "resnet%d" % depth)(num_classes=num_classes,
+                                                         zero_init_residual=zero_init_residual)
+    if stem == "cifar" or in_channels != 3:
+        kernel, stride = (3, 1) if stem == "cifar" else (7, 2)
+        m.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, kernel // 2, bias=False)
+    if stem == "cifar":
+        m.maxpool = nn.Identity()
+    return m
+
+
 def build(name, o):
     if name == "attention":
         return Attention(**o)
@@ -782,4 +798,6 @@ def build(name, o):
         return MHCResNet(**o)
     if name == "mlp-field-solve":
         return ODEFuncSolve(**o)
+    if name in ("resnet18", "resnet34", "resnet50"):
+        return torchvision_resnet(**o)
     raise SystemExit("no Python twin for model '%s' yet" % name)

@@ -32,6 +32,7 @@ struct CaseSpec {
   /// Report achieved GFLOP/s (FLOPs counted from a trace of the forward).
   bool flops = false;
   std::string what;
+  std::string dataset = {};  ///< empty: the model's own (models whose own needs a --data-dir bench on another)
 };
 
 /// Every case `zoo bench` knows, in the order of the published table.

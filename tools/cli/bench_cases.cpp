@@ -137,6 +137,22 @@ const std::vector<CaseSpec>& all_cases() {
        false,
        "MLPField.solve: RK4, 50 steps of a field 16-64-16, batch 32"},
       {"mhc-resnet", "mhc-resnet", {}, 0, false, false, "ResNet with mHC streams"},
+      {"resnet18",
+       "resnet18",
+       {{"in_channels", 1}, {"num_classes", 10}, {"stem", "cifar"}},
+       32,
+       false,
+       true,
+       "torchvision's ResNet-18, CIFAR stem, 28x28 grey, batch 32",
+       "fashion-mnist"},
+      {"resnet50",
+       "resnet50",
+       {{"in_channels", 1}, {"num_classes", 10}, {"stem", "cifar"}},
+       8,
+       false,
+       true,
+       "torchvision's ResNet-50, CIFAR stem, 28x28 grey, batch 8",
+       "fashion-mnist"},
       {"sinkhorn",
        "sinkhorn",
        {{"n", 4}, {"iterations", 20}},
@@ -169,8 +185,8 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   training::RunConfig config;
   config.model = spec.model;
   config.options = spec.options.is_null() ? json::object() : spec.options;
-  config.data.name.clear();
-  config.data.val_fraction = 0;  // training steps on all items: nothing held out for validation
+  config.data.name = spec.dataset;  // empty: complete_config gives the model's own
+  config.data.val_fraction = 0;     // training steps on all items: nothing held out for validation
   config = training::complete_config(config);
   const auto& entry = models::ModelRegistry::instance().at(spec.model);
   r.batch = spec.batch > 0 ? spec.batch : entry.train_defaults.value("batch_size", int64_t{64});
