@@ -35,6 +35,13 @@ const Schema<RunConfig>& run_schema() {
         .flag("--callback");
     s.add("plugins", ZOO_MEMBER(RunConfig, plugins), "Plugins the run needs (loaded again on resume and eval)");
     s.add("versions", ZOO_MEMBER(RunConfig, versions), "Library versions that made the run");
+    s.add("classes", ZOO_MEMBER(RunConfig, classes), "Class names of the data the run began on (recorded by the run)");
+    s.add("input_shape", ZOO_MEMBER(RunConfig, input_shape),
+          "Shape of one input item of the data the run began on (recorded by the run)");
+    s.add("mean", ZOO_MEMBER(RunConfig, mean),
+          "Per-channel mean the inputs were normalised with when the run began (recorded by the run)");
+    s.add("std", ZOO_MEMBER(RunConfig, std),
+          "Per-channel standard deviation the inputs were normalised with when the run began (recorded by the run)");
     return s;
   }();
   return schema;
@@ -97,6 +104,21 @@ std::string default_run_dir(const std::string& model) {
   return dir;
 }
 
+std::string check_classes(const RunConfig& config, const std::vector<std::string>& classes) {
+  const auto it = config.options.find("num_classes");
+  if (classes.empty() || it == config.options.end() || !it->is_number_integer()) return "";
+  const auto n = static_cast<int64_t>(classes.size());
+  if (it->get<int64_t>() < n)
+    throw std::invalid_argument(
+        fmt::format("{} has num_classes {} but the data has {} classes ({}{}): add --set num_classes={}", config.model,
+                    it->get<int64_t>(), n, fmt::join(classes.begin(), classes.begin() + std::min<int64_t>(n, 5), ", "),
+                    n > 5 ? ", ..." : "", n));
+  if (it->get<int64_t>() > n)
+    return fmt::format("{} has {} outputs for {} classes: --set num_classes={} fits the data", config.model,
+                       it->get<int64_t>(), n, n);
+  return "";
+}
+
 void Run::build(bool train, bool fresh) {
   // config_ is complete: the model is built once, from options already checked.
   auto model = models::ModelRegistry::instance().at(config_.model).build(config_.options);
@@ -107,6 +129,15 @@ void Run::build(bool train, bool fresh) {
                              "--init " + config_.train.init());
   auto objective = make_objective(config_.task, config_.options, config_.task_options);
   auto splits = datasets::load_splits(config_.data, static_cast<uint64_t>(config_.train.seed()));
+  notes_ = splits.notes;
+  if (auto note = check_classes(config_, splits.class_names); !note.empty()) notes_.push_back(note);
+  if (fresh) {
+    config_.classes = splits.class_names;
+    config_.mean = splits.mean;
+    config_.std = splits.std;
+    if (splits.train->size() > 0)
+      config_.input_shape = splits.train->get(torch::zeros({1}, torch::kInt64)).input.sizes().slice(1).vec();
+  }
   trainer_ = std::make_unique<Trainer>(std::move(model), std::move(objective), std::move(splits), config_.train);
   if (!train) return;
   attach_prior(*trainer_, config_.prior);

@@ -32,6 +32,14 @@ struct RunConfig {
   std::vector<std::string> callbacks;  ///< registered callbacks added to the trainer (zoo train --callback NAME)
   std::vector<std::string> plugins;    ///< shared libraries the run's model, data or task came from (core/plugins.h)
   json versions = json::object();
+  /// The names of the class ids, as the data named them when the run began (class folders, CIFAR, Fashion-MNIST);
+  /// zoo predict and zoo eval --per-class print them. Empty: the data names none.
+  std::vector<std::string> classes;
+  /// The shape of one input item when the run began ([C, H, W] for images): zoo predict brings images to it.
+  std::vector<int64_t> input_shape;
+  /// The per-channel normalisation (x - mean) / std of the inputs when the run began (--data-option mean/std, or
+  /// the dataset's default): zoo predict applies it to images. Empty: none.
+  std::vector<double> mean, std;
 };
 
 /// Every setting of a run: "model", "options", "data.*", "task", "task_options", "train.*", "prior.*", ...
@@ -40,6 +48,10 @@ json to_json(const RunConfig& config);
 /// Reads a config.json; `source` names it in errors.
 RunConfig run_config_from_json(const json& j, const std::string& source);
 RunConfig read_run_config(const std::string& run_dir);
+
+/// Refuses a model with fewer logits than the data has classes (its option num_classes, where it has one), with
+/// the --set that fixes it; returns a note when it has more ("" otherwise).
+std::string check_classes(const RunConfig& config, const std::vector<std::string>& classes);
 
 /// Fills in a config from the registry: complete model options, default task and dataset; checks every setting
 /// (SettingError names it by its path, e.g. "train.epochs").
@@ -72,6 +84,8 @@ class Run {
   Trainer& trainer() { return *trainer_; }
   /// What train.init copied into the new model (empty when the run did not start from weights).
   const InitReport& init_report() const { return init_report_; }
+  /// What loading the data found worth a line (datasets::Splits::notes), for the tool to print.
+  const std::vector<std::string>& data_notes() const { return notes_; }
   torch::nn::AnyModule& model() { return trainer_->model(); }
   /// Trains; each epoch's summary line goes to stdout (rank 0). Errors say where the last checkpoint is.
   json fit();
@@ -90,6 +104,7 @@ class Run {
   std::shared_ptr<RunDirectory> dir_;
   std::unique_ptr<Trainer> trainer_;
   InitReport init_report_;
+  std::vector<std::string> notes_;
   std::shared_ptr<ProcessGroup> group_;
 };
 

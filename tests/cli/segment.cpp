@@ -103,6 +103,26 @@ TEST_CASE("zoo train/eval/segment for a U-Net, with data and task options", "[se
   auto mask = datasets::load_image(dir.str("mask.png"));
   CHECK(mask.sizes() == torch::IntArrayRef({1, 40, 50}));
   CHECK(mask.max().item<int64_t>() <= 10);
+  // --scale draws the overlay 3x; --figure writes image | prediction with the legend; the shares name the classes.
+  s = run_zoo("segment " + run + " --input " + dir.str("photo.png") + " --out " + dir.str("big.png") +
+              " --scale 3 --figure " + dir.str("fig.png"));
+  INFO(s.out << s.err);
+  REQUIRE(s.code == 0);
+  CHECK(datasets::load_image(dir.str("big.png")).sizes() == torch::IntArrayRef({3, 120, 150}));
+  CHECK(datasets::load_image(dir.str("fig.png")).size(2) > 3 * (2 * 52 + 2));  // two tiles at 3x, then the legend
+  CHECK_THAT(s.out, Catch::Matches(R"((.|\n)*predicted classes: [0-9]+ [a-zA-Z/ -]+ \([0-9.]+%\)(.|\n)*)"));
+  CHECK_THAT(s.out, Catch::Contains("the figure with its legend"));
+  // An image whose forward would not fit the budget: refused from its header, before decoding; nothing written.
+  // (A 1 x 1,000,000 picture is padded to 4 x 1,000,000 for this 3-level U-Net: 4M pixels x 4 channels x 40 bytes.)
+  datasets::save_png(torch::rand({1, 1, 1000000}), dir.str("line.png"));
+  auto refused = run_zoo("segment " + run + " --input " + dir.str("line.png") + " --out " + dir.str("line-out.png") +
+                         " --max-memory 100");
+  CHECK(refused.code == 1);
+  CHECK(zoo::test::count_lines(refused.err) == 1);
+  CHECK_THAT(refused.err, Catch::Contains("is 1000000x1 pixels (1000000x4 once padded to a multiple of 4): the "
+                                          "forward of this model needs about 0.6 GB, above --max-memory 100 MB") &&
+                              Catch::Contains("raise --max-memory to 611"));
+  CHECK_FALSE(fs::exists(dir.path() / "line-out.png"));
 
   // Errors: one line, non-zero exit.
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
@@ -110,6 +130,8 @@ TEST_CASE("zoo train/eval/segment for a U-Net, with data and task options", "[se
            {"segment " + run + " --input " + dir.str("missing.png"), "cannot read image"},
            {"segment " + run + " --n 4 --input " + dir.str("photo.png"), "excludes"},
            {"segment " + run + " --n 10 --offset 10", "exceeds the"},
+           {"segment " + run + " --n 2 --figure " + dir.str("f.png"), "--figure goes with --input"},
+           {"segment " + run + " --n 2 --scale 100", "--scale"},
            {"train unet --data-option size", "--data-option expects key=value"},
            {"train unet --data-option colour=1 --out " + dir.str("x"), "has no option 'colour'"},
            {"train unet --task-option dice=-1 --out " + dir.str("y"), "'dice'"},

@@ -39,6 +39,7 @@ void add_interop(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_plot(CLI::App& app);
 void add_lr_find(CLI::App& app);
+void add_dataset(CLI::App& app);
 
 /// Flag validators with short messages ("must be a positive number, got 'fast'"), unlike CLI11's
 /// PositiveNumber, whose message prints the whole range of a double.

@@ -58,10 +58,11 @@ void check_precision(const std::string& precision, const std::string& device, bo
 
 namespace {
 
-/// The class names of a dataset, or the ids as text where it names none.
-std::vector<std::string> class_labels(const std::string& dataset, size_t classes) {
-  std::vector<std::string> names;
-  if (datasets::DatasetRegistry::instance().contains(dataset))
+/// The class names a run recorded, else its dataset's, else the ids as text.
+std::vector<std::string> class_labels(const training::RunConfig& config, size_t classes) {
+  std::vector<std::string> names = config.classes;
+  const auto& dataset = config.data.name;
+  if (names.empty() && datasets::DatasetRegistry::instance().contains(dataset))
     names = datasets::DatasetRegistry::instance().at(dataset).class_names;
   while (names.size() < classes) names.push_back(std::to_string(names.size()));
   names.resize(classes);
@@ -168,7 +169,7 @@ void add_eval(CLI::App& app) {
     metrics.erase("confusion");  // printed only when asked for
     metrics.erase("per_class");
     std::vector<std::string> names;
-    if (diagnostics) names = class_labels(run->config().data.name, confusion.size());
+    if (diagnostics) names = class_labels(run->config(), confusion.size());
     if (!a->confusion.empty()) {
       draw_confusion(confusion, names,
                      fmt::format("{} ({}) on {} test", run->config().model, a->checkpoint, run->config().data.name),

@@ -1,6 +1,7 @@
 // Python interop: `zoo export` (a run -> TorchScript that Python can load and call), `zoo import` (weights of
 // a TorchScript module or a torch.save state_dict -> a zoo run), `zoo predict` (any TorchScript module on an
 // image, a folder of images, or random input).
+#include "datasets/classes.h"
 #include "datasets/images.h"
 #include "datasets/registry.h"
 #include "models/registry.h"
@@ -70,7 +71,7 @@ std::map<std::string, torch::Tensor> read_weights(const std::string& path, const
   return tensors;
 }
 
-torch::jit::Module load_torchscript(const std::string& path) {
+torch::jit::Module load_torchscript(const std::string& path, torch::jit::ExtraFilesMap* extra = nullptr) {
   if (!fs::exists(path)) throw std::runtime_error("missing " + path);
   const auto kind = training::describe_torch_file(path);
   if (kind != "TorchScript")
@@ -79,6 +80,7 @@ torch::jit::Module load_torchscript(const std::string& path) {
                              "torch.jit.save(torch.jit.script(model), PATH) or torch.jit.save(torch.jit.trace(model, "
                              "example), PATH)");
   try {
+    if (extra) return torch::jit::load(path, torch::kCPU, *extra);
     return torch::jit::load(path, torch::kCPU);
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + " is not a loadable TorchScript module (" + first_line(e.what_without_backtrace()) +
@@ -315,7 +317,11 @@ void run_export(ExportArgs a) {
   if (a.format == "onnx") return export_onnx(a, config.model, model, exported, example, other_batch);
   const auto tmp = a.out + ".tmp";
   try {
-    exported.module.save(tmp);
+    // What zoo predict needs beside the code: the class names and the input item's shape (Python reads them
+    // with torch.jit.load(PATH, _extra_files={"zoo.json": ""})).
+    json meta{{"model", config.model}, {"classes", config.classes}, {"input_shape", config.input_shape}};
+    if (!config.mean.empty()) meta.update({{"mean", config.mean}, {"std", config.std}});
+    exported.module.save(tmp, {{"zoo.json", meta.dump()}});
   } catch (const c10::Error& e) {
     throw std::runtime_error("cannot write " + a.out + " (" + first_line(e.what_without_backtrace()) + ")");
   }
@@ -397,20 +403,19 @@ void run_import(const ImportArgs& a) {
 // ---- zoo predict -----------------------------------------------------------------------------------------
 
 struct PredictArgs {
-  std::string file, input, shape, folder, out, precision = "32";
+  std::string file, input, shape, folder, out, precision = "32", checkpoint = "best", classes, resize;
   int64_t topk = 5, batch_size = 32, threads = 0, channels = 0;
-  bool force = false;
+  bool force = false, no_resize = false;
 };
 
-std::string top_classes(const torch::Tensor& logits, int64_t k) {
-  const auto p = torch::softmax(logits.to(torch::kFloat64), -1);
-  const auto top = p.topk(std::min<int64_t>(k, p.size(-1)));
-  std::string out;
-  for (int64_t j = 0; j < std::get<0>(top).size(0); ++j)
-    out += fmt::format("{}{} ({:.4f})", j ? ", " : "", std::get<1>(top)[j].item<int64_t>(),
-                       std::get<0>(top)[j].item<double>());
-  return out;
-}
+/// What zoo predict runs: a run's model or a TorchScript module, with the class names and the input item shape
+/// they carry (a run's config.json; the zoo.json zoo export writes into a module), when they carry them.
+struct Predictor {
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  std::vector<std::string> classes;
+  std::vector<int64_t> input_shape;
+  datasets::Normalization normalization;  ///< what the training data went through, applied to images
+};
 
 torch::Tensor first_tensor(const c10::IValue& v) {
   if (v.isTensor()) return v.toTensor();
@@ -420,75 +425,197 @@ torch::Tensor first_tensor(const c10::IValue& v) {
                            "; zoo predict shows tensors (or the first of a tuple)");
 }
 
-torch::Tensor image_input(const std::string& path, int64_t channels) {
-  return datasets::load_image(path, static_cast<int>(channels)).to(torch::kFloat32).div(255.0).unsqueeze(0);
+Predictor open_predictor(const PredictArgs& a) {
+  const auto precision = training::parse_precision(a.precision);
+  Predictor p;
+  if (fs::is_directory(a.file)) {
+    if (!fs::exists(fs::path(a.file) / "config.json"))
+      throw std::runtime_error(a.file +
+                               " is a directory but not a zoo run (no config.json); give a run directory or "
+                               "a TorchScript file");
+    auto [config, model] = training::load_run_model(a.file, "cpu", a.checkpoint);
+    if (training::reduced_weights(precision)) model.ptr()->to(training::reduced_type(precision));
+    p.classes = config.classes;
+    p.input_shape = config.input_shape;
+    p.normalization = {config.mean, config.std};
+    p.forward = [model = std::move(model)](const torch::Tensor& x) mutable {
+      auto any = model.any_forward(x);
+      if (auto* t = any.try_get<torch::Tensor>()) return *t;
+      if (auto* t3 = any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>()) return std::get<0>(*t3);
+      if (auto* t2 = any.try_get<std::tuple<torch::Tensor, torch::Tensor>>()) return std::get<0>(*t2);
+      throw std::runtime_error("the model's forward returns no tensor zoo predict can show");
+    };
+  } else {
+    torch::jit::ExtraFilesMap extra{{"zoo.json", ""}};
+    auto module = std::make_shared<torch::jit::Module>(load_torchscript(a.file, &extra));
+    module->eval();
+    if (training::reduced_weights(precision)) module->to(training::reduced_type(precision));
+    if (!extra["zoo.json"].empty()) {
+      const auto meta = json::parse(extra["zoo.json"], nullptr, false);
+      if (meta.is_object()) {
+        if (meta.value("classes", json()).is_array())
+          for (const auto& c : meta["classes"])
+            if (c.is_string()) p.classes.push_back(c.get<std::string>());
+        if (meta.value("input_shape", json()).is_array())
+          for (const auto& d : meta["input_shape"])
+            if (d.is_number_integer()) p.input_shape.push_back(d.get<int64_t>());
+        for (const char* key : {"mean", "std"})
+          if (meta.value(key, json()).is_array())
+            for (const auto& v : meta[key])
+              if (v.is_number())
+                (key[0] == 'm' ? p.normalization.mean : p.normalization.std).push_back(v.get<double>());
+        if (p.normalization.mean.size() != p.normalization.std.size()) p.normalization = {};
+      }
+    }
+    p.forward = [module](const torch::Tensor& x) { return first_tensor(module->forward({x})); };
+  }
+  if (!a.classes.empty()) {
+    std::ifstream in(a.classes);
+    if (!in) throw std::runtime_error("cannot read --classes " + a.classes + ": " + std::strerror(errno));
+    p.classes.clear();
+    std::string line;
+    while (std::getline(in, line)) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty()) p.classes.push_back(line);
+    }
+    if (p.classes.empty())
+      throw std::runtime_error("--classes " + a.classes + " names no classes; write one class name per line");
+  }
+  return p;
+}
+
+std::string top_classes(const torch::Tensor& logits, int64_t k, const std::vector<std::string>& names) {
+  const auto p = torch::softmax(logits.to(torch::kFloat64), -1);
+  const auto top = p.topk(std::min<int64_t>(k, p.size(-1)));
+  std::string out;
+  for (int64_t j = 0; j < std::get<0>(top).size(0); ++j) {
+    const int64_t id = std::get<1>(top)[j].item<int64_t>();
+    const std::string label =
+        id < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(id)] : std::to_string(id);
+    out += fmt::format("{}{} ({:.4f})", j ? ", " : "", label, std::get<0>(top)[j].item<double>());
+  }
+  return out;
+}
+
+/// --resize N or HxW -> (height, width).
+std::pair<int64_t, int64_t> parse_resize(const std::string& text) {
+  const auto x = text.find('x');
+  try {
+    size_t used = 0;
+    if (x == std::string::npos) {
+      const auto n = std::stoll(text, &used);
+      if (used == text.size() && n > 0 && n <= 4096) return {n, n};
+    } else {
+      const auto h = std::stoll(text.substr(0, x), &used);
+      size_t used_w = 0;
+      const auto w = std::stoll(text.substr(x + 1), &used_w);
+      if (used == x && used_w == text.size() - x - 1 && h > 0 && w > 0 && h <= 4096 && w <= 4096) return {h, w};
+    }
+  } catch (const std::exception&) {
+  }
+  throw std::invalid_argument("--resize expects N or HxW (each 1..4096), e.g. 28 or 64x48, got '" + text + "'");
+}
+
+/// An image as the model takes it: [1, C, H, W] in [0, 1], in the model's channels and (unless --no-resize)
+/// brought to its size as the dataset's evaluation transform does (shorter side, then centre crop).
+torch::Tensor image_input(const std::string& path, const PredictArgs& a, const Predictor& p) {
+  const bool image_model = p.input_shape.size() == 3;
+  const int64_t channels = a.channels ? a.channels : image_model ? p.input_shape[0] : 0;
+  auto image = datasets::load_image(path, static_cast<int>(channels == 1 || channels == 3 ? channels : 0));
+  std::pair<int64_t, int64_t> size{0, 0};
+  if (!a.resize.empty())
+    size = parse_resize(a.resize);
+  else if (image_model)
+    size = {p.input_shape[1], p.input_shape[2]};
+  if (size.first > 0 && (image.size(1) != size.first || image.size(2) != size.second)) {
+    if (a.no_resize)
+      throw std::invalid_argument(fmt::format(
+          "{} is {}x{} but the model takes {}x{} images; leave out --no-resize to resize it (shorter side, then centre "
+          "crop)",
+          path, image.size(2), image.size(1), size.second, size.first));
+    image = datasets::resize_center_crop(image, size.first, size.second);
+  }
+  auto x = image.to(torch::kFloat32).div(255.0).unsqueeze(0);
+  if (p.normalization.any()) {
+    if (static_cast<int64_t>(p.normalization.mean.size()) != x.size(1))
+      throw std::invalid_argument(fmt::format(
+          "{} was read with {} channels but the model's inputs were normalised per channel for {}; leave out "
+          "--channels",
+          path, x.size(1), p.normalization.mean.size()));
+    x = p.normalization.apply(x);
+  }
+  return x;
 }
 
 void run_predict(const PredictArgs& a) {
   check_precision(a.precision, "cpu", a.force);
   training::apply_threads(a.threads);
-  auto module = load_torchscript(a.file);
-  module.eval();
-  torch::NoGradGuard no_grad;
-  const auto precision = training::parse_precision(a.precision);
-  if (training::reduced_weights(precision)) module.to(training::reduced_type(precision));
-  auto scope = training::autocast(precision, torch::kCPU);
   const int given = !a.input.empty() + !a.shape.empty() + !a.folder.empty();
   if (given != 1)
     throw std::invalid_argument("zoo predict needs exactly one of --input FILE, --shape N,C,H,W, --batch DIR");
+  if (!a.resize.empty()) parse_resize(a.resize);  // a bad value before anything is loaded
+  if (a.no_resize && !a.resize.empty()) throw std::invalid_argument("--resize and --no-resize exclude each other");
+  auto predictor = open_predictor(a);
+  torch::NoGradGuard no_grad;
+  auto scope = training::autocast(training::parse_precision(a.precision), torch::kCPU);
+  auto forward = [&](const torch::Tensor& x, const std::string& what) {
+    try {
+      return ops::float32(predictor.forward(x));
+    } catch (const std::exception& e) {  // TorchScript's errors (JITException) end with the line that says why
+      const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+      const std::string msg = c10_error ? c10_error->what_without_backtrace() : e.what();
+      throw std::runtime_error(
+          (fs::is_directory(a.file) ? "the model" : "the module") + std::string(" does not take input ") +
+          c10::str(x.sizes()) + " (" + training::last_line(msg) + "); " +
+          (what == "shape" ? "give a --shape that matches it" : "give --resize N (or HxW) and --channels to match it"));
+    }
+  };
   if (!a.folder.empty()) {
     std::vector<std::string> files;
-    for (const auto& e : fs::directory_iterator(a.folder)) {
-      auto ext = e.path().extension().string();
-      std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-      if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp" || ext == ".pgm"))
-        files.push_back(e.path().string());
-    }
-    if (files.empty()) throw std::runtime_error(a.folder + " holds no images (.png, .jpg, .bmp, .pgm)");
+    for (const auto& e : fs::directory_iterator(a.folder))
+      if (e.is_regular_file() && datasets::is_image_file(e.path().string())) files.push_back(e.path().string());
+    if (files.empty())
+      throw std::runtime_error(a.folder + " holds no images (.png, .jpg, .bmp, .tga, .gif, .pgm, ...)");
     std::sort(files.begin(), files.end());
     for (size_t lo = 0; lo < files.size(); lo += static_cast<size_t>(a.batch_size)) {
       const size_t hi = std::min(files.size(), lo + static_cast<size_t>(a.batch_size));
       std::vector<torch::Tensor> images;
-      for (size_t i = lo; i < hi; ++i) images.push_back(image_input(files[i], a.channels));
+      for (size_t i = lo; i < hi; ++i) images.push_back(image_input(files[i], a, predictor));
       for (size_t i = lo + 1; i < hi; ++i)
         if (images[i - lo].sizes() != images[0].sizes())
           throw std::runtime_error(files[i] + " is " + c10::str(images[i - lo].sizes().slice(1)) + " but " + files[lo] +
                                    " is " + c10::str(images[0].sizes().slice(1)) +
-                                   "; a batch needs images of one size");
-      const auto out = ops::float32(first_tensor(module.forward({torch::cat(images)})));
+                                   "; a batch needs images of one size: give --resize N (or HxW)");
+      const auto out = forward(torch::cat(images), "image");
       for (size_t i = lo; i < hi; ++i)
-        fmt::print(
-            "{}  {}\n", fs::path(files[i]).filename().string(),
-            out.dim() == 2 ? top_classes(out[static_cast<int64_t>(i - lo)], a.topk) : c10::str(out.sizes().slice(1)));
+        fmt::print("{}  {}\n", fs::path(files[i]).filename().string(),
+                   out.dim() == 2 ? top_classes(out[static_cast<int64_t>(i - lo)], a.topk, predictor.classes)
+                                  : c10::str(out.sizes().slice(1)));
     }
     return;
   }
   torch::Tensor x;
+  std::string what = "image";
   if (!a.shape.empty()) {
     torch::manual_seed(0);
     x = torch::rand(parse_shape(a.shape, "--shape"));
+    what = "shape";
   } else if (fs::exists(a.input) && training::describe_torch_file(a.input) == "a torch.save pickle") {
     const auto saved = training::read_torch_save(a.input);  // torch.save(x, PATH) in Python
     if (saved.top.kind.rfind("tensor", 0) != 0)
       throw std::runtime_error(a.input + " holds a " + saved.top.kind +
                                "; save the one input tensor with torch.save(x, PATH)");
     x = saved.top.tensors.front().second.contiguous();
+    what = "shape";
   } else {
-    x = image_input(a.input, a.channels);
+    x = image_input(a.input, a, predictor);
   }
-  torch::Tensor out;
-  try {
-    out = ops::float32(first_tensor(module.forward({x})));
-  } catch (const std::exception& e) {  // TorchScript's errors (JITException) end with the line that says why
-    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-    const std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
-    throw std::runtime_error("the module does not take input " + c10::str(x.sizes()) + " (" +
-                             training::last_line(what) + "); give --shape or --channels to match it");
-  }
+  const auto out = forward(x, what);
   fmt::print("input {} -> output {}\n", c10::str(x.sizes()), c10::str(out.sizes()));
   if (out.dim() == 2)
     for (int64_t i = 0; i < out.size(0); ++i)
-      fmt::print("item {}: top classes {}\n", static_cast<long long>(i), top_classes(out[i], a.topk));
+      fmt::print("item {}: top classes {}\n", static_cast<long long>(i),
+                 top_classes(out[i], a.topk, predictor.classes));
   if (!a.out.empty()) {
     if (out.dim() != 4)
       throw std::invalid_argument("--out writes image outputs [N, C, H, W]; this output is " + c10::str(out.sizes()));
@@ -551,17 +678,29 @@ void add_interop(CLI::App& app) {
   }
   {
     auto a = std::make_shared<PredictArgs>();
-    auto* cmd =
-        app.add_subcommand("predict", "Run any TorchScript module on an image, a folder of images or random input");
-    cmd->add_option("file", a->file, "TorchScript module (torch.jit.save in Python, or zoo export)")->required();
+    auto* cmd = app.add_subcommand("predict",
+                                   "Run a run's model or any TorchScript module on an image, a folder of images or "
+                                   "random input");
+    cmd->add_option("file", a->file, "Run directory, or TorchScript module (torch.jit.save in Python, or zoo export)")
+        ->required();
+    add_checkpoint_option(cmd, a->checkpoint);
     cmd->add_option("--input", a->input,
                     "An image (PNG, JPEG, ...), as [1, C, H, W] in [0, 1], or a tensor saved with torch.save(x, PATH)");
     cmd->add_option("--shape", a->shape, "Random input of this shape instead, e.g. 1,1,28,28");
     cmd->add_option("--batch", a->folder, "A folder of images: predicts them all, --batch-size at a time");
     cmd->add_option("--batch-size", a->batch_size, "Images per forward with --batch (default 32)")
         ->check(CLI::Range(1, 100000));
-    cmd->add_option("--channels", a->channels, "Read images with 1 (grey) or 3 (RGB) channels (default: as stored)")
+    cmd->add_option("--channels", a->channels,
+                    "Read images with 1 (grey) or 3 (RGB) channels (default: the model's where the run or export "
+                    "records it, else as stored)")
         ->check(CLI::IsMember({0, 1, 3}));
+    cmd->add_option("--resize", a->resize,
+                    "Bring images to N x N or H x W (e.g. 28 or 64x48): shorter side, then centre crop, as the "
+                    "evaluation transform (default: the size the run or export records)");
+    cmd->add_flag("--no-resize", a->no_resize,
+                  "Refuse an image of another size than the model's instead of resizing it");
+    cmd->add_option("--classes", a->classes,
+                    "Class names, one per line, printed instead of ids (default: the names the run or export records)");
     cmd->add_option("--topk", a->topk, "Classes to print for a classifier (default 5)")->check(CLI::Range(1, 1000));
     cmd->add_option("--out", a->out, "Write an image output [N, C, H, W] as PNG (class scores as coloured labels)");
     cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());

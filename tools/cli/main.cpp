@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   zoo::cli::add_interop(app);
   zoo::cli::add_experiment(app);
   zoo::cli::add_bench(app);
+  zoo::cli::add_dataset(app);
   install_signal_handlers();
   zoo::cli::set_command_line(argc, argv);
   try {

@@ -38,11 +38,13 @@ void run_gnuplot(const std::string& script, const std::string& png, const std::s
 }
 
 void save_label_figure(const torch::Tensor& tiles, int64_t columns, const std::vector<std::string>& titles,
-                       const std::vector<int64_t>& ids, const std::vector<std::string>& names, const std::string& png) {
+                       const std::vector<int64_t>& ids, const std::vector<std::string>& names, const std::string& png,
+                       int64_t pixel_scale) {
   TORCH_CHECK(tiles.dim() == 4 && tiles.size(1) == 3 && columns > 0 && tiles.size(0) % columns == 0,
               "save_label_figure: expects [rows * columns, 3, H, W], got ", tiles.sizes());
   constexpr int64_t pad = 2, min_tile = 160, title_band = 24;
-  const int64_t tile_w = tiles.size(3), scale = std::max<int64_t>(1, (min_tile + tile_w - 1) / tile_w);
+  const int64_t tile_w = tiles.size(3),
+                scale = pixel_scale > 0 ? pixel_scale : std::max<int64_t>(1, (min_tile + tile_w - 1) / tile_w);
   auto grid = datasets::make_grid(tiles, datasets::GridOptions().nrow(columns).padding(pad).pad_value(1.0));
   grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2);  // nearest neighbours: pixels as squares
   if (!have_gnuplot()) {

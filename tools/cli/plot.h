@@ -19,8 +19,10 @@ void run_gnuplot(const std::string& script, const std::string& png, const std::s
 /// colorize_labels maps), `columns` per row under the column `titles`, each tile drawn at least 160 pixels wide
 /// (pixels as squares), beside a legend of the classes `ids` in their colours, named `names[id]` where given.
 /// Without gnuplot: the enlarged grid alone, and a line on stderr saying what to install for the rest.
+/// `scale` > 0 draws each pixel as scale x scale instead.
 void save_label_figure(const torch::Tensor& tiles, int64_t columns, const std::vector<std::string>& titles,
-                       const std::vector<int64_t>& ids, const std::vector<std::string>& names, const std::string& png);
+                       const std::vector<int64_t>& ids, const std::vector<std::string>& names, const std::string& png,
+                       int64_t scale = 0);
 
 /// The class ids that occur in any of the label maps, ascending (for save_label_figure's legend).
 std::vector<int64_t> present_classes(const std::vector<torch::Tensor>& label_maps);

@@ -26,10 +26,19 @@ torch::Tensor middle_slice(const torch::Tensor& t, int64_t spatial_dims) {
 namespace {
 
 struct SegmentArgs {
-  std::string run, input, out, mask, device = "cpu", data_dir, checkpoint = "best";
-  int64_t n = 0, offset = 0, threads = 0;
+  std::string run, input, out, mask, figure, device = "cpu", data_dir, checkpoint = "best";
+  int64_t n = 0, offset = 0, threads = 0, scale = 0, max_memory_mb = 4096;
   double alpha = 0.5;
 };
+
+/// Bytes the forward of a U-Net or DeconvNet needs on an input of `pixels` (after padding to a multiple of
+/// 2^(levels-1)), with `width` channels at the first level: about 10 float32 maps of `width` channels per pixel
+/// are alive at the peak (skip maps, the decoder's concatenation and DoubleConv, convolution buffers; the deeper
+/// levels add little). Measured peak RSS growth: 2.0 KB per pixel at width 64 (32 w bytes), 0.4-0.8 KB at width 16;
+/// 40 w bytes keeps a margin. See docs/cli.md (zoo segment).
+double segment_forward_bytes(int64_t pixels, int64_t width) {
+  return static_cast<double>(pixels) * static_cast<double>(width) * 4.0 * 10.0;
+}
 
 void check_segmenter(const training::RunConfig& config, const std::string& run) {
   const auto& entry = models::ModelRegistry::instance().at(config.model);
@@ -39,14 +48,15 @@ void check_segmenter(const training::RunConfig& config, const std::string& run) 
                                 "); zoo segment needs a segmentation run (unet, deconvnet, unet3d, deconvnet3d)");
 }
 
-std::string class_summary(const torch::Tensor& labels) {
+std::string class_summary(const torch::Tensor& labels, const std::vector<std::string>& names) {
   auto counts = torch::bincount(labels.flatten());
   const double total = static_cast<double>(labels.numel());
   std::string out;
   for (int64_t k = 0; k < counts.size(0); ++k) {
     const auto c = counts[k].item<int64_t>();
     if (c == 0) continue;
-    out += fmt::format("{}{} ({:.1f}%)", out.empty() ? "" : ", ", k, 100.0 * static_cast<double>(c) / total);
+    const auto name = k < static_cast<int64_t>(names.size()) ? " " + names[static_cast<size_t>(k)] : std::string();
+    out += fmt::format("{}{}{} ({:.1f}%)", out.empty() ? "" : ", ", k, name, 100.0 * static_cast<double>(c) / total);
   }
   return out;
 }
@@ -63,13 +73,42 @@ void segment_image(const SegmentArgs& a, const training::RunConfig& config, torc
   if (channels != 1 && channels != 3)
     throw std::invalid_argument("--input needs a model with 1 or 3 input channels; this one has " +
                                 std::to_string(channels));
+  // The header first: the size decides whether the forward fits the memory budget, before any decoding.
+  const auto info = datasets::image_info(a.input);
+  const int64_t levels = options.value(json::json_pointer("/encoder/levels"), int64_t{4}),
+                width = options.value(json::json_pointer("/encoder/base_channels"), int64_t{64});
+  const int64_t multiple = int64_t{1} << std::max<int64_t>(0, levels - 1);
+  const auto padded = [multiple](int64_t v) { return (v + multiple - 1) / multiple * multiple; };
+  const double need = segment_forward_bytes(padded(info.height) * padded(info.width), width);
+  const double budget = static_cast<double>(a.max_memory_mb) * 1024 * 1024;
+  if (need > budget) {
+    // The largest square-ish size that fits, keeping the aspect ratio, for the advice.
+    const double shrink = std::sqrt(budget / need);
+    throw std::invalid_argument(fmt::format(
+        "{} is {}x{} pixels ({}x{} once padded to a multiple of {}): the forward of this model needs about {:.1f} GB, "
+        "above --max-memory {} MB; shrink the image to about {}x{} or raise --max-memory to {}",
+        a.input, info.width, info.height, padded(info.width), padded(info.height), multiple, need / 1e9,
+        a.max_memory_mb, static_cast<int64_t>(static_cast<double>(info.width) * shrink),
+        static_cast<int64_t>(static_cast<double>(info.height) * shrink),
+        static_cast<int64_t>(std::ceil(need / 1024 / 1024))));
+  }
   auto image = datasets::load_image(a.input, static_cast<int>(channels)).to(torch::kFloat32).div(255);
   auto labels = training::predict_labels(model, image.unsqueeze(0), training::parse_device(a.device))[0];
-  datasets::save_png(datasets::overlay_labels(image, labels, a.alpha), a.out);
+  const int64_t scale = std::max<int64_t>(1, a.scale);
+  auto overlay = datasets::overlay_labels(image, labels, a.alpha);
+  if (scale > 1) overlay = overlay.repeat_interleave(scale, 1).repeat_interleave(scale, 2);
+  datasets::save_png(overlay, a.out);
   if (!a.mask.empty()) datasets::save_png(labels.to(torch::kFloat32).div(255), a.mask);
-  fmt::print("wrote {} ({}x{}, predicted classes: {}){}\n", a.out, static_cast<long long>(image.size(2)),
-             static_cast<long long>(image.size(1)), class_summary(labels),
-             a.mask.empty() ? "" : (" and the label map " + a.mask));
+  const auto names = datasets::segmentation_class_names(config.data.name);
+  if (!a.figure.empty()) {
+    auto shown = image.size(0) == 1 ? image.expand({3, -1, -1}) : image;
+    save_label_figure(torch::stack({shown, datasets::colorize_labels(labels)}), 2, {"image", "prediction"},
+                      present_classes({labels}), names, a.figure, a.scale);
+  }
+  fmt::print("wrote {} ({}x{}, predicted classes: {}){}{}\n", a.out, static_cast<long long>(overlay.size(2)),
+             static_cast<long long>(overlay.size(1)), class_summary(labels, names),
+             a.mask.empty() ? "" : (" and the label map " + a.mask),
+             a.figure.empty() ? "" : (", the figure with its legend " + a.figure));
 }
 
 void segment_test_items(const SegmentArgs& a, const training::RunConfig& config, torch::nn::AnyModule& model,
@@ -92,7 +131,7 @@ void segment_test_items(const SegmentArgs& a, const training::RunConfig& config,
   auto rows = torch::stack({images, datasets::colorize_labels(truth_ids), datasets::colorize_labels(pred_ids)}, 1)
                   .flatten(0, 1);  // image, truth, prediction per item
   save_label_figure(rows, 3, {"image", "truth", "prediction"}, present_classes({truth_ids, pred_ids}),
-                    datasets::segmentation_class_names(config.data.name), a.out);
+                    datasets::segmentation_class_names(config.data.name), a.out, a.scale);
   const double accuracy = predicted.eq(batch.target).to(torch::kFloat64).mean().item<double>();
   fmt::print("wrote {} ({} test items {}..{} as image | truth | prediction{}; pixel accuracy {:.4f})\n", a.out,
              static_cast<long long>(a.n), static_cast<long long>(a.offset), static_cast<long long>(a.offset + a.n - 1),
@@ -114,6 +153,15 @@ void add_segment(CLI::App& app) {
   cmd->add_option("--offset", a->offset, "Index of the first test item for --n (default 0)")->check(non_negative());
   cmd->add_option("--out", a->out, "Output PNG (default overlay.png for --input, segments.png for --n)");
   cmd->add_option("--mask", a->mask, "With --input: also write the predicted label map (pixel value = class id)");
+  cmd->add_option("--figure", a->figure,
+                  "With --input: also write image | prediction side by side with a legend of the classes by name");
+  cmd->add_option("--scale", a->scale,
+                  "Draw each pixel as N x N pixels (default: 1 for the --input overlay; figures: tiles at least 160 "
+                  "pixels wide)")
+      ->check(CLI::Range(0, 64));
+  cmd->add_option("--max-memory", a->max_memory_mb,
+                  "With --input: refuse an image whose forward would need more than this many MB (default 4096)")
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 30));
   cmd->add_option("--alpha", a->alpha, "Opacity of the class colours over the image (default 0.5)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--data-dir", a->data_dir, "Data directory for --n (default: the run's)");
@@ -123,6 +171,8 @@ void add_segment(CLI::App& app) {
     if (a->input.empty() && a->n == 0)
       throw std::invalid_argument("zoo segment needs --input IMAGE or --n N (test items)");
     if (!a->mask.empty() && a->input.empty()) throw std::invalid_argument("--mask goes with --input");
+    if (!a->figure.empty() && a->input.empty())
+      throw std::invalid_argument("--figure goes with --input (--n writes its figure to --out)");
     if (a->out.empty()) a->out = a->input.empty() ? "segments.png" : "overlay.png";
     training::apply_threads(a->threads);
     auto [config, model] = training::load_run_model(a->run, a->device, a->checkpoint);

@@ -253,6 +253,8 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
              models::count_parameters(*run->model().ptr()), c.data.name, c.train.epochs(), c.train.optimizer(),
              c.train.lr(), c.train.batch_size(), world > 1 ? fmt::format(" x {} ranks", world) : "",
              describe_threads(c.train.threads()), world > 1 ? " per rank" : "", dir);
+  std::fflush(stdout);
+  for (const auto& note : run->data_notes()) fmt::print(stderr, "note: {}\n", note);
   if (!c.train.init().empty()) {
     const auto& init = run->init_report();
     fmt::print("started from {}: {} of {} tensors{}\n", c.train.init(), init.copied, init.total,
