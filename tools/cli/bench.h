@@ -33,6 +33,9 @@ struct CaseSpec {
   bool flops = false;
   std::string what;
   std::string dataset = {};  ///< empty: the model's own (models whose own needs a --data-dir bench on another)
+  /// Options of that dataset. "image-classes" reads a folder of 10,000 + 10,000 Fashion-MNIST PNGs that zoo
+  /// bench writes for the purpose (decoded per batch with cache=none: the loader threads' share of a step).
+  json data_options = json::object();
 };
 
 /// Every case `zoo bench` knows, in the order of the published table.

@@ -153,6 +153,15 @@ const std::vector<CaseSpec>& all_cases() {
        true,
        "torchvision's ResNet-50, CIFAR stem, 28x28 grey, batch 8",
        "fashion-mnist"},
+      {"resnet18-folder",
+       "resnet18",
+       {{"in_channels", 1}, {"num_classes", 10}, {"stem", "cifar"}},
+       32,
+       false,
+       false,
+       "resnet18 on 10,000 PNGs in class folders, decoded per batch (cache none)",
+       "image-classes",
+       {{"channels", 1}, {"cache", "none"}, {"verify", false}}},
       {"sinkhorn",
        "sinkhorn",
        {{"n", 4}, {"iterations", 20}},
@@ -178,6 +187,25 @@ const std::vector<CaseSpec>& all_cases() {
   return cases;
 }
 
+namespace {
+
+/// The folder of PNGs the image-classes cases read: the first 10,000 training and test images of Fashion-MNIST,
+/// written once per process (about 3 s) and removed at exit.
+std::string bench_image_folder() {
+  static ScopedTempDir tmp("zoo-bench-images");
+  static const std::string dir = [] {
+    datasets::DataConfig data;
+    data.name = "fashion-mnist";
+    data.limit = 10000;
+    const auto out = (tmp.path() / "images").string();
+    export_class_folders(data, out, 0);
+    return out;
+  }();
+  return dir;
+}
+
+}  // namespace
+
 Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::Splits>& data_cache,
                          training::Precision precision) {
   Runner r;
@@ -186,7 +214,9 @@ Runner make_model_runner(const CaseSpec& spec, std::map<std::string, datasets::S
   config.model = spec.model;
   config.options = spec.options.is_null() ? json::object() : spec.options;
   config.data.name = spec.dataset;  // empty: complete_config gives the model's own
-  config.data.val_fraction = 0;     // training steps on all items: nothing held out for validation
+  config.data.options = spec.data_options;
+  if (spec.dataset == "image-classes") config.data.data_dir = bench_image_folder();
+  config.data.val_fraction = 0;  // training steps on all items: nothing held out for validation
   config = training::complete_config(config);
   const auto& entry = models::ModelRegistry::instance().at(spec.model);
   r.batch = spec.batch > 0 ? spec.batch : entry.train_defaults.value("batch_size", int64_t{64});

@@ -1,6 +1,7 @@
 // The `zoo` command line: one function per subcommand, each a thin layer over the library.
 #pragma once
 
+#include "datasets/registry.h"
 #include "models/elmo.h"
 
 #include <torch/torch.h>
@@ -40,6 +41,13 @@ void add_bench(CLI::App& app);
 void add_plot(CLI::App& app);
 void add_lr_find(CLI::App& app);
 void add_dataset(CLI::App& app);
+
+/// Writes a classification dataset as DIR/train/<class>/N.png and DIR/test/<class>/N.png (zoo dataset export; also
+/// the image folder zoo bench decodes). Refuses an existing non-empty `dir` and data without class names.
+struct ExportCounts {
+  int64_t train = 0, test = 0, classes = 0;
+};
+ExportCounts export_class_folders(datasets::DataConfig data, const std::string& dir, int64_t threads);
 
 /// Flag validators with short messages ("must be a positive number, got 'fast'"), unlike CLI11's
 /// PositiveNumber, whose message prints the whole range of a double.

@@ -60,22 +60,16 @@ void write_split(const datasets::Dataset& data, const fs::path& dir, const std::
   }
 }
 
-void run_export(const ExportArgs& a) {
-  if (fs::exists(a.out) && !(fs::is_directory(a.out) && fs::is_empty(a.out)))
-    throw std::invalid_argument("--out " + a.out + " already exists; give a new directory");
-  datasets::DataConfig data;
-  data.name = a.name;
-  data.data_dir = a.data_dir;
-  data.limit = a.limit;
+}  // namespace
+
+ExportCounts export_class_folders(datasets::DataConfig data, const std::string& dir, int64_t threads) {
+  if (fs::exists(dir) && !(fs::is_directory(dir) && fs::is_empty(dir)))
+    throw std::invalid_argument("--out " + dir + " already exists; give a new directory");
   data.val_fraction = 0;  // every training item, none held out
-  for (const auto& item : a.data_options) {
-    auto [key, value] = parse_set(item, "--data-option");
-    data.options[key] = value;
-  }
   const auto splits = datasets::load_splits(data);
   const auto& names = splits.class_names;
   if (names.empty())
-    throw std::invalid_argument("dataset '" + a.name +
+    throw std::invalid_argument("dataset '" + data.name +
                                 "' names no classes: zoo dataset export writes classification "
                                 "data");
   std::vector<std::string> folders;
@@ -86,11 +80,11 @@ void run_export(const ExportArgs& a) {
     folders.push_back(f);
   }
   // Written beside the target and renamed at the end: an interrupted export leaves no half-written DIR.
-  const fs::path out(a.out), partial = a.out + ".partial";
+  const fs::path out(dir), partial = dir + ".partial";
   fs::remove_all(partial);
   try {
-    write_split(*splits.train, partial / "train", folders, a.threads);
-    write_split(*splits.test, partial / "test", folders, a.threads);
+    write_split(*splits.train, partial / "train", folders, threads);
+    write_split(*splits.test, partial / "test", folders, threads);
   } catch (...) {
     std::error_code ec;
     fs::remove_all(partial, ec);
@@ -98,8 +92,23 @@ void run_export(const ExportArgs& a) {
   }
   if (fs::exists(out)) fs::remove(out);  // an empty directory
   fs::rename(partial, out);
+  return {splits.train->size(), splits.test->size(), static_cast<int64_t>(folders.size())};
+}
+
+namespace {
+
+void run_export(const ExportArgs& a) {
+  datasets::DataConfig data;
+  data.name = a.name;
+  data.data_dir = a.data_dir;
+  data.limit = a.limit;
+  for (const auto& item : a.data_options) {
+    auto [key, value] = parse_set(item, "--data-option");
+    data.options[key] = value;
+  }
+  const auto n = export_class_folders(data, a.out, a.threads);
   fmt::print("wrote {}: {} training and {} test images in {} class folders (train/<class>/, test/<class>/)\n", a.out,
-             splits.train->size(), splits.test->size(), folders.size());
+             n.train, n.test, n.classes);
 }
 
 }  // namespace
