@@ -1,5 +1,6 @@
 // `zoo segment`: what a segmentation run predicts, as pictures. On the user's own image (coloured overlay, and
 // the label map itself with --mask), or on test scenes as rows of image | truth | prediction.
+#include "datasets/classes.h"
 #include "datasets/images.h"
 #include "datasets/registry.h"
 #include "datasets/segmentation.h"
@@ -27,7 +28,7 @@ namespace {
 
 struct SegmentArgs {
   std::string run, input, out, mask, figure, device = "cpu", data_dir, checkpoint = "best";
-  int64_t n = 0, offset = 0, threads = 0, scale = 0, max_memory_mb = 4096;
+  int64_t n = 0, offset = 0, threads = 0, scale = 0, max_memory_mb = 0;
   double alpha = 0.5;
 };
 
@@ -80,15 +81,17 @@ void segment_image(const SegmentArgs& a, const training::RunConfig& config, torc
   const int64_t multiple = int64_t{1} << std::max<int64_t>(0, levels - 1);
   const auto padded = [multiple](int64_t v) { return (v + multiple - 1) / multiple * multiple; };
   const double need = segment_forward_bytes(padded(info.height) * padded(info.width), width);
-  const double budget = static_cast<double>(a.max_memory_mb) * 1024 * 1024;
+  // The default fits the machine: half the memory it has available now (MemAvailable).
+  const int64_t budget_mb = a.max_memory_mb > 0 ? a.max_memory_mb : datasets::default_cache_budget() >> 20;
+  const double budget = static_cast<double>(budget_mb) * 1024 * 1024;
   if (need > budget) {
     // The largest square-ish size that fits, keeping the aspect ratio, for the advice.
     const double shrink = std::sqrt(budget / need);
     throw std::invalid_argument(fmt::format(
         "{} is {}x{} pixels ({}x{} once padded to a multiple of {}): the forward of this model needs about {:.1f} GB, "
         "above --max-memory {} MB; shrink the image to about {}x{} or raise --max-memory to {}",
-        a.input, info.width, info.height, padded(info.width), padded(info.height), multiple, need / 1e9,
-        a.max_memory_mb, static_cast<int64_t>(static_cast<double>(info.width) * shrink),
+        a.input, info.width, info.height, padded(info.width), padded(info.height), multiple, need / 1e9, budget_mb,
+        static_cast<int64_t>(static_cast<double>(info.width) * shrink),
         static_cast<int64_t>(static_cast<double>(info.height) * shrink),
         static_cast<int64_t>(std::ceil(need / 1024 / 1024))));
   }
@@ -160,7 +163,8 @@ void add_segment(CLI::App& app) {
                   "pixels wide)")
       ->check(CLI::Range(0, 64));
   cmd->add_option("--max-memory", a->max_memory_mb,
-                  "With --input: refuse an image whose forward would need more than this many MB (default 4096)")
+                  "With --input: refuse an image whose forward would need more than this many MB (default: half the "
+                  "memory the machine has available)")
       ->check(CLI::Range(int64_t{16}, int64_t{1} << 30));
   cmd->add_option("--alpha", a->alpha, "Opacity of the class colours over the image (default 0.5)")
       ->check(CLI::Range(0.0, 1.0));
