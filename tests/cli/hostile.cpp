@@ -194,6 +194,15 @@ TEST_CASE("Hostile: --threads far above the cores is bounded with a warning", "[
   CHECK(r.out.find("| 1000 threads") == std::string::npos);
 }
 
+TEST_CASE("Hostile: a model too large for memory is one line, and no run directory is left", "[cli][hostile]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  // 784 x 4294967296 float32 weights: 13,469 GB.
+  check_error(run_zoo("train mlp --limit 10 --set hidden=[4294967296] --out " + tmp.str("huge")),
+              "out of memory: one tensor of 13469.0 GB did not fit; make the model or the batch smaller", 1);
+  CHECK_FALSE(std::filesystem::exists(tmp.path() / "huge"));
+}
+
 TEST_CASE("Hostile: the first SIGTERM or SIGINT stops any command at once, with 128 + signal", "[cli][hostile]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   // zoo bench at 1,000 rounds runs for many minutes; stopped 2 s in, it ends at once.

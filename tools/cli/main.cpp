@@ -25,6 +25,19 @@
 namespace {
 using zoo::training::first_line;
 
+/// LibTorch's allocation failure ("... DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes.
+/// Error code 12 ...") as one line a user can act on; other messages as they are.
+std::string torch_error_line(const std::string& message) {
+  const std::string marker = "you tried to allocate ";
+  const auto at = message.find(marker);
+  if (at == std::string::npos) return first_line(message);
+  const double bytes = std::strtod(message.c_str() + at + marker.size(), nullptr);
+  return fmt::format(
+      "out of memory: one tensor of {:.1f} GB did not fit; make the model or the batch smaller (--set options "
+      "that size the model, --batch-size, --limit)",
+      bytes / 1e9);
+}
+
 // First SIGINT/SIGTERM during training: ask the trainer to stop after its step and save a checkpoint. The default
 // action is put back, so a second signal ends the process at once (the checkpoint protocol keeps the last one
 // whole anyway). Any other time (loading data, evaluating, sampling, benchmarking) nothing would look at the
@@ -122,7 +135,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "zoo: error: {} (see '{} --help')\n", first_line(e.what()), where);
     return 2;
   } catch (const c10::Error& e) {
-    fmt::print(stderr, "zoo: error: {}\n", first_line(e.what_without_backtrace()));
+    fmt::print(stderr, "zoo: error: {}\n", torch_error_line(e.what_without_backtrace()));
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "zoo: error: {}\n", zoo::cli::in_flags(first_line(e.what())));
