@@ -7,6 +7,9 @@
 #include <zlib.h>
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+
+#include <filesystem>
 #include <vector>
 
 using namespace zoo;
@@ -81,6 +84,33 @@ TEST_CASE("IDX: a truncated gzip stream is an error", "[idx][errors]") {
   const auto msg = error_of([&] { datasets::read_idx(cut); });
   INFO(msg);
   CHECK((msg.find("truncated") != std::string::npos || msg.find("corrupt") != std::string::npos));
+}
+
+TEST_CASE("IDX: devices, FIFOs and streams longer than their header are refused early", "[idx][errors]") {
+  TempDir tmp;
+  // /dev/zero reads forever (its bytes even look like a magic number's start): refused before reading.
+  CHECK(error_of([] { datasets::read_idx("/dev/zero"); }) ==
+        "/dev/zero is not a regular file (a device, FIFO or directory); give an IDX data file");
+  const auto fifo = tmp.str("fifo");
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK(error_of([&] { datasets::read_idx(fifo); }).find("is not a regular file") != std::string::npos);
+  // A header that claims 5,000,000 images of 28 x 28 (3.9 GB): refused from the header, before the data.
+  const auto huge = tmp.str("huge.gz");
+  write_file(huge, idx_bytes(0x08, {5000000, 28, 28}, 1000), true);
+  CHECK(error_of([&] { datasets::read_idx(huge); }) ==
+        huge +
+            ": its header claims more data ([5000000, 28, 28]) than an IDX data file may hold (2 GiB); it is not "
+            "a data set file");
+  // A gzip stream that inflates far past what its header claims (a bomb of 64 MB of zeros behind a 2 x 2 header)
+  // stops at the first chunk past the claim.
+  auto bomb = idx_bytes(0x08, {2, 2}, 4);
+  bomb.resize(size_t{64} << 20, 0);
+  const auto bomb_path = tmp.str("bomb.gz");
+  write_file(bomb_path, bomb, true);
+  CHECK(std::filesystem::file_size(bomb_path) < (size_t{1} << 20));
+  CHECK(error_of([&] {
+          datasets::read_idx(bomb_path);
+        }).find("holds more bytes than its header describes (at least ") != std::string::npos);
 }
 
 TEST_CASE("MNIST loader: missing files name the path and the package", "[idx][errors]") {
