@@ -5,11 +5,27 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <ctime>
+#include <fstream>
+#include <string>
 
 #include <cstddef>
 
 namespace zoo::training {
+
+Memory process_memory() {
+  Memory m;
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    const bool rss = line.rfind("VmRSS:", 0) == 0, peak = line.rfind("VmHWM:", 0) == 0;
+    if (!rss && !peak) continue;
+    const double kb = std::strtod(line.c_str() + 6, nullptr);
+    (rss ? m.rss_mb : m.peak_mb) = kb / 1024.0;
+  }
+  return m;
+}
 
 std::string allocator() {
   // The library that defines the malloc every caller gets (the first in the global lookup scope).

@@ -11,6 +11,13 @@ namespace zoo::training {
 /// "Speed"), or one put in front with LD_PRELOAD: "jemalloc 5.3.0" (with its version), "tcmalloc", "mimalloc".
 std::string allocator();
 
+/// The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MB, from /proc/self/status; 0
+/// where that cannot be read. Every epoch record of metrics.jsonl holds both (rss_mb, peak_rss_mb).
+struct Memory {
+  double rss_mb = 0, peak_mb = 0;
+};
+Memory process_memory();
+
 /// {"zoo", "torch", "compiler", "allocator", "created"}: recorded in every run's config.json.
 nlohmann::json library_versions();
 

@@ -3,6 +3,7 @@
 #include "training/epoch_sums.h"
 #include "training/messages.h"
 #include "training/progress.h"
+#include "training/runtime.h"
 
 #include <fmt/format.h>
 
@@ -432,7 +433,9 @@ json Trainer::train_epoch(int64_t epoch) {
           {"train", sums.metrics(term_sums)},
           {"train_time_s", seconds},
           {"threads", at::get_num_threads()},
-          {"items_per_s", seconds > 0 ? sums.items() / seconds : 0.0}};  // items of all ranks
+          {"items_per_s", seconds > 0 ? sums.items() / seconds : 0.0},  // items of all ranks
+          {"rss_mb", process_memory().rss_mb},
+          {"peak_rss_mb", process_memory().peak_mb}};
 }
 
 void Trainer::check_data_fits() {
