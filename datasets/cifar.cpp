@@ -1,4 +1,5 @@
 #include "datasets/cifar.h"
+#include "datasets/images.h"
 
 #include "datasets/options.h"
 #include "datasets/registry.h"
@@ -43,7 +44,7 @@ ImageBytes::ImageBytes(torch::Tensor images, torch::Tensor targets, std::string 
 }
 
 Batch ImageBytes::get(const torch::Tensor& indices) const {
-  return {images_.index_select(0, indices).to(torch::kFloat32).div_(255), targets_.index_select(0, indices)};
+  return {pixels_to_unit(images_.index_select(0, indices)), targets_.index_select(0, indices)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> parse_cifar(const std::string& bytes, int label_bytes, int label_index,

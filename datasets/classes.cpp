@@ -230,13 +230,13 @@ torch::Tensor ImageFiles::decode(size_t i) const {
 
 Batch ImageFiles::get(const torch::Tensor& indices) const {
   const auto targets = targets_.index_select(0, indices);
-  if (cache_.defined()) return {cache_.index_select(0, indices).to(torch::kFloat32).div_(255), targets};
+  if (cache_.defined()) return {pixels_to_unit(cache_.index_select(0, indices)), targets};
   const auto idx = indices.to(torch::kInt64).contiguous();
   const int64_t* at = idx.data_ptr<int64_t>();
   auto bytes = torch::empty({idx.size(0), options_.channels(), size_, size_}, torch::kUInt8);
   parallel_items(static_cast<size_t>(idx.size(0)), options_.threads(),
                  [&](size_t j) { bytes[static_cast<int64_t>(j)].copy_(decode(static_cast<size_t>(at[j]))); });
-  return {bytes.to(torch::kFloat32).div_(255), targets};
+  return {pixels_to_unit(bytes), targets};
 }
 
 std::string ImageFiles::describe() const {

@@ -16,6 +16,8 @@
 
 namespace zoo::datasets {
 
+torch::Tensor pixels_to_unit(const torch::Tensor& pixels) { return pixels.to(torch::kFloat32).div_(255); }
+
 namespace {
 constexpr int64_t kMaxImagePixels = int64_t{1} << 24;  // 16.7 megapixels, e.g. 4096 x 4096
 }  // namespace

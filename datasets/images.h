@@ -24,6 +24,10 @@ void save_png(const torch::Tensor& image, const std::string& path);
 /// The same image as PNG file bytes (for embedding, e.g. in TensorBoard event files).
 std::string encode_png(const torch::Tensor& image);
 
+/// 8-bit pixels (uint8, any shape) as float32 in [0, 1]: x / 255, the one scaling every image reader and zoo
+/// predict use.
+torch::Tensor pixels_to_unit(const torch::Tensor& pixels);
+
 /// make_grid + save_png.
 void save_image_grid(const torch::Tensor& images, const std::string& path, const GridOptions& options = {});
 

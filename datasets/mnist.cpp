@@ -1,6 +1,7 @@
 #include "datasets/mnist.h"
 
 #include "datasets/idx.h"
+#include "datasets/images.h"
 
 #include <cstdlib>
 #include <filesystem>
@@ -51,7 +52,7 @@ std::shared_ptr<TensorDataset> load_mnist(const std::string& dir, Split split, i
     images = images.slice(0, 0, limit);
     labels = labels.slice(0, 0, limit);
   }
-  auto inputs = images.unsqueeze(1).to(torch::kFloat32).div_(255.0f);
+  auto inputs = pixels_to_unit(images.unsqueeze(1));
   auto targets = labels.to(torch::kInt64);
   const auto n = inputs.size(0);
   return std::make_shared<TensorDataset>(

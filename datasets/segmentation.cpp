@@ -169,7 +169,7 @@ std::shared_ptr<TensorDataset> load_image_folder(const std::string& dir, int64_t
                                   " (and the model's --set num_classes=" + std::to_string(top + 1) + ")");
     }
     if (inputs.empty()) first = image_path;
-    inputs.push_back(image.to(torch::kFloat32).div_(255));
+    inputs.push_back(pixels_to_unit(image));
     labels.push_back(ids);
   }
   return std::make_shared<TensorDataset>(torch::stack(inputs), torch::stack(labels),

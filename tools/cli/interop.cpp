@@ -535,7 +535,7 @@ torch::Tensor image_input(const std::string& path, const PredictArgs& a, const P
           path, image.size(2), image.size(1), size.second, size.first));
     image = datasets::resize_center_crop(image, size.first, size.second);
   }
-  auto x = image.to(torch::kFloat32).div(255.0).unsqueeze(0);
+  auto x = datasets::pixels_to_unit(image).unsqueeze(0);
   if (p.normalization.any()) {
     if (static_cast<int64_t>(p.normalization.mean.size()) != x.size(1))
       throw std::invalid_argument(fmt::format(

@@ -95,7 +95,7 @@ void segment_image(const SegmentArgs& a, const training::RunConfig& config, torc
         static_cast<int64_t>(static_cast<double>(info.height) * shrink),
         static_cast<int64_t>(std::ceil(need / 1024 / 1024))));
   }
-  auto image = datasets::load_image(a.input, static_cast<int>(channels)).to(torch::kFloat32).div(255);
+  auto image = datasets::pixels_to_unit(datasets::load_image(a.input, static_cast<int>(channels)));
   auto labels = training::predict_labels(model, image.unsqueeze(0), training::parse_device(a.device))[0];
   const int64_t scale = std::max<int64_t>(1, a.scale);
   auto overlay = datasets::overlay_labels(image, labels, a.alpha);
