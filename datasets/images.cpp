@@ -1,5 +1,7 @@
 #include "datasets/images.h"
 
+#include "core/files.h"
+
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #include <stb_image_write.h>
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 
 namespace zoo::datasets {
@@ -69,14 +72,12 @@ std::string encode_png(const torch::Tensor& image) {
 }
 
 void save_png(const torch::Tensor& image, const std::string& path) {
-  auto bytes = png_pixels(image, "save_png");
-  const int h = static_cast<int>(bytes.size(0)), w = static_cast<int>(bytes.size(1)),
-            c = static_cast<int>(bytes.size(2));
   const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty() && !std::filesystem::exists(parent))
+  if (!parent.empty() && !std::filesystem::is_directory(parent))
     throw std::runtime_error("cannot write " + path + ": directory " + parent.string() + " does not exist");
-  if (!stbi_write_png(path.c_str(), w, h, c, bytes.data_ptr<uint8_t>(), w * c))
-    throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+  // Checked and atomic (a full disk leaves no half PNG), without fsync: zoo dataset export writes tens of
+  // thousands (fsync made it 1.6x slower).
+  write_text_atomically(path, encode_png(image), false);
 }
 
 namespace {
@@ -129,6 +130,20 @@ torch::Tensor overlay_labels(const torch::Tensor& image, const torch::Tensor& la
 
 void save_image_grid(const torch::Tensor& images, const std::string& path, const GridOptions& options) {
   save_png(make_grid(images, options), path);
+}
+
+bool is_whole_png(const std::string& path) {
+  static const std::string signature("\x89PNG\r\n\x1a\n", 8), end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return false;
+  const std::streamoff size = in.tellg();
+  if (size < static_cast<std::streamoff>(signature.size() + end.size())) return false;
+  std::string head(signature.size(), '\0'), tail(end.size(), '\0');
+  in.seekg(0);
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  in.seekg(size - static_cast<std::streamoff>(tail.size()));
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  return in && head == signature && tail == end;
 }
 
 ImageInfo image_info(const std::string& path) {

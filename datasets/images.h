@@ -18,7 +18,8 @@ struct GridOptions {
 /// [N, C, H, W] (C = 1 or 3) -> [C, rows * (H + padding) + padding, nrow * (W + padding) + padding].
 torch::Tensor make_grid(torch::Tensor images, const GridOptions& options = {});
 
-/// Writes [C, H, W] or [H, W] values in [0, 1] (clamped) as an 8-bit PNG (C = 1 grey, 3 RGB, 4 RGBA).
+/// Writes [C, H, W] or [H, W] values in [0, 1] (clamped) as an 8-bit PNG (C = 1 grey, 3 RGB, 4 RGBA), checked
+/// and atomic (core/files.h): a full disk is an error and leaves no partial file.
 void save_png(const torch::Tensor& image, const std::string& path);
 
 /// The same image as PNG file bytes (for embedding, e.g. in TensorBoard event files).
@@ -40,6 +41,10 @@ struct ImageInfo {
   int64_t width = 0, height = 0, channels = 0;
 };
 ImageInfo image_info(const std::string& path);
+
+/// Whether `path` is a whole PNG file: the signature at the start and the IEND chunk at the end (a PNG cut short,
+/// e.g. by a full disk, lacks the end).
+bool is_whole_png(const std::string& path);
 
 /// torchvision's Resize(size) + CenterCrop(size) of an image [C, H, W] (uint8 or float): the shorter side scaled to
 /// `size` (bilinear, antialiased when shrinking; the longer side int(size * long / short)), then the centre

@@ -1,5 +1,6 @@
 #include "training/checkpoint.h"
 
+#include "core/files.h"
 #include "training/messages.h"
 #include "training/precision.h"
 
@@ -29,13 +30,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void fsync_path(const fs::path& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 // Runs a writer and turns every failure (disk full, read-only, permission) into one clear line.
 void run_writer(const std::function<void(const std::string&)>& write, const fs::path& path) {
   try {
@@ -50,29 +44,10 @@ void finish_commit(const fs::path& run) {
   const fs::path commit = run / ".commit";
   for (const auto& entry : fs::directory_iterator(commit)) fs::rename(entry.path(), run / entry.path().filename());
   fs::remove_all(commit);
-  fsync_path(run, true);
+  fsync_path(run.string(), true);
 }
 
 }  // namespace
-
-void write_file_atomically(const std::string& path, const std::function<void(const std::string&)>& write) {
-  const fs::path target(path);
-  const fs::path tmp = target.string() + ".tmp";
-  try {
-    run_writer(write, tmp);
-    fsync_path(tmp, false);
-    fs::rename(tmp, target);
-    fsync_path(target.parent_path().empty() ? fs::path(".") : target.parent_path(), true);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    throw;
-  }
-}
-
-void write_text_atomically(const std::string& path, const std::string& text) {
-  write_file_atomically(path, [&](const std::string& tmp) { write_bytes(tmp, text); });
-}
 
 void recover_checkpoint(const std::string& run_dir) {
   const fs::path run(run_dir);
@@ -94,30 +69,21 @@ void write_checkpoint(const std::string& run_dir, const std::vector<CheckpointFi
     fs::create_directories(staging);
     for (const auto& f : files) {
       run_writer(f.write, staging / f.name);
-      fsync_path(staging / f.name, false);
+      fsync_path((staging / f.name).string(), false);
     }
-    fsync_path(staging, true);
+    fsync_path(staging.string(), true);
   } catch (const std::exception& e) {
     std::error_code ec;
     fs::remove_all(staging, ec);
-    throw std::runtime_error(std::string(e.what()) + "; the previous checkpoint in " + run_dir + " is intact");
+    const bool previous =
+        std::any_of(files.begin(), files.end(), [&](const CheckpointFile& f) { return fs::exists(run / f.name); });
+    throw std::runtime_error(std::string(e.what()) + (previous
+                                                          ? "; the previous checkpoint in " + run_dir + " is intact"
+                                                          : "; no checkpoint was saved in " + run_dir));
   }
   fs::rename(staging, run / ".commit");  // commit point
-  fsync_path(run, true);
+  fsync_path(run.string(), true);
   finish_commit(run);
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
-  const size_t written = std::fwrite(bytes.data(), 1, bytes.size(), f);
-  const int saved_errno = errno;
-  const bool flushed = std::fflush(f) == 0;
-  const int flush_errno = errno;
-  const bool closed = std::fclose(f) == 0;
-  if (written != bytes.size() || !flushed || !closed)
-    throw std::runtime_error("cannot write " + path + ": " +
-                             std::strerror(written != bytes.size() ? saved_errno : flush_errno));
 }
 
 void save_archive(torch::serialize::OutputArchive& archive, const std::string& path) {

@@ -9,6 +9,8 @@
 // read-only run) take each file from RUN/.commit when it is there.
 #pragma once
 
+#include "core/files.h"
+
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -19,11 +21,6 @@
 #include <vector>
 
 namespace zoo::training {
-
-/// Writes a file atomically: `write(tmp_path)` then fsync and rename over `path`.
-void write_file_atomically(const std::string& path, const std::function<void(const std::string& tmp)>& write);
-/// Writes text atomically.
-void write_text_atomically(const std::string& path, const std::string& text);
 
 /// Finishes a committed but unfinished checkpoint and discards an uncommitted one.
 void recover_checkpoint(const std::string& run_dir);
@@ -40,8 +37,6 @@ void write_checkpoint(const std::string& run_dir, const std::vector<CheckpointFi
 
 /// Writes an archive to `path` through memory with checked I/O (a failed write is an exception, never a crash).
 void save_archive(torch::serialize::OutputArchive& archive, const std::string& path);
-/// Writes bytes to `path`; a short write, flush or close is an error naming the reason (e.g. "File too large").
-void write_bytes(const std::string& path, const std::string& bytes);
 
 /// Module parameters and buffers <-> a TorchScript-format archive (`torch.jit.load` opens it in Python).
 void save_module(const torch::nn::Module& module, const std::string& path);

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <stdexcept>
 
 namespace zoo::training {
@@ -154,6 +155,17 @@ std::string describe_torch_file(const std::string& path) {
   if (has("/constants.pkl") || has_part("/code/")) return "TorchScript";
   if (has("/data.pkl")) return "a torch.save pickle";
   return "a zip archive that PyTorch did not write";
+}
+
+void save_script_module(const torch::jit::Module& module, const std::string& path,
+                        const std::map<std::string, std::string>& extra_files) {
+  std::ostringstream buffer;
+  try {
+    module.save(buffer, torch::jit::ExtraFilesMap(extra_files.begin(), extra_files.end()));
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot write " + path + " (" + first_line(e.what_without_backtrace()) + ")");
+  }
+  write_text_atomically(path, buffer.str());
 }
 
 }  // namespace zoo::training

@@ -27,6 +27,12 @@ struct Exported {
 Exported export_torchscript(torch::nn::AnyModule& model, const torch::Tensor& example, const torch::Tensor& same_shape,
                             const torch::Tensor& other_batch);
 
+/// Saves a TorchScript module (with `extra_files` beside its code) through memory and the checked atomic writer
+/// of core/files.h: LibTorch's own file writer aborts the process when a write fails (a full disk); here a
+/// failure is one error line and `path` is untouched.
+void save_script_module(const torch::jit::Module& module, const std::string& path,
+                        const std::map<std::string, std::string>& extra_files = {});
+
 /// The C++ forward's outputs on `input` (eval mode, no_grad, seed 0): one tensor, or each of a tuple's.
 std::vector<torch::Tensor> forward_outputs(torch::nn::AnyModule& model, const torch::Tensor& input);
 

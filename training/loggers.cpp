@@ -25,27 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// Appends `text` to `path` (created if missing); `sync`: fsync before returning. Errors name the file.
-void append_text(const std::string& path, const std::string& text, bool sync) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  const bool synced = !sync || ::fsync(fd) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!synced) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(err)));
-}
-
 std::string number(double v) { return std::isfinite(v) ? fmt::format("{:.9g}", v) : std::string(); }
 
 std::string join_row(const std::vector<std::string>& cells) {

@@ -301,8 +301,7 @@ void RunDirectory::write_test(const json& final) const {
 void RunDirectory::append_metrics(const json& record) const {
   if (!writer_) return;
   // metrics.jsonl is a log, appended after the commit; restore() repairs it from state.json if needed.
-  std::ofstream log(fs::path(path_) / "metrics.jsonl", std::ios::app);
-  log << record.dump() << "\n";
+  append_text((fs::path(path_) / "metrics.jsonl").string(), record.dump() + "\n", false);
 }
 
 std::vector<std::string> RunDirectory::checkpoints() const {

@@ -1,5 +1,7 @@
 #include "training/tensorboard.h"
 
+#include "core/files.h"
+
 #include "datasets/images.h"
 
 #include <fmt/format.h>
@@ -99,13 +101,7 @@ void EventWriter::write_record(const std::string& bytes) {
   record += bytes;
   record += little_endian(masked_crc32c(bytes.data(), bytes.size()), 4);
   // One write per record (O_APPEND): a killed process leaves whole records and at most one torn last one.
-  size_t done = 0;
-  while (done < record.size()) {
-    const ssize_t n = ::write(fd_, record.data() + done, record.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
-    done += static_cast<size_t>(n);
-  }
+  write_all(fd_, path_, record);
 }
 
 void EventWriter::add_scalar(const std::string& tag, double value, int64_t step) {

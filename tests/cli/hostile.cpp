@@ -1,6 +1,7 @@
 // Hostile input and concurrent use, round 2 (issue #30): one writer per run directory, readers during a write,
 // JSON nested to exhaust the stack, files that are not files, damaged state.json and metrics.jsonl, absurd
 // thread counts, and directories that are not runs.
+#include "datasets/images.h"
 #include "tests/cli/check_error.h"
 #include "tests/helpers.h"
 
@@ -238,4 +239,42 @@ TEST_CASE("Hostile: the first SIGTERM or SIGINT stops any command at once, with 
     CHECK(seconds < 10);
     CHECK(r.err.find("zoo: stopped by a signal") != std::string::npos);
   }
+}
+
+TEST_CASE("Hostile: on a full disk (file-size limit) every output is one line and no partial file", "[cli][hostile]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("vae");
+  REQUIRE(run_zoo("train vae --limit 300 --epochs 1 --threads 1 --no-progress --out " + run).code == 0);
+  // ulimit -f 8: no file may grow past 8 KiB (zoo ignores SIGXFSZ, so a write fails with "File too large").
+  const auto limited = [](const std::string& args) {
+    return zoo::test::run_command("bash -c 'ulimit -f 8; exec " + std::string(ZOO_BIN) + " " + args + "'");
+  };
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"sample " + run + " --out " + tmp.str("s.png"), tmp.str("s.png")},
+      {"reconstruct " + run + " --out " + tmp.str("r.png"), tmp.str("r.png")},
+      {"export " + run + " --out " + tmp.str("e.pt"), tmp.str("e.pt")},
+      {"export " + run + " --format safetensors --out " + tmp.str("m.safetensors"), tmp.str("m.safetensors")}};
+  if (zoo::test::run_command("command -v gnuplot").code == 0)  // gnuplot draws; zoo checks the picture is whole
+    cases.push_back({"plot " + run + " --out " + tmp.str("p.png"), tmp.str("p.png")});
+  for (const auto& [args, out] : cases) {
+    const auto r = limited(args);
+    INFO(args << "\n" << r.out << r.err);
+    CHECK(r.code == 1);
+    CHECK(zoo::test::count_lines(r.err) == 1);
+    CHECK(r.err.find("cannot write " + out) != std::string::npos);
+    CHECK_FALSE(fs::exists(out));
+    CHECK_FALSE(fs::exists(out + ".tmp"));
+  }
+  // Without the limit the same commands write whole files.
+  CHECK(run_zoo("sample " + run + " --out " + tmp.str("s.png")).code == 0);
+  // An import whose first checkpoint cannot be written does not claim a previous one.
+  REQUIRE(run_zoo("export " + run + " --format safetensors --out " + tmp.str("m.safetensors")).code == 0);
+  const auto r = limited("import " + tmp.str("m.safetensors") + " --out " + tmp.str("imported"));
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(zoo::test::count_lines(r.err) == 1);
+  CHECK(r.err.find("no checkpoint was saved in " + tmp.str("imported")) != std::string::npos);
+  CHECK(r.err.find("intact") == std::string::npos);
+  CHECK(zoo::datasets::is_whole_png(tmp.str("s.png")));
 }

@@ -107,7 +107,7 @@ TEST_CASE("zoo dataset export, then train, predict and eval on the class folders
                         0.5) /
                        0.25;
   const auto bytes = torch::jit::pickle_save(by_hand);
-  zoo::training::write_bytes(tmp.str("x.pt"), std::string(bytes.begin(), bytes.end()));
+  zoo::write_bytes(tmp.str("x.pt"), std::string(bytes.begin(), bytes.end()));
   r = run_zoo("predict " + run + " --input " + tmp.str("x.pt") + " --topk 3");
   INFO(r.out << r.err);
   CHECK(r.out == exported.out);

@@ -78,6 +78,15 @@ TEST_CASE("Checkpoint: an interrupted write never damages the previous checkpoin
     CHECK(zoo::test::read_text(tmp.path() / "b.txt") == "one-b");
     CHECK(!fs::exists(tmp.path() / ".staging"));
   }
+  SECTION("the first checkpoint failing does not claim a previous one") {
+    const auto fresh = tmp.str("fresh");
+    fs::create_directories(fresh);
+    CHECK_THROWS_WITH(
+        training::write_checkpoint(
+            fresh, {{"a.txt", [](const std::string&) { throw std::runtime_error("No space left on device"); }}}),
+        Catch::Contains("no checkpoint was saved in " + fresh) && !Catch::Contains("intact"));
+    CHECK(fs::is_empty(fresh));
+  }
   SECTION("killed before the commit: the staging directory is discarded") {
     fs::create_directories(tmp.path() / ".staging");
     std::ofstream(tmp.path() / ".staging" / "a.txt") << "half";

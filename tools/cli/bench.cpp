@@ -131,15 +131,14 @@ void run_bench(const BenchArgs& a) {
       if (worker) {
         const auto dir = tmp / runner->id;
         fs::create_directories(dir);
-        std::ofstream(dir / "case.json") << runner->python.dump();
+        write_text_atomically((dir / "case.json").string(), runner->python.dump());
         if (runner->module) training::save_module(*runner->module, (dir / "weights.pt").string());
         c10::Dict<std::string, at::Tensor> batch;
         batch.insert("input", runner->input.detach());
         if (runner->target.defined()) batch.insert("target", runner->target);
         batch.insert("latency_input", runner->latency_input);
         const auto bytes = torch::pickle_save(c10::IValue(batch));
-        std::ofstream(dir / "batch.pt", std::ios::binary)
-            .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        write_bytes((dir / "batch.pt").string(), std::string(bytes.begin(), bytes.end()));
         try {
           worker->request({{"op", "load"}, {"id", runner->id}, {"dir", dir.string()}});
         } catch (const std::exception& e) {
@@ -241,11 +240,11 @@ void run_bench(const BenchArgs& a) {
   doc["command"] = command;
   const std::string table = markdown(doc);
   if (!a.markdown.empty()) {
-    std::ofstream out(a.markdown);
-    out << "# zoo benchmarks: C++ against the same models in Python\n\n"
-        << "Regenerate with `scripts/bench` (or `zoo bench --markdown bench/results.md --readme docs/speed.md`).\n\n"
-        << table;
-    if (!out) throw std::runtime_error("cannot write " + a.markdown);
+    write_text_atomically(
+        a.markdown,
+        "# zoo benchmarks: C++ against the same models in Python\n\n"
+        "Regenerate with `scripts/bench` (or `zoo bench --markdown bench/results.md --readme docs/speed.md`).\n\n" +
+            table);
   }
   if (!a.readme.empty()) replace_readme_block(a.readme, table);
   if (a.json)

@@ -1,6 +1,7 @@
 // zoo bench: the report (JSON rows, the Markdown tables, the README block) and the machine's calibration.
 #include "tools/cli/bench.h"
 
+#include "core/files.h"
 #include "tools/cli/verdict.h"
 #include "training/threads.h"
 
@@ -256,11 +257,7 @@ void replace_readme_block(const std::string& path, const std::string& table) {
                              "' block for the results (each marker "
                              "on a line of its own); add one");
   text = text.substr(0, b + begin.size()) + "\n" + table + text.substr(e);
-  std::ofstream out(path + ".tmp");
-  out << text;
-  out.close();
-  if (!out) throw std::runtime_error("cannot write " + path);
-  fs::rename(path + ".tmp", path);
+  write_text_atomically(path, text);
 }
 
 }  // namespace zoo::cli::bench

@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
+#include "core/files.h"
 #include "datasets/registry.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace zoo::cli {
@@ -92,7 +94,7 @@ void run_double_descent(const DDArgs& a) {
   const std::string dir = a.out.empty() ? experiment_dir("double-descent") : a.out;
   std::filesystem::create_directories(dir);
   const auto csv_path = (std::filesystem::path(dir) / "double_descent.csv").string();
-  std::ofstream csv(csv_path);
+  std::ostringstream csv;
   csv << "features,ratio,train_mse,test_mse,train_error,test_error,norm\n";
   fmt::print("double descent: n = {} training images, {} test images, label noise {:.2f}, {} seeds\n",
              static_cast<long long>(a.n), static_cast<long long>(a.test_n), a.noise, static_cast<long long>(a.seeds));
@@ -118,7 +120,7 @@ void run_double_descent(const DDArgs& a) {
     csv << features << "," << ratio << "," << m.train_mse << "," << m.test_mse << "," << m.train_error << ","
         << m.test_error << "," << m.norm << "\n";
   }
-  csv.close();
+  write_text_atomically(csv_path, csv.str());
   fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   const auto png = (std::filesystem::path(dir) / "double_descent.png").string();

@@ -2,6 +2,7 @@
 // with the same sense, in C with another sense) and each layer, the triple counts when cos(A, B) > cos(A, C).
 // Layer 0 sees the word alone, so its cosines are always 1 and no triple counts; the sheet's claim is that the
 // contextual layers count more often.
+#include "core/files.h"
 #include "datasets/text.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
@@ -142,11 +143,12 @@ void run_senses(const SensesArgs& a) {
   std::filesystem::create_directories(dir);
   const auto csv_path = (std::filesystem::path(dir) / "elmo_senses.csv").string();
   {
-    std::ofstream csv(csv_path);
+    std::ostringstream csv;
     csv << "layer,fraction,mean_cos_same,mean_cos_other\n";
     for (auto it = out["layers"].begin(); it != out["layers"].end(); ++it)
       csv << fmt::format("{},{},{:.9g},{:.9g}\n", it.key(), it.value()["fraction"].get<double>(),
                          it.value()["mean_cos_same"].get<double>(), it.value()["mean_cos_other"].get<double>());
+    write_text_atomically(csv_path, csv.str());
   }
   const auto png = (std::filesystem::path(dir) / "elmo_senses.png").string();
   if (!a.no_plot)

@@ -5,6 +5,7 @@
 // forward; largest absolute column sum: backward; mHC paper Figs. 3 and 7), the largest column-sum error of a
 // single H_res (Sinkhorn's residual), and how much the activations grew. Doubly stochastic matrices are closed
 // under products, so mHC-lite's composite gain is exactly 1 and mHC's stays near 1; HC's is unconstrained.
+#include "core/files.h"
 #include "models/mhc.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace zoo::cli {
 
@@ -78,7 +80,7 @@ void run_mhc_stability(const MhcArgs& a) {
   const std::string dir = a.out.empty() ? experiment_dir("mhc-stability") : a.out;
   fs::create_directories(dir);
   const auto csv_path = (fs::path(dir) / "mhc_stability.csv").string();
-  std::ofstream csv(csv_path);
+  std::ostringstream csv;
   csv << "variant,scale,forward_gain,backward_gain,max_column_error,activation_growth\n";
   fmt::print("mhc-stability: {} layers, {} streams of width {}, Linear+tanh sublayers, batch {}, seed {}\n",
              static_cast<long long>(a.layers), static_cast<long long>(a.streams), static_cast<long long>(a.width),
@@ -98,13 +100,14 @@ void run_mhc_stability(const MhcArgs& a) {
           << r.activation_growth << "\n";
       if (scale == a.scales.back()) {
         const auto dat = (fs::path(dir) / ("depth_" + variant + ".dat")).string();
-        std::ofstream out(dat);
+        std::ostringstream out;
         for (size_t l = 0; l < r.backward_by_depth.size(); ++l) out << l + 1 << " " << r.backward_by_depth[l] << "\n";
+        write_text_atomically(dat, out.str());
         depth_files.push_back(dat);
       }
     }
   }
-  csv.close();
+  write_text_atomically(csv_path, csv.str());
   fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   // Two panels: every variant on a log scale (hc grows by tens of orders of magnitude), and the doubly

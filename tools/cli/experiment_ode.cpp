@@ -2,6 +2,7 @@
 // Trains ode-resnet (an ODE block solved by rk4 with 2 steps) and, as baselines, the untied 6-block Euler ResNet
 // and the cnn, with the same epochs; then evaluates the one trained ode-resnet with every solver and step count
 // (euler, midpoint, rk4, dopri5 at several tolerances): test accuracy against function evaluations.
+#include "core/files.h"
 #include "datasets/registry.h"
 #include "models/ode.h"
 #include "models/registry.h"
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace zoo::cli {
 
@@ -112,7 +114,7 @@ void run_ode_solvers(const OdeArgs& a) {
     grid.push_back(models::ODESolverOptions().method("dopri5").rtol(tol).atol(tol));
 
   const auto csv_path = (fs::path(dir) / "ode_solvers.csv").string();
-  std::ofstream csv(csv_path);
+  std::ostringstream csv;
   csv << "solver,steps,tolerance,test_accuracy,nfe,eval_seconds\n";
   const json trained = models::ModelRegistry::instance().at("ode-resnet").complete_options(config.options)["solver"];
   fmt::print("\nthe ode-resnet of {} (trained with {}, {} steps), on {}:\n", run_dir,
@@ -130,12 +132,12 @@ void run_ode_solvers(const OdeArgs& a) {
     csv << r.solver << "," << r.steps << "," << r.tolerance << "," << r.accuracy << "," << r.nfe << "," << r.seconds
         << "\n";
   }
-  csv.close();
+  write_text_atomically(csv_path, csv.str());
   if (!baselines.empty()) {
     fmt::print("\ntrained models (test accuracy after {} epochs):\n", static_cast<long long>(a.epochs));
     for (auto it = baselines.begin(); it != baselines.end(); ++it)
       fmt::print("  {:<38} {:.4f}\n", it.key(), it.value().get<double>());
-    std::ofstream((fs::path(dir) / "trained.json").string()) << baselines.dump(2) << "\n";
+    write_text_atomically((fs::path(dir) / "trained.json").string(), baselines.dump(2) + "\n");
   }
   fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
@@ -143,9 +145,10 @@ void run_ode_solvers(const OdeArgs& a) {
   const char* solvers[] = {"euler", "midpoint", "rk4", "dopri5"};
   for (int i = 0; i < 4; ++i) {
     const auto dat = (fs::path(dir) / (std::string("solver_") + solvers[i] + ".dat")).string();
-    std::ofstream out(dat);
+    std::ostringstream out;
     for (const auto& r : rows)
       if (r.solver == solvers[i]) out << r.nfe << " " << r.accuracy << "\n";
+    write_text_atomically(dat, out.str());
     plot +=
         std::string(i ? ", " : "") + "'" + dat + "' using 1:2 with linespoints lw 2 pt 7 title '" + solvers[i] + "'";
   }

@@ -1,6 +1,7 @@
 // zoo experiment priors: the Bayesian view of regularisation, measured. Trains the mlp with no prior, a
 // Gaussian prior (L2) and a Laplace prior (L1, proximal steps) at the same lambdas, and reports test accuracy,
 // the norm of the weights and the fraction of weights that are exactly zero; draws the weight histograms.
+#include "core/files.h"
 #include "datasets/registry.h"
 #include "models/registry.h"
 #include "tools/cli/cli.h"
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace zoo::cli {
 
@@ -36,7 +38,7 @@ void run_priors(const PriorsArgs& a) {
   const std::string dir = a.out.empty() ? experiment_dir("priors") : a.out;
   std::filesystem::create_directories(dir);
   const auto csv_path = (std::filesystem::path(dir) / "priors.csv").string();
-  std::ofstream csv(csv_path);
+  std::ostringstream csv;
   csv << "prior,lambda,test_accuracy,weight_norm,zero_fraction,train_time_s\n";
 
   std::vector<std::pair<std::string, double>> runs{{"none", 0.0}};
@@ -82,13 +84,14 @@ void run_priors(const PriorsArgs& a) {
     const auto first = model.ptr()->named_parameters()["net.0.weight"].detach().flatten();
     const auto hist_path =
         (std::filesystem::path(dir) / ("weights_" + kind + "_" + std::to_string(lambda) + ".dat")).string();
-    std::ofstream hist(hist_path);
+    std::ostringstream hist;
     const auto counts = torch::histc(first.clamp(-0.15, 0.15), 121, -0.15, 0.15);
     for (int64_t i = 0; i < counts.size(0); ++i)
       hist << (-0.15 + (i + 0.5) * 0.3 / 121) << " " << counts[i].item<float>() << "\n";
+    write_text_atomically(hist_path, hist.str());
     if (lambda == a.lambdas.back() || kind == "none") histogram_files.push_back(hist_path);
   }
-  csv.close();
+  write_text_atomically(csv_path, csv.str());
   fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
   const auto png = (std::filesystem::path(dir) / "priors_weights.png").string();

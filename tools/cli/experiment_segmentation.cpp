@@ -1,6 +1,7 @@
 // zoo experiment unet-vs-deconvnet: do U-Net's skip connections make it the better segmenter? Trains a U-Net and
 // a DeconvNet (the same encoder; max-unpooling decoder, no skips) of the same width on the same scenes with the
 // same budget and seed, and compares mIoU and boundary IoU (where lost detail shows first), parameters and time.
+#include "core/files.h"
 #include "datasets/images.h"
 #include "datasets/registry.h"
 #include "datasets/segmentation.h"
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 namespace zoo::cli {
 
@@ -83,7 +85,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
   }
 
   const auto csv_path = (fs::path(dir) / "unet_vs_deconvnet.csv").string();
-  std::ofstream csv(csv_path);
+  std::ostringstream csv;
   csv << "model,parameters,miou,boundary_iou,pixel_accuracy,dice,train_seconds,epochs\n";
   fmt::print("\n{:<12} {:>10} {:>7} {:>12} {:>9} {:>7} {:>9}\n", "model", "params", "mIoU", "boundary IoU", "pixel acc",
              "Dice", "train s");
@@ -93,7 +95,7 @@ void run_unet_vs_deconvnet(const SegArgs& a) {
     csv << r.model << "," << r.parameters << "," << r.miou << "," << r.boundary_iou << "," << r.pixel_accuracy << ","
         << r.dice << "," << r.seconds << "," << a.epochs << "\n";
   }
-  csv.close();
+  write_text_atomically(csv_path, csv.str());
   fmt::print("wrote {}\n", csv_path);
   if (a.no_plot) return;
 

@@ -154,8 +154,8 @@ void export_safetensors(const ExportArgs& a, const training::RunConfig& config, 
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message());
-  training::write_file_atomically(file.string(), [&](const std::string& tmp) { training::write_bytes(tmp, bytes); });
-  training::write_text_atomically(config_path, hf_config.dump(2) + "\n");
+  zoo::write_file_atomically(file.string(), [&](const std::string& tmp) { zoo::write_bytes(tmp, bytes); });
+  zoo::write_text_atomically(config_path, hf_config.dump(2) + "\n");
   fmt::print("exported {} ({}) to {} ({} tensors, {} bytes) and {}\n", a.run, config.model, file.string(),
              tensors.size(), bytes.size(), config_path);
   fmt::print("back into a run: zoo import {} --out RUN (the model and its options come from the file)\n",
@@ -193,7 +193,7 @@ void export_onnx(const ExportArgs& a, const std::string& model_name, torch::nn::
                              "so --dynamic-batch cannot be honoured; export without it");
   const ScopedTempDir scratch("zoo-onnx");
   const auto& tmp = scratch.path();
-  exported.module.save((tmp / "traced.pt").string());
+  training::save_script_module(exported.module, (tmp / "traced.pt").string());
   std::vector<torch::Tensor> inputs{example};
   if (a.dynamic_batch) inputs.push_back(other_batch);
   c10::impl::GenericList in(c10::TensorType::get()), outs(c10::ListType::create(c10::TensorType::get()));
@@ -207,7 +207,7 @@ void export_onnx(const ExportArgs& a, const std::string& model_name, torch::nn::
   io.insert("inputs", in);
   io.insert("outputs", outs);
   const auto io_bytes = torch::jit::pickle_save(io);
-  training::write_bytes((tmp / "io.pt").string(), std::string(io_bytes.begin(), io_bytes.end()));
+  zoo::write_bytes((tmp / "io.pt").string(), std::string(io_bytes.begin(), io_bytes.end()));
   const auto partial = a.out + ".tmp";
   const int status =
       run_child({a.python, "-c", kOnnxExportScript, (tmp / "traced.pt").string(), (tmp / "io.pt").string(), partial,
@@ -315,19 +315,11 @@ void run_export(ExportArgs a) {
   }
   auto exported = training::export_torchscript(model, example, same_shape, other_batch);
   if (a.format == "onnx") return export_onnx(a, config.model, model, exported, example, other_batch);
-  const auto tmp = a.out + ".tmp";
-  try {
-    // What zoo predict needs beside the code: the class names and the input item's shape (Python reads them
-    // with torch.jit.load(PATH, _extra_files={"zoo.json": ""})).
-    json meta{{"model", config.model}, {"classes", config.classes}, {"input_shape", config.input_shape}};
-    if (!config.mean.empty()) meta.update({{"mean", config.mean}, {"std", config.std}});
-    exported.module.save(tmp, {{"zoo.json", meta.dump()}});
-  } catch (const c10::Error& e) {
-    throw std::runtime_error("cannot write " + a.out + " (" + first_line(e.what_without_backtrace()) + ")");
-  }
-  std::error_code ec;
-  fs::rename(tmp, a.out, ec);
-  if (ec) throw std::runtime_error("cannot write " + a.out + ": " + ec.message());
+  // What zoo predict needs beside the code: the class names and the input item's shape (Python reads them with
+  // torch.jit.load(PATH, _extra_files={"zoo.json": ""})).
+  json meta{{"model", config.model}, {"classes", config.classes}, {"input_shape", config.input_shape}};
+  if (!config.mean.empty()) meta.update({{"mean", config.mean}, {"std", config.std}});
+  training::save_script_module(exported.module, a.out, {{"zoo.json", meta.dump()}});
   auto shape = example.sizes().vec();
   std::string input = c10::str(example.sizes());
   if (exported.any_batch) {

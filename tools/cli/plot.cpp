@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 namespace zoo::cli {
 
@@ -26,15 +28,30 @@ std::string gnuplot_string(const std::string& text) {
 }
 
 void run_gnuplot(const std::string& script, const std::string& png, const std::string& size) {
-  const auto gp = std::filesystem::path(png).replace_extension(".gp").string();
-  training::write_text_atomically(
-      gp, "set terminal pngcairo size " + size + " font 'sans,10'\nset output '" + png + "'\n" + script);
   if (!have_gnuplot())
     throw std::runtime_error("gnuplot is not installed, so " + png +
                              " was not drawn (the CSV is written): "
                              "apt-get install gnuplot-nox (or scripts/setup)");
-  const std::string command = "gnuplot '" + gp + "' 2>&1";
-  if (std::system(command.c_str()) != 0) throw std::runtime_error("gnuplot failed on " + gp);
+  const auto gp = std::filesystem::path(png).replace_extension(".gp").string();
+  const auto terminal = "set terminal pngcairo size " + size + " font 'sans,10'\n";
+  zoo::write_text_atomically(gp, terminal + "set output " + gnuplot_string(png) + "\n" + script);  // to rerun
+  // gnuplot draws into PNG.tmp, which becomes PNG only once it is whole (gnuplot does not report a full disk).
+  zoo::write_file_atomically(png, [&](const std::string& tmp) {
+    const std::string log = tmp + ".log";  // gnuplot's warnings; its last line is the reason when it fails
+    std::FILE* pipe = ::popen(("gnuplot >" + gnuplot_string(log) + " 2>&1").c_str(), "w");
+    if (!pipe) throw std::runtime_error("cannot start gnuplot: " + std::string(std::strerror(errno)));
+    const std::string run = terminal + "set output " + gnuplot_string(tmp) + "\n" + script + "\nunset output\n";
+    std::fwrite(run.data(), 1, run.size(), pipe);
+    const bool ok = ::pclose(pipe) == 0;
+    std::string reason;
+    for (std::ifstream in(log); std::getline(in, reason);) {
+    }
+    std::error_code ec;
+    std::filesystem::remove(log, ec);
+    if (!ok) throw std::runtime_error("gnuplot failed on " + gp + (reason.empty() ? "" : ": " + reason));
+    if (!datasets::is_whole_png(tmp))
+      throw std::runtime_error("cannot write " + png + ": gnuplot's picture is cut short (is the disk full?)");
+  });
 }
 
 void save_label_figure(const torch::Tensor& tiles, int64_t columns, const std::vector<std::string>& titles,

@@ -322,7 +322,7 @@ void run_lr_find(const TrainArgs& a, const training::LrFindOptions& options, con
   std::string csv = "step,lr,loss,smoothed\n";
   for (size_t i = 0; i < result.lrs.size(); ++i)
     csv += fmt::format("{},{:.9g},{:.9g},{:.9g}\n", i + 1, result.lrs[i], result.losses[i], result.smoothed[i]);
-  training::write_text_atomically(prefix + ".csv", csv);
+  zoo::write_text_atomically(prefix + ".csv", csv);
   std::string data = "$d << EOD\n";
   for (size_t i = 0; i < result.lrs.size(); ++i)
     data += fmt::format("{} {} {}\n", result.lrs[i], result.losses[i], result.smoothed[i]);
