@@ -407,9 +407,17 @@ void RunDirectory::restore(Trainer& trainer) const {
   }
   load_module(*trainer.model().ptr(), (run / "model.pt").string());
   trainer.model().ptr()->to(trainer.device());
+  verify_archive((run / "optimizer.pt").string());  // a damaged file is refused, not read as other moments
   try {
     torch::serialize::InputArchive archive;
     archive.load_from((run / "optimizer.pt").string(), trainer.device());
+    // Every optimizer of LibTorch >= 1.5 writes pytorch_version; without it LibTorch would try its old format
+    // and print warnings before failing.
+    c10::IValue version;
+    if (!archive.try_read("pytorch_version", version))
+      throw std::runtime_error((run / "optimizer.pt").string() +
+                               " holds no optimizer state (no pytorch_version entry): it was replaced by another "
+                               "file; restore it from a copy of the run, or start a new run");
     trainer.optimizer().load(archive);
   } catch (const c10::Error& e) {
     throw std::runtime_error((run / "optimizer.pt").string() + " cannot be loaded (" +

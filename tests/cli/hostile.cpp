@@ -278,3 +278,29 @@ TEST_CASE("Hostile: on a full disk (file-size limit) every output is one line an
   CHECK(r.err.find("intact") == std::string::npos);
   CHECK(zoo::datasets::is_whole_png(tmp.str("s.png")));
 }
+
+TEST_CASE("Hostile: a damaged or replaced optimizer.pt is one line and is never read as other state",
+          "[cli][hostile]") {
+  REQUIRE(zoo::test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  REQUIRE(run_zoo(kSmall + "--epochs 1 --out " + run).code == 0);
+  const fs::path optimizer = fs::path(run) / "optimizer.pt";
+  const std::string original = zoo::test::read_text(optimizer);
+  std::string flipped = original;
+  flipped[flipped.size() / 2] = static_cast<char>(flipped[flipped.size() / 2] ^ 0xff);  // inside a tensor's bytes
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {flipped, "optimizer.pt is not a TorchScript archive, or is damaged"},  // it once resumed with the damage
+      {zoo::test::read_text(fs::path(run) / "model.pt"), "optimizer.pt holds no optimizer state"},  // 3 lines once
+      {"garbage", "optimizer.pt is not a TorchScript archive, or is damaged"}};
+  for (const auto& [bytes, message] : cases) {
+    zoo::test::write_text(optimizer, bytes);
+    const auto r = run_zoo("train --resume " + run + " --epochs 2 --no-progress");
+    INFO(r.err);
+    CHECK(r.code == 1);
+    CHECK(zoo::test::count_lines(r.err) == 1);
+    CHECK(r.err.find(message) != std::string::npos);
+  }
+  zoo::test::write_text(optimizer, original);
+  CHECK(run_zoo("train --resume " + run + " --epochs 2 --no-progress").code == 0);
+}
