@@ -2,6 +2,8 @@
 
 #include "training/messages.h"
 
+#include <fmt/format.h>
+
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -10,7 +12,10 @@
 #endif
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -42,6 +47,28 @@ int64_t env_int(const char* name, int64_t fallback) {
   return value;
 }
 
+/// Where this process runs, as its peers should read it: the IPv4 address of GLOO_SOCKET_IFNAME when that is set
+/// (hosts in network namespaces share a host name), else the host name.
+std::string this_host() {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
+    ifaddrs* list = nullptr;
+    std::string found;
+    if (getifaddrs(&list) == 0) {
+      for (ifaddrs* a = list; a && found.empty(); a = a->ifa_next)
+        if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET && std::strcmp(a->ifa_name, ifname) == 0) {
+          char text[INET_ADDRSTRLEN] = {};
+          inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof text);
+          found = text;
+        }
+      freeifaddrs(list);
+    }
+    if (!found.empty()) return found;
+  }
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+
 std::chrono::milliseconds millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
@@ -56,10 +83,28 @@ std::optional<DistributedOptions> distributed_options_from_env() {
   o.rank = env_int("RANK", 0);
   o.local_rank = env_int("LOCAL_RANK", o.rank);
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) o.master_addr = addr;
-  o.master_port = env_int("MASTER_PORT", 29500);
-  if (o.master_port < 1 || o.master_port > 65535)
-    throw std::invalid_argument("MASTER_PORT must be a port number (1-65535), got " + std::to_string(o.master_port));
+  if (const char* port = std::getenv("MASTER_PORT"); port && *port) o.master_port = parse_port(port, "MASTER_PORT");
   return o;
+}
+
+int64_t parse_port(const std::string& text, const std::string& what) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE || value < 1 || value > 65535)
+    throw std::invalid_argument(what + " must be a port number (1-65535), got '" + text + "'");
+  return value;
+}
+
+void check_resolves(const std::string& host, const std::string& what) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const int code = getaddrinfo(host.c_str(), nullptr, &hints, &found);
+  if (found) freeaddrinfo(found);
+  if (code != 0)
+    throw std::invalid_argument(what + " " + host + " does not resolve (" + gai_strerror(code) +
+                                "); give the address or host name of node 0 (the host of rank 0)");
 }
 
 int64_t free_loopback_port() {
@@ -116,7 +161,22 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
     throw std::invalid_argument("RANK " + std::to_string(o.rank) + " is out of range for WORLD_SIZE " +
                                 std::to_string(o.world_size) + " (ranks are 0.." + std::to_string(o.world_size - 1) +
                                 ")");
+  if (o.world_size > max_world_size)
+    throw std::invalid_argument("WORLD_SIZE " + std::to_string(o.world_size) + " is more than the " +
+                                std::to_string(max_world_size) +
+                                " ranks zoo's rendezvous serves; start fewer ranks (WORLD_SIZE = hosts x ranks per "
+                                "host)");
+  if (o.rank == 0) {  // rank 0 serves the rendezvous: one connection (a file descriptor) per rank
+    rlimit files{};
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY &&
+        static_cast<int64_t>(files.rlim_cur) < o.world_size + 64)
+      throw std::invalid_argument("rank 0 may open " + std::to_string(files.rlim_cur) +
+                                  " files (ulimit -n), too few to serve WORLD_SIZE " + std::to_string(o.world_size) +
+                                  " ranks; raise it (ulimit -n " + std::to_string(o.world_size + 64) +
+                                  ") or start fewer ranks");
+  }
   if (!(o.timeout_s > 0)) throw std::invalid_argument("the distributed timeout must be > 0 seconds");
+  check_resolves(o.master_addr, "MASTER_ADDR");
   const std::string where = o.master_addr + ":" + std::to_string(o.master_port);
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<std::uint16_t>(o.master_port);
@@ -141,9 +201,29 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
     if (store.add("zoo/rank/" + std::to_string(o.rank), 1) > 1)
       throw std::runtime_error("two processes were started as rank " + std::to_string(o.rank) +
                                "; give each its own RANK");
+    const std::string host = this_host();
+    store.set("zoo/host/" + std::to_string(o.rank), std::vector<uint8_t>(host.begin(), host.end()));
     store.set("zoo/world/" + std::to_string(o.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
     std::vector<std::string> keys;
     for (int64_t r = 0; r < o.world_size; ++r) keys.push_back("zoo/world/" + std::to_string(r));
+    auto check_world = [&](int64_t r) {
+      const auto theirs = store.get(keys[static_cast<size_t>(r)]);
+      const std::string value(theirs.begin(), theirs.end());
+      if (value != mine)
+        throw std::runtime_error("rank " + std::to_string(r) + " was started with WORLD_SIZE " + value + " but rank " +
+                                 std::to_string(o.rank) + " with " + mine +
+                                 "; start every rank with the same WORLD_SIZE (hosts x ranks per host: the same "
+                                 "--nnodes and --nproc everywhere)");
+    };
+    if (o.rank != 0) {  // rank 0 is in every run: compare with it first, so a wrong WORLD_SIZE is named at once
+      try {
+        store.wait({keys[0]}, millis(o.timeout_s));
+      } catch (const std::exception&) {
+        throw std::runtime_error("rank 0 did not join at " + where + " within " +
+                                 std::to_string(static_cast<int64_t>(o.timeout_s)) + " s; start rank 0");
+      }
+      check_world(0);
+    }
     try {
       store.wait(keys, millis(o.timeout_s));
     } catch (const std::exception&) {
@@ -154,18 +234,17 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
                                std::to_string(static_cast<int64_t>(o.timeout_s)) +
                                " s: start WORLD_SIZE processes, or fix WORLD_SIZE");
     }
-    for (int64_t r = 0; r < o.world_size; ++r) {
-      const auto theirs = store.get(keys[static_cast<size_t>(r)]);
-      const std::string value(theirs.begin(), theirs.end());
-      if (value != mine)
-        throw std::runtime_error("rank " + std::to_string(r) + " was started with WORLD_SIZE " + value + " but rank " +
-                                 std::to_string(o.rank) + " with " + mine +
-                                 "; start every rank with the same WORLD_SIZE");
+    for (int64_t r = 0; r < o.world_size; ++r) {  // where each rank runs, for messages that name a peer
+      const auto host = store.get("zoo/host/" + std::to_string(r));
+      hosts_.emplace_back(host.begin(), host.end());
     }
+    for (int64_t r = 0; r < o.world_size; ++r) check_world(r);
   } catch (const std::runtime_error&) {
     throw;
   } catch (const std::exception& e) {
-    throw std::runtime_error("rendezvous at " + where + " failed: " + error_text(e));
+    throw std::runtime_error(
+        "rendezvous at " + where + " failed (" + error_text(e) +
+        (o.rank == 0 ? std::string(")") : std::string("): rank 0 has probably stopped; see its message")));
   }
   if (o.backend != "gloo" && o.backend != "nccl")
     throw std::invalid_argument("unknown distributed backend '" + o.backend + "'; valid: gloo, nccl");
@@ -207,14 +286,30 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
 
 ProcessGroup::~ProcessGroup() = default;
 
+std::string ProcessGroup::peers() const {
+  std::string text;
+  int64_t listed = 0;
+  for (int64_t r = 0; r < static_cast<int64_t>(hosts_.size()); ++r) {
+    if (r == options_.rank) continue;
+    if (++listed > 4) {
+      text += fmt::format(" and {} more", static_cast<int64_t>(hosts_.size()) - 1 - 4);
+      break;
+    }
+    text += fmt::format("{}rank {} on {}", listed > 1 ? ", " : "", r, hosts_[static_cast<size_t>(r)]);
+  }
+  return "the others: " + text;
+}
+
 template <typename F>
 void ProcessGroup::guarded(const char* what, F&& f) {
   try {
     f();
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(options_.rank) + " of " + std::to_string(options_.world_size) +
-                             ": " + what + " failed, another rank has probably died or hangs (" + error_text(e) +
-                             "); the last checkpoint is intact, continue with --resume");
+    throw std::runtime_error(
+        "rank " + std::to_string(options_.rank) + " of " + std::to_string(options_.world_size) + ": " + what +
+        " failed, another rank has probably died or hangs, or the network between "
+        "them is down (" +
+        peers() + "; " + error_text(e) + "); the last checkpoint is intact, continue with --resume");
   }
 }
 

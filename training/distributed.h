@@ -20,8 +20,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace zoo::training {
+
+/// The most ranks one run may have: each joins the rendezvous served by rank 0 and waits for every other one, so
+/// an absurd WORLD_SIZE (1,000,000,000 once grew rank 0 to 5.4 GB) is refused at once.
+constexpr int64_t max_world_size = 4096;
 
 struct DistributedOptions {
   int64_t rank = 0;
@@ -40,6 +45,11 @@ struct DistributedOptions {
 /// torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK (default RANK), MASTER_ADDR (default 127.0.0.1),
 /// MASTER_PORT (default 29500). Empty when WORLD_SIZE is not set. Malformed values are errors.
 std::optional<DistributedOptions> distributed_options_from_env();
+
+/// A port number from text ("29500"): a whole number 1..65535, else an error naming `what` (e.g. "MASTER_PORT").
+int64_t parse_port(const std::string& text, const std::string& what);
+/// Checks that `host` resolves to an address (getaddrinfo); else "WHAT HOST does not resolve (REASON)".
+void check_resolves(const std::string& host, const std::string& what);
 
 /// A TCP port on 127.0.0.1 that is free now (the kernel's choice), e.g. for MASTER_PORT of a local run.
 int64_t free_loopback_port();
@@ -80,7 +90,10 @@ class ProcessGroup {
   struct Impl;  // the c10d store and process group, kept out of this header
   template <typename F>
   void guarded(const char* what, F&& f);
+  /// "the others: rank 1 on HOST, ..." for messages.
+  std::string peers() const;
   DistributedOptions options_;
+  std::vector<std::string> hosts_;  ///< where each rank runs (its GLOO_SOCKET_IFNAME address, or host name)
   std::unique_ptr<Impl> impl_;
 };
 

@@ -236,6 +236,7 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
   }
   if (parallel && writer) run->group_->barrier();
   if (failed) std::rethrow_exception(failed);
+  if (parallel) run->check_same_checkpoint();
   if (epochs > 0 && epochs < run->trainer_->state().epoch)
     throw std::invalid_argument(
         fmt::format("{} has already trained {} epochs; train.epochs {} would undo nothing "
@@ -253,6 +254,29 @@ std::unique_ptr<Run> Run::resume(const std::string& dir, int64_t epochs, int64_t
     run->dir_->update_config([&](json& saved) { saved["train"]["epochs"] = epochs; });
   }
   return run;
+}
+
+void Run::check_same_checkpoint() {
+  // Rank 0 names the checkpoint (its step and epoch); a rank that read another one (a host whose copy of the run
+  // directory is stale or another path) would train on other optimizer state. Every rank learns of any mismatch,
+  // so all stop at once.
+  const auto& st = trainer_->state();
+  const auto mine = torch::tensor({st.step, st.epoch}, torch::kInt64);
+  auto named = mine.clone();
+  group_->broadcast(named);
+  auto mismatches = torch::tensor({torch::equal(mine, named) ? int64_t{0} : int64_t{1}}, torch::kInt64);
+  group_->all_reduce_sum(mismatches);
+  const int64_t bad = mismatches.item<int64_t>();
+  if (bad == 0) return;
+  if (!torch::equal(mine, named))
+    throw std::runtime_error(fmt::format(
+        "rank {} reads the checkpoint at step {} (epoch {}) in {}, but rank 0 resumes from step {} (epoch {}): every "
+        "rank must see the same run directory; give every host one shared path for --resume",
+        group_->rank(), st.step, st.epoch, dir_->path(), named[0].item<int64_t>(), named[1].item<int64_t>()));
+  throw std::runtime_error(fmt::format(
+      "{} of {} ranks read another checkpoint than rank {} (step {} in {}); every rank must see the same run "
+      "directory: give every host one shared path for --resume",
+      bad, group_->world_size(), group_->rank(), st.step, dir_->path()));
 }
 
 std::unique_ptr<Run> Run::open(const std::string& dir, const std::function<void(RunConfig&)>& adjust,

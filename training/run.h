@@ -100,6 +100,8 @@ class Run {
   void build(bool train, bool fresh = false);
   /// The callbacks that write into the run directory (loggers, then checkpoints), once it exists.
   void attach_writers();
+  /// A resumed parallel run: every rank read the checkpoint rank 0 names (step and epoch), else all stop.
+  void check_same_checkpoint();
   RunConfig config_;
   std::shared_ptr<RunDirectory> dir_;
   std::unique_ptr<Trainer> trainer_;

@@ -6,6 +6,7 @@
 #include "training/loggers.h"
 #include "training/run.h"
 
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -57,8 +58,9 @@ double max_difference(torch::nn::Module& a, torch::nn::Module& b) {
 struct Child {
   pid_t pid = -1;
   std::string out, err;
+  /// `prefix`: a command that runs zoo (e.g. {"/usr/sbin/ip", "netns", "exec", "NS"}); empty: zoo itself.
   Child(const std::vector<std::string>& args, const std::vector<std::pair<std::string, std::string>>& env,
-        const std::string& dir, const std::string& name) {
+        const std::string& dir, const std::string& name, const std::vector<std::string>& prefix = {}) {
     out = dir + "/" + name + ".out";
     err = dir + "/" + name + ".err";
     pid = fork();
@@ -68,12 +70,13 @@ struct Child {
                 e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(o, 1);
       dup2(e, 2);
-      std::vector<std::string> all{ZOO_BIN};
+      std::vector<std::string> all = prefix;
+      all.push_back(ZOO_BIN);
       all.insert(all.end(), args.begin(), args.end());
       std::vector<char*> argv;
       for (auto& a : all) argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv(ZOO_BIN, argv.data());
+      execv(all.front().c_str(), argv.data());
       _exit(127);
     }
   }
@@ -278,6 +281,8 @@ TEST_CASE("Distributed set-up errors: port in use, rank out of range, disagreein
     CHECK(rank0.wait(30) == 1);
     CHECK(rank1.wait(30) == 1);
     CHECK(rank0.error().find("was started with WORLD_SIZE 3 but rank 0 with 2") != std::string::npos);
+    // The rank with the wrong WORLD_SIZE says so too (it once said "Broken pipe").
+    CHECK(rank1.error().find("rank 0 was started with WORLD_SIZE 2 but rank 1 with 3") != std::string::npos);
   }
   {
     Child alone(with_out("alone"), {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", std::to_string(free_port())}},
@@ -423,4 +428,247 @@ TEST_CASE(
   CHECK(r.code == 1);
   CHECK(r.err.find("--max-restarts restarts the ranks of a --nproc run") != std::string::npos);
   CHECK(test::count_lines(r.err) == 1);
+}
+
+namespace {
+/// Two network namespaces joined by a veth pair, each a "host" with an address of its own in 192.0.2.0/24
+/// (TEST-NET-1: documentation addresses, routed nowhere; they exist only inside these namespaces).
+struct TwoHosts {
+  std::string ns[2], dev[2];
+  std::string addr[2] = {"192.0.2.1", "192.0.2.2"};
+  bool ok = false;
+  std::string why;
+  TwoHosts() {
+    const auto id = std::to_string(getpid() % 100000);
+    ns[0] = "zoo-a-" + id;
+    ns[1] = "zoo-b-" + id;
+    dev[0] = "zva" + id;
+    dev[1] = "zvb" + id;
+    const std::vector<std::string> steps = {"ip netns add " + ns[0],
+                                            "ip netns add " + ns[1],
+                                            "ip link add " + dev[0] + " type veth peer name " + dev[1],
+                                            "ip link set " + dev[0] + " netns " + ns[0],
+                                            "ip link set " + dev[1] + " netns " + ns[1],
+                                            "ip -n " + ns[0] + " addr add " + addr[0] + "/24 dev " + dev[0],
+                                            "ip -n " + ns[1] + " addr add " + addr[1] + "/24 dev " + dev[1],
+                                            "ip -n " + ns[0] + " link set lo up",
+                                            "ip -n " + ns[1] + " link set lo up",
+                                            "ip -n " + ns[0] + " link set " + dev[0] + " up",
+                                            "ip -n " + ns[1] + " link set " + dev[1] + " up"};
+    for (const auto& step : steps) {
+      const auto r = test::run_command(step);
+      if (r.code != 0) {
+        why = step + ": " + r.err;
+        return;
+      }
+    }
+    ok = true;
+  }
+  ~TwoHosts() {
+    for (const auto& n : ns) test::run_command("ip netns del " + n);  // the veth pair goes with them
+  }
+  /// `zoo train` as host `node` of 2 (1 rank each), its rendezvous on host 0.
+  std::unique_ptr<Child> start(int node, std::vector<std::string> args, const std::string& dir,
+                               const std::string& name) const {
+    args.insert(args.end(), {"--nnodes", "2", "--node-rank", std::to_string(node), "--nproc", "1", "--master-addr",
+                             addr[0], "--master-port", "29500"});
+    return std::make_unique<Child>(args,
+                                   std::vector<std::pair<std::string, std::string>>{{"GLOO_SOCKET_IFNAME", dev[node]}},
+                                   dir, name, std::vector<std::string>{"/usr/sbin/ip", "netns", "exec", ns[node]});
+  }
+};
+}  // namespace
+
+TEST_CASE(
+    "Two hosts in network namespaces: 2 hosts x 1 rank equal 1 host x 2 ranks bit for bit; a cut link fails both "
+    "within --dist-timeout naming the peer, and the run resumes",
+    "[distributed][multinode]") {
+  REQUIRE(test::have_fashion_mnist());
+  TwoHosts hosts;
+  if (!hosts.ok) {
+    WARN("skipped: cannot create network namespaces here (needs root and CAP_SYS_ADMIN): " << hosts.why);
+    return;
+  }
+  TempDir tmp;
+  const std::vector<std::string> common{
+      "train", "mlp",    "--limit", "2000",          "--epochs",       "2", "--batch-size", "50", "--threads",
+      "1",     "--seed", "3",       "--no-progress", "--dist-timeout", "20"};
+  auto with_out = [&](std::vector<std::string> args, const std::string& out) {
+    args.insert(args.end(), {"--out", out});
+    return args;
+  };
+  auto one_host = with_out(common, tmp.str("one"));
+  one_host.insert(one_host.end(), {"--nproc", "2"});
+  Child reference(one_host, {}, tmp.str(), "one");
+  REQUIRE(reference.wait(300) == 0);
+  {
+    const std::string run = tmp.str("two");
+    auto node0 = hosts.start(0, with_out(common, run), tmp.str(), "node0");
+    auto node1 = hosts.start(1, with_out(common, run), tmp.str(), "node1");
+    const int code1 = node1->wait(300), code0 = node0->wait(300);
+    INFO(node0->error() << node1->error());
+    REQUIRE(code0 == 0);
+    REQUIRE(code1 == 0);
+    CHECK(training::read_json_file(run + "/state.json")["world_size"] == 2);
+    CHECK(same_weight_files(tmp.str("one/model.pt"), run + "/model.pt"));
+    CHECK(test::read_text(fs::path(run) / "metrics.jsonl").size() > 0);
+  }
+  {  // A long run; the link is cut mid-epoch: both hosts fail within the timeout, each naming the other.
+    const std::string run = tmp.str("cut");
+    auto args = common;
+    args[3] = "20000";  // --limit
+    args[5] = "1";      // --epochs
+    args[7] = "10";     // --batch-size
+    args[14] = "8";     // --dist-timeout
+    args = with_out(args, run);
+    args.insert(args.end(), {"--checkpoint-every", "100"});
+    auto node0 = hosts.start(0, args, tmp.str(), "cut0");
+    auto node1 = hosts.start(1, args, tmp.str(), "cut1");
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!periodic_checkpoint_exists(run) && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(periodic_checkpoint_exists(run));
+    REQUIRE(test::run_command("ip -n " + hosts.ns[0] + " link set " + hosts.dev[0] + " down").code == 0);
+    const auto cut = std::chrono::steady_clock::now();
+    const int code0 = node0->wait(60), code1 = node1->wait(60);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - cut).count();
+    INFO(node0->error() << node1->error());
+    CHECK(code0 == 1);
+    CHECK(code1 == 1);
+    CHECK(seconds < 8 + 4);  // --dist-timeout 8, plus the step in flight
+    CHECK(node0->error().find("rank 1 on " + hosts.addr[1]) != std::string::npos);
+    CHECK(node1->error().find("rank 0 on " + hosts.addr[0]) != std::string::npos);
+    REQUIRE(test::run_command("ip -n " + hosts.ns[0] + " link set " + hosts.dev[0] + " up").code == 0);
+    const int64_t step = training::read_json_file(run + "/state.json")["step"].get<int64_t>();
+    CHECK(step > 0);
+    const std::vector<std::string> resume{"train", "--resume", run, "--no-progress", "--dist-timeout", "20"};
+    auto again0 = hosts.start(0, resume, tmp.str(), "again0");
+    auto again1 = hosts.start(1, resume, tmp.str(), "again1");
+    const int r1 = again1->wait(300), r0 = again0->wait(300);
+    INFO(again0->error() << again1->error());
+    CHECK(r0 == 0);
+    CHECK(r1 == 0);
+    CHECK(training::read_json_file(run + "/state.json")["epoch"] == 1);
+  }
+}
+
+TEST_CASE("Launcher flags for several hosts, absurd world sizes and unresolvable masters are one line each",
+          "[distributed][faults]") {
+  TempDir tmp;
+  const std::string train = "train mlp --limit 200 --epochs 1 --no-progress --out " + tmp.str("run") + " ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--nnodes 2 --node-rank 2 --master-addr 127.0.0.1 --master-port 29500",
+       "--node-rank 2 is out of range for --nnodes 2 (nodes are 0..1)"},
+      {"--nnodes 2 --node-rank 1 --master-port 29500", "--nnodes 2 needs --node-rank R"},
+      {"--node-rank 1", "--node-rank 1 is out of range for --nnodes 1"},
+      {"--master-addr 127.0.0.1", "--master-addr and --master-port belong to a launcher"},
+      {"--nnodes 2 --node-rank 0 --master-addr 127.0.0.1 --master-port 29500 --max-restarts 1",
+       "--max-restarts restarts the ranks of one host"},
+      {"--nproc 2 --master-addr nosuch.invalid", "--master-addr nosuch.invalid does not resolve"},
+      {"--nnodes 0", "--nnodes"}};
+  for (const auto& [flags, message] : cases) {
+    const auto r = test::run_zoo(train + flags);
+    INFO(flags << "\n" << r.err);
+    CHECK((r.code == 1 || r.code == 2));  // 2: a value the flag parser refuses
+    CHECK(test::count_lines(r.err) == 1);
+    CHECK(r.err.find(message) != std::string::npos);
+  }
+  const auto no_out = test::run_zoo("train mlp --nnodes 2 --node-rank 0 --master-addr 127.0.0.1 --master-port 29500");
+  CHECK(no_out.err.find("--nnodes 2 needs --out RUN") != std::string::npos);
+  // An absurd WORLD_SIZE is refused at once, before the rendezvous (it once grew rank 0 to 5.4 GB).
+  const auto start = std::chrono::steady_clock::now();
+  const auto huge = test::run_command("WORLD_SIZE=1000000000 RANK=0 MASTER_PORT=" + std::to_string(free_port()) + " " +
+                                      ZOO_BIN + " " + train + "--dist-timeout 8");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(8));
+  CHECK(huge.code == 1);
+  CHECK(huge.err.find("WORLD_SIZE 1000000000 is more than the 4096 ranks") != std::string::npos);
+  const auto unresolved =
+      test::run_command("WORLD_SIZE=2 RANK=1 MASTER_ADDR=nosuch.invalid " + std::string(ZOO_BIN) + " " + train);
+  CHECK(unresolved.code == 1);
+  CHECK(unresolved.err.find("MASTER_ADDR nosuch.invalid does not resolve") != std::string::npos);
+}
+
+TEST_CASE("A stopped rank (SIGSTOP) ends the job within --dist-timeout, named by the launcher",
+          "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run");
+  Child launcher({"train", "mlp", "--nproc", "2", "--epochs", "50", "--limit", "20000", "--batch-size", "20",
+                  "--no-progress", "--dist-timeout", "8", "--out", run},
+                 {}, tmp.str(), "launcher");
+  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const pid_t rank1 = rank_process(launcher.pid, 1);
+  REQUIRE(rank1 > 0);
+  kill(rank1, SIGSTOP);
+  const auto start = std::chrono::steady_clock::now();
+  const int code = launcher.wait(60);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(launcher.error());
+  CHECK(code == 1);
+  CHECK(seconds < 8 + 4);  // once the timeout (it was twice), plus the step in flight
+  CHECK(launcher.error().find("rank 1 of 2 was stopped (SIGSTOP or a debugger) and did not answer within "
+                              "--dist-timeout 8 s") != std::string::npos);
+  CHECK(launcher.error().find("continue with --resume " + run) != std::string::npos);
+  CHECK(children_of(launcher.pid).empty());
+}
+
+TEST_CASE("A launcher whose ranks fail before any checkpoint does not advise --resume", "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  Port busy(/*listening=*/true);
+  const auto r =
+      test::run_command("MASTER_PORT=" + std::to_string(busy.number) + " " + ZOO_BIN +
+                        " train mlp --nproc 2 --limit 200 --no-progress --dist-timeout 5 --out " + tmp.str("run"));
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("the port is probably in use") != std::string::npos);
+  CHECK(r.err.find("no checkpoint was written") != std::string::npos);
+  CHECK(r.err.find("--resume") == std::string::npos);
+}
+
+TEST_CASE("Resuming ranks read the checkpoint rank 0 names, and only rank 0 writes the run directory",
+          "[distributed][faults]") {
+  REQUIRE(test::have_fashion_mnist());
+  TempDir tmp;
+  const std::string run = tmp.str("run"), stale = tmp.str("stale");
+  REQUIRE(test::run_zoo("train mlp --limit 400 --epochs 1 --threads 1 --no-progress --out " + run).code == 0);
+  fs::copy(run, stale, fs::copy_options::recursive);
+  REQUIRE(test::run_zoo("train --resume " + run + " --epochs 2 --no-progress").code == 0);
+  {  // rank 1 reads another copy of the run (a host whose copy is stale): every rank stops, each says why
+    const std::string port = std::to_string(free_port());
+    Child rank0({"train", "--resume", run, "--epochs", "3", "--no-progress", "--dist-timeout", "20"},
+                {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", port}}, tmp.str(), "r0");
+    Child rank1({"train", "--resume", stale, "--epochs", "3", "--no-progress", "--dist-timeout", "20"},
+                {{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_PORT", port}}, tmp.str(), "r1");
+    const int c0 = rank0.wait(60), c1 = rank1.wait(60);
+    INFO(rank0.error() << rank1.error());
+    CHECK(c0 == 1);
+    CHECK(c1 == 1);
+    const int64_t step1 = training::read_json_file(stale + "/state.json")["step"],
+                  step0 = training::read_json_file(run + "/state.json")["step"];
+    CHECK(rank1.error().find(fmt::format("rank 1 reads the checkpoint at step {} (epoch 1) in {}, but rank 0 resumes "
+                                         "from step {} (epoch 2)",
+                                         step1, stale, step0)) != std::string::npos);
+    CHECK(rank0.error().find("1 of 2 ranks read another checkpoint than rank 0") != std::string::npos);
+    CHECK(training::read_json_file(run + "/state.json")["epoch"] == 2);
+  }
+  // Rank 1 runs as a user to whom the run directory is read-only (root ignores permissions: 'nobody' then): it
+  // resumes and trains beside rank 0, so it never writes there.
+  const bool root = geteuid() == 0;
+  for (const auto& entry : fs::recursive_directory_iterator(tmp.path()))
+    fs::permissions(entry.path(), fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
+  fs::permissions(tmp.path(), fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
+  const std::string port = std::to_string(free_port());
+  Child rank0({"train", "--resume", run, "--epochs", "3", "--threads", "1", "--no-progress", "--dist-timeout", "30"},
+              {{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_PORT", port}}, tmp.str(), "w0");
+  std::vector<std::string> prefix;
+  if (root) prefix = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+  Child rank1({"train", "--resume", run, "--epochs", "3", "--threads", "1", "--no-progress", "--dist-timeout", "30"},
+              {{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_PORT", port}}, tmp.str(), "w1", prefix);
+  const int c0 = rank0.wait(120), c1 = rank1.wait(120);
+  INFO(rank0.error() << rank1.error());
+  CHECK(c0 == 0);
+  CHECK(c1 == 0);
+  CHECK(training::read_json_file(run + "/state.json")["epoch"] == 3);
 }

@@ -100,8 +100,21 @@ void set_command_line(int argc, char** argv);
 /// the launcher stop the others, wait for them, and start all `nproc` again from the run's last checkpoint
 /// (`train --resume run_dir`), up to `max_restarts` times, each restart logged with its cause; the same failure
 /// twice in a row with no step checkpointed in between (a bad configuration) ends the job with its message.
-int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s, int64_t max_restarts = 0,
-                 const std::string& run_dir = "");
+/// Several hosts as torchrun does it: `nnodes` launchers, one per host, each started with its `node_rank`, the
+/// same master address (node 0's) and port; this one's ranks are node_rank * nproc + 0..nproc-1 of
+/// nnodes * nproc. An empty `master_addr` / zero `master_port`: MASTER_ADDR / MASTER_PORT from the environment,
+/// else 127.0.0.1 and a free port (one host only).
+struct LaunchOptions {
+  int64_t nproc = 1;
+  int64_t nnodes = 1;
+  int64_t node_rank = 0;
+  std::string master_addr;
+  int64_t master_port = 0;
+  double timeout_s = 60;
+  int64_t max_restarts = 0;
+  std::string run_dir;
+};
+int launch_ranks(const LaunchOptions& options, const std::vector<std::string>& extra_args);
 
 /// Prints a metrics object as "name value" pairs on one line.
 std::string format_metrics(const nlohmann::json& metrics);

@@ -1,5 +1,6 @@
-// `zoo train --nproc N`: starts N copies of this command as ranks 0..N-1 of one data-parallel run, with
-// torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), and watches them.
+// `zoo train --nproc N [--nnodes M --node-rank R --master-addr HOST --master-port P]`: starts N copies of this
+// command as ranks R*N .. R*N+N-1 of one data-parallel run of M*N ranks, with torchrun's environment (RANK,
+// LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT), and watches them.
 #include "tools/cli/cli.h"
 #include "training/checkpoint.h"
 #include "training/distributed.h"
@@ -15,6 +16,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -55,7 +58,16 @@ struct Attempt {
   int status = 0;                ///< waitpid status of the failed rank
   int code = 0;                  ///< the launcher's exit code for this outcome
   bool all_same_signal = false;  ///< every rank stopped by the same signal (Ctrl-C, kill of the group)
+  int64_t stopped = -1;          ///< a rank found stopped (SIGSTOP) after another failed: the cause
 };
+
+/// Whether process `pid` is stopped (state T or t in /proc/PID/stat).
+bool is_stopped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && (stat[close + 2] == 'T' || stat[close + 2] == 't');
+}
 
 std::atomic<bool> launcher_signalled{false};
 
@@ -64,11 +76,12 @@ extern "C" void forward_and_note(int sig) {
   forward_signal(sig);
 }
 
-Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double timeout_s) {
-  const char* port_env = std::getenv("MASTER_PORT");
-  const std::string port = port_env && *port_env ? port_env : std::to_string(training::free_loopback_port());
-  const char* addr_env = std::getenv("MASTER_ADDR");
-  const std::string addr = addr_env && *addr_env ? addr_env : "127.0.0.1";
+Attempt run_ranks(const LaunchOptions& o, const std::vector<std::string>& args) {
+  const int64_t nproc = o.nproc;
+  const double timeout_s = o.timeout_s;
+  const std::string port = std::to_string(o.master_port > 0 ? o.master_port : training::free_loopback_port());
+  const std::string& addr = o.master_addr;
+  const int64_t first_rank = o.node_rank * nproc, world = o.nnodes * nproc;
   std::fflush(stdout);
   std::fflush(stderr);
 
@@ -79,9 +92,11 @@ Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double ti
     if (pid == 0) {
       setpgid(0, 0);                     // a terminal's Ctrl-C reaches the launcher, which passes it on once
       prctl(PR_SET_PDEATHSIG, SIGTERM);  // and a launcher that dies takes its ranks along
-      setenv("RANK", std::to_string(rank).c_str(), 1);
+      setenv("RANK", std::to_string(first_rank + rank).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      setenv("GROUP_RANK", std::to_string(o.node_rank).c_str(), 1);
       setenv("MASTER_ADDR", addr.c_str(), 1);
       setenv("MASTER_PORT", port.c_str(), 1);
       std::vector<std::string> own = args;
@@ -89,7 +104,8 @@ Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double ti
       for (auto& a : own) argv.push_back(a.data());
       argv.push_back(nullptr);
       execv(argv[0], argv.data());
-      fmt::print(stderr, "zoo: error: cannot start rank {}: {}\n", static_cast<long long>(rank), std::strerror(errno));
+      fmt::print(stderr, "zoo: error: cannot start rank {}: {}\n", static_cast<long long>(first_rank + rank),
+                 std::strerror(errno));
       _exit(127);
     }
     children[rank] = pid;
@@ -97,7 +113,7 @@ Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double ti
   }
 
   std::vector<int> status(static_cast<size_t>(nproc), -1);
-  int64_t running = nproc, first_failed = -1;
+  int64_t running = nproc, first_failed = -1, stopped_rank = -1;
   auto failed_since = std::chrono::steady_clock::now();
   bool killed = false;
   while (running > 0) {
@@ -108,6 +124,14 @@ Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double ti
       break;
     }
     if (pid == 0) {  // a rank failed and others still run: they should fail too; past the timeout, end them
+      // A stopped rank (SIGSTOP, a debugger) never fails by itself: it is what the others timed out waiting for.
+      for (int64_t r = 0; r < nproc && !killed; ++r)
+        if (status[static_cast<size_t>(r)] < 0 && is_stopped(children[r])) {
+          stopped_rank = r;
+          for (int64_t other = 0; other < nproc; ++other)
+            if (status[static_cast<size_t>(other)] < 0) kill(children[other], SIGKILL);
+          killed = true;
+        }
       if (!killed && std::chrono::steady_clock::now() - failed_since > std::chrono::duration<double>(timeout_s)) {
         for (int64_t r = 0; r < nproc; ++r)
           if (status[static_cast<size_t>(r)] < 0) kill(children[r], SIGKILL);
@@ -133,6 +157,8 @@ Attempt run_ranks(int64_t nproc, const std::vector<std::string>& args, double ti
   out.failed = first_failed;
   out.status = status[static_cast<size_t>(first_failed)];
   out.code = 1;
+  out.stopped = stopped_rank;
+  if (stopped_rank >= 0) return out;
   // Every rank stopped by the same signal (Ctrl-C, kill): each has said so; pass its exit code on.
   if (WIFEXITED(out.status) && WEXITSTATUS(out.status) > 128) {
     bool same = true;
@@ -158,21 +184,40 @@ int64_t checkpoint_step(const std::string& run_dir) {
 
 }  // namespace
 
-int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, double timeout_s, int64_t max_restarts,
-                 const std::string& run_dir) {
-  if (nproc < 2) throw std::invalid_argument("--nproc must be >= 2 to start several ranks");
+int launch_ranks(const LaunchOptions& given, const std::vector<std::string>& extra_args) {
+  LaunchOptions o = given;
+  const int64_t nproc = o.nproc;
+  if (nproc < 1 || (nproc < 2 && o.nnodes < 2))
+    throw std::invalid_argument("--nproc must be >= 2 to start several ranks");
   if (nproc > kMaxRanks) throw std::invalid_argument("--nproc must be at most " + std::to_string(kMaxRanks));
-  // The children run this same command without --nproc and --max-restarts, plus what the launcher decided for
-  // all of them.
+  if (o.master_addr.empty()) {
+    const char* addr_env = std::getenv("MASTER_ADDR");
+    o.master_addr = addr_env && *addr_env ? addr_env : "127.0.0.1";
+  }
+  if (o.master_port <= 0) {
+    const char* port_env = std::getenv("MASTER_PORT");
+    if (port_env && *port_env) o.master_port = training::parse_port(port_env, "MASTER_PORT");
+  }
+  training::check_resolves(o.master_addr, "--master-addr");  // every attempt would fail the same way
+  const std::string& run_dir = o.run_dir;
+  const double timeout_s = o.timeout_s;
+  // The children run this same command without the launcher's flags, plus what the launcher decided for all of
+  // them (the environment carries their ranks and the master).
   std::vector<std::string> args{"/proc/self/exe"};
   bool quiet = false;
   for (size_t i = 1; i < command_line_.size(); ++i) {
     const std::string& a = command_line_[i];
-    if (a == "--nproc" || a == "--max-restarts") {
-      ++i;
-      continue;
+    bool launcher_flag = false;
+    for (const char* flag :
+         {"--nproc", "--max-restarts", "--nnodes", "--node-rank", "--master-addr", "--master-port"}) {
+      if (a == flag) {
+        ++i;
+        launcher_flag = true;
+      } else if (a.rfind(std::string(flag) + "=", 0) == 0) {
+        launcher_flag = true;
+      }
     }
-    if (a.rfind("--nproc=", 0) == 0 || a.rfind("--max-restarts=", 0) == 0) continue;
+    if (launcher_flag) continue;
     quiet = quiet || a == "--no-progress";
     args.push_back(a);
   }
@@ -199,19 +244,26 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
   int64_t previous_step = -2;
   for (int64_t restart = 0;; ++restart) {
     const int64_t step_before = checkpoint_step(run_dir);
-    const auto attempt = run_ranks(nproc, restart > 0 && step_before >= 0 ? resume_args : args, timeout_s);
+    const auto attempt = run_ranks(o, restart > 0 && step_before >= 0 ? resume_args : args);
     if (attempt.failed < 0) return 0;
     if (attempt.all_same_signal) return attempt.code;
-    const auto cause = fmt::format("rank {} of {} {}", static_cast<long long>(attempt.failed),
-                                   static_cast<long long>(nproc), describe(attempt.status));
+    const int64_t first_rank = o.node_rank * nproc, world = o.nnodes * nproc;
+    const auto cause =
+        attempt.stopped >= 0
+            ? fmt::format(
+                  "rank {} of {} was stopped (SIGSTOP or a debugger) and did not answer within --dist-timeout "
+                  "{} s",
+                  static_cast<long long>(first_rank + attempt.stopped), static_cast<long long>(world), timeout_s)
+            : fmt::format("rank {} of {} {}", static_cast<long long>(first_rank + attempt.failed),
+                          static_cast<long long>(world), describe(attempt.status));
     const int64_t step_after = checkpoint_step(run_dir);
     // The same failure as the last one, with no step checkpointed in between: a restart would fail again.
     const bool repeated = step_after == step_before && step_after == previous_step && attempt.status == previous_status;
-    if (restart < max_restarts && !launcher_signalled.load() && !repeated) {
+    if (restart < o.max_restarts && !launcher_signalled.load() && !repeated) {
       fmt::print(stderr, "zoo: {}; restarting all {} ranks from {} (restart {} of {})\n", cause,
                  static_cast<long long>(nproc),
                  step_after >= 0 ? fmt::format("the checkpoint at step {}", step_after) : std::string("the start"),
-                 static_cast<long long>(restart + 1), static_cast<long long>(max_restarts));
+                 static_cast<long long>(restart + 1), static_cast<long long>(o.max_restarts));
       std::fflush(stderr);
       previous_status = attempt.status;
       previous_step = step_after;
@@ -222,10 +274,15 @@ int launch_ranks(int64_t nproc, const std::vector<std::string>& extra_args, doub
                  "zoo: error: {} again before any new checkpoint (the same failure twice in a row: not restarted; "
                  "see the rank's message above)\n",
                  cause);
-    else
+    else if (step_after >= 0)
       fmt::print(stderr,
                  "zoo: error: {}; the other ranks were stopped (the last checkpoint is intact; continue with "
-                 "--resume)\n",
+                 "--resume {})\n",
+                 cause, run_dir);
+    else
+      fmt::print(stderr,
+                 "zoo: error: {}; the other ranks were stopped (no checkpoint was written: see the rank's message "
+                 "above, then start the run again)\n",
                  cause);
     return 1;
   }

@@ -68,6 +68,8 @@ struct TrainArgs {
   std::vector<std::string> set, prior_layers, data_options, task_options, callbacks, freeze;
   int64_t nproc = 1;
   int64_t max_restarts = 0;
+  int64_t nnodes = 1, node_rank = 0, master_port = 0;
+  std::string master_addr;
   double dist_timeout = 60;
   bool restart_schedule = false, force = false;
   std::unique_ptr<SettingFlags<training::TrainOptions>> train;
@@ -108,7 +110,53 @@ std::string describe_threads(int64_t setting) {
     const auto cores = training::usable_cores();
     extra.insert(extra.end(), {"--threads", std::to_string(std::max<int64_t>(1, cores / a.nproc))});
   }
-  throw ExitCode{launch_ranks(a.nproc, extra, a.dist_timeout, a.max_restarts, dir.empty() ? a.resume : dir)};
+  LaunchOptions o;
+  o.nproc = a.nproc;
+  o.nnodes = a.nnodes;
+  o.node_rank = a.node_rank;
+  o.master_addr = a.master_addr;
+  o.master_port = a.master_port;
+  o.timeout_s = a.dist_timeout;
+  o.max_restarts = a.max_restarts;
+  o.run_dir = dir.empty() ? a.resume : dir;
+  throw ExitCode{launch_ranks(o, extra)};
+}
+
+/// Whether this command starts ranks (--nproc N > 1, or --nnodes M > 1) rather than being one.
+bool launches(const TrainArgs& a) { return a.nproc > 1 || a.nnodes > 1; }
+
+/// The flags of a run over several hosts agree with each other.
+void check_launch_flags(const TrainArgs& a, const CLI::App& cmd) {
+  auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
+  if (given("--max-restarts") && !launches(a))
+    throw std::invalid_argument(
+        "--max-restarts restarts the ranks of a --nproc run; add --nproc N (N >= 2), or restart a single process "
+        "with --resume");
+  if (a.nnodes == 1) {
+    if (given("--node-rank") && a.node_rank != 0)
+      throw std::invalid_argument(fmt::format("--node-rank {} is out of range for --nnodes 1 (nodes are 0..0)",
+                                              static_cast<long long>(a.node_rank)));
+    if ((given("--master-addr") || given("--master-port")) && a.nproc < 2)
+      throw std::invalid_argument(
+          "--master-addr and --master-port belong to a launcher: add --nproc N (N >= 2) or --nnodes M (M >= 2)");
+    return;
+  }
+  if (a.node_rank >= a.nnodes)
+    throw std::invalid_argument(fmt::format("--node-rank {} is out of range for --nnodes {} (nodes are 0..{})",
+                                            static_cast<long long>(a.node_rank), static_cast<long long>(a.nnodes),
+                                            static_cast<long long>(a.nnodes - 1)));
+  if (!given("--node-rank") || !given("--master-addr") || !given("--master-port"))
+    throw std::invalid_argument(
+        "--nnodes " + std::to_string(a.nnodes) +
+        " needs --node-rank R (this host's number, 0..M-1), --master-addr HOST (node 0's address) and "
+        "--master-port P, the same address and port on every host");
+  if (a.out.empty() && a.resume.empty())
+    throw std::invalid_argument(
+        "--nnodes " + std::to_string(a.nnodes) +
+        " needs --out RUN (or --resume RUN): a run directory every host sees at the same path (rank 0 writes it)");
+  if (given("--max-restarts"))
+    throw std::invalid_argument(
+        "--max-restarts restarts the ranks of one host; across hosts restart every launcher with --resume RUN");
 }
 
 /// This process's rank in a data-parallel run started by --nproc or torchrun (WORLD_SIZE in the environment).
@@ -183,10 +231,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
         "--checkpoint-every must be a positive number of steps, got {}; leave it out to checkpoint at epoch ends "
         "(and every --checkpoint-minutes)",
         train_given["checkpoint_every"].dump()));
-  if (given("--max-restarts") && a.nproc < 2)
-    throw std::invalid_argument(
-        "--max-restarts restarts the ranks of a --nproc run; add --nproc N (N >= 2), or restart a single process "
-        "with --resume");
+  check_launch_flags(a, cmd);
   if (a.restart_schedule && a.resume.empty())
     throw std::invalid_argument(
         "--restart-schedule restarts the schedule of a resumed run: give --resume RUN and "
@@ -213,7 +258,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     const auto precision = train_given.value("precision", std::string());  // empty: the run's
     const auto saved = training::read_run_config(a.resume);
     check_precision(precision.empty() ? saved.train.precision() : precision, saved.train.device(), a.force);
-    if (a.nproc > 1) launch(a, cmd, "");
+    if (launches(a)) launch(a, cmd, "");
     const bool quiet = train_given.contains("progress") && !train_given["progress"].get<bool>();
     auto run = Run::resume(a.resume, train_given.value("epochs", int64_t{0}), train_given.value("threads", int64_t{-1}),
                            quiet, join_group(a), a.restart_schedule, precision);
@@ -241,7 +286,7 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
                "lost, and the optimizer's state is bfloat16 too; bf16-mixed keeps float32 weights\n");
 
   const std::string dir = a.out.empty() ? training::default_run_dir(config.model) : a.out;
-  if (a.nproc > 1) launch(a, cmd, dir);
+  if (launches(a)) launch(a, cmd, dir);
   auto run = Run::create(config, dir, join_group(a));
   if (run->trainer().rank() != 0) {  // only rank 0 speaks (and writes)
     run->fit();
@@ -384,6 +429,18 @@ void add_train(CLI::App& app) {
                   "With --nproc: when a rank dies, stop the others and restart all from the last checkpoint, up to "
                   "K times (the same failure twice in a row with no new checkpoint ends the job)")
       ->check(non_negative());
+  cmd->add_option("--nnodes", a->nnodes,
+                  "Hosts in the run (default 1); start `zoo train` on each with the same flags but its own "
+                  "--node-rank. Ranks are node-rank x nproc + 0..nproc-1 of nnodes x nproc, as torchrun numbers them")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  cmd->add_option("--node-rank", a->node_rank, "With --nnodes: this host's number, 0..M-1 (node 0 holds rank 0)")
+      ->check(non_negative());
+  cmd->add_option("--master-addr", a->master_addr,
+                  "Address or host name of node 0, where rank 0 serves the rendezvous (default: MASTER_ADDR, else "
+                  "127.0.0.1)");
+  cmd->add_option("--master-port", a->master_port,
+                  "TCP port of the rendezvous on node 0 (default: MASTER_PORT, else a free port; one host only)")
+      ->check(CLI::Range(int64_t{1}, int64_t{65535}));
   cmd->add_option("--dist-timeout", a->dist_timeout,
                   "Seconds to wait for the other ranks at the start and in each collective (default 60)")
       ->check(positive());
