@@ -480,7 +480,7 @@ struct TwoHosts {
 }  // namespace
 
 TEST_CASE(
-    "Two hosts in network namespaces: 2 hosts x 1 rank equal 1 host x 2 ranks bit for bit; a cut link fails both "
+    "Two hosts in network namespaces: 2 hosts x 1 rank equal 1 host x 2 ranks bit for bit, a cut link fails both "
     "within --dist-timeout naming the peer, and the run resumes",
     "[distributed][multinode]") {
   REQUIRE(test::have_fashion_mnist());
@@ -575,6 +575,24 @@ TEST_CASE("Launcher flags for several hosts, absurd world sizes and unresolvable
   }
   const auto no_out = test::run_zoo("train mlp --nnodes 2 --node-rank 0 --master-addr 127.0.0.1 --master-port 29500");
   CHECK(no_out.err.find("--nnodes 2 needs --out RUN") != std::string::npos);
+  if (test::have_fashion_mnist()) {  // two launchers that disagree on --nnodes: each host's rank says so at once
+    const std::string port = std::to_string(free_port());
+    auto host = [&](const std::string& nnodes, const std::string& node) {
+      return std::vector<std::string>{
+          "train",       "mlp",   "--limit",       "200",       "--no-progress", "--nnodes", nnodes,
+          "--node-rank", node,    "--master-addr", "127.0.0.1", "--master-port", port,       "--dist-timeout",
+          "10",          "--out", tmp.str("nodes")};
+    };
+    Child node0(host("2", "0"), {}, tmp.str(), "n0");
+    Child node1(host("3", "1"), {}, tmp.str(), "n1");
+    const int c0 = node0.wait(60), c1 = node1.wait(60);
+    INFO(node0.error() << node1.error());
+    CHECK(c0 == 1);
+    CHECK(c1 == 1);
+    CHECK(node1.error().find("rank 0 was started with WORLD_SIZE 2 but rank 1 with 3; start every rank with the same "
+                             "WORLD_SIZE (hosts x ranks per host: the same --nnodes and --nproc everywhere)") !=
+          std::string::npos);
+  }
   // An absurd WORLD_SIZE is refused at once, before the rendezvous (it once grew rank 0 to 5.4 GB).
   const auto start = std::chrono::steady_clock::now();
   const auto huge = test::run_command("WORLD_SIZE=1000000000 RANK=0 MASTER_PORT=" + std::to_string(free_port()) + " " +
