@@ -6,6 +6,7 @@
 #include "helpers.h"
 #include "models/registry.h"
 #include "models/segmentation.h"
+#include "ops/autocast.h"
 #include "training/segmentation_objective.h"
 
 #include <catch2/catch.hpp>
@@ -138,4 +139,40 @@ TEST_CASE("Gradient reaches the first encoder layer, and the U-Net skips are use
   auto without = unet->decode(features);
   CHECK((with - without).abs().max().item<double>() > 1e-3);
   CHECK(with.sizes() == without.sizes());
+}
+
+TEST_CASE("U-Net and DeconvNet in 2-D and 3-D train under bf16-mixed autocast, close to float32", "[segmentation]") {
+  // LibTorch 1.13 has no bfloat16 CPU kernels for 3-D max pooling with indices or for max-unpooling: the
+  // DeconvNets once failed under bf16-mixed ("max_pool3d_with_indices_cpu not implemented for 'BFloat16'").
+  for (const int64_t dims : {2, 3}) {
+    const auto encoder = models::EncoderOptions().dims(dims).base_channels(4).levels(3);
+    std::vector<std::pair<std::string, torch::nn::AnyModule>> nets = {
+        {"unet", torch::nn::AnyModule(models::UNet(models::UNetOptions().encoder(encoder).num_classes(3)))},
+        {"deconvnet", torch::nn::AnyModule(models::DeconvNet(models::DeconvNetOptions().encoder(encoder).num_classes(3)))}};
+    auto x = dims == 2 ? torch::randn({2, 1, 16, 16}) : torch::randn({2, 1, 8, 8, 8});
+    for (auto& [name, net] : nets) {
+      INFO(name << " " << dims << "-D");
+      torch::manual_seed(0);
+      net.ptr()->eval();
+      const auto reference = net.forward(x);
+      torch::Tensor mixed;
+      {
+        zoo::ops::AutocastScope autocast(c10::DeviceType::CPU, torch::kBFloat16);
+        mixed = net.forward(x);
+      }
+      REQUIRE(mixed.sizes() == reference.sizes());
+      CHECK(torch::isfinite(mixed).all().item<bool>());
+      CHECK((mixed.to(torch::kFloat32) - reference).abs().max().item<double>() <
+            0.05 * reference.abs().max().item<double>() + 1e-3);
+      net.ptr()->train();
+      {
+        zoo::ops::AutocastScope autocast(c10::DeviceType::CPU, torch::kBFloat16);
+        net.forward(x).to(torch::kFloat32).pow(2).mean().backward();
+      }
+      for (const auto& p : net.ptr()->parameters()) {
+        REQUIRE(p.grad().defined());
+        CHECK(p.grad().scalar_type() == torch::kFloat32);
+      }
+    }
+  }
 }
