@@ -123,6 +123,18 @@ bool wait_for_file(const fs::path& path, double seconds) {
   return false;
 }
 
+/// A 2-rank launcher of a long mlp run into `run` (logs in `dir`), returned once training has started (the
+/// epoch-0 checkpoint exists).
+std::unique_ptr<Child> start_long_run(const std::string& run, const std::string& dir, const std::string& timeout) {
+  auto launcher = std::make_unique<Child>(
+      std::vector<std::string>{"train", "mlp", "--nproc", "2", "--epochs", "50", "--limit", "20000", "--batch-size",
+                               "20", "--no-progress", "--dist-timeout", timeout, "--out", run},
+      std::vector<std::pair<std::string, std::string>>{}, dir, "launcher");
+  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  return launcher;
+}
+
 }  // namespace
 
 TEST_CASE("Two ranks with batch b end bit-identical, and equal to one process with batch 2b", "[distributed]") {
@@ -227,11 +239,8 @@ TEST_CASE("A rank killed mid-training: the others fail with a clear message inst
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
-  Child launcher({"train", "mlp", "--nproc", "2", "--epochs", "50", "--limit", "20000", "--batch-size", "20",
-                  "--no-progress", "--dist-timeout", "20", "--out", run},
-                 {}, tmp.str(), "launcher");
-  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));  // the epoch-0 checkpoint: training has started
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto started = start_long_run(run, tmp.str(), "20");
+  auto& launcher = *started;
   const auto ranks = children_of(launcher.pid);
   REQUIRE(ranks.size() == 2);
   kill(ranks.back(), SIGKILL);
@@ -611,11 +620,8 @@ TEST_CASE("A stopped rank (SIGSTOP) ends the job within --dist-timeout, named by
   REQUIRE(test::have_fashion_mnist());
   TempDir tmp;
   const std::string run = tmp.str("run");
-  Child launcher({"train", "mlp", "--nproc", "2", "--epochs", "50", "--limit", "20000", "--batch-size", "20",
-                  "--no-progress", "--dist-timeout", "8", "--out", run},
-                 {}, tmp.str(), "launcher");
-  REQUIRE(wait_for_file(fs::path(run) / "state.json", 120));
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto started = start_long_run(run, tmp.str(), "8");
+  auto& launcher = *started;
   const pid_t rank1 = rank_process(launcher.pid, 1);
   REQUIRE(rank1 > 0);
   kill(rank1, SIGSTOP);
