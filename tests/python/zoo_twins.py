@@ -210,7 +210,8 @@ class DeconvNetUp(nn.Module):
 
     def forward(self, x, indices, size):
         unpool = F.max_unpool2d if self.dims == 2 else F.max_unpool3d
-        return self.conv(unpool(self.reduce(x), indices, 2, 2, output_size=size))
+        # As the C++: max-unpooling has no bfloat16 CPU kernel in this torch, so under autocast it runs in float32.
+        return self.conv(unpool(self.reduce(x).float(), indices, 2, 2, output_size=size))
 
 
 class DeconvNet(nn.Module):
@@ -229,7 +230,8 @@ class DeconvNet(nn.Module):
         for i, block in enumerate(self.encoder):
             if i > 0:
                 sizes.append(h.shape[2:])
-                h, idx = pool(h, 2, 2, return_indices=True)
+                # 3-D max pooling with indices has no bfloat16 CPU kernel either (float32, as the C++).
+                h, idx = pool(h if self.dims == 2 else h.float(), 2, 2, return_indices=True)
                 switches.append(idx)
             h = block(h)
         for k, up in enumerate(self.decoder):
