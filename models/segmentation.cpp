@@ -295,9 +295,9 @@ torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
     if (i > 0) {
       sizes.emplace_back(h.sizes().begin() + 2, h.sizes().end());
       // LibTorch 1.13 has no bfloat16 CPU kernel for 3-D max pooling with indices (bf16-mixed): float32 there.
-      auto pooled = dims == 2 ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2}, {0, 0}, {1, 1})
-                              : torch::max_pool3d_with_indices(ops::float32(h), {2, 2, 2}, {2, 2, 2}, {0, 0, 0},
-                                                               {1, 1, 1});
+      auto pooled = dims == 2
+                        ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2}, {0, 0}, {1, 1})
+                        : torch::max_pool3d_with_indices(ops::float32(h), {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
       h = std::get<0>(pooled);
       switches.push_back(std::get<1>(pooled));
     }

@@ -148,7 +148,8 @@ TEST_CASE("U-Net and DeconvNet in 2-D and 3-D train under bf16-mixed autocast, c
     const auto encoder = models::EncoderOptions().dims(dims).base_channels(4).levels(3);
     std::vector<std::pair<std::string, torch::nn::AnyModule>> nets = {
         {"unet", torch::nn::AnyModule(models::UNet(models::UNetOptions().encoder(encoder).num_classes(3)))},
-        {"deconvnet", torch::nn::AnyModule(models::DeconvNet(models::DeconvNetOptions().encoder(encoder).num_classes(3)))}};
+        {"deconvnet",
+         torch::nn::AnyModule(models::DeconvNet(models::DeconvNetOptions().encoder(encoder).num_classes(3)))}};
     auto x = dims == 2 ? torch::randn({2, 1, 16, 16}) : torch::randn({2, 1, 8, 8, 8});
     for (auto& [name, net] : nets) {
       INFO(name << " " << dims << "-D");
