@@ -70,6 +70,40 @@ TEST_CASE("CLI: zoo train elmo on your own text, zoo embed (vectors, --json, --c
   CHECK(senses["layers"]["0"]["fraction"] == 0.0);
   CHECK(senses["layers"]["0"]["mean_cos_same"].get<double>() == Approx(1.0).epsilon(1e-5));
   CHECK(std::max(senses["layers"]["1"]["fraction"].get<double>(), senses["layers"]["2"]["fraction"].get<double>()) > 0);
+  // The downstream mix: two class files of records; each task reports softmax(s) over layers 0..2, gamma and the
+  // probes' accuracies.
+  std::string a_text, b_text;
+  for (int i = 0; i < 12; ++i) {
+    a_text += "I went to the fair with Anna.\n\nThe fair had a wheel.\n\n";
+    b_text += "Paris is fair in the spring.\n\nShe has fair hair.\n\n";
+  }
+  write_text(tmp.path() / "a.txt", a_text);
+  write_text(tmp.path() / "b.txt", b_text);
+  r = test::run_zoo("experiment elmo-mix " + tmp.str("run") + " --data-dir " + tmp.str() +
+                    " --files a.txt,b.txt --steps 100 --json --out " + tmp.str("mix"));
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto mix = nlohmann::json::parse(r.out);
+  CHECK(mix == nlohmann::json::parse(test::read_text(tmp.path() / "mix" / "elmo_mix.json")));
+  REQUIRE(mix["tasks"].size() == 2);
+  CHECK(mix["tasks"][0]["classes"] == 2);
+  CHECK(mix["tasks"][0]["train_items"].get<int64_t>() + mix["tasks"][0]["test_items"].get<int64_t>() == 48);
+  CHECK(mix["tasks"][1]["task"] == "capitalised (token)");
+  for (const auto& task : mix["tasks"]) {
+    double sum = 0;
+    REQUIRE(task["mix"]["weights"].size() == 3);
+    for (const auto& w : task["mix"]["weights"]) sum += w.get<double>();
+    CHECK(sum == Approx(1.0).epsilon(1e-6));
+    CHECK(task["mix"]["weights"] != nlohmann::json({1.0 / 3, 1.0 / 3, 1.0 / 3}));  // trained
+    CHECK(task["layer_0"]["weights"] == nlohmann::json({1.0, 0.0, 0.0}));
+    CHECK(task["top_layer"]["weights"] == nlohmann::json({0.0, 0.0, 1.0}));
+    CHECK(task["mix"]["train_accuracy"].get<double>() >= task["majority_accuracy"].get<double>() - 0.2);
+  }
+  // The sentence task is separable here (the files share no sentence): the mix probe fits its training items.
+  CHECK(mix["tasks"][0]["mix"]["train_accuracy"].get<double>() == 1.0);
+  r = test::run_zoo("experiment elmo-mix " + tmp.str("run") + " --data-dir " + tmp.str() + " --files a.txt");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.err, Catch::Contains("--files needs at least two files"));
   write_text(tmp.path() / "bad-triples.txt", "fair | only two | parts\n");
   r = test::run_zoo("experiment elmo-senses " + tmp.str("run") + " --triples " + tmp.str("bad-triples.txt"));
   CHECK(r.code != 0);

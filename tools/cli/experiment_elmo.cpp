@@ -6,10 +6,12 @@
 #include "datasets/text.h"
 #include "tools/cli/cli.h"
 #include "tools/cli/plot.h"
+#include "training/probe.h"
 #include "training/run.h"
 #include "training/trainer.h"
 
 #include <fmt/format.h>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -172,6 +174,161 @@ void run_senses(const SensesArgs& a) {
   fmt::print("wrote {}{}\n", csv_path, a.no_plot ? "" : " and " + png);
 }
 
+// zoo experiment elmo-mix: the downstream half of ELMo. The biLM stays frozen; per task a ScalarMix (softmax(s),
+// gamma) and a linear classifier are trained on its layers (training/probe.h), and the learned weights say which
+// layers the task draws on. Two tasks made from the text itself:
+//   - sentence level: which file a record comes from (by default four fortune files), from the mean of its tokens;
+//   - token level: was the word capitalised in the original text (a name, or a sentence's first word)? The biLM of
+//     a lowercasing run never saw case, so the answer has to come from the word itself (layer 0 knows names) and
+//     from its place in the sentence (the contextual layers know what came before).
+// Each is also probed with layer 0 alone and the top layer alone.
+
+struct MixArgs {
+  std::string run, data_dir, files = "computers,politics,science,literature", device = "cpu", out, checkpoint = "best";
+  int64_t per_file = 250, max_tokens = 40, steps = 300, threads = 0;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+struct TaskData {
+  std::string name;
+  int64_t classes = 0;
+  std::vector<torch::Tensor> layers;  // each [N, D]
+  torch::Tensor labels, train, test;
+};
+
+/// Every fourth record (shifted by the seed) is a test record, the rest train: a split by record, so the tokens
+/// of one record are never on both sides.
+bool test_record(int64_t record, uint64_t seed) { return (static_cast<uint64_t>(record) + seed) % 4 == 0; }
+
+nlohmann::json probe_json(const training::ProbeResult& r) {
+  return {{"weights", r.weights},
+          {"gamma", r.gamma},
+          {"train_accuracy", r.train_accuracy},
+          {"test_accuracy", r.test_accuracy}};
+}
+
+void run_mix(const MixArgs& a) {
+  training::apply_threads(a.threads);
+  auto [config, model] = training::load_run_model(a.run, a.device, a.checkpoint);
+  auto* elmo = dynamic_cast<models::ElmoImpl*>(model.ptr().get());
+  if (!elmo) throw std::invalid_argument(a.run + " is a run of '" + config.model + "'; elmo-mix needs an elmo run");
+  const bool lowercase = config.data.options.value("lowercase", true);
+  const int64_t layer_count = elmo->options.num_layers() + 1;  // 0..L
+  const std::string dir = a.data_dir.empty() ? datasets::default_fortunes_dir() : a.data_dir;
+  std::vector<std::string> files;
+  for (std::stringstream list(a.files); list.good();) {
+    std::string name;
+    std::getline(list, name, ',');
+    if (!name.empty()) files.push_back(name);
+  }
+  if (files.size() < 2) throw std::invalid_argument("--files needs at least two files (one class each)");
+
+  std::vector<std::vector<torch::Tensor>> pooled(static_cast<size_t>(layer_count)),
+      token_layers(static_cast<size_t>(layer_count));
+  std::vector<int64_t> file_labels, record_of_item, token_labels, record_of_token;
+  int64_t record = 0;
+  for (size_t f = 0; f < files.size(); ++f) {
+    const auto path =
+        std::filesystem::path(files[f]).is_absolute() ? files[f] : (std::filesystem::path(dir) / files[f]).string();
+    const auto records = datasets::read_records(path);
+    int64_t taken = 0;
+    for (const auto& text : records) {
+      if (taken >= a.per_file) break;
+      auto original = datasets::tokenize(text, false);
+      if (original.size() < 2) continue;
+      if (static_cast<int64_t>(original.size()) > a.max_tokens) original.resize(static_cast<size_t>(a.max_tokens));
+      std::vector<std::string> tokens = original;
+      if (lowercase)
+        for (auto& t : tokens)
+          for (auto& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      const auto v = elmo->sentence_vectors(tokens);  // [L + 2, T, D]: layers 0..L, then the model's own mix
+      for (int64_t j = 0; j < layer_count; ++j) {
+        pooled[static_cast<size_t>(j)].push_back(v[j].mean(0));
+        token_layers[static_cast<size_t>(j)].push_back(v[j]);
+      }
+      file_labels.push_back(static_cast<int64_t>(f));
+      record_of_item.push_back(record);
+      for (const auto& t : original) {
+        const auto first = static_cast<unsigned char>(t[0]);
+        token_labels.push_back(std::isalpha(first) ? (std::isupper(first) ? 1 : 0) : -1);  // -1: not a word
+        record_of_token.push_back(record);
+      }
+      ++taken;
+      ++record;
+    }
+    if (taken == 0) throw std::runtime_error(path + " holds no record of two or more tokens");
+  }
+  auto split = [&](const std::vector<int64_t>& records_of, const std::vector<int64_t>& labels) {
+    std::vector<int64_t> train, test;
+    for (size_t i = 0; i < records_of.size(); ++i) {
+      if (labels[i] < 0) continue;
+      (test_record(records_of[i], a.seed) ? test : train).push_back(static_cast<int64_t>(i));
+    }
+    return std::make_pair(torch::tensor(train, torch::kInt64), torch::tensor(test, torch::kInt64));
+  };
+  std::vector<TaskData> tasks(2);
+  tasks[0].name = fmt::format("source file ({} files, sentence)", files.size());
+  tasks[0].classes = static_cast<int64_t>(files.size());
+  tasks[0].labels = torch::tensor(file_labels, torch::kInt64);
+  std::tie(tasks[0].train, tasks[0].test) = split(record_of_item, file_labels);
+  tasks[1].name = "capitalised (token)";
+  tasks[1].classes = 2;
+  tasks[1].labels = torch::tensor(token_labels, torch::kInt64).clamp_min(0);
+  std::tie(tasks[1].train, tasks[1].test) = split(record_of_token, token_labels);
+  for (int64_t j = 0; j < layer_count; ++j) {
+    tasks[0].layers.push_back(torch::stack(pooled[static_cast<size_t>(j)]));
+    tasks[1].layers.push_back(torch::cat(token_layers[static_cast<size_t>(j)]));
+  }
+
+  nlohmann::json out{{"run", a.run},
+                     {"layers", layer_count},
+                     {"lowercase", lowercase},
+                     {"files", files},
+                     {"tasks", nlohmann::json::array()}};
+  for (const auto& t : tasks) {
+    const auto options = training::ProbeOptions().steps(a.steps).seed(a.seed);
+    const auto mix = training::train_probe(t.layers, t.labels, t.classes, t.train, t.test, options);
+    const auto bottom =
+        training::train_probe(t.layers, t.labels, t.classes, t.train, t.test, training::ProbeOptions(options).layer(0));
+    const auto top = training::train_probe(t.layers, t.labels, t.classes, t.train, t.test,
+                                           training::ProbeOptions(options).layer(layer_count - 1));
+    const double majority = torch::bincount(t.labels.index_select(0, t.test), {}, t.classes).max().item<double>() /
+                            static_cast<double>(std::max<int64_t>(1, t.test.numel()));
+    out["tasks"].push_back({{"task", t.name},
+                            {"classes", t.classes},
+                            {"train_items", t.train.numel()},
+                            {"test_items", t.test.numel()},
+                            {"majority_accuracy", majority},
+                            {"mix", probe_json(mix)},
+                            {"layer_0", probe_json(bottom)},
+                            {"top_layer", probe_json(top)}});
+  }
+  const std::string out_dir = a.out.empty() ? experiment_dir("elmo-mix") : a.out;
+  std::filesystem::create_directories(out_dir);
+  const auto json_path = (std::filesystem::path(out_dir) / "elmo_mix.json").string();
+  write_text_atomically(json_path, out.dump(2) + "\n");
+  if (a.json) {
+    fmt::print("{}\n", out.dump());
+    return;
+  }
+  fmt::print(
+      "ELMo's learned scalar mix per task (the biLM frozen; test accuracy of a linear probe){}\n",
+      lowercase ? "" : "\nnote: this run keeps case, so the capitalisation task can be read off layer 0's characters");
+  fmt::print("{:<34} {:>6} {:>6}  {:<24} {:>6}  {:>6} {:>8} {:>9} {:>9}\n", "task", "train", "test",
+             "softmax(s), layers 0..", "gamma", "mix", "layer 0", "top layer", "majority");
+  for (const auto& t : out["tasks"]) {
+    std::string weights;
+    for (const auto& w : t["mix"]["weights"]) weights += fmt::format("{:.3f} ", w.get<double>());
+    fmt::print("{:<34} {:>6} {:>6}  {:<24} {:>6.3f}  {:>6.3f} {:>8.3f} {:>9.3f} {:>9.3f}\n",
+               t["task"].get<std::string>(), t["train_items"].get<int64_t>(), t["test_items"].get<int64_t>(), weights,
+               t["mix"]["gamma"].get<double>(), t["mix"]["test_accuracy"].get<double>(),
+               t["layer_0"]["test_accuracy"].get<double>(), t["top_layer"]["test_accuracy"].get<double>(),
+               t["majority_accuracy"].get<double>());
+  }
+  fmt::print("wrote {}\n", json_path);
+}
+
 }  // namespace
 
 void add_elmo_senses(CLI::App& experiment) {
@@ -189,6 +346,30 @@ void add_elmo_senses(CLI::App& experiment) {
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
   cmd->callback([a] { run_senses(*a); });
+}
+
+void add_elmo_mix(CLI::App& experiment) {
+  auto a = std::make_shared<MixArgs>();
+  auto* cmd = experiment.add_subcommand(
+      "elmo-mix",
+      "Train ELMo's scalar mix per downstream task on the frozen biLM: which file a record comes from (sentence) "
+      "and whether a word was capitalised (token); the learned layer weights and gamma, against one layer alone");
+  cmd->add_option("run", a->run, "Run directory of an elmo model")->required();
+  add_checkpoint_option(cmd, a->checkpoint);
+  cmd->add_option("--data-dir", a->data_dir,
+                  "Directory of the files (default: the fortunes, /usr/share/games/fortunes)");
+  cmd->add_option("--files", a->files,
+                  "Comma-separated files, one class each, in --data-dir or absolute (default "
+                  "computers,politics,science,literature)");
+  cmd->add_option("--per-file", a->per_file, "Records taken from each file, at most (default 250)")->check(positive());
+  cmd->add_option("--max-tokens", a->max_tokens, "Tokens kept of each record (default 40)")->check(positive());
+  cmd->add_option("--steps", a->steps, "Full-batch Adam steps of each probe (default 300)")->check(positive());
+  cmd->add_option("--seed", a->seed, "Seed of the probes and of the train/test split (default 0)");
+  cmd->add_flag("--json", a->json, "Print JSON");
+  cmd->add_option("--out", a->out, "Output directory (default runs/elmo-mix-DATE-TIME)");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--threads", a->threads, threads_help)->check(non_negative());
+  cmd->callback([a] { run_mix(*a); });
 }
 
 }  // namespace zoo::cli

@@ -132,6 +132,7 @@ void add_ode_solvers(CLI::App& experiment);
 void add_mhc_stability(CLI::App& experiment);
 void add_unet_vs_deconvnet(CLI::App& experiment);
 void add_elmo_senses(CLI::App& experiment);
+void add_elmo_mix(CLI::App& experiment);
 
 void add_experiment(CLI::App& app) {
   auto* experiment = app.add_subcommand("experiment", "Run an experiment that checks a claim of the course sheet");
@@ -142,6 +143,7 @@ void add_experiment(CLI::App& app) {
   add_mhc_stability(*experiment);
   add_unet_vs_deconvnet(*experiment);
   add_elmo_senses(*experiment);
+  add_elmo_mix(*experiment);
 }
 
 }  // namespace zoo::cli
