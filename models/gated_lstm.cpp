@@ -1,8 +1,11 @@
 #include "models/gated_lstm.h"
 
+#include "ops/autocast.h"
+
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <cmath>
+#include <optional>
 
 namespace zoo::models {
 
@@ -54,6 +57,7 @@ struct GatedLSTMStepFunction : public torch::autograd::Function<GatedLSTMStepFun
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    const ops::Float32Region float32_region;  // a float32 step has a float32 backward, autocast or not
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &h = saved[1], &c = saved[2], &w_ih = saved[3], &w_hh = saved[4], &i = saved[5],
                &f = saved[6], &g = saved[7], &o = saved[8], &tanh_c = saved[9];
@@ -80,14 +84,21 @@ struct GatedLSTMStepFunction : public torch::autograd::Function<GatedLSTMStepFun
 
 }  // namespace
 
-GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x,
+GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x_in,
                                          const std::optional<std::tuple<torch::Tensor, torch::Tensor>>& state) {
   const int64_t hidden = options.hidden_size();
+  // Under autocast (bf16-mixed) the step runs in float32, as the LSTM recurrence of ops/lstm.h: the cell state is
+  // a sum over steps that 8 bits of mantissa would erode (and the step's in-place addmm_ takes no mixed types).
+  std::optional<ops::Float32Region> float32_region;
+  if (ops::autocast_enabled()) float32_region.emplace();
+  const auto x = ops::float32(x_in);
   TORCH_CHECK(x.dim() == 2 && x.size(1) == options.input_size(), "GatedLSTMCell expects x [N, ", options.input_size(),
               "], got ", x.sizes());
   torch::Tensor h, c;
   if (state) {
     std::tie(h, c) = *state;
+    h = ops::float32(h);
+    c = ops::float32(c);
     TORCH_CHECK(h.sizes() == c.sizes() && h.dim() == 2 && h.size(0) == x.size(0) && h.size(1) == hidden,
                 "GatedLSTMCell expects h and c [", x.size(0), ", ", hidden, "], got ", h.sizes(), " and ", c.sizes());
   } else {

@@ -4,6 +4,7 @@
 #include "models/attention.h"
 #include "models/moe.h"
 #include "models/registry.h"
+#include "ops/autocast.h"
 #include "training/auxiliary.h"
 #include "training/checkpoint.h"
 
@@ -183,4 +184,25 @@ TEST_CASE("GatedLSTMCell learns to remember a flag over a gap: the forget gate o
   CHECK(std::pow(forget_before, gap) < 0.03);
   CHECK(std::pow(forget_after, gap) > 0.2);
   CHECK(accuracy_after > 0.95);
+}
+
+TEST_CASE("GatedLSTMCell under bf16-mixed autocast steps in float32: the same state and gradients as without",
+          "[gated_lstm][precision]") {
+  // It once failed under autocast ("self and mat2 must have the same dtype": the step's addmm_ met a bfloat16 z).
+  torch::manual_seed(0);
+  models::GatedLSTMCell cell(models::GatedLSTMCellOptions(6, 5));
+  const auto x = torch::randn({3, 6});
+  auto run = [&](bool autocast) {
+    cell->zero_grad();
+    zoo::ops::AutocastScope scope(c10::DeviceType::CPU, torch::kBFloat16, autocast);
+    auto s1 = cell->forward(x);
+    auto s2 = cell->forward(x, std::make_tuple(s1.h, s1.c));
+    s2.h.sum().backward();
+    return std::make_pair(s2.h.detach().clone(), cell->weight_ih.grad().clone());
+  };
+  const auto [h32, g32] = run(false);
+  const auto [hmixed, gmixed] = run(true);
+  CHECK(hmixed.scalar_type() == torch::kFloat32);
+  CHECK(torch::equal(h32, hmixed));
+  CHECK(torch::equal(g32, gmixed));
 }
