@@ -135,8 +135,10 @@ void add_plot(CLI::App& app) {
               (runs.size() > 1 ? r.name + " " : std::string()) + (split == "step"  ? "train (per step)"
                                                                   : split == "val" ? "validation"
                                                                                    : split);
-          lines.push_back(fmt::format("{} using 1:2 with lines lw {} dt {} lc {} title {}", name,
-                                      split == "step" ? 1 : 2, dash, colour, gnuplot_string(label)));
+          // Per-epoch values also as points: a run of one epoch has no line to draw.
+          lines.push_back(fmt::format("{} using 1:2 with {} lw {} dt {} lc {} title {}", name,
+                                      split == "step" ? "lines" : "linespoints pt 7 ps 0.6", split == "step" ? 1 : 2,
+                                      dash, colour, gnuplot_string(label)));
         }
         ++colour;
       }

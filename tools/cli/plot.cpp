@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -18,6 +17,13 @@ namespace zoo::cli {
 namespace {
 
 bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+
+/// `text` as one word of a /bin/sh command line.
+std::string shell_word(const std::string& text) {
+  std::string out = "'";
+  for (const char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
 
 }  // namespace
 
@@ -37,16 +43,17 @@ void run_gnuplot(const std::string& script, const std::string& png, const std::s
   zoo::write_text_atomically(gp, terminal + "set output " + gnuplot_string(png) + "\n" + script);  // to rerun
   // gnuplot draws into PNG.tmp, which becomes PNG only once it is whole (gnuplot does not report a full disk).
   zoo::write_file_atomically(png, [&](const std::string& tmp) {
-    const std::string log = tmp + ".log";  // gnuplot's warnings; its last line is the reason when it fails
-    std::FILE* pipe = ::popen(("gnuplot >" + gnuplot_string(log) + " 2>&1").c_str(), "w");
-    if (!pipe) throw std::runtime_error("cannot start gnuplot: " + std::string(std::strerror(errno)));
-    const std::string run = terminal + "set output " + gnuplot_string(tmp) + "\n" + script + "\nunset output\n";
-    std::fwrite(run.data(), 1, run.size(), pipe);
-    const bool ok = ::pclose(pipe) == 0;
+    // The same script with the temporary output, run from a file (a pipe could break under gnuplot); its
+    // warnings go to a log whose last line is the reason when it fails.
+    const std::string run = tmp + ".gp", log = tmp + ".log";
+    zoo::write_bytes(run, terminal + "set output " + gnuplot_string(tmp) + "\n" + script + "\nunset output\n", false);
+    const std::string command = "gnuplot " + shell_word(run) + " >" + shell_word(log) + " 2>&1";
+    const bool ok = std::system(command.c_str()) == 0;
     std::string reason;
     for (std::ifstream in(log); std::getline(in, reason);) {
     }
     std::error_code ec;
+    std::filesystem::remove(run, ec);
     std::filesystem::remove(log, ec);
     if (!ok) throw std::runtime_error("gnuplot failed on " + gp + (reason.empty() ? "" : ": " + reason));
     if (!datasets::is_whole_png(tmp))
