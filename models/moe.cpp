@@ -182,9 +182,11 @@ torch::Tensor MixtureOfExpertsImpl::dispatch(const torch::Tensor& x, const Routi
   outputs.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i)
     if (count[i] > 0) outputs.push_back(expert(i, groups[static_cast<size_t>(i)]));
-  auto out = torch::zeros({tokens, options.out_features()}, x.options());
-  if (outputs.empty()) return out;
-  out.index_add_(0, token_of, torch::cat(outputs) * gate_of.unsqueeze(1));  // in place: needs neither operand
+  if (outputs.empty()) return torch::zeros({tokens, options.out_features()}, x.options());
+  const auto weighted = torch::cat(outputs) * gate_of.unsqueeze(1);
+  // In the type of the weighted outputs: under autocast (bf16-mixed) they need not be x's.
+  auto out = torch::zeros({tokens, options.out_features()}, weighted.options());
+  out.index_add_(0, token_of, weighted);  // in place: needs neither operand
   return out;
 }
 

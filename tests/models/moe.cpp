@@ -4,6 +4,7 @@
 #include "models/attention.h"
 #include "models/gated_lstm.h"
 #include "models/registry.h"
+#include "ops/autocast.h"
 #include "training/auxiliary.h"
 #include "training/checkpoint.h"
 
@@ -319,4 +320,31 @@ TEST_CASE("MoE learning: the balancing loss spreads the tokens over the experts"
   INFO("load entropy without " << without << ", with switch balancing " << with << " (max " << std::log(8.0) << ")");
   CHECK(with > without + 0.3);
   CHECK(with > 0.8 * std::log(8.0));
+}
+
+TEST_CASE("MoE layer under bf16-mixed autocast: float32 input, close to float32, gradients reach the experts",
+          "[moe][precision]") {
+  // It once failed ("index_add_(): self (Float) and source (BFloat16) must have the same scalar type").
+  torch::manual_seed(0);
+  models::MixtureOfExperts moe(models::MixtureOfExpertsOptions(16, 8).hidden(32).experts(4).k(2).capacity_factor(2.0));
+  const auto x = torch::randn({32, 16});
+  moe->eval();
+  const auto reference = moe->forward(x);
+  torch::Tensor mixed;
+  {
+    zoo::ops::AutocastScope scope(c10::DeviceType::CPU, torch::kBFloat16);
+    mixed = moe->forward(x);
+  }
+  REQUIRE(mixed.sizes() == reference.sizes());
+  CHECK((mixed.to(torch::kFloat32) - reference).abs().max().item<double>() <
+        0.05 * reference.abs().max().item<double>() + 1e-3);
+  moe->train();
+  {
+    zoo::ops::AutocastScope scope(c10::DeviceType::CPU, torch::kBFloat16);
+    moe->forward(x).to(torch::kFloat32).pow(2).mean().backward();
+  }
+  int64_t with_gradient = 0;
+  for (const auto& p : moe->parameters())
+    with_gradient += p.grad().defined() && p.grad().abs().sum().item<double>() > 0;
+  CHECK(with_gradient > 0);
 }
