@@ -571,7 +571,10 @@ class MixtureOfExperts(nn.Module):
         for i, expert in enumerate(self.experts):
             token, slot = (index == i).nonzero(as_tuple=True)
             if token.numel():
-                out.index_add_(0, token, expert(x[token]) * gates[token, slot].unsqueeze(1))
+                weighted = expert(x[token]) * gates[token, slot].unsqueeze(1)
+                # As the C++: under autocast the weighted outputs may be bfloat16 while x is float32.
+                out = out.to(weighted.dtype) if out.dtype != weighted.dtype else out
+                out.index_add_(0, token, weighted)
         return out + base
 
 
