@@ -13,10 +13,12 @@
 namespace zoo::models {
 
 namespace {
-/// CV(v)^2 = Var(v) / Mean(v)^2 (unbiased variance, as Shazeer's reference code); 0 for a single expert.
+/// CV(v)^2 = Var(v) / (Mean(v)^2 + 1e-10) with the population variance (divided by the number of experts), as
+/// Shazeer's reference code (tensor2tensor, expert_utils.cv_squared); PyTorch ports that call v.var() use the
+/// unbiased one, n/(n-1) times larger. 0 for a single expert.
 torch::Tensor cv_squared(const torch::Tensor& v) {
   if (v.numel() < 2) return torch::zeros({}, v.options());
-  return v.var() / (v.mean().pow(2) + 1e-10);
+  return v.var(/*unbiased=*/false) / (v.mean().pow(2) + 1e-10);
 }
 }  // namespace
 

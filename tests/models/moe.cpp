@@ -251,14 +251,14 @@ TEST_CASE("MoE balancing losses: the Switch form is alpha at balance, both forms
   }
   moe(x);
   CHECK(moe->auxiliary_loss().item<double>() == Approx(0.01));
-  // cv: alpha (CV(importance)^2 + CV(load)^2) with the unbiased variance.
+  // cv: alpha (CV(importance)^2 + CV(load)^2) with the population variance (tensor2tensor's cv_squared).
   models::MixtureOfExperts cv(models::MixtureOfExpertsOptions(8, 2).experts(4).k(2).balance("cv").balance_coef(0.1));
   cv->train();
   cv(x);
   const auto rc = cv->route(x);
   const auto importance = torch::zeros({100, 4}).scatter(1, rc.experts, rc.gates).sum(0);
   const auto load = torch::bincount(rc.experts.reshape(-1), {}, 4).to(torch::kFloat);
-  auto cv2 = [](const Tensor& v) { return v.var() / v.mean().pow(2); };
+  auto cv2 = [](const Tensor& v) { return (v - v.mean()).pow(2).mean() / v.mean().pow(2); };
   CHECK(cv->auxiliary_loss().item<double>() ==
         Approx((0.1 * (cv2(importance) + cv2(load))).item<double>()).epsilon(1e-4));
   // Importance is what the gate asks for, before the capacity mask (Shazeer et al.): with a capacity that drops
