@@ -25,9 +25,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo_training  # noqa: E402
 import zoo_twins  # noqa: E402
 
 
@@ -61,36 +61,14 @@ def openblas_single_threaded():
 
 
 def task_loss(case, twin, batch):
-    task, x, y = case["task"], batch["input"], batch.get("target")
-    if task in ("classify", "segment"):
-        logits = twin(x)
-        loss = F.cross_entropy(logits, y)
-        hits = logits.detach().argmax(1).eq(y)
-        _ = hits.sum().div(x.shape[0]) if task == "classify" else hits.float().mean()  # the trainer's logged term
-        moe = getattr(twin, "moe", None)
-        if moe is not None and moe.aux_loss is not None:
-            loss = loss + moe.aux_loss
-        return loss
-    if task == "vae":
-        logits, mu, logvar = twin(x)
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
-        return recon + case["options"].get("beta", 1.0) * kl
-    if task == "bilm":
-        fwd, bwd = twin.lm_states(x)
-        total = 0
-        for states, target in ((fwd, y[:, 0]), (bwd, y[:, 1])):
-            t = target.reshape(-1)
-            nll = F.cross_entropy(twin.softmax(states).reshape(-1, twin.softmax.out_features), t, ignore_index=-1,
-                                  reduction="sum")
-            total = total + nll / (t >= 0).sum().clamp_min(1)
-        return total / 2
-    if task == "kernel":  # layers outside the registry: the mean square of the (first) output
-        out = run_kernel(case, twin, x)
-        loss = out.pow(2).mean()
-        aux = getattr(twin, "aux_loss", None)
-        return loss + aux if aux is not None else loss
-    raise ValueError("no Python loss for task '%s'" % task)
+    """The trainer's loss (zoo_training.task_loss) plus the layers' auxiliary losses; for the layers outside the
+    registry ("kernel"), the mean square of the (first) output."""
+    if case["task"] == "kernel":
+        loss = run_kernel(case, twin, batch["input"]).pow(2).mean()
+    else:
+        loss, _ = zoo_training.task_loss(case["task"], twin, batch, case["options"], case.get("task_options"))
+    aux = zoo_training.auxiliary_loss(twin) if twin is not None else None
+    return loss + aux if aux is not None else loss
 
 
 def run_kernel(case, twin, x):

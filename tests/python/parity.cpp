@@ -8,9 +8,14 @@
 #include "models/gated_lstm.h"
 #include "models/ode.h"
 #include "models/registry.h"
+#include "models/vae.h"
+#include "training/auxiliary.h"
 #include "training/checkpoint.h"
 #include "training/export.h"
+#include "training/priors.h"
+#include "training/probe.h"
 #include "training/torch_save.h"
+#include "training/trainer.h"
 
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <catch2/catch.hpp>
@@ -34,7 +39,25 @@ struct Case {
   nlohmann::json options;
   torch::Tensor input;
   double tolerance = 1e-5;  ///< parity.py's bound on the scaled difference of outputs and gradients
+  nlohmann::json twin = nlohmann::json::object();  ///< options of the twin alone (merged into "options")
 };
+
+/// Moves a fresh model's batch-norm statistics away from 0 and 1 and its parameters away from initial values such
+/// as zero gate projections, so that every path counts.
+void perturb(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& b : module.named_buffers())
+    if (b.key().find("running_mean") != std::string::npos)
+      b.value().copy_(torch::randn_like(b.value()) * 0.1);
+    else if (b.key().find("running_var") != std::string::npos)
+      b.value().copy_(torch::rand_like(b.value()) + 0.5);
+  for (auto& p : module.parameters()) p.add_(torch::randn_like(p) * 0.05);
+}
+
+void write_pickle(const fs::path& path, const c10::IValue& value) {
+  const auto bytes = torch::jit::pickle_save(value);
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
 
 /// Writes one case directory: weights, the twin's spec, and the C++ inputs, outputs and gradients. `run` maps
 /// the inputs to the outputs (several for tuple results).
@@ -42,18 +65,7 @@ void write_case_with(const fs::path& dir, torch::nn::Module& module, const nlohm
                      const std::vector<torch::Tensor>& inputs,
                      const std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&)>& run) {
   fs::create_directories(dir);
-  {
-    torch::NoGradGuard no_grad;  // batch-norm statistics away from 0 and 1, so that they matter
-    for (auto& b : module.named_buffers())
-      if (b.key().find("running_mean") != std::string::npos)
-        b.value().copy_(torch::randn_like(b.value()) * 0.1);
-      else if (b.key().find("running_var") != std::string::npos)
-        b.value().copy_(torch::rand_like(b.value()) + 0.5);
-  }
-  {
-    torch::NoGradGuard no_grad;  // away from initial values such as zero gate projections, so every path counts
-    for (auto& p : module.parameters()) p.add_(torch::randn_like(p) * 0.05);
-  }
+  perturb(module);
   module.eval();
   training::save_module(module, (dir / "weights.pt").string());
   std::ofstream(dir / "options.json") << spec.dump();
@@ -81,16 +93,16 @@ void write_case_with(const fs::path& dir, torch::nn::Module& module, const nlohm
   d.insert("outputs", outputs);
   d.insert("loss_weights", weights);
   d.insert("grads", grads);
-  const auto bytes = torch::jit::pickle_save(d);
-  std::ofstream(dir / "case.pt", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  write_pickle(dir / "case.pt", d);
 }
 
 /// A registered model on one input.
 void write_case(const fs::path& root, const Case& c) {
   torch::manual_seed(0);
   auto [model, options] = models::build_model(c.model, c.options);
-  write_case_with(root / c.name, *model.ptr(), {{"model", c.model}, {"options", options}, {"tolerance", c.tolerance}},
-                  {c.input}, [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
+  write_case_with(root / c.name, *model.ptr(),
+                  {{"model", c.model}, {"options", options}, {"tolerance", c.tolerance}, {"twin", c.twin}}, {c.input},
+                  [&](const std::vector<torch::Tensor>& x) -> std::vector<torch::Tensor> {
                     auto any = model.any_forward(x[0]);
                     if (auto* t = any.try_get<torch::Tensor>()) return {*t};
                     const auto& t3 = *any.try_get<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>>();
@@ -155,6 +167,15 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
        {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}},
        torch::rand({2, 1, 16, 16}),
        5e-5},
+      // The same against torchdiffeq's own last step (past t1, then its quartic interpolation back to t1) rather
+      // than zoo's shortened one: two discretisations, which agree to the solver's tolerance (outputs 1.7e-4 at
+      // rtol = atol = 1e-3), their gradients to 1.4e-2 (measured), not to float rounding.
+      {"ode-dopri5-interpolated",
+       "ode-resnet",
+       {{"channels", 8}, {"method", "dopri5"}, {"rtol", 1e-3}, {"atol", 1e-3}},
+       torch::rand({2, 1, 16, 16}),
+       1e-3,
+       {{"solver", {{"last_step", "interpolate"}}}, {"gradient_tolerance", 3e-2}}},
       {"ode-resnet-blocks",
        "ode-resnet",
        {{"channels", 8}, {"block", "resnet"}, {"steps", 3}, {"step_size", 0.5}},
@@ -241,6 +262,347 @@ TEST_CASE("Parity: every model with a Python twin gives the same outputs and gra
       CHECK(torch::equal(t, ours.at(key)));
     }
   }
+  CHECK(r.code == 0);
+}
+
+namespace {
+
+/// A training-mode case: `steps` optimizer steps of the trainer itself (Trainer::train_step, with the callbacks a
+/// run attaches: the prior and the layers' auxiliary losses) from the same weights, batches and seed as the twin.
+struct TrainCase {
+  std::string name, model;
+  nlohmann::json options;
+  std::string task;
+  nlohmann::json task_options = nlohmann::json::object();
+  training::TrainOptions train;
+  training::PriorOptions prior = {};
+  std::vector<datasets::Batch> batches;
+  bool random = true;  ///< draws noise or masks: a run at another seed must then give other losses
+  std::vector<std::string> positive_terms = {};  ///< logged terms that must be > 0 (e.g. "dropped")
+};
+
+c10::impl::GenericDict tensor_dict() { return c10::impl::GenericDict(c10::StringType::get(), c10::TensorType::get()); }
+
+/// Runs the steps from `initial` weights at `seed`: the losses, each step's logged terms, the last gradients and
+/// the weights and buffers after.
+struct TrainRun {
+  std::vector<double> losses;
+  c10::impl::GenericList terms{c10::AnyType::get()};
+  c10::impl::GenericDict grads = tensor_dict(), after = tensor_dict();
+  std::map<std::string, double> positive;
+};
+
+TrainRun run_train_case(const TrainCase& c, const fs::path& initial, int64_t seed) {
+  auto [model, options] = models::build_model(c.model, c.options);
+  training::load_module(*model.ptr(), initial.string());
+  training::Trainer trainer(model, training::make_objective(c.task, options, c.task_options),
+                            {std::make_shared<datasets::TensorDataset>(c.batches[0].input, c.batches[0].target, "x"),
+                             std::make_shared<datasets::TensorDataset>(c.batches[0].input, c.batches[0].target, "x")},
+                            training::TrainOptions(c.train).progress(false).threads(torch::get_num_threads()));
+  training::attach_prior(trainer, c.prior);
+  training::attach_auxiliary_losses(trainer);
+  model.ptr()->train();
+  torch::manual_seed(seed);
+  TrainRun r;
+  for (const auto& batch : c.batches) {
+    training::Terms terms;
+    r.losses.push_back(trainer.train_step(batch, c.train.lr(), terms));
+    auto logged = tensor_dict();
+    for (const auto& [name, value] : terms) {
+      logged.insert(name, value.to(torch::kFloat64));
+      if (value.numel() == 1) r.positive[name] = std::max(r.positive[name], value.item<double>());
+    }
+    r.terms.push_back(logged);
+  }
+  for (const auto& p : model.ptr()->named_parameters()) {
+    r.grads.insert(p.key(), p.value().grad().defined() ? p.value().grad() : torch::zeros_like(p.value()));
+    r.after.insert(p.key(), p.value().detach().clone());
+  }
+  for (const auto& b : model.ptr()->named_buffers()) r.after.insert(b.key(), b.value().clone());
+  return r;
+}
+
+void write_train_case(const fs::path& root, const TrainCase& c) {
+  INFO(c.name);
+  const auto dir = root / c.name;
+  fs::create_directories(dir);
+  torch::manual_seed(0);
+  auto [model, options] = models::build_model(c.model, c.options);
+  perturb(*model.ptr());
+  training::save_module(*model.ptr(), (dir / "weights.pt").string());
+  const auto& t = c.train;
+  std::ofstream(dir / "options.json") << nlohmann::json{
+      {"kind", "train"},
+      {"model", c.model},
+      {"options", options},
+      {"task", c.task},
+      {"task_options", c.task_options},
+      {"train",
+       {{"optimizer", t.optimizer()},
+        {"lr", t.lr()},
+        {"momentum", t.momentum()},
+        {"weight_decay", t.weight_decay()},
+        {"clip_grad", t.clip_grad()}}},
+      {"prior", training::to_json(c.prior)},
+      {"random", c.random}}.dump();
+  const int64_t seed = 42;
+  const auto run = run_train_case(c, dir / "weights.pt", seed);
+  for (const auto& name : c.positive_terms) {
+    INFO(name);
+    CHECK(run.positive.count(name) == 1);
+    CHECK((run.positive.count(name) == 1 && run.positive.at(name) > 0));
+  }
+  c10::impl::GenericList batches(c10::AnyType::get());
+  for (const auto& b : c.batches) {
+    auto d = tensor_dict();
+    d.insert("input", b.input);
+    d.insert("target", b.target);
+    batches.push_back(d);
+  }
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("seed", seed);
+  d.insert("batches", batches);
+  d.insert("losses", torch::tensor(run.losses, torch::kFloat64));
+  d.insert("terms", run.terms);
+  d.insert("grads", run.grads);
+  d.insert("after", run.after);
+  // The same steps at another seed: where the case draws noise or masks, the twin's losses must match the first
+  // run and not this one, which shows that both sides drew the same noise rather than noise that does not matter.
+  d.insert("other_seed_losses", torch::tensor(run_train_case(c, dir / "weights.pt", seed + 1).losses, torch::kFloat64));
+  write_pickle(dir / "case.pt", d);
+}
+
+datasets::Batch image_batch(int64_t n, int64_t classes, std::vector<int64_t> shape = {1, 28, 28}) {
+  shape.insert(shape.begin(), n);
+  return {torch::rand(shape), torch::randint(0, classes, {n}, torch::kLong)};
+}
+
+}  // namespace
+
+TEST_CASE(
+    "Parity in training mode: steps of the trainer equal the twin's (noise, dropout, capacity, objectives, "
+    "priors, ScalarMix)",
+    "[parity][python]") {
+  if (!python_has_torch()) {
+    WARN("skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+    return;
+  }
+  torch::manual_seed(3);
+  auto sgd = training::TrainOptions().optimizer("sgd").lr(0.05).momentum(0.9);
+  auto adam = training::TrainOptions().optimizer("adam").lr(1e-2);
+  auto prior = [](const std::string& kind, double lambda) {
+    training::PriorOptions p;
+    p.kind = kind;
+    p.lambda = lambda;
+    return p;
+  };
+  auto two = [](std::function<datasets::Batch()> make) { return std::vector<datasets::Batch>{make(), make()}; };
+  auto images = [&](int64_t n) { return two([n] { return image_batch(n, 10); }); };
+  // Segmentation: labels from thresholds of the image, so the classes are spatially coherent.
+  auto segments = two([] {
+    const auto x = torch::randn({2, 1, 16, 16});
+    return datasets::Batch{x, ((x > 0.5).to(torch::kLong) + (x > 1.2).to(torch::kLong)).squeeze(1)};
+  });
+  // Sentences for the biLM: character ids of random words, targets the next (forward) and previous (backward)
+  // word ids, -1 past the end, and one shorter sentence padded.
+  auto sentences = two([] {
+    const int64_t n = 2, steps = 5, width = 8, vocab = 12;
+    auto chars = torch::randint(1, 261, {n, steps, width}, torch::kLong);
+    chars.select(1, steps - 1)[1].zero_();
+    auto target = torch::randint(0, vocab, {n, 2, steps}, torch::kLong);
+    target[1][0][steps - 2] = -1;
+    target[1].select(1, steps - 1).fill_(-1);
+    target.select(2, steps - 1)[0][0] = -1;
+    return datasets::Batch{chars, target};
+  });
+  auto with_layers = [](training::PriorOptions p, std::vector<std::pair<std::string, double>> layers) {
+    p.layers = std::move(layers);
+    return p;
+  };
+  auto proximal = prior("laplace", 0.05);
+  proximal.proximal = true;
+  auto decoupled = prior("gaussian", 0.5);
+  decoupled.decoupled = true;
+  decoupled.include_all = true;
+  const nlohmann::json mlp{{"hidden", {16}}};
+  std::vector<TrainCase> cases{
+      {"train-mlp-dropout", "mlp", {{"hidden", {16}}, {"dropout", 0.3}}, "classify", {}, adam, {}, images(6)},
+      {"train-cnn",
+       "cnn",
+       {{"channels", {4, 8}}, {"hidden", 16}, {"dropout", 0.25}},
+       "classify",
+       {},
+       sgd,
+       {},
+       images(4)},
+      {"train-moe-noisy-cv",
+       "moe",
+       {{"channels", {4}},
+        {"dropout", 0.2},
+        {"moe",
+         {{"experts", 4},
+          {"gate", "noisy-topk"},
+          {"k", 2},
+          {"hidden", 8},
+          {"balance", "cv"},
+          {"balance_coef", 0.1},
+          {"capacity_factor", 0.75}}}},
+       "classify",
+       {},
+       adam,
+       {},
+       images(8),
+       true,
+       {"aux", "dropped"}},
+      {"train-moe-switch-capacity",
+       "moe",
+       {{"channels", {4}},
+        {"dropout", 0.0},
+        {"moe", {{"experts", 4}, {"k", 1}, {"hidden", 8}, {"balance", "switch"}, {"capacity_factor", 0.5}}}},
+       "classify",
+       {},
+       sgd,
+       {},
+       images(8),
+       false,
+       {"aux", "dropped"}},
+      {"train-moe-softmax-cv",
+       "moe",
+       {{"channels", {4}},
+        {"dropout", 0.0},
+        {"moe", {{"experts", 3}, {"gate", "softmax"}, {"hidden", 8}, {"balance", "cv"}}}},
+       "classify",
+       {},
+       adam,
+       {},
+       images(4),
+       false,
+       {"aux"}},
+      {"train-vae-binarize",
+       "vae",
+       {{"hidden", 32}, {"latent", 4}, {"binarize", true}},
+       "vae",
+       {},
+       adam,
+       {},
+       images(4)},
+      {"train-vae-conv",
+       "vae",
+       {{"arch", "conv"}, {"hidden", 16}, {"latent", 3}, {"beta", 0.5}},
+       "vae",
+       {},
+       sgd,
+       {},
+       images(3)},
+      {"train-unet-dice",
+       "unet",
+       {{"levels", 3}, {"base_channels", 4}, {"num_classes", 3}},
+       "segment",
+       {{"dice", 0.5}},
+       sgd,
+       {},
+       segments,
+       false},
+      {"train-elmo-bilm",
+       "elmo",
+       {{"char_embedding", 4},
+        {"filters", {1, 4, 2, 8}},
+        {"highway_layers", 1},
+        {"max_word_length", 8},
+        {"projection_dim", 6},
+        {"cell_size", 10},
+        {"vocab_size", 12},
+        {"dropout", 0.3}},
+       "bilm",
+       {},
+       adam,
+       {},
+       sentences},
+      {"train-prior-gaussian",
+       "mlp",
+       mlp,
+       "classify",
+       {},
+       sgd,
+       with_layers(prior("gaussian", 0.1), {{"net.2.*", 0.5}}),
+       images(4),
+       false,
+       {"prior"}},
+      {"train-prior-laplace", "mlp", mlp, "classify", {}, adam, prior("laplace", 0.02), images(4), false, {"prior"}},
+      {"train-prior-proximal-sgd", "mlp", mlp, "classify", {}, sgd, proximal, images(4), false, {"prior"}},
+      {"train-prior-proximal-adam", "mlp", mlp, "classify", {}, adam, proximal, images(4), false, {"prior"}},
+      {"train-prior-decoupled-adam", "mlp", mlp, "classify", {}, adam, decoupled, images(4), false, {"prior"}},
+      {"train-prior-decoupled-sgd-clip",
+       "mlp",
+       mlp,
+       "classify",
+       {},
+       training::TrainOptions(sgd).clip_grad(0.5),
+       decoupled,
+       images(4),
+       false,
+       {"prior"}},
+  };
+  TempDir tmp;
+  for (const auto& c : cases) write_train_case(tmp.path(), c);
+  // IWAE (Burda et al.): the k-sample bound and its gradients, the noise from a seeded generator on both sides.
+  {
+    torch::manual_seed(4);
+    models::VAE vae(models::VAEOptions().hidden(24).latent(3));
+    perturb(*vae);
+    const auto dir = tmp.path() / "iwae";
+    fs::create_directories(dir);
+    training::save_module(*vae, (dir / "weights.pt").string());
+    std::ofstream(dir / "options.json") << nlohmann::json{
+        {"kind", "iwae"},
+        {"model", "vae"},
+        {"options", models::build_model("vae", {{"hidden", 24}, {"latent", 3}})
+                        .second}}.dump();
+    const auto x = torch::bernoulli(torch::rand({3, 1, 28, 28}));
+    const int64_t k = 6, seed = 11;
+    const auto bound = models::iwae_log_likelihood(*vae, x, k, 1 << 20, at::detail::createCPUGenerator(seed));
+    bound.sum().backward();
+    auto grads = tensor_dict();
+    for (const auto& p : vae->named_parameters()) grads.insert(p.key(), p.value().grad());
+    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+    d.insert("input", x);
+    d.insert("k", k);
+    d.insert("seed", seed);
+    d.insert("bound", bound.detach());
+    d.insert("grads", grads);
+    write_pickle(dir / "case.pt", d);
+  }
+  // ELMo's downstream ScalarMix (training/probe.h): the learned softmax(s), gamma and accuracies after a few steps.
+  {
+    const auto dir = tmp.path() / "probe-scalar-mix";
+    fs::create_directories(dir);
+    const auto labels = torch::randint(0, 3, {40}, torch::kLong);
+    std::vector<torch::Tensor> layers{torch::randn({40, 6}) * 100, torch::randn({40, 6}),
+                                      torch::randn({40, 6}) * 0.01 + labels.unsqueeze(1).to(torch::kFloat) * 0.01};
+    const auto train = torch::arange(0, 30, torch::kLong), test = torch::arange(30, 40, torch::kLong);
+    const auto o = training::ProbeOptions().steps(7).lr(0.05).seed(5);
+    const auto r = training::train_probe(layers, labels, 3, train, test, o);
+    std::ofstream(dir / "options.json") << nlohmann::json{
+        {"kind", "probe"}, {"classes", 3}, {"steps", o.steps()}, {"lr", o.lr()}, {"weight_decay", o.weight_decay()},
+        {"seed", 5}}.dump();
+    c10::impl::GenericList list(c10::TensorType::get());
+    for (const auto& h : layers) list.push_back(h);
+    c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+    d.insert("layers", list);
+    d.insert("labels", labels);
+    d.insert("train", train);
+    d.insert("test", test);
+    d.insert("weights", torch::tensor(r.weights, torch::kFloat64));
+    d.insert("gamma", r.gamma);
+    d.insert("accuracy", torch::tensor({r.train_accuracy, r.test_accuracy}, torch::kFloat64));
+    write_pickle(dir / "case.pt", d);
+  }
+  const auto r =
+      test::run_command(std::string(kPython) + " " + ZOO_SOURCE_DIR + "/tests/python/train_parity.py " + tmp.str());
+  INFO(r.out << r.err);
+  std::vector<std::string> names{"iwae", "probe-scalar-mix"};
+  for (const auto& c : cases) names.push_back(c.name);
+  for (const auto& name : names) CHECK(std::regex_search(r.out, std::regex("case " + name + " ok ")));
   CHECK(r.code == 0);
 }
 

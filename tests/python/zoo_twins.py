@@ -269,69 +269,109 @@ class ConvODEFunc(nn.Module):
         return self.norm3(h)
 
 
-def rms(t):
-    return t.double().pow(2).mean().sqrt().item()
+# Dormand-Prince 5(4) written from torchdiffeq's published algorithm (rtqichen/torchdiffeq, _impl/dopri5.py,
+# rk_common.py, misc.py, interp.py), not from zoo's code: the Butcher tableau with torchdiffeq's c_sol and c_error,
+# _select_initial_step (Hairer, Norsett & Wanner, section II.4), _compute_error_ratio with the RMS norm,
+# _optimal_step_size (safety 0.9, ifactor 10, dfactor 0.2, exponent 1/5; no shrinking after an accepted step) and
+# the 4th-order dense output through the mid-point DPS_C_MID. torchdiffeq steps past t1 and interpolates there
+# (last_step="interpolate"); zoo shortens its last step to land on t1 (last_step="shorten", the one documented
+# difference), which is how the parity test runs it.
+DOPRI5_ALPHA = [1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
+DOPRI5_BETA = [[1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+               [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+               [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+               [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+DOPRI5_C_SOL = [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0]
+DOPRI5_C_ERROR = [35 / 384 - 1951 / 21600, 0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+                  -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60]
+DOPRI5_C_MID = [6025192743 / 30085553152 / 2, 0, 51252292925 / 65400821598 / 2, -2691868925 / 45128329728 / 2,
+                187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2]
 
 
-def dopri5(f, y0, t0, t1, rtol, atol, max_steps):
-    """Dormand-Prince 5(4) with torchdiffeq's step control, as zoo's models/ode.cpp."""
-    c = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
-    a = [[1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-         [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
-    e = [35 / 384 - 1951 / 21600, 0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
-         -2187 / 6784 + 12231 / 42400, 11 / 84 - 649 / 6300, -1 / 60]
-    direction = 1.0 if t1 > t0 else -1.0
-    y, k1 = y0, f(t0, y0)
-    with torch.no_grad():  # initial step (Hairer's rule)
+def error_norm(t):
+    return t.detach().double().pow(2).mean().sqrt().item()
+
+
+def weighted_sum(coefficients, k):
+    total = None
+    for c, ki in zip(coefficients, k):
+        if c != 0:
+            total = c * ki if total is None else total + c * ki
+    return total
+
+
+def select_initial_step(f, t0, y0, f0, rtol, atol, order=4):
+    with torch.no_grad():
         scale = atol + y0.abs() * rtol
-        d0, d1 = rms(y0 / scale), rms(k1.detach() / scale)
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        f1 = f(t0 + direction * h0, y0 + direction * h0 * k1.detach())
-        d2 = rms((f1 - k1.detach()) / scale) / h0
-        h1 = max(1e-6, h0 * 1e-3) if (d1 <= 1e-15 and d2 <= 1e-15) else (0.01 / max(d1, d2)) ** (1 / 5)
-        h = min(100 * h0, h1)
-    t, steps = t0, 0
-    while direction * (t1 - t) > 0:
-        if steps >= max_steps:
-            raise RuntimeError("dopri5: too many steps")
-        remaining = abs(t1 - t)
-        last = h >= remaining * (1 - 1e-12)
-        step = direction * (remaining if last else h)
-        k = [k1]
-        for i in range(1, 6):
-            dy = a[i - 1][0] * k[0]
-            for j in range(1, i):
-                if a[i - 1][j] != 0:
-                    dy = dy + a[i - 1][j] * k[j]
-            k.append(f(t + c[i] * step, y + step * dy))
-        dy = a[5][0] * k[0]
-        for j in range(2, 6):
-            dy = dy + a[5][j] * k[j]
-        y1 = y + step * dy
-        k.append(f(t + step, y1))
+        d0, d1 = error_norm(y0 / scale), error_norm(f0 / scale)
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = f(t0 + h0, y0 + h0 * f0)
+        d2 = error_norm((f1 - f0) / scale) / h0
+        h1 = max(1e-6, h0 * 1e-3) if d1 <= 1e-15 and d2 <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / (order + 1))
+        return min(100 * h0, h1)
+
+
+def runge_kutta_step(f, y0, f0, t0, dt):
+    k = [f0]
+    for alpha, beta in zip(DOPRI5_ALPHA, DOPRI5_BETA):
+        k.append(f(t0 + alpha * dt, y0 + dt * weighted_sum(beta, k)))
+    # The last stage is at y1 itself (FSAL): k[6] = f(t0 + dt, y1).
+    y1 = y0 + dt * weighted_sum(DOPRI5_C_SOL, k)
+    return y1, k[-1], dt * weighted_sum(DOPRI5_C_ERROR, k), k
+
+
+def optimal_step_size(dt, ratio, safety=0.9, ifactor=10.0, dfactor=0.2, order=5):
+    if ratio == 0:
+        return dt * ifactor
+    if ratio < 1:
+        dfactor = 1.0
+    return dt * min(ifactor, max(safety / ratio ** (1 / order), dfactor))
+
+
+def interpolate(y0, y1, y_mid, f0, f1, dt, x):
+    """torchdiffeq's _interp_fit / _interp_evaluate: the quartic p with p(0) = y0, p(1/2) = y_mid, p(1) = y1,
+    p'(0) = dt f0, p'(1) = dt f1, at x = (t - t0) / dt."""
+    a = 2 * dt * (f1 - f0) - 8 * (y1 + y0) + 16 * y_mid
+    b = dt * (5 * f0 - 3 * f1) + 18 * y0 + 14 * y1 - 32 * y_mid
+    c = dt * (f1 - 4 * f0) - 11 * y0 - 5 * y1 + 16 * y_mid
+    d = dt * f0
+    return y0 + x * (d + x * (c + x * (b + x * a)))
+
+
+def dopri5(f, y0, t0, t1, rtol, atol, max_steps, last_step="shorten", stats=None):
+    if t1 < t0:  # torchdiffeq integrates backwards by flipping time
+        return dopri5(lambda t, y: -f(-t, y), y0, -t0, -t1, rtol, atol, max_steps, last_step, stats)
+    f0 = f(t0, y0)
+    dt = select_initial_step(f, t0, y0, f0.detach(), rtol, atol)
+    t, y, accepted, rejected = t0, y0, 0, 0
+    while t < t1:
+        if accepted + rejected >= max_steps:
+            raise RuntimeError("dopri5: max_num_steps exceeded")
+        shorten = last_step == "shorten" and t + dt >= t1 - 1e-12 * (t1 - t)
+        step = t1 - t if shorten else dt
+        y1, f1, error, k = runge_kutta_step(f, y, f0, t, step)
         with torch.no_grad():
-            err = e[0] * k[0]
-            for j in range(2, 7):
-                err = err + e[j] * k[j]
-            err = step * err
-            ratio = rms(err / (atol + rtol * torch.max(y.detach().abs(), y1.detach().abs())))
-        steps += 1
+            tolerance = atol + rtol * torch.max(y.abs(), y1.abs())
+            ratio = error_norm(error / tolerance)
         if math.isfinite(ratio) and ratio <= 1:
-            t, y, k1 = (t1 if last else t + step), y1, k[6]
-        if ratio == 0:
-            h = abs(step) * 10.0
-        elif not math.isfinite(ratio):
-            h = abs(step) * 0.2
+            accepted += 1
+            if not shorten and t + step > t1:  # torchdiffeq: stepped past t1, interpolate back to it
+                y_mid = y + step * weighted_sum(DOPRI5_C_MID, k)
+                y = interpolate(y, y1, y_mid, f0, f1, step, (t1 - t) / step)
+                t = t1
+                break
+            t, y, f0 = (t1 if shorten else t + step), y1, f1
         else:
-            h = abs(step) * min(10.0, max(0.9 / ratio ** (1 / 5), 1.0 if ratio < 1 else 0.2))
+            rejected += 1
+        dt = step * 0.2 if not math.isfinite(ratio) else optimal_step_size(step, ratio)
+    if stats is not None:
+        stats.update(accepted=accepted, rejected=rejected)
     return y
 
 
-def odeint(f, y, t0, t1, method, steps, rtol, atol, max_steps):
+def odeint(f, y, t0, t1, method, steps, rtol, atol, max_steps, last_step="shorten"):
     if method == "dopri5":
-        return dopri5(f, y, t0, t1, rtol, atol, max_steps)
+        return dopri5(f, y, t0, t1, rtol, atol, max_steps, last_step)
     h = (t1 - t0) / steps
     for i in range(steps):
         t = t0 + i * h
@@ -527,16 +567,40 @@ class Expert(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
+def normal_cdf(z):
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+
+def cv_squared(v):
+    """Squared coefficient of variation, as tensor2tensor's expert_utils.cv_squared (Shazeer et al.'s code): the
+    population variance over the experts, divided by the squared mean (+1e-10); 0 for one expert."""
+    if v.numel() < 2:
+        return v.new_zeros(())
+    mean = v.sum() / v.numel()
+    return ((v - mean) ** 2).sum() / v.numel() / (mean ** 2 + 1e-10)
+
+
 class MixtureOfExperts(nn.Module):
-    """Top-k (or softmax) routing with sparse dispatch: each expert runs once on the tokens routed to it. In training
-    mode, as zoo's layer: tokens beyond an expert's capacity are dropped (first choices before second choices, in
-    token order) and the load-balancing loss is kept in `aux_loss` (no gate noise: gate "topk" or "softmax")."""
+    """Top-k (or softmax) routing, written from the papers rather than from zoo's code, so that a misreading shared
+    by both would have to be made twice:
+    - noisy top-k gating, Shazeer et al. 2017 (eq. 3-5): H(x)_i = (x W_g)_i + N(0, 1) softplus((x W_noise)_i),
+      G(x) = softmax(KeepTopK(H(x), k)), in training mode only;
+    - the smooth load (appendix A): P(x, i) = Phi(((x W_g)_i - kth_excluding(H(x), k, i)) / softplus((x W_noise)_i)),
+      kth_excluding the k-th largest of H(x) without expert i, computed here expert by expert;
+    - the cv loss (eq. 6-7, appendix A): w (CV(Importance)^2 + CV(Load)^2), Importance = sum_x G(x), Load = sum_x
+      P(x, i) (the count of tokens routed to i where the gate has no noise);
+    - the Switch loss (Fedus et al. 2021, eq. 4-6): alpha N sum_i f_i P_i;
+    - capacity (GShard, Lepikhin et al. 2020, algorithm 1; Switch section 2.2): each expert takes at most
+      capacity = max(1, ceil(capacity_factor * T k / N)) assignments, first choices of all tokens before second
+      choices, in token order; an assignment over capacity is dropped (its gate is zero). A loop with counters.
+    Each expert runs once on the rows routed to it."""
 
     def __init__(self, cin, cout, hidden, experts, gate, k, renormalize, gate_features=0, capacity_factor=0.0,
-                 balance="switch", balance_coef=1e-2, shared_hidden=0):
+                 balance="switch", balance_coef=1e-2, shared_hidden=0, noise_epsilon=1e-2, eval_capacity_factor=0.0):
         super().__init__()
         self.mode, self.k, self.renormalize = gate, k, renormalize
-        self.capacity_factor, self.balance, self.balance_coef = capacity_factor, balance, balance_coef
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.balance, self.balance_coef, self.noise_epsilon = balance, balance_coef, noise_epsilon
         g = gate_features or cin
         self.gate = nn.Linear(g, experts, bias=False)
         if gate == "noisy-topk":
@@ -546,30 +610,59 @@ class MixtureOfExperts(nn.Module):
             self.shared = Expert(cin, shared_hidden, cout)
         self.aux_loss = None
 
+    def smooth_load(self, clean, noisy, std):
+        columns = []
+        for i in range(clean.shape[1]):
+            others = torch.cat([noisy[:, :i], noisy[:, i + 1:]], 1)
+            kth = others.topk(self.k, 1).values[:, self.k - 1]
+            columns.append(normal_cdf((clean[:, i] - kth) / std[:, i]))
+        return torch.stack(columns, 1).sum(0)
+
+    def kept(self, index, capacity):
+        counts, keep = [0] * len(self.experts), torch.zeros(index.shape, dtype=torch.bool)
+        for choice in range(index.shape[1]):
+            for token in range(index.shape[0]):
+                e = int(index[token, choice])
+                if counts[e] < capacity:
+                    counts[e] += 1
+                    keep[token, choice] = True
+        return keep
+
     def forward(self, x, gate_input=None):
-        n = len(self.experts)
-        logits = self.gate(x if gate_input is None else gate_input)
+        n, tokens = len(self.experts), x.shape[0]
+        g = x if gate_input is None else gate_input
+        clean = self.gate(g)
+        noisy = self.mode == "noisy-topk" and self.training
+        std = F.softplus(self.noise(g)) + self.noise_epsilon if noisy else None
+        logits = clean + torch.randn_like(clean) * std if noisy else clean
         probs = torch.softmax(logits, -1)
         base = self.shared(x) if hasattr(self, "shared") else 0
-        if self.mode == "softmax":
-            self.aux_loss = None
+        if self.mode == "softmax":  # dense: every expert on every token; load = the mean probability
+            if self.training and self.balance != "none":
+                f = probs.detach().mean(0)
+                self.aux_loss = self.balance_coef * (n * (f * probs.mean(0)).sum() if self.balance == "switch" else
+                                                     cv_squared(probs.sum(0)) + cv_squared(f))
+            else:
+                self.aux_loss = None
             return base + sum(probs[:, i:i + 1] * e(x) for i, e in enumerate(self.experts))
         top, index = logits.topk(self.k, -1)
         gates = torch.softmax(top, -1) if self.renormalize else probs.gather(1, index)
-        tokens = x.shape[0]
         self.aux_loss = None
-        if self.training:
-            load = torch.bincount(index.reshape(-1), minlength=n).to(x.dtype) / (tokens * self.k)
-            if self.balance == "switch":
-                self.aux_loss = self.balance_coef * n * (load * probs.mean(0)).sum()
-            if self.capacity_factor > 0:
-                cap = max(1, math.ceil(self.capacity_factor * tokens * self.k / n))
-                flat = index.t().reshape(-1)
-                position = F.one_hot(flat, n).cumsum(0).gather(1, flat.unsqueeze(1)).squeeze(1) - 1
-                gates = gates * (position < cap).view(self.k, tokens).t().to(gates.dtype)
+        if self.training and self.balance == "switch":
+            f = torch.bincount(index.reshape(-1), minlength=n).to(x.dtype) / (tokens * self.k)
+            self.aux_loss = self.balance_coef * n * (f * probs.mean(0)).sum()
+        elif self.training and self.balance == "cv":
+            importance = torch.zeros_like(probs).scatter(1, index, gates).sum(0)
+            load = (self.smooth_load(clean, logits, std) if noisy and self.k < n else
+                    torch.bincount(index.reshape(-1), minlength=n).to(x.dtype))
+            self.aux_loss = self.balance_coef * (cv_squared(importance) + cv_squared(load))
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        keep = torch.ones(index.shape, dtype=torch.bool)
+        if factor > 0:
+            keep = self.kept(index, max(1, math.ceil(factor * tokens * self.k / n)))
         out = x.new_zeros(tokens, self.experts[0].fc2.out_features)
         for i, expert in enumerate(self.experts):
-            token, slot = (index == i).nonzero(as_tuple=True)
+            token, slot = ((index == i) & keep).nonzero(as_tuple=True)
             if token.numel():
                 weighted = expert(x[token]) * gates[token, slot].unsqueeze(1)
                 # As the C++: under autocast the weighted outputs may be bfloat16 while x is float32.
@@ -586,7 +679,9 @@ class MoEClassifier(nn.Module):
         self.moe = MixtureOfExperts(c * s * s, num_classes, moe["hidden"], moe["experts"], moe["gate"], moe["k"],
                                     moe["renormalize"], gate_features=c, capacity_factor=moe["capacity_factor"],
                                     balance=moe["balance"], balance_coef=moe["balance_coef"],
-                                    shared_hidden=moe.get("shared_hidden", 0))
+                                    shared_hidden=moe.get("shared_hidden", 0),
+                                    noise_epsilon=moe.get("noise_epsilon", 1e-2),
+                                    eval_capacity_factor=moe.get("eval_capacity_factor", 0.0))
 
     def forward(self, x):
         maps = self.features(x)
@@ -687,11 +782,14 @@ class Elmo(nn.Module):
         return (x * mask.reshape(n * steps, 1).to(x.dtype)).view(n, steps, -1), mask
 
     def run_lstms(self, x, mask):
+        """In training mode each layer reads its input through dropout (bilm-tf's DropoutWrapper(input_keep_prob));
+        the residual adds the input itself, not the dropped one (zoo's documented choice, docs/models/elmo.md;
+        bilm-tf's wrapper order adds the dropped input)."""
         outs = []
         for stack in (self.forward_layers, self.backward_layers):
             inp, per_layer = x, []
             for k, layer in enumerate(stack):
-                h = layer(inp, mask)
+                h = layer(F.dropout(inp, self.dropout, self.training), mask)
                 if k > 0:
                     h = h + inp
                 per_layer.append(h)
@@ -780,7 +878,8 @@ def build(name, o):
     if name == "moe-layer":
         return MixtureOfExperts(o["in_features"], o["out_features"], o["hidden"], o["experts"], o["gate"], o["k"],
                                 o["renormalize"], o.get("gate_features", 0), o.get("capacity_factor", 0.0),
-                                o.get("balance", "switch"), o.get("balance_coef", 1e-2), o.get("shared_hidden", 0))
+                                o.get("balance", "switch"), o.get("balance_coef", 1e-2), o.get("shared_hidden", 0),
+                                o.get("noise_epsilon", 1e-2), o.get("eval_capacity_factor", 0.0))
     if name == "mlp":
         return MLP(o["in_features"], o["hidden"], o["num_classes"], o["dropout"])
     if name == "cnn":
