@@ -4,8 +4,12 @@
 #include <zoo_version.h>
 
 #include <dlfcn.h>
+#include <malloc.h>
 
+#include <atomic>
+#include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <string>
@@ -13,6 +17,34 @@
 #include <cstddef>
 
 namespace zoo::training {
+
+namespace {
+std::atomic<bool> freed_memory_kept{false};
+
+/// The library that defines the malloc every caller gets (the first in the global lookup scope).
+std::string malloc_library() {
+  Dl_info info{};
+  void* malloc_symbol = dlsym(RTLD_DEFAULT, "malloc");
+  std::string library = malloc_symbol && dladdr(malloc_symbol, &info) && info.dli_fname ? info.dli_fname : "";
+  return library.substr(library.rfind('/') + 1);
+}
+}  // namespace
+
+bool keep_freed_memory() {
+  static const bool kept = [] {
+    if (malloc_library().rfind("libc.so", 0) != 0) return false;  // another malloc manages its own memory
+    if (const char* keep = std::getenv("ZOO_KEEP_FREED_MEMORY"); keep && std::string(keep) == "0") return false;
+    for (const char* name : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
+      if (std::getenv(name)) return false;
+    if (const char* tunables = std::getenv("GLIBC_TUNABLES"); tunables && std::strstr(tunables, "glibc.malloc"))
+      return false;
+    // Both or neither: either alone fixes the other at its default and disables glibc's adaptation, which measured
+    // slower than either default (the mmap threshold alone at 128 KiB: every large block mapped afresh).
+    return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+  }();
+  freed_memory_kept = kept;
+  return kept;
+}
 
 Memory process_memory() {
   Memory m;
@@ -28,11 +60,7 @@ Memory process_memory() {
 }
 
 std::string allocator() {
-  // The library that defines the malloc every caller gets (the first in the global lookup scope).
-  Dl_info info{};
-  void* malloc_symbol = dlsym(RTLD_DEFAULT, "malloc");
-  std::string library = malloc_symbol && dladdr(malloc_symbol, &info) && info.dli_fname ? info.dli_fname : "";
-  library = library.substr(library.rfind('/') + 1);
+  const std::string library = malloc_library();
   if (library.find("jemalloc") != std::string::npos) {
     using Mallctl = int (*)(const char*, void*, std::size_t*, void*, std::size_t);
     if (auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"))) {
@@ -47,7 +75,7 @@ std::string allocator() {
   }
   if (library.find("tcmalloc") != std::string::npos) return "tcmalloc";
   if (library.find("mimalloc") != std::string::npos) return "mimalloc";
-  if (library.rfind("libc.so", 0) == 0) return "glibc malloc";
+  if (library.rfind("libc.so", 0) == 0) return freed_memory_kept ? "glibc malloc, freed memory kept" : "glibc malloc";
   return library.empty() ? "unknown" : library;
 }
 

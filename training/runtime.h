@@ -8,8 +8,23 @@
 namespace zoo::training {
 
 /// The allocator that serves malloc in this process, found at run time: "glibc malloc" (zoo links no other; README,
-/// "Speed"), or one put in front with LD_PRELOAD: "jemalloc 5.3.0" (with its version), "tcmalloc", "mimalloc".
+/// "Speed"; "glibc malloc, freed memory kept" after keep_freed_memory), or one put in front with LD_PRELOAD:
+/// "jemalloc 5.3.0" (with its version), "tcmalloc", "mimalloc".
 std::string allocator();
+
+/// Makes glibc's malloc keep freed memory for reuse instead of giving it back to the kernel at once. By default
+/// glibc returns a freed block above its (adaptive) mmap threshold with munmap and trims the top of its heap above
+/// the trim threshold, so a training step that frees and reallocates the same large buffers pays a page fault per
+/// 4 KiB page for them, every step: measured on the 2-core VM, the 3-D U-Net's one-item inference took 147-166 ms
+/// against 34 ms kept, and a Python twin's conv3d training step 104 ms against 27 ms (glibc's default, which
+/// python3 runs with; docs/speed.md). Sets M_MMAP_THRESHOLD to its maximum (32 MiB) and M_TRIM_THRESHOLD to INT_MAX:
+/// blocks below 32 MiB come from the heap and stay there once freed (the process keeps its peak heap, as PyTorch's
+/// CUDA caching allocator keeps device memory). Does nothing, and returns false, when malloc is not glibc's or the
+/// environment tunes it already (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_, MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_
+/// or glibc.malloc in GLIBC_TUNABLES: the user's settings win) or says ZOO_KEEP_FREED_MEMORY=0 (glibc's defaults,
+/// e.g. to measure them). The zoo program calls it first thing; a program of your own that trains with zoo's library
+/// may too.
+bool keep_freed_memory();
 
 /// The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MB, from /proc/self/status; 0
 /// where that cannot be read. Every epoch record of metrics.jsonl holds both (rss_mb, peak_rss_mb).

@@ -71,6 +71,29 @@ TEST_CASE("CLI: --version names LibTorch and the allocator that serves malloc", 
   }
 }
 
+TEST_CASE("CLI: zoo keeps freed memory in glibc's heap unless the environment tunes malloc or says not to", "[cli]") {
+  if (zoo::test::kAddressSanitizer) {
+    WARN("skipped: under AddressSanitizer its runtime serves malloc, which zoo leaves alone");
+    return;
+  }
+  auto version = [](const std::string& env) {
+    const auto r = zoo::test::run_command(env + " " + ZOO_BIN + " --version");
+    REQUIRE(r.code == 0);
+    return r.out;
+  };
+  CHECK_THAT(version(""), Catch::Contains(", glibc malloc, freed memory kept, "));
+  // The user's own settings win, and ZOO_KEEP_FREED_MEMORY=0 leaves glibc's defaults.
+  for (const std::string env : {"ZOO_KEEP_FREED_MEMORY=0", "MALLOC_TRIM_THRESHOLD_=131072", "MALLOC_MMAP_MAX_=0",
+                                "GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072"}) {
+    INFO(env);
+    const auto out = version(env);
+    CHECK_THAT(out, Catch::Contains(", glibc malloc, "));
+    CHECK_THAT(out, !Catch::Contains("kept"));
+  }
+  CHECK_THAT(version("ZOO_KEEP_FREED_MEMORY=1"), Catch::Contains("freed memory kept"));
+  CHECK_THAT(version("GLIBC_TUNABLES=glibc.cpu.x86_shstk=off"), Catch::Contains("freed memory kept"));
+}
+
 TEST_CASE("CLI: train one epoch, eval --json, info --json, resume", "[cli][learning]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;

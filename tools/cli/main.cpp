@@ -80,6 +80,7 @@ void load_plugins(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  zoo::training::keep_freed_memory();  // before the first large allocation (training/runtime.h)
   try {
     load_plugins(argc, argv);
   } catch (const std::exception& e) {
