@@ -2,6 +2,7 @@
 
 #include "models/pretty.h"
 #include "models/registry.h"
+#include "ops/max_pool.h"
 
 namespace zoo::models {
 
@@ -17,6 +18,10 @@ void check_conv_stem(int64_t image_size, const std::vector<int64_t>& channels, c
   }
 }
 
+torch::Tensor MaxPool2x2Impl::forward(const torch::Tensor& x) { return ops::max_pool2x2(x); }
+
+void MaxPool2x2Impl::pretty_print(std::ostream& stream) const { stream << "zoo::MaxPool2x2(kernel_size=2, stride=2)"; }
+
 ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vector<int64_t>& channels,
                         const std::string& model) {
   namespace nn = torch::nn;
@@ -26,7 +31,7 @@ ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vect
     stem.features->push_back(nn::Conv2d(nn::Conv2dOptions(stem.channels, c, 3).padding(1).bias(false)));
     stem.features->push_back(nn::BatchNorm2d(c));
     stem.features->push_back(nn::ReLU());
-    stem.features->push_back(nn::MaxPool2d(2));
+    stem.features->push_back(MaxPool2x2());
     stem.channels = c;
     stem.size /= 2;
   }

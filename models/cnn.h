@@ -17,6 +17,16 @@ struct CNNOptions {
   TORCH_ARG(double, dropout) = 0.25;
 };
 
+/// torch::nn::MaxPool2d(2) computed by ops::max_pool2x2 (the same results, several times faster on CPU; a trace
+/// records torch::max_pool2d): the pooling of the CNN stems (cnn, moe, mhc-resnet). No parameters.
+class MaxPool2x2Impl : public torch::nn::Cloneable<MaxPool2x2Impl> {
+ public:
+  void reset() override {}
+  torch::Tensor forward(const torch::Tensor& x);
+  void pretty_print(std::ostream& stream) const override;
+};
+TORCH_MODULE(MaxPool2x2);
+
 /// The cnn's feature extractor, shared with models built on the same stem (moe): [Conv3x3(pad 1, no bias) ->
 /// BatchNorm -> ReLU -> MaxPool2] per entry of `channels`, with its output channels and spatial size. `model`
 /// names the caller in errors.

@@ -1,5 +1,6 @@
 #include "models/mhc.h"
 
+#include "models/cnn.h"
 #include "models/registry.h"
 #include "ops/sinkhorn.h"
 
@@ -248,9 +249,9 @@ void MHCResNetImpl::reset() {
   const auto& v = options.variant();
   stem = register_module(
       "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3).padding(1).bias(false)),
-                             nn::BatchNorm2d(c), nn::ReLU(), nn::MaxPool2d(2),
+                             nn::BatchNorm2d(c), nn::ReLU(), MaxPool2x2(),
                              nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)), nn::BatchNorm2d(c),
-                             nn::ReLU(), nn::MaxPool2d(2)));
+                             nn::ReLU(), MaxPool2x2()));
   blocks = register_module("blocks", nn::ModuleList());
   for (int64_t i = 0; i < options.blocks(); ++i) {
     if (v == "residual") {

@@ -2,6 +2,7 @@
 
 #include "models/registry.h"
 #include "ops/autocast.h"
+#include "ops/max_pool.h"
 
 #include <fmt/format.h>
 #include <cmath>
@@ -69,8 +70,8 @@ torch::Tensor crop_to(const torch::Tensor& y, const torch::Tensor& x) {
 
 torch::Tensor max_pool(const torch::Tensor& x, int64_t dims) {
   // Every size given for every axis: ATen reads a single 0 or 1 as all axes, torch.onnx copies it as it is.
-  return dims == 2 ? torch::max_pool2d(x, {2, 2}, {2, 2}, {0, 0}, {1, 1})
-                   : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
+  // (ops::max_pool2x2 records torch::max_pool2d so in a trace.)
+  return dims == 2 ? ops::max_pool2x2(x) : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
 }
 
 }  // namespace

@@ -1,0 +1,83 @@
+// max_pool2x2: the loop against torch::max_pool2d itself (values, which element gets the gradient, NaN, odd sizes,
+// every dtype), second derivatives, and the cases that fall back to it.
+#include "ops/max_pool.h"
+#include "helpers.h"
+#include "models/cnn.h"
+
+#include <torch/csrc/jit/frontend/tracer.h>
+#include <catch2/catch.hpp>
+
+#include <limits>
+
+using zoo::ops::max_pool2x2;
+
+namespace {
+
+/// The loop and torch::max_pool2d on the same input and output gradient: outputs and input gradients equal.
+void check_same(const torch::Tensor& input, const std::string& what) {
+  INFO(what << " " << input.sizes() << " " << input.scalar_type());
+  auto a = input.clone().requires_grad_(true), b = input.clone().requires_grad_(true);
+  const auto ya = max_pool2x2(a), yb = max_pool2x2(b, /*fast=*/false);
+  REQUIRE(ya.sizes() == yb.sizes());
+  CHECK(torch::equal(ya.isnan(), yb.isnan()));
+  CHECK(torch::equal(ya.nan_to_num(0), yb.nan_to_num(0)));
+  const auto g = torch::randn(ya.sizes()).to(input.scalar_type());
+  ya.backward(g);
+  yb.backward(g);
+  CHECK(torch::equal(a.grad(), b.grad()));
+}
+
+}  // namespace
+
+TEST_CASE("max_pool2x2: the same outputs and gradients as torch::max_pool2d, ties, NaN and odd sizes included",
+          "[kernels]") {
+  torch::manual_seed(0);
+  for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+    check_same(torch::randn({3, 5, 8, 10}).to(type), "random");
+    check_same(torch::randn({2, 3, 7, 9}).to(type), "odd sizes: the last row and column left out");
+    check_same(torch::randn({4, 6, 6}).to(type), "no batch axis");
+    // After a ReLU most windows tie at 0: the first of them gets the gradient, as in LibTorch.
+    check_same(torch::relu(torch::randn({2, 4, 6, 6}) - 1).to(type), "ties at 0");
+    check_same(torch::randint(0, 3, {2, 4, 6, 6}).to(type), "ties everywhere");
+    auto special = torch::randn({1, 2, 4, 4}).to(type);
+    special[0][0][0][1] = std::numeric_limits<double>::quiet_NaN();
+    special[0][0][1][0] = std::numeric_limits<double>::quiet_NaN();  // a later NaN takes over
+    special[0][1][2][2] = std::numeric_limits<double>::quiet_NaN();  // the first element a NaN
+    special[0][1][0].fill_(-std::numeric_limits<double>::infinity());
+    special[0][1][1].fill_(-std::numeric_limits<double>::infinity());  // a window of -inf only
+    check_same(special, "NaN and -inf");
+  }
+  // The gradient lands on exactly one element per window.
+  auto x = torch::randn({2, 3, 6, 6}).requires_grad_(true);
+  max_pool2x2(x).sum().backward();
+  CHECK(x.grad().sum().item<double>() == 2 * 3 * 3 * 3);
+  CHECK(x.grad().ne(0).sum().item<int64_t>() == 2 * 3 * 3 * 3);
+}
+
+TEST_CASE("max_pool2x2: second derivatives, and where torch::max_pool2d runs instead", "[kernels]") {
+  torch::manual_seed(1);
+  // create_graph: the gradient is differentiable again (through torch::max_pool2d's autograd).
+  auto x = torch::randn({2, 3, 6, 6}, torch::kFloat64).requires_grad_(true);
+  auto y = torch::randn({2, 3, 6, 6}, torch::kFloat64).requires_grad_(true);
+  auto second = [](const torch::Tensor& t, bool fast) {
+    const auto out = max_pool2x2(t * t, fast).pow(3).sum();
+    const auto g = torch::autograd::grad({out}, {t}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({g.pow(2).sum()}, {t})[0];
+  };
+  const auto ours = second(x, true), theirs = second(y.detach().copy_(x.detach()).requires_grad_(true), false);
+  CHECK(torch::allclose(ours, theirs, 1e-6, 1e-9));
+  CHECK(ours.abs().max().item<double>() > 0.1);
+  // Not contiguous or traced: torch::max_pool2d (the same result).
+  const auto wide = torch::randn({2, 3, 8, 8});
+  CHECK(torch::equal(max_pool2x2(wide.transpose(2, 3)), torch::max_pool2d(wide.transpose(2, 3), 2)));
+  // A map smaller than the window: LibTorch's own error.
+  CHECK_THROWS_WITH(max_pool2x2(torch::randn({1, 1, 1, 5})), Catch::Contains("Output size is too small"));
+  // The stems' module: no parameters, traced as aten::max_pool2d.
+  zoo::models::MaxPool2x2 pool;
+  CHECK(pool->parameters().empty());
+  auto traced = torch::jit::tracer::trace(
+      {wide}, [&](const torch::jit::Stack& in) -> torch::jit::Stack { return {pool->forward(in[0].toTensor())}; },
+      [](const torch::Tensor&) { return std::string(); });
+  const auto graph = traced.first->graph->toString();
+  CHECK(graph.find("aten::max_pool2d") != std::string::npos);
+}
