@@ -70,26 +70,31 @@ def run_case(path):
     return out_diff, grad_diff, worst
 
 
-def main():
-    root = sys.argv[1]
+def run_cases(root, check):
+    """check(path) -> (ok, detail) for every case directory of root, one line each ("case NAME ok DETAIL"); exits 1
+    if any failed. A case that cannot run at all is a failure with its reason."""
     failed = 0
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if not os.path.isdir(path):
             continue
         try:
-            out_diff, grad_diff, worst = run_case(path)
-            spec = json.load(open(os.path.join(path, "options.json")))
-            tolerance = spec.get("tolerance", TOLERANCE)
-            ok = out_diff <= tolerance and grad_diff <= spec.get("twin", {}).get("gradient_tolerance", tolerance)
-            print("case %s %s output %.3g gradient %.3g%s" % (name, "ok" if ok else "FAILED", out_diff, grad_diff,
-                                                             " (worst %s)" % worst if worst else ""))
-        except Exception as e:  # a twin that cannot load the weights is a failure with its reason
+            ok, detail = check(path)
+            print("case %s %s %s" % (name, "ok" if ok else "FAILED", detail))
+        except Exception as e:
             ok = False
             print("case %s FAILED %s: %s" % (name, type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
         failed += not ok
     sys.exit(1 if failed else 0)
 
 
+def check_case(path):
+    out_diff, grad_diff, worst = run_case(path)
+    spec = json.load(open(os.path.join(path, "options.json")))
+    tolerance = spec.get("tolerance", TOLERANCE)
+    ok = out_diff <= tolerance and grad_diff <= spec.get("twin", {}).get("gradient_tolerance", tolerance)
+    return ok, "output %.3g gradient %.3g%s" % (out_diff, grad_diff, " (worst %s)" % worst if worst else "")
+
+
 if __name__ == "__main__":
-    main()
+    run_cases(sys.argv[1], check_case)

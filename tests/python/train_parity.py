@@ -26,7 +26,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_training  # noqa: E402
 import zoo_twins  # noqa: E402
-from parity import scaled_diff  # noqa: E402
+from parity import run_cases, scaled_diff  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -135,25 +135,11 @@ def run_probe(path, spec, case):
         worst.value, worst.what, [round(w, 4) for w in weights.tolist()])
 
 
-def main():
-    root = sys.argv[1]
-    failed = 0
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if not os.path.isdir(path):
-            continue
-        try:
-            spec = json.load(open(os.path.join(path, "options.json")))
-            case = torch.load(os.path.join(path, "case.pt"))
-            run = {"train": run_train, "iwae": run_iwae, "probe": run_probe}[spec["kind"]]
-            ok, detail = run(path, spec, case)
-            print("case %s %s %s" % (name, "ok" if ok else "FAILED", detail))
-        except Exception as e:  # a twin that cannot run is a failure with its reason
-            ok = False
-            print("case %s FAILED %s: %s" % (name, type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
-        failed += not ok
-    sys.exit(1 if failed else 0)
+def check_case(path):
+    spec = json.load(open(os.path.join(path, "options.json")))
+    case = torch.load(os.path.join(path, "case.pt"))
+    return {"train": run_train, "iwae": run_iwae, "probe": run_probe}[spec["kind"]](path, spec, case)
 
 
 if __name__ == "__main__":
-    main()
+    run_cases(sys.argv[1], check_case)
