@@ -17,7 +17,7 @@ struct CNNOptions {
   TORCH_ARG(double, dropout) = 0.25;
 };
 
-/// torch::nn::MaxPool2d(2) computed by ops::max_pool2x2 (the same results, several times faster on CPU; a trace
+/// torch::nn::MaxPool2d(2) computed by ops::max_pool2x2 (the same results, faster on CPU; a trace
 /// records torch::max_pool2d): the pooling of the CNN stems (cnn, moe, mhc-resnet). No parameters.
 class MaxPool2x2Impl : public torch::nn::Cloneable<MaxPool2x2Impl> {
  public:

@@ -4,7 +4,9 @@
 #include <zoo_version.h>
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
 #include <malloc.h>
+#endif
 
 #include <atomic>
 #include <climits>
@@ -38,9 +40,13 @@ bool keep_freed_memory() {
       if (std::getenv(name)) return false;
     if (const char* tunables = std::getenv("GLIBC_TUNABLES"); tunables && std::strstr(tunables, "glibc.malloc"))
       return false;
+#if defined(__GLIBC__)
     // Both or neither: either alone fixes the other at its default and disables glibc's adaptation, which measured
     // slower than either default (the mmap threshold alone at 128 KiB: every large block mapped afresh).
     return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+#else
+    return false;
+#endif
   }();
   freed_memory_kept = kept;
   return kept;
