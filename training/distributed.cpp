@@ -203,27 +203,33 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
                                "; give each its own RANK");
     const std::string host = this_host();
     store.set("zoo/host/" + std::to_string(o.rank), std::vector<uint8_t>(host.begin(), host.end()));
-    store.set("zoo/world/" + std::to_string(o.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
     std::vector<std::string> keys;
     for (int64_t r = 0; r < o.world_size; ++r) keys.push_back("zoo/world/" + std::to_string(r));
-    auto check_world = [&](int64_t r) {
+    auto world_of = [&](int64_t r) {
       const auto theirs = store.get(keys[static_cast<size_t>(r)]);
-      const std::string value(theirs.begin(), theirs.end());
+      return std::string(theirs.begin(), theirs.end());
+    };
+    auto check_world = [&](int64_t r, const std::string& value) {
       if (value != mine)
         throw std::runtime_error("rank " + std::to_string(r) + " was started with WORLD_SIZE " + value + " but rank " +
                                  std::to_string(o.rank) + " with " + mine +
                                  "; start every rank with the same WORLD_SIZE (hosts x ranks per host: the same "
                                  "--nnodes and --nproc everywhere)");
     };
-    if (o.rank != 0) {  // rank 0 is in every run: compare with it first, so a wrong WORLD_SIZE is named at once
+    // Rank 0 is in every run: the others read its WORLD_SIZE before they publish their own, so a wrong one is
+    // named at once on both sides (rank 0 stops, closing the store, as soon as it sees another's).
+    std::string rank0_world = mine;
+    if (o.rank != 0) {
       try {
         store.wait({keys[0]}, millis(o.timeout_s));
       } catch (const std::exception&) {
         throw std::runtime_error("rank 0 did not join at " + where + " within " +
                                  std::to_string(static_cast<int64_t>(o.timeout_s)) + " s; start rank 0");
       }
-      check_world(0);
+      rank0_world = world_of(0);
     }
+    store.set(keys[static_cast<size_t>(o.rank)], std::vector<uint8_t>(mine.begin(), mine.end()));
+    check_world(0, rank0_world);
     try {
       store.wait(keys, millis(o.timeout_s));
     } catch (const std::exception&) {
@@ -238,7 +244,7 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options) : options_(options
       const auto host = store.get("zoo/host/" + std::to_string(r));
       hosts_.emplace_back(host.begin(), host.end());
     }
-    for (int64_t r = 0; r < o.world_size; ++r) check_world(r);
+    for (int64_t r = 0; r < o.world_size; ++r) check_world(r, world_of(r));
   } catch (const std::runtime_error&) {
     throw;
   } catch (const std::exception& e) {
