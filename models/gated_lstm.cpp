@@ -5,7 +5,6 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <cmath>
-#include <optional>
 
 namespace zoo::models {
 
@@ -87,11 +86,14 @@ struct GatedLSTMStepFunction : public torch::autograd::Function<GatedLSTMStepFun
 GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x_in,
                                          const std::optional<std::tuple<torch::Tensor, torch::Tensor>>& state) {
   const int64_t hidden = options.hidden_size();
-  // Under autocast (bf16-mixed) the step runs in float32, as the LSTM recurrence of ops/lstm.h: the cell state is
-  // a sum over steps that 8 bits of mantissa would erode (and the step's in-place addmm_ takes no mixed types).
-  std::optional<ops::Float32Region> float32_region;
-  if (ops::autocast_enabled()) float32_region.emplace();
+  // The step runs in float32 under autocast (bf16-mixed) and with bfloat16 weights (bf16), as the LSTM recurrence
+  // of ops/lstm.h: the cell state is a sum over steps that 8 bits of mantissa would erode (and the step's in-place
+  // addmm_ takes no mixed types). Gradients flow back to the weights in their own precision.
+  const ops::Float32Region float32_region;
   const auto x = ops::float32(x_in);
+  const auto w_ih = ops::float32(weight_ih), w_hh = ops::float32(weight_hh);
+  const auto b_ih = options.bias() ? ops::float32(bias_ih) : torch::Tensor(),
+             b_hh = options.bias() ? ops::float32(bias_hh) : torch::Tensor();
   TORCH_CHECK(x.dim() == 2 && x.size(1) == options.input_size(), "GatedLSTMCell expects x [N, ", options.input_size(),
               "], got ", x.sizes());
   torch::Tensor h, c;
@@ -106,8 +108,8 @@ GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x_in,
   }
   if (torch::GradMode::is_enabled() && !torch::jit::tracer::isTracing()) {
     const auto none = torch::empty({0}, x.options());
-    auto r = GatedLSTMStepFunction::apply(x, h, c, weight_ih, weight_hh, options.bias() ? bias_ih : none,
-                                          options.bias() ? bias_hh : none);
+    auto r =
+        GatedLSTMStepFunction::apply(x, h, c, w_ih, w_hh, options.bias() ? b_ih : none, options.bias() ? b_hh : none);
     GatedLSTMStep step;
     step.h = r[0];
     step.c = r[1];
@@ -118,8 +120,8 @@ GatedLSTMStep GatedLSTMCellImpl::forward(const torch::Tensor& x_in,
     return step;
   }
   // Without gradients (and in traces): the same formulas, step by step.
-  auto z = torch::matmul(x, weight_ih.t()) + torch::matmul(h, weight_hh.t());
-  if (options.bias()) z = z + bias_ih + bias_hh;
+  auto z = torch::matmul(x, w_ih.t()) + torch::matmul(h, w_hh.t());
+  if (options.bias()) z = z + b_ih + b_hh;
   const auto parts = z.chunk(4, 1);
   GatedLSTMStep step;
   step.input_gate = torch::sigmoid(parts[0]);

@@ -206,3 +206,24 @@ TEST_CASE("GatedLSTMCell under bf16-mixed autocast steps in float32: the same st
   CHECK(torch::equal(h32, hmixed));
   CHECK(torch::equal(g32, gmixed));
 }
+
+TEST_CASE("GatedLSTMCell with bfloat16 weights (--precision bf16) steps in float32 on the rounded weights",
+          "[gated_lstm][precision]") {
+  torch::manual_seed(0);
+  models::GatedLSTMCell cell(models::GatedLSTMCellOptions(6, 5));
+  models::GatedLSTMCell rounded(models::GatedLSTMCellOptions(6, 5));
+  cell->to(torch::kBFloat16);
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : rounded->named_parameters())
+      p.value().copy_(cell->named_parameters()[p.key()].to(torch::kFloat32));
+  }
+  const auto x = torch::randn({3, 6}).to(torch::kBFloat16);
+  const auto s = cell->forward(x, std::make_tuple(x.new_zeros({3, 5}), x.new_zeros({3, 5})));
+  s.h.sum().backward();
+  const auto r = rounded->forward(x.to(torch::kFloat32));
+  CHECK(s.h.scalar_type() == torch::kFloat32);
+  CHECK(torch::equal(s.h, r.h));
+  CHECK(cell->weight_ih.grad().scalar_type() == torch::kBFloat16);
+  CHECK(cell->weight_ih.grad().abs().sum().item<double>() > 0);
+}
