@@ -100,10 +100,7 @@ class Case:
         raw = torch.load(os.path.join(directory, "batch.pt"))
         self.batch = {k: v for k, v in raw.items()}
         if self.twin is not None:
-            archive = torch.jit.load(os.path.join(directory, "weights.pt"))
-            state = dict(archive.named_parameters())
-            state.update(dict(archive.named_buffers()))
-            self.twin.load_state_dict(state, strict=True)
+            zoo_twins.load_weights(self.twin, os.path.join(directory, "weights.pt"))
             self.optimizer = torch.optim.Adam(self.twin.parameters(), lr=self.spec.get("lr", 1e-3))
         else:
             self.batch["input"].requires_grad_(True)

@@ -43,11 +43,8 @@ def merged(options, changes):
 def run_case(path):
     spec = json.load(open(os.path.join(path, "options.json")))
     twin_options = {k: v for k, v in spec.get("twin", {}).items() if k != "gradient_tolerance"}
-    twin = zoo_twins.build(spec["model"], merged(spec["options"], twin_options))
-    archive = torch.jit.load(os.path.join(path, "weights.pt"))
-    state = dict(archive.named_parameters())
-    state.update(dict(archive.named_buffers()))
-    twin.load_state_dict(state, strict=True)
+    twin = zoo_twins.load_weights(zoo_twins.build(spec["model"], merged(spec["options"], twin_options)),
+                                  os.path.join(path, "weights.pt"))
     twin.eval()
     # The file every PyTorch user has: zoo reads it back and compares it with weights.pt (tests/python/parity.cpp).
     torch.save(twin.state_dict(), os.path.join(path, "state_dict.pth"))

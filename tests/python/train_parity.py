@@ -26,18 +26,11 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_training  # noqa: E402
 import zoo_twins  # noqa: E402
-from parity import run_cases, scaled_diff  # noqa: E402
-
-TOLERANCE = 1e-5
+from parity import TOLERANCE, run_cases, scaled_diff  # noqa: E402
 
 
 def load_twin(path, spec):
-    twin = zoo_twins.build(spec["model"], spec["options"])
-    archive = torch.jit.load(os.path.join(path, "weights.pt"))
-    state = dict(archive.named_parameters())
-    state.update(dict(archive.named_buffers()))
-    twin.load_state_dict(state, strict=True)
-    return twin
+    return zoo_twins.load_weights(zoo_twins.build(spec["model"], spec["options"]), os.path.join(path, "weights.pt"))
 
 
 class Worst:

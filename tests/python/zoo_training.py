@@ -44,12 +44,11 @@ def bernoulli_log_likelihood(logits, x):
 def iwae_bound(twin, x, k, generator):
     """Burda et al. 2016, eq. 8: log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x), as one logsumexp over the
     k samples (all k at once; eps drawn as [k, N, latent] from `generator`)."""
-    h = twin.encoder(x.flatten(1) if twin.arch == "mlp" else x)
-    mu, logvar = twin.fc_mu(h), twin.fc_logvar(h)
+    mu, logvar = twin.encode(x)
     n, latent = mu.shape
     eps = torch.randn(k, n, latent, generator=generator)
     z = mu + torch.exp(0.5 * logvar) * eps
-    logits = twin.decoder(z.reshape(k * n, latent)).view(k * n, *twin.shape)
+    logits = twin.decode(z.reshape(k * n, latent))
     log_px = bernoulli_log_likelihood(logits, x.repeat(k, 1, 1, 1)).view(k, n)
     log_w = log_px + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)) - gaussian_log_density(
         z, mu, logvar)

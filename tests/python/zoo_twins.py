@@ -116,11 +116,16 @@ class VAE(nn.Module):
         self.fc_mu = nn.Linear(hidden, latent)
         self.fc_logvar = nn.Linear(hidden, latent)
 
-    def forward(self, x):
+    def encode(self, x):
         h = self.encoder(x.flatten(1) if self.arch == "mlp" else x)
-        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return self.decoder(z).view(x.shape[0], *self.shape), mu, logvar
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z):
+        return self.decoder(z).view(z.shape[0], *self.shape)
+
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        return self.decode(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)), mu, logvar
 
 
 # ---- unet, deconvnet ----------------------------------------------------------------------------------------
@@ -866,6 +871,16 @@ def torchvision_resnet(depth, in_channels, num_classes, stem, zero_init_residual
     if stem == "cifar":
         m.maxpool = nn.Identity()
     return m
+
+
+def load_weights(twin, path):
+    """zoo's TorchScript weights file (model.pt, weights.pt) into the twin, name for name (strict): its parameters
+    and buffers. Returns the twin."""
+    archive = torch.jit.load(path)
+    state = dict(archive.named_parameters())
+    state.update(dict(archive.named_buffers()))
+    twin.load_state_dict(state, strict=True)
+    return twin
 
 
 def build(name, o):
