@@ -6,6 +6,7 @@
 #include "models/mlp.h"
 #include "models/registry.h"
 #include "training/loggers.h"
+#include "training/runtime.h"
 #include "training/trainer.h"
 
 #include <benchmark/benchmark.h>
@@ -111,4 +112,11 @@ BENCHMARK(FoundationLoggerOverhead)->Unit(benchmark::kSecond)->Iterations(5);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  zoo::training::keep_freed_memory();  // every benchmark under the zoo program's malloc policy (training/runtime.h)
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -14,7 +14,6 @@
 #include "models/ode.h"
 #include "ops/conv3x3.h"
 #include "ops/max_pool.h"
-#include "training/runtime.h"
 #include "training/trainer.h"
 
 #include <benchmark/benchmark.h>
@@ -146,7 +145,6 @@ BENCHMARK(Conv3x3Crossover)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iteration
 // ops::max_pool2x2 against torch::max_pool2d at the cnn's two poolings (batch 64), float32 and bfloat16 (arg 1),
 // forward + backward, interleaved: 5 timed calls of each per round, 1 thread.
 void MaxPool2x2(benchmark::State& state) {
-  training::keep_freed_memory();  // as the zoo program: no page faults for the reallocated buffers
   training::apply_threads(1);
   torch::manual_seed(0);
   const auto type = state.range(0) ? torch::kBFloat16 : torch::kFloat32;
