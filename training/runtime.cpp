@@ -35,7 +35,10 @@ std::string malloc_library() {
 bool keep_freed_memory() {
   static const bool kept = [] {
     if (malloc_library().rfind("libc.so", 0) != 0) return false;  // another malloc manages its own memory
-    if (const char* keep = std::getenv("ZOO_KEEP_FREED_MEMORY"); keep && std::string(keep) == "0") return false;
+    if (const char* keep = std::getenv("ZOO_KEEP_FREED_MEMORY")) {
+      const std::string v = keep;
+      if (v == "0" || v == "false" || v == "no" || v == "off") return false;
+    }
     for (const char* name : {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"})
       if (std::getenv(name)) return false;
     if (const char* tunables = std::getenv("GLIBC_TUNABLES"); tunables && std::strstr(tunables, "glibc.malloc"))

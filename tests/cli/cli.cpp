@@ -83,8 +83,8 @@ TEST_CASE("CLI: zoo keeps freed memory in glibc's heap unless the environment tu
   };
   CHECK_THAT(version(""), Catch::Contains(", glibc malloc, freed memory kept, "));
   // The user's own settings win, and ZOO_KEEP_FREED_MEMORY=0 leaves glibc's defaults.
-  for (const std::string env : {"ZOO_KEEP_FREED_MEMORY=0", "MALLOC_TRIM_THRESHOLD_=131072", "MALLOC_MMAP_MAX_=0",
-                                "GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072"}) {
+  for (const std::string env : {"ZOO_KEEP_FREED_MEMORY=0", "ZOO_KEEP_FREED_MEMORY=off", "MALLOC_TRIM_THRESHOLD_=131072",
+                                "MALLOC_MMAP_MAX_=0", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072"}) {
     INFO(env);
     const auto out = version(env);
     CHECK_THAT(out, Catch::Contains(", glibc malloc, "));
