@@ -22,8 +22,8 @@ std::string allocator();
 /// CUDA caching allocator keeps device memory). Does nothing, and returns false, when malloc is not glibc's or the
 /// environment tunes it already (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_, MALLOC_TOP_PAD_, MALLOC_MMAP_MAX_
 /// or glibc.malloc in GLIBC_TUNABLES: the user's settings win) or says ZOO_KEEP_FREED_MEMORY=0 (or false, no, off:
-/// glibc's defaults, e.g. to measure them). The zoo program calls it first thing; a program of your own that trains
-/// with zoo's library may too.
+/// glibc's defaults, e.g. to measure them). The zoo program and zoo_bench call it first thing; a program of your own
+/// that trains with zoo's library may too.
 bool keep_freed_memory();
 
 /// The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MB, from /proc/self/status; 0
