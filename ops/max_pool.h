@@ -3,10 +3,11 @@
 //
 // LibTorch 1.13's CPU kernel for torch::max_pool2d on NCHW tensors, with the int64 indices autograd keeps, spends
 // about 25 ns per output: the largest item in a profile of the cnn's bf16-mixed training step on the 2-core VM.
-// max_pool2x2 runs a plain loop per channel plane that keeps a 2-bit window position per output instead, and a
-// backward that writes each gradient to that position (the cnn's inference 1.36x faster, its bf16-mixed training
-// step 1.11x; docs/speed.md). Same results as torch::max_pool2d(x, 2): floor sizes (an odd last row or column is
-// left out), the first maximum of each window in row-major order, NaN propagates (a later NaN wins, as LibTorch's
+// max_pool2x2 keeps a window position (0..3) per output instead, and a backward that writes each window's gradient
+// to that position and zeros to the other three. On x86-64 CPUs with AVX2 both run 8 windows at a time (float32
+// and bfloat16; a row's last few windows through zero-padded copies), elsewhere and for double a plain loop per
+// channel plane (the tests run both). Same results as torch::max_pool2d(x, 2): floor sizes (an odd last row or column
+// is left out), the first maximum of each window in row-major order, NaN propagates (a later NaN wins, as LibTorch's
 // `val > max || isnan(val)`).
 #pragma once
 

@@ -3,11 +3,13 @@
 #include "ops/max_pool.h"
 #include "helpers.h"
 #include "models/cnn.h"
+#include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <catch2/catch.hpp>
 
 #include <limits>
+#include <optional>
 
 using zoo::ops::max_pool2x2;
 
@@ -32,21 +34,35 @@ void check_same(const torch::Tensor& input, const std::string& what) {
 TEST_CASE("max_pool2x2: the same outputs and gradients as torch::max_pool2d, ties, NaN and odd sizes included",
           "[kernels]") {
   torch::manual_seed(0);
-  for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
-    check_same(torch::randn({3, 5, 8, 10}).to(type), "random");
-    check_same(torch::randn({2, 3, 7, 9}).to(type), "odd sizes: the last row and column left out");
-    check_same(torch::randn({4, 6, 6}).to(type), "no batch axis");
-    // After a ReLU most windows tie at 0: the first of them gets the gradient, as in LibTorch.
-    check_same(torch::relu(torch::randn({2, 4, 6, 6}) - 1).to(type), "ties at 0");
-    check_same(torch::randint(0, 3, {2, 4, 6, 6}).to(type), "ties everywhere");
-    auto special = torch::randn({1, 2, 4, 4}).to(type);
-    special[0][0][0][1] = std::numeric_limits<double>::quiet_NaN();
-    special[0][0][1][0] = std::numeric_limits<double>::quiet_NaN();  // a later NaN takes over
-    special[0][1][2][2] = std::numeric_limits<double>::quiet_NaN();  // the first element a NaN
-    special[0][1][0].fill_(-std::numeric_limits<double>::infinity());
-    special[0][1][1].fill_(-std::numeric_limits<double>::infinity());  // a window of -inf only
-    check_same(special, "NaN and -inf");
-  }
+  for (const bool scalar : {false, true})
+    for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+      // The AVX2 kernel (8 windows at a time, a row's last Wo % 8 through padded copies) and the plain loop.
+      std::optional<zoo::ops::ScalarOnly> plain;
+      if (scalar) plain.emplace();
+      INFO((scalar ? "plain loop" : "the CPU's kernel"));
+      check_same(torch::randn({3, 5, 8, 10}).to(type), "random");
+      check_same(torch::randn({2, 3, 6, 40}).to(type), "rows of two blocks of 8 windows and 4 more");
+      check_same(torch::randn({2, 3, 28, 28}).to(type), "the cnn's first map");
+      check_same(torch::randn({2, 3, 7, 9}).to(type), "odd sizes: the last row and column left out");
+      check_same(torch::randn({4, 6, 6}).to(type), "no batch axis");
+      // After a ReLU most windows tie at 0: the first of them gets the gradient, as in LibTorch.
+      check_same(torch::relu(torch::randn({2, 4, 6, 6}) - 1).to(type), "ties at 0");
+      check_same(torch::randint(0, 3, {2, 4, 6, 6}).to(type), "ties everywhere");
+      auto special = torch::randn({1, 2, 4, 4}).to(type);
+      special[0][0][0][1] = std::numeric_limits<double>::quiet_NaN();
+      special[0][0][1][0] = std::numeric_limits<double>::quiet_NaN();  // a later NaN takes over
+      special[0][1][2][2] = std::numeric_limits<double>::quiet_NaN();  // the first element a NaN
+      special[0][1][0].fill_(-std::numeric_limits<double>::infinity());
+      special[0][1][1].fill_(-std::numeric_limits<double>::infinity());  // a window of -inf only
+      check_same(special, "NaN and -inf");
+      auto wide = torch::randn({1, 2, 4, 32}).to(type);  // the same inside a block of 8 windows
+      wide[0][0][0][3] = std::numeric_limits<double>::quiet_NaN();
+      wide[0][0][1][2] = std::numeric_limits<double>::quiet_NaN();
+      wide[0][1][2][20] = std::numeric_limits<double>::quiet_NaN();
+      wide[0][1][0].fill_(-std::numeric_limits<double>::infinity());
+      wide[0][1][1].fill_(-std::numeric_limits<double>::infinity());
+      check_same(wide, "NaN and -inf in a block");
+    }
   // The gradient lands on exactly one element per window.
   auto x = torch::randn({2, 3, 6, 6}).requires_grad_(true);
   max_pool2x2(x).sum().backward();
