@@ -102,6 +102,40 @@ TEST_CASE("Autocast: group_norm takes bfloat16 inputs with float32 parameters (f
   CHECK(max_abs(out - expected) < 1e-6);
 }
 
+TEST_CASE("Autocast: a 3-D convolution over one input channel trains in float32 and hands on bfloat16",
+          "[ops][precision]") {
+  torch::manual_seed(7);
+  const auto x = torch::randn({2, 1, 6, 6, 6}), g = torch::randn({2, 4, 6, 6, 6});
+  auto w = (torch::randn({4, 1, 3, 3, 3}) * 0.3).requires_grad_(true), b = torch::randn({4}).requires_grad_(true);
+  // What the rule computes: the float32 convolution rounded to bfloat16, and its float32 weight gradient.
+  const auto expected = torch::conv3d(x, w, b, 1, 1).to(torch::kBFloat16);
+  const auto expected_gw = torch::autograd::grad({expected}, {w}, {g.to(torch::kBFloat16)})[0];
+  // What autocast's own rule computes: everything in bfloat16.
+  const auto lowered = torch::conv3d(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b.to(torch::kBFloat16), 1, 1);
+  REQUIRE_FALSE(torch::equal(expected, lowered));  // the two differ in the last bits, so the checks below can tell
+
+  auto scope = bf16();
+  const auto out = torch::conv3d(x, w, b, 1, 1);
+  CHECK(out.scalar_type() == torch::kBFloat16);
+  CHECK(torch::equal(out, expected));
+  const auto gw = torch::autograd::grad({out}, {w}, {g.to(torch::kBFloat16)})[0];
+  CHECK(gw.scalar_type() == torch::kFloat32);
+  CHECK(torch::equal(gw, expected_gw));
+  {
+    torch::NoGradGuard inference;  // no weight gradient to compute: autocast's bfloat16 convolution
+    CHECK(torch::equal(torch::conv3d(x, w, b, 1, 1), lowered));
+  }
+  // Two input channels, a 2-D convolution over one, grouped: autocast's rule, unchanged.
+  const auto x2 = torch::randn({2, 2, 5, 5, 5}), w2 = torch::randn({4, 2, 3, 3, 3}).requires_grad_(true);
+  CHECK(torch::equal(torch::conv3d(x2, w2), torch::conv3d(x2.to(torch::kBFloat16), w2.to(torch::kBFloat16))));
+  const auto x1 = torch::randn({2, 1, 6, 6}), w1 = torch::randn({4, 1, 3, 3}).requires_grad_(true);
+  CHECK(torch::equal(torch::conv2d(x1, w1), torch::conv2d(x1.to(torch::kBFloat16), w1.to(torch::kBFloat16))));
+  const auto wg = torch::randn({2, 1, 3, 3, 3}).requires_grad_(true);
+  namespace F = torch::nn::functional;
+  const auto grouped = F::Conv3dFuncOptions().groups(2);
+  CHECK(torch::equal(F::conv3d(x2, wg, grouped), F::conv3d(x2.to(torch::kBFloat16), wg.to(torch::kBFloat16), grouped)));
+}
+
 TEST_CASE("Autocast: the LSTM recurrence, Sinkhorn-Knopp and the MLP field's solver stay in float32",
           "[ops][precision]") {
   torch::manual_seed(4);
