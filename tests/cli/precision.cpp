@@ -125,3 +125,18 @@ TEST_CASE("CLI: predict --precision, and --version says whether the CPU has bflo
   auto none = without_bf16("--version");
   CHECK(none.out.find("no native bfloat16)") != std::string::npos);
 }
+
+TEST_CASE("CLI: a 3-D ConvNet trains in bf16-mixed, its first convolution in float32, without a word on stderr",
+          "[cli][precision]") {
+  // zoo replaces LibTorch's autocast kernel for conv3d (ops/autocast.cpp), which the dispatcher would announce
+  // with a warning ("Overriding a previously registered kernel"): muted, so stderr stays empty.
+  TempDir tmp;
+  const auto r = zoo::test::run_command("ZOO_CPU_BF16=1 " + std::string(ZOO_BIN) +
+                                        " train conv3d --epochs 1 --limit 256 --seed 2 --precision bf16-mixed --out " +
+                                        tmp.str("run"));
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("Overriding") == std::string::npos);
+  CHECK(r.err.find("arning") == std::string::npos);
+  CHECK(json::parse(zoo::test::read_text(tmp.path() / "run" / "config.json"))["train"]["precision"] == "bf16-mixed");
+}
