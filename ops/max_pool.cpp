@@ -125,36 +125,40 @@ ZOO_AVX2 void unpool_row_avx2(const T* g, const uint8_t* pos, T* r0, T* r1, int6
 #undef ZOO_AVX2
 #endif
 
+/// fn(p, i) for every channel plane p and output row i, the planes split over LibTorch's threads.
+template <typename Fn>
+void each_output_row(int64_t planes, int64_t Ho, const Fn& fn) {
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t i = 0; i < Ho; ++i) fn(p, i);
+  });
+}
+
 /// Each plane's outputs and the position (0..3, row-major) of the maximum in each 2x2 window.
 template <typename T>
 void pool_forward(const T* x, T* y, uint8_t* where, int64_t planes, int64_t H, int64_t W) {
   const int64_t Ho = H / 2, Wo = W / 2;
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      for (int64_t i = 0; i < Ho; ++i) {
-        const T* r0 = x + (p * H + 2 * i) * W;
-        const T* r1 = r0 + W;
-        T* out = y + (p * Ho + i) * Wo;
-        uint8_t* pos = where + (p * Ho + i) * Wo;
-        int64_t j = 0;
+  each_output_row(planes, Ho, [&](int64_t p, int64_t i) {
+    const T* r0 = x + (p * H + 2 * i) * W;
+    const T* r1 = r0 + W;
+    T* out = y + (p * Ho + i) * Wo;
+    uint8_t* pos = where + (p * Ho + i) * Wo;
 #ifdef ZOO_X86_KERNELS
-        if constexpr (!std::is_same_v<T, double>)
-          if (vector) pool_row_avx2(r0, r1, out, pos, Wo), j = Wo;
+    if constexpr (!std::is_same_v<T, double>)
+      if (vector) return pool_row_avx2(r0, r1, out, pos, Wo);
 #endif
-        for (; j < Wo; ++j) {
-          // LibTorch's rule, starting from the first element: a larger value or a NaN takes over.
-          float best = static_cast<float>(r0[2 * j]);
-          uint8_t k = 0;
-          const float v1 = static_cast<float>(r0[2 * j + 1]), v2 = static_cast<float>(r1[2 * j]),
-                      v3 = static_cast<float>(r1[2 * j + 1]);
-          if (v1 > best || std::isnan(v1)) best = v1, k = 1;
-          if (v2 > best || std::isnan(v2)) best = v2, k = 2;
-          if (v3 > best || std::isnan(v3)) best = v3, k = 3;
-          out[j] = static_cast<T>(best);
-          pos[j] = k;
-        }
-      }
+    for (int64_t j = 0; j < Wo; ++j) {
+      // LibTorch's rule, starting from the first element: a larger value or a NaN takes over.
+      float best = static_cast<float>(r0[2 * j]);
+      uint8_t k = 0;
+      const float v1 = static_cast<float>(r0[2 * j + 1]), v2 = static_cast<float>(r1[2 * j]),
+                  v3 = static_cast<float>(r1[2 * j + 1]);
+      if (v1 > best || std::isnan(v1)) best = v1, k = 1;
+      if (v2 > best || std::isnan(v2)) best = v2, k = 2;
+      if (v3 > best || std::isnan(v3)) best = v3, k = 3;
+      out[j] = static_cast<T>(best);
+      pos[j] = k;
     }
   });
 }
@@ -165,26 +169,21 @@ template <typename T>
 void pool_backward(const T* gy, const uint8_t* where, T* gx, int64_t planes, int64_t H, int64_t W) {
   const int64_t Ho = H / 2, Wo = W / 2;
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      T* plane = gx + p * H * W;
-      for (int64_t i = 0; i < Ho; ++i) {
-        T* r0 = plane + 2 * i * W;
-        T* r1 = r0 + W;
-        const T* g = gy + (p * Ho + i) * Wo;
-        const uint8_t* pos = where + (p * Ho + i) * Wo;
-        int64_t j = 0;
+  each_output_row(planes, Ho, [&](int64_t p, int64_t i) {
+    T* plane = gx + p * H * W;
+    T* r0 = plane + 2 * i * W;
+    T* r1 = r0 + W;
+    if (W % 2) r0[W - 1] = r1[W - 1] = T(0);
+    if (H % 2 && i == Ho - 1) std::fill(plane + (H - 1) * W, plane + H * W, T(0));
+    const T* g = gy + (p * Ho + i) * Wo;
+    const uint8_t* pos = where + (p * Ho + i) * Wo;
 #ifdef ZOO_X86_KERNELS
-        if constexpr (!std::is_same_v<T, double>)
-          if (vector) unpool_row_avx2(g, pos, r0, r1, Wo), j = Wo;
+    if constexpr (!std::is_same_v<T, double>)
+      if (vector) return unpool_row_avx2(g, pos, r0, r1, Wo);
 #endif
-        for (; j < Wo; ++j) {
-          r0[2 * j] = r0[2 * j + 1] = r1[2 * j] = r1[2 * j + 1] = T(0);
-          (pos[j] < 2 ? r0 : r1)[2 * j + (pos[j] & 1)] = g[j];
-        }
-        if (W % 2) r0[W - 1] = r1[W - 1] = T(0);
-      }
-      if (H % 2) std::fill(plane + (H - 1) * W, plane + H * W, T(0));
+    for (int64_t j = 0; j < Wo; ++j) {
+      r0[2 * j] = r0[2 * j + 1] = r1[2 * j] = r1[2 * j + 1] = T(0);
+      (pos[j] < 2 ? r0 : r1)[2 * j + (pos[j] & 1)] = g[j];
     }
   });
 }
