@@ -38,6 +38,11 @@ void set_dtype(c10::DeviceType d, torch::ScalarType t) {
 }  // namespace
 
 namespace {
+/// float32() of an optional operand (a bias, a norm's affine parameters): absent or undefined stays so.
+c10::optional<at::Tensor> float32_optional(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? c10::optional<at::Tensor>(float32(*t)) : t;
+}
+
 #if TORCH_VERSION_MAJOR < 2
 // LibTorch 1.13's CPU autocast has no rule for group_norm, whose kernel then refuses a bfloat16 input with float32
 // affine parameters ("expected scalar type BFloat16 but found Float"; Python's torch.autocast fails alike). Give it
@@ -45,10 +50,8 @@ namespace {
 at::Tensor group_norm_float32(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
                               const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  auto widen = [](const c10::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() ? c10::optional<at::Tensor>(float32(*t)) : t;
-  };
-  return at::group_norm(float32(input), num_groups, widen(weight), widen(bias), eps, cudnn_enabled);
+  return at::group_norm(float32(input), num_groups, float32_optional(weight), float32_optional(bias), eps,
+                        cudnn_enabled);
 }
 #endif
 
@@ -68,13 +71,11 @@ at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, co
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto low = dtype_of(c10::kCPU);
-  if (conv_in_float32(input, weight, groups)) {
-    auto b = bias.has_value() && bias->defined() ? c10::optional<at::Tensor>(float32(*bias)) : bias;
-    return at::conv3d(input, float32(weight), b, stride, padding, dilation, groups).to(low);
-  }
-  auto cast = [low](const at::Tensor& t) { return at::autocast::cached_cast(low, t, c10::DeviceType::CPU); };
-  auto b = bias.has_value() && bias->defined() ? c10::optional<at::Tensor>(cast(*bias)) : bias;
-  return at::conv3d(cast(input), cast(weight), b, stride, padding, dilation, groups);
+  if (conv_in_float32(input, weight, groups))
+    return at::conv3d(input, float32(weight), float32_optional(bias), stride, padding, dilation, groups).to(low);
+  using at::autocast::cached_cast;
+  return at::conv3d(cached_cast(low, input, c10::kCPU), cached_cast(low, weight, c10::kCPU),
+                    cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }
 
 // Replacing LibTorch's autocast kernel for conv3d makes the dispatcher warn ("Overriding a previously registered

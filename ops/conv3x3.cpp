@@ -39,9 +39,8 @@ struct Shape {
 // V = 1 the kernel rows kh = 0, 1, 2 accumulate separately (S = 3 sets, summed at the end): an FMA waits 4 cycles
 // for its accumulator and 2 issue per cycle, so a block needs 8 or more independent chains to keep both busy.
 template <int R, int V, int S>
-__attribute__((target("avx2,fma"))) inline void pixels(const float* in, const Shape& s, const float* panel,
-                                                       const float* bias, float* out, int64_t n, int64_t h, int64_t w,
-                                                       int64_t o0) {
+ZOO_AVX2_FMA inline void pixels(const float* in, const Shape& s, const float* panel, const float* bias, float* out,
+                                int64_t n, int64_t h, int64_t w, int64_t o0) {
   constexpr int P = 8 * V;
   __m256 acc[S][R][V];
 #pragma GCC unroll 3
@@ -89,9 +88,8 @@ __attribute__((target("avx2,fma"))) inline void pixels(const float* in, const Sh
 
 // Output rows [row_begin, row_end) of the flattened (n, h) range.
 template <int V>
-__attribute__((target("avx2,fma"))) void direct_rows(const float* in, const Shape& s, const float* packed,
-                                                     const float* bias, float* out, int64_t row_begin,
-                                                     int64_t row_end) {
+ZOO_AVX2_FMA void direct_rows(const float* in, const Shape& s, const float* packed, const float* bias, float* out,
+                              int64_t row_begin, int64_t row_end) {
   constexpr int P = 8 * V;
   const int64_t panels = (s.O + P - 1) / P;
   for (int64_t nh = row_begin; nh < row_end; ++nh) {
@@ -112,7 +110,7 @@ __attribute__((target("avx2,fma"))) void direct_rows(const float* in, const Shap
 // k0 + R - 1 of one tap x V vectors of output channels from o0, written to dw[(tap K + k) ldg + o]. Even and
 // odd pixels of a row accumulate separately (twice the independent chains, see pixels).
 template <int R, int V>
-__attribute__((target("avx2,fma"))) inline void weight_pixel(const float* x, const float* g, __m256 (&acc)[R][V]) {
+ZOO_AVX2_FMA inline void weight_pixel(const float* x, const float* g, __m256 (&acc)[R][V]) {
   __m256 gv[V];
 #pragma GCC unroll 2
   for (int v = 0; v < V; ++v) gv[v] = _mm256_loadu_ps(g + 8 * v);
@@ -125,8 +123,8 @@ __attribute__((target("avx2,fma"))) inline void weight_pixel(const float* x, con
 }
 
 template <int R, int V>
-__attribute__((target("avx2,fma"))) void weight_block(const float* in, const Shape& s, const float* grad, int64_t ldg,
-                                                      float* dw, int tap, int64_t k0, int64_t o0) {
+ZOO_AVX2_FMA void weight_block(const float* in, const Shape& s, const float* grad, int64_t ldg, float* dw, int tap,
+                               int64_t k0, int64_t o0) {
   __m256 acc[2][R][V];
 #pragma GCC unroll 2
   for (int q = 0; q < 2; ++q)

@@ -24,31 +24,29 @@ torch::Tensor reference(const Tensor& x) { return torch::max_pool2d(x, {2, 2}, {
 // lane order [0 1 4 5 2 3 6 7] (_mm256_shuffle_ps works within 128-bit halves), put back in order before storing.
 // bfloat16 is widened to float32 exactly on load and, since the maximum is one of the inputs, narrowed exactly on
 // store.
-#define ZOO_AVX2 __attribute__((target("avx2,fma")))
-
-ZOO_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-ZOO_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+ZOO_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+ZOO_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {
   const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
 }
-ZOO_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-ZOO_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+ZOO_AVX2_FMA inline void store8(c10::BFloat16* p, __m256 v) {
   const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1)));
 }
 /// Lanes [0 1 4 5 2 3 6 7] back to [0 .. 7].
-ZOO_AVX2 inline __m256 in_order(__m256 v) {
+ZOO_AVX2_FMA inline __m256 in_order(__m256 v) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 /// Where `v` takes over from `best` by LibTorch's rule: v > best, or v is NaN.
-ZOO_AVX2 inline __m256 takes_over(__m256 v, __m256 best) {
+ZOO_AVX2_FMA inline __m256 takes_over(__m256 v, __m256 best) {
   return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
 }
 
 /// Eight windows: a and b point at 16 elements of the top and bottom rows.
 template <typename T>
-ZOO_AVX2 inline void pool8(const T* a, const T* b, T* out, uint8_t* pos) {
+ZOO_AVX2_FMA inline void pool8(const T* a, const T* b, T* out, uint8_t* pos) {
   const __m256 a0 = load8(a), b0 = load8(a + 8), a1 = load8(b), b1 = load8(b + 8);
   __m256 best = _mm256_shuffle_ps(a0, b0, 0x88);  // the windows' elements 0, 1, 2, 3 (row-major)
   const __m256 v1 = _mm256_shuffle_ps(a0, b0, 0xDD), v2 = _mm256_shuffle_ps(a1, b1, 0x88),
@@ -71,7 +69,7 @@ ZOO_AVX2 inline void pool8(const T* a, const T* b, T* out, uint8_t* pos) {
 
 /// One output row: windows [0, Wo) of input rows r0, r1; the last few (Wo % 8) through zero-padded copies.
 template <typename T>
-ZOO_AVX2 void pool_row_avx2(const T* r0, const T* r1, T* out, uint8_t* pos, int64_t Wo) {
+ZOO_AVX2_FMA void pool_row_avx2(const T* r0, const T* r1, T* out, uint8_t* pos, int64_t Wo) {
   int64_t j = 0;
   for (; j + 8 <= Wo; j += 8) pool8(r0 + 2 * j, r1 + 2 * j, out + j, pos + j);
   if (j == Wo) return;
@@ -86,14 +84,14 @@ ZOO_AVX2 void pool_row_avx2(const T* r0, const T* r1, T* out, uint8_t* pos, int6
 }
 
 /// g where k == which, else 0.
-ZOO_AVX2 inline __m256 gradient_at(__m256 g, __m256i k, int which) {
+ZOO_AVX2_FMA inline __m256 gradient_at(__m256 g, __m256i k, int which) {
   return _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_set1_epi32(which))));
 }
 
 /// Eight windows' gradients g at positions pos into 16 elements of the top (a) and bottom (b) rows: the gradient at
 /// each window's maximum, zeros at its other three elements.
 template <typename T>
-ZOO_AVX2 inline void unpool8(const T* g, const uint8_t* pos, T* a, T* b) {
+ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, T* a, T* b) {
   const __m256 gv = load8(g);
   const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pos)));
   const __m256 e0 = gradient_at(gv, k, 0), e1 = gradient_at(gv, k, 1), e2 = gradient_at(gv, k, 2),
@@ -109,7 +107,7 @@ ZOO_AVX2 inline void unpool8(const T* g, const uint8_t* pos, T* a, T* b) {
 
 /// One output row's gradient into input rows r0, r1 (windows [0, Wo); the last few through local copies).
 template <typename T>
-ZOO_AVX2 void unpool_row_avx2(const T* g, const uint8_t* pos, T* r0, T* r1, int64_t Wo) {
+ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, T* r0, T* r1, int64_t Wo) {
   int64_t j = 0;
   for (; j + 8 <= Wo; j += 8) unpool8(g + j, pos + j, r0 + 2 * j, r1 + 2 * j);
   if (j == Wo) return;
@@ -122,7 +120,6 @@ ZOO_AVX2 void unpool_row_avx2(const T* g, const uint8_t* pos, T* r0, T* r1, int6
   std::copy(a, a + 2 * n, r0 + 2 * j);
   std::copy(b, b + 2 * n, r1 + 2 * j);
 }
-#undef ZOO_AVX2
 #endif
 
 /// fn(p, i) for every channel plane p and output row i, the planes split over LibTorch's threads.

@@ -12,8 +12,8 @@ constexpr int64_t kPanel = 16;  // output columns per panel: two AVX registers
 #ifdef ZOO_X86_KERNELS
 // R rows of x times one panel (K x 16): lo[r] and hi[r] hold columns 0-7 and 8-15 of output row r.
 template <int R>
-__attribute__((target("avx2,fma"))) inline void panel_rows(const float* x, int64_t ldx, const float* panel, int64_t K,
-                                                           __m256 (&lo)[R], __m256 (&hi)[R]) {
+ZOO_AVX2_FMA inline void panel_rows(const float* x, int64_t ldx, const float* panel, int64_t K, __m256 (&lo)[R],
+                                    __m256 (&hi)[R]) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
@@ -28,8 +28,8 @@ __attribute__((target("avx2,fma"))) inline void panel_rows(const float* x, int64
 }
 
 template <int R>
-__attribute__((target("avx2,fma"))) void block(const float* x, int64_t ldx, const float* add, int64_t lda, float* out,
-                                               int64_t ldo, const float* panel, int64_t K, int64_t n, int64_t N) {
+ZOO_AVX2_FMA void block(const float* x, int64_t ldx, const float* add, int64_t lda, float* out, int64_t ldo,
+                        const float* panel, int64_t K, int64_t n, int64_t N) {
   __m256 lo[R], hi[R];
   panel_rows<R>(x, ldx, panel, K, lo, hi);
   // Unrolled (here and above) so that the accumulators stay in registers rather than in an array on the stack.
@@ -53,9 +53,8 @@ __attribute__((target("avx2,fma"))) void block(const float* x, int64_t ldx, cons
   }
 }
 
-__attribute__((target("avx2,fma"))) void kernel(const float* x, int64_t ldx, const float* add, int64_t lda, float* out,
-                                                int64_t ldo, const float* packed, int64_t M, int64_t K, int64_t N,
-                                                int64_t panel_begin, int64_t panel_end) {
+ZOO_AVX2_FMA void kernel(const float* x, int64_t ldx, const float* add, int64_t lda, float* out, int64_t ldo,
+                         const float* packed, int64_t M, int64_t K, int64_t N, int64_t panel_begin, int64_t panel_end) {
   for (int64_t p = panel_begin; p < panel_end; ++p) {
     const float* panel = packed + p * K * kPanel;
     const int64_t n = p * kPanel;

@@ -7,6 +7,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ZOO_X86_KERNELS 1
 #include <immintrin.h>
+/// Marks a kernel (and every helper it inlines) as compiled for AVX2 + FMA, whatever the rest of the build targets.
+#define ZOO_AVX2_FMA __attribute__((target("avx2,fma")))
 #endif
 
 namespace zoo::ops {
