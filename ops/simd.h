@@ -1,7 +1,7 @@
-// What zoo's hand-written AVX2 kernels (PackedWeight, conv3x3) need: ZOO_X86_KERNELS is defined where they are
-// compiled (x86-64 with GCC or Clang, each kernel marked target("avx2,fma")), and cpu_has_avx2_fma() says at run
-// time whether this CPU may run them. ScalarOnly makes it answer false in the current thread, as on a CPU without
-// AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
+// What zoo's hand-written AVX2 kernels (PackedWeight, conv3x3, max_pool2x2) need: ZOO_X86_KERNELS is defined where
+// they are compiled (x86-64 with GCC or Clang; each kernel marked ZOO_AVX2_FMA, target("avx2,fma")), and
+// cpu_has_avx2_fma() says at run time whether this CPU may run them. ScalarOnly makes it answer false in the current
+// thread, as on a CPU without AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
 #pragma once
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
