@@ -1,5 +1,7 @@
 #include "models/conv4d.h"
 
+#include "ops/conv3d.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -51,11 +53,7 @@ torch::Tensor Conv4dImpl::forward(const torch::Tensor& x) {
               ", padding ", p[0], ")");
   const int64_t t_out = span / s[0] + 1;
   const auto conv3d = [&](const torch::Tensor& frames, const torch::Tensor& w) {
-    return torch::nn::functional::conv3d(frames, w,
-                                         torch::nn::functional::Conv3dFuncOptions()
-                                             .stride({s[1], s[2], s[3]})
-                                             .padding({p[1], p[2], p[3]})
-                                             .dilation({d[1], d[2], d[3]}));
+    return ops::conv3d(frames, w, {}, {s[1], s[2], s[3]}, {p[1], p[2], p[3]}, {d[1], d[2], d[3]});
   };
   // Time-major view [N, T, C, D, H, W]: tap i reads the frames t * s - p + i * d, an arithmetic run, for a run of
   // output frames t, so each tap is one strided slice in, one conv3d over all of its frames, and one in-place

@@ -1,5 +1,6 @@
 #include "models/convnet.h"
 
+#include "models/conv3d.h"
 #include "models/conv4d.h"
 #include "models/pretty.h"
 #include "models/registry.h"
@@ -34,7 +35,7 @@ void ConvNetImpl::reset() {
         features->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1)));
         break;
       case 3:
-        features->push_back(nn::Conv3d(nn::Conv3dOptions(in, out, 3).stride(stride).padding(1)));
+        features->push_back(Conv3d(nn::Conv3dOptions(in, out, 3).stride(stride).padding(1)));
         break;
       default:
         features->push_back(Conv4d(Conv4dOptions(in, out, 3).stride(stride).padding(1)));

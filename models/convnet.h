@@ -3,7 +3,8 @@
 //   features:   [ConvNd(3, stride 2 after the first block, padding 1) -> ReLU] per entry of `channels`
 //   head:       global average over every spatial/temporal axis -> Linear(num_classes)
 //
-// ConvNd is torch::nn::Conv1d/2d/3d, or zoo::models::Conv4d for dims = 4. Input [N, C, L1 .. L_dims].
+// ConvNd is torch::nn::Conv1d/2d, zoo::models::Conv3d (torch::nn::Conv3d with zoo's direct kernel for a first layer
+// over one channel, models/conv3d.h) or zoo::models::Conv4d for dims = 4. Input [N, C, L1 .. L_dims].
 #pragma once
 
 #include <torch/torch.h>

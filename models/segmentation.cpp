@@ -1,5 +1,6 @@
 #include "models/segmentation.h"
 
+#include "models/conv3d.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
 #include "ops/max_pool.h"
@@ -19,7 +20,7 @@ void check_dims(int64_t dims, const char* what) {
 
 nn::AnyModule make_conv(int64_t dims, int64_t in, int64_t out, int64_t kernel, int64_t padding, bool bias) {
   if (dims == 2) return nn::AnyModule(nn::Conv2d(nn::Conv2dOptions(in, out, kernel).padding(padding).bias(bias)));
-  return nn::AnyModule(nn::Conv3d(nn::Conv3dOptions(in, out, kernel).padding(padding).bias(bias)));
+  return nn::AnyModule(Conv3d(nn::Conv3dOptions(in, out, kernel).padding(padding).bias(bias)));
 }
 
 nn::AnyModule make_batch_norm(int64_t dims, int64_t channels) {

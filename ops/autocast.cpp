@@ -130,6 +130,11 @@ AutocastScope::~AutocastScope() {
 
 Float32Region::Float32Region() : no_autocast_(c10::autocast_dispatch_keyset) {}
 
+torch::Tensor autocast_result(const torch::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu() || t.scalar_type() != torch::kFloat32 || !is_on(c10::kCPU)) return t;
+  return t.to(dtype_of(c10::kCPU));
+}
+
 torch::Tensor float32(const torch::Tensor& t) {
   if (!t.defined()) return t;
   const auto type = t.scalar_type();

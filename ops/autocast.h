@@ -43,6 +43,11 @@ class Float32Region {
   c10::impl::ExcludeDispatchKeyGuard no_autocast_;
 };
 
+/// What autocast hands on from an operation it runs in a lower precision (a convolution, a matrix product) when a
+/// hand-written kernel computed it in float32 instead: `t` in CPU autocast's type while CPU autocast is on for a
+/// float32 CPU `t`; otherwise `t` itself. Differentiable.
+torch::Tensor autocast_result(const torch::Tensor& t);
+
 /// `t` in float32 when it is a bfloat16 or float16 tensor; otherwise `t` itself (float32, float64 and integer
 /// tensors are kept). Differentiable: the gradient flows back in the original precision.
 torch::Tensor float32(const torch::Tensor& t);
