@@ -6,7 +6,6 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
-#include <array>
 #include <vector>
 
 namespace zoo::ops {
@@ -26,9 +25,9 @@ bool all_equal(torch::IntArrayRef v, int64_t value) {
   return (v.size() == 1 || v.size() == 3) && std::all_of(v.begin(), v.end(), [&](int64_t e) { return e == value; });
 }
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
 #ifdef ZOO_X86_KERNELS
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Geometry of one direct convolution: the input zero-padded to [N, D + 2, H + 2, Wp] (Wp = round_up(W, 8) + 8, so
 // that an 8-wide load at any block of a row, shifted by up to 2 taps, stays inside its row), the output and its
