@@ -1,6 +1,7 @@
 // conv3d: the direct 3x3x3 convolution over one input channel (a volume network's first layer) against
 // torch::conv3d, and which kernel runs.
 #include "ops/conv3d.h"
+#include "helpers.h"
 #include "models/conv3d.h"
 #include "ops/autocast.h"
 #include "ops/simd.h"
@@ -12,8 +13,6 @@
 using zoo::ops::Conv3dKernel;
 
 namespace {
-
-double diff3d(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 double magnitude(const torch::Tensor& t) { return std::max(1.0, t.abs().max().item<double>()); }
 
@@ -73,7 +72,7 @@ TEST_CASE("conv3d: the direct kernel's output and all three gradients equal torc
     REQUIRE(y.sizes() == r.sizes());
     CHECK(y.is_contiguous());
     // As close to the float64 result as LibTorch's own float32 convolution is (both sum 27 products in float32).
-    CHECK(diff3d(y.to(torch::kFloat64), e.detach()) < 1e-5 * magnitude(e));
+    CHECK(zoo::test::max_abs(y.to(torch::kFloat64) - e.detach()) < 1e-5 * magnitude(e));
     const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
     const auto ge = torch::autograd::grad({e}, {x64, w64, b64}, {go.to(torch::kFloat64)});
     const auto m = term_sums3d(x, s.o, go);
@@ -83,13 +82,13 @@ TEST_CASE("conv3d: the direct kernel's output and all three gradients equal torc
       CHECK(g[i].sizes() == ge[i].sizes());
       // The input gradient sums 27 x O products; the weight and bias gradients sum over every voxel.
       if (i == 0)
-        CHECK(diff3d(g[0].to(torch::kFloat64), ge[0]) < 1e-5 * magnitude(ge[0]));
+        CHECK(zoo::test::max_abs(g[0].to(torch::kFloat64) - ge[0]) < 1e-5 * magnitude(ge[0]));
       else
         CHECK(within3d(g[i], ge[i], m[i - 1]));
     }
     // Without a bias, and with only the weight asking for a gradient (a first layer: no input gradient).
     const auto y0 = zoo::ops::conv3d(x.detach(), w, {}, 1, 1, 1, 1, Conv3dKernel::direct);
-    CHECK(diff3d(y0.to(torch::kFloat64), exact3d(x, w, {})) < 1e-5 * magnitude(e));
+    CHECK(zoo::test::max_abs(y0.to(torch::kFloat64) - exact3d(x, w, {})) < 1e-5 * magnitude(e));
     const auto gw = torch::autograd::grad({y0}, {w}, {go})[0];
     CHECK(within3d(gw, ge[1], m[0]));
   }
@@ -107,7 +106,7 @@ TEST_CASE("conv3d: a strided input, a weight that is a slice, no gradients, and 
     torch::NoGradGuard no_grad;
     const auto y = zoo::ops::conv3d(x, w, {}, 1, 1, 1, 1, Conv3dKernel::direct);
     CHECK_FALSE(y.requires_grad());
-    CHECK(diff3d(y.to(torch::kFloat64), exact3d(x, w, {})) < 1e-5 * 30);
+    CHECK(zoo::test::max_abs(y.to(torch::kFloat64) - exact3d(x, w, {})) < 1e-5 * 30);
   }
   // The weight gradient sums fixed chunks of planes in a fixed order: 1 and 2 threads give the same bits.
   const auto wg = w.detach().clone().requires_grad_(true);
@@ -137,7 +136,7 @@ TEST_CASE("conv3d: second derivatives flow through the direct kernel's backward"
   const auto expected = penalty(Conv3dKernel::reference);
   const auto got = penalty(Conv3dKernel::direct);
   CHECK(expected.abs().max().item<double>() > 0.1);
-  CHECK(diff3d(got, expected) < 1e-4 * magnitude(expected));
+  CHECK(zoo::test::max_abs(got - expected) < 1e-4 * magnitude(expected));
 }
 
 TEST_CASE("conv3d: under bfloat16 autocast the direct kernel computes in float32 and hands on bfloat16",
@@ -202,7 +201,7 @@ TEST_CASE("conv3d: models::Conv3d is torch::nn::Conv3d with the direct kernel wh
   printed << *layer;
   CHECK(printed.str() == "torch::nn::Conv3d(1, 8, kernel_size=[3, 3, 3], stride=[1, 1, 1], padding=[1, 1, 1])");
   const auto x = torch::randn({2, 1, 5, 6, 7});
-  CHECK(diff3d(layer->forward(x).to(torch::kFloat64), exact3d(x, layer->weight, layer->bias)) < 1e-4);
+  CHECK(zoo::test::max_abs(layer->forward(x).to(torch::kFloat64) - exact3d(x, layer->weight, layer->bias)) < 1e-4);
   // Options the direct kernel does not take run torch::nn::Conv3d's forward: "same" padding, reflection padding,
   // stride 2.
   for (auto options : {nn::Conv3dOptions(1, 8, 3).padding(torch::kSame),
