@@ -70,7 +70,7 @@ class SegmentationEvaluator : public Evaluator {
     loss_ += F::cross_entropy(logits, batch.target, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
     pixels_ += static_cast<double>(batch.target.numel());
     items_ += static_cast<double>(batch.size());
-    auto predicted = logits.argmax(1);
+    auto predicted = predicted_classes(logits);
     confusion_ += confusion_matrix(predicted, batch.target, c).to(torch::kFloat64).cpu();
     auto truth_band = boundary_bands(batch.target, c, options_.boundary_width());
     auto pred_band = boundary_bands(predicted, c, options_.boundary_width());
@@ -109,8 +109,10 @@ class SegmentationEvaluator : public Evaluator {
 torch::Tensor predict_labels(torch::nn::AnyModule& model, const torch::Tensor& input, const torch::Device& device) {
   torch::NoGradGuard no_grad;
   model.ptr()->eval();
-  return model.forward(input.to(device)).argmax(1).cpu();
+  return predicted_classes(model.forward(input.to(device))).cpu();
 }
+
+torch::Tensor predicted_classes(const torch::Tensor& logits) { return std::get<1>(logits.max(1)); }
 
 torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& labels, double eps) {
   const int64_t c = logits.size(1);
@@ -185,7 +187,7 @@ torch::Tensor SegmentationObjective::loss(torch::nn::AnyModule& model, const dat
     terms.emplace_back("dice_loss", dice.detach());
     loss = loss + options_.dice() * dice;
   }
-  terms.emplace_back("pixel_accuracy", logits.detach().argmax(1).eq(batch.target).to(torch::kFloat32).mean());
+  terms.emplace_back("pixel_accuracy", predicted_classes(logits.detach()).eq(batch.target).to(torch::kFloat32).mean());
   return loss;
 }
 
@@ -204,7 +206,7 @@ Pictures SegmentationObjective::pictures(torch::nn::AnyModule& model, const data
   const auto device = model.ptr()->parameters().front().device();
   const auto batch = data.get(torch::arange(std::min<int64_t>(4, data.size()))).to(device);
   if (batch.input.dim() != 4) return {};  // volumes: no flat picture
-  const auto predicted = model.forward(batch.input).argmax(1).cpu();
+  const auto predicted = predicted_classes(model.forward(batch.input)).cpu();
   auto images = batch.input.cpu().to(torch::kFloat32);
   if (images.size(1) == 1) images = images.expand({-1, 3, -1, -1});
   std::vector<torch::Tensor> tiles;

@@ -78,3 +78,24 @@ TEST_CASE("Soft Dice loss: 0 for a perfect prediction, the formula for a uniform
   CHECK_THROWS_WITH(training::segmentation_options_from_json({{"weights", 1}}),
                     Catch::Contains("valid: dice, boundary_width"));
 }
+
+TEST_CASE("Predicted classes: argmax over the class axis, first maximum and NaN as argmax", "[segmentation]") {
+  torch::manual_seed(3);
+  for (auto type : {torch::kFloat32, torch::kBFloat16, torch::kFloat64}) {
+    auto logits = torch::randn({3, 5, 7, 9}).to(type);
+    logits.select(1, 3).copy_(logits.select(1, 1));  // ties between classes 1 and 3 wherever 1 is the maximum
+    logits.index_put_({0, torch::indexing::Slice(), 0, 0}, 1.0);  // all five equal: class 0
+    logits.index_put_({1, 2, 1, 1}, NAN);
+    logits.index_put_({1, 4, 1, 1}, NAN);  // two NaNs: the first one
+    const auto predicted = training::predicted_classes(logits);
+    CHECK(predicted.sizes() == torch::IntArrayRef({3, 7, 9}));
+    CHECK(torch::equal(predicted, logits.argmax(1)));
+    CHECK(predicted[0][0][0].item<int64_t>() == 0);
+    CHECK(predicted[1][1][1].item<int64_t>() == 2);
+    // The tied classes: never class 3 where class 1 holds the same maximum.
+    CHECK(predicted.eq(3).sum().item<int64_t>() == 0);
+  }
+  // Volumes too (the 3-D U-Net's logits [N, C, D, H, W]).
+  auto volume = torch::randn({2, 4, 6, 5, 3});
+  CHECK(torch::equal(training::predicted_classes(volume), volume.argmax(1)));
+}
