@@ -1,5 +1,6 @@
 // Conv4d against a brute-force nested-loop sum, and its gradients against finite differences (float64).
 #include "models/conv4d.h"
+#include "ops/autocast.h"
 
 #include <catch2/catch.hpp>
 
@@ -122,4 +123,37 @@ TEST_CASE("Conv4d: shapes, parameter names, and errors", "[conv4d]") {
   CHECK_THROWS_WITH(conv->forward(torch::rand({2, 3, 6, 5, 7})), Catch::Contains("expects [N, 3, T, D, H, W]"));
   CHECK_THROWS_WITH(Conv4d(Conv4dOptions(3, 8, 3))->forward(torch::rand({1, 3, 2, 5, 5, 5})),
                     Catch::Contains("too short"));
+}
+
+TEST_CASE("Conv4d under bf16 autocast: a bfloat16 output, float32 gradients close to float32's", "[conv4d]") {
+  torch::manual_seed(4);
+  for (int64_t in : {1, 3}) {  // one input channel: the direct first-layer kernel; three: LibTorch's conv3d
+    Conv4d conv(Conv4dOptions(in, 5, 3).stride({2, 1, 1, 1}).padding(1));
+    auto x = torch::randn({2, in, 5, 6, 5, 7}).requires_grad_(in == 3);
+    const auto r = torch::randn({2, 5, 3, 6, 5, 7});
+    auto run = [&](bool mixed) {
+      conv->zero_grad();
+      if (x.grad().defined()) x.mutable_grad().zero_();
+      torch::Tensor y;
+      {
+        zoo::ops::AutocastScope scope(torch::kCPU, torch::kBFloat16, mixed);
+        y = conv->forward(x);
+      }
+      CHECK(y.scalar_type() == (mixed ? torch::kBFloat16 : torch::kFloat32));
+      (y.to(torch::kFloat32) * r).sum().backward();
+      return std::vector<torch::Tensor>{y.to(torch::kFloat32).detach(), conv->weight.grad().clone(),
+                                        conv->bias.grad().clone(),
+                                        x.requires_grad() ? x.grad().clone() : torch::Tensor()};
+    };
+    const auto full = run(false), mixed = run(true);
+    CHECK(mixed[1].scalar_type() == torch::kFloat32);
+    CHECK(mixed[2].scalar_type() == torch::kFloat32);
+    for (size_t i = 0; i < full.size(); ++i) {
+      if (!full[i].defined()) continue;
+      // bfloat16 keeps 8 bits: relative errors of a few 1e-3 per product, summed over up to 81 taps.
+      const double scale = full[i].abs().max().item<double>();
+      INFO("tensor " << i << " in_channels " << in);
+      CHECK((mixed[i] - full[i]).abs().max().item<double>() < 0.03 * scale);
+    }
+  }
 }
