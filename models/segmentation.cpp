@@ -70,9 +70,9 @@ torch::Tensor crop_to(const torch::Tensor& y, const torch::Tensor& x) {
 }
 
 torch::Tensor max_pool(const torch::Tensor& x, int64_t dims) {
-  // Every size given for every axis: ATen reads a single 0 or 1 as all axes, torch.onnx copies it as it is.
-  // (ops::max_pool2x2 records torch::max_pool2d so in a trace.)
-  return dims == 2 ? ops::max_pool2x2(x) : torch::max_pool3d(x, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
+  // The loops of ops/max_pool.h; in a trace they record torch::max_pool2d / max_pool3d with every size given for
+  // every axis (ATen reads a single 0 or 1 as all axes, torch.onnx copies it as it is).
+  return dims == 2 ? ops::max_pool2x2(x) : ops::max_pool2x2x2(x);
 }
 
 }  // namespace

@@ -16,7 +16,14 @@ namespace {
 
 using torch::Tensor;
 
-torch::Tensor reference(const Tensor& x) { return torch::max_pool2d(x, {2, 2}, {2, 2}, {0, 0}, {1, 1}); }
+// LibTorch 1.13 has no bfloat16 kernel for max_pool3d: such an input is pooled in float32 (exactly: the maximum is
+// one of the inputs) and narrowed back.
+torch::Tensor reference(const Tensor& x, int axes) {
+  if (axes == 2) return torch::max_pool2d(x, {2, 2}, {2, 2}, {0, 0}, {1, 1});
+  const bool widen = x.scalar_type() == torch::kBFloat16;
+  const auto y = torch::max_pool3d(widen ? x.to(torch::kFloat32) : x, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
+  return widen ? y.to(x.scalar_type()) : y;
+}
 
 #ifdef ZOO_X86_KERNELS
 // AVX2 kernels: 8 windows at a time. A window's four elements are two adjacent pairs in two rows; loading 16
@@ -44,41 +51,52 @@ ZOO_AVX2_FMA inline __m256 takes_over(__m256 v, __m256 best) {
   return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
 }
 
-/// Eight windows: a and b point at 16 elements of the top and bottom rows.
-template <typename T>
-ZOO_AVX2_FMA inline void pool8(const T* a, const T* b, T* out, uint8_t* pos) {
-  const __m256 a0 = load8(a), b0 = load8(a + 8), a1 = load8(b), b1 = load8(b + 8);
-  __m256 best = _mm256_shuffle_ps(a0, b0, 0x88);  // the windows' elements 0, 1, 2, 3 (row-major)
-  const __m256 v1 = _mm256_shuffle_ps(a0, b0, 0xDD), v2 = _mm256_shuffle_ps(a1, b1, 0x88),
-               v3 = _mm256_shuffle_ps(a1, b1, 0xDD);
-  __m256 k = _mm256_setzero_ps();
-  __m256 m = takes_over(v1, best);
-  best = _mm256_blendv_ps(best, v1, m);
-  k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(1)), m);
-  m = takes_over(v2, best);
-  best = _mm256_blendv_ps(best, v2, m);
-  k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(2)), m);
-  m = takes_over(v3, best);
-  best = _mm256_blendv_ps(best, v3, m);
-  k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(3)), m);
+/// Eight windows of R rows of 2 (R = 2: a 2x2 window; R = 4: a 2x2x2 window, its two depth slices' rows in order):
+/// rows[r] points at 16 elements of the window's row r. The position stored is the window's element in row-major
+/// order, 2 r + (0 or 1).
+template <int R, typename T>
+ZOO_AVX2_FMA inline void pool8(const T* const* rows, T* out, uint8_t* pos) {
+  __m256 best = _mm256_setzero_ps(), k = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m256 lo = load8(rows[r]), hi = load8(rows[r] + 8);
+    const __m256 even = _mm256_shuffle_ps(lo, hi, 0x88), odd = _mm256_shuffle_ps(lo, hi, 0xDD);
+    if (r == 0) {
+      best = even;
+    } else {
+      const __m256 m = takes_over(even, best);
+      best = _mm256_blendv_ps(best, even, m);
+      k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(2 * r)), m);
+    }
+    const __m256 m = takes_over(odd, best);
+    best = _mm256_blendv_ps(best, odd, m);
+    k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(2 * r + 1)), m);
+  }
   store8(out, in_order(best));
   const __m256i k32 = _mm256_castps_si256(in_order(k));
   const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k32), _mm256_extracti128_si256(k32, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(pos), _mm_packus_epi16(k16, k16));
 }
 
-/// One output row: windows [0, Wo) of input rows r0, r1; the last few (Wo % 8) through zero-padded copies.
-template <typename T>
-ZOO_AVX2_FMA void pool_row_avx2(const T* r0, const T* r1, T* out, uint8_t* pos, int64_t Wo) {
+/// One output row: windows [0, Wo) of the R input rows; the last few (Wo % 8) through zero-padded copies.
+template <int R, typename T>
+ZOO_AVX2_FMA void pool_row_avx2(const T* const* rows, T* out, uint8_t* pos, int64_t Wo) {
   int64_t j = 0;
-  for (; j + 8 <= Wo; j += 8) pool8(r0 + 2 * j, r1 + 2 * j, out + j, pos + j);
+  for (; j + 8 <= Wo; j += 8) {
+    const T* at[R];
+    for (int r = 0; r < R; ++r) at[r] = rows[r] + 2 * j;
+    pool8<R>(at, out + j, pos + j);
+  }
   if (j == Wo) return;
   const int64_t n = Wo - j;
-  T a[16] = {}, b[16] = {}, o[8];
+  T copies[R][16] = {}, o[8];
+  const T* at[R];
   uint8_t k[8];
-  std::copy(r0 + 2 * j, r0 + 2 * Wo, a);
-  std::copy(r1 + 2 * j, r1 + 2 * Wo, b);
-  pool8(a, b, o, k);
+  for (int r = 0; r < R; ++r) {
+    std::copy(rows[r] + 2 * j, rows[r] + 2 * Wo, copies[r]);
+    at[r] = copies[r];
+  }
+  pool8<R>(at, o, k);
   std::copy(o, o + n, out + j);
   std::copy(k, k + n, pos + j);
 }
@@ -88,113 +106,138 @@ ZOO_AVX2_FMA inline __m256 gradient_at(__m256 g, __m256i k, int which) {
   return _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_set1_epi32(which))));
 }
 
-/// Eight windows' gradients g at positions pos into 16 elements of the top (a) and bottom (b) rows: the gradient at
-/// each window's maximum, zeros at its other three elements.
-template <typename T>
-ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, T* a, T* b) {
+/// Eight windows' gradients g at positions pos into 16 elements of each of the R rows: the gradient at each
+/// window's maximum, zeros at its other elements.
+template <int R, typename T>
+ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, T* const* rows) {
   const __m256 gv = load8(g);
   const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pos)));
-  const __m256 e0 = gradient_at(gv, k, 0), e1 = gradient_at(gv, k, 1), e2 = gradient_at(gv, k, 2),
-               e3 = gradient_at(gv, k, 3);
-  // Interleave (e0, e1) into the top row and (e2, e3) into the bottom one: unpack works within 128-bit halves.
-  const __m256 lo0 = _mm256_unpacklo_ps(e0, e1), hi0 = _mm256_unpackhi_ps(e0, e1);
-  const __m256 lo1 = _mm256_unpacklo_ps(e2, e3), hi1 = _mm256_unpackhi_ps(e2, e3);
-  store8(a, _mm256_permute2f128_ps(lo0, hi0, 0x20));
-  store8(a + 8, _mm256_permute2f128_ps(lo0, hi0, 0x31));
-  store8(b, _mm256_permute2f128_ps(lo1, hi1, 0x20));
-  store8(b + 8, _mm256_permute2f128_ps(lo1, hi1, 0x31));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m256 e0 = gradient_at(gv, k, 2 * r), e1 = gradient_at(gv, k, 2 * r + 1);
+    // Interleave (e0, e1) into the row: unpack works within 128-bit halves.
+    const __m256 lo = _mm256_unpacklo_ps(e0, e1), hi = _mm256_unpackhi_ps(e0, e1);
+    store8(rows[r], _mm256_permute2f128_ps(lo, hi, 0x20));
+    store8(rows[r] + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
 }
 
-/// One output row's gradient into input rows r0, r1 (windows [0, Wo); the last few through local copies).
-template <typename T>
-ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, T* r0, T* r1, int64_t Wo) {
+/// One output row's gradient into its R input rows (windows [0, Wo); the last few through local copies).
+template <int R, typename T>
+ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, T* const* rows, int64_t Wo) {
   int64_t j = 0;
-  for (; j + 8 <= Wo; j += 8) unpool8(g + j, pos + j, r0 + 2 * j, r1 + 2 * j);
+  for (; j + 8 <= Wo; j += 8) {
+    T* at[R];
+    for (int r = 0; r < R; ++r) at[r] = rows[r] + 2 * j;
+    unpool8<R>(g + j, pos + j, at);
+  }
   if (j == Wo) return;
   const int64_t n = Wo - j;
-  T gs[8] = {}, a[16], b[16];
+  T gs[8] = {}, copies[R][16];
+  T* at[R];
   uint8_t k[8] = {};
   std::copy(g + j, g + Wo, gs);
   std::copy(pos + j, pos + Wo, k);
-  unpool8(gs, k, a, b);
-  std::copy(a, a + 2 * n, r0 + 2 * j);
-  std::copy(b, b + 2 * n, r1 + 2 * j);
+  for (int r = 0; r < R; ++r) at[r] = copies[r];
+  unpool8<R>(gs, k, at);
+  for (int r = 0; r < R; ++r) std::copy(copies[r], copies[r] + 2 * n, rows[r] + 2 * j);
 }
 #endif
 
-/// fn(p, i) for every channel plane p and output row i, the planes split over LibTorch's threads.
+/// The shape of a pooling: `planes` channel planes (2-D) or volumes (3-D) of D x H x W (D = 1 for 2-D), windows of
+/// R rows (2 for 2x2, 4 for 2x2x2).
+struct Pooling {
+  int64_t planes, D, H, W;
+  int R;
+  int64_t Do() const { return R == 4 ? D / 2 : 1; }
+  int64_t Ho() const { return H / 2; }
+  int64_t Wo() const { return W / 2; }
+  /// Row r (0 .. R-1) of the windows of output row (od, i) of plane p, as an offset into the input.
+  int64_t row(int64_t p, int64_t od, int64_t i, int r) const {
+    return ((p * D + (R == 4 ? 2 * od + r / 2 : 0)) * H + 2 * i + r % 2) * W;
+  }
+};
+
+/// fn(p, od, i) for every plane p and output row (od, i), the planes split over LibTorch's threads.
 template <typename Fn>
-void each_output_row(int64_t planes, int64_t Ho, const Fn& fn) {
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+void each_output_row(const Pooling& s, const Fn& fn) {
+  at::parallel_for(0, s.planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
-      for (int64_t i = 0; i < Ho; ++i) fn(p, i);
+      for (int64_t od = 0; od < s.Do(); ++od)
+        for (int64_t i = 0; i < s.Ho(); ++i) fn(p, od, i);
   });
 }
 
-/// Each plane's outputs and the position (0..3, row-major) of the maximum in each 2x2 window.
-template <typename T>
-void pool_forward(const T* x, T* y, uint8_t* where, int64_t planes, int64_t H, int64_t W) {
-  const int64_t Ho = H / 2, Wo = W / 2;
+/// The outputs and the position (0 .. 2R-1, row-major) of the maximum in each window.
+template <int R, typename T>
+void pool_forward(const T* x, T* y, uint8_t* where, const Pooling& s) {
+  const int64_t Wo = s.Wo();
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
-  each_output_row(planes, Ho, [&](int64_t p, int64_t i) {
-    const T* r0 = x + (p * H + 2 * i) * W;
-    const T* r1 = r0 + W;
-    T* out = y + (p * Ho + i) * Wo;
-    uint8_t* pos = where + (p * Ho + i) * Wo;
+  each_output_row(s, [&](int64_t p, int64_t od, int64_t i) {
+    const T* rows[R];
+    for (int r = 0; r < R; ++r) rows[r] = x + s.row(p, od, i, r);
+    const int64_t at = ((p * s.Do() + od) * s.Ho() + i) * Wo;
+    T* out = y + at;
+    uint8_t* pos = where + at;
 #ifdef ZOO_X86_KERNELS
     if constexpr (!std::is_same_v<T, double>)
-      if (vector) return pool_row_avx2(r0, r1, out, pos, Wo);
+      if (vector) return pool_row_avx2<R>(rows, out, pos, Wo);
 #endif
     for (int64_t j = 0; j < Wo; ++j) {
       // LibTorch's rule, starting from the first element: a larger value or a NaN takes over.
-      float best = static_cast<float>(r0[2 * j]);
+      float best = static_cast<float>(rows[0][2 * j]);
       uint8_t k = 0;
-      const float v1 = static_cast<float>(r0[2 * j + 1]), v2 = static_cast<float>(r1[2 * j]),
-                  v3 = static_cast<float>(r1[2 * j + 1]);
-      if (v1 > best || std::isnan(v1)) best = v1, k = 1;
-      if (v2 > best || std::isnan(v2)) best = v2, k = 2;
-      if (v3 > best || std::isnan(v3)) best = v3, k = 3;
+      for (int e = 1; e < 2 * R; ++e) {
+        const float v = static_cast<float>(rows[e / 2][2 * j + e % 2]);
+        if (v > best || std::isnan(v)) best = v, k = static_cast<uint8_t>(e);
+      }
       out[j] = static_cast<T>(best);
       pos[j] = k;
     }
   });
 }
 
-/// gx (uninitialised) gets each window's gradient at the window's maximum and zeros everywhere else, the odd last
-/// row and column included.
-template <typename T>
-void pool_backward(const T* gy, const uint8_t* where, T* gx, int64_t planes, int64_t H, int64_t W) {
-  const int64_t Ho = H / 2, Wo = W / 2;
+/// gx gets each window's gradient at the window's maximum and zeros at its other elements; elements in no window
+/// (an odd last slice, row or column) are left as they are (the caller zero-fills gx for odd sizes).
+template <int R, typename T>
+void pool_backward(const T* gy, const uint8_t* where, T* gx, const Pooling& s) {
+  const int64_t Wo = s.Wo();
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
-  each_output_row(planes, Ho, [&](int64_t p, int64_t i) {
-    T* plane = gx + p * H * W;
-    T* r0 = plane + 2 * i * W;
-    T* r1 = r0 + W;
-    if (W % 2) r0[W - 1] = r1[W - 1] = T(0);
-    if (H % 2 && i == Ho - 1) std::fill(plane + (H - 1) * W, plane + H * W, T(0));
-    const T* g = gy + (p * Ho + i) * Wo;
-    const uint8_t* pos = where + (p * Ho + i) * Wo;
+  each_output_row(s, [&](int64_t p, int64_t od, int64_t i) {
+    T* rows[R];
+    for (int r = 0; r < R; ++r) rows[r] = gx + s.row(p, od, i, r);
+    const int64_t at = ((p * s.Do() + od) * s.Ho() + i) * Wo;
+    const T* g = gy + at;
+    const uint8_t* pos = where + at;
 #ifdef ZOO_X86_KERNELS
     if constexpr (!std::is_same_v<T, double>)
-      if (vector) return unpool_row_avx2(g, pos, r0, r1, Wo);
+      if (vector) return unpool_row_avx2<R>(g, pos, rows, Wo);
 #endif
     for (int64_t j = 0; j < Wo; ++j) {
-      r0[2 * j] = r0[2 * j + 1] = r1[2 * j] = r1[2 * j + 1] = T(0);
-      (pos[j] < 2 ? r0 : r1)[2 * j + (pos[j] & 1)] = g[j];
+      for (int e = 0; e < 2 * R; ++e) rows[e / 2][2 * j + e % 2] = T(0);
+      rows[pos[j] / 2][2 * j + pos[j] % 2] = g[j];
     }
   });
 }
 
-struct MaxPool2x2Function : public torch::autograd::Function<MaxPool2x2Function> {
+/// 2x2 (R = 2, over the last two axes) or 2x2x2 (R = 4, over the last three) max pooling with stride 2.
+template <int R>
+struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<R>> {
+  static constexpr int kAxes = R == 4 ? 3 : 2;
+
+  static Pooling shape(const Tensor& x) {
+    const int64_t D = R == 4 ? x.size(-3) : 1, H = x.size(-2), W = x.size(-1);
+    return {x.numel() / (D * H * W), D, H, W, R};
+  }
+
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
-    const int64_t H = x.size(-2), W = x.size(-1), planes = x.numel() / (H * W);
+    const auto s = shape(x);
     auto sizes = x.sizes().vec();
-    sizes[sizes.size() - 2] = H / 2;
-    sizes[sizes.size() - 1] = W / 2;
+    for (int a = 1; a <= kAxes; ++a) sizes[sizes.size() - a] /= 2;
     auto y = torch::empty(sizes, x.options());
     auto where = torch::empty(sizes, x.options().dtype(torch::kUInt8));
-    AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "max_pool2x2", [&] {
-      pool_forward<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), planes, H, W);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "max_pool", [&] {
+      pool_forward<R, scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), s);
     });
     ctx->save_for_backward({x, where});
     return y;
@@ -205,29 +248,40 @@ struct MaxPool2x2Function : public torch::autograd::Function<MaxPool2x2Function>
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &where = saved[1];
     if (torch::GradMode::is_enabled()) {  // create_graph: a gradient that is differentiable again
-      const auto y = reference(x);
+      const auto y = reference(x, kAxes);
       return {torch::autograd::grad({y}, {x}, {grads[0]}, /*retain_graph=*/true, /*create_graph=*/true)[0]};
     }
     const auto gy = grads[0].to(x.scalar_type()).contiguous();
-    const int64_t H = x.size(-2), W = x.size(-1), planes = x.numel() / (H * W);
-    auto gx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
-    AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "max_pool2x2_backward", [&] {
-      pool_backward<scalar_t>(gy.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), gx.data_ptr<scalar_t>(), planes, H,
-                              W);
+    const auto s = shape(x);
+    const bool odd = s.H % 2 || s.W % 2 || (R == 4 && s.D % 2);
+    auto gx = odd ? torch::zeros_like(x, torch::MemoryFormat::Contiguous)
+                  : torch::empty_like(x, torch::MemoryFormat::Contiguous);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, x.scalar_type(), "max_pool_backward", [&] {
+      pool_backward<R, scalar_t>(gy.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), gx.data_ptr<scalar_t>(), s);
     });
     return {gx};
   }
 };
 
+/// The loop runs for contiguous float, double and bfloat16 CPU tensors with every pooled axis at least 2, when not
+/// tracing.
+bool loop_applies(const Tensor& x, int axes, bool fast) {
+  const auto type = x.scalar_type();
+  bool fits = x.numel() > 0;
+  for (int a = 1; a <= axes; ++a) fits = fits && x.size(-a) >= 2;
+  return fast && !torch::jit::tracer::isTracing() && x.device().is_cpu() &&
+         (x.dim() == axes + 1 || x.dim() == axes + 2) && x.is_contiguous() &&
+         (type == torch::kFloat32 || type == torch::kFloat64 || type == torch::kBFloat16) && fits;
+}
+
 }  // namespace
 
 Tensor max_pool2x2(const Tensor& x, bool fast) {
-  const auto type = x.scalar_type();
-  const bool loop = fast && !torch::jit::tracer::isTracing() && x.device().is_cpu() && (x.dim() == 3 || x.dim() == 4) &&
-                    x.is_contiguous() &&
-                    (type == torch::kFloat32 || type == torch::kFloat64 || type == torch::kBFloat16) &&
-                    x.size(-2) >= 2 && x.size(-1) >= 2 && x.numel() > 0;
-  return loop ? MaxPool2x2Function::apply(x) : reference(x);
+  return loop_applies(x, 2, fast) ? MaxPoolFunction<2>::apply(x) : reference(x, 2);
+}
+
+Tensor max_pool2x2x2(const Tensor& x, bool fast) {
+  return loop_applies(x, 3, fast) ? MaxPoolFunction<4>::apply(x) : reference(x, 3);
 }
 
 }  // namespace zoo::ops

@@ -1,5 +1,5 @@
 // 2x2 max pooling with stride 2: what every CNN stem here does after each convolution block (cnn, moe, mhc-resnet,
-// the U-Net encoder).
+// the U-Net encoder), and its 3-D form, 2x2x2 (the 3-D U-Net's encoder).
 //
 // LibTorch 1.13's CPU kernel for torch::max_pool2d on NCHW tensors, with the int64 indices autograd keeps, spends
 // about 25 ns per output: the largest item in a profile of the cnn's bf16-mixed training step on the 2-core VM.
@@ -9,6 +9,12 @@
 // channel plane (the tests run both). Same results as torch::max_pool2d(x, 2): floor sizes (an odd last row or column
 // is left out), the first maximum of each window in row-major order, NaN propagates (a later NaN wins, as LibTorch's
 // `val > max || isnan(val)`).
+//
+// 2x2x2: LibTorch 1.13's torch::max_pool3d on NCDHW is slower still, about 4 ns per input element (the 3-D U-Net's
+// first pooling, [2, 16, 24, 24, 24], 1.8 ms of a 45 ms bf16-mixed training step, 1 thread), and has no bfloat16
+// kernel: under autocast it runs in float32 between two casts. max_pool2x2x2 is the same loop over windows of
+// four rows (two rows of each of two depth slices), positions 0..7 in (depth, row, column) order, for float32 and
+// bfloat16 alike.
 #pragma once
 
 #include <torch/torch.h>
@@ -20,5 +26,11 @@ namespace zoo::ops {
 /// and Python load); otherwise, or with `fast` false, torch::max_pool2d itself. Differentiable, twice too: under
 /// create_graph the backward goes through torch::max_pool2d's autograd.
 torch::Tensor max_pool2x2(const torch::Tensor& x, bool fast = true);
+
+/// torch::max_pool3d(x, 2) for x [N, C, D, H, W] (or [C, D, H, W]), on the same terms (floor sizes, the first
+/// maximum in (depth, row, column) order, NaN propagates; falls back to torch::max_pool3d where the loop does not
+/// run; for bfloat16, which LibTorch 1.13's max_pool3d lacks, that pools in float32 and narrows back, exactly).
+/// Differentiable, twice too. Not a CPU autocast operation: a bfloat16 input stays bfloat16.
+torch::Tensor max_pool2x2x2(const torch::Tensor& x, bool fast = true);
 
 }  // namespace zoo::ops

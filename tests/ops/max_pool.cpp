@@ -3,6 +3,7 @@
 #include "ops/max_pool.h"
 #include "helpers.h"
 #include "models/cnn.h"
+#include "ops/autocast.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -12,14 +13,17 @@
 #include <optional>
 
 using zoo::ops::max_pool2x2;
+using zoo::ops::max_pool2x2x2;
 
 namespace {
 
-/// The loop and torch::max_pool2d on the same input and output gradient: outputs and input gradients equal.
-void check_same(const torch::Tensor& input, const std::string& what) {
+/// The loop and torch::max_pool2d (or max_pool3d) on the same input and output gradient: outputs and input
+/// gradients equal.
+void check_same(const torch::Tensor& input, const std::string& what, bool volume = false) {
   INFO(what << " " << input.sizes() << " " << input.scalar_type());
   auto a = input.clone().requires_grad_(true), b = input.clone().requires_grad_(true);
-  const auto ya = max_pool2x2(a), yb = max_pool2x2(b, /*fast=*/false);
+  const auto pool = volume ? max_pool2x2x2 : max_pool2x2;
+  const auto ya = pool(a, true), yb = pool(b, /*fast=*/false);
   REQUIRE(ya.sizes() == yb.sizes());
   CHECK(torch::equal(ya.isnan(), yb.isnan()));
   CHECK(torch::equal(ya.nan_to_num(0), yb.nan_to_num(0)));
@@ -96,4 +100,55 @@ TEST_CASE("max_pool2x2: second derivatives, and where torch::max_pool2d runs ins
       [](const torch::Tensor&) { return std::string(); });
   const auto graph = traced.first->graph->toString();
   CHECK(graph.find("aten::max_pool2d") != std::string::npos);
+}
+
+TEST_CASE("max_pool2x2x2: the same outputs and gradients as torch::max_pool3d, ties, NaN and odd sizes included",
+          "[kernels]") {
+  torch::manual_seed(2);
+  for (const bool scalar : {false, true})
+    for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+      std::optional<zoo::ops::ScalarOnly> plain;
+      if (scalar) plain.emplace();
+      INFO((scalar ? "plain loop" : "the CPU's kernel"));
+      check_same(torch::randn({2, 3, 4, 6, 10}).to(type), "random", true);
+      check_same(torch::randn({1, 2, 2, 4, 40}).to(type), "rows of two blocks of 8 windows and 4 more", true);
+      check_same(torch::randn({2, 2, 8, 8, 8}).to(type), "the 3-D U-Net's maps, smaller", true);
+      check_same(torch::randn({1, 2, 5, 7, 9}).to(type), "odd sizes: the last slice, row and column left out", true);
+      check_same(torch::randn({3, 4, 4, 6}).to(type), "no batch axis", true);
+      check_same(torch::relu(torch::randn({2, 3, 4, 4, 6}) - 1).to(type), "ties at 0", true);
+      check_same(torch::randint(0, 3, {2, 3, 4, 4, 6}).to(type), "ties everywhere", true);
+      auto special = torch::randn({1, 2, 2, 2, 20}).to(type);
+      special[0][0][1][0][3] = std::numeric_limits<double>::quiet_NaN();  // a NaN in the second slice
+      special[0][0][0][1][2] = std::numeric_limits<double>::quiet_NaN();  // and one before it in the same window
+      special[0][1][0][0][0] = std::numeric_limits<double>::quiet_NaN();  // the first element a NaN
+      special[0][1].narrow(2, 8, 4).fill_(-std::numeric_limits<double>::infinity());  // windows of -inf only
+      check_same(special, "NaN and -inf", true);
+      // The maximum in each of the eight positions of a window gets the gradient.
+      auto where = torch::zeros({1, 1, 2, 2, 16}).to(type);
+      for (int64_t e = 0; e < 8; ++e) where[0][0][e / 4][(e / 2) % 2][2 * e + e % 2] = 1;
+      check_same(where, "each position", true);
+    }
+  // The gradient lands on exactly one element per window; under create_graph it is differentiable again.
+  auto x = torch::randn({2, 3, 4, 6, 6}, torch::kFloat64).requires_grad_(true);
+  max_pool2x2x2(x).sum().backward();
+  CHECK(x.grad().sum().item<double>() == 2 * 3 * 2 * 3 * 3);
+  CHECK(x.grad().ne(0).sum().item<int64_t>() == 2 * 3 * 2 * 3 * 3);
+  auto second = [](const torch::Tensor& t, bool fast) {
+    const auto out = max_pool2x2x2(t * t, fast).pow(3).sum();
+    const auto g = torch::autograd::grad({out}, {t}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({g.pow(2).sum()}, {t})[0];
+  };
+  auto y = x.detach().clone().requires_grad_(true), z = x.detach().clone().requires_grad_(true);
+  CHECK(torch::allclose(second(y, true), second(z, false), 1e-6, 1e-9));
+  // Not contiguous: torch::max_pool3d (the same result); a bfloat16 input gives bfloat16 under autocast too.
+  const auto v = torch::randn({2, 3, 4, 4, 6});
+  CHECK(torch::equal(max_pool2x2x2(v.transpose(3, 4)), torch::max_pool3d(v.transpose(3, 4), 2)));
+  CHECK_THROWS_WITH(max_pool2x2x2(torch::randn({1, 1, 1, 4, 4})), Catch::Contains("Output size is too small"));
+  {
+    zoo::ops::AutocastScope scope(torch::kCPU, torch::kBFloat16);
+    const auto low = v.to(torch::kBFloat16);
+    const auto pooled = max_pool2x2x2(low);
+    CHECK(pooled.scalar_type() == torch::kBFloat16);
+    CHECK(torch::equal(pooled.to(torch::kFloat32), torch::max_pool3d(low.to(torch::kFloat32), 2)));
+  }
 }
