@@ -6,6 +6,7 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -55,7 +56,7 @@ ZOO_AVX2_FMA inline __m256 takes_over(__m256 v, __m256 best) {
 /// rows[r] points at 16 elements of the window's row r. The position stored is the window's element in row-major
 /// order, 2 r + (0 or 1).
 template <int R, typename T>
-ZOO_AVX2_FMA inline void pool8(const T* const* rows, T* out, uint8_t* pos) {
+ZOO_AVX2_FMA inline void pool8(std::array<const T*, R> rows, T* out, uint8_t* pos) {
   __m256 best = _mm256_setzero_ps(), k = _mm256_setzero_ps();
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
@@ -80,20 +81,19 @@ ZOO_AVX2_FMA inline void pool8(const T* const* rows, T* out, uint8_t* pos) {
 
 /// One output row: windows [0, Wo) of the R input rows; the last few (Wo % 8) through zero-padded copies.
 template <int R, typename T>
-ZOO_AVX2_FMA void pool_row_avx2(const T* const* rows, T* out, uint8_t* pos, int64_t Wo) {
+ZOO_AVX2_FMA void pool_row_avx2(std::array<const T*, R> rows, T* out, uint8_t* pos, int64_t Wo) {
   int64_t j = 0;
   for (; j + 8 <= Wo; j += 8) {
-    const T* at[R];
-    for (int r = 0; r < R; ++r) at[r] = rows[r] + 2 * j;
-    pool8<R>(at, out + j, pos + j);
+    pool8<R>(rows, out + j, pos + j);
+    for (auto& row : rows) row += 16;
   }
   if (j == Wo) return;
   const int64_t n = Wo - j;
   T copies[R][16] = {}, o[8];
-  const T* at[R];
+  std::array<const T*, R> at;
   uint8_t k[8];
   for (int r = 0; r < R; ++r) {
-    std::copy(rows[r] + 2 * j, rows[r] + 2 * Wo, copies[r]);
+    std::copy(rows[r], rows[r] + 2 * n, copies[r]);
     at[r] = copies[r];
   }
   pool8<R>(at, o, k);
@@ -109,7 +109,7 @@ ZOO_AVX2_FMA inline __m256 gradient_at(__m256 g, __m256i k, int which) {
 /// Eight windows' gradients g at positions pos into 16 elements of each of the R rows: the gradient at each
 /// window's maximum, zeros at its other elements.
 template <int R, typename T>
-ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, T* const* rows) {
+ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, std::array<T*, R> rows) {
   const __m256 gv = load8(g);
   const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pos)));
 #pragma GCC unroll 4
@@ -124,23 +124,22 @@ ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, T* const* rows)
 
 /// One output row's gradient into its R input rows (windows [0, Wo); the last few through local copies).
 template <int R, typename T>
-ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, T* const* rows, int64_t Wo) {
+ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, std::array<T*, R> rows, int64_t Wo) {
   int64_t j = 0;
   for (; j + 8 <= Wo; j += 8) {
-    T* at[R];
-    for (int r = 0; r < R; ++r) at[r] = rows[r] + 2 * j;
-    unpool8<R>(g + j, pos + j, at);
+    unpool8<R>(g + j, pos + j, rows);
+    for (auto& row : rows) row += 16;
   }
   if (j == Wo) return;
   const int64_t n = Wo - j;
   T gs[8] = {}, copies[R][16];
-  T* at[R];
+  std::array<T*, R> at;
   uint8_t k[8] = {};
   std::copy(g + j, g + Wo, gs);
   std::copy(pos + j, pos + Wo, k);
   for (int r = 0; r < R; ++r) at[r] = copies[r];
   unpool8<R>(gs, k, at);
-  for (int r = 0; r < R; ++r) std::copy(copies[r], copies[r] + 2 * n, rows[r] + 2 * j);
+  for (int r = 0; r < R; ++r) std::copy(copies[r], copies[r] + 2 * n, rows[r]);
 }
 #endif
 
@@ -174,7 +173,7 @@ void pool_forward(const T* x, T* y, uint8_t* where, const Pooling& s) {
   const int64_t Wo = s.Wo();
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
   each_output_row(s, [&](int64_t p, int64_t od, int64_t i) {
-    const T* rows[R];
+    std::array<const T*, R> rows;
     for (int r = 0; r < R; ++r) rows[r] = x + s.row(p, od, i, r);
     const int64_t at = ((p * s.Do() + od) * s.Ho() + i) * Wo;
     T* out = y + at;
@@ -204,7 +203,7 @@ void pool_backward(const T* gy, const uint8_t* where, T* gx, const Pooling& s) {
   const int64_t Wo = s.Wo();
   [[maybe_unused]] const bool vector = cpu_has_avx2_fma();
   each_output_row(s, [&](int64_t p, int64_t od, int64_t i) {
-    T* rows[R];
+    std::array<T*, R> rows;
     for (int r = 0; r < R; ++r) rows[r] = gx + s.row(p, od, i, r);
     const int64_t at = ((p * s.Do() + od) * s.Ho() + i) * Wo;
     const T* g = gy + at;

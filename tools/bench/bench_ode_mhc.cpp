@@ -9,6 +9,7 @@
 //    range of batch and width: where the direct kernel wins is where conv3x3_direct sends it (up to 4 M
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
+//  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
 //
 //   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|Conv3d'
@@ -175,6 +176,37 @@ void MaxPool2x2(benchmark::State& state) {
   }
 }
 BENCHMARK(MaxPool2x2)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
+
+// ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's two poolings (batch 2), float32, forward +
+// backward, interleaved as above.
+void MaxPool2x2x2(benchmark::State& state) {
+  training::apply_threads(1);
+  torch::manual_seed(0);
+  std::map<std::string, double> time;
+  const std::vector<std::vector<int64_t>> shapes{{2, 16, 24, 24, 24}, {2, 32, 12, 12, 12}};
+  auto label = [](const std::vector<int64_t>& shape) {
+    return std::to_string(shape[1]) + "x" + std::to_string(shape[2]);
+  };
+  for (auto _ : state) {
+    for (const auto& shape : shapes) {
+      const auto x = torch::relu(torch::randn(shape)).requires_grad_(true);
+      for (const bool fast : {true, false}) {
+        auto step = [&] { ops::max_pool2x2x2(x, fast).sum().backward(); };
+        step();
+        const auto start = Clock::now();
+        for (int i = 0; i < 5; ++i) step();
+        time[label(shape) + (fast ? "_zoo" : "_torch")] += seconds_since(start) / 5;
+      }
+    }
+  }
+  for (const auto& shape : shapes) {
+    const auto name = label(shape);
+    state.counters[name + "_zoo_ms"] = 1e3 * time[name + "_zoo"] / static_cast<double>(state.iterations());
+    state.counters[name + "_torch_ms"] = 1e3 * time[name + "_torch"] / static_cast<double>(state.iterations());
+    state.counters[name + "_speedup"] = time[name + "_torch"] / time[name + "_zoo"];
+  }
+}
+BENCHMARK(MaxPool2x2x2)->Unit(benchmark::kSecond)->Iterations(5);
 
 // ops::conv3d's direct kernel against torch::conv3d (oneDNN) on first layers of volume networks (one input channel,
 // 3x3x3, padding 1): the conv3d model's (64 x 16^3 -> 8), conv4d's frames (64 x 6 frames of 8^3 -> 8), the 3-D
