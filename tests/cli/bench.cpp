@@ -239,3 +239,34 @@ TEST_CASE("Bench: --precision 32,bf16-mixed measures both, the twins under torch
   CHECK(bad.code == 1);
   CHECK(bad.err.find("zoo bench --precision measures 32 and bf16-mixed, not 'bf16'") != std::string::npos);
 }
+
+TEST_CASE("Bench --profile: each case's training step, its costliest operators by their own time", "[bench][cli]") {
+  const auto r = run_zoo("bench attention --no-python --threads 1 --profile 4 --json" + kQuick);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto doc = json::parse(r.out);
+  REQUIRE(doc["profiles"].size() == 1);
+  const auto& p = doc["profiles"][0];
+  CHECK(p["case"] == "attention (32), 1 thread");
+  const double step = p["step_ms"].get<double>();
+  CHECK(step > 0);
+  REQUIRE(p["operators"].size() == 4);
+  double previous = step, sum = 0;
+  for (const auto& op : p["operators"]) {
+    const double ms = op["ms"].get<double>();
+    CHECK(ms > 0);
+    CHECK(ms <= previous);  // most costly first, each within the step
+    previous = ms;
+    sum += ms;
+    CHECK(op["operator"].get<std::string>().rfind("aten::", 0) == 0);
+  }
+  CHECK(sum <= step * 1.01);  // own times do not count a nested operator twice
+  CHECK(doc["command"].get<std::string>().find("--profile 4") != std::string::npos);
+  const auto table = run_zoo("bench attention --no-python --threads 1 --profile 2" + kQuick);
+  REQUIRE(table.code == 0);
+  CHECK(table.out.find("Profile of attention (32), 1 thread:") != std::string::npos);
+  CHECK(table.out.find("| all convolutions | ") != std::string::npos);
+  const auto bad = run_zoo("bench attention --no-python --profile 0" + kQuick);
+  CHECK(bad.code != 0);
+  CHECK(bad.err.find("--profile") != std::string::npos);
+}
