@@ -78,7 +78,8 @@ class Conv4d(nn.Module):
                     acc = y if acc is None else acc + y
             frames.append(acc)
         out = torch.stack(frames, 2)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1, 1, 1)
+        # As the C++: the bias in the taps' type (under autocast a bfloat16 output stays bfloat16).
+        return out if self.bias is None else out + self.bias.to(out.dtype).view(1, -1, 1, 1, 1, 1)
 
 
 class ConvNet(nn.Module):
@@ -93,7 +94,8 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
-        return self.head(self.features(x).flatten(2).mean(2))
+        # As the C++: the global average pool in float32 under autocast (a no-op in float32).
+        return self.head(self.features(x).flatten(2).float().mean(2))
 
 
 # ---- vae ----------------------------------------------------------------------------------------------------
