@@ -147,51 +147,21 @@ void Conv3x3Crossover(benchmark::State& state) {
 }
 BENCHMARK(Conv3x3Crossover)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(5);
 
-// ops::max_pool2x2 against torch::max_pool2d at the cnn's two poolings (batch 64), float32 and bfloat16 (arg 1),
-// forward + backward, interleaved: 5 timed calls of each per round, 1 thread.
-void MaxPool2x2(benchmark::State& state) {
-  training::apply_threads(1);
-  torch::manual_seed(0);
-  const auto type = state.range(0) ? torch::kBFloat16 : torch::kFloat32;
-  std::map<std::string, double> time;
-  const std::vector<std::vector<int64_t>> shapes{{64, 32, 28, 28}, {64, 64, 14, 14}};
-  for (auto _ : state) {
-    for (const auto& shape : shapes) {
-      const auto x = torch::relu(torch::randn(shape)).to(type).requires_grad_(true);
-      const auto name = std::to_string(shape[1]) + "x" + std::to_string(shape[2]);
-      for (const bool fast : {true, false}) {
-        auto step = [&] { ops::max_pool2x2(x, fast).sum().backward(); };
-        step();
-        const auto start = Clock::now();
-        for (int i = 0; i < 5; ++i) step();
-        time[name + (fast ? "_zoo" : "_torch")] += seconds_since(start) / 5;
-      }
-    }
-  }
-  for (const auto& shape : shapes) {
-    const auto name = std::to_string(shape[1]) + "x" + std::to_string(shape[2]);
-    state.counters[name + "_zoo_ms"] = 1e3 * time[name + "_zoo"] / static_cast<double>(state.iterations());
-    state.counters[name + "_torch_ms"] = 1e3 * time[name + "_torch"] / static_cast<double>(state.iterations());
-    state.counters[name + "_speedup"] = time[name + "_torch"] / time[name + "_zoo"];
-  }
-}
-BENCHMARK(MaxPool2x2)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
-
-// ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's two poolings (batch 2), float32, forward +
-// backward, interleaved as above.
-void MaxPool2x2x2(benchmark::State& state) {
+// A zoo pooling (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
+// timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.
+void time_pooling(benchmark::State& state, torch::Tensor (*pool)(const torch::Tensor&, bool),
+                  const std::vector<std::vector<int64_t>>& shapes, torch::ScalarType type) {
   training::apply_threads(1);
   torch::manual_seed(0);
   std::map<std::string, double> time;
-  const std::vector<std::vector<int64_t>> shapes{{2, 16, 24, 24, 24}, {2, 32, 12, 12, 12}};
-  auto label = [](const std::vector<int64_t>& shape) {
+  const auto label = [](const std::vector<int64_t>& shape) {
     return std::to_string(shape[1]) + "x" + std::to_string(shape[2]);
   };
   for (auto _ : state) {
     for (const auto& shape : shapes) {
-      const auto x = torch::relu(torch::randn(shape)).requires_grad_(true);
+      const auto x = torch::relu(torch::randn(shape)).to(type).requires_grad_(true);
       for (const bool fast : {true, false}) {
-        auto step = [&] { ops::max_pool2x2x2(x, fast).sum().backward(); };
+        auto step = [&] { pool(x, fast).sum().backward(); };
         step();
         const auto start = Clock::now();
         for (int i = 0; i < 5; ++i) step();
@@ -205,6 +175,18 @@ void MaxPool2x2x2(benchmark::State& state) {
     state.counters[name + "_torch_ms"] = 1e3 * time[name + "_torch"] / static_cast<double>(state.iterations());
     state.counters[name + "_speedup"] = time[name + "_torch"] / time[name + "_zoo"];
   }
+}
+
+// ops::max_pool2x2 against torch::max_pool2d at the cnn's two poolings (batch 64), float32 and bfloat16 (arg 1).
+void MaxPool2x2(benchmark::State& state) {
+  time_pooling(state, ops::max_pool2x2, {{64, 32, 28, 28}, {64, 64, 14, 14}},
+               state.range(0) ? torch::kBFloat16 : torch::kFloat32);
+}
+BENCHMARK(MaxPool2x2)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
+
+// ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's two poolings (batch 2), float32.
+void MaxPool2x2x2(benchmark::State& state) {
+  time_pooling(state, ops::max_pool2x2x2, {{2, 16, 24, 24, 24}, {2, 32, 12, 12, 12}}, torch::kFloat32);
 }
 BENCHMARK(MaxPool2x2x2)->Unit(benchmark::kSecond)->Iterations(5);
 
