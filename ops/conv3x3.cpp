@@ -26,6 +26,19 @@ torch::Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bia
   return torch::conv2d(in, weight, bias, /*stride=*/{1, 1}, /*padding=*/{1, 1}, /*dilation=*/{1, 1});
 }
 
+// Conv3x3Kernel::library: the lead channels hold one value everywhere inside the image, so their share of the
+// output is lead_value times one small convolution of a map of ones with the sum of their weights, the same for every
+// item of the batch.
+torch::Tensor without_lead(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value) {
+  const int64_t lead = weight.size(1) - x.size(1);
+  if (lead == 0) return reference(x, weight, bias, lead_value);
+  const std::vector<int64_t> one{1, 1};
+  auto y = torch::conv2d(x, weight.narrow(1, lead, x.size(1)), bias, one, one, one);
+  const auto ones = torch::ones_like(x.narrow(0, 0, 1).narrow(1, 0, 1));
+  const auto lead_map = torch::conv2d(ones, weight.narrow(1, 0, lead).sum(1, /*keepdim=*/true), {}, one, one, one);
+  return y + lead_map * lead_value;
+}
+
 #ifdef ZOO_X86_KERNELS
 
 // Geometry of one direct convolution: input [N, H + 2, W + 2, ldc] channels-last and zero-padded (channels
@@ -355,7 +368,11 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
                 bias.scalar_type(), " on ", bias.device());
     direct = false;
   }
-  if (!direct) return reference(x, weight, bias, lead_value);
+  if (!direct) {
+    // A trace records the concatenation: torchdiffeq's ConcatConv2d, as exported models have always had it.
+    const bool concatenate = kernel == Conv3x3Kernel::reference || torch::jit::tracer::isTracing();
+    return concatenate ? reference(x, weight, bias, lead_value) : without_lead(x, weight, bias, lead_value);
+  }
   TORCH_CHECK(conv3x3_direct_available(x, weight),
               "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA, outside a "
               "trace (got ",

@@ -1,5 +1,8 @@
 // conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
 #include "ops/conv3x3.h"
+#include "ops/autocast.h"
+
+#include <torch/csrc/jit/frontend/tracer.h>
 
 #include <catch2/catch.hpp>
 
@@ -118,9 +121,10 @@ TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {
   CHECK(zoo::ops::conv3x3_direct(x, w) == direct_here());
   CHECK_FALSE(zoo::ops::conv3x3_direct(torch::randn({64, 64, 6, 6}), torch::randn({64, 65, 3, 3})));
   CHECK_FALSE(zoo::ops::conv3x3_direct(x.to(torch::kFloat64), w.to(torch::kFloat64)));
-  // Double precision goes through torch::conv2d, exactly.
+  // Double precision goes through torch::conv2d: the concatenation exactly, the library path to rounding.
   const auto xd = x.to(torch::kFloat64), wd = w.to(torch::kFloat64);
-  CHECK(max_diff(conv3x3(xd, wd, {}, 0.5), expected_conv(xd, wd, {}, 1, 0.5)) == 0.0);
+  CHECK(max_diff(conv3x3(xd, wd, {}, 0.5, Conv3x3Kernel::reference), expected_conv(xd, wd, {}, 1, 0.5)) == 0.0);
+  CHECK(max_diff(conv3x3(xd, wd, {}, 0.5), expected_conv(xd, wd, {}, 1, 0.5)) < 1e-12);
   CHECK_THROWS_WITH(conv3x3(xd, wd, {}, 0.5, Conv3x3Kernel::direct),
                     Catch::Contains("needs float32 CPU tensors") && Catch::Contains("Conv3x3Kernel::automatic"));
   CHECK_THROWS_WITH(conv3x3(x, torch::randn({8, 9, 5, 5}), {}),
@@ -130,4 +134,79 @@ TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {
   CHECK_THROWS_WITH(conv3x3(x.flatten(2), w, {}), Catch::Contains("expects x [N, C, H, W]"));
   // An empty batch gives an empty output.
   CHECK(conv3x3(torch::zeros({0, 8, 6, 6}), w, {}, 0.0).sizes() == torch::IntArrayRef({0, 8, 6, 6}));
+}
+
+TEST_CASE("conv3x3: the library path (x alone, plus the lead channels' share) equals the concatenation",
+          "[kernels][ode]") {
+  torch::manual_seed(3);
+  const auto opts = torch::TensorOptions(torch::kFloat64).requires_grad(true);
+  struct Shape {
+    int64_t n, c, h, w, o, lead;
+  };
+  for (const auto& s : {Shape{4, 32, 7, 7, 32, 1}, Shape{2, 5, 1, 6, 3, 2}, Shape{3, 4, 5, 5, 6, 0}}) {
+    for (double t : {0.0, 0.7}) {
+      INFO("x [" << s.n << ", " << s.c << ", " << s.h << ", " << s.w << "], lead " << s.lead << ", value " << t);
+      const auto x = torch::randn({s.n, s.c, s.h, s.w}, opts);
+      const auto w = torch::randn({s.o, s.c + s.lead, 3, 3}, opts);
+      const auto b = torch::randn({s.o}, opts);
+      const auto go = torch::randn({s.n, s.o, s.h, s.w}, torch::kFloat64);
+      const auto y = conv3x3(x, w, b, t, Conv3x3Kernel::library);
+      const auto r = expected_conv(x, w, b, s.lead, t);
+      REQUIRE(y.sizes() == r.sizes());
+      CHECK(max_diff(y, r) < 1e-12 * r.abs().max().item<double>());
+      const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
+      const auto gr = torch::autograd::grad({r}, {x, w, b}, {go});
+      for (int i = 0; i < 3; ++i) {
+        INFO("gradient " << i);
+        CHECK(max_diff(g[i], gr[i]) < 1e-12 * std::max(1.0, gr[i].abs().max().item<double>()));
+      }
+    }
+  }
+  // The lead channels' weights get their gradient also at value 0 (zero, as the concatenation's: Adam still steps
+  // them by their moments), and second derivatives flow: a gradient penalty as above.
+  const auto x = torch::randn({2, 3, 4, 4}, opts);
+  const auto w = torch::randn({4, 4, 3, 3}, opts);
+  const auto g0 = torch::autograd::grad({conv3x3(x, w, {}, 0.0, Conv3x3Kernel::library).sum()}, {w})[0];
+  REQUIRE(g0.defined());
+  CHECK(g0.select(1, 0).abs().max().item<double>() == 0.0);
+  auto penalty = [&](Conv3x3Kernel k) {
+    const auto y = conv3x3(x, w, {}, 0.5, k);
+    const auto gx = torch::autograd::grad({torch::tanh(y).sum()}, {x}, {}, true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({gx.pow(2).sum()}, {w})[0];
+  };
+  const auto expected = penalty(Conv3x3Kernel::reference);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK(max_diff(penalty(Conv3x3Kernel::library), expected) < 1e-12 * expected.abs().max().item<double>());
+  // A trace records the concatenation (torchdiffeq's ConcatConv2d) and one convolution, as exports always had it.
+  const auto big = torch::randn({64, 32, 7, 7});
+  const auto wide = torch::randn({32, 33, 3, 3});
+  REQUIRE_FALSE(zoo::ops::conv3x3_direct(big, wide));
+  auto traced = torch::jit::tracer::trace(
+      {big},
+      [&](const torch::jit::Stack& in) -> torch::jit::Stack { return {conv3x3(in[0].toTensor(), wide, {}, 0.5)}; },
+      [](const torch::Tensor&) { return std::string(); });
+  const auto graph = traced.first->graph->toString();
+  CHECK(graph.find("aten::cat") != std::string::npos);
+  CHECK(graph.find("aten::ones_like") == std::string::npos);
+}
+
+TEST_CASE("conv3x3: under bfloat16 autocast the library path gives a bfloat16 output close to float32's",
+          "[kernels][ode][autocast]") {
+  torch::manual_seed(4);
+  const auto x = torch::randn({8, 32, 7, 7}, torch::requires_grad());
+  const auto w = (torch::randn({32, 33, 3, 3}) * 0.05).requires_grad_();
+  const auto b = torch::randn({32}, torch::requires_grad());
+  const auto r = expected_conv(x, w, b, 1, 0.25);
+  torch::Tensor y;
+  {
+    zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
+    y = conv3x3(x, w, b, 0.25, Conv3x3Kernel::library);
+  }
+  CHECK(y.scalar_type() == torch::kBFloat16);
+  // bfloat16 keeps 8 bits of mantissa: each product and the sum of 297 of them to about 1% of the output's scale.
+  CHECK(max_diff(y.to(torch::kFloat32), r) < 0.02 * r.abs().max().item<double>());
+  const auto g = torch::autograd::grad({y.to(torch::kFloat32).sum()}, {w})[0];
+  const auto gr = torch::autograd::grad({r.sum()}, {w})[0];
+  CHECK(g.scalar_type() == torch::kFloat32);
+  CHECK(max_diff(g, gr) < 0.02 * gr.abs().max().item<double>());
 }
