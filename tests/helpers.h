@@ -109,6 +109,9 @@ inline std::string last_line(const std::string& text) {
                      end - (start == std::string::npos ? 0 : start + 1) + 1);
 }
 
+/// The first line of a text (all of it when it has no newline).
+inline std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
 /// Number of lines of a text.
 inline size_t count_lines(const std::string& text) {
   size_t n = 0;

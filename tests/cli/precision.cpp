@@ -54,6 +54,8 @@ TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions 
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   CHECK(json::parse(zoo::test::read_text(tmp.path() / "run" / "config.json"))["train"]["precision"] == "bf16-mixed");
+  // The run header names a precision other than float32.
+  CHECK(zoo::test::first_line(r.out).find(", bf16-mixed | run ") != std::string::npos);
 
   // eval: the run's precision by default; --precision 32 evaluates the same weights in float32.
   auto mixed = run_zoo("eval " + run + " --json");
@@ -71,6 +73,7 @@ TEST_CASE("CLI: --precision bf16-mixed trains and evaluates, and bad precisions 
   INFO(resumed.out << resumed.err);
   REQUIRE(resumed.code == 0);
   CHECK(json::parse(zoo::test::read_text(tmp.path() / "run" / "config.json"))["train"]["precision"] == "32");
+  CHECK(zoo::test::first_line(resumed.out).find(", precision 32 (was bf16-mixed)") != std::string::npos);
   check_error(run_zoo("train --resume " + run + " --epochs 3 --precision bf16"),
               "--precision bf16 cannot change a run trained in 32 to bf16", 1);
 }

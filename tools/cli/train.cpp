@@ -101,6 +101,13 @@ std::string describe_threads(int64_t setting) {
   return s;
 }
 
+/// The precision for the run header: nothing for float32 (the default), ", bf16-mixed" otherwise, and on a resume
+/// that changes it ", precision 32 (was bf16-mixed)".
+std::string describe_precision(const std::string& now, const std::string& before) {
+  if (now != before) return fmt::format(", precision {} (was {})", now, before);
+  return now == "32" ? "" : ", " + now;
+}
+
 /// Starts the ranks of a --nproc run (same command, a shared run directory and threads split among them) and
 /// ends the program with their result.
 [[noreturn]] void launch(const TrainArgs& a, const CLI::App& cmd, const std::string& dir) {
@@ -271,7 +278,8 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
     fmt::print("resuming {} ({}) after epoch {} of {}", a.resume, run->config().model, st.epoch,
                run->config().train.epochs());
     if (st.epoch_step > 0) fmt::print(" and step {} of epoch {}", st.epoch_step, st.epoch + 1);
-    fmt::print(" | {}\n", describe_threads(run->config().train.threads()));
+    fmt::print(" | {}{}\n", describe_threads(run->config().train.threads()),
+               describe_precision(run->config().train.precision(), saved.train.precision()));
     std::fflush(stdout);
     run->fit();
     fmt::print("{}\nrun saved to {}\n", format_final(run->trainer().state(), run->config().train.epochs()), run->dir());
@@ -294,10 +302,11 @@ void run_train(const TrainArgs& a, const CLI::App& cmd) {
   }
   const auto& c = run->config();
   const int64_t world = run->trainer().world_size();
-  fmt::print("training {} ({} parameters) on {} | {} epochs, {} lr {}, batch {}{} | {}{} | run {}\n", c.model,
+  fmt::print("training {} ({} parameters) on {} | {} epochs, {} lr {}, batch {}{} | {}{}{} | run {}\n", c.model,
              models::count_parameters(*run->model().ptr()), c.data.name, c.train.epochs(), c.train.optimizer(),
              c.train.lr(), c.train.batch_size(), world > 1 ? fmt::format(" x {} ranks", world) : "",
-             describe_threads(c.train.threads()), world > 1 ? " per rank" : "", dir);
+             describe_threads(c.train.threads()), world > 1 ? " per rank" : "",
+             describe_precision(c.train.precision(), c.train.precision()), dir);
   std::fflush(stdout);
   for (const auto& note : run->data_notes()) fmt::print(stderr, "note: {}\n", note);
   if (!c.train.init().empty()) {
