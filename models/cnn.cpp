@@ -1,5 +1,6 @@
 #include "models/cnn.h"
 
+#include "models/batch_norm.h"
 #include "models/pretty.h"
 #include "models/registry.h"
 #include "ops/max_pool.h"
@@ -29,7 +30,7 @@ ConvStem make_conv_stem(int64_t in_channels, int64_t image_size, const std::vect
   ConvStem stem{nn::Sequential(), in_channels, image_size};
   for (int64_t c : channels) {
     stem.features->push_back(nn::Conv2d(nn::Conv2dOptions(stem.channels, c, 3).padding(1).bias(false)));
-    stem.features->push_back(nn::BatchNorm2d(c));
+    stem.features->push_back(BatchNorm2d(c));
     stem.features->push_back(nn::ReLU());
     stem.features->push_back(MaxPool2x2());
     stem.channels = c;

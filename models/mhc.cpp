@@ -206,9 +206,9 @@ void BasicBlockImpl::reset() {
   const int64_t c = options.channels();
   TORCH_CHECK(c > 0, "BasicBlock channels must be positive, got ", c);
   conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)));
-  bn1 = register_module("bn1", nn::BatchNorm2d(c));
+  bn1 = register_module("bn1", BatchNorm2d(c));
   conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)));
-  bn2 = register_module("bn2", nn::BatchNorm2d(c));
+  bn2 = register_module("bn2", BatchNorm2d(c));
 }
 
 Tensor BasicBlockImpl::forward(const Tensor& x) { return bn2(conv2(torch::relu(bn1(conv1(x))))); }
@@ -248,10 +248,10 @@ void MHCResNetImpl::reset() {
   const int64_t c = options.channels();
   const auto& v = options.variant();
   stem = register_module(
-      "stem", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3).padding(1).bias(false)),
-                             nn::BatchNorm2d(c), nn::ReLU(), MaxPool2x2(),
-                             nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)), nn::BatchNorm2d(c),
-                             nn::ReLU(), MaxPool2x2()));
+      "stem",
+      nn::Sequential(nn::Conv2d(nn::Conv2dOptions(options.in_channels(), c, 3).padding(1).bias(false)), BatchNorm2d(c),
+                     nn::ReLU(), MaxPool2x2(), nn::Conv2d(nn::Conv2dOptions(c, c, 3).padding(1).bias(false)),
+                     BatchNorm2d(c), nn::ReLU(), MaxPool2x2()));
   blocks = register_module("blocks", nn::ModuleList());
   for (int64_t i = 0; i < options.blocks(); ++i) {
     if (v == "residual") {

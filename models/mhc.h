@@ -17,6 +17,7 @@
 #pragma once
 
 #include "core/schema.h"
+#include "models/batch_norm.h"
 
 #include <torch/torch.h>
 
@@ -109,7 +110,7 @@ class BasicBlockImpl : public torch::nn::Cloneable<BasicBlockImpl> {
 
   BasicBlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  BatchNorm2d bn1{nullptr}, bn2{nullptr};
 };
 TORCH_MODULE(BasicBlock);
 

@@ -64,23 +64,23 @@ void ResNetBlockImpl::reset() {
   TORCH_CHECK(in > 0 && planes > 0 && stride > 0, "ResNetBlock: in_channels, planes and stride must be positive");
   if (options.bottleneck()) {
     conv1 = register_module("conv1", conv(in, planes, 1, 1));
-    bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+    bn1 = register_module("bn1", BatchNorm2d(planes));
     conv2 = register_module("conv2", conv(planes, planes, 3, stride));
-    bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+    bn2 = register_module("bn2", BatchNorm2d(planes));
     conv3 = register_module("conv3", conv(planes, 4 * planes, 1, 1));
-    bn3 = register_module("bn3", nn::BatchNorm2d(4 * planes));
+    bn3 = register_module("bn3", BatchNorm2d(4 * planes));
   } else {
     conv1 = register_module("conv1", conv(in, planes, 3, stride));
-    bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+    bn1 = register_module("bn1", BatchNorm2d(planes));
     conv2 = register_module("conv2", conv(planes, planes, 3, 1));
-    bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+    bn2 = register_module("bn2", BatchNorm2d(planes));
   }
   if (stride != 1 || in != out_channels())
-    downsample = register_module("downsample",
-                                 nn::Sequential(conv(in, out_channels(), 1, stride), nn::BatchNorm2d(out_channels())));
+    downsample =
+        register_module("downsample", nn::Sequential(conv(in, out_channels(), 1, stride), BatchNorm2d(out_channels())));
 }
 
-torch::nn::BatchNorm2d ResNetBlockImpl::last_bn() const { return options.bottleneck() ? bn3 : bn2; }
+BatchNorm2d ResNetBlockImpl::last_bn() const { return options.bottleneck() ? bn3 : bn2; }
 
 torch::Tensor ResNetBlockImpl::forward(const torch::Tensor& x) {
   auto y = torch::relu(bn1(conv1(x)));
@@ -104,7 +104,7 @@ void ResNetImpl::reset() {
   const bool cifar = options.stem() == "cifar";
   conv1 =
       register_module("conv1", cifar ? conv(options.in_channels(), 64, 3, 1) : conv(options.in_channels(), 64, 7, 2));
-  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  bn1 = register_module("bn1", BatchNorm2d(64));
   const bool bottleneck = options.depth() >= 50;
   const auto blocks = resnet_stage_blocks(options.depth());
   int64_t channels = 64;
@@ -126,7 +126,7 @@ void ResNetImpl::reset() {
   for (auto& m : modules(/*include_self=*/false)) {
     if (auto* c = m->as<nn::Conv2d>()) {
       nn::init::kaiming_normal_(c->weight, 0, torch::kFanOut, torch::kReLU);
-    } else if (auto* bn = m->as<nn::BatchNorm2d>()) {
+    } else if (auto* bn = m->as<BatchNorm2d>()) {
       nn::init::ones_(bn->weight);
       nn::init::zeros_(bn->bias);
     }

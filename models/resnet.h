@@ -15,6 +15,8 @@
 // block zeroed: "zero_init_residual", Goyal et al. 2017).
 #pragma once
 
+#include "models/batch_norm.h"
+
 #include <torch/torch.h>
 
 #include <string>
@@ -47,12 +49,12 @@ class ResNetBlockImpl : public torch::nn::Cloneable<ResNetBlockImpl> {
   /// The block's output channels: planes, or 4 * planes for a bottleneck.
   int64_t out_channels() const;
   /// The batch norm that ends the residual branch (bn2 or bn3): zero_init_residual sets its weight to 0.
-  torch::nn::BatchNorm2d last_bn() const;
+  BatchNorm2d last_bn() const;
   void pretty_print(std::ostream& stream) const override;
 
   ResNetBlockOptions options;
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
 };
 TORCH_MODULE(ResNetBlock);
@@ -68,7 +70,7 @@ class ResNetImpl : public torch::nn::Cloneable<ResNetImpl> {
 
   ResNetOptions options;
   torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
+  BatchNorm2d bn1{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
   torch::nn::Linear fc{nullptr};
 };

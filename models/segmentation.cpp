@@ -1,5 +1,6 @@
 #include "models/segmentation.h"
 
+#include "models/batch_norm.h"
 #include "models/conv3d.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
@@ -24,8 +25,8 @@ nn::AnyModule make_conv(int64_t dims, int64_t in, int64_t out, int64_t kernel, i
 }
 
 nn::AnyModule make_batch_norm(int64_t dims, int64_t channels) {
-  if (dims == 2) return nn::AnyModule(nn::BatchNorm2d(channels));
-  return nn::AnyModule(nn::BatchNorm3d(channels));
+  if (dims == 2) return nn::AnyModule(BatchNorm2d(channels));
+  return nn::AnyModule(BatchNorm3d(channels));
 }
 
 nn::AnyModule make_conv_transpose(int64_t dims, int64_t in, int64_t out) {

@@ -27,8 +27,6 @@ bool all_equal(torch::IntArrayRef v, int64_t value) {
 
 #ifdef ZOO_X86_KERNELS
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
 // Geometry of one direct convolution: the input zero-padded to [N, D + 2, H + 2, Wp] (Wp = round_up(W, 8) + 8, so
 // that an 8-wide load at any block of a row, shifted by up to 2 taps, stays inside its row), the output and its
 // gradient [N, O, D, H, W]. A plane is one (n, d); a block is 8 consecutive voxels of a row, the last one of a row
@@ -193,9 +191,6 @@ ZOO_AVX2_FMA void weight_planes(const float* xp, const float* gy, const float* z
     }
   }
 }
-
-// Multiply-adds a thread takes on before a second one is woken (about 50 us of work).
-constexpr int64_t kGrain = int64_t{1} << 20;
 
 // The weight gradient's planes are summed in at most this many chunks, each into sums of its own, added in chunk
 // order at the end: the result does not depend on the number of threads.

@@ -165,12 +165,6 @@ ZOO_AVX2_FMA void weight_block(const float* in, const Shape& s, const float* gra
       _mm256_storeu_ps(dw + (tap * s.K + k0 + r) * ldg + o0 + 8 * v, _mm256_add_ps(acc[0][r][v], acc[1][r][v]));
 }
 
-// Multiply-adds a thread takes on before a second one is woken (about 50 us of work: less costs more to hand
-// over than it saves on two cores).
-constexpr int64_t kGrain = int64_t{1} << 20;
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
 // x [N, C, H, W] (any strides) -> [N, H + 2, W + 2, ldc] channels-last with a zero border: channels 0 .. lead-1
 // hold `value` inside the image, lead .. lead + C - 1 hold x, the rest (up to ldc) 0.
 Tensor pad_channels_last(const Tensor& x, int64_t lead, double value, int64_t ldc) {

@@ -4,6 +4,8 @@
 // thread, as on a CPU without AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
 #pragma once
 
+#include <cstdint>
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ZOO_X86_KERNELS 1
 #include <immintrin.h>
@@ -28,6 +30,13 @@ inline bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
+
+/// Multiply-adds (or elements) a thread takes on before a second one is woken by at::parallel_for: about 50 us of
+/// work (less costs more to hand over than it saves on two cores).
+inline constexpr int64_t kGrain = int64_t{1} << 20;
+
+/// v rounded up to a multiple of m.
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 /// While one lives, cpu_has_avx2_fma() is false in this thread (the kernels' callers take their fallbacks).
 class ScalarOnly {
