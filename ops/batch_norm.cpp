@@ -1,6 +1,7 @@
 #include "ops/batch_norm.h"
 
 #include "ops/simd.h"
+#include "ops/twice.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -174,34 +175,19 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     return y;
   }
 
-  // Under create_graph: the gradients through torch::batch_norm's autograd, so that they are differentiable again.
-  static torch::autograd::variable_list differentiable_backward(torch::autograd::AutogradContext* ctx,
-                                                                const torch::autograd::variable_list& saved,
-                                                                const Tensor& go) {
-    std::vector<Tensor> inputs;
-    std::vector<int> which;
-    for (int i = 0; i < 3; ++i) {
-      const auto& t = saved[i];
-      if (ctx->needs_input_grad(i) && t.numel() > 0 && t.requires_grad()) {
-        inputs.push_back(t);
-        which.push_back(i);
-      }
-    }
-    torch::autograd::variable_list out(7);
-    if (inputs.empty()) return out;
-    const auto optional = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
-    const auto y = torch::batch_norm(saved[0], optional(saved[1]), optional(saved[2]), {}, {}, /*training=*/true, 0.0,
-                                     ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
-    const auto g = torch::autograd::grad({y}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
-                                         /*allow_unused=*/true);
-    for (size_t j = 0; j < which.size(); ++j) out[which[j]] = g[j];
-    return out;
-  }
-
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    if (torch::GradMode::is_enabled()) return differentiable_backward(ctx, saved, grads[0]);
+    if (torch::GradMode::is_enabled()) {  // under create_graph: through torch::batch_norm's autograd
+      const auto optional = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+      return gradients_through(
+          ctx, {saved[0], saved[1], saved[2]},
+          [&] {
+            return torch::batch_norm(saved[0], optional(saved[1]), optional(saved[2]), {}, {}, /*training=*/true, 0.0,
+                                     ctx->saved_data["eps"].toDouble(), /*cudnn_enabled=*/false);
+          },
+          grads[0], 7);
+    }
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
     const auto go = grads[0].contiguous();
     const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;

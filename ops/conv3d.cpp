@@ -1,6 +1,7 @@
 #include "ops/conv3d.h"
 #include "ops/autocast.h"
 #include "ops/simd.h"
+#include "ops/twice.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -277,23 +278,10 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
     const auto &xp = saved[0], &x = saved[1], &weight = saved[2], &bias = saved[3];
     const auto& go = grads[0];
     torch::autograd::variable_list out(3);
-    if (torch::GradMode::is_enabled()) {
-      // Under create_graph: the gradients through torch::conv3d's autograd, so that they are differentiable again.
-      std::vector<Tensor> inputs;
-      std::vector<size_t> which;
-      for (size_t i = 0; i < 3; ++i) {
-        const auto& t = i == 0 ? x : i == 1 ? weight : bias;
-        if (ctx->needs_input_grad(i) && t.numel() > 0 && t.requires_grad()) {
-          inputs.push_back(t);
-          which.push_back(i);
-        }
-      }
-      if (inputs.empty()) return out;
-      const auto y = reference(x, weight, bias.numel() > 0 ? bias : Tensor(), 1, 1, 1, 1);
-      const auto g = torch::autograd::grad({y}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
-                                           /*allow_unused=*/true);
-      for (size_t j = 0; j < which.size(); ++j) out[which[j]] = g[j];
-      return out;
+    if (torch::GradMode::is_enabled()) {  // under create_graph: through torch::conv3d's autograd
+      return gradients_through(
+          ctx, {x, weight, bias}, [&] { return reference(x, weight, bias.numel() > 0 ? bias : Tensor(), 1, 1, 1, 1); },
+          go, 3);
     }
     if (ctx->needs_input_grad(0)) out[0] = torch::conv_transpose3d(go, weight, {}, 1, 1);
     if (ctx->needs_input_grad(1) || (ctx->needs_input_grad(2) && bias.numel() > 0)) {

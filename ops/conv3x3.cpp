@@ -1,5 +1,6 @@
 #include "ops/conv3x3.h"
 #include "ops/simd.h"
+#include "ops/twice.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -257,29 +258,6 @@ struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
     return out;
   }
 
-  // Under create_graph: the gradients through torch::conv2d's autograd, so that they are differentiable again.
-  static torch::autograd::variable_list differentiable_backward(torch::autograd::AutogradContext* ctx,
-                                                                const torch::autograd::variable_list& saved,
-                                                                const Tensor& go) {
-    const double lead_value = ctx->saved_data["lead_value"].toDouble();
-    std::vector<Tensor> inputs;
-    std::vector<int> which;
-    for (int i = 0; i < 3; ++i) {
-      const auto& t = saved[i == 0 ? 2 : i == 1 ? 1 : 3];
-      if (ctx->needs_input_grad(i) && t.numel() > 0 && t.requires_grad()) {
-        inputs.push_back(t);
-        which.push_back(i);
-      }
-    }
-    torch::autograd::variable_list out(4);
-    if (inputs.empty()) return out;
-    const auto y = reference(saved[2], saved[1], ctx->saved_data["bias"].toBool() ? saved[3] : Tensor(), lead_value);
-    const auto g = torch::autograd::grad({y}, inputs, {go}, /*retain_graph=*/true, /*create_graph=*/true,
-                                         /*allow_unused=*/true);
-    for (size_t j = 0; j < which.size(); ++j) out[which[j]] = g[j];
-    return out;
-  }
-
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -288,7 +266,16 @@ struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
     const int64_t O = weight.size(0), K = weight.size(1), C = K - lead;
     const int64_t N = in.size(0), H = in.size(1) - 2, W = in.size(2) - 2;
     const auto& go = grads[0];
-    if (torch::GradMode::is_enabled()) return differentiable_backward(ctx, saved, go);
+    if (torch::GradMode::is_enabled()) {  // under create_graph: through torch::conv2d's autograd
+      const bool has_bias = ctx->saved_data["bias"].toBool();
+      return gradients_through(
+          ctx, {saved[2], saved[1], saved[3]},
+          [&] {
+            return reference(saved[2], saved[1], has_bias ? saved[3] : Tensor(),
+                             ctx->saved_data["lead_value"].toDouble());
+          },
+          go, 4);
+    }
     // The gradient, padded and channels-last with a channel stride of whole vectors (the weight kernel loads 8 or
     // 16 output channels at a time; the input kernel reads it as an input of ldg channels, the extra ones 0).
     const int64_t V = O <= 8 ? 1 : 2, ldg = round_up(O, 8 * V);
