@@ -4,11 +4,12 @@
 //   y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c,  mean_c and var_c (biased) over every item and
 //   position of channel c; running_mean/var move towards mean_c and the unbiased var_c by `momentum`.
 //
-// (Ioffe & Szegedy, "Batch Normalization", ICML 2015.) LibTorch 1.13's CPU kernel gathers float32 statistics in a
-// scalar loop accumulating in double: 2.4 ms forward for [64, 32, 28, 28] on the 2-core VM, where its bfloat16
-// kernel takes 0.6 ms (15% of the cnn's float32 training step). batch_norm computes them with AVX2 + FMA, in
-// float32 within each image plane and in double across them (two passes, mean then squared deviations, so no
-// cancellation), then y = x * scale_c + shift_c; its backward is LibTorch's formula with the same sums:
+// (Ioffe & Szegedy, "Batch Normalization", ICML 2015.) LibTorch 1.13's CPU batch norm is slow at float32 training
+// statistics (`torch::var_mean` over the same axes is slower still): 2.4 ms forward for [64, 32, 28, 28] on the
+// 2-core VM, where its bfloat16 kernel takes 0.6 ms (15% of the cnn's float32 training step). batch_norm computes them
+// with AVX2 + FMA, in float32 within each image plane and in double across them (two passes, mean then squared
+// deviations, so no cancellation), then y = x * scale_c + shift_c; its backward is LibTorch's formula with the same
+// sums:
 //   dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * weight,
 //   dweight = sum(dy * (x - mean)) * invstd,  dbias = sum(dy).
 // Each channel is one task, its sums in a fixed order: the same bits at any thread count.
