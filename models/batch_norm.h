@@ -1,13 +1,14 @@
 // Batch normalisation layers (Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
 // Internal Covariate Shift", ICML 2015): torch::nn::BatchNorm2d and BatchNorm3d, training through ops::batch_norm,
-// whose float32 kernels are several times faster than LibTorch 1.13's (ops/batch_norm.h).
+// whose float32 kernels are several times faster than LibTorch 1.13's, and which takes bfloat16 input under autocast
+// too (ops/batch_norm.h).
 //
 //   y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias,  per channel, over the batch and every position;
 //   running_mean/var <- (1 - momentum) running + momentum * batch statistics (unbiased variance).
 //
 // The same options, parameters and buffers, under the same names (weight, bias, running_mean, running_var,
-// num_batches_tracked), as torch::nn's and Python's, so weights map 1:1; evaluation mode and every other dtype run
-// LibTorch's own, and a trace records torch::batch_norm.
+// num_batches_tracked), as torch::nn's and Python's, so weights map 1:1; evaluation mode and other dtypes (float64,
+// bfloat16 parameters) run LibTorch's own, and a trace records torch::batch_norm.
 #pragma once
 
 #include <torch/torch.h>

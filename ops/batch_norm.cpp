@@ -38,127 +38,175 @@ ZOO_AVX2_FMA inline double add_lanes(__m256 a, __m256 b, __m256 c, __m256 d) {
   return s;
 }
 
-ZOO_AVX2_FMA double plane_sum(const float* x, int64_t S) {
+template <typename T>
+ZOO_AVX2_FMA double plane_sum(const T* x, int64_t S) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + 32 <= S; i += 32) {
-    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
-    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + i + 24));
+    a0 = _mm256_add_ps(a0, load8(x + i));
+    a1 = _mm256_add_ps(a1, load8(x + i + 8));
+    a2 = _mm256_add_ps(a2, load8(x + i + 16));
+    a3 = _mm256_add_ps(a3, load8(x + i + 24));
   }
-  for (; i + 8 <= S; i += 8) a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
+  for (; i + 8 <= S; i += 8) a0 = _mm256_add_ps(a0, load8(x + i));
   double s = add_lanes(a0, a1, a2, a3);
-  for (; i < S; ++i) s += x[i];
+  for (; i < S; ++i) s += static_cast<float>(x[i]);
   return s;
 }
 
-ZOO_AVX2_FMA double plane_squared_deviations(const float* x, int64_t S, float mean) {
+template <typename T>
+ZOO_AVX2_FMA double plane_squared_deviations(const T* x, int64_t S, float mean) {
   const __m256 m = _mm256_set1_ps(mean);
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + 32 <= S; i += 32) {
-    const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), m), d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m);
-    const __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), m), d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), m);
+    const __m256 d0 = _mm256_sub_ps(load8(x + i), m), d1 = _mm256_sub_ps(load8(x + i + 8), m);
+    const __m256 d2 = _mm256_sub_ps(load8(x + i + 16), m), d3 = _mm256_sub_ps(load8(x + i + 24), m);
     a0 = _mm256_fmadd_ps(d0, d0, a0);
     a1 = _mm256_fmadd_ps(d1, d1, a1);
     a2 = _mm256_fmadd_ps(d2, d2, a2);
     a3 = _mm256_fmadd_ps(d3, d3, a3);
   }
   for (; i + 8 <= S; i += 8) {
-    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
+    const __m256 d = _mm256_sub_ps(load8(x + i), m);
     a0 = _mm256_fmadd_ps(d, d, a0);
   }
   double s = add_lanes(a0, a1, a2, a3);
   for (; i < S; ++i) {
-    const float d = x[i] - mean;
+    const float d = static_cast<float>(x[i]) - mean;
     s += static_cast<double>(d) * d;
   }
   return s;
 }
 
 /// y = x * scale + shift.
-ZOO_AVX2_FMA void plane_affine(const float* x, float* y, int64_t S, float scale, float shift) {
+template <typename T>
+ZOO_AVX2_FMA void plane_affine(const T* x, T* y, int64_t S, float scale, float shift) {
   const __m256 a = _mm256_set1_ps(scale), b = _mm256_set1_ps(shift);
   int64_t i = 0;
-  for (; i + 8 <= S; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), a, b));
-  for (; i < S; ++i) y[i] = std::fma(x[i], scale, shift);
+  for (; i + 8 <= S; i += 8) store8(y + i, _mm256_fmadd_ps(load8(x + i), a, b));
+  for (; i < S; ++i) y[i] = static_cast<T>(std::fma(static_cast<float>(x[i]), scale, shift));
 }
 
 /// sum(dy) and sum(dy * (x - mean)) of a plane, added to `sums`.
-ZOO_AVX2_FMA void plane_gradient_sums(const float* dy, const float* x, int64_t S, float mean, double& sum_dy,
+template <typename T>
+ZOO_AVX2_FMA void plane_gradient_sums(const T* dy, const T* x, int64_t S, float mean, double& sum_dy,
                                       double& sum_dy_xmu) {
   const __m256 m = _mm256_set1_ps(mean);
   __m256 g0 = _mm256_setzero_ps(), g1 = g0, d0 = g0, d1 = g0;
   int64_t i = 0;
   for (; i + 16 <= S; i += 16) {
-    const __m256 y0 = _mm256_loadu_ps(dy + i), y1 = _mm256_loadu_ps(dy + i + 8);
+    const __m256 y0 = load8(dy + i), y1 = load8(dy + i + 8);
     g0 = _mm256_add_ps(g0, y0);
     g1 = _mm256_add_ps(g1, y1);
-    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(_mm256_loadu_ps(x + i), m), d0);
-    d1 = _mm256_fmadd_ps(y1, _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m), d1);
+    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(load8(x + i), m), d0);
+    d1 = _mm256_fmadd_ps(y1, _mm256_sub_ps(load8(x + i + 8), m), d1);
   }
   for (; i + 8 <= S; i += 8) {
-    const __m256 y0 = _mm256_loadu_ps(dy + i);
+    const __m256 y0 = load8(dy + i);
     g0 = _mm256_add_ps(g0, y0);
-    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(_mm256_loadu_ps(x + i), m), d0);
+    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(load8(x + i), m), d0);
   }
   const __m256 zero = _mm256_setzero_ps();
   double g = add_lanes(g0, g1, zero, zero), d = add_lanes(d0, d1, zero, zero);
   for (; i < S; ++i) {
-    g += dy[i];
-    d += static_cast<double>(dy[i]) * (x[i] - mean);
+    const float g_i = static_cast<float>(dy[i]);
+    g += g_i;
+    d += static_cast<double>(g_i) * (static_cast<float>(x[i]) - mean);
   }
   sum_dy += g;
   sum_dy_xmu += d;
 }
 
 /// dx = dy * a + x * b + c.
-ZOO_AVX2_FMA void plane_input_gradient(const float* dy, const float* x, float* dx, int64_t S, float a, float b,
-                                       float c) {
+template <typename T>
+ZOO_AVX2_FMA void plane_input_gradient(const T* dy, const T* x, T* dx, int64_t S, float a, float b, float c) {
   const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vc = _mm256_set1_ps(c);
   int64_t i = 0;
-  for (; i + 8 <= S; i += 8)
-    _mm256_storeu_ps(dx + i,
-                     _mm256_fmadd_ps(_mm256_loadu_ps(dy + i), va, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), vb, vc)));
-  for (; i < S; ++i) dx[i] = std::fma(dy[i], a, std::fma(x[i], b, c));
+  for (; i + 8 <= S; i += 8) store8(dx + i, _mm256_fmadd_ps(load8(dy + i), va, _mm256_fmadd_ps(load8(x + i), vb, vc)));
+  for (; i < S; ++i)
+    dx[i] = static_cast<T>(std::fma(static_cast<float>(dy[i]), a, std::fma(static_cast<float>(x[i]), b, c)));
 }
 
 /// Channels per parallel task: a channel is about 3 passes over its elements.
 int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_channel)); }
+
+/// y, and each channel's mean, 1 / sqrt(var + eps) and var (biased) of x [N, C, S...] (contiguous, of type T).
+template <typename T>
+void forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
+                    Tensor& invstd, std::vector<double>& variance) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  float* mp = mean.data_ptr<float>();
+  float* ip = invstd.data_ptr<float>();
+  at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum = 0, squares = 0;
+      for (int64_t n = 0; n < N; ++n) sum += plane_sum(xp + (n * C + c) * S, S);
+      const double mu = sum / static_cast<double>(M);
+      for (int64_t n = 0; n < N; ++n)
+        squares += plane_squared_deviations(xp + (n * C + c) * S, S, static_cast<float>(mu));
+      const double var = squares / static_cast<double>(M), inv = 1.0 / std::sqrt(var + eps);
+      const double scale = (w ? w[c] : 1.0) * inv, shift = (b ? b[c] : 0.0) - mu * scale;
+      for (int64_t n = 0; n < N; ++n)
+        plane_affine(xp + (n * C + c) * S, yp + (n * C + c) * S, S, static_cast<float>(scale),
+                     static_cast<float>(shift));
+      mp[c] = static_cast<float>(mu);
+      ip[c] = static_cast<float>(inv);
+      variance[static_cast<size_t>(c)] = var;
+    }
+  });
+}
+
+/// dx (if defined), dw and db (if defined) from dy and the forward's x, mean and invstd.
+template <typename T>
+void backward_kernel(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& invstd, const Tensor& go,
+                     Tensor& dx, Tensor& dw, Tensor& db) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
+  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
+  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
+  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
+  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum_dy = 0, sum_dy_xmu = 0;
+      for (int64_t n = 0; n < N; ++n)
+        plane_gradient_sums(gp + (n * C + c) * S, xp + (n * C + c) * S, S, mp[c], sum_dy, sum_dy_xmu);
+      const double inv = ip[c];
+      if (dwp) dwp[c] = static_cast<float>(sum_dy_xmu * inv);
+      if (dbp) dbp[c] = static_cast<float>(sum_dy);
+      if (!dp) continue;
+      // dx = (dy - mean(dy) - (x - mean) k) a with k = invstd^2 mean(dy (x - mean)), a = invstd weight.
+      const double a = inv * (w ? w[c] : 1.0), k = inv * inv * sum_dy_xmu / static_cast<double>(M);
+      const double mean_dy = sum_dy / static_cast<double>(M);
+      const auto fa = static_cast<float>(a), fb = static_cast<float>(-k * a),
+                 fc = static_cast<float>((mp[c] * k - mean_dy) * a);
+      for (int64_t n = 0; n < N; ++n)
+        plane_input_gradient(gp + (n * C + c) * S, xp + (n * C + c) * S, dp + (n * C + c) * S, S, fa, fb, fc);
+    }
+  });
+}
 
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   // weight, bias, running_mean, running_var: empty (numel 0) when absent.
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
                         const Tensor& bias, const Tensor& running_mean, const Tensor& running_var, double momentum,
                         double eps) {
-    const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
+    const int64_t C = x.size(1), M = x.numel() / C;
     auto y = torch::empty_like(x);
-    auto mean = torch::empty({C}, x.options()), invstd = torch::empty({C}, x.options());
+    const auto statistics = x.options().dtype(torch::kFloat32);
+    auto mean = torch::empty({C}, statistics), invstd = torch::empty({C}, statistics);
     std::vector<double> variance(static_cast<size_t>(C));
-    const float* xp = x.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
-    const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
-    float* mp = mean.data_ptr<float>();
-    float* ip = invstd.data_ptr<float>();
-    at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sum = 0, squares = 0;
-        for (int64_t n = 0; n < N; ++n) sum += plane_sum(xp + (n * C + c) * S, S);
-        const double mu = sum / static_cast<double>(M);
-        for (int64_t n = 0; n < N; ++n)
-          squares += plane_squared_deviations(xp + (n * C + c) * S, S, static_cast<float>(mu));
-        const double var = squares / static_cast<double>(M), inv = 1.0 / std::sqrt(var + eps);
-        const double scale = (w ? w[c] : 1.0) * inv, shift = (b ? b[c] : 0.0) - mu * scale;
-        for (int64_t n = 0; n < N; ++n)
-          plane_affine(xp + (n * C + c) * S, yp + (n * C + c) * S, S, static_cast<float>(scale),
-                       static_cast<float>(shift));
-        mp[c] = static_cast<float>(mu);
-        ip[c] = static_cast<float>(inv);
-        variance[static_cast<size_t>(c)] = var;
-      }
-    });
+    if (x.scalar_type() == torch::kBFloat16)
+      forward_kernel<c10::BFloat16>(x, weight, bias, eps, y, mean, invstd, variance);
+    else
+      forward_kernel<float>(x, weight, bias, eps, y, mean, invstd, variance);
+    const float* mp = mean.data_ptr<float>();
     // The running statistics, as LibTorch moves them: the unbiased variance.
     const double unbiased = static_cast<double>(M) / static_cast<double>(M - 1);
     if (running_mean.numel() > 0) {
@@ -189,34 +237,16 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
           grads[0], 7);
     }
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
-    const auto go = grads[0].contiguous();
-    const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
-    const bool want_x = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1) && weight.numel() > 0,
-               want_b = ctx->needs_input_grad(2) && saved[2].numel() > 0;
-    Tensor dx = want_x ? torch::empty_like(x) : Tensor(), dw = want_w ? torch::empty({C}, x.options()) : Tensor(),
-           db = want_b ? torch::empty({C}, x.options()) : Tensor();
-    const float *xp = x.data_ptr<float>(), *gp = go.data_ptr<float>();
-    const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
-    const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
-    at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sum_dy = 0, sum_dy_xmu = 0;
-        for (int64_t n = 0; n < N; ++n)
-          plane_gradient_sums(gp + (n * C + c) * S, xp + (n * C + c) * S, S, mp[c], sum_dy, sum_dy_xmu);
-        const double inv = ip[c];
-        if (want_w) dw.data_ptr<float>()[c] = static_cast<float>(sum_dy_xmu * inv);
-        if (want_b) db.data_ptr<float>()[c] = static_cast<float>(sum_dy);
-        if (!want_x) continue;
-        // dx = (dy - mean(dy) - (x - mean) k) a with k = invstd^2 mean(dy (x - mean)), a = invstd weight.
-        const double a = inv * (w ? w[c] : 1.0), k = inv * inv * sum_dy_xmu / static_cast<double>(M);
-        const double mean_dy = sum_dy / static_cast<double>(M);
-        const auto fa = static_cast<float>(a), fb = static_cast<float>(-k * a),
-                   fc = static_cast<float>((mp[c] * k - mean_dy) * a);
-        float* dp = dx.data_ptr<float>();
-        for (int64_t n = 0; n < N; ++n)
-          plane_input_gradient(gp + (n * C + c) * S, xp + (n * C + c) * S, dp + (n * C + c) * S, S, fa, fb, fc);
-      }
-    });
+    const auto go = grads[0].to(x.scalar_type()).contiguous();
+    const int64_t C = x.size(1);
+    const auto parameters = x.options().dtype(torch::kFloat32);
+    Tensor dx = ctx->needs_input_grad(0) ? torch::empty_like(x) : Tensor(),
+           dw = ctx->needs_input_grad(1) && weight.numel() > 0 ? torch::empty({C}, parameters) : Tensor(),
+           db = ctx->needs_input_grad(2) && saved[2].numel() > 0 ? torch::empty({C}, parameters) : Tensor();
+    if (x.scalar_type() == torch::kBFloat16)
+      backward_kernel<c10::BFloat16>(x, weight, mean, invstd, go, dx, dw, db);
+    else
+      backward_kernel<float>(x, weight, mean, invstd, go, dx, dw, db);
     return {dx, dw, db, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -227,7 +257,10 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
 bool batch_norm_fast(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                      const Tensor& running_var, bool training) {
   if (!training || !cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
-  if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat32 || x.dim() < 2 || !x.is_contiguous()) return false;
+  const auto type = x.scalar_type();
+  if (!x.device().is_cpu() || (type != torch::kFloat32 && type != torch::kBFloat16) || x.dim() < 2 ||
+      !x.is_contiguous())
+    return false;
   const int64_t c = x.size(1);
   if (x.numel() == 0 || x.numel() / c < 2) return false;  // LibTorch's own error for one value per channel
   return absent_or_float_vector(weight, c) && absent_or_float_vector(bias, c) &&

@@ -1,5 +1,5 @@
-// Batch normalisation in training mode, float32 on the CPU: what every CNN stem here does after each convolution
-// (cnn, moe, mhc-resnet, the U-Nets, DeconvNets and ResNets).
+// Batch normalisation in training mode, float32 or bfloat16 on the CPU: what every CNN stem here does after each
+// convolution (cnn, moe, mhc-resnet, the U-Nets, DeconvNets and ResNets).
 //
 //   y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c,  mean_c and var_c (biased) over every item and
 //   position of channel c; running_mean/var move towards mean_c and the unbiased var_c by `momentum`.
@@ -12,7 +12,11 @@
 // sums:
 //   dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * weight,
 //   dweight = sum(dy * (x - mean)) * invstd,  dbias = sum(dy).
-// Each channel is one task, its sums in a fixed order: the same bits at any thread count.
+// Each channel is one task, its sums in a fixed order: the same bits at any thread count. Under bf16-mixed, autocast
+// hands batch norm bfloat16 x with float32 weight, bias and running statistics: the kernels then read and write x,
+// y, dy and dx in bfloat16 and compute everything else as above in float32 and double (y is the float32 path's y
+// rounded to bfloat16), where LibTorch's bfloat16 kernel takes 1.1 ms forward and 1.6 ms backward of the cnn's first
+// batch norm.
 #pragma once
 
 #include <torch/torch.h>
@@ -20,11 +24,11 @@
 namespace zoo::ops {
 
 /// torch::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps) for x [N, C, *]; weight,
-/// bias, running_mean and running_var [C] or undefined. In training mode, for contiguous float32 CPU tensors on a
-/// CPU with AVX2 + FMA and outside a trace, the kernels above (running statistics updated in place, as LibTorch
-/// does); otherwise, or with `fast` false, torch::batch_norm itself (a trace records it, which TorchScript, ONNX
-/// and Python load). Differentiable in x, weight and bias, twice too: under create_graph the backward goes through
-/// torch::batch_norm's autograd.
+/// bias, running_mean and running_var [C] or undefined. In training mode, for contiguous CPU tensors, x float32 or
+/// bfloat16 and the others float32, on a CPU with AVX2 + FMA and outside a trace, the kernels above (running statistics
+/// updated in place, as LibTorch does); otherwise, or with `fast` false, torch::batch_norm itself (a trace records it,
+/// which TorchScript, ONNX and Python load). Differentiable in x, weight and bias, twice too: under create_graph the
+/// backward goes through torch::batch_norm's autograd.
 torch::Tensor batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                          const torch::Tensor& running_mean, const torch::Tensor& running_var, bool training,
                          double momentum, double eps, bool fast = true);

@@ -30,18 +30,36 @@ torch::Tensor reference(const Tensor& x, int axes) {
 // AVX2 kernels: 8 windows at a time. A window's four elements are two adjacent pairs in two rows; loading 16
 // elements of a row and splitting them into even and odd lanes gives the windows' first and second elements, in the
 // lane order [0 1 4 5 2 3 6 7] (_mm256_shuffle_ps works within 128-bit halves), put back in order before storing.
-// bfloat16 is widened to float32 exactly on load and, since the maximum is one of the inputs, narrowed exactly on
-// store.
-ZOO_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-ZOO_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+// bfloat16 is widened to float32 exactly on load (ops/simd.h) and, since the maximum is one of the inputs, narrowed
+// exactly on store. A row of Wo windows is done in groups of 8; its last Wo % 8 windows again as the last 8 of the
+// row (recomputing a few: the same values land in the same places). A row narrower than 8 windows is done as 8
+// windows when what spills over lands in rows that are written afterwards (the input's rows are whole windows and
+// the spill stays within this slice's windows: Pooling::spills), otherwise through masked loads and stores that
+// touch no element outside the row.
+/// The first `count` 32-bit lanes set.
+ZOO_AVX2_FMA inline __m256i first_lanes(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-ZOO_AVX2_FMA inline void store8(c10::BFloat16* p, __m256 v) {
-  const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                   _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1)));
+/// Elements [0, 16) of a row as two float32 vectors; only the first `count` (even) are read, the others are 0.
+ZOO_AVX2_FMA inline void load16(const float* p, int64_t count, __m256& lo, __m256& hi) {
+  lo = _mm256_maskload_ps(p, first_lanes(count));
+  hi = _mm256_maskload_ps(p + 8, first_lanes(count - 8));
+}
+ZOO_AVX2_FMA inline void load16(const c10::BFloat16* p, int64_t count, __m256& lo, __m256& hi) {
+  alignas(32) c10::BFloat16 v[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v),
+                     _mm256_maskload_epi32(reinterpret_cast<const int*>(p), first_lanes(count / 2)));
+  lo = load8(v);
+  hi = load8(v + 8);
+}
+/// The first `count` (even) of 16 elements stored; the rest of the row untouched.
+ZOO_AVX2_FMA inline void store16(float* p, int64_t count, __m256 lo, __m256 hi) {
+  _mm256_maskstore_ps(p, first_lanes(count), lo);
+  _mm256_maskstore_ps(p + 8, first_lanes(count - 8), hi);
+}
+ZOO_AVX2_FMA inline void store16(c10::BFloat16* p, int64_t count, __m256 lo, __m256 hi) {
+  const __m256i v = _mm256_set_m128i(to_bfloat16(hi), to_bfloat16(lo));
+  _mm256_maskstore_epi32(reinterpret_cast<int*>(p), first_lanes(count / 2), v);
 }
 /// Lanes [0 1 4 5 2 3 6 7] back to [0 .. 7].
 ZOO_AVX2_FMA inline __m256 in_order(__m256 v) {
@@ -54,13 +72,19 @@ ZOO_AVX2_FMA inline __m256 takes_over(__m256 v, __m256 best) {
 
 /// Eight windows of R rows of 2 (R = 2: a 2x2 window; R = 4: a 2x2x2 window, its two depth slices' rows in order):
 /// rows[r] points at 16 elements of the window's row r. The position stored is the window's element in row-major
-/// order, 2 r + (0 or 1).
+/// order, 2 r + (0 or 1). With n < 8, only the first n windows are read and written.
 template <int R, typename T>
-ZOO_AVX2_FMA inline void pool8(std::array<const T*, R> rows, T* out, uint8_t* pos) {
+ZOO_AVX2_FMA inline void pool8(std::array<const T*, R> rows, T* out, uint8_t* pos, int64_t n = 8) {
   __m256 best = _mm256_setzero_ps(), k = _mm256_setzero_ps();
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
-    const __m256 lo = load8(rows[r]), hi = load8(rows[r] + 8);
+    __m256 lo, hi;
+    if (n == 8) {
+      lo = load8(rows[r]);
+      hi = load8(rows[r] + 8);
+    } else {
+      load16(rows[r], 2 * n, lo, hi);
+    }
     const __m256 even = _mm256_shuffle_ps(lo, hi, 0x88), odd = _mm256_shuffle_ps(lo, hi, 0xDD);
     if (r == 0) {
       best = even;
@@ -73,32 +97,36 @@ ZOO_AVX2_FMA inline void pool8(std::array<const T*, R> rows, T* out, uint8_t* po
     best = _mm256_blendv_ps(best, odd, m);
     k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(2 * r + 1)), m);
   }
-  store8(out, in_order(best));
   const __m256i k32 = _mm256_castps_si256(in_order(k));
   const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k32), _mm256_extracti128_si256(k32, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(pos), _mm_packus_epi16(k16, k16));
+  if (n == 8) {
+    store8(out, in_order(best));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(pos), _mm_packus_epi16(k16, k16));
+    return;
+  }
+  T o[8];
+  alignas(16) uint8_t where[16];
+  store8(o, in_order(best));
+  _mm_store_si128(reinterpret_cast<__m128i*>(where), _mm_packus_epi16(k16, k16));
+  std::copy(o, o + n, out);
+  std::copy(where, where + n, pos);
 }
 
-/// One output row: windows [0, Wo) of the R input rows; the last few (Wo % 8) through zero-padded copies.
+/// Each row pointer moved `by` elements on.
+template <typename P, size_t R>
+std::array<P*, R> shifted(std::array<P*, R> rows, int64_t by) {
+  for (auto& row : rows) row += by;
+  return rows;
+}
+
+/// One output row: windows [0, Wo) of the R input rows.
 template <int R, typename T>
-ZOO_AVX2_FMA void pool_row_avx2(std::array<const T*, R> rows, T* out, uint8_t* pos, int64_t Wo) {
-  int64_t j = 0;
-  for (; j + 8 <= Wo; j += 8) {
-    pool8<R>(rows, out + j, pos + j);
-    for (auto& row : rows) row += 16;
+ZOO_AVX2_FMA void pool_row_avx2(std::array<const T*, R> rows, T* out, uint8_t* pos, int64_t Wo, bool spill) {
+  if (Wo < 8) return pool8<R>(rows, out, pos, spill ? 8 : Wo);
+  for (int64_t j = 0; j < Wo; j += 8) {
+    const int64_t at = std::min(j, Wo - 8);
+    pool8<R>(shifted(rows, 2 * at), out + at, pos + at);
   }
-  if (j == Wo) return;
-  const int64_t n = Wo - j;
-  T copies[R][16] = {}, o[8];
-  std::array<const T*, R> at;
-  uint8_t k[8];
-  for (int r = 0; r < R; ++r) {
-    std::copy(rows[r], rows[r] + 2 * n, copies[r]);
-    at[r] = copies[r];
-  }
-  pool8<R>(at, o, k);
-  std::copy(o, o + n, out + j);
-  std::copy(k, k + n, pos + j);
 }
 
 /// g where k == which, else 0.
@@ -107,39 +135,45 @@ ZOO_AVX2_FMA inline __m256 gradient_at(__m256 g, __m256i k, int which) {
 }
 
 /// Eight windows' gradients g at positions pos into 16 elements of each of the R rows: the gradient at each
-/// window's maximum, zeros at its other elements.
+/// window's maximum, zeros at its other elements. With n < 8, only the first n windows (2n elements of each row).
 template <int R, typename T>
-ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, std::array<T*, R> rows) {
-  const __m256 gv = load8(g);
-  const __m256i k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pos)));
+ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, std::array<T*, R> rows, int64_t n = 8) {
+  __m256 gv;
+  __m256i k;
+  if (n == 8) {
+    gv = load8(g);
+    k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pos)));
+  } else {
+    T gs[8] = {};
+    uint8_t ks[8] = {};
+    std::copy(g, g + n, gs);
+    std::copy(pos, pos + n, ks);
+    gv = load8(gs);
+    k = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ks)));
+  }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     const __m256 e0 = gradient_at(gv, k, 2 * r), e1 = gradient_at(gv, k, 2 * r + 1);
     // Interleave (e0, e1) into the row: unpack works within 128-bit halves.
     const __m256 lo = _mm256_unpacklo_ps(e0, e1), hi = _mm256_unpackhi_ps(e0, e1);
-    store8(rows[r], _mm256_permute2f128_ps(lo, hi, 0x20));
-    store8(rows[r] + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    const __m256 first = _mm256_permute2f128_ps(lo, hi, 0x20), second = _mm256_permute2f128_ps(lo, hi, 0x31);
+    if (n == 8) {
+      store8(rows[r], first);
+      store8(rows[r] + 8, second);
+    } else {
+      store16(rows[r], 2 * n, first, second);
+    }
   }
 }
 
-/// One output row's gradient into its R input rows (windows [0, Wo); the last few through local copies).
+/// One output row's gradient into its R input rows (windows [0, Wo)).
 template <int R, typename T>
-ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, std::array<T*, R> rows, int64_t Wo) {
-  int64_t j = 0;
-  for (; j + 8 <= Wo; j += 8) {
-    unpool8<R>(g + j, pos + j, rows);
-    for (auto& row : rows) row += 16;
+ZOO_AVX2_FMA void unpool_row_avx2(const T* g, const uint8_t* pos, std::array<T*, R> rows, int64_t Wo, bool spill) {
+  if (Wo < 8) return unpool8<R>(g, pos, rows, spill ? 8 : Wo);
+  for (int64_t j = 0; j < Wo; j += 8) {
+    const int64_t at = std::min(j, Wo - 8);
+    unpool8<R>(g + at, pos + at, shifted(rows, 2 * at));
   }
-  if (j == Wo) return;
-  const int64_t n = Wo - j;
-  T gs[8] = {}, copies[R][16];
-  std::array<T*, R> at;
-  uint8_t k[8] = {};
-  std::copy(g + j, g + Wo, gs);
-  std::copy(pos + j, pos + Wo, k);
-  for (int r = 0; r < R; ++r) at[r] = copies[r];
-  unpool8<R>(gs, k, at);
-  for (int r = 0; r < R; ++r) std::copy(copies[r], copies[r] + 2 * n, rows[r]);
 }
 #endif
 
@@ -151,6 +185,12 @@ struct Pooling {
   int64_t Do() const { return R == 4 ? D / 2 : 1; }
   int64_t Ho() const { return H / 2; }
   int64_t Wo() const { return W / 2; }
+  /// Whether 8 windows from the start of output row i (of any plane and slice) may be read and written though the
+  /// row has fewer: with W = 2 Wo, what they write past the row is in the rows of later output rows of the same
+  /// slice (rewritten when those are done, in order), and what they read is in the same slice.
+  bool spills(int64_t i) const {
+    return W == 2 * Wo() && (2 * i + 1) * W + 16 <= 2 * Ho() * W && i * Wo() + 8 <= Ho() * Wo();
+  }
   /// Row r (0 .. R-1) of the windows of output row (od, i) of plane p, as an offset into the input.
   int64_t row(int64_t p, int64_t od, int64_t i, int r) const {
     return ((p * D + (R == 4 ? 2 * od + r / 2 : 0)) * H + 2 * i + r % 2) * W;
@@ -180,7 +220,7 @@ void pool_forward(const T* x, T* y, uint8_t* where, const Pooling& s) {
     uint8_t* pos = where + at;
 #ifdef ZOO_X86_KERNELS
     if constexpr (!std::is_same_v<T, double>)
-      if (vector) return pool_row_avx2<R>(rows, out, pos, Wo);
+      if (vector) return pool_row_avx2<R>(rows, out, pos, Wo, s.spills(i));
 #endif
     for (int64_t j = 0; j < Wo; ++j) {
       // LibTorch's rule, starting from the first element: a larger value or a NaN takes over.
@@ -210,7 +250,7 @@ void pool_backward(const T* gy, const uint8_t* where, T* gx, const Pooling& s) {
     const uint8_t* pos = where + at;
 #ifdef ZOO_X86_KERNELS
     if constexpr (!std::is_same_v<T, double>)
-      if (vector) return unpool_row_avx2<R>(g, pos, rows, Wo);
+      if (vector) return unpool_row_avx2<R>(g, pos, rows, Wo, s.spills(i));
 #endif
     for (int64_t j = 0; j < Wo; ++j) {
       for (int e = 0; e < 2 * R; ++e) rows[e / 2][2 * j + e % 2] = T(0);

@@ -4,6 +4,8 @@
 // thread, as on a CPU without AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -14,6 +16,28 @@
 #endif
 
 namespace zoo::ops {
+
+#ifdef ZOO_X86_KERNELS
+/// Eight elements as float32 lanes: float32 as it is, bfloat16 widened (exactly).
+ZOO_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+ZOO_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+/// Eight float32 lanes as bfloat16, rounded to nearest even with NaN as 0x7FC0: the bits of c10::BFloat16(float).
+ZOO_AVX2_FMA inline __m128i to_bfloat16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i bits = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  return _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+}
+/// Eight float32 lanes stored as float32, or as bfloat16 (to_bfloat16).
+ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+ZOO_AVX2_FMA inline void store8(c10::BFloat16* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bfloat16(v));
+}
+#endif
 
 namespace detail {
 inline bool& scalar_only() {

@@ -1,6 +1,6 @@
-// ops::batch_norm: its float32 training kernels against LibTorch's batch norm in double precision (outputs, the
-// three gradients, running statistics), bit-identical results at any thread count, second derivatives, and the
-// cases that fall back to torch::batch_norm.
+// ops::batch_norm: its float32 and bfloat16 training kernels against LibTorch's batch norm in double precision
+// (outputs, the three gradients, running statistics), bit-identical results at any thread count, second
+// derivatives, and the cases that fall back to torch::batch_norm.
 #include "ops/batch_norm.h"
 #include "ops/simd.h"
 
@@ -21,16 +21,22 @@ struct Result {
   torch::Tensor y, dx, dw, db, running_mean, running_var;
 };
 
-/// One training step of batch_norm on x in `type` (fast or LibTorch's), gradients of sum(y * go).
+/// One training step of batch_norm on x in `type` (fast or LibTorch's), gradients of sum(y * go); the parameters
+/// and running statistics in `parameter_type` (what autocast gives: float32 ones beside a bfloat16 x), by default
+/// `type`.
 Result run(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& go,
-           torch::ScalarType type, bool fast, bool running = true, double momentum = 0.1) {
-  const auto copy = [&](const torch::Tensor& t) { return t.detach().to(type).clone().requires_grad_(); };
-  auto xv = copy(x);
-  auto wv = w.defined() ? copy(w) : torch::Tensor();
-  auto bv = b.defined() ? copy(b) : torch::Tensor();
+           torch::ScalarType type, bool fast, bool running = true, double momentum = 0.1,
+           c10::optional<torch::ScalarType> parameter_type = c10::nullopt) {
+  const auto p_type = parameter_type.value_or(type);
+  const auto copy = [](const torch::Tensor& t, torch::ScalarType to) {
+    return t.detach().to(to).clone().requires_grad_();
+  };
+  auto xv = copy(x, type);
+  auto wv = w.defined() ? copy(w, p_type) : torch::Tensor();
+  auto bv = b.defined() ? copy(b, p_type) : torch::Tensor();
   const int64_t c = x.size(1);
-  auto rm = running ? torch::linspace(-1, 1, c, type) : torch::Tensor();
-  auto rv = running ? torch::linspace(0.5, 2, c, type) : torch::Tensor();
+  auto rm = running ? torch::linspace(-1, 1, c, p_type) : torch::Tensor();
+  auto rv = running ? torch::linspace(0.5, 2, c, p_type) : torch::Tensor();
   auto y = batch_norm(xv, wv, bv, rm, rv, /*training=*/true, momentum, 1e-5, fast);
   (y * go.to(type)).sum().backward();
   return {y.detach(), xv.grad(), wv.defined() ? wv.grad() : torch::Tensor(), bv.defined() ? bv.grad() : torch::Tensor(),
@@ -93,6 +99,50 @@ TEST_CASE("batch_norm: float32 training equals LibTorch's batch norm in double, 
   CHECK(max_rel(m1.running_var, x64.var({0, 2, 3}, /*unbiased=*/true)) < 1e-5);
 }
 
+TEST_CASE("batch_norm: bfloat16 input with float32 parameters (autocast's operands) is as exact as LibTorch's bf16",
+          "[kernels]") {
+  if (!fast_here()) return;
+  torch::manual_seed(4);
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{16, 8, 7, 7}, {3, 5, 7, 9}, {2, 3, 2, 4, 5}, {32, 6}}) {
+    INFO(c10::str(c10::IntArrayRef(shape)));
+    const int64_t c = shape[1];
+    std::vector<int64_t> view(shape.size(), 1);
+    view[1] = c;
+    // x and go exactly representable in bfloat16, so that every run sees the same operands.
+    const auto x = (torch::randn(shape) * 3 + torch::arange(c, torch::kFloat32).mul(4).view(view))
+                       .to(torch::kBFloat16)
+                       .to(torch::kFloat32);
+    const auto go = torch::randn(shape).to(torch::kBFloat16).to(torch::kFloat32);
+    const auto w = torch::rand({c}) + 0.5, b = torch::randn({c});
+    REQUIRE(zoo::ops::batch_norm_fast(x.to(torch::kBFloat16), w, b, w, w, true));
+    const auto got = run(x, w, b, go, torch::kBFloat16, true, true, 0.1, torch::kFloat32);
+    const auto lib = run(x, w, b, go, torch::kBFloat16, false, true, 0.1, torch::kFloat32);
+    const auto exact = run(x, w, b, go, torch::kFloat64, false);
+    // LibTorch's types: y and dx in bfloat16, the parameters' gradients and running statistics in float32.
+    CHECK(got.y.scalar_type() == torch::kBFloat16);
+    CHECK(got.dx.scalar_type() == torch::kBFloat16);
+    CHECK(got.dw.scalar_type() == torch::kFloat32);
+    CHECK(got.running_var.scalar_type() == torch::kFloat32);
+    // y and dx: one rounding to bfloat16 (8 bits: 2^-9 of the largest value at most) of float32 results.
+    const auto close = [&](const torch::Tensor& ours, const torch::Tensor& theirs, const torch::Tensor& truth,
+                           double bound) {
+      const double e = max_rel(ours, truth), e_lib = max_rel(theirs, truth);
+      INFO("error " << e << ", LibTorch's bfloat16 " << e_lib);
+      CHECK(e <= 1.5 * e_lib + 1e-6);
+      CHECK(e < bound);
+    };
+    close(got.y, lib.y, exact.y, 4e-3);
+    close(got.dx, lib.dx, exact.dx, 4e-3);
+    close(got.dw, lib.dw, exact.dw, 1e-5);
+    close(got.db, lib.db, exact.db, 1e-5);
+    close(got.running_mean, lib.running_mean, exact.running_mean, 1e-5);
+    close(got.running_var, lib.running_var, exact.running_var, 1e-5);
+    // Each y is the float32 value rounded to nearest (even): never more than half a unit in the last place off.
+    const auto y32 = run(x, w, b, go, torch::kFloat32, true).y;
+    CHECK(torch::equal(got.y, y32.to(torch::kBFloat16)));
+  }
+}
+
 TEST_CASE("batch_norm: the same bits at one and two threads", "[kernels]") {
   if (!fast_here()) return;
   torch::manual_seed(1);
@@ -134,7 +184,8 @@ TEST_CASE("batch_norm: evaluation, other dtypes, strided input, traces and CPUs 
   const auto rm = torch::randn({3}), rv = torch::rand({3}) + 0.5;
   CHECK(zoo::ops::batch_norm_fast(x, w, b, rm, rv, true) == fast_here());
   CHECK_FALSE(zoo::ops::batch_norm_fast(x, w, b, rm, rv, /*training=*/false));
-  CHECK_FALSE(zoo::ops::batch_norm_fast(x.to(torch::kBFloat16), w, b, rm, rv, true));
+  CHECK(zoo::ops::batch_norm_fast(x.to(torch::kBFloat16), w, b, rm, rv, true) == fast_here());
+  CHECK_FALSE(zoo::ops::batch_norm_fast(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b, rm, rv, true));
   CHECK_FALSE(zoo::ops::batch_norm_fast(x.to(torch::kFloat64), w, b, rm, rv, true));
   CHECK_FALSE(zoo::ops::batch_norm_fast(x.transpose(2, 3), w, b, rm, rv, true));
   CHECK_FALSE(zoo::ops::batch_norm_fast(x, w.to(torch::kFloat64), b, rm, rv, true));

@@ -40,7 +40,8 @@ TEST_CASE("max_pool2x2: the same outputs and gradients as torch::max_pool2d, tie
   torch::manual_seed(0);
   for (const bool scalar : {false, true})
     for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
-      // The AVX2 kernel (8 windows at a time, a row's last Wo % 8 through padded copies) and the plain loop.
+      // The AVX2 kernel (8 windows at a time; a row's last Wo % 8 again as its last 8; rows of fewer than 8 windows
+      // spilling into later rows or masked) and the plain loop.
       std::optional<zoo::ops::ScalarOnly> plain;
       if (scalar) plain.emplace();
       INFO((scalar ? "plain loop" : "the CPU's kernel"));
@@ -49,6 +50,10 @@ TEST_CASE("max_pool2x2: the same outputs and gradients as torch::max_pool2d, tie
       check_same(torch::randn({2, 3, 28, 28}).to(type), "the cnn's first map");
       check_same(torch::randn({2, 3, 7, 9}).to(type), "odd sizes: the last row and column left out");
       check_same(torch::randn({4, 6, 6}).to(type), "no batch axis");
+      // Every row width up to 2 blocks, even and odd, over 1 to 7 rows: where a narrow row spills into later rows
+      // and where it must not (the slice's last rows, odd widths, a left-out last row).
+      for (int64_t h = 2; h <= 7; ++h)
+        for (int64_t w = 2; w <= 34; ++w) check_same(torch::randn({2, 3, h, w}).to(type), "every width");
       // After a ReLU most windows tie at 0: the first of them gets the gradient, as in LibTorch.
       check_same(torch::relu(torch::randn({2, 4, 6, 6}) - 1).to(type), "ties at 0");
       check_same(torch::randint(0, 3, {2, 4, 6, 6}).to(type), "ties everywhere");
@@ -115,6 +120,9 @@ TEST_CASE("max_pool2x2x2: the same outputs and gradients as torch::max_pool3d, t
       check_same(torch::randn({2, 2, 8, 8, 8}).to(type), "the 3-D U-Net's maps, smaller", true);
       check_same(torch::randn({1, 2, 5, 7, 9}).to(type), "odd sizes: the last slice, row and column left out", true);
       check_same(torch::randn({3, 4, 4, 6}).to(type), "no batch axis", true);
+      for (int64_t d = 2; d <= 3; ++d)
+        for (int64_t h = 2; h <= 5; ++h)
+          for (int64_t w = 2; w <= 18; ++w) check_same(torch::randn({2, 2, d, h, w}).to(type), "every width", true);
       check_same(torch::relu(torch::randn({2, 3, 4, 4, 6}) - 1).to(type), "ties at 0", true);
       check_same(torch::randint(0, 3, {2, 3, 4, 4, 6}).to(type), "ties everywhere", true);
       auto special = torch::randn({1, 2, 2, 2, 20}).to(type);

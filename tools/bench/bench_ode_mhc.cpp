@@ -10,11 +10,13 @@
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
+//  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
 //
-//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|Conv3d'
+//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|BatchNorm|Conv3d'
 #include "models/mhc.h"
 #include "models/ode.h"
+#include "ops/batch_norm.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
 #include "ops/max_pool.h"
@@ -147,25 +149,36 @@ void Conv3x3Crossover(benchmark::State& state) {
 }
 BENCHMARK(Conv3x3Crossover)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(5);
 
-// A zoo pooling (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
+// A zoo layer (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
 // timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.
-void time_pooling(benchmark::State& state, torch::Tensor (*pool)(const torch::Tensor&, bool),
-                  const std::vector<std::vector<int64_t>>& shapes, torch::ScalarType type) {
+void time_against_torch(benchmark::State& state, const std::function<torch::Tensor(const torch::Tensor&, bool)>& layer,
+                        const std::vector<std::vector<int64_t>>& shapes, torch::ScalarType type) {
   training::apply_threads(1);
   torch::manual_seed(0);
   std::map<std::string, double> time;
   const auto label = [](const std::vector<int64_t>& shape) {
     return std::to_string(shape[1]) + "x" + std::to_string(shape[2]);
   };
+  std::vector<torch::Tensor> inputs, grads;
+  for (const auto& shape : shapes) {
+    inputs.push_back(torch::relu(torch::randn(shape)).to(type).requires_grad_(true));
+    // A dense gradient, as in a network (sum()'s is an expanded scalar, which LibTorch's kernels take slowly).
+    grads.push_back(torch::randn_like(layer(inputs.back(), false)));
+  }
+  const auto step = [&](size_t s, bool fast) {
+    layer(inputs[s], fast).backward(grads[s]);
+    inputs[s].mutable_grad() = torch::Tensor();  // so the next backward stores its gradient instead of adding it
+  };
+  // Two untimed rounds first: the process's heap grows to its peak in the first steps (page faults, docs/speed.md).
+  for (int round = 0; round < 2; ++round)
+    for (size_t s = 0; s < shapes.size(); ++s)
+      for (const bool fast : {true, false}) step(s, fast);
   for (auto _ : state) {
-    for (const auto& shape : shapes) {
-      const auto x = torch::relu(torch::randn(shape)).to(type).requires_grad_(true);
+    for (size_t s = 0; s < shapes.size(); ++s) {
       for (const bool fast : {true, false}) {
-        auto step = [&] { pool(x, fast).sum().backward(); };
-        step();
         const auto start = Clock::now();
-        for (int i = 0; i < 5; ++i) step();
-        time[label(shape) + (fast ? "_zoo" : "_torch")] += seconds_since(start) / 5;
+        for (int i = 0; i < 5; ++i) step(s, fast);
+        time[label(shapes[s]) + (fast ? "_zoo" : "_torch")] += seconds_since(start) / 5;
       }
     }
   }
@@ -179,16 +192,29 @@ void time_pooling(benchmark::State& state, torch::Tensor (*pool)(const torch::Te
 
 // ops::max_pool2x2 against torch::max_pool2d at the cnn's two poolings (batch 64), float32 and bfloat16 (arg 1).
 void MaxPool2x2(benchmark::State& state) {
-  time_pooling(state, ops::max_pool2x2, {{64, 32, 28, 28}, {64, 64, 14, 14}},
-               state.range(0) ? torch::kBFloat16 : torch::kFloat32);
+  time_against_torch(state, ops::max_pool2x2, {{64, 32, 28, 28}, {64, 64, 14, 14}},
+                     state.range(0) ? torch::kBFloat16 : torch::kFloat32);
 }
 BENCHMARK(MaxPool2x2)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
 
 // ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's two poolings (batch 2), float32.
 void MaxPool2x2x2(benchmark::State& state) {
-  time_pooling(state, ops::max_pool2x2x2, {{2, 16, 24, 24, 24}, {2, 32, 12, 12, 12}}, torch::kFloat32);
+  time_against_torch(state, ops::max_pool2x2x2, {{2, 16, 24, 24, 24}, {2, 32, 12, 12, 12}}, torch::kFloat32);
 }
 BENCHMARK(MaxPool2x2x2)->Unit(benchmark::kSecond)->Iterations(5);
+
+// ops::batch_norm against torch::batch_norm in training mode at the cnn's two batch norms (batch 64): x float32, or
+// bfloat16 with float32 weight, bias and running statistics (arg 1: what autocast hands it under bf16-mixed).
+void BatchNormTraining(benchmark::State& state) {
+  const auto layer = [](const torch::Tensor& x, bool fast) {
+    const int64_t C = x.size(1);
+    const auto weight = torch::ones({C}, torch::requires_grad()), bias = torch::zeros({C}, torch::requires_grad());
+    return ops::batch_norm(x, weight, bias, torch::zeros({C}), torch::ones({C}), true, 0.1, 1e-5, fast);
+  };
+  time_against_torch(state, layer, {{64, 32, 28, 28}, {64, 64, 14, 14}},
+                     state.range(0) ? torch::kBFloat16 : torch::kFloat32);
+}
+BENCHMARK(BatchNormTraining)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
 
 // ops::conv3d's direct kernel against torch::conv3d (oneDNN) on first layers of volume networks (one input channel,
 // 3x3x3, padding 1): the conv3d model's (64 x 16^3 -> 8), conv4d's frames (64 x 6 frames of 8^3 -> 8), the 3-D
