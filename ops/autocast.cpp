@@ -1,4 +1,5 @@
 #include "ops/autocast.h"
+#include "ops/group_norm.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
@@ -45,13 +46,18 @@ c10::optional<at::Tensor> float32_optional(const c10::optional<at::Tensor>& t) {
 
 #if TORCH_VERSION_MAJOR < 2
 // LibTorch 1.13's CPU autocast has no rule for group_norm, whose kernel then refuses a bfloat16 input with float32
-// affine parameters ("expected scalar type BFloat16 but found Float"; Python's torch.autocast fails alike). Give it
-// the rule PyTorch gives such operations: widen to float32 and run without autocast. (GroupNorm: the ODE-ResNet.)
-at::Tensor group_norm_float32(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
-                              const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
+// affine parameters ("expected scalar type BFloat16 but found Float"; Python's torch.autocast fails alike). The rule
+// here: zoo's group_norm (ops/group_norm.h) where it takes the operands, which reads the bfloat16 input as it is and
+// hands a bfloat16 output on, with float32 statistics and parameters (PyTorch 2's mixed-type group norm); otherwise
+// widen to float32 and run without autocast, the rule PyTorch gives such operations. (GroupNorm: the ODE-ResNet.)
+at::Tensor group_norm_autocast(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
+                               const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  return at::group_norm(float32(input), num_groups, float32_optional(weight), float32_optional(bias), eps,
-                        cudnn_enabled);
+  const auto w = float32_optional(weight), b = float32_optional(bias);
+  const at::Tensor none;
+  if (group_norm_fast(input, num_groups, w.value_or(none), b.value_or(none)))
+    return group_norm(input, num_groups, w.value_or(none), b.value_or(none), eps);
+  return at::group_norm(float32(input), num_groups, w, b, eps, cudnn_enabled);
 }
 #endif
 
@@ -144,5 +150,5 @@ torch::Tensor float32(const torch::Tensor& t) {
 }  // namespace zoo::ops
 
 #if TORCH_VERSION_MAJOR < 2
-TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) { m.impl("group_norm", TORCH_FN(zoo::ops::group_norm_float32)); }
+TORCH_LIBRARY_IMPL(aten, AutocastCPU, m) { m.impl("group_norm", TORCH_FN(zoo::ops::group_norm_autocast)); }
 #endif

@@ -19,9 +19,10 @@ enum class Conv3x3Kernel {
   direct,     ///< the direct kernel (an error where conv3x3_direct_available is false)
   reference,  ///< torch::conv2d on the input with its lead channels concatenated
   /// torch::conv2d on x alone, plus the lead channels' share: lead_value times the convolution of a map of ones with
-  /// the sum of their weights ([1, O, H, W], the same for every item). oneDNN then convolves C channels, not lead + C
-  /// (a time channel made 32 channels 33, padded to 48 in its blocks of 16: the ODE-ResNet's training step 1.3x
-  /// faster in float32, 1.05x in bf16-mixed, without it). A trace records reference instead.
+  /// the sum of their weights ([1, O, H, W], the same for every item), computed as one float32 matrix product of
+  /// those sums [O, 9] and a 0/1 matrix of the taps inside the image [9, H W]. oneDNN then convolves C channels, not
+  /// lead + C (a time channel made 32 channels 33, padded to 48 in its blocks of 16: the ODE-ResNet's training step
+  /// 1.3x faster in float32, 1.05x in bf16-mixed, without it). A trace records reference instead.
   library,
 };
 

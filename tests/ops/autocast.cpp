@@ -68,38 +68,68 @@ TEST_CASE("Autocast: float32() widens bfloat16 and float16, keeps the rest, and 
   CHECK_FALSE(ops::float32(torch::Tensor()).defined());
 }
 
-TEST_CASE("Autocast: conv3x3 keeps its float32 direct kernel for float32 inputs, a bfloat16 input goes to LibTorch",
+TEST_CASE("Autocast: conv3x3 keeps its float32 direct kernel for small problems, a large bfloat16 one goes to LibTorch",
           "[ops][precision]") {
   torch::manual_seed(3);
   const auto x = torch::randn({2, 4, 8, 8}), w = torch::randn({6, 5, 3, 3}) * 0.2, b = torch::randn({6});
   const auto expected = ops::conv3x3(x, w, b, 1.0, ops::Conv3x3Kernel::reference);
   const auto direct = ops::conv3x3(x, w, b, 1.0);  // outside autocast
   auto scope = bf16();
+  CHECK_FALSE(ops::PackedWeight::usable(x.flatten(1)));  // packed products give way to LibTorch's bfloat16
   CHECK(ops::conv3x3_direct_available(x, w) == ops::cpu_has_avx2_fma());
   const auto out = ops::conv3x3(x, w, b, 1.0);
   if (ops::cpu_has_avx2_fma())
     CHECK(torch::equal(out, direct));  // the float32 direct kernel, as without autocast
   else
     WARN("no AVX2 and FMA here: the float32 input went to LibTorch's convolution");
+  // A bfloat16 input (a GroupNorm's output under autocast) of the same small problem: widened for the direct kernel.
   const auto x16 = x.to(torch::kBFloat16);
   CHECK_FALSE(ops::conv3x3_direct_available(x16, w));
   const auto out16 = ops::conv3x3(x16, w, b, 1.0);
-  CHECK(out16.scalar_type() == torch::kBFloat16);  // LibTorch's convolution, autocast to bfloat16
-  CHECK(max_abs(out16.to(torch::kFloat32) - expected) < 0.05 * max_abs(expected));
-  CHECK(max_abs(out16.to(torch::kFloat32) - expected) > 0);  // it did round
-  CHECK_FALSE(ops::PackedWeight::usable(x.flatten(1)));      // packed products give way to LibTorch's bfloat16
+  if (ops::cpu_has_avx2_fma()) {
+    CHECK(out16.scalar_type() == torch::kFloat32);
+    {
+      ops::Float32Region plain;
+      CHECK(torch::equal(out16, ops::conv3x3(x16.to(torch::kFloat32), w, b, 1.0)));
+    }
+  }
+  // A large one (above the direct kernel's 4 M multiply-adds) goes to LibTorch's convolution, autocast to bfloat16.
+  const auto big = torch::randn({64, 32, 8, 8}).to(torch::kBFloat16), wide = torch::randn({32, 33, 3, 3}) * 0.05;
+  const auto big_out = ops::conv3x3(big, wide, {}, 1.0);
+  CHECK(big_out.scalar_type() == torch::kBFloat16);
+  ops::Float32Region plain;
+  const auto big_expected = ops::conv3x3(big.to(torch::kFloat32), wide, {}, 1.0, ops::Conv3x3Kernel::reference);
+  CHECK(max_abs(big_out.to(torch::kFloat32) - big_expected) < 0.05 * max_abs(big_expected));
+  CHECK(max_abs(big_out.to(torch::kFloat32) - big_expected) > 0);  // it did round
 }
 
-TEST_CASE("Autocast: group_norm takes bfloat16 inputs with float32 parameters (float32 out)", "[ops][precision]") {
+TEST_CASE("Autocast: group_norm takes bfloat16 inputs with float32 parameters (bfloat16 out, float32 statistics)",
+          "[ops][precision]") {
   torch::manual_seed(6);
   torch::nn::GroupNorm norm(4, 8);
   torch::nn::init::normal_(norm->weight);
-  const auto x = torch::randn({2, 8, 5, 5}).to(torch::kBFloat16);
-  const auto expected = norm(x.to(torch::kFloat32));
+  torch::nn::init::normal_(norm->bias);
+  const auto x = (torch::randn({2, 8, 5, 5}) * 3 + 1).to(torch::kBFloat16).requires_grad_();
+  const auto g = torch::randn({2, 8, 5, 5}).to(torch::kBFloat16);
+  const auto x32 = x.detach().to(torch::kFloat32).requires_grad_();
+  const auto expected = norm(x32);
+  const auto expected_grads = torch::autograd::grad({expected}, {x32, norm->weight}, {g.to(torch::kFloat32)});
   auto scope = bf16();
   const auto out = norm(x);  // LibTorch 1.13 alone refuses this: "expected scalar type BFloat16 but found Float"
-  CHECK(out.scalar_type() == torch::kFloat32);
-  CHECK(max_abs(out - expected) < 1e-6);
+  CHECK(out.scalar_type() == torch::kBFloat16);
+  // float32's output rounded once: within half a unit of bfloat16's last place (2^-9 relative).
+  CHECK(max_abs(out.to(torch::kFloat32) - expected) <= max_abs(expected) / 256);
+  CHECK(max_abs(out.to(torch::kFloat32) - expected) > 0);
+  const auto grads = torch::autograd::grad({out}, {x, norm->weight}, {g});
+  CHECK(grads[0].scalar_type() == torch::kBFloat16);
+  CHECK(grads[1].scalar_type() == torch::kFloat32);
+  CHECK(max_abs(grads[0].to(torch::kFloat32) - expected_grads[0]) <= max_abs(expected_grads[0]) / 128);
+  CHECK(max_abs(grads[1] - expected_grads[1]) <= 1e-4 * max_abs(expected_grads[1]));
+  // A strided input, which zoo's kernel does not take: widened to float32, as PyTorch's rule for such operations.
+  const auto strided = x.detach().transpose(2, 3);
+  const auto wide = norm(strided);
+  CHECK(wide.scalar_type() == torch::kFloat32);
+  CHECK(max_abs(wide - norm(strided.to(torch::kFloat32))) < 1e-6);
 }
 
 TEST_CASE("Autocast: a 3-D convolution over one input channel trains in float32 and hands on bfloat16",

@@ -1,0 +1,199 @@
+#include "ops/group_norm.h"
+
+#include "ops/norm_planes.h"
+#include "ops/simd.h"
+#include "ops/twice.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+
+#include <cmath>
+#include <vector>
+
+namespace zoo::ops {
+
+namespace {
+
+using torch::Tensor;
+
+bool float_vector_or_none(const Tensor& t, int64_t c) {
+  return !t.defined() || (t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.size(0) == c &&
+                          t.is_contiguous());
+}
+
+#ifdef ZOO_X86_KERNELS
+using namespace planes;
+
+/// (item, group) tasks per parallel chunk: a task is about 3 passes over its C / G planes.
+int64_t group_grain(int64_t per_task) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_task)); }
+
+/// y, and each (item, group)'s mean and 1 / sqrt(var + eps), of x [N, C, S...] (contiguous, of type T).
+template <typename T>
+void group_forward(const Tensor& x, int64_t G, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                   Tensor& mean, Tensor& invstd) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), Cg = C / G, M = Cg * S;
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  float* mp = mean.data_ptr<float>();
+  float* ip = invstd.data_ptr<float>();
+  at::parallel_for(0, N * G, group_grain(M), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c0 = task % G * Cg;
+      const T* xg = xp + (task / G * C + c0) * S;  // the group's Cg planes, one after the other
+      double sum = 0, squares = 0;
+      for (int64_t c = 0; c < Cg; ++c) sum += plane_sum(xg + c * S, S);
+      const double mu = sum / static_cast<double>(M);
+      for (int64_t c = 0; c < Cg; ++c) squares += plane_squared_deviations(xg + c * S, S, static_cast<float>(mu));
+      const double inv = 1.0 / std::sqrt(squares / static_cast<double>(M) + eps);
+      for (int64_t c = 0; c < Cg; ++c) {
+        const double scale = (w ? w[c0 + c] : 1.0) * inv, shift = (b ? b[c0 + c] : 0.0) - mu * scale;
+        plane_affine(xg + c * S, yp + (xg - xp) + c * S, S, static_cast<float>(scale), static_cast<float>(shift));
+      }
+      mp[task] = static_cast<float>(mu);
+      ip[task] = static_cast<float>(inv);
+    }
+  });
+}
+
+/// dx (if defined), dw and db (if defined) from dy and the forward's x, mean and invstd.
+template <typename T>
+void group_backward(const Tensor& x, int64_t G, const Tensor& weight, const Tensor& mean, const Tensor& invstd,
+                    const Tensor& go, Tensor& dx, Tensor& dw, Tensor& db) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), Cg = C / G, M = Cg * S;
+  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
+  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  // Per item and channel: sum(dy) and invstd sum(dy (x - mean)), summed over items below in item order.
+  std::vector<double> sum_dy(static_cast<size_t>(N * C)), sum_dy_xhat(static_cast<size_t>(N * C));
+  at::parallel_for(0, N * G, group_grain(M), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / G, c0 = task % G * Cg, offset = (n * C + c0) * S;
+      const float mu = mp[task];
+      const double inv = ip[task];
+      double A = 0, B = 0;
+      for (int64_t c = 0; c < Cg; ++c) {
+        double g = 0, d = 0;
+        plane_gradient_sums(gp + offset + c * S, xp + offset + c * S, S, mu, g, d);
+        const double wc = w ? w[c0 + c] : 1.0;
+        A += wc * g;
+        B += wc * d;
+        sum_dy[static_cast<size_t>(n * C + c0 + c)] = g;
+        sum_dy_xhat[static_cast<size_t>(n * C + c0 + c)] = d * inv;
+      }
+      if (!dp) continue;
+      const double k = inv * inv * inv * B / static_cast<double>(M);
+      const double e = mu * k - inv * A / static_cast<double>(M);
+      for (int64_t c = 0; c < Cg; ++c) {
+        const double a = inv * (w ? w[c0 + c] : 1.0);
+        plane_input_gradient(gp + offset + c * S, xp + offset + c * S, dp + offset + c * S, S, static_cast<float>(a),
+                             static_cast<float>(-k), static_cast<float>(e));
+      }
+    }
+  });
+  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
+  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
+  for (int64_t c = 0; c < C; ++c) {
+    double g = 0, d = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      g += sum_dy[static_cast<size_t>(n * C + c)];
+      d += sum_dy_xhat[static_cast<size_t>(n * C + c)];
+    }
+    if (dwp) dwp[c] = static_cast<float>(d);
+    if (dbp) dbp[c] = static_cast<float>(g);
+  }
+}
+
+/// y of the forward alone, without statistics kept (no gradient to compute).
+Tensor group_output(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+  auto y = torch::empty_like(x);
+  const auto statistics = x.options().dtype(torch::kFloat32);
+  auto mean = torch::empty({x.size(0) * groups}, statistics), invstd = torch::empty({x.size(0) * groups}, statistics);
+  if (x.scalar_type() == torch::kBFloat16)
+    group_forward<c10::BFloat16>(x, groups, weight, bias, eps, y, mean, invstd);
+  else
+    group_forward<float>(x, groups, weight, bias, eps, y, mean, invstd);
+  return y;
+}
+
+struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+  // weight, bias: empty (numel 0) when absent. The tensors come first: needs_input_grad counts only them.
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias, int64_t groups, double eps) {
+    auto y = torch::empty_like(x);
+    const auto statistics = x.options().dtype(torch::kFloat32);
+    auto mean = torch::empty({x.size(0) * groups}, statistics), invstd = torch::empty({x.size(0) * groups}, statistics);
+    if (x.scalar_type() == torch::kBFloat16)
+      group_forward<c10::BFloat16>(x, groups, weight, bias, eps, y, mean, invstd);
+    else
+      group_forward<float>(x, groups, weight, bias, eps, y, mean, invstd);
+    ctx->save_for_backward({x, weight, bias, mean, invstd});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    if (torch::GradMode::is_enabled()) {  // under create_graph: through torch::group_norm's autograd
+      const auto optional = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+      auto out = gradients_through(
+          ctx, {saved[0], saved[1], saved[2]},
+          [&] {
+            return torch::group_norm(saved[0], groups, optional(saved[1]), optional(saved[2]),
+                                     ctx->saved_data["eps"].toDouble());
+          },
+          grads[0], 5);
+      return out;
+    }
+    const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
+    const auto go = grads[0].to(x.scalar_type()).contiguous();
+    const int64_t C = x.size(1);
+    const auto parameters = x.options().dtype(torch::kFloat32);
+    Tensor dx = ctx->needs_input_grad(0) ? torch::empty_like(x) : Tensor(),
+           dw = ctx->needs_input_grad(1) && weight.numel() > 0 ? torch::empty({C}, parameters) : Tensor(),
+           db = ctx->needs_input_grad(2) && saved[2].numel() > 0 ? torch::empty({C}, parameters) : Tensor();
+    if (x.scalar_type() == torch::kBFloat16)
+      group_backward<c10::BFloat16>(x, groups, weight, mean, invstd, go, dx, dw, db);
+    else
+      group_backward<float>(x, groups, weight, mean, invstd, go, dx, dw, db);
+    return {dx, dw, db, Tensor(), Tensor()};
+  }
+};
+#endif  // ZOO_X86_KERNELS
+
+}  // namespace
+
+bool group_norm_fast(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias) {
+  if (!cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
+  const auto type = x.scalar_type();
+  if (!x.device().is_cpu() || (type != torch::kFloat32 && type != torch::kBFloat16) || x.dim() < 2 ||
+      !x.is_contiguous() || x.numel() == 0)
+    return false;
+  const int64_t c = x.size(1);
+  if (num_groups <= 0 || c % num_groups != 0) return false;  // LibTorch's own error
+  return float_vector_or_none(weight, c) && float_vector_or_none(bias, c);
+}
+
+Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps,
+                  bool fast) {
+  if (!fast || !group_norm_fast(x, num_groups, weight, bias))
+    return torch::group_norm(x, num_groups, weight, bias, eps);
+#ifdef ZOO_X86_KERNELS
+  const auto none = torch::empty({0}, x.options().dtype(torch::kFloat32));
+  const auto& w = weight.defined() ? weight : none;
+  const auto& b = bias.defined() ? bias : none;
+  // Inference (one item through the ODE-euler field's 64 norms: the autograd function's own cost showed) skips it.
+  if (!torch::GradMode::is_enabled() || (!x.requires_grad() && !w.requires_grad() && !b.requires_grad()))
+    return group_output(x, num_groups, w, b, eps);
+  return GroupNormFunction::apply(x, w, b, num_groups, eps);
+#else
+  return torch::group_norm(x, num_groups, weight, bias, eps);
+#endif
+}
+
+}  // namespace zoo::ops

@@ -1,0 +1,114 @@
+// The per-plane loops of zoo's normalisation kernels (ops::batch_norm, ops::group_norm): sums, squared deviations,
+// y = x * scale + shift and dx = dy * a + x * b + c over one contiguous plane of S elements (float32 or bfloat16,
+// computed in float32 vectors of 8 with AVX2 + FMA, the vectors' lanes added in double).
+#pragma once
+
+#include "ops/simd.h"
+
+#include <cmath>
+
+#ifdef ZOO_X86_KERNELS
+namespace zoo::ops::planes {
+
+// One image plane of one channel at a time (S contiguous floats): sums in float32 vectors (4 x 8 lanes), added in
+// double across planes.
+ZOO_AVX2_FMA inline double add_lanes(__m256 a, __m256 b, __m256 c, __m256 d) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+  double s = 0;
+  for (float v : lanes) s += v;
+  return s;
+}
+
+template <typename T>
+ZOO_AVX2_FMA double plane_sum(const T* x, int64_t S) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= S; i += 32) {
+    a0 = _mm256_add_ps(a0, load8(x + i));
+    a1 = _mm256_add_ps(a1, load8(x + i + 8));
+    a2 = _mm256_add_ps(a2, load8(x + i + 16));
+    a3 = _mm256_add_ps(a3, load8(x + i + 24));
+  }
+  for (; i + 8 <= S; i += 8) a0 = _mm256_add_ps(a0, load8(x + i));
+  double s = add_lanes(a0, a1, a2, a3);
+  for (; i < S; ++i) s += static_cast<float>(x[i]);
+  return s;
+}
+
+template <typename T>
+ZOO_AVX2_FMA double plane_squared_deviations(const T* x, int64_t S, float mean) {
+  const __m256 m = _mm256_set1_ps(mean);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= S; i += 32) {
+    const __m256 d0 = _mm256_sub_ps(load8(x + i), m), d1 = _mm256_sub_ps(load8(x + i + 8), m);
+    const __m256 d2 = _mm256_sub_ps(load8(x + i + 16), m), d3 = _mm256_sub_ps(load8(x + i + 24), m);
+    a0 = _mm256_fmadd_ps(d0, d0, a0);
+    a1 = _mm256_fmadd_ps(d1, d1, a1);
+    a2 = _mm256_fmadd_ps(d2, d2, a2);
+    a3 = _mm256_fmadd_ps(d3, d3, a3);
+  }
+  for (; i + 8 <= S; i += 8) {
+    const __m256 d = _mm256_sub_ps(load8(x + i), m);
+    a0 = _mm256_fmadd_ps(d, d, a0);
+  }
+  double s = add_lanes(a0, a1, a2, a3);
+  for (; i < S; ++i) {
+    const float d = static_cast<float>(x[i]) - mean;
+    s += static_cast<double>(d) * d;
+  }
+  return s;
+}
+
+/// y = x * scale + shift.
+template <typename T>
+ZOO_AVX2_FMA void plane_affine(const T* x, T* y, int64_t S, float scale, float shift) {
+  const __m256 a = _mm256_set1_ps(scale), b = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= S; i += 8) store8(y + i, _mm256_fmadd_ps(load8(x + i), a, b));
+  for (; i < S; ++i) y[i] = static_cast<T>(std::fma(static_cast<float>(x[i]), scale, shift));
+}
+
+/// sum(dy) and sum(dy * (x - mean)) of a plane, added to `sums`.
+template <typename T>
+ZOO_AVX2_FMA void plane_gradient_sums(const T* dy, const T* x, int64_t S, float mean, double& sum_dy,
+                                      double& sum_dy_xmu) {
+  const __m256 m = _mm256_set1_ps(mean);
+  __m256 g0 = _mm256_setzero_ps(), g1 = g0, d0 = g0, d1 = g0;
+  int64_t i = 0;
+  for (; i + 16 <= S; i += 16) {
+    const __m256 y0 = load8(dy + i), y1 = load8(dy + i + 8);
+    g0 = _mm256_add_ps(g0, y0);
+    g1 = _mm256_add_ps(g1, y1);
+    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(load8(x + i), m), d0);
+    d1 = _mm256_fmadd_ps(y1, _mm256_sub_ps(load8(x + i + 8), m), d1);
+  }
+  for (; i + 8 <= S; i += 8) {
+    const __m256 y0 = load8(dy + i);
+    g0 = _mm256_add_ps(g0, y0);
+    d0 = _mm256_fmadd_ps(y0, _mm256_sub_ps(load8(x + i), m), d0);
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  double g = add_lanes(g0, g1, zero, zero), d = add_lanes(d0, d1, zero, zero);
+  for (; i < S; ++i) {
+    const float g_i = static_cast<float>(dy[i]);
+    g += g_i;
+    d += static_cast<double>(g_i) * (static_cast<float>(x[i]) - mean);
+  }
+  sum_dy += g;
+  sum_dy_xmu += d;
+}
+
+/// dx = dy * a + x * b + c.
+template <typename T>
+ZOO_AVX2_FMA void plane_input_gradient(const T* dy, const T* x, T* dx, int64_t S, float a, float b, float c) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), vc = _mm256_set1_ps(c);
+  int64_t i = 0;
+  for (; i + 8 <= S; i += 8) store8(dx + i, _mm256_fmadd_ps(load8(dy + i), va, _mm256_fmadd_ps(load8(x + i), vb, vc)));
+  for (; i < S; ++i)
+    dx[i] = static_cast<T>(std::fma(static_cast<float>(dy[i]), a, std::fma(static_cast<float>(x[i]), b, c)));
+}
+
+}  // namespace zoo::ops::planes
+#endif  // ZOO_X86_KERNELS
