@@ -371,8 +371,10 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
   // kernel, which beats LibTorch's bfloat16 there as for float32 input (ode-euler-32's bf16-mixed step 2.7x slower
   // through LibTorch). The output is float32 then, as for a float32 x.
   if (kernel == Conv3x3Kernel::automatic && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
-      autocast_enabled() && small_problem(x, weight) && conv3x3_direct_available(x.to(torch::kFloat32), weight))
-    return conv3x3(x.to(torch::kFloat32), weight, bias, lead_value, kernel);
+      autocast_enabled() && small_problem(x, weight)) {
+    const auto wide = x.to(torch::kFloat32);
+    if (conv3x3_direct_available(wide, weight)) return conv3x3(wide, weight, bias, lead_value, kernel);
+  }
   bool direct = kernel == Conv3x3Kernel::direct || (kernel == Conv3x3Kernel::automatic && conv3x3_direct(x, weight));
   if (direct && bias.defined() && (bias.scalar_type() != torch::kFloat32 || !bias.device().is_cpu())) {
     TORCH_CHECK(kernel != Conv3x3Kernel::direct, "conv3x3's direct kernel needs a float32 CPU bias, got ",

@@ -106,11 +106,13 @@ void group_backward(const Tensor& x, int64_t G, const Tensor& weight, const Tens
   }
 }
 
-/// y of the forward alone, without statistics kept (no gradient to compute).
-Tensor group_output(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+/// y of the forward, and each (item, group)'s mean and invstd in `mean` and `invstd` (float32, [N G]).
+Tensor group_output(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps, Tensor& mean,
+                    Tensor& invstd) {
   auto y = torch::empty_like(x);
   const auto statistics = x.options().dtype(torch::kFloat32);
-  auto mean = torch::empty({x.size(0) * groups}, statistics), invstd = torch::empty({x.size(0) * groups}, statistics);
+  mean = torch::empty({x.size(0) * groups}, statistics);
+  invstd = torch::empty({x.size(0) * groups}, statistics);
   if (x.scalar_type() == torch::kBFloat16)
     group_forward<c10::BFloat16>(x, groups, weight, bias, eps, y, mean, invstd);
   else
@@ -122,13 +124,8 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   // weight, bias: empty (numel 0) when absent. The tensors come first: needs_input_grad counts only them.
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
                         const Tensor& bias, int64_t groups, double eps) {
-    auto y = torch::empty_like(x);
-    const auto statistics = x.options().dtype(torch::kFloat32);
-    auto mean = torch::empty({x.size(0) * groups}, statistics), invstd = torch::empty({x.size(0) * groups}, statistics);
-    if (x.scalar_type() == torch::kBFloat16)
-      group_forward<c10::BFloat16>(x, groups, weight, bias, eps, y, mean, invstd);
-    else
-      group_forward<float>(x, groups, weight, bias, eps, y, mean, invstd);
+    Tensor mean, invstd;
+    auto y = group_output(x, groups, weight, bias, eps, mean, invstd);
     ctx->save_for_backward({x, weight, bias, mean, invstd});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
@@ -188,8 +185,10 @@ Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, con
   const auto& w = weight.defined() ? weight : none;
   const auto& b = bias.defined() ? bias : none;
   // Inference (one item through the ODE-euler field's 64 norms: the autograd function's own cost showed) skips it.
-  if (!torch::GradMode::is_enabled() || (!x.requires_grad() && !w.requires_grad() && !b.requires_grad()))
-    return group_output(x, num_groups, w, b, eps);
+  if (!torch::GradMode::is_enabled() || (!x.requires_grad() && !w.requires_grad() && !b.requires_grad())) {
+    Tensor mean, invstd;
+    return group_output(x, num_groups, w, b, eps, mean, invstd);
+  }
   return GroupNormFunction::apply(x, w, b, num_groups, eps);
 #else
   return torch::group_norm(x, num_groups, weight, bias, eps);
