@@ -23,16 +23,11 @@ Tensor functional_batch_norm(const Tensor& x, const Tensor& weight, const Tensor
   return F::detail::batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps);
 }
 
-bool absent_or_float_vector(const Tensor& t, int64_t c) {
-  return !t.defined() || (t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.size(0) == c &&
-                          t.is_contiguous());
-}
+using planes::absent_or_float_vector;
+using planes::grain;  // a channel per task
 
 #ifdef ZOO_X86_KERNELS
 using namespace planes;
-
-/// Channels per parallel task: a channel is about 3 passes over its elements.
-int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_channel)); }
 
 /// y, and each channel's mean, 1 / sqrt(var + eps) and var (biased) of x [N, C, S...] (contiguous, of type T).
 template <typename T>

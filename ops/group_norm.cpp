@@ -16,16 +16,8 @@ namespace {
 
 using torch::Tensor;
 
-bool float_vector_or_none(const Tensor& t, int64_t c) {
-  return !t.defined() || (t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.size(0) == c &&
-                          t.is_contiguous());
-}
-
 #ifdef ZOO_X86_KERNELS
-using namespace planes;
-
-/// (item, group) tasks per parallel chunk: a task is about 3 passes over its C / G planes.
-int64_t group_grain(int64_t per_task) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_task)); }
+using namespace planes;  // an (item, group) per task
 
 /// y, and each (item, group)'s mean and 1 / sqrt(var + eps), of x [N, C, S...] (contiguous, of type T).
 template <typename T>
@@ -38,7 +30,7 @@ void group_forward(const Tensor& x, int64_t G, const Tensor& weight, const Tenso
   const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
-  at::parallel_for(0, N * G, group_grain(M), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * G, grain(M), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c0 = task % G * Cg;
       const T* xg = xp + (task / G * C + c0) * S;  // the group's Cg planes, one after the other
@@ -68,7 +60,7 @@ void group_backward(const Tensor& x, int64_t G, const Tensor& weight, const Tens
   const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   // Per item and channel: sum(dy) and invstd sum(dy (x - mean)), summed over items below in item order.
   std::vector<double> sum_dy(static_cast<size_t>(N * C)), sum_dy_xhat(static_cast<size_t>(N * C));
-  at::parallel_for(0, N * G, group_grain(M), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * G, grain(M), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / G, c0 = task % G * Cg, offset = (n * C + c0) * S;
       const float mu = mp[task];
@@ -173,7 +165,7 @@ bool group_norm_fast(const Tensor& x, int64_t num_groups, const Tensor& weight, 
     return false;
   const int64_t c = x.size(1);
   if (num_groups <= 0 || c % num_groups != 0) return false;  // LibTorch's own error
-  return float_vector_or_none(weight, c) && float_vector_or_none(bias, c);
+  return planes::absent_or_float_vector(weight, c) && planes::absent_or_float_vector(bias, c);
 }
 
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps,

@@ -7,6 +7,23 @@
 
 #include <cmath>
 
+#include <torch/torch.h>
+
+#include <algorithm>
+
+namespace zoo::ops::planes {
+
+/// A norm's weight, bias or running statistic that the kernels take: absent, or a contiguous float32 CPU vector [c].
+inline bool absent_or_float_vector(const torch::Tensor& t, int64_t c) {
+  return !t.defined() || (t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.size(0) == c &&
+                          t.is_contiguous());
+}
+
+/// Tasks per parallel chunk, a task being about 3 passes over `per_task` elements.
+inline int64_t grain(int64_t per_task) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_task)); }
+
+}  // namespace zoo::ops::planes
+
 #ifdef ZOO_X86_KERNELS
 namespace zoo::ops::planes {
 
