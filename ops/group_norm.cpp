@@ -141,16 +141,12 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     }
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
     const auto go = grads[0].to(x.scalar_type()).contiguous();
-    const int64_t C = x.size(1);
-    const auto parameters = x.options().dtype(torch::kFloat32);
-    Tensor dx = ctx->needs_input_grad(0) ? torch::empty_like(x) : Tensor(),
-           dw = ctx->needs_input_grad(1) && weight.numel() > 0 ? torch::empty({C}, parameters) : Tensor(),
-           db = ctx->needs_input_grad(2) && saved[2].numel() > 0 ? torch::empty({C}, parameters) : Tensor();
+    auto g = empty_gradients(ctx, x, weight, saved[2]);
     if (x.scalar_type() == torch::kBFloat16)
-      group_backward<c10::BFloat16>(x, groups, weight, mean, invstd, go, dx, dw, db);
+      group_backward<c10::BFloat16>(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
     else
-      group_backward<float>(x, groups, weight, mean, invstd, go, dx, dw, db);
-    return {dx, dw, db, Tensor(), Tensor()};
+      group_backward<float>(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
+    return {g.dx, g.dweight, g.dbias, Tensor(), Tensor()};
   }
 };
 #endif  // ZOO_X86_KERNELS

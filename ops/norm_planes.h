@@ -22,6 +22,20 @@ inline bool absent_or_float_vector(const torch::Tensor& t, int64_t c) {
 /// Tasks per parallel chunk, a task being about 3 passes over `per_task` elements.
 inline int64_t grain(int64_t per_task) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_task)); }
 
+/// The gradients a norm's backward fills: dx where x needs one; dweight and dbias (float32 [C]) where present
+/// (numel > 0) and needed. The autograd function's inputs start with x, weight, bias.
+struct Gradients {
+  torch::Tensor dx, dweight, dbias;
+};
+inline Gradients empty_gradients(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                                 const torch::Tensor& weight, const torch::Tensor& bias) {
+  const auto parameters = x.options().dtype(torch::kFloat32);
+  const int64_t c = x.size(1);
+  return {ctx->needs_input_grad(0) ? torch::empty_like(x) : torch::Tensor(),
+          ctx->needs_input_grad(1) && weight.numel() > 0 ? torch::empty({c}, parameters) : torch::Tensor(),
+          ctx->needs_input_grad(2) && bias.numel() > 0 ? torch::empty({c}, parameters) : torch::Tensor()};
+}
+
 }  // namespace zoo::ops::planes
 
 #ifdef ZOO_X86_KERNELS
