@@ -71,6 +71,12 @@ inline const torch::TensorOptions kF64 = torch::TensorOptions().dtype(torch::kFl
 
 /// The largest absolute entry; how far rows and columns of (batches of) matrices are from summing to 1.
 inline double max_abs(const torch::Tensor& t) { return t.abs().max().item<double>(); }
+/// The largest difference of a from b relative to b's largest magnitude (in float64).
+inline double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max() /
+          b.to(torch::kFloat64).abs().max().clamp_min(1e-30))
+      .item<double>();
+}
 inline double row_error(const torch::Tensor& m) { return max_abs(m.sum(-1) - 1); }
 inline double column_error(const torch::Tensor& m) { return max_abs(m.sum(-2) - 1); }
 

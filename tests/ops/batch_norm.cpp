@@ -2,6 +2,7 @@
 // (outputs, the three gradients, running statistics), bit-identical results at any thread count, second
 // derivatives, and the cases that fall back to torch::batch_norm.
 #include "ops/batch_norm.h"
+#include "helpers.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -9,13 +10,9 @@
 
 using zoo::ops::batch_norm;
 
-namespace {
+using zoo::test::max_rel;
 
-double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max() /
-          b.to(torch::kFloat64).abs().max().clamp_min(1e-30))
-      .item<double>();
-}
+namespace {
 
 struct Result {
   torch::Tensor y, dx, dw, db, running_mean, running_var;

@@ -2,18 +2,15 @@
 // the three gradients), bit-identical results at any thread count, second derivatives, and the cases that fall back
 // to torch::group_norm.
 #include "ops/group_norm.h"
+#include "helpers.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <catch2/catch.hpp>
 
-namespace {
+using zoo::test::max_rel;
 
-double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max() /
-          b.to(torch::kFloat64).abs().max().clamp_min(1e-30))
-      .item<double>();
-}
+namespace {
 
 struct Result {
   torch::Tensor y, dx, dw, db;
