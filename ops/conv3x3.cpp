@@ -1,5 +1,6 @@
 #include "ops/conv3x3.h"
 #include "ops/autocast.h"
+#include "ops/conv3x3_bf16.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
@@ -340,12 +341,24 @@ struct Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
 
 }  // namespace
 
+namespace {
+// The bfloat16 direct kernel's operands: a bfloat16 x with a bfloat16 weight, or with a float32 one under autocast
+// (the master weight of bf16-mixed), on a CPU with AVX512-BF16.
+bool bf16_operands(const Tensor& x, const Tensor& weight) {
+  return x.scalar_type() == torch::kBFloat16 &&
+         (weight.scalar_type() == torch::kBFloat16 ||
+          (weight.scalar_type() == torch::kFloat32 && autocast_enabled())) &&
+         detail::cpu_has_avx512_bf16();
+}
+}  // namespace
+
 bool conv3x3_direct_available(const Tensor& x, const Tensor& weight) {
   // Also under autocast, for a float32 input: on the small maps it is chosen for, the direct kernel in float32 beat
   // LibTorch's bfloat16 convolution (ode-euler-32, 32 steps of width 8: bf16-mixed 0.35x of float32's speed through
-  // LibTorch, 1.10x with the direct kernel; zoo bench, 2026-12-03). A bfloat16 input goes to LibTorch.
-  return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.device().is_cpu() && weight.device().is_cpu() &&
-         x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32;
+  // LibTorch, 1.10x with the direct kernel; zoo bench, 2026-12-03).
+  if (!cpu_has_avx2_fma() || torch::jit::tracer::isTracing() || !x.device().is_cpu() || !weight.device().is_cpu())
+    return false;
+  return (x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32) || bf16_operands(x, weight);
 }
 
 namespace {
@@ -358,7 +371,9 @@ bool small_problem(const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
-  return conv3x3_direct_available(x, weight) && small_problem(x, weight);
+  // bfloat16 at every size: faster than oneDNN's bfloat16, whose reorders it skips, from the ODE field's 6x6 maps to
+  // the stem's 26x26 (zoo_bench Conv3x3Bf16, docs/speed.md).
+  return conv3x3_direct_available(x, weight) && (x.scalar_type() == torch::kBFloat16 || small_problem(x, weight));
 }
 
 Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value, Conv3x3Kernel kernel) {
@@ -367,16 +382,21 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
               "conv3x3 expects a weight [O, lead + ", x.size(1), ", 3, 3] for x ", x.sizes(), ", got ", weight.sizes());
   TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)), "conv3x3 expects a bias [",
               weight.size(0), "], got ", bias.sizes());
-  // Under autocast a bfloat16 x (a GroupNorm's output: ops/group_norm.h) of a small problem is widened for the direct
-  // kernel, which beats LibTorch's bfloat16 there as for float32 input (ode-euler-32's bf16-mixed step 2.7x slower
-  // through LibTorch). The output is float32 then, as for a float32 x.
+  // Under autocast a bfloat16 x (a GroupNorm's output: ops/group_norm.h) of a small problem is widened for the float32
+  // direct kernel, which beats LibTorch's bfloat16 there as for float32 input (ode-euler-32's bf16-mixed step 2.7x
+  // slower through LibTorch) and, in training, the bfloat16 direct kernel too (zoo_bench Conv3x3Bf16: 8 images of 8
+  // channels, forward + backward 0.76x of float32's speed). The output is float32 then, as for a float32 x. A larger
+  // one goes to the bfloat16 direct kernel where the CPU has AVX512-BF16, else to LibTorch.
   if (kernel == Conv3x3Kernel::automatic && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
       autocast_enabled() && small_problem(x, weight)) {
     const auto wide = x.to(torch::kFloat32);
     if (conv3x3_direct_available(wide, weight)) return conv3x3(wide, weight, bias, lead_value, kernel);
   }
+  const bool bf16 = x.scalar_type() == torch::kBFloat16;
   bool direct = kernel == Conv3x3Kernel::direct || (kernel == Conv3x3Kernel::automatic && conv3x3_direct(x, weight));
-  if (direct && bias.defined() && (bias.scalar_type() != torch::kFloat32 || !bias.device().is_cpu())) {
+  if (direct && bias.defined() &&
+      ((bias.scalar_type() != torch::kFloat32 && (!bf16 || bias.scalar_type() != torch::kBFloat16)) ||
+       !bias.device().is_cpu())) {
     TORCH_CHECK(kernel != Conv3x3Kernel::direct, "conv3x3's direct kernel needs a float32 CPU bias, got ",
                 bias.scalar_type(), " on ", bias.device());
     direct = false;
@@ -387,11 +407,13 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
     return concatenate ? reference(x, weight, bias, lead_value) : without_lead(x, weight, bias, lead_value);
   }
   TORCH_CHECK(conv3x3_direct_available(x, weight),
-              "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA, outside a "
-              "trace (got ",
-              x.scalar_type(), " on ", x.device(), "); use Conv3x3Kernel::automatic");
+              "conv3x3's direct kernel needs float32 CPU tensors and an x86-64 CPU with AVX2 and FMA (bfloat16 ones "
+              "with AVX512-BF16), outside a trace (got ",
+              x.scalar_type(), " x and ", weight.scalar_type(), " weight on ", x.device(),
+              "); use Conv3x3Kernel::automatic");
 #ifdef ZOO_X86_KERNELS
   if (x.numel() == 0) return reference(x, weight, bias, lead_value);
+  if (bf16) return detail::conv3x3_bf16(x, weight, bias, lead_value);
   // The autograd function takes tensors only: no bias is an empty one (its flag is saved with it).
   return Conv3x3Function::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()), lead_value);
 #else

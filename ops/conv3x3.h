@@ -6,7 +6,9 @@
 // call. conv3x3 runs these as a direct convolution on a channels-last, zero-padded copy of the input with an
 // AVX2 + FMA kernel (a block of 4 output pixels x 8 or 16 output channels in registers, the taps read in place:
 // no im2col), and its backward as two more of the same kind. Larger problems go to torch::conv2d, where oneDNN's
-// setup is paid back (see conv3x3_direct), without the lead channels (Conv3x3Kernel::library).
+// setup is paid back (see conv3x3_direct), without the lead channels (Conv3x3Kernel::library). bfloat16 input (the
+// field's GroupNorm output under bf16-mixed) has a direct kernel of its own on CPUs with AVX512-BF16
+// (ops/conv3x3_bf16.h), at every size: oneDNN 2.6 reorders bfloat16 operands on every call.
 #pragma once
 
 #include <torch/torch.h>
@@ -34,12 +36,16 @@ enum class Conv3x3Kernel {
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                       double lead_value = 0, Conv3x3Kernel kernel = Conv3x3Kernel::automatic);
 
-/// Whether the direct kernel can run on these operands: float32 CPU tensors (bias too), an x86-64 CPU with AVX2
-/// and FMA (checked at run time), not tracing (a trace records torch::conv2d, which TorchScript and Python load).
+/// Whether a direct kernel can run on these operands, on the CPU, not tracing (a trace records torch::conv2d, which
+/// TorchScript and Python load): float32 x and weight (bias too) on an x86-64 CPU with AVX2 and FMA, or bfloat16 x
+/// with a bfloat16 weight (a float32 one under autocast; bias float32 or bfloat16) on one with AVX512-BF16 (checked
+/// at run time). The bfloat16 kernel's output and input gradient are bfloat16, its weight gradient float32.
 bool conv3x3_direct_available(const torch::Tensor& x, const torch::Tensor& weight);
 
-/// What Conv3x3Kernel::automatic picks: available, and a problem small enough (at most 4 M multiply-adds
-/// forward) that oneDNN's per-call setup dominates. The crossover was measured with zoo_bench's Conv3x3Crossover.
+/// What Conv3x3Kernel::automatic picks: available, and for float32 a problem small enough (at most 4 M
+/// multiply-adds forward) that oneDNN's per-call setup dominates (the crossover measured with zoo_bench's
+/// Conv3x3Crossover); bfloat16 at every size (Conv3x3Bf16), except that under autocast a small bfloat16 problem is
+/// widened for the float32 kernel, faster there in training.
 bool conv3x3_direct(const torch::Tensor& x, const torch::Tensor& weight);
 
 }  // namespace zoo::ops

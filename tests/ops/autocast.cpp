@@ -4,6 +4,7 @@
 #include "ops/autocast.h"
 #include "helpers.h"
 #include "ops/conv3x3.h"
+#include "ops/conv3x3_bf16.h"
 #include "ops/lstm.h"
 #include "ops/ode.h"
 #include "ops/packed_gemm.h"
@@ -68,12 +69,15 @@ TEST_CASE("Autocast: float32() widens bfloat16 and float16, keeps the rest, and 
   CHECK_FALSE(ops::float32(torch::Tensor()).defined());
 }
 
-TEST_CASE("Autocast: conv3x3 keeps its float32 direct kernel for small problems, a large bfloat16 one goes to LibTorch",
-          "[ops][precision]") {
+TEST_CASE(
+    "Autocast: conv3x3 keeps its float32 direct kernel for small problems, a large bfloat16 one goes to its "
+    "bfloat16 kernel (or LibTorch)",
+    "[ops][precision]") {
   torch::manual_seed(3);
   const auto x = torch::randn({2, 4, 8, 8}), w = torch::randn({6, 5, 3, 3}) * 0.2, b = torch::randn({6});
   const auto expected = ops::conv3x3(x, w, b, 1.0, ops::Conv3x3Kernel::reference);
   const auto direct = ops::conv3x3(x, w, b, 1.0);  // outside autocast
+  const bool bf16_kernel = ops::detail::cpu_has_avx512_bf16();
   auto scope = bf16();
   CHECK_FALSE(ops::PackedWeight::usable(x.flatten(1)));  // packed products give way to LibTorch's bfloat16
   CHECK(ops::conv3x3_direct_available(x, w) == ops::cpu_has_avx2_fma());
@@ -82,9 +86,9 @@ TEST_CASE("Autocast: conv3x3 keeps its float32 direct kernel for small problems,
     CHECK(torch::equal(out, direct));  // the float32 direct kernel, as without autocast
   else
     WARN("no AVX2 and FMA here: the float32 input went to LibTorch's convolution");
-  // A bfloat16 input (a GroupNorm's output under autocast) of the same small problem: widened for the direct kernel.
+  // A bfloat16 input (a GroupNorm's output under autocast) of the same small problem: widened for the float32 kernel.
   const auto x16 = x.to(torch::kBFloat16);
-  CHECK_FALSE(ops::conv3x3_direct_available(x16, w));
+  CHECK(ops::conv3x3_direct_available(x16, w) == bf16_kernel);
   const auto out16 = ops::conv3x3(x16, w, b, 1.0);
   if (ops::cpu_has_avx2_fma()) {
     CHECK(out16.scalar_type() == torch::kFloat32);
@@ -93,14 +97,19 @@ TEST_CASE("Autocast: conv3x3 keeps its float32 direct kernel for small problems,
       CHECK(torch::equal(out16, ops::conv3x3(x16.to(torch::kFloat32), w, b, 1.0)));
     }
   }
-  // A large one (above the direct kernel's 4 M multiply-adds) goes to LibTorch's convolution, autocast to bfloat16.
+  // A large one (above the float32 kernel's 4 M multiply-adds): zoo's bfloat16 kernel where the CPU has AVX512-BF16,
+  // LibTorch's convolution autocast to bfloat16 elsewhere; bfloat16 either way, and the two agree to rounding.
   const auto big = torch::randn({64, 32, 8, 8}).to(torch::kBFloat16), wide = torch::randn({32, 33, 3, 3}) * 0.05;
+  CHECK(ops::conv3x3_direct(big, wide) == bf16_kernel);
   const auto big_out = ops::conv3x3(big, wide, {}, 1.0);
   CHECK(big_out.scalar_type() == torch::kBFloat16);
+  const auto library = ops::conv3x3(big, wide, {}, 1.0, ops::Conv3x3Kernel::reference);
+  CHECK(library.scalar_type() == torch::kBFloat16);
   ops::Float32Region plain;
   const auto big_expected = ops::conv3x3(big.to(torch::kFloat32), wide, {}, 1.0, ops::Conv3x3Kernel::reference);
   CHECK(max_abs(big_out.to(torch::kFloat32) - big_expected) < 0.05 * max_abs(big_expected));
   CHECK(max_abs(big_out.to(torch::kFloat32) - big_expected) > 0);  // it did round
+  CHECK(max_abs(big_out.to(torch::kFloat32) - library.to(torch::kFloat32)) < 0.02 * max_abs(big_expected));
 }
 
 TEST_CASE("Autocast: group_norm takes bfloat16 inputs with float32 parameters (bfloat16 out, float32 statistics)",

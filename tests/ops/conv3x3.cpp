@@ -1,6 +1,8 @@
 // conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
 #include "ops/conv3x3.h"
 #include "ops/autocast.h"
+#include "ops/conv3x3_bf16.h"
+#include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 
@@ -112,6 +114,93 @@ TEST_CASE("conv3x3: second derivatives flow through the direct kernel's backward
   const auto got = penalty(Conv3x3Kernel::direct);
   CHECK(expected.abs().max().item<double>() > 0.1);
   CHECK(max_diff(got, expected) < 1e-4 * std::max(1.0, expected.abs().max().item<double>()));
+}
+
+TEST_CASE("conv3x3: the bfloat16 direct kernel equals float64's convolution of the same bfloat16 values",
+          "[kernels][ode][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: conv3x3 takes bfloat16 to LibTorch here, its bfloat16 kernel is not tested");
+    return;
+  }
+  torch::manual_seed(5);
+  struct Shape {
+    int64_t n, c, h, w, o, lead;
+  };
+  // 16- and 32-channel panels with partial last ones (o = 1, 12, 19, 40); 6-, 4-, 2- and 1-pixel blocks (w = 1 .. 9);
+  // odd input channel counts (a zero channel completes the last pair), odd widths (the weight gradient's pixel pairs
+  // end on a zero pixel), 0, 1 and 2 lead channels; the ODE-ResNet field's [64, 32, 6, 6] with its time channel.
+  for (const auto& s : {Shape{4, 32, 6, 6, 32, 1}, Shape{3, 5, 7, 9, 12, 0}, Shape{2, 20, 5, 3, 19, 2},
+                        Shape{1, 1, 1, 1, 1, 0}, Shape{2, 3, 4, 5, 40, 1}, Shape{64, 32, 6, 6, 32, 1}}) {
+    INFO("x [" << s.n << ", " << s.c << ", " << s.h << ", " << s.w << "], " << s.o << " outputs, lead " << s.lead);
+    const auto x = torch::randn({s.n, s.c, s.h, s.w}).to(torch::kBFloat16).requires_grad_();
+    const auto w = torch::randn({s.o, s.c + s.lead, 3, 3}, torch::requires_grad());
+    const auto b = torch::randn({s.o}, torch::requires_grad());
+    const auto go = torch::randn({s.n, s.o, s.h, s.w}).to(torch::kBFloat16);
+    const double t = 0.375;  // exact in bfloat16
+    torch::Tensor y;
+    {
+      zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);  // a float32 weight under autocast
+      y = conv3x3(x, w, b, t, Conv3x3Kernel::direct);
+    }
+    REQUIRE(y.scalar_type() == torch::kBFloat16);
+    CHECK(y.is_contiguous());
+    const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
+    CHECK(g[0].scalar_type() == torch::kBFloat16);
+    CHECK(g[1].scalar_type() == torch::kFloat32);
+    // The exact values: the operands as the kernel sees them (the weight rounded to bfloat16), in float64.
+    const auto xd = x.detach().to(torch::kFloat64).requires_grad_();
+    const auto wd = w.detach().to(torch::kBFloat16).to(torch::kFloat64).requires_grad_();
+    const auto bd = b.detach().to(torch::kFloat64).requires_grad_();
+    const auto r = expected_conv(xd, wd, bd, s.lead, t);
+    const auto gr = torch::autograd::grad({r}, {xd, wd, bd}, {go.to(torch::kFloat64)});
+    // Output and input gradient: float32 sums rounded once to bfloat16 (half a unit in the last place, 2^-8 of the
+    // value, plus the float32 sum's own error). The weight gradient stays float32: products of bfloat16 are exact in
+    // float32, only the sum's order rounds.
+    auto within = [](const torch::Tensor& got, const torch::Tensor& exact, double rel) {
+      const auto e = exact.to(torch::kFloat64);
+      const auto err = (got.to(torch::kFloat64) - e).abs() - rel * e.abs();
+      return err.max().item<double>() < 1e-5 * std::max(1.0, e.abs().max().item<double>());
+    };
+    CHECK(within(y, r, 1.0 / 256));
+    CHECK(within(g[0], gr[0], 1.0 / 256));
+    CHECK(within(g[1], gr[1], 0.0));
+    CHECK(within(g[2], gr[2], 0.0));
+    // Rounding happened (the test would not see a kernel that widened to float32 and returned float32 values).
+    CHECK(max_diff(y.to(torch::kFloat64), r) > 0);
+  }
+}
+
+TEST_CASE("conv3x3: the bfloat16 kernel's other operands: bfloat16 weights, no bias, strides, second derivatives",
+          "[kernels][ode][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) return;
+  torch::manual_seed(6);
+  const auto base = torch::randn({2, 6, 5, 8}).to(torch::kBFloat16);
+  const auto x = base.narrow(1, 1, 4).transpose(2, 3);             // [2, 4, 8, 5], neither contiguous nor channels-last
+  const auto w = torch::randn({5, 5, 3, 3}).to(torch::kBFloat16);  // bf16 weights: no autocast needed
+  const auto y = conv3x3(x, w, {}, -2.5);
+  CHECK(y.scalar_type() == torch::kBFloat16);
+  CHECK(zoo::ops::conv3x3_direct(x, w));
+  const auto r = expected_conv(x.to(torch::kFloat64), w.to(torch::kFloat64), {}, 1, -2.5);
+  CHECK(max_diff(y.to(torch::kFloat64), r) < 1.0 / 128 * r.abs().max().item<double>());
+  // A float32 weight outside autocast is a mix LibTorch's convolution refuses too: not the direct kernel.
+  CHECK_FALSE(zoo::ops::conv3x3_direct_available(x, w.to(torch::kFloat32)));
+  // A gradient penalty through the bfloat16 kernel's backward: recomputed through torch::conv2d in bfloat16.
+  const auto xg = torch::randn({2, 3, 4, 4}).to(torch::kBFloat16).requires_grad_();
+  const auto wg = torch::randn({4, 4, 3, 3}).to(torch::kBFloat16).requires_grad_();
+  auto penalty = [&](Conv3x3Kernel k) {
+    const auto out = conv3x3(xg, wg, {}, 0.5, k);
+    const auto gx = torch::autograd::grad({torch::tanh(out).sum()}, {xg}, {}, true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {wg})[0];
+  };
+  const auto expected = penalty(Conv3x3Kernel::reference).to(torch::kFloat32);
+  const auto got = penalty(Conv3x3Kernel::direct).to(torch::kFloat32);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK(max_diff(got, expected) < 0.05 * expected.abs().max().item<double>());
+  // Without AVX512-BF16 (ScalarOnly stands in for such a CPU) bfloat16 goes to LibTorch.
+  zoo::ops::ScalarOnly scalar;
+  CHECK_FALSE(zoo::ops::detail::cpu_has_avx512_bf16());
+  CHECK_FALSE(zoo::ops::conv3x3_direct(x, w));
+  CHECK(max_diff(conv3x3(x, w, {}, -2.5).to(torch::kFloat64), r) < 1.0 / 128 * r.abs().max().item<double>());
 }
 
 TEST_CASE("conv3x3: which kernel runs, and errors", "[kernels][ode]") {

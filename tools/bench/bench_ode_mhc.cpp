@@ -8,6 +8,8 @@
 //    convolutions (time channel, 6x6 maps), forward and forward + backward, at T threads (0 = all cores), for a
 //    range of batch and width: where the direct kernel wins is where conv3x3_direct sends it (up to 4 M
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
+//  - Conv3x3Bf16: conv3x3's bfloat16 kernel (AVX512-BF16) against oneDNN's bfloat16 and the float32 kernels, on
+//    the ODE field's maps (6x6) and the ODE-ResNet stem's (13x13, 26x26), 1 thread. Counters: other time / its time.
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
@@ -16,6 +18,7 @@
 //   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|BatchNorm|Conv3d'
 #include "models/mhc.h"
 #include "models/ode.h"
+#include "ops/autocast.h"
 #include "ops/batch_norm.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
@@ -148,6 +151,61 @@ void Conv3x3Crossover(benchmark::State& state) {
   }
 }
 BENCHMARK(Conv3x3Crossover)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(5);
+
+// bfloat16 (what the ODE field's convolutions get under bf16-mixed): conv3x3's bfloat16 direct kernel against
+// LibTorch's bfloat16 convolution (oneDNN, through conv3x3's reference under autocast) and the float32 direct kernel
+// on float32 input, at 1 thread, interleaved. Counters: <N>x<C>x<S>_{fwd,fwdbwd}_{onednn,f32} = that time / the
+// bfloat16 kernel's (above 1: the bfloat16 kernel faster), <...>_fwdbwd_us its time.
+void Conv3x3Bf16(benchmark::State& state) {
+  training::apply_threads(1);
+  if (!ops::conv3x3_direct_available(torch::zeros({1, 1, 1, 1}, torch::kBFloat16),
+                                     torch::zeros({1, 1, 3, 3}, torch::kBFloat16))) {
+    state.SkipWithError("this CPU has no AVX512-BF16: conv3x3 has no bfloat16 kernel here");
+    return;
+  }
+  torch::manual_seed(0);
+  struct Shape {
+    int64_t n, c, size;
+  };
+  const std::vector<Shape> shapes{{8, 8, 6}, {64, 32, 6}, {64, 32, 13}, {64, 32, 26}, {16, 64, 28}};
+  std::map<std::string, double> time;
+  for (auto _ : state) {
+    for (const auto& s : shapes) {
+      const auto name = fmt::format("{}x{}x{}", s.n, s.c, s.size);
+      const auto x32 = torch::randn({s.n, s.c, s.size, s.size}, torch::requires_grad());
+      const auto x16 = x32.detach().to(torch::kBFloat16).requires_grad_();
+      const auto w = (torch::randn({s.c, s.c + 1, 3, 3}) * 0.1).requires_grad_();
+      const auto b = torch::randn({s.c}, torch::requires_grad());
+      for (const auto& [tag, x, kernel] : {std::tuple{"bf16", x16, ops::Conv3x3Kernel::direct},
+                                           std::tuple{"onednn", x16, ops::Conv3x3Kernel::reference},
+                                           std::tuple{"f32", x32, ops::Conv3x3Kernel::automatic}}) {
+        auto forward = [&, x = x, kernel = kernel] {
+          ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16, x.scalar_type() == torch::kBFloat16);
+          return ops::conv3x3(x, w, b, 0.5, kernel);
+        };
+        {
+          torch::NoGradGuard no_grad;
+          forward();
+          const auto start = Clock::now();
+          for (int i = 0; i < 5; ++i) forward();
+          time[name + "_fwd_" + tag] += seconds_since(start) / 5;
+        }
+        forward().sum().backward();
+        const auto start = Clock::now();
+        for (int i = 0; i < 5; ++i) forward().sum().backward();
+        time[name + "_fwdbwd_" + tag] += seconds_since(start) / 5;
+      }
+    }
+  }
+  for (const auto& s : shapes) {
+    const auto name = fmt::format("{}x{}x{}", s.n, s.c, s.size);
+    for (const char* pass : {"_fwd", "_fwdbwd"})
+      for (const char* other : {"onednn", "f32"})
+        state.counters[name + pass + "_" + other] = time[name + pass + "_" + other] / time[name + pass + "_bf16"];
+    state.counters[name + "_fwdbwd_us"] = 1e6 * time[name + "_fwdbwd_bf16"] / static_cast<double>(state.iterations());
+  }
+}
+BENCHMARK(Conv3x3Bf16)->Unit(benchmark::kSecond)->Iterations(5);
 
 // A zoo layer (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
 // timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.
