@@ -239,24 +239,32 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t ldk, int6
 }
 
 // go [N, O, H, W] bfloat16 -> [N, H, W2, ldo, 2]: element (n, h, p, o, j) = go[n, o, h, 2 p + j], 0 past W or O.
-// A pair is written as one 32-bit word (the lower half first, as the pair sits in memory on x86).
-Tensor pair_pixels(const Tensor& go, int64_t W2, int64_t ldo) {
+// A pair is written as one 32-bit word (the lower half first, as the pair sits in memory on x86). With plane_sums
+// ([N O] floats) it also sums each (item, channel) plane, the bias gradient's terms, while it reads them.
+Tensor pair_pixels(const Tensor& go, int64_t W2, int64_t ldo, float* plane_sums) {
   const auto gc = go.contiguous();
   const int64_t N = go.size(0), O = go.size(1), H = go.size(2), W = go.size(3);
   auto out = torch::empty({N, H, W2, ldo, 2}, go.options());
   const auto* src = reinterpret_cast<const uint16_t*>(gc.data_ptr<bf16>());
   auto* dst = reinterpret_cast<uint32_t*>(out.data_ptr<bf16>());
-  at::parallel_for(0, N * H, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W2 * ldo * 2)),
+  at::parallel_for(0, N, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, H * W2 * ldo * 2)),
                    [&](int64_t begin, int64_t end) {
-                     for (int64_t nh = begin; nh < end; ++nh) {
-                       const int64_t n = nh / H, h = nh % H;
-                       uint32_t* d = dst + nh * W2 * ldo;
-                       for (int64_t p = 0; p < W2; ++p) std::fill(d + p * ldo + O, d + (p + 1) * ldo, 0U);
+                     for (int64_t n = begin; n < end; ++n) {
+                       uint32_t* item = dst + n * H * W2 * ldo;
+                       for (int64_t hp = 0; hp < H * W2; ++hp)
+                         std::fill(item + hp * ldo + O, item + (hp + 1) * ldo, 0U);
                        for (int64_t o = 0; o < O; ++o) {
-                         const uint16_t* s = src + ((n * O + o) * H + h) * W;
-                         for (int64_t p = 0; p < W / 2; ++p)
-                           d[p * ldo + o] = s[2 * p] | (static_cast<uint32_t>(s[2 * p + 1]) << 16);
-                         if (W % 2) d[(W / 2) * ldo + o] = s[W - 1];
+                         float sum = 0;
+                         for (int64_t h = 0; h < H; ++h) {
+                           const uint16_t* s = src + ((n * O + o) * H + h) * W;
+                           uint32_t* d = item + h * W2 * ldo + o;
+                           for (int64_t p = 0; p < W / 2; ++p)
+                             d[p * ldo] = s[2 * p] | (static_cast<uint32_t>(s[2 * p + 1]) << 16);
+                           if (W % 2) d[(W / 2) * ldo] = s[W - 1];
+                           if (plane_sums)
+                             for (int64_t w = 0; w < W; ++w) sum += c10::detail::f32_from_bits(s[w]);
+                         }
+                         if (plane_sums) plane_sums[n * O + o] = sum;
                        }
                      }
                    });
@@ -300,13 +308,15 @@ Tensor direct(const Tensor& in, int64_t O, const Tensor& packed, int64_t P, cons
   return out;
 }
 
-// The weight gradient [O, K, 3, 3] in float32 of x [N, K - lead, H, W] (with the lead channels) and go [N, O, H, W].
-Tensor weight_gradient(const Tensor& x, int64_t lead, double lead_value, const Tensor& go, int64_t O) {
+// The weight gradient [O, K, 3, 3] in float32 of x [N, K - lead, H, W] (with the lead channels) and go [N, O, H, W];
+// with plane_sums, go's plane sums too (pair_pixels).
+Tensor weight_gradient(const Tensor& x, int64_t lead, double lead_value, const Tensor& go, int64_t O,
+                       float* plane_sums) {
   const int64_t N = x.size(0), K = lead + x.size(1), H = x.size(2), W = x.size(3);
   const int64_t V = O <= 16 ? 1 : 2, ldo = round_up(O, 16 * V), ldk = round_up(K, 6), W2 = (W + 1) / 2;
   const WeightShape s{N, H, W2, 2 * W2 + 2, ldk, ldo};
   const auto in = pad_planes(x, lead, lead_value, ldk, s.Wq);
-  const auto g = pair_pixels(go, W2, ldo);
+  const auto g = pair_pixels(go, W2, ldo, plane_sums);
   auto dw = torch::empty({9 * ldk, ldo}, x.options().dtype(torch::kFloat32));  // [(tap, k), o]
   const bf16* ip = in.data_ptr<bf16>();
   const bf16* gp = g.data_ptr<bf16>();
@@ -361,9 +371,27 @@ struct Conv3x3Bf16Function : public torch::autograd::Function<Conv3x3Bf16Functio
       const int64_t P = C <= 16 ? 16 : 32, ldg = round_up(O, 2);
       out[0] = direct(pad_channels_last(go, 0, 0, ldg), C, pack(weight, P, ldg, true, lead), P, nullptr);
     }
-    if (ctx->needs_input_grad(1)) out[1] = weight_gradient(x, lead, lead_value, go, O).to(weight.scalar_type());
-    if (bias.numel() > 0 && ctx->needs_input_grad(2))
-      out[2] = grads[0].sum({0, 2, 3}, /*keepdim=*/false, torch::kFloat32).to(bias.scalar_type());
+    // The bias gradient: each (item, channel) plane summed in float32 while the weight gradient re-lays go out, the
+    // planes added in double in item order (the same bits at any thread count); LibTorch's sum without it.
+    const bool bias_gradient = bias.numel() > 0 && ctx->needs_input_grad(2);
+    std::vector<float> plane_sums;
+    if (ctx->needs_input_grad(1)) {
+      if (bias_gradient) plane_sums.resize(static_cast<size_t>(x.size(0) * O));
+      out[1] = weight_gradient(x, lead, lead_value, go, O, bias_gradient ? plane_sums.data() : nullptr)
+                   .to(weight.scalar_type());
+    }
+    if (bias_gradient && plane_sums.empty()) {
+      out[2] = go.sum({0, 2, 3}, /*keepdim=*/false, torch::kFloat32).to(bias.scalar_type());
+    } else if (bias_gradient) {
+      auto db = torch::empty({O}, weight.options().dtype(torch::kFloat32));
+      float* dbp = db.data_ptr<float>();
+      for (int64_t o = 0; o < O; ++o) {
+        double sum = 0;
+        for (int64_t n = 0; n < x.size(0); ++n) sum += plane_sums[static_cast<size_t>(n * O + o)];
+        dbp[o] = static_cast<float>(sum);
+      }
+      out[2] = db.to(bias.scalar_type());
+    }
     return out;
   }
 };

@@ -165,6 +165,17 @@ TEST_CASE("conv3x3: the bfloat16 direct kernel equals float64's convolution of t
     CHECK(within(g[0], gr[0], 1.0 / 256));
     CHECK(within(g[1], gr[1], 0.0));
     CHECK(within(g[2], gr[2], 0.0));
+    // The bias's gradient alone (summed by LibTorch, not while the weight gradient's pass reads go) and the input's
+    // alone: the same values as with all three.
+    torch::Tensor y_bias, y_input;
+    {
+      zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+      y_bias = conv3x3(x.detach(), w.detach(), b, t, Conv3x3Kernel::direct);
+      y_input = conv3x3(x, w.detach(), b.detach(), t, Conv3x3Kernel::direct);
+    }
+    CHECK(max_diff(torch::autograd::grad({y_bias}, {b}, {go})[0], g[2]) <
+          1e-5 * std::max(1.0, g[2].abs().max().item<double>()));
+    CHECK(torch::equal(torch::autograd::grad({y_input}, {x}, {go})[0], g[0]));
     // Rounding happened (the test would not see a kernel that widened to float32 and returned float32 values).
     CHECK(max_diff(y.to(torch::kFloat64), r) > 0);
   }
