@@ -281,12 +281,13 @@ Tensor pack(const Tensor& weight, int64_t P, int64_t ldk, bool flip_transpose, i
   auto packed = torch::zeros({panels, 9, ldk / 2, P, 2}, weight.options().dtype(torch::kBFloat16));
   const float* src = wc.data_ptr<float>();
   bf16* dst = packed.data_ptr<bf16>();
+  const int64_t tap_stride = (ldk / 2) * P * 2;
   for (int64_t o = 0; o < O; ++o)
-    for (int64_t k = 0; k < K; ++k)
-      for (int tap = 0; tap < 9; ++tap) {
-        const int64_t from = flip_transpose ? (k * K0 + lead + o) * 9 + (8 - tap) : (o * K0 + k) * 9 + tap;
-        dst[((((o / P) * 9 + tap) * (ldk / 2) + k / 2) * P + o % P) * 2 + k % 2] = bf16(src[from]);
-      }
+    for (int64_t k = 0; k < K; ++k) {
+      bf16* d = dst + (((o / P) * 9 * (ldk / 2) + k / 2) * P + o % P) * 2 + k % 2;
+      const float* from = src + (flip_transpose ? (k * K0 + lead + o) * 9 + 8 : (o * K0 + k) * 9);
+      for (int tap = 0; tap < 9; ++tap) d[tap * tap_stride] = bf16(flip_transpose ? from[-tap] : from[tap]);
+    }
   return packed;
 }
 
