@@ -371,8 +371,8 @@ bool small_problem(const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
-  // bfloat16 at every size: faster than oneDNN's bfloat16, whose reorders it skips, from the ODE field's 6x6 maps to
-  // the stem's 26x26 (zoo_bench Conv3x3Bf16, docs/speed.md).
+  // bfloat16 at every size: faster than oneDNN's bfloat16, whose reorders it skips, on the ODE field's 6x6 maps and
+  // as fast up to 26x26 and 28x28 (zoo_bench Conv3x3Bf16, docs/precision.md).
   return conv3x3_direct_available(x, weight) && (x.scalar_type() == torch::kBFloat16 || small_problem(x, weight));
 }
 
@@ -385,7 +385,7 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
   // Under autocast a bfloat16 x (a GroupNorm's output: ops/group_norm.h) of a small problem is widened for the float32
   // direct kernel, which beats LibTorch's bfloat16 there as for float32 input (ode-euler-32's bf16-mixed step 2.7x
   // slower through LibTorch) and, in training, the bfloat16 direct kernel too (zoo_bench Conv3x3Bf16: 8 images of 8
-  // channels, forward + backward 0.76x of float32's speed). The output is float32 then, as for a float32 x. A larger
+  // channels, forward + backward at 0.69-0.72x of float32's speed). The output is float32 then, as for a float32 x. A larger
   // one goes to the bfloat16 direct kernel where the CPU has AVX512-BF16, else to LibTorch.
   if (kernel == Conv3x3Kernel::automatic && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
       autocast_enabled() && small_problem(x, weight)) {
