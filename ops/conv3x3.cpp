@@ -385,8 +385,8 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
   // Under autocast a bfloat16 x (a GroupNorm's output: ops/group_norm.h) of a small problem is widened for the float32
   // direct kernel, which beats LibTorch's bfloat16 there as for float32 input (ode-euler-32's bf16-mixed step 2.7x
   // slower through LibTorch) and, in training, the bfloat16 direct kernel too (zoo_bench Conv3x3Bf16: 8 images of 8
-  // channels, forward + backward at 0.69-0.72x of float32's speed). The output is float32 then, as for a float32 x. A larger
-  // one goes to the bfloat16 direct kernel where the CPU has AVX512-BF16, else to LibTorch.
+  // channels, forward + backward at 0.69-0.72x of float32's speed). The output is float32 then, as for a float32 x. A
+  // larger one goes to the bfloat16 direct kernel where the CPU has AVX512-BF16, else to LibTorch.
   if (kernel == Conv3x3Kernel::automatic && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
       autocast_enabled() && small_problem(x, weight)) {
     const auto wide = x.to(torch::kFloat32);

@@ -13,11 +13,21 @@ namespace zoo::ops::detail {
 
 using torch::Tensor;
 
+namespace {
+bool& without_bf16_kernel() {
+  thread_local bool on = false;
+  return on;
+}
+}  // namespace
+
+WithoutBf16Kernel::WithoutBf16Kernel() : previous_(without_bf16_kernel()) { without_bf16_kernel() = true; }
+WithoutBf16Kernel::~WithoutBf16Kernel() { without_bf16_kernel() = previous_; }
+
 bool cpu_has_avx512_bf16() {
 #ifdef ZOO_X86_KERNELS
   static const bool ok =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
-  return ok && cpu_has_avx2_fma();  // cpu_has_avx2_fma is false under ScalarOnly
+  return ok && !without_bf16_kernel() && cpu_has_avx2_fma();  // cpu_has_avx2_fma is false under ScalarOnly
 #else
   return false;
 #endif

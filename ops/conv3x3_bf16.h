@@ -11,9 +11,22 @@
 
 namespace zoo::ops::detail {
 
-/// Whether this CPU has AVX512-BF16 (with AVX512F and BW), checked once; false where ScalarOnly lives (ops/simd.h),
-/// and on builds without the x86 kernels.
+/// Whether this CPU has AVX512-BF16 (with AVX512F and BW), checked once; false where ScalarOnly (ops/simd.h) or
+/// WithoutBf16Kernel lives, and on builds without the x86 kernels.
 bool cpu_has_avx512_bf16();
+
+/// While one lives, cpu_has_avx512_bf16() is false in this thread: bfloat16 convolutions go to LibTorch as on a CPU
+/// without AVX512-BF16 (zoo_bench compares the two in one process; ScalarOnly turns off the float32 kernels too).
+class WithoutBf16Kernel {
+ public:
+  WithoutBf16Kernel();
+  ~WithoutBf16Kernel();
+  WithoutBf16Kernel(const WithoutBf16Kernel&) = delete;
+  WithoutBf16Kernel& operator=(const WithoutBf16Kernel&) = delete;
+
+ private:
+  bool previous_;
+};
 
 /// The direct bfloat16 convolution: x [N, C, H, W] bfloat16, weight [O, lead + C, 3, 3] float32 or bfloat16, bias
 /// [O] or undefined; output bfloat16 [N, O, H, W]. Differentiable in all three (x's gradient in bfloat16, the

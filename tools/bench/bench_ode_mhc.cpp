@@ -10,6 +10,8 @@
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //  - Conv3x3Bf16: conv3x3's bfloat16 kernel (AVX512-BF16) against oneDNN's bfloat16 and the float32 kernels, on
 //    the ODE field's maps (6x6) and the ODE-ResNet stem's (13x13, 26x26), 1 thread. Counters: other time / its time.
+//  - ODEResNetBf16Kernel: the default ODE-ResNet's bf16-mixed forward + backward with conv3x3's bfloat16 kernel and
+//    without it (oneDNN's bfloat16), alternating blocks of 10 steps, 1 thread. Counters: ms per step, their ratio.
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
@@ -22,6 +24,7 @@
 #include "ops/batch_norm.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
+#include "ops/conv3x3_bf16.h"
 #include "ops/max_pool.h"
 #include "training/trainer.h"
 
@@ -31,6 +34,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 
 namespace {
 
@@ -206,6 +210,50 @@ void Conv3x3Bf16(benchmark::State& state) {
   }
 }
 BENCHMARK(Conv3x3Bf16)->Unit(benchmark::kSecond)->Iterations(5);
+
+// The default ODE-ResNet (rk4, 2 steps, 32 channels, batch 64) under bf16-mixed, forward + backward, with conv3x3's
+// bfloat16 kernel and without it (its field's convolutions in oneDNN's bfloat16, as before the kernel), alternating
+// blocks of 10 steps in one process at 1 thread, so that the VM's drifts hit both alike (alternating every step
+// made both arms slower alike: each switch pays for the other path's memory and caches). Counters: ms per step of
+// each and their ratio (above 1: the kernel faster).
+void ODEResNetBf16Kernel(benchmark::State& state) {
+  training::apply_threads(1);
+  if (!ops::detail::cpu_has_avx512_bf16()) {
+    state.SkipWithError("this CPU has no AVX512-BF16: conv3x3 has no bfloat16 kernel here");
+    return;
+  }
+  torch::manual_seed(0);
+  models::ODEResNet model;
+  const auto x = torch::randn({64, 1, 28, 28});
+  const auto target = torch::randint(0, 10, {64});
+  auto step = [&] {
+    model->zero_grad();
+    torch::Tensor loss;
+    {
+      ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+      loss = torch::nn::functional::cross_entropy(ops::float32(model->forward(x)), target);
+    }
+    loss.backward();
+  };
+  double with = 0, without = 0;
+  for (auto _ : state) {
+    for (int i = 0; i < 2; ++i) {
+      for (const bool kernel : {i % 2 == 0, i % 2 != 0}) {  // which goes first alternates too
+        std::optional<ops::detail::WithoutBf16Kernel> library;
+        if (!kernel) library.emplace();
+        step();  // the first step after a switch pays for the other path's memory and caches: not timed
+        const auto start = Clock::now();
+        for (int j = 0; j < 10; ++j) step();
+        (kernel ? with : without) += seconds_since(start);
+      }
+    }
+  }
+  const double steps = 20.0 * static_cast<double>(state.iterations());
+  state.counters["with_kernel_ms"] = 1e3 * with / steps;
+  state.counters["without_kernel_ms"] = 1e3 * without / steps;
+  state.counters["speedup"] = without / with;
+}
+BENCHMARK(ODEResNetBf16Kernel)->Unit(benchmark::kSecond)->Iterations(3);
 
 // A zoo layer (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
 // timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.
