@@ -114,6 +114,23 @@ void ODESolverCost(benchmark::State& state) {
 }
 BENCHMARK(ODESolverCost)->Unit(benchmark::kSecond)->Iterations(5);
 
+// Five forwards without gradients and five forward + backward passes of `forward` (after a warm-up of each): their
+// mean seconds are added to time[name + "_fwd_" + tag] and time[name + "_fwdbwd_" + tag].
+void time_passes(const std::function<torch::Tensor()>& forward, const std::string& name, const std::string& tag,
+                 std::map<std::string, double>& time) {
+  {
+    torch::NoGradGuard no_grad;
+    forward();
+    const auto start = Clock::now();
+    for (int i = 0; i < 5; ++i) forward();
+    time[name + "_fwd_" + tag] += seconds_since(start) / 5;
+  }
+  forward().sum().backward();
+  const auto start = Clock::now();
+  for (int i = 0; i < 5; ++i) forward().sum().backward();
+  time[name + "_fwdbwd_" + tag] += seconds_since(start) / 5;
+}
+
 // Median-free but interleaved: each shape's two kernels alternate, 5 timed calls each per round.
 void Conv3x3Crossover(benchmark::State& state) {
   training::apply_threads(state.range(0));
@@ -131,18 +148,7 @@ void Conv3x3Crossover(benchmark::State& state) {
       const auto name = std::to_string(s.n) + "x" + std::to_string(s.c);
       for (const auto& [kernel, tag] :
            {std::pair{ops::Conv3x3Kernel::direct, "direct"}, std::pair{ops::Conv3x3Kernel::reference, "onednn"}}) {
-        auto forward = [&] { return ops::conv3x3(x, w, b, 0.5, kernel); };
-        {
-          torch::NoGradGuard no_grad;
-          forward();
-          const auto start = Clock::now();
-          for (int i = 0; i < 5; ++i) forward();
-          time[name + "_fwd_" + tag] += seconds_since(start) / 5;
-        }
-        forward().sum().backward();
-        const auto start = Clock::now();
-        for (int i = 0; i < 5; ++i) forward().sum().backward();
-        time[name + "_fwdbwd_" + tag] += seconds_since(start) / 5;
+        time_passes([&] { return ops::conv3x3(x, w, b, 0.5, kernel); }, name, tag, time);
       }
     }
   }
@@ -183,21 +189,11 @@ void Conv3x3Bf16(benchmark::State& state) {
       for (const auto& [tag, x, kernel] : {std::tuple{"bf16", x16, ops::Conv3x3Kernel::direct},
                                            std::tuple{"onednn", x16, ops::Conv3x3Kernel::reference},
                                            std::tuple{"f32", x32, ops::Conv3x3Kernel::automatic}}) {
-        auto forward = [&, x = x, kernel = kernel] {
+        const auto forward = [&, x = x, kernel = kernel] {
           ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16, x.scalar_type() == torch::kBFloat16);
           return ops::conv3x3(x, w, b, 0.5, kernel);
         };
-        {
-          torch::NoGradGuard no_grad;
-          forward();
-          const auto start = Clock::now();
-          for (int i = 0; i < 5; ++i) forward();
-          time[name + "_fwd_" + tag] += seconds_since(start) / 5;
-        }
-        forward().sum().backward();
-        const auto start = Clock::now();
-        for (int i = 0; i < 5; ++i) forward().sum().backward();
-        time[name + "_fwdbwd_" + tag] += seconds_since(start) / 5;
+        time_passes(forward, name, tag, time);
       }
     }
   }
