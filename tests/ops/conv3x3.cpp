@@ -207,7 +207,15 @@ TEST_CASE("conv3x3: the bfloat16 kernel's other operands: bfloat16 weights, no b
   const auto got = penalty(Conv3x3Kernel::direct).to(torch::kFloat32);
   CHECK(expected.abs().max().item<double>() > 0.1);
   CHECK(max_diff(got, expected) < 0.05 * expected.abs().max().item<double>());
-  // Without AVX512-BF16 (ScalarOnly stands in for such a CPU) bfloat16 goes to LibTorch.
+  // Without AVX512-BF16 (WithoutBf16Kernel, and ScalarOnly, stand in for such a CPU) bfloat16 goes to LibTorch.
+  {
+    zoo::ops::detail::WithoutBf16Kernel library;
+    CHECK_FALSE(zoo::ops::detail::cpu_has_avx512_bf16());
+    CHECK_FALSE(zoo::ops::conv3x3_direct(x, w));
+    CHECK(zoo::ops::cpu_has_avx2_fma() == direct_here());  // the float32 kernels stay
+    CHECK(max_diff(conv3x3(x, w, {}, -2.5).to(torch::kFloat64), r) < 1.0 / 128 * r.abs().max().item<double>());
+  }
+  CHECK(zoo::ops::detail::cpu_has_avx512_bf16());  // back when it ends
   zoo::ops::ScalarOnly scalar;
   CHECK_FALSE(zoo::ops::detail::cpu_has_avx512_bf16());
   CHECK_FALSE(zoo::ops::conv3x3_direct(x, w));
