@@ -11,7 +11,8 @@
 //  - Conv3x3Bf16: conv3x3's bfloat16 kernel (AVX512-BF16) against oneDNN's bfloat16 and the float32 kernels, on
 //    the ODE field's maps (6x6) and the ODE-ResNet stem's (13x13, 26x26), 1 thread. Counters: other time / its time.
 //  - ODEResNetBf16Kernel: the default ODE-ResNet's bf16-mixed forward + backward with conv3x3's bfloat16 kernel and
-//    without it (oneDNN's bfloat16), alternating blocks of 10 steps, 1 thread. Counters: ms per step, their ratio.
+//    without it (oneDNN's bfloat16), alternating blocks of 10 steps, 1 thread (/1: the kernel only, /2: oneDNN
+//    only, for separate processes). Counters: ms per step, their ratio.
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
@@ -211,7 +212,8 @@ BENCHMARK(Conv3x3Bf16)->Unit(benchmark::kSecond)->Iterations(5);
 // bfloat16 kernel and without it (its field's convolutions in oneDNN's bfloat16, as before the kernel), alternating
 // blocks of 10 steps in one process at 1 thread, so that the VM's drifts hit both alike (alternating every step
 // made both arms slower alike: each switch pays for the other path's memory and caches). Counters: ms per step of
-// each and their ratio (above 1: the kernel faster).
+// each and their ratio (above 1: the kernel faster). Arg 1 runs only the kernel, arg 2 only oneDNN: run them in
+// alternating processes (--benchmark_filter=ODEResNetBf16Kernel/1, then /2) to compare without sharing a process.
 void ODEResNetBf16Kernel(benchmark::State& state) {
   training::apply_threads(1);
   if (!ops::detail::cpu_has_avx512_bf16()) {
@@ -235,6 +237,7 @@ void ODEResNetBf16Kernel(benchmark::State& state) {
   for (auto _ : state) {
     for (int i = 0; i < 2; ++i) {
       for (const bool kernel : {i % 2 == 0, i % 2 != 0}) {  // which goes first alternates too
+        if ((kernel && state.range(0) == 2) || (!kernel && state.range(0) == 1)) continue;
         std::optional<ops::detail::WithoutBf16Kernel> library;
         if (!kernel) library.emplace();
         step();  // the first step after a switch pays for the other path's memory and caches: not timed
@@ -244,12 +247,12 @@ void ODEResNetBf16Kernel(benchmark::State& state) {
       }
     }
   }
-  const double steps = 20.0 * static_cast<double>(state.iterations());
-  state.counters["with_kernel_ms"] = 1e3 * with / steps;
-  state.counters["without_kernel_ms"] = 1e3 * without / steps;
-  state.counters["speedup"] = without / with;
+  const double steps = 20.0 * static_cast<double>(state.iterations());  // 2 blocks of 10 steps per arm
+  if (state.range(0) != 2) state.counters["with_kernel_ms"] = 1e3 * with / steps;
+  if (state.range(0) != 1) state.counters["without_kernel_ms"] = 1e3 * without / steps;
+  if (state.range(0) == 0) state.counters["speedup"] = without / with;
 }
-BENCHMARK(ODEResNetBf16Kernel)->Unit(benchmark::kSecond)->Iterations(3);
+BENCHMARK(ODEResNetBf16Kernel)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->Iterations(3);
 
 // A zoo layer (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
 // timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.
