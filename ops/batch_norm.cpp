@@ -36,8 +36,8 @@ void forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, d
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
-  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  const float* w = data_or_null(weight);
+  const float* b = data_or_null(bias);
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
   at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
@@ -68,7 +68,7 @@ void backward_kernel(const Tensor& x, const Tensor& weight, const Tensor& mean, 
   T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
   float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
   float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
-  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float* w = data_or_null(weight);
   const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {

@@ -26,8 +26,8 @@ void group_forward(const Tensor& x, int64_t G, const Tensor& weight, const Tenso
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), Cg = C / G, M = Cg * S;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
-  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  const float* w = data_or_null(weight);
+  const float* b = data_or_null(bias);
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
   at::parallel_for(0, N * G, grain(M), [&](int64_t begin, int64_t end) {
@@ -56,7 +56,7 @@ void group_backward(const Tensor& x, int64_t G, const Tensor& weight, const Tens
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), Cg = C / G, M = Cg * S;
   const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
   T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
-  const float* w = weight.numel() > 0 ? weight.data_ptr<float>() : nullptr;
+  const float* w = data_or_null(weight);
   const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   // Per item and channel: sum(dy) and invstd sum(dy (x - mean)), summed over items below in item order.
   std::vector<double> sum_dy(static_cast<size_t>(N * C)), sum_dy_xhat(static_cast<size_t>(N * C));

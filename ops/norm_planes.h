@@ -19,6 +19,9 @@ inline bool absent_or_float_vector(const torch::Tensor& t, int64_t c) {
                           t.is_contiguous());
 }
 
+/// The data of a weight or bias the kernels take (absent_or_float_vector), or nullptr for an absent one (numel 0).
+inline const float* data_or_null(const torch::Tensor& t) { return t.numel() > 0 ? t.data_ptr<float>() : nullptr; }
+
 /// Tasks per parallel chunk, a task being about 3 passes over `per_task` elements.
 inline int64_t grain(int64_t per_task) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 3 * per_task)); }
 

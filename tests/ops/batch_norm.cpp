@@ -3,6 +3,7 @@
 // derivatives, and the cases that fall back to torch::batch_norm.
 #include "ops/batch_norm.h"
 #include "helpers.h"
+#include "norm_checks.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -10,7 +11,9 @@
 
 using zoo::ops::batch_norm;
 
+using zoo::test::check_as_close_as;
 using zoo::test::max_rel;
+using zoo::test::offset_channels;
 
 namespace {
 
@@ -58,9 +61,7 @@ TEST_CASE("batch_norm: float32 training equals LibTorch's batch norm in double, 
     for (const bool affine : {true, false}) {
       INFO(c10::str(c10::IntArrayRef(shape)) << (affine ? " affine" : " no weight or bias"));
       const int64_t c = shape[1];
-      std::vector<int64_t> view(shape.size(), 1);
-      view[1] = c;
-      const auto x = torch::randn(shape) * 3 + torch::arange(c, torch::kFloat32).mul(100).view(view);
+      const auto x = offset_channels(shape, 100);
       const auto w = affine ? torch::rand({c}) + 0.5 : torch::Tensor(),
                  b = affine ? torch::randn({c}) : torch::Tensor();
       const auto go = torch::randn(shape);
@@ -69,20 +70,14 @@ TEST_CASE("batch_norm: float32 training equals LibTorch's batch norm in double, 
       CHECK(got.y.scalar_type() == torch::kFloat32);
       // As close to the exact values as LibTorch's own float32 kernel (whose y = x * scale + shift and offsets
       // of 100s leave errors of ~1e-5), and at most 1e-4 off.
-      const auto close = [&](const torch::Tensor& ours, const torch::Tensor& theirs, const torch::Tensor& truth) {
-        const double e = max_rel(ours, truth), e_lib = max_rel(theirs, truth);
-        INFO("error " << e << ", LibTorch's float32 " << e_lib);
-        CHECK(e <= 3 * e_lib + 1e-6);
-        CHECK(e < 1e-4);
-      };
-      close(got.y, lib.y, exact.y);
-      close(got.dx, lib.dx, exact.dx);
+      check_as_close_as(got.y, lib.y, exact.y);
+      check_as_close_as(got.dx, lib.dx, exact.dx);
       if (affine) {
-        close(got.dw, lib.dw, exact.dw);
-        close(got.db, lib.db, exact.db);
+        check_as_close_as(got.dw, lib.dw, exact.dw);
+        check_as_close_as(got.db, lib.db, exact.db);
       }
-      close(got.running_mean, lib.running_mean, exact.running_mean);
-      close(got.running_var, lib.running_var, exact.running_var);
+      check_as_close_as(got.running_mean, lib.running_mean, exact.running_mean);
+      check_as_close_as(got.running_var, lib.running_var, exact.running_var);
     }
   }
   // Without running statistics, and with momentum 1 (the running statistics become the batch's).

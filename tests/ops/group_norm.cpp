@@ -3,12 +3,15 @@
 // to torch::group_norm.
 #include "ops/group_norm.h"
 #include "helpers.h"
+#include "norm_checks.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <catch2/catch.hpp>
 
+using zoo::test::check_as_close_as;
 using zoo::test::max_rel;
+using zoo::test::offset_channels;
 
 namespace {
 
@@ -60,9 +63,7 @@ TEST_CASE("group_norm: float32 equals LibTorch's group norm in double, with the 
     for (const bool affine : {true, false}) {
       INFO(c10::str(c10::IntArrayRef(shape)) << ", " << groups << " groups" << (affine ? ", affine" : ", no affine"));
       const int64_t c = shape[1];
-      std::vector<int64_t> view(shape.size(), 1);
-      view[1] = c;
-      const auto x = torch::randn(shape) * 3 + torch::arange(c, torch::kFloat32).mul(50).view(view);
+      const auto x = offset_channels(shape, 50);
       const auto w = affine ? torch::rand({c}) + 0.5 : torch::Tensor(),
                  b = affine ? torch::randn({c}) : torch::Tensor();
       const auto go = torch::randn(shape);
@@ -72,17 +73,11 @@ TEST_CASE("group_norm: float32 equals LibTorch's group norm in double, with the 
       const auto exact = run(x, groups, w, b, go, torch::kFloat64, false);
       CHECK(got.y.scalar_type() == torch::kFloat32);
       // At least as close to the exact values as LibTorch's own float32 kernel, and at most 1e-4 off.
-      const auto close = [&](const torch::Tensor& ours, const torch::Tensor& theirs, const torch::Tensor& truth) {
-        const double e = max_rel(ours, truth), e_lib = max_rel(theirs, truth);
-        INFO("error " << e << ", LibTorch's float32 " << e_lib);
-        CHECK(e <= 3 * e_lib + 1e-6);
-        CHECK(e < 1e-4);
-      };
-      close(got.y, lib.y, exact.y);
-      close(got.dx, lib.dx, exact.dx);
+      check_as_close_as(got.y, lib.y, exact.y);
+      check_as_close_as(got.dx, lib.dx, exact.dx);
       if (affine) {
-        close(got.dw, lib.dw, exact.dw);
-        close(got.db, lib.db, exact.db);
+        check_as_close_as(got.dw, lib.dw, exact.dw);
+        check_as_close_as(got.db, lib.db, exact.db);
       }
     }
   }
