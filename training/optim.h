@@ -9,11 +9,31 @@
 
 namespace zoo::training {
 
-/// "sgd" (with momentum), "adam" or "adamw".
+/// "sgd" (with momentum), "adam" or "adamw" (Adam and AdamW below: LibTorch's, updated in one pass).
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name, std::vector<torch::Tensor> parameters,
                                                         double lr, double momentum, double weight_decay);
 
 const std::vector<std::string>& optimizer_names();
+
+/// torch::optim::Adam and AdamW with the same options, state, checkpoints and results to the bit, whose step updates
+/// each float32 parameter in one pass over its memory (ops/adam.h: 3.3 -> 1.0 ms per step for 1.65 M parameters)
+/// instead of seven tensor operations. A step with any parameter the pass does not take (another type or device, a
+/// non-contiguous tensor, a sparse gradient, a CPU without AVX2) is LibTorch's own.
+class Adam : public torch::optim::Adam {
+ public:
+  using torch::optim::Adam::Adam;
+  torch::Tensor step(LossClosure closure = nullptr) override;
+};
+
+class AdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  torch::Tensor step(LossClosure closure = nullptr) override;
+};
+
+/// The optimizer's state of one parameter, or null before its first step. LibTorch 1.13 keys the state by the
+/// printed TensorImpl address, later versions by the address itself.
+torch::optim::OptimizerParamState* optimizer_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p);
 const std::vector<std::string>& schedule_names();
 
 /// Learning rate for a global step (counted from 0 over the whole run):

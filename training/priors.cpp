@@ -1,12 +1,12 @@
 #include "training/priors.h"
 
+#include "training/optim.h"
+
 #include <fmt/format.h>
 
 #include <fnmatch.h>
 
 #include <cmath>
-#include <sstream>
-#include <type_traits>
 
 namespace zoo::training {
 
@@ -133,28 +133,12 @@ torch::Tensor prior_penalty(torch::nn::Module& module, const PriorOptions& prior
 
 namespace {
 
-/// The optimizer's state of one parameter, or null before its first step. LibTorch 1.13 keys the state by the
-/// printed TensorImpl address, later versions by the address itself.
-template <typename Map>
-torch::optim::OptimizerParamState* param_state(Map& state, const torch::Tensor& p) {
-  typename Map::key_type key;
-  if constexpr (std::is_same_v<typename Map::key_type, std::string>) {
-    std::ostringstream s;
-    s << p.unsafeGetTensorImpl();
-    key = s.str();
-  } else {
-    key = p.unsafeGetTensorImpl();
-  }
-  auto it = state.find(key);
-  return it == state.end() ? nullptr : it->second.get();
-}
-
 /// Adam's denominator sqrt(v_hat) + eps for a parameter. `predict`: the one the coming step will use (v and the
 /// step count updated with the current gradient), otherwise the one the last step used.
 template <typename State, typename Options>
 torch::Tensor adam_denominator(torch::optim::Optimizer& optimizer, const torch::Tensor& w, const Options& o,
                                bool predict, bool l2_in_gradient) {
-  auto* s = static_cast<State*>(param_state(optimizer.state(), w));
+  auto* s = static_cast<State*>(optimizer_state(optimizer, w));
   const double beta2 = std::get<1>(o.betas());
   torch::Tensor v = s ? s->exp_avg_sq() : torch::zeros_like(w);
   int64_t step = s ? s->step() : 0;

@@ -15,13 +15,13 @@ using zoo::test::offset_channels;
 
 namespace {
 
-struct Result {
+struct GroupNormResult {
   torch::Tensor y, dx, dw, db;
 };
 
 /// group_norm of x in `type` (fast or LibTorch's) with weight and bias in `parameter_type`; gradients of sum(y * go).
-Result run(const torch::Tensor& x, int64_t groups, const torch::Tensor& w, const torch::Tensor& b,
-           const torch::Tensor& go, torch::ScalarType type, bool fast, torch::ScalarType parameter_type) {
+GroupNormResult run(const torch::Tensor& x, int64_t groups, const torch::Tensor& w, const torch::Tensor& b,
+                    const torch::Tensor& go, torch::ScalarType type, bool fast, torch::ScalarType parameter_type) {
   const auto copy = [](const torch::Tensor& t, torch::ScalarType to) {
     return t.detach().to(to).clone().requires_grad_();
   };
@@ -34,8 +34,8 @@ Result run(const torch::Tensor& x, int64_t groups, const torch::Tensor& w, const
           bv.defined() ? bv.grad() : torch::Tensor()};
 }
 
-Result run(const torch::Tensor& x, int64_t groups, const torch::Tensor& w, const torch::Tensor& b,
-           const torch::Tensor& go, torch::ScalarType type, bool fast) {
+GroupNormResult run(const torch::Tensor& x, int64_t groups, const torch::Tensor& w, const torch::Tensor& b,
+                    const torch::Tensor& go, torch::ScalarType type, bool fast) {
   return run(x, groups, w, b, go, type, fast, type);
 }
 

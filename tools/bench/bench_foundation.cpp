@@ -1,11 +1,12 @@
-// Foundation benchmarks: IDX loading of the full Fashion-MNIST training set, and the trainer's overhead over a
-// bare forward/backward/step loop on the same batches.
+// Foundation benchmarks: IDX loading of the full Fashion-MNIST training set, the trainer's overhead over a
+// bare forward/backward/step loop on the same batches, the loggers' cost, and Adam's step (LibTorch's against zoo's).
 //
 //   build/bin/zoo_bench --benchmark_filter=Foundation
 #include "datasets/mnist.h"
 #include "models/mlp.h"
 #include "models/registry.h"
 #include "training/loggers.h"
+#include "training/optim.h"
 #include "training/runtime.h"
 #include "training/trainer.h"
 
@@ -109,6 +110,39 @@ void FoundationLoggerOverhead(benchmark::State& state) {
   state.counters["overhead_pct"] = 100.0 * (logged_s - plain_s) / plain_s;
 }
 BENCHMARK(FoundationLoggerOverhead)->Unit(benchmark::kSecond)->Iterations(5);
+
+// One Adam step over a model's parameters (arg: 0 cnn, 1 moe, 2 mhc-resnet, 3 elmo): LibTorch's torch::optim::Adam
+// against zoo's training::Adam (ops::adam_update, one pass per parameter), on the same gradients, in blocks of 5
+// steps alternating between the two. Counters: <model>_{torch,zoo}_ms and the speedup (above 1: zoo faster).
+void FoundationAdamStep(benchmark::State& state) {
+  const std::string name = std::vector<std::string>{"cnn", "moe", "mhc-resnet", "elmo"}.at(state.range(0));
+  torch::manual_seed(0);
+  auto make = [&] {
+    auto params = models::build_model(name).first.ptr()->parameters();
+    for (auto& p : params) p.mutable_grad() = torch::randn_like(p) * 1e-3;
+    return params;
+  };
+  auto theirs_params = make(), ours_params = make();
+  torch::optim::Adam theirs(theirs_params, torch::optim::AdamOptions(1e-3));
+  training::Adam ours(ours_params, torch::optim::AdamOptions(1e-3));
+  double theirs_s = 0, ours_s = 0;
+  auto time = [](torch::optim::Optimizer& o) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) o.step();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 5;
+  };
+  time(theirs), time(ours);  // warm-up: the state's first allocation
+  for (auto _ : state) {
+    theirs_s += time(theirs);
+    ours_s += time(ours);
+  }
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters[name + "_torch_ms"] = 1e3 * theirs_s / iterations;
+  state.counters[name + "_zoo_ms"] = 1e3 * ours_s / iterations;
+  state.counters[name + "_speedup"] = theirs_s / ours_s;
+  state.counters["parameters"] = static_cast<double>(models::count_parameters(*models::build_model(name).first.ptr()));
+}
+BENCHMARK(FoundationAdamStep)->DenseRange(0, 3)->Unit(benchmark::kSecond)->Iterations(10);
 
 }  // namespace
 
