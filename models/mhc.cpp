@@ -3,6 +3,7 @@
 #include "models/cnn.h"
 #include "models/registry.h"
 #include "ops/sinkhorn.h"
+#include "ops/stream_mix.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 
@@ -172,7 +173,7 @@ Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) {
   const auto out = branch.forward(input);
   TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
               out.sizes());
-  const auto mixed = torch::matmul(m.res, x.flatten(2)).view_as(x);  // stream t: sum_s H_res[t, s] x_s
+  const auto mixed = ops::mix_streams(m.res, x.flatten(2)).view_as(x);  // stream t: sum_s H_res[t, s] x_s
   return mixed + per_stream(m.post, x.dim()) * out.unsqueeze(1);
 }
 

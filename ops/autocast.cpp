@@ -136,6 +136,10 @@ AutocastScope::~AutocastScope() {
 
 Float32Region::Float32Region() : no_autocast_(c10::autocast_dispatch_keyset) {}
 
+c10::optional<torch::ScalarType> cpu_autocast_type() {
+  return is_on(c10::kCPU) ? c10::optional<torch::ScalarType>(dtype_of(c10::kCPU)) : c10::nullopt;
+}
+
 torch::Tensor autocast_result(const torch::Tensor& t) {
   if (!t.defined() || !t.device().is_cpu() || t.scalar_type() != torch::kFloat32 || !is_on(c10::kCPU)) return t;
   return t.to(dtype_of(c10::kCPU));

@@ -48,6 +48,10 @@ class Float32Region {
 /// float32 CPU `t`; otherwise `t` itself. Differentiable.
 torch::Tensor autocast_result(const torch::Tensor& t);
 
+/// CPU autocast's lower-precision type while CPU autocast is on in this thread (outside a Float32Region), else
+/// nullopt: the type a hand-written kernel returns where autocast would have run LibTorch's matrix product.
+c10::optional<torch::ScalarType> cpu_autocast_type();
+
 /// `t` in float32 when it is a bfloat16 or float16 tensor; otherwise `t` itself (float32, float64 and integer
 /// tensors are kept). Differentiable: the gradient flows back in the original precision.
 torch::Tensor float32(const torch::Tensor& t);

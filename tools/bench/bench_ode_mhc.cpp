@@ -16,6 +16,7 @@
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
+//  - StreamMix/B: ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing (B = 1: bf16-mixed).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
 //
 //   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|BatchNorm|Conv3d'
@@ -27,6 +28,7 @@
 #include "ops/conv3x3.h"
 #include "ops/conv3x3_bf16.h"
 #include "ops/max_pool.h"
+#include "ops/stream_mix.h"
 #include "training/trainer.h"
 
 #include <benchmark/benchmark.h>
@@ -320,6 +322,20 @@ void BatchNormTraining(benchmark::State& state) {
                      state.range(0) ? torch::kBFloat16 : torch::kFloat32);
 }
 BENCHMARK(BatchNormTraining)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
+
+// ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing: 64 items of 4 streams of 32 x 7 x 7 (and
+// of 14 x 14 maps), H [64, 4, 4] float32; forward + backward of both operands. Arg 1: bfloat16 streams under
+// autocast (bf16-mixed: torch::matmul casts H and runs oneDNN's bfloat16 product; the kernel reads H as it is).
+void StreamMix(benchmark::State& state) {
+  const bool bf16 = state.range(0) != 0;
+  const auto h = torch::full({64, 4, 4}, 0.25, torch::requires_grad());
+  const auto layer = [&](const torch::Tensor& x, bool fast) {
+    ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16, bf16);
+    return ops::mix_streams(h, x, fast);
+  };
+  time_against_torch(state, layer, {{64, 4, 32 * 49}, {64, 4, 32 * 196}}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+}
+BENCHMARK(StreamMix)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(5);
 
 // ops::conv3d's direct kernel against torch::conv3d (oneDNN) on first layers of volume networks (one input channel,
 // 3x3x3, padding 1): the conv3d model's (64 x 16^3 -> 8), conv4d's frames (64 x 6 frames of 8^3 -> 8), the 3-D

@@ -1,0 +1,26 @@
+// The residual streams' mixing of hyper-connections (HC, Zhu et al. 2024, arXiv 2409.19606) and mHC (arXiv
+// 2512.24880): each item b mixes its n streams with its own n x n matrix,
+//
+//   out[b, t, :] = sum_s H[b, t, s] x[b, s, :]          (torch::matmul(H, x) for H [B, n, n], x [B, n, L])
+//   dx[b, s, :]  = sum_t H[b, t, s] g[b, t, :],   dH[b, t, s] = <g[b, t, :], x[b, s, :]>
+//
+// LibTorch 1.13 runs this float32 batched product as one matrix product per item (64 of them per call at batch 64,
+// each a select, a conjugate check and a small GEMM: 2,300 selects per training step of the mHC ResNet, 3.9 ms of
+// bmm in its float32 step), and under autocast casts both operands to bfloat16 first (a pass over the streams). The
+// kernel reads x in its own type (float32 or bfloat16) and H in float32, accumulates in float32 (AVX2 + FMA, one
+// item per task: the same bits at any thread count) and writes the result in the type torch::matmul gives: float32,
+// or autocast's bfloat16 under CPU autocast (where H then enters unrounded: closer to float32 than autocast's
+// bfloat16 product). The plain path, torch::matmul itself, is what it is tested against.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::ops {
+
+/// torch::matmul(h, x) for h [B, n, n] and x [B, n, L]. On the CPU, for contiguous x in float32 or bfloat16, h in
+/// float32 or bfloat16, n <= 8, on a CPU with AVX2 + FMA and outside a trace, the kernel above; otherwise (or with
+/// `fast` false) torch::matmul. Differentiable in h and x, twice too (under create_graph the backward goes through
+/// torch::matmul's autograd).
+torch::Tensor mix_streams(const torch::Tensor& h, const torch::Tensor& x, bool fast = true);
+
+}  // namespace zoo::ops
