@@ -34,6 +34,7 @@ class AdamW : public torch::optim::AdamW {
 /// The optimizer's state of one parameter, or null before its first step. LibTorch 1.13 keys the state by the
 /// printed TensorImpl address, later versions by the address itself.
 torch::optim::OptimizerParamState* optimizer_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p);
+
 const std::vector<std::string>& schedule_names();
 
 /// Learning rate for a global step (counted from 0 over the whole run):
