@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 namespace zoo::training {
 
@@ -57,11 +58,14 @@ bool one_pass_step(torch::optim::Optimizer& optimizer, bool decoupled) {
     return ops::AdamScalars::make(o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.eps(), o.weight_decay(),
                                   decoupled, o.amsgrad(), step);
   };
+  // Each parameter's state looked up once (a 1.13 key is the printed address): null before its first step.
+  std::vector<State*> found;
   for (auto& group : optimizer.param_groups()) {
     const auto& o = static_cast<const Options&>(group.options());
     for (const auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const auto* s = static_cast<const State*>(optimizer_state(optimizer, p));
+      auto* s = static_cast<State*>(optimizer_state(optimizer, p));
+      found.push_back(s);
       // Before the first step the state is zeros_like(p): it fits where p does.
       const auto& m = s ? s->exp_avg() : p;
       const auto& v = s ? s->exp_avg_sq() : p;
@@ -70,11 +74,12 @@ bool one_pass_step(torch::optim::Optimizer& optimizer, bool decoupled) {
     }
   }
   auto& states = optimizer.state();
+  size_t next = 0;
   for (auto& group : optimizer.param_groups()) {
     const auto& o = static_cast<const Options&>(group.options());
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      auto* s = static_cast<State*>(optimizer_state(optimizer, p));
+      auto* s = found[next++];
       if (s == nullptr) {
         auto state = std::make_unique<State>();
         state->step(0);
