@@ -1,8 +1,10 @@
 #include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/group_norm.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
@@ -84,8 +86,38 @@ at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, co
                     cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }
 
-// Replacing LibTorch's autocast kernel for conv3d makes the dispatcher warn ("Overriding a previously registered
-// kernel"); it is meant here, so the registration runs once, at the first AutocastScope, with warnings muted.
+// 1-D convolutions under CPU autocast in bfloat16 run zoo's direct bfloat16 kernel (ops/conv2d_bf16.h) as
+// convolutions of one row, [N, C, L] as [N, C, 1, L], on the CPUs that have AVX512-BF16, where it takes the geometry
+// (1-7 taps, a stride up to the kernel, padding below it, no dilation, one group) and at most 64 channels in and
+// out; elsewhere autocast's own rule. oneDNN 2.6 reorders bfloat16 operands into its blocked layout and back on every
+// call: the 1-D ConvNet's layers train 1.2-1.4x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). 2-D
+// convolutions stay with oneDNN: on the models' 2-D layers the kernel trained within 0.9-1.1x of it (the ODE field's
+// conv3x3 calls the kernel itself). Outside a trace only: a trace records LibTorch's convolution, which TorchScript
+// and Python load.
+at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  const auto low = dtype_of(c10::kCPU);
+  auto cpu_float = [](const at::Tensor& t) {
+    return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  };
+  if (low == at::kBFloat16 && groups == 1 && input.dim() == 3 && weight.dim() == 3 && stride.size() == 1 &&
+      padding.size() == 1 && (dilation.size() == 1 && dilation[0] == 1) && cpu_float(input) && cpu_float(weight) &&
+      (!bias.has_value() || !bias->defined() || cpu_float(*bias)) && weight.size(0) <= 64 && weight.size(1) <= 64 &&
+      !torch::jit::tracer::isTracing() && detail::cpu_has_avx512_bf16()) {
+    const auto x = input.unsqueeze(2), w = weight.unsqueeze(2);
+    const std::vector<int64_t> s{1, stride[0]}, p{0, padding[0]};
+    if (detail::conv2d_bf16_geometry(x, w, s, p))
+      return detail::conv2d_bf16(x, w, bias.value_or(at::Tensor()), s, p).squeeze(2);
+  }
+  using at::autocast::cached_cast;
+  return at::conv1d(cached_cast(low, input, c10::kCPU), cached_cast(low, weight, c10::kCPU),
+                    cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
+}
+
+// Replacing LibTorch's autocast kernels for conv1d and conv3d makes the dispatcher warn ("Overriding a previously
+// registered kernel"); it is meant here, so the registration runs once, at the first AutocastScope, with warnings
+// muted.
 #if TORCH_VERSION_MAJOR >= 2
 struct Mute : c10::WarningHandler {
   void process(const c10::Warning&) override {}
@@ -105,6 +137,7 @@ void register_rules() {
     MuteGuard guard(&mute);
     static auto* library = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutocastCPU, __FILE__,
                                               __LINE__);  // kept for the life of the process
+    library->impl("conv1d", TORCH_FN(conv1d_autocast));
     library->impl("conv3d", TORCH_FN(conv3d_autocast));
   });
 }

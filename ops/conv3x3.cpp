@@ -1,6 +1,6 @@
 #include "ops/conv3x3.h"
 #include "ops/autocast.h"
-#include "ops/conv3x3_bf16.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
@@ -413,7 +413,7 @@ Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double
               "); use Conv3x3Kernel::automatic");
 #ifdef ZOO_X86_KERNELS
   if (x.numel() == 0) return reference(x, weight, bias, lead_value);
-  if (bf16) return detail::conv3x3_bf16(x, weight, bias, lead_value);
+  if (bf16) return detail::conv2d_bf16(x, weight, bias, /*stride=*/{1, 1}, /*padding=*/{1, 1}, lead_value);
   // The autograd function takes tensors only: no bias is an empty one (its flag is saved with it).
   return Conv3x3Function::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()), lead_value);
 #else

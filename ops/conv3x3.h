@@ -8,7 +8,7 @@
 // no im2col), and its backward as two more of the same kind. Larger problems go to torch::conv2d, where oneDNN's
 // setup is paid back (see conv3x3_direct), without the lead channels (Conv3x3Kernel::library). bfloat16 input (the
 // field's GroupNorm output under bf16-mixed) has a direct kernel of its own on CPUs with AVX512-BF16
-// (ops/conv3x3_bf16.h), at every size: oneDNN 2.6 reorders bfloat16 operands on every call.
+// (ops/conv2d_bf16.h), at every size: oneDNN 2.6 reorders bfloat16 operands on every call.
 #pragma once
 
 #include <torch/torch.h>

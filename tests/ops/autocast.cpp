@@ -3,8 +3,8 @@
 // float32 and give the float32 result exactly.
 #include "ops/autocast.h"
 #include "helpers.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/conv3x3.h"
-#include "ops/conv3x3_bf16.h"
 #include "ops/lstm.h"
 #include "ops/ode.h"
 #include "ops/packed_gemm.h"

@@ -1,7 +1,7 @@
 // conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
 #include "ops/conv3x3.h"
 #include "ops/autocast.h"
-#include "ops/conv3x3_bf16.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>

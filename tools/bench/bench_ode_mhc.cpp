@@ -10,8 +10,10 @@
 //    multiply-adds). Counters: <N>x<C>_{fwd,fwdbwd}_ratio = oneDNN time / direct time (above 1: direct faster).
 //  - Conv3x3Bf16: conv3x3's bfloat16 kernel (AVX512-BF16) against oneDNN's bfloat16 and the float32 kernels, on
 //    the ODE field's maps (6x6) and the ODE-ResNet stem's (13x13, 26x26), 1 thread. Counters: other time / its time.
-//  - ODEResNetBf16Kernel: the default ODE-ResNet's bf16-mixed forward + backward with conv3x3's bfloat16 kernel and
-//    without it (oneDNN's bfloat16), alternating blocks of 10 steps, 1 thread (/1: the kernel only, /2: oneDNN
+//  - ConvBf16: zoo's bfloat16 convolution against oneDNN's bfloat16 and float32 at 1-D and 2-D layers of zoo's
+//    models, 1 thread. Counters: other time / zoo's.
+//  - ModelBf16Kernels/<model>/A: a model's bf16-mixed forward + backward with zoo's bfloat16 convolutions and
+//    without them (oneDNN's bfloat16), alternating blocks of 10 steps, 1 thread (A = 1: zoo's only, 2: oneDNN's
 //    only, for separate processes). Counters: ms per step, their ratio.
 //  - MaxPool2x2/B: ops::max_pool2x2 against torch::max_pool2d at the cnn's poolings (B = 1: bfloat16).
 //  - MaxPool2x2x2: ops::max_pool2x2x2 against torch::max_pool3d at the 3-D U-Net's poolings (float32).
@@ -19,14 +21,15 @@
 //  - StreamMix/B: ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing (B = 1: bf16-mixed).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
 //
-//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|MaxPool|BatchNorm|Conv3d'
+//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|ConvBf16|ModelBf16|MaxPool|BatchNorm|Conv3d'
 #include "models/mhc.h"
 #include "models/ode.h"
+#include "models/registry.h"
 #include "ops/autocast.h"
 #include "ops/batch_norm.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
-#include "ops/conv3x3_bf16.h"
 #include "ops/max_pool.h"
 #include "ops/stream_mix.h"
 #include "training/trainer.h"
@@ -194,6 +197,8 @@ void Conv3x3Bf16(benchmark::State& state) {
                                            std::tuple{"f32", x32, ops::Conv3x3Kernel::automatic}}) {
         const auto forward = [&, x = x, kernel = kernel] {
           ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16, x.scalar_type() == torch::kBFloat16);
+          std::optional<ops::detail::WithoutBf16Kernel> library;  // else autocast's conv2d runs zoo's kernel too
+          if (kernel == ops::Conv3x3Kernel::reference) library.emplace();
           return ops::conv3x3(x, w, b, 0.5, kernel);
         };
         time_passes(forward, name, tag, time);
@@ -210,28 +215,100 @@ void Conv3x3Bf16(benchmark::State& state) {
 }
 BENCHMARK(Conv3x3Bf16)->Unit(benchmark::kSecond)->Iterations(5);
 
-// The default ODE-ResNet (rk4, 2 steps, 32 channels, batch 64) under bf16-mixed, forward + backward, with conv3x3's
-// bfloat16 kernel and without it (its field's convolutions in oneDNN's bfloat16, as before the kernel), alternating
-// blocks of 10 steps in one process at 1 thread, so that the VM's drifts hit both alike (alternating every step
-// made both arms slower alike: each switch pays for the other path's memory and caches). Counters: ms per step of
-// each and their ratio (above 1: the kernel faster). Arg 1 runs only the kernel, arg 2 only oneDNN: run them in
-// alternating processes (--benchmark_filter=ODEResNetBf16Kernel/1, then /2) to compare without sharing a process.
-void ODEResNetBf16Kernel(benchmark::State& state) {
+// zoo's bfloat16 convolution (ops/conv2d_bf16.h, which autocast's conv1d rule runs: ops/autocast.cpp) against
+// oneDNN's bfloat16 (under autocast) and float32, at the layers of zoo's models, 1 thread, interleaved: where it wins
+// is where the rule sends convolutions. Counters: <layer>_{fwd,fwdbwd}_{onednn,f32} = that time / zoo's (above 1:
+// zoo's faster).
+void ConvBf16(benchmark::State& state) {
   training::apply_threads(1);
   if (!ops::detail::cpu_has_avx512_bf16()) {
-    state.SkipWithError("this CPU has no AVX512-BF16: conv3x3 has no bfloat16 kernel here");
+    state.SkipWithError("this CPU has no AVX512-BF16: zoo has no bfloat16 convolution here");
     return;
   }
   torch::manual_seed(0);
-  models::ODEResNet model;
-  const auto x = torch::randn({64, 1, 28, 28});
-  const auto target = torch::randint(0, 10, {64});
+  struct Layer {
+    std::string name;
+    int64_t n, c, h, w, o, kernel, stride, padding;
+    bool input_gradient;
+  };
+  const std::vector<Layer> layers{
+      {"conv1d_1to16", 64, 1, 1, 256, 16, 3, 1, 1, false},  {"conv1d_16to32", 64, 16, 1, 256, 32, 3, 2, 1, true},
+      {"conv1d_32to64", 64, 32, 1, 128, 64, 3, 2, 1, true}, {"cnn_1to32", 64, 1, 28, 28, 32, 3, 1, 1, false},
+      {"cnn_32to64", 64, 32, 14, 14, 64, 3, 1, 1, true},    {"ode_stem1", 64, 1, 28, 28, 32, 3, 1, 0, false},
+      {"ode_stem2", 64, 32, 26, 26, 32, 4, 2, 1, true},     {"ode_stem3", 64, 32, 13, 13, 32, 4, 2, 1, true},
+      {"mhc_32x28", 64, 32, 28, 28, 32, 3, 1, 1, true},     {"vae_32to64", 64, 32, 14, 14, 64, 4, 2, 1, true},
+      {"unet_64x64", 4, 64, 64, 64, 64, 3, 1, 1, true},     {"resnet_64x7", 64, 64, 7, 7, 64, 3, 1, 1, true}};
+  std::map<std::string, double> time;
+  for (auto _ : state) {
+    for (const auto& l : layers) {
+      const bool one_d = l.h == 1;
+      const auto x32 =
+          torch::randn(one_d ? std::vector<int64_t>{l.n, l.c, l.w} : std::vector<int64_t>{l.n, l.c, l.h, l.w});
+      const auto x16 = x32.to(torch::kBFloat16).requires_grad_(l.input_gradient);
+      x32.requires_grad_(l.input_gradient);
+      const auto w = (torch::randn(one_d ? std::vector<int64_t>{l.o, l.c, l.kernel}
+                                         : std::vector<int64_t>{l.o, l.c, l.kernel, l.kernel}) *
+                      0.1)
+                         .requires_grad_();
+      const auto b = torch::randn({l.o}, torch::requires_grad());
+      for (const char* tag : {"zoo", "onednn", "f32"}) {
+        const std::string which = tag;
+        const auto forward = [&, which] {
+          const auto& x = which == "f32" ? x32 : x16;
+          ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16, which != "f32");
+          if (which == "zoo") {
+            const auto y =
+                ops::detail::conv2d_bf16(one_d ? x.unsqueeze(2) : x, one_d ? w.unsqueeze(2) : w, b,
+                                         {one_d ? 1 : l.stride, l.stride}, {one_d ? 0 : l.padding, l.padding});
+            return one_d ? y.squeeze(2) : y;
+          }
+          ops::detail::WithoutBf16Kernel library;  // oneDNN's bfloat16 (else a 1-D one runs zoo's kernel too)
+          return one_d ? torch::conv1d(x, w, b, l.stride, l.padding) : torch::conv2d(x, w, b, l.stride, l.padding);
+        };
+        // A dense gradient, as in a network (sum()'s is an expanded scalar, which the kernels take slowly).
+        const auto grad = torch::randn_like(forward());
+        {
+          torch::NoGradGuard no_grad;
+          forward();
+          const auto start = Clock::now();
+          for (int i = 0; i < 5; ++i) forward();
+          time[l.name + "_fwd_" + which] += seconds_since(start) / 5;
+        }
+        forward().backward(grad);
+        const auto start = Clock::now();
+        for (int i = 0; i < 5; ++i) forward().backward(grad);
+        time[l.name + "_fwdbwd_" + which] += seconds_since(start) / 5;
+      }
+    }
+  }
+  for (const auto& l : layers)
+    for (const char* pass : {"_fwd", "_fwdbwd"})
+      for (const char* other : {"onednn", "f32"})
+        state.counters[l.name + pass + "_" + other] = time[l.name + pass + "_" + other] / time[l.name + pass + "_zoo"];
+}
+BENCHMARK(ConvBf16)->Unit(benchmark::kSecond)->Iterations(5);
+
+// A model's bf16-mixed forward + backward with zoo's bfloat16 convolutions (ops/conv2d_bf16.h: conv3x3's field,
+// autocast's conv1d rule) and without them (WithoutBf16Kernel: oneDNN's bfloat16, as on a CPU without
+// AVX512-BF16), alternating blocks of 10 steps in one process at 1 thread, so that the VM's drifts hit both alike
+// (alternating every step made both arms slower alike: each switch pays for the other path's memory and caches).
+// Counters: ms per step of each and their ratio (above 1: zoo's kernels faster). Arg 1 runs only the kernels, arg 2
+// only oneDNN: run them in alternating processes (--benchmark_filter=ModelBf16Kernels/ode-resnet/1, then /2) to compare
+// without sharing a process.
+void time_bf16_kernels(benchmark::State& state, torch::nn::AnyModule model, const torch::Tensor& x, int64_t classes) {
+  training::apply_threads(1);
+  if (!ops::detail::cpu_has_avx512_bf16()) {
+    state.SkipWithError("this CPU has no AVX512-BF16: zoo has no bfloat16 convolutions here");
+    return;
+  }
+  const auto target = torch::randint(0, classes, {x.size(0)});
+  auto parameters = model.ptr()->parameters();
   auto step = [&] {
-    model->zero_grad();
+    for (auto& p : parameters) p.mutable_grad() = torch::Tensor();
     torch::Tensor loss;
     {
       ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
-      loss = torch::nn::functional::cross_entropy(ops::float32(model->forward(x)), target);
+      loss = torch::nn::functional::cross_entropy(ops::float32(model.forward(x)), target);
     }
     loss.backward();
   };
@@ -254,7 +331,23 @@ void ODEResNetBf16Kernel(benchmark::State& state) {
   if (state.range(0) != 1) state.counters["without_kernel_ms"] = 1e3 * without / steps;
   if (state.range(0) == 0) state.counters["speedup"] = without / with;
 }
-BENCHMARK(ODEResNetBf16Kernel)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->Iterations(3);
+
+// A registered model with its default options, on a batch of 64 random inputs of its dataset's shape: the
+// ODE-ResNet (its field's conv3x3) and the 1-D ConvNet (its three layers).
+void ModelBf16Kernels(benchmark::State& state, const std::string& name) {
+  torch::manual_seed(0);
+  const auto& entry = models::ModelRegistry::instance().at(name);
+  const auto model = entry.build(entry.complete_options(nlohmann::json::object()));
+  const auto x = name == "conv1d" ? torch::randn({64, 1, 256}) : torch::randn({64, 1, 28, 28});
+  time_bf16_kernels(state, model, x, name == "conv1d" ? 4 : 10);
+}
+BENCHMARK_CAPTURE(ModelBf16Kernels, ode - resnet, "ode-resnet")
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kSecond)
+    ->Iterations(3);
+BENCHMARK_CAPTURE(ModelBf16Kernels, conv1d, "conv1d")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->Iterations(3);
 
 // A zoo layer (fast = true) against LibTorch's (fast = false) at each shape, forward + backward, interleaved: 5
 // timed calls of each per round, 1 thread; counters per shape ("<channels>x<size>"): zoo_ms, torch_ms, speedup.

@@ -1,0 +1,54 @@
+// A direct 2-D convolution on bfloat16 operands with AVX512-BF16's dot products (vdpbf16ps: two bfloat16 products
+// added into each float32 lane), float32 accumulators and float32 weight gradients: kernels of 1-7 taps per axis,
+// strides up to the kernel's size, zero padding below it. Used by conv3x3 (ops/conv3x3.h: the ODE field, with its time
+// channel) and by autocast's rule for conv2d (ops/autocast.h: the convolutions it is measured faster on). Not a public
+// header.
+//
+// Why: under bf16-mixed oneDNN 2.6 reorders every bfloat16 operand into its blocked layout and back on each call,
+// without a fast bfloat16 reorder, so its convolutions of 16-64 channels on small maps gain only 1.3-1.5x over
+// float32 where the arithmetic can gain 2x or more (docs/precision.md).
+//
+// The forward and the input gradient are direct convolutions of a zero-padded channels-last copy (input channels in
+// pairs, the pair a dot product takes) in blocks of 1-2 rows x 1-6 pixels x 16 or 32 output channels; for a stride
+// s > 1 the input gradient is s x s such convolutions with the taps of each output phase (the transposed
+// convolution's sub-pixel form, no multiplications by inserted zeros). The weight gradient is dot products over
+// pairs of neighbouring output pixels, x laid out by column phase so that the pixels a pair reads are adjacent.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::ops::detail {
+
+/// Whether this CPU has AVX512-BF16 (with AVX512F and BW), checked once; false where ScalarOnly (ops/simd.h) or
+/// WithoutBf16Kernel lives, and on builds without the x86 kernels.
+bool cpu_has_avx512_bf16();
+
+/// While one lives, cpu_has_avx512_bf16() is false in this thread: bfloat16 convolutions go to LibTorch as on a CPU
+/// without AVX512-BF16 (zoo_bench compares the two in one process; ScalarOnly turns off the float32 kernels too).
+class WithoutBf16Kernel {
+ public:
+  WithoutBf16Kernel();
+  ~WithoutBf16Kernel();
+  WithoutBf16Kernel(const WithoutBf16Kernel&) = delete;
+  WithoutBf16Kernel& operator=(const WithoutBf16Kernel&) = delete;
+
+ private:
+  bool previous_;
+};
+
+/// Whether conv2d_bf16 takes this geometry: a weight [O, K, KH, KW] with 1 to 7 taps per axis, strides [2] from 1 to
+/// the kernel's size and paddings [2] below it, and an input [N, C, H, W] (C <= K) at least the kernel's size once
+/// padded. Shapes only; the caller checks the CPU, types and devices.
+bool conv2d_bf16_geometry(const torch::Tensor& x, const torch::Tensor& weight, at::IntArrayRef stride,
+                          at::IntArrayRef padding);
+
+/// The direct bfloat16 convolution, torch::conv2d(cat({lead channels, x}, 1), weight, bias, stride, padding) for
+/// x [N, C, H, W] (bfloat16 or float32, rounded to bfloat16 first), weight [O, lead + C, KH, KW] float32 or bfloat16,
+/// bias [O] or undefined; the lead = weight.size(1) - C channels hold `lead_value` inside the image and 0 in the
+/// padding (torchdiffeq's ConcatConv2d). Output bfloat16. Differentiable in all three (x's gradient in x's type,
+/// the weight's and bias's in their own), twice too: under create_graph the backward recomputes the gradients
+/// through torch::conv2d in bfloat16 (ops/twice.h). Needs cpu_has_avx512_bf16() and conv2d_bf16_geometry().
+torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, double lead_value = 0);
+
+}  // namespace zoo::ops::detail
