@@ -531,6 +531,7 @@ Tensor input_gradient(const Tensor& go, const Tensor& weight, int64_t C, int64_t
     Wp = std::max(Wp, left + f.shift + (W - p + g.sw - 1) / g.sw - 1 + f.taps);
   }
   const auto in = pad_channels_last(go, 0, 0, ldg, top, left, Hp, Wp);
+  const auto w32 = weight.detach().to(torch::kFloat32).contiguous();  // once for every phase's pack
   auto dx = torch::empty({N, C, H, W}, go.options().dtype(torch::kBFloat16));
   for (int64_t ph = 0; ph < g.sh; ++ph) {
     for (int64_t pw = 0; pw < g.sw; ++pw) {
@@ -543,7 +544,7 @@ Tensor input_gradient(const Tensor& go, const Tensor& weight, int64_t C, int64_t
           taps.push_back({fh.first + (fh.taps - 1 - i) * g.sh, fw.first + (fw.taps - 1 - j) * g.sw});
       const Shape s{N,       n_rows,         n_cols,          Hp,   Wp,   ldg, C, H, W, 1, 1, fh.taps,
                     fw.taps, top + fh.shift, left + fw.shift, g.sh, g.sw, ph,  pw};
-      direct(in, s, pack(weight, P, ldg, true, lead, taps), P, nullptr, dx);
+      direct(in, s, pack(w32, P, ldg, true, lead, taps), P, nullptr, dx);
     }
   }
   return dx;

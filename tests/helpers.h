@@ -77,6 +77,14 @@ inline double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
           b.to(torch::kFloat64).abs().max().clamp_min(1e-30))
       .item<double>();
 }
+/// |got - exact| <= rel |exact| + 1e-5 max(1, max |exact|) elementwise: a float32 sum rounded once to bfloat16
+/// (rel = 2^-8) or kept in float32 (rel = 0: products of bfloat16 values are exact in float32, only the order rounds).
+inline bool within_rounding(const torch::Tensor& got, const torch::Tensor& exact, double rel) {
+  const auto e = exact.to(torch::kFloat64);
+  const auto err = (got.to(torch::kFloat64) - e).abs() - rel * e.abs();
+  return err.max().item<double>() < 1e-5 * std::max(1.0, e.abs().max().item<double>());
+}
+
 inline double row_error(const torch::Tensor& m) { return max_abs(m.sum(-1) - 1); }
 inline double column_error(const torch::Tensor& m) { return max_abs(m.sum(-2) - 1); }
 

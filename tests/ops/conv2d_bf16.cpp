@@ -1,6 +1,7 @@
 // conv2d_bf16: zoo's direct bfloat16 convolution (AVX512-BF16) against float64's convolution of the same bfloat16
 // values, for every geometry it takes, and autocast's rule that sends 1-D convolutions to it.
 #include "ops/conv2d_bf16.h"
+#include "helpers.h"
 #include "ops/autocast.h"
 #include "ops/simd.h"
 
@@ -15,6 +16,7 @@
 #include <string>
 
 using zoo::ops::detail::conv2d_bf16;
+using zoo::test::within_rounding;
 
 namespace {
 
@@ -28,14 +30,6 @@ std::string describe(const Case& s) {
       << ", kernel " << s.kh << "x" << s.kw << ", stride " << s.sh << "x" << s.sw << ", padding " << s.ph << "x"
       << s.pw;
   return out.str();
-}
-
-// |got - exact| <= rel |exact| + 1e-5 max |exact|, elementwise: a float32 sum rounded once to bfloat16 (rel = 2^-8)
-// or kept in float32 (rel = 0: products of bfloat16 values are exact in float32, only the sum's order rounds).
-bool within(const torch::Tensor& got, const torch::Tensor& exact, double rel) {
-  const auto e = exact.to(torch::kFloat64);
-  const auto err = (got.to(torch::kFloat64) - e).abs() - rel * e.abs();
-  return err.max().item<double>() < 1e-5 * std::max(1.0, e.abs().max().item<double>());
 }
 
 // The names of the autograd nodes behind t.
@@ -106,10 +100,10 @@ TEST_CASE("conv2d_bf16: outputs and all three gradients equal float64's convolut
     const auto r = torch::conv2d(in, wd, bd, {s.sh, s.sw}, {s.ph, s.pw});
     REQUIRE(y.sizes() == r.sizes());
     const auto gr = torch::autograd::grad({r}, {xd, wd, bd}, {go.to(torch::kFloat64)});
-    CHECK(within(y, r, 1.0 / 256));
-    CHECK(within(g[0], gr[0], 1.0 / 256));
-    CHECK(within(g[1], gr[1], 0.0));
-    CHECK(within(g[2], gr[2], 0.0));
+    CHECK(within_rounding(y, r, 1.0 / 256));
+    CHECK(within_rounding(g[0], gr[0], 1.0 / 256));
+    CHECK(within_rounding(g[1], gr[1], 0.0));
+    CHECK(within_rounding(g[2], gr[2], 0.0));
     // Rounding happened (the test would not see a kernel that computed in float32 and returned float32 values).
     CHECK((y.to(torch::kFloat64) - r).abs().max().item<double>() > 0);
   }
@@ -184,10 +178,10 @@ TEST_CASE("conv2d_bf16: autocast runs 1-D convolutions of up to 64 channels thro
     CHECK(ran_zoo_kernel(y));
     CHECK(y.scalar_type() == torch::kBFloat16);
     CHECK(y.sizes() == torch::IntArrayRef({4, 32, 25}));
-    CHECK(within(y, exact(2), 1.0 / 256));
+    CHECK(within_rounding(y, exact(2), 1.0 / 256));
     y.to(torch::kFloat32).sum().backward();
     CHECK(w.grad().scalar_type() == torch::kFloat32);
-    CHECK(within(b.grad(), torch::full({32}, 4.0 * 25), 0.0));  // 4 items x 25 outputs per channel
+    CHECK(within_rounding(b.grad(), torch::full({32}, 4.0 * 25), 0.0));  // 4 items x 25 outputs per channel
   }
   SECTION("what it does not take runs autocast's own rule: bfloat16 through LibTorch") {
     const std::vector<torch::Tensor> outputs{

@@ -1,5 +1,6 @@
 // conv3x3: the direct 3x3 convolution of small maps (the ODE-ResNet field) against torch::conv2d.
 #include "ops/conv3x3.h"
+#include "helpers.h"
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
@@ -10,6 +11,7 @@
 
 using zoo::ops::conv3x3;
 using zoo::ops::Conv3x3Kernel;
+using zoo::test::within_rounding;
 
 namespace {
 
@@ -156,15 +158,10 @@ TEST_CASE("conv3x3: the bfloat16 direct kernel equals float64's convolution of t
     // Output and input gradient: float32 sums rounded once to bfloat16 (half a unit in the last place, 2^-8 of the
     // value, plus the float32 sum's own error). The weight gradient stays float32: products of bfloat16 are exact in
     // float32, only the sum's order rounds.
-    auto within = [](const torch::Tensor& got, const torch::Tensor& exact, double rel) {
-      const auto e = exact.to(torch::kFloat64);
-      const auto err = (got.to(torch::kFloat64) - e).abs() - rel * e.abs();
-      return err.max().item<double>() < 1e-5 * std::max(1.0, e.abs().max().item<double>());
-    };
-    CHECK(within(y, r, 1.0 / 256));
-    CHECK(within(g[0], gr[0], 1.0 / 256));
-    CHECK(within(g[1], gr[1], 0.0));
-    CHECK(within(g[2], gr[2], 0.0));
+    CHECK(within_rounding(y, r, 1.0 / 256));
+    CHECK(within_rounding(g[0], gr[0], 1.0 / 256));
+    CHECK(within_rounding(g[1], gr[1], 0.0));
+    CHECK(within_rounding(g[2], gr[2], 0.0));
     // The bias's gradient alone (summed by LibTorch, not while the weight gradient's pass reads go) and the input's
     // alone: the same values as with all three.
     torch::Tensor y_bias, y_input;
