@@ -120,31 +120,39 @@ ZOO_AVX512_BF16 inline void pixels(const bf16* in, const Shape& s, const bf16* p
 #pragma GCC unroll 2
   for (int i = 0; i < Rows; ++i) {
     bf16* o = out + (n * s.O + o0) * plane + ((h + i) * s.osh + s.oy) * s.OW + w * s.osw + s.ox;
-    alignas(32) bf16 lane[R][P];  // rounded to nearest even, as c10::BFloat16(float)
+    constexpr int Groups = (R + 7) / 8;    // lane's rows in whole groups of eight (the transposes below read 8)
+    alignas(32) bf16 lane[8 * Groups][P];  // rounded to nearest even, as c10::BFloat16(float)
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < V; ++v)
         _mm256_store_si256(reinterpret_cast<__m256i*>(lane[r] + 16 * v),
                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc[i][r][v])));
-    if (s.osw != 1 || R == 1) {
+    if (s.osw > 2 || R == 1) {
       for (int r = 0; r < R; ++r)
         for (int64_t j = 0; j < channels; ++j) o[j * plane + r * s.osw] = lane[r][j];
       continue;
     }
-    // The R pixels of a channel are adjacent in the output: eight channels x up to eight pixels at a time through
-    // registers, each channel's pixels written at once.
+    // The R pixels of a channel are adjacent in the output (osw 1) or every other element (osw 2: a stride-2 input
+    // gradient's column phase): eight channels x up to eight pixels at a time through registers, each channel's
+    // pixels written at once; with osw 2 widened to 32-bit lanes (each value in the low half) and written through
+    // a mask of the even 16-bit lanes, which leaves the other phase's elements as they are.
     for (int r0 = 0; r0 < R; r0 += 8) {
       const int rows = std::min(8, R - r0);
       const auto mask = static_cast<__mmask8>((1U << rows) - 1);
+      const auto even = static_cast<__mmask16>(0x5555U & ((1U << (2 * rows)) - 1));
       for (int64_t c = 0; c < channels; c += 8) {
         __m128i t[8];
 #pragma GCC unroll 8
         for (int r = 0; r < 8; ++r)
           t[r] = r < rows ? _mm_load_si128(reinterpret_cast<const __m128i*>(lane[r0 + r] + c)) : _mm_setzero_si128();
         transpose8x8(t);
-        for (int64_t j = 0; j < std::min<int64_t>(8, channels - c); ++j)
-          _mm_mask_storeu_epi16(o + (c + j) * plane + r0, mask, t[j]);
+        for (int64_t j = 0; j < std::min<int64_t>(8, channels - c); ++j) {
+          if (s.osw == 1)
+            _mm_mask_storeu_epi16(o + (c + j) * plane + r0, mask, t[j]);
+          else
+            _mm256_mask_storeu_epi16(o + (c + j) * plane + 2 * r0, even, _mm256_cvtepu16_epi32(t[j]));
+        }
       }
     }
   }

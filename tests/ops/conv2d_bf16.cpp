@@ -63,12 +63,21 @@ TEST_CASE("conv2d_bf16: outputs and all three gradients equal float64's convolut
   // Hand-picked: the ODE-ResNet's stem (4x4, stride 2) and field (3x3 with its time channel), a first layer of one
   // channel, the 1-D ConvNet's layers as single rows (long rows: 12-pixel blocks), 16- and 32-channel panels with
   // partial last ones, odd widths, strides up to the kernel's size.
-  std::vector<Case> cases{{4, 32, 26, 26, 32, 0, 4, 4, 2, 2, 1, 1}, {4, 32, 13, 13, 32, 0, 4, 4, 2, 2, 1, 1},
-                          {3, 1, 28, 28, 32, 0, 3, 3, 1, 1, 0, 0},  {8, 32, 6, 6, 32, 1, 3, 3, 1, 1, 1, 1},
-                          {4, 16, 1, 256, 32, 0, 1, 3, 1, 2, 0, 1}, {2, 1, 1, 37, 16, 0, 1, 3, 1, 1, 0, 1},
-                          {2, 5, 7, 9, 12, 1, 3, 3, 1, 1, 1, 1},    {2, 3, 9, 8, 19, 0, 5, 5, 3, 3, 2, 2},
-                          {2, 7, 6, 5, 40, 2, 2, 2, 2, 2, 0, 0},    {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0},
-                          {2, 6, 8, 8, 8, 0, 7, 7, 1, 1, 3, 3},     {1, 3, 5, 5, 4, 0, 4, 4, 4, 4, 0, 0}};
+  std::vector<Case> cases{{4, 32, 26, 26, 32, 0, 4, 4, 2, 2, 1, 1},
+                          {4, 32, 13, 13, 32, 0, 4, 4, 2, 2, 1, 1},
+                          {3, 1, 28, 28, 32, 0, 3, 3, 1, 1, 0, 0},
+                          {8, 32, 6, 6, 32, 1, 3, 3, 1, 1, 1, 1},
+                          {4, 16, 1, 256, 32, 0, 1, 3, 1, 2, 0, 1},
+                          {2, 1, 1, 37, 16, 0, 1, 3, 1, 1, 0, 1},
+                          {2, 5, 7, 9, 12, 1, 3, 3, 1, 1, 1, 1},
+                          {2, 3, 9, 8, 19, 0, 5, 5, 3, 3, 2, 2},
+                          {2, 7, 6, 5, 40, 2, 2, 2, 2, 2, 0, 0},
+                          {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0},
+                          {2, 6, 8, 8, 8, 0, 7, 7, 1, 1, 3, 3},
+                          {1, 3, 5, 5, 4, 0, 4, 4, 4, 4, 0, 0},
+                          // stride-2 input gradients whose column phases end in blocks of 7 (4 + 3) and 5 pixels
+                          {2, 16, 1, 38, 16, 0, 1, 3, 1, 2, 0, 1},
+                          {1, 32, 3, 22, 24, 0, 3, 3, 2, 2, 1, 1}};
   // And random geometries: 1-5 taps per axis, any stride up to the kernel, any padding below it.
   std::mt19937 random(11);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
