@@ -2,6 +2,7 @@
 
 #include "models/cnn.h"
 #include "models/registry.h"
+#include "ops/autocast.h"
 #include "ops/sinkhorn.h"
 #include "ops/stream_mix.h"
 
@@ -23,6 +24,14 @@ Tensor per_stream(const Tensor& weights, int64_t dims) {
   std::vector<int64_t> shape{-1, weights.size(1)};
   shape.resize(static_cast<size_t>(dims), 1);
   return weights.view(shape);
+}
+
+// The streams' features [B, n, C], bfloat16 and float16 widened to float32: x [B, n, C, ...] averaged over space
+// (accumulated and returned in float32, without a float32 copy of x), or x itself.
+Tensor spatial_mean(const Tensor& x) {
+  if (x.dim() == 3) return ops::float32(x);
+  const auto low = x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf;
+  return low ? x.flatten(3).mean(-1, /*keepdim=*/false, torch::kFloat32) : x.flatten(3).mean(-1);
 }
 
 Tensor rms_norm(const Tensor& v, const Tensor& gain_minus_one, double eps) {
@@ -129,6 +138,10 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   const int64_t n = options.streams(), C = options.width();
   TORCH_CHECK(x.dim() >= 3 && x.size(1) == n && x.size(2) == C, "MHC expects [B, streams=", n, ", width=", C,
               ", ...], got ", x.sizes());
+  // In float32 under autocast too: the matrices must stay (doubly) stochastic to float32's precision, Sinkhorn runs
+  // in float32 anyway, and bfloat16 products of these shapes ([B, n C] x [n C, n^2]) cost more than float32's
+  // (aten::mm 1.61 against 0.52 ms of the mHC ResNet's bf16-mixed step under `zoo bench --profile`).
+  const ops::Float32Region float32_region;
   const auto& v = options.variant();
   // Zeros [B, n] made from x rather than from x.size(0), so that a LibTorch trace keeps the batch size free.
   const auto zero = torch::zeros_like(x.flatten(2).select(2, 0));
@@ -139,7 +152,7 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
     m.post = b_post + zero;
     m.res = b_res + zero.unsqueeze(-1);
     if (options.dynamic()) {
-      const auto features = x.dim() > 3 ? x.flatten(3).mean(-1) : x;  // [B, n, C]
+      const auto features = spatial_mean(x);  // [B, n, C]
       const auto xt = rms_norm(features, norm_weight, options.eps());
       m.pre = m.pre + alpha_pre * torch::tanh(torch::matmul(xt, phi_pre));
       m.post = m.post + alpha_post * torch::tanh(torch::matmul(xt, phi_post));
@@ -150,7 +163,7 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   // mHC Eqs. 7-8 on the flattened streams.
   Tensor pre = b_pre + zero, post = b_post + zero, res = b_res.reshape({1, -1}) + zero.narrow(1, 0, 1);
   if (options.dynamic()) {
-    const auto features = (x.dim() > 3 ? x.flatten(3).mean(-1) : x).reshape({-1, n * C});
+    const auto features = spatial_mean(x).reshape({-1, n * C});
     const auto xv = rms_norm(features, norm_weight, options.eps());
     pre = pre + alpha_pre * torch::matmul(xv, phi_pre);
     post = post + alpha_post * torch::matmul(xv, phi_post);

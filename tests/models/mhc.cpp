@@ -2,6 +2,7 @@
 #include "models/mhc.h"
 #include "helpers.h"
 #include "models/registry.h"
+#include "ops/autocast.h"
 #include "training/trainer.h"
 
 #include <catch2/catch.hpp>
@@ -67,6 +68,35 @@ TEST_CASE("MHC mixing: mhc and mhc-lite are doubly stochastic, hc is not", "[mhc
     CHECK(h.pre.min().item<double>() > 0);
     CHECK(h.post.max().item<double>() < 2);
     CHECK(max_abs(h.res - torch::eye(4)) > 0.1);  // really mixing now
+  }
+}
+
+TEST_CASE("MHC under bf16-mixed autocast computes its mixing matrices in float32", "[mhc][precision]") {
+  torch::manual_seed(3);
+  const auto x = torch::randn({8, 4, 6, 5, 5}).to(torch::kBFloat16);
+  for (const std::string variant : {"mhc", "mhc-lite", "hc"}) {
+    INFO(variant);
+    auto m = identity_branch_mhc(variant);
+    perturb(*m, 1.0);
+    {
+      torch::NoGradGuard no_grad;  // the input-dependent part at full weight, so that its precision shows
+      for (auto& p : m->named_parameters(/*recurse=*/false))
+        if (p.key().rfind("alpha", 0) == 0) p.value().fill_(1.0);
+    }
+    const auto expected = m->mixing(x.to(torch::kFloat32));  // float32 throughout, autocast off
+    models::MixingMatrices got;
+    {
+      ops::AutocastScope autocast(c10::kCPU, torch::kBFloat16, true);
+      got = m->mixing(x);
+    }
+    for (const auto& [name, a, b] :
+         {std::tuple{"pre", got.pre, expected.pre}, std::tuple{"post", got.post, expected.post},
+          std::tuple{"res", got.res, expected.res}}) {
+      INFO(name);
+      CHECK(a.scalar_type() == torch::kFloat32);
+      // bfloat16 products would be ~1e-3 off (8 bits of mantissa in the features and phi).
+      CHECK(max_abs(a - b) < 1e-5);
+    }
   }
 }
 
