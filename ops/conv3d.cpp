@@ -20,6 +20,34 @@ Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bias, torc
   return torch::conv3d(x, weight, bias, stride, padding, dilation, groups);
 }
 
+/// The same value on all three axes when `v` gives one (as torch::conv3d reads it), else v.
+std::vector<int64_t> per_axis(torch::IntArrayRef v) { return v.size() == 1 ? std::vector<int64_t>(3, v[0]) : v.vec(); }
+
+/// LibTorch's CPU convolution picks oneDNN for float32 by a rule written for images (ATen's
+/// ConvParams::use_mkldnn): a batch of one goes to its native path (vol2col and a matrix product, `slow_conv3d`)
+/// unless N C D H > 20,480 (a volume's last axis is not counted), groups > 1 or the kernel is larger than 3 in its
+/// last two axes. At one volume of the 3-D models that path is 1.4-3.5x slower than oneDNN (docs/speed.md), so
+/// those calls go to oneDNN's convolution directly, the operation LibTorch runs for two volumes; a 1x1 kernel at one
+/// thread (where ATen keeps its native path on purpose), traces (which record torch::conv3d) and autocast (whose rule
+/// casts first) keep torch::conv3d.
+bool one_volume_on_native_path(const Tensor& x, const Tensor& weight, int64_t groups) {
+  const auto float32_cpu = [](const Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; };
+  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && x.dim() == 5 && weight.dim() == 5 &&
+         x.size(0) == 1 && float32_cpu(x) && float32_cpu(weight) && groups == 1 &&
+         !(weight.size(3) > 3 && weight.size(4) > 3) && x.size(1) * x.size(2) * x.size(3) <= 20480 &&
+         (weight.size(3) != 1 || weight.size(4) != 1 || at::get_num_threads() > 1) &&
+         !torch::jit::tracer::isTracing() && !cpu_autocast_type();
+}
+
+/// torch::conv3d, one volume through oneDNN where LibTorch would take its slow native path.
+Tensor library_conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, torch::IntArrayRef stride,
+                      torch::IntArrayRef padding, torch::IntArrayRef dilation, int64_t groups) {
+  if (one_volume_on_native_path(x, weight, groups) && x.numel() > 0 &&
+      (!bias.defined() || bias.scalar_type() == torch::kFloat32))
+    return at::mkldnn_convolution(x, weight, bias, per_axis(padding), per_axis(stride), per_axis(dilation), groups);
+  return reference(x, weight, bias, stride, padding, dilation, groups);
+}
+
 /// A stride, padding or dilation as torch::conv3d reads it (one value for all three axes, or three) is `value` on
 /// every axis.
 bool all_equal(torch::IntArrayRef v, int64_t value) {
@@ -321,7 +349,7 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, torch::
   const bool direct =
       kernel == Conv3dKernel::direct ||
       (kernel == Conv3dKernel::automatic && conv3d_direct(x, weight, bias, stride, padding, dilation, groups));
-  if (!direct) return reference(x, weight, bias, stride, padding, dilation, groups);
+  if (!direct) return library_conv3d(x, weight, bias, stride, padding, dilation, groups);
   TORCH_CHECK(conv3d_direct_available(x, weight, bias, stride, padding, dilation, groups),
               "conv3d's direct kernel is for x [N, 1, D, H, W] and a weight [O, 1, 3, 3, 3] with stride 1, padding 1, "
               "float32 CPU tensors, on an x86-64 CPU with AVX2 and FMA, outside a trace (got x ",

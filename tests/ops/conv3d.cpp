@@ -189,6 +189,52 @@ TEST_CASE("conv3d: which kernel runs", "[kernels][conv3d]") {
     CHECK(zoo::ops::conv3d(torch::zeros({0, 1, 6, 6, 6}), w2, {}, 1, 1).sizes() == torch::IntArrayRef({0, 8, 6, 6, 6}));
 }
 
+TEST_CASE("conv3d: one float32 volume runs oneDNN's convolution, not LibTorch's slow native path",
+          "[kernels][conv3d]") {
+  torch::manual_seed(5);
+  // The 3-D U-Net's second layer at one volume: N C D H = 16 * 8 * 12 <= 20,480, where torch::conv3d takes
+  // slow_conv3d; a stride and a dilation too.
+  const auto x = torch::randn({1, 16, 8, 12, 10}, torch::requires_grad());
+  const auto w = torch::randn({16, 16, 3, 3, 3}, torch::requires_grad());
+  const auto b = torch::randn({16}, torch::requires_grad());
+  const auto node = [](const torch::Tensor& t) { return t.grad_fn() ? t.grad_fn()->name() : std::string("none"); };
+  for (const auto& [stride, dilation] : {std::pair<int64_t, int64_t>{1, 1}, {2, 1}, {1, 2}}) {
+    INFO("stride " << stride << ", dilation " << dilation);
+    const auto y = zoo::ops::conv3d(x, w, b, stride, dilation, dilation);
+    if (!at::hasMKLDNN()) {
+      WARN("LibTorch without oneDNN: conv3d of one volume stays torch::conv3d");
+      return;
+    }
+    CHECK(node(y) == "MkldnnConvolutionBackward0");
+    // Against float64's convolution: values, and all three gradients.
+    const auto xd = x.detach().to(torch::kFloat64).requires_grad_(),
+               wd = w.detach().to(torch::kFloat64).requires_grad_(),
+               bd = b.detach().to(torch::kFloat64).requires_grad_();
+    const auto r = torch::conv3d(xd, wd, bd, stride, dilation, dilation);
+    REQUIRE(y.sizes() == r.sizes());
+    CHECK((y.to(torch::kFloat64) - r).abs().max().item<double>() < 1e-4 * magnitude(r));
+    const auto go = torch::randn(y.sizes());
+    const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
+    const auto gr = torch::autograd::grad({r}, {xd, wd, bd}, {go.to(torch::kFloat64)});
+    for (size_t i = 0; i < 3; ++i)
+      CHECK((g[i].to(torch::kFloat64) - gr[i]).abs().max().item<double>() < 1e-4 * magnitude(gr[i]));
+  }
+  // Two volumes, float64, autocast and a 1x1 kernel at one thread keep torch::conv3d's own choice.
+  CHECK(node(zoo::ops::conv3d(torch::cat({x, x}), w, b, 1, 1)) == "ConvolutionBackward0");
+  CHECK(node(zoo::ops::conv3d(x.to(torch::kFloat64), w.to(torch::kFloat64), {}, 1, 1)) == "ConvolutionBackward0");
+  {
+    zoo::ops::AutocastScope autocast(c10::kCPU, torch::kBFloat16, true);
+    const auto y = zoo::ops::conv3d(x, w, b, 1, 1);
+    CHECK(y.scalar_type() == torch::kBFloat16);
+    CHECK(node(y) == "ConvolutionBackward0");
+  }
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  CHECK(node(zoo::ops::conv3d(x, torch::randn({8, 16, 1, 1, 1}, torch::requires_grad()), {}, 1, 0)) ==
+        "ConvolutionBackward0");
+  at::set_num_threads(threads);
+}
+
 TEST_CASE("conv3d: models::Conv3d is torch::nn::Conv3d with the direct kernel where it applies", "[kernels][conv3d]") {
   torch::manual_seed(4);
   namespace nn = torch::nn;
