@@ -94,7 +94,7 @@ TEST_CASE("MHC under bf16-mixed autocast computes its mixing matrices in float32
           std::tuple{"res", got.res, expected.res}}) {
       INFO(name);
       CHECK(a.scalar_type() == torch::kFloat32);
-      // bfloat16 products would be ~1e-3 off (8 bits of mantissa in the features and phi).
+      // With autocast's bfloat16 products these were 7e-3 to 4e-2 off (8 bits of mantissa in the features and phi).
       CHECK(max_abs(a - b) < 1e-5);
     }
   }

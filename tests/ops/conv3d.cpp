@@ -192,8 +192,8 @@ TEST_CASE("conv3d: which kernel runs", "[kernels][conv3d]") {
 TEST_CASE("conv3d: one float32 volume runs oneDNN's convolution, not LibTorch's slow native path",
           "[kernels][conv3d]") {
   torch::manual_seed(5);
-  // The 3-D U-Net's second layer at one volume: N C D H = 16 * 8 * 12 <= 20,480, where torch::conv3d takes
-  // slow_conv3d; a stride and a dilation too.
+  // A 16-channel layer at one volume: N C D H = 16 * 8 * 12 <= 20,480, where torch::conv3d takes slow_conv3d; a
+  // stride and a dilation too.
   const auto x = torch::randn({1, 16, 8, 12, 10}, torch::requires_grad());
   const auto w = torch::randn({16, 16, 3, 3, 3}, torch::requires_grad());
   const auto b = torch::randn({16}, torch::requires_grad());
