@@ -9,8 +9,10 @@
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
+#include <chrono>
 #include <csignal>
 #include <fstream>
+#include <thread>
 
 using nlohmann::json;
 using zoo::test::run_zoo;
@@ -217,6 +219,15 @@ struct CheckpointRecorder : zoo::training::Callback {
   std::vector<std::pair<int64_t, int64_t>> seen;
   std::vector<double> items;
 };
+
+/// Makes every step take at least `pause` (a test of checkpoints by the clock cannot depend on the machine's speed).
+struct SlowSteps : zoo::training::Callback {
+  explicit SlowSteps(std::chrono::milliseconds pause) : pause(pause) {}
+  void on_batch_end(zoo::training::Trainer&, const zoo::training::StepInfo&) override {
+    std::this_thread::sleep_for(pause);
+  }
+  std::chrono::milliseconds pause;
+};
 }  // namespace
 
 TEST_CASE("Periodic checkpoints: every N steps in the middle of epochs, none at an epoch's end, and by the clock",
@@ -237,12 +248,16 @@ TEST_CASE("Periodic checkpoints: every N steps in the middle of epochs, none at 
   CHECK(recorder->seen == std::vector<std::pair<int64_t, int64_t>>{{7, 7}, {14, 14}, {21, 1}, {28, 8}, {35, 15}});
   CHECK(recorder->items == std::vector<double>{28, 56, 4, 32, 60});  // the epoch's sums so far, 4 items a step
   CHECK(t->state().epoch_step == 0);  // the live state is the loop's again after each checkpoint
-  // By the clock: a hundredth of a second between checkpoints gives some within the two epochs.
+  // By the clock: a hundredth of a second between checkpoints, and steps of at least 12 ms, give one after every
+  // step but an epoch's last (on a fast machine the 40 steps alone took under 10 ms: none, and a flaky test).
   auto clock = trainer_with(zoo::training::TrainOptions().checkpoint_minutes(0.01 / 60));
   auto timed = std::make_shared<CheckpointRecorder>();
+  clock->add_callback(std::make_shared<SlowSteps>(std::chrono::milliseconds(12)));
   clock->add_callback(timed);
   clock->fit();
-  CHECK(!timed->seen.empty());
+  REQUIRE(timed->seen.size() == 38);
+  CHECK(timed->seen.front() == std::pair<int64_t, int64_t>{1, 1});
+  CHECK(timed->seen[19] == std::pair<int64_t, int64_t>{21, 1});  // epoch 2's first step
   // The default: every 2 minutes, so a short run has none.
   auto plain = trainer_with(zoo::training::TrainOptions());
   auto none = std::make_shared<CheckpointRecorder>();
