@@ -90,7 +90,7 @@ at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 // convolutions of one row, [N, C, L] as [N, C, 1, L], on the CPUs that have AVX512-BF16, where it takes the geometry
 // (1-7 taps, a stride up to the kernel, padding below it, no dilation, one group) and at most 64 channels in and
 // out; elsewhere autocast's own rule. oneDNN 2.6 reorders bfloat16 operands into its blocked layout and back on every
-// call: the 1-D ConvNet's layers train 1.2-1.4x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). 2-D
+// call: the 1-D ConvNet's layers trained 1.02-1.42x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). 2-D
 // convolutions stay with oneDNN: on the models' 2-D layers the kernel trained within 0.9-1.1x of it (the ODE field's
 // conv3x3 calls the kernel itself). Outside a trace only: a trace records LibTorch's convolution, which TorchScript
 // and Python load.

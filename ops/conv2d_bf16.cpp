@@ -1,5 +1,6 @@
 #include "ops/conv2d_bf16.h"
 
+#include "ops/norm_planes.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
@@ -413,30 +414,17 @@ Tensor pair_pixels(const Tensor& go, int64_t W2, int64_t ldo) {
   return out;
 }
 
-// The sum of one plane of bfloat16 values in float32: 8 lanes of partial sums, then the lanes and the tail, in a fixed
-// order.
-ZOO_AVX2_FMA float plane_sum(const bf16* s, int64_t plane) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t q = 0;
-  for (; q + 8 <= plane; q += 8) acc = _mm256_add_ps(acc, load8(s + q));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
-  float sum = 0;
-  for (const float lane : lanes) sum += lane;
-  for (; q < plane; ++q) sum += static_cast<float>(s[q]);
-  return sum;
-}
-
-// The sum of each (item, channel) plane of go [N, O, H, W] bfloat16 (the same bits at any thread count).
-std::vector<float> plane_sums(const Tensor& go) {
+// The sum of each (item, channel) plane of go [N, O, H, W] bfloat16 (the norms' plane sums: float32 vectors, their
+// lanes added in double; the same bits at any thread count).
+std::vector<double> plane_sums(const Tensor& go) {
   const auto gc = go.contiguous();
-  const int64_t planes = go.size(0) * go.size(1), plane = go.size(2) * go.size(3);
-  std::vector<float> sums(static_cast<size_t>(planes));
+  const int64_t count = go.size(0) * go.size(1), plane = go.size(2) * go.size(3);
+  std::vector<double> sums(static_cast<size_t>(count));
   const bf16* src = gc.data_ptr<bf16>();
-  at::parallel_for(0, planes, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, plane)),
+  at::parallel_for(0, count, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, plane)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t i = begin; i < end; ++i)
-                       sums[static_cast<size_t>(i)] = plane_sum(src + i * plane, plane);
+                       sums[static_cast<size_t>(i)] = planes::plane_sum(src + i * plane, plane);
                    });
   return sums;
 }
@@ -637,8 +625,8 @@ struct Conv2dBf16Function : public torch::autograd::Function<Conv2dBf16Function>
     const auto go = grads[0].to(torch::kBFloat16);
     if (ctx->needs_input_grad(0)) out[0] = input_gradient(go, weight, C, x.size(2), x.size(3), g);
     if (ctx->needs_input_grad(1)) out[1] = weight_gradient(x, lead, lead_value, go, g).to(weight.scalar_type());
-    // The bias gradient: each (item, channel) plane summed in float32, the planes added in double in item order (the
-    // same bits at any thread count).
+    // The bias gradient: each (item, channel) plane summed (plane_sums), the planes added in double in item order
+    // (the same bits at any thread count).
     if (bias.numel() > 0 && ctx->needs_input_grad(2)) {
       const auto sums = plane_sums(go);
       auto db = torch::empty({O}, weight.options().dtype(torch::kFloat32));

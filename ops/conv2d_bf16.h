@@ -1,8 +1,8 @@
 // A direct 2-D convolution on bfloat16 operands with AVX512-BF16's dot products (vdpbf16ps: two bfloat16 products
 // added into each float32 lane), float32 accumulators and float32 weight gradients: kernels of 1-7 taps per axis,
 // strides up to the kernel's size, zero padding below it. Used by conv3x3 (ops/conv3x3.h: the ODE field, with its time
-// channel) and by autocast's rule for conv2d (ops/autocast.h: the convolutions it is measured faster on). Not a public
-// header.
+// channel) and by autocast's rule for conv1d (ops/autocast.cpp: 1-D convolutions of up to 64 channels, as single
+// rows; 2-D ones stay with oneDNN, which it only matched on the models' layers). Not a public header.
 //
 // Why: under bf16-mixed oneDNN 2.6 reorders every bfloat16 operand into its blocked layout and back on each call,
 // without a fast bfloat16 reorder, so its convolutions of 16-64 channels on small maps gain only 1.3-1.5x over
