@@ -20,6 +20,8 @@ Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bias, torc
   return torch::conv3d(x, weight, bias, stride, padding, dilation, groups);
 }
 
+bool float32_cpu(const Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; }
+
 /// The same value on all three axes when `v` gives one (as torch::conv3d reads it), else v.
 std::vector<int64_t> per_axis(torch::IntArrayRef v) { return v.size() == 1 ? std::vector<int64_t>(3, v[0]) : v.vec(); }
 
@@ -31,7 +33,6 @@ std::vector<int64_t> per_axis(torch::IntArrayRef v) { return v.size() == 1 ? std
 /// thread (where ATen keeps its native path on purpose), traces (which record torch::conv3d) and autocast (whose rule
 /// casts first) keep torch::conv3d.
 bool one_volume_on_native_path(const Tensor& x, const Tensor& weight, int64_t groups) {
-  const auto float32_cpu = [](const Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; };
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && x.dim() == 5 && weight.dim() == 5 &&
          x.size(0) == 1 && float32_cpu(x) && float32_cpu(weight) && groups == 1 &&
          !(weight.size(3) > 3 && weight.size(4) > 3) && x.size(1) * x.size(2) * x.size(3) <= 20480 &&
@@ -326,7 +327,6 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
 
 bool conv3d_direct_available(const Tensor& x, const Tensor& weight, const Tensor& bias, torch::IntArrayRef stride,
                              torch::IntArrayRef padding, torch::IntArrayRef dilation, int64_t groups) {
-  const auto float32_cpu = [](const Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; };
   return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.dim() == 5 && x.size(1) == 1 &&
          weight.dim() == 5 && weight.size(1) == 1 && weight.size(2) == 3 && weight.size(3) == 3 &&
          weight.size(4) == 3 && groups == 1 && all_equal(stride, 1) && all_equal(padding, 1) &&
