@@ -184,6 +184,38 @@ torch::Tensor float32(const torch::Tensor& t) {
   return type == torch::kBFloat16 || type == torch::kHalf ? t.to(torch::kFloat32) : t;
 }
 
+namespace {
+struct Float32MeanFunction : public torch::autograd::Function<Float32MeanFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, int64_t start_dim) {
+    ctx->saved_data["sizes"] = x.sizes().vec();
+    ctx->saved_data["type"] = static_cast<int64_t>(x.scalar_type());
+    const auto type = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    return x.flatten(start_dim).mean(-1, /*keepdim=*/false, type);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const auto type = static_cast<torch::ScalarType>(ctx->saved_data["type"].toInt());
+    const auto& g = grads[0];  // [sizes[0 .. start_dim)]
+    auto shape = g.sizes().vec();
+    int64_t count = 1;
+    for (size_t d = shape.size(); d < sizes.size(); ++d) count *= sizes[d];
+    shape.resize(sizes.size(), 1);
+    // Differentiable ops: under create_graph the gradient of this gradient (zero for x, as the mean is linear) is
+    // LibTorch's.
+    return {(g / static_cast<double>(count)).to(type).view(shape).expand(sizes), torch::Tensor()};
+  }
+};
+}  // namespace
+
+torch::Tensor float32_mean(const torch::Tensor& x, int64_t start_dim) {
+  TORCH_CHECK(x.is_floating_point(), "float32_mean takes a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK(start_dim >= 1 && start_dim < x.dim(), "float32_mean averages axes ", start_dim, ".. of a tensor of ",
+              x.dim(), " dimensions: start_dim must be 1 to ", x.dim() - 1);
+  return Float32MeanFunction::apply(x, start_dim);
+}
+
 }  // namespace zoo::ops
 
 #if TORCH_VERSION_MAJOR < 2

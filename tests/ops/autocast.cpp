@@ -69,6 +69,46 @@ TEST_CASE("Autocast: float32() widens bfloat16 and float16, keeps the rest, and 
   CHECK_FALSE(ops::float32(torch::Tensor()).defined());
 }
 
+TEST_CASE("Autocast: float32_mean averages in float32 and passes back a broadcast gradient in x's type",
+          "[ops][precision]") {
+  torch::manual_seed(3);
+  const auto x = (torch::randn({3, 4, 5, 6}) + 2).to(torch::kBFloat16).requires_grad_(true);
+  const auto mean = ops::float32_mean(x, 2);
+  CHECK(mean.scalar_type() == torch::kFloat32);
+  CHECK(mean.sizes() == torch::IntArrayRef({3, 4}));
+  // float64's mean of the same bfloat16 values, to float32's rounding (a bfloat16 result would be 2^-9 off).
+  const auto exact = x.detach().to(torch::kFloat64).flatten(2).mean(-1);
+  CHECK(max_abs(mean.to(torch::kFloat64) - exact) < 1e-6);
+  CHECK(max_abs(mean.to(torch::kFloat64) - exact.to(torch::kBFloat16).to(torch::kFloat64)) > 1e-4);
+
+  // The gradient: the upstream gradient / 30, rounded to bfloat16 once and broadcast (stride 0 over the averaged
+  // axes), the same bits as LibTorch's mean of float32(x).
+  const auto g = torch::randn({3, 4});
+  const auto dx = torch::autograd::grad({mean}, {x}, {g})[0];
+  CHECK(dx.scalar_type() == torch::kBFloat16);
+  CHECK(dx.sizes() == x.sizes());
+  CHECK(dx.stride(2) == 0);
+  CHECK(dx.stride(3) == 0);
+  const auto reference = torch::autograd::grad({ops::float32(x).flatten(2).mean(-1)}, {x}, {g})[0];
+  CHECK(torch::equal(dx, reference));
+
+  // float32 stays float32 (LibTorch's mean exactly), float64 stays float64; from axis 1 it averages [C, H, W].
+  const auto f = torch::randn({2, 3, 7});
+  CHECK(torch::equal(ops::float32_mean(f, 2), f.mean(-1)));
+  CHECK(ops::float32_mean(f.to(torch::kFloat64), 1).scalar_type() == torch::kFloat64);
+  CHECK(ops::float32_mean(f, 1).sizes() == torch::IntArrayRef({2}));
+
+  // Twice differentiable: d/dx of sum(d(sum mean^2)/dx) = 2 / count for every element.
+  const auto d = torch::randn({2, 3, 4}, torch::dtype(torch::kFloat64).requires_grad(true));
+  const auto first = torch::autograd::grad({ops::float32_mean(d, 2).pow(2).sum()}, {d}, {}, true, true)[0];
+  const auto second = torch::autograd::grad({first.sum()}, {d})[0];
+  CHECK(max_abs(second - 2.0 / 4) < 1e-12);
+
+  CHECK_THROWS_WITH(ops::float32_mean(f, 0), Catch::Contains("start_dim must be 1 to 2"));
+  CHECK_THROWS_WITH(ops::float32_mean(f, 3), Catch::Contains("start_dim must be 1 to 2"));
+  CHECK_THROWS_WITH(ops::float32_mean(torch::ones({2, 3}, torch::kInt64), 1), Catch::Contains("floating-point"));
+}
+
 TEST_CASE(
     "Autocast: conv3x3 keeps its float32 direct kernel for small problems, a large bfloat16 one goes to its "
     "bfloat16 kernel (or LibTorch)",

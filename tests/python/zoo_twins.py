@@ -94,8 +94,11 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
-        # As the C++: the global average pool in float32 under autocast (a no-op in float32).
-        return self.head(self.features(x).flatten(2).float().mean(2))
+        # As the C++: the global average pool and the head in float32 under autocast (a no-op in float32).
+        maps = self.features(x).flatten(2)
+        pooled = maps.mean(2, dtype=torch.float32) if maps.dtype == torch.bfloat16 else maps.mean(2)
+        with torch.autocast("cpu", enabled=False):
+            return self.head(pooled)
 
 
 # ---- vae ----------------------------------------------------------------------------------------------------
