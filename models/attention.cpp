@@ -1,5 +1,7 @@
 #include "models/attention.h"
 
+#include "ops/dropout.h"
+
 #include <cmath>
 #include <limits>
 
@@ -89,7 +91,7 @@ AttentionResult AttentionImpl::forward(const torch::Tensor& query, const torch::
   }
   auto result = scaled_dot_product_attention(q, k, v, mask, options.temperature());
   if (is_training() && options.dropout() > 0) {
-    result.weights = torch::dropout(result.weights, options.dropout(), /*train=*/true);
+    result.weights = ops::dropout(result.weights, options.dropout(), /*train=*/true);
     result.output = torch::matmul(result.weights, v);
   }
   result.output = out_proj(result.output.transpose(1, 2).reshape({n, l, e}));

@@ -1,6 +1,7 @@
 #include "models/cnn.h"
 
 #include "models/batch_norm.h"
+#include "models/dropout.h"
 #include "models/pretty.h"
 #include "models/registry.h"
 #include "ops/max_pool.h"
@@ -55,7 +56,7 @@ void CNNImpl::reset() {
   const auto stem = make_conv_stem(options.in_channels(), options.image_size(), options.channels(), "CNN");
   features = stem.features;
   const int64_t flat = stem.channels * stem.size * stem.size;
-  classifier = nn::Sequential(nn::Linear(flat, options.hidden()), nn::ReLU(), nn::Dropout(options.dropout()),
+  classifier = nn::Sequential(nn::Linear(flat, options.hidden()), nn::ReLU(), Dropout(options.dropout()),
                               nn::Linear(options.hidden(), options.num_classes()));
   register_module("features", features);
   register_module("classifier", classifier);

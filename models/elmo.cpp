@@ -2,6 +2,7 @@
 
 #include "core/chars.h"
 #include "models/registry.h"
+#include "ops/dropout.h"
 #include "ops/lstm.h"
 
 #include <numeric>
@@ -260,7 +261,7 @@ void ElmoImpl::run_lstms(const torch::Tensor& x, const torch::Tensor& mask, std:
     auto& out = forward ? fwd : bwd;
     auto input = x;
     for (int64_t l = 0; l < options.num_layers(); ++l) {
-      auto h = list[l]->as<LstmWithProjection>()->forward(torch::dropout(input, p, is_training()), mask);
+      auto h = list[l]->as<LstmWithProjection>()->forward(ops::dropout(input, p, is_training()), mask);
       if (l > 0) h = h + input;  // the residual connection between LSTM layers (none from the token layer)
       out.push_back(h);
       input = h;
@@ -287,7 +288,7 @@ std::pair<torch::Tensor, torch::Tensor> ElmoImpl::lm_states(const torch::Tensor&
   std::vector<torch::Tensor> fwd, bwd;
   run_lstms(token_embedding(chars), mask, fwd, bwd);
   const double p = is_training() ? options.dropout() : 0.0;
-  return {torch::dropout(fwd.back(), p, is_training()), torch::dropout(bwd.back(), p, is_training())};
+  return {ops::dropout(fwd.back(), p, is_training()), ops::dropout(bwd.back(), p, is_training())};
 }
 
 torch::Tensor ElmoImpl::word_logits(const torch::Tensor& states) { return softmax->forward(states); }

@@ -1,5 +1,6 @@
 #include "models/mlp.h"
 
+#include "models/dropout.h"
 #include "models/pretty.h"
 #include "models/registry.h"
 
@@ -23,7 +24,7 @@ void MLPImpl::reset() {
   for (int64_t h : options.hidden()) {
     net->push_back(torch::nn::Linear(width, h));
     net->push_back(torch::nn::ReLU());
-    if (options.dropout() > 0) net->push_back(torch::nn::Dropout(options.dropout()));
+    if (options.dropout() > 0) net->push_back(Dropout(options.dropout()));
     width = h;
   }
   net->push_back(torch::nn::Linear(width, options.num_classes()));

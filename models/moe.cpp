@@ -287,7 +287,7 @@ void MoEClassifierImpl::reset() {
   features = stem.features;
   const int64_t in = stem.channels, size = stem.size;
   register_module("features", features);
-  dropout = register_module("dropout", nn::Dropout(o.dropout()));
+  dropout = register_module("dropout", Dropout(o.dropout()));
   auto layer = o.moe();
   moe = register_module(
       "moe", MixtureOfExperts(layer.in_features(in * size * size).out_features(o.num_classes()).gate_features(in)));

@@ -29,6 +29,7 @@
 #pragma once
 
 #include "models/auxiliary.h"
+#include "models/dropout.h"
 
 #include "core/schema.h"
 
@@ -176,7 +177,7 @@ class MoEClassifierImpl : public torch::nn::Cloneable<MoEClassifierImpl> {
 
   MoEClassifierOptions options;
   torch::nn::Sequential features{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
   MixtureOfExperts moe{nullptr};
 };
 TORCH_MODULE(MoEClassifier);
