@@ -695,7 +695,9 @@ class MoEClassifier(nn.Module):
 
     def forward(self, x):
         maps = self.features(x)
-        return self.moe(self.dropout(maps.flatten(1)), maps.mean((2, 3)))
+        # As the C++: the gate's channel means accumulated and returned in float32 under autocast.
+        means = maps.mean((2, 3), dtype=torch.float32) if maps.dtype == torch.bfloat16 else maps.mean((2, 3))
+        return self.moe(self.dropout(maps.flatten(1)), means)
 
 
 # ---- elmo ---------------------------------------------------------------------------------------------------
