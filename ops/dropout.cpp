@@ -45,24 +45,23 @@ void twist_plain(uint32_t* s) {
   s[kWords - 1] = twisted(s[kWords - 1], s[0], s[kShift - 1]);
 }
 
-// The 0 or 1 of one element from its two words (the first the high half), as bernoulli_distribution<double>:
-// (((hi << 32) | lo) & (2^53 - 1)) 2^-53 < p, i.e. the 53-bit integer below threshold = ceil(p 2^53).
+// One element from its two words (the first the high half): `one` where bernoulli_distribution<double> draws 1,
+// (((hi << 32) | lo) & (2^53 - 1)) 2^-53 < p, i.e. where the 53-bit integer is below threshold = ceil(p 2^53); else 0.
 template <typename T>
-inline T element(uint32_t hi, uint32_t lo, uint64_t threshold) {
-  return static_cast<T>(((((uint64_t{hi} << 32) | lo) & kLow53) < threshold) ? 1 : 0);
+inline T element(uint32_t hi, uint32_t lo, uint64_t threshold, T one) {
+  return ((((uint64_t{hi} << 32) | lo) & kLow53) < threshold) ? one : static_cast<T>(0);
 }
 
-// Four elements' values for each 4-bit pattern of comparisons (bit j: element j is 1).
+// Four elements' values for each 4-bit pattern of comparisons (bit j: element j is `one`).
 template <typename T>
-const std::array<std::array<T, 4>, 16>& patterns() {
-  static const auto table = [] {
-    std::array<std::array<T, 4>, 16> t{};
-    for (int bits = 0; bits < 16; ++bits)
-      for (int j = 0; j < 4; ++j)
-        t[static_cast<size_t>(bits)][static_cast<size_t>(j)] = static_cast<T>((bits >> j) & 1);
-    return t;
-  }();
-  return table;
+using Patterns = std::array<std::array<T, 4>, 16>;
+
+template <typename T>
+Patterns<T> patterns(T one) {
+  Patterns<T> t{};
+  for (size_t bits = 0; bits < 16; ++bits)
+    for (size_t j = 0; j < 4; ++j) t[bits][j] = ((bits >> j) & 1) != 0 ? one : static_cast<T>(0);
+  return t;
 }
 
 #ifdef ZOO_X86_KERNELS
@@ -98,10 +97,10 @@ ZOO_AVX2_FMA inline __m256i temper8(__m256i y) {
 
 // Elements from the untempered words s (two each), four at a time; returns how many it wrote (a multiple of 4).
 template <typename T>
-ZOO_AVX2_FMA int64_t elements_avx2(const uint32_t* s, int64_t count, uint64_t threshold, T* out) {
+ZOO_AVX2_FMA int64_t elements_avx2(const uint32_t* s, int64_t count, uint64_t threshold, const Patterns<T>& table,
+                                   T* out) {
   const __m256i low53 = _mm256_set1_epi64x(static_cast<int64_t>(kLow53));
   const __m256i limit = _mm256_set1_epi64x(static_cast<int64_t>(threshold));  // at most 2^53: positive
-  const auto& table = patterns<T>();
   int64_t k = 0;
   for (; k + 4 <= count; k += 4) {
     __m256i y = temper8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 2 * k)));
@@ -118,7 +117,8 @@ ZOO_AVX2_FMA int64_t elements_avx2(const uint32_t* s, int64_t count, uint64_t th
 // the words left in the current block first, then whole blocks; an element may take the last word of one block and
 // the first of the next. d's position (left_, next_) ends where the engine's would.
 template <typename T>
-void draw(T* out, int64_t n, uint64_t threshold, at::mt19937_data_pod& d, bool avx2) {
+void draw(T* out, int64_t n, uint64_t threshold, T one, at::mt19937_data_pod& d, bool avx2) {
+  const auto table = patterns(one);
   int64_t e = 0;
   bool pending = false;  // an element's first word taken at the end of the last block
   uint32_t high = 0;
@@ -136,16 +136,16 @@ void draw(T* out, int64_t n, uint64_t threshold, at::mt19937_data_pod& d, bool a
     const int64_t available = d.left_ - 1;
     int64_t w = 0;
     if (pending) {
-      out[e++] = element<T>(high, temper(s[0]), threshold);
+      out[e++] = element(high, temper(s[0]), threshold, one);
       pending = false;
       w = 1;
     }
     const int64_t count = std::min((available - w) / 2, n - e);
     int64_t k = 0;
 #ifdef ZOO_X86_KERNELS
-    if (avx2) k = elements_avx2(s + w, count, threshold, out + e);
+    if (avx2) k = elements_avx2(s + w, count, threshold, table, out + e);
 #endif
-    for (; k < count; ++k) out[e + k] = element<T>(temper(s[w + 2 * k]), temper(s[w + 2 * k + 1]), threshold);
+    for (; k < count; ++k) out[e + k] = element(temper(s[w + 2 * k]), temper(s[w + 2 * k + 1]), threshold, one);
     e += count;
     w += 2 * count;
     if (e < n && w < available) {  // one word left in this block: the next element's high half
@@ -170,7 +170,7 @@ bool fast_path(const Tensor& x) {
 
 namespace detail {
 
-void bernoulli_fill(Tensor& out, double p, const at::Generator& generator) {
+void bernoulli_fill(Tensor& out, double p, const at::Generator& generator, const Tensor& one) {
   TORCH_CHECK(out.device().is_cpu() && out.is_contiguous(), "bernoulli_fill takes a contiguous CPU tensor");
   TORCH_CHECK(p >= 0 && p <= 1, "bernoulli_fill expects p in [0, 1], got ", p);
   auto* gen = at::check_generator<at::CPUGeneratorImpl>(generator);
@@ -179,19 +179,22 @@ void bernoulli_fill(Tensor& out, double p, const at::Generator& generator) {
 #ifdef ZOO_X86_KERNELS
   avx2 = cpu_has_avx2_fma();
 #endif
+  TORCH_CHECK(!one.defined() || (one.numel() == 1 && one.scalar_type() == out.scalar_type()),
+              "bernoulli_fill's value for a draw of 1 is one element of out's type");
+  const auto value = one.defined() ? one : torch::ones({}, out.options());
   const int64_t n = out.numel();
   std::lock_guard<std::mutex> lock(gen->mutex_);
   auto engine = gen->engine();
   auto state = engine.data();
   switch (out.scalar_type()) {
     case torch::kFloat32:
-      draw(out.data_ptr<float>(), n, threshold, state, avx2);
+      draw(out.data_ptr<float>(), n, threshold, value.item<float>(), state, avx2);
       break;
     case torch::kFloat64:
-      draw(out.data_ptr<double>(), n, threshold, state, avx2);
+      draw(out.data_ptr<double>(), n, threshold, value.item<double>(), state, avx2);
       break;
     case torch::kBFloat16:
-      draw(out.data_ptr<c10::BFloat16>(), n, threshold, state, avx2);
+      draw(out.data_ptr<c10::BFloat16>(), n, threshold, value.item<c10::BFloat16>(), state, avx2);
       break;
     default:
       TORCH_CHECK(false, "bernoulli_fill takes float32, float64 or bfloat16, got ", out.scalar_type());
@@ -227,9 +230,10 @@ Tensor dropout(const Tensor& x, double p, bool train) {
   TORCH_CHECK(p >= 0 && p <= 1, "dropout probability has to be between 0 and 1, but got ", p);
   if (p == 0 || !train || x.numel() == 0) return x;
   if (p == 1) return x * torch::zeros({}, x.options());
+  // LibTorch's noise is 1 where drawn, then divided by 1 - p (div_): written here as that quotient, computed by the
+  // same div_ once, so no second pass over the mask.
   auto noise = torch::empty_like(x, at::MemoryFormat::Contiguous);
-  detail::bernoulli_fill(noise, 1 - p, at::detail::getDefaultCPUGenerator());
-  noise.div_(1 - p);
+  detail::bernoulli_fill(noise, 1 - p, at::detail::getDefaultCPUGenerator(), torch::ones({}, x.options()).div_(1 - p));
   return x * noise;
 }
 

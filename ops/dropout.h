@@ -9,8 +9,9 @@
 // training step ([64, 3136]). zoo draws the same outputs in blocks of 624 (the twist and the tempering eight words at
 // a time in AVX2) and compares the 53-bit integers with ceil((1 - p) 2^53), which is the same comparison, so the
 // masks and the generator's state after them are LibTorch's bit for bit: a Python twin seeded alike drops the same
-// units, and `torch::manual_seed` runs repeat. The scaling and the product are LibTorch's own operations, so the
-// output and the gradient are too. The plain reference is torch::dropout.
+// units, and `torch::manual_seed` runs repeat. The mask holds 1 / (1 - p) as LibTorch's div_ computes it, written
+// with the draws (no second pass), and the product is LibTorch's, so the output and the gradient are LibTorch's too.
+// The plain reference is torch::dropout.
 #pragma once
 
 #include <torch/torch.h>
@@ -24,10 +25,11 @@ namespace zoo::ops {
 torch::Tensor dropout(const torch::Tensor& x, double p, bool train);
 
 namespace detail {
-/// Fills `out` (contiguous, CPU, float32, float64 or bfloat16) with 1 where the draw is below p and 0 elsewhere,
-/// drawing from `generator` (its lock held) as LibTorch's out.bernoulli_(p, generator) does. AVX2 where the CPU has
-/// it (ops::ScalarOnly turns it off), else a plain loop.
-void bernoulli_fill(torch::Tensor& out, double p, const at::Generator& generator);
+/// Fills `out` (contiguous, CPU, float32, float64 or bfloat16) with 1 (or `one`, a one-element tensor of out's type)
+/// where the draw is below p and 0 elsewhere, drawing from `generator` (its lock held) as LibTorch's
+/// out.bernoulli_(p, generator) does. AVX2 where the CPU has it (ops::ScalarOnly turns it off), else a plain loop.
+void bernoulli_fill(torch::Tensor& out, double p, const at::Generator& generator,
+                    const torch::Tensor& one = torch::Tensor());
 
 /// Whether bernoulli_fill draws what this LibTorch's bernoulli_ draws, checked once on generators of its own.
 bool bernoulli_matches_libtorch();

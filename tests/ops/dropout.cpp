@@ -62,6 +62,14 @@ TEST_CASE("Dropout masks: bernoulli_fill draws what bernoulli_ draws, and leaves
   auto big = torch::empty({200000});
   ops::detail::bernoulli_fill(big, 0.3, g);
   CHECK(big.mean().item<double>() == Approx(0.3).margin(0.005));
+  // A value other than 1 for the draws of 1 (dropout's 1 / (1 - p)): the same mask times it.
+  auto c = at::detail::createCPUGenerator(8), d = at::detail::createCPUGenerator(8);
+  auto plain = torch::empty({1001}, torch::kBFloat16), scaled = torch::empty({1001}, torch::kBFloat16);
+  ops::detail::bernoulli_fill(plain, 0.6, c);
+  ops::detail::bernoulli_fill(scaled, 0.6, d, torch::full({}, 2.5, torch::kBFloat16));
+  CHECK(torch::equal(scaled, plain * 2.5));
+  CHECK_THROWS_WITH(ops::detail::bernoulli_fill(scaled, 0.6, d, torch::ones({2}, torch::kBFloat16)),
+                    Catch::Contains("one element of out's type"));
   auto bad = torch::empty({4}, torch::kInt32);
   CHECK_THROWS_WITH(ops::detail::bernoulli_fill(bad, 0.5, g), Catch::Contains("float32, float64 or bfloat16"));
   CHECK_THROWS_WITH(ops::detail::bernoulli_fill(big, 1.5, g), Catch::Contains("p in [0, 1]"));
