@@ -190,8 +190,13 @@ TEST_CASE("MoE shared expert: a dropped token keeps the shared expert's output, 
   {
     torch::NoGradGuard no_grad;
     moe->gate->weight.copy_(torch::tensor({{2.0f, 0.0f}, {0.0f, 2.0f}}));
+    // Every hidden unit of the shared expert active on these tokens, whatever the initialisation drew: with a
+    // random fc1 all five ReLUs of the dropped rows can be off (about 1 in 32), and no gradient reaches fc2.
+    moe->shared->fc1->weight.fill_(0.5);
+    moe->shared->fc1->bias.fill_(0.25);
   }
   moe->train();
+  torch::manual_seed(0);
   const auto x = torch::tensor({1.0f, 0.0f}).repeat({10, 1}) + 0.1 * torch::randn({10, 2});
   const auto y = moe(x);
   const auto shared = moe->shared(x);
@@ -200,7 +205,10 @@ TEST_CASE("MoE shared expert: a dropped token keeps the shared expert's output, 
   CHECK(max_abs(y.slice(0, 0, 6) - shared.slice(0, 0, 6) - moe->expert(0, x.slice(0, 0, 6))) < 1e-6);
   // Gradients reach the shared expert from the dropped rows alone.
   y.slice(0, 6).sum().backward();
-  CHECK(max_abs(moe->shared->fc2->weight.grad()) > 0);
+  // d/dW2 of sum(W2 h + b2) over the dropped rows: every row of the gradient is the sum of their hidden units.
+  const auto hidden = torch::relu(moe->shared->fc1(x.slice(0, 6))).detach().sum(0);
+  CHECK(max_abs(hidden) > 0.5);
+  CHECK(max_abs(moe->shared->fc2->weight.grad() - hidden.expand({3, 5})) < 1e-6);
   const auto expert_grad = moe->experts[0]->as<models::Expert>()->fc2->weight.grad();
   CHECK((!expert_grad.defined() || max_abs(expert_grad) == 0));
   // Names as a Python attribute `shared` would give them.
