@@ -49,3 +49,71 @@ TEST_CASE("Sinkhorn-Knopp: rows exact, columns within 1e-3 after 20 iterations, 
   }
   CHECK_THROWS_WITH(sinkhorn_knopp(torch::zeros({3, 4})), Catch::Contains("[..., n, n]"));
 }
+
+TEST_CASE("Sinkhorn-Knopp: the linear-space iterations equal log space's, and wide or infinite logits keep log space",
+          "[mhc]") {
+  using zoo::ops::SinkhornLogSpaceOnly;
+  torch::manual_seed(0);
+  // Both paths in double, forward and backward: scales up to a spread of 64 (the linear path's limit), 1 to 200
+  // iterations.
+  auto both = [](const torch::Tensor& logits, int64_t iterations) {
+    const auto w = torch::randn(logits.sizes(), torch::kFloat64);
+    auto x = logits.to(torch::kFloat64).detach().clone().requires_grad_(true);
+    auto y = logits.to(torch::kFloat64).detach().clone().requires_grad_(true);
+    const auto linear = zoo::ops::sinkhorn_knopp(x, iterations);
+    (linear * w).sum().backward();
+    torch::Tensor log;
+    {
+      SinkhornLogSpaceOnly log_space;
+      log = zoo::ops::sinkhorn_knopp(y, iterations);
+      (log * w).sum().backward();
+    }
+    return std::make_tuple(linear.detach(), log.detach(), x.grad(), y.grad());
+  };
+  for (const double scale : {0.1, 1.0, 4.0}) {
+    for (const int64_t iterations : {1, 20, 200}) {
+      const auto [linear, log, linear_grad, log_grad] = both(torch::randn({64, 4, 4}) * scale, iterations);
+      CHECK(max_abs(linear - log) < 1e-13);
+      CHECK(max_abs(linear_grad - log_grad) < 1e-12);
+      CHECK(!torch::equal(linear, log));  // the two paths ran: they round differently
+    }
+  }
+  // Entries spread over exactly 64 (0 down to -64, shuffled): entries down to ~e^-64 stay accurate.
+  auto spread = torch::linspace(-64, 0, 16, torch::kFloat64).index_select(0, torch::randperm(16)).view({1, 4, 4});
+  {
+    const auto [linear, log, linear_grad, log_grad] = both(spread, 20);
+    CHECK(max_abs(linear - log) < 1e-13);
+    CHECK(((linear - log).abs() <= 1e-12 * log.abs()).all().item<bool>());
+    CHECK(max_abs(linear_grad - log_grad) < 1e-12);
+    CHECK(!torch::equal(linear, log));
+  }
+  // Spread beyond 64, -inf entries (a zero in the matrix, a row of them) and NaN: log space, the same bits.
+  auto wide = spread * 1.01;
+  auto infinite = torch::randn({1, 4, 4}, torch::kFloat64);
+  infinite[0][1][2] = -INFINITY;
+  auto empty_row = torch::randn({1, 4, 4}, torch::kFloat64);
+  empty_row[0][3] = -INFINITY;
+  auto nan = torch::randn({1, 4, 4}, torch::kFloat64);
+  nan[0][0][0] = NAN;
+  for (const auto& logits : {wide, infinite, empty_row}) {
+    const auto [linear, log, linear_grad, log_grad] = both(logits, 20);
+    CHECK(torch::equal(linear, log));
+    CHECK(torch::equal(linear_grad, log_grad));
+  }
+  CHECK(zoo::ops::sinkhorn_knopp(infinite)[0][1][2].item<double>() == 0);
+  CHECK(row_error(zoo::ops::sinkhorn_knopp(infinite)) < 1e-12);
+  CHECK(torch::equal(zoo::ops::sinkhorn_knopp(empty_row)[0][3], torch::zeros({4}, torch::kFloat64)));
+  const auto [nan_linear, nan_log, nan_linear_grad, nan_log_grad] = both(nan, 20);
+  CHECK(torch::isnan(nan_linear).any().item<bool>());
+  CHECK(torch::equal(nan_linear.isnan(), nan_log.isnan()));
+  // A batch mixing both kinds: each matrix as it would be alone.
+  const auto mixed = torch::cat({torch::randn({3, 4, 4}, torch::kFloat64), wide});
+  const auto together = zoo::ops::sinkhorn_knopp(mixed);
+  CHECK(torch::equal(together.narrow(0, 0, 3), zoo::ops::sinkhorn_knopp(mixed.narrow(0, 0, 3))));
+  CHECK(torch::equal(together.narrow(0, 3, 1), zoo::ops::sinkhorn_knopp(wide)));
+  // float32 logits (the mHC's): within float32's rounding of the log-space result.
+  const auto logits32 = torch::randn({64, 4, 4});
+  const auto linear32 = zoo::ops::sinkhorn_knopp(logits32);
+  SinkhornLogSpaceOnly log_space;
+  CHECK(max_abs(linear32 - zoo::ops::sinkhorn_knopp(logits32)) < 1e-7);
+}
