@@ -19,13 +19,6 @@ namespace {
 
 using torch::Tensor;
 
-/// [B, n] -> [B, n, 1, ..., 1] to broadcast over a stream tensor of `dims` dimensions.
-Tensor per_stream(const Tensor& weights, int64_t dims) {
-  std::vector<int64_t> shape{-1, weights.size(1)};
-  shape.resize(static_cast<size_t>(dims), 1);
-  return weights.view(shape);
-}
-
 // The streams' features [B, n, C] in float32 (float64 stays float64): x [B, n, C, ...] averaged over space by
 // ops::float32_mean (no float32 copy of bfloat16 streams; its broadcast gradient took 0.9 ms out of the float32
 // training step, where LibTorch's mean writes and divides a gradient of the streams' size), or x itself.
@@ -179,12 +172,19 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
 }
 
 Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) {
-  const auto input = (x * per_stream(m.pre, x.dim())).sum(1);  // H_pre x: [B, C, ...]
+  // The streams as [B, n, L] for the mixing kernel (ops/stream_mix.h): one pass each way for H_pre x, and one for
+  // H_res x + H_post^T F with its four gradients, where elementwise operations took several, each a stream-sized
+  // temporary. H_pre x is a product: under autocast it is handed to the branch in bfloat16, as matmul would.
+  const auto streams = x.flatten(2);
+  auto shape = x.sizes().vec();
+  shape.erase(shape.begin() + 1);
+  shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
+  const auto input = ops::mix_streams(m.pre.unsqueeze(1), streams).view(shape);  // H_pre x: [B, C, ...]
   const auto out = branch.forward(input);
   TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
               out.sizes());
-  const auto mixed = ops::mix_streams(m.res, x.flatten(2)).view_as(x);  // stream t: sum_s H_res[t, s] x_s
-  return mixed + per_stream(m.post, x.dim()) * out.unsqueeze(1);
+  // stream t: sum_s H_res[t, s] x_s + H_post[t] F
+  return ops::mix_streams_add(m.res, streams, m.post, out.flatten(1)).view_as(x);
 }
 
 Tensor MHCImpl::forward(const Tensor& x) { return combine(x, mixing(x)); }

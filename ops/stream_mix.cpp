@@ -21,6 +21,11 @@ Tensor reference(const Tensor& h, const Tensor& x) {
   return h.scalar_type() == x.scalar_type() ? torch::matmul(h, x) : torch::matmul(float32(h), float32(x));
 }
 
+/// mix_streams_add's plain path: the mixing in float32, plus p_t f.
+Tensor reference_add(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f) {
+  return torch::matmul(float32(h), float32(x)) + float32(p).unsqueeze(2) * float32(f).unsqueeze(1);
+}
+
 bool kernel_type(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kBFloat16; }
 
 /// What torch::matmul(h, x) returns here: autocast's type under CPU autocast, else the operands' promoted type.
@@ -31,29 +36,33 @@ torch::ScalarType product_type(const Tensor& h, const Tensor& x) {
 bool kernel_applies(const Tensor& h, const Tensor& x, bool fast) {
   if (!fast || !cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
   if (h.dim() != 3 || x.dim() != 3 || !h.device().is_cpu() || !x.device().is_cpu() || x.numel() == 0) return false;
-  const int64_t n = x.size(1);
-  return n >= 1 && n <= 8 && h.size(0) == x.size(0) && h.size(1) == n && h.size(2) == n && x.is_contiguous() &&
+  const int64_t n = x.size(1), m = h.size(1);
+  return n >= 1 && n <= 8 && (m == n || m == 1) && h.size(0) == x.size(0) && h.size(2) == n && x.is_contiguous() &&
          kernel_type(h.scalar_type()) && kernel_type(x.scalar_type()) && kernel_type(product_type(h, x));
 }
 
 #ifdef ZOO_X86_KERNELS
-/// One item's mixing: out_t = sum_s H[t, s] x_s over L positions (N streams; H row-major, float32).
-template <int N, typename X, typename Y>
-ZOO_AVX2_FMA void mix_item(const float* H, const X* x, Y* out, int64_t L) {
+/// One item's mixing: out_t = sum_s H[t, s] x_s (+ P[t] f where f is given) over L positions, for M output and N
+/// input streams (H row-major [M, N], P [M], float32).
+template <int M, int N, typename X, typename F, typename Y>
+ZOO_AVX2_FMA void mix_item(const float* H, const float* P, const X* x, const F* f, Y* out, int64_t L) {
   int64_t l = 0;
   for (; l + 8 <= L; l += 8) {
     __m256 xs[N];
     for (int s = 0; s < N; ++s) xs[s] = load8(x + s * L + l);
-    for (int t = 0; t < N; ++t) {
+    const __m256 fs = f ? load8(f + l) : _mm256_setzero_ps();
+    for (int t = 0; t < M; ++t) {
       __m256 acc = _mm256_mul_ps(_mm256_set1_ps(H[t * N]), xs[0]);
       for (int s = 1; s < N; ++s) acc = _mm256_fmadd_ps(_mm256_set1_ps(H[t * N + s]), xs[s], acc);
+      if (f) acc = _mm256_fmadd_ps(_mm256_set1_ps(P[t]), fs, acc);
       store8(out + t * L + l, acc);
     }
   }
   for (; l < L; ++l) {
-    for (int t = 0; t < N; ++t) {
+    for (int t = 0; t < M; ++t) {
       float acc = H[t * N] * static_cast<float>(x[l]);
       for (int s = 1; s < N; ++s) acc = std::fma(H[t * N + s], static_cast<float>(x[s * L + l]), acc);
+      if (f) acc = std::fma(P[t], static_cast<float>(f[l]), acc);
       out[t * L + l] = static_cast<Y>(acc);
     }
   }
@@ -66,39 +75,59 @@ ZOO_AVX2_FMA inline float lane_sum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
 }
 
-/// One item's backward: dx_s = sum_t H[t, s] g_t, dH[t, s] = <g_t, x_s>, in one pass over g and x.
-template <int N, typename X, typename G>
-ZOO_AVX2_FMA void mix_item_backward(const float* H, const X* x, const G* g, X* dx, float* dH, int64_t L) {
-  __m256 acc[N * N];
-  for (int i = 0; i < N * N; ++i) acc[i] = _mm256_setzero_ps();
+/// One item's backward: dx_s = sum_t H[t, s] g_t, dH[t, s] = <g_t, x_s>, and where f is given df = sum_t P[t] g_t,
+/// dP[t] = <g_t, f>, in one pass over g, x and f.
+template <int M, int N, typename X, typename F, typename G>
+ZOO_AVX2_FMA void mix_item_backward(const float* H, const float* P, const X* x, const F* f, const G* g, X* dx, F* df,
+                                    float* dH, float* dP, int64_t L) {
+  __m256 acc[M * N], accP[M];
+  for (int i = 0; i < M * N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int t = 0; t < M; ++t) accP[t] = _mm256_setzero_ps();
   int64_t l = 0;
   for (; l + 8 <= L; l += 8) {
-    __m256 gs[N], xs[N];
-    for (int t = 0; t < N; ++t) gs[t] = load8(g + t * L + l);
+    __m256 gs[M], xs[N];
+    for (int t = 0; t < M; ++t) gs[t] = load8(g + t * L + l);
     for (int s = 0; s < N; ++s) xs[s] = load8(x + s * L + l);
     for (int s = 0; s < N; ++s) {
       __m256 d = _mm256_mul_ps(_mm256_set1_ps(H[s]), gs[0]);
-      for (int t = 1; t < N; ++t) d = _mm256_fmadd_ps(_mm256_set1_ps(H[t * N + s]), gs[t], d);
+      for (int t = 1; t < M; ++t) d = _mm256_fmadd_ps(_mm256_set1_ps(H[t * N + s]), gs[t], d);
       store8(dx + s * L + l, d);
     }
-    for (int t = 0; t < N; ++t)
+    for (int t = 0; t < M; ++t)
       for (int s = 0; s < N; ++s) acc[t * N + s] = _mm256_fmadd_ps(gs[t], xs[s], acc[t * N + s]);
+    if (f) {
+      const __m256 fs = load8(f + l);
+      __m256 d = _mm256_mul_ps(_mm256_set1_ps(P[0]), gs[0]);
+      for (int t = 1; t < M; ++t) d = _mm256_fmadd_ps(_mm256_set1_ps(P[t]), gs[t], d);
+      store8(df + l, d);
+      for (int t = 0; t < M; ++t) accP[t] = _mm256_fmadd_ps(gs[t], fs, accP[t]);
+    }
   }
-  float sums[N * N];
-  for (int i = 0; i < N * N; ++i) sums[i] = lane_sum(acc[i]);
+  float sums[M * N], sumsP[M];
+  for (int i = 0; i < M * N; ++i) sums[i] = lane_sum(acc[i]);
+  for (int t = 0; t < M; ++t) sumsP[t] = lane_sum(accP[t]);
   for (; l < L; ++l) {
-    float gs[N], xs[N];
-    for (int t = 0; t < N; ++t) gs[t] = static_cast<float>(g[t * L + l]);
+    float gs[M], xs[N];
+    for (int t = 0; t < M; ++t) gs[t] = static_cast<float>(g[t * L + l]);
     for (int s = 0; s < N; ++s) xs[s] = static_cast<float>(x[s * L + l]);
     for (int s = 0; s < N; ++s) {
       float d = H[s] * gs[0];
-      for (int t = 1; t < N; ++t) d = std::fma(H[t * N + s], gs[t], d);
+      for (int t = 1; t < M; ++t) d = std::fma(H[t * N + s], gs[t], d);
       dx[s * L + l] = static_cast<X>(d);
     }
-    for (int t = 0; t < N; ++t)
+    for (int t = 0; t < M; ++t)
       for (int s = 0; s < N; ++s) sums[t * N + s] = std::fma(gs[t], xs[s], sums[t * N + s]);
+    if (f) {
+      const auto fl = static_cast<float>(f[l]);
+      float d = P[0] * gs[0];
+      for (int t = 1; t < M; ++t) d = std::fma(P[t], gs[t], d);
+      df[l] = static_cast<F>(d);
+      for (int t = 0; t < M; ++t) sumsP[t] = std::fma(gs[t], fl, sumsP[t]);
+    }
   }
-  for (int i = 0; i < N * N; ++i) dH[i] = sums[i];
+  for (int i = 0; i < M * N; ++i) dH[i] = sums[i];
+  if (f)
+    for (int t = 0; t < M; ++t) dP[t] = sumsP[t];
 }
 
 /// Calls f with the stream count as a compile-time constant (1 .. 8).
@@ -124,6 +153,13 @@ void with_streams(int64_t n, F&& f) {
   }
 }
 
+/// Calls f with std::integral_constant<int, N> for m = N output streams, or <int, 1> for one (H [B, 1, N]).
+template <int N, typename F>
+void with_outputs(int64_t m, F&& f) {
+  if (m == 1) return f(std::integral_constant<int, 1>());
+  f(std::integral_constant<int, N>());
+}
+
 /// Calls f with a null pointer of the C++ type of t (float or c10::BFloat16), to pick a kernel's template.
 template <typename F>
 void with_type(torch::ScalarType t, F&& f) {
@@ -132,31 +168,91 @@ void with_type(torch::ScalarType t, F&& f) {
 }
 
 /// Items per task: about kGrain multiply-adds each.
-int64_t items_per_task(int64_t n, int64_t L) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n * n * L)); }
+int64_t items_per_task(int64_t m, int64_t n, int64_t L) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, m * (n + 1) * L));
+}
 #endif
 
-struct MixFunction : public torch::autograd::Function<MixFunction> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x) {
-    const int64_t B = x.size(0), n = x.size(1), L = x.size(2);
-    const auto hf = h.to(torch::kFloat32).contiguous();
-    auto out = torch::empty({B, n, L}, x.options().dtype(product_type(h, x)));
+/// out [B, M, L] (float32 or bfloat16) = H x (+ P f): x [B, N, L] float32 or bfloat16 contiguous, h [B, M, N],
+/// p [B, M] and f [B, L] (contiguous, float32 or bfloat16) or undefined.
+void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, Tensor& out) {
 #ifdef ZOO_X86_KERNELS
-    with_type(x.scalar_type(), [&](auto* xt) {
-      using X = std::remove_pointer_t<decltype(xt)>;
-      with_type(out.scalar_type(), [&](auto* yt) {
-        using Y = std::remove_pointer_t<decltype(yt)>;
-        with_streams(n, [&](auto streams) {
-          constexpr int N = decltype(streams)::value;
-          const float* H = hf.data_ptr<float>();
-          const X* xp = x.data_ptr<X>();
-          Y* yp = out.data_ptr<Y>();
-          at::parallel_for(0, B, items_per_task(n, L), [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; ++b) mix_item<N, X, Y>(H + b * n * n, xp + b * n * L, yp + b * n * L, L);
+  const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
+  const auto hf = h.to(torch::kFloat32).contiguous();
+  const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
+  with_type(x.scalar_type(), [&](auto* xt) {
+    using X = std::remove_pointer_t<decltype(xt)>;
+    with_type(out.scalar_type(), [&](auto* yt) {
+      using Y = std::remove_pointer_t<decltype(yt)>;
+      with_type(f.defined() ? f.scalar_type() : torch::kFloat32, [&](auto* ft) {
+        using F = std::remove_pointer_t<decltype(ft)>;
+        with_streams(n, [&](auto inputs) {
+          constexpr int N = decltype(inputs)::value;
+          with_outputs<N>(m, [&](auto outputs) {
+            constexpr int M = decltype(outputs)::value;
+            const float* H = hf.data_ptr<float>();
+            const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
+            const X* xp = x.data_ptr<X>();
+            const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+            Y* yp = out.data_ptr<Y>();
+            at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+              for (int64_t b = b0; b < b1; ++b)
+                mix_item<M, N, X, F, Y>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L,
+                                        fp ? fp + b * L : nullptr, yp + b * m * L, L);
+            });
           });
         });
       });
     });
+  });
 #endif
+}
+
+/// The gradients of mix_forward's output for g [B, M, L]: dx like x, dh [B, M, N] float32, and where f is given
+/// df like f and dp [B, M] float32.
+void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, const Tensor& g, Tensor& dx,
+                  Tensor& dh, Tensor& df, Tensor& dp) {
+#ifdef ZOO_X86_KERNELS
+  const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
+  const auto hf = h.to(torch::kFloat32).contiguous();
+  const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
+  with_type(x.scalar_type(), [&](auto* xt) {
+    using X = std::remove_pointer_t<decltype(xt)>;
+    with_type(g.scalar_type(), [&](auto* gt) {
+      using G = std::remove_pointer_t<decltype(gt)>;
+      with_type(f.defined() ? f.scalar_type() : torch::kFloat32, [&](auto* ft) {
+        using F = std::remove_pointer_t<decltype(ft)>;
+        with_streams(n, [&](auto inputs) {
+          constexpr int N = decltype(inputs)::value;
+          with_outputs<N>(m, [&](auto outputs) {
+            constexpr int M = decltype(outputs)::value;
+            const float* H = hf.data_ptr<float>();
+            const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
+            const X* xp = x.data_ptr<X>();
+            const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+            const G* gp = g.data_ptr<G>();
+            X* dxp = dx.data_ptr<X>();
+            F* dfp = f.defined() ? df.data_ptr<F>() : nullptr;
+            float* dhp = dh.data_ptr<float>();
+            float* dpp = f.defined() ? dp.data_ptr<float>() : nullptr;
+            at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+              for (int64_t b = b0; b < b1; ++b)
+                mix_item_backward<M, N, X, F, G>(
+                    H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L, fp ? fp + b * L : nullptr, gp + b * m * L,
+                    dxp + b * n * L, dfp ? dfp + b * L : nullptr, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
+            });
+          });
+        });
+      });
+    });
+  });
+#endif
+}
+
+struct MixFunction : public torch::autograd::Function<MixFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x) {
+    auto out = torch::empty({x.size(0), h.size(1), x.size(2)}, x.options().dtype(product_type(h, x)));
+    mix_forward(h, x, Tensor(), Tensor(), out);
     ctx->save_for_backward({h, x});
     return out;
   }
@@ -168,34 +264,40 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
     if (torch::GradMode::is_enabled())  // create_graph: gradients that are differentiable again
       return gradients_through(
           ctx, {h, x}, [&] { return reference(h, x); }, grads[0], 2);
-    const int64_t B = x.size(0), n = x.size(1), L = x.size(2);
-    const auto hf = h.to(torch::kFloat32).contiguous();
     auto g = grads[0].contiguous();
     if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
-    auto dh = torch::empty({B, n, n}, h.options().dtype(torch::kFloat32));
-#ifdef ZOO_X86_KERNELS
-    with_type(x.scalar_type(), [&](auto* xt) {
-      using X = std::remove_pointer_t<decltype(xt)>;
-      with_type(g.scalar_type(), [&](auto* gt) {
-        using G = std::remove_pointer_t<decltype(gt)>;
-        with_streams(n, [&](auto streams) {
-          constexpr int N = decltype(streams)::value;
-          const float* H = hf.data_ptr<float>();
-          const X* xp = x.data_ptr<X>();
-          const G* gp = g.data_ptr<G>();
-          X* dxp = dx.data_ptr<X>();
-          float* dhp = dh.data_ptr<float>();
-          at::parallel_for(0, B, items_per_task(n, L), [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; ++b)
-              mix_item_backward<N, X, G>(H + b * n * n, xp + b * n * L, gp + b * n * L, dxp + b * n * L,
-                                         dhp + b * n * n, L);
-          });
-        });
-      });
-    });
-#endif
+    auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
+    Tensor df, dp;
+    mix_backward(h, x, Tensor(), Tensor(), g, dx, dh, df, dp);
     return {dh.to(h.scalar_type()), dx};
+  }
+};
+
+struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x, const Tensor& p,
+                        const Tensor& f) {
+    auto out = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
+    mix_forward(h, x, p, f, out);
+    ctx->save_for_backward({h, x, p, f});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &h = saved[0], &x = saved[1], &p = saved[2], &f = saved[3];
+    if (torch::GradMode::is_enabled())
+      return gradients_through(
+          ctx, {h, x, p, f}, [&] { return reference_add(h, x, p, f); }, grads[0], 4);
+    auto g = grads[0].contiguous();
+    if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
+    auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
+    auto df = torch::empty_like(f, torch::MemoryFormat::Contiguous);
+    auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
+    auto dp = torch::empty(p.sizes(), p.options().dtype(torch::kFloat32));
+    mix_backward(h, x, p, f, g, dx, dh, df, dp);
+    return {dh.to(h.scalar_type()), dx, dp.to(p.scalar_type()), df};
   }
 };
 
@@ -203,6 +305,22 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
 
 Tensor mix_streams(const Tensor& h, const Tensor& x, bool fast) {
   return kernel_applies(h, x, fast) ? MixFunction::apply(h, x) : torch::matmul(h, x);
+}
+
+Tensor mix_streams_add(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, bool fast) {
+  TORCH_CHECK(
+      h.dim() == 3 && x.dim() == 3 && h.size(0) == x.size(0) && h.size(1) == x.size(1) && h.size(2) == x.size(1),
+      "mix_streams_add expects h [B, n, n] and x [B, n, L], got ", h.sizes(), " and ", x.sizes());
+  TORCH_CHECK(p.dim() == 2 && p.size(0) == x.size(0) && p.size(1) == x.size(1) && f.dim() == 2 &&
+                  f.size(0) == x.size(0) && f.size(1) == x.size(2),
+              "mix_streams_add expects p [B, n] and f [B, L] for x ", x.sizes(), ", got ", p.sizes(), " and ",
+              f.sizes());
+  // The kernel keeps float32 streams float32 (in any precision: the sum of a float32 and a bfloat16 term is
+  // float32, as LibTorch's type promotion gives it).
+  if (kernel_applies(h, x, fast) && x.scalar_type() == torch::kFloat32 && kernel_type(p.scalar_type()) &&
+      kernel_type(f.scalar_type()) && f.is_contiguous() && p.device().is_cpu() && f.device().is_cpu())
+    return MixAddFunction::apply(h, x, p, f);
+  return mix_streams(h, x, fast) + p.unsqueeze(2) * f.unsqueeze(1);
 }
 
 }  // namespace zoo::ops

@@ -17,10 +17,18 @@
 
 namespace zoo::ops {
 
-/// torch::matmul(h, x) for h [B, n, n] and x [B, n, L]. On the CPU, for contiguous x in float32 or bfloat16, h in
-/// float32 or bfloat16, n <= 8, on a CPU with AVX2 + FMA and outside a trace, the kernel above; otherwise (or with
-/// `fast` false) torch::matmul. Differentiable in h and x, twice too (under create_graph the backward goes through
-/// torch::matmul's autograd).
+/// torch::matmul(h, x) for h [B, n, n] or [B, 1, n] (one weighted sum of the streams, mHC's H_pre x) and x
+/// [B, n, L]. On the CPU, for contiguous x in float32 or bfloat16, h in float32 or bfloat16, n <= 8, on a CPU with
+/// AVX2 + FMA and outside a trace, the kernel above; otherwise (or with `fast` false) torch::matmul. Differentiable
+/// in h and x, twice too (under create_graph the backward goes through torch::matmul's autograd).
 torch::Tensor mix_streams(const torch::Tensor& h, const torch::Tensor& x, bool fast = true);
+
+/// mix_streams(h, x) + p.unsqueeze(2) * f.unsqueeze(1) for h [B, n, n], x [B, n, L], p [B, n] and f [B, L]: mHC's
+/// output streams H_res x + H_post^T F(.) in one pass, and one pass for the four gradients. The kernel runs where
+/// mix_streams's would for float32 x, with p and f (contiguous) in float32 or bfloat16, and returns float32 (under
+/// autocast too, where the plain path's bfloat16 product plus a float32 term is float32 as well, after rounding
+/// the product); otherwise that plain path.
+torch::Tensor mix_streams_add(const torch::Tensor& h, const torch::Tensor& x, const torch::Tensor& p,
+                              const torch::Tensor& f, bool fast = true);
 
 }  // namespace zoo::ops
