@@ -276,8 +276,8 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
 
 struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x, const Tensor& p,
-                        const Tensor& f) {
-    auto out = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
+                        const Tensor& f, torch::ScalarType type) {
+    auto out = torch::empty(x.sizes(), x.options().dtype(type));
     mix_forward(h, x, p, f, out);
     ctx->save_for_backward({h, x, p, f});
     return out;
@@ -289,7 +289,7 @@ struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
     const auto &h = saved[0], &x = saved[1], &p = saved[2], &f = saved[3];
     if (torch::GradMode::is_enabled())
       return gradients_through(
-          ctx, {h, x, p, f}, [&] { return reference_add(h, x, p, f); }, grads[0], 4);
+          ctx, {h, x, p, f}, [&] { return reference_add(h, x, p, f); }, grads[0], 5);
     auto g = grads[0].contiguous();
     if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
@@ -297,7 +297,7 @@ struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
     auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
     auto dp = torch::empty(p.sizes(), p.options().dtype(torch::kFloat32));
     mix_backward(h, x, p, f, g, dx, dh, df, dp);
-    return {dh.to(h.scalar_type()), dx, dp.to(p.scalar_type()), df};
+    return {dh.to(h.scalar_type()), dx, dp.to(p.scalar_type()), df, Tensor()};
   }
 };
 
@@ -315,11 +315,11 @@ Tensor mix_streams_add(const Tensor& h, const Tensor& x, const Tensor& p, const 
                   f.size(0) == x.size(0) && f.size(1) == x.size(2),
               "mix_streams_add expects p [B, n] and f [B, L] for x ", x.sizes(), ", got ", p.sizes(), " and ",
               f.sizes());
-  // The kernel keeps float32 streams float32 (in any precision: the sum of a float32 and a bfloat16 term is
-  // float32, as LibTorch's type promotion gives it).
-  if (kernel_applies(h, x, fast) && x.scalar_type() == torch::kFloat32 && kernel_type(p.scalar_type()) &&
-      kernel_type(f.scalar_type()) && f.is_contiguous() && p.device().is_cpu() && f.device().is_cpu())
-    return MixAddFunction::apply(h, x, p, f);
+  // The plain path's type: the product's (autocast's under CPU autocast) promoted with p f's.
+  const auto type = torch::promote_types(product_type(h, x), torch::promote_types(p.scalar_type(), f.scalar_type()));
+  if (kernel_applies(h, x, fast) && kernel_type(type) && kernel_type(p.scalar_type()) && kernel_type(f.scalar_type()) &&
+      f.is_contiguous() && p.device().is_cpu() && f.device().is_cpu())
+    return MixAddFunction::apply(h, x, p, f, type);
   return mix_streams(h, x, fast) + p.unsqueeze(2) * f.unsqueeze(1);
 }
 

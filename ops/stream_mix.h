@@ -25,9 +25,9 @@ torch::Tensor mix_streams(const torch::Tensor& h, const torch::Tensor& x, bool f
 
 /// mix_streams(h, x) + p.unsqueeze(2) * f.unsqueeze(1) for h [B, n, n], x [B, n, L], p [B, n] and f [B, L]: mHC's
 /// output streams H_res x + H_post^T F(.) in one pass, and one pass for the four gradients. The kernel runs where
-/// mix_streams's would for float32 x, with p and f (contiguous) in float32 or bfloat16, and returns float32 (under
-/// autocast too, where the plain path's bfloat16 product plus a float32 term is float32 as well, after rounding
-/// the product); otherwise that plain path.
+/// mix_streams's would, with p and f (contiguous) in float32 or bfloat16, and returns the plain path's type (the
+/// product's, autocast's bfloat16 under CPU autocast, promoted with p f's: float32 for mHC's float32 H_post), but
+/// sums in float32 without rounding the product first; otherwise that plain path.
 torch::Tensor mix_streams_add(const torch::Tensor& h, const torch::Tensor& x, const torch::Tensor& p,
                               const torch::Tensor& f, bool fast = true);
 

@@ -252,14 +252,38 @@ TEST_CASE("mix_streams_add: a bfloat16 branch output under autocast, threads, se
   CHECK(max_rel(fast.first, plain.first) < 1e-5);
   CHECK(max_rel(fast.second, plain.second) < 1e-5);
 
-  // The plain path: bfloat16 streams, a strided F, no AVX2, a trace; and shapes that do not fit are named.
+  // bfloat16 streams too (mHC's first block under autocast, after a bfloat16 stem): float32 out, the streams'
+  // gradient in bfloat16, the sums in float32 of the bfloat16 values.
+  {
+    const auto x16 = x.to(torch::kBFloat16);
+    const auto exact =
+        run_add(h.to(torch::kDouble), x16.to(torch::kDouble), p.to(torch::kDouble), f16.to(torch::kDouble), go, false);
+    MixedAdd ours16, plain16;
+    {
+      zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+      ours16 = run_add(h, x16, p, f16, go, true);
+      plain16 = run_add(h, x16, p, f16, go, false);
+    }
+    CHECK(ours16.out.scalar_type() == torch::kFloat32);
+    CHECK(plain16.out.scalar_type() == torch::kFloat32);
+    CHECK(ours16.dx.scalar_type() == torch::kBFloat16);
+    CHECK(ours16.df.scalar_type() == torch::kBFloat16);
+    CHECK(max_rel(ours16.out, exact.out) < 1e-5);
+    CHECK(max_rel(ours16.dh, exact.dh) < 1e-5);
+    CHECK(max_rel(ours16.dp, exact.dp) < 1e-5);
+    CHECK(max_rel(ours16.dx, exact.dx) < 1e-2);  // rounded to bfloat16 once
+    CHECK(max_rel(ours16.dx, exact.dx) <= max_rel(plain16.dx, exact.dx) + 1e-6);
+  }
+
+  // The plain path: double, a strided F, no AVX2, a trace; and shapes that do not fit are named.
   const auto plain_of = [](const torch::Tensor& hh, const torch::Tensor& xx, const torch::Tensor& pp,
                            const torch::Tensor& ff) {
     return zoo::ops::mix_streams(hh, xx) + pp.unsqueeze(2) * ff.unsqueeze(1);
   };
-  const auto x16 = x.to(torch::kBFloat16);
   const auto f32 = f16.to(torch::kFloat32);
-  CHECK(torch::equal(zoo::ops::mix_streams_add(h, x16, p, f16), plain_of(h, x16, p, f16)));
+  const auto hd = h.to(torch::kDouble), xd = x.to(torch::kDouble), pd = p.to(torch::kDouble),
+             fd = f16.to(torch::kDouble);
+  CHECK(torch::equal(zoo::ops::mix_streams_add(hd, xd, pd, fd), plain_of(hd, xd, pd, fd)));
   const auto strided = torch::randn({99, 16}).t();
   CHECK(torch::equal(zoo::ops::mix_streams_add(h, x, p, strided), plain_of(h, x, p, strided)));
   {
