@@ -171,6 +171,22 @@ void with_type(torch::ScalarType t, F&& f) {
 int64_t items_per_task(int64_t m, int64_t n, int64_t L) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, m * (n + 1) * L));
 }
+
+/// Calls fn(X*, S*, F*, std::integral_constant<int, N>, std::integral_constant<int, M>) with null pointers of the
+/// C++ types of x, of the output or its gradient (s), and of f, and the stream counts n and m (N or 1).
+template <typename Fn>
+void with_kernel(torch::ScalarType x, torch::ScalarType s, torch::ScalarType f, int64_t n, int64_t m, Fn&& fn) {
+  with_type(x, [&](auto* xt) {
+    with_type(s, [&](auto* st) {
+      with_type(f, [&](auto* ft) {
+        with_streams(n, [&](auto inputs) {
+          constexpr int N = decltype(inputs)::value;
+          with_outputs<N>(m, [&](auto outputs) { fn(xt, st, ft, inputs, outputs); });
+        });
+      });
+    });
+  });
+}
 #endif
 
 /// out [B, M, L] (float32 or bfloat16) = H x (+ P f): x [B, N, L] float32 or bfloat16 contiguous, h [B, M, N],
@@ -180,29 +196,21 @@ void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor
   const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
   const auto hf = h.to(torch::kFloat32).contiguous();
   const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
-  with_type(x.scalar_type(), [&](auto* xt) {
+  const auto f_type = f.defined() ? f.scalar_type() : torch::kFloat32;
+  with_kernel(x.scalar_type(), out.scalar_type(), f_type, n, m, [&](auto* xt, auto* yt, auto* ft, auto in, auto o) {
     using X = std::remove_pointer_t<decltype(xt)>;
-    with_type(out.scalar_type(), [&](auto* yt) {
-      using Y = std::remove_pointer_t<decltype(yt)>;
-      with_type(f.defined() ? f.scalar_type() : torch::kFloat32, [&](auto* ft) {
-        using F = std::remove_pointer_t<decltype(ft)>;
-        with_streams(n, [&](auto inputs) {
-          constexpr int N = decltype(inputs)::value;
-          with_outputs<N>(m, [&](auto outputs) {
-            constexpr int M = decltype(outputs)::value;
-            const float* H = hf.data_ptr<float>();
-            const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
-            const X* xp = x.data_ptr<X>();
-            const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
-            Y* yp = out.data_ptr<Y>();
-            at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
-              for (int64_t b = b0; b < b1; ++b)
-                mix_item<M, N, X, F, Y>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L,
-                                        fp ? fp + b * L : nullptr, yp + b * m * L, L);
-            });
-          });
-        });
-      });
+    using Y = std::remove_pointer_t<decltype(yt)>;
+    using F = std::remove_pointer_t<decltype(ft)>;
+    constexpr int N = decltype(in)::value, M = decltype(o)::value;
+    const float* H = hf.data_ptr<float>();
+    const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
+    const X* xp = x.data_ptr<X>();
+    const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+    Y* yp = out.data_ptr<Y>();
+    at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        mix_item<M, N, X, F, Y>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L, fp ? fp + b * L : nullptr,
+                                yp + b * m * L, L);
     });
   });
 #endif
@@ -216,34 +224,26 @@ void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tenso
   const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
   const auto hf = h.to(torch::kFloat32).contiguous();
   const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
-  with_type(x.scalar_type(), [&](auto* xt) {
+  const auto f_type = f.defined() ? f.scalar_type() : torch::kFloat32;
+  with_kernel(x.scalar_type(), g.scalar_type(), f_type, n, m, [&](auto* xt, auto* gt, auto* ft, auto in, auto o) {
     using X = std::remove_pointer_t<decltype(xt)>;
-    with_type(g.scalar_type(), [&](auto* gt) {
-      using G = std::remove_pointer_t<decltype(gt)>;
-      with_type(f.defined() ? f.scalar_type() : torch::kFloat32, [&](auto* ft) {
-        using F = std::remove_pointer_t<decltype(ft)>;
-        with_streams(n, [&](auto inputs) {
-          constexpr int N = decltype(inputs)::value;
-          with_outputs<N>(m, [&](auto outputs) {
-            constexpr int M = decltype(outputs)::value;
-            const float* H = hf.data_ptr<float>();
-            const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
-            const X* xp = x.data_ptr<X>();
-            const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
-            const G* gp = g.data_ptr<G>();
-            X* dxp = dx.data_ptr<X>();
-            F* dfp = f.defined() ? df.data_ptr<F>() : nullptr;
-            float* dhp = dh.data_ptr<float>();
-            float* dpp = f.defined() ? dp.data_ptr<float>() : nullptr;
-            at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
-              for (int64_t b = b0; b < b1; ++b)
-                mix_item_backward<M, N, X, F, G>(
-                    H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L, fp ? fp + b * L : nullptr, gp + b * m * L,
-                    dxp + b * n * L, dfp ? dfp + b * L : nullptr, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
-            });
-          });
-        });
-      });
+    using G = std::remove_pointer_t<decltype(gt)>;
+    using F = std::remove_pointer_t<decltype(ft)>;
+    constexpr int N = decltype(in)::value, M = decltype(o)::value;
+    const float* H = hf.data_ptr<float>();
+    const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
+    const X* xp = x.data_ptr<X>();
+    const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+    const G* gp = g.data_ptr<G>();
+    X* dxp = dx.data_ptr<X>();
+    F* dfp = f.defined() ? df.data_ptr<F>() : nullptr;
+    float* dhp = dh.data_ptr<float>();
+    float* dpp = f.defined() ? dp.data_ptr<float>() : nullptr;
+    at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        mix_item_backward<M, N, X, F, G>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L,
+                                         fp ? fp + b * L : nullptr, gp + b * m * L, dxp + b * n * L,
+                                         dfp ? dfp + b * L : nullptr, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
     });
   });
 #endif
