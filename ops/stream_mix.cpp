@@ -172,16 +172,42 @@ int64_t items_per_task(int64_t m, int64_t n, int64_t L) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, m * (n + 1) * L));
 }
 
-/// Calls fn(X*, S*, F*, std::integral_constant<int, N>, std::integral_constant<int, M>) with null pointers of the
-/// C++ types of x, of the output or its gradient (s), and of f, and the stream counts n and m (N or 1).
+/// What every call of the kernels reads: H [B, M, N] and P [B, M] in float32 (P null without f), x and f (null
+/// where undefined) in their own C++ types X and F, and the sizes.
+template <typename X_, typename F_>
+struct Operands {
+  using X = X_;
+  using F = F_;
+  const float *H, *P;
+  const X* x;
+  const F* f;
+  int64_t B, n, m, L;
+};
+
+/// Calls fn(Operands<X, F>, S*, std::integral_constant<int, N>, std::integral_constant<int, M>) with the operands of
+/// h [B, M, N], x [B, N, L] (contiguous), p [B, M] and f [B, L] (or undefined), a null pointer of the C++ type `s`
+/// (the output's or its gradient's), and the stream counts N = n and M = m (N or 1) as constants.
 template <typename Fn>
-void with_kernel(torch::ScalarType x, torch::ScalarType s, torch::ScalarType f, int64_t n, int64_t m, Fn&& fn) {
-  with_type(x, [&](auto* xt) {
+void with_kernel(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, torch::ScalarType s, Fn&& fn) {
+  const int64_t n = x.size(1), m = h.size(1);
+  const auto hf = h.to(torch::kFloat32).contiguous();
+  const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
+  with_type(x.scalar_type(), [&](auto* xt) {
+    using X = std::remove_pointer_t<decltype(xt)>;
     with_type(s, [&](auto* st) {
-      with_type(f, [&](auto* ft) {
+      with_type(f.defined() ? f.scalar_type() : torch::kFloat32, [&](auto* ft) {
+        using F = std::remove_pointer_t<decltype(ft)>;
+        const Operands<X, F> o{hf.data_ptr<float>(),
+                               p.defined() ? pf.data_ptr<float>() : nullptr,
+                               x.data_ptr<X>(),
+                               f.defined() ? f.data_ptr<F>() : nullptr,
+                               x.size(0),
+                               n,
+                               m,
+                               x.size(2)};
         with_streams(n, [&](auto inputs) {
           constexpr int N = decltype(inputs)::value;
-          with_outputs<N>(m, [&](auto outputs) { fn(xt, st, ft, inputs, outputs); });
+          with_outputs<N>(m, [&](auto outputs) { fn(o, st, inputs, outputs); });
         });
       });
     });
@@ -193,24 +219,17 @@ void with_kernel(torch::ScalarType x, torch::ScalarType s, torch::ScalarType f, 
 /// p [B, M] and f [B, L] (contiguous, float32 or bfloat16) or undefined.
 void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, Tensor& out) {
 #ifdef ZOO_X86_KERNELS
-  const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
-  const auto hf = h.to(torch::kFloat32).contiguous();
-  const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
-  const auto f_type = f.defined() ? f.scalar_type() : torch::kFloat32;
-  with_kernel(x.scalar_type(), out.scalar_type(), f_type, n, m, [&](auto* xt, auto* yt, auto* ft, auto in, auto o) {
-    using X = std::remove_pointer_t<decltype(xt)>;
+  with_kernel(h, x, p, f, out.scalar_type(), [&](const auto& o, auto* yt, auto in, auto mo) {
+    using X = typename std::decay_t<decltype(o)>::X;
+    using F = typename std::decay_t<decltype(o)>::F;
     using Y = std::remove_pointer_t<decltype(yt)>;
-    using F = std::remove_pointer_t<decltype(ft)>;
-    constexpr int N = decltype(in)::value, M = decltype(o)::value;
-    const float* H = hf.data_ptr<float>();
-    const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
-    const X* xp = x.data_ptr<X>();
-    const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+    constexpr int N = decltype(in)::value, M = decltype(mo)::value;
+    const int64_t m = o.m, n = o.n, L = o.L;
     Y* yp = out.data_ptr<Y>();
-    at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, o.B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        mix_item<M, N, X, F, Y>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L, fp ? fp + b * L : nullptr,
-                                yp + b * m * L, L);
+        mix_item<M, N, X, F, Y>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L,
+                                o.f ? o.f + b * L : nullptr, yp + b * m * L, L);
     });
   });
 #endif
@@ -221,28 +240,21 @@ void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor
 void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, const Tensor& g, Tensor& dx,
                   Tensor& dh, Tensor& df, Tensor& dp) {
 #ifdef ZOO_X86_KERNELS
-  const int64_t B = x.size(0), n = x.size(1), m = h.size(1), L = x.size(2);
-  const auto hf = h.to(torch::kFloat32).contiguous();
-  const auto pf = p.defined() ? p.to(torch::kFloat32).contiguous() : Tensor();
-  const auto f_type = f.defined() ? f.scalar_type() : torch::kFloat32;
-  with_kernel(x.scalar_type(), g.scalar_type(), f_type, n, m, [&](auto* xt, auto* gt, auto* ft, auto in, auto o) {
-    using X = std::remove_pointer_t<decltype(xt)>;
+  with_kernel(h, x, p, f, g.scalar_type(), [&](const auto& o, auto* gt, auto in, auto mo) {
+    using X = typename std::decay_t<decltype(o)>::X;
+    using F = typename std::decay_t<decltype(o)>::F;
     using G = std::remove_pointer_t<decltype(gt)>;
-    using F = std::remove_pointer_t<decltype(ft)>;
-    constexpr int N = decltype(in)::value, M = decltype(o)::value;
-    const float* H = hf.data_ptr<float>();
-    const float* P = p.defined() ? pf.data_ptr<float>() : nullptr;
-    const X* xp = x.data_ptr<X>();
-    const F* fp = f.defined() ? f.data_ptr<F>() : nullptr;
+    constexpr int N = decltype(in)::value, M = decltype(mo)::value;
+    const int64_t m = o.m, n = o.n, L = o.L;
     const G* gp = g.data_ptr<G>();
     X* dxp = dx.data_ptr<X>();
     F* dfp = f.defined() ? df.data_ptr<F>() : nullptr;
     float* dhp = dh.data_ptr<float>();
     float* dpp = f.defined() ? dp.data_ptr<float>() : nullptr;
-    at::parallel_for(0, B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, o.B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        mix_item_backward<M, N, X, F, G>(H + b * m * n, P ? P + b * m : nullptr, xp + b * n * L,
-                                         fp ? fp + b * L : nullptr, gp + b * m * L, dxp + b * n * L,
+        mix_item_backward<M, N, X, F, G>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L,
+                                         o.f ? o.f + b * L : nullptr, gp + b * m * L, dxp + b * n * L,
                                          dfp ? dfp + b * L : nullptr, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
     });
   });
