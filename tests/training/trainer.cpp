@@ -162,6 +162,55 @@ TEST_CASE("Trainer: gradient hooks run between backward and the optimizer step",
   for (size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(before[i], after[i]));
 }
 
+namespace {
+/// A linear classifier with two more parameters: `extra`, added to the logits while `use_extra` holds, and `unused`,
+/// never read.
+struct SometimesImpl : torch::nn::Module {
+  SometimesImpl() {
+    fc = register_module("fc", torch::nn::Linear(784, 10));
+    extra = register_parameter("extra", torch::full({10}, 2.0));
+    unused = register_parameter("unused", torch::full({3}, 4.0));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto logits = fc(x.flatten(1));
+    return use_extra ? logits + extra : logits;
+  }
+  torch::nn::Linear fc{nullptr};
+  torch::Tensor extra, unused;
+  bool use_extra = true;
+};
+TORCH_MODULE(Sometimes);
+}  // namespace
+
+TEST_CASE("Trainer: a parameter without a gradient in a step is stepped as after zero_grad()", "[trainer]") {
+  // The trainer releases the gradients between steps (backward then hands each parameter a new one); a parameter
+  // that had a gradient and gets none in a step must still see a zero gradient, as LibTorch's zero_grad() leaves it
+  // (here SGD's weight decay then shrinks it), and one that never had a gradient keeps none.
+  auto splits = synthetic_splits(128, 32);
+  Sometimes model;
+  training::Trainer trainer(torch::nn::AnyModule(model), std::make_shared<training::ClassificationObjective>(), splits,
+                            quiet().epochs(1).batch_size(64).optimizer("sgd").lr(0.1).momentum(0.0).weight_decay(0.5));
+  std::vector<torch::Tensor> extra_grads;
+  torch::Tensor extra_before_second;
+  trainer.add_gradient_hook([&](torch::nn::Module&) {
+    extra_grads.push_back(model->extra.grad().defined() ? model->extra.grad().clone() : torch::Tensor());
+    CHECK(!model->unused.grad().defined());
+    if (!model->use_extra) extra_before_second = model->extra.detach().clone();
+    model->use_extra = false;  // from the second step on
+  });
+  trainer.fit();
+  REQUIRE(extra_grads.size() == 2);
+  REQUIRE(extra_grads[0].defined());
+  CHECK(extra_grads[0].abs().sum().item<double>() > 0);  // the first step's logits used it
+  REQUIRE(extra_grads[1].defined());
+  CHECK(torch::equal(extra_grads[1], torch::zeros({10})));
+  // SGD's step with a zero gradient: d = 0 + wd p, p - lr d.
+  const auto expected = extra_before_second - 0.1 * (0.5 * extra_before_second);
+  CHECK(torch::equal(model->extra.detach(), expected));
+  CHECK(!torch::equal(expected, extra_before_second));
+  CHECK(torch::equal(model->unused.detach(), torch::full({3}, 4.0)));
+}
+
 TEST_CASE("Trainer: a NaN loss stops training with a clear error and keeps the last checkpoint", "[trainer][errors]") {
   REQUIRE(zoo::test::have_fashion_mnist());
   TempDir tmp;
