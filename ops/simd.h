@@ -32,6 +32,12 @@ ZOO_AVX2_FMA inline __m128i to_bfloat16(__m256 v) {
   bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   return _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
 }
+/// Eight float32 lanes that hold bfloat16 values (widened by load8, or picked among such lanes, as a maximum is) back
+/// as those bfloat16: their upper halves, exactly, with no rounding to do (a NaN keeps its bits).
+ZOO_AVX2_FMA inline __m128i narrow_exact(__m256 v) {
+  const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+  return _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+}
 /// Eight float32 lanes stored as float32, or as bfloat16 (to_bfloat16).
 ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 ZOO_AVX2_FMA inline void store8(c10::BFloat16* p, __m256 v) {
