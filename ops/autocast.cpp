@@ -1,6 +1,7 @@
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
 #include "ops/group_norm.h"
+#include "ops/relu.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/util/Exception.h>
@@ -115,6 +116,14 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
                     cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }
 
+// ReLU under CPU autocast: zoo's kernel on bfloat16's 16-bit patterns (ops/relu.h), which LibTorch 1.13 widens to
+// float32 and rounds back, slower than its float32 relu; any other input as LibTorch's relu. relu is not an autocast
+// operation (no cast: a float32 input stays float32).
+at::Tensor relu_autocast(const at::Tensor& x) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  return zoo::ops::relu(x);
+}
+
 // Replacing LibTorch's autocast kernels for conv1d and conv3d makes the dispatcher warn ("Overriding a previously
 // registered kernel"); it is meant here, so the registration runs once, at the first AutocastScope, with warnings
 // muted.
@@ -139,6 +148,7 @@ void register_rules() {
                                               __LINE__);  // kept for the life of the process
     library->impl("conv1d", TORCH_FN(conv1d_autocast));
     library->impl("conv3d", TORCH_FN(conv3d_autocast));
+    library->impl("relu", TORCH_FN(relu_autocast));
   });
 }
 }  // namespace
