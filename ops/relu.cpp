@@ -108,9 +108,8 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
 
 namespace detail {
 bool relu_kernel_applies(const Tensor& x) {
-  return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
-         x.layout() == torch::kStrided && x.is_contiguous() && cpu_has_avx2_fma() &&
-         !torch::jit::tracer::isTracing();
+  return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.layout() == torch::kStrided &&
+         x.is_contiguous() && cpu_has_avx2_fma() && !torch::jit::tracer::isTracing();
 }
 }  // namespace detail
 

@@ -61,8 +61,8 @@ void check_against_libtorch(const torch::Tensor& x, const std::string& what) {
 /// Every interesting pattern: both zeros, the smallest and largest subnormals and normals of both signs, infinities,
 /// quiet and signalling NaNs of both signs with payloads.
 std::vector<uint16_t> special_patterns() {
-  return {0x0000, 0x8000, 0x0001, 0x8001, 0x007F, 0x807F, 0x0080, 0x8080, 0x3F80, 0xBF80, 0x7F7F, 0xFF7F,
-          0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7FC1, 0xFFC1, 0x7F81, 0xFF81, 0x7FFF, 0xFFFF};
+  return {0x0000, 0x8000, 0x0001, 0x8001, 0x007F, 0x807F, 0x0080, 0x8080, 0x3F80, 0xBF80, 0x7F7F,
+          0xFF7F, 0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7FC1, 0xFFC1, 0x7F81, 0xFF81, 0x7FFF, 0xFFFF};
 }
 
 }  // namespace
@@ -83,7 +83,8 @@ TEST_CASE("ops::relu: torch::relu's values and gradients for bfloat16, special p
       std::memcpy(static_cast<uint16_t*>(x.data_ptr()) + at, &special[s], sizeof(uint16_t));
       check_against_libtorch(x, "pattern " + std::to_string(s) + " at " + std::to_string(at));
     }
-  for (int64_t n = 1; n <= 70; ++n) check_against_libtorch(torch::randn({n}).to(torch::kBFloat16), "length " + std::to_string(n));
+  for (int64_t n = 1; n <= 70; ++n)
+    check_against_libtorch(torch::randn({n}).to(torch::kBFloat16), "length " + std::to_string(n));
   check_against_libtorch(torch::randn({64, 32, 28, 28}).to(torch::kBFloat16), "the cnn's first map");
   // Every one of the 65,536 patterns.
   std::vector<uint16_t> all(65536);
@@ -114,8 +115,8 @@ TEST_CASE("ops::relu: the same bits at 1 and 2 threads on a tensor split between
 TEST_CASE("ops::relu: other inputs, other gradients and second derivatives go to LibTorch", "[kernels][relu]") {
   torch::manual_seed(2);
   const auto x = torch::randn({4, 6});
-  CHECK_FALSE(ops::detail::relu_kernel_applies(x));                                  // float32
-  CHECK_FALSE(ops::detail::relu_kernel_applies(x.to(torch::kBFloat16).t()));        // not contiguous
+  CHECK_FALSE(ops::detail::relu_kernel_applies(x));                           // float32
+  CHECK_FALSE(ops::detail::relu_kernel_applies(x.to(torch::kBFloat16).t()));  // not contiguous
   CHECK(torch::equal(ops::relu(x), torch::relu(x)));
   CHECK(torch::equal(ops::relu(x.to(torch::kBFloat16).t()), torch::relu(x.to(torch::kBFloat16).t())));
   if (!ops::cpu_has_avx2_fma()) return;
