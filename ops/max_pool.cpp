@@ -141,10 +141,8 @@ ZOO_AVX2_FMA inline __m256 gradient_at(__m256 g, __m256i k, int which) {
   return _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(k, _mm256_set1_epi32(which))));
 }
 
-/// Eight windows' gradients g at positions pos into 16 elements of each of the R rows: the gradient at each
-/// window's maximum, zeros at its other elements. With n < 8, only the first n windows (2n elements of each row).
-/// The same for bfloat16, on the 16-bit patterns: a gradient is copied or zeroed, never computed, so no lane is
-/// widened or rounded (a NaN keeps its bits).
+/// unpool8 (below) for bfloat16, on the 16-bit patterns: a gradient is copied or zeroed, never computed, so no lane
+/// is widened or rounded (a NaN keeps its bits).
 template <int R>
 ZOO_AVX2_FMA inline void unpool8_bits(const c10::BFloat16* g, const uint8_t* pos, std::array<c10::BFloat16*, R> rows,
                                       int64_t n) {
@@ -175,6 +173,8 @@ ZOO_AVX2_FMA inline void unpool8_bits(const c10::BFloat16* g, const uint8_t* pos
   }
 }
 
+/// Eight windows' gradients g at positions pos into 16 elements of each of the R rows: the gradient at each
+/// window's maximum, zeros at its other elements. With n < 8, only the first n windows (2n elements of each row).
 template <int R, typename T>
 ZOO_AVX2_FMA inline void unpool8(const T* g, const uint8_t* pos, std::array<T*, R> rows, int64_t n = 8) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) return unpool8_bits<R>(g, pos, rows, n);

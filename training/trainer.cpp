@@ -19,8 +19,8 @@ namespace {
 
 /// The start of a step: every gradient released (PyTorch 2's zero_grad(set_to_none=True)), so that backward hands
 /// each parameter its gradient tensor, where LibTorch 1.13's zero_grad() fills the old one with zeros and backward
-/// adds into it: a write and a read-add-write of every parameter's size per step (1.3 ms of the MoE's 36 ms float32
-/// step, docs/speed.md). Returns the parameters that had a gradient.
+/// adds into it: a write and a read-add-write of every parameter's size per step (0.6-1.7 ms of the MoE's ~35 ms
+/// float32 step, docs/speed.md). Returns the parameters that had a gradient.
 std::vector<torch::Tensor> release_gradients(torch::optim::Optimizer& optimizer) {
   std::vector<torch::Tensor> had;
   for (auto& group : optimizer.param_groups())
