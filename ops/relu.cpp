@@ -67,19 +67,13 @@ ZOO_AVX2_FMA void pass_range(const uint16_t* g, const uint16_t* y, uint16_t* gx,
 inline const uint16_t* bits(const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 inline uint16_t* bits(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
-/// fn(begin, end) over [0, n), split over LibTorch's threads in ranges of at least kGrain elements.
-template <typename Fn>
-void each_range(int64_t n, const Fn& fn) {
-  at::parallel_for(0, n, kGrain, fn);
-}
-
 struct ReluFunction : public torch::autograd::Function<ReluFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
     auto y = torch::empty_like(x, torch::MemoryFormat::Contiguous);
 #ifdef ZOO_X86_KERNELS
     const uint16_t* in = bits(x);
     uint16_t* out = bits(y);
-    each_range(x.numel(), [&](int64_t begin, int64_t end) { relu_range(in, out, begin, end); });
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) { relu_range(in, out, begin, end); });
 #endif
     ctx->save_for_backward({y});
     return y;
@@ -98,7 +92,8 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
 #ifdef ZOO_X86_KERNELS
     const uint16_t *gy = bits(g), *out = bits(y);
     uint16_t* result = bits(gx);
-    each_range(y.numel(), [&](int64_t begin, int64_t end) { pass_range(gy, out, result, begin, end); });
+    at::parallel_for(0, y.numel(), kGrain,
+                     [&](int64_t begin, int64_t end) { pass_range(gy, out, result, begin, end); });
 #endif
     return {gx};
   }
