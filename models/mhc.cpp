@@ -46,12 +46,7 @@ Tensor permutation_matrices(int64_t n) {
   return out;
 }
 
-Tensor expand_streams(const Tensor& x, int64_t streams) {
-  TORCH_CHECK(streams >= 1, "expand_streams: streams must be >= 1");
-  std::vector<int64_t> repeats(static_cast<size_t>(x.dim() + 1), 1);  // repeat, not expand(sizes): traces keep N free
-  repeats[1] = streams;
-  return x.unsqueeze(1).repeat(repeats);
-}
+Tensor expand_streams(const Tensor& x, int64_t streams) { return ops::repeat_streams(x, streams); }
 
 Tensor reduce_streams(const Tensor& x) { return x.sum(1); }
 
@@ -124,10 +119,19 @@ void MHCImpl::reset() {
   if (v == "mhc-lite") permutations = register_buffer("permutations", permutation_matrices(n));
 }
 
-MixingMatrices MHCImpl::mixing(const Tensor& x) {
+void MHCImpl::check_streams(const Tensor& x) const {
   const int64_t n = options.streams(), C = options.width();
   TORCH_CHECK(x.dim() >= 3 && x.size(1) == n && x.size(2) == C, "MHC expects [B, streams=", n, ", width=", C,
               ", ...], got ", x.sizes());
+}
+
+MixingMatrices MHCImpl::mixing(const Tensor& x) {
+  check_streams(x);
+  return mixing_from(x, options.dynamic() ? spatial_mean(x) : Tensor());
+}
+
+MixingMatrices MHCImpl::mixing_from(const Tensor& x, const Tensor& features) {
+  const int64_t n = options.streams(), C = options.width();
   // In float32 under autocast too: the matrices must stay (doubly) stochastic to float32's precision, Sinkhorn runs
   // in float32 anyway, and bfloat16 products of these shapes ([B, n C] x [n C, n^2]) cost more than float32's
   // (aten::mm 1.61 against 0.52 ms of the mHC ResNet's bf16-mixed step under `zoo bench --profile`).
@@ -142,8 +146,7 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
     m.post = b_post + zero;
     m.res = b_res + zero.unsqueeze(-1);
     if (options.dynamic()) {
-      const auto features = spatial_mean(x);  // [B, n, C]
-      const auto xt = rms_norm(features, norm_weight, options.eps());
+      const auto xt = rms_norm(features, norm_weight, options.eps());  // features: [B, n, C]
       m.pre = m.pre + alpha_pre * torch::tanh(torch::matmul(xt, phi_pre));
       m.post = m.post + alpha_post * torch::tanh(torch::matmul(xt, phi_post));
       m.res = m.res + alpha_res * torch::tanh(torch::matmul(phi_res, xt.transpose(1, 2)));
@@ -153,8 +156,7 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   // mHC Eqs. 7-8 on the flattened streams.
   Tensor pre = b_pre + zero, post = b_post + zero, res = b_res.reshape({1, -1}) + zero.narrow(1, 0, 1);
   if (options.dynamic()) {
-    const auto features = spatial_mean(x).reshape({-1, n * C});
-    const auto xv = rms_norm(features, norm_weight, options.eps());
+    const auto xv = rms_norm(features.reshape({-1, n * C}), norm_weight, options.eps());
     pre = pre + alpha_pre * torch::matmul(xv, phi_pre);
     post = post + alpha_post * torch::matmul(xv, phi_post);
     res = res + alpha_res * torch::matmul(xv, phi_res);
@@ -171,23 +173,31 @@ MixingMatrices MHCImpl::mixing(const Tensor& x) {
   return m;
 }
 
-Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) {
+Tensor MHCImpl::combine(const Tensor& x, const MixingMatrices& m) { return combine_reads(x, x, m); }
+
+Tensor MHCImpl::combine_reads(const Tensor& for_pre, const Tensor& for_res, const MixingMatrices& m) {
   // The streams as [B, n, L] for the mixing kernel (ops/stream_mix.h): one pass each way for H_pre x, and one for
   // H_res x + H_post^T F with its four gradients, where elementwise operations took several, each a stream-sized
   // temporary. H_pre x is a product: under autocast it is handed to the branch in bfloat16, as matmul would.
-  const auto streams = x.flatten(2);
-  auto shape = x.sizes().vec();
+  auto shape = for_pre.sizes().vec();
   shape.erase(shape.begin() + 1);
   shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
-  const auto input = ops::mix_streams(m.pre.unsqueeze(1), streams).view(shape);  // H_pre x: [B, C, ...]
+  const auto input = ops::mix_streams(m.pre.unsqueeze(1), for_pre.flatten(2)).view(shape);  // H_pre x: [B, C, ...]
   const auto out = branch.forward(input);
   TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
               out.sizes());
   // stream t: sum_s H_res[t, s] x_s + H_post[t] F
-  return ops::mix_streams_add(m.res, streams, m.post, out.flatten(1)).view_as(x);
+  return ops::mix_streams_add(m.res, for_res.flatten(2), m.post, out.flatten(1)).view_as(for_res);
 }
 
-Tensor MHCImpl::forward(const Tensor& x) { return combine(x, mixing(x)); }
+Tensor MHCImpl::forward(const Tensor& x) {
+  check_streams(x);
+  if (!options.dynamic() || x.dim() < 4) return combine(x, mixing(x));
+  // The streams' three readers (their means, which the mixing matrices read, H_pre x and H_res x) through one autograd
+  // node, whose backward adds their three gradients in one pass (ops::read_streams).
+  const auto reads = ops::read_streams(x);
+  return combine_reads(reads.for_pre, reads.for_res, mixing_from(x, reads.means));
+}
 
 std::shared_ptr<torch::nn::Module> MHCImpl::clone(const torch::optional<torch::Device>& device) const {
   auto copy = std::make_shared<MHCImpl>(options, branch.clone(device));

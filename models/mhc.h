@@ -84,6 +84,13 @@ class MHCImpl : public torch::nn::Cloneable<MHCImpl> {
   torch::nn::AnyModule branch;
   torch::Tensor norm_weight, phi_pre, phi_post, phi_res, b_pre, b_post, b_res, alpha_pre, alpha_post, alpha_res;
   torch::Tensor permutations;
+
+ private:
+  void check_streams(const torch::Tensor& x) const;
+  /// mixing(x) from the streams' means over space [B, n, C] (undefined unless options.dynamic()).
+  MixingMatrices mixing_from(const torch::Tensor& x, const torch::Tensor& features);
+  /// combine() with the streams as two reads, for H_pre x and for H_res x (ops::read_streams).
+  torch::Tensor combine_reads(const torch::Tensor& for_pre, const torch::Tensor& for_res, const MixingMatrices& m);
 };
 TORCH_MODULE(MHC);
 

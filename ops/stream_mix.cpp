@@ -313,6 +313,128 @@ struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
   }
 };
 
+/// Whether read_streams's and repeat_streams's kernels take x.
+bool streams_kernel_applies(const Tensor& x) {
+  return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.device().is_cpu() && x.is_contiguous() &&
+         kernel_type(x.scalar_type()) && x.numel() > 0;
+}
+
+/// at::parallel_for over `rows` rows of `per_row` elements each, about kGrain elements per task.
+template <typename F>
+void for_rows(int64_t rows, int64_t per_row, F&& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, per_row)), f);
+}
+
+#ifdef ZOO_X86_KERNELS
+/// dx = (da + db) + m[r] over each row r of `count` elements, in float32, rounded once to X.
+template <typename X>
+ZOO_AVX2_FMA void add_reads(const X* da, const X* db, const float* m, X* dx, int64_t count, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const __m256 mv = _mm256_set1_ps(m[r]);
+    const X *a = da + r * count, *b = db + r * count;
+    X* out = dx + r * count;
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) store8(out + i, _mm256_add_ps(_mm256_add_ps(load8(a + i), load8(b + i)), mv));
+    for (; i < count; ++i) out[i] = static_cast<X>((static_cast<float>(a[i]) + static_cast<float>(b[i])) + m[r]);
+  }
+}
+
+/// dx[b] = sum over s of g[b, s] (n streams of L elements each), in float32 in stream order, rounded once to X.
+template <typename X>
+ZOO_AVX2_FMA void sum_streams(const X* g, X* dx, int64_t n, int64_t L, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const X* gb = g + b * n * L;
+    X* out = dx + b * L;
+    int64_t l = 0;
+    for (; l + 8 <= L; l += 8) {
+      __m256 acc = load8(gb + l);
+      for (int64_t s = 1; s < n; ++s) acc = _mm256_add_ps(acc, load8(gb + s * L + l));
+      store8(out + l, acc);
+    }
+    for (; l < L; ++l) {
+      float acc = static_cast<float>(gb[l]);
+      for (int64_t s = 1; s < n; ++s) acc += static_cast<float>(gb[s * L + l]);
+      out[l] = static_cast<X>(acc);
+    }
+  }
+}
+#endif
+
+struct ReadStreamsFunction : public torch::autograd::Function<ReadStreamsFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
+    ctx->saved_data["sizes"] = x.sizes().vec();
+    ctx->saved_data["type"] = static_cast<int64_t>(x.scalar_type());
+    return {x.flatten(3).mean(-1, /*keepdim=*/false, torch::kFloat32), x.view_as(x), x.view_as(x)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const auto type = static_cast<torch::ScalarType>(ctx->saved_data["type"].toInt());
+    const int64_t rows = sizes[0] * sizes[1] * sizes[2];
+    int64_t count = 1;
+    for (size_t d = 3; d < sizes.size(); ++d) count *= sizes[d];
+    const auto options = torch::TensorOptions().dtype(type);
+    // The means' gradient as float32_mean's backward computes it: g / count, per row.
+    auto m = grads[0].defined() ? grads[0].to(torch::kFloat32) / static_cast<double>(count)
+                                : torch::zeros({sizes[0], sizes[1], sizes[2]});
+    if (torch::GradMode::is_enabled()) {  // create_graph: differentiable operations, the plain path's
+      std::vector<int64_t> shape{sizes[0], sizes[1], sizes[2]};
+      shape.resize(sizes.size(), 1);
+      auto dx = m.to(type).view(shape).expand(sizes);
+      for (const size_t i : {size_t{1}, size_t{2}})
+        if (grads[i].defined()) dx = grads[i] + dx;
+      return {dx};
+    }
+    auto read = [&](size_t i) {
+      return grads[i].defined() ? grads[i].to(type).contiguous() : torch::zeros(sizes, options);
+    };
+    const auto da = read(1), db = read(2);
+    m = m.contiguous();
+    auto dx = torch::empty(sizes, options);
+#ifdef ZOO_X86_KERNELS
+    with_type(type, [&](auto* tag) {
+      using X = std::remove_pointer_t<decltype(tag)>;
+      const X *a = da.data_ptr<X>(), *b = db.data_ptr<X>();
+      const float* mp = m.data_ptr<float>();
+      X* out = dx.data_ptr<X>();
+      for_rows(rows, count, [&](int64_t r0, int64_t r1) { add_reads<X>(a, b, mp, out, count, r0, r1); });
+    });
+#endif
+    return {dx};
+  }
+};
+
+struct RepeatStreamsFunction : public torch::autograd::Function<RepeatStreamsFunction> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, int64_t n) {
+    ctx->saved_data["n"] = n;
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.insert(sizes.begin() + 1, n);
+    return x.unsqueeze(1).expand(sizes).contiguous();
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const int64_t n = ctx->saved_data["n"].toInt();
+    const auto& g = grads[0];
+    if (torch::GradMode::is_enabled() || !streams_kernel_applies(g))  // create_graph, or a gradient in another form
+      return {g.sum(1), Tensor()};
+    auto sizes = g.sizes().vec();
+    sizes.erase(sizes.begin() + 1);
+    auto dx = torch::empty(sizes, g.options());
+    const int64_t items = sizes[0], L = g.numel() / (items * n);
+#ifdef ZOO_X86_KERNELS
+    with_type(g.scalar_type(), [&](auto* tag) {
+      using X = std::remove_pointer_t<decltype(tag)>;
+      const X* gp = g.data_ptr<X>();
+      X* out = dx.data_ptr<X>();
+      for_rows(items, n * L, [&](int64_t b0, int64_t b1) { sum_streams<X>(gp, out, n, L, b0, b1); });
+    });
+#endif
+    return {dx, Tensor()};
+  }
+};
+
 }  // namespace
 
 Tensor mix_streams(const Tensor& h, const Tensor& x, bool fast) {
@@ -333,6 +455,24 @@ Tensor mix_streams_add(const Tensor& h, const Tensor& x, const Tensor& p, const 
       f.is_contiguous() && p.device().is_cpu() && f.device().is_cpu())
     return MixAddFunction::apply(h, x, p, f, type);
   return mix_streams(h, x, fast) + p.unsqueeze(2) * f.unsqueeze(1);
+}
+
+StreamReads read_streams(const Tensor& x) {
+  TORCH_CHECK(x.dim() >= 4, "read_streams expects streams [B, n, C, ...] with an axis after C, got ", x.sizes());
+  if (!streams_kernel_applies(x)) return {float32_mean(x, 3), x, x};
+  auto out = ReadStreamsFunction::apply(x);
+  return {out[0], out[1], out[2]};
+}
+
+Tensor repeat_streams(const Tensor& x, int64_t n) {
+  TORCH_CHECK(n >= 1, "repeat_streams: streams must be >= 1, got ", n);
+  TORCH_CHECK(x.dim() >= 1, "repeat_streams expects [B, ...], got a scalar");
+  if (!streams_kernel_applies(x)) {
+    std::vector<int64_t> repeats(static_cast<size_t>(x.dim() + 1), 1);
+    repeats[1] = n;
+    return x.unsqueeze(1).repeat(repeats);
+  }
+  return RepeatStreamsFunction::apply(x, n);
 }
 
 }  // namespace zoo::ops

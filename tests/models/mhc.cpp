@@ -130,6 +130,28 @@ TEST_CASE("MHC at initialisation is a plain residual connection around the branc
   CHECK(max_abs(m->combine(x, given) - expected) < 1e-5);
 }
 
+TEST_CASE("MHC's forward is combine(x, mixing(x)) to the bit in float32, gradients too (ops::read_streams)", "[mhc]") {
+  torch::manual_seed(7);
+  for (const std::string variant : {"mhc", "mhc-lite", "hc"}) {
+    INFO(variant);
+    auto m = identity_branch_mhc(variant);
+    perturb(*m, 0.5);
+    const auto x0 = torch::randn({8, 4, 6, 3, 5}), go = torch::randn({8, 4, 6, 3, 5});
+    auto run = [&](bool forward) {
+      m->zero_grad();
+      auto x = x0.clone().requires_grad_();
+      const auto y = forward ? m->forward(x) : m->combine(x, m->mixing(x));
+      (y * go).sum().backward();
+      std::vector<Tensor> out{y.detach(), x.grad()};
+      for (const auto& p : m->parameters()) out.push_back(p.grad().clone());
+      return out;
+    };
+    const auto ours = run(true), plain = run(false);
+    REQUIRE(ours.size() == plain.size());
+    for (size_t i = 0; i < ours.size(); ++i) CHECK(torch::equal(ours[i], plain[i]));
+  }
+}
+
 TEST_CASE("MHC: gradients reach every mixing parameter, clone is deep, bad options are refused", "[mhc]") {
   torch::manual_seed(3);
   for (const std::string variant : {"mhc", "mhc-lite", "hc"}) {

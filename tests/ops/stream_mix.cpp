@@ -1,7 +1,8 @@
 // ops::mix_streams: the mixing kernel against torch::matmul in float64 (values, both gradients), for every stream
 // count 1-8 (into as many streams or one) and tail length, float32 and bfloat16 streams, under autocast (result type
 // and precision), the same bits at 1 and 2 threads, second derivatives, and the cases that fall back to
-// torch::matmul. ops::mix_streams_add (H x + p f) the same way against its plain path in float64.
+// torch::matmul. ops::mix_streams_add (H x + p f) the same way against its plain path in float64. ops::read_streams and
+// ops::repeat_streams against their plain paths (LibTorch's engine adding the three gradients; repeat) and float64.
 #include "ops/stream_mix.h"
 #include "helpers.h"
 #include "ops/autocast.h"
@@ -299,4 +300,211 @@ TEST_CASE("mix_streams_add: a bfloat16 branch output under autocast, threads, se
   CHECK(traced.first->graph->toString().find("aten::matmul") != std::string::npos);
   CHECK_THROWS_WITH(zoo::ops::mix_streams_add(h, x, p, torch::randn({16, 98})), Catch::Contains("f [B, L]"));
   CHECK_THROWS_WITH(zoo::ops::mix_streams_add(h.narrow(1, 0, 1), x, p, f32), Catch::Contains("h [B, n, n]"));
+}
+
+namespace {
+
+using zoo::ops::read_streams;
+using zoo::ops::repeat_streams;
+
+/// The gradient of <means, r1> + <for_pre, r2> + <for_res, r3> with respect to x, read through read_streams (`fast`)
+/// or as {float32_mean(x, 3), x, x} (the plain path: LibTorch's engine adds the three). An undefined r leaves its
+/// read unused.
+torch::Tensor reads_gradient(const torch::Tensor& x0, const torch::Tensor& r1, const torch::Tensor& r2,
+                             const torch::Tensor& r3, bool fast) {
+  auto x = x0.detach().clone().requires_grad_();
+  const auto reads = fast ? read_streams(x) : zoo::ops::StreamReads{zoo::ops::float32_mean(x, 3), x, x};
+  std::vector<torch::Tensor> terms;
+  if (r1.defined()) terms.push_back((reads.means.to(torch::kFloat64) * r1).sum());
+  if (r2.defined()) terms.push_back((reads.for_pre.to(torch::kFloat64) * r2).sum());
+  if (r3.defined()) terms.push_back((reads.for_res.to(torch::kFloat64) * r3).sum());
+  torch::stack(terms).sum().backward();
+  return x.grad();
+}
+
+/// Whether the autograd node of t is one of zoo's functions named `name`.
+bool made_by(const torch::Tensor& t, const std::string& name) {
+  return t.grad_fn() && t.grad_fn()->name().find(name) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "read_streams: the means, and one backward that adds the three gradients (float32 to the bit, bfloat16 "
+    "rounded once)",
+    "[kernels][mhc]") {
+  if (!zoo::ops::cpu_has_avx2_fma()) {
+    WARN("this CPU has no AVX2 + FMA: read_streams is {float32_mean(x, 3), x, x} here");
+    return;
+  }
+  torch::manual_seed(3);
+  // Planes of 9, 7 (shorter than a vector), 16 and 49 elements (the mHC ResNet's).
+  for (const auto& sizes :
+       std::vector<std::vector<int64_t>>{{3, 2, 5, 3, 3}, {2, 3, 4, 7}, {4, 4, 3, 16}, {64, 4, 32, 7, 7}}) {
+    CAPTURE(sizes);
+    const auto x = torch::randn(sizes);
+    const int64_t count = x.flatten(3).size(3);
+    auto reads = read_streams(x.requires_grad_());
+    x.requires_grad_(false);
+    CHECK(made_by(reads.for_pre, "ReadStreams"));
+    CHECK(torch::equal(reads.means, zoo::ops::float32_mean(x, 3)));
+    CHECK(torch::equal(reads.for_pre, x));
+    CHECK(torch::equal(reads.for_res, x));
+    // Gradients that float32 (and below, bfloat16) hold exactly, so what the reads receive is r itself.
+    const auto r1 = torch::randn({sizes[0], sizes[1], sizes[2]}, kF64);
+    const auto r2 = torch::randn(sizes, kF64), r3 = torch::randn(sizes, kF64);
+    std::vector<int64_t> shape{sizes[0], sizes[1], sizes[2]};
+    shape.resize(sizes.size(), 1);
+    {  // float32: the engine's two additions, to the bit
+      const auto r2f = r2.to(torch::kFloat32).to(kF64), r3f = r3.to(torch::kFloat32).to(kF64);
+      const auto ours = reads_gradient(x, r1, r2f, r3f, true), plain = reads_gradient(x, r1, r2f, r3f, false);
+      CHECK(ours.scalar_type() == torch::kFloat32);
+      CHECK(torch::equal(ours, plain));
+      const auto exact = r2f + r3f + (r1 / static_cast<double>(count)).view(shape);
+      CHECK(max_rel(ours, exact) < 1e-6);
+    }
+    {  // bfloat16: the three added in float32 and rounded once, closer than two bfloat16 additions
+      const auto x16 = x.to(torch::kBFloat16);
+      CHECK(torch::equal(read_streams(x16).means, zoo::ops::float32_mean(x16, 3)));
+      const auto r2b = r2.to(torch::kBFloat16).to(kF64), r3b = r3.to(torch::kBFloat16).to(kF64);
+      const auto ours = reads_gradient(x16, r1, r2b, r3b, true), plain = reads_gradient(x16, r1, r2b, r3b, false);
+      CHECK(ours.scalar_type() == torch::kBFloat16);
+      const auto exact = r2b + r3b + (r1 / static_cast<double>(count)).view(shape);
+      CHECK(zoo::test::within_rounding(ours, exact, std::ldexp(1.0, -8)));
+      const auto error = [&](const torch::Tensor& g) { return (g.to(kF64) - exact).abs().max().item<double>(); };
+      CHECK(error(ours) <= error(plain));
+    }
+  }
+}
+
+TEST_CASE("read_streams: reads left unused, 1 and 2 threads, second derivatives, the fallbacks", "[kernels][mhc]") {
+  if (!zoo::ops::cpu_has_avx2_fma()) {
+    WARN("this CPU has no AVX2 + FMA: read_streams is {float32_mean(x, 3), x, x} here");
+    return;
+  }
+  torch::manual_seed(4);
+  const auto x = torch::randn({64, 4, 32, 7, 7});
+  const auto r1 = torch::randn({64, 4, 32}, kF64), r2 = torch::randn(x.sizes(), kF64).to(torch::kFloat32).to(kF64);
+  const torch::Tensor none;
+  // One read alone: its gradient, as the plain path gives it.
+  CHECK(torch::equal(reads_gradient(x, r1, none, none, true), reads_gradient(x, r1, none, none, false)));
+  CHECK(torch::equal(reads_gradient(x, none, none, r2, true), r2.to(torch::kFloat32)));
+  CHECK(torch::equal(reads_gradient(x, none, r2, none, true), r2.to(torch::kFloat32)));
+
+  for (const auto type : {torch::kFloat32, torch::kBFloat16}) {
+    const auto xt = x.to(type);
+    auto at = [&](int threads) {
+      torch::set_num_threads(threads);
+      return reads_gradient(xt, r1, r2, r2 * 0.5, true);
+    };
+    const auto one = at(1), two = at(2);
+    torch::set_num_threads(1);
+    CHECK(torch::equal(one, two));
+  }
+
+  // Under create_graph the gradient is differentiable again: the second derivative equals the plain path's.
+  auto second = [&](bool fast) {
+    auto xx = x.slice(0, 0, 3).slice(2, 0, 5).clone().requires_grad_();
+    const auto reads = fast ? read_streams(xx) : zoo::ops::StreamReads{zoo::ops::float32_mean(xx, 3), xx, xx};
+    const auto f = reads.means.pow(2).sum() + reads.for_pre.pow(3).sum() + (reads.for_res.pow(2) * xx).sum();
+    const auto g = torch::autograd::grad({f}, {xx}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({(g * g).sum()}, {xx})[0];
+  };
+  CHECK(max_rel(second(true), second(false)) < 1e-5);
+
+  // The fallbacks: {float32_mean(x, 3), x, x} for float64, a strided x, no AVX2 and a trace; 3-D streams refused.
+  const auto xd = x.to(torch::kFloat64).requires_grad_();
+  CHECK(read_streams(xd).for_pre.is_same(xd));
+  CHECK(read_streams(xd).means.scalar_type() == torch::kFloat64);
+  const auto strided = x.transpose(3, 4).requires_grad_();
+  CHECK(read_streams(strided).for_res.is_same(strided));
+  {
+    zoo::ops::ScalarOnly scalar;
+    const auto xs = x.clone().requires_grad_();
+    const auto reads = read_streams(xs);
+    CHECK(reads.for_pre.is_same(xs));
+    CHECK(torch::equal(reads.means, zoo::ops::float32_mean(x, 3)));
+  }
+  auto traced = torch::jit::tracer::trace(
+      {x},
+      [](const torch::jit::Stack& in) -> torch::jit::Stack {
+        const auto reads = read_streams(in[0].toTensor());
+        return {reads.for_pre * reads.means.sum()};
+      },
+      [](const torch::Tensor&) { return std::string(); });
+  CHECK(traced.first->graph->toString().find("aten::mean") != std::string::npos);
+  CHECK_THROWS_WITH(read_streams(torch::randn({2, 3, 4})),
+                    Catch::Contains("read_streams expects streams [B, n, C, ...]"));
+}
+
+TEST_CASE("repeat_streams: n copies, whose gradients are summed once in float32 (float32 to the bit)",
+          "[kernels][mhc]") {
+  if (!zoo::ops::cpu_has_avx2_fma()) {
+    WARN("this CPU has no AVX2 + FMA: repeat_streams is LibTorch's repeat here");
+    return;
+  }
+  torch::manual_seed(5);
+  auto run_repeat = [](const torch::Tensor& x0, int64_t n, const torch::Tensor& go, bool fast) {
+    auto x = x0.detach().clone().requires_grad_();
+    torch::Tensor out;
+    if (fast) {
+      out = repeat_streams(x, n);
+      CHECK(made_by(out, "RepeatStreams"));
+    } else {
+      std::vector<int64_t> repeats(static_cast<size_t>(x.dim() + 1), 1);
+      repeats[1] = n;
+      out = x.unsqueeze(1).repeat(repeats);
+    }
+    (out.to(kF64) * go).sum().backward();
+    return std::make_pair(out.detach(), x.grad());
+  };
+  // Rows of 5 (shorter than a vector), 13 and 1568 elements (the mHC ResNet's 32 x 7 x 7).
+  for (const auto& sizes : std::vector<std::vector<int64_t>>{{3, 5}, {2, 13}, {4, 3, 2, 2}, {64, 32, 7, 7}})
+    for (const int64_t n : {1, 2, 3, 4, 5}) {
+      CAPTURE(sizes, n);
+      const auto x = torch::randn(sizes);
+      auto out_sizes = sizes;
+      out_sizes.insert(out_sizes.begin() + 1, n);
+      const auto go = torch::randn(out_sizes, kF64).to(torch::kBFloat16).to(kF64);  // bfloat16 holds it exactly
+      const auto ours = run_repeat(x, n, go, true), plain = run_repeat(x, n, go, false);
+      CHECK(torch::equal(ours.first, plain.first));
+      CHECK(torch::equal(ours.second, plain.second));
+      const auto x16 = x.to(torch::kBFloat16);
+      const auto ours16 = run_repeat(x16, n, go, true), plain16 = run_repeat(x16, n, go, false);
+      CHECK(torch::equal(ours16.first, plain16.first));
+      CHECK(ours16.second.scalar_type() == torch::kBFloat16);
+      const auto exact = go.sum(1);
+      CHECK(zoo::test::within_rounding(ours16.second, exact, std::ldexp(1.0, -8)));
+      const auto error = [&](const torch::Tensor& g) { return (g.to(kF64) - exact).abs().max().item<double>(); };
+      CHECK(error(ours16.second) <= error(plain16.second));
+    }
+
+  const auto x = torch::randn({64, 32, 7, 7}), go = torch::randn({64, 4, 32, 7, 7}, kF64);
+  for (const auto type : {torch::kFloat32, torch::kBFloat16}) {
+    auto at = [&](int threads) {
+      torch::set_num_threads(threads);
+      return run_repeat(x.to(type), 4, go, true).second;
+    };
+    const auto one = at(1), two = at(2);
+    torch::set_num_threads(1);
+    CHECK(torch::equal(one, two));
+  }
+  // Second derivatives (create_graph: LibTorch's sum), the fallbacks, and the count refused.
+  auto second = [&](bool fast) {
+    auto xx = x.slice(0, 0, 2).clone().requires_grad_();
+    const auto out = fast ? repeat_streams(xx, 3) : xx.unsqueeze(1).repeat({1, 3, 1, 1, 1});
+    const auto g = torch::autograd::grad({out.pow(3).sum()}, {xx}, {}, true, true)[0];
+    return torch::autograd::grad({(g * g).sum()}, {xx})[0];
+  };
+  CHECK(max_rel(second(true), second(false)) < 1e-6);
+  CHECK_FALSE(made_by(repeat_streams(x.to(torch::kFloat64).requires_grad_(), 2), "RepeatStreams"));
+  {
+    zoo::ops::ScalarOnly scalar;
+    CHECK_FALSE(made_by(repeat_streams(x.clone().requires_grad_(), 2), "RepeatStreams"));
+  }
+  auto traced = torch::jit::tracer::trace(
+      {x}, [](const torch::jit::Stack& in) -> torch::jit::Stack { return {repeat_streams(in[0].toTensor(), 4)}; },
+      [](const torch::Tensor&) { return std::string(); });
+  CHECK(traced.first->graph->toString().find("aten::repeat") != std::string::npos);
+  CHECK_THROWS_WITH(repeat_streams(x, 0), Catch::Contains("streams must be >= 1"));
 }
