@@ -425,13 +425,17 @@ TEST_CASE("read_streams: reads left unused, 1 and 2 threads, second derivatives,
     CHECK(reads.for_pre.is_same(xs));
     CHECK(torch::equal(reads.means, zoo::ops::float32_mean(x, 3)));
   }
+  bool traced_plain = false;  // in a trace the reads are x itself and float32_mean's
   auto traced = torch::jit::tracer::trace(
       {x},
-      [](const torch::jit::Stack& in) -> torch::jit::Stack {
-        const auto reads = read_streams(in[0].toTensor());
+      [&](const torch::jit::Stack& in) -> torch::jit::Stack {
+        const auto input = in[0].toTensor();
+        const auto reads = read_streams(input);
+        traced_plain = reads.for_pre.is_same(input) && reads.for_res.is_same(input);
         return {reads.for_pre * reads.means.sum()};
       },
       [](const torch::Tensor&) { return std::string(); });
+  CHECK(traced_plain);
   CHECK(traced.first->graph->toString().find("aten::mean") != std::string::npos);
   CHECK_THROWS_WITH(read_streams(torch::randn({2, 3, 4})),
                     Catch::Contains("read_streams expects streams [B, n, C, ...]"));
