@@ -319,12 +319,6 @@ bool streams_kernel_applies(const Tensor& x) {
          kernel_type(x.scalar_type()) && x.numel() > 0;
 }
 
-/// at::parallel_for over `rows` rows of `per_row` elements each, about kGrain elements per task.
-template <typename F>
-void for_rows(int64_t rows, int64_t per_row, F&& f) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, per_row)), f);
-}
-
 #ifdef ZOO_X86_KERNELS
 /// dx = (da + db) + m[r] over each row r of `count` elements, in float32, rounded once to X.
 template <typename X>
@@ -364,7 +358,7 @@ struct ReadStreamsFunction : public torch::autograd::Function<ReadStreamsFunctio
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
     ctx->saved_data["sizes"] = x.sizes().vec();
     ctx->saved_data["type"] = static_cast<int64_t>(x.scalar_type());
-    return {x.flatten(3).mean(-1, /*keepdim=*/false, torch::kFloat32), x.view_as(x), x.view_as(x)};
+    return {float32_mean(x, 3), x.view_as(x), x.view_as(x)};  // no gradient is recorded inside a forward
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -398,7 +392,8 @@ struct ReadStreamsFunction : public torch::autograd::Function<ReadStreamsFunctio
       const X *a = da.data_ptr<X>(), *b = db.data_ptr<X>();
       const float* mp = m.data_ptr<float>();
       X* out = dx.data_ptr<X>();
-      for_rows(rows, count, [&](int64_t r0, int64_t r1) { add_reads<X>(a, b, mp, out, count, r0, r1); });
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / count),
+                       [&](int64_t r0, int64_t r1) { add_reads<X>(a, b, mp, out, count, r0, r1); });
     });
 #endif
     return {dx};
@@ -428,7 +423,8 @@ struct RepeatStreamsFunction : public torch::autograd::Function<RepeatStreamsFun
       using X = std::remove_pointer_t<decltype(tag)>;
       const X* gp = g.data_ptr<X>();
       X* out = dx.data_ptr<X>();
-      for_rows(items, n * L, [&](int64_t b0, int64_t b1) { sum_streams<X>(gp, out, n, L, b0, b1); });
+      at::parallel_for(0, items, std::max<int64_t>(1, kGrain / (n * L)),
+                       [&](int64_t b0, int64_t b1) { sum_streams<X>(gp, out, n, L, b0, b1); });
     });
 #endif
     return {dx, Tensor()};
