@@ -88,7 +88,7 @@ class ExpertImpl : public torch::nn::Cloneable<ExpertImpl> {
  public:
   ExpertImpl(int64_t in, int64_t hidden, int64_t out) : in_(in), hidden_(hidden), out_(out) { reset(); }
   void reset() override;
-  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::relu(fc1(x))); }
+  torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
 
  private:

@@ -5,6 +5,7 @@
 #include "models/gated_lstm.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
 #include "training/auxiliary.h"
 #include "training/checkpoint.h"
 
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 
 using namespace zoo;
@@ -355,4 +357,46 @@ TEST_CASE("MoE layer under bf16-mixed autocast: float32 input, close to float32,
   for (const auto& p : moe->parameters())
     with_gradient += p.grad().defined() && p.grad().abs().sum().item<double>() > 0;
   CHECK(with_gradient > 0);
+}
+
+TEST_CASE("An expert under bf16-mixed: zoo's few-row linear kernel, close to LibTorch's autocast, float32 gradients",
+          "[moe][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: the experts run LibTorch's autocast here");
+    return;
+  }
+  torch::manual_seed(3);
+  models::Expert expert(3136, 64, 10);  // the moe classifier's experts, on 21 routed rows
+  const auto x = torch::randn({21, 3136}).to(torch::kBFloat16);
+  const auto go = torch::randn({21, 10}).to(torch::kBFloat16);
+  auto run = [&](bool kernel) {
+    std::optional<zoo::ops::detail::WithoutBf16Kernel> without;
+    if (!kernel) without.emplace();
+    zoo::ops::AutocastScope scope(c10::DeviceType::CPU, torch::kBFloat16);
+    const auto y = expert->forward(x);
+    std::vector<torch::Tensor> out{y};
+    for (const auto& g : torch::autograd::grad({y}, expert->parameters(), {go})) out.push_back(g);
+    return out;
+  };
+  const auto zoo_kernel = run(true), libtorch = run(false);
+  // Both linear layers in the kernel: fc2's node, and fc1's behind the ReLU.
+  int kernels = 0;
+  std::vector<std::shared_ptr<torch::autograd::Node>> todo{zoo_kernel[0].grad_fn()};
+  while (!todo.empty()) {
+    const auto node = todo.back();
+    todo.pop_back();
+    if (!node) continue;
+    kernels += node->name().find("LinearBf16Function") != std::string::npos;
+    for (const auto& edge : node->next_edges()) todo.push_back(edge.function);
+  }
+  CHECK(kernels == 2);
+  REQUIRE(zoo_kernel.size() == libtorch.size());
+  for (size_t i = 0; i < zoo_kernel.size(); ++i) {
+    INFO("output 0, then the gradients of fc1.weight, fc1.bias, fc2.weight, fc2.bias: " << i);
+    CHECK(zoo_kernel[i].scalar_type() == (i == 0 ? torch::kBFloat16 : torch::kFloat32));
+    const auto a = zoo_kernel[i].to(torch::kFloat64), b = libtorch[i].to(torch::kFloat64);
+    // Both round the operands to bfloat16; LibTorch also rounds the hidden layer's products and the weights'
+    // gradients to bfloat16 before they are widened, zoo's kernel does not.
+    CHECK((a - b).abs().max().item<double>() < 0.02 * b.abs().max().item<double>());
+  }
 }
