@@ -82,6 +82,15 @@ ZOO_AVX512_BF16 inline __m512bh pair_everywhere(const bf16* p) {
   return reinterpret_cast<__m512bh>(_mm512_set1_epi32(bits));
 }
 
+/// Accumulators set to zero.
+template <int R, int C>
+ZOO_AVX512_BF16 inline void zero(__m512 (&acc)[R][C]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+}
+
 // ---- forward: y[t][n] = sum_k x[t][k] w[n][k] + b[n], dot products along k; per block of kOuts outputs the weight's
 // rows rounded to bfloat16 once (an L1-sized buffer), then TB rows x NB outputs in registers.
 constexpr int kRows = 6, kOuts = 4;
@@ -97,10 +106,7 @@ template <int TB, int NB>
 ZOO_AVX512_BF16 void forward_block(const bf16* x, const bf16* wb, const float* bias, bf16* y, int64_t K, int64_t Kp,
                                    int64_t N, int64_t t0, int64_t n0) {
   __m512 acc[TB][NB];
-#pragma GCC unroll 16
-  for (int i = 0; i < TB; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  zero(acc);
   for (int64_t k = 0; k < K; k += 32) {
     __m512bh wv[NB];
 #pragma GCC unroll 16
@@ -174,10 +180,7 @@ ZOO_AVX512_BF16 void input_block(const bf16* gy, const bf16* pairs, bf16* gx, in
                                  int64_t k) {
   constexpr int V = kPairColumns / 16;
   __m512 acc[TB][V];
-#pragma GCC unroll 16
-  for (int i = 0; i < TB; ++i)
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
+  zero(acc);
   for (int64_t p = 0; p < P; ++p) {
     __m512bh wv[V];
 #pragma GCC unroll 16
@@ -250,10 +253,7 @@ ZOO_AVX512_BF16 void weight_block(const bf16* xp, const bf16* gp, float* gw, int
                                   int64_t n0, int64_t k0) {
   constexpr int V = kColumns / 16;
   __m512 acc[NB][V];
-#pragma GCC unroll 16
-  for (int j = 0; j < NB; ++j)
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  zero(acc);
   for (int64_t q = 0; q < Q; ++q) {
     __m512bh xv[V];
 #pragma GCC unroll 16
