@@ -10,15 +10,17 @@
 
 #include <array>
 #include <cstring>
-#include <vector>
 
 namespace zoo::ops {
 
 namespace detail {
 
-namespace {
-
 using torch::Tensor;
+
+// In a namespace of their own: the unity build may compile this file together with conv2d_bf16.cpp, whose kernels
+// have names like these.
+namespace linear_kernels {
+namespace {
 
 #ifdef ZOO_X86_KERNELS
 
@@ -345,6 +347,7 @@ struct LinearBf16Function : public torch::autograd::Function<LinearBf16Function>
 #endif  // ZOO_X86_KERNELS
 
 }  // namespace
+}  // namespace linear_kernels
 
 bool linear_bf16_applies(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const auto type = ops::cpu_autocast_type();
@@ -372,8 +375,8 @@ Tensor linear_bf16(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 #ifdef ZOO_X86_KERNELS
   const auto xb = x.to(torch::kBFloat16).contiguous();  // differentiable: a float32 x gets its gradient in float32
   const auto b = bias.defined() ? bias.contiguous() : torch::empty({0}, weight.options());
-  if (x.size(0) == 0 || x.size(1) == 0 || weight.size(0) == 0) return reference(xb, weight, b);
-  return LinearBf16Function::apply(xb, weight.contiguous(), b);
+  if (x.size(0) == 0 || x.size(1) == 0 || weight.size(0) == 0) return linear_kernels::reference(xb, weight, b);
+  return linear_kernels::LinearBf16Function::apply(xb, weight.contiguous(), b);
 #else
   return {};
 #endif

@@ -11,7 +11,8 @@
 // weight gradient's over pairs of rows), and the weight's gradient is stored in float32 without a rounding.
 //
 // Reference: torch::nn::functional::linear on the bfloat16-rounded operands (what autocast runs), which the tests
-// compare against in float64.
+// compare against in float64. As AVX512-BF16's instructions do, subnormal values count as zero (LibTorch's casts keep
+// them) and a NaN stays a NaN, not necessarily with LibTorch's bits.
 #pragma once
 
 #include <torch/torch.h>
@@ -26,7 +27,8 @@ namespace zoo::ops {
 /// the backward is LibTorch's, on bfloat16 operands). Anywhere else LibTorch's linear, autocast's rule included.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
 
-/// Up to this many rows the kernel beats autocast's cast + oneDNN product (docs/precision.md).
+/// Up to this many rows the kernel beat autocast's cast + oneDNN product + cast back, forward and backward of the MoE's
+/// [64, 3136] layer at 1 thread: 2.3x at 4 rows, 1.7x at 16, 1.2x at 64, even at 96 (docs/precision.md).
 constexpr int64_t kLinearBf16MaxRows = 64;
 
 namespace detail {
