@@ -28,8 +28,9 @@ namespace zoo::ops {
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
 
 /// Up to this many rows the kernel beat autocast's cast + oneDNN product + cast back, forward and backward of the MoE's
-/// [64, 3136] layer at 1 thread: 2.3x at 4 rows, 1.7x at 16, 1.2x at 64, even at 96 (docs/precision.md).
-constexpr int64_t kLinearBf16MaxRows = 64;
+/// [64, 3136] layer at 1 thread (`zoo_bench --benchmark_filter=LinearBf16`): 1.6-2.0x at 4-16 rows, 1.3-1.4x at 32,
+/// 1.15-1.2x at 64, 1.09-1.10x at 96; 1.04x at 128 and 0.98x at 192, where oneDNN's blocked product takes over.
+constexpr int64_t kLinearBf16MaxRows = 96;
 
 namespace detail {
 /// Whether linear() runs zoo's kernel on these operands (autocast, the CPU, a trace, shapes, types).
