@@ -2,7 +2,7 @@
 // products (vdpbf16ps: two bfloat16 products added into each float32 lane), reading the float32 weight directly and
 // writing its gradient in float32.
 //
-// Why: the MoE's experts each see 8-32 rows of [.., 3136] features a step, and their first layers' [64, 3136]
+// Why: the MoE's experts each see 4-32 rows of [.., 3136] features a step, and their first layers' [64, 3136]
 // weights are what their products stream. Under autocast LibTorch casts each weight to bfloat16 (a copy), runs
 // oneDNN's bfloat16 product (which packs the operands into its layout on every call) and casts the weight's bfloat16
 // gradient back to float32 (another copy): three products and their casts took 214 us per expert at 16 rows, where
