@@ -5,10 +5,11 @@
 // Why: the MoE's experts each see 4-32 rows of [.., 3136] features a step, and their first layers' [64, 3136]
 // weights are what their products stream. Under autocast LibTorch casts each weight to bfloat16 (a copy), runs
 // oneDNN's bfloat16 product (which packs the operands into its layout on every call) and casts the weight's bfloat16
-// gradient back to float32 (another copy): three products and their casts took 214 us per expert at 16 rows, where
-// float32 took 281 (docs/precision.md). Here the weight is rounded to bfloat16 in registers as it is read, each
-// product is one pass of dot products into float32 accumulators (the input gradient's over pairs of outputs, the
-// weight gradient's over pairs of rows), and the weight's gradient is stored in float32 without a rounding.
+// gradient back to float32 (another copy): forward and backward took 313 us per expert at 16 rows, 188-198 us here
+// (`zoo_bench --benchmark_filter=LinearBf16`, 1 thread). Here the weight is rounded to bfloat16 as it is read (a few
+// rows at a time, into an L1-sized buffer, or in registers), each product is one pass of dot products into float32
+// accumulators (the input gradient's over pairs of outputs, the weight gradient's over pairs of rows), and the
+// weight's gradient is stored in float32 without a rounding.
 //
 // Reference: torch::nn::functional::linear on the bfloat16-rounded operands (what autocast runs), which the tests
 // compare against in float64. As AVX512-BF16's instructions do, subnormal values count as zero (LibTorch's casts keep
