@@ -7,7 +7,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 
 namespace zoo::ops::detail {
 
@@ -37,16 +36,7 @@ bool cpu_has_avx512_bf16() {
 
 namespace {
 
-#define ZOO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
-
 using bf16 = c10::BFloat16;
-
-// Two adjacent bfloat16 (a pair along the dot product's axis) in every 32-bit lane.
-ZOO_AVX512_BF16 inline __m512bh pair_everywhere(const bf16* p) {
-  int32_t bits;
-  std::memcpy(&bits, p, sizeof bits);
-  return reinterpret_cast<__m512bh>(_mm512_set1_epi32(bits));
-}
 
 ZOO_AVX512_BF16 inline __m512bh load_pairs(const bf16* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); }
 

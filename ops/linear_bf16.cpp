@@ -9,7 +9,6 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <array>
-#include <cstring>
 
 namespace zoo::ops {
 
@@ -29,8 +28,6 @@ Tensor reference(const Tensor& xb, const Tensor& weight, const Tensor& bias) {
   return torch::nn::functional::linear(xb, weight.to(torch::kBFloat16),
                                        bias.numel() > 0 ? bias.to(torch::kBFloat16) : Tensor());
 }
-
-#define ZOO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 // GCC 12's AVX-512 headers pass _mm512_undefined_*() as the unused source of the masked builtins behind
 // _mm512_shuffle_f32x4, _mm512_castps512_ps128 and _mm512_zextsi256_si512, which -Wuninitialized reports once they
@@ -75,13 +72,6 @@ ZOO_AVX512_BF16 inline float lane_sum(__m512 v) {
   q = _mm_add_ps(q, _mm_movehl_ps(q, q));
   q = _mm_add_ss(q, _mm_movehdup_ps(q));
   return _mm_cvtss_f32(q);
-}
-
-/// Two adjacent bfloat16 (a pair along the dot product's axis) in every 32-bit lane.
-ZOO_AVX512_BF16 inline __m512bh pair_everywhere(const bf16* p) {
-  int32_t bits;
-  std::memcpy(&bits, p, sizeof bits);
-  return reinterpret_cast<__m512bh>(_mm512_set1_epi32(bits));
 }
 
 /// Accumulators set to zero.
@@ -313,9 +303,11 @@ struct LinearBf16Function : public torch::autograd::Function<LinearBf16Function>
     const auto gy = grads[0].to(torch::kBFloat16).contiguous();
     const bf16* g = gy.data_ptr<bf16>();
     if (ctx->needs_input_grad(0)) {
-      const int64_t P = (N + 1) / 2;
-      auto padded = torch::zeros({T, 2 * P}, gy.options());
-      padded.narrow(1, 0, N).copy_(gy);
+      auto padded = gy;  // pairs of outputs: an odd last output gets a zero partner
+      if (N % 2 == 1) {
+        padded = torch::zeros({T, N + 1}, gy.options());
+        padded.narrow(1, 0, N).copy_(gy);
+      }
       out[0] = torch::empty({T, K}, xb.options());
       input_gradient(padded.data_ptr<bf16>(), weight.data_ptr<float>(), out[0].data_ptr<bf16>(), T, K, N);
     }

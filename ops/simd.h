@@ -7,12 +7,16 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ZOO_X86_KERNELS 1
 #include <immintrin.h>
 /// Marks a kernel (and every helper it inlines) as compiled for AVX2 + FMA, whatever the rest of the build targets.
 #define ZOO_AVX2_FMA __attribute__((target("avx2,fma")))
+/// The same for the AVX512-BF16 kernels (conv2d_bf16, linear_bf16), which run where cpu_has_avx512_bf16() says so
+/// (ops/conv2d_bf16.h).
+#define ZOO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 #endif
 
 namespace zoo::ops {
@@ -37,6 +41,13 @@ ZOO_AVX2_FMA inline __m128i to_bfloat16(__m256 v) {
 ZOO_AVX2_FMA inline __m128i narrow_exact(__m256 v) {
   const __m256i bits = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
   return _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1));
+}
+/// Two adjacent bfloat16 (a pair along a dot product's axis, what vdpbf16ps multiplies in each 32-bit lane) in every
+/// 32-bit lane.
+ZOO_AVX512_BF16 inline __m512bh pair_everywhere(const c10::BFloat16* p) {
+  int32_t bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return reinterpret_cast<__m512bh>(_mm512_set1_epi32(bits));
 }
 /// Eight float32 lanes stored as float32, or as bfloat16 (to_bfloat16).
 ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
