@@ -1,5 +1,6 @@
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
+#include "ops/conv_weight_gradient.h"
 #include "ops/group_norm.h"
 #include "ops/relu.h"
 
@@ -116,6 +117,22 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
                     cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }
 
+// 2-D convolutions under CPU autocast in bfloat16: autocast's rule (input, weight and bias cast to bfloat16, the
+// weights through autocast's cache), except where the weight gradient runs faster as a forward convolution with the
+// batch and channel axes swapped (ops/conv_weight_gradient.h: in training, on small maps of a batch of 16 or more,
+// on CPUs with AVX512-BF16), where one autograd node runs oneDNN's forward and input gradient and that weight
+// gradient.
+at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (detail::conv_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
+    return detail::conv2d_weight_as_forward(input, weight, bias.value_or(at::Tensor()), padding);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  const auto low = dtype_of(c10::kCPU);
+  using at::autocast::cached_cast;
+  return at::conv2d(cached_cast(low, input, c10::kCPU), cached_cast(low, weight, c10::kCPU),
+                    cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
+}
+
 // ReLU under CPU autocast: zoo's kernel on bfloat16's 16-bit patterns (ops/relu.h), which LibTorch 1.13 widens to
 // float32 and rounds back, slower than its float32 relu; any other input as LibTorch's relu. relu is not an autocast
 // operation (no cast: a float32 input stays float32).
@@ -124,9 +141,9 @@ at::Tensor relu_autocast(const at::Tensor& x) {
   return zoo::ops::relu(x);
 }
 
-// Replacing LibTorch's autocast kernels for conv1d and conv3d makes the dispatcher warn ("Overriding a previously
-// registered kernel"); it is meant here, so the registration runs once, at the first AutocastScope, with warnings
-// muted.
+// Replacing LibTorch's autocast kernels for conv1d, conv2d and conv3d makes the dispatcher warn ("Overriding a
+// previously registered kernel"); it is meant here, so the registration runs once, at the first AutocastScope, with
+// warnings muted.
 #if TORCH_VERSION_MAJOR >= 2
 struct Mute : c10::WarningHandler {
   void process(const c10::Warning&) override {}
@@ -147,6 +164,7 @@ void register_rules() {
     static auto* library = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutocastCPU, __FILE__,
                                               __LINE__);  // kept for the life of the process
     library->impl("conv1d", TORCH_FN(conv1d_autocast));
+    library->impl("conv2d", TORCH_FN(conv2d_autocast));
     library->impl("conv3d", TORCH_FN(conv3d_autocast));
     library->impl("relu", TORCH_FN(relu_autocast));
   });

@@ -20,8 +20,12 @@
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
 //  - StreamMix/B: ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing (B = 1: bf16-mixed).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
+//  - ConvWeightGradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution
+//    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the region
+//    where autocast's conv2d rule uses it, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / swapped time
+//    (above 1: swapped faster), and "applies" (1 where the rule takes the layer).
 //
-//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|ConvBf16|ModelBf16|MaxPool|BatchNorm|Conv3d'
+//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|ConvBf16|ModelBf16|MaxPool|BatchNorm|Conv3d|ConvWeight'
 #include "models/mhc.h"
 #include "models/ode.h"
 #include "models/registry.h"
@@ -30,6 +34,7 @@
 #include "ops/conv2d_bf16.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
+#include "ops/conv_weight_gradient.h"
 #include "ops/max_pool.h"
 #include "ops/stream_mix.h"
 #include "training/trainer.h"
@@ -479,5 +484,61 @@ void Conv3dFirstLayer(benchmark::State& state) {
   }
 }
 BENCHMARK(Conv3dFirstLayer)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(3);
+
+// ConvWeightGradient: the weight gradient of a bfloat16 3x3 convolution (padding 1) both ways, interleaved per
+// layer: oneDNN's (at::convolution_backward, weight only) and the swapped forward convolution, each cast to
+// float32 as autocast's weight gradient is.
+void ConvWeightGradient(benchmark::State& state) {
+  training::apply_threads(1);
+  if (!ops::detail::cpu_has_avx512_bf16()) {
+    state.SkipWithError("this CPU has no AVX512-BF16: autocast's conv2d rule runs oneDNN's weight gradient here");
+    return;
+  }
+  struct Layer {
+    int64_t n, c, o, h;
+  };
+  // The mHC ResNet's blocks (64x32x32x7) and stem (64x32x32x14), the cnn's second layer, ResNet-18's (batch 32) and
+  // the U-Net's bottom (batch 4) layers, then the region's edges: batch, channels and map size.
+  const std::vector<Layer> layers{{64, 32, 32, 7},   {64, 32, 32, 14},  {64, 32, 64, 14}, {32, 128, 128, 14},
+                                  {32, 256, 256, 7}, {32, 512, 512, 4}, {4, 256, 512, 8}, {4, 512, 512, 8},
+                                  {16, 32, 32, 7},   {8, 256, 256, 7},  {64, 64, 64, 7},  {64, 32, 32, 4},
+                                  {32, 256, 256, 4}, {64, 32, 32, 10}};
+  torch::manual_seed(0);
+  const auto bf16 = torch::kBFloat16;
+  const auto run_round = [&](std::map<std::string, double>& us, bool timed) {
+    for (const auto& l : layers) {
+      const auto x = torch::randn({l.n, l.c, l.h, l.h}).to(bf16), w = torch::randn({l.o, l.c, 3, 3}).to(bf16);
+      const auto gy = torch::randn({l.n, l.o, l.h, l.h}).to(bf16);
+      const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
+      const int reps =
+          timed ? std::max<int>(2, static_cast<int>(2e8 / static_cast<double>(l.n * l.c * l.o * l.h * l.h * 9))) : 1;
+      for (const bool swapped : {false, true}) {
+        const auto start = Clock::now();
+        for (int i = 0; i < reps; ++i) {
+          if (swapped)
+            ops::detail::conv2d_weight_gradient(x, gy, {1, 1});
+          else
+            std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+                                                 {false, true, false}))
+                .to(torch::kFloat32);
+        }
+        us[name + (swapped ? "_swapped" : "_onednn")] += 1e6 * seconds_since(start) / reps;
+      }
+    }
+  };
+  std::map<std::string, double> warm_up, us;  // an untimed round first: the process's first large allocations
+  run_round(warm_up, false);
+  for (auto _ : state) run_round(us, true);
+  ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+  for (const auto& l : layers) {
+    const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
+    state.counters[name + "_ratio"] = us[name + "_onednn"] / us[name + "_swapped"];
+    state.counters[name + "_onednn_us"] = us[name + "_onednn"] / static_cast<double>(state.iterations());
+    const auto w = torch::zeros({l.o, l.c, 3, 3}, torch::requires_grad());
+    state.counters[name + "_applies"] = ops::detail::conv_weight_gradient_applies(
+        torch::zeros({l.n, l.c, l.h, l.h}), w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, 1);
+  }
+}
+BENCHMARK(ConvWeightGradient)->Unit(benchmark::kSecond)->Iterations(3);
 
 }  // namespace

@@ -1,0 +1,49 @@
+// A 2-D convolution under CPU autocast in bfloat16 whose weight gradient is computed as a forward convolution, with
+// the batch and channel axes swapped:
+//
+//   dW[o, c, i, j] = sum_{n, h, w} dy[n, o, h, w] x_pad[n, c, h + i, w + j]        (stride 1, no dilation, one group)
+//                  = conv2d(x^T, dy^T, padding)[c, o, i, j],    x^T = x.transpose(0, 1): [C, N, H, W]
+//                                                                dy^T = dy.transpose(0, 1): [O, N, H, W] as the kernel
+//
+// (the identity behind the "backward as convolutions" derivations, e.g. Dumoulin & Visin, arXiv 1603.07285).
+//
+// Why: on small maps oneDNN 2.6's bfloat16 weight gradient reduces over N x H x W at about 60% of its forward's
+// rate, while its forward, given the swapped problem (a reduction over the batch and the map's taps), runs near the
+// dot products' peak. The mHC ResNet's 7x7 block convolutions (batch 64, 32 channels): 0.46 ms for oneDNN's weight
+// gradient, 0.34 ms this way. The swapped problem's channels are the batch, so a small batch or a large map loses
+// (`zoo_bench --benchmark_filter=ConvWeightGradient`, 1 thread, 2026-12-06, oneDNN time / swapped time):
+//   batch 64, 32 channels, 7x7: 1.35-1.46     batch 64, 64 channels, 7x7: 1.36-1.50    batch 64, 32, 10x10: 1.16-1.19
+//   batch 32, 256 channels, 7x7: 1.05-1.17    batch 16, 32 channels, 7x7: 1.15-1.25    batch 16, 128, 7x7: 1.06
+//   batch 64, 32 channels, 14x14: 1.05-1.11   batch 32, 128, 14x14: 0.92-0.96          batch 8, 256, 7x7: 0.87-1.09
+//   batch 4, 256-512 channels, 8x8: 0.70-0.88 batch 32, 256-512, 4x4: 0.91-1.11        1x1 kernels: 0.68
+// hence the region where autocast's conv2d rule (ops/autocast.cpp) uses it: output maps of 25-100 pixels, a batch
+// of 16 or more, 32-256 channels in and out, 3-5 taps per axis. The forward and the input gradient are oneDNN's.
+//
+// Reference: autocast's rule, torch::conv2d on the bfloat16-rounded operands. The output and the input gradient
+// are the same bits; the weight gradient sums the same products in another order (float32 accumulators) and is
+// rounded to bfloat16 once, as oneDNN's is; the bias gradient is summed in float32 and not rounded.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::ops::detail {
+
+/// Whether autocast's conv2d rule runs conv2d_weight_as_forward on these operands: under CPU autocast in bfloat16,
+/// grad mode on, outside a trace, on a CPU with AVX512-BF16; a float32 or bfloat16 CPU input [N, C, H, W] with
+/// N >= 16, a float32 weight [O, C, KH, KW] that needs its gradient, 32 <= C, O <= 256, 3-5 taps per axis, stride 1,
+/// no dilation, one group, padding below the kernel and output maps of 25-100 pixels (the region above).
+bool conv_weight_gradient_applies(const torch::Tensor& input, const torch::Tensor& weight,
+                                  const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+/// torch::conv2d(input, weight, bias, 1, padding) in bfloat16 (autocast's result), one autograd node: the input's
+/// gradient in the input's type (oneDNN's), the weight's in float32 (the swapped forward convolution above), the
+/// bias's in float32. Twice differentiable (under create_graph the backward is autocast's rule's, ops/twice.h).
+torch::Tensor conv2d_weight_as_forward(const torch::Tensor& input, const torch::Tensor& weight,
+                                       const torch::Tensor& bias, at::IntArrayRef padding);
+
+/// The weight gradient alone, [O, C, KH, KW] in float32 (rounded to bfloat16 once): the swapped forward convolution
+/// of bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] at stride 1 with `padding` (KH = H + 2 padding - HO + 1).
+torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef padding);
+
+}  // namespace zoo::ops::detail

@@ -1,0 +1,186 @@
+// conv_weight_gradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution, against
+// float64's gradient of the same bfloat16 values, and autocast's conv2d rule, which runs it on small maps and
+// LibTorch's convolution (oneDNN) everywhere else.
+#include "ops/conv_weight_gradient.h"
+#include "helpers.h"
+#include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
+
+#include <torch/csrc/jit/frontend/tracer.h>
+
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <string>
+
+using zoo::test::within_rounding;
+
+namespace {
+
+bool ran_rule(const torch::Tensor& y) {
+  return y.grad_fn() && y.grad_fn()->name().find("WeightAsForwardFunction") != std::string::npos;
+}
+
+torch::Tensor rounded64(const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kFloat64); }
+
+}  // namespace
+
+TEST_CASE("conv2d_weight_gradient: the swapped forward convolution gives float64's weight gradient, rounded once",
+          "[kernels][precision]") {
+  torch::manual_seed(31);
+  // {N, C, O, H, W, K, padding}: the mHC ResNet's blocks, a 5x5 kernel, no padding, non-square maps and kernels
+  // (the swapped kernel's two axes), odd channel and batch counts, then random ones.
+  std::vector<std::array<int64_t, 7>> shapes{{64, 32, 32, 7, 7, 3, 1}, {16, 32, 64, 7, 7, 5, 2},
+                                             {3, 5, 7, 6, 6, 3, 0},    {5, 3, 9, 9, 4, 3, 1},
+                                             {1, 1, 1, 3, 3, 3, 1},    {7, 6, 5, 8, 11, 5, 1}};
+  std::mt19937 random(32);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+  for (int i = 0; i < 12; ++i) {
+    const int64_t k = pick(1, 3) * 2 + 1;
+    shapes.push_back({pick(1, 20), pick(1, 40), pick(1, 40), pick(k, 12), pick(k, 12), k, pick(0, k - 1)});
+  }
+  for (const auto& [N, C, O, H, W, K, P] : shapes) {
+    INFO("x [" << N << ", " << C << ", " << H << ", " << W << "], weight [" << O << ", " << C << ", " << K << ", " << K
+               << "], padding " << P);
+    const auto x = torch::randn({N, C, H, W}).to(torch::kBFloat16);
+    const int64_t HO = H + 2 * P - K + 1, WO = W + 2 * P - K + 1;
+    const auto gy = torch::randn({N, O, HO, WO}).to(torch::kBFloat16);
+    const auto got = zoo::ops::detail::conv2d_weight_gradient(x, gy, {P, P});
+    REQUIRE(got.scalar_type() == torch::kFloat32);
+    REQUIRE(got.sizes() == torch::IntArrayRef({O, C, K, K}));
+    CHECK(got.is_contiguous());
+    const auto exact = std::get<1>(at::convolution_backward(
+        gy.to(torch::kFloat64), x.to(torch::kFloat64), torch::zeros({O, C, K, K}, torch::kFloat64), c10::nullopt,
+        {1, 1}, {P, P}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
+    CHECK(within_rounding(got, exact, 1.0 / 256));                           // one rounding to bfloat16
+    CHECK(torch::equal(got, got.to(torch::kBFloat16).to(torch::kFloat32)));  // and it is bfloat16's
+  }
+  CHECK_THROWS_WITH(zoo::ops::detail::conv2d_weight_gradient(torch::randn({2, 3, 5, 5}),
+                                                             torch::randn({2, 4, 5, 5}).to(torch::kBFloat16), {1, 1}),
+                    Catch::Contains("bfloat16 x [N, C, H, W]"));
+}
+
+TEST_CASE(
+    "Autocast's conv2d rule: the mHC blocks' convolutions give autocast's output and input gradient to the "
+    "bit and its weight gradient to one rounding",
+    "[kernels][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: autocast's 2-D convolutions run LibTorch's rule here");
+    return;
+  }
+  torch::manual_seed(33);
+  for (const bool with_bias : {false, true}) {
+    for (const bool float32_input : {false, true}) {
+      INFO("bias " << with_bias << ", float32 input " << float32_input);
+      auto x = torch::randn({64, 32, 7, 7});
+      if (!float32_input) x = x.to(torch::kBFloat16);
+      x.requires_grad_();
+      const auto w = (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_();
+      const auto b = with_bias ? torch::randn({32}, torch::requires_grad()) : torch::Tensor();
+      const auto go = torch::randn({64, 32, 7, 7}).to(torch::kBFloat16);
+      auto run = [&](bool rule) {
+        torch::Tensor y;
+        {
+          zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+          c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+          if (!rule) libtorch.emplace();  // on a CPU without AVX512-BF16: autocast's rule
+          y = torch::conv2d(x, w, b, 1, 1);
+        }
+        CHECK(ran_rule(y) == rule);
+        auto inputs = with_bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
+        auto g = torch::autograd::grad({y}, inputs, {go});
+        g.insert(g.begin(), y);
+        return g;
+      };
+      const auto got = run(true), expected = run(false);
+      CHECK(got[0].scalar_type() == torch::kBFloat16);
+      CHECK(torch::equal(got[0], expected[0]));  // oneDNN's forward
+      CHECK(got[1].scalar_type() == x.scalar_type());
+      CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
+      CHECK(got[2].scalar_type() == torch::kFloat32);
+      const auto exact =
+          std::get<1>(at::convolution_backward(rounded64(go), rounded64(x), rounded64(w), c10::nullopt, {1, 1}, {1, 1},
+                                               {1, 1}, false, {0, 0}, 1, {false, true, false}));
+      CHECK(within_rounding(got[2], exact, 1.0 / 256));
+      CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's rounds once too
+      if (with_bias) {
+        CHECK(got[3].scalar_type() == torch::kFloat32);
+        // Summed in float32 (3136 values per channel, each below 5 in magnitude), not rounded to bfloat16.
+        CHECK((got[3] - rounded64(go).sum({0, 2, 3})).abs().max().item<double>() < 1e-3);
+        CHECK_FALSE(torch::equal(got[3], got[3].to(torch::kBFloat16).to(torch::kFloat32)));
+      }
+    }
+  }
+}
+
+TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a trace", "[kernels][precision]") {
+  using zoo::ops::detail::conv_weight_gradient_applies;
+  const auto w = torch::randn({32, 32, 3, 3}, torch::requires_grad());
+  const auto x = torch::randn({64, 32, 7, 7});
+  auto applies = [&](const torch::Tensor& xx, const torch::Tensor& ww, std::vector<int64_t> stride = {1, 1},
+                     std::vector<int64_t> padding = {1, 1}, std::vector<int64_t> dilation = {1, 1},
+                     int64_t groups = 1) {
+    return conv_weight_gradient_applies(xx, ww, c10::nullopt, stride, padding, dilation, groups);
+  };
+  CHECK_FALSE(applies(x, w));  // no autocast
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: autocast's 2-D convolutions run LibTorch's rule here");
+    return;
+  }
+  {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    CHECK(applies(x, w));
+    CHECK(applies(x.to(torch::kBFloat16), w));
+    CHECK(
+        applies(torch::randn({16, 256, 5, 5}), torch::randn({256, 256, 5, 5}, torch::requires_grad()), {1, 1}, {2, 2}));
+    CHECK(applies(torch::randn({32, 32, 10, 10}), w));
+    CHECK_FALSE(applies(x, w.detach()));                 // inference: no weight gradient
+    CHECK_FALSE(applies(x, w, {2, 2}));                  // strided
+    CHECK_FALSE(applies(x, w, {1, 1}, {1, 1}, {2, 2}));  // dilated
+    CHECK_FALSE(applies(x, torch::randn({32, 16, 3, 3}, torch::requires_grad()), {1, 1}, {1, 1}, {1, 1}, 2));
+    CHECK_FALSE(applies(x, torch::randn({32, 32, 1, 1}, torch::requires_grad()), {1, 1}, {0, 0}));  // 1x1
+    CHECK_FALSE(applies(torch::randn({64, 32, 14, 14}), w));                                        // 196 pixels
+    CHECK_FALSE(applies(torch::randn({64, 32, 4, 4}), w));                                          // 16 pixels
+    CHECK_FALSE(applies(torch::randn({8, 32, 7, 7}), w));                                           // batch 8
+    CHECK_FALSE(applies(torch::randn({64, 16, 7, 7}), torch::randn({32, 16, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(torch::randn({64, 512, 7, 7}), torch::randn({32, 512, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(x.to(torch::kFloat64), w.to(torch::kFloat64)));
+    {
+      torch::NoGradGuard inference;
+      CHECK_FALSE(applies(x, w));
+    }
+    {
+      zoo::ops::Float32Region float32;
+      CHECK_FALSE(applies(x, w));
+    }
+  }
+
+  // Second derivatives (a gradient penalty) go through autocast's rule's autograd.
+  torch::manual_seed(34);
+  const auto xs = torch::randn({16, 32, 6, 6}).to(torch::kBFloat16).requires_grad_();
+  const auto ws = (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_();
+  auto penalty = [&](bool rule) {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+    if (!rule) libtorch.emplace();
+    const auto y = torch::conv2d(xs, ws, {}, 1, 1);
+    CHECK(ran_rule(y) == rule);
+    const auto gx = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {xs}, {}, true, true)[0];
+    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {ws})[0];
+  };
+  const auto expected = penalty(false), got = penalty(true);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK((got - expected).abs().max().item<double>() < 0.02 * expected.abs().max().item<double>());
+
+  // A trace records LibTorch's convolution, which TorchScript and Python load.
+  zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+  auto traced = torch::jit::tracer::trace(
+      {x, w},
+      [](torch::jit::Stack in) -> torch::jit::Stack {
+        return {torch::conv2d(in[0].toTensor(), in[1].toTensor(), {}, 1, 1)};
+      },
+      [](const torch::autograd::Variable&) { return std::string(); }, false);
+  const auto graph = traced.first->graph->toString();
+  CHECK((graph.find("aten::conv2d") != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
+  CHECK(graph.find("WeightAsForward") == std::string::npos);
+}
