@@ -77,6 +77,10 @@ inline double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
           b.to(torch::kFloat64).abs().max().clamp_min(1e-30))
       .item<double>();
 }
+/// t's values as a bfloat16 kernel reads them (rounded to bfloat16), in float64: the operands of an exact reference.
+inline torch::Tensor bfloat16_in_float64(const torch::Tensor& t) {
+  return t.detach().to(torch::kBFloat16).to(torch::kFloat64);
+}
 /// |got - exact| <= rel |exact| + 1e-5 max(1, max |exact|) elementwise: a float32 sum rounded once to bfloat16
 /// (rel = 2^-8) or kept in float32 (rel = 0: products of bfloat16 values are exact in float32, only the order rounds).
 inline bool within_rounding(const torch::Tensor& got, const torch::Tensor& exact, double rel) {

@@ -21,8 +21,6 @@ bool ran_rule(const torch::Tensor& y) {
   return y.grad_fn() && y.grad_fn()->name().find("WeightAsForwardFunction") != std::string::npos;
 }
 
-torch::Tensor rounded64(const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kFloat64); }
-
 }  // namespace
 
 TEST_CASE("conv2d_weight_gradient: the swapped forward convolution gives float64's weight gradient, rounded once",
@@ -98,15 +96,15 @@ TEST_CASE(
       CHECK(got[1].scalar_type() == x.scalar_type());
       CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
       CHECK(got[2].scalar_type() == torch::kFloat32);
-      const auto exact =
-          std::get<1>(at::convolution_backward(rounded64(go), rounded64(x), rounded64(w), c10::nullopt, {1, 1}, {1, 1},
-                                               {1, 1}, false, {0, 0}, 1, {false, true, false}));
+      const auto exact = std::get<1>(at::convolution_backward(
+          zoo::test::bfloat16_in_float64(go), zoo::test::bfloat16_in_float64(x), zoo::test::bfloat16_in_float64(w),
+          c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
       CHECK(within_rounding(got[2], exact, 1.0 / 256));
       CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's rounds once too
       if (with_bias) {
         CHECK(got[3].scalar_type() == torch::kFloat32);
         // Summed in float32 (3136 values per channel, each below 5 in magnitude), not rounded to bfloat16.
-        CHECK((got[3] - rounded64(go).sum({0, 2, 3})).abs().max().item<double>() < 1e-3);
+        CHECK((got[3] - zoo::test::bfloat16_in_float64(go).sum({0, 2, 3})).abs().max().item<double>() < 1e-3);
         CHECK_FALSE(torch::equal(got[3], got[3].to(torch::kBFloat16).to(torch::kFloat32)));
       }
     }

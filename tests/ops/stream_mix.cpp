@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 using zoo::ops::mix_streams;
+using zoo::test::kF64;
 using zoo::test::max_rel;
 
 namespace {
