@@ -121,7 +121,7 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 // 2-D convolutions under CPU autocast in bfloat16: autocast's rule (input, weight and bias cast to bfloat16, the
 // weights through autocast's cache), except on CPUs with AVX512-BF16 and outside a trace for
 //  - a 3x3 convolution of one input channel that needs no input gradient (the image networks' first layer): zoo's
-//    kernel (ops/conv2d_one_channel.h), forward and weight gradient 2.6-3.0x faster than oneDNN's there;
+//    kernel (ops/conv2d_one_channel.h), forward and weight gradient 2.6-3.7x faster than oneDNN's there;
 //  - in training, on small maps of a batch of 16 or more (ops/conv_weight_gradient.h): oneDNN's forward and input
 //    gradient with the weight gradient as a forward convolution with the batch and channel axes swapped.
 at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

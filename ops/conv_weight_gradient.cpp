@@ -4,7 +4,11 @@
 #include "ops/conv2d_bf16.h"
 #include "ops/twice.h"
 
+#include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
+
+#include <algorithm>
+#include <cstring>
 
 namespace zoo::ops::detail {
 
@@ -50,6 +54,21 @@ struct WeightAsForwardFunction : public torch::autograd::Function<WeightAsForwar
 
 }  // namespace
 
+Tensor swap_leading_axes(const Tensor& t) {
+  const auto c = t.contiguous();
+  const int64_t A = c.size(0), B = c.size(1), bytes = c.numel() / std::max<int64_t>(1, A * B) * c.element_size();
+  auto sizes = c.sizes().vec();
+  std::swap(sizes[0], sizes[1]);
+  auto out = torch::empty(sizes, c.options());
+  const auto* src = static_cast<const char*>(c.data_ptr());
+  auto* dst = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t a = 0; a < A; ++a) std::memcpy(dst + (b * A + a) * bytes, src + (a * B + b) * bytes, bytes);
+  });
+  return out;
+}
+
 Tensor conv2d_weight_gradient(const Tensor& xb, const Tensor& gy, at::IntArrayRef padding) {
   TORCH_CHECK(xb.dim() == 4 && gy.dim() == 4 && xb.size(0) == gy.size(0) && xb.scalar_type() == torch::kBFloat16 &&
                   gy.scalar_type() == torch::kBFloat16 && padding.size() == 2,
@@ -57,8 +76,8 @@ Tensor conv2d_weight_gradient(const Tensor& xb, const Tensor& gy, at::IntArrayRe
               xb.sizes(), ", dy ", gy.sizes());
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   // [C, O, KH, KW]: the batch is the swapped problem's channel axis, dy's maps its kernel.
-  const auto swapped =
-      at::convolution(xb.transpose(0, 1), gy.transpose(0, 1), c10::nullopt, {1, 1}, padding, {1, 1}, false, {0, 0}, 1);
+  const auto swapped = at::convolution(swap_leading_axes(xb), swap_leading_axes(gy), c10::nullopt, {1, 1}, padding,
+                                       {1, 1}, false, {0, 0}, 1);
   auto out = torch::empty({swapped.size(1), swapped.size(0), swapped.size(2), swapped.size(3)},
                           xb.options().dtype(torch::kFloat32));
   out.copy_(swapped.transpose(0, 1));

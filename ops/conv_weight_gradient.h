@@ -11,11 +11,12 @@
 // rate, while its forward, given the swapped problem (a reduction over the batch and the map's taps), runs near the
 // dot products' peak. The mHC ResNet's 7x7 block convolutions (batch 64, 32 channels): 0.46 ms for oneDNN's weight
 // gradient, 0.34 ms this way. The swapped problem's channels are the batch, so a small batch or a large map loses
-// (`zoo_bench --benchmark_filter=ConvWeightGradient`, 1 thread, 2026-12-06, oneDNN time / swapped time):
-//   batch 64, 32 channels, 7x7: 1.35-1.46     batch 64, 64 channels, 7x7: 1.36-1.50    batch 64, 32, 10x10: 1.16-1.19
-//   batch 32, 256 channels, 7x7: 1.05-1.17    batch 16, 32 channels, 7x7: 1.15-1.25    batch 16, 128, 7x7: 1.06
-//   batch 64, 32 channels, 14x14: 1.05-1.11   batch 32, 128, 14x14: 0.92-0.96          batch 8, 256, 7x7: 0.87-1.09
-//   batch 4, 256-512 channels, 8x8: 0.70-0.88 batch 32, 256-512, 4x4: 0.91-1.11        1x1 kernels: 0.68
+// (`zoo_bench --benchmark_filter=ConvWeightGradient`, 1 thread, 2026-12-06, oneDNN time / swapped time, 3-6 runs):
+//   batch 64, 32 channels, 7x7: 1.30-1.54     batch 64, 64 channels, 7x7: 1.36-1.64    batch 64, 32, 10x10: 1.10-1.19
+//   batch 32, 256 channels, 7x7: 1.05-1.17    batch 16, 32 channels, 7x7: 1.14-1.33    batch 16, 128, 7x7: 1.06
+//   batch 64, 32 channels, 14x14: 1.05-1.15   batch 32, 128, 14x14: 0.92-1.02          batch 8, 256, 7x7: 0.87-1.09
+//   batch 64, 32 channels, 4x4: 1.40-1.53     batch 32, 256-512, 4x4: 0.89-1.16        batch 4, 256-512, 8x8: 0.66-0.88
+//   1x1 kernels: 0.68 (one run of the 10x10 case read 0.89: the VM's noise)
 // hence the region where autocast's conv2d rule (ops/autocast.cpp) uses it: output maps of 25-100 pixels, a batch
 // of 16 or more, 32-256 channels in and out, 3-5 taps per axis. The forward and the input gradient are oneDNN's.
 //
@@ -45,5 +46,9 @@ torch::Tensor conv2d_weight_as_forward(const torch::Tensor& input, const torch::
 /// The weight gradient alone, [O, C, KH, KW] in float32 (rounded to bfloat16 once): the swapped forward convolution
 /// of bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] at stride 1 with `padding` (KH = H + 2 padding - HO + 1).
 torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef padding);
+
+/// t [A, B, ...] as a contiguous [B, A, ...]: t.transpose(0, 1).contiguous() by one copy per plane (LibTorch's
+/// strided copy took 33 us for the mHC blocks' [64, 32, 7, 7] in bfloat16, 16 of them a step).
+torch::Tensor swap_leading_axes(const torch::Tensor& t);
 
 }  // namespace zoo::ops::detail

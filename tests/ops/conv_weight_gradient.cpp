@@ -53,6 +53,11 @@ TEST_CASE("conv2d_weight_gradient: the swapped forward convolution gives float64
     CHECK(within_rounding(got, exact, 1.0 / 256));                           // one rounding to bfloat16
     CHECK(torch::equal(got, got.to(torch::kBFloat16).to(torch::kFloat32)));  // and it is bfloat16's
   }
+  // The batch and channel axes swapped by one copy per plane: transpose(0, 1).contiguous(), to the bit.
+  using zoo::ops::detail::swap_leading_axes;
+  for (const auto& t : {torch::randn({64, 32, 7, 7}).to(torch::kBFloat16), torch::randn({3, 5, 2}),
+                        torch::randn({4, 6, 5, 5}).transpose(2, 3), torch::randn({1, 3, 1, 1})})
+    CHECK(torch::equal(swap_leading_axes(t), t.transpose(0, 1).contiguous()));
   CHECK_THROWS_WITH(zoo::ops::detail::conv2d_weight_gradient(torch::randn({2, 3, 5, 5}),
                                                              torch::randn({2, 4, 5, 5}).to(torch::kBFloat16), {1, 1}),
                     Catch::Contains("bfloat16 x [N, C, H, W]"));

@@ -24,14 +24,19 @@
 //    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the region
 //    where autocast's conv2d rule uses it, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / swapped time
 //    (above 1: swapped faster), and "applies" (1 where the rule takes the layer).
+//  - ConvOneChannel: the image networks' first layer (3x3, one input channel) under bf16-mixed, zoo's kernel
+//    (ops/conv2d_one_channel.h) against autocast's rule (oneDNN), forward and forward + weight gradient, 1 thread.
+//    Counters: <N>x<O>x<H>_{fwd,train}_ratio = oneDNN time / zoo's time, and the times in us.
 //
-//   build/bin/zoo_bench --benchmark_filter='MHC|ODE|Conv3x3|ConvBf16|ModelBf16|MaxPool|BatchNorm|Conv3d|ConvWeight'
+//   build/bin/zoo_bench
+//   --benchmark_filter='MHC|ODE|Conv3x3|ConvBf16|ModelBf16|MaxPool|BatchNorm|Conv3d|ConvWeight|ConvOne'
 #include "models/mhc.h"
 #include "models/ode.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
 #include "ops/batch_norm.h"
 #include "ops/conv2d_bf16.h"
+#include "ops/conv2d_one_channel.h"
 #include "ops/conv3d.h"
 #include "ops/conv3x3.h"
 #include "ops/conv_weight_gradient.h"
@@ -540,5 +545,62 @@ void ConvWeightGradient(benchmark::State& state) {
   }
 }
 BENCHMARK(ConvWeightGradient)->Unit(benchmark::kSecond)->Iterations(3);
+
+// ConvOneChannel: the first layers of the cnn, the MoE, the mHC ResNet and the ODE-ResNet (64 x 28x28 -> 32) and of
+// the U-Net and DeconvNet (4 x 64x64 -> 64), forward and forward + weight and bias gradients under CPU autocast,
+// zoo's kernel and autocast's rule (WithoutBf16Kernel), interleaved.
+void ConvOneChannel(benchmark::State& state) {
+  training::apply_threads(1);
+  if (!ops::detail::cpu_has_avx512_bf16()) {
+    state.SkipWithError("this CPU has no AVX512-BF16: autocast's first layers run oneDNN here");
+    return;
+  }
+  struct Layer {
+    int64_t n, o, h;
+  };
+  const std::vector<Layer> layers{{64, 32, 28}, {4, 64, 64}};
+  torch::manual_seed(0);
+  const auto run_round = [&](std::map<std::string, double>& us) {
+    for (const auto& l : layers) {
+      const auto x = torch::randn({l.n, 1, l.h, l.h});
+      const auto w = (torch::randn({l.o, 1, 3, 3}) * 0.3).requires_grad_();
+      const auto b = torch::zeros({l.o}, torch::requires_grad());
+      const auto go = torch::randn({l.n, l.o, l.h, l.h}).to(torch::kBFloat16);
+      const auto name = fmt::format("{}x{}x{}", l.n, l.o, l.h);
+      for (const bool zoo_kernel : {true, false}) {
+        const auto arm = zoo_kernel ? "_zoo" : "_onednn";
+        std::optional<ops::detail::WithoutBf16Kernel> onednn;
+        if (!zoo_kernel) onednn.emplace();
+        auto start = Clock::now();
+        {
+          // A scope of its own: autocast caches the weight's cast made without grad mode for the scope's life.
+          ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+          torch::NoGradGuard inference;
+          for (int i = 0; i < 20; ++i) torch::conv2d(x, w, b, 1, 1);
+        }
+        us[name + "_fwd" + arm] += 1e6 * seconds_since(start) / 20;
+        start = Clock::now();
+        for (int i = 0; i < 20; ++i) {
+          ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+          torch::autograd::grad({torch::conv2d(x, w, b, 1, 1)}, {w, b}, {go});
+        }
+        us[name + "_train" + arm] += 1e6 * seconds_since(start) / 20;
+      }
+    }
+  };
+  std::map<std::string, double> warm_up, us;  // an untimed round first
+  run_round(warm_up);
+  for (auto _ : state) run_round(us);
+  const auto rounds = static_cast<double>(state.iterations());
+  for (const auto& l : layers) {
+    const auto name = fmt::format("{}x{}x{}", l.n, l.o, l.h);
+    for (const char* pass : {"_fwd", "_train"}) {
+      state.counters[name + pass + "_ratio"] = us[name + pass + "_onednn"] / us[name + pass + "_zoo"];
+      state.counters[name + pass + "_zoo_us"] = us[name + pass + "_zoo"] / rounds;
+      state.counters[name + pass + "_onednn_us"] = us[name + pass + "_onednn"] / rounds;
+    }
+  }
+}
+BENCHMARK(ConvOneChannel)->Unit(benchmark::kSecond)->Iterations(5);
 
 }  // namespace
