@@ -3,6 +3,7 @@
 #include "models/cnn.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
+#include "ops/mhc_mixing.h"
 #include "ops/sinkhorn.h"
 #include "ops/stream_mix.h"
 
@@ -153,16 +154,20 @@ MixingMatrices MHCImpl::mixing_from(const Tensor& x, const Tensor& features) {
     }
     return m;
   }
-  // mHC Eqs. 7-8 on the flattened streams.
-  Tensor pre = b_pre + zero, post = b_post + zero, res = b_res.reshape({1, -1}) + zero.narrow(1, 0, 1);
+  // mHC Eqs. 7-8 on the flattened streams (ops/mhc_mixing.h: one autograd node where it takes the operands).
+  Tensor res;
   if (options.dynamic()) {
-    const auto xv = rms_norm(features.reshape({-1, n * C}), norm_weight, options.eps());
-    pre = pre + alpha_pre * torch::matmul(xv, phi_pre);
-    post = post + alpha_post * torch::matmul(xv, phi_post);
-    res = res + alpha_res * torch::matmul(xv, phi_res);
+    const auto mixed =
+        ops::mhc_mixing(features.reshape({-1, n * C}), {norm_weight, phi_pre, phi_post, phi_res, b_pre, b_post, b_res,
+                                                        alpha_pre, alpha_post, alpha_res, options.eps()});
+    m.pre = mixed[0];
+    m.post = mixed[1];
+    res = mixed[2];
+  } else {
+    m.pre = torch::sigmoid(b_pre + zero);
+    m.post = 2 * torch::sigmoid(b_post + zero);
+    res = b_res.reshape({1, -1}) + zero.narrow(1, 0, 1);
   }
-  m.pre = torch::sigmoid(pre);
-  m.post = 2 * torch::sigmoid(post);
   if (v == "mhc") {
     m.res = ops::sinkhorn_knopp(res.reshape({-1, n, n}), options.sinkhorn_iterations(), options.fused_sinkhorn());
   } else {
