@@ -49,13 +49,6 @@ using bf16 = c10::BFloat16;
 constexpr int kTaps = 9, kRows = 10;  // the 9 taps' shifted copies and a row of ones (the bias's gradient)
 constexpr int kPairs = 5;             // taps in pairs, the ninth with a zero
 
-inline __mmask16 first16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1U << n) - 1);
-}
-inline __mmask32 first32(int64_t n) {
-  return n >= 32 ? 0xFFFFFFFFU : n <= 0 ? 0 : static_cast<__mmask32>((1U << n) - 1);
-}
-
 /// One image's buffers: the padded image [(H + 2) x (W + 2)], the rows [kRows][Pp] (cols[3 i + j][h W + w] =
 /// x[h + i - 1][w + j - 1], zeros past the P = H W pixels; row 9 ones) and, for the forward, the taps in pairs
 /// [kPairs][Pp] (32-bit words: tap 2k in the low half, 2k + 1 in the high one).

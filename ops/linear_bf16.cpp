@@ -38,14 +38,6 @@ Tensor reference(const Tensor& xb, const Tensor& weight, const Tensor& bias) {
 
 using bf16 = c10::BFloat16;
 
-/// The first n of 16 (32) lanes, none for n <= 0.
-inline __mmask16 first16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1U << n) - 1);
-}
-inline __mmask32 first32(int64_t n) {
-  return n >= 32 ? 0xFFFFFFFFU : n <= 0 ? 0 : static_cast<__mmask32>((1U << n) - 1);
-}
-
 /// 32 float32 values from p (the first `left` of them; zeros after) rounded to bfloat16, in their order.
 ZOO_AVX512_BF16 inline __m512bh round32(const float* p, int64_t left) {
   const __m512 lo = _mm512_maskz_loadu_ps(first16(left), p);

@@ -49,6 +49,13 @@ ZOO_AVX512_BF16 inline __m512bh pair_everywhere(const c10::BFloat16* p) {
   std::memcpy(&bits, p, sizeof bits);
   return reinterpret_cast<__m512bh>(_mm512_set1_epi32(bits));
 }
+/// AVX-512 masks of the first n of 16 (32) lanes, none for n <= 0: a row's tail in the AVX512-BF16 kernels.
+inline __mmask16 first16(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1U << n) - 1);
+}
+inline __mmask32 first32(int64_t n) {
+  return n >= 32 ? 0xFFFFFFFFU : n <= 0 ? 0 : static_cast<__mmask32>((1U << n) - 1);
+}
 /// Eight float32 lanes stored as float32, or as bfloat16 (to_bfloat16).
 ZOO_AVX2_FMA inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 ZOO_AVX2_FMA inline void store8(c10::BFloat16* p, __m256 v) {
