@@ -14,8 +14,8 @@
 #include <immintrin.h>
 /// Marks a kernel (and every helper it inlines) as compiled for AVX2 + FMA, whatever the rest of the build targets.
 #define ZOO_AVX2_FMA __attribute__((target("avx2,fma")))
-/// The same for the AVX512-BF16 kernels (conv2d_bf16, linear_bf16), which run where cpu_has_avx512_bf16() says so
-/// (ops/conv2d_bf16.h).
+/// The same for the AVX512-BF16 kernels (conv2d_bf16, linear_bf16, conv2d_one_channel), which run where
+/// cpu_has_avx512_bf16() says so (ops/conv2d_bf16.h).
 #define ZOO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 #endif
 
