@@ -2,7 +2,6 @@
 
 #include "ops/twice.h"
 
-#include <ATen/Parallel.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <array>
