@@ -2,6 +2,7 @@
 // the JSON's fields, speedup = Python time / C++ time, FLOPs counted from a trace against a hand count, the
 // data-loading share, the Markdown and README outputs, and clear errors for bad cases, a missing interpreter and a
 // README without the results block.
+#include "tools/cli/bench.h"
 #include "allocator.h"
 #include "helpers.h"
 #include "tools/cli/verdict.h"
@@ -119,6 +120,20 @@ TEST_CASE("Bench verdicts: met on the median, parity only for 1.0x, over 5+ roun
   CHECK(speedup_verdict({{1.0, 1.0, 1.0}, {1.0, 1.0, 1.0}, {1.0, 1.0, 1.0}}, 1.0) == "met");  // the target itself
   // Even counts: the median is the mean of the middle two.
   CHECK(zoo::cli::median({1.0, 3.0, 2.0, 10.0}) == 2.5);
+}
+
+TEST_CASE("Bench rounds: each case's precisions take turns going first, thread counts and cases keep their order",
+          "[bench]") {
+  using zoo::cli::bench::round_order;
+  using Order = std::vector<size_t>;
+  // Two cases x (32, bf16-mixed) x threads (1, 2), laid out [case][precision][threads].
+  CHECK(round_order(2, 2, 2, 0) == Order{0, 1, 2, 3, 4, 5, 6, 7});
+  CHECK(round_order(2, 2, 2, 1) == Order{2, 3, 0, 1, 6, 7, 4, 5});
+  CHECK(round_order(2, 2, 2, 2) == round_order(2, 2, 2, 0));
+  CHECK(round_order(2, 2, 2, 3) == round_order(2, 2, 2, 1));
+  // One precision: the same order in every round; three cases at one thread.
+  CHECK(round_order(3, 1, 1, 1) == Order{0, 1, 2});
+  CHECK(round_order(1, 2, 1, 1) == Order{1, 0});
 }
 
 TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]") {

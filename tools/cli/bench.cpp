@@ -240,7 +240,8 @@ void run_bench(const BenchArgs& a) {
   for (const auto& r : runners)
     for (auto t : threads) results.push_back({r.get(), t, {}, {}, {}});
   for (int64_t round = 0; round < a.repeat; ++round) {
-    for (auto& res : results) {
+    for (const size_t i : round_order(chosen.size(), precisions.size(), threads.size(), round)) {
+      auto& res = results[i];
       auto& r = *res.runner;
       // Each side goes first in every other round, so that whatever the first of two measurements suffers (or
       // gains) hits both alike.

@@ -107,6 +107,21 @@ struct Rule {
 /// One untimed call, then at least `min_steps` calls and `min_time` seconds: the mean seconds per call.
 double measure(const std::function<void()>& step, const Rule& rule);
 
+/// The order in which one round times the measurements, laid out case by case, each case's precisions in the order
+/// given and each precision's thread counts: indices into that layout. In every other round (odd `round`) each
+/// case's precisions go in reverse order, so that what the first of two back-to-back measurements suffers or gains
+/// (after another model, or after its own other precision) falls on both alike, as C++ and Python take turns.
+inline std::vector<size_t> round_order(size_t cases, size_t precisions, size_t threads, int64_t round) {
+  std::vector<size_t> order;
+  order.reserve(cases * precisions * threads);
+  for (size_t c = 0; c < cases; ++c)
+    for (size_t k = 0; k < precisions; ++k) {
+      const size_t p = round % 2 == 1 ? precisions - 1 - k : k;
+      for (size_t t = 0; t < threads; ++t) order.push_back((c * precisions + p) * threads + t);
+    }
+  return order;
+}
+
 /// tests/python/bench_twins.py as a child process speaking JSON lines over two pipes.
 class PythonWorker {
  public:
