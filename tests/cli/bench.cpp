@@ -123,7 +123,7 @@ TEST_CASE("Bench verdicts: met on the median, parity only for 1.0x, over 5+ roun
 }
 
 TEST_CASE("Bench rounds: each case's precisions take turns going first, thread counts and cases keep their order",
-          "[bench]") {
+          "[bench][cli]") {
   using zoo::cli::bench::round_order;
   using Order = std::vector<size_t>;
   // Two cases x (32, bf16-mixed) x threads (1, 2), laid out [case][precision][threads].
@@ -134,6 +134,18 @@ TEST_CASE("Bench rounds: each case's precisions take turns going first, thread c
   // One precision: the same order in every round; three cases at one thread.
   CHECK(round_order(3, 1, 1, 1) == Order{0, 1, 2});
   CHECK(round_order(1, 2, 1, 1) == Order{1, 0});
+
+  // zoo bench times in that order: its log names each measurement as it starts.
+  const auto r = run_zoo(
+      "bench sinkhorn --no-python --threads 1 --precision 32,bf16-mixed --repeat 2 --min-steps 1 "
+      "--min-time 0");
+  REQUIRE(r.code == 0);
+  const auto at = [&](const std::string& line) { return r.err.find("bench: " + line + ", 1 thread"); };
+  const std::vector<size_t> seen{at("round 1/2, sinkhorn@32"), at("round 1/2, sinkhorn@bf16-mixed"),
+                                 at("round 2/2, sinkhorn@bf16-mixed"), at("round 2/2, sinkhorn@32")};
+  INFO(r.err);
+  CHECK(std::find(seen.begin(), seen.end(), std::string::npos) == seen.end());
+  CHECK(std::is_sorted(seen.begin(), seen.end()));
 }
 
 TEST_CASE("Bench: C++ only, the README block, and clear errors", "[bench][cli]") {
