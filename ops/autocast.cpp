@@ -93,7 +93,8 @@ at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 // convolutions of one row, [N, C, L] as [N, C, 1, L], on the CPUs that have AVX512-BF16, where it takes the geometry
 // (1-7 taps, a stride up to the kernel, padding below it, no dilation, one group) and at most 64 channels in and
 // out; elsewhere autocast's own rule. oneDNN 2.6 reorders bfloat16 operands into its blocked layout and back on every
-// call: the 1-D ConvNet's layers trained 1.02-1.42x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). 2-D
+// call: the 1-D ConvNet's layers trained 1.02-1.42x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). Not
+// on CPUs with AMX (detail::cpu_has_amx_bf16()), where oneDNN's AMX kernels trained the 1-D ConvNet 1.36x faster. 2-D
 // convolutions stay with oneDNN: on the models' 2-D layers the kernel trained within 0.9-1.1x of it (the ODE field's
 // conv3x3 calls the kernel itself). Outside a trace only: a trace records LibTorch's convolution, which TorchScript
 // and Python load.
@@ -107,7 +108,7 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
   if (low == at::kBFloat16 && groups == 1 && input.dim() == 3 && weight.dim() == 3 && stride.size() == 1 &&
       padding.size() == 1 && (dilation.size() == 1 && dilation[0] == 1) && cpu_float(input) && cpu_float(weight) &&
       (!bias.has_value() || !bias->defined() || cpu_float(*bias)) && weight.size(0) <= 64 && weight.size(1) <= 64 &&
-      !torch::jit::tracer::isTracing() && detail::cpu_has_avx512_bf16()) {
+      !torch::jit::tracer::isTracing() && detail::cpu_has_avx512_bf16() && !detail::cpu_has_amx_bf16()) {
     const auto x = input.unsqueeze(2), w = weight.unsqueeze(2);
     const std::vector<int64_t> s{1, stride[0]}, p{0, padding[0]};
     if (detail::conv2d_bf16_geometry(x, w, s, p))
@@ -123,7 +124,8 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 //  - a 3x3 convolution of one input channel that needs no input gradient (the image networks' first layer): zoo's
 //    kernel (ops/conv2d_one_channel.h), forward and weight gradient 2.6-3.7x faster than oneDNN's there;
 //  - in training, on small maps of a batch of 16 or more (ops/conv_weight_gradient.h): oneDNN's forward and input
-//    gradient with the weight gradient as a forward convolution with the batch and channel axes swapped.
+//    gradient with the weight gradient as a forward convolution with the batch and channel axes swapped (not on CPUs
+//    with AMX, where oneDNN's own weight gradient is faster).
 at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   if (detail::conv2d_one_channel_applies(input, weight, bias, stride, padding, dilation, groups))

@@ -7,6 +7,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+
+#if defined(ZOO_X86_KERNELS) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace zoo::ops::detail {
 
@@ -21,6 +28,45 @@ bool& without_bf16_kernel() {
 
 WithoutBf16Kernel::WithoutBf16Kernel() : previous_(without_bf16_kernel()) { without_bf16_kernel() = true; }
 WithoutBf16Kernel::~WithoutBf16Kernel() { without_bf16_kernel() = previous_; }
+
+namespace {
+// -1: no override in this thread; 0 or 1: what AmxOverride says.
+int& amx_override() {
+  thread_local int value = -1;
+  return value;
+}
+
+// What the CPU and the OS say, asked once.
+bool amx_bf16_present() {
+  if (const char* env = std::getenv("ZOO_CPU_AMX"); env != nullptr && (env[0] == '0' || env[0] == '1'))
+    return env[0] == '1';
+#if defined(ZOO_X86_KERNELS) && defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+  const bool tiles = ((d >> 22) & 1U) != 0 && ((d >> 24) & 1U) != 0;                         // AMX-BF16, AMX-TILE
+  if (!tiles || __get_cpuid(1, &a, &b, &c, &d) == 0 || ((c >> 27) & 1U) == 0) return false;  // OSXSAVE
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3U << 17)) != (3U << 17)) return false;  // XTILECFG and XTILEDATA enabled by the OS
+  // Linux (5.16 on) hands the tile data state to a process that asks for it: oneDNN asks the same way, and where the
+  // kernel refuses, oneDNN runs without AMX too.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool cpu_has_amx_bf16() {
+  static const bool present = amx_bf16_present();
+  if (!cpu_has_avx512_bf16()) return false;
+  const int forced = amx_override();
+  return forced >= 0 ? forced == 1 : present;
+}
+
+AmxOverride::AmxOverride(bool has_amx) : previous_(amx_override()) { amx_override() = has_amx ? 1 : 0; }
+AmxOverride::~AmxOverride() { amx_override() = previous_; }
 
 bool cpu_has_avx512_bf16() {
 #ifdef ZOO_X86_KERNELS

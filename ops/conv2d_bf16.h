@@ -36,6 +36,30 @@ class WithoutBf16Kernel {
   bool previous_;
 };
 
+/// Whether this CPU has AMX with bfloat16 tiles (AMX-BF16 and AMX-TILE, the tile state enabled by the OS and granted
+/// to this process, as oneDNN asks for it), checked once; false where cpu_has_avx512_bf16() is. oneDNN 2.6 runs
+/// bfloat16 convolutions on AMX there (`brgconv:avx512_core_amx_bf16`), 1.5-6x faster than zoo's AVX512-BF16 kernel
+/// at the models' layers, so zoo's bfloat16 convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its
+/// swapped weight gradient (conv_weight_gradient.h) yield to oneDNN on such a CPU; the one-channel first layer
+/// (conv2d_one_channel.h, 2.4-2.7x faster than oneDNN's AMX kernel there) and the experts' few-row linear layers
+/// (linear_bf16.h: the MoE trained as fast or faster with it) stay zoo's (zoo_bench ConvBf16, ConvWeightGradient,
+/// ConvOneChannel and zoo bench A/B runs; docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment
+/// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread.
+bool cpu_has_amx_bf16();
+
+/// While one lives, cpu_has_amx_bf16() answers `has_amx` in this thread (tests of both routings on any CPU; it still
+/// answers false where cpu_has_avx512_bf16() does).
+class AmxOverride {
+ public:
+  explicit AmxOverride(bool has_amx);
+  ~AmxOverride();
+  AmxOverride(const AmxOverride&) = delete;
+  AmxOverride& operator=(const AmxOverride&) = delete;
+
+ private:
+  int previous_;
+};
+
 /// Whether conv2d_bf16 takes this geometry: a weight [O, K, KH, KW] with 1 to 7 taps per axis, strides [2] from 1 to
 /// the kernel's size and paddings [2] below it, and an input [N, C, H, W] (C <= K) at least the kernel's size once
 /// padded. Shapes only; the caller checks the CPU, types and devices.

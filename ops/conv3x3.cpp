@@ -371,9 +371,11 @@ bool small_problem(const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 bool conv3x3_direct(const Tensor& x, const Tensor& weight) {
-  // bfloat16 at every size: faster than oneDNN's bfloat16, whose reorders it skips, on the ODE field's 6x6 maps and
-  // as fast up to 26x26 and 28x28 (zoo_bench Conv3x3Bf16, docs/precision.md).
-  return conv3x3_direct_available(x, weight) && (x.scalar_type() == torch::kBFloat16 || small_problem(x, weight));
+  // bfloat16 at every size on AVX512-BF16: faster than oneDNN's bfloat16, whose reorders it skips, on the ODE field's
+  // 6x6 maps and as fast up to 26x26 and 28x28. Not where the CPU has AMX: oneDNN's AMX kernels ran the same layers
+  // 1.9-5x faster (zoo_bench Conv3x3Bf16, docs/precision.md).
+  if (x.scalar_type() == torch::kBFloat16) return conv3x3_direct_available(x, weight) && !detail::cpu_has_amx_bf16();
+  return conv3x3_direct_available(x, weight) && small_problem(x, weight);
 }
 
 Tensor conv3x3(const Tensor& x, const Tensor& weight, const Tensor& bias, double lead_value, Conv3x3Kernel kernel) {

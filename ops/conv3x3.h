@@ -8,7 +8,8 @@
 // no im2col), and its backward as two more of the same kind. Larger problems go to torch::conv2d, where oneDNN's
 // setup is paid back (see conv3x3_direct), without the lead channels (Conv3x3Kernel::library). bfloat16 input (the
 // field's GroupNorm output under bf16-mixed) has a direct kernel of its own on CPUs with AVX512-BF16
-// (ops/conv2d_bf16.h), at every size: oneDNN 2.6 reorders bfloat16 operands on every call.
+// (ops/conv2d_bf16.h), at every size: oneDNN 2.6 reorders bfloat16 operands on every call. Not on CPUs with AMX,
+// where oneDNN's AMX kernels are faster than it.
 #pragma once
 
 #include <torch/torch.h>
@@ -44,8 +45,9 @@ bool conv3x3_direct_available(const torch::Tensor& x, const torch::Tensor& weigh
 
 /// What Conv3x3Kernel::automatic picks: available, and for float32 a problem small enough (at most 4 M
 /// multiply-adds forward) that oneDNN's per-call setup dominates (the crossover measured with zoo_bench's
-/// Conv3x3Crossover); bfloat16 at every size (Conv3x3Bf16), except that under autocast a small bfloat16 problem is
-/// widened for the float32 kernel, faster there in training.
+/// Conv3x3Crossover); bfloat16 at every size (Conv3x3Bf16) on a CPU without AMX (detail::cpu_has_amx_bf16(): with
+/// it, oneDNN), except that under autocast a small bfloat16 problem is widened for the float32 kernel, faster there in
+/// training (on AMX too).
 bool conv3x3_direct(const torch::Tensor& x, const torch::Tensor& weight);
 
 }  // namespace zoo::ops

@@ -113,7 +113,8 @@ bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, con
   const int64_t PH = padding.front(), PW = padding.back();
   if (PH < 0 || PW < 0 || PH >= KH || PW >= KW) return false;
   const int64_t HO = input.size(2) + 2 * PH - KH + 1, WO = input.size(3) + 2 * PW - KW + 1;
-  return input.size(0) >= 16 && HO >= 1 && WO >= 1 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16();
+  return input.size(0) >= 16 && HO >= 1 && WO >= 1 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16() &&
+         !cpu_has_amx_bf16();
 }
 
 Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,

@@ -19,6 +19,9 @@
 //   1x1 kernels: 0.68 (one run of the 10x10 case read 0.89: the VM's noise)
 // hence the region where autocast's conv2d rule (ops/autocast.cpp) uses it: output maps of 25-100 pixels, a batch
 // of 16 or more, 32-256 channels in and out, 3-5 taps per axis. The forward and the input gradient are oneDNN's.
+// On a CPU with AMX (cpu_has_amx_bf16(), ops/conv2d_bf16.h) oneDNN's weight gradient runs on AMX tiles and the swap
+// loses in most of that region (Intel Xeon with AMX, 2026-12-07: batch 64, 32 channels, 7x7: 0.86; 64, 64, 7x7: 0.98;
+// 64, 32, 10x10: 0.63; 16, 32, 7x7: 0.77), so the rule stays off there.
 //
 // Reference: autocast's rule, torch::conv2d on the bfloat16-rounded operands. The output and the input gradient
 // are the same bits; the weight gradient sums the same products in another order (float32 accumulators) and is
@@ -30,9 +33,9 @@
 namespace zoo::ops::detail {
 
 /// Whether autocast's conv2d rule runs conv2d_weight_as_forward on these operands: under CPU autocast in bfloat16,
-/// grad mode on, outside a trace, on a CPU with AVX512-BF16; a float32 or bfloat16 CPU input [N, C, H, W] with
-/// N >= 16, a float32 weight [O, C, KH, KW] that needs its gradient, 32 <= C, O <= 256, 3-5 taps per axis, stride 1,
-/// no dilation, one group, padding below the kernel and output maps of 25-100 pixels (the region above).
+/// grad mode on, outside a trace, on a CPU with AVX512-BF16 and without AMX; a float32 or bfloat16 CPU input [N, C, H,
+/// W] with N >= 16, a float32 weight [O, C, KH, KW] that needs its gradient, 32 <= C, O <= 256, 3-5 taps per axis,
+/// stride 1, no dilation, one group, padding below the kernel and output maps of 25-100 pixels (the region above).
 bool conv_weight_gradient_applies(const torch::Tensor& input, const torch::Tensor& weight,
                                   const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);

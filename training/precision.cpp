@@ -2,6 +2,7 @@
 
 #include "core/choices.h"
 #include "core/schema.h"
+#include "ops/conv2d_bf16.h"
 
 #include <fmt/format.h>
 
@@ -70,6 +71,11 @@ bool cpu_has_bf16() {
     return false;
   }();
   return has;
+}
+
+std::string cpu_bf16_description() {
+  if (!cpu_has_bf16()) return "no native bfloat16";
+  return ops::detail::cpu_has_amx_bf16() ? "native bfloat16, AMX" : "native bfloat16";
 }
 
 std::string precision_problem(Precision p, const c10::Device& device, bool force) {

@@ -37,6 +37,10 @@ bool cpu_flags_have_bf16(const std::string& flags);
 /// Whether this CPU computes in bfloat16 natively; without it oneDNN emulates bfloat16 and is slower than float32.
 /// ZOO_CPU_BF16=0 or 1 in the environment overrides what /proc/cpuinfo says (a CPU a container hides, or a test).
 bool cpu_has_bf16();
+/// What `zoo --version` says of it: "native bfloat16, AMX" (oneDNN's bfloat16 runs on AMX tiles, and zoo's
+/// AVX512-BF16 kernels step aside where oneDNN's are faster: docs/precision.md), "native bfloat16" or
+/// "no native bfloat16".
+std::string cpu_bf16_description();
 
 /// What stands against `p` on `device`, as one line with the fix, to follow the setting's name ("fp16-mixed is for
 /// CUDA devices ..."); empty when nothing does. `force` accepts an emulated bfloat16 (a CPU without it), never

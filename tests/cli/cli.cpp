@@ -59,7 +59,7 @@ TEST_CASE("CLI: --version names LibTorch and the allocator that serves malloc", 
   CHECK(r.out.rfind("zoo 0.", 0) == 0);
   CHECK(r.out.find("(LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + ".") != std::string::npos);
   CHECK(r.out.find(", " + zoo::test::own_allocator()) != std::string::npos);
-  CHECK_THAT(r.out, Catch::Matches(R"(.* [0-9]+ cores, (native|no native) bfloat16\)\n)"));
+  CHECK_THAT(r.out, Catch::Matches(R"(.* [0-9]+ cores, (native bfloat16(, AMX)?|no native bfloat16)\)\n)"));
   // Another malloc put in front (LD_PRELOAD) is the one reported, with its version.
   std::string why;
   if (const auto jemalloc = zoo::test::preloadable_jemalloc(why); !jemalloc.empty()) {

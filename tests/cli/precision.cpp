@@ -1,4 +1,6 @@
 // --precision on the command line: train, resume, eval, predict and their errors, run as a user runs them.
+#include "training/precision.h"
+#include "ops/conv2d_bf16.h"
 #include "tests/cli/check_error.h"
 #include "tests/helpers.h"
 
@@ -124,7 +126,9 @@ TEST_CASE("CLI: predict --precision, and --version says whether the CPU has bflo
               "--precision fp16-mixed is for CUDA devices", 1);
 
   auto v = run_zoo("--version");
-  CHECK(v.out.find(" bfloat16)") != std::string::npos);
+  CHECK(v.out.find(zoo::training::cpu_bf16_description() + ")") != std::string::npos);
+  const bool says_amx = v.out.find(", AMX)") != std::string::npos;
+  CHECK(says_amx == zoo::ops::detail::cpu_has_amx_bf16());
   auto none = without_bf16("--version");
   CHECK(none.out.find("no native bfloat16)") != std::string::npos);
 }

@@ -117,7 +117,7 @@ TEST_CASE(
   const auto x = torch::randn({2, 4, 8, 8}), w = torch::randn({6, 5, 3, 3}) * 0.2, b = torch::randn({6});
   const auto expected = ops::conv3x3(x, w, b, 1.0, ops::Conv3x3Kernel::reference);
   const auto direct = ops::conv3x3(x, w, b, 1.0);  // outside autocast
-  const bool bf16_kernel = ops::detail::cpu_has_avx512_bf16();
+  const bool bf16_kernel = ops::detail::cpu_has_avx512_bf16() && !ops::detail::cpu_has_amx_bf16();
   auto scope = bf16();
   CHECK_FALSE(ops::PackedWeight::usable(x.flatten(1)));  // packed products give way to LibTorch's bfloat16
   CHECK(ops::conv3x3_direct_available(x, w) == ops::cpu_has_avx2_fma());
@@ -128,7 +128,7 @@ TEST_CASE(
     WARN("no AVX2 and FMA here: the float32 input went to LibTorch's convolution");
   // A bfloat16 input (a GroupNorm's output under autocast) of the same small problem: widened for the float32 kernel.
   const auto x16 = x.to(torch::kBFloat16);
-  CHECK(ops::conv3x3_direct_available(x16, w) == bf16_kernel);
+  CHECK(ops::conv3x3_direct_available(x16, w) == ops::detail::cpu_has_avx512_bf16());
   const auto out16 = ops::conv3x3(x16, w, b, 1.0);
   if (ops::cpu_has_avx2_fma()) {
     CHECK(out16.scalar_type() == torch::kFloat32);
@@ -137,8 +137,9 @@ TEST_CASE(
       CHECK(torch::equal(out16, ops::conv3x3(x16.to(torch::kFloat32), w, b, 1.0)));
     }
   }
-  // A large one (above the float32 kernel's 4 M multiply-adds): zoo's bfloat16 kernel where the CPU has AVX512-BF16,
-  // LibTorch's convolution autocast to bfloat16 elsewhere; bfloat16 either way, and the two agree to rounding.
+  // A large one (above the float32 kernel's 4 M multiply-adds): zoo's bfloat16 kernel where the CPU has AVX512-BF16
+  // without AMX, LibTorch's convolution autocast to bfloat16 elsewhere; bfloat16 either way, and the two agree to
+  // rounding.
   const auto big = torch::randn({64, 32, 8, 8}).to(torch::kBFloat16), wide = torch::randn({32, 33, 3, 3}) * 0.05;
   CHECK(ops::conv3x3_direct(big, wide) == bf16_kernel);
   const auto big_out = ops::conv3x3(big, wide, {}, 1.0);

@@ -9,11 +9,14 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <deque>
+#include <fstream>
 #include <random>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 using zoo::ops::detail::conv2d_bf16;
 using zoo::test::within_rounding;
@@ -166,12 +169,51 @@ TEST_CASE("conv2d_bf16: second derivatives through its backward, and the geometr
   CHECK_THROWS_WITH(conv2d_bf16(x, w, {}, {5, 1}, {1, 1}), Catch::Contains("strides up to the kernel"));
 }
 
+TEST_CASE("cpu_has_amx_bf16: what /proc/cpuinfo says, off without AVX512-BF16, overridden per thread",
+          "[kernels][precision]") {
+  using zoo::ops::detail::cpu_has_amx_bf16;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0) {
+      flags = " " + line.substr(line.find(':') + 1) + " ";
+      break;
+    }
+  const bool listed = flags.find(" amx_bf16 ") != std::string::npos && flags.find(" amx_tile ") != std::string::npos;
+  if (std::getenv("ZOO_CPU_AMX") == nullptr && !flags.empty()) {
+    // Linux lists the AMX flags where it also grants the tile state, which the check asks for.
+    CHECK(cpu_has_amx_bf16() == (listed && zoo::ops::detail::cpu_has_avx512_bf16()));
+  }
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    zoo::ops::detail::AmxOverride amx(true);
+    CHECK_FALSE(cpu_has_amx_bf16());
+    return;
+  }
+  const bool before = cpu_has_amx_bf16();
+  {
+    zoo::ops::detail::AmxOverride amx(true);
+    CHECK(cpu_has_amx_bf16());
+    {
+      zoo::ops::detail::AmxOverride none(false);
+      CHECK_FALSE(cpu_has_amx_bf16());
+    }
+    CHECK(cpu_has_amx_bf16());
+    bool other_thread = !before;
+    std::thread([&] { other_thread = cpu_has_amx_bf16(); }).join();
+    CHECK(other_thread == before);  // per thread
+    zoo::ops::detail::WithoutBf16Kernel library;
+    CHECK_FALSE(cpu_has_amx_bf16());
+  }
+  CHECK(cpu_has_amx_bf16() == before);
+}
+
 TEST_CASE("conv2d_bf16: autocast runs 1-D convolutions of up to 64 channels through it, others as before",
           "[kernels][precision]") {
   if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
     WARN("this CPU has no AVX512-BF16: autocast's 1-D convolutions run LibTorch's rule here, not tested");
     return;
   }
+  zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: the rule's CPUs
   torch::manual_seed(10);
   const auto x = torch::randn({4, 16, 50});
   const auto w = torch::randn({32, 16, 3}, torch::requires_grad());
@@ -208,6 +250,16 @@ TEST_CASE("conv2d_bf16: autocast runs 1-D convolutions of up to 64 channels thro
     CHECK_FALSE(ran_zoo_kernel(y));
     const auto e = exact(2);
     CHECK((y.to(torch::kFloat64) - e).abs().max().item<double>() < 1.0 / 64 * e.abs().max().item<double>());
+  }
+  SECTION("on a CPU with AMX autocast's own rule, oneDNN's AMX kernels: bfloat16 through LibTorch, to the bit") {
+    zoo::ops::detail::AmxOverride amx(true);
+    const auto y = torch::conv1d(x, w, b, 2, 1);
+    CHECK_FALSE(ran_zoo_kernel(y));
+    CHECK(y.scalar_type() == torch::kBFloat16);
+    zoo::ops::Float32Region outside;  // autocast off: the rule's casts by hand
+    const auto expected =
+        torch::conv1d(x.to(torch::kBFloat16), w.detach().to(torch::kBFloat16), b.detach().to(torch::kBFloat16), 2, 1);
+    CHECK(torch::equal(y, expected));
   }
   SECTION("a trace records LibTorch's convolution") {
     const auto wc = w.detach(), bc = b.detach();  // constants of the trace

@@ -181,6 +181,7 @@ TEST_CASE("conv3x3: the bfloat16 direct kernel equals float64's convolution of t
 TEST_CASE("conv3x3: the bfloat16 kernel's other operands: bfloat16 weights, no bias, strides, second derivatives",
           "[kernels][ode][precision]") {
   if (!zoo::ops::detail::cpu_has_avx512_bf16()) return;
+  zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: the bfloat16 direct kernel's CPUs
   torch::manual_seed(6);
   const auto base = torch::randn({2, 6, 5, 8}).to(torch::kBFloat16);
   const auto x = base.narrow(1, 1, 4).transpose(2, 3);             // [2, 4, 8, 5], neither contiguous nor channels-last
@@ -204,10 +205,34 @@ TEST_CASE("conv3x3: the bfloat16 kernel's other operands: bfloat16 weights, no b
   const auto got = penalty(Conv3x3Kernel::direct).to(torch::kFloat32);
   CHECK(expected.abs().max().item<double>() > 0.1);
   CHECK(max_diff(got, expected) < 0.05 * expected.abs().max().item<double>());
+  // On a CPU with AMX bfloat16 goes to LibTorch (oneDNN's AMX kernels) too, to the bit what Conv3x3Kernel::library
+  // gives; a small problem under autocast still widens for the float32 direct kernel.
+  {
+    zoo::ops::detail::AmxOverride amx(true);
+    CHECK(zoo::ops::detail::cpu_has_amx_bf16());
+    CHECK_FALSE(zoo::ops::conv3x3_direct(x, w));
+    CHECK(zoo::ops::conv3x3_direct_available(x, w));  // Conv3x3Kernel::direct still runs it
+    const auto y_amx = conv3x3(x, w, {}, -2.5);
+    CHECK(torch::equal(y_amx, conv3x3(x, w, {}, -2.5, Conv3x3Kernel::library)));
+    CHECK(max_diff(y_amx.to(torch::kFloat64), r) < 1.0 / 128 * r.abs().max().item<double>());
+    const auto field = torch::randn({64, 32, 6, 6}).to(torch::kBFloat16);  // the ODE-ResNet field's maps
+    const auto wf = torch::randn({32, 33, 3, 3}) * 0.1;
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    CHECK(torch::equal(conv3x3(field, wf, {}, 0.5), conv3x3(field, wf, {}, 0.5, Conv3x3Kernel::library)));
+    const auto small = torch::randn({8, 8, 6, 6}).to(torch::kBFloat16);  // ode-euler-32's: widened to float32
+    const bool widened = conv3x3(small, torch::randn({8, 9, 3, 3}), {}, 0.5).scalar_type() == torch::kFloat32;
+    CHECK(widened == direct_here());
+  }
+  {
+    zoo::ops::detail::AmxOverride amx(false);
+    CHECK_FALSE(zoo::ops::detail::cpu_has_amx_bf16());
+  }
   // Without AVX512-BF16 (WithoutBf16Kernel, and ScalarOnly, stand in for such a CPU) bfloat16 goes to LibTorch.
   {
     zoo::ops::detail::WithoutBf16Kernel library;
     CHECK_FALSE(zoo::ops::detail::cpu_has_avx512_bf16());
+    zoo::ops::detail::AmxOverride amx(true);
+    CHECK_FALSE(zoo::ops::detail::cpu_has_amx_bf16());  // no AMX without AVX512-BF16
     CHECK_FALSE(zoo::ops::conv3x3_direct(x, w));
     CHECK(zoo::ops::cpu_has_avx2_fma() == direct_here());  // the float32 kernels stay
     CHECK(max_diff(conv3x3(x, w, {}, -2.5).to(torch::kFloat64), r) < 1.0 / 128 * r.abs().max().item<double>());

@@ -71,6 +71,7 @@ TEST_CASE(
     WARN("this CPU has no AVX512-BF16: autocast's 2-D convolutions run LibTorch's rule here");
     return;
   }
+  zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: the rule's CPUs
   torch::manual_seed(33);
   for (const bool with_bias : {false, true}) {
     for (const bool float32_input : {false, true}) {
@@ -130,6 +131,7 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
     WARN("this CPU has no AVX512-BF16: autocast's 2-D convolutions run LibTorch's rule here");
     return;
   }
+  zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: the rule's CPUs
   {
     zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
     CHECK(applies(x, w));
@@ -155,6 +157,11 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
     {
       zoo::ops::Float32Region float32;
       CHECK_FALSE(applies(x, w));
+    }
+    {
+      zoo::ops::detail::AmxOverride amx(true);  // oneDNN's AMX weight gradient is faster there
+      CHECK_FALSE(applies(x, w));
+      CHECK_FALSE(ran_rule(torch::conv2d(x, w, {}, 1, 1)));
     }
   }
 

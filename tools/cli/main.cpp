@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
     return std::string("zoo ") + ZOO_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
            std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " +
            zoo::training::allocator() + ", " + std::to_string(zoo::training::usable_cores()) + " cores, " +
-           (zoo::training::cpu_has_bf16() ? "native" : "no native") + " bfloat16)";
+           zoo::training::cpu_bf16_description() + ")";
   });
   zoo::cli::add_list(app);
   zoo::cli::add_train(app);
