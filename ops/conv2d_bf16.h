@@ -38,13 +38,14 @@ class WithoutBf16Kernel {
 
 /// Whether this CPU has AMX with bfloat16 tiles (AMX-BF16 and AMX-TILE, the tile state enabled by the OS and granted
 /// to this process, as oneDNN asks for it), checked once; false where cpu_has_avx512_bf16() is. oneDNN 2.6 runs
-/// bfloat16 convolutions on AMX there (`brgconv:avx512_core_amx_bf16`), 1.5-6x faster than zoo's AVX512-BF16 kernel
-/// at the models' layers, so zoo's bfloat16 convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its
-/// swapped weight gradient (conv_weight_gradient.h) yield to oneDNN on such a CPU; the one-channel first layer
-/// (conv2d_one_channel.h, 2.4-2.7x faster than oneDNN's AMX kernel there) and the experts' few-row linear layers
-/// (linear_bf16.h: the MoE trained as fast or faster with it) stay zoo's (zoo_bench ConvBf16, ConvWeightGradient,
-/// ConvOneChannel and zoo bench A/B runs; docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment
-/// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread.
+/// bfloat16 convolutions on AMX there (`brgconv:avx512_core_amx_bf16`), faster than zoo's AVX512-BF16 kernel at all
+/// but one of the models' layers (1.2-5.9x; 0.9x at the 1-D ConvNet's first, 1 -> 16 channels), so zoo's bfloat16
+/// convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its swapped weight gradient
+/// (conv_weight_gradient.h) yield to oneDNN on such a CPU; the one-channel first layer (conv2d_one_channel.h, 2.4-2.7x
+/// faster than oneDNN's AMX kernel there) and the experts' few-row linear layers (linear_bf16.h: the MoE trained as
+/// fast or faster with it) stay zoo's (zoo_bench ConvBf16, ConvWeightGradient, ConvOneChannel and zoo bench A/B runs;
+/// docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment overrides the check (read once: comparing
+/// both routings on one machine); AmxOverride, per thread.
 bool cpu_has_amx_bf16();
 
 /// While one lives, cpu_has_amx_bf16() answers `has_amx` in this thread (tests of both routings on any CPU; it still

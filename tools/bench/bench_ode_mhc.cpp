@@ -298,11 +298,11 @@ BENCHMARK(ConvBf16)->Unit(benchmark::kSecond)->Iterations(5);
 
 // A model's bf16-mixed forward + backward with zoo's bfloat16 convolutions (ops/conv2d_bf16.h: conv3x3's field,
 // autocast's conv1d rule) and without them (WithoutBf16Kernel: oneDNN's bfloat16, as on a CPU without
-// AVX512-BF16), alternating blocks of 10 steps in one process at 1 thread, so that the VM's drifts hit both alike
-// (alternating every step made both arms slower alike: each switch pays for the other path's memory and caches).
-// Counters: ms per step of each and their ratio (above 1: zoo's kernels faster). Arg 1 runs only the kernels, arg 2
-// only oneDNN: run them in alternating processes (--benchmark_filter=ModelBf16Kernels/ode_resnet/1, then /2) to compare
-// without sharing a process.
+// AVX512-BF16; on a CPU with AMX, the routing zoo takes there by default: docs/precision.md), alternating blocks of 10
+// steps in one process at 1 thread, so that the VM's drifts hit both alike (alternating every step made both arms
+// slower alike: each switch pays for the other path's memory and caches). Counters: ms per step of each and their ratio
+// (above 1: zoo's kernels faster). Arg 1 runs only the kernels, arg 2 only oneDNN: run them in alternating processes
+// (--benchmark_filter=ModelBf16Kernels/ode_resnet/1, then /2) to compare without sharing a process.
 void time_bf16_kernels(benchmark::State& state, torch::nn::AnyModule model, const torch::Tensor& x, int64_t classes) {
   training::apply_threads(1);
   if (!ops::detail::cpu_has_avx512_bf16()) {
@@ -326,7 +326,11 @@ void time_bf16_kernels(benchmark::State& state, torch::nn::AnyModule model, cons
       for (const bool kernel : {i % 2 == 0, i % 2 != 0}) {  // which goes first alternates too
         if ((kernel && state.range(0) == 2) || (!kernel && state.range(0) == 1)) continue;
         std::optional<ops::detail::WithoutBf16Kernel> library;
-        if (!kernel) library.emplace();
+        std::optional<ops::detail::AmxOverride> zoo_kernels;  // also where the CPU has AMX, whose rule is oneDNN
+        if (kernel)
+          zoo_kernels.emplace(false);
+        else
+          library.emplace();
         step();  // the first step after a switch pays for the other path's memory and caches: not timed
         const auto start = Clock::now();
         for (int j = 0; j < 10; ++j) step();
