@@ -72,7 +72,9 @@ at::Tensor group_norm_autocast(const at::Tensor& input, int64_t num_groups, cons
 // is slow: 11.9 ms against 3.3 in float32 for conv3d's first layer (64 x 16^3 volumes, 8 output channels, 1
 // thread); in float32 the conv3d model's bf16-mixed training step takes 17-18 ms instead of 24-25 (docs/precision.md).
 // Without a weight gradient (inference) bfloat16's forward is the faster one (2.6 ms against 3.4) and autocast's rule
-// runs, as for every other convolution: input, weight and bias cast to bfloat16 (weights through autocast's cache).
+// runs, as for every other convolution: input, weight and bias cast to bfloat16 (weights through autocast's cache),
+// except, in training on a CPU with AMX, a strided one (every axis), whose weight gradient is zoo's
+// (ops/conv_weight_gradient.h: oneDNN's AMX weight gradient is slow there).
 bool conv_in_float32(const at::Tensor& input, const at::Tensor& weight, int64_t groups) {
   return groups == 1 && weight.dim() == 5 && weight.size(1) == 1 && input.scalar_type() == at::kFloat &&
          input.device().is_cpu() && at::GradMode::is_enabled() && weight.requires_grad();
@@ -80,6 +82,9 @@ bool conv_in_float32(const at::Tensor& input, const at::Tensor& weight, int64_t 
 
 at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (!conv_in_float32(input, weight, groups) &&
+      detail::conv3d_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
+    return detail::conv3d_weight_by_pairs(input, weight, bias.value_or(at::Tensor()), stride, padding);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto low = dtype_of(c10::kCPU);
   if (conv_in_float32(input, weight, groups))

@@ -251,11 +251,15 @@ ZOO_AVX512_BF16 void direct_rows(const bf16* in, const Shape& s, const bf16* pac
 // grad[pixel][o], as dot products over pairs of horizontally adjacent output pixels. `in` is x zero-padded and laid
 // out by column phase, [N, K, Hp, sw, Wq] with element (n, k, y, q, j) = padded x[n, k, y, j sw + q], so that the
 // inputs of a pixel pair (columns w sw + kw and (w + 1) sw + kw) are adjacent; `grad` is
-// [N, H, W2, ldo, 2] (a pixel pair of one output channel adjacent; a zero pixel after an odd W). A block is six rows
-// of dw, each (tap, k) at its offset in `in` (so a first layer's single channel fills blocks with taps), x V vectors
-// of output channels from o0; even and odd pixel pairs accumulate separately (twice the independent chains).
+// [N, H, W2, ldo, 2] (a pixel pair of one output channel adjacent; a zero pixel after an odd W). A block is R rows
+// of dw (12 with one vector of output channels, 6 with two: 24 accumulators), each (tap, k) at its offset in `in` (so
+// a first layer's single channel fills blocks with taps), x V vectors of output channels from o0; even and odd pixel
+// pairs accumulate separately (twice the independent chains). A 3-D convolution's (conv3d_bf16_weight_gradient) is
+// the same with a depth axis: `in` [N, K, Dp, Hp, sw, Wq], grad [N, D, H, W2, ldo, 2] (D output planes, plane d
+// reading input planes d sd + kd), each row's offset counting its depth tap; a 2-D one has D = 1.
 struct WeightShape {
-  int64_t N, H, W2, sh, sw, Wq, channel, K, ldo;  // channel: elements per input channel of one item
+  int64_t N, D, H, W2, sd, sh, sw, Wq, plane, channel, K, ldo;  // plane: elements per padded input plane (Hp sw Wq);
+                                                                // channel: per input channel of one item
 };
 
 template <int R, int V>
@@ -263,7 +267,7 @@ ZOO_AVX512_BF16 inline void weight_pair(const bf16* x, const int64_t* offsets, c
   __m512bh gv[V];
 #pragma GCC unroll 2
   for (int v = 0; v < V; ++v) gv[v] = load_pairs(g + 32 * v);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int r = 0; r < R; ++r) {
     const __m512bh a = pair_everywhere(x + offsets[r]);
 #pragma GCC unroll 2
@@ -273,20 +277,21 @@ ZOO_AVX512_BF16 inline void weight_pair(const bf16* x, const int64_t* offsets, c
 
 template <int R, int V>
 ZOO_AVX512_BF16 void weight_block(const bf16* in, const WeightShape& s, const bf16* grad, const int64_t* offsets,
-                                  float* dw, int64_t row0, int64_t o0) {
+                                  float* dw, int64_t row0, int64_t o0, int64_t n0, int64_t n1) {
   __m512 acc[2][R][V];
 #pragma GCC unroll 2
   for (int q = 0; q < 2; ++q)
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < V; ++v) acc[q][r][v] = _mm512_setzero_ps();
   int64_t off[R];
   for (int r = 0; r < R; ++r) off[r] = offsets[row0 + r];
-  for (int64_t n = 0; n < s.N; ++n) {
+  for (int64_t nd = n0 * s.D; nd < n1 * s.D; ++nd) {
+    const int64_t n = nd / s.D, d = nd % s.D;
     for (int64_t h = 0; h < s.H; ++h) {
-      const bf16* x = in + n * s.K * s.channel + h * s.sh * s.sw * s.Wq;
-      const bf16* g = grad + ((n * s.H + h) * s.W2 * s.ldo + o0) * 2;
+      const bf16* x = in + n * s.K * s.channel + d * s.sd * s.plane + h * s.sh * s.sw * s.Wq;
+      const bf16* g = grad + ((nd * s.H + h) * s.W2 * s.ldo + o0) * 2;
       int64_t p = 0;
       for (; p + 2 <= s.W2; p += 2) {
         weight_pair<R, V>(x + 2 * p, off, g + p * s.ldo * 2, acc[0]);
@@ -295,11 +300,14 @@ ZOO_AVX512_BF16 void weight_block(const bf16* in, const WeightShape& s, const bf
       if (p < s.W2) weight_pair<R, V>(x + 2 * p, off, g + p * s.ldo * 2, acc[0]);
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < V; ++v)
-      _mm512_storeu_ps(dw + (row0 + r) * s.ldo + o0 + 16 * v, _mm512_add_ps(acc[0][r][v], acc[1][r][v]));
+    for (int v = 0; v < V; ++v) {
+      float* to = dw + (row0 + r) * s.ldo + o0 + 16 * v;
+      const __m512 sum = _mm512_add_ps(acc[0][r][v], acc[1][r][v]);
+      _mm512_storeu_ps(to, n0 == 0 ? sum : _mm512_add_ps(_mm512_loadu_ps(to), sum));
+    }
 }
 
 // x [N, C, H, W] (any strides) -> bfloat16 [N, Hp, Wp, ldc] channels-last, the image from row top and column
@@ -354,18 +362,34 @@ Tensor pad_channels_last(const Tensor& x, int64_t lead, double value, int64_t ld
   return out;
 }
 
-// x [N, C, H, W] bfloat16 -> [N, lead + C, Hp, stride, Wq] by column phase (WeightShape): padded x's element
-// (y, j stride + q) at (y, q, j), the image from row top and column `pad`, zero elsewhere; the lead channels hold
-// `value` inside the image.
-Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t top, int64_t pad, int64_t stride, int64_t Hp,
-                  int64_t Wq) {
+// One plane of short rows (W <= 32 columns, L <= 32 padded lanes): rows top .. top + H - 1 of d take the rows of s
+// permuted (lane t of a padded row takes column idx[t] where `valid` has bit t, else 0), the other rows of Hp zero.
+ZOO_AVX512_BF16 void permute_plane(const uint16_t* s, uint16_t* d, const uint16_t* idx, uint32_t valid, int64_t W,
+                                   int64_t L, int64_t H, int64_t Hp, int64_t top) {
+  const __m512i index = _mm512_loadu_si512(idx);
+  const __mmask32 in = first32(W), out = first32(L);
+  std::fill(d, d + top * L, uint16_t{0});
+  for (int64_t h = 0; h < H; ++h) {
+    const __m512i row = _mm512_maskz_loadu_epi16(in, s + h * W);
+    _mm512_mask_storeu_epi16(d + (top + h) * L, out, _mm512_maskz_permutexvar_epi16(valid, index, row));
+  }
+  std::fill(d + (top + H) * L, d + Hp * L, uint16_t{0});
+}
+
+// x [N, C, H, W] or [N, C, D, H, W] bfloat16 -> [N, lead + C, Dp, Hp, stride, Wq] by column phase (WeightShape):
+// padded x's element (z, y, j stride + q) at (z, y, q, j), the image from plane `front`, row `top` and column `pad`,
+// zero elsewhere; the lead channels hold `value` inside the image. A 2-D x has D = Dp = 1 and front = 0. Rows of up
+// to 32 columns whose padded phases fit in 32 (the 3-D models' maps) go through one permutation in registers each;
+// element-wise copies of such short rows took as long as the weight gradient's dot products.
+Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, int64_t top, int64_t pad, int64_t stride,
+                  int64_t Dp, int64_t Hp, int64_t Wq) {
   const auto xc = x.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = lead + C;
-  auto out = torch::zeros({N, K, Hp, stride, Wq}, x.options());
+  const int64_t N = x.size(0), C = x.size(1), D = x.dim() == 5 ? x.size(2) : 1, H = x.size(-2), W = x.size(-1);
+  const int64_t K = lead + C, L = stride * Wq;  // L: elements per padded row, every phase
+  auto out = torch::empty({N, K, Dp, Hp, stride, Wq}, x.options());
   const auto* src = reinterpret_cast<const uint16_t*>(xc.data_ptr<bf16>());
   auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr<bf16>());
   const uint16_t v = bf16(static_cast<float>(value)).x;
-  const int64_t channel = Hp * stride * Wq;
   // Padded column j stride + q is x's column j stride + q - pad: for phase q, x's columns from[q] + j stride for j
   // in [first[q], end[q]).
   std::vector<int64_t> first(static_cast<size_t>(stride)), end(static_cast<size_t>(stride));
@@ -373,31 +397,57 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t top, int6
     first[static_cast<size_t>(q)] = (pad - q + stride - 1) / stride;
     end[static_cast<size_t>(q)] = std::min(Wq, (W + pad - q + stride - 1) / stride);
   }
-  at::parallel_for(0, N * K, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, channel)),
-                   [&](int64_t begin, int64_t stop) {
-                     for (int64_t i = begin; i < stop; ++i) {
-                       const int64_t n = i / K, c = i % K;
-                       for (int64_t h = 0; h < H; ++h) {
-                         uint16_t* d = dst + i * channel + (h + top) * stride * Wq;
-                         const uint16_t* s = c < lead ? nullptr : src + ((n * C + c - lead) * H + h) * W;
-                         for (int64_t q = 0; q < stride; ++q) {
-                           const int64_t j0 = first[static_cast<size_t>(q)], j1 = end[static_cast<size_t>(q)];
-                           uint16_t* to = d + q * Wq;
-                           if (!s) {
-                             std::fill(to + j0, to + j1, v);
-                           } else if (stride == 1) {
-                             for (int64_t j = j0; j < j1; ++j) to[j] = s[j - pad];
-                           } else if (stride == 2) {  // a constant stride, which the compiler vectorises
-                             const uint16_t* from = s + q - pad;
-                             for (int64_t j = j0; j < j1; ++j) to[j] = from[2 * j];
-                           } else {
-                             const uint16_t* from = s + q - pad;
-                             for (int64_t j = j0; j < j1; ++j) to[j] = from[j * stride];
-                           }
-                         }
-                       }
-                     }
-                   });
+  // The permutation of a short row: lane t of the padded row (phase t / Wq, column t % Wq) takes x's column idx[t]
+  // where `valid` has bit t, else 0.
+  const bool short_rows = W <= 32 && L <= 32;
+  uint16_t idx[32] = {};
+  uint32_t valid = 0;
+  for (int64_t t = 0; short_rows && t < L; ++t) {
+    const int64_t q = t / Wq, j = t % Wq, col = j * stride + q - pad;
+    if (j >= first[static_cast<size_t>(q)] && j < end[static_cast<size_t>(q)]) {
+      idx[t] = static_cast<uint16_t>(col);
+      valid |= 1U << t;
+    }
+  }
+  at::parallel_for(
+      0, N * K * Dp, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Hp * L)), [&](int64_t begin, int64_t stop) {
+        for (int64_t i = begin; i < stop; ++i) {
+          const int64_t n = i / (K * Dp), c = i / Dp % K, z = i % Dp - front;
+          if (z < 0 || z >= D) {
+            std::fill(dst + i * Hp * L, dst + (i + 1) * Hp * L, uint16_t{0});
+            continue;
+          }
+          if (c >= lead && short_rows) {
+            permute_plane(src + ((n * C + c - lead) * D + z) * H * W, dst + i * Hp * L, idx, valid, W, L, H, Hp, top);
+            continue;
+          }
+          for (int64_t y = 0; y < Hp; ++y) {
+            uint16_t* d = dst + (i * Hp + y) * L;
+            const int64_t h = y - top;
+            if (h < 0 || h >= H) {
+              std::fill(d, d + L, uint16_t{0});
+              continue;
+            }
+            const uint16_t* s = c < lead ? nullptr : src + (((n * C + c - lead) * D + z) * H + h) * W;
+            std::fill(d, d + L, uint16_t{0});
+            for (int64_t q = 0; q < stride; ++q) {
+              const int64_t j0 = first[static_cast<size_t>(q)], j1 = end[static_cast<size_t>(q)];
+              uint16_t* to = d + q * Wq;
+              if (!s) {
+                std::fill(to + j0, to + j1, v);
+              } else if (stride == 1) {
+                for (int64_t j = j0; j < j1; ++j) to[j] = s[j - pad];
+              } else if (stride == 2) {  // a constant stride, which the compiler vectorises
+                const uint16_t* from = s + q - pad;
+                for (int64_t j = j0; j < j1; ++j) to[j] = from[2 * j];
+              } else {
+                const uint16_t* from = s + q - pad;
+                for (int64_t j = j0; j < j1; ++j) to[j] = from[j * stride];
+              }
+            }
+          }
+        }
+      });
   return out;
 }
 
@@ -582,36 +632,56 @@ Tensor input_gradient(const Tensor& go, const Tensor& weight, int64_t C, int64_t
   return dx;
 }
 
+// Bytes of input and gradient per chunk of items in weight_rows (64 KB to 1 MB ran alike on the 3-D layers of
+// zoo_bench's Conv3dWeightGradient; the 2-D layers of ConvBf16, chunked or not, too).
+constexpr int64_t kWeightChunkBytes = int64_t{256} << 10;
+
+// The weight gradient [(tap, k), o] in float32 of `in` laid out by column phase (pad_planes) and go [N, O, D, H, Wo]
+// (or [N, O, H, Wo]): KD x KH x KW taps (KD = 1 and D = 1 for a 2-D convolution); s.ldo = round_up(O, 16 V).
+Tensor weight_rows(const Tensor& in, const Tensor& go, const WeightShape& s, int64_t KD, int64_t KH, int64_t KW) {
+  const int64_t O = go.size(1), V = O <= 16 ? 1 : 2, R = V == 1 ? 12 : 6;
+  const auto grad = pair_pixels(go.reshape({go.size(0), O, s.D * s.H, go.size(-1)}), s.W2, s.ldo);
+  // dw's rows (tap, k), R to a block; the rows past the last read channel 0 and are dropped.
+  const int64_t taps = KD * KH * KW, rows = taps * s.K, padded_rows = round_up(rows, R);
+  std::vector<int64_t> offsets(static_cast<size_t>(padded_rows), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t tap = r / s.K, c = r % s.K, kd = tap / (KH * KW), kh = tap / KW % KH, kw = tap % KW;
+    offsets[static_cast<size_t>(r)] = c * s.channel + kd * s.plane + kh * s.sw * s.Wq + (kw % s.sw) * s.Wq + kw / s.sw;
+  }
+  auto dw = torch::empty({padded_rows, s.ldo}, go.options().dtype(torch::kFloat32));
+  const bf16* ip = in.data_ptr<bf16>();
+  const bf16* gp = grad.data_ptr<bf16>();
+  float* dp = dw.data_ptr<float>();
+  const int64_t blocks = padded_rows / R, panels = s.ldo / (16 * V);
+  const int64_t work = s.N * s.D * s.H * s.W2 * 2 * R * 16 * V;  // multiply-adds per block
+  // Items in chunks whose input and gradient fit in a core's L2 cache, each chunk through all of a task's blocks
+  // before the next (a block reads R input channels of every item). A fixed order of chunks per block: the same bits
+  // at any thread count.
+  const int64_t item_bytes = (s.K * s.channel + s.D * s.H * s.W2 * s.ldo * 2) * 2;
+  const int64_t chunk = std::max<int64_t>(1, kWeightChunkBytes / item_bytes);
+  at::parallel_for(0, blocks * panels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)),
+                   [&](int64_t b, int64_t e) {
+                     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+                       const int64_t n1 = std::min(s.N, n0 + chunk);
+                       for (int64_t i = b; i < e; ++i) {
+                         const int64_t row0 = i / panels * R, o0 = i % panels * 16 * V;
+                         V == 1 ? weight_block<12, 1>(ip, s, gp, offsets.data(), dp, row0, o0, n0, n1)
+                                : weight_block<6, 2>(ip, s, gp, offsets.data(), dp, row0, o0, n0, n1);
+                       }
+                     }
+                   });
+  return dw.narrow(0, 0, rows).narrow(1, 0, O);
+}
+
 // The weight gradient [O, K, KH, KW] in float32 of x [N, K - lead, H, W] (with the lead channels) and go
 // [N, O, Ho, Wo].
 Tensor weight_gradient(const Tensor& x, int64_t lead, double lead_value, const Tensor& go, const Geometry& g) {
   const int64_t N = x.size(0), K = lead + x.size(1), H = go.size(2), O = go.size(1), Wo = go.size(3);
   const int64_t V = O <= 16 ? 1 : 2, ldo = round_up(O, 16 * V), W2 = (Wo + 1) / 2;
   const int64_t Hp = x.size(2) + 2 * g.ph, Wq = 2 * W2 + (g.KW - 1) / g.sw;
-  const WeightShape s{N, H, W2, g.sh, g.sw, Wq, Hp * g.sw * Wq, K, ldo};
-  const auto in = pad_planes(x, lead, lead_value, g.ph, g.pw, g.sw, Hp, Wq);
-  const auto grad = pair_pixels(go, W2, ldo);
-  // dw's rows (tap, k), six to a block; the rows past the last read channel 0 and are dropped.
-  const int64_t taps = g.KH * g.KW, rows = taps * K, padded_rows = round_up(rows, 6);
-  std::vector<int64_t> offsets(static_cast<size_t>(padded_rows), 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t tap = r / K, c = r % K, kh = tap / g.KW, kw = tap % g.KW;
-    offsets[static_cast<size_t>(r)] = c * s.channel + kh * g.sw * Wq + (kw % g.sw) * Wq + kw / g.sw;
-  }
-  auto dw = torch::empty({padded_rows, ldo}, x.options().dtype(torch::kFloat32));  // [(tap, k), o]
-  const bf16* ip = in.data_ptr<bf16>();
-  const bf16* gp = grad.data_ptr<bf16>();
-  float* dp = dw.data_ptr<float>();
-  const int64_t blocks = padded_rows / 6, panels = ldo / (16 * V);
-  at::parallel_for(0, blocks * panels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * H * W2 * 2 * 6 * 16 * V)),
-                   [&](int64_t b, int64_t e) {
-                     for (int64_t i = b; i < e; ++i) {
-                       const int64_t row0 = i / panels * 6, o0 = i % panels * 16 * V;
-                       V == 1 ? weight_block<6, 1>(ip, s, gp, offsets.data(), dp, row0, o0)
-                              : weight_block<6, 2>(ip, s, gp, offsets.data(), dp, row0, o0);
-                     }
-                   });
-  return dw.narrow(0, 0, rows).narrow(1, 0, O).view({taps, K, O}).permute({2, 1, 0}).reshape({O, K, g.KH, g.KW});
+  const WeightShape s{N, 1, H, W2, 1, g.sh, g.sw, Wq, Hp * g.sw * Wq, Hp * g.sw * Wq, K, ldo};
+  const auto in = pad_planes(x, lead, lead_value, 0, g.ph, g.pw, g.sw, 1, Hp, Wq);
+  return weight_rows(in, go, s, 1, g.KH, g.KW).view({g.KH * g.KW, K, O}).permute({2, 1, 0}).reshape({O, K, g.KH, g.KW});
 }
 
 // torch::conv2d on x with its lead channels, the weight and bias in x's type: what the kernel computes, recorded.
@@ -707,6 +777,42 @@ Tensor conv2d_bf16(const Tensor& x, const Tensor& weight, const Tensor& bias, at
     return reference(xb, weight, b, {weight.size(2), weight.size(3), stride[0], stride[1], padding[0], padding[1]},
                      lead_value);
   return Conv2dBf16Function::apply(xb, weight, b, lead_value, stride[0], stride[1], padding[0], padding[1]);
+#else
+  return {};
+#endif
+}
+
+Tensor conv3d_bf16_weight_gradient(const Tensor& x, const Tensor& go, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                   at::IntArrayRef padding) {
+  TORCH_CHECK(cpu_has_avx512_bf16(), "zoo's bfloat16 weight gradient needs a CPU with AVX512-BF16");
+  TORCH_CHECK(x.dim() == 5 && go.dim() == 5 && x.size(0) == go.size(0) && x.scalar_type() == torch::kBFloat16 &&
+                  go.scalar_type() == torch::kBFloat16 && kernel.size() == 3 && stride.size() == 3 &&
+                  padding.size() == 3,
+              "conv3d_bf16_weight_gradient takes bfloat16 x [N, C, D, H, W], dy [N, O, OD, OH, OW] and three kernel "
+              "sizes, strides and paddings; got x ",
+              x.sizes(), ", dy ", go.sizes());
+  for (int64_t a = 0; a < 3; ++a) {
+    const auto i = static_cast<size_t>(a);
+    TORCH_CHECK(kernel[i] >= 1 && kernel[i] <= 7 && stride[i] >= 1 && stride[i] <= kernel[i] && padding[i] >= 0 &&
+                    padding[i] < kernel[i] &&
+                    go.size(a + 2) == (x.size(a + 2) + 2 * padding[i] - kernel[i]) / stride[i] + 1,
+                "conv3d_bf16_weight_gradient takes kernels of 1-7 taps per axis, strides up to the kernel and paddings "
+                "below it, and dy of the convolution's output size; got x ",
+                x.sizes(), ", dy ", go.sizes(), ", kernel ", kernel, ", stride ", stride, ", padding ", padding);
+  }
+#ifdef ZOO_X86_KERNELS
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), O = go.size(1);
+  const int64_t KD = kernel[0], KH = kernel[1], KW = kernel[2];
+  const int64_t V = O <= 16 ? 1 : 2, ldo = round_up(O, 16 * V), W2 = (go.size(4) + 1) / 2;
+  const int64_t Dp = D + 2 * padding[0], Hp = H + 2 * padding[1], Wq = 2 * W2 + (KW - 1) / stride[2];
+  const auto in = pad_planes(x, 0, 0, padding[0], padding[1], padding[2], stride[2], Dp, Hp, Wq);
+  const int64_t plane = Hp * stride[2] * Wq;
+  const WeightShape s{N, go.size(2), go.size(3), W2, stride[0], stride[1], stride[2], Wq, plane, Dp * plane, C, ldo};
+  return weight_rows(in, go.contiguous(), s, KD, KH, KW)
+      .view({KD * KH * KW, C, O})
+      .permute({2, 1, 0})
+      .reshape({O, C, KD, KH, KW});
 #else
   return {};
 #endif

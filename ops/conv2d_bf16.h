@@ -2,7 +2,9 @@
 // added into each float32 lane), float32 accumulators and float32 weight gradients: kernels of 1-7 taps per axis,
 // strides up to the kernel's size, zero padding below it. Used by conv3x3 (ops/conv3x3.h: the ODE field, with its time
 // channel) and by autocast's rule for conv1d (ops/autocast.cpp: 1-D convolutions of up to 64 channels, as single
-// rows; 2-D ones stay with oneDNN, which it only matched on the models' layers). Not a public header.
+// rows; 2-D ones stay with oneDNN, which it only matched on the models' layers). Its weight gradient also serves
+// strided 3-D convolutions on CPUs with AMX (conv3d_bf16_weight_gradient, through ops/conv_weight_gradient.h). Not a
+// public header.
 //
 // Why: under bf16-mixed oneDNN 2.6 reorders every bfloat16 operand into its blocked layout and back on each call,
 // without a fast bfloat16 reorder, so its convolutions of 16-64 channels on small maps gain only 1.3-1.5x over
@@ -43,9 +45,10 @@ class WithoutBf16Kernel {
 /// convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its swapped weight gradient
 /// (conv_weight_gradient.h) yield to oneDNN on such a CPU; the one-channel first layer (conv2d_one_channel.h, 2.4-2.7x
 /// faster than oneDNN's AMX kernel there) and the experts' few-row linear layers (linear_bf16.h: the MoE trained as
-/// fast or faster with it) stay zoo's (zoo_bench ConvBf16, ConvWeightGradient, ConvOneChannel and zoo bench A/B runs;
-/// docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment overrides the check (read once: comparing
-/// both routings on one machine); AmxOverride, per thread.
+/// fast or faster with it) stay zoo's, and strided 3-D convolutions' weight gradients go to zoo's
+/// (conv3d_bf16_weight_gradient: oneDNN's AMX one is slow there) (zoo_bench ConvBf16, ConvWeightGradient,
+/// ConvOneChannel and zoo bench A/B runs; docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment
+/// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread.
 bool cpu_has_amx_bf16();
 
 /// While one lives, cpu_has_amx_bf16() answers `has_amx` in this thread (tests of both routings on any CPU; it still
@@ -75,5 +78,13 @@ bool conv2d_bf16_geometry(const torch::Tensor& x, const torch::Tensor& weight, a
 /// through torch::conv2d in bfloat16 (ops/twice.h). Needs cpu_has_avx512_bf16() and conv2d_bf16_geometry().
 torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, double lead_value = 0);
+
+/// The weight gradient of a 3-D convolution, [O, C, KD, KH, KW] in float32, of bfloat16 x [N, C, D, H, W] and dy
+/// [N, O, OD, OH, OW] (its output's gradient) for `kernel` = {KD, KH, KW} of 1-7 taps per axis, strides up to the
+/// kernel and zero paddings below it, no dilation, one group: the 2-D weight gradient's dot products over pairs of
+/// neighbouring output pixels with a depth axis (conv_weight_gradient.h says where it is used). The products of
+/// bfloat16 values are exact and summed in float32 per block of output channels.
+torch::Tensor conv3d_bf16_weight_gradient(const torch::Tensor& x, const torch::Tensor& go, at::IntArrayRef kernel,
+                                          at::IntArrayRef stride, at::IntArrayRef padding);
 
 }  // namespace zoo::ops::detail

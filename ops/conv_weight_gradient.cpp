@@ -16,41 +16,92 @@ namespace {
 
 using torch::Tensor;
 
-/// Autocast's rule on the bfloat16 input and weight: the bias rounded to bfloat16, LibTorch's convolution.
-Tensor reference(const Tensor& xb, const Tensor& wb, const Tensor& bias, at::IntArrayRef padding) {
+/// Autocast's rule on the bfloat16 input and weight: the bias rounded to bfloat16, LibTorch's convolution (2-D or
+/// 3-D, as x is).
+Tensor reference(const Tensor& xb, const Tensor& wb, const Tensor& bias, at::IntArrayRef stride,
+                 at::IntArrayRef padding) {
   const auto b = bias.numel() > 0 ? c10::optional<Tensor>(bias.to(torch::kBFloat16)) : c10::nullopt;
-  return at::convolution(xb, wb, b, {1, 1}, padding, {1, 1}, false, {0, 0}, 1);
+  const auto dims = static_cast<size_t>(xb.dim() - 2);
+  return at::convolution(xb, wb, b, stride, padding, std::vector<int64_t>(dims, 1), false,
+                         std::vector<int64_t>(dims, 0), 1);
 }
 
-struct WeightAsForwardFunction : public torch::autograd::Function<WeightAsForwardFunction> {
+/// A bfloat16 convolution (autocast's result) whose weight gradient is zoo's: the swapped forward convolution for a
+/// 2-D one (stride 1), conv3d_bf16_weight_gradient for a 3-D one; the forward and the input gradient are oneDNN's.
+struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGradientFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
-                        const Tensor& bias, std::vector<int64_t> padding) {
+                        const Tensor& bias, std::vector<int64_t> stride, std::vector<int64_t> padding) {
     const auto wb = weight.to(torch::kBFloat16);
     ctx->save_for_backward({xb, weight, bias, wb});
+    ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
-    return reference(xb, wb, bias, padding);
+    return reference(xb, wb, bias, stride, padding);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &xb = saved[0], &weight = saved[1], &bias = saved[2], &wb = saved[3];
-    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const auto stride = ctx->saved_data["stride"].toIntVector(), padding = ctx->saved_data["padding"].toIntVector();
     if (torch::GradMode::is_enabled())  // under create_graph: through autocast's rule
       return gradients_through(
-          ctx, {xb, weight, bias}, [&] { return reference(xb, weight.to(torch::kBFloat16), bias, padding); }, grads[0],
-          4);
+          ctx, {xb, weight, bias}, [&] { return reference(xb, weight.to(torch::kBFloat16), bias, stride, padding); },
+          grads[0], 5);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto gy = grads[0].to(torch::kBFloat16);
-    torch::autograd::variable_list out(4);
+    const auto dims = static_cast<size_t>(xb.dim() - 2);
+    torch::autograd::variable_list out(5);
     if (ctx->needs_input_grad(0))
-      out[0] = std::get<0>(at::convolution_backward(gy, xb, wb, c10::nullopt, {1, 1}, padding, {1, 1}, false, {0, 0}, 1,
-                                                    {true, false, false}));
-    if (ctx->needs_input_grad(1)) out[1] = conv2d_weight_gradient(xb, gy, padding);
-    if (bias.numel() > 0 && ctx->needs_input_grad(2)) out[2] = gy.sum({0, 2, 3}, false, torch::kFloat32);
+      out[0] =
+          std::get<0>(at::convolution_backward(gy, xb, wb, c10::nullopt, stride, padding, std::vector<int64_t>(dims, 1),
+                                               false, std::vector<int64_t>(dims, 0), 1, {true, false, false}));
+    if (ctx->needs_input_grad(1))
+      out[1] = dims == 2 ? conv2d_weight_gradient(xb, gy, padding)
+                         : conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
+    if (bias.numel() > 0 && ctx->needs_input_grad(2)) {
+      std::vector<int64_t> axes{0};
+      for (int64_t a = 2; a < gy.dim(); ++a) axes.push_back(a);
+      out[2] = gy.sum(axes, false, torch::kFloat32);
+    }
     return out;
   }
 };
+
+/// The operands autocast's bfloat16 rule would take: under CPU autocast in bfloat16, grad mode on, outside a trace;
+/// CPU tensors, the input float32 or bfloat16 [N, C, ...] (dims axes), the weight float32 [O, C, ...] needing its
+/// gradient, the bias float32 [O] or absent; one group, no dilation, strides from 1 to the kernel and paddings below
+/// it (one value standing for every axis, as in torch's convolutions).
+bool own_weight_gradient_operands(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups, int64_t dims) {
+  const auto type = cpu_autocast_type();
+  if (!type || *type != torch::kBFloat16 || !torch::GradMode::is_enabled() || torch::jit::tracer::isTracing())
+    return false;
+  if (!input.defined() || !weight.defined() || input.dim() != dims + 2 || weight.dim() != dims + 2 ||
+      !input.device().is_cpu() || !weight.device().is_cpu() || !weight.requires_grad() ||
+      weight.scalar_type() != torch::kFloat32 || input.size(1) != weight.size(1) || groups != 1)
+    return false;
+  if (input.scalar_type() != torch::kFloat32 && input.scalar_type() != torch::kBFloat16) return false;
+  if (bias.has_value() && bias->defined() &&
+      (!bias->device().is_cpu() || bias->scalar_type() != torch::kFloat32 || bias->dim() != 1 ||
+       bias->size(0) != weight.size(0)))
+    return false;
+  auto per_axis = [&](at::IntArrayRef v) { return v.size() == 1 || static_cast<int64_t>(v.size()) == dims; };
+  if (!per_axis(stride) || !per_axis(padding) || !per_axis(dilation)) return false;
+  for (int64_t a = 0; a < dims; ++a) {
+    const auto at = [&](at::IntArrayRef v) { return v.size() == 1 ? v[0] : v[static_cast<size_t>(a)]; };
+    const int64_t k = weight.size(a + 2);
+    if (k < 1 || k > 7 || at(dilation) != 1 || at(stride) < 1 || at(stride) > k || at(padding) < 0 ||
+        at(padding) >= k || input.size(a + 2) + 2 * at(padding) < k)
+      return false;
+  }
+  return true;
+}
+
+/// One value per axis: `v` as torch's convolutions read it.
+std::vector<int64_t> expand(at::IntArrayRef v, size_t dims) {
+  return v.size() == 1 ? std::vector<int64_t>(dims, v[0]) : v.vec();
+}
 
 }  // namespace
 
@@ -87,34 +138,23 @@ Tensor conv2d_weight_gradient(const Tensor& xb, const Tensor& gy, at::IntArrayRe
 bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
-  const auto type = cpu_autocast_type();
-  if (!type || *type != torch::kBFloat16 || !torch::GradMode::is_enabled() || torch::jit::tracer::isTracing())
-    return false;
-  if (!input.defined() || !weight.defined() || input.dim() != 4 || weight.dim() != 4 || !input.device().is_cpu() ||
-      !weight.device().is_cpu() || !weight.requires_grad() || weight.scalar_type() != torch::kFloat32)
-    return false;
-  if (input.scalar_type() != torch::kFloat32 && input.scalar_type() != torch::kBFloat16) return false;
-  if (bias.has_value() && bias->defined() &&
-      (!bias->device().is_cpu() || bias->scalar_type() != torch::kFloat32 || bias->dim() != 1 ||
-       bias->size(0) != weight.size(0)))
-    return false;
-  // One value stands for both axes, as in torch::conv2d.
-  auto all = [](at::IntArrayRef v, auto ok) {
-    return (v.size() == 1 || v.size() == 2) && ok(v.front()) && ok(v.back());
-  };
-  if (groups != 1 || !all(stride, [](int64_t s) { return s == 1; }) || !all(dilation, [](int64_t d) { return d == 1; }))
-    return false;
+  if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 2)) return false;
+  if (stride.front() != 1 || stride.back() != 1) return false;
   const int64_t O = weight.size(0), C = weight.size(1), KH = weight.size(2), KW = weight.size(3);
   auto taps = [](int64_t k) { return k >= 3 && k <= 5; };
   auto channels = [](int64_t c) { return c >= 32 && c <= 256; };
-  if (input.size(1) != C || !channels(C) || !channels(O) || !taps(KH) || !taps(KW) ||
-      (padding.size() != 1 && padding.size() != 2))
-    return false;
-  const int64_t PH = padding.front(), PW = padding.back();
-  if (PH < 0 || PW < 0 || PH >= KH || PW >= KW) return false;
-  const int64_t HO = input.size(2) + 2 * PH - KH + 1, WO = input.size(3) + 2 * PW - KW + 1;
-  return input.size(0) >= 16 && HO >= 1 && WO >= 1 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16() &&
-         !cpu_has_amx_bf16();
+  if (!channels(C) || !channels(O) || !taps(KH) || !taps(KW)) return false;
+  const int64_t HO = input.size(2) + 2 * padding.front() - KH + 1, WO = input.size(3) + 2 * padding.back() - KW + 1;
+  return input.size(0) >= 16 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
+}
+
+bool conv3d_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    int64_t groups) {
+  if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 3)) return false;
+  for (size_t a = 0; a < 3; ++a)
+    if ((stride.size() == 1 ? stride[0] : stride[a]) < 2) return false;
+  return input.size(1) >= 2 && cpu_has_amx_bf16();
 }
 
 Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -122,7 +162,15 @@ Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
   const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
-  return WeightAsForwardFunction::apply(xb, weight, b, std::vector<int64_t>{padding.front(), padding.back()});
+  return OwnWeightGradientFunction::apply(xb, weight, b, std::vector<int64_t>{1, 1}, expand(padding, 2));
+}
+
+Tensor conv3d_weight_by_pairs(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
+  const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
+  return OwnWeightGradientFunction::apply(xb, weight, b, expand(stride, 3), expand(padding, 3));
 }
 
 }  // namespace zoo::ops::detail

@@ -23,9 +23,22 @@
 // loses in most of that region (Intel Xeon with AMX, 2026-12-07: batch 64, 32 channels, 7x7: 0.86; 64, 64, 7x7: 0.98;
 // 64, 32, 10x10: 0.63; 16, 32, 7x7: 0.77), so the rule stays off there.
 //
-// Reference: autocast's rule, torch::conv2d on the bfloat16-rounded operands. The output and the input gradient
-// are the same bits; the weight gradient sums the same products in another order (float32 accumulators) and is
-// rounded to bfloat16 once, as oneDNN's is; the bias gradient is summed in float32 and not rounded.
+// A 3-D convolution with a stride of 2 or more on every axis, on a CPU with AMX, gets zoo's weight gradient too:
+// conv3d_bf16_weight_gradient (ops/conv2d_bf16.h), the 2-D kernel's dot products over pairs of neighbouring output
+// pixels with a depth axis. oneDNN 2.6's AMX weight gradient of strided 3-D convolutions is slow (conv4d's second
+// layer, 192 frames of 8 x 8^3 -> 16 x 4^3: 3.3-4.0 ms for 42 M multiply-adds, where its AVX512-BF16 kernel, without
+// AMX, takes 1.2), while its unstrided ones run near the tiles' speed. zoo_bench's Conv3dWeightGradient (Intel Xeon
+// with AMX, 2026-12-07, 1 thread, oneDNN time / zoo's time): strided layers 1.20-2.37 (conv4d's second layer 2.31 and
+// 2.37, conv3d's second and third 1.65 and 1.26, the 3-D U-Net's 2x2x2 downsampling 1.72 and 1.55, 64 -> 128 and
+// 128 -> 128 channels on 8^3 1.20 and 1.45), unstrided ones 0.24-0.76; with oneDNN held to AVX512-BF16
+// (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, what a CPU without AMX runs) 0.78-1.54, so the rule is for CPUs with AMX
+// only. In bf16-mixed training, three alternating process pairs: conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d
+// 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1 (unchanged).
+//
+// Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
+// gradient are the same bits; the weight gradient sums the same products in another order (float32 accumulators),
+// rounded to bfloat16 once as oneDNN's is in 2-D and kept in float32 in 3-D; the bias gradient is summed in float32 and
+// not rounded.
 #pragma once
 
 #include <torch/torch.h>
@@ -49,6 +62,21 @@ torch::Tensor conv2d_weight_as_forward(const torch::Tensor& input, const torch::
 /// The weight gradient alone, [O, C, KH, KW] in float32 (rounded to bfloat16 once): the swapped forward convolution
 /// of bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] at stride 1 with `padding` (KH = H + 2 padding - HO + 1).
 torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef padding);
+
+/// Whether autocast's conv3d rule runs conv3d_weight_by_pairs on these operands: under CPU autocast in bfloat16,
+/// grad mode on, outside a trace, on a CPU with AMX (cpu_has_amx_bf16()); a float32 or bfloat16 CPU input
+/// [N, C, D, H, W] with C >= 2, a float32 weight [O, C, KD, KH, KW] that needs its gradient, 1-7 taps per axis,
+/// strides of 2 or more on every axis and up to the kernel, paddings below it, no dilation, one group.
+bool conv3d_weight_gradient_applies(const torch::Tensor& input, const torch::Tensor& weight,
+                                    const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+/// torch::conv3d(input, weight, bias, stride, padding) in bfloat16 (autocast's result), one autograd node: the
+/// input's gradient in the input's type (oneDNN's), the weight's in float32 (conv3d_bf16_weight_gradient,
+/// ops/conv2d_bf16.h), the bias's in float32. Twice differentiable (under create_graph the backward is autocast's
+/// rule's).
+torch::Tensor conv3d_weight_by_pairs(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                                     at::IntArrayRef stride, at::IntArrayRef padding);
 
 /// t [A, B, ...] as a contiguous [B, A, ...]: t.transpose(0, 1).contiguous() by one copy per plane (LibTorch's
 /// strided copy took 33 us for the mHC blocks' [64, 32, 7, 7] in bfloat16, 16 of them a step).

@@ -1,6 +1,7 @@
-// conv_weight_gradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution, against
-// float64's gradient of the same bfloat16 values, and autocast's conv2d rule, which runs it on small maps and
-// LibTorch's convolution (oneDNN) everywhere else.
+// conv_weight_gradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution, and a 3-D
+// one's by zoo's dot products (conv3d_bf16_weight_gradient), against float64's gradient of the same bfloat16 values;
+// autocast's conv2d rule, which runs the first on small maps, and its conv3d rule, which runs the second for strided
+// convolutions on CPUs with AMX, LibTorch's convolution (oneDNN) everywhere else.
 #include "ops/conv_weight_gradient.h"
 #include "helpers.h"
 #include "ops/autocast.h"
@@ -10,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <random>
 #include <string>
 
@@ -18,7 +20,7 @@ using zoo::test::within_rounding;
 namespace {
 
 bool ran_rule(const torch::Tensor& y) {
-  return y.grad_fn() && y.grad_fn()->name().find("WeightAsForwardFunction") != std::string::npos;
+  return y.grad_fn() && y.grad_fn()->name().find("OwnWeightGradientFunction") != std::string::npos;
 }
 
 }  // namespace
@@ -192,5 +194,203 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
       [](const torch::autograd::Variable&) { return std::string(); }, false);
   const auto graph = traced.first->graph->toString();
   CHECK((graph.find("aten::conv2d") != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
-  CHECK(graph.find("WeightAsForward") == std::string::npos);
+  CHECK(graph.find("OwnWeightGradient") == std::string::npos);
+}
+
+TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bfloat16 values, summed in float32",
+          "[kernels][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: zoo's 3-D bfloat16 weight gradient is not tested here");
+    return;
+  }
+  struct Case {
+    int64_t n, c, o, d, h, w;
+    std::array<int64_t, 3> k, s, p;
+  };
+  // The conv3d model's second layer on fewer volumes, conv4d's second (frames of 8^3), the 3-D U-Net's 2x2x2
+  // downsampling, two panels of output channels with a partial one (40), rows longer than 32 columns (the
+  // element-wise layout path), odd sizes and per-axis geometries, a 1x1x1 kernel and a 5-tap one.
+  std::vector<Case> cases{
+      {4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},  {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+      {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}}, {3, 5, 40, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},
+      {2, 3, 7, 4, 5, 37, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},     {2, 4, 5, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+      {1, 2, 3, 6, 7, 8, {5, 4, 5}, {1, 2, 5}, {2, 3, 0}}};
+  std::mt19937 random(35);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+  for (int i = 0; i < 10; ++i) {
+    Case c{pick(1, 3), pick(1, 9), pick(1, 40), 0, 0, 0, {}, {}, {}};
+    for (size_t a = 0; a < 3; ++a) {
+      c.k[a] = pick(1, 4);
+      c.s[a] = pick(1, c.k[a]);
+      c.p[a] = pick(0, c.k[a] - 1);
+    }
+    c.d = std::max<int64_t>(1, c.k[0] - 2 * c.p[0]) + pick(0, 6);
+    c.h = std::max<int64_t>(1, c.k[1] - 2 * c.p[1]) + pick(0, 6);
+    c.w = std::max<int64_t>(1, c.k[2] - 2 * c.p[2]) + pick(0, 40);
+    cases.push_back(c);
+  }
+  for (const auto& c : cases) {
+    INFO("x [" << c.n << ", " << c.c << ", " << c.d << ", " << c.h << ", " << c.w << "], " << c.o << " outputs, kernel "
+               << c.k[0] << "x" << c.k[1] << "x" << c.k[2] << ", stride " << c.s[0] << "x" << c.s[1] << "x" << c.s[2]
+               << ", padding " << c.p[0] << "x" << c.p[1] << "x" << c.p[2]);
+    const auto x = torch::randn({c.n, c.c, c.d, c.h, c.w}).to(torch::kBFloat16);
+    std::vector<int64_t> out{c.n, c.o};
+    const std::array<int64_t, 3> in{c.d, c.h, c.w};
+    for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
+    const auto gy = torch::randn(out).to(torch::kBFloat16);
+    const auto got = zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, c.k, c.s, c.p);
+    REQUIRE(got.scalar_type() == torch::kFloat32);
+    REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
+    const auto exact = std::get<1>(
+        at::convolution_backward(gy.to(torch::kFloat64), x.to(torch::kFloat64),
+                                 torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64), c10::nullopt, c.s,
+                                 c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
+    CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
+  }
+  // Not rounded to bfloat16 (a kernel that did would fail above only by chance on small sums).
+  const auto x = torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16),
+             gy = torch::randn({4, 16, 4, 4, 4}).to(torch::kBFloat16);
+  auto run = [&](int threads) {
+    const int before = at::get_num_threads();
+    at::set_num_threads(threads);
+    auto g = zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+    at::set_num_threads(before);
+    return g;
+  };
+  const auto one = run(1);
+  CHECK_FALSE(torch::equal(one, one.to(torch::kBFloat16).to(torch::kFloat32)));
+  CHECK(torch::equal(one, run(2)));  // the same bits at any thread count
+  CHECK_THROWS_WITH(
+      zoo::ops::detail::conv3d_bf16_weight_gradient(torch::randn({4, 8, 8, 8, 8}), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+      Catch::Contains("bfloat16 x [N, C, D, H, W]"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                    Catch::Contains("dy of the convolution's output size"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 8}, {2, 2, 2}, {1, 1, 1}),
+                    Catch::Contains("1-7 taps per axis"));
+}
+
+TEST_CASE(
+    "Autocast's conv3d rule: strided 3-D convolutions on CPUs with AMX give autocast's output and input gradient to "
+    "the bit and zoo's weight gradient",
+    "[kernels][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: autocast's 3-D convolutions run LibTorch's rule here");
+    return;
+  }
+  zoo::ops::detail::AmxOverride amx(true);  // the rule's CPUs
+  torch::manual_seed(36);
+  for (const bool with_bias : {false, true}) {
+    for (const bool float32_input : {false, true}) {
+      INFO("bias " << with_bias << ", float32 input " << float32_input);
+      auto x = torch::randn({6, 8, 8, 8, 8});
+      if (!float32_input) x = x.to(torch::kBFloat16);
+      x.requires_grad_();
+      const auto w = (torch::randn({16, 8, 3, 3, 3}) * 0.1).requires_grad_();
+      const auto b = with_bias ? torch::randn({16}, torch::requires_grad()) : torch::Tensor();
+      const auto go = torch::randn({6, 16, 4, 4, 4}).to(torch::kBFloat16);
+      auto run = [&](bool rule) {
+        torch::Tensor y;
+        {
+          zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+          c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+          if (!rule) libtorch.emplace();  // autocast's own rule
+          y = torch::conv3d(x, w, b, 2, 1);
+        }
+        CHECK(ran_rule(y) == rule);
+        auto inputs = with_bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
+        auto g = torch::autograd::grad({y}, inputs, {go});
+        g.insert(g.begin(), y);
+        return g;
+      };
+      const auto got = run(true), expected = run(false);
+      CHECK(got[0].scalar_type() == torch::kBFloat16);
+      CHECK(torch::equal(got[0], expected[0]));  // oneDNN's forward
+      CHECK(got[1].scalar_type() == x.scalar_type());
+      CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
+      CHECK(got[2].scalar_type() == torch::kFloat32);
+      const auto exact = std::get<1>(at::convolution_backward(
+          zoo::test::bfloat16_in_float64(go), zoo::test::bfloat16_in_float64(x), zoo::test::bfloat16_in_float64(w),
+          c10::nullopt, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
+      CHECK(within_rounding(got[2], exact, 0.0));
+      CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's is rounded to bfloat16 once
+      if (with_bias) {
+        CHECK(got[3].scalar_type() == torch::kFloat32);
+        CHECK((got[3] - zoo::test::bfloat16_in_float64(go).sum({0, 2, 3, 4})).abs().max().item<double>() < 1e-3);
+      }
+    }
+  }
+}
+
+TEST_CASE("Autocast's conv3d rule: where it applies, second derivatives, and a trace", "[kernels][precision]") {
+  using zoo::ops::detail::conv3d_weight_gradient_applies;
+  const auto w = torch::randn({16, 8, 3, 3, 3}, torch::requires_grad());
+  const auto x = torch::randn({4, 8, 8, 8, 8});
+  auto applies = [&](const torch::Tensor& xx, const torch::Tensor& ww, std::vector<int64_t> stride = {2, 2, 2},
+                     std::vector<int64_t> padding = {1, 1, 1}, std::vector<int64_t> dilation = {1, 1, 1},
+                     int64_t groups = 1) {
+    return conv3d_weight_gradient_applies(xx, ww, c10::nullopt, stride, padding, dilation, groups);
+  };
+  CHECK_FALSE(applies(x, w));  // no autocast
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: autocast's 3-D convolutions run LibTorch's rule here");
+    return;
+  }
+  zoo::ops::detail::AmxOverride amx(true);
+  {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    CHECK(applies(x, w));
+    CHECK(applies(x.to(torch::kBFloat16), w, {2}, {1}));  // one value for every axis
+    CHECK(applies(torch::randn({2, 16, 12, 12, 12}), torch::randn({32, 16, 2, 2, 2}, torch::requires_grad()), {2, 2, 2},
+                  {0, 0, 0}));                                    // the U-Net's
+    CHECK_FALSE(applies(x, w, {1, 1, 1}));                        // oneDNN's AMX wins
+    CHECK_FALSE(applies(x, w, {2, 2, 1}));                        // one axis unstrided
+    CHECK_FALSE(applies(x, w.detach()));                          // no weight gradient
+    CHECK_FALSE(applies(x, w, {2, 2, 2}, {1, 1, 1}, {2, 2, 2}));  // dilated
+    CHECK_FALSE(applies(x, torch::randn({16, 4, 3, 3, 3}, torch::requires_grad()), {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, 2));
+    CHECK_FALSE(applies(torch::randn({4, 1, 8, 8, 8}), torch::randn({16, 1, 3, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(x, torch::randn({16, 8, 8, 8, 8}, torch::requires_grad()), {2, 2, 2}, {1, 1, 1}));  // 8 taps
+    CHECK_FALSE(applies(x.to(torch::kFloat64), w.to(torch::kFloat64)));
+    {
+      torch::NoGradGuard inference;
+      CHECK_FALSE(applies(x, w));
+    }
+    {
+      zoo::ops::Float32Region float32;
+      CHECK_FALSE(applies(x, w));
+    }
+    {
+      zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: oneDNN's weight gradient
+      CHECK_FALSE(applies(x, w));
+      CHECK_FALSE(ran_rule(torch::conv3d(x, w, {}, 2, 1)));
+    }
+  }
+
+  // Second derivatives (a gradient penalty) go through autocast's rule's autograd.
+  torch::manual_seed(37);
+  const auto xs = torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16).requires_grad_();
+  const auto ws = (torch::randn({16, 8, 3, 3, 3}) * 0.1).requires_grad_();
+  auto penalty = [&](bool rule) {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+    if (!rule) libtorch.emplace();
+    const auto y = torch::conv3d(xs, ws, {}, 2, 1);
+    CHECK(ran_rule(y) == rule);
+    const auto gx = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {xs}, {}, true, true)[0];
+    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {ws})[0];
+  };
+  const auto expected = penalty(false), got = penalty(true);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK((got - expected).abs().max().item<double>() < 0.02 * expected.abs().max().item<double>());
+
+  // A trace records LibTorch's convolution, which TorchScript and Python load.
+  zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+  auto traced = torch::jit::tracer::trace(
+      {x, w},
+      [](torch::jit::Stack in) -> torch::jit::Stack {
+        return {torch::conv3d(in[0].toTensor(), in[1].toTensor(), {}, 2, 1)};
+      },
+      [](const torch::autograd::Variable&) { return std::string(); }, false);
+  const auto graph = traced.first->graph->toString();
+  CHECK((graph.find("aten::conv3d") != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
+  CHECK(graph.find("OwnWeightGradient") == std::string::npos);
 }

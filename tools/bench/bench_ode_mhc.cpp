@@ -24,6 +24,10 @@
 //    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the region
 //    where autocast's conv2d rule uses it, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / swapped time
 //    (above 1: swapped faster), and "applies" (1 where the rule takes the layer).
+//  - Conv3dWeightGradient: a bfloat16 3-D convolution's weight gradient by zoo's dot products
+//    (ops::detail::conv3d_bf16_weight_gradient) against oneDNN's, at the 3-D models' layers, 1 thread. Counters:
+//    <N>x<C>x<O>x<D>k<K>s<S>_ratio = oneDNN time / zoo's time, and "applies" (1 where autocast's conv3d rule takes
+//    the layer).
 //  - ConvOneChannel: the image networks' first layer (3x3, one input channel) under bf16-mixed, zoo's kernel
 //    (ops/conv2d_one_channel.h) against autocast's rule (oneDNN), forward and forward + weight gradient, 1 thread.
 //    Counters: <N>x<O>x<H>_{fwd,train}_ratio = oneDNN time / zoo's time, and the times in us.
@@ -549,6 +553,66 @@ void ConvWeightGradient(benchmark::State& state) {
   }
 }
 BENCHMARK(ConvWeightGradient)->Unit(benchmark::kSecond)->Iterations(3);
+
+// Conv3dWeightGradient: the weight gradient of a bfloat16 3-D convolution both ways, interleaved per layer:
+// oneDNN's (at::convolution_backward, weight only, cast to float32 as autocast's weight gradient is) and zoo's
+// (ops::detail::conv3d_bf16_weight_gradient), at the 3-D models' layers: the conv3d model's second and third,
+// conv4d's second (its time taps: 192 and 128 frames), the 3-D U-Net's and DeconvNet's (batch 2, 24^3). Counters:
+// <N>x<C>x<O>x<D>[k<K>s<S>]_ratio = oneDNN time / zoo's time (above 1: zoo's faster), "applies" (1 where autocast's
+// conv3d rule takes the layer) and oneDNN's time in us.
+void Conv3dWeightGradient(benchmark::State& state) {
+  training::apply_threads(1);
+  if (!ops::detail::cpu_has_avx512_bf16()) {
+    state.SkipWithError("this CPU has no AVX512-BF16: autocast's conv3d rule runs oneDNN's weight gradient here");
+    return;
+  }
+  struct Layer {
+    int64_t n, c, o, d, k, s;
+    std::string name() const { return fmt::format("{}x{}x{}x{}k{}s{}", n, c, o, d, k, s); }
+  };
+  const std::vector<Layer> layers{{64, 8, 16, 16, 3, 2},  {64, 16, 32, 8, 3, 2}, {192, 8, 16, 8, 3, 2},
+                                  {128, 8, 16, 8, 3, 2},  {2, 16, 16, 24, 3, 1}, {2, 32, 16, 24, 3, 1},
+                                  {2, 32, 32, 12, 3, 1},  {2, 64, 32, 12, 3, 1}, {2, 64, 64, 6, 3, 1},
+                                  {2, 16, 32, 24, 2, 2},  {2, 32, 64, 12, 2, 2}, {2, 16, 32, 12, 3, 1},
+                                  {32, 64, 128, 8, 3, 2}, {8, 128, 128, 8, 3, 2}};
+  torch::manual_seed(0);
+  const auto bf16 = torch::kBFloat16;
+  const auto run_round = [&](std::map<std::string, double>& us, bool timed) {
+    for (const auto& l : layers) {
+      const int64_t p = l.k == 3 ? 1 : 0, od = (l.d + 2 * p - l.k) / l.s + 1;
+      const auto x = torch::randn({l.n, l.c, l.d, l.d, l.d}).to(bf16);
+      const auto w = torch::randn({l.o, l.c, l.k, l.k, l.k}).to(bf16);
+      const auto gy = torch::randn({l.n, l.o, od, od, od}).to(bf16);
+      const double macs = static_cast<double>(l.n * l.c * l.o * od * od * od * l.k * l.k * l.k);
+      const int reps = timed ? std::max<int>(2, static_cast<int>(2e8 / macs)) : 1;
+      for (const bool zoo : {false, true}) {
+        const auto start = Clock::now();
+        for (int i = 0; i < reps; ++i) {
+          if (zoo)
+            ops::detail::conv3d_bf16_weight_gradient(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
+          else
+            std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, {l.s, l.s, l.s}, {p, p, p}, {1, 1, 1}, false,
+                                                 {0, 0, 0}, 1, {false, true, false}))
+                .to(torch::kFloat32);
+        }
+        us[l.name() + (zoo ? "_zoo" : "_onednn")] += 1e6 * seconds_since(start) / reps;
+      }
+    }
+  };
+  std::map<std::string, double> warm_up, us;  // an untimed round first: the process's first large allocations
+  run_round(warm_up, false);
+  for (auto _ : state) run_round(us, true);
+  ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+  for (const auto& l : layers) {
+    const int64_t p = l.k == 3 ? 1 : 0;
+    state.counters[l.name() + "_ratio"] = us[l.name() + "_onednn"] / us[l.name() + "_zoo"];
+    state.counters[l.name() + "_onednn_us"] = us[l.name() + "_onednn"] / static_cast<double>(state.iterations());
+    const auto w = torch::zeros({l.o, l.c, l.k, l.k, l.k}, torch::requires_grad());
+    state.counters[l.name() + "_applies"] = ops::detail::conv3d_weight_gradient_applies(
+        torch::zeros({l.n, l.c, l.d, l.d, l.d}), w, c10::nullopt, {l.s, l.s, l.s}, {p, p, p}, {1, 1, 1}, 1);
+  }
+}
+BENCHMARK(Conv3dWeightGradient)->Unit(benchmark::kSecond)->Iterations(3);
 
 // ConvOneChannel: the first layers of the cnn, the MoE, the mHC ResNet and the ODE-ResNet (64 x 28x28 -> 32) and of
 // the U-Net and DeconvNet (4 x 64x64 -> 64), forward and forward + weight and bias gradients under CPU autocast,
