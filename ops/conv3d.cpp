@@ -7,6 +7,7 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace zoo::ops {
@@ -71,15 +72,31 @@ ZOO_AVX2_FMA inline __m256i lanes(int64_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// A block's first rem < 8 voxels, the other lanes 0 (a row's end): float32 through a mask, bfloat16 (which AVX2 has
+// no 16-bit masked loads and stores for) through a small copy.
+ZOO_AVX2_FMA inline __m256 load_first(const float* p, int64_t rem) { return _mm256_maskload_ps(p, lanes(rem)); }
+ZOO_AVX2_FMA inline __m256 load_first(const c10::BFloat16* p, int64_t rem) {
+  c10::BFloat16 block[8] = {};
+  std::copy(p, p + rem, block);
+  return load8(block);
+}
+ZOO_AVX2_FMA inline void store_first(float* p, __m256 v, int64_t rem) { _mm256_maskstore_ps(p, lanes(rem), v); }
+ZOO_AVX2_FMA inline void store_first(c10::BFloat16* p, __m256 v, int64_t rem) {
+  c10::BFloat16 block[8];
+  store8(block, v);
+  std::copy(block, block + rem, p);
+}
+
 // Forward of B blocks x 4 output channels: acc[j][o] = bias[o] + sum over the 27 taps of w[tap][o] * x[block j
 // shifted by the tap]. `plane` is the padded input at the block's depth, `taps` the packed weight [27][4].
-// Not inlined: inside the plane loop GCC spills the tap addresses to the stack, and the forward ran at 1.5-2.2x
-// its time (64 x 16^3 -> 8: 2.0-2.8 ms against 1.3).
-template <int B>
+// The output is stored as T: float32, or bfloat16 (rounded to nearest even) under bf16-mixed. Not inlined: inside
+// the plane loop GCC spills the tap addresses to the stack, and the forward ran at 1.5-2.2x its time (64 x 16^3 -> 8:
+// 2.0-2.8 ms against 1.3).
+template <int B, typename T>
 ZOO_AVX2_FMA __attribute__((noinline)) void forward_blocks(const float* plane, int64_t Hp, int64_t Wp,
                                                            const float* taps, const float* bias, const int64_t (&in)[B],
                                                            const int64_t (&out)[B], const int64_t (&rem)[B],
-                                                           float* const (&dst)[4], int channels) {
+                                                           T* const (&dst)[4], int channels) {
   __m256 acc[B][4];
 #pragma GCC unroll 4
   for (int o = 0; o < 4; ++o) {
@@ -106,21 +123,21 @@ ZOO_AVX2_FMA __attribute__((noinline)) void forward_blocks(const float* plane, i
       }
 #pragma GCC unroll 2
   for (int j = 0; j < B; ++j) {
-    const __m256i mask = lanes(rem[j]);
 #pragma GCC unroll 4
     for (int o = 0; o < 4; ++o) {
       if (o >= channels) break;
       if (rem[j] == 8)
-        _mm256_storeu_ps(dst[o] + out[j], acc[j][o]);
+        store8(dst[o] + out[j], acc[j][o]);
       else
-        _mm256_maskstore_ps(dst[o] + out[j], mask, acc[j][o]);
+        store_first(dst[o] + out[j], acc[j][o], rem[j]);
     }
   }
 }
 
 // The output planes [begin, end) of the flattened (n, d) range, every group of 4 output channels. `packed` holds
 // the weight as [ceil(O / 4)][27][4] and `bias` ceil(O / 4) * 4 values (0 past O).
-ZOO_AVX2_FMA void forward_planes(const float* xp, const Geometry& g, const float* packed, const float* bias, float* y,
+template <typename T>
+ZOO_AVX2_FMA void forward_planes(const float* xp, const Geometry& g, const float* packed, const float* bias, T* y,
                                  int64_t begin, int64_t end) {
   const int64_t rb = g.row_blocks(), blocks = g.H * rb, groups = (g.O + 3) / 4;
   for (int64_t nd = begin; nd < end; ++nd) {
@@ -128,7 +145,7 @@ ZOO_AVX2_FMA void forward_planes(const float* xp, const Geometry& g, const float
     const float* plane = xp + (n * (g.D + 2) + d) * g.Hp * g.Wp;
     for (int64_t q = 0; q < groups; ++q) {
       const int channels = static_cast<int>(std::min<int64_t>(4, g.O - q * 4));
-      float* dst[4];
+      T* dst[4];
       for (int o = 0; o < 4; ++o) dst[o] = y + ((n * g.O + q * 4 + std::min(o, channels - 1)) * g.D + d) * g.H * g.W;
       const float* taps = packed + q * 27 * 4;
       const auto where = [&](int64_t i, int64_t& in, int64_t& out, int64_t& rem) {
@@ -160,9 +177,9 @@ ZOO_AVX2_FMA void forward_planes(const float* xp, const Geometry& g, const float
 // depth and height offset. With rows of whole blocks (Masked = false) every load is a plain one; otherwise every
 // block reads its gradient through a mask (all lanes but at a row's end): one path, so that the sums are not
 // spilled to memory between a row's blocks. Not inlined, for the reason given at forward_blocks.
-template <bool Masked>
-ZOO_AVX2_FMA __attribute__((noinline)) void weight_taps(const float* rows, const float* const (&grad)[4],
-                                                        const Geometry& g, float* sums) {
+template <bool Masked, typename T>
+ZOO_AVX2_FMA __attribute__((noinline)) void weight_taps(const float* rows, const T* const (&grad)[4], const Geometry& g,
+                                                        float* sums) {
   __m256 acc[4][3];
   for (int o = 0; o < 4; ++o)
     for (int kw = 0; kw < 3; ++kw) acc[o][kw] = _mm256_setzero_ps();
@@ -173,8 +190,14 @@ ZOO_AVX2_FMA __attribute__((noinline)) void weight_taps(const float* rows, const
       const __m256i mask = lanes(g.W - w0);
       __m256 gv[4];
 #pragma GCC unroll 4
-      for (int o = 0; o < 4; ++o)
-        gv[o] = Masked ? _mm256_maskload_ps(grad[o] + at, mask) : _mm256_loadu_ps(grad[o] + at);
+      for (int o = 0; o < 4; ++o) {
+        if constexpr (!Masked)
+          gv[o] = load8(grad[o] + at);
+        else if constexpr (std::is_same_v<T, float>)
+          gv[o] = _mm256_maskload_ps(grad[o] + at, mask);
+        else
+          gv[o] = g.W - w0 >= 8 ? load8(grad[o] + at) : load_first(grad[o] + at, g.W - w0);
+      }
 #pragma GCC unroll 3
       for (int kw = 0; kw < 3; ++kw) {
         const __m256 v = _mm256_loadu_ps(row + w0 + kw);
@@ -192,28 +215,29 @@ ZOO_AVX2_FMA __attribute__((noinline)) void weight_taps(const float* rows, const
 
 // The weight and bias gradients of planes [begin, end), added to sums [O4][27 + 1][8] (O4 = ceil(O / 4) * 4; per
 // output channel 27 taps and the bias, each a vector of 8 partial sums). `zeros`: H * W zeros.
-ZOO_AVX2_FMA void weight_planes(const float* xp, const float* gy, const float* zeros, const Geometry& g, float* sums,
+template <typename T>
+ZOO_AVX2_FMA void weight_planes(const float* xp, const T* gy, const T* zeros, const Geometry& g, float* sums,
                                 int64_t begin, int64_t end) {
   const int64_t groups = (g.O + 3) / 4;
   for (int64_t nd = begin; nd < end; ++nd) {
     const int64_t n = nd / g.D, d = nd % g.D;
     for (int64_t q = 0; q < groups; ++q) {
       const int channels = static_cast<int>(std::min<int64_t>(4, g.O - q * 4));
-      const float* grad[4];
+      const T* grad[4];
       for (int o = 0; o < 4; ++o) grad[o] = o < channels ? gy + ((n * g.O + q * 4 + o) * g.D + d) * g.H * g.W : zeros;
       for (int kd = 0; kd < 3; ++kd)
         for (int kh = 0; kh < 3; ++kh) {
           const float* rows = xp + ((n * (g.D + 2) + d + kd) * g.Hp + kh) * g.Wp;
           float* at = sums + (q * 4 * 28 + (kd * 3 + kh) * 3) * 8;
-          g.W % 8 == 0 ? weight_taps<false>(rows, grad, g, at) : weight_taps<true>(rows, grad, g, at);
+          g.W % 8 == 0 ? weight_taps<false, T>(rows, grad, g, at) : weight_taps<true, T>(rows, grad, g, at);
         }
       for (int o = 0; o < channels; ++o) {  // the bias: the plane's sum of the gradient, the plane now in cache
         __m256 acc = _mm256_setzero_ps();
         for (int64_t h = 0; h < g.H; ++h)
           for (int64_t w0 = 0; w0 < g.W; w0 += 8) {
             const int64_t rem = std::min<int64_t>(8, g.W - w0);
-            const float* p = grad[o] + h * g.W + w0;
-            acc = _mm256_add_ps(acc, rem == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(rem)));
+            const T* p = grad[o] + h * g.W + w0;
+            acc = _mm256_add_ps(acc, rem == 8 ? load8(p) : load_first(p, rem));
           }
         float* s = sums + ((q * 4 + o) * 28 + 27) * 8;
         _mm256_storeu_ps(s, _mm256_add_ps(_mm256_loadu_ps(s), acc));
@@ -238,7 +262,8 @@ Geometry geometry(const Tensor& xp, int64_t O) {
   return {xp.size(0), O, xp.size(1) - 2, xp.size(2) - 2, 0, xp.size(2), xp.size(3)};
 }
 
-Tensor direct_forward(const Tensor& xp, int64_t W, const Tensor& weight, const Tensor& bias) {
+// The output [N, O, D, H, W] in float32, or in bfloat16 where `bfloat16` (rounded in the kernel's stores).
+Tensor direct_forward(const Tensor& xp, int64_t W, const Tensor& weight, const Tensor& bias, bool bfloat16) {
   const int64_t O = weight.size(0), O4 = round_up(O, 4);
   Geometry g = geometry(xp, O);
   g.W = W;
@@ -252,30 +277,41 @@ Tensor direct_forward(const Tensor& xp, int64_t W, const Tensor& weight, const T
     const auto bc = bias.detach().contiguous();
     std::copy(bc.data_ptr<float>(), bc.data_ptr<float>() + O, b.begin());
   }
-  auto y = torch::empty({g.N, O, g.D, g.H, g.W}, xp.options());
+  auto y = torch::empty({g.N, O, g.D, g.H, g.W}, xp.options().dtype(bfloat16 ? torch::kBFloat16 : torch::kFloat32));
   const float* x = xp.data_ptr<float>();
-  float* out = y.data_ptr<float>();
   const int64_t work = g.H * g.W * O4 * 27;  // multiply-adds per plane
   at::parallel_for(0, g.N * g.D, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)),
-                   [&](int64_t begin, int64_t end) { forward_planes(x, g, packed.data(), b.data(), out, begin, end); });
+                   [&](int64_t begin, int64_t end) {
+                     if (bfloat16)
+                       forward_planes(x, g, packed.data(), b.data(), y.data_ptr<c10::BFloat16>(), begin, end);
+                     else
+                       forward_planes(x, g, packed.data(), b.data(), y.data_ptr<float>(), begin, end);
+                   });
   return y;
 }
 
-// The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] of a direct convolution.
+// The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] of a direct convolution, from the output's gradient
+// in float32 or bfloat16 (read as it is: widening bfloat16 is exact).
 std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& grad) {
-  const auto gy = grad.contiguous();
+  const auto gy = grad.scalar_type() == torch::kBFloat16 ? grad.contiguous() : grad.to(torch::kFloat32).contiguous();
   const int64_t O = gy.size(1), O4 = round_up(O, 4);
   Geometry g = geometry(xp, O);
   g.W = gy.size(4);
   const int64_t planes = g.N * g.D, chunks = std::min(planes, kChunks), per = (planes + chunks - 1) / chunks;
   const int64_t stride = O4 * 28 * 8;  // floats of one chunk's sums
-  std::vector<float> sums(static_cast<size_t>(chunks * stride), 0.0f), zeros(static_cast<size_t>(g.H * g.W), 0.0f);
+  std::vector<float> sums(static_cast<size_t>(chunks * stride), 0.0f);
+  const auto zeros = torch::zeros({g.H * g.W}, gy.options());  // the gradient of a group's missing channels
   const float* x = xp.data_ptr<float>();
-  const float* gp = gy.data_ptr<float>();
   const int64_t work = per * g.H * g.W * O4 * 27;  // multiply-adds per chunk
   at::parallel_for(0, chunks, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)), [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c)
-      weight_planes(x, gp, zeros.data(), g, sums.data() + c * stride, c * per, std::min(planes, (c + 1) * per));
+    for (int64_t c = b; c < e; ++c) {
+      float* at = sums.data() + c * stride;
+      const int64_t first = c * per, last = std::min(planes, (c + 1) * per);
+      if (gy.scalar_type() == torch::kBFloat16)
+        weight_planes(x, gy.data_ptr<c10::BFloat16>(), zeros.data_ptr<c10::BFloat16>(), g, at, first, last);
+      else
+        weight_planes(x, gy.data_ptr<float>(), zeros.data_ptr<float>(), g, at, first, last);
+    }
   });
   auto dweight = torch::empty({O, 1, 3, 3, 3}, xp.options());
   auto dbias = torch::empty({O}, xp.options());
@@ -292,12 +328,16 @@ std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& gra
   return {dweight, dbias};
 }
 
+// The direct convolution, its output in float32 or, under bf16-mixed (`bfloat16`), in bfloat16: the float32 sums
+// rounded in the kernel's stores, what autocast's cast of a float32 output gives, without the cast's pass over memory
+// (and its gradient's back).
 struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
-                        const Tensor& bias) {
+                        const Tensor& bias, bool bfloat16) {
     auto xp = pad(x);
-    auto y = direct_forward(xp, x.size(4), weight, bias);
+    auto y = direct_forward(xp, x.size(4), weight, bias, bfloat16);
     ctx->save_for_backward({xp, x, weight, bias});
+    ctx->saved_data["bfloat16"] = bfloat16;
     return y;
   }
 
@@ -306,13 +346,18 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto &xp = saved[0], &x = saved[1], &weight = saved[2], &bias = saved[3];
     const auto& go = grads[0];
-    torch::autograd::variable_list out(3);
+    const bool bfloat16 = ctx->saved_data["bfloat16"].toBool();
+    torch::autograd::variable_list out(4);
     if (torch::GradMode::is_enabled()) {  // under create_graph: through torch::conv3d's autograd
       return gradients_through(
-          ctx, {x, weight, bias}, [&] { return reference(x, weight, bias.numel() > 0 ? bias : Tensor(), 1, 1, 1, 1); },
-          go, 3);
+          ctx, {x, weight, bias},
+          [&] {
+            const auto y = reference(x, weight, bias.numel() > 0 ? bias : Tensor(), 1, 1, 1, 1);
+            return bfloat16 ? y.to(torch::kBFloat16) : y;
+          },
+          go, 4);
     }
-    if (ctx->needs_input_grad(0)) out[0] = torch::conv_transpose3d(go, weight, {}, 1, 1);
+    if (ctx->needs_input_grad(0)) out[0] = torch::conv_transpose3d(go.to(torch::kFloat32), weight, {}, 1, 1);
     if (ctx->needs_input_grad(1) || (ctx->needs_input_grad(2) && bias.numel() > 0)) {
       auto [dweight, dbias] = direct_weight_grad(xp, go);
       out[1] = dweight;
@@ -356,9 +401,12 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, torch::
               x.sizes(), " ", x.scalar_type(), ", weight ", weight.sizes(), "); use Conv3dKernel::automatic");
 #ifdef ZOO_X86_KERNELS
   if (x.numel() == 0) return reference(x, weight, bias, stride, padding, dilation, groups);
-  // The autograd function takes tensors only: no bias is an empty one.
-  auto y = Conv3dFunction::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()));
-  return autocast_result(y);
+  // The autograd function takes tensors only: no bias is an empty one. Under bf16-mixed the kernel writes bfloat16,
+  // under another autocast type autocast_result casts its float32.
+  const auto low = cpu_autocast_type();
+  const bool bfloat16 = low && *low == torch::kBFloat16;
+  auto y = Conv3dFunction::apply(x, weight, bias.defined() ? bias : torch::empty({0}, x.options()), bfloat16);
+  return bfloat16 ? y : autocast_result(y);
 #else
   return {};
 #endif

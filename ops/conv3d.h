@@ -25,7 +25,9 @@ enum class Conv3dKernel {
 /// [O, C / groups, kD, kH, kW] and bias [O] or undefined. Differentiable in x, weight and bias, twice too: under
 /// create_graph the direct kernel's backward recomputes the gradients through torch::conv3d's autograd; the input
 /// gradient (a first layer's input rarely wants one) is torch::conv_transpose3d's. Under CPU autocast the direct
-/// kernel computes in float32 and hands its output on in autocast's type, as autocast's rule for conv3d would.
+/// kernel computes in float32 and hands its output on in autocast's type, as autocast's rule for conv3d would: in
+/// bfloat16 it rounds the sums in its own stores and reads the bfloat16 gradient as it is, the same bits as a cast
+/// of the float32 output without the cast's passes over memory.
 torch::Tensor conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                      torch::IntArrayRef stride = 1, torch::IntArrayRef padding = 0, torch::IntArrayRef dilation = 1,
                      int64_t groups = 1, Conv3dKernel kernel = Conv3dKernel::automatic);

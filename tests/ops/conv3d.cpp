@@ -139,22 +139,45 @@ TEST_CASE("conv3d: second derivatives flow through the direct kernel's backward"
   CHECK(zoo::test::max_abs(got - expected) < 1e-4 * magnitude(expected));
 }
 
-TEST_CASE("conv3d: under bfloat16 autocast the direct kernel computes in float32 and hands on bfloat16",
+TEST_CASE("conv3d: under bfloat16 autocast the direct kernel computes in float32 and writes bfloat16",
           "[kernels][conv3d][precision]") {
   if (!direct3d_here()) return;
   torch::manual_seed(3);
-  const auto x = torch::randn({2, 1, 6, 7, 9});
-  const auto w = torch::randn({8, 1, 3, 3, 3}, torch::requires_grad()), b = torch::randn({8}, torch::requires_grad());
+  // 9 columns: every row ends in a block of one voxel (the stores and loads of a row's end).
+  const auto x = torch::randn({2, 1, 6, 7, 9}, torch::requires_grad());
+  const auto w = torch::randn({7, 1, 3, 3, 3}, torch::requires_grad()), b = torch::randn({7}, torch::requires_grad());
+  const auto go = torch::randn({2, 7, 6, 7, 9}).to(torch::kBFloat16);
+  // What autocast's cast of the float32 kernel's output gives, and the float32 kernel's gradients of the widened
+  // bfloat16 gradient (widening is exact).
   const auto f32 = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
-  zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
-  const auto y = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
+  const auto expected = torch::autograd::grad({f32}, {x, w, b}, {go.to(torch::kFloat32)});
+  torch::Tensor y;
+  {
+    zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
+    y = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
+  }
   CHECK(y.scalar_type() == torch::kBFloat16);
-  CHECK(torch::equal(y, f32.to(torch::kBFloat16)));
-  // The gradients reach the float32 parameters in float32.
-  const auto g = torch::autograd::grad({y.to(torch::kFloat32).sum()}, {w, b});
-  CHECK(g[0].scalar_type() == torch::kFloat32);
-  CHECK(g[1].scalar_type() == torch::kFloat32);
-  CHECK(g[1].allclose(torch::full({8}, 2.0 * 6 * 7 * 9)));  // d sum / d bias: the number of output voxels
+  CHECK(torch::equal(y, f32.to(torch::kBFloat16)));  // rounded to nearest even in the kernel's stores
+  // The kernel's own node, no cast after it.
+  REQUIRE(y.grad_fn());
+  CHECK(y.grad_fn()->name().find("Conv3dFunction") != std::string::npos);
+  // The gradients reach the float32 input and parameters in float32, the same bits as through a cast.
+  const auto g = torch::autograd::grad({y}, {x, w, b}, {go});
+  for (size_t i = 0; i < g.size(); ++i) {
+    CHECK(g[i].scalar_type() == torch::kFloat32);
+    CHECK(torch::equal(g[i], expected[i]));
+  }
+  // Second derivatives under autocast: through torch::conv3d's autograd, its output cast alike.
+  auto penalty = [&](bool autocast) {
+    zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16, autocast);
+    const auto out = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
+    const auto gx =
+        torch::autograd::grad({torch::tanh(out.to(torch::kFloat32)).sum()}, {x}, {}, true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({gx.pow(2).sum()}, {w})[0];
+  };
+  const auto p32 = penalty(false), p16 = penalty(true);
+  CHECK(p32.abs().max().item<double>() > 0.1);
+  CHECK(zoo::test::max_abs(p16 - p32) < 0.05 * magnitude(p32));  // the output rounded to bfloat16 in between
 }
 
 TEST_CASE("conv3d: which kernel runs", "[kernels][conv3d]") {
