@@ -134,7 +134,7 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   if (detail::conv2d_one_channel_applies(input, weight, bias, stride, padding, dilation, groups))
-    return detail::conv2d_one_channel(input, weight, bias.value_or(at::Tensor()));
+    return detail::conv2d_one_channel(input, weight, bias.value_or(at::Tensor()), padding.front());
   if (detail::conv_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
     return detail::conv2d_weight_as_forward(input, weight, bias.value_or(at::Tensor()), padding);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);

@@ -21,17 +21,17 @@ namespace one_channel_kernels {
 namespace {
 
 /// What autocast runs: LibTorch's convolution on the bfloat16 input and the bfloat16-rounded weight and bias.
-Tensor reference(const Tensor& xb, const Tensor& weight, const Tensor& bias) {
+Tensor reference(const Tensor& xb, const Tensor& weight, const Tensor& bias, int64_t pad) {
   const auto b = bias.numel() > 0 ? c10::optional<Tensor>(bias.to(torch::kBFloat16)) : c10::nullopt;
-  return at::convolution(xb, weight.to(torch::kBFloat16), b, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1);
+  return at::convolution(xb, weight.to(torch::kBFloat16), b, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1);
 }
 
 /// The same on float32 copies of those bfloat16 values, handed on in bfloat16: LibTorch 1.13's bfloat16 convolution
 /// fails in double backward at one input channel ("expected input[N, O, H, W] to have 1 channels"; Python's
 /// torch.autocast alike), its float32 one does not.
-Tensor twice_reference(const Tensor& xb, const Tensor& weight, const Tensor& bias) {
+Tensor twice_reference(const Tensor& xb, const Tensor& weight, const Tensor& bias, int64_t pad) {
   const auto b = bias.numel() > 0 ? c10::optional<Tensor>(bias) : c10::nullopt;
-  return at::convolution(xb.to(torch::kFloat32), weight.to(torch::kBFloat16).to(torch::kFloat32), b, {1, 1}, {1, 1},
+  return at::convolution(xb.to(torch::kFloat32), weight.to(torch::kBFloat16).to(torch::kFloat32), b, {1, 1}, {pad, pad},
                          {1, 1}, false, {0, 0}, 1)
       .to(torch::kBFloat16);
 }
@@ -49,31 +49,35 @@ using bf16 = c10::BFloat16;
 constexpr int kTaps = 9, kRows = 10;  // the 9 taps' shifted copies and a row of ones (the bias's gradient)
 constexpr int kPairs = 5;             // taps in pairs, the ninth with a zero
 
-/// One image's buffers: the padded image [(H + 2) x (W + 2)], the rows [kRows][Pp] (cols[3 i + j][h W + w] =
-/// x[h + i - 1][w + j - 1], zeros past the P = H W pixels; row 9 ones) and, for the forward, the taps in pairs
+/// One image's buffers for an input [H x W] zero-padded by `pad` (0 or 1) on every side, the output [Ho x Wo] =
+/// [(H + 2 pad - 2) x (W + 2 pad - 2)]: the padded image, the rows [kRows][Pp] (cols[3 i + j][h Wo + w] =
+/// padded[h + i][w + j], zeros past the P = Ho Wo pixels; row 9 ones) and, for the forward, the taps in pairs
 /// [kPairs][Pp] (32-bit words: tap 2k in the low half, 2k + 1 in the high one).
 struct Workspace {
-  Workspace(int64_t H, int64_t W)
+  Workspace(int64_t H, int64_t W, int64_t pad)
       : H(H),
         W(W),
-        P(H * W),
-        Pp(round_up(H * W, 32)),
-        padded(static_cast<size_t>((H + 2) * (W + 2))),
+        pad(pad),
+        Ho(H + 2 * pad - 2),
+        Wo(W + 2 * pad - 2),
+        P(Ho * Wo),
+        Pp(round_up(P, 32)),
+        padded(static_cast<size_t>((H + 2 * pad) * (W + 2 * pad))),
         cols(static_cast<size_t>(kRows * Pp)),
         pairs(static_cast<size_t>(kPairs * Pp)) {
     std::fill(cols.begin() + 9 * Pp, cols.begin() + 9 * Pp + P, bf16(1.0f));
   }
-  int64_t H, W, P, Pp;
+  int64_t H, W, pad, Ho, Wo, P, Pp;
   std::vector<bf16> padded, cols;
   std::vector<uint32_t> pairs;
 
   /// cols' first 9 rows from image x [H x W].
   void shifted_copies(const bf16* x) {
-    const int64_t WP = W + 2;
-    for (int64_t h = 0; h < H; ++h) std::memcpy(&padded[(h + 1) * WP + 1], x + h * W, sizeof(bf16) * W);
+    const int64_t WP = W + 2 * pad;
+    for (int64_t h = 0; h < H; ++h) std::memcpy(&padded[(h + pad) * WP + pad], x + h * W, sizeof(bf16) * W);
     for (int t = 0; t < kTaps; ++t) {
       bf16* row = &cols[t * Pp];
-      for (int64_t h = 0; h < H; ++h) std::memcpy(row + h * W, &padded[(h + t / 3) * WP + t % 3], sizeof(bf16) * W);
+      for (int64_t h = 0; h < Ho; ++h) std::memcpy(row + h * Wo, &padded[(h + t / 3) * WP + t % 3], sizeof(bf16) * Wo);
     }
   }
 };
@@ -121,9 +125,9 @@ ZOO_AVX512_BF16 void forward_outputs(const Workspace& ws, const uint32_t* wpairs
   }
 }
 
-/// y [N, O, H, W] from xb [N, 1, H, W], one image per task.
+/// y [N, O, Ho, Wo] from xb [N, 1, H, W] padded by `pad`, one image per task.
 ZOO_AVX512_BF16 void forward(const bf16* xb, const float* weight, const float* bias, bf16* y, int64_t N, int64_t O,
-                             int64_t H, int64_t W) {
+                             int64_t H, int64_t W, int64_t pad) {
   // The weight's taps rounded to bfloat16, in pairs per output channel.
   std::vector<uint32_t> wpairs(static_cast<size_t>(O * kPairs));
   for (int64_t o = 0; o < O; ++o)
@@ -133,11 +137,11 @@ ZOO_AVX512_BF16 void forward(const bf16* xb, const float* weight, const float* b
       wpairs[static_cast<size_t>(o * kPairs + k)] = lo | hi << 16;
     }
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    Workspace ws(H, W);
+    Workspace ws(H, W, pad);
     for (int64_t n = begin; n < end; ++n) {
       ws.shifted_copies(xb + n * H * W);
       pair_taps(ws);
-      bf16* yn = y + n * O * H * W;
+      bf16* yn = y + n * O * ws.P;
       int64_t o = 0;
       for (; o + 4 <= O; o += 4) forward_outputs<4>(ws, wpairs.data(), bias, yn, o);
       for (; o < O; ++o) forward_outputs<1>(ws, wpairs.data(), bias, yn, o);
@@ -174,19 +178,20 @@ ZOO_AVX512_BF16 void weight_sums(const Workspace& ws, const bf16* gy, float* sum
     for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(sums + ((o0 + ob) * kRows + r) * 16, s[ob][r]);
 }
 
-/// dW [O, 9] (float32) and db [O] (or nullptr) from dy [N, O, H, W] and xb. The images are cut into a fixed number
-/// of chunks whatever the thread count, each summed on its own, and the chunks added in order in double.
+/// dW [O, 9] (float32) and db [O] (or nullptr) from dy [N, O, Ho, Wo] and xb [N, 1, H, W] padded by `pad`. The images
+/// are cut into a fixed number of chunks whatever the thread count, each summed on its own, and the chunks added in
+/// order in double.
 ZOO_AVX512_BF16 void weight_gradient(const bf16* xb, const bf16* gy, float* dw, float* db, int64_t N, int64_t O,
-                                     int64_t H, int64_t W) {
+                                     int64_t H, int64_t W, int64_t pad) {
   const int64_t chunks = std::min<int64_t>(N, 8), per_chunk = O * kRows * 16;
   std::vector<float> sums(static_cast<size_t>(chunks * per_chunk), 0.0f);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    Workspace ws(H, W);
+    Workspace ws(H, W, pad);
     for (int64_t c = begin; c < end; ++c) {
       float* s = &sums[static_cast<size_t>(c * per_chunk)];
       for (int64_t n = c * N / chunks; n < (c + 1) * N / chunks; ++n) {
         ws.shifted_copies(xb + n * H * W);
-        const bf16* gn = gy + n * O * H * W;
+        const bf16* gn = gy + n * O * ws.P;
         int64_t o = 0;
         for (; o + 2 <= O; o += 2) weight_sums<2>(ws, gn, s, o);
         for (; o < O; ++o) weight_sums<1>(ws, gn, s, o);
@@ -208,12 +213,14 @@ ZOO_AVX512_BF16 void weight_gradient(const bf16* xb, const bf16* gy, float* dw, 
 
 struct OneChannelFunction : public torch::autograd::Function<OneChannelFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
-                        const Tensor& bias) {
+                        const Tensor& bias, int64_t pad) {
     const int64_t N = xb.size(0), H = xb.size(2), W = xb.size(3), O = weight.size(0);
-    auto y = torch::empty({N, O, H, W}, xb.options());
+    auto y = torch::empty({N, O, H + 2 * pad - 2, W + 2 * pad - 2}, xb.options());
     one_channel_kernels::forward(xb.data_ptr<bf16>(), weight.data_ptr<float>(),
-                                 bias.numel() > 0 ? bias.data_ptr<float>() : nullptr, y.data_ptr<bf16>(), N, O, H, W);
+                                 bias.numel() > 0 ? bias.data_ptr<float>() : nullptr, y.data_ptr<bf16>(), N, O, H, W,
+                                 pad);
     ctx->save_for_backward({xb, weight, bias});
+    ctx->saved_data["pad"] = pad;
     return y;
   }
 
@@ -221,19 +228,20 @@ struct OneChannelFunction : public torch::autograd::Function<OneChannelFunction>
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &xb = saved[0], &weight = saved[1], &bias = saved[2];
+    const int64_t pad = ctx->saved_data["pad"].toInt();
     if (torch::GradMode::is_enabled())  // under create_graph: through LibTorch's convolution, in float32
       return gradients_through(
-          ctx, {xb, weight, bias}, [&] { return twice_reference(xb, weight, bias); }, grads[0], 3);
+          ctx, {xb, weight, bias}, [&] { return twice_reference(xb, weight, bias, pad); }, grads[0], 4);
     TORCH_CHECK(!ctx->needs_input_grad(0), "conv2d_one_channel computes no input gradient");
     const int64_t N = xb.size(0), H = xb.size(2), W = xb.size(3), O = weight.size(0);
     const auto gy = grads[0].to(torch::kBFloat16).contiguous();
-    torch::autograd::variable_list out(3);
+    torch::autograd::variable_list out(4);
     const bool want_bias = bias.numel() > 0 && ctx->needs_input_grad(2);
     if (!ctx->needs_input_grad(1) && !want_bias) return out;
     auto dw = torch::empty_like(weight, at::MemoryFormat::Contiguous);
     auto db = want_bias ? torch::empty_like(bias) : Tensor();
     weight_gradient(xb.data_ptr<bf16>(), gy.data_ptr<bf16>(), dw.data_ptr<float>(),
-                    want_bias ? db.data_ptr<float>() : nullptr, N, O, H, W);
+                    want_bias ? db.data_ptr<float>() : nullptr, N, O, H, W, pad);
     if (ctx->needs_input_grad(1)) out[1] = dw;
     out[2] = db;
     return out;
@@ -266,20 +274,24 @@ bool conv2d_one_channel_applies(const Tensor& input, const Tensor& weight, const
   auto all = [](at::IntArrayRef v, int64_t value) {
     return (v.size() == 1 || v.size() == 2) && v.front() == value && v.back() == value;
   };
-  if (groups != 1 || !all(stride, 1) || !all(padding, 1) || !all(dilation, 1)) return false;
+  if (groups != 1 || !all(stride, 1) || !(all(padding, 1) || all(padding, 0)) || !all(dilation, 1)) return false;
   if (input.size(1) != 1 || weight.size(1) != 1 || weight.size(2) != 3 || weight.size(3) != 3 || weight.size(0) < 1)
     return false;
-  return input.size(0) >= 1 && input.size(2) >= 1 && input.size(3) >= 1 && input.size(2) * input.size(3) <= 4096 &&
+  const int64_t low = padding.front() == 1 ? 1 : 3;  // the smallest map with an output pixel
+  return input.size(0) >= 1 && input.size(2) >= low && input.size(3) >= low && input.size(2) * input.size(3) <= 4096 &&
          cpu_has_avx512_bf16();
 }
 
-Tensor conv2d_one_channel(const Tensor& input, const Tensor& weight, const Tensor& bias) {
+Tensor conv2d_one_channel(const Tensor& input, const Tensor& weight, const Tensor& bias, int64_t padding) {
   TORCH_CHECK(cpu_has_avx512_bf16(), "zoo's one-channel bfloat16 convolution needs a CPU with AVX512-BF16");
   TORCH_CHECK(input.dim() == 4 && input.size(1) == 1 && weight.dim() == 4 && weight.size(1) == 1 &&
                   weight.size(2) == 3 && weight.size(3) == 3 &&
                   (!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0))),
               "zoo's one-channel convolution takes x [N, 1, H, W], weight [O, 1, 3, 3] and bias [O] or none; got x ",
               input.sizes(), ", weight ", weight.sizes());
+  TORCH_CHECK((padding == 0 || padding == 1) && input.size(2) + 2 * padding >= 3 && input.size(3) + 2 * padding >= 3,
+              "zoo's one-channel convolution pads by 0 or 1 and needs a map of at least one output pixel; got padding ",
+              padding, " for x ", input.sizes());
   TORCH_CHECK(weight.scalar_type() == torch::kFloat32 && (!bias.defined() || bias.scalar_type() == torch::kFloat32),
               "zoo's one-channel convolution reads a float32 weight and bias (autocast's master weights)");
   TORCH_CHECK(!(torch::GradMode::is_enabled() && input.requires_grad()),
@@ -288,10 +300,10 @@ Tensor conv2d_one_channel(const Tensor& input, const Tensor& weight, const Tenso
   const auto xb = input.to(torch::kBFloat16).contiguous();
   const auto b = bias.defined() ? bias.contiguous() : torch::empty({0}, weight.options());
 #ifdef ZOO_X86_KERNELS
-  if (xb.numel() == 0 || weight.size(0) == 0) return one_channel_kernels::reference(xb, weight, b);
-  return one_channel_kernels::OneChannelFunction::apply(xb, weight.contiguous(), b);
+  if (xb.numel() == 0 || weight.size(0) == 0) return one_channel_kernels::reference(xb, weight, b, padding);
+  return one_channel_kernels::OneChannelFunction::apply(xb, weight.contiguous(), b, padding);
 #else
-  return one_channel_kernels::reference(xb, weight, b);
+  return one_channel_kernels::reference(xb, weight, b, padding);
 #endif
 }
 

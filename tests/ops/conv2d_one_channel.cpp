@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <random>
 #include <string>
 
@@ -33,33 +34,39 @@ TEST_CASE(
     return;
   }
   torch::manual_seed(41);
-  // {N, O, H, W}: the cnn's and the U-Net's first layers, then tails of every block: pixels past 16 and 32 (the
-  // forward's and the weight gradient's), output channels past the blocks of 4 and 2, one pixel, one row, one column.
-  std::vector<std::array<int64_t, 4>> shapes{{64, 32, 28, 28}, {4, 64, 64, 64}, {3, 5, 7, 9}, {2, 1, 1, 1},
-                                             {1, 7, 1, 33},    {5, 3, 17, 1},   {9, 6, 4, 8}, {1, 2, 5, 5}};
+  // {N, O, H, W, padding}: the cnn's and the U-Net's first layers, the ODE-ResNet's (no padding), then tails of every
+  // block: pixels past 16 and 32 (the forward's and the weight gradient's), output channels past the blocks of 4 and
+  // 2, one pixel, one row, one column, with and without padding.
+  std::vector<std::array<int64_t, 5>> shapes{
+      {64, 32, 28, 28, 1}, {4, 64, 64, 64, 1}, {64, 32, 28, 28, 0}, {3, 5, 7, 9, 1},  {2, 1, 1, 1, 1}, {2, 1, 3, 3, 0},
+      {1, 7, 1, 33, 1},    {1, 7, 3, 35, 0},   {5, 3, 17, 1, 1},    {5, 3, 19, 3, 0}, {9, 6, 4, 8, 1}, {1, 2, 5, 5, 0}};
   std::mt19937 random(42);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
-  for (int i = 0; i < 12; ++i) shapes.push_back({pick(1, 12), pick(1, 20), pick(1, 40), pick(1, 40)});
-  for (const auto& [N, O, H, W] : shapes) {
-    INFO("x [" << N << ", 1, " << H << ", " << W << "], " << O << " output channels");
+  for (int i = 0; i < 12; ++i) {
+    const int64_t pad = pick(0, 1), low = pad == 1 ? 1 : 3;
+    shapes.push_back({pick(1, 12), pick(1, 20), pick(low, 40), pick(low, 40), pad});
+  }
+  for (const auto& [N, O, H, W, P] : shapes) {
+    INFO("x [" << N << ", 1, " << H << ", " << W << "], " << O << " output channels, padding " << P);
     const auto x = torch::randn({N, 1, H, W});
     const auto w = (torch::randn({O, 1, 3, 3}) * 0.3).requires_grad_();
     const auto b = torch::randn({O}, torch::requires_grad());
-    const auto y = conv2d_one_channel(x, w, b);
+    const auto y = conv2d_one_channel(x, w, b, P);
+    const int64_t HO = H + 2 * P - 2, WO = W + 2 * P - 2;
     REQUIRE(y.scalar_type() == torch::kBFloat16);
-    REQUIRE(y.sizes() == torch::IntArrayRef({N, O, H, W}));
-    const auto go = torch::randn({N, O, H, W}).to(torch::kBFloat16);
+    REQUIRE(y.sizes() == torch::IntArrayRef({N, O, HO, WO}));
+    const auto go = torch::randn({N, O, HO, WO}).to(torch::kBFloat16);
     const auto g = torch::autograd::grad({y}, {w, b}, {go});
     CHECK(g[0].scalar_type() == torch::kFloat32);
     CHECK(g[1].scalar_type() == torch::kFloat32);
     const auto wd = zoo::test::bfloat16_in_float64(w).requires_grad_(),
                bd = b.detach().to(torch::kFloat64).requires_grad_();
-    const auto r = torch::conv2d(zoo::test::bfloat16_in_float64(x), wd, bd, 1, 1);
+    const auto r = torch::conv2d(zoo::test::bfloat16_in_float64(x), wd, bd, 1, P);
     const auto gr = torch::autograd::grad({r}, {wd, bd}, {go.to(torch::kFloat64)});
     CHECK(within_rounding(y, r, 1.0 / 256));   // one rounding to bfloat16
     CHECK(within_rounding(g[0], gr[0], 0.0));  // float32, not rounded
     CHECK(within_rounding(g[1], gr[1], 0.0));
-    if (N * O * H * W >= 64) {
+    if (N * O * HO * WO >= 64) {
       CHECK((y.to(torch::kFloat64) - r).abs().max().item<double>() > 0);  // rounding happened
       CHECK_FALSE(torch::equal(g[0], g[0].to(torch::kBFloat16).to(torch::kFloat32)));
     }
@@ -96,6 +103,8 @@ TEST_CASE("conv2d_one_channel: the same bits at 1 and 2 threads, a bfloat16 inpu
   CHECK_THROWS_WITH(conv2d_one_channel(x, torch::randn({4, 1, 5, 5}), {}), Catch::Contains("weight [O, 1, 3, 3]"));
   CHECK_THROWS_WITH(conv2d_one_channel(x, w.to(torch::kFloat64), {}), Catch::Contains("float32 weight"));
   CHECK_THROWS_WITH(conv2d_one_channel(x.clone().requires_grad_(), w, b), Catch::Contains("no input gradient"));
+  CHECK_THROWS_WITH(conv2d_one_channel(x, w, b, 2), Catch::Contains("pads by 0 or 1"));
+  CHECK_THROWS_WITH(conv2d_one_channel(torch::randn({2, 1, 2, 5}), w, b, 0), Catch::Contains("one output pixel"));
 }
 
 TEST_CASE("Autocast's conv2d rule: first layers of one channel run zoo's kernel, in training and inference",
@@ -130,15 +139,28 @@ TEST_CASE("Autocast's conv2d rule: first layers of one channel run zoo's kernel,
   };
   CHECK(applies(x, w));
   CHECK(applies(x.to(torch::kBFloat16), w.detach()));
-  CHECK_FALSE(applies(x.clone().requires_grad_(), w));                              // an input gradient wanted
-  CHECK_FALSE(applies(x, w, {2, 2}));                                               // strided
-  CHECK_FALSE(applies(x, w, {1, 1}, {0, 0}));                                       // no padding
+  CHECK_FALSE(applies(x.clone().requires_grad_(), w));  // an input gradient wanted
+  CHECK_FALSE(applies(x, w, {2, 2}));                   // strided
+  CHECK(applies(x, w, {1, 1}, {0, 0}));                 // no padding (the ODE-ResNet's)
+  CHECK(applies(x, w, {1, 1}, {0}));
+  CHECK_FALSE(applies(x, w, {1, 1}, {2, 2}));                                       // padding 2
+  CHECK_FALSE(applies(x, w, {1, 1}, {0, 1}));                                       // padding per axis
+  CHECK_FALSE(applies(torch::randn({8, 1, 2, 28}), w, {1, 1}, {0, 0}));             // no output row
   CHECK_FALSE(applies(x, w, {1, 1}, {1, 1}, {2, 2}));                               // dilated
   CHECK_FALSE(applies(x, torch::randn({32, 1, 5, 5}), {1, 1}, {1, 1}));             // 5x5
   CHECK_FALSE(applies(torch::randn({8, 2, 28, 28}), torch::randn({32, 2, 3, 3})));  // two channels
   CHECK_FALSE(applies(torch::randn({1, 1, 65, 64}), w));                            // more than 4096 pixels
   CHECK_FALSE(applies(x.to(torch::kFloat64), w.to(torch::kFloat64)));
   CHECK_FALSE(applies(x, w.to(torch::kBFloat16)));
+  {
+    const auto y0 = torch::conv2d(x, w, b, 1, std::vector<int64_t>{0, 0});
+    CHECK(ran_kernel(y0));
+    CHECK(y0.sizes() == torch::IntArrayRef({8, 32, 26, 26}));
+    CHECK(within_rounding(y0,
+                          torch::conv2d(zoo::test::bfloat16_in_float64(x), zoo::test::bfloat16_in_float64(w),
+                                        b.detach().to(torch::kFloat64), 1, std::vector<int64_t>{0, 0}),
+                          1.0 / 256));
+  }
   {
     zoo::ops::detail::WithoutBf16Kernel without;  // a CPU without AVX512-BF16: autocast's rule
     const auto yl = torch::conv2d(x, w, b, 1, 1);
@@ -160,16 +182,20 @@ TEST_CASE("conv2d_one_channel: second derivatives, and a trace records LibTorch'
   const auto b = torch::randn({6}, torch::requires_grad());
   // The reference in float64 on the bfloat16 values: LibTorch 1.13's bfloat16 convolution fails in double backward
   // at one input channel (Python's too).
-  auto penalty = [&](bool zoo_kernel) {
-    const auto y = zoo_kernel ? conv2d_one_channel(x, w, b)
-                              : torch::conv2d(zoo::test::bfloat16_in_float64(x),
-                                              w.to(torch::kBFloat16).to(torch::kFloat64), b.to(torch::kFloat64), 1, 1);
-    const auto gw = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {w}, {}, true, true)[0];
-    return torch::autograd::grad({gw.to(torch::kFloat32).pow(2).sum()}, {w})[0].to(torch::kFloat32);
-  };
-  const auto expected = penalty(false), got = penalty(true);
-  CHECK(expected.abs().max().item<double>() > 0.1);
-  CHECK((got - expected).abs().max().item<double>() < 0.05 * expected.abs().max().item<double>());
+  for (const int64_t pad : {1, 0}) {
+    INFO("padding " << pad);
+    auto penalty = [&](bool zoo_kernel) {
+      const auto y = zoo_kernel
+                         ? conv2d_one_channel(x, w, b, pad)
+                         : torch::conv2d(zoo::test::bfloat16_in_float64(x), w.to(torch::kBFloat16).to(torch::kFloat64),
+                                         b.to(torch::kFloat64), 1, pad);
+      const auto gw = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {w}, {}, true, true)[0];
+      return torch::autograd::grad({gw.to(torch::kFloat32).pow(2).sum()}, {w})[0].to(torch::kFloat32);
+    };
+    const auto expected = penalty(false), got = penalty(true);
+    CHECK(expected.abs().max().item<double>() > 0.1);
+    CHECK((got - expected).abs().max().item<double>() < 0.05 * expected.abs().max().item<double>());
+  }
 
   zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
   auto traced = torch::jit::tracer::trace(
