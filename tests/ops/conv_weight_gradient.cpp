@@ -260,6 +260,9 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
   const auto one = run(1);
   CHECK_FALSE(torch::equal(one, one.to(torch::kBFloat16).to(torch::kFloat32)));
   CHECK(torch::equal(one, run(2)));  // the same bits at any thread count
+  CHECK(torch::equal(zoo::ops::detail::conv3d_bf16_weight_gradient(x.narrow(0, 0, 0), gy.narrow(0, 0, 0), {3, 3, 3},
+                                                                   {2, 2, 2}, {1, 1, 1}),
+                     torch::zeros({16, 8, 3, 3, 3})));  // an empty batch
   CHECK_THROWS_WITH(
       zoo::ops::detail::conv3d_bf16_weight_gradient(torch::randn({4, 8, 8, 8, 8}), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
       Catch::Contains("bfloat16 x [N, C, D, H, W]"));
