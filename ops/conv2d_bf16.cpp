@@ -648,7 +648,8 @@ Tensor weight_rows(const Tensor& in, const Tensor& go, const WeightShape& s, int
     const int64_t tap = r / s.K, c = r % s.K, kd = tap / (KH * KW), kh = tap / KW % KH, kw = tap % KW;
     offsets[static_cast<size_t>(r)] = c * s.channel + kd * s.plane + kh * s.sw * s.Wq + (kw % s.sw) * s.Wq + kw / s.sw;
   }
-  auto dw = torch::zeros({padded_rows, s.ldo}, go.options().dtype(torch::kFloat32));  // zeros: an empty batch's gradient
+  auto dw =
+      torch::zeros({padded_rows, s.ldo}, go.options().dtype(torch::kFloat32));  // zeros: an empty batch's gradient
   const bf16* ip = in.data_ptr<bf16>();
   const bf16* gp = grad.data_ptr<bf16>();
   float* dp = dw.data_ptr<float>();

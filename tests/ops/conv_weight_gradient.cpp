@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -21,6 +22,89 @@ namespace {
 
 bool ran_rule(const torch::Tensor& y) {
   return y.grad_fn() && y.grad_fn()->name().find("OwnWeightGradientFunction") != std::string::npos;
+}
+
+/// A convolution of x, w and b (undefined: none) with the geometry under test, run through the dispatcher.
+using Conv = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+
+/// The rule against autocast's own (as on a CPU without AVX512-BF16), with and without a bias, for a bfloat16 and a
+/// float32 input x_sizes and weight w_sizes: the output and the input gradient the same bits (oneDNN's both ways),
+/// the weight gradient in float32 within `rounding` of float64's on the same bfloat16 values (oneDNN's within one
+/// bfloat16 rounding), the bias gradient summed in float32 and not rounded to bfloat16.
+void check_against_autocast(const std::vector<int64_t>& x_sizes, const std::vector<int64_t>& w_sizes, const Conv& conv,
+                            double rounding) {
+  const auto f64 = [](const torch::Tensor& t) { return zoo::test::bfloat16_in_float64(t); };
+  for (const bool with_bias : {false, true}) {
+    for (const bool float32_input : {false, true}) {
+      INFO("bias " << with_bias << ", float32 input " << float32_input);
+      auto x = torch::randn(x_sizes);
+      if (!float32_input) x = x.to(torch::kBFloat16);
+      x.requires_grad_();
+      const auto w = (torch::randn(w_sizes) * 0.1).requires_grad_();
+      const auto b = with_bias ? torch::randn({w_sizes[0]}, torch::requires_grad()) : torch::Tensor();
+      torch::Tensor go;
+      auto run = [&](bool rule) {
+        torch::Tensor y;
+        {
+          zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+          c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+          if (!rule) libtorch.emplace();  // on a CPU without AVX512-BF16: autocast's rule
+          y = conv(x, w, b);
+        }
+        CHECK(ran_rule(y) == rule);
+        if (!go.defined()) go = torch::randn(y.sizes()).to(torch::kBFloat16);
+        auto inputs = with_bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
+        auto g = torch::autograd::grad({y}, inputs, {go});
+        g.insert(g.begin(), y);
+        return g;
+      };
+      const auto got = run(true), expected = run(false);
+      CHECK(got[0].scalar_type() == torch::kBFloat16);
+      CHECK(torch::equal(got[0], expected[0]));  // oneDNN's forward
+      CHECK(got[1].scalar_type() == x.scalar_type());
+      CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
+      CHECK(got[2].scalar_type() == torch::kFloat32);
+      const auto w64 = f64(w).requires_grad_();
+      const auto exact = torch::autograd::grad({conv(f64(x), w64, {})}, {w64}, {f64(go)})[0];
+      CHECK(within_rounding(got[2], exact, rounding));
+      CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's rounds once
+      if (with_bias) {
+        CHECK(got[3].scalar_type() == torch::kFloat32);
+        std::vector<int64_t> axes{0};
+        for (int64_t a = 2; a < go.dim(); ++a) axes.push_back(a);
+        // Summed in float32 (thousands of values per channel, each below 5 in magnitude), not rounded to bfloat16.
+        CHECK((got[3] - f64(go).sum(axes)).abs().max().item<double>() < 1e-3);
+        CHECK_FALSE(torch::equal(got[3], got[3].to(torch::kBFloat16).to(torch::kFloat32)));
+      }
+    }
+  }
+}
+
+/// Second derivatives (a gradient penalty) go through autocast's rule's autograd: within 2% of autocast's own.
+void check_second_derivatives(const torch::Tensor& xs, const torch::Tensor& ws, const Conv& conv) {
+  auto penalty = [&](bool rule) {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
+    if (!rule) libtorch.emplace();
+    const auto y = conv(xs, ws, {});
+    CHECK(ran_rule(y) == rule);
+    const auto gx = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {xs}, {}, true, true)[0];
+    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {ws})[0];
+  };
+  const auto expected = penalty(false), got = penalty(true);
+  CHECK(expected.abs().max().item<double>() > 0.1);
+  CHECK((got - expected).abs().max().item<double>() < 0.02 * expected.abs().max().item<double>());
+}
+
+/// A trace under bf16-mixed records LibTorch's convolution (`op`), which TorchScript and Python load, not the rule.
+void check_trace(const torch::Tensor& x, const torch::Tensor& w, const Conv& conv, const std::string& op) {
+  zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+  auto traced = torch::jit::tracer::trace(
+      {x, w}, [&](torch::jit::Stack in) -> torch::jit::Stack { return {conv(in[0].toTensor(), in[1].toTensor(), {})}; },
+      [](const torch::autograd::Variable&) { return std::string(); }, false);
+  const auto graph = traced.first->graph->toString();
+  CHECK((graph.find(op) != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
+  CHECK(graph.find("OwnWeightGradient") == std::string::npos);
 }
 
 }  // namespace
@@ -75,48 +159,12 @@ TEST_CASE(
   }
   zoo::ops::detail::AmxOverride no_amx(false);  // AVX512-BF16 without AMX: the rule's CPUs
   torch::manual_seed(33);
-  for (const bool with_bias : {false, true}) {
-    for (const bool float32_input : {false, true}) {
-      INFO("bias " << with_bias << ", float32 input " << float32_input);
-      auto x = torch::randn({64, 32, 7, 7});
-      if (!float32_input) x = x.to(torch::kBFloat16);
-      x.requires_grad_();
-      const auto w = (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_();
-      const auto b = with_bias ? torch::randn({32}, torch::requires_grad()) : torch::Tensor();
-      const auto go = torch::randn({64, 32, 7, 7}).to(torch::kBFloat16);
-      auto run = [&](bool rule) {
-        torch::Tensor y;
-        {
-          zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-          c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
-          if (!rule) libtorch.emplace();  // on a CPU without AVX512-BF16: autocast's rule
-          y = torch::conv2d(x, w, b, 1, 1);
-        }
-        CHECK(ran_rule(y) == rule);
-        auto inputs = with_bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
-        auto g = torch::autograd::grad({y}, inputs, {go});
-        g.insert(g.begin(), y);
-        return g;
-      };
-      const auto got = run(true), expected = run(false);
-      CHECK(got[0].scalar_type() == torch::kBFloat16);
-      CHECK(torch::equal(got[0], expected[0]));  // oneDNN's forward
-      CHECK(got[1].scalar_type() == x.scalar_type());
-      CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
-      CHECK(got[2].scalar_type() == torch::kFloat32);
-      const auto exact = std::get<1>(at::convolution_backward(
-          zoo::test::bfloat16_in_float64(go), zoo::test::bfloat16_in_float64(x), zoo::test::bfloat16_in_float64(w),
-          c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
-      CHECK(within_rounding(got[2], exact, 1.0 / 256));
-      CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's rounds once too
-      if (with_bias) {
-        CHECK(got[3].scalar_type() == torch::kFloat32);
-        // Summed in float32 (3136 values per channel, each below 5 in magnitude), not rounded to bfloat16.
-        CHECK((got[3] - zoo::test::bfloat16_in_float64(go).sum({0, 2, 3})).abs().max().item<double>() < 1e-3);
-        CHECK_FALSE(torch::equal(got[3], got[3].to(torch::kBFloat16).to(torch::kFloat32)));
-      }
-    }
-  }
+  check_against_autocast(
+      {64, 32, 7, 7}, {32, 32, 3, 3},
+      [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+        return torch::conv2d(x, w, b, 1, 1);
+      },
+      1.0 / 256);  // the swapped convolution's output, rounded to bfloat16 once
 }
 
 TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a trace", "[kernels][precision]") {
@@ -167,34 +215,13 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
     }
   }
 
-  // Second derivatives (a gradient penalty) go through autocast's rule's autograd.
   torch::manual_seed(34);
-  const auto xs = torch::randn({16, 32, 6, 6}).to(torch::kBFloat16).requires_grad_();
-  const auto ws = (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_();
-  auto penalty = [&](bool rule) {
-    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-    c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
-    if (!rule) libtorch.emplace();
-    const auto y = torch::conv2d(xs, ws, {}, 1, 1);
-    CHECK(ran_rule(y) == rule);
-    const auto gx = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {xs}, {}, true, true)[0];
-    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {ws})[0];
+  const Conv conv = [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+    return torch::conv2d(x, w, b, 1, 1);
   };
-  const auto expected = penalty(false), got = penalty(true);
-  CHECK(expected.abs().max().item<double>() > 0.1);
-  CHECK((got - expected).abs().max().item<double>() < 0.02 * expected.abs().max().item<double>());
-
-  // A trace records LibTorch's convolution, which TorchScript and Python load.
-  zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-  auto traced = torch::jit::tracer::trace(
-      {x, w},
-      [](torch::jit::Stack in) -> torch::jit::Stack {
-        return {torch::conv2d(in[0].toTensor(), in[1].toTensor(), {}, 1, 1)};
-      },
-      [](const torch::autograd::Variable&) { return std::string(); }, false);
-  const auto graph = traced.first->graph->toString();
-  CHECK((graph.find("aten::conv2d") != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
-  CHECK(graph.find("OwnWeightGradient") == std::string::npos);
+  check_second_derivatives(torch::randn({16, 32, 6, 6}).to(torch::kBFloat16).requires_grad_(),
+                           (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_(), conv);
+  check_trace(x, w, conv, "aten::conv2d");
 }
 
 TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bfloat16 values, summed in float32",
@@ -282,46 +309,12 @@ TEST_CASE(
   }
   zoo::ops::detail::AmxOverride amx(true);  // the rule's CPUs
   torch::manual_seed(36);
-  for (const bool with_bias : {false, true}) {
-    for (const bool float32_input : {false, true}) {
-      INFO("bias " << with_bias << ", float32 input " << float32_input);
-      auto x = torch::randn({6, 8, 8, 8, 8});
-      if (!float32_input) x = x.to(torch::kBFloat16);
-      x.requires_grad_();
-      const auto w = (torch::randn({16, 8, 3, 3, 3}) * 0.1).requires_grad_();
-      const auto b = with_bias ? torch::randn({16}, torch::requires_grad()) : torch::Tensor();
-      const auto go = torch::randn({6, 16, 4, 4, 4}).to(torch::kBFloat16);
-      auto run = [&](bool rule) {
-        torch::Tensor y;
-        {
-          zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-          c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
-          if (!rule) libtorch.emplace();  // autocast's own rule
-          y = torch::conv3d(x, w, b, 2, 1);
-        }
-        CHECK(ran_rule(y) == rule);
-        auto inputs = with_bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
-        auto g = torch::autograd::grad({y}, inputs, {go});
-        g.insert(g.begin(), y);
-        return g;
-      };
-      const auto got = run(true), expected = run(false);
-      CHECK(got[0].scalar_type() == torch::kBFloat16);
-      CHECK(torch::equal(got[0], expected[0]));  // oneDNN's forward
-      CHECK(got[1].scalar_type() == x.scalar_type());
-      CHECK(torch::equal(got[1], expected[1]));  // oneDNN's input gradient
-      CHECK(got[2].scalar_type() == torch::kFloat32);
-      const auto exact = std::get<1>(at::convolution_backward(
-          zoo::test::bfloat16_in_float64(go), zoo::test::bfloat16_in_float64(x), zoo::test::bfloat16_in_float64(w),
-          c10::nullopt, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
-      CHECK(within_rounding(got[2], exact, 0.0));
-      CHECK(within_rounding(expected[2], exact, 1.0 / 256));  // oneDNN's is rounded to bfloat16 once
-      if (with_bias) {
-        CHECK(got[3].scalar_type() == torch::kFloat32);
-        CHECK((got[3] - zoo::test::bfloat16_in_float64(go).sum({0, 2, 3, 4})).abs().max().item<double>() < 1e-3);
-      }
-    }
-  }
+  check_against_autocast(
+      {6, 8, 8, 8, 8}, {16, 8, 3, 3, 3},
+      [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+        return torch::conv3d(x, w, b, 2, 1);
+      },
+      0.0);  // float32 sums, not rounded
 }
 
 TEST_CASE("Autocast's conv3d rule: where it applies, second derivatives, and a trace", "[kernels][precision]") {
@@ -368,32 +361,11 @@ TEST_CASE("Autocast's conv3d rule: where it applies, second derivatives, and a t
     }
   }
 
-  // Second derivatives (a gradient penalty) go through autocast's rule's autograd.
   torch::manual_seed(37);
-  const auto xs = torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16).requires_grad_();
-  const auto ws = (torch::randn({16, 8, 3, 3, 3}) * 0.1).requires_grad_();
-  auto penalty = [&](bool rule) {
-    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-    c10::optional<zoo::ops::detail::WithoutBf16Kernel> libtorch;
-    if (!rule) libtorch.emplace();
-    const auto y = torch::conv3d(xs, ws, {}, 2, 1);
-    CHECK(ran_rule(y) == rule);
-    const auto gx = torch::autograd::grad({torch::tanh(y.to(torch::kFloat32)).sum()}, {xs}, {}, true, true)[0];
-    return torch::autograd::grad({gx.to(torch::kFloat32).pow(2).sum()}, {ws})[0];
+  const Conv conv = [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+    return torch::conv3d(x, w, b, 2, 1);
   };
-  const auto expected = penalty(false), got = penalty(true);
-  CHECK(expected.abs().max().item<double>() > 0.1);
-  CHECK((got - expected).abs().max().item<double>() < 0.02 * expected.abs().max().item<double>());
-
-  // A trace records LibTorch's convolution, which TorchScript and Python load.
-  zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
-  auto traced = torch::jit::tracer::trace(
-      {x, w},
-      [](torch::jit::Stack in) -> torch::jit::Stack {
-        return {torch::conv3d(in[0].toTensor(), in[1].toTensor(), {}, 2, 1)};
-      },
-      [](const torch::autograd::Variable&) { return std::string(); }, false);
-  const auto graph = traced.first->graph->toString();
-  CHECK((graph.find("aten::conv3d") != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
-  CHECK(graph.find("OwnWeightGradient") == std::string::npos);
+  check_second_derivatives(torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16).requires_grad_(),
+                           (torch::randn({16, 8, 3, 3, 3}) * 0.1).requires_grad_(), conv);
+  check_trace(x, w, conv, "aten::conv3d");
 }
