@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 
 #if defined(ZOO_X86_KERNELS) && defined(__linux__)
@@ -636,34 +637,42 @@ Tensor input_gradient(const Tensor& go, const Tensor& weight, int64_t C, int64_t
 // zoo_bench's Conv3dWeightGradient; the 2-D layers of ConvBf16, chunked or not, too).
 constexpr int64_t kWeightChunkBytes = int64_t{256} << 10;
 
-// The weight gradient [(tap, k), o] in float32 of `in` laid out by column phase (pad_planes) and go [N, O, D, H, Wo]
-// (or [N, O, H, Wo]): KD x KH x KW taps (KD = 1 and D = 1 for a 2-D convolution); s.ldo = round_up(O, 16 V).
-Tensor weight_rows(const Tensor& in, const Tensor& go, const WeightShape& s, int64_t KD, int64_t KH, int64_t KW) {
-  const int64_t O = go.size(1), V = O <= 16 ? 1 : 2, R = V == 1 ? 12 : 6;
-  const auto grad = pair_pixels(go.reshape({go.size(0), O, s.D * s.H, go.size(-1)}), s.W2, s.ldo);
+// The weight gradient in float32 of x [N, K - lead, H, W] (with the lead channels) and go [N, O, Ho, Wo]:
+// [O, K, KH, KW]; or of a 3-D convolution, x [N, K, D, H, W] and go [N, O, Do, Ho, Wo]: [O, K, KD, KH, KW]. Kernel,
+// stride and padding per axis, depth first (KD = 1, stride and padding 1 and 0 in 2-D).
+Tensor weight_gradient(const Tensor& x, int64_t lead, double lead_value, const Tensor& go, std::array<int64_t, 3> k,
+                       std::array<int64_t, 3> stride, std::array<int64_t, 3> pad) {
+  const bool volume = x.dim() == 5;
+  const int64_t N = x.size(0), K = lead + x.size(1), O = go.size(1), V = O <= 16 ? 1 : 2, R = V == 1 ? 12 : 6;
+  const int64_t ldo = round_up(O, 16 * V), W2 = (go.size(-1) + 1) / 2;
+  const int64_t Dp = volume ? x.size(2) + 2 * pad[0] : 1, Hp = x.size(-2) + 2 * pad[1];
+  const int64_t Wq = 2 * W2 + (k[2] - 1) / stride[2], plane = Hp * stride[2] * Wq;
+  const WeightShape s{
+      N, volume ? go.size(2) : 1, go.size(-2), W2, stride[0], stride[1], stride[2], Wq, plane, Dp * plane, K, ldo};
+  const auto in = pad_planes(x, lead, lead_value, pad[0], pad[1], pad[2], stride[2], Dp, Hp, Wq);
+  const auto grad = pair_pixels(go.reshape({N, O, s.D * s.H, go.size(-1)}), W2, ldo);
   // dw's rows (tap, k), R to a block; the rows past the last read channel 0 and are dropped.
-  const int64_t taps = KD * KH * KW, rows = taps * s.K, padded_rows = round_up(rows, R);
+  const int64_t taps = k[0] * k[1] * k[2], rows = taps * K, padded_rows = round_up(rows, R);
   std::vector<int64_t> offsets(static_cast<size_t>(padded_rows), 0);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t tap = r / s.K, c = r % s.K, kd = tap / (KH * KW), kh = tap / KW % KH, kw = tap % KW;
-    offsets[static_cast<size_t>(r)] = c * s.channel + kd * s.plane + kh * s.sw * s.Wq + (kw % s.sw) * s.Wq + kw / s.sw;
+    const int64_t tap = r / K, c = r % K, kd = tap / (k[1] * k[2]), kh = tap / k[2] % k[1], kw = tap % k[2];
+    offsets[static_cast<size_t>(r)] = c * s.channel + kd * plane + kh * s.sw * Wq + (kw % s.sw) * Wq + kw / s.sw;
   }
-  auto dw =
-      torch::zeros({padded_rows, s.ldo}, go.options().dtype(torch::kFloat32));  // zeros: an empty batch's gradient
+  auto dw = torch::zeros({padded_rows, ldo}, go.options().dtype(torch::kFloat32));  // zeros: an empty batch's gradient
   const bf16* ip = in.data_ptr<bf16>();
   const bf16* gp = grad.data_ptr<bf16>();
   float* dp = dw.data_ptr<float>();
-  const int64_t blocks = padded_rows / R, panels = s.ldo / (16 * V);
-  const int64_t work = s.N * s.D * s.H * s.W2 * 2 * R * 16 * V;  // multiply-adds per block
+  const int64_t blocks = padded_rows / R, panels = ldo / (16 * V);
+  const int64_t work = N * s.D * s.H * W2 * 2 * R * 16 * V;  // multiply-adds per block
   // Items in chunks whose input and gradient fit in a core's L2 cache, each chunk through all of a task's blocks
   // before the next (a block reads R input channels of every item). A fixed order of chunks per block: the same bits
   // at any thread count.
-  const int64_t item_bytes = (s.K * s.channel + s.D * s.H * s.W2 * s.ldo * 2) * 2;
+  const int64_t item_bytes = (K * s.channel + s.D * s.H * W2 * ldo * 2) * 2;
   const int64_t chunk = std::max<int64_t>(1, kWeightChunkBytes / item_bytes);
   at::parallel_for(0, blocks * panels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)),
                    [&](int64_t b, int64_t e) {
-                     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
-                       const int64_t n1 = std::min(s.N, n0 + chunk);
+                     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+                       const int64_t n1 = std::min(N, n0 + chunk);
                        for (int64_t i = b; i < e; ++i) {
                          const int64_t row0 = i / panels * R, o0 = i % panels * 16 * V;
                          V == 1 ? weight_block<12, 1>(ip, s, gp, offsets.data(), dp, row0, o0, n0, n1)
@@ -671,18 +680,11 @@ Tensor weight_rows(const Tensor& in, const Tensor& go, const WeightShape& s, int
                        }
                      }
                    });
-  return dw.narrow(0, 0, rows).narrow(1, 0, O);
-}
-
-// The weight gradient [O, K, KH, KW] in float32 of x [N, K - lead, H, W] (with the lead channels) and go
-// [N, O, Ho, Wo].
-Tensor weight_gradient(const Tensor& x, int64_t lead, double lead_value, const Tensor& go, const Geometry& g) {
-  const int64_t N = x.size(0), K = lead + x.size(1), H = go.size(2), O = go.size(1), Wo = go.size(3);
-  const int64_t V = O <= 16 ? 1 : 2, ldo = round_up(O, 16 * V), W2 = (Wo + 1) / 2;
-  const int64_t Hp = x.size(2) + 2 * g.ph, Wq = 2 * W2 + (g.KW - 1) / g.sw;
-  const WeightShape s{N, 1, H, W2, 1, g.sh, g.sw, Wq, Hp * g.sw * Wq, Hp * g.sw * Wq, K, ldo};
-  const auto in = pad_planes(x, lead, lead_value, 0, g.ph, g.pw, g.sw, 1, Hp, Wq);
-  return weight_rows(in, go, s, 1, g.KH, g.KW).view({g.KH * g.KW, K, O}).permute({2, 1, 0}).reshape({O, K, g.KH, g.KW});
+  auto sizes = go.sizes().vec();  // [O, K, (KD,) KH, KW]
+  sizes[0] = O;
+  sizes[1] = K;
+  for (int64_t a = 2; a < go.dim(); ++a) sizes[static_cast<size_t>(a)] = k[static_cast<size_t>(a + 3 - go.dim())];
+  return dw.narrow(0, 0, rows).narrow(1, 0, O).view({taps, K, O}).permute({2, 1, 0}).reshape(sizes);
 }
 
 // torch::conv2d on x with its lead channels, the weight and bias in x's type: what the kernel computes, recorded.
@@ -731,7 +733,9 @@ struct Conv2dBf16Function : public torch::autograd::Function<Conv2dBf16Function>
     }
     const auto go = grads[0].to(torch::kBFloat16);
     if (ctx->needs_input_grad(0)) out[0] = input_gradient(go, weight, C, x.size(2), x.size(3), g);
-    if (ctx->needs_input_grad(1)) out[1] = weight_gradient(x, lead, lead_value, go, g).to(weight.scalar_type());
+    if (ctx->needs_input_grad(1))
+      out[1] = weight_gradient(x, lead, lead_value, go, {1, g.KH, g.KW}, {1, g.sh, g.sw}, {0, g.ph, g.pw})
+                   .to(weight.scalar_type());
     // The bias gradient: each (item, channel) plane summed (plane_sums), the planes added in double in item order
     // (the same bits at any thread count).
     if (bias.numel() > 0 && ctx->needs_input_grad(2)) {
@@ -803,17 +807,8 @@ Tensor conv3d_bf16_weight_gradient(const Tensor& x, const Tensor& go, at::IntArr
   }
 #ifdef ZOO_X86_KERNELS
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), O = go.size(1);
-  const int64_t KD = kernel[0], KH = kernel[1], KW = kernel[2];
-  const int64_t V = O <= 16 ? 1 : 2, ldo = round_up(O, 16 * V), W2 = (go.size(4) + 1) / 2;
-  const int64_t Dp = D + 2 * padding[0], Hp = H + 2 * padding[1], Wq = 2 * W2 + (KW - 1) / stride[2];
-  const auto in = pad_planes(x, 0, 0, padding[0], padding[1], padding[2], stride[2], Dp, Hp, Wq);
-  const int64_t plane = Hp * stride[2] * Wq;
-  const WeightShape s{N, go.size(2), go.size(3), W2, stride[0], stride[1], stride[2], Wq, plane, Dp * plane, C, ldo};
-  return weight_rows(in, go.contiguous(), s, KD, KH, KW)
-      .view({KD * KH * KW, C, O})
-      .permute({2, 1, 0})
-      .reshape({O, C, KD, KH, KW});
+  return weight_gradient(x, 0, 0, go.contiguous(), {kernel[0], kernel[1], kernel[2]}, {stride[0], stride[1], stride[2]},
+                         {padding[0], padding[1], padding[2]});
 #else
   return {};
 #endif
