@@ -23,9 +23,6 @@ Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bias, torc
 
 bool float32_cpu(const Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; }
 
-/// The same value on all three axes when `v` gives one (as torch::conv3d reads it), else v.
-std::vector<int64_t> per_axis(torch::IntArrayRef v) { return v.size() == 1 ? std::vector<int64_t>(3, v[0]) : v.vec(); }
-
 /// LibTorch's CPU convolution picks oneDNN for float32 by a rule written for images (ATen's
 /// ConvParams::use_mkldnn): a batch of one goes to its native path (vol2col and a matrix product, `slow_conv3d`)
 /// unless N C D H > 20,480 (a volume's last axis is not counted), groups > 1 or the kernel is larger than 3 in its
@@ -46,7 +43,8 @@ Tensor library_conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias,
                       torch::IntArrayRef padding, torch::IntArrayRef dilation, int64_t groups) {
   if (one_volume_on_native_path(x, weight, groups) && x.numel() > 0 &&
       (!bias.defined() || bias.scalar_type() == torch::kFloat32))
-    return at::mkldnn_convolution(x, weight, bias, per_axis(padding), per_axis(stride), per_axis(dilation), groups);
+    return at::mkldnn_convolution(x, weight, bias, per_axis(padding, 3), per_axis(stride, 3), per_axis(dilation, 3),
+                                  groups);
   return reference(x, weight, bias, stride, padding, dilation, groups);
 }
 

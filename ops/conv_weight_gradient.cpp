@@ -2,6 +2,7 @@
 
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
+#include "ops/simd.h"
 #include "ops/twice.h"
 
 #include <ATen/Parallel.h>
@@ -86,21 +87,27 @@ bool own_weight_gradient_operands(const Tensor& input, const Tensor& weight, con
       (!bias->device().is_cpu() || bias->scalar_type() != torch::kFloat32 || bias->dim() != 1 ||
        bias->size(0) != weight.size(0)))
     return false;
-  auto per_axis = [&](at::IntArrayRef v) { return v.size() == 1 || static_cast<int64_t>(v.size()) == dims; };
-  if (!per_axis(stride) || !per_axis(padding) || !per_axis(dilation)) return false;
-  for (int64_t a = 0; a < dims; ++a) {
-    const auto at = [&](at::IntArrayRef v) { return v.size() == 1 ? v[0] : v[static_cast<size_t>(a)]; };
-    const int64_t k = weight.size(a + 2);
-    if (k < 1 || k > 7 || at(dilation) != 1 || at(stride) < 1 || at(stride) > k || at(padding) < 0 ||
-        at(padding) >= k || input.size(a + 2) + 2 * at(padding) < k)
+  auto given = [&](at::IntArrayRef v) { return v.size() == 1 || static_cast<int64_t>(v.size()) == dims; };
+  if (!given(stride) || !given(padding) || !given(dilation)) return false;
+  const auto d = static_cast<size_t>(dims);
+  const auto s = per_axis(stride, d), p = per_axis(padding, d), dl = per_axis(dilation, d);
+  for (size_t a = 0; a < d; ++a) {
+    const int64_t k = weight.size(static_cast<int64_t>(a) + 2);
+    if (k < 1 || k > 7 || dl[a] != 1 || s[a] < 1 || s[a] > k || p[a] < 0 || p[a] >= k ||
+        input.size(static_cast<int64_t>(a) + 2) + 2 * p[a] < k)
       return false;
   }
   return true;
 }
 
-/// One value per axis: `v` as torch's convolutions read it.
-std::vector<int64_t> expand(at::IntArrayRef v, size_t dims) {
-  return v.size() == 1 ? std::vector<int64_t>(dims, v[0]) : v.vec();
+/// torch's convolution (2-D or 3-D) of input, weight and bias under bf16-mixed through OwnWeightGradientFunction.
+Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
+  const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
+  const auto dims = static_cast<size_t>(input.dim() - 2);
+  return OwnWeightGradientFunction::apply(xb, weight, b, per_axis(stride, dims), per_axis(padding, dims));
 }
 
 }  // namespace
@@ -152,25 +159,19 @@ bool conv3d_weight_gradient_applies(const Tensor& input, const Tensor& weight, c
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
   if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 3)) return false;
-  for (size_t a = 0; a < 3; ++a)
-    if ((stride.size() == 1 ? stride[0] : stride[a]) < 2) return false;
+  for (const int64_t s : per_axis(stride, 3))
+    if (s < 2) return false;
   return input.size(1) >= 2 && cpu_has_amx_bf16();
 }
 
 Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                 at::IntArrayRef padding) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
-  const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
-  return OwnWeightGradientFunction::apply(xb, weight, b, std::vector<int64_t>{1, 1}, expand(padding, 2));
+  return own_weight_gradient(input, weight, bias, {1, 1}, padding);
 }
 
 Tensor conv3d_weight_by_pairs(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
                               at::IntArrayRef padding) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
-  const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
-  return OwnWeightGradientFunction::apply(xb, weight, b, expand(stride, 3), expand(padding, 3));
+  return own_weight_gradient(input, weight, bias, stride, padding);
 }
 
 }  // namespace zoo::ops::detail

@@ -4,10 +4,12 @@
 // thread, as on a CPU without AVX2, so that tests can run the fallback paths a CPU without AVX2 takes.
 #pragma once
 
+#include <c10/util/ArrayRef.h>
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ZOO_X86_KERNELS 1
@@ -85,6 +87,12 @@ inline constexpr int64_t kGrain = int64_t{1} << 20;
 
 /// v rounded up to a multiple of m.
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/// A convolution's stride, padding or dilation with one value per axis, as torch's convolutions read it: a single
+/// value stands for every one of `dims` axes.
+inline std::vector<int64_t> per_axis(c10::IntArrayRef v, size_t dims) {
+  return v.size() == 1 ? std::vector<int64_t>(dims, v[0]) : v.vec();
+}
 
 /// While one lives, cpu_has_avx2_fma() is false in this thread (the kernels' callers take their fallbacks).
 class ScalarOnly {
