@@ -93,15 +93,22 @@ at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, co
                     cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }
 
-// 1-D convolutions under CPU autocast in bfloat16 run zoo's direct bfloat16 kernel (ops/conv2d_bf16.h) as
-// convolutions of one row, [N, C, L] as [N, C, 1, L], on the CPUs that have AVX512-BF16, where it takes the geometry
-// (1-7 taps, a stride up to the kernel, padding below it, no dilation, one group) and at most 64 channels in and
-// out; elsewhere autocast's own rule. oneDNN 2.6 reorders bfloat16 operands into its blocked layout and back on every
-// call: the 1-D ConvNet's layers trained 1.02-1.42x faster in the kernel (zoo_bench ConvBf16, docs/precision.md). Not
-// on CPUs with AMX (detail::cpu_has_amx_bf16()), where oneDNN's AMX kernels trained the 1-D ConvNet 1.36x faster. 2-D
-// convolutions stay with oneDNN: on the models' 2-D layers the kernel trained within 0.9-1.1x of it (the ODE field's
-// conv3x3 calls the kernel itself). Outside a trace only: a trace records LibTorch's convolution, which TorchScript
-// and Python load.
+// 1-D convolutions under CPU autocast in bfloat16, [N, C, L] as convolutions of one row, [N, C, 1, L]:
+//  - on the CPUs that have AVX512-BF16 without AMX, zoo's direct bfloat16 kernel (ops/conv2d_bf16.h) where it takes
+//    the geometry (1-7 taps, a stride up to the kernel, padding below it, no dilation, one group) and at most 64
+//    channels in and out. oneDNN 2.6 reorders bfloat16 operands into its blocked layout and back on every call: the
+//    1-D ConvNet's layers trained 1.02-1.42x faster in the kernel (zoo_bench ConvBf16, docs/precision.md).
+//  - on CPUs with AMX (detail::cpu_has_amx_bf16()), every one: oneDNN's AMX kernel on a channels-last row, through
+//    LibTorch's 2-D convolution, which hands the result on channels-last. LibTorch 1.13's own 1-D convolution makes
+//    its input contiguous and copies oneDNN's channels-last output and input gradient back to contiguous [N, C, L]
+//    (aten::contiguous, 0.45 ms of the 1-D ConvNet's 3.1 ms step under the profiler); this way the output is
+//    [N, O, L] stored as [N, L, O], the next convolution and relu (ops/relu.h) take it as it is, and the 1-D
+//    ConvNet trained 1.7x faster (2.55 -> 1.49 ms a step), with the same bits as autocast's rule (a test checks).
+//    oneDNN's AMX kernels had trained it 1.36x faster than zoo's kernel already.
+//  - elsewhere, autocast's own rule.
+// 2-D convolutions stay with oneDNN in LibTorch's layout: on the models' 2-D layers the kernel trained within 0.9-1.1x
+// of it (the ODE field's conv3x3 calls the kernel itself), and zoo's batch norm, group norm and pooling read
+// contiguous maps. Outside a trace only: a trace records LibTorch's convolution, which TorchScript and Python load.
 at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
@@ -119,6 +126,18 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
       return detail::conv2d_bf16(x, w, bias.value_or(at::Tensor()), s, p).squeeze(2);
   }
   using at::autocast::cached_cast;
+  if (low == at::kBFloat16 && input.dim() == 3 && weight.dim() == 3 && stride.size() == 1 && padding.size() == 1 &&
+      dilation.size() == 1 && cpu_float(input) && cpu_float(weight) &&
+      (!bias.has_value() || !bias->defined() || cpu_float(*bias)) && !torch::jit::tracer::isTracing() &&
+      detail::cpu_has_amx_bf16()) {
+    auto x = cached_cast(low, input, c10::kCPU).unsqueeze(2);
+    if (x.suggest_memory_format() != at::MemoryFormat::ChannelsLast)
+      x = at::empty_like(x, at::MemoryFormat::ChannelsLast).copy_(x);
+    const std::vector<int64_t> s{1, stride[0]}, p{0, padding[0]}, d{1, dilation[0]};
+    return at::conv2d(x, cached_cast(low, weight, c10::kCPU).unsqueeze(2), cached_cast(low, bias, c10::kCPU), s, p, d,
+                      groups)
+        .squeeze(2);
+  }
   return at::conv1d(cached_cast(low, input, c10::kCPU), cached_cast(low, weight, c10::kCPU),
                     cached_cast(low, bias, c10::kCPU), stride, padding, dilation, groups);
 }

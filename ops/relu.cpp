@@ -69,7 +69,10 @@ inline uint16_t* bits(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr
 
 struct ReluFunction : public torch::autograd::Function<ReluFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
-    auto y = torch::empty_like(x, torch::MemoryFormat::Contiguous);
+    // x's own strides (a dense layout: contiguous, channels-last, an NLC-strided 1-D map): one flat loop over the
+    // elements in memory order serves any of them.
+    auto y = torch::empty_like(x);
+    TORCH_INTERNAL_ASSERT(y.strides() == x.strides());
 #ifdef ZOO_X86_KERNELS
     const uint16_t* in = bits(x);
     uint16_t* out = bits(y);
@@ -83,10 +86,10 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
                                                  torch::autograd::variable_list grads) {
     const auto y = ctx->get_saved_variables()[0];
     const auto& g = grads[0];
-    // create_graph (a gradient differentiable again), or a gradient the kernel does not take (another type, an
-    // expanded view): LibTorch's own backward of relu.
+    // create_graph (a gradient differentiable again), or a gradient the kernel does not take (another type, other
+    // strides than the output's, an expanded view): LibTorch's own backward of relu.
     if (torch::GradMode::is_enabled() || g.scalar_type() != torch::kBFloat16 || !g.device().is_cpu() ||
-        !g.is_contiguous() || g.sizes() != y.sizes())
+        g.sizes() != y.sizes() || g.strides() != y.strides())
       return {torch::threshold_backward(g, y, 0)};
     auto gx = torch::empty_like(y);
 #ifdef ZOO_X86_KERNELS
@@ -104,7 +107,7 @@ struct ReluFunction : public torch::autograd::Function<ReluFunction> {
 namespace detail {
 bool relu_kernel_applies(const Tensor& x) {
   return x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && x.layout() == torch::kStrided &&
-         x.is_contiguous() && cpu_has_avx2_fma() && !torch::jit::tracer::isTracing();
+         x.is_non_overlapping_and_dense() && cpu_has_avx2_fma() && !torch::jit::tracer::isTracing();
 }
 }  // namespace detail
 

@@ -15,9 +15,10 @@
 namespace zoo::ops {
 
 /// torch::relu(x): the same values and gradient (a NaN keeps its bits, where LibTorch may return another NaN).
-/// zoo's kernel runs for a contiguous bfloat16 CPU tensor on a CPU with AVX2, outside a trace (which records
-/// aten::relu for TorchScript and Python); otherwise torch::relu. Differentiable, twice too (under create_graph the
-/// backward is LibTorch's threshold_backward).
+/// zoo's kernel runs for a dense bfloat16 CPU tensor (contiguous, channels-last or any other order of its axes in
+/// memory, without gaps; the output has the input's strides, as torch::relu's) on a CPU with AVX2, outside a trace
+/// (which records aten::relu for TorchScript and Python); otherwise torch::relu. Differentiable, twice too (under
+/// create_graph the backward is LibTorch's threshold_backward).
 torch::Tensor relu(const torch::Tensor& x);
 
 namespace detail {

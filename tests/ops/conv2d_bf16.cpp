@@ -251,15 +251,53 @@ TEST_CASE("conv2d_bf16: autocast runs 1-D convolutions of up to 64 channels thro
     const auto e = exact(2);
     CHECK((y.to(torch::kFloat64) - e).abs().max().item<double>() < 1.0 / 64 * e.abs().max().item<double>());
   }
-  SECTION("on a CPU with AMX autocast's own rule, oneDNN's AMX kernels: bfloat16 through LibTorch, to the bit") {
+  SECTION("on a CPU with AMX a 2-D convolution of one row in channels-last: autocast's rule's bits, NLC strides") {
     zoo::ops::detail::AmxOverride amx(true);
-    const auto y = torch::conv1d(x, w, b, 2, 1);
-    CHECK_FALSE(ran_zoo_kernel(y));
-    CHECK(y.scalar_type() == torch::kBFloat16);
-    zoo::ops::Float32Region outside;  // autocast off: the rule's casts by hand
-    const auto expected =
-        torch::conv1d(x.to(torch::kBFloat16), w.detach().to(torch::kBFloat16), b.detach().to(torch::kBFloat16), 2, 1);
-    CHECK(torch::equal(y, expected));
+    // The rule's casts by hand, through LibTorch's 1-D convolution (oneDNN reorders to channels-last and back).
+    auto rule = [](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias, int64_t stride,
+                   int64_t padding, int64_t dilation, int64_t groups) {
+      zoo::ops::Float32Region outside;
+      return torch::conv1d(in.to(torch::kBFloat16), weight.to(torch::kBFloat16), bias.to(torch::kBFloat16), stride,
+                           padding, dilation, groups);
+    };
+    struct Geometry {
+      int64_t n, c, l, o, k, stride, padding, dilation, groups;
+    };
+    for (const auto& g : {Geometry{4, 16, 50, 32, 3, 2, 1, 1, 1}, Geometry{64, 1, 256, 16, 3, 1, 1, 1, 1},
+                          Geometry{3, 16, 40, 65, 5, 1, 2, 1, 1}, Geometry{2, 16, 30, 32, 3, 1, 3, 3, 1},
+                          Geometry{2, 16, 30, 32, 3, 1, 1, 1, 2}, Geometry{0, 16, 30, 32, 3, 1, 1, 1, 1}}) {
+      INFO("x [" << g.n << ", " << g.c << ", " << g.l << "], " << g.o << " outputs, kernel " << g.k << ", stride "
+                 << g.stride << ", padding " << g.padding << ", dilation " << g.dilation << ", groups " << g.groups);
+      auto xa = torch::randn({g.n, g.c, g.l}, torch::requires_grad());
+      auto wa = torch::randn({g.o, g.c / g.groups, g.k}, torch::requires_grad());
+      auto ba = torch::randn({g.o}, torch::requires_grad());
+      auto xb = xa.detach().clone().requires_grad_(true), wb = wa.detach().clone().requires_grad_(true),
+           bb = ba.detach().clone().requires_grad_(true);
+      const auto y = torch::conv1d(xa, wa, ba, g.stride, g.padding, g.dilation, g.groups);
+      const auto expected = rule(xb, wb, bb, g.stride, g.padding, g.dilation, g.groups);
+      CHECK_FALSE(ran_zoo_kernel(y));
+      CHECK(y.scalar_type() == torch::kBFloat16);
+      CHECK(y.sizes() == expected.sizes());
+      CHECK(torch::equal(y, expected));
+      if (g.n > 0) CHECK(y.transpose(1, 2).is_contiguous());  // [N, O, L] stored as [N, L, O]
+      const auto gy = torch::randn(y.sizes());
+      (y.to(torch::kFloat32) * gy).sum().backward();
+      (expected.to(torch::kFloat32) * gy).sum().backward();
+      CHECK(torch::equal(xa.grad(), xb.grad()));
+      CHECK(torch::equal(wa.grad(), wb.grad()));
+      CHECK(torch::equal(ba.grad(), bb.grad()));
+    }
+    // A stack, as the 1-D ConvNet's: the second convolution takes the first's channels-last output as it is.
+    const auto h = torch::relu(torch::conv1d(x, w, b, 1, 1));
+    CHECK(h.transpose(1, 2).is_contiguous());
+    // A view across the channel and length axes is refused with LibTorch's message, which names the fix.
+    CHECK_THROWS_WITH(h.view({h.size(0), -1}), Catch::Contains("Use .reshape(...) instead"));
+    CHECK(torch::equal(h.reshape({h.size(0), -1}), h.contiguous().view({h.size(0), -1})));
+    const auto w2 = torch::randn({8, 32, 3});
+    const auto y2 = torch::conv1d(h, w2, {}, 2, 1);
+    CHECK(y2.transpose(1, 2).is_contiguous());
+    zoo::ops::Float32Region outside;
+    CHECK(torch::equal(y2, torch::conv1d(h, w2.to(torch::kBFloat16), {}, 2, 1)));
   }
   SECTION("a trace records LibTorch's convolution") {
     const auto wc = w.detach(), bc = b.detach();  // constants of the trace

@@ -1,5 +1,6 @@
 // ops::relu against torch::relu itself: values and gradients bit for bit on random and special patterns (both
-// zeros, infinities, NaNs, subnormals), every tail length, 1 and 2 threads; the fallbacks; and the CPU autocast rule
+// zeros, infinities, NaNs, subnormals), every tail length, 1 and 2 threads, dense layouts other than the contiguous
+// one (channels-last, transposed: the output in the input's strides); the fallbacks; and the CPU autocast rule
 // that routes torch::relu of a bfloat16 tensor to the kernel under bf16-mixed.
 #include "ops/relu.h"
 #include "helpers.h"
@@ -52,7 +53,7 @@ void check_against_libtorch(const torch::Tensor& x, const std::string& what) {
   auto a = x.clone().requires_grad_(true), b = x.clone().requires_grad_(true);
   const auto ya = ops::relu(a), yb = torch::relu(b);
   check_same_bits(ya, yb, what + ": values");
-  const auto g = torch::randn(x.sizes()).to(torch::kBFloat16);
+  const auto g = torch::empty_like(x).copy_(torch::randn(x.sizes()));  // in x's strides: the kernel's backward
   ya.backward(g);
   yb.backward(g);
   check_same_bits(a.grad(), b.grad(), what + ": gradients");
@@ -112,13 +113,41 @@ TEST_CASE("ops::relu: the same bits at 1 and 2 threads on a tensor split between
   check_same_bits(from_bits(values[0]), torch::relu(x), "against torch::relu");
 }
 
+TEST_CASE("ops::relu: channels-last and transposed inputs keep their strides, as torch::relu's", "[kernels][relu]") {
+  if (!ops::cpu_has_avx2_fma()) return;
+  torch::manual_seed(3);
+  const auto base = torch::randn({4, 24, 3, 5}).to(torch::kBFloat16);
+  const std::vector<std::pair<std::string, torch::Tensor>> layouts{
+      {"channels-last", base.contiguous(torch::MemoryFormat::ChannelsLast)},
+      {"NLC-strided 1-D map", base.flatten(2).transpose(1, 2).contiguous().transpose(1, 2)},
+      {"transposed matrix", base.flatten(1).t()},
+      {"channels-last 3-D",
+       torch::randn({2, 20, 3, 4, 5}).to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast3d)}};
+  for (const auto& [name, x] : layouts) {
+    INFO(name);
+    REQUIRE_FALSE(x.is_contiguous());
+    check_against_libtorch(x, name);
+    const auto y = ops::relu(x);
+    CHECK(y.strides() == x.strides());
+    CHECK(y.strides() == torch::relu(x).strides());
+    // A gradient in other strides than the output's (contiguous): LibTorch's backward, the same values.
+    auto a = x.clone().requires_grad_(true), b = x.clone().requires_grad_(true);
+    const auto g = torch::randn(x.sizes()).to(torch::kBFloat16);
+    REQUIRE(g.strides() != x.strides());
+    ops::relu(a).backward(g);
+    torch::relu(b).backward(g);
+    check_same_bits(a.grad(), b.grad(), name + ": a contiguous gradient");
+  }
+}
+
 TEST_CASE("ops::relu: other inputs, other gradients and second derivatives go to LibTorch", "[kernels][relu]") {
   torch::manual_seed(2);
   const auto x = torch::randn({4, 6});
-  CHECK_FALSE(ops::detail::relu_kernel_applies(x));                           // float32
-  CHECK_FALSE(ops::detail::relu_kernel_applies(x.to(torch::kBFloat16).t()));  // not contiguous
+  CHECK_FALSE(ops::detail::relu_kernel_applies(x));            // float32
+  const auto gaps = x.to(torch::kBFloat16).slice(1, 0, 6, 2);  // every other column: not dense
+  CHECK_FALSE(ops::detail::relu_kernel_applies(gaps));
   CHECK(torch::equal(ops::relu(x), torch::relu(x)));
-  CHECK(torch::equal(ops::relu(x.to(torch::kBFloat16).t()), torch::relu(x.to(torch::kBFloat16).t())));
+  CHECK(torch::equal(ops::relu(gaps), torch::relu(gaps)));
   if (!ops::cpu_has_avx2_fma()) return;
   // An expanded gradient (what a mean's backward hands on): LibTorch's threshold_backward.
   auto a = x.to(torch::kBFloat16).requires_grad_(true);
