@@ -11,7 +11,8 @@
 // [64, 128] x [128, 4-16] products (the mHC ResNet's), in both precisions, where the arithmetic is 0.2 M
 // multiply-adds. Here the forward is one pass over the rows for the RMSNorm, one matrix product for the three
 // projections side by side and one pass for the sigmoids; the backward the same with LibTorch's formulas, in the
-// features' type (float32 or float64).
+// features' type (float32 or float64), with denormals flushed to zero (ops/simd.h's FlushDenormals: gradients below
+// 2^-126 are zero there, which spares x86's slow path for them).
 //
 // Reference: mhc_mixing_reference, the same composition in tensor operations (what a trace records, and what the
 // backward differentiates under create_graph), which the tests compare against in float64.

@@ -106,4 +106,28 @@ class ScalarOnly {
   bool previous_;
 };
 
+/// While one lives, float arithmetic in this thread flushes denormal results to zero and reads denormal operands as
+/// zero (the MXCSR's FTZ and DAZ bits on x86-64, as torch.set_flush_denormal(True) sets them for a whole thread); the
+/// previous mode comes back when it ends. On x86 an operation whose result or operand is denormal (below 2^-126 in
+/// float32) takes a microcode assist of about a hundred cycles: the mHC mixing's backward, where products of tiny
+/// logit gradients and small weights fall there, took 20x longer in such steps (ops/mhc_mixing.h). Elsewhere a no-op.
+/// Work handed to other threads (OpenMP's, OpenBLAS's own) keeps their mode.
+class FlushDenormals {
+ public:
+#ifdef ZOO_X86_KERNELS
+  static constexpr unsigned int kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  FlushDenormals() : previous_(_mm_getcsr()) { _mm_setcsr(previous_ | kFlushToZero | kDenormalsAreZero); }
+  ~FlushDenormals() { _mm_setcsr(previous_); }
+#else
+  FlushDenormals() = default;
+#endif
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+#ifdef ZOO_X86_KERNELS
+ private:
+  unsigned int previous_;
+#endif
+};
+
 }  // namespace zoo::ops

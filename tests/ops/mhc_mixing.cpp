@@ -2,11 +2,13 @@
 // float64: outputs, the gradients of the features and of all ten parameters, second derivatives and the fallbacks.
 #include "ops/mhc_mixing.h"
 #include "helpers.h"
+#include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <random>
 #include <string>
 
@@ -129,4 +131,40 @@ TEST_CASE("mhc_mixing: float32 close to the tensor operations, second derivative
   const auto graph = traced.first->graph->toString();
   CHECK(graph.find("aten::sigmoid") != std::string::npos);
   CHECK(graph.find("MixingFunction") == std::string::npos);
+}
+
+TEST_CASE("mhc_mixing: the backward flushes denormals to zero and leaves the thread's mode as it was",
+          "[kernels][mhc]") {
+#ifndef ZOO_X86_KERNELS
+  WARN("not an x86-64 build: FlushDenormals is a no-op here, not tested");
+  return;
+#else
+  torch::manual_seed(54);
+  // phi ~ 1e-30 and output gradients ~ 1e-10: the features' gradient, dla phi^T, lies near 1e-41, below float32's
+  // normal range (2^-126 ~ 1.2e-38), while the weights' gradient, x~^T dla, stays normal.
+  auto p = random_parameters(16, 2, 4, torch::kFloat32);
+  p.phi_pre = (torch::randn({16, 2}) * 1e-30).requires_grad_();
+  p.phi_post = (torch::randn({16, 2}) * 1e-30).requires_grad_();
+  p.phi_res = (torch::randn({16, 4}) * 1e-30).requires_grad_();
+  const auto v = torch::randn({8, 16}, torch::requires_grad());
+  auto gradients = [&](bool fused) {
+    const auto o = fused ? zoo::ops::mhc_mixing(v, p) : zoo::ops::mhc_mixing_reference(v, p);
+    return torch::autograd::grad({(o[0].sum() + o[1].sum() + o[2].sum()) * 1e-10}, {v, p.phi_pre, p.phi_res});
+  };
+  const auto fused = gradients(true), plain = gradients(false);
+  const float smallest_normal = std::numeric_limits<float>::min();
+  const auto plain_dv = plain[0].abs();
+  REQUIRE(plain_dv.max().item<float>() > 0);  // the tensor operations keep the denormals
+  CHECK(plain_dv.max().item<float>() < smallest_normal);
+  CHECK(torch::equal(fused[0], torch::zeros_like(fused[0])));  // flushed
+  for (size_t i = 1; i < fused.size(); ++i) {
+    CHECK(fused[i].abs().max().item<float>() > smallest_normal);
+    CHECK(zoo::test::max_rel(fused[i], plain[i]) < 1e-4);
+  }
+  // The mode is this thread's again: a product below the normal range is a denormal, not zero.
+  volatile float tiny = 1e-20F;
+  const float product = tiny * tiny;
+  CHECK(product > 0);
+  CHECK(product < smallest_normal);
+#endif
 }
