@@ -287,7 +287,8 @@ TEST_CASE("conv2d_bf16: autocast runs 1-D convolutions of up to 64 channels thro
       CHECK(torch::equal(wa.grad(), wb.grad()));
       CHECK(torch::equal(ba.grad(), bb.grad()));
     }
-    // A stack, as the 1-D ConvNet's: the second convolution takes the first's channels-last output as it is.
+    // A stack, as the 1-D ConvNet's: the second convolution reads the first's output, stored as [N, L, O], and gives
+    // the rule's bits and the same layout.
     const auto h = torch::relu(torch::conv1d(x, w, b, 1, 1));
     CHECK(h.transpose(1, 2).is_contiguous());
     // A view across the channel and length axes is refused with LibTorch's message, which names the fix.
