@@ -1,6 +1,7 @@
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
 #include "ops/conv2d_one_channel.h"
+#include "ops/conv3x3.h"
 #include "ops/conv_weight_gradient.h"
 #include "ops/group_norm.h"
 #include "ops/relu.h"
@@ -55,13 +56,31 @@ c10::optional<at::Tensor> float32_optional(const c10::optional<at::Tensor>& t) {
 // here: zoo's group_norm (ops/group_norm.h) where it takes the operands, which reads the bfloat16 input as it is and
 // hands a bfloat16 output on, with float32 statistics and parameters (PyTorch 2's mixed-type group norm); otherwise
 // widen to float32 and run without autocast, the rule PyTorch gives such operations. (GroupNorm: the ODE-ResNet.)
+// On a CPU with AMX the rule also hands 2-D maps on in channels-last memory (zoo's kernel reads and writes NHWC: ops/
+// group_norm.h) where the 3x3 convolutions around them are oneDNN's: C a multiple of 8 and a C -> C 3x3 convolution
+// of these maps above conv3x3's small problem (ops/conv3x3.h; below it conv3x3's own kernel reads contiguous maps).
+// oneDNN's AMX convolutions compute in channels-last, and LibTorch 1.13 reorders a contiguous input into it and copies
+// the output and the input gradient back on every call; given channels-last maps it does neither, and the
+// convolutions, ReLU (ops/relu.h), the solver's sums and the pooling keep the layout. (GroupNorm: the ODE-ResNet, one
+// before each convolution, so its stem's output is converted once.) The ODE-ResNet's bf16-mixed training step went
+// 23.7-23.8 -> 20.1-20.4 ms (three alternating process pairs, Intel Xeon, 2026-12-07; docs/precision.md).
+bool group_norm_channels_last(const at::Tensor& input) {
+  if (!detail::cpu_has_amx_bf16() || input.dim() != 4 || input.size(1) % 8 != 0) return false;
+  const int64_t C = input.size(1);
+  return !conv3x3_small_problem(input.size(0), input.size(2) * input.size(3), C, C);
+}
+
 at::Tensor group_norm_autocast(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto w = float32_optional(weight), b = float32_optional(bias);
   const at::Tensor none;
-  if (group_norm_fast(input, num_groups, w.value_or(none), b.value_or(none)))
+  if (group_norm_fast(input, num_groups, w.value_or(none), b.value_or(none))) {
+    if (group_norm_channels_last(input))
+      return group_norm(input.contiguous(at::MemoryFormat::ChannelsLast), num_groups, w.value_or(none),
+                        b.value_or(none), eps);
     return group_norm(input, num_groups, w.value_or(none), b.value_or(none), eps);
+  }
   return at::group_norm(float32(input), num_groups, w, b, eps, cudnn_enabled);
 }
 #endif

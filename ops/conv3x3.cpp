@@ -56,7 +56,7 @@ torch::Tensor without_lead(const Tensor& x, const Tensor& weight, const Tensor& 
     const auto taps = float32(weight).narrow(1, 0, lead).sum(1).reshape({O, 9});
     lead_map = torch::mm(taps, inside.to(taps.options())).view({1, O, H, W}) * lead_value;
   }
-  return y + lead_map.to(y.scalar_type());
+  return y + lead_map.to(y.scalar_type()).contiguous(y.suggest_memory_format());
 }
 
 #ifdef ZOO_X86_KERNELS
@@ -361,12 +361,16 @@ bool conv3x3_direct_available(const Tensor& x, const Tensor& weight) {
   return (x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32) || bf16_operands(x, weight);
 }
 
+bool conv3x3_small_problem(int64_t items, int64_t positions, int64_t out_channels, int64_t in_channels) {
+  return static_cast<double>(items) * static_cast<double>(positions) * static_cast<double>(out_channels) *
+             static_cast<double>(in_channels) * 9 <=
+         4e6;
+}
+
 namespace {
 bool small_problem(const Tensor& x, const Tensor& weight) {
   if (x.dim() != 4 || weight.dim() != 4) return false;
-  const double macs = static_cast<double>(x.size(0)) * static_cast<double>(x.size(2) * x.size(3)) *
-                      static_cast<double>(weight.size(0) * weight.size(1) * 9);
-  return macs <= 4e6;
+  return conv3x3_small_problem(x.size(0), x.size(2) * x.size(3), weight.size(0), weight.size(1));
 }
 }  // namespace
 

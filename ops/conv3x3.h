@@ -50,4 +50,8 @@ bool conv3x3_direct_available(const torch::Tensor& x, const torch::Tensor& weigh
 /// training (on AMX too).
 bool conv3x3_direct(const torch::Tensor& x, const torch::Tensor& weight);
 
+/// Whether a 3x3 convolution of `items` maps of `positions` pixels, `in_channels` -> `out_channels`, is a small problem
+/// in the sense above (at most 4 M multiply-adds forward).
+bool conv3x3_small_problem(int64_t items, int64_t positions, int64_t out_channels, int64_t in_channels);
+
 }  // namespace zoo::ops

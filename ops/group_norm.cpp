@@ -16,8 +16,40 @@ namespace {
 
 using torch::Tensor;
 
+/// Whether x is channels-last in memory and not contiguous, [N, S..., C] (each position's C channels side by side),
+/// with C a multiple of 8 (whole float32 vectors): what the channels-last kernels below take. They run one item per
+/// task; each channel's sums over the item's S positions in float32 (a vector of C lanes), a group's in double.
+bool channels_last(const Tensor& x) {
+  return !x.is_contiguous() && x.size(1) % 8 == 0 &&
+         ((x.dim() == 4 && x.is_contiguous(torch::MemoryFormat::ChannelsLast)) ||
+          (x.dim() == 5 && x.is_contiguous(torch::MemoryFormat::ChannelsLast3d)));
+}
+
+/// The memory format of x the kernels read (and write y, dx in): channels-last where channels_last(x).
+torch::MemoryFormat layout_of(const Tensor& x) {
+  if (!channels_last(x)) return torch::MemoryFormat::Contiguous;
+  return x.dim() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::ChannelsLast3d;
+}
+
 #ifdef ZOO_X86_KERNELS
 using namespace planes;  // an (item, group) per task
+
+/// dweight and dbias (where defined): each item's sums per channel, sum(dy (x - mean)) invstd and sum(dy), added over
+/// the items in item order (the same bits at any thread count).
+void sum_parameter_gradients(const std::vector<double>& sum_dy, const std::vector<double>& sum_dy_xhat, int64_t N,
+                             int64_t C, Tensor& dw, Tensor& db) {
+  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
+  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
+  for (int64_t c = 0; c < C; ++c) {
+    double g = 0, d = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      g += sum_dy[static_cast<size_t>(n * C + c)];
+      d += sum_dy_xhat[static_cast<size_t>(n * C + c)];
+    }
+    if (dwp) dwp[c] = static_cast<float>(d);
+    if (dbp) dbp[c] = static_cast<float>(g);
+  }
+}
 
 /// y, and each (item, group)'s mean and 1 / sqrt(var + eps), of x [N, C, S...] (contiguous, of type T).
 template <typename T>
@@ -85,17 +117,131 @@ void group_backward(const Tensor& x, int64_t G, const Tensor& weight, const Tens
       }
     }
   });
-  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
-  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
-  for (int64_t c = 0; c < C; ++c) {
-    double g = 0, d = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      g += sum_dy[static_cast<size_t>(n * C + c)];
-      d += sum_dy_xhat[static_cast<size_t>(n * C + c)];
-    }
-    if (dwp) dwp[c] = static_cast<float>(d);
-    if (dbp) dbp[c] = static_cast<float>(g);
+  sum_parameter_gradients(sum_dy, sum_dy_xhat, N, C, dw, db);
+}
+
+/// Scratch of C floats per array, one set per task chunk.
+struct ChannelRows {
+  explicit ChannelRows(int64_t C) : a(6 * static_cast<size_t>(C)), C_(C) {}
+  float* operator[](int i) { return a.data() + i * C_; }
+  std::vector<float> a;
+  int64_t C_;
+};
+
+/// One item of group_forward_channels_last: x and y [S, C], mean and invstd [G].
+template <typename T>
+ZOO_AVX2_FMA void forward_item(const T* xn, T* yn, int64_t S, int64_t C, int64_t G, const float* w, const float* b,
+                               double eps, float* mean, float* invstd, ChannelRows& rows) {
+  const int64_t Cg = C / G, M = Cg * S;
+  float *sums = rows[0], *centre = rows[1], *scale = rows[2], *shift = rows[3];
+  std::fill(sums, sums + C, 0.0F);
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8)
+      _mm256_storeu_ps(sums + c, _mm256_add_ps(_mm256_loadu_ps(sums + c), load8(xn + p * C + c)));
+  for (int64_t g = 0; g < G; ++g) {
+    double total = 0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) total += sums[c];
+    mean[g] = static_cast<float>(total / static_cast<double>(M));
+    std::fill(centre + g * Cg, centre + (g + 1) * Cg, mean[g]);
   }
+  std::fill(sums, sums + C, 0.0F);
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8) {
+      const __m256 d = _mm256_sub_ps(load8(xn + p * C + c), _mm256_loadu_ps(centre + c));
+      _mm256_storeu_ps(sums + c, _mm256_fmadd_ps(d, d, _mm256_loadu_ps(sums + c)));
+    }
+  for (int64_t g = 0; g < G; ++g) {
+    double squares = 0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) squares += sums[c];
+    const double inv = 1.0 / std::sqrt(squares / static_cast<double>(M) + eps);
+    invstd[g] = static_cast<float>(inv);
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      const double k = (w ? w[c] : 1.0) * inv;
+      scale[c] = static_cast<float>(k);
+      shift[c] = static_cast<float>((b ? b[c] : 0.0) - centre[c] * k);
+    }
+  }
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8)
+      store8(yn + p * C + c,
+             _mm256_fmadd_ps(load8(xn + p * C + c), _mm256_loadu_ps(scale + c), _mm256_loadu_ps(shift + c)));
+}
+
+template <typename T>
+void group_forward_channels_last(const Tensor& x, int64_t G, const Tensor& weight, const Tensor& bias, double eps,
+                                 Tensor& y, Tensor& mean, Tensor& invstd) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const float *w = data_or_null(weight), *b = data_or_null(bias);
+  float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+    ChannelRows rows(C);
+    for (int64_t n = begin; n < end; ++n)
+      forward_item(xp + n * S * C, yp + n * S * C, S, C, G, w, b, eps, mp + n * G, ip + n * G, rows);
+  });
+}
+
+/// One item of group_backward_channels_last: x, dy and dx (or nullptr) [S, C]; the item's per-channel sums of dy and
+/// of dy (x - mean) invstd into sum_dy and sum_dy_xhat [C].
+template <typename T>
+ZOO_AVX2_FMA void backward_item(const T* xn, const T* gn, T* dn, int64_t S, int64_t C, int64_t G, const float* w,
+                                const float* mean, const float* invstd, double* sum_dy, double* sum_dy_xhat,
+                                ChannelRows& rows) {
+  const int64_t Cg = C / G, M = Cg * S;
+  float *g_sums = rows[0], *d_sums = rows[1], *centre = rows[2], *a = rows[3], *k = rows[4], *e = rows[5];
+  for (int64_t c = 0; c < C; ++c) centre[c] = mean[c / Cg];
+  std::fill(g_sums, g_sums + C, 0.0F);
+  std::fill(d_sums, d_sums + C, 0.0F);
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8) {
+      const __m256 dy = load8(gn + p * C + c);
+      const __m256 centred = _mm256_sub_ps(load8(xn + p * C + c), _mm256_loadu_ps(centre + c));
+      _mm256_storeu_ps(g_sums + c, _mm256_add_ps(_mm256_loadu_ps(g_sums + c), dy));
+      _mm256_storeu_ps(d_sums + c, _mm256_fmadd_ps(dy, centred, _mm256_loadu_ps(d_sums + c)));
+    }
+  for (int64_t g = 0; g < G; ++g) {
+    const double inv = invstd[g];
+    double A = 0, B = 0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      const double wc = w ? w[c] : 1.0;
+      A += wc * g_sums[c];
+      B += wc * d_sums[c];
+      sum_dy[c] = g_sums[c];
+      sum_dy_xhat[c] = d_sums[c] * inv;
+    }
+    const double kg = inv * inv * inv * B / static_cast<double>(M);
+    const double eg = mean[g] * kg - inv * A / static_cast<double>(M);
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      a[c] = static_cast<float>(inv * (w ? w[c] : 1.0));
+      k[c] = static_cast<float>(-kg);
+      e[c] = static_cast<float>(eg);
+    }
+  }
+  if (!dn) return;
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8)
+      store8(dn + p * C + c,
+             _mm256_fmadd_ps(load8(gn + p * C + c), _mm256_loadu_ps(a + c),
+                             _mm256_fmadd_ps(load8(xn + p * C + c), _mm256_loadu_ps(k + c), _mm256_loadu_ps(e + c))));
+}
+
+template <typename T>
+void group_backward_channels_last(const Tensor& x, int64_t G, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& invstd, const Tensor& go, Tensor& dx, Tensor& dw, Tensor& db) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
+  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
+  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+  const float* w = data_or_null(weight);
+  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  std::vector<double> sum_dy(static_cast<size_t>(N * C)), sum_dy_xhat(static_cast<size_t>(N * C));
+  at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+    ChannelRows rows(C);
+    for (int64_t n = begin; n < end; ++n)
+      backward_item(xp + n * S * C, gp + n * S * C, dp ? dp + n * S * C : nullptr, S, C, G, w, mp + n * G, ip + n * G,
+                    sum_dy.data() + n * C, sum_dy_xhat.data() + n * C, rows);
+  });
+  sum_parameter_gradients(sum_dy, sum_dy_xhat, N, C, dw, db);
 }
 
 /// y of the forward, and each (item, group)'s mean and invstd in `mean` and `invstd` (float32, [N G]).
@@ -105,10 +251,12 @@ Tensor group_output(const Tensor& x, int64_t groups, const Tensor& weight, const
   const auto statistics = x.options().dtype(torch::kFloat32);
   mean = torch::empty({x.size(0) * groups}, statistics);
   invstd = torch::empty({x.size(0) * groups}, statistics);
+  const bool last = channels_last(x);
   if (x.scalar_type() == torch::kBFloat16)
-    group_forward<c10::BFloat16>(x, groups, weight, bias, eps, y, mean, invstd);
+    (last ? group_forward_channels_last<c10::BFloat16> : group_forward<c10::BFloat16>)(x, groups, weight, bias, eps, y,
+                                                                                       mean, invstd);
   else
-    group_forward<float>(x, groups, weight, bias, eps, y, mean, invstd);
+    (last ? group_forward_channels_last<float> : group_forward<float>)(x, groups, weight, bias, eps, y, mean, invstd);
   return y;
 }
 
@@ -140,12 +288,15 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
       return out;
     }
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
-    const auto go = grads[0].to(x.scalar_type()).contiguous();
-    auto g = empty_gradients(ctx, x, weight, saved[2]);
+    const auto go = grads[0].to(x.scalar_type()).contiguous(layout_of(x));
+    auto g = empty_gradients(ctx, x, weight, saved[2]);  // dx in x's layout
+    const bool last = channels_last(x);
     if (x.scalar_type() == torch::kBFloat16)
-      group_backward<c10::BFloat16>(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
+      (last ? group_backward_channels_last<c10::BFloat16>
+            : group_backward<c10::BFloat16>)(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
     else
-      group_backward<float>(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
+      (last ? group_backward_channels_last<float> : group_backward<float>)(x, groups, weight, mean, invstd, go, g.dx,
+                                                                           g.dweight, g.dbias);
     return {g.dx, g.dweight, g.dbias, Tensor(), Tensor()};
   }
 };
@@ -157,7 +308,7 @@ bool group_norm_fast(const Tensor& x, int64_t num_groups, const Tensor& weight, 
   if (!cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
   const auto type = x.scalar_type();
   if (!x.device().is_cpu() || (type != torch::kFloat32 && type != torch::kBFloat16) || x.dim() < 2 ||
-      !x.is_contiguous() || x.numel() == 0)
+      !(x.is_contiguous() || channels_last(x)) || x.numel() == 0)
     return false;
   const int64_t c = x.size(1);
   if (num_groups <= 0 || c % num_groups != 0) return false;  // LibTorch's own error

@@ -13,7 +13,10 @@
 //   dweight_c = sum_n invstd_ng sum(dy_c (x_c - mean_ng)),  dbias_c = sum_n sum(dy_c).
 // x, y, dy and dx may be bfloat16 with float32 weight and bias (what PyTorch 2's mixed-type group norm takes under
 // autocast); everything else is float32 or double. Each (item, group) is one task and the parameter gradients are
-// summed over items in a fixed order: the same bits at any thread count.
+// summed over items in a fixed order: the same bits at any thread count. A channels-last x (NHWC or NDHWC, C a
+// multiple of 8) has kernels of its own with the same formulas, one item per task, each position's channels as
+// float32 vectors; y and dx come out channels-last too (under autocast on a CPU with AMX the group_norm rule hands
+// the ODE-ResNet's maps on so, ops/autocast.cpp).
 #pragma once
 
 #include <torch/torch.h>
@@ -21,9 +24,9 @@
 namespace zoo::ops {
 
 /// torch::group_norm(x, num_groups, weight, bias, eps) for x [N, C, *] and weight, bias [C] or undefined. For
-/// contiguous CPU tensors, x float32 or bfloat16 and weight, bias float32, on a CPU with AVX2 + FMA and outside a
-/// trace, the kernels above (the output in x's type); otherwise, or with `fast` false, torch::group_norm itself (a
-/// trace records it, which TorchScript, ONNX and Python load). Differentiable in x, weight and bias, twice too: under
+/// contiguous (or channels-last, C a multiple of 8) CPU tensors, x float32 or bfloat16 and weight, bias float32, on a
+/// CPU with AVX2 + FMA and outside a trace, the kernels above (the output in x's type and layout); otherwise, or with
+/// `fast` false, torch::group_norm itself (a trace records it, which TorchScript, ONNX and Python load). Differentiable in x, weight and bias, twice too: under
 /// create_graph the backward goes through torch::group_norm's autograd.
 torch::Tensor group_norm(const torch::Tensor& x, int64_t num_groups, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps = 1e-5, bool fast = true);

@@ -182,6 +182,46 @@ TEST_CASE("Autocast: group_norm takes bfloat16 inputs with float32 parameters (b
   CHECK(max_abs(wide - norm(strided.to(torch::kFloat32))) < 1e-6);
 }
 
+TEST_CASE("Autocast: on a CPU with AMX group_norm hands on channels-last maps where the convolutions are oneDNN's",
+          "[ops][precision]") {
+  if (!ops::cpu_has_avx2_fma()) return;
+  torch::manual_seed(8);
+  torch::nn::GroupNorm norm(4, 32);
+  torch::nn::init::normal_(norm->weight);
+  // The ODE-ResNet's field, [64, 32, 6, 6]: a 3x3 convolution 32 -> 32 over it is above conv3x3's small problem.
+  const auto x = (torch::randn({64, 32, 6, 6}) * 3 + 1).to(torch::kBFloat16).requires_grad_();
+  REQUIRE_FALSE(ops::conv3x3_small_problem(64, 36, 32, 32));
+  const auto g = torch::randn({64, 32, 6, 6}).to(torch::kBFloat16);
+  auto scope = bf16();
+  torch::Tensor contiguous, contiguous_dx;
+  {
+    zoo::ops::detail::AmxOverride without(false);
+    contiguous = norm(x);
+    contiguous_dx = torch::autograd::grad({contiguous}, {x}, {g})[0];
+  }
+  zoo::ops::detail::AmxOverride amx(true);
+  const auto out = norm(x);
+  CHECK(out.scalar_type() == torch::kBFloat16);
+  CHECK(out.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  CHECK_FALSE(contiguous.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  // The same values up to the statistics' summation order: within one bfloat16 rounding.
+  CHECK(max_abs(out.to(torch::kFloat32) - contiguous.to(torch::kFloat32)) <=
+        max_abs(contiguous.to(torch::kFloat32)) / 128);
+  const auto dx = torch::autograd::grad({out}, {x}, {g})[0];
+  CHECK(max_abs(dx.to(torch::kFloat32) - contiguous_dx.to(torch::kFloat32)) <=
+        max_abs(contiguous_dx.to(torch::kFloat32)) / 64);
+  // A channels-last input stays so; small maps (conv3x3's own kernel reads contiguous ones), channels that are not a
+  // multiple of 8 and float32 outside autocast stay contiguous.
+  CHECK(norm(out).is_contiguous(torch::MemoryFormat::ChannelsLast));
+  const auto small = torch::randn({8, 32, 6, 6}).to(torch::kBFloat16);
+  REQUIRE(ops::conv3x3_small_problem(8, 36, 32, 32));
+  CHECK(norm(small).is_contiguous());
+  torch::nn::GroupNorm twelve(3, 12);
+  CHECK(twelve(torch::randn({64, 12, 16, 16}).to(torch::kBFloat16)).is_contiguous());
+  zoo::ops::Float32Region outside;
+  CHECK(norm(x.detach().to(torch::kFloat32)).is_contiguous());
+}
+
 TEST_CASE("Autocast: a 3-D convolution over one input channel trains in float32 and hands on bfloat16",
           "[ops][precision]") {
   torch::manual_seed(7);

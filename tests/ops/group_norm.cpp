@@ -1,6 +1,6 @@
-// ops::group_norm: its float32 and bfloat16 kernels against LibTorch's group norm in double precision (outputs and
-// the three gradients), bit-identical results at any thread count, second derivatives, and the cases that fall back
-// to torch::group_norm.
+// ops::group_norm: its float32 and bfloat16 kernels, contiguous and channels-last, against LibTorch's group norm in
+// double precision (outputs and the three gradients), bit-identical results at any thread count, second derivatives,
+// and the cases that fall back to torch::group_norm.
 #include "ops/group_norm.h"
 #include "helpers.h"
 #include "norm_checks.h"
@@ -112,6 +112,72 @@ TEST_CASE("group_norm: bfloat16 input with float32 parameters gives the float32 
     const auto lib = run(x, 2, w, b, go, torch::kBFloat16, false, torch::kBFloat16);
     CHECK(max_rel(got.y, exact.y) <= 1.5 * max_rel(lib.y, exact.y) + 1e-6);
   }
+}
+
+TEST_CASE("group_norm: channels-last input gives a channels-last output, as close to LibTorch in double", "[kernels]") {
+  if (!zoo::ops::cpu_has_avx2_fma()) return;
+  torch::manual_seed(3);
+  struct Case {
+    std::vector<int64_t> shape;
+    int64_t groups;
+  };
+  // 8-64 channels (whole vectors of 8), one group, one channel per group, 2-D and 3-D maps.
+  for (const auto& [shape, groups] : std::vector<Case>{{{8, 32, 6, 6}, 4},
+                                                       {{3, 16, 7, 9}, 2},
+                                                       {{2, 8, 2, 4, 5}, 1},
+                                                       {{2, 8, 3, 2, 2}, 8},
+                                                       {{64, 32, 13, 13}, 4},
+                                                       {{2, 64, 1, 1}, 4}}) {
+    const auto layout = shape.size() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::ChannelsLast3d;
+    for (const bool affine : {true, false}) {
+      INFO(c10::str(c10::IntArrayRef(shape)) << ", " << groups << " groups" << (affine ? ", affine" : ", no affine"));
+      const int64_t c = shape[1];
+      const auto x = offset_channels(shape, 50).contiguous(layout);
+      const auto w = affine ? torch::rand({c}) + 0.5 : torch::Tensor(),
+                 b = affine ? torch::randn({c}) : torch::Tensor();
+      const auto go = torch::randn(shape);
+      REQUIRE(zoo::ops::group_norm_fast(x, groups, w, b));
+      const auto got = run(x, groups, w, b, go, torch::kFloat32, true);
+      const auto lib = run(x.contiguous(), groups, w, b, go, torch::kFloat32, false);
+      const auto exact = run(x.contiguous(), groups, w, b, go, torch::kFloat64, false);
+      if (shape[2] * shape[3] > 1) {  // a map of one pixel is contiguous in both layouts
+        CHECK(got.y.is_contiguous(layout));
+        CHECK_FALSE(got.y.is_contiguous());
+        CHECK(got.dx.is_contiguous(layout));
+      }
+      check_as_close_as(got.y, lib.y, exact.y);
+      check_as_close_as(got.dx, lib.dx, exact.dx);
+      if (affine) {
+        check_as_close_as(got.dw, lib.dw, exact.dw);
+        check_as_close_as(got.db, lib.db, exact.db);
+      }
+      // bfloat16 in channels-last, on values bfloat16 holds exactly: the same statistics as float32's, y its result
+      // rounded to nearest (even), bit for bit, as in the contiguous layout.
+      const auto xr = x.to(torch::kBFloat16).to(torch::kFloat32), gr = go.to(torch::kBFloat16).to(torch::kFloat32);
+      const auto low = run(xr, groups, w, b, gr, torch::kBFloat16, true, torch::kFloat32);
+      const auto high = run(xr, groups, w, b, gr, torch::kFloat32, true, torch::kFloat32);
+      CHECK(low.y.scalar_type() == torch::kBFloat16);
+      CHECK(torch::equal(low.y, high.y.to(torch::kBFloat16)));
+      CHECK(max_rel(low.dx, high.dx) < 1.0 / 128);
+    }
+  }
+  // The same bits at 1 and 2 threads; channels not a multiple of 8 and gappy layouts go to LibTorch.
+  const auto x = (torch::randn({16, 16, 5, 5}) * 2 + 1).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto go = torch::randn({16, 16, 5, 5}), w = torch::rand({16}) + 0.5, b = torch::randn({16});
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = run(x, 4, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(2);
+  const auto two = run(x, 4, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(threads);
+  CHECK(torch::equal(one.y, two.y));
+  CHECK(torch::equal(one.dx, two.dx));
+  CHECK(torch::equal(one.dw, two.dw));
+  const auto twelve = torch::randn({4, 12, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
+  CHECK_FALSE(zoo::ops::group_norm_fast(twelve, 3, {}, {}));
+  CHECK(torch::equal(zoo::ops::group_norm(twelve, 3, {}, {}), torch::group_norm(twelve, 3)));
+  const auto gappy = x.slice(3, 0, 4);
+  CHECK_FALSE(zoo::ops::group_norm_fast(gappy, 4, w, b));
 }
 
 TEST_CASE("group_norm: the same bits at 1 and 2 threads, second derivatives, and its fallbacks", "[kernels]") {
