@@ -1,4 +1,5 @@
 #include "ops/autocast.h"
+#include "ops/channels_last.h"
 #include "ops/conv2d_bf16.h"
 #include "ops/conv2d_one_channel.h"
 #include "ops/conv3x3.h"
@@ -62,8 +63,9 @@ c10::optional<at::Tensor> float32_optional(const c10::optional<at::Tensor>& t) {
 // oneDNN's AMX convolutions compute in channels-last, and LibTorch 1.13 reorders a contiguous input into it and copies
 // the output and the input gradient back on every call; given channels-last maps it does neither, and the
 // convolutions, ReLU (ops/relu.h), the solver's sums and the pooling keep the layout. (GroupNorm: the ODE-ResNet, one
-// before each convolution, so its stem's output is converted once.) The ODE-ResNet's bf16-mixed training step went
-// 23.7-23.8 -> 20.1-20.4 ms (three alternating process pairs, Intel Xeon, 2026-12-07; docs/precision.md).
+// before each convolution, so its stem's output is converted once, by ops::to_channels_last.) The ODE-ResNet's
+// bf16-mixed training step went 23.7-23.8 -> 20.1-20.4 ms, and 19.5-19.9 with zoo's transposes for the conversion
+// (three alternating process pairs each, Intel Xeon, 2026-12-07; docs/precision.md).
 bool group_norm_channels_last(const at::Tensor& input) {
   if (!detail::cpu_has_amx_bf16() || input.dim() != 4 || input.size(1) % 8 != 0) return false;
   const int64_t C = input.size(1);
@@ -77,8 +79,7 @@ at::Tensor group_norm_autocast(const at::Tensor& input, int64_t num_groups, cons
   const at::Tensor none;
   if (group_norm_fast(input, num_groups, w.value_or(none), b.value_or(none))) {
     if (group_norm_channels_last(input))
-      return group_norm(input.contiguous(at::MemoryFormat::ChannelsLast), num_groups, w.value_or(none),
-                        b.value_or(none), eps);
+      return group_norm(to_channels_last(input), num_groups, w.value_or(none), b.value_or(none), eps);
     return group_norm(input, num_groups, w.value_or(none), b.value_or(none), eps);
   }
   return at::group_norm(float32(input), num_groups, w, b, eps, cudnn_enabled);

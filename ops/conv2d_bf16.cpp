@@ -87,25 +87,6 @@ using bf16 = c10::BFloat16;
 
 ZOO_AVX512_BF16 inline __m512bh load_pairs(const bf16* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); }
 
-// Eight rows of eight 16-bit values transposed in registers: r[i] holds row i on entry and column i on exit.
-inline void transpose8x8(__m128i (&r)[8]) {
-  __m128i a[8], b[8];
-  for (int i = 0; i < 4; ++i) {
-    a[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);  // (2i, 0) (2i + 1, 0) (2i, 1) ... (2i + 1, 3)
-    a[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    b[4 * i] = _mm_unpacklo_epi32(a[4 * i], a[4 * i + 2]);  // rows 4i .. 4i + 3 of columns 0 and 1
-    b[4 * i + 1] = _mm_unpackhi_epi32(a[4 * i], a[4 * i + 2]);
-    b[4 * i + 2] = _mm_unpacklo_epi32(a[4 * i + 1], a[4 * i + 3]);
-    b[4 * i + 3] = _mm_unpackhi_epi32(a[4 * i + 1], a[4 * i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[2 * i] = _mm_unpacklo_epi64(b[i], b[i + 4]);
-    r[2 * i + 1] = _mm_unpackhi_epi64(b[i], b[i + 4]);
-  }
-}
-
 // Geometry of one direct convolution, as the float32 kernel's (ops/conv3x3.cpp) with channels in pairs: input
 // [N, Hp, Wp, ldc] channels-last and zero-padded, ldc even (pairs = ldc / 2, the zero channels past K adding
 // nothing); output pixel (h, w), h < H, w < W, reads input pixel (h sh + y0 + i, w sw + x0 + j) for tap

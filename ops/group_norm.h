@@ -26,8 +26,8 @@ namespace zoo::ops {
 /// torch::group_norm(x, num_groups, weight, bias, eps) for x [N, C, *] and weight, bias [C] or undefined. For
 /// contiguous (or channels-last, C a multiple of 8) CPU tensors, x float32 or bfloat16 and weight, bias float32, on a
 /// CPU with AVX2 + FMA and outside a trace, the kernels above (the output in x's type and layout); otherwise, or with
-/// `fast` false, torch::group_norm itself (a trace records it, which TorchScript, ONNX and Python load). Differentiable in x, weight and bias, twice too: under
-/// create_graph the backward goes through torch::group_norm's autograd.
+/// `fast` false, torch::group_norm itself (a trace records it, which TorchScript, ONNX and Python load). Differentiable
+/// in x, weight and bias, twice too: under create_graph the backward goes through torch::group_norm's autograd.
 torch::Tensor group_norm(const torch::Tensor& x, int64_t num_groups, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps = 1e-5, bool fast = true);
 

@@ -1,0 +1,23 @@
+// Channels-last copies of bfloat16 maps: [N, C, H, W] with each position's C channels side by side in memory, as
+// oneDNN's convolutions compute (its AMX kernels in channels-last only).
+//
+// Why: LibTorch 1.13's copy between the two layouts (`x.contiguous(torch::MemoryFormat::ChannelsLast)`, and the
+// `.contiguous()` of the gradient coming back) moves one 16-bit element at a time: 0.84 ms forward and 0.93 ms back
+// for the ODE-ResNet's stem output, [64, 32, 26, 26], where the maps turn channels-last under bf16-mixed on a CPU with
+// AMX (ops/autocast.cpp, group_norm's rule). Here each item's [C, H W] plane block is transposed through registers,
+// eight rows of eight 16-bit values at a time (transpose8x8, ops/simd.h), and the gradient the same way back.
+//
+// Reference: x.contiguous(torch::MemoryFormat::ChannelsLast), the same values (a copy); the gradient contiguous.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace zoo::ops {
+
+/// x.contiguous(torch::MemoryFormat::ChannelsLast) for x [N, C, H, W]: the same values in channels-last memory.
+/// Differentiable: the gradient comes back contiguous ([N, C, H, W] row-major). A contiguous bfloat16 CPU x (and a
+/// channels-last bfloat16 gradient on the way back) goes through zoo's transposes, outside a trace; anything else
+/// through LibTorch's copy. An x already channels-last comes back as it is.
+torch::Tensor to_channels_last(const torch::Tensor& x);
+
+}  // namespace zoo::ops
