@@ -50,7 +50,8 @@ TEST_CASE("to_channels_last: LibTorch's channels-last copy, and the gradient bac
   CHECK_FALSE(ran_own(zoo::ops::to_channels_last(strided)));
   CHECK(torch::equal(zoo::ops::to_channels_last(strided), strided.detach().contiguous(cl)));
   auto traced = torch::jit::tracer::trace(
-      {x}, [](const torch::jit::Stack& in) -> torch::jit::Stack { return {zoo::ops::to_channels_last(in[0].toTensor())}; },
+      {x},
+      [](const torch::jit::Stack& in) -> torch::jit::Stack { return {zoo::ops::to_channels_last(in[0].toTensor())}; },
       [](const torch::Tensor&) { return std::string(); });
   CHECK(traced.first->graph->toString().find("aten::contiguous") != std::string::npos);
   // create_graph: the gradient is LibTorch's contiguous copy of the incoming one, differentiable again.

@@ -39,6 +39,22 @@ GroupNormResult run(const torch::Tensor& x, int64_t groups, const torch::Tensor&
   return run(x, groups, w, b, go, type, fast, type);
 }
 
+/// group_norm of x in 4 groups at 1 and at 2 threads: the same bits in y and the three gradients. Returns the first.
+GroupNormResult check_same_bits_at_two_threads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                                               const torch::Tensor& go) {
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = run(x, 4, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(2);
+  const auto two = run(x, 4, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(threads);
+  CHECK(torch::equal(one.y, two.y));
+  CHECK(torch::equal(one.dx, two.dx));
+  CHECK(torch::equal(one.dw, two.dw));
+  CHECK(torch::equal(one.db, two.db));
+  return one;
+}
+
 }  // namespace
 
 TEST_CASE("group_norm: float32 equals LibTorch's group norm in double, with the three gradients", "[kernels]") {
@@ -164,15 +180,7 @@ TEST_CASE("group_norm: channels-last input gives a channels-last output, as clos
   // The same bits at 1 and 2 threads; channels not a multiple of 8 and gappy layouts go to LibTorch.
   const auto x = (torch::randn({16, 16, 5, 5}) * 2 + 1).contiguous(torch::MemoryFormat::ChannelsLast);
   const auto go = torch::randn({16, 16, 5, 5}), w = torch::rand({16}) + 0.5, b = torch::randn({16});
-  const int threads = torch::get_num_threads();
-  torch::set_num_threads(1);
-  const auto one = run(x, 4, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(2);
-  const auto two = run(x, 4, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(threads);
-  CHECK(torch::equal(one.y, two.y));
-  CHECK(torch::equal(one.dx, two.dx));
-  CHECK(torch::equal(one.dw, two.dw));
+  check_same_bits_at_two_threads(x, w, b, go);
   const auto twelve = torch::randn({4, 12, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
   CHECK_FALSE(zoo::ops::group_norm_fast(twelve, 3, {}, {}));
   CHECK(torch::equal(zoo::ops::group_norm(twelve, 3, {}, {}), torch::group_norm(twelve, 3)));
@@ -185,16 +193,7 @@ TEST_CASE("group_norm: the same bits at 1 and 2 threads, second derivatives, and
   torch::manual_seed(2);
   const auto x = torch::randn({16, 8, 5, 5}) * 2 + 1, go = torch::randn({16, 8, 5, 5});
   const auto w = torch::rand({8}) + 0.5, b = torch::randn({8});
-  const int threads = torch::get_num_threads();
-  torch::set_num_threads(1);
-  const auto one = run(x, 4, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(2);
-  const auto two = run(x, 4, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(threads);
-  CHECK(torch::equal(one.y, two.y));
-  CHECK(torch::equal(one.dx, two.dx));
-  CHECK(torch::equal(one.dw, two.dw));
-  CHECK(torch::equal(one.db, two.db));
+  const auto one = check_same_bits_at_two_threads(x, w, b, go);
   {
     // Without gradients (inference) the kernel runs outside autograd: the same output.
     torch::NoGradGuard inference;
