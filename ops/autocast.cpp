@@ -150,9 +150,7 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
       dilation.size() == 1 && cpu_float(input) && cpu_float(weight) &&
       (!bias.has_value() || !bias->defined() || cpu_float(*bias)) && !torch::jit::tracer::isTracing() &&
       detail::cpu_has_amx_bf16()) {
-    auto x = cached_cast(low, input, c10::kCPU).unsqueeze(2);
-    if (x.suggest_memory_format() != at::MemoryFormat::ChannelsLast)
-      x = at::empty_like(x, at::MemoryFormat::ChannelsLast).copy_(x);
+    const auto x = to_channels_last(cached_cast(low, input, c10::kCPU).unsqueeze(2));
     const std::vector<int64_t> s{1, stride[0]}, p{0, padding[0]}, d{1, dilation[0]};
     return at::conv2d(x, cached_cast(low, weight, c10::kCPU).unsqueeze(2), cached_cast(low, bias, c10::kCPU), s, p, d,
                       groups)

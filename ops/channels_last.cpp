@@ -71,10 +71,12 @@ struct ToChannelsLastFunction : public torch::autograd::Function<ToChannelsLastF
 
 Tensor to_channels_last(const Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "to_channels_last takes [N, C, H, W], got ", x.sizes());
-  if (x.is_contiguous(torch::MemoryFormat::ChannelsLast)) return x;
-  if (!bfloat16_cpu(x) || !x.is_contiguous() || torch::jit::tracer::isTracing())
-    return x.contiguous(torch::MemoryFormat::ChannelsLast);
-  return ToChannelsLastFunction::apply(x);
+  const auto last = torch::MemoryFormat::ChannelsLast;
+  if (x.suggest_memory_format() == last) return x;
+  if (bfloat16_cpu(x) && x.is_contiguous() && !torch::jit::tracer::isTracing()) return ToChannelsLastFunction::apply(x);
+  // One channel (or one position) is channels-last and contiguous at once, and LibTorch reads such strides as
+  // contiguous; contiguous() would keep them, a copy into channels-last strides does not.
+  return x.is_contiguous(last) ? at::empty_like(x, last).copy_(x) : x.contiguous(last);
 }
 
 }  // namespace zoo::ops

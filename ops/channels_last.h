@@ -14,10 +14,12 @@
 
 namespace zoo::ops {
 
-/// x.contiguous(torch::MemoryFormat::ChannelsLast) for x [N, C, H, W]: the same values in channels-last memory.
-/// Differentiable: the gradient comes back contiguous ([N, C, H, W] row-major). A contiguous bfloat16 CPU x (and a
-/// channels-last bfloat16 gradient on the way back) goes through zoo's transposes, outside a trace; anything else
-/// through LibTorch's copy. An x already channels-last comes back as it is.
+/// x.contiguous(torch::MemoryFormat::ChannelsLast) for x [N, C, H, W]: the same values in channels-last memory, with
+/// strides LibTorch reads as channels-last (x.suggest_memory_format(), what its convolutions go by) also where one
+/// channel or one position makes both layouts the same memory. Differentiable: the gradient comes back contiguous
+/// ([N, C, H, W] row-major). A contiguous bfloat16 CPU x (and a channels-last bfloat16 gradient on the way back)
+/// goes through zoo's transposes, outside a trace; anything else through LibTorch's copy. An x LibTorch already reads
+/// as channels-last comes back as it is.
 torch::Tensor to_channels_last(const torch::Tensor& x);
 
 }  // namespace zoo::ops

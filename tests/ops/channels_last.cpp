@@ -41,6 +41,15 @@ TEST_CASE("to_channels_last: LibTorch's channels-last copy, and the gradient bac
   const auto x = torch::randn({2, 16, 5, 5}).to(torch::kBFloat16);
   const auto already = x.contiguous(cl);
   CHECK(zoo::ops::to_channels_last(already).data_ptr() == already.data_ptr());
+  // One channel: contiguous() keeps strides LibTorch reads as contiguous; these are read as channels-last, in
+  // bfloat16 (zoo's transposes) and in float32 (a copy).
+  for (const auto type : {torch::kBFloat16, torch::kFloat32}) {
+    const auto one = torch::randn({3, 1, 1, 20}).to(type);
+    REQUIRE(one.suggest_memory_format() == torch::MemoryFormat::Contiguous);
+    const auto y = zoo::ops::to_channels_last(one);
+    CHECK(y.suggest_memory_format() == cl);
+    CHECK(torch::equal(y, one));
+  }
   const auto f = torch::randn({2, 16, 5, 5}, torch::requires_grad());
   const auto yf = zoo::ops::to_channels_last(f);
   CHECK_FALSE(ran_own(yf));
