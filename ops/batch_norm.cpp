@@ -24,7 +24,9 @@ Tensor functional_batch_norm(const Tensor& x, const Tensor& weight, const Tensor
 }
 
 using planes::absent_or_float_vector;
-using planes::grain;  // a channel per task
+using planes::channels_last_rows;
+using planes::grain;  // a channel per task (an item per task channels-last)
+using planes::layout_of;
 
 #ifdef ZOO_X86_KERNELS
 using namespace planes;
@@ -90,6 +92,85 @@ void backward_kernel(const Tensor& x, const Tensor& weight, const Tensor& mean, 
   });
 }
 
+/// forward_kernel for a channels-last x [N, S..., C] (channels_last_rows): each item's per-channel sums over its S
+/// positions in float32 (one item per task), added over the items in item order in double (the same bits at any
+/// thread count); y in x's layout.
+template <typename T>
+void forward_kernel_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                                  Tensor& mean, Tensor& invstd, std::vector<double>& variance) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const float *w = data_or_null(weight), *b = data_or_null(bias);
+  float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  std::vector<float> partial(static_cast<size_t>(N * C)), scale(static_cast<size_t>(C)), shift(scale);
+  // Each item's sums (centre null) or squared deviations from mp, then their total per channel in item order.
+  const auto channel_totals = [&](const float* centre, std::vector<double>& totals) {
+    at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) rows_sums(xp + n * S * C, S, C, centre, partial.data() + n * C);
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      double total = 0;
+      for (int64_t n = 0; n < N; ++n) total += partial[static_cast<size_t>(n * C + c)];
+      totals[static_cast<size_t>(c)] = total;
+    }
+  };
+  std::vector<double> sums(static_cast<size_t>(C));
+  channel_totals(nullptr, sums);
+  for (int64_t c = 0; c < C; ++c) mp[c] = static_cast<float>(sums[static_cast<size_t>(c)] / static_cast<double>(M));
+  channel_totals(mp, sums);
+  for (int64_t c = 0; c < C; ++c) {
+    const double var = sums[static_cast<size_t>(c)] / static_cast<double>(M), inv = 1.0 / std::sqrt(var + eps);
+    const double k = (w ? w[c] : 1.0) * inv;
+    scale[static_cast<size_t>(c)] = static_cast<float>(k);
+    shift[static_cast<size_t>(c)] = static_cast<float>((b ? b[c] : 0.0) - static_cast<double>(mp[c]) * k);
+    ip[c] = static_cast<float>(inv);
+    variance[static_cast<size_t>(c)] = var;
+  }
+  at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) rows_affine(xp + n * S * C, yp + n * S * C, S, C, scale.data(), shift.data());
+  });
+}
+
+/// backward_kernel for a channels-last x, dy and dx: each item's sums per channel, added in item order.
+template <typename T>
+void backward_kernel_channels_last(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& invstd,
+                                   const Tensor& go, Tensor& dx, Tensor& dw, Tensor& db) {
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
+  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
+  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
+  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
+  const float* w = data_or_null(weight);
+  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  std::vector<float> g_partial(static_cast<size_t>(N * C)), d_partial(g_partial);
+  at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      rows_gradient_sums(gp + n * S * C, xp + n * S * C, S, C, mp, g_partial.data() + n * C, d_partial.data() + n * C);
+  });
+  std::vector<float> a(static_cast<size_t>(C)), k(a), e(a);
+  for (int64_t c = 0; c < C; ++c) {
+    double sum_dy = 0, sum_dy_xmu = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      sum_dy += g_partial[static_cast<size_t>(n * C + c)];
+      sum_dy_xmu += d_partial[static_cast<size_t>(n * C + c)];
+    }
+    const double inv = ip[c];
+    if (dwp) dwp[c] = static_cast<float>(sum_dy_xmu * inv);
+    if (dbp) dbp[c] = static_cast<float>(sum_dy);
+    // dx = dy a + x (-k a) + (mean k - mean(dy)) a, as backward_kernel's.
+    const double ac = inv * (w ? w[c] : 1.0), kc = inv * inv * sum_dy_xmu / static_cast<double>(M);
+    a[static_cast<size_t>(c)] = static_cast<float>(ac);
+    k[static_cast<size_t>(c)] = static_cast<float>(-kc * ac);
+    e[static_cast<size_t>(c)] = static_cast<float>((mp[c] * kc - sum_dy / static_cast<double>(M)) * ac);
+  }
+  if (!dp) return;
+  at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      rows_input_gradient(gp + n * S * C, xp + n * S * C, dp + n * S * C, S, C, a.data(), k.data(), e.data());
+  });
+}
+
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   // weight, bias, running_mean, running_var: empty (numel 0) when absent.
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
@@ -100,10 +181,13 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const auto statistics = x.options().dtype(torch::kFloat32);
     auto mean = torch::empty({C}, statistics), invstd = torch::empty({C}, statistics);
     std::vector<double> variance(static_cast<size_t>(C));
+    const bool last = channels_last_rows(x);
     if (x.scalar_type() == torch::kBFloat16)
-      forward_kernel<c10::BFloat16>(x, weight, bias, eps, y, mean, invstd, variance);
+      (last ? forward_kernel_channels_last<c10::BFloat16> : forward_kernel<c10::BFloat16>)(x, weight, bias, eps, y,
+                                                                                           mean, invstd, variance);
     else
-      forward_kernel<float>(x, weight, bias, eps, y, mean, invstd, variance);
+      (last ? forward_kernel_channels_last<float> : forward_kernel<float>)(x, weight, bias, eps, y, mean, invstd,
+                                                                           variance);
     const float* mp = mean.data_ptr<float>();
     // The running statistics, as LibTorch moves them: the unbiased variance.
     const double unbiased = static_cast<double>(M) / static_cast<double>(M - 1);
@@ -135,12 +219,15 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
           grads[0], 7);
     }
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
-    const auto go = grads[0].to(x.scalar_type()).contiguous();
-    auto g = empty_gradients(ctx, x, weight, saved[2]);
+    const auto go = grads[0].to(x.scalar_type()).contiguous(layout_of(x));
+    auto g = empty_gradients(ctx, x, weight, saved[2]);  // dx in x's layout
+    const bool last = channels_last_rows(x);
     if (x.scalar_type() == torch::kBFloat16)
-      backward_kernel<c10::BFloat16>(x, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
+      (last ? backward_kernel_channels_last<c10::BFloat16>
+            : backward_kernel<c10::BFloat16>)(x, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
     else
-      backward_kernel<float>(x, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
+      (last ? backward_kernel_channels_last<float> : backward_kernel<float>)(x, weight, mean, invstd, go, g.dx,
+                                                                             g.dweight, g.dbias);
     return {g.dx, g.dweight, g.dbias, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -153,7 +240,7 @@ bool batch_norm_fast(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   if (!training || !cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
   const auto type = x.scalar_type();
   if (!x.device().is_cpu() || (type != torch::kFloat32 && type != torch::kBFloat16) || x.dim() < 2 ||
-      !x.is_contiguous())
+      !(x.is_contiguous() || channels_last_rows(x)))
     return false;
   const int64_t c = x.size(1);
   if (x.numel() == 0 || x.numel() / c < 2) return false;  // LibTorch's own error for one value per channel

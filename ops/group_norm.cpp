@@ -16,20 +16,8 @@ namespace {
 
 using torch::Tensor;
 
-/// Whether x is channels-last in memory and not contiguous, [N, S..., C] (each position's C channels side by side),
-/// with C a multiple of 8 (whole float32 vectors): what the channels-last kernels below take. They run one item per
-/// task; each channel's sums over the item's S positions in float32 (a vector of C lanes), a group's in double.
-bool channels_last(const Tensor& x) {
-  return !x.is_contiguous() && x.size(1) % 8 == 0 &&
-         ((x.dim() == 4 && x.is_contiguous(torch::MemoryFormat::ChannelsLast)) ||
-          (x.dim() == 5 && x.is_contiguous(torch::MemoryFormat::ChannelsLast3d)));
-}
-
-/// The memory format of x the kernels read (and write y, dx in): channels-last where channels_last(x).
-torch::MemoryFormat layout_of(const Tensor& x) {
-  if (!channels_last(x)) return torch::MemoryFormat::Contiguous;
-  return x.dim() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::ChannelsLast3d;
-}
+using planes::channels_last_rows;
+using planes::layout_of;
 
 #ifdef ZOO_X86_KERNELS
 using namespace planes;  // an (item, group) per task
@@ -134,22 +122,14 @@ ZOO_AVX2_FMA void forward_item(const T* xn, T* yn, int64_t S, int64_t C, int64_t
                                double eps, float* mean, float* invstd, ChannelRows& rows) {
   const int64_t Cg = C / G, M = Cg * S;
   float *sums = rows[0], *centre = rows[1], *scale = rows[2], *shift = rows[3];
-  std::fill(sums, sums + C, 0.0F);
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t c = 0; c < C; c += 8)
-      _mm256_storeu_ps(sums + c, _mm256_add_ps(_mm256_loadu_ps(sums + c), load8(xn + p * C + c)));
+  rows_sums(xn, S, C, nullptr, sums);
   for (int64_t g = 0; g < G; ++g) {
     double total = 0;
     for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) total += sums[c];
     mean[g] = static_cast<float>(total / static_cast<double>(M));
     std::fill(centre + g * Cg, centre + (g + 1) * Cg, mean[g]);
   }
-  std::fill(sums, sums + C, 0.0F);
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t c = 0; c < C; c += 8) {
-      const __m256 d = _mm256_sub_ps(load8(xn + p * C + c), _mm256_loadu_ps(centre + c));
-      _mm256_storeu_ps(sums + c, _mm256_fmadd_ps(d, d, _mm256_loadu_ps(sums + c)));
-    }
+  rows_sums(xn, S, C, centre, sums);
   for (int64_t g = 0; g < G; ++g) {
     double squares = 0;
     for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) squares += sums[c];
@@ -161,10 +141,7 @@ ZOO_AVX2_FMA void forward_item(const T* xn, T* yn, int64_t S, int64_t C, int64_t
       shift[c] = static_cast<float>((b ? b[c] : 0.0) - centre[c] * k);
     }
   }
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t c = 0; c < C; c += 8)
-      store8(yn + p * C + c,
-             _mm256_fmadd_ps(load8(xn + p * C + c), _mm256_loadu_ps(scale + c), _mm256_loadu_ps(shift + c)));
+  rows_affine(xn, yn, S, C, scale, shift);
 }
 
 template <typename T>
@@ -191,15 +168,7 @@ ZOO_AVX2_FMA void backward_item(const T* xn, const T* gn, T* dn, int64_t S, int6
   const int64_t Cg = C / G, M = Cg * S;
   float *g_sums = rows[0], *d_sums = rows[1], *centre = rows[2], *a = rows[3], *k = rows[4], *e = rows[5];
   for (int64_t c = 0; c < C; ++c) centre[c] = mean[c / Cg];
-  std::fill(g_sums, g_sums + C, 0.0F);
-  std::fill(d_sums, d_sums + C, 0.0F);
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t c = 0; c < C; c += 8) {
-      const __m256 dy = load8(gn + p * C + c);
-      const __m256 centred = _mm256_sub_ps(load8(xn + p * C + c), _mm256_loadu_ps(centre + c));
-      _mm256_storeu_ps(g_sums + c, _mm256_add_ps(_mm256_loadu_ps(g_sums + c), dy));
-      _mm256_storeu_ps(d_sums + c, _mm256_fmadd_ps(dy, centred, _mm256_loadu_ps(d_sums + c)));
-    }
+  rows_gradient_sums(gn, xn, S, C, centre, g_sums, d_sums);
   for (int64_t g = 0; g < G; ++g) {
     const double inv = invstd[g];
     double A = 0, B = 0;
@@ -218,12 +187,7 @@ ZOO_AVX2_FMA void backward_item(const T* xn, const T* gn, T* dn, int64_t S, int6
       e[c] = static_cast<float>(eg);
     }
   }
-  if (!dn) return;
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t c = 0; c < C; c += 8)
-      store8(dn + p * C + c,
-             _mm256_fmadd_ps(load8(gn + p * C + c), _mm256_loadu_ps(a + c),
-                             _mm256_fmadd_ps(load8(xn + p * C + c), _mm256_loadu_ps(k + c), _mm256_loadu_ps(e + c))));
+  if (dn) rows_input_gradient(gn, xn, dn, S, C, a, k, e);
 }
 
 template <typename T>
@@ -251,7 +215,7 @@ Tensor group_output(const Tensor& x, int64_t groups, const Tensor& weight, const
   const auto statistics = x.options().dtype(torch::kFloat32);
   mean = torch::empty({x.size(0) * groups}, statistics);
   invstd = torch::empty({x.size(0) * groups}, statistics);
-  const bool last = channels_last(x);
+  const bool last = channels_last_rows(x);
   if (x.scalar_type() == torch::kBFloat16)
     (last ? group_forward_channels_last<c10::BFloat16> : group_forward<c10::BFloat16>)(x, groups, weight, bias, eps, y,
                                                                                        mean, invstd);
@@ -290,7 +254,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     const auto &x = saved[0], &weight = saved[1], &mean = saved[3], &invstd = saved[4];
     const auto go = grads[0].to(x.scalar_type()).contiguous(layout_of(x));
     auto g = empty_gradients(ctx, x, weight, saved[2]);  // dx in x's layout
-    const bool last = channels_last(x);
+    const bool last = channels_last_rows(x);
     if (x.scalar_type() == torch::kBFloat16)
       (last ? group_backward_channels_last<c10::BFloat16>
             : group_backward<c10::BFloat16>)(x, groups, weight, mean, invstd, go, g.dx, g.dweight, g.dbias);
@@ -308,7 +272,7 @@ bool group_norm_fast(const Tensor& x, int64_t num_groups, const Tensor& weight, 
   if (!cpu_has_avx2_fma() || torch::jit::tracer::isTracing()) return false;
   const auto type = x.scalar_type();
   if (!x.device().is_cpu() || (type != torch::kFloat32 && type != torch::kBFloat16) || x.dim() < 2 ||
-      !(x.is_contiguous() || channels_last(x)) || x.numel() == 0)
+      !(x.is_contiguous() || channels_last_rows(x)) || x.numel() == 0)
     return false;
   const int64_t c = x.size(1);
   if (num_groups <= 0 || c % num_groups != 0) return false;  // LibTorch's own error

@@ -1,6 +1,7 @@
 // The per-plane loops of zoo's normalisation kernels (ops::batch_norm, ops::group_norm): sums, squared deviations,
 // y = x * scale + shift and dx = dy * a + x * b + c over one contiguous plane of S elements (float32 or bfloat16,
-// computed in float32 vectors of 8 with AVX2 + FMA, the vectors' lanes added in double).
+// computed in float32 vectors of 8 with AVX2 + FMA, the vectors' lanes added in double), and the same over one
+// channels-last item's [S, C] rows, a channel per lane.
 #pragma once
 
 #include "ops/simd.h"
@@ -17,6 +18,21 @@ namespace zoo::ops::planes {
 inline bool absent_or_float_vector(const torch::Tensor& t, int64_t c) {
   return !t.defined() || (t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 1 && t.size(0) == c &&
                           t.is_contiguous());
+}
+
+/// Whether x is channels-last in memory and not contiguous, [N, S..., C] (each position's C channels side by side),
+/// with C a multiple of 8 (whole float32 vectors): what the norms' channels-last kernels take (the rows_* loops
+/// below, one item per task).
+inline bool channels_last_rows(const torch::Tensor& x) {
+  return !x.is_contiguous() && x.size(1) % 8 == 0 &&
+         ((x.dim() == 4 && x.is_contiguous(torch::MemoryFormat::ChannelsLast)) ||
+          (x.dim() == 5 && x.is_contiguous(torch::MemoryFormat::ChannelsLast3d)));
+}
+
+/// The memory format the norms' kernels read x in (and write y and dx in): channels-last where channels_last_rows.
+inline torch::MemoryFormat layout_of(const torch::Tensor& x) {
+  if (!channels_last_rows(x)) return torch::MemoryFormat::Contiguous;
+  return x.dim() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::ChannelsLast3d;
 }
 
 /// The data of a weight or bias the kernels take (absent_or_float_vector), or nullptr for an absent one (numel 0).
@@ -174,6 +190,87 @@ ZOO_AVX2_FMA void plane_input_gradient(const T* dy, const T* x, T* dx, int64_t S
   }
   for (; i < S; ++i)
     dx[i] = static_cast<T>(std::fma(static_cast<float>(dy[i]), a, std::fma(static_cast<float>(x[i]), b, c)));
+}
+
+// Channels-last: one item's S positions of C channels each ([S, C], C a multiple of 8), each channel's sums over the
+// positions in one float32 lane (blocks of 32 channels in four vector registers, then single vectors of 8).
+
+/// Columns [c0, c0 + 8 V) of sums += sum_p x[p, c] (Squares false) or sum_p (x[p, c] - centre[c])^2 (true).
+template <int V, bool Squares, typename T>
+ZOO_AVX2_FMA inline void column_sums(const T* x, int64_t S, int64_t C, const float* centre, float* sums) {
+  __m256 acc[V], m[V];
+  for (int v = 0; v < V; ++v) {
+    acc[v] = _mm256_setzero_ps();
+    m[v] = Squares ? _mm256_loadu_ps(centre + 8 * v) : acc[v];
+  }
+  for (int64_t p = 0; p < S; ++p)
+    for (int v = 0; v < V; ++v) {
+      const __m256 d = _mm256_sub_ps(load8(x + p * C + 8 * v), m[v]);
+      acc[v] = Squares ? _mm256_fmadd_ps(d, d, acc[v]) : _mm256_add_ps(acc[v], d);
+    }
+  for (int v = 0; v < V; ++v) _mm256_storeu_ps(sums + 8 * v, acc[v]);
+}
+
+/// sums[c] = sum_p x[p, c] (centre null) or sum_p (x[p, c] - centre[c])^2, in float32.
+template <typename T>
+ZOO_AVX2_FMA void rows_sums(const T* x, int64_t S, int64_t C, const float* centre, float* sums) {
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32)
+    centre ? column_sums<4, true>(x + c, S, C, centre + c, sums + c)
+           : column_sums<4, false>(x + c, S, C, nullptr, sums + c);
+  for (; c < C; c += 8)
+    centre ? column_sums<1, true>(x + c, S, C, centre + c, sums + c)
+           : column_sums<1, false>(x + c, S, C, nullptr, sums + c);
+}
+
+/// Columns [c0, c0 + 8 V) of g_sums += sum_p dy[p, c] and d_sums += sum_p dy[p, c] (x[p, c] - centre[c]).
+template <int V, typename T>
+ZOO_AVX2_FMA inline void column_gradient_sums(const T* dy, const T* x, int64_t S, int64_t C, const float* centre,
+                                              float* g_sums, float* d_sums) {
+  __m256 g[V], d[V], m[V];
+  for (int v = 0; v < V; ++v) {
+    g[v] = d[v] = _mm256_setzero_ps();
+    m[v] = _mm256_loadu_ps(centre + 8 * v);
+  }
+  for (int64_t p = 0; p < S; ++p)
+    for (int v = 0; v < V; ++v) {
+      const __m256 y = load8(dy + p * C + 8 * v);
+      g[v] = _mm256_add_ps(g[v], y);
+      d[v] = _mm256_fmadd_ps(y, _mm256_sub_ps(load8(x + p * C + 8 * v), m[v]), d[v]);
+    }
+  for (int v = 0; v < V; ++v) {
+    _mm256_storeu_ps(g_sums + 8 * v, g[v]);
+    _mm256_storeu_ps(d_sums + 8 * v, d[v]);
+  }
+}
+
+/// g_sums[c] = sum_p dy[p, c] and d_sums[c] = sum_p dy[p, c] (x[p, c] - centre[c]), in float32.
+template <typename T>
+ZOO_AVX2_FMA void rows_gradient_sums(const T* dy, const T* x, int64_t S, int64_t C, const float* centre, float* g_sums,
+                                     float* d_sums) {
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) column_gradient_sums<4>(dy + c, x + c, S, C, centre + c, g_sums + c, d_sums + c);
+  for (; c < C; c += 8) column_gradient_sums<1>(dy + c, x + c, S, C, centre + c, g_sums + c, d_sums + c);
+}
+
+/// y[p, c] = x[p, c] * scale[c] + shift[c].
+template <typename T>
+ZOO_AVX2_FMA void rows_affine(const T* x, T* y, int64_t S, int64_t C, const float* scale, const float* shift) {
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8)
+      store8(y + p * C + c,
+             _mm256_fmadd_ps(load8(x + p * C + c), _mm256_loadu_ps(scale + c), _mm256_loadu_ps(shift + c)));
+}
+
+/// dx[p, c] = dy[p, c] * a[c] + x[p, c] * b[c] + e[c].
+template <typename T>
+ZOO_AVX2_FMA void rows_input_gradient(const T* dy, const T* x, T* dx, int64_t S, int64_t C, const float* a,
+                                      const float* b, const float* e) {
+  for (int64_t p = 0; p < S; ++p)
+    for (int64_t c = 0; c < C; c += 8)
+      store8(dx + p * C + c,
+             _mm256_fmadd_ps(load8(dy + p * C + c), _mm256_loadu_ps(a + c),
+                             _mm256_fmadd_ps(load8(x + p * C + c), _mm256_loadu_ps(b + c), _mm256_loadu_ps(e + c))));
 }
 
 }  // namespace zoo::ops::planes

@@ -1,6 +1,6 @@
-// ops::batch_norm: its float32 and bfloat16 training kernels against LibTorch's batch norm in double precision
-// (outputs, the three gradients, running statistics), bit-identical results at any thread count, second
-// derivatives, and the cases that fall back to torch::batch_norm.
+// ops::batch_norm: its float32 and bfloat16 training kernels, contiguous and channels-last, against LibTorch's batch
+// norm in double precision (outputs, the three gradients, running statistics), bit-identical results at any thread
+// count, second derivatives, and the cases that fall back to torch::batch_norm.
 #include "ops/batch_norm.h"
 #include "helpers.h"
 #include "norm_checks.h"
@@ -133,6 +133,69 @@ TEST_CASE("batch_norm: bfloat16 input with float32 parameters (autocast's operan
     const auto y32 = run(x, w, b, go, torch::kFloat32, true).y;
     CHECK(torch::equal(got.y, y32.to(torch::kBFloat16)));
   }
+}
+
+TEST_CASE("batch_norm: channels-last input gives a channels-last output, as close to LibTorch in double", "[kernels]") {
+  if (!fast_here()) return;
+  torch::manual_seed(5);
+  // 8-64 channels (a block of 32 in registers, single vectors of 8, both), 2-D and 3-D maps, one position per item.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{
+           {16, 32, 7, 7}, {3, 8, 5, 9}, {4, 40, 3, 3}, {2, 16, 2, 3, 5}, {64, 32, 14, 14}, {16, 64, 1, 1}}) {
+    const auto layout = shape.size() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::ChannelsLast3d;
+    for (const bool affine : {true, false}) {
+      INFO(c10::str(c10::IntArrayRef(shape)) << (affine ? ", affine" : ", no affine"));
+      const int64_t c = shape[1];
+      const auto x = offset_channels(shape, 100).contiguous(layout);
+      const auto w = affine ? torch::rand({c}) + 0.5 : torch::Tensor(),
+                 b = affine ? torch::randn({c}) : torch::Tensor();
+      const auto go = torch::randn(shape);
+      REQUIRE(zoo::ops::batch_norm_fast(x, w, b, {}, {}, true));
+      const auto got = run(x, w, b, go, torch::kFloat32, true);
+      const auto lib = run(x.contiguous(), w, b, go, torch::kFloat32, false);
+      const auto exact = run(x.contiguous(), w, b, go, torch::kFloat64, false);
+      if (shape[2] * shape[3] > 1) {  // a map of one pixel is contiguous in both layouts
+        CHECK(got.y.is_contiguous(layout));
+        CHECK_FALSE(got.y.is_contiguous());
+        CHECK(got.dx.is_contiguous(layout));
+      }
+      check_as_close_as(got.y, lib.y, exact.y);
+      check_as_close_as(got.dx, lib.dx, exact.dx);
+      if (affine) {
+        check_as_close_as(got.dw, lib.dw, exact.dw);
+        check_as_close_as(got.db, lib.db, exact.db);
+      }
+      check_as_close_as(got.running_mean, lib.running_mean, exact.running_mean);
+      check_as_close_as(got.running_var, lib.running_var, exact.running_var);
+      // bfloat16 in channels-last, on values bfloat16 holds exactly: y is the float32 result rounded to nearest
+      // (even), bit for bit, as in the contiguous layout; the gradients one rounding off.
+      const auto xr = x.to(torch::kBFloat16).to(torch::kFloat32), gr = go.to(torch::kBFloat16).to(torch::kFloat32);
+      const auto low = run(xr, w, b, gr, torch::kBFloat16, true, true, 0.1, torch::kFloat32);
+      const auto high = run(xr, w, b, gr, torch::kFloat32, true);
+      CHECK(low.y.scalar_type() == torch::kBFloat16);
+      CHECK(torch::equal(low.y, high.y.to(torch::kBFloat16)));
+      CHECK(max_rel(low.dx, high.dx) < 1.0 / 128);
+      if (affine) CHECK(max_rel(low.dw, high.dw) < 1e-5);
+    }
+  }
+  // The same bits at 1 and 2 threads (each item's sums, added in item order).
+  const auto x = (torch::randn({16, 16, 5, 5}) * 2 + 1).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto go = torch::randn({16, 16, 5, 5}), w = torch::rand({16}) + 0.5, b = torch::randn({16});
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = run(x, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(2);
+  const auto two = run(x, w, b, go, torch::kFloat32, true);
+  torch::set_num_threads(threads);
+  CHECK(torch::equal(one.y, two.y));
+  CHECK(torch::equal(one.dx, two.dx));
+  CHECK(torch::equal(one.dw, two.dw));
+  CHECK(torch::equal(one.running_var, two.running_var));
+  // Channels not a multiple of 8 and gappy layouts go to LibTorch, with its result.
+  const auto twelve = torch::randn({4, 12, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
+  CHECK_FALSE(zoo::ops::batch_norm_fast(twelve, {}, {}, {}, {}, true));
+  CHECK(torch::equal(batch_norm(twelve, {}, {}, {}, {}, true, 0.1, 1e-5),
+                     torch::batch_norm(twelve, {}, {}, {}, {}, true, 0.1, 1e-5, false)));
+  CHECK_FALSE(zoo::ops::batch_norm_fast(x.slice(3, 0, 4), w, b, {}, {}, true));
 }
 
 TEST_CASE("batch_norm: the same bits at one and two threads", "[kernels]") {
