@@ -184,15 +184,12 @@ Tensor MHCImpl::combine_reads(const Tensor& for_pre, const Tensor& for_res, cons
   // The streams as [B, n, L] for the mixing kernel (ops/stream_mix.h): one pass each way for H_pre x, and one for
   // H_res x + H_post^T F with its four gradients, where elementwise operations took several, each a stream-sized
   // temporary. H_pre x is a product: under autocast it is handed to the branch in bfloat16, as matmul would.
-  auto shape = for_pre.sizes().vec();
-  shape.erase(shape.begin() + 1);
-  shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
-  const auto input = ops::mix_streams(m.pre.unsqueeze(1), for_pre.flatten(2)).view(shape);  // H_pre x: [B, C, ...]
+  const auto input = ops::mix_streams_map(m.pre, for_pre);  // H_pre x: [B, C, ...]
   const auto out = branch.forward(input);
   TORCH_CHECK(out.sizes() == input.sizes(), "MHC: the branch must keep its input's shape ", input.sizes(), ", got ",
               out.sizes());
   // stream t: sum_s H_res[t, s] x_s + H_post[t] F
-  return ops::mix_streams_add(m.res, for_res.flatten(2), m.post, out.flatten(1)).view_as(for_res);
+  return ops::mix_streams_add(m.res, for_res.flatten(2), m.post, out).view_as(for_res);
 }
 
 Tensor MHCImpl::forward(const Tensor& x) {

@@ -57,28 +57,20 @@ c10::optional<at::Tensor> float32_optional(const c10::optional<at::Tensor>& t) {
 // here: zoo's group_norm (ops/group_norm.h) where it takes the operands, which reads the bfloat16 input as it is and
 // hands a bfloat16 output on, with float32 statistics and parameters (PyTorch 2's mixed-type group norm); otherwise
 // widen to float32 and run without autocast, the rule PyTorch gives such operations. (GroupNorm: the ODE-ResNet.)
-// On a CPU with AMX the rule also hands 2-D maps on in channels-last memory (zoo's kernel reads and writes NHWC: ops/
-// group_norm.h) where the 3x3 convolutions around them are oneDNN's: C a multiple of 8 and a C -> C 3x3 convolution
-// of these maps above conv3x3's small problem (ops/conv3x3.h; below it conv3x3's own kernel reads contiguous maps).
-// oneDNN's AMX convolutions compute in channels-last, and LibTorch 1.13 reorders a contiguous input into it and copies
-// the output and the input gradient back on every call; given channels-last maps it does neither, and the
-// convolutions, ReLU (ops/relu.h), the solver's sums and the pooling keep the layout. (GroupNorm: the ODE-ResNet, one
-// before each convolution, so its stem's output is converted once, by ops::to_channels_last.) The ODE-ResNet's
-// bf16-mixed training step went 23.7-23.8 -> 20.1-20.4 ms, and 19.5-19.9 with zoo's transposes for the conversion
-// (three alternating process pairs each, Intel Xeon, 2026-12-07; docs/precision.md).
-bool group_norm_channels_last(const at::Tensor& input) {
-  if (!detail::cpu_has_amx_bf16() || input.dim() != 4 || input.size(1) % 8 != 0) return false;
-  const int64_t C = input.size(1);
-  return !conv3x3_small_problem(input.size(0), input.size(2) * input.size(3), C, C);
-}
-
+// On a CPU with AMX the rule also hands 2-D maps on in channels-last memory where amx_channels_last says so (zoo's
+// kernel reads and writes NHWC: ops/group_norm.h), so that the 3x3 convolutions around them, oneDNN's, take and give
+// channels-last maps; the convolutions, ReLU (ops/relu.h), the solver's sums and the pooling keep the layout.
+// (GroupNorm: the ODE-ResNet, one before each convolution, so its stem's output is converted once, by
+// ops::to_channels_last.) The ODE-ResNet's bf16-mixed training step went 23.7-23.8 -> 20.1-20.4 ms, and 19.5-19.9 with
+// zoo's transposes for the conversion (three alternating process pairs each, Intel Xeon, 2026-12-07;
+// docs/precision.md).
 at::Tensor group_norm_autocast(const at::Tensor& input, int64_t num_groups, const c10::optional<at::Tensor>& weight,
                                const c10::optional<at::Tensor>& bias, double eps, bool cudnn_enabled) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto w = float32_optional(weight), b = float32_optional(bias);
   const at::Tensor none;
   if (group_norm_fast(input, num_groups, w.value_or(none), b.value_or(none))) {
-    if (group_norm_channels_last(input))
+    if (amx_channels_last(input.sizes()))
       return group_norm(to_channels_last(input), num_groups, w.value_or(none), b.value_or(none), eps);
     return group_norm(input, num_groups, w.value_or(none), b.value_or(none), eps);
   }
@@ -283,6 +275,11 @@ struct Float32MeanFunction : public torch::autograd::Function<Float32MeanFunctio
   }
 };
 }  // namespace
+
+bool amx_channels_last(at::IntArrayRef maps) {
+  if (maps.size() != 4 || maps[1] % 8 != 0 || !detail::cpu_has_amx_bf16()) return false;
+  return !conv3x3_small_problem(maps[0], maps[2] * maps[3], maps[1], maps[1]);
+}
 
 torch::Tensor float32_mean(const torch::Tensor& x, int64_t start_dim) {
   TORCH_CHECK(x.is_floating_point(), "float32_mean takes a floating-point tensor, got ", x.scalar_type());

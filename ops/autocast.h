@@ -63,4 +63,13 @@ torch::Tensor float32(const torch::Tensor& t);
 /// x's size, divides it and casts it (0.3 ms of the 1-D ConvNet's 3.3 ms bf16-mixed step).
 torch::Tensor float32_mean(const torch::Tensor& x, int64_t start_dim);
 
+/// Whether 2-D maps of these sizes, [N, C, H, W], that CPU autocast hands on in bfloat16 go in channels-last memory: on
+/// a CPU with AMX (detail::cpu_has_amx_bf16(), ops/conv2d_bf16.h), C a multiple of 8, and a C -> C 3x3 convolution of
+/// them above conv3x3's small problem (ops/conv3x3.h; below it conv3x3's own kernel reads contiguous maps). oneDNN's
+/// AMX convolutions compute in channels-last; LibTorch 1.13 reorders a contiguous input into it and copies the output
+/// and the input gradient back on every call, and given channels-last maps does neither. Where such maps start:
+/// autocast's group_norm rule (the ODE-ResNet's field) and the mHC mixing's H_pre x (mix_streams_map,
+/// ops/stream_mix.h); zoo's batch norm, group norm and ReLU keep the layout. The caller checks that autocast is on.
+bool amx_channels_last(at::IntArrayRef maps);
+
 }  // namespace zoo::ops

@@ -69,6 +69,17 @@ struct ToChannelsLastFunction : public torch::autograd::Function<ToChannelsLastF
 
 }  // namespace
 
+namespace detail {
+void transpose(const c10::BFloat16* src, c10::BFloat16* dst, int64_t R, int64_t K) {
+  transpose16(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<uint16_t*>(dst), R, K);
+}
+
+void transpose(const float* src, float* dst, int64_t R, int64_t K) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < K; ++k) dst[k * R + r] = src[r * K + k];
+}
+}  // namespace detail
+
 Tensor to_channels_last(const Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "to_channels_last takes [N, C, H, W], got ", x.sizes());
   const auto last = torch::MemoryFormat::ChannelsLast;

@@ -22,4 +22,11 @@ namespace zoo::ops {
 /// as channels-last comes back as it is.
 torch::Tensor to_channels_last(const torch::Tensor& x);
 
+namespace detail {
+/// dst [K, R] = src [R, K] transposed: bfloat16 through the 8 x 8 register transposes above (a channels-last item
+/// [S, C] and its plain order [C, S], either way), float32 one element at a time.
+void transpose(const c10::BFloat16* src, c10::BFloat16* dst, int64_t R, int64_t K);
+void transpose(const float* src, float* dst, int64_t R, int64_t K);
+}  // namespace detail
+
 }  // namespace zoo::ops

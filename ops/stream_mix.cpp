@@ -1,6 +1,7 @@
 #include "ops/stream_mix.h"
 
 #include "ops/autocast.h"
+#include "ops/channels_last.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
@@ -215,9 +216,21 @@ void with_kernel(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor
 }
 #endif
 
+/// One item's values in the plain order [C, S] from a channels-last map's [S, C] (to_plain), or back (the other way).
+template <typename T>
+void item_to_plain(const T* item, T* plain, int64_t channels, int64_t L) {
+  detail::transpose(item, plain, L / channels, channels);
+}
+template <typename T>
+void plain_to_item(const T* plain, T* item, int64_t channels, int64_t L) {
+  detail::transpose(plain, item, channels, L / channels);
+}
+
 /// out [B, M, L] (float32 or bfloat16) = H x (+ P f): x [B, N, L] float32 or bfloat16 contiguous, h [B, M, N],
-/// p [B, M] and f [B, L] (contiguous, float32 or bfloat16) or undefined.
-void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, Tensor& out) {
+/// p [B, M] and f [B, L] (contiguous, float32 or bfloat16) or undefined. f_channels > 0: each item of f is a
+/// channels-last map of that many channels ([S, C] in memory); out_channels > 0 (M = 1): out's items are written so.
+void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, Tensor& out,
+                 int64_t f_channels = 0, int64_t out_channels = 0) {
 #ifdef ZOO_X86_KERNELS
   with_kernel(h, x, p, f, out.scalar_type(), [&](const auto& o, auto* yt, auto in, auto mo) {
     using X = typename std::decay_t<decltype(o)>::X;
@@ -227,18 +240,28 @@ void mix_forward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor
     const int64_t m = o.m, n = o.n, L = o.L;
     Y* yp = out.data_ptr<Y>();
     at::parallel_for(0, o.B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        mix_item<M, N, X, F, Y>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L,
-                                o.f ? o.f + b * L : nullptr, yp + b * m * L, L);
+      std::vector<F> f_plain(static_cast<size_t>(f_channels > 0 ? L : 0));
+      std::vector<Y> y_plain(static_cast<size_t>(out_channels > 0 ? L : 0));
+      for (int64_t b = b0; b < b1; ++b) {
+        const F* fb = o.f ? o.f + b * L : nullptr;
+        if (f_channels > 0) {
+          item_to_plain(fb, f_plain.data(), f_channels, L);
+          fb = f_plain.data();
+        }
+        Y* yb = out_channels > 0 ? y_plain.data() : yp + b * m * L;
+        mix_item<M, N, X, F, Y>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L, fb, yb, L);
+        if (out_channels > 0) plain_to_item(y_plain.data(), yp + b * L, out_channels, L);
+      }
     });
   });
 #endif
 }
 
 /// The gradients of mix_forward's output for g [B, M, L]: dx like x, dh [B, M, N] float32, and where f is given
-/// df like f and dp [B, M] float32.
+/// df like f and dp [B, M] float32. f_channels > 0: f's and df's items are channels-last maps of that many channels;
+/// g_channels > 0 (M = 1): g's are.
 void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, const Tensor& g, Tensor& dx,
-                  Tensor& dh, Tensor& df, Tensor& dp) {
+                  Tensor& dh, Tensor& df, Tensor& dp, int64_t f_channels = 0, int64_t g_channels = 0) {
 #ifdef ZOO_X86_KERNELS
   with_kernel(h, x, p, f, g.scalar_type(), [&](const auto& o, auto* gt, auto in, auto mo) {
     using X = typename std::decay_t<decltype(o)>::X;
@@ -252,20 +275,49 @@ void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tenso
     float* dhp = dh.data_ptr<float>();
     float* dpp = f.defined() ? dp.data_ptr<float>() : nullptr;
     at::parallel_for(0, o.B, items_per_task(m, n, L), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        mix_item_backward<M, N, X, F, G>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L,
-                                         o.f ? o.f + b * L : nullptr, gp + b * m * L, dxp + b * n * L,
-                                         dfp ? dfp + b * L : nullptr, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
+      const auto f_size = static_cast<size_t>(f_channels > 0 ? L : 0);
+      std::vector<F> f_plain(f_size), df_plain(f_size);
+      std::vector<G> g_plain(static_cast<size_t>(g_channels > 0 ? L : 0));
+      for (int64_t b = b0; b < b1; ++b) {
+        const F* fb = o.f ? o.f + b * L : nullptr;
+        F* dfb = dfp ? dfp + b * L : nullptr;
+        if (f_channels > 0) {
+          item_to_plain(fb, f_plain.data(), f_channels, L);
+          fb = f_plain.data();
+          dfb = df_plain.data();
+        }
+        const G* gb = gp + b * m * L;
+        if (g_channels > 0) {
+          item_to_plain(gb, g_plain.data(), g_channels, L);
+          gb = g_plain.data();
+        }
+        mix_item_backward<M, N, X, F, G>(o.H + b * m * n, o.P ? o.P + b * m : nullptr, o.x + b * n * L, fb, gb,
+                                         dxp + b * n * L, dfb, dhp + b * m * n, dpp ? dpp + b * m : nullptr, L);
+        if (f_channels > 0) plain_to_item(df_plain.data(), dfp + b * L, f_channels, L);
+      }
     });
   });
 #endif
 }
 
+/// Whether t is a 4-D map in channels-last memory and not contiguous (what the kernels read and write item by item
+/// through transposes; LibTorch's flatten of it would copy).
+bool channels_last_map(const Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(torch::MemoryFormat::ChannelsLast);
+}
+
 struct MixFunction : public torch::autograd::Function<MixFunction> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x) {
-    auto out = torch::empty({x.size(0), h.size(1), x.size(2)}, x.options().dtype(product_type(h, x)));
-    mix_forward(h, x, Tensor(), Tensor(), out);
+  /// map empty: out [B, M, L]; map {C, H, W} (M = 1, L = C H W): out [B, C, H, W] in channels-last memory.
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x,
+                        std::vector<int64_t> map) {
+    const auto options = x.options().dtype(product_type(h, x));
+    const int64_t channels = map.empty() ? 0 : map[0];
+    auto out = map.empty() ? torch::empty({x.size(0), h.size(1), x.size(2)}, options)
+                           : torch::empty({x.size(0), map[0], map[1], map[2]},
+                                          options.memory_format(torch::MemoryFormat::ChannelsLast));
+    mix_forward(h, x, Tensor(), Tensor(), out, 0, channels);
     ctx->save_for_backward({h, x});
+    ctx->saved_data["channels"] = channels;
     return out;
   }
 
@@ -275,22 +327,26 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
     const auto &h = saved[0], &x = saved[1];
     if (torch::GradMode::is_enabled())  // create_graph: gradients that are differentiable again
       return gradients_through(
-          ctx, {h, x}, [&] { return reference(h, x); }, grads[0], 2);
-    auto g = grads[0].contiguous();
+          ctx, {h, x}, [&] { return reference(h, x).view(grads[0].sizes()); }, grads[0], 3);
+    auto g = grads[0];
     if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
+    // A channels-last gradient of a map is read item by item through transposes; any other, in the plain order.
+    const int64_t channels = channels_last_map(g) ? g.size(1) : 0;
+    if (channels == 0) g = g.contiguous();
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
     auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
     Tensor df, dp;
-    mix_backward(h, x, Tensor(), Tensor(), g, dx, dh, df, dp);
-    return {dh.to(h.scalar_type()), dx};
+    mix_backward(h, x, Tensor(), Tensor(), g, dx, dh, df, dp, 0, channels);
+    return {dh.to(h.scalar_type()), dx, Tensor()};
   }
 };
 
 struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
+  /// f [B, L], or a channels-last map [B, C, H, W] of L values an item (channels_last_map).
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x, const Tensor& p,
                         const Tensor& f, torch::ScalarType type) {
     auto out = torch::empty(x.sizes(), x.options().dtype(type));
-    mix_forward(h, x, p, f, out);
+    mix_forward(h, x, p, f, out, channels_last_map(f) ? f.size(1) : 0);
     ctx->save_for_backward({h, x, p, f});
     return out;
   }
@@ -301,14 +357,14 @@ struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
     const auto &h = saved[0], &x = saved[1], &p = saved[2], &f = saved[3];
     if (torch::GradMode::is_enabled())
       return gradients_through(
-          ctx, {h, x, p, f}, [&] { return reference_add(h, x, p, f); }, grads[0], 5);
+          ctx, {h, x, p, f}, [&] { return reference_add(h, x, p, f.flatten(1)); }, grads[0], 5);
     auto g = grads[0].contiguous();
     if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
-    auto df = torch::empty_like(f, torch::MemoryFormat::Contiguous);
+    auto df = torch::empty_like(f);  // in f's layout
     auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
     auto dp = torch::empty(p.sizes(), p.options().dtype(torch::kFloat32));
-    mix_backward(h, x, p, f, g, dx, dh, df, dp);
+    mix_backward(h, x, p, f, g, dx, dh, df, dp, channels_last_map(f) ? f.size(1) : 0);
     return {dh.to(h.scalar_type()), dx, dp.to(p.scalar_type()), df, Tensor()};
   }
 };
@@ -434,23 +490,39 @@ struct RepeatStreamsFunction : public torch::autograd::Function<RepeatStreamsFun
 }  // namespace
 
 Tensor mix_streams(const Tensor& h, const Tensor& x, bool fast) {
-  return kernel_applies(h, x, fast) ? MixFunction::apply(h, x) : torch::matmul(h, x);
+  return kernel_applies(h, x, fast) ? MixFunction::apply(h, x, std::vector<int64_t>()) : torch::matmul(h, x);
+}
+
+Tensor mix_streams_map(const Tensor& h, const Tensor& x, bool fast) {
+  TORCH_CHECK(x.dim() >= 3 && h.dim() == 2 && h.size(0) == x.size(0) && h.size(1) == x.size(1),
+              "mix_streams_map expects h [B, n] and streams x [B, n, C, ...], got ", h.sizes(), " and ", x.sizes());
+  auto shape = x.sizes().vec();
+  shape.erase(shape.begin() + 1);
+  const auto flat = x.flatten(2);
+  const auto weights = h.unsqueeze(1);
+  const auto low = cpu_autocast_type();
+  if (kernel_applies(weights, flat, fast) && low == torch::kBFloat16 && amx_channels_last(shape))
+    return MixFunction::apply(weights, flat, std::vector<int64_t>{shape[1], shape[2], shape[3]});
+  shape.front() = -1;  // not x.size(0): a LibTorch trace keeps the batch size free
+  return mix_streams(weights, flat, fast).view(shape);
 }
 
 Tensor mix_streams_add(const Tensor& h, const Tensor& x, const Tensor& p, const Tensor& f, bool fast) {
   TORCH_CHECK(
       h.dim() == 3 && x.dim() == 3 && h.size(0) == x.size(0) && h.size(1) == x.size(1) && h.size(2) == x.size(1),
       "mix_streams_add expects h [B, n, n] and x [B, n, L], got ", h.sizes(), " and ", x.sizes());
-  TORCH_CHECK(p.dim() == 2 && p.size(0) == x.size(0) && p.size(1) == x.size(1) && f.dim() == 2 &&
-                  f.size(0) == x.size(0) && f.size(1) == x.size(2),
-              "mix_streams_add expects p [B, n] and f [B, L] for x ", x.sizes(), ", got ", p.sizes(), " and ",
-              f.sizes());
+  TORCH_CHECK(p.dim() == 2 && p.size(0) == x.size(0) && p.size(1) == x.size(1) && f.dim() >= 2 &&
+                  f.size(0) == x.size(0) && f.numel() == x.size(0) * x.size(2),
+              "mix_streams_add expects p [B, n] and f [B, L] (or [B, ...] of L values an item) for x ", x.sizes(),
+              ", got ", p.sizes(), " and ", f.sizes());
   // The plain path's type: the product's (autocast's under CPU autocast) promoted with p f's.
   const auto type = torch::promote_types(product_type(h, x), torch::promote_types(p.scalar_type(), f.scalar_type()));
   if (kernel_applies(h, x, fast) && kernel_type(type) && kernel_type(p.scalar_type()) && kernel_type(f.scalar_type()) &&
-      f.is_contiguous() && p.device().is_cpu() && f.device().is_cpu())
-    return MixAddFunction::apply(h, x, p, f, type);
-  return mix_streams(h, x, fast) + p.unsqueeze(2) * f.unsqueeze(1);
+      p.device().is_cpu() && f.device().is_cpu()) {
+    if (channels_last_map(f)) return MixAddFunction::apply(h, x, p, f, type);
+    return MixAddFunction::apply(h, x, p, f.reshape({f.size(0), -1}).contiguous(), type);
+  }
+  return mix_streams(h, x, fast) + p.unsqueeze(2) * f.flatten(1).unsqueeze(1);
 }
 
 StreamReads read_streams(const Tensor& x) {

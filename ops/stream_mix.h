@@ -23,11 +23,23 @@ namespace zoo::ops {
 /// in h and x, twice too (under create_graph the backward goes through torch::matmul's autograd).
 torch::Tensor mix_streams(const torch::Tensor& h, const torch::Tensor& x, bool fast = true);
 
-/// mix_streams(h, x) + p.unsqueeze(2) * f.unsqueeze(1) for h [B, n, n], x [B, n, L], p [B, n] and f [B, L]: mHC's
-/// output streams H_res x + H_post^T F(.) in one pass, and one pass for the four gradients. The kernel runs where
-/// mix_streams's would, with p and f (contiguous) in float32 or bfloat16, and returns the plain path's type (the
-/// product's, autocast's bfloat16 under CPU autocast, promoted with p f's: float32 for mHC's float32 H_post), but
-/// sums in float32 without rounding the product first; otherwise that plain path.
+/// mHC's H_pre x, the branch's input, for h [B, n] and streams x [B, n, C, ...]: mix_streams(h.unsqueeze(1),
+/// x.flatten(2)) as a map [B, C, ...]. Under CPU autocast in bfloat16, where the kernel runs and amx_channels_last
+/// (ops/autocast.h) picks the 2-D maps [B, C, H, W] (a CPU with AMX), the map comes out in channels-last memory: each
+/// item computed in the plain order, then transposed (8 x 8 register blocks, ops/channels_last.h), and its gradient
+/// read back the same way. The branch's convolutions (oneDNN's AMX kernels, which compute in channels-last), batch
+/// norms and ReLUs then keep that layout, and LibTorch 1.13 neither reorders their inputs nor copies their outputs
+/// and input gradients back to contiguous (the mHC ResNet's bf16-mixed training step: docs/precision.md). The same
+/// values in either layout.
+torch::Tensor mix_streams_map(const torch::Tensor& h, const torch::Tensor& x, bool fast = true);
+
+/// mix_streams(h, x) + p.unsqueeze(2) * f.flatten(1).unsqueeze(1) for h [B, n, n], x [B, n, L], p [B, n] and f
+/// [B, L] or [B, ...] of L values an item (the branch's output map): mHC's output streams H_res x + H_post^T F(.) in
+/// one pass, and one pass for the four gradients. The kernel runs where mix_streams's would, with p and f in float32
+/// or bfloat16 (f in any layout: a channels-last map is read item by item through transposes and its gradient
+/// written in its layout, any other is made contiguous), and returns the plain path's type (the product's,
+/// autocast's bfloat16 under CPU autocast, promoted with p f's: float32 for mHC's float32 H_post), but sums in float32
+/// without rounding the product first; otherwise that plain path.
 torch::Tensor mix_streams_add(const torch::Tensor& h, const torch::Tensor& x, const torch::Tensor& p,
                               const torch::Tensor& f, bool fast = true);
 

@@ -6,6 +6,7 @@
 #include "ops/stream_mix.h"
 #include "helpers.h"
 #include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -286,8 +287,10 @@ TEST_CASE("mix_streams_add: a bfloat16 branch output under autocast, threads, se
   const auto hd = h.to(torch::kDouble), xd = x.to(torch::kDouble), pd = p.to(torch::kDouble),
              fd = f16.to(torch::kDouble);
   CHECK(torch::equal(zoo::ops::mix_streams_add(hd, xd, pd, fd), plain_of(hd, xd, pd, fd)));
+  // A strided F is made contiguous for the kernel: the same bits as a contiguous one.
   const auto strided = torch::randn({99, 16}).t();
-  CHECK(torch::equal(zoo::ops::mix_streams_add(h, x, p, strided), plain_of(h, x, p, strided)));
+  CHECK(torch::equal(zoo::ops::mix_streams_add(h, x, p, strided),
+                     zoo::ops::mix_streams_add(h, x, p, strided.contiguous())));
   {
     zoo::ops::ScalarOnly scalar;
     CHECK(torch::equal(zoo::ops::mix_streams_add(h, x, p, f32), plain_of(h, x, p, f32)));
@@ -329,6 +332,79 @@ bool made_by(const torch::Tensor& t, const std::string& name) {
 }
 
 }  // namespace
+
+TEST_CASE("mix_streams_add and mix_streams_map: channels-last maps, the same bits as the plain order",
+          "[kernels][mhc]") {
+  if (!zoo::ops::cpu_has_avx2_fma()) return;
+  torch::manual_seed(7);
+  const auto last = torch::MemoryFormat::ChannelsLast;
+  // F as the branch's output map [B, C, H, W] in channels-last memory: read through transposes, its gradient written
+  // in its layout. 8 and 32 channels (the transposes' whole blocks), 12 (their edges), odd maps.
+  for (const auto type : {torch::kBFloat16, torch::kFloat32}) {
+    for (const auto& map : std::vector<std::vector<int64_t>>{{3, 8, 5, 7}, {4, 32, 7, 7}, {2, 12, 3, 3}}) {
+      const int64_t B = map[0], n = 4, L = map[1] * map[2] * map[3];
+      INFO(c10::str(c10::IntArrayRef(map)) << " " << type);
+      const auto h = torch::rand({B, n, n}), x = torch::randn({B, n, L}), p = torch::rand({B, n});
+      const auto f = torch::randn(map).to(type), go = torch::randn({B, n, L});
+      const auto step = [&](const torch::Tensor& f0) {
+        auto hv = h.clone().requires_grad_(), xv = x.clone().requires_grad_(), pv = p.clone().requires_grad_();
+        auto fv = f0.detach().clone(f0.suggest_memory_format()).requires_grad_();
+        const auto out = zoo::ops::mix_streams_add(hv, xv, pv, fv);
+        (out * go).sum().backward();
+        return std::vector<torch::Tensor>{out.detach(), hv.grad(), xv.grad(), pv.grad(), fv.grad()};
+      };
+      const auto ours = step(f.contiguous(last)), plain = step(f);
+      REQUIRE_FALSE(f.contiguous(last).is_contiguous());
+      for (size_t i = 0; i < ours.size(); ++i) CHECK(torch::equal(ours[i], plain[i]));
+      CHECK(ours[4].is_contiguous(last));  // dF in F's layout
+      CHECK_FALSE(ours[4].is_contiguous());
+    }
+  }
+
+  // H_pre x as a map: under bf16 autocast on a CPU with AMX (AmxOverride: on any CPU), maps above conv3x3's small
+  // problem with C a multiple of 8 come out channels-last; the same bits as the contiguous map, and the same
+  // gradients whether the map's gradient comes back channels-last or contiguous.
+  const auto pre_step = [&](const torch::Tensor& h, const torch::Tensor& x, bool amx, bool autocast,
+                            bool gradient_last) {
+    zoo::ops::detail::AmxOverride override_amx(amx);
+    auto hv = h.clone().requires_grad_(), xv = x.clone().requires_grad_();
+    torch::Tensor out;
+    {
+      zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16, autocast);
+      out = zoo::ops::mix_streams_map(hv, xv);
+    }
+    auto go = torch::randn(out.sizes(), torch::TensorOptions().dtype(out.scalar_type()));
+    if (gradient_last) go = go.contiguous(last);
+    out.backward(go);
+    return std::vector<torch::Tensor>{out.detach(), hv.grad(), xv.grad()};
+  };
+  const auto h = torch::rand({64, 4}), x = torch::randn({64, 4, 32, 7, 7});
+  torch::manual_seed(8);
+  const auto cl = pre_step(h, x, true, true, true);
+  torch::manual_seed(8);
+  const auto plain = pre_step(h, x, false, true, false);
+  CHECK(cl[0].scalar_type() == torch::kBFloat16);
+  CHECK(cl[0].is_contiguous(last));
+  CHECK_FALSE(cl[0].is_contiguous());
+  CHECK(plain[0].is_contiguous());
+  CHECK(cl[0].sizes() == plain[0].sizes());
+  for (size_t i = 0; i < cl.size(); ++i) CHECK(torch::equal(cl[i], plain[i]));
+  torch::manual_seed(8);
+  const auto cl_contiguous_gradient = pre_step(h, x, true, true, false);
+  for (size_t i = 1; i < cl.size(); ++i) CHECK(torch::equal(cl_contiguous_gradient[i], plain[i]));
+  // Where the layout stays: without autocast, small maps (conv3x3's own kernel), 12 channels, 3-D maps, streams of
+  // vectors; and the plain path is torch::matmul's.
+  CHECK(pre_step(h, x, true, false, false)[0].is_contiguous());
+  CHECK(pre_step(torch::rand({4, 4}), torch::randn({4, 4, 8, 6, 6}), true, true, false)[0].is_contiguous());
+  CHECK(pre_step(torch::rand({64, 4}), torch::randn({64, 4, 12, 7, 7}), true, true, false)[0].is_contiguous());
+  CHECK(pre_step(torch::rand({64, 4}), torch::randn({64, 4, 32, 7, 7, 2}), true, true, false)[0].is_contiguous());
+  const auto vectors = pre_step(torch::rand({5, 3}), torch::randn({5, 3, 16}), true, true, false);
+  CHECK(vectors[0].sizes() == torch::IntArrayRef{5, 16});
+  const auto hs = torch::rand({5, 3}), xs = torch::randn({5, 3, 8, 2, 2});
+  CHECK(torch::equal(zoo::ops::mix_streams_map(hs, xs, /*fast=*/false),
+                     torch::matmul(hs.unsqueeze(1), xs.flatten(2)).view({5, 8, 2, 2})));
+  CHECK_THROWS_WITH(zoo::ops::mix_streams_map(torch::rand({5, 2}), xs), Catch::Contains("mix_streams_map expects"));
+}
 
 TEST_CASE(
     "read_streams: the means, and one backward that adds the three gradients (float32 to the bit, bfloat16 "
