@@ -30,10 +30,10 @@ namespace zoo::ops {
 
 /// torch::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps) for x [N, C, *]; weight,
 /// bias, running_mean and running_var [C] or undefined. In training mode, for contiguous (or channels-last, C a
-/// multiple of 8) CPU tensors, x float32 or bfloat16 and the others float32, on a CPU with AVX2 + FMA and outside a trace, the kernels above (running statistics
-/// updated in place, as LibTorch does); otherwise, or with `fast` false, torch::batch_norm itself (a trace records it,
-/// which TorchScript, ONNX and Python load). Differentiable in x, weight and bias, twice too: under create_graph the
-/// backward goes through torch::batch_norm's autograd.
+/// multiple of 8) CPU tensors, x float32 or bfloat16 and the others float32, on a CPU with AVX2 + FMA and outside a
+/// trace, the kernels above (running statistics updated in place, as LibTorch does); otherwise, or with `fast` false,
+/// torch::batch_norm itself (a trace records it, which TorchScript, ONNX and Python load). Differentiable in x, weight
+/// and bias, twice too: under create_graph the backward goes through torch::batch_norm's autograd.
 torch::Tensor batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                          const torch::Tensor& running_mean, const torch::Tensor& running_var, bool training,
                          double momentum, double eps, bool fast = true);
