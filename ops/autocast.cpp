@@ -165,6 +165,8 @@ at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, co
     return detail::conv2d_one_channel(input, weight, bias.value_or(at::Tensor()), padding.front());
   if (detail::conv_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
     return detail::conv2d_weight_as_forward(input, weight, bias.value_or(at::Tensor()), padding);
+  if (detail::conv2d_weight_tiles_applies(input, weight, bias, stride, padding, dilation, groups))
+    return detail::conv2d_weight_by_tiles(input, weight, bias.value_or(at::Tensor()), padding);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto low = dtype_of(c10::kCPU);
   using at::autocast::cached_cast;

@@ -37,10 +37,8 @@ int& amx_override() {
   return value;
 }
 
-// What the CPU and the OS say, asked once.
-bool amx_bf16_present() {
-  if (const char* env = std::getenv("ZOO_CPU_AMX"); env != nullptr && (env[0] == '0' || env[0] == '1'))
-    return env[0] == '1';
+// What the CPU and the OS say (ZOO_CPU_AMX aside), asked once.
+bool amx_tiles_granted() {
 #if defined(ZOO_X86_KERNELS) && defined(__linux__)
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
@@ -57,7 +55,18 @@ bool amx_bf16_present() {
   return false;
 #endif
 }
+
+bool amx_bf16_present() {
+  if (const char* env = std::getenv("ZOO_CPU_AMX"); env != nullptr && (env[0] == '0' || env[0] == '1'))
+    return env[0] == '1';
+  return amx_tiles_granted();
+}
 }  // namespace
+
+bool amx_tiles_present() {
+  static const bool granted = amx_tiles_granted();
+  return granted && cpu_has_avx512_bf16();
+}
 
 bool cpu_has_amx_bf16() {
   static const bool present = amx_bf16_present();

@@ -48,8 +48,14 @@ class WithoutBf16Kernel {
 /// fast or faster with it) stay zoo's, and strided 3-D convolutions' weight gradients go to zoo's
 /// (conv3d_bf16_weight_gradient: oneDNN's AMX one is slow there) (zoo_bench ConvBf16, ConvWeightGradient,
 /// ConvOneChannel and zoo bench A/B runs; docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment
-/// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread.
+/// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread. Small-map weight
+/// gradients go to zoo's own AMX tile kernel (conv2d_weight_gradient_tiles, ops/conv_weight_gradient.h).
 bool cpu_has_amx_bf16();
+
+/// Whether zoo's own AMX instructions may run here: the CPU and the OS as cpu_has_amx_bf16() asks them, without its
+/// overrides (ZOO_CPU_AMX=1 and AmxOverride(true) route work as on a CPU with AMX, on any CPU; the tile kernel itself
+/// runs only where this is true).
+bool amx_tiles_present();
 
 /// While one lives, cpu_has_amx_bf16() answers `has_amx` in this thread (tests of both routings on any CPU; it still
 /// answers false where cpu_has_avx512_bf16() does).

@@ -1,11 +1,13 @@
 #include "ops/conv_weight_gradient.h"
 
 #include "ops/autocast.h"
+#include "ops/channels_last.h"
 #include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <algorithm>
@@ -30,12 +32,14 @@ Tensor reference(const Tensor& xb, const Tensor& wb, const Tensor& bias, at::Int
 /// A bfloat16 convolution (autocast's result) whose weight gradient is zoo's: the swapped forward convolution for a
 /// 2-D one (stride 1), conv3d_bf16_weight_gradient for a 3-D one; the forward and the input gradient are oneDNN's.
 struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGradientFunction> {
+  /// wb: the weight in bfloat16 (autocast's cached cast of it: a model's weight is cast once a forward).
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
-                        const Tensor& bias, std::vector<int64_t> stride, std::vector<int64_t> padding) {
-    const auto wb = weight.to(torch::kBFloat16);
+                        const Tensor& bias, const Tensor& wb, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                        bool tiles) {
     ctx->save_for_backward({xb, weight, bias, wb});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
+    ctx->saved_data["tiles"] = tiles;
     return reference(xb, wb, bias, stride, padding);
   }
 
@@ -47,18 +51,22 @@ struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGra
     if (torch::GradMode::is_enabled())  // under create_graph: through autocast's rule
       return gradients_through(
           ctx, {xb, weight, bias}, [&] { return reference(xb, weight.to(torch::kBFloat16), bias, stride, padding); },
-          grads[0], 5);
+          grads[0], 7);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto gy = grads[0].to(torch::kBFloat16);
     const auto dims = static_cast<size_t>(xb.dim() - 2);
-    torch::autograd::variable_list out(5);
+    torch::autograd::variable_list out(7);
     if (ctx->needs_input_grad(0))
       out[0] =
           std::get<0>(at::convolution_backward(gy, xb, wb, c10::nullopt, stride, padding, std::vector<int64_t>(dims, 1),
                                                false, std::vector<int64_t>(dims, 0), 1, {true, false, false}));
-    if (ctx->needs_input_grad(1))
-      out[1] = dims == 2 ? conv2d_weight_gradient(xb, gy, padding)
-                         : conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
+    if (ctx->needs_input_grad(1)) {
+      if (ctx->saved_data["tiles"].toBool())
+        out[1] = conv2d_weight_gradient_tiles(xb, gy, weight.size(2), weight.size(3), padding);
+      else
+        out[1] = dims == 2 ? conv2d_weight_gradient(xb, gy, padding)
+                           : conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
+    }
     if (bias.numel() > 0 && ctx->needs_input_grad(2)) {
       std::vector<int64_t> axes{0};
       for (int64_t a = 2; a < gy.dim(); ++a) axes.push_back(a);
@@ -67,6 +75,105 @@ struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGra
     return out;
   }
 };
+
+#ifdef ZOO_X86_KERNELS
+// conv2d_weight_gradient_tiles: AMX's bfloat16 tile product, C[16 x 16] += A[16 x 32] B[32 x 16] in float32
+// (TDPBF16PS; B stored as 16 rows of 16 pairs of consecutive K values), with the weight gradient of a stride-1
+// convolution made one such product per tap over a padded grid:
+//   q = n P + y Wp + x over the zero-padded maps (Wp = W + 2 pw, P = (H + 2 ph) Wp), so that the input pixel a tap
+//   (i, j) reads for the output at q is q + i Wp + j, one offset for the whole batch;
+//   A = x^T [C, q] (each channel's padded maps in a row; zeros in the padding), read from column q0 + i Wp + j;
+//   B = dy at the output positions of the same grid (zero at the others), as pairs [q / 2][o][2];
+//   dW[:, :, i, j]^T [C, O] = sum over q of A[:, q + i Wp + j] B[q, :].
+// Positions outside the output (the grid's last rows and columns) multiply zeros: the grid has P / (HO WO) times the
+// output's positions (81 / 49 at 7 x 7). Each (tap, block of 32 input and 32 output channels) is one task summing its K
+// in a fixed order: the same bits at any thread count.
+
+/// `planes` planes [H, W] (src_stride apart) into their places on the grid (grid_stride apart), [H + 2 ph, W + 2 pw]
+/// with zeros around each: each grid row one masked
+/// load (the plane's row read from pw values before it, those lanes masked off: never touched) and one masked store,
+/// 32 values at a time (AVX-512, which every CPU with AMX has).
+ZOO_AVX512_BF16 void grid_planes(const uint16_t* src, uint16_t* grid, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                                 int64_t planes, int64_t src_stride, int64_t grid_stride) {
+  const int64_t Wp = W + 2 * pw, Hp = H + 2 * ph;
+  const auto below = [](int64_t n) {
+    return n <= 0 ? __mmask32(0) : n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+  };
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t plane = 0; plane < planes; ++plane, src += src_stride, grid += grid_stride) {
+    uint16_t* g = grid;
+    for (int64_t y = 0; y < Hp; ++y, g += Wp) {
+      const bool inside = y >= ph && y < ph + H;
+      for (int64_t x = 0; x < Wp; x += 32) {
+        const auto load = static_cast<__mmask32>(below(pw + W - x) & ~below(pw - x));
+        const __m512i v = inside ? _mm512_maskz_loadu_epi16(load, src + (y - ph) * W + x - pw) : zero;
+        _mm512_mask_storeu_epi16(g + x, below(Wp - x), v);
+      }
+    }
+  }
+}
+
+/// dst [O][2] = (p0[o], p1[o]) for O a multiple of 16, a null row read as zeros.
+ZOO_AVX2_FMA void interleave_pair(const uint16_t* p0, const uint16_t* p1, uint16_t* dst, int64_t O) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t o = 0; o < O; o += 16) {
+    const __m256i a = p0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0 + o)) : zero;
+    const __m256i b = p1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1 + o)) : zero;
+    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);  // per 128-bit lane
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * o), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * o + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
+}
+
+/// The tile registers' shapes (LDTILECFG's 64-byte operand): palette 1, tiles 0-7 of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+ZOO_AMX_BF16 void configure_tiles() {
+  TileConfig config;
+  std::memset(&config, 0, sizeof config);
+  config.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  // GCC does not count LDTILECFG's operand as read memory and drops the stores above without this.
+  __asm__ volatile("" : : "r"(&config) : "memory");
+  _tile_loadconfig(&config);
+}
+
+ZOO_AMX_BF16 void release_tiles() { _tile_release(); }
+
+/// out[c][o] (CB blocks of 16 rows c, OB blocks of 16 columns o, ld_out floats a row) = sum over `steps` steps of 32
+/// K of a[c][k] b[k][o]: a rows of `a_stride` elements (block c + 1 at a + 16 a_stride), b pair rows of 2 O elements
+/// (block o + 1 at b + 32, the next step at b + 32 O).
+template <int CB, int OB>
+ZOO_AMX_BF16 void tile_product(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t O, int64_t steps,
+                               float* out, int64_t ld_out) {
+  const int64_t sa = a_stride * 2, sb = O * 4, so = ld_out * 4;
+  _tile_zero(0);
+  if constexpr (OB > 1) _tile_zero(1);
+  if constexpr (CB > 1) _tile_zero(2);
+  if constexpr (CB > 1 && OB > 1) _tile_zero(3);
+  for (int64_t k = 0; k < steps; ++k) {
+    _tile_loadd(6, b + k * 32 * O, sb);
+    if constexpr (OB > 1) _tile_loadd(7, b + k * 32 * O + 32, sb);
+    _tile_loadd(4, a + k * 32, sa);
+    if constexpr (CB > 1) _tile_loadd(5, a + 16 * a_stride + k * 32, sa);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (OB > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (CB > 1) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (CB > 1 && OB > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, so);
+  if constexpr (OB > 1) _tile_stored(1, out + 16, so);
+  if constexpr (CB > 1) _tile_stored(2, out + 16 * ld_out, so);
+  if constexpr (CB > 1 && OB > 1) _tile_stored(3, out + 16 * ld_out + 16, so);
+}
+#endif
 
 /// The operands autocast's bfloat16 rule would take: under CPU autocast in bfloat16, grad mode on, outside a trace;
 /// CPU tensors, the input float32 or bfloat16 [N, C, ...] (dims axes), the weight float32 [O, C, ...] needing its
@@ -102,12 +209,16 @@ bool own_weight_gradient_operands(const Tensor& input, const Tensor& weight, con
 
 /// torch's convolution (2-D or 3-D) of input, weight and bias under bf16-mixed through OwnWeightGradientFunction.
 Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
-                           at::IntArrayRef padding) {
+                           at::IntArrayRef padding, bool tiles = false) {
+  // Autocast's cache: the weight cast once for the forward (the cast's own gradient is not used: the node hands the
+  // float32 weight its gradient).
+  const auto wb = at::autocast::cached_cast(torch::kBFloat16, weight, c10::kCPU);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
   const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
   const auto dims = static_cast<size_t>(input.dim() - 2);
-  return OwnWeightGradientFunction::apply(xb, weight, b, per_axis(stride, dims), per_axis(padding, dims));
+  return OwnWeightGradientFunction::apply(xb, weight, b, wb.detach(), per_axis(stride, dims), per_axis(padding, dims),
+                                          tiles);
 }
 
 }  // namespace
@@ -142,6 +253,90 @@ Tensor conv2d_weight_gradient(const Tensor& xb, const Tensor& gy, at::IntArrayRe
   return out;
 }
 
+Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t KH, int64_t KW,
+                                    at::IntArrayRef padding) {
+  TORCH_CHECK(xb.dim() == 4 && gy.dim() == 4 && xb.size(0) == gy.size(0) && xb.scalar_type() == torch::kBFloat16 &&
+                  gy.scalar_type() == torch::kBFloat16 && padding.size() == 2 && xb.size(1) % 16 == 0 &&
+                  gy.size(1) % 16 == 0,
+              "conv2d_weight_gradient_tiles takes bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] with C and O multiples "
+              "of 16, and two paddings; got x ",
+              xb.sizes(), ", dy ", gy.sizes());
+  const int64_t N = xb.size(0), C = xb.size(1), H = xb.size(2), W = xb.size(3), O = gy.size(1);
+  const int64_t ph = padding[0], pw = padding[1], Wp = W + 2 * pw, P = (H + 2 * ph) * Wp;
+  const int64_t HO = H + 2 * ph - KH + 1, WO = Wp - KW + 1;
+  TORCH_CHECK(gy.size(2) == HO && gy.size(3) == WO, "conv2d_weight_gradient_tiles: dy ", gy.sizes(), " is not the ", KH,
+              " x ", KW, " convolution's output of x ", xb.sizes(), " at padding ", padding);
+  TORCH_CHECK(amx_tiles_present(), "conv2d_weight_gradient_tiles needs a CPU with AMX");
+  const int64_t K = (N * P + 31) / 32 * 32, margin = (KH - 1) * Wp + KW - 1, R = (K + margin + 31) / 32 * 32;
+  const auto bf16 = xb.options().dtype(torch::kBFloat16);
+  auto a = torch::empty({C, R}, bf16);         // x^T on the padded grid
+  auto b = torch::empty({K / 2, O, 2}, bf16);  // dy at the grid's output positions, in pairs
+  auto acc = torch::empty({KH * KW, C, O}, xb.options().dtype(torch::kFloat32));
+#ifdef ZOO_X86_KERNELS
+  const auto last = torch::MemoryFormat::ChannelsLast;
+  const bool x_last = xb.is_contiguous(last) && !xb.is_contiguous();
+  const auto x_data = x_last || xb.is_contiguous() ? xb : xb.contiguous();
+  const auto dy_rows = gy.is_contiguous(last) && !gy.is_contiguous() ? gy : to_channels_last(gy.contiguous());
+  auto* ap = reinterpret_cast<uint16_t*>(a.data_ptr<at::BFloat16>());
+  auto* bp = reinterpret_cast<uint16_t*>(b.data_ptr<at::BFloat16>());
+  const auto* xp = x_data.data_ptr<at::BFloat16>();
+  const auto* gp = reinterpret_cast<const uint16_t*>(dy_rows.data_ptr<at::BFloat16>());
+  // Each item's C planes (a channels-last item transposed first), row by row into the grid, zeros around them.
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<at::BFloat16> planes(static_cast<size_t>(x_last ? C * H * W : 0));
+    for (int64_t n = n0; n < n1; ++n) {
+      const at::BFloat16* item = xp + n * C * H * W;
+      if (x_last) {
+        transpose(item, planes.data(), H * W, C);
+        item = planes.data();
+      }
+      const auto* src = reinterpret_cast<const uint16_t*>(item);
+      grid_planes(src, ap + n * P, H, W, ph, pw, C, H * W, R);
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) std::memset(ap + c * R + N * P, 0, static_cast<size_t>(R - N * P) * 2);
+  // Pair row r: positions 2 r and 2 r + 1 of the grid, dy's O channels at each (zeros off the output) interleaved.
+  at::parallel_for(0, K / 2, 64, [&](int64_t r0, int64_t r1) {
+    int64_t q = 2 * r0, n = q / P, y = q % P / Wp, x = q % Wp;  // then counted along
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint16_t* rows[2];
+      for (auto& row : rows) {
+        row = n < N && y < HO && x < WO ? gp + ((n * HO + y) * WO + x) * O : nullptr;
+        if (++x == Wp) {
+          x = 0;
+          if (++y == H + 2 * ph) y = 0, ++n;
+        }
+      }
+      interleave_pair(rows[0], rows[1], bp + r * 2 * O, O);
+    }
+  });
+  auto* out = acc.data_ptr<float>();
+  const int64_t c_blocks = (C + 31) / 32, o_blocks = (O + 31) / 32, tasks = KH * KW * c_blocks * o_blocks;
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    configure_tiles();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t tap = t / (c_blocks * o_blocks), c0 = t / o_blocks % c_blocks * 32, o0 = t % o_blocks * 32;
+      const int64_t offset = tap / KW * Wp + tap % KW;
+      const uint16_t* a_tiles = ap + c0 * R + offset;
+      const uint16_t* b_tiles = bp + o0 * 2;
+      float* o_tiles = out + (tap * C + c0) * O + o0;
+      const bool two_c = C - c0 >= 32, two_o = O - o0 >= 32;
+      if (two_c && two_o)
+        tile_product<2, 2>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
+      else if (two_c)
+        tile_product<2, 1>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
+      else if (two_o)
+        tile_product<1, 2>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
+      else
+        tile_product<1, 1>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
+    }
+    release_tiles();
+  });
+#endif
+  // [taps, C, O] -> [O, C, KH, KW], rounded to bfloat16 once as oneDNN's is.
+  return acc.permute({2, 1, 0}).reshape({O, C, KH, KW}).to(torch::kBFloat16).to(torch::kFloat32);
+}
+
 bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
@@ -153,6 +348,21 @@ bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, con
   if (!channels(C) || !channels(O) || !taps(KH) || !taps(KW)) return false;
   const int64_t HO = input.size(2) + 2 * padding.front() - KH + 1, WO = input.size(3) + 2 * padding.back() - KW + 1;
   return input.size(0) >= 16 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
+}
+
+bool conv2d_weight_tiles_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups) {
+  if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 2)) return false;
+  if (stride.front() != 1 || stride.back() != 1 || !cpu_has_amx_bf16() || !amx_tiles_present()) return false;
+  const int64_t O = weight.size(0), C = weight.size(1);
+  const int64_t HO = input.size(2) + 2 * padding.front() - weight.size(2) + 1,
+                WO = input.size(3) + 2 * padding.back() - weight.size(3) + 1;
+  return C % 16 == 0 && O % 16 == 0 && C <= 64 && O <= 64 && HO * WO <= 100;
+}
+
+Tensor conv2d_weight_by_tiles(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef padding) {
+  return own_weight_gradient(input, weight, bias, {1, 1}, padding, /*tiles=*/true);
 }
 
 bool conv3d_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,

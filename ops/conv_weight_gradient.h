@@ -23,6 +23,17 @@
 // loses in most of that region (Intel Xeon with AMX, 2026-12-07: batch 64, 32 channels, 7x7: 0.86; 64, 64, 7x7: 0.98;
 // 64, 32, 10x10: 0.63; 16, 32, 7x7: 0.77), so the rule stays off there.
 //
+// On a CPU with AMX, small maps get a weight gradient of zoo's own on AMX tiles instead (conv2d_weight_gradient_tiles):
+// one tile product per tap over the zero-padded grid of the batch's maps (the .cpp), where oneDNN 2.6's AMX weight
+// gradient runs far below the tiles' speed on small maps (the mHC ResNet's 7x7 blocks, 58 M multiply-adds: 0.21 ms).
+// zoo_bench's ConvWeightGradient/1 (Intel Xeon with AMX, 2026-12-07, 1 thread, channels-last operands, oneDNN time /
+// zoo's, two runs): batch 64, 32 channels: 4x4 2.00-2.18, 7x7 1.50-1.58, 10x10 1.30-1.33, 14x14 1.00-1.07; 64
+// channels at 7x7 1.55-1.56, 16 items of 32 at 7x7 1.77-1.89; 128 channels at 14x14 0.72-0.73; 256-512 channels at
+// 4x4-8x8 1.70-2.93. So autocast's conv2d rule takes
+// stride-1 convolutions with output maps of at most 100 pixels, channels multiples of 16 up to 64 in and out. The
+// wider layers are faster alone but not in their models: ResNet-18, ResNet-50 and the U-Net trained as fast or
+// slower with them (three alternating process pairs), and the mHC ResNet 15.7-15.9 -> 15.2-15.3 ms a step.
+//
 // A 3-D convolution with a stride of 2 or more on every axis, on a CPU with AMX, gets zoo's weight gradient too:
 // conv3d_bf16_weight_gradient (ops/conv2d_bf16.h), the 2-D kernel's dot products over pairs of neighbouring output
 // pixels with a depth axis. oneDNN 2.6's AMX weight gradient of strided 3-D convolutions is slow (conv4d's second
@@ -62,6 +73,25 @@ torch::Tensor conv2d_weight_as_forward(const torch::Tensor& input, const torch::
 /// The weight gradient alone, [O, C, KH, KW] in float32 (rounded to bfloat16 once): the swapped forward convolution
 /// of bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] at stride 1 with `padding` (KH = H + 2 padding - HO + 1).
 torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef padding);
+
+/// The weight gradient alone on AMX tiles, [O, C, KH, KW] in float32 (rounded to bfloat16 once): bfloat16 x
+/// [N, C, H, W] (any layout) and dy [N, O, HO, WO] (channels-last read as it is, else converted) of a KH x KW
+/// convolution at stride 1 with `padding`, C and O multiples of 16, on a CPU with AMX (see the .cpp for the scheme).
+torch::Tensor conv2d_weight_gradient_tiles(const torch::Tensor& xb, const torch::Tensor& gy, int64_t KH, int64_t KW,
+                                           at::IntArrayRef padding);
+
+/// Whether autocast's conv2d rule runs conv2d_weight_by_tiles on these operands: under CPU autocast in bfloat16, grad
+/// mode on, outside a trace, on a CPU with AMX (cpu_has_amx_bf16(), and amx_tiles_present(): the instructions really
+/// there); the operands of conv_weight_gradient_applies with stride 1, 16-64 channels in and out (multiples of 16),
+/// 1-7 taps per axis and output maps of at most 100 pixels (the region above).
+bool conv2d_weight_tiles_applies(const torch::Tensor& input, const torch::Tensor& weight,
+                                 const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+/// torch::conv2d(input, weight, bias, 1, padding) in bfloat16 (autocast's result), one autograd node: the input's
+/// gradient oneDNN's, the weight's conv2d_weight_gradient_tiles, the bias's in float32.
+torch::Tensor conv2d_weight_by_tiles(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                                     at::IntArrayRef padding);
 
 /// Whether autocast's conv3d rule runs conv3d_weight_by_pairs on these operands: under CPU autocast in bfloat16,
 /// grad mode on, outside a trace, on a CPU with AMX (cpu_has_amx_bf16()); a float32 or bfloat16 CPU input

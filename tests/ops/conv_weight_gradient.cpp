@@ -149,6 +149,112 @@ TEST_CASE("conv2d_weight_gradient: the swapped forward convolution gives float64
                     Catch::Contains("bfloat16 x [N, C, H, W]"));
 }
 
+TEST_CASE("conv2d_weight_gradient_tiles: AMX tiles give float64's weight gradient, rounded once",
+          "[kernels][precision]") {
+  if (!zoo::ops::detail::amx_tiles_present()) {
+    WARN("this CPU has no AMX: conv2d_weight_gradient_tiles is not tested here");
+    return;
+  }
+  torch::manual_seed(35);
+  // {N, C, O, H, W, KH, KW, ph, pw}: the mHC ResNet's blocks and its stem's second layer, blocks of 16 and 32
+  // channels (48: one of each), 1-7 taps, no padding, non-square maps and kernels, one item.
+  const std::vector<std::array<int64_t, 9>> shapes{{64, 32, 32, 7, 7, 3, 3, 1, 1}, {64, 32, 32, 14, 14, 3, 3, 1, 1},
+                                                   {5, 48, 16, 6, 9, 5, 3, 2, 1},  {3, 16, 48, 5, 5, 3, 3, 0, 0},
+                                                   {1, 16, 16, 4, 11, 1, 7, 0, 3}, {7, 64, 32, 3, 3, 3, 3, 1, 1}};
+  for (const auto& [N, C, O, H, W, KH, KW, ph, pw] : shapes) {
+    for (const bool channels_last : {true, false}) {
+      INFO("x [" << N << ", " << C << ", " << H << ", " << W << "], weight [" << O << ", " << C << ", " << KH << ", "
+                 << KW << "], padding " << ph << ", " << pw << (channels_last ? ", channels-last" : ", contiguous"));
+      const auto layout = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+      const auto x = torch::randn({N, C, H, W}).to(torch::kBFloat16).contiguous(layout);
+      const int64_t HO = H + 2 * ph - KH + 1, WO = W + 2 * pw - KW + 1;
+      const auto gy = torch::randn({N, O, HO, WO}).to(torch::kBFloat16).contiguous(layout);
+      const auto got = zoo::ops::detail::conv2d_weight_gradient_tiles(x, gy, KH, KW, {ph, pw});
+      REQUIRE(got.scalar_type() == torch::kFloat32);
+      REQUIRE(got.sizes() == torch::IntArrayRef({O, C, KH, KW}));
+      const auto exact = std::get<1>(at::convolution_backward(
+          gy.to(torch::kFloat64), x.to(torch::kFloat64), torch::zeros({O, C, KH, KW}, torch::kFloat64), c10::nullopt,
+          {1, 1}, {ph, pw}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
+      CHECK(within_rounding(got, exact, 1.0 / 256));                           // one rounding to bfloat16
+      CHECK(torch::equal(got, got.to(torch::kBFloat16).to(torch::kFloat32)));  // and it is bfloat16's
+    }
+  }
+  // The same bits at 1 and 2 threads (a task per tap and channel block, its sum in a fixed order).
+  const auto x = torch::randn({16, 32, 7, 7}).to(torch::kBFloat16),
+             gy = torch::randn({16, 32, 7, 7}).to(torch::kBFloat16);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = zoo::ops::detail::conv2d_weight_gradient_tiles(x, gy, 3, 3, {1, 1});
+  torch::set_num_threads(2);
+  const auto two = zoo::ops::detail::conv2d_weight_gradient_tiles(x, gy, 3, 3, {1, 1});
+  torch::set_num_threads(threads);
+  CHECK(torch::equal(one, two));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv2d_weight_gradient_tiles(x.narrow(1, 0, 12), gy, 3, 3, {1, 1}),
+                    Catch::Contains("multiples of 16"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv2d_weight_gradient_tiles(x, gy, 3, 3, {0, 0}),
+                    Catch::Contains("is not the 3 x 3 convolution's output"));
+}
+
+TEST_CASE("Autocast's conv2d rule on CPUs with AMX: small maps' weight gradients on tiles", "[kernels][precision]") {
+  using zoo::ops::detail::conv2d_weight_tiles_applies;
+  const auto w = torch::randn({32, 32, 3, 3}, torch::requires_grad());
+  const auto x = torch::randn({64, 32, 7, 7});
+  auto applies = [&](const torch::Tensor& xx, const torch::Tensor& ww, std::vector<int64_t> stride = {1, 1},
+                     std::vector<int64_t> padding = {1, 1}, std::vector<int64_t> dilation = {1, 1},
+                     int64_t groups = 1) {
+    return conv2d_weight_tiles_applies(xx, ww, c10::nullopt, stride, padding, dilation, groups);
+  };
+  CHECK_FALSE(applies(x, w));  // no autocast
+  if (!zoo::ops::detail::amx_tiles_present()) {
+    WARN("this CPU has no AMX: autocast's 2-D convolutions keep oneDNN's weight gradient here");
+    zoo::ops::detail::AmxOverride amx(true);  // routed as on a CPU with AMX, the tiles are still never used
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    CHECK_FALSE(applies(x, w));
+    return;
+  }
+  zoo::ops::detail::AmxOverride amx(true);  // routed as on a CPU with AMX (this one has it) under ZOO_CPU_AMX=0 too
+  {
+    zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+    CHECK(applies(x, w));
+    CHECK(applies(x.to(torch::kBFloat16).contiguous(torch::MemoryFormat::ChannelsLast), w));
+    CHECK(applies(torch::randn({2, 16, 10, 10}), torch::randn({48, 16, 5, 5}, torch::requires_grad()), {1, 1}, {2, 2}));
+    CHECK(applies(torch::randn({64, 32, 4, 4}), w));
+    CHECK(applies(torch::randn({16, 64, 8, 8}), torch::randn({64, 64, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(torch::randn({64, 32, 14, 14}), w));  // 196 pixels: oneDNN's is as fast
+    // Wider layers (the ResNets', the U-Net's bottom): faster alone, no faster in those models' steps.
+    CHECK_FALSE(applies(torch::randn({4, 256, 8, 8}), torch::randn({512, 256, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(torch::randn({64, 24, 7, 7}), torch::randn({32, 24, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(x, torch::randn({40, 32, 3, 3}, torch::requires_grad())));  // 40 output channels
+    CHECK_FALSE(applies(x, w.detach()));                                            // inference
+    CHECK_FALSE(applies(x, w, {2, 2}));                                             // strided
+    CHECK_FALSE(applies(x, w, {1, 1}, {1, 1}, {2, 2}));                             // dilated
+    CHECK_FALSE(applies(x.to(torch::kFloat64), w.to(torch::kFloat64)));
+    {
+      zoo::ops::detail::AmxOverride no_amx(false);
+      CHECK_FALSE(applies(x, w));
+    }
+    {
+      torch::NoGradGuard inference;
+      CHECK_FALSE(applies(x, w));
+    }
+  }
+  torch::manual_seed(36);
+  const Conv conv = [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+    return torch::conv2d(x, w, b, 1, 1);
+  };
+  // The mHC ResNet's blocks, and 5x5 kernels over 48 channels (a block of 32 and one of 16) on 8x8 maps.
+  check_against_autocast({64, 32, 7, 7}, {32, 32, 3, 3}, conv, 1.0 / 256);
+  check_against_autocast(
+      {8, 48, 8, 8}, {16, 48, 5, 5},
+      [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+        return torch::conv2d(x, w, b, 1, 2);
+      },
+      1.0 / 256);
+  check_second_derivatives(torch::randn({16, 32, 6, 6}).to(torch::kBFloat16).requires_grad_(),
+                           (torch::randn({32, 32, 3, 3}) * 0.1).requires_grad_(), conv);
+  check_trace(x, w, conv, "aten::conv2d");
+}
+
 TEST_CASE(
     "Autocast's conv2d rule: the mHC blocks' convolutions give autocast's output and input gradient to the "
     "bit and its weight gradient to one rounding",
@@ -209,9 +315,9 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
       CHECK_FALSE(applies(x, w));
     }
     {
-      zoo::ops::detail::AmxOverride amx(true);  // oneDNN's AMX weight gradient is faster there
+      zoo::ops::detail::AmxOverride amx(true);  // oneDNN's AMX weight gradient is faster there, zoo's tiles more so
       CHECK_FALSE(applies(x, w));
-      CHECK_FALSE(ran_rule(torch::conv2d(x, w, {}, 1, 1)));
+      CHECK(ran_rule(torch::conv2d(x, w, {}, 1, 1)) == zoo::ops::detail::amx_tiles_present());
     }
   }
 

@@ -20,10 +20,11 @@
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
 //  - StreamMix/B: ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing (B = 1: bf16-mixed).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
-//  - ConvWeightGradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution
-//    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the region
-//    where autocast's conv2d rule uses it, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / swapped time
-//    (above 1: swapped faster), and "applies" (1 where the rule takes the layer).
+//  - ConvWeightGradient/T: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution (T = 0) or
+//    on zoo's AMX tiles (T = 1, channels-last operands as the mHC ResNet's blocks have them; skipped without AMX)
+//    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the regions
+//    where autocast's conv2d rule uses them, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / zoo's time
+//    (above 1: zoo's faster), and "applies" (1 where the rule takes the layer that way).
 //  - Conv3dWeightGradient: a bfloat16 3-D convolution's weight gradient by zoo's dot products
 //    (ops::detail::conv3d_bf16_weight_gradient) against oneDNN's, at the 3-D models' layers, 1 thread. Counters:
 //    <N>x<C>x<O>x<D>k<K>s<S>_ratio = oneDNN time / zoo's time, and "applies" (1 where autocast's conv3d rule takes
@@ -499,14 +500,20 @@ void Conv3dFirstLayer(benchmark::State& state) {
 BENCHMARK(Conv3dFirstLayer)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(3);
 
 // ConvWeightGradient: the weight gradient of a bfloat16 3x3 convolution (padding 1) both ways, interleaved per
-// layer: oneDNN's (at::convolution_backward, weight only) and the swapped forward convolution, each cast to
-// float32 as autocast's weight gradient is.
+// layer: oneDNN's (at::convolution_backward, weight only) and zoo's (the swapped forward convolution, or the AMX
+// tiles), each cast to float32 as autocast's weight gradient is.
 void ConvWeightGradient(benchmark::State& state) {
   training::apply_threads(1);
+  const bool tiles = state.range(0) == 1;
   if (!ops::detail::cpu_has_avx512_bf16()) {
     state.SkipWithError("this CPU has no AVX512-BF16: autocast's conv2d rule runs oneDNN's weight gradient here");
     return;
   }
+  if (tiles && !ops::detail::amx_tiles_present()) {
+    state.SkipWithError("this CPU has no AMX: zoo's tile kernel does not run here");
+    return;
+  }
+  const auto layout = tiles ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
   struct Layer {
     int64_t n, c, o, h;
   };
@@ -520,15 +527,18 @@ void ConvWeightGradient(benchmark::State& state) {
   const auto bf16 = torch::kBFloat16;
   const auto run_round = [&](std::map<std::string, double>& us, bool timed) {
     for (const auto& l : layers) {
-      const auto x = torch::randn({l.n, l.c, l.h, l.h}).to(bf16), w = torch::randn({l.o, l.c, 3, 3}).to(bf16);
-      const auto gy = torch::randn({l.n, l.o, l.h, l.h}).to(bf16);
+      const auto x = torch::randn({l.n, l.c, l.h, l.h}).to(bf16).contiguous(layout),
+                 w = torch::randn({l.o, l.c, 3, 3}).to(bf16);
+      const auto gy = torch::randn({l.n, l.o, l.h, l.h}).to(bf16).contiguous(layout);
       const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
       const int reps =
           timed ? std::max<int>(2, static_cast<int>(2e8 / static_cast<double>(l.n * l.c * l.o * l.h * l.h * 9))) : 1;
       for (const bool swapped : {false, true}) {
         const auto start = Clock::now();
         for (int i = 0; i < reps; ++i) {
-          if (swapped)
+          if (swapped && tiles)
+            ops::detail::conv2d_weight_gradient_tiles(x, gy, 3, 3, {1, 1});
+          else if (swapped)
             ops::detail::conv2d_weight_gradient(x, gy, {1, 1});
           else
             std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
@@ -548,11 +558,13 @@ void ConvWeightGradient(benchmark::State& state) {
     state.counters[name + "_ratio"] = us[name + "_onednn"] / us[name + "_swapped"];
     state.counters[name + "_onednn_us"] = us[name + "_onednn"] / static_cast<double>(state.iterations());
     const auto w = torch::zeros({l.o, l.c, 3, 3}, torch::requires_grad());
-    state.counters[name + "_applies"] = ops::detail::conv_weight_gradient_applies(
-        torch::zeros({l.n, l.c, l.h, l.h}), w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, 1);
+    const auto x = torch::zeros({l.n, l.c, l.h, l.h});
+    state.counters[name + "_applies"] =
+        tiles ? ops::detail::conv2d_weight_tiles_applies(x, w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, 1)
+              : ops::detail::conv_weight_gradient_applies(x, w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, 1);
   }
 }
-BENCHMARK(ConvWeightGradient)->Unit(benchmark::kSecond)->Iterations(3);
+BENCHMARK(ConvWeightGradient)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterations(3);
 
 // Conv3dWeightGradient: the weight gradient of a bfloat16 3-D convolution both ways, interleaved per layer:
 // oneDNN's (at::convolution_backward, weight only, cast to float32 as autocast's weight gradient is) and zoo's
