@@ -61,33 +61,59 @@ void forward_kernel(const Tensor& x, const Tensor& weight, const Tensor& bias, d
   });
 }
 
+/// What a backward kernel reads and writes: x and dy (go) of type T, dx (null where not wanted), dw and db (null where
+/// not wanted), the weight (null: none), the forward's mean and invstd; N items, C channels, S positions, M = N S.
+template <typename T>
+struct BackwardOperands {
+  BackwardOperands(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& invstd, const Tensor& go,
+                   Tensor& dx, Tensor& dw, Tensor& db)
+      : N(x.size(0)),
+        C(x.size(1)),
+        S(x.numel() / (N * C)),
+        M(N * S),
+        x(x.data_ptr<T>()),
+        dy(go.data_ptr<T>()),
+        dx(dx.defined() ? dx.data_ptr<T>() : nullptr),
+        dw(dw.defined() ? dw.data_ptr<float>() : nullptr),
+        db(db.defined() ? db.data_ptr<float>() : nullptr),
+        w(data_or_null(weight)),
+        mean(mean.data_ptr<float>()),
+        invstd(invstd.data_ptr<float>()) {}
+  int64_t N, C, S, M;
+  const T *x, *dy;
+  T* dx;
+  float *dw, *db;
+  const float *w, *mean, *invstd;
+
+  /// Channel c's dweight and dbias from its sums, and the terms of dx = dy a + x b + e:
+  ///   dx = (dy - mean(dy) - (x - mean) k) a with k = invstd^2 mean(dy (x - mean)), a = invstd weight.
+  void channel_terms(int64_t c, double sum_dy, double sum_dy_xmu, float& a, float& b, float& e) const {
+    const double inv = invstd[c];
+    if (dw) dw[c] = static_cast<float>(sum_dy_xmu * inv);
+    if (db) db[c] = static_cast<float>(sum_dy);
+    const double ac = inv * (w ? w[c] : 1.0), k = inv * inv * sum_dy_xmu / static_cast<double>(M);
+    a = static_cast<float>(ac);
+    b = static_cast<float>(-k * ac);
+    e = static_cast<float>((mean[c] * k - sum_dy / static_cast<double>(M)) * ac);
+  }
+};
+
 /// dx (if defined), dw and db (if defined) from dy and the forward's x, mean and invstd.
 template <typename T>
 void backward_kernel(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& invstd, const Tensor& go,
                      Tensor& dx, Tensor& dw, Tensor& db) {
-  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
-  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
-  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
-  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
-  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
-  const float* w = data_or_null(weight);
-  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
-  at::parallel_for(0, C, grain(M), [&](int64_t begin, int64_t end) {
+  const BackwardOperands<T> o(x, weight, mean, invstd, go, dx, dw, db);
+  const int64_t N = o.N, C = o.C, S = o.S;
+  at::parallel_for(0, C, grain(o.M), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double sum_dy = 0, sum_dy_xmu = 0;
       for (int64_t n = 0; n < N; ++n)
-        plane_gradient_sums(gp + (n * C + c) * S, xp + (n * C + c) * S, S, mp[c], sum_dy, sum_dy_xmu);
-      const double inv = ip[c];
-      if (dwp) dwp[c] = static_cast<float>(sum_dy_xmu * inv);
-      if (dbp) dbp[c] = static_cast<float>(sum_dy);
-      if (!dp) continue;
-      // dx = (dy - mean(dy) - (x - mean) k) a with k = invstd^2 mean(dy (x - mean)), a = invstd weight.
-      const double a = inv * (w ? w[c] : 1.0), k = inv * inv * sum_dy_xmu / static_cast<double>(M);
-      const double mean_dy = sum_dy / static_cast<double>(M);
-      const auto fa = static_cast<float>(a), fb = static_cast<float>(-k * a),
-                 fc = static_cast<float>((mp[c] * k - mean_dy) * a);
+        plane_gradient_sums(o.dy + (n * C + c) * S, o.x + (n * C + c) * S, S, o.mean[c], sum_dy, sum_dy_xmu);
+      float a = 0, b = 0, e = 0;
+      o.channel_terms(c, sum_dy, sum_dy_xmu, a, b, e);
+      if (!o.dx) continue;
       for (int64_t n = 0; n < N; ++n)
-        plane_input_gradient(gp + (n * C + c) * S, xp + (n * C + c) * S, dp + (n * C + c) * S, S, fa, fb, fc);
+        plane_input_gradient(o.dy + (n * C + c) * S, o.x + (n * C + c) * S, o.dx + (n * C + c) * S, S, a, b, e);
     }
   });
 }
@@ -136,38 +162,28 @@ void forward_kernel_channels_last(const Tensor& x, const Tensor& weight, const T
 template <typename T>
 void backward_kernel_channels_last(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& invstd,
                                    const Tensor& go, Tensor& dx, Tensor& dw, Tensor& db) {
-  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C), M = N * S;
-  const T *xp = x.data_ptr<T>(), *gp = go.data_ptr<T>();
-  T* dp = dx.defined() ? dx.data_ptr<T>() : nullptr;
-  float* dwp = dw.defined() ? dw.data_ptr<float>() : nullptr;
-  float* dbp = db.defined() ? db.data_ptr<float>() : nullptr;
-  const float* w = data_or_null(weight);
-  const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
+  const BackwardOperands<T> o(x, weight, mean, invstd, go, dx, dw, db);
+  const int64_t N = o.N, C = o.C, S = o.S;
   std::vector<float> g_partial(static_cast<size_t>(N * C)), d_partial(g_partial);
   at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
-      rows_gradient_sums(gp + n * S * C, xp + n * S * C, S, C, mp, g_partial.data() + n * C, d_partial.data() + n * C);
+      rows_gradient_sums(o.dy + n * S * C, o.x + n * S * C, S, C, o.mean, g_partial.data() + n * C,
+                         d_partial.data() + n * C);
   });
-  std::vector<float> a(static_cast<size_t>(C)), k(a), e(a);
+  std::vector<float> a(static_cast<size_t>(C)), b(a), e(a);
   for (int64_t c = 0; c < C; ++c) {
     double sum_dy = 0, sum_dy_xmu = 0;
     for (int64_t n = 0; n < N; ++n) {
       sum_dy += g_partial[static_cast<size_t>(n * C + c)];
       sum_dy_xmu += d_partial[static_cast<size_t>(n * C + c)];
     }
-    const double inv = ip[c];
-    if (dwp) dwp[c] = static_cast<float>(sum_dy_xmu * inv);
-    if (dbp) dbp[c] = static_cast<float>(sum_dy);
-    // dx = dy a + x (-k a) + (mean k - mean(dy)) a, as backward_kernel's.
-    const double ac = inv * (w ? w[c] : 1.0), kc = inv * inv * sum_dy_xmu / static_cast<double>(M);
-    a[static_cast<size_t>(c)] = static_cast<float>(ac);
-    k[static_cast<size_t>(c)] = static_cast<float>(-kc * ac);
-    e[static_cast<size_t>(c)] = static_cast<float>((mp[c] * kc - sum_dy / static_cast<double>(M)) * ac);
+    const auto i = static_cast<size_t>(c);
+    o.channel_terms(c, sum_dy, sum_dy_xmu, a[i], b[i], e[i]);
   }
-  if (!dp) return;
+  if (!o.dx) return;
   at::parallel_for(0, N, grain(C * S), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
-      rows_input_gradient(gp + n * S * C, xp + n * S * C, dp + n * S * C, S, C, a.data(), k.data(), e.data());
+      rows_input_gradient(o.dy + n * S * C, o.x + n * S * C, o.dx + n * S * C, S, C, a.data(), b.data(), e.data());
   });
 }
 

@@ -12,6 +12,8 @@
 using zoo::ops::batch_norm;
 
 using zoo::test::check_as_close_as;
+using zoo::test::check_channels_last;
+using zoo::test::check_results_as_close_as;
 using zoo::test::max_rel;
 using zoo::test::offset_channels;
 
@@ -70,12 +72,7 @@ TEST_CASE("batch_norm: float32 training equals LibTorch's batch norm in double, 
       CHECK(got.y.scalar_type() == torch::kFloat32);
       // As close to the exact values as LibTorch's own float32 kernel (whose y = x * scale + shift and offsets
       // of 100s leave errors of ~1e-5), and at most 1e-4 off.
-      check_as_close_as(got.y, lib.y, exact.y);
-      check_as_close_as(got.dx, lib.dx, exact.dx);
-      if (affine) {
-        check_as_close_as(got.dw, lib.dw, exact.dw);
-        check_as_close_as(got.db, lib.db, exact.db);
-      }
+      check_results_as_close_as(got, lib, exact, affine);
       check_as_close_as(got.running_mean, lib.running_mean, exact.running_mean);
       check_as_close_as(got.running_var, lib.running_var, exact.running_var);
     }
@@ -153,17 +150,8 @@ TEST_CASE("batch_norm: channels-last input gives a channels-last output, as clos
       const auto got = run(x, w, b, go, torch::kFloat32, true);
       const auto lib = run(x.contiguous(), w, b, go, torch::kFloat32, false);
       const auto exact = run(x.contiguous(), w, b, go, torch::kFloat64, false);
-      if (shape[2] * shape[3] > 1) {  // a map of one pixel is contiguous in both layouts
-        CHECK(got.y.is_contiguous(layout));
-        CHECK_FALSE(got.y.is_contiguous());
-        CHECK(got.dx.is_contiguous(layout));
-      }
-      check_as_close_as(got.y, lib.y, exact.y);
-      check_as_close_as(got.dx, lib.dx, exact.dx);
-      if (affine) {
-        check_as_close_as(got.dw, lib.dw, exact.dw);
-        check_as_close_as(got.db, lib.db, exact.db);
-      }
+      check_channels_last(got, layout, shape);
+      check_results_as_close_as(got, lib, exact, affine);
       check_as_close_as(got.running_mean, lib.running_mean, exact.running_mean);
       check_as_close_as(got.running_var, lib.running_var, exact.running_var);
       // bfloat16 in channels-last, on values bfloat16 holds exactly: y is the float32 result rounded to nearest
@@ -177,20 +165,9 @@ TEST_CASE("batch_norm: channels-last input gives a channels-last output, as clos
       if (affine) CHECK(max_rel(low.dw, high.dw) < 1e-5);
     }
   }
-  // The same bits at 1 and 2 threads (each item's sums, added in item order).
-  const auto x = (torch::randn({16, 16, 5, 5}) * 2 + 1).contiguous(torch::MemoryFormat::ChannelsLast);
-  const auto go = torch::randn({16, 16, 5, 5}), w = torch::rand({16}) + 0.5, b = torch::randn({16});
-  const int threads = torch::get_num_threads();
-  torch::set_num_threads(1);
-  const auto one = run(x, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(2);
-  const auto two = run(x, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(threads);
-  CHECK(torch::equal(one.y, two.y));
-  CHECK(torch::equal(one.dx, two.dx));
-  CHECK(torch::equal(one.dw, two.dw));
-  CHECK(torch::equal(one.running_var, two.running_var));
   // Channels not a multiple of 8 and gappy layouts go to LibTorch, with its result.
+  const auto x = torch::randn({16, 16, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto w = torch::rand({16}) + 0.5, b = torch::randn({16});
   const auto twelve = torch::randn({4, 12, 5, 5}).contiguous(torch::MemoryFormat::ChannelsLast);
   CHECK_FALSE(zoo::ops::batch_norm_fast(twelve, {}, {}, {}, {}, true));
   CHECK(torch::equal(batch_norm(twelve, {}, {}, {}, {}, true, 0.1, 1e-5),
@@ -198,21 +175,24 @@ TEST_CASE("batch_norm: channels-last input gives a channels-last output, as clos
   CHECK_FALSE(zoo::ops::batch_norm_fast(x.slice(3, 0, 4), w, b, {}, {}, true));
 }
 
-TEST_CASE("batch_norm: the same bits at one and two threads", "[kernels]") {
+TEST_CASE("batch_norm: the same bits at one and two threads, contiguous and channels-last", "[kernels]") {
   if (!fast_here()) return;
   torch::manual_seed(1);
-  const auto x = torch::randn({32, 24, 9, 9}), w = torch::rand({24}), b = torch::randn({24}),
-             go = torch::randn({32, 24, 9, 9});
-  const int threads = torch::get_num_threads();
-  torch::set_num_threads(1);
-  const auto one = run(x, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(2);
-  const auto two = run(x, w, b, go, torch::kFloat32, true);
-  torch::set_num_threads(threads);
-  CHECK(torch::equal(one.y, two.y));
-  CHECK(torch::equal(one.dx, two.dx));
-  CHECK(torch::equal(one.dw, two.dw));
-  CHECK(torch::equal(one.running_var, two.running_var));
+  // A channel per task contiguous; channels-last, each item's sums, added in item order.
+  for (const auto layout : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    const auto x = (torch::randn({32, 24, 9, 9}) * 2 + 1).contiguous(layout), w = torch::rand({24}),
+               b = torch::randn({24}), go = torch::randn({32, 24, 9, 9});
+    const int threads = torch::get_num_threads();
+    torch::set_num_threads(1);
+    const auto one = run(x, w, b, go, torch::kFloat32, true);
+    torch::set_num_threads(2);
+    const auto two = run(x, w, b, go, torch::kFloat32, true);
+    torch::set_num_threads(threads);
+    CHECK(torch::equal(one.y, two.y));
+    CHECK(torch::equal(one.dx, two.dx));
+    CHECK(torch::equal(one.dw, two.dw));
+    CHECK(torch::equal(one.running_var, two.running_var));
+  }
 }
 
 TEST_CASE("batch_norm: second derivatives flow through its backward", "[kernels]") {

@@ -10,6 +10,8 @@
 #include <catch2/catch.hpp>
 
 using zoo::test::check_as_close_as;
+using zoo::test::check_channels_last;
+using zoo::test::check_results_as_close_as;
 using zoo::test::max_rel;
 using zoo::test::offset_channels;
 
@@ -89,12 +91,7 @@ TEST_CASE("group_norm: float32 equals LibTorch's group norm in double, with the 
       const auto exact = run(x, groups, w, b, go, torch::kFloat64, false);
       CHECK(got.y.scalar_type() == torch::kFloat32);
       // At least as close to the exact values as LibTorch's own float32 kernel, and at most 1e-4 off.
-      check_as_close_as(got.y, lib.y, exact.y);
-      check_as_close_as(got.dx, lib.dx, exact.dx);
-      if (affine) {
-        check_as_close_as(got.dw, lib.dw, exact.dw);
-        check_as_close_as(got.db, lib.db, exact.db);
-      }
+      check_results_as_close_as(got, lib, exact, affine);
     }
   }
 }
@@ -156,17 +153,8 @@ TEST_CASE("group_norm: channels-last input gives a channels-last output, as clos
       const auto got = run(x, groups, w, b, go, torch::kFloat32, true);
       const auto lib = run(x.contiguous(), groups, w, b, go, torch::kFloat32, false);
       const auto exact = run(x.contiguous(), groups, w, b, go, torch::kFloat64, false);
-      if (shape[2] * shape[3] > 1) {  // a map of one pixel is contiguous in both layouts
-        CHECK(got.y.is_contiguous(layout));
-        CHECK_FALSE(got.y.is_contiguous());
-        CHECK(got.dx.is_contiguous(layout));
-      }
-      check_as_close_as(got.y, lib.y, exact.y);
-      check_as_close_as(got.dx, lib.dx, exact.dx);
-      if (affine) {
-        check_as_close_as(got.dw, lib.dw, exact.dw);
-        check_as_close_as(got.db, lib.db, exact.db);
-      }
+      check_channels_last(got, layout, shape);
+      check_results_as_close_as(got, lib, exact, affine);
       // bfloat16 in channels-last, on values bfloat16 holds exactly: the same statistics as float32's, y its result
       // rounded to nearest (even), bit for bit, as in the contiguous layout.
       const auto xr = x.to(torch::kBFloat16).to(torch::kFloat32), gr = go.to(torch::kBFloat16).to(torch::kFloat32);

@@ -28,4 +28,25 @@ inline void check_as_close_as(const torch::Tensor& ours, const torch::Tensor& th
   CHECK(e < 1e-4);
 }
 
+/// A norm's results (y, dx, dw, db: the fields both tests' result structs have) as close to the exact float64 ones
+/// as LibTorch's float32 (check_as_close_as; dw and db where the norm is affine).
+template <typename Result>
+void check_results_as_close_as(const Result& ours, const Result& theirs, const Result& truth, bool affine) {
+  check_as_close_as(ours.y, theirs.y, truth.y);
+  check_as_close_as(ours.dx, theirs.dx, truth.dx);
+  if (affine) {
+    check_as_close_as(ours.dw, theirs.dw, truth.dw);
+    check_as_close_as(ours.db, theirs.db, truth.db);
+  }
+}
+
+/// y and dx in channels-last `layout` (not contiguous), as x was; a map of one position is contiguous in both.
+template <typename Result>
+void check_channels_last(const Result& got, c10::MemoryFormat layout, const std::vector<int64_t>& shape) {
+  if (shape[2] * shape[3] <= 1) return;
+  CHECK(got.y.is_contiguous(layout));
+  CHECK_FALSE(got.y.is_contiguous());
+  CHECK(got.dx.is_contiguous(layout));
+}
+
 }  // namespace zoo::test
