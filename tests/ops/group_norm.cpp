@@ -9,7 +9,6 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <catch2/catch.hpp>
 
-using zoo::test::check_as_close_as;
 using zoo::test::check_channels_last;
 using zoo::test::check_results_as_close_as;
 using zoo::test::max_rel;
