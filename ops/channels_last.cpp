@@ -58,9 +58,7 @@ struct ToChannelsLastFunction : public torch::autograd::Function<ToChannelsLastF
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* /*ctx*/,
                                                  torch::autograd::variable_list grads) {
     const auto& g = grads[0];
-    if (torch::GradMode::is_enabled() || !bfloat16_cpu(g) || g.is_contiguous() ||
-        !g.is_contiguous(torch::MemoryFormat::ChannelsLast))
-      return {g.contiguous()};
+    if (torch::GradMode::is_enabled() || !bfloat16_cpu(g) || !channels_last_only(g)) return {g.contiguous()};
     auto out = torch::empty(g.sizes(), g.options());
     transpose_items(g, out, g.size(2) * g.size(3), g.size(1));  // [H W, C] -> [C, H W] per item
     return {out};
@@ -79,6 +77,10 @@ void transpose(const float* src, float* dst, int64_t R, int64_t K) {
     for (int64_t k = 0; k < K; ++k) dst[k * R + r] = src[r * K + k];
 }
 }  // namespace detail
+
+bool channels_last_only(const Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(torch::MemoryFormat::ChannelsLast);
+}
 
 Tensor to_channels_last(const Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "to_channels_last takes [N, C, H, W], got ", x.sizes());

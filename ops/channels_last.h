@@ -22,6 +22,11 @@ namespace zoo::ops {
 /// as channels-last comes back as it is.
 torch::Tensor to_channels_last(const torch::Tensor& x);
 
+/// Whether t is a 4-D map in channels-last memory and not contiguous ([N, H, W, C] in memory, with more than one
+/// channel and position): what zoo's channels-last kernels read as such (batch and group norm, the stream mixing,
+/// the AMX weight gradient); a map that is both goes their contiguous way.
+bool channels_last_only(const torch::Tensor& t);
+
 namespace detail {
 /// dst [K, R] = src [R, K] transposed: bfloat16 through the 8 x 8 register transposes above (a channels-last item
 /// [S, C] and its plain order [C, S], either way), float32 one element at a time.

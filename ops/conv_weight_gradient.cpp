@@ -96,18 +96,15 @@ struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGra
 ZOO_AVX512_BF16 void grid_planes(const uint16_t* src, uint16_t* grid, int64_t H, int64_t W, int64_t ph, int64_t pw,
                                  int64_t planes, int64_t src_stride, int64_t grid_stride) {
   const int64_t Wp = W + 2 * pw, Hp = H + 2 * ph;
-  const auto below = [](int64_t n) {
-    return n <= 0 ? __mmask32(0) : n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
-  };
   const __m512i zero = _mm512_setzero_si512();
   for (int64_t plane = 0; plane < planes; ++plane, src += src_stride, grid += grid_stride) {
     uint16_t* g = grid;
     for (int64_t y = 0; y < Hp; ++y, g += Wp) {
       const bool inside = y >= ph && y < ph + H;
       for (int64_t x = 0; x < Wp; x += 32) {
-        const auto load = static_cast<__mmask32>(below(pw + W - x) & ~below(pw - x));
+        const auto load = static_cast<__mmask32>(first32(pw + W - x) & ~first32(pw - x));
         const __m512i v = inside ? _mm512_maskz_loadu_epi16(load, src + (y - ph) * W + x - pw) : zero;
-        _mm512_mask_storeu_epi16(g + x, below(Wp - x), v);
+        _mm512_mask_storeu_epi16(g + x, first32(Wp - x), v);
       }
     }
   }
@@ -273,10 +270,9 @@ Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t 
   auto b = torch::empty({K / 2, O, 2}, bf16);  // dy at the grid's output positions, in pairs
   auto acc = torch::empty({KH * KW, C, O}, xb.options().dtype(torch::kFloat32));
 #ifdef ZOO_X86_KERNELS
-  const auto last = torch::MemoryFormat::ChannelsLast;
-  const bool x_last = xb.is_contiguous(last) && !xb.is_contiguous();
+  const bool x_last = channels_last_only(xb);
   const auto x_data = x_last || xb.is_contiguous() ? xb : xb.contiguous();
-  const auto dy_rows = gy.is_contiguous(last) && !gy.is_contiguous() ? gy : to_channels_last(gy.contiguous());
+  const auto dy_rows = channels_last_only(gy) ? gy : to_channels_last(gy.contiguous());
   auto* ap = reinterpret_cast<uint16_t*>(a.data_ptr<at::BFloat16>());
   auto* bp = reinterpret_cast<uint16_t*>(b.data_ptr<at::BFloat16>());
   const auto* xp = x_data.data_ptr<at::BFloat16>();

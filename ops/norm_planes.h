@@ -4,6 +4,7 @@
 // channels-last item's [S, C] rows, a channel per lane.
 #pragma once
 
+#include "ops/channels_last.h"
 #include "ops/simd.h"
 
 #include <cmath>
@@ -24,9 +25,8 @@ inline bool absent_or_float_vector(const torch::Tensor& t, int64_t c) {
 /// with C a multiple of 8 (whole float32 vectors): what the norms' channels-last kernels take (the rows_* loops
 /// below, one item per task).
 inline bool channels_last_rows(const torch::Tensor& x) {
-  return !x.is_contiguous() && x.size(1) % 8 == 0 &&
-         ((x.dim() == 4 && x.is_contiguous(torch::MemoryFormat::ChannelsLast)) ||
-          (x.dim() == 5 && x.is_contiguous(torch::MemoryFormat::ChannelsLast3d)));
+  return x.size(1) % 8 == 0 && (channels_last_only(x) || (x.dim() == 5 && !x.is_contiguous() &&
+                                                          x.is_contiguous(torch::MemoryFormat::ChannelsLast3d)));
 }
 
 /// The memory format the norms' kernels read x in (and write y and dx in): channels-last where channels_last_rows.

@@ -300,12 +300,6 @@ void mix_backward(const Tensor& h, const Tensor& x, const Tensor& p, const Tenso
 #endif
 }
 
-/// Whether t is a 4-D map in channels-last memory and not contiguous (what the kernels read and write item by item
-/// through transposes; LibTorch's flatten of it would copy).
-bool channels_last_map(const Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(torch::MemoryFormat::ChannelsLast);
-}
-
 struct MixFunction : public torch::autograd::Function<MixFunction> {
   /// map empty: out [B, M, L]; map {C, H, W} (M = 1, L = C H W): out [B, C, H, W] in channels-last memory.
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x,
@@ -331,7 +325,7 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
     auto g = grads[0];
     if (!kernel_type(g.scalar_type())) g = g.to(torch::kFloat32);
     // A channels-last gradient of a map is read item by item through transposes; any other, in the plain order.
-    const int64_t channels = channels_last_map(g) ? g.size(1) : 0;
+    const int64_t channels = channels_last_only(g) ? g.size(1) : 0;
     if (channels == 0) g = g.contiguous();
     auto dx = torch::empty_like(x, torch::MemoryFormat::Contiguous);
     auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
@@ -342,11 +336,12 @@ struct MixFunction : public torch::autograd::Function<MixFunction> {
 };
 
 struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
-  /// f [B, L], or a channels-last map [B, C, H, W] of L values an item (channels_last_map).
+  /// f [B, L], or a channels-last map [B, C, H, W] of L values an item (channels_last_only, ops/channels_last.h: read
+  /// and written item by item through transposes).
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& h, const Tensor& x, const Tensor& p,
                         const Tensor& f, torch::ScalarType type) {
     auto out = torch::empty(x.sizes(), x.options().dtype(type));
-    mix_forward(h, x, p, f, out, channels_last_map(f) ? f.size(1) : 0);
+    mix_forward(h, x, p, f, out, channels_last_only(f) ? f.size(1) : 0);
     ctx->save_for_backward({h, x, p, f});
     return out;
   }
@@ -364,7 +359,7 @@ struct MixAddFunction : public torch::autograd::Function<MixAddFunction> {
     auto df = torch::empty_like(f);  // in f's layout
     auto dh = torch::empty(h.sizes(), h.options().dtype(torch::kFloat32));
     auto dp = torch::empty(p.sizes(), p.options().dtype(torch::kFloat32));
-    mix_backward(h, x, p, f, g, dx, dh, df, dp, channels_last_map(f) ? f.size(1) : 0);
+    mix_backward(h, x, p, f, g, dx, dh, df, dp, channels_last_only(f) ? f.size(1) : 0);
     return {dh.to(h.scalar_type()), dx, dp.to(p.scalar_type()), df, Tensor()};
   }
 };
@@ -519,7 +514,7 @@ Tensor mix_streams_add(const Tensor& h, const Tensor& x, const Tensor& p, const 
   const auto type = torch::promote_types(product_type(h, x), torch::promote_types(p.scalar_type(), f.scalar_type()));
   if (kernel_applies(h, x, fast) && kernel_type(type) && kernel_type(p.scalar_type()) && kernel_type(f.scalar_type()) &&
       p.device().is_cpu() && f.device().is_cpu()) {
-    if (channels_last_map(f)) return MixAddFunction::apply(h, x, p, f, type);
+    if (channels_last_only(f)) return MixAddFunction::apply(h, x, p, f, type);
     return MixAddFunction::apply(h, x, p, f.reshape({f.size(0), -1}).contiguous(), type);
   }
   return mix_streams(h, x, fast) + p.unsqueeze(2) * f.flatten(1).unsqueeze(1);
