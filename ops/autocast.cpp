@@ -95,7 +95,7 @@ bool conv_in_float32(const at::Tensor& input, const at::Tensor& weight, int64_t 
 at::Tensor conv3d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   if (detail::conv3d_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
-    return detail::conv3d_weight_by_pairs(input, weight, bias.value_or(at::Tensor()), stride, padding);
+    return detail::conv3d_own_weight_gradient(input, weight, bias.value_or(at::Tensor()), stride, padding);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto low = dtype_of(c10::kCPU);
   if (conv_in_float32(input, weight, groups))

@@ -61,11 +61,13 @@ struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGra
           std::get<0>(at::convolution_backward(gy, xb, wb, c10::nullopt, stride, padding, std::vector<int64_t>(dims, 1),
                                                false, std::vector<int64_t>(dims, 0), 1, {true, false, false}));
     if (ctx->needs_input_grad(1)) {
-      if (ctx->saved_data["tiles"].toBool())
-        out[1] = conv2d_weight_gradient_tiles(xb, gy, weight.size(2), weight.size(3), padding);
+      const bool tiles = ctx->saved_data["tiles"].toBool();
+      if (dims == 2)
+        out[1] = tiles ? conv2d_weight_gradient_tiles(xb, gy, weight.size(2), weight.size(3), padding)
+                       : conv2d_weight_gradient(xb, gy, padding);
       else
-        out[1] = dims == 2 ? conv2d_weight_gradient(xb, gy, padding)
-                           : conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
+        out[1] = tiles ? conv3d_weight_gradient_tiles(xb, gy, weight.sizes().slice(2), stride, padding)
+                       : conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
     }
     if (bias.numel() > 0 && ctx->needs_input_grad(2)) {
       std::vector<int64_t> axes{0};
@@ -149,12 +151,19 @@ ZOO_AMX_BF16 void release_tiles() { _tile_release(); }
 /// (block o + 1 at b + 32, the next step at b + 32 O).
 template <int CB, int OB>
 ZOO_AMX_BF16 void tile_product(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t O, int64_t steps,
-                               float* out, int64_t ld_out) {
+                               float* out, int64_t ld_out, bool add = false) {
   const int64_t sa = a_stride * 2, sb = O * 4, so = ld_out * 4;
-  _tile_zero(0);
-  if constexpr (OB > 1) _tile_zero(1);
-  if constexpr (CB > 1) _tile_zero(2);
-  if constexpr (CB > 1 && OB > 1) _tile_zero(3);
+  if (add) {  // out += the product
+    _tile_loadd(0, out, so);
+    if constexpr (OB > 1) _tile_loadd(1, out + 16, so);
+    if constexpr (CB > 1) _tile_loadd(2, out + 16 * ld_out, so);
+    if constexpr (CB > 1 && OB > 1) _tile_loadd(3, out + 16 * ld_out + 16, so);
+  } else {
+    _tile_zero(0);
+    if constexpr (OB > 1) _tile_zero(1);
+    if constexpr (CB > 1) _tile_zero(2);
+    if constexpr (CB > 1 && OB > 1) _tile_zero(3);
+  }
   for (int64_t k = 0; k < steps; ++k) {
     _tile_loadd(6, b + k * 32 * O, sb);
     if constexpr (OB > 1) _tile_loadd(7, b + k * 32 * O + 32, sb);
@@ -169,6 +178,119 @@ ZOO_AMX_BF16 void tile_product(const uint16_t* a, int64_t a_stride, const uint16
   if constexpr (OB > 1) _tile_stored(1, out + 16, so);
   if constexpr (CB > 1) _tile_stored(2, out + 16 * ld_out, so);
   if constexpr (CB > 1 && OB > 1) _tile_stored(3, out + 16 * ld_out + 16, so);
+}
+
+/// tile_product for CB in {1, 2} and OB in {1, 2} known at run time.
+ZOO_AMX_BF16 void tile_product(int64_t CB, int64_t OB, const uint16_t* a, int64_t a_stride, const uint16_t* b,
+                               int64_t O, int64_t steps, float* out, int64_t ld_out, bool add) {
+  if (CB == 2 && OB == 2)
+    tile_product<2, 2>(a, a_stride, b, O, steps, out, ld_out, add);
+  else if (CB == 2)
+    tile_product<2, 1>(a, a_stride, b, O, steps, out, ld_out, add);
+  else if (OB == 2)
+    tile_product<1, 2>(a, a_stride, b, O, steps, out, ld_out, add);
+  else
+    tile_product<1, 1>(a, a_stride, b, O, steps, out, ld_out, add);
+}
+
+// conv3d_weight_gradient_tiles: a strided 3-D convolution's weight gradient as the stride-1 scheme above, by phases.
+// Per axis, with stride s, padding p and kernel k, the tap t reads x_pad[s u + t] for output u: the input's phase
+// t mod s at offset t / s. So x is split into its s_d s_h s_w phase grids, each [G_d, G_h, G_w] per item with
+// G = (output size) + ceil(k / s) - 1:
+//   X_phi[n, c, u] = x[n, c, s u + phi - p]    (zero outside x),
+// laid out like the 2-D grid (q = n P + (u_d G_h + u_h) G_w + u_w, P = G_d G_h G_w rounded up to even so that each
+// item has whole pairs), and the tap t = s j + phi is the tile product of phase phi's rows read from offset
+// (j_d G_h + j_h) G_w + j_w with dy on the grid. A's rows are (phase, channel) pairs, so a block of 16 rows holds two
+// phases of 8 channels (the 3-D models' strided layers): a product whose rows make taps of the kernel for one offset
+// is computed once for all of them; rows whose tap lies outside the kernel are dropped.
+
+/// The geometry of phase_grids: x's [D, H, W], the grid's [Gd, Gh, Gw], strides and paddings (d, h, w).
+struct PhaseGeometry {
+  int64_t D, H, W, Gd, Gh, Gw, s[3], p[3];
+};
+
+/// 32 positions of a phase's grid plane [Gh, Gw] gathered from an input plane [H, W]: lane l takes the value at
+/// base + index[l] (index < 128: a window of four vectors) where `valid`, zero elsewhere.
+struct PlanePiece {
+  alignas(64) int16_t index[32];
+  int64_t base;
+  uint32_t valid, high;  // high: the lanes whose value lies in the window's upper 64
+};
+
+/// The pieces of each (phase h, phase w) plane, in that order, or nothing where a piece's values span more than the
+/// 128 of a window (then phase_grids goes row by row).
+std::vector<PlanePiece> plane_pieces(const PhaseGeometry& g) {
+  const int64_t plane = g.Gh * g.Gw, pieces = (plane + 31) / 32;
+  std::vector<PlanePiece> out;
+  for (int64_t fh = 0; fh < g.s[1]; ++fh)
+    for (int64_t fw = 0; fw < g.s[2]; ++fw)
+      for (int64_t piece = 0; piece < pieces; ++piece) {
+        PlanePiece pp{};
+        int64_t lo = -1, hi = -1, source[32];
+        for (int64_t l = 0; l < 32; ++l) {
+          const int64_t u = piece * 32 + l, ih = g.s[1] * (u / g.Gw) + fh - g.p[1],
+                        iw = g.s[2] * (u % g.Gw) + fw - g.p[2];
+          const bool inside = u < plane && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+          source[l] = inside ? ih * g.W + iw : -1;
+          if (inside) lo = lo < 0 ? source[l] : std::min(lo, source[l]), hi = std::max(hi, source[l]);
+        }
+        if (hi - lo >= 128) return {};
+        pp.base = std::max<int64_t>(lo, 0);
+        for (int64_t l = 0; l < 32; ++l) {
+          const int64_t i = source[l] < 0 ? 0 : source[l] - pp.base;
+          pp.index[l] = static_cast<int16_t>(i);
+          pp.valid |= static_cast<uint32_t>(source[l] >= 0) << l;
+          pp.high |= static_cast<uint32_t>(source[l] >= 0 && i >= 64) << l;
+        }
+        out.push_back(pp);
+      }
+  return out;
+}
+
+/// One item's C channels [D, H, W] into its place on the phase grids: row (phase, c) of a (R elements apart) from
+/// position `at`. Each grid plane [Gh, Gw] is gathered 32 positions at a time by two masked two-source permutes of
+/// the input plane (`pieces`, plane_pieces), else row by row, element by element.
+ZOO_AVX512_BF16 void phase_grids(const uint16_t* x, uint16_t* a, int64_t C, int64_t R, int64_t at,
+                                 const PhaseGeometry& g, const std::vector<PlanePiece>& pieces) {
+  const int64_t sd = g.s[0], sh = g.s[1], sw = g.s[2], plane = g.Gh * g.Gw, per_plane = (plane + 31) / 32;
+  const int64_t input = g.H * g.W;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t fd = 0; fd < sd; ++fd)
+      for (int64_t ud = 0; ud < g.Gd; ++ud) {
+        const int64_t id = sd * ud + fd - g.p[0];
+        const bool inside = id >= 0 && id < g.D;
+        const uint16_t* src = inside ? x + (c * g.D + id) * input : nullptr;
+        for (int64_t fh = 0; fh < sh; ++fh)
+          for (int64_t fw = 0; fw < sw; ++fw) {
+            uint16_t* dst = a + (((fd * sh + fh) * sw + fw) * C + c) * R + at + ud * plane;
+            if (!inside) {
+              std::memset(dst, 0, static_cast<size_t>(plane) * 2);
+            } else if (!pieces.empty()) {
+              const PlanePiece* pp = pieces.data() + (fh * sw + fw) * per_plane;
+              for (int64_t piece = 0; piece < per_plane; ++piece, ++pp) {
+                const uint16_t* w = src + pp->base;
+                const int64_t left = input - pp->base;
+                const __m512i v0 = _mm512_maskz_loadu_epi16(first32(left), w);
+                const __m512i v1 = _mm512_maskz_loadu_epi16(first32(left - 32), w + 32);
+                const __m512i v2 = _mm512_maskz_loadu_epi16(first32(left - 64), w + 64);
+                const __m512i v3 = _mm512_maskz_loadu_epi16(first32(left - 96), w + 96);
+                const __m512i index = _mm512_load_si512(pp->index);
+                const auto low = static_cast<__mmask32>(pp->valid & ~pp->high), high = static_cast<__mmask32>(pp->high);
+                const __m512i v = _mm512_or_si512(_mm512_maskz_permutex2var_epi16(low, v0, index, v1),
+                                                  _mm512_maskz_permutex2var_epi16(high, v2, index, v3));
+                _mm512_mask_storeu_epi16(dst + piece * 32, first32(plane - piece * 32), v);
+              }
+            } else {
+              for (int64_t uh = 0; uh < g.Gh; ++uh) {
+                const int64_t ih = sh * uh + fh - g.p[1];
+                for (int64_t uw = 0; uw < g.Gw; ++uw) {
+                  const int64_t iw = sw * uw + fw - g.p[2];
+                  dst[uh * g.Gw + uw] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? src[ih * g.W + iw] : 0;
+                }
+              }
+            }
+          }
+      }
 }
 #endif
 
@@ -333,6 +455,142 @@ Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t 
   return acc.permute({2, 1, 0}).reshape({O, C, KH, KW}).to(torch::kBFloat16).to(torch::kFloat32);
 }
 
+Tensor conv3d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                    at::IntArrayRef padding) {
+  TORCH_CHECK(xb.dim() == 5 && gy.dim() == 5 && xb.size(0) == gy.size(0) && xb.scalar_type() == torch::kBFloat16 &&
+                  gy.scalar_type() == torch::kBFloat16 && gy.size(1) % 16 == 0 && kernel.size() == 3 &&
+                  stride.size() == 3 && padding.size() == 3,
+              "conv3d_weight_gradient_tiles takes bfloat16 x [N, C, D, H, W], dy [N, O, OD, OH, OW] with O a multiple "
+              "of 16, and three kernel sizes, strides and paddings; got x ",
+              xb.sizes(), ", dy ", gy.sizes());
+  const int64_t N = xb.size(0), C = xb.size(1), O = gy.size(1);
+  PhaseGeometry g{xb.size(2), xb.size(3), xb.size(4), 0, 0, 0, {}, {}};
+  int64_t G[3], J[3], out[3], S = 1, outputs = 1;
+  for (int64_t a = 0; a < 3; ++a) {
+    const auto i = static_cast<size_t>(a);
+    const int64_t k = kernel[i], st = stride[i], pd = padding[i];
+    out[a] = gy.size(a + 2);
+    TORCH_CHECK(
+        k >= 1 && k <= 7 && st >= 1 && st <= k && pd >= 0 && pd < k && out[a] == (xb.size(a + 2) + 2 * pd - k) / st + 1,
+        "conv3d_weight_gradient_tiles takes kernels of 1-7 taps per axis, strides up to the kernel and paddings "
+        "below it, and dy of the convolution's output size; got x ",
+        xb.sizes(), ", dy ", gy.sizes(), ", kernel ", kernel, ", stride ", stride, ", padding ", padding);
+    J[a] = (k + st - 1) / st;
+    G[a] = out[a] + J[a] - 1;
+    g.s[a] = st;
+    g.p[a] = pd;
+    S *= st;
+    outputs *= out[a];
+  }
+  TORCH_CHECK(amx_tiles_present(), "conv3d_weight_gradient_tiles needs a CPU with AMX");
+  g.Gd = G[0], g.Gh = G[1], g.Gw = G[2];
+  const int64_t KD = kernel[0], KH = kernel[1], KW = kernel[2], taps = KD * KH * KW;
+  auto acc = torch::zeros({taps, C, O}, xb.options().dtype(torch::kFloat32));
+  if (N == 0) return acc.permute({2, 1, 0}).reshape({O, C, KD, KH, KW});
+  // Chunks of `items` items, each chunk's grids (A) and dy (B) made in a thread's buffers and multiplied while they
+  // are in its cache; each task's sums carried over the chunks of a slice in memory, the slices' added in order.
+  const int64_t grid = G[0] * G[1] * G[2], P = (grid + 1) / 2 * 2, items = std::max<int64_t>(1, 2048 / P);
+  const int64_t margin = (J[0] - 1) * G[1] * G[2] + (J[1] - 1) * G[2] + J[2] - 1;
+  const int64_t steps = (items * P + 31) / 32, R = steps * 32 + (margin + 31) / 32 * 32;
+  const int64_t rows = (S * C + 15) / 16 * 16, chunks = (N + items - 1) / items, slices = (chunks + 7) / 8;
+  // Tasks: (offset, block of 32 rows, block of 32 output channels), those whose rows hold a tap of the kernel.
+  auto tap_of = [&](int64_t offset, int64_t r) -> int64_t {  // the tap row r computes at this offset, or -1
+    if (r >= S * C) return -1;
+    const int64_t phase = r / C, f[3] = {phase / (g.s[1] * g.s[2]), phase / g.s[2] % g.s[1], phase % g.s[2]};
+    const int64_t j[3] = {offset / (J[1] * J[2]), offset / J[2] % J[1], offset % J[2]};
+    int64_t t[3];
+    for (int64_t e = 0; e < 3; ++e) {
+      t[e] = g.s[e] * j[e] + f[e];
+      if (t[e] >= kernel[static_cast<size_t>(e)]) return -1;
+    }
+    return (t[0] * KH + t[1]) * KW + t[2];
+  };
+  const int64_t r_blocks = (rows + 31) / 32, o_blocks = (O + 31) / 32;
+  std::vector<int64_t> tasks;
+  for (int64_t offset = 0; offset < J[0] * J[1] * J[2]; ++offset)
+    for (int64_t rb = 0; rb < r_blocks; ++rb) {
+      bool any = false;
+      for (int64_t r = rb * 32; r < std::min(rows, rb * 32 + 32); ++r) any = any || tap_of(offset, r) >= 0;
+      for (int64_t ob = 0; ob < o_blocks && any; ++ob) tasks.push_back((offset * r_blocks + rb) * o_blocks + ob);
+    }
+  const auto T = static_cast<int64_t>(tasks.size());
+  auto sums = torch::empty({slices, T, 32, 32}, xb.options().dtype(torch::kFloat32));
+#ifdef ZOO_X86_KERNELS
+  const auto x = xb.contiguous(), dy = gy.contiguous();
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* gp = dy.data_ptr<at::BFloat16>();
+  auto* sp = sums.data_ptr<float>();
+  const int64_t volume = g.D * g.H * g.W;
+  const auto pieces = plane_pieces(g);
+  at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
+    std::vector<uint16_t> a(static_cast<size_t>(rows * R)), b(static_cast<size_t>(steps * 32 * O));
+    std::vector<at::BFloat16> item(static_cast<size_t>(outputs * O));
+    configure_tiles();
+    for (int64_t slice = s0; slice < s1; ++slice) {
+      float* slice_sums = sp + slice * T * 1024;
+      for (int64_t chunk = slice * 8; chunk < std::min(chunks, slice * 8 + 8); ++chunk) {
+        const int64_t n0 = chunk * items, n1 = std::min(N, n0 + items), filled = (n1 - n0) * P;
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t at = (n - n0) * P;
+          phase_grids(xp + n * C * volume, a.data(), C, R, at, g, pieces);
+          if (P > grid)  // the odd grid's last position: zeros (dy is zero there too, but A must hold no NaN)
+            for (int64_t r = 0; r < S * C; ++r) a[static_cast<size_t>(r * R + at + grid)] = 0;
+          // dy's item [O, outputs] to [outputs, O], then pairs of grid positions (zeros off the output).
+          transpose(gp + n * O * outputs, item.data(), O, outputs);
+          const auto* rows_of = reinterpret_cast<const uint16_t*>(item.data());
+          int64_t ud = 0, uh = 0, uw = 0;  // the grid position, counted along
+          const uint16_t* next = rows_of;  // the next output position's row
+          for (int64_t q = 0; q < P; q += 2) {
+            const uint16_t* pair[2];
+            for (auto& row : pair) {
+              const bool output = ud < out[0] && uh < out[1] && uw < out[2];
+              row = output ? next : nullptr;
+              next += output ? O : 0;
+              if (++uw == G[2]) {
+                uw = 0;
+                if (++uh == G[1]) uh = 0, ++ud;
+              }
+            }
+            interleave_pair(pair[0], pair[1], b.data() + (at + q) * O, O);
+          }
+        }
+        for (int64_t r = 0; r < rows; ++r) {  // past the chunk's items: zeros
+          const int64_t from = r < S * C ? filled : 0;
+          std::memset(a.data() + r * R + from, 0, static_cast<size_t>(R - from) * 2);
+        }
+        std::memset(b.data() + filled * O, 0, static_cast<size_t>((steps * 32 - filled) * O) * 2);
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t task = tasks[static_cast<size_t>(t)], offset = task / (r_blocks * o_blocks);
+          const int64_t r0 = task / o_blocks % r_blocks * 32, o0 = task % o_blocks * 32;
+          const int64_t j[3] = {offset / (J[1] * J[2]), offset / J[2] % J[1], offset % J[2]};
+          const int64_t shift = (j[0] * G[1] + j[1]) * G[2] + j[2];
+          tile_product(rows - r0 >= 32 ? 2 : 1, O - o0 >= 32 ? 2 : 1, a.data() + r0 * R + shift, R, b.data() + o0 * 2,
+                       O, steps, slice_sums + t * 1024, 32, chunk > slice * 8);
+        }
+      }
+    }
+    release_tiles();
+  });
+  // The slices' sums in order, each row to its tap.
+  for (int64_t slice = 1; slice < slices; ++slice) sums[0].add_(sums[slice]);
+  const auto* total = sp;
+  auto* result = acc.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t task = tasks[static_cast<size_t>(t)], offset = task / (r_blocks * o_blocks);
+    const int64_t r0 = task / o_blocks % r_blocks * 32, o0 = task % o_blocks * 32,
+                  width = std::min<int64_t>(32, O - o0);
+    for (int64_t r = r0; r < std::min(rows, r0 + 32); ++r) {
+      const int64_t tap = tap_of(offset, r);
+      if (tap >= 0)
+        std::memcpy(result + (tap * C + r % C) * O + o0, total + t * 1024 + (r - r0) * 32,
+                    static_cast<size_t>(width) * 4);
+    }
+  }
+#endif
+  // [taps, C, O] -> [O, C, KD, KH, KW], in float32 (the 3-D weight gradients are not rounded).
+  return acc.permute({2, 1, 0}).reshape({O, C, KD, KH, KW});
+}
+
 bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
@@ -361,6 +619,14 @@ Tensor conv2d_weight_by_tiles(const Tensor& input, const Tensor& weight, const T
   return own_weight_gradient(input, weight, bias, {1, 1}, padding, /*tiles=*/true);
 }
 
+bool conv3d_weight_tiles_fit(const Tensor& weight, at::IntArrayRef stride) {
+  if (!amx_tiles_present() || weight.dim() != 5 || weight.size(0) % 16 != 0) return false;
+  const auto s = per_axis(stride, 3);
+  for (size_t a = 0; a < 3; ++a)
+    if (weight.size(static_cast<int64_t>(a) + 2) > s[a]) return true;
+  return false;
+}
+
 bool conv3d_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
@@ -375,9 +641,9 @@ Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const
   return own_weight_gradient(input, weight, bias, {1, 1}, padding);
 }
 
-Tensor conv3d_weight_by_pairs(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding) {
-  return own_weight_gradient(input, weight, bias, stride, padding);
+Tensor conv3d_own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding) {
+  return own_weight_gradient(input, weight, bias, stride, padding, conv3d_weight_tiles_fit(weight, stride));
 }
 
 }  // namespace zoo::ops::detail

@@ -45,6 +45,15 @@
 // (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, what a CPU without AMX runs) 0.78-1.54, so the rule is for CPUs with AMX
 // only. In bf16-mixed training, three alternating process pairs: conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d
 // 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1 (unchanged).
+// Where AMX is really there, the output channels come in multiples of 16 and the taps overlap (a kernel longer than
+// the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs on AMX tiles instead
+// (conv3d_weight_gradient_tiles): x split into its stride phases, each a stride-1 grid read at 1-2 offsets per axis,
+// with two phases of 8 channels in one tile's 16 rows (the .cpp). Conv3dWeightGradient's _tiles_ratio (Intel Xeon
+// with AMX, 2026-12-07, 1 thread): conv3d's second and third layers 2.79 and 2.20, conv4d's second 2.71 and 2.93,
+// 64 -> 128 and 128 -> 128 channels on 8^3 3.77 and 2.58 (the dot products 1.20-2.41 in the same run); the U-Net's
+// 2x2x2 downsampling 0.89 and 1.54 (dot products 1.79 and 1.61), so a kernel equal to the stride keeps them. In
+// bf16-mixed training conv3d's step went 1.30x -> 1.50-1.52x float32's (`zoo bench conv3d conv4d --threads 1
+// --precision 32,bf16-mixed --repeat 5`); conv4d's stayed at 1.32-1.36x (its float32 first layer dominates).
 //
 // Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
 // gradient are the same bits; the weight gradient sums the same products in another order (float32 accumulators),
@@ -80,6 +89,12 @@ torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tenso
 torch::Tensor conv2d_weight_gradient_tiles(const torch::Tensor& xb, const torch::Tensor& gy, int64_t KH, int64_t KW,
                                            at::IntArrayRef padding);
 
+/// A strided 3-D convolution's weight gradient on AMX tiles, [O, C, KD, KH, KW] in float32 (the products exact,
+/// summed in float32): bfloat16 x [N, C, D, H, W] and dy [N, O, OD, OH, OW] with O a multiple of 16, `kernel` of 1-7
+/// taps per axis, strides up to the kernel and paddings below it, on a CPU with AMX (x split by phase: the .cpp).
+torch::Tensor conv3d_weight_gradient_tiles(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef kernel,
+                                           at::IntArrayRef stride, at::IntArrayRef padding);
+
 /// Whether autocast's conv2d rule runs conv2d_weight_by_tiles on these operands: under CPU autocast in bfloat16, grad
 /// mode on, outside a trace, on a CPU with AMX (cpu_has_amx_bf16(), and amx_tiles_present(): the instructions really
 /// there); the operands of conv_weight_gradient_applies with stride 1, 16-64 channels in and out (multiples of 16),
@@ -93,7 +108,7 @@ bool conv2d_weight_tiles_applies(const torch::Tensor& input, const torch::Tensor
 torch::Tensor conv2d_weight_by_tiles(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                                      at::IntArrayRef padding);
 
-/// Whether autocast's conv3d rule runs conv3d_weight_by_pairs on these operands: under CPU autocast in bfloat16,
+/// Whether autocast's conv3d rule runs conv3d_own_weight_gradient on these operands: under CPU autocast in bfloat16,
 /// grad mode on, outside a trace, on a CPU with AMX (cpu_has_amx_bf16()); a float32 or bfloat16 CPU input
 /// [N, C, D, H, W] with C >= 2, a float32 weight [O, C, KD, KH, KW] that needs its gradient, 1-7 taps per axis,
 /// strides of 2 or more on every axis and up to the kernel, paddings below it, no dilation, one group.
@@ -101,12 +116,18 @@ bool conv3d_weight_gradient_applies(const torch::Tensor& input, const torch::Ten
                                     const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
+/// Whether conv3d_own_weight_gradient takes the weight gradient of `weight` [O, C, KD, KH, KW] at `stride` on AMX
+/// tiles (conv3d_weight_gradient_tiles): AMX really present (amx_tiles_present()), O a multiple of 16 and a kernel
+/// longer than the stride on some axis (taps that overlap; where the kernel equals the stride, as in the 3-D U-Net's
+/// 2x2x2 downsampling, the dot products were as fast or faster: zoo_bench's Conv3dWeightGradient).
+bool conv3d_weight_tiles_fit(const torch::Tensor& weight, at::IntArrayRef stride);
+
 /// torch::conv3d(input, weight, bias, stride, padding) in bfloat16 (autocast's result), one autograd node: the
-/// input's gradient in the input's type (oneDNN's), the weight's in float32 (conv3d_bf16_weight_gradient,
-/// ops/conv2d_bf16.h), the bias's in float32. Twice differentiable (under create_graph the backward is autocast's
-/// rule's).
-torch::Tensor conv3d_weight_by_pairs(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
-                                     at::IntArrayRef stride, at::IntArrayRef padding);
+/// input's gradient in the input's type (oneDNN's), the weight's in float32 (conv3d_weight_gradient_tiles where
+/// conv3d_weight_tiles_fit says so, else conv3d_bf16_weight_gradient, ops/conv2d_bf16.h), the bias's in float32.
+/// Twice differentiable (under create_graph the backward is autocast's rule's).
+torch::Tensor conv3d_own_weight_gradient(const torch::Tensor& input, const torch::Tensor& weight,
+                                         const torch::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding);
 
 /// t [A, B, ...] as a contiguous [B, A, ...]: t.transpose(0, 1).contiguous() by one copy per plane (LibTorch's
 /// strided copy took 33 us for the mHC blocks' [64, 32, 7, 7] in bfloat16, 16 of them a step).

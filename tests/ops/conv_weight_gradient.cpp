@@ -405,6 +405,83 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
                     Catch::Contains("1-7 taps per axis"));
 }
 
+TEST_CASE("conv3d_weight_gradient_tiles: float64's weight gradient of the same bfloat16 values, summed in float32",
+          "[kernels][precision]") {
+  if (!zoo::ops::detail::amx_tiles_present()) {
+    WARN("this CPU has no AMX: conv3d_weight_gradient_tiles is not tested here");
+    return;
+  }
+  struct Case {
+    int64_t n, c, o, d, h, w;
+    std::array<int64_t, 3> k, s, p;
+  };
+  // The conv3d model's second and third layers on fewer volumes, conv4d's second (frames of 8^3), the 3-D U-Net's
+  // 2x2x2 downsampling; phases of 3 and 5 channels (rows across tile blocks), 48 outputs (a block of 32 and one of
+  // 16), rows of more than 64 values and strides of 3 (grid rows element by element), per-axis geometries, stride 1,
+  // a 1x1x1 kernel and 7 taps.
+  std::vector<Case> cases{
+      {4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}, {3, 16, 32, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+      {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},   {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}},
+      {3, 5, 48, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},   {2, 3, 16, 4, 5, 70, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+      {2, 4, 16, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},    {1, 2, 16, 9, 7, 8, {7, 4, 5}, {3, 2, 5}, {2, 3, 0}},
+      {5, 8, 16, 5, 6, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}};
+  std::mt19937 random(37);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+  for (int i = 0; i < 10; ++i) {
+    Case c{pick(1, 3), pick(1, 20), 16 * pick(1, 3), 0, 0, 0, {}, {}, {}};
+    for (size_t a = 0; a < 3; ++a) {
+      c.k[a] = pick(1, 4);
+      c.s[a] = pick(1, c.k[a]);
+      c.p[a] = pick(0, c.k[a] - 1);
+    }
+    c.d = std::max<int64_t>(1, c.k[0] - 2 * c.p[0]) + pick(0, 6);
+    c.h = std::max<int64_t>(1, c.k[1] - 2 * c.p[1]) + pick(0, 6);
+    c.w = std::max<int64_t>(1, c.k[2] - 2 * c.p[2]) + pick(0, 40);
+    cases.push_back(c);
+  }
+  for (const auto& c : cases) {
+    INFO("x [" << c.n << ", " << c.c << ", " << c.d << ", " << c.h << ", " << c.w << "], " << c.o << " outputs, kernel "
+               << c.k[0] << "x" << c.k[1] << "x" << c.k[2] << ", stride " << c.s[0] << "x" << c.s[1] << "x" << c.s[2]
+               << ", padding " << c.p[0] << "x" << c.p[1] << "x" << c.p[2]);
+    const auto x = torch::randn({c.n, c.c, c.d, c.h, c.w}).to(torch::kBFloat16);
+    std::vector<int64_t> out{c.n, c.o};
+    const std::array<int64_t, 3> in{c.d, c.h, c.w};
+    for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
+    const auto gy = torch::randn(out).to(torch::kBFloat16);
+    const auto got = zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, c.k, c.s, c.p);
+    REQUIRE(got.scalar_type() == torch::kFloat32);
+    REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
+    const auto exact = std::get<1>(
+        at::convolution_backward(gy.to(torch::kFloat64), x.to(torch::kFloat64),
+                                 torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64), c10::nullopt, c.s,
+                                 c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
+    CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
+  }
+  // Not rounded to bfloat16, the same bits at 1 and 2 threads (a task per offset and block, its sum in a fixed order),
+  // a channels-last x read as its values, an empty batch, and the errors.
+  const auto x = torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16),
+             gy = torch::randn({4, 16, 4, 4, 4}).to(torch::kBFloat16);
+  auto run = [&](int threads, const torch::Tensor& xx) {
+    const int before = at::get_num_threads();
+    at::set_num_threads(threads);
+    auto w = zoo::ops::detail::conv3d_weight_gradient_tiles(xx, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+    at::set_num_threads(before);
+    return w;
+  };
+  const auto one = run(1, x);
+  CHECK_FALSE(torch::equal(one, one.to(torch::kBFloat16).to(torch::kFloat32)));
+  CHECK(torch::equal(one, run(2, x)));
+  CHECK(torch::equal(one, run(1, x.contiguous(torch::MemoryFormat::ChannelsLast3d))));
+  CHECK(torch::equal(zoo::ops::detail::conv3d_weight_gradient_tiles(x.narrow(0, 0, 0), gy.narrow(0, 0, 0), {3, 3, 3},
+                                                                    {2, 2, 2}, {1, 1, 1}),
+                     torch::zeros({16, 8, 3, 3, 3})));
+  CHECK_THROWS_WITH(
+      zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy.narrow(1, 0, 8), {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+      Catch::Contains("O a multiple of 16"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                    Catch::Contains("dy of the convolution's output size"));
+}
+
 TEST_CASE(
     "Autocast's conv3d rule: strided 3-D convolutions on CPUs with AMX give autocast's output and input gradient to "
     "the bit and zoo's weight gradient",
@@ -466,6 +543,28 @@ TEST_CASE("Autocast's conv3d rule: where it applies, second derivatives, and a t
       CHECK_FALSE(ran_rule(torch::conv3d(x, w, {}, 2, 1)));
     }
   }
+  // Which weight gradient the rule runs: AMX tiles where the CPU has them, for overlapping taps and outputs in
+  // multiples of 16; the dot products elsewhere.
+  using zoo::ops::detail::conv3d_weight_tiles_fit;
+  const bool tiles = zoo::ops::detail::amx_tiles_present();
+  CHECK(conv3d_weight_tiles_fit(w, {2, 2, 2}) == tiles);
+  CHECK(conv3d_weight_tiles_fit(w, {2}) == tiles);
+  CHECK(conv3d_weight_tiles_fit(torch::randn({32, 16, 3, 3, 2}), {2, 3, 2}) == tiles);  // overlaps on one axis
+  CHECK_FALSE(conv3d_weight_tiles_fit(torch::randn({32, 16, 2, 2, 2}), {2, 2, 2}));     // the U-Net's 2x2x2
+  CHECK_FALSE(conv3d_weight_tiles_fit(torch::randn({24, 8, 3, 3, 3}), {2, 2, 2}));      // 24 outputs
+  // Both give autocast's output and input gradient to the bit and the weight gradient in float32 sums.
+  check_against_autocast(
+      {3, 16, 8, 8, 8}, {32, 16, 2, 2, 2},
+      [](const torch::Tensor& xx, const torch::Tensor& ww, const torch::Tensor& b) {
+        return torch::conv3d(xx, ww, b, 2, std::vector<int64_t>{0, 0, 0});
+      },
+      0.0);
+  check_against_autocast(
+      {3, 8, 7, 8, 9}, {24, 8, 3, 3, 3},
+      [](const torch::Tensor& xx, const torch::Tensor& ww, const torch::Tensor& b) {
+        return torch::conv3d(xx, ww, b, 2, 1);
+      },
+      0.0);
 
   torch::manual_seed(37);
   const Conv conv = [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {

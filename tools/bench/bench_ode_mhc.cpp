@@ -26,9 +26,10 @@
 //    where autocast's conv2d rule uses them, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / zoo's time
 //    (above 1: zoo's faster), and "applies" (1 where the rule takes the layer that way).
 //  - Conv3dWeightGradient: a bfloat16 3-D convolution's weight gradient by zoo's dot products
-//    (ops::detail::conv3d_bf16_weight_gradient) against oneDNN's, at the 3-D models' layers, 1 thread. Counters:
-//    <N>x<C>x<O>x<D>k<K>s<S>_ratio = oneDNN time / zoo's time, and "applies" (1 where autocast's conv3d rule takes
-//    the layer).
+//    (ops::detail::conv3d_bf16_weight_gradient) and on AMX tiles (conv3d_weight_gradient_tiles, where the CPU has
+//    AMX and O is a multiple of 16) against oneDNN's, at the 3-D models' layers, 1 thread. Counters:
+//    <N>x<C>x<O>x<D>k<K>s<S>_ratio = oneDNN time / the dot products' time, _tiles_ratio = oneDNN time / the tiles'
+//    time, and "applies" (1 where autocast's conv3d rule takes the layer).
 //  - ConvOneChannel: the image networks' first layer (3x3, one input channel) under bf16-mixed, zoo's kernel
 //    (ops/conv2d_one_channel.h) against autocast's rule (oneDNN), forward and forward + weight gradient, 1 thread.
 //    Counters: <N>x<O>x<H>_{fwd,train}_ratio = oneDNN time / zoo's time, and the times in us.
@@ -597,17 +598,22 @@ void Conv3dWeightGradient(benchmark::State& state) {
       const auto gy = torch::randn({l.n, l.o, od, od, od}).to(bf16);
       const double macs = static_cast<double>(l.n * l.c * l.o * od * od * od * l.k * l.k * l.k);
       const int reps = timed ? std::max<int>(2, static_cast<int>(2e8 / macs)) : 1;
-      for (const bool zoo : {false, true}) {
+      const bool tiles = ops::detail::amx_tiles_present() && l.o % 16 == 0;
+      for (const int way : {0, 1, 2}) {  // oneDNN, dot products, tiles
+        if (way == 2 && !tiles) continue;
         const auto start = Clock::now();
         for (int i = 0; i < reps; ++i) {
-          if (zoo)
+          if (way == 1)
             ops::detail::conv3d_bf16_weight_gradient(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
+          else if (way == 2)
+            ops::detail::conv3d_weight_gradient_tiles(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
           else
             std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, {l.s, l.s, l.s}, {p, p, p}, {1, 1, 1}, false,
                                                  {0, 0, 0}, 1, {false, true, false}))
                 .to(torch::kFloat32);
         }
-        us[l.name() + (zoo ? "_zoo" : "_onednn")] += 1e6 * seconds_since(start) / reps;
+        us[l.name() + std::array<const char*, 3>{"_onednn", "_zoo", "_tiles"}[static_cast<size_t>(way)]] +=
+            1e6 * seconds_since(start) / reps;
       }
     }
   };
@@ -618,6 +624,8 @@ void Conv3dWeightGradient(benchmark::State& state) {
   for (const auto& l : layers) {
     const int64_t p = l.k == 3 ? 1 : 0;
     state.counters[l.name() + "_ratio"] = us[l.name() + "_onednn"] / us[l.name() + "_zoo"];
+    if (us.count(l.name() + "_tiles"))
+      state.counters[l.name() + "_tiles_ratio"] = us[l.name() + "_onednn"] / us[l.name() + "_tiles"];
     state.counters[l.name() + "_onednn_us"] = us[l.name() + "_onednn"] / static_cast<double>(state.iterations());
     const auto w = torch::zeros({l.o, l.c, l.k, l.k, l.k}, torch::requires_grad());
     state.counters[l.name() + "_applies"] = ops::detail::conv3d_weight_gradient_applies(
