@@ -47,12 +47,13 @@
 // 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1 (unchanged).
 // Where AMX is really there, the output channels come in multiples of 16 and the taps overlap (a kernel longer than
 // the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs on AMX tiles instead
-// (conv3d_weight_gradient_tiles): x split into its stride phases, each a stride-1 grid read at 1-2 offsets per axis,
-// with two phases of 8 channels in one tile's 16 rows (the .cpp). Conv3dWeightGradient's _tiles_ratio (Intel Xeon
-// with AMX, 2026-12-07, 1 thread): conv3d's second and third layers 2.79 and 2.20, conv4d's second 2.71 and 2.93,
-// 64 -> 128 and 128 -> 128 channels on 8^3 3.77 and 2.58 (the dot products 1.20-2.41 in the same run); the U-Net's
-// 2x2x2 downsampling 0.89 and 1.54 (dot products 1.79 and 1.61), so a kernel equal to the stride keeps them. In
-// bf16-mixed training conv3d's step went 1.30x -> 1.50-1.52x float32's (`zoo bench conv3d conv4d --threads 1
+// (conv3d_weight_bias_gradient_tiles, which sums the bias's gradient on the way): x split into its stride phases, each
+// a stride-1 grid read at 1-2 offsets per axis, with two phases of 8 channels in one tile's 16 rows (the .cpp).
+// Conv3dWeightGradient's _tiles_ratio (Intel Xeon with AMX, 2026-12-07, 1 thread): conv3d's second and third
+// layers 2.79 and 2.20, conv4d's second 2.71 and 2.93, 64 -> 128 and 128 -> 128 channels on 8^3 3.77 and 2.58 (the dot
+// products 1.20-2.41 in the same run); the U-Net's 2x2x2 downsampling 0.89 and 1.54 (dot products 1.79 and 1.61), so a
+// kernel equal to the stride keeps them. In bf16-mixed training conv3d's step went 1.30x -> 1.50-1.52x float32's (`zoo
+// bench conv3d conv4d --threads 1
 // --precision 32,bf16-mixed --repeat 5`); conv4d's stayed at 1.32-1.36x (its float32 first layer dominates).
 //
 // Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
@@ -89,10 +90,18 @@ torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tenso
 torch::Tensor conv2d_weight_gradient_tiles(const torch::Tensor& xb, const torch::Tensor& gy, int64_t KH, int64_t KW,
                                            at::IntArrayRef padding);
 
-/// A strided 3-D convolution's weight gradient on AMX tiles, [O, C, KD, KH, KW] in float32 (the products exact,
-/// summed in float32): bfloat16 x [N, C, D, H, W] and dy [N, O, OD, OH, OW] with O a multiple of 16, `kernel` of 1-7
-/// taps per axis, strides up to the kernel and paddings below it, on a CPU with AMX (x split by phase: the .cpp).
-torch::Tensor conv3d_weight_gradient_tiles(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef kernel,
+/// A 3-D convolution's weight and bias gradients on AMX tiles: [O, C, KD, KH, KW] and [O] in float32 (the products
+/// exact, summed in float32) of bfloat16 x [N, C, D, H, W] and dy [N, O, OD, OH, OW] (O padded to a multiple of 16
+/// with zeros inside), for `kernel` of 1-7 taps per axis, strides up to the kernel and paddings below it, on a CPU
+/// with AMX (x split by stride phase; the .cpp). The same bits at any thread count.
+std::pair<torch::Tensor, torch::Tensor> conv3d_weight_bias_gradient_tiles(const torch::Tensor& x,
+                                                                          const torch::Tensor& gy,
+                                                                          at::IntArrayRef kernel,
+                                                                          at::IntArrayRef stride,
+                                                                          at::IntArrayRef padding);
+
+/// The weight gradient alone (conv3d_weight_bias_gradient_tiles' first).
+torch::Tensor conv3d_weight_gradient_tiles(const torch::Tensor& x, const torch::Tensor& gy, at::IntArrayRef kernel,
                                            at::IntArrayRef stride, at::IntArrayRef padding);
 
 /// Whether autocast's conv2d rule runs conv2d_weight_by_tiles on these operands: under CPU autocast in bfloat16, grad

@@ -405,8 +405,10 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
                     Catch::Contains("1-7 taps per axis"));
 }
 
-TEST_CASE("conv3d_weight_gradient_tiles: float64's weight gradient of the same bfloat16 values, summed in float32",
-          "[kernels][precision]") {
+TEST_CASE(
+    "conv3d_weight_bias_gradient_tiles: float64's weight and bias gradients of the same bfloat16 values, summed in "
+    "float32",
+    "[kernels][precision]") {
   if (!zoo::ops::detail::amx_tiles_present()) {
     WARN("this CPU has no AMX: conv3d_weight_gradient_tiles is not tested here");
     return;
@@ -415,20 +417,21 @@ TEST_CASE("conv3d_weight_gradient_tiles: float64's weight gradient of the same b
     int64_t n, c, o, d, h, w;
     std::array<int64_t, 3> k, s, p;
   };
-  // The conv3d model's second and third layers on fewer volumes, conv4d's second (frames of 8^3), the 3-D U-Net's
-  // 2x2x2 downsampling; phases of 3 and 5 channels (rows across tile blocks), 48 outputs (a block of 32 and one of
-  // 16), rows of more than 64 values and strides of 3 (grid rows element by element), per-axis geometries, stride 1,
-  // a 1x1x1 kernel and 7 taps.
+  // The conv3d model's layers on fewer volumes (its first, one channel to 8, unstrided), conv4d's first and second
+  // (frames of 8^3), the 3-D U-Net's 2x2x2 downsampling; phases of 3 and 5 channels (rows across tile blocks), 48 and
+  // 7 outputs (a block of 32 and one of 16; padding), rows of more than 64 values and strides of 3 (grid rows element
+  // by element), per-axis geometries, stride 1, a 1x1x1 kernel and 7 taps.
   std::vector<Case> cases{
       {4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}, {3, 16, 32, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+      {3, 1, 8, 16, 16, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},  {7, 1, 8, 8, 8, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
       {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},   {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}},
-      {3, 5, 48, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},   {2, 3, 16, 4, 5, 70, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+      {3, 5, 48, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},   {2, 3, 7, 4, 5, 70, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
       {2, 4, 16, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},    {1, 2, 16, 9, 7, 8, {7, 4, 5}, {3, 2, 5}, {2, 3, 0}},
-      {5, 8, 16, 5, 6, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}};
+      {5, 8, 16, 5, 6, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},    {2, 3, 20, 6, 6, 6, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}}};
   std::mt19937 random(37);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
   for (int i = 0; i < 10; ++i) {
-    Case c{pick(1, 3), pick(1, 20), 16 * pick(1, 3), 0, 0, 0, {}, {}, {}};
+    Case c{pick(1, 3), pick(1, 20), pick(1, 40), 0, 0, 0, {}, {}, {}};
     for (size_t a = 0; a < 3; ++a) {
       c.k[a] = pick(1, 4);
       c.s[a] = pick(1, c.k[a]);
@@ -448,7 +451,7 @@ TEST_CASE("conv3d_weight_gradient_tiles: float64's weight gradient of the same b
     const std::array<int64_t, 3> in{c.d, c.h, c.w};
     for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
     const auto gy = torch::randn(out).to(torch::kBFloat16);
-    const auto got = zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, c.k, c.s, c.p);
+    const auto [got, bias] = zoo::ops::detail::conv3d_weight_bias_gradient_tiles(x, gy, c.k, c.s, c.p);
     REQUIRE(got.scalar_type() == torch::kFloat32);
     REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
     const auto exact = std::get<1>(
@@ -456,28 +459,33 @@ TEST_CASE("conv3d_weight_gradient_tiles: float64's weight gradient of the same b
                                  torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64), c10::nullopt, c.s,
                                  c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
     CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
+    REQUIRE(bias.scalar_type() == torch::kFloat32);
+    CHECK(within_rounding(bias, gy.to(torch::kFloat64).sum({0, 2, 3, 4}), 0.0));
   }
-  // Not rounded to bfloat16, the same bits at 1 and 2 threads (a task per offset and block, its sum in a fixed order),
-  // a channels-last x read as its values, an empty batch, and the errors.
-  const auto x = torch::randn({4, 8, 8, 8, 8}).to(torch::kBFloat16),
-             gy = torch::randn({4, 16, 4, 4, 4}).to(torch::kBFloat16);
+  // Not rounded to bfloat16, the same bits at 1 and 2 threads (a task per offset and block, its sum in a fixed order;
+  // the bias item by item), a channels-last x read as its values, an empty batch, and the errors.
+  const auto x = torch::randn({40, 8, 8, 8, 8}).to(torch::kBFloat16),
+             gy = torch::randn({40, 16, 4, 4, 4}).to(torch::kBFloat16);
   auto run = [&](int threads, const torch::Tensor& xx) {
     const int before = at::get_num_threads();
     at::set_num_threads(threads);
-    auto w = zoo::ops::detail::conv3d_weight_gradient_tiles(xx, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+    auto w = zoo::ops::detail::conv3d_weight_bias_gradient_tiles(xx, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
     at::set_num_threads(before);
     return w;
   };
-  const auto one = run(1, x);
-  CHECK_FALSE(torch::equal(one, one.to(torch::kBFloat16).to(torch::kFloat32)));
-  CHECK(torch::equal(one, run(2, x)));
-  CHECK(torch::equal(one, run(1, x.contiguous(torch::MemoryFormat::ChannelsLast3d))));
+  const auto one = run(1, x), two = run(2, x);
+  CHECK_FALSE(torch::equal(one.first, one.first.to(torch::kBFloat16).to(torch::kFloat32)));
+  CHECK(torch::equal(one.first, two.first));
+  CHECK(torch::equal(one.second, two.second));
+  CHECK(torch::equal(one.first, run(1, x.contiguous(torch::MemoryFormat::ChannelsLast3d)).first));
+  CHECK(
+      torch::equal(zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}), one.first));
   CHECK(torch::equal(zoo::ops::detail::conv3d_weight_gradient_tiles(x.narrow(0, 0, 0), gy.narrow(0, 0, 0), {3, 3, 3},
                                                                     {2, 2, 2}, {1, 1, 1}),
                      torch::zeros({16, 8, 3, 3, 3})));
   CHECK_THROWS_WITH(
-      zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy.narrow(1, 0, 8), {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
-      Catch::Contains("O a multiple of 16"));
+      zoo::ops::detail::conv3d_weight_gradient_tiles(x.to(torch::kFloat32), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+      Catch::Contains("bfloat16 x [N, C, D, H, W]"));
   CHECK_THROWS_WITH(zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
                     Catch::Contains("dy of the convolution's output size"));
 }
