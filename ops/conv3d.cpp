@@ -1,5 +1,6 @@
 #include "ops/conv3d.h"
 #include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 #include "ops/twice.h"
 
@@ -288,6 +289,102 @@ Tensor direct_forward(const Tensor& xp, int64_t W, const Tensor& weight, const T
   return y;
 }
 
+// Under bf16-mixed on a CPU with AMX, the forward as autocast's bfloat16 convolution computes it: x and the weight
+// rounded to bfloat16, their products summed in float32 (plus the bias), rounded once. One AMX tile product per 16
+// output voxels (R = 16 / W rows of a plane) gives all (up to 16) output channels: A = the weight [16 channels][32
+// K], K the 27 taps in pairs, B = the 16 voxels' inputs at those taps in pairs. The pairs are (jw = 0, jw = 1) of
+// each (jd, jh), the voxel's input and its right neighbour, one permutation of a load from the item's zero-padded
+// bfloat16 grid; and the jw = 2 taps of two (jd, jh) side by side, one two-source permutation. The 16 voxels' lanes
+// sit at (i / W) (W + 2) + i % W from the block's first voxel, so all of a permutation's values lie within 32 of it
+// for W of 2, 4, 8 or 16.
+
+bool amx_forward_fits(int64_t O, int64_t H, int64_t W) {
+  return detail::amx_tiles_present() && detail::cpu_has_amx_bf16() && O <= 16 &&
+         (W == 2 || W == 4 || W == 8 || W == 16) && H % (16 / W) == 0;
+}
+
+/// Items [n0, n1) of y [N, O, D, H, W] in bfloat16 from x [N, 1, D, H, W] in float32: `a` the weight tile (16 x 32
+/// bfloat16), `bias` O floats.
+ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_forward_items(const float* x, int64_t n0, int64_t n1, int64_t D, int64_t H,
+                                                    int64_t W, int64_t O, const uint16_t* a, const float* bias,
+                                                    uint16_t* y) {
+  const int64_t Wg = W + 2, plane = (H + 2) * Wg, rows = 16 / W;
+  std::vector<uint16_t> grid(static_cast<size_t>((D + 2) * plane + 64), 0);  // zeros around the item, and after it
+  alignas(64) uint16_t b[16 * 32] = {};                                      // pair rows 14 and 15 stay zero
+  alignas(64) float c[16 * 16];
+  alignas(64) int16_t slide[32], cross[32];
+  for (int64_t i = 0; i < 16; ++i) {
+    const auto at = static_cast<int16_t>(i / W * Wg + i % W);
+    slide[2 * i] = at, slide[2 * i + 1] = static_cast<int16_t>(at + 1);   // the voxel's input and its neighbour's
+    cross[2 * i] = at, cross[2 * i + 1] = static_cast<int16_t>(at + 32);  // the same voxel in two loads
+  }
+  const __m512i by_slide = _mm512_load_si512(slide), by_cross = _mm512_load_si512(cross);
+  int64_t shift[9];  // (jd, jh)'s offset in the grid
+  for (int64_t t = 0; t < 9; ++t) shift[t] = t / 3 * plane + t % 3 * Wg;
+  configure_tiles();
+  _tile_loadd(0, a, 64);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* xn = x + n * D * H * W;
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* row = xn + (z * H + h) * W;
+        uint16_t* g = grid.data() + (z + 1) * plane + (h + 1) * Wg + 1;
+        _mm256_mask_storeu_epi16(g, first16(W),
+                                 reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(W), row))));
+      }
+    uint16_t* yn = y + n * O * D * H * W;
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t h = 0; h < H; h += rows) {
+        const uint16_t* first = grid.data() + z * plane + h * Wg;  // tap (0, 0, 0) of voxel (z, h, 0)
+        for (int64_t t = 0; t < 9; ++t)
+          _mm512_store_si512(b + t * 32, _mm512_permutexvar_epi16(by_slide, _mm512_loadu_si512(first + shift[t])));
+        for (int64_t t = 0; t < 5; ++t) {
+          const __m512i left = _mm512_loadu_si512(first + shift[2 * t] + 2);
+          const __m512i right = t < 4 ? _mm512_loadu_si512(first + shift[2 * t + 1] + 2) : _mm512_setzero_si512();
+          _mm512_store_si512(b + (9 + t) * 32, _mm512_permutex2var_epi16(left, by_cross, right));
+        }
+        _tile_loadd(1, b, 64);
+        _tile_zero(2);
+        _tile_dpbf16ps(2, 0, 1);
+        _tile_stored(2, c, 64);
+        for (int64_t o = 0; o < O; ++o) {
+          const __m512 v = _mm512_add_ps(_mm512_load_ps(c + o * 16), _mm512_set1_ps(bias[o]));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(yn + ((o * D + z) * H + h) * W),
+                              reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+        }
+      }
+  }
+  release_tiles();
+}
+
+/// The forward on AMX tiles (amx_forward_fits): y [N, O, D, H, W] in bfloat16.
+Tensor amx_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const int64_t N = x.size(0), D = x.size(2), H = x.size(3), W = x.size(4), O = weight.size(0);
+  // The weight's tile: row o, K 2 r + e the tap of pair r (r < 9: (jd, jh) = r, jw = e; 9 <= r < 14: jw = 2 of
+  // (jd, jh) = 2 (r - 9) + e; rows 14 and 15 zero).
+  std::vector<uint16_t> a(16 * 32, 0);
+  const auto wb = weight.detach().to(torch::kBFloat16).contiguous();
+  const auto* wp = reinterpret_cast<const uint16_t*>(wb.data_ptr<at::BFloat16>());
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t r = 0; r < 14; ++r)
+      for (int64_t e = 0; e < 2; ++e) {
+        const int64_t jdh = r < 9 ? r : 2 * (r - 9) + e, jw = r < 9 ? e : 2;
+        if (jdh < 9) a[static_cast<size_t>(o * 32 + 2 * r + e)] = wp[o * 27 + jdh * 3 + jw];
+      }
+  std::vector<float> b(static_cast<size_t>(O), 0.0f);
+  if (bias.numel() > 0) {
+    const auto bc = bias.detach().contiguous();
+    std::copy(bc.data_ptr<float>(), bc.data_ptr<float>() + O, b.begin());
+  }
+  auto y = torch::empty({N, O, D, H, W}, x.options().dtype(torch::kBFloat16));
+  const auto xc = x.contiguous();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    amx_forward_items(xc.data_ptr<float>(), n0, n1, D, H, W, O, a.data(), b.data(),
+                      reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
+  });
+  return y;
+}
+
 // The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] of a direct convolution, from the output's gradient
 // in float32 or bfloat16 (read as it is: widening bfloat16 is exact).
 std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& grad) {
@@ -332,6 +429,11 @@ std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& gra
 struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
                         const Tensor& bias, bool bfloat16) {
+    if (bfloat16 && amx_forward_fits(weight.size(0), x.size(3), x.size(4))) {
+      ctx->save_for_backward({Tensor(), x, weight, bias});  // the padded input made in the backward, if it runs
+      ctx->saved_data["bfloat16"] = bfloat16;
+      return amx_forward(x, weight, bias);
+    }
     auto xp = pad(x);
     auto y = direct_forward(xp, x.size(4), weight, bias, bfloat16);
     ctx->save_for_backward({xp, x, weight, bias});
@@ -342,7 +444,8 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &xp = saved[0], &x = saved[1], &weight = saved[2], &bias = saved[3];
+    const auto &x = saved[1], &weight = saved[2], &bias = saved[3];
+    const auto xp = saved[0].defined() ? saved[0] : pad(x);
     const auto& go = grads[0];
     const bool bfloat16 = ctx->saved_data["bfloat16"].toBool();
     torch::autograd::variable_list out(4);

@@ -142,28 +142,6 @@ ZOO_AVX512_BF16 void interleave_pair(const uint16_t* p0, const uint16_t* p1, uin
   }
 }
 
-/// The tile registers' shapes (LDTILECFG's 64-byte operand): palette 1, tiles 0-7 of 16 rows x 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
-
-ZOO_AMX_BF16 void configure_tiles() {
-  TileConfig config;
-  std::memset(&config, 0, sizeof config);
-  config.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = 16;
-  }
-  // GCC does not count LDTILECFG's operand as read memory and drops the stores above without this.
-  __asm__ volatile("" : : "r"(&config) : "memory");
-  _tile_loadconfig(&config);
-}
-
-ZOO_AMX_BF16 void release_tiles() { _tile_release(); }
-
 /// out[c][o] (CB blocks of 16 rows c, OB blocks of 16 columns o, ld_out floats a row) = sum over `steps` steps of 32
 /// K of a[c][k] b[k][o]: a rows of `a_stride` elements (block c + 1 at a + 16 a_stride), b pair rows of 2 O elements
 /// (block o + 1 at b + 32, the next step at b + 32 O).

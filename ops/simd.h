@@ -26,6 +26,30 @@
 namespace zoo::ops {
 
 #ifdef ZOO_X86_KERNELS
+/// The AMX tile registers' shapes (LDTILECFG's 64-byte operand): palette 1, tiles 0-7 of 16 rows x 64 bytes, what
+/// zoo's AMX kernels use (ops/conv_weight_gradient.cpp, ops/conv3d.cpp). configure_tiles() in each thread before its
+/// tile instructions (after amx_tiles_present(), which asks the OS for them), release_tiles() after.
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+ZOO_AMX_BF16 inline void configure_tiles() {
+  TileConfig config;
+  std::memset(&config, 0, sizeof config);
+  config.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  // GCC does not count LDTILECFG's operand as read memory and drops the stores above without this.
+  __asm__ volatile("" : : "r"(&config) : "memory");
+  _tile_loadconfig(&config);
+}
+
+ZOO_AMX_BF16 inline void release_tiles() { _tile_release(); }
+
 /// Eight elements as float32 lanes: float32 as it is, bfloat16 widened (exactly).
 ZOO_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 ZOO_AVX2_FMA inline __m256 load8(const c10::BFloat16* p) {

@@ -4,6 +4,7 @@
 #include "helpers.h"
 #include "models/conv3d.h"
 #include "ops/autocast.h"
+#include "ops/conv2d_bf16.h"
 #include "ops/simd.h"
 
 #include <catch2/catch.hpp>
@@ -178,6 +179,61 @@ TEST_CASE("conv3d: under bfloat16 autocast the direct kernel computes in float32
   const auto p32 = penalty(false), p16 = penalty(true);
   CHECK(p32.abs().max().item<double>() > 0.1);
   CHECK(zoo::test::max_abs(p16 - p32) < 0.05 * magnitude(p32));  // the output rounded to bfloat16 in between
+}
+
+TEST_CASE(
+    "conv3d: under bf16-mixed on a CPU with AMX the first layer's forward is autocast's bfloat16 convolution on tiles",
+    "[kernels][conv3d][precision]") {
+  if (!direct3d_here() || !zoo::ops::detail::amx_tiles_present()) {
+    WARN("this CPU has no AMX: conv3d's tile forward is not tested here");
+    return;
+  }
+  zoo::ops::detail::AmxOverride amx(true);  // as on such CPUs also under ZOO_CPU_AMX=0
+  // Rows of 2, 4, 8 and 16 voxels (8, 4, 2 and 1 rows to a tile's 16), 1 to 16 output channels, one and three items,
+  // one and several planes, with and without a bias.
+  struct Case {
+    int64_t n, o, d, h, w;
+    bool bias;
+  };
+  const std::vector<Case> cases{{3, 8, 5, 16, 16, true}, {2, 8, 8, 8, 8, true},  {1, 16, 3, 8, 4, false},
+                                {3, 1, 2, 8, 2, true},   {2, 7, 1, 16, 8, true}, {1, 13, 4, 2, 16, false}};
+  torch::manual_seed(41);
+  for (const auto& c : cases) {
+    INFO("x [" << c.n << ", 1, " << c.d << ", " << c.h << ", " << c.w << "], " << c.o << " outputs");
+    const auto x = torch::randn({c.n, 1, c.d, c.h, c.w}, torch::requires_grad());
+    const auto w = torch::randn({c.o, 1, 3, 3, 3}, torch::requires_grad());
+    const auto b = c.bias ? torch::randn({c.o}, torch::requires_grad()) : torch::Tensor();
+    torch::Tensor y;
+    {
+      zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
+      y = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);  // 13 and 16 outputs go to oneDNN otherwise
+    }
+    REQUIRE(y.scalar_type() == torch::kBFloat16);
+    REQUIRE(y.grad_fn());
+    CHECK(y.grad_fn()->name().find("Conv3dFunction") != std::string::npos);
+    // x and the weight rounded to bfloat16, the products exact and summed in float32 with the bias, rounded once.
+    const auto f64 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat64); };
+    const auto exact = torch::conv3d(f64(x), f64(w), c.bias ? b.to(torch::kFloat64) : torch::Tensor(), 1, 1).detach();
+    CHECK(within_rounding(y, exact, 1.0 / 256));
+    // The backward is the direct kernel's, as for its float32 forward.
+    const auto go = torch::randn(y.sizes()).to(torch::kBFloat16);
+    const auto f32 = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
+    auto inputs = c.bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
+    const auto expected = torch::autograd::grad({f32}, inputs, {go.to(torch::kFloat32)});
+    const auto got = torch::autograd::grad({y}, inputs, {go});
+    for (size_t i = 0; i < got.size(); ++i) CHECK(torch::equal(got[i], expected[i]));
+  }
+  // The same bits at 1 and 2 threads (an item a task).
+  const auto x = torch::randn({5, 1, 4, 8, 8}), w = torch::randn({8, 1, 3, 3, 3}), b = torch::randn({8});
+  auto run = [&](int threads) {
+    const int before = at::get_num_threads();
+    at::set_num_threads(threads);
+    zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
+    auto out = zoo::ops::conv3d(x, w, b, 1, 1);
+    at::set_num_threads(before);
+    return out;
+  };
+  CHECK(torch::equal(run(1), run(2)));
 }
 
 TEST_CASE("conv3d: which kernel runs", "[kernels][conv3d]") {
