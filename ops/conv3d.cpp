@@ -385,6 +385,119 @@ Tensor amx_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return y;
 }
 
+// Under bf16-mixed on a CPU with AMX the weight and bias gradients are autocast's too (x rounded to bfloat16, the
+// products summed in float32), on tiles: per 32 output voxels (R = 32 / W rows), C[taps, channels] += A B with A =
+// the voxels' inputs at the 27 taps (one row per tap, two-source permutations of two loads of the bfloat16 grid per
+// (jd, jh)) and a row of ones (whose sums are the bias's gradient), B = dy's 32 voxels of each channel in pairs, a
+// 16 x 16 transpose of 32-bit pairs. The sums stay in two tile registers over an item slice (kSlice items), the
+// slices' are added in order: the same bits at any thread count.
+constexpr int64_t kSlice = 4;
+
+bool amx_weight_fits(int64_t O, int64_t H, int64_t W) {
+  return amx_forward_fits(O, H, W) && W * H >= 32 && H % (32 / W) == 0;
+}
+
+/// r[k] = the 32-bit column k of the 16 rows r (a 16 x 16 transpose of 32-bit elements, in registers).
+ZOO_AVX512_BF16 inline void transpose16x16(__m512i (&r)[16]) {
+  // The masked forms with every lane set: GCC 12 warns of the plain ones' undefined pass-through operand.
+  const __mmask16 all = 0xFFFF;
+  const __mmask8 all8 = 0xFF;
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_epi32(all, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_epi32(all, r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // u[g + c], 128-bit lane L: column 4 L + c of rows g .. g + 3
+    u[g] = _mm512_maskz_unpacklo_epi64(all8, t[g], t[g + 2]);
+    u[g + 1] = _mm512_maskz_unpackhi_epi64(all8, t[g], t[g + 2]);
+    u[g + 2] = _mm512_maskz_unpacklo_epi64(all8, t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_maskz_unpackhi_epi64(all8, t[g + 1], t[g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x0 = _mm512_maskz_shuffle_i32x4(all, u[c], u[4 + c], 0x88),
+                  x1 = _mm512_maskz_shuffle_i32x4(all, u[c], u[4 + c], 0xdd);
+    const __m512i y0 = _mm512_maskz_shuffle_i32x4(all, u[8 + c], u[12 + c], 0x88),
+                  y1 = _mm512_maskz_shuffle_i32x4(all, u[8 + c], u[12 + c], 0xdd);
+    r[c] = _mm512_maskz_shuffle_i32x4(all, x0, y0, 0x88);
+    r[4 + c] = _mm512_maskz_shuffle_i32x4(all, x1, y1, 0x88);
+    r[8 + c] = _mm512_maskz_shuffle_i32x4(all, x0, y0, 0xdd);
+    r[12 + c] = _mm512_maskz_shuffle_i32x4(all, x1, y1, 0xdd);
+  }
+}
+
+/// Items [n0, n1) (one slice) of the sums [32 rows: 27 taps, the bias, 4 zero][16 channels] from x [N, 1, D, H, W]
+/// in float32 and dy [N, O, D, H, W] in bfloat16.
+ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_weight_items(const float* x, const uint16_t* dy, int64_t n0, int64_t n1,
+                                                   int64_t D, int64_t H, int64_t W, int64_t O, float* sums) {
+  const int64_t Wg = W + 2, plane = (H + 2) * Wg, rows = 32 / W, volume = D * H * W;
+  std::vector<uint16_t> grid(static_cast<size_t>((D + 2) * plane + 128), 0);
+  alignas(64) uint16_t a[32 * 32] = {}, b[16 * 32];
+  alignas(64) int16_t index[32];
+  for (int64_t l = 0; l < 32; ++l) index[l] = static_cast<int16_t>(l / W * Wg + l % W);
+  const __m512i at = _mm512_load_si512(index);
+  for (int64_t l = 0; l < 32; ++l) a[27 * 32 + l] = 0x3F80;  // 1.0: the bias's row
+  configure_tiles();
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* xn = x + n * volume;
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t h = 0; h < H; ++h)
+        _mm256_mask_storeu_epi16(
+            grid.data() + (z + 1) * plane + (h + 1) * Wg + 1, first16(W),
+            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(W), xn + (z * H + h) * W))));
+    for (int64_t z = 0; z < D; ++z)
+      for (int64_t h = 0; h < H; h += rows) {
+        const uint16_t* first = grid.data() + z * plane + h * Wg;  // tap (0, 0, 0) of voxel (z, h, 0)
+        for (int64_t t = 0; t < 9; ++t) {
+          const uint16_t* from = first + t / 3 * plane + t % 3 * Wg;
+          const __m512i lo = _mm512_loadu_si512(from), hi = _mm512_loadu_si512(from + 32);
+          for (int64_t jw = 0; jw < 3; ++jw)
+            _mm512_store_si512(
+                a + (t * 3 + jw) * 32,
+                _mm512_permutex2var_epi16(lo, _mm512_add_epi16(at, _mm512_set1_epi16(static_cast<short>(jw))), hi));
+        }
+        __m512i r[16];
+        for (int64_t o = 0; o < 16; ++o)
+          r[o] = o < O ? _mm512_loadu_si512(dy + (n * O + o) * volume + (z * H + h) * W) : _mm512_setzero_si512();
+        transpose16x16(r);
+        for (int64_t k = 0; k < 16; ++k) _mm512_store_si512(b + k * 32, r[k]);
+        _tile_loadd(2, a, 64);
+        _tile_loadd(3, a + 16 * 32, 64);
+        _tile_loadd(4, b, 64);
+        _tile_dpbf16ps(0, 2, 4);
+        _tile_dpbf16ps(1, 3, 4);
+      }
+  }
+  _tile_stored(0, sums, 64);
+  _tile_stored(1, sums + 16 * 16, 64);
+  release_tiles();
+}
+
+/// The weight [O, 1, 3, 3, 3] and bias [O] gradients on AMX tiles (amx_weight_fits), in float32.
+std::pair<Tensor, Tensor> amx_weight_grad(const Tensor& x, const Tensor& grad) {
+  const auto xc = x.contiguous(), gy = grad.contiguous();
+  const int64_t N = x.size(0), D = x.size(2), H = x.size(3), W = x.size(4), O = gy.size(1);
+  const int64_t slices = (N + kSlice - 1) / kSlice;
+  std::vector<float> sums(static_cast<size_t>(slices * 32 * 16));
+  at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t slice = s0; slice < s1; ++slice)
+      amx_weight_items(xc.data_ptr<float>(), reinterpret_cast<const uint16_t*>(gy.data_ptr<at::BFloat16>()),
+                       slice * kSlice, std::min(N, (slice + 1) * kSlice), D, H, W, O, sums.data() + slice * 32 * 16);
+  });
+  auto dweight = torch::empty({O, 1, 3, 3, 3}, x.options());
+  auto dbias = torch::empty({O}, x.options());
+  float* dw = dweight.data_ptr<float>();
+  float* db = dbias.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t k = 0; k < 28; ++k) {
+      float total = 0;
+      for (int64_t slice = 0; slice < slices; ++slice) total += sums[static_cast<size_t>((slice * 32 + k) * 16 + o)];
+      (k < 27 ? dw[o * 27 + k] : db[o]) = total;
+    }
+  return {dweight, dbias};
+}
+
 // The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] of a direct convolution, from the output's gradient
 // in float32 or bfloat16 (read as it is: widening bfloat16 is exact).
 std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& grad) {
@@ -445,7 +558,6 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[1], &weight = saved[2], &bias = saved[3];
-    const auto xp = saved[0].defined() ? saved[0] : pad(x);
     const auto& go = grads[0];
     const bool bfloat16 = ctx->saved_data["bfloat16"].toBool();
     torch::autograd::variable_list out(4);
@@ -460,7 +572,10 @@ struct Conv3dFunction : public torch::autograd::Function<Conv3dFunction> {
     }
     if (ctx->needs_input_grad(0)) out[0] = torch::conv_transpose3d(go.to(torch::kFloat32), weight, {}, 1, 1);
     if (ctx->needs_input_grad(1) || (ctx->needs_input_grad(2) && bias.numel() > 0)) {
-      auto [dweight, dbias] = direct_weight_grad(xp, go);
+      const bool tiles =
+          bfloat16 && go.scalar_type() == torch::kBFloat16 && amx_weight_fits(weight.size(0), x.size(3), x.size(4));
+      auto [dweight, dbias] =
+          tiles ? amx_weight_grad(x, go) : direct_weight_grad(saved[0].defined() ? saved[0] : pad(x), go);
       out[1] = dweight;
       if (bias.numel() > 0) out[2] = dbias;
     }

@@ -215,25 +215,41 @@ TEST_CASE(
     const auto f64 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat64); };
     const auto exact = torch::conv3d(f64(x), f64(w), c.bias ? b.to(torch::kFloat64) : torch::Tensor(), 1, 1).detach();
     CHECK(within_rounding(y, exact, 1.0 / 256));
-    // The backward is the direct kernel's, as for its float32 forward.
+    // The weight and bias gradients autocast's too: of x rounded to bfloat16, the products exact, summed in float32
+    // (on tiles where 32 voxels make whole rows, else the direct kernel's of float32 x); the input's the direct
+    // kernel's (torch::conv_transpose3d of the widened gradient).
     const auto go = torch::randn(y.sizes()).to(torch::kBFloat16);
     const auto f32 = zoo::ops::conv3d(x, w, b, 1, 1, 1, 1, Conv3dKernel::direct);
     auto inputs = c.bias ? std::vector<torch::Tensor>{x, w, b} : std::vector<torch::Tensor>{x, w};
     const auto expected = torch::autograd::grad({f32}, inputs, {go.to(torch::kFloat32)});
     const auto got = torch::autograd::grad({y}, inputs, {go});
-    for (size_t i = 0; i < got.size(); ++i) CHECK(torch::equal(got[i], expected[i]));
+    CHECK(torch::equal(got[0], expected[0]));
+    const bool tiles = c.w * c.h >= 32 && c.h % (32 / c.w) == 0;
+    const auto x64 = f64(x).requires_grad_(), w64 = f64(w).requires_grad_();
+    const auto e64 = torch::autograd::grad({torch::conv3d(x64, w64, {}, 1, 1)}, {w64}, {go.to(torch::kFloat64)})[0];
+    CHECK(within_rounding(got[1], tiles ? e64 : expected[1].to(torch::kFloat64), 0.0));
+    CHECK(torch::equal(got[1], expected[1]) == !tiles);
+    if (c.bias) CHECK(within_rounding(got[2], go.to(torch::kFloat64).sum({0, 2, 3, 4}), 0.0));
   }
-  // The same bits at 1 and 2 threads (an item a task).
-  const auto x = torch::randn({5, 1, 4, 8, 8}), w = torch::randn({8, 1, 3, 3, 3}), b = torch::randn({8});
+  // The same bits at 1 and 2 threads (the forward an item a task, the weight gradient's sums a slice of items a
+  // task, added in order).
+  const auto x = torch::randn({13, 1, 4, 8, 8}), w = torch::randn({8, 1, 3, 3, 3}, torch::requires_grad()),
+             b = torch::randn({8}, torch::requires_grad());
+  const auto go = torch::randn({13, 8, 4, 8, 8}).to(torch::kBFloat16);
   auto run = [&](int threads) {
     const int before = at::get_num_threads();
     at::set_num_threads(threads);
-    zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
-    auto out = zoo::ops::conv3d(x, w, b, 1, 1);
+    torch::Tensor out;
+    {
+      zoo::ops::AutocastScope scope(c10::kCPU, torch::kBFloat16);
+      out = zoo::ops::conv3d(x, w, b, 1, 1);
+    }
+    auto g = torch::autograd::grad({out}, {w, b}, {go});
     at::set_num_threads(before);
-    return out;
+    return std::vector<torch::Tensor>{out, g[0], g[1]};
   };
-  CHECK(torch::equal(run(1), run(2)));
+  const auto one = run(1), two = run(2);
+  for (size_t i = 0; i < one.size(); ++i) CHECK(torch::equal(one[i], two[i]));
 }
 
 TEST_CASE("conv3d: which kernel runs", "[kernels][conv3d]") {
