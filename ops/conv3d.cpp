@@ -303,6 +303,17 @@ bool amx_forward_fits(int64_t O, int64_t H, int64_t W) {
          (W == 2 || W == 4 || W == 8 || W == 16) && H % (16 / W) == 0;
 }
 
+/// One item's x [D, H, W] (float32, W <= 16) rounded to bfloat16 (to nearest even, as autocast's cast) into the
+/// inside of its zero-padded grid [D + 2, H + 2, W + 2].
+ZOO_AVX512_BF16 inline void fill_grid(const float* x, uint16_t* grid, int64_t D, int64_t H, int64_t W) {
+  const int64_t Wg = W + 2, plane = (H + 2) * Wg;
+  for (int64_t z = 0; z < D; ++z)
+    for (int64_t h = 0; h < H; ++h)
+      _mm256_mask_storeu_epi16(
+          grid + (z + 1) * plane + (h + 1) * Wg + 1, first16(W),
+          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(W), x + (z * H + h) * W))));
+}
+
 /// Items [n0, n1) of y [N, O, D, H, W] in bfloat16 from x [N, 1, D, H, W] in float32: `a` the weight tile (16 x 32
 /// bfloat16), `bias` O floats.
 ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_forward_items(const float* x, int64_t n0, int64_t n1, int64_t D, int64_t H,
@@ -324,14 +335,7 @@ ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_forward_items(const float* x, int64_t n0, 
   configure_tiles();
   _tile_loadd(0, a, 64);
   for (int64_t n = n0; n < n1; ++n) {
-    const float* xn = x + n * D * H * W;
-    for (int64_t z = 0; z < D; ++z)
-      for (int64_t h = 0; h < H; ++h) {
-        const float* row = xn + (z * H + h) * W;
-        uint16_t* g = grid.data() + (z + 1) * plane + (h + 1) * Wg + 1;
-        _mm256_mask_storeu_epi16(g, first16(W),
-                                 reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(W), row))));
-      }
+    fill_grid(x + n * D * H * W, grid.data(), D, H, W);
     uint16_t* yn = y + n * O * D * H * W;
     for (int64_t z = 0; z < D; ++z)
       for (int64_t h = 0; h < H; h += rows) {
@@ -440,12 +444,7 @@ ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_weight_items(const float* x, const uint16_
   _tile_zero(0);
   _tile_zero(1);
   for (int64_t n = n0; n < n1; ++n) {
-    const float* xn = x + n * volume;
-    for (int64_t z = 0; z < D; ++z)
-      for (int64_t h = 0; h < H; ++h)
-        _mm256_mask_storeu_epi16(
-            grid.data() + (z + 1) * plane + (h + 1) * Wg + 1, first16(W),
-            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(W), xn + (z * H + h) * W))));
+    fill_grid(x + n * volume, grid.data(), D, H, W);
     for (int64_t z = 0; z < D; ++z)
       for (int64_t h = 0; h < H; h += rows) {
         const uint16_t* first = grid.data() + z * plane + h * Wg;  // tap (0, 0, 0) of voxel (z, h, 0)

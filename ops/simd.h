@@ -19,7 +19,8 @@
 /// The same for the AVX512-BF16 kernels (conv2d_bf16, linear_bf16, conv2d_one_channel), which run where
 /// cpu_has_avx512_bf16() says so (ops/conv2d_bf16.h).
 #define ZOO_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
-/// The same for the AMX kernels (conv2d_weight_gradient_tiles), which run where cpu_has_amx_bf16() says so.
+/// The same for the AMX kernels (ops/conv_weight_gradient.cpp, the 3-D first layer in ops/conv3d.cpp), which run where
+/// cpu_has_amx_bf16() and amx_tiles_present() say so.
 #define ZOO_AMX_BF16 __attribute__((target("amx-tile,amx-bf16")))
 #endif
 

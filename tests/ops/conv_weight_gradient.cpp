@@ -7,6 +7,8 @@
 #include "ops/autocast.h"
 #include "ops/conv2d_bf16.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
 #include <catch2/catch.hpp>
@@ -105,6 +107,52 @@ void check_trace(const torch::Tensor& x, const torch::Tensor& w, const Conv& con
   const auto graph = traced.first->graph->toString();
   CHECK((graph.find(op) != std::string::npos || graph.find("aten::_convolution") != std::string::npos));
   CHECK(graph.find("OwnWeightGradient") == std::string::npos);
+}
+
+/// A 3-D convolution's geometry: batch, input and output channels, input sizes, kernel, stride and padding per axis.
+struct Conv3dCase {
+  int64_t n, c, o, d, h, w;
+  std::array<int64_t, 3> k, s, p;
+};
+
+/// `given` and 10 random geometries (up to `channels` input channels, 1-40 outputs, 1-4 taps, any stride up to the
+/// kernel and padding below it, rows up to 40 voxels longer than the kernel needs).
+std::vector<Conv3dCase> with_random_cases(std::vector<Conv3dCase> given, unsigned seed, int64_t channels) {
+  std::mt19937 random(seed);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+  for (int i = 0; i < 10; ++i) {
+    Conv3dCase c{pick(1, 3), pick(1, channels), pick(1, 40), 0, 0, 0, {}, {}, {}};
+    for (size_t a = 0; a < 3; ++a) {
+      c.k[a] = pick(1, 4);
+      c.s[a] = pick(1, c.k[a]);
+      c.p[a] = pick(0, c.k[a] - 1);
+    }
+    c.d = std::max<int64_t>(1, c.k[0] - 2 * c.p[0]) + pick(0, 6);
+    c.h = std::max<int64_t>(1, c.k[1] - 2 * c.p[1]) + pick(0, 6);
+    c.w = std::max<int64_t>(1, c.k[2] - 2 * c.p[2]) + pick(0, 40);
+    given.push_back(c);
+  }
+  return given;
+}
+
+std::string describe(const Conv3dCase& c) {
+  return fmt::format("x [{}, {}, {}, {}, {}], {} outputs, kernel {}, stride {}, padding {}", c.n, c.c, c.d, c.h, c.w,
+                     c.o, fmt::join(c.k, "x"), fmt::join(c.s, "x"), fmt::join(c.p, "x"));
+}
+
+/// Random bfloat16 x and dy of the case's sizes.
+std::pair<torch::Tensor, torch::Tensor> operands(const Conv3dCase& c) {
+  std::vector<int64_t> out{c.n, c.o};
+  const std::array<int64_t, 3> in{c.d, c.h, c.w};
+  for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
+  return {torch::randn({c.n, c.c, c.d, c.h, c.w}).to(torch::kBFloat16), torch::randn(out).to(torch::kBFloat16)};
+}
+
+/// float64's weight gradient of the same values.
+torch::Tensor exact_weight_gradient(const Conv3dCase& c, const torch::Tensor& x, const torch::Tensor& gy) {
+  return std::get<1>(at::convolution_backward(
+      gy.to(torch::kFloat64), x.to(torch::kFloat64), torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64),
+      c10::nullopt, c.s, c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
 }
 
 }  // namespace
@@ -336,48 +384,24 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
     WARN("this CPU has no AVX512-BF16: zoo's 3-D bfloat16 weight gradient is not tested here");
     return;
   }
-  struct Case {
-    int64_t n, c, o, d, h, w;
-    std::array<int64_t, 3> k, s, p;
-  };
   // The conv3d model's second layer on fewer volumes, conv4d's second (frames of 8^3), the 3-D U-Net's 2x2x2
   // downsampling, two panels of output channels with a partial one (40), rows longer than 32 columns (the
   // element-wise layout path), odd sizes and per-axis geometries, a 1x1x1 kernel and a 5-tap one.
-  std::vector<Case> cases{
-      {4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},  {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
-      {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}}, {3, 5, 40, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},
-      {2, 3, 7, 4, 5, 37, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},     {2, 4, 5, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
-      {1, 2, 3, 6, 7, 8, {5, 4, 5}, {1, 2, 5}, {2, 3, 0}}};
-  std::mt19937 random(35);
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
-  for (int i = 0; i < 10; ++i) {
-    Case c{pick(1, 3), pick(1, 9), pick(1, 40), 0, 0, 0, {}, {}, {}};
-    for (size_t a = 0; a < 3; ++a) {
-      c.k[a] = pick(1, 4);
-      c.s[a] = pick(1, c.k[a]);
-      c.p[a] = pick(0, c.k[a] - 1);
-    }
-    c.d = std::max<int64_t>(1, c.k[0] - 2 * c.p[0]) + pick(0, 6);
-    c.h = std::max<int64_t>(1, c.k[1] - 2 * c.p[1]) + pick(0, 6);
-    c.w = std::max<int64_t>(1, c.k[2] - 2 * c.p[2]) + pick(0, 40);
-    cases.push_back(c);
-  }
+  const auto cases = with_random_cases({{4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}},
+                                        {3, 5, 40, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},
+                                        {2, 3, 7, 4, 5, 37, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {2, 4, 5, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+                                        {1, 2, 3, 6, 7, 8, {5, 4, 5}, {1, 2, 5}, {2, 3, 0}}},
+                                       35, 9);
   for (const auto& c : cases) {
-    INFO("x [" << c.n << ", " << c.c << ", " << c.d << ", " << c.h << ", " << c.w << "], " << c.o << " outputs, kernel "
-               << c.k[0] << "x" << c.k[1] << "x" << c.k[2] << ", stride " << c.s[0] << "x" << c.s[1] << "x" << c.s[2]
-               << ", padding " << c.p[0] << "x" << c.p[1] << "x" << c.p[2]);
-    const auto x = torch::randn({c.n, c.c, c.d, c.h, c.w}).to(torch::kBFloat16);
-    std::vector<int64_t> out{c.n, c.o};
-    const std::array<int64_t, 3> in{c.d, c.h, c.w};
-    for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
-    const auto gy = torch::randn(out).to(torch::kBFloat16);
+    INFO(describe(c));
+    const auto [x, gy] = operands(c);
     const auto got = zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, c.k, c.s, c.p);
     REQUIRE(got.scalar_type() == torch::kFloat32);
     REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
-    const auto exact = std::get<1>(
-        at::convolution_backward(gy.to(torch::kFloat64), x.to(torch::kFloat64),
-                                 torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64), c10::nullopt, c.s,
-                                 c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
+    const auto exact = exact_weight_gradient(c, x, gy);
     CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
   }
   // Not rounded to bfloat16 (a kernel that did would fail above only by chance on small sums).
@@ -413,51 +437,30 @@ TEST_CASE(
     WARN("this CPU has no AMX: conv3d_weight_gradient_tiles is not tested here");
     return;
   }
-  struct Case {
-    int64_t n, c, o, d, h, w;
-    std::array<int64_t, 3> k, s, p;
-  };
   // The conv3d model's layers on fewer volumes (its first, one channel to 8, unstrided), conv4d's first and second
   // (frames of 8^3), the 3-D U-Net's 2x2x2 downsampling; phases of 3 and 5 channels (rows across tile blocks), 48 and
   // 7 outputs (a block of 32 and one of 16; padding), rows of more than 64 values and strides of 3 (grid rows element
   // by element), per-axis geometries, stride 1, a 1x1x1 kernel and 7 taps.
-  std::vector<Case> cases{
-      {4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}, {3, 16, 32, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
-      {3, 1, 8, 16, 16, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},  {7, 1, 8, 8, 8, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
-      {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},   {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}},
-      {3, 5, 48, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},   {2, 3, 7, 4, 5, 70, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
-      {2, 4, 16, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},    {1, 2, 16, 9, 7, 8, {7, 4, 5}, {3, 2, 5}, {2, 3, 0}},
-      {5, 8, 16, 5, 6, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},    {2, 3, 20, 6, 6, 6, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}}};
-  std::mt19937 random(37);
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
-  for (int i = 0; i < 10; ++i) {
-    Case c{pick(1, 3), pick(1, 20), pick(1, 40), 0, 0, 0, {}, {}, {}};
-    for (size_t a = 0; a < 3; ++a) {
-      c.k[a] = pick(1, 4);
-      c.s[a] = pick(1, c.k[a]);
-      c.p[a] = pick(0, c.k[a] - 1);
-    }
-    c.d = std::max<int64_t>(1, c.k[0] - 2 * c.p[0]) + pick(0, 6);
-    c.h = std::max<int64_t>(1, c.k[1] - 2 * c.p[1]) + pick(0, 6);
-    c.w = std::max<int64_t>(1, c.k[2] - 2 * c.p[2]) + pick(0, 40);
-    cases.push_back(c);
-  }
+  const auto cases = with_random_cases({{4, 8, 16, 16, 16, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {3, 16, 32, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {3, 1, 8, 16, 16, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+                                        {7, 1, 8, 8, 8, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+                                        {12, 8, 16, 8, 8, 8, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {2, 16, 32, 12, 12, 12, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}},
+                                        {3, 5, 48, 7, 9, 11, {3, 3, 3}, {1, 2, 3}, {1, 0, 2}},
+                                        {2, 3, 7, 4, 5, 70, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {2, 4, 16, 3, 3, 3, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+                                        {1, 2, 16, 9, 7, 8, {7, 4, 5}, {3, 2, 5}, {2, 3, 0}},
+                                        {5, 8, 16, 5, 6, 7, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+                                        {2, 3, 20, 6, 6, 6, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}}},
+                                       37, 20);
   for (const auto& c : cases) {
-    INFO("x [" << c.n << ", " << c.c << ", " << c.d << ", " << c.h << ", " << c.w << "], " << c.o << " outputs, kernel "
-               << c.k[0] << "x" << c.k[1] << "x" << c.k[2] << ", stride " << c.s[0] << "x" << c.s[1] << "x" << c.s[2]
-               << ", padding " << c.p[0] << "x" << c.p[1] << "x" << c.p[2]);
-    const auto x = torch::randn({c.n, c.c, c.d, c.h, c.w}).to(torch::kBFloat16);
-    std::vector<int64_t> out{c.n, c.o};
-    const std::array<int64_t, 3> in{c.d, c.h, c.w};
-    for (size_t a = 0; a < 3; ++a) out.push_back((in[a] + 2 * c.p[a] - c.k[a]) / c.s[a] + 1);
-    const auto gy = torch::randn(out).to(torch::kBFloat16);
+    INFO(describe(c));
+    const auto [x, gy] = operands(c);
     const auto [got, bias] = zoo::ops::detail::conv3d_weight_bias_gradient_tiles(x, gy, c.k, c.s, c.p);
     REQUIRE(got.scalar_type() == torch::kFloat32);
     REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
-    const auto exact = std::get<1>(
-        at::convolution_backward(gy.to(torch::kFloat64), x.to(torch::kFloat64),
-                                 torch::zeros({c.o, c.c, c.k[0], c.k[1], c.k[2]}, torch::kFloat64), c10::nullopt, c.s,
-                                 c.p, {1, 1, 1}, false, {0, 0, 0}, 1, {false, true, false}));
+    const auto exact = exact_weight_gradient(c, x, gy);
     CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
     REQUIRE(bias.scalar_type() == torch::kFloat32);
     CHECK(within_rounding(bias, gy.to(torch::kFloat64).sum({0, 2, 3, 4}), 0.0));
