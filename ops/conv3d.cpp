@@ -303,6 +303,18 @@ bool amx_forward_fits(int64_t O, int64_t H, int64_t W) {
          (W == 2 || W == 4 || W == 8 || W == 16) && H % (16 / W) == 0;
 }
 
+/// The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] from total(o, k), the sums of tap k (27: the bias).
+template <typename Total>
+std::pair<Tensor, Tensor> weight_and_bias(int64_t O, const torch::TensorOptions& options, const Total& total) {
+  auto dweight = torch::empty({O, 1, 3, 3, 3}, options);
+  auto dbias = torch::empty({O}, options);
+  float* dw = dweight.data_ptr<float>();
+  float* db = dbias.data_ptr<float>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t k = 0; k < 28; ++k) (k < 27 ? dw[o * 27 + k] : db[o]) = total(o, k);
+  return {dweight, dbias};
+}
+
 /// One item's x [D, H, W] (float32, W <= 16) rounded to bfloat16 (to nearest even, as autocast's cast) into the
 /// inside of its zero-padded grid [D + 2, H + 2, W + 2].
 ZOO_AVX512_BF16 inline void fill_grid(const float* x, uint16_t* grid, int64_t D, int64_t H, int64_t W) {
@@ -484,17 +496,11 @@ std::pair<Tensor, Tensor> amx_weight_grad(const Tensor& x, const Tensor& grad) {
       amx_weight_items(xc.data_ptr<float>(), reinterpret_cast<const uint16_t*>(gy.data_ptr<at::BFloat16>()),
                        slice * kSlice, std::min(N, (slice + 1) * kSlice), D, H, W, O, sums.data() + slice * 32 * 16);
   });
-  auto dweight = torch::empty({O, 1, 3, 3, 3}, x.options());
-  auto dbias = torch::empty({O}, x.options());
-  float* dw = dweight.data_ptr<float>();
-  float* db = dbias.data_ptr<float>();
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t k = 0; k < 28; ++k) {
-      float total = 0;
-      for (int64_t slice = 0; slice < slices; ++slice) total += sums[static_cast<size_t>((slice * 32 + k) * 16 + o)];
-      (k < 27 ? dw[o * 27 + k] : db[o]) = total;
-    }
-  return {dweight, dbias};
+  return weight_and_bias(O, x.options(), [&](int64_t o, int64_t k) {
+    float total = 0;
+    for (int64_t slice = 0; slice < slices; ++slice) total += sums[static_cast<size_t>((slice * 32 + k) * 16 + o)];
+    return total;
+  });
 }
 
 // The weight gradient [O, 1, 3, 3, 3] and the bias gradient [O] of a direct convolution, from the output's gradient
@@ -520,19 +526,12 @@ std::pair<Tensor, Tensor> direct_weight_grad(const Tensor& xp, const Tensor& gra
         weight_planes(x, gy.data_ptr<float>(), zeros.data_ptr<float>(), g, at, first, last);
     }
   });
-  auto dweight = torch::empty({O, 1, 3, 3, 3}, xp.options());
-  auto dbias = torch::empty({O}, xp.options());
-  float* dw = dweight.data_ptr<float>();
-  float* db = dbias.data_ptr<float>();
-  for (int64_t o = 0; o < O; ++o)
-    for (int64_t k = 0; k < 28; ++k) {
-      float total = 0;
-      for (int64_t c = 0; c < chunks; ++c)
-        for (int64_t lane = 0; lane < 8; ++lane)
-          total += sums[static_cast<size_t>(c * stride + (o * 28 + k) * 8 + lane)];
-      (k < 27 ? dw[o * 27 + k] : db[o]) = total;
-    }
-  return {dweight, dbias};
+  return weight_and_bias(O, xp.options(), [&](int64_t o, int64_t k) {
+    float total = 0;
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int64_t lane = 0; lane < 8; ++lane) total += sums[static_cast<size_t>(c * stride + (o * 28 + k) * 8 + lane)];
+    return total;
+  });
 }
 
 // The direct convolution, its output in float32 or, under bf16-mixed (`bfloat16`), in bfloat16: the float32 sums
