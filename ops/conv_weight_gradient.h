@@ -52,9 +52,9 @@
 // Conv3dWeightGradient's _tiles_ratio (Intel Xeon with AMX, 2026-12-07, 1 thread): conv3d's second and third
 // layers 2.79 and 2.20, conv4d's second 2.71 and 2.93, 64 -> 128 and 128 -> 128 channels on 8^3 3.77 and 2.58 (the dot
 // products 1.20-2.41 in the same run); the U-Net's 2x2x2 downsampling 0.89 and 1.54 (dot products 1.79 and 1.61), so a
-// kernel equal to the stride keeps them. In bf16-mixed training conv3d's step went 1.30x -> 1.50-1.52x float32's (`zoo
-// bench conv3d conv4d --threads 1
-// --precision 32,bf16-mixed --repeat 5`); conv4d's stayed at 1.32-1.36x (its float32 first layer dominates).
+// kernel equal to the stride keeps them. In bf16-mixed training conv3d's step went 1.30x -> 1.50-1.52x float32's
+// (`zoo bench conv3d conv4d --threads 1 --precision 32,bf16-mixed --repeat 5`); conv4d's stayed at 1.32-1.36x until
+// its first layer moved to AMX tiles too (ops/conv3d.h; both 2.0x since).
 //
 // Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
 // gradient are the same bits; the weight gradient sums the same products in another order (float32 accumulators),
