@@ -117,18 +117,6 @@ ZOO_AVX512_BF16 void grid_planes(const uint16_t* src, uint16_t* grid, int64_t H,
   }
 }
 
-/// dst [O][2] = (p0[o], p1[o]) for O a multiple of 16, a null row read as zeros.
-ZOO_AVX2_FMA void interleave_pair(const uint16_t* p0, const uint16_t* p1, uint16_t* dst, int64_t O) {
-  const __m256i zero = _mm256_setzero_si256();
-  for (int64_t o = 0; o < O; o += 16) {
-    const __m256i a = p0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0 + o)) : zero;
-    const __m256i b = p1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p1 + o)) : zero;
-    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);  // per 128-bit lane
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * o), _mm256_permute2x128_si256(lo, hi, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * o + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
-  }
-}
-
 /// dst [OP][2] = (p0[o], p1[o]) for o < O, zeros for O <= o < OP (OP a multiple of 16), a null row read as zeros.
 ZOO_AVX512_BF16 void interleave_pair(const uint16_t* p0, const uint16_t* p1, uint16_t* dst, int64_t O, int64_t OP) {
   const __m256i zero = _mm256_setzero_si256();
@@ -439,7 +427,7 @@ Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t 
           if (++y == H + 2 * ph) y = 0, ++n;
         }
       }
-      interleave_pair(rows[0], rows[1], bp + r * 2 * O, O);
+      interleave_pair(rows[0], rows[1], bp + r * 2 * O, O, O);
     }
   });
   auto* out = acc.data_ptr<float>();
@@ -452,15 +440,7 @@ Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t 
       const uint16_t* a_tiles = ap + c0 * R + offset;
       const uint16_t* b_tiles = bp + o0 * 2;
       float* o_tiles = out + (tap * C + c0) * O + o0;
-      const bool two_c = C - c0 >= 32, two_o = O - o0 >= 32;
-      if (two_c && two_o)
-        tile_product<2, 2>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
-      else if (two_c)
-        tile_product<2, 1>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
-      else if (two_o)
-        tile_product<1, 2>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
-      else
-        tile_product<1, 1>(a_tiles, R, b_tiles, O, K / 32, o_tiles, O);
+      tile_product(C - c0 >= 32 ? 2 : 1, O - o0 >= 32 ? 2 : 1, a_tiles, R, b_tiles, O, K / 32, o_tiles, O, false);
     }
     release_tiles();
   });
