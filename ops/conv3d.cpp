@@ -441,10 +441,11 @@ ZOO_AVX512_BF16 inline void transpose16x16(__m512i (&r)[16]) {
   }
 }
 
-/// Items [n0, n1) (one slice) of the sums [32 rows: 27 taps, the bias, 4 zero][16 channels] from x [N, 1, D, H, W]
-/// in float32 and dy [N, O, D, H, W] in bfloat16.
-ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_weight_items(const float* x, const uint16_t* dy, int64_t n0, int64_t n1,
-                                                   int64_t D, int64_t H, int64_t W, int64_t O, float* sums) {
+/// Slices [s0, s1) of the N items (kSlice items each), each slice's sums [32 rows: 27 taps, the bias, 4 zero][16
+/// channels] to sums + slice * 512, from x [N, 1, D, H, W] in float32 and dy [N, O, D, H, W] in bfloat16.
+ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_weight_slices(const float* x, const uint16_t* dy, int64_t s0, int64_t s1,
+                                                    int64_t N, int64_t D, int64_t H, int64_t W, int64_t O,
+                                                    float* sums) {
   const int64_t Wg = W + 2, plane = (H + 2) * Wg, rows = 32 / W, volume = D * H * W;
   std::vector<uint16_t> grid(static_cast<size_t>((D + 2) * plane + 128), 0);
   alignas(64) uint16_t a[32 * 32] = {}, b[16 * 32];
@@ -453,35 +454,37 @@ ZOO_AMX_BF16 ZOO_AVX512_BF16 void amx_weight_items(const float* x, const uint16_
   const __m512i at = _mm512_load_si512(index);
   for (int64_t l = 0; l < 32; ++l) a[27 * 32 + l] = 0x3F80;  // 1.0: the bias's row
   configure_tiles();
-  _tile_zero(0);
-  _tile_zero(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    fill_grid(x + n * volume, grid.data(), D, H, W);
-    for (int64_t z = 0; z < D; ++z)
-      for (int64_t h = 0; h < H; h += rows) {
-        const uint16_t* first = grid.data() + z * plane + h * Wg;  // tap (0, 0, 0) of voxel (z, h, 0)
-        for (int64_t t = 0; t < 9; ++t) {
-          const uint16_t* from = first + t / 3 * plane + t % 3 * Wg;
-          const __m512i lo = _mm512_loadu_si512(from), hi = _mm512_loadu_si512(from + 32);
-          for (int64_t jw = 0; jw < 3; ++jw)
-            _mm512_store_si512(
-                a + (t * 3 + jw) * 32,
-                _mm512_permutex2var_epi16(lo, _mm512_add_epi16(at, _mm512_set1_epi16(static_cast<short>(jw))), hi));
+  for (int64_t slice = s0; slice < s1; ++slice) {
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t n = slice * kSlice; n < std::min(N, (slice + 1) * kSlice); ++n) {
+      fill_grid(x + n * volume, grid.data(), D, H, W);
+      for (int64_t z = 0; z < D; ++z)
+        for (int64_t h = 0; h < H; h += rows) {
+          const uint16_t* first = grid.data() + z * plane + h * Wg;  // tap (0, 0, 0) of voxel (z, h, 0)
+          for (int64_t t = 0; t < 9; ++t) {
+            const uint16_t* from = first + t / 3 * plane + t % 3 * Wg;
+            const __m512i lo = _mm512_loadu_si512(from), hi = _mm512_loadu_si512(from + 32);
+            for (int64_t jw = 0; jw < 3; ++jw)
+              _mm512_store_si512(
+                  a + (t * 3 + jw) * 32,
+                  _mm512_permutex2var_epi16(lo, _mm512_add_epi16(at, _mm512_set1_epi16(static_cast<short>(jw))), hi));
+          }
+          __m512i r[16];
+          for (int64_t o = 0; o < 16; ++o)
+            r[o] = o < O ? _mm512_loadu_si512(dy + (n * O + o) * volume + (z * H + h) * W) : _mm512_setzero_si512();
+          transpose16x16(r);
+          for (int64_t k = 0; k < 16; ++k) _mm512_store_si512(b + k * 32, r[k]);
+          _tile_loadd(2, a, 64);
+          _tile_loadd(3, a + 16 * 32, 64);
+          _tile_loadd(4, b, 64);
+          _tile_dpbf16ps(0, 2, 4);
+          _tile_dpbf16ps(1, 3, 4);
         }
-        __m512i r[16];
-        for (int64_t o = 0; o < 16; ++o)
-          r[o] = o < O ? _mm512_loadu_si512(dy + (n * O + o) * volume + (z * H + h) * W) : _mm512_setzero_si512();
-        transpose16x16(r);
-        for (int64_t k = 0; k < 16; ++k) _mm512_store_si512(b + k * 32, r[k]);
-        _tile_loadd(2, a, 64);
-        _tile_loadd(3, a + 16 * 32, 64);
-        _tile_loadd(4, b, 64);
-        _tile_dpbf16ps(0, 2, 4);
-        _tile_dpbf16ps(1, 3, 4);
-      }
+    }
+    _tile_stored(0, sums + slice * 512, 64);
+    _tile_stored(1, sums + slice * 512 + 16 * 16, 64);
   }
-  _tile_stored(0, sums, 64);
-  _tile_stored(1, sums + 16 * 16, 64);
   release_tiles();
 }
 
@@ -492,9 +495,8 @@ std::pair<Tensor, Tensor> amx_weight_grad(const Tensor& x, const Tensor& grad) {
   const int64_t slices = (N + kSlice - 1) / kSlice;
   std::vector<float> sums(static_cast<size_t>(slices * 32 * 16));
   at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t slice = s0; slice < s1; ++slice)
-      amx_weight_items(xc.data_ptr<float>(), reinterpret_cast<const uint16_t*>(gy.data_ptr<at::BFloat16>()),
-                       slice * kSlice, std::min(N, (slice + 1) * kSlice), D, H, W, O, sums.data() + slice * 32 * 16);
+    amx_weight_slices(xc.data_ptr<float>(), reinterpret_cast<const uint16_t*>(gy.data_ptr<at::BFloat16>()), s0, s1, N,
+                      D, H, W, O, sums.data());
   });
   return weight_and_bias(O, x.options(), [&](int64_t o, int64_t k) {
     float total = 0;
