@@ -2,6 +2,7 @@
 
 #include "models/batch_norm.h"
 #include "models/conv3d.h"
+#include "models/conv_transpose.h"
 #include "models/registry.h"
 #include "ops/autocast.h"
 #include "ops/max_pool.h"
@@ -30,8 +31,8 @@ nn::AnyModule make_batch_norm(int64_t dims, int64_t channels) {
 }
 
 nn::AnyModule make_conv_transpose(int64_t dims, int64_t in, int64_t out) {
-  if (dims == 2) return nn::AnyModule(nn::ConvTranspose2d(nn::ConvTranspose2dOptions(in, out, 2).stride(2)));
-  return nn::AnyModule(nn::ConvTranspose3d(nn::ConvTranspose3dOptions(in, out, 2).stride(2)));
+  if (dims == 2) return nn::AnyModule(ConvTranspose2d(nn::ConvTranspose2dOptions(in, out, 2).stride(2)));
+  return nn::AnyModule(ConvTranspose3d(nn::ConvTranspose3dOptions(in, out, 2).stride(2)));
 }
 
 std::string join_sizes(const std::vector<int64_t>& sizes) { return fmt::format("{}", fmt::join(sizes, "x")); }
