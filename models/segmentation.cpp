@@ -268,10 +268,7 @@ void DeconvNetUpImpl::reset() {
 
 torch::Tensor DeconvNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& indices,
                                        const std::vector<int64_t>& size) {
-  // Max-unpooling has no bfloat16 CPU kernel in LibTorch 1.13 (bf16-mixed): it runs in float32.
-  auto h = ops::float32(reduce->forward(x));
-  h = dims == 2 ? torch::max_unpool2d(h, indices, size) : torch::max_unpool3d(h, indices, size, {2, 2, 2}, {0, 0, 0});
-  return conv(h);
+  return conv(ops::max_unpool(reduce->forward(x), indices, size));
 }
 
 DeconvNetImpl::DeconvNetImpl(DeconvNetOptions options_) : options(std::move(options_)) { reset(); }
@@ -298,12 +295,9 @@ torch::Tensor DeconvNetImpl::forward(const torch::Tensor& x) {
   for (size_t i = 0; i < encoder->size(); ++i) {
     if (i > 0) {
       sizes.emplace_back(h.sizes().begin() + 2, h.sizes().end());
-      // LibTorch 1.13 has no bfloat16 CPU kernel for 3-D max pooling with indices (bf16-mixed): float32 there.
-      auto pooled = dims == 2
-                        ? torch::max_pool2d_with_indices(h, {2, 2}, {2, 2}, {0, 0}, {1, 1})
-                        : torch::max_pool3d_with_indices(ops::float32(h), {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
-      h = std::get<0>(pooled);
-      switches.push_back(std::get<1>(pooled));
+      auto [pooled, where] = ops::max_pool_with_switches(h, dims);
+      h = pooled;
+      switches.push_back(where);
     }
     h = encoder[i]->as<DoubleConvImpl>()->forward(h);
   }

@@ -129,7 +129,7 @@ class DeconvNetUpImpl : public torch::nn::Cloneable<DeconvNetUpImpl> {
  public:
   DeconvNetUpImpl(int64_t dims, int64_t in_channels, int64_t out_channels);
   void reset() override;
-  /// Unpools reduce(x) to `size` with the pooling `indices` of the matching encoder level.
+  /// Unpools reduce(x) to `size` with the switches of the matching encoder level (ops::max_pool_with_switches).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& indices, const std::vector<int64_t>& size);
 
   int64_t dims, in_channels, out_channels;

@@ -1,5 +1,6 @@
 #include "ops/max_pool.h"
 
+#include "ops/autocast.h"
 #include "ops/simd.h"
 
 #include <ATen/Parallel.h>
@@ -309,7 +310,8 @@ struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<R>> {
     return {x.numel() / (D * H * W), D, H, W, R};
   }
 
-  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
+  /// {y, where}: the pooled maps and each window's position of its maximum (not differentiable).
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x) {
     const auto s = shape(x);
     auto sizes = x.sizes().vec();
     for (int a = 1; a <= kAxes; ++a) sizes[sizes.size() - a] /= 2;
@@ -319,7 +321,8 @@ struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<R>> {
       pool_forward<R, scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), s);
     });
     ctx->save_for_backward({x, where});
-    return y;
+    ctx->mark_non_differentiable({where});
+    return {y, where};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -342,6 +345,60 @@ struct MaxPoolFunction : public torch::autograd::Function<MaxPoolFunction<R>> {
   }
 };
 
+/// The gradient of max-unpooling: each window's gradient at the window's maximum, one per window of `g` (the
+/// unpooled maps' gradient).
+template <int R, typename T>
+void unpool_gather(const T* g, const uint8_t* where, T* gy, const Pooling& s) {
+  const int64_t Wo = s.Wo();
+  each_output_row(s, [&](int64_t p, int64_t od, int64_t i) {
+    std::array<const T*, R> rows;
+    for (int r = 0; r < R; ++r) rows[r] = g + s.row(p, od, i, r);
+    const int64_t at = ((p * s.Do() + od) * s.Ho() + i) * Wo;
+    for (int64_t j = 0; j < Wo; ++j) gy[at + j] = rows[where[at + j] / 2][2 * j + where[at + j] % 2];
+  });
+}
+
+/// Max-unpooling with zoo's switches: y's elements at their windows' maxima in maps of `sizes`, zeros elsewhere
+/// (the max pooling's backward loop, run forwards); its gradient gathers them back.
+template <int R>
+struct MaxUnpoolFunction : public torch::autograd::Function<MaxUnpoolFunction<R>> {
+  static constexpr int kAxes = R == 4 ? 3 : 2;
+
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& y, const Tensor& where,
+                        const std::vector<int64_t>& sizes) {
+    auto out = torch::empty(sizes, y.options());
+    const auto s = MaxPoolFunction<R>::shape(out);
+    const bool odd = s.H % 2 || s.W % 2 || (R == 4 && s.D % 2);
+    if (odd) out.zero_();  // the elements in no window
+    if (y.numel() > 0)
+      AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, y.scalar_type(), "max_unpool", [&] {
+        pool_backward<R, scalar_t>(y.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), out.data_ptr<scalar_t>(), s);
+      });
+    ctx->save_for_backward({where});
+    ctx->saved_data["type"] = static_cast<int64_t>(y.scalar_type());
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto where = ctx->get_saved_variables()[0];
+    const auto type = static_cast<torch::ScalarType>(ctx->saved_data["type"].toInt());
+    const auto g = grads[0].to(type).contiguous();
+    if (torch::GradMode::is_enabled()) {  // create_graph: the same gather through LibTorch's autograd
+      const auto size = g.sizes().slice(static_cast<size_t>(g.dim() - kAxes));
+      const auto idx = switch_indices(where, size).flatten(-kAxes);
+      return {g.flatten(-kAxes).gather(-1, idx).view(where.sizes()), Tensor(), Tensor()};
+    }
+    auto gy = torch::empty(where.sizes(), g.options());
+    if (gy.numel() > 0)
+      AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, type, "max_unpool_backward", [&] {
+        unpool_gather<R, scalar_t>(g.data_ptr<scalar_t>(), where.data_ptr<uint8_t>(), gy.data_ptr<scalar_t>(),
+                                   MaxPoolFunction<R>::shape(g));
+      });
+    return {gy, Tensor(), Tensor()};
+  }
+};
+
 /// The loop runs for contiguous float, double and bfloat16 CPU tensors with every pooled axis at least 2, when not
 /// tracing.
 bool loop_applies(const Tensor& x, int axes, bool fast) {
@@ -356,11 +413,59 @@ bool loop_applies(const Tensor& x, int axes, bool fast) {
 }  // namespace
 
 Tensor max_pool2x2(const Tensor& x, bool fast) {
-  return loop_applies(x, 2, fast) ? MaxPoolFunction<2>::apply(x) : reference(x, 2);
+  return loop_applies(x, 2, fast) ? MaxPoolFunction<2>::apply(x)[0] : reference(x, 2);
 }
 
 Tensor max_pool2x2x2(const Tensor& x, bool fast) {
-  return loop_applies(x, 3, fast) ? MaxPoolFunction<4>::apply(x) : reference(x, 3);
+  return loop_applies(x, 3, fast) ? MaxPoolFunction<4>::apply(x)[0] : reference(x, 3);
+}
+
+std::tuple<Tensor, Tensor> max_pool_with_switches(const Tensor& x, int64_t axes, bool fast) {
+  TORCH_CHECK(axes == 2 || axes == 3, "max_pool_with_switches pools 2 or 3 axes, got ", axes);
+  if (loop_applies(x, static_cast<int>(axes), fast)) {
+    const auto out = axes == 2 ? MaxPoolFunction<2>::apply(x) : MaxPoolFunction<4>::apply(x);
+    return {out[0], out[1]};
+  }
+  if (axes == 2) return torch::max_pool2d_with_indices(x, {2, 2}, {2, 2}, {0, 0}, {1, 1});
+  // LibTorch 1.13 has no bfloat16 CPU kernel for 3-D max pooling with indices: float32 there.
+  return torch::max_pool3d_with_indices(float32(x), {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1});
+}
+
+Tensor switch_indices(const Tensor& where, at::IntArrayRef size) {
+  const auto axes = static_cast<int64_t>(size.size());
+  TORCH_CHECK((axes == 2 || axes == 3) && where.dim() >= axes, "switch_indices: 2 or 3 spatial sizes, got ", size);
+  const auto e = where.to(torch::kInt64);
+  const auto longs = torch::TensorOptions().dtype(torch::kInt64).device(where.device());
+  // Output position along axis a (of the last `axes`), broadcast over the others.
+  auto grid = [&](int64_t a) {
+    std::vector<int64_t> shape(static_cast<size_t>(axes), 1);
+    shape[static_cast<size_t>(a)] = where.size(where.dim() - axes + a);
+    return torch::arange(shape[static_cast<size_t>(a)], longs).view(shape);
+  };
+  // The window's element e = (depth,) row, column in binary: column e % 2, row (e / 2) % 2, depth e / 4.
+  const auto bit = [&](int64_t b) { return torch::div(e, int64_t{1} << b, "floor").remainder(2); };
+  const int64_t H = size[axes - 2], W = size[axes - 1];
+  auto flat = (2 * grid(axes - 2) + bit(1)) * W + 2 * grid(axes - 1) + bit(0);
+  if (axes == 3) flat = flat + (2 * grid(0) + bit(2)) * (H * W);
+  return flat;
+}
+
+Tensor max_unpool(const Tensor& y, const Tensor& switches, at::IntArrayRef size) {
+  const auto axes = static_cast<int64_t>(size.size());
+  TORCH_CHECK(axes == 2 || axes == 3, "max_unpool unpools 2 or 3 axes, got the output size ", size);
+  if (switches.scalar_type() != torch::kUInt8) {  // LibTorch's indices
+    // LibTorch 1.13 has no bfloat16 CPU kernel for max-unpooling: float32 there.
+    const auto h = float32(y);
+    return axes == 2 ? torch::max_unpool2d(h, switches, size)
+                     : torch::max_unpool3d(h, switches, size, {2, 2, 2}, {0, 0, 0});
+  }
+  TORCH_CHECK(switches.sizes() == y.sizes(), "max_unpool: switches ", switches.sizes(), " for maps ", y.sizes());
+  for (int64_t a = 0; a < axes; ++a)
+    TORCH_CHECK(size[a] / 2 == y.size(y.dim() - axes + a), "max_unpool: maps ", y.sizes(), " do not pool from ", size);
+  auto sizes = y.sizes().vec();
+  for (int64_t a = 0; a < axes; ++a) sizes[sizes.size() - static_cast<size_t>(axes - a)] = size[a];
+  return axes == 2 ? MaxUnpoolFunction<2>::apply(y.contiguous(), switches.contiguous(), sizes)
+                   : MaxUnpoolFunction<4>::apply(y.contiguous(), switches.contiguous(), sizes);
 }
 
 }  // namespace zoo::ops

@@ -33,4 +33,21 @@ torch::Tensor max_pool2x2(const torch::Tensor& x, bool fast = true);
 /// Differentiable, twice too. Not a CPU autocast operation: a bfloat16 input stays bfloat16.
 torch::Tensor max_pool2x2x2(const torch::Tensor& x, bool fast = true);
 
+/// Max pooling (2x2 for axes = 2, 2x2x2 for 3) that also says where each maximum was, for max-unpooling (DeconvNet's
+/// switches, Noh et al. 2015): {y, switches}, y = max_pool2x2(x) or max_pool2x2x2(x). Where the loop runs the
+/// switches are zoo's window positions (uint8, y's shape, 0..3 or 0..7 in (depth,) row, column order); elsewhere,
+/// or with `fast` false, LibTorch's int64 indices of torch::max_pool2d/3d_with_indices (3-D bfloat16 pooled in
+/// float32 there: LibTorch 1.13 has no such kernel). max_unpool takes either. y is differentiable, the switches not.
+std::tuple<torch::Tensor, torch::Tensor> max_pool_with_switches(const torch::Tensor& x, int64_t axes, bool fast = true);
+
+/// torch::max_unpool2d/3d(y, indices, size) for the switches of max_pool_with_switches: each element of y at its
+/// window's maximum in maps of spatial size `size` (2 or 3 axes; odd sizes leave the last row, column or slice zero),
+/// zeros elsewhere. zoo's loop, in y's type (bfloat16 too), for zoo's switches; LibTorch's max_unpool for LibTorch's
+/// indices (bfloat16 widened to float32 there, as LibTorch 1.13 has no such kernel). Differentiable in y, twice too.
+torch::Tensor max_unpool(const torch::Tensor& y, const torch::Tensor& switches, at::IntArrayRef size);
+
+/// zoo's switches as LibTorch's indices: each window's maximum as a flat index into its plane (or volume) of spatial
+/// size `size`, what torch::max_pool2d/3d_with_indices returns for the same pooling.
+torch::Tensor switch_indices(const torch::Tensor& where, at::IntArrayRef size);
+
 }  // namespace zoo::ops

@@ -160,3 +160,89 @@ TEST_CASE("max_pool2x2x2: the same outputs and gradients as torch::max_pool3d, t
     CHECK(torch::equal(pooled.to(torch::kFloat32), torch::max_pool3d(low.to(torch::kFloat32), 2)));
   }
 }
+
+TEST_CASE("max_pool_with_switches and max_unpool: LibTorch's indices and unpooling, odd sizes, ties and bfloat16",
+          "[kernels]") {
+  torch::manual_seed(5);
+  // Even and odd sizes, a plane narrower than 8 windows (the loops' spill and masked tails), ties (small integers).
+  const std::vector<std::vector<int64_t>> shapes{{2, 3, 8, 10},    {1, 2, 7, 5},    {3, 1, 4, 34},
+                                                 {2, 3, 6, 8, 10}, {1, 2, 5, 7, 9}, {2, 2, 4, 4, 4}};
+  for (const bool vector : {true, false})
+    for (const auto& shape : shapes)
+      for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16})
+        for (const bool ties : {false, true}) {
+          std::optional<zoo::ops::ScalarOnly> plain;  // the loops without AVX2 too
+          if (!vector) plain.emplace();
+          const int64_t axes = static_cast<int64_t>(shape.size()) - 2;
+          const auto base = ties ? torch::randint(0, 3, shape).to(torch::kFloat32) : torch::randn(shape);
+          const auto x = base.to(type).requires_grad_(true);
+          INFO(x.sizes() << " " << x.scalar_type() << (ties ? " with ties" : "") << (vector ? "" : ", scalar loops"));
+          const auto [y, where] = zoo::ops::max_pool_with_switches(x, axes);
+          REQUIRE(where.scalar_type() == torch::kUInt8);  // zoo's switches
+          CHECK_FALSE(where.requires_grad());
+          const auto size = x.sizes().slice(2);
+          // LibTorch's pooling in float32 (it has no 3-D bfloat16 kernel): the same maxima, the same indices.
+          const auto xf = x.detach().to(torch::kFloat32).requires_grad_(true);
+          const auto [ye, indices] =
+              axes == 2 ? torch::max_pool2d_with_indices(xf, 2, 2) : torch::max_pool3d_with_indices(xf, 2, 2);
+          CHECK(torch::equal(y.to(torch::kFloat32), ye));
+          CHECK(torch::equal(zoo::ops::switch_indices(where, size), indices));
+          // Unpooling a new tensor of y's shape (the decoder's) to the pooled input's size: LibTorch's values, in y's
+          // type, and the same gradient.
+          const auto h = torch::randn(y.sizes()).to(type).requires_grad_(true);
+          const auto u = zoo::ops::max_unpool(h, where, size);
+          CHECK(u.scalar_type() == type);
+          const auto hf = h.detach().to(torch::kFloat32).requires_grad_(true);
+          const auto ue = axes == 2 ? torch::max_unpool2d(hf, indices, size)
+                                    : torch::max_unpool3d(hf, indices, size, {2, 2, 2}, {0, 0, 0});
+          REQUIRE(u.sizes() == ue.sizes());
+          CHECK(torch::equal(u.to(torch::kFloat32), ue));
+          const auto g = torch::randn(ue.sizes()).to(type);
+          const auto gh = torch::autograd::grad({u}, {h}, {g})[0];
+          const auto ge = torch::autograd::grad({ue}, {hf}, {g.to(torch::kFloat32)})[0];
+          CHECK(torch::equal(gh.to(torch::kFloat32), ge));
+          // The pooling's own gradient: LibTorch's.
+          const auto gx = torch::autograd::grad({y}, {x}, {torch::ones_like(y)})[0];
+          const auto gxe = torch::autograd::grad({ye}, {xf}, {torch::ones_like(ye)})[0];
+          CHECK(torch::equal(gx.to(torch::kFloat32), gxe));
+        }
+}
+
+TEST_CASE("max_unpool: second derivatives, LibTorch's indices where the loop does not run, and bad switches",
+          "[kernels]") {
+  torch::manual_seed(6);
+  const auto x = torch::randn({2, 3, 6, 8});
+  const auto [y, where] = zoo::ops::max_pool_with_switches(x, 2);
+  // d/dh of |d sum(tanh(unpool(h)))/dh|^2 through the unpooling's backward (a gather), against LibTorch's.
+  const auto indices = zoo::ops::switch_indices(where, {6, 8});
+  auto penalty = [&](bool ours) {
+    const auto h = y.detach().clone().requires_grad_(true);
+    const auto u = ours ? zoo::ops::max_unpool(h, where, {6, 8}) : torch::max_unpool2d(h, indices, {6, 8});
+    const auto gh = torch::autograd::grad({torch::tanh(u).sum()}, {h}, {}, true, /*create_graph=*/true)[0];
+    return torch::autograd::grad({gh.pow(2).sum()}, {h})[0];
+  };
+  const auto expected = penalty(false);
+  CHECK(zoo::test::max_abs(expected) > 0.1);
+  CHECK(zoo::test::max_abs(penalty(true) - expected) < 1e-6);
+  // fast = false, a non-contiguous input or a trace: LibTorch's pooling and int64 indices, which max_unpool takes.
+  const auto [ys, idx] = zoo::ops::max_pool_with_switches(x, 2, /*fast=*/false);
+  CHECK(idx.scalar_type() == torch::kInt64);
+  CHECK(torch::equal(idx, indices));
+  CHECK(torch::equal(zoo::ops::max_unpool(ys, idx, {6, 8}), zoo::ops::max_unpool(y, where, {6, 8})));
+  const auto [yt, it] = zoo::ops::max_pool_with_switches(x.transpose(2, 3), 2);
+  CHECK(it.scalar_type() == torch::kInt64);
+  // 3-D bfloat16 through LibTorch: pooled and unpooled in float32, as LibTorch 1.13 has no such kernels.
+  const auto v = torch::randn({1, 2, 4, 4, 4}).to(torch::kBFloat16);
+  const auto [yv, iv] = zoo::ops::max_pool_with_switches(v, 3, false);
+  CHECK(yv.scalar_type() == torch::kFloat32);
+  CHECK(zoo::ops::max_unpool(yv.to(torch::kBFloat16), iv, {4, 4, 4}).scalar_type() == torch::kFloat32);
+  // Switches that do not belong to the maps, or a size the maps do not pool from: one clear error each.
+  CHECK_THAT(zoo::test::error_of([&] {
+               zoo::ops::max_unpool(y, where.narrow(3, 0, 2), {6, 8});
+             }),
+             Catch::Contains("switches"));
+  CHECK_THAT(zoo::test::error_of([&] {
+               zoo::ops::max_unpool(y, where, {10, 8});
+             }),
+             Catch::Contains("do not pool from"));
+}
