@@ -15,6 +15,12 @@
 // kernel: under autocast it runs in float32 between two casts. max_pool2x2x2 is the same loop over windows of
 // four rows (two rows of each of two depth slices), positions 0..7 in (depth, row, column) order, for float32 and
 // bfloat16 alike.
+//
+// With switches (the DeconvNets, Noh et al. 2015): the pooling hands out those window positions (one byte per
+// output, where LibTorch keeps an int64 index), and max-unpooling is the pooling's backward loop run forwards (each
+// value at its window's maximum, zeros elsewhere), its gradient a gather. LibTorch 1.13 has no bfloat16 CPU kernel
+// for 3-D max pooling with indices nor for max-unpooling, so under bf16-mixed the 3-D DeconvNet pooled and unpooled
+// in float32 between casts, and its 3-D pooling with indices took 2.2 ms of [2, 16, 24^3] in either precision.
 #pragma once
 
 #include <torch/torch.h>
