@@ -8,12 +8,15 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 
 #include <cstddef>
@@ -88,6 +91,35 @@ std::string allocator() {
   return library.empty() ? "unknown" : library;
 }
 
+std::string blas_hint(const std::string& core, bool avx2, bool avx512) {
+  // OpenBLAS's x86-64 cores without AVX kernels (its dynamic list; "Prescott" is its fallback for unknown models).
+  static const char* const before_avx[] = {"Katmai",  "Coppermine",    "Northwood",  "Prescott", "Banias",
+                                           "Core2",   "Penryn",        "Dunnington", "Nehalem",  "Atom",
+                                           "Opteron", "Opteron(SSE3)", "Barcelona",  "Bobcat",   "Nano"};
+  const bool old = std::any_of(std::begin(before_avx), std::end(before_avx), [&](const char* c) { return core == c; });
+  if (!old || !(avx2 || avx512)) return "";
+  return std::string("set OPENBLAS_CORETYPE=") + (avx512 ? "SkylakeX" : "Haswell") + " for faster float32 products";
+}
+
+std::string blas() {
+  using Text = char* (*)();
+  const auto corename = reinterpret_cast<Text>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const auto config = reinterpret_cast<Text>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+  if (!corename || !config || !corename() || !config()) return "";
+  std::istringstream words(config());  // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Prescott MAX_THREADS=64"
+  std::string name, version;
+  words >> name >> version;
+  const std::string core = corename();
+  std::string text = name + " " + version + ", " + core + " kernels";
+#if defined(__x86_64__)
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const auto hint = blas_hint(core, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"), avx512);
+  if (!hint.empty()) text += " (" + hint + ")";
+#endif
+  return text;
+}
+
 nlohmann::json library_versions() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -99,6 +131,7 @@ nlohmann::json library_versions() {
                         std::to_string(TORCH_VERSION_PATCH)},
           {"compiler", __VERSION__},
           {"allocator", allocator()},
+          {"blas", blas()},
           {"created", created}};
 }
 

@@ -12,6 +12,18 @@ namespace zoo::training {
 /// "jemalloc 5.3.0" (with its version), "tcmalloc", "mimalloc".
 std::string allocator();
 
+/// The BLAS that serves LibTorch's float32 matrix products on the CPU, found at run time: "OpenBLAS 0.3.21,
+/// SkylakeX kernels" (its version and the kernels it picked for this CPU) where OpenBLAS is loaded, else "" (MKL,
+/// the reference BLAS). OpenBLAS picks its kernels by the CPU's model number and falls back to its oldest x86-64 ones
+/// (Prescott: SSE3) for a model it does not know: Debian 12's 0.3.21 on an Intel Xeon of model 207 (2023), where its
+/// float32 products ran 3x slower than with OPENBLAS_CORETYPE=SkylakeX (docs/speed.md).
+std::string blas();
+
+/// For blas(): a hint where OpenBLAS runs kernels older than the CPU (a core without AVX, `core`, on a CPU with AVX2
+/// or AVX-512): "set OPENBLAS_CORETYPE=SkylakeX (or Haswell) for faster float32 products"; else "". zoo leaves the
+/// choice to the user: the variable is read when OpenBLAS loads, before zoo runs.
+std::string blas_hint(const std::string& core, bool avx2, bool avx512);
+
 /// Makes glibc's malloc keep freed memory for reuse instead of giving it back to the kernel at once. By default
 /// glibc returns a freed block above its (adaptive) mmap threshold with munmap and trims the top of its heap above
 /// the trim threshold, so a training step that frees and reallocates the same large buffers pays a page fault per
@@ -33,7 +45,7 @@ struct Memory {
 };
 Memory process_memory();
 
-/// {"zoo", "torch", "compiler", "allocator", "created"}: recorded in every run's config.json.
+/// {"zoo", "torch", "compiler", "allocator", "blas", "created"}: recorded in every run's config.json.
 nlohmann::json library_versions();
 
 }  // namespace zoo::training

@@ -14,6 +14,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <dlfcn.h>
+
 using nlohmann::json;
 using zoo::test::run_zoo;
 using zoo::test::TempDir;
@@ -69,6 +71,33 @@ TEST_CASE("CLI: --version names LibTorch and the allocator that serves malloc", 
   } else {
     WARN(why);
   }
+}
+
+TEST_CASE("CLI: zoo --version names OpenBLAS's kernels, and says how to get newer ones where it fell back to old ones",
+          "[cli]") {
+  // Where OpenBLAS serves LibTorch (Debian's LibTorch through libblas.so.3), its version and the kernels it picked,
+  // as OpenBLAS itself reports them in this process (the test binary loads the same library).
+  using Text = char* (*)();
+  const auto corename = reinterpret_cast<Text>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const auto blas = zoo::training::blas();
+  if (!corename) {
+    CHECK(blas.empty());
+    WARN("OpenBLAS is not loaded here: zoo --version names no BLAS");
+  } else {
+    CHECK(blas.rfind("OpenBLAS 0.", 0) == 0);
+    CHECK_THAT(blas, Catch::Contains(std::string(", ") + corename() + " kernels"));
+    const auto r = run_zoo("--version");
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Catch::Contains(", " + blas + ", "));
+  }
+  // The hint: only for a core without AVX on a CPU that has AVX2 or AVX-512.
+  using zoo::training::blas_hint;
+  CHECK(blas_hint("Prescott", true, true) == "set OPENBLAS_CORETYPE=SkylakeX for faster float32 products");
+  CHECK(blas_hint("Nehalem", true, false) == "set OPENBLAS_CORETYPE=Haswell for faster float32 products");
+  CHECK(blas_hint("Prescott", false, false).empty());  // an old CPU: its kernels are right
+  CHECK(blas_hint("SkylakeX", true, true).empty());
+  CHECK(blas_hint("Haswell", true, true).empty());  // chosen by the user: left alone
+  CHECK(blas_hint("Zen", true, false).empty());
 }
 
 TEST_CASE("CLI: zoo keeps freed memory in glibc's heap unless the environment tunes malloc or says not to", "[cli]") {

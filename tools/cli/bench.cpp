@@ -324,6 +324,7 @@ void run_bench(const BenchArgs& a) {
                             std::to_string(TORCH_VERSION_PATCH)},
               {"zoo", ZOO_VERSION},
               {"allocator", allocators},
+              {"blas", training::blas()},
               {"settings",
                {{"threads", threads},
                 {"precisions", precisions},

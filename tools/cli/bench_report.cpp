@@ -142,7 +142,8 @@ std::string markdown(const json& doc) {
   const auto& allocator = doc["allocator"];
   s << "Measured by `" << doc["command"].get<std::string>() << "` on " << doc["machine"].get<std::string>() << ", "
     << doc["date"].get<std::string>() << "; LibTorch " << doc["torch"].get<std::string>() << " in C++ ("
-    << allocator["cpp"].get<std::string>() << ")"
+    << allocator["cpp"].get<std::string>()
+    << (doc.value("blas", std::string()).empty() ? "" : "; " + doc["blas"].get<std::string>()) << ")"
     << (python ? " and, for the Python twins, Debian's python3-torch (the same build; " +
                      allocator["python"].get<std::string>() + ")"
                : "")

@@ -98,8 +98,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", [] {
     return std::string("zoo ") + ZOO_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
            std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " +
-           zoo::training::allocator() + ", " + std::to_string(zoo::training::usable_cores()) + " cores, " +
-           zoo::training::cpu_bf16_description() + ")";
+           zoo::training::allocator() + ", " +
+           (zoo::training::blas().empty() ? std::string() : zoo::training::blas() + ", ") +
+           std::to_string(zoo::training::usable_cores()) + " cores, " + zoo::training::cpu_bf16_description() + ")";
   });
   zoo::cli::add_list(app);
   zoo::cli::add_train(app);
