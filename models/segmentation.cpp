@@ -266,9 +266,9 @@ void DeconvNetUpImpl::reset() {
   register_module("conv", conv);
 }
 
-torch::Tensor DeconvNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& indices,
+torch::Tensor DeconvNetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& switches,
                                        const std::vector<int64_t>& size) {
-  return conv(ops::max_unpool(reduce->forward(x), indices, size));
+  return conv(ops::max_unpool(reduce->forward(x), switches, size));
 }
 
 DeconvNetImpl::DeconvNetImpl(DeconvNetOptions options_) : options(std::move(options_)) { reset(); }

@@ -130,7 +130,7 @@ class DeconvNetUpImpl : public torch::nn::Cloneable<DeconvNetUpImpl> {
   DeconvNetUpImpl(int64_t dims, int64_t in_channels, int64_t out_channels);
   void reset() override;
   /// Unpools reduce(x) to `size` with the switches of the matching encoder level (ops::max_pool_with_switches).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& indices, const std::vector<int64_t>& size);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& switches, const std::vector<int64_t>& size);
 
   int64_t dims, in_channels, out_channels;
   torch::nn::Sequential reduce{nullptr};

@@ -48,6 +48,17 @@ std::vector<Tensor> operands(const Case& c) {
           c.bias ? torch::randn({c.o}, torch::requires_grad()) : Tensor()};
 }
 
+/// The gradients of y with respect to `operands` (x, the weight and the bias where there is one) and of e, their
+/// reference, with respect to `references`, for the same output gradient go.
+std::pair<std::vector<Tensor>, std::vector<Tensor>> gradients(const Tensor& y, const std::vector<Tensor>& operands,
+                                                              const Tensor& e, const std::vector<Tensor>& references,
+                                                              const Tensor& go) {
+  std::vector<Tensor> wrt, wrt_e;
+  for (size_t i = 0; i < operands.size(); ++i)
+    if (operands[i].defined()) wrt.push_back(operands[i]), wrt_e.push_back(references[i]);
+  return {torch::autograd::grad({y}, wrt, {go}), torch::autograd::grad({e}, wrt_e, {go.to(e.scalar_type())})};
+}
+
 Tensor wide(const Tensor& t) { return t.defined() ? t.detach().to(torch::kFloat64).requires_grad_(true) : t; }
 
 // U-Net's 2x2 and 2x2x2 (the two-row interleave), other kernels on some axes (the general one), 1-D, items of one
@@ -83,10 +94,7 @@ TEST_CASE("conv_transpose: a kernel equal to its stride, output and all three gr
     // float32 sums are.
     CHECK(zoo::test::max_rel(y, e) < 1e-5);
     const auto go = torch::randn(e.sizes());
-    std::vector<Tensor> wrt{x, w}, wrt64{x64, w64};
-    if (c.bias) wrt.push_back(b), wrt64.push_back(b64);
-    const auto g = torch::autograd::grad({y}, wrt, {go});
-    const auto ge = torch::autograd::grad({e}, wrt64, {go.to(torch::kFloat64)});
+    const auto [g, ge] = gradients(y, {x, w, b}, e, {x64, w64, b64}, go);
     for (size_t i = 0; i < g.size(); ++i) {
       INFO("gradient " << i);
       CHECK(g[i].scalar_type() == torch::kFloat32);
@@ -183,10 +191,7 @@ TEST_CASE("conv_transpose: under bf16-mixed, autocast's bfloat16 convolution as 
     // The gradients reach the float32 x, weight and bias in float32: x's and the weight's as float32 sums of the
     // bfloat16 gradient's products rounded once to bfloat16, the bias's kept in float32.
     const auto go = torch::randn(e.sizes()).to(torch::kBFloat16);
-    std::vector<Tensor> wrt{x, w}, wrt64{x64, w64};
-    if (c.bias) wrt.push_back(b), wrt64.push_back(b64);
-    const auto g = torch::autograd::grad({y}, wrt, {go});
-    const auto ge = torch::autograd::grad({e}, wrt64, {go.to(torch::kFloat64)});
+    const auto [g, ge] = gradients(y, {x, w, b}, e, {x64, w64, b64}, go);
     for (size_t i = 0; i < g.size(); ++i) {
       INFO("gradient " << i);
       CHECK(g[i].scalar_type() == torch::kFloat32);

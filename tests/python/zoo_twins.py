@@ -220,7 +220,8 @@ class DeconvNetUp(nn.Module):
 
     def forward(self, x, indices, size):
         unpool = F.max_unpool2d if self.dims == 2 else F.max_unpool3d
-        # As the C++: max-unpooling has no bfloat16 CPU kernel in this torch, so under autocast it runs in float32.
+        # Max-unpooling has no bfloat16 CPU kernel in this torch, so under autocast it runs in float32 here (the C++
+        # unpools in bfloat16 with zoo's own loop, ops/max_pool.h).
         return self.conv(unpool(self.reduce(x).float(), indices, 2, 2, output_size=size))
 
 
@@ -240,7 +241,7 @@ class DeconvNet(nn.Module):
         for i, block in enumerate(self.encoder):
             if i > 0:
                 sizes.append(h.shape[2:])
-                # 3-D max pooling with indices has no bfloat16 CPU kernel either (float32, as the C++).
+                # 3-D max pooling with indices has no bfloat16 CPU kernel either (float32; the C++ pools in bfloat16).
                 h, idx = pool(h if self.dims == 2 else h.float(), 2, 2, return_indices=True)
                 switches.append(idx)
             h = block(h)

@@ -96,10 +96,10 @@ int main(int argc, char** argv) {
                  "Load a shared library of your own models, datasets, tasks or callbacks (repeatable; also "
                  "ZOO_PLUGINS=a.so:b.so). See docs/extending.md");
   app.set_version_flag("--version", [] {
+    const auto blas = zoo::training::blas();
     return std::string("zoo ") + ZOO_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
            std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " +
-           zoo::training::allocator() + ", " +
-           (zoo::training::blas().empty() ? std::string() : zoo::training::blas() + ", ") +
+           zoo::training::allocator() + ", " + (blas.empty() ? std::string() : blas + ", ") +
            std::to_string(zoo::training::usable_cores()) + " cores, " + zoo::training::cpu_bf16_description() + ")";
   });
   zoo::cli::add_list(app);
