@@ -49,12 +49,6 @@ Tensor library_conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias,
   return reference(x, weight, bias, stride, padding, dilation, groups);
 }
 
-/// A stride, padding or dilation as torch::conv3d reads it (one value for all three axes, or three) is `value` on
-/// every axis.
-bool all_equal(torch::IntArrayRef v, int64_t value) {
-  return (v.size() == 1 || v.size() == 3) && std::all_of(v.begin(), v.end(), [&](int64_t e) { return e == value; });
-}
-
 #ifdef ZOO_X86_KERNELS
 
 // Geometry of one direct convolution: the input zero-padded to [N, D + 2, H + 2, Wp] (Wp = round_up(W, 8) + 8, so
@@ -590,8 +584,8 @@ bool conv3d_direct_available(const Tensor& x, const Tensor& weight, const Tensor
                              torch::IntArrayRef padding, torch::IntArrayRef dilation, int64_t groups) {
   return cpu_has_avx2_fma() && !torch::jit::tracer::isTracing() && x.dim() == 5 && x.size(1) == 1 &&
          weight.dim() == 5 && weight.size(1) == 1 && weight.size(2) == 3 && weight.size(3) == 3 &&
-         weight.size(4) == 3 && groups == 1 && all_equal(stride, 1) && all_equal(padding, 1) &&
-         all_equal(dilation, 1) && float32_cpu(x) && float32_cpu(weight) &&
+         weight.size(4) == 3 && groups == 1 && all_equal(stride, 3, 1) && all_equal(padding, 3, 1) &&
+         all_equal(dilation, 3, 1) && float32_cpu(x) && float32_cpu(weight) &&
          (!bias.defined() || (float32_cpu(bias) && bias.dim() == 1 && bias.size(0) == weight.size(0)));
 }
 

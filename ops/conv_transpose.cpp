@@ -29,12 +29,6 @@ Tensor reference(const Tensor& x, const Tensor& weight, const Tensor& bias, torc
   }
 }
 
-/// A stride, padding or dilation as LibTorch reads it (one value for every axis, or one per axis) is `value` on
-/// every one of `dims` axes.
-bool all_equal(torch::IntArrayRef v, size_t dims, int64_t value) {
-  return (v.size() == 1 || v.size() == dims) && std::all_of(v.begin(), v.end(), [&](int64_t e) { return e == value; });
-}
-
 bool product_type(torch::ScalarType t) { return t == torch::kFloat32 || t == torch::kFloat64 || t == torch::kBFloat16; }
 
 /// The sizes of one call, its spatial axes padded to three at the front: x [N, C, D, H, W], the kernel (= stride)

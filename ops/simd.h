@@ -7,6 +7,7 @@
 #include <c10/util/ArrayRef.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -138,6 +139,12 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 /// value stands for every one of `dims` axes.
 inline std::vector<int64_t> per_axis(c10::IntArrayRef v, size_t dims) {
   return v.size() == 1 ? std::vector<int64_t>(dims, v[0]) : v.vec();
+}
+
+/// Whether such a stride, padding or dilation (one value for every axis, or one per axis) is `value` on every one of
+/// `dims` axes.
+inline bool all_equal(c10::IntArrayRef v, size_t dims, int64_t value) {
+  return (v.size() == 1 || v.size() == dims) && std::all_of(v.begin(), v.end(), [&](int64_t e) { return e == value; });
 }
 
 /// While one lives, cpu_has_avx2_fma() is false in this thread (the kernels' callers take their fallbacks).
