@@ -156,15 +156,16 @@ at::Tensor conv1d_autocast(const at::Tensor& input, const at::Tensor& weight, co
 // weights through autocast's cache), except on CPUs with AVX512-BF16 and outside a trace for
 //  - a 3x3 convolution of one input channel that needs no input gradient (the image networks' first layer): zoo's
 //    kernel (ops/conv2d_one_channel.h), forward and weight gradient 2.6-3.7x faster than oneDNN's there;
-//  - in training, on small maps of a batch of 16 or more (ops/conv_weight_gradient.h): oneDNN's forward and input
-//    gradient with the weight gradient as a forward convolution with the batch and channel axes swapped (not on CPUs
-//    with AMX, where oneDNN's own weight gradient is faster).
+//  - in training, narrow layers (at most 64 channels in and out) on small maps (at most 256 output pixels) of a batch
+//    of 16 or more (ops/conv_weight_gradient.h): oneDNN's forward and input gradient with zoo's weight gradient, dot
+//    products over pairs of neighbouring output pixels (not on CPUs with AMX, where oneDNN's own weight gradient is
+//    faster and zoo's tile kernel faster still on small maps).
 at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   if (detail::conv2d_one_channel_applies(input, weight, bias, stride, padding, dilation, groups))
     return detail::conv2d_one_channel(input, weight, bias.value_or(at::Tensor()), padding.front());
   if (detail::conv_weight_gradient_applies(input, weight, bias, stride, padding, dilation, groups))
-    return detail::conv2d_weight_as_forward(input, weight, bias.value_or(at::Tensor()), padding);
+    return detail::conv2d_own_weight_gradient(input, weight, bias.value_or(at::Tensor()), stride, padding);
   if (detail::conv2d_weight_tiles_applies(input, weight, bias, stride, padding, dilation, groups))
     return detail::conv2d_weight_by_tiles(input, weight, bias.value_or(at::Tensor()), padding);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);

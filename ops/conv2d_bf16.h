@@ -2,9 +2,9 @@
 // added into each float32 lane), float32 accumulators and float32 weight gradients: kernels of 1-7 taps per axis,
 // strides up to the kernel's size, zero padding below it. Used by conv3x3 (ops/conv3x3.h: the ODE field, with its time
 // channel) and by autocast's rule for conv1d (ops/autocast.cpp: 1-D convolutions of up to 64 channels, as single
-// rows; 2-D ones stay with oneDNN, which it only matched on the models' layers). Its weight gradient also serves
-// strided 3-D convolutions on CPUs with AMX (conv3d_bf16_weight_gradient, through ops/conv_weight_gradient.h). Not a
-// public header.
+// rows; 2-D ones stay with oneDNN, which it only matched on the models' layers). Its weight gradient alone
+// (conv_bf16_weight_gradient, through ops/conv_weight_gradient.h) also serves narrow 2-D convolutions on small maps
+// without AMX and strided 3-D convolutions with AMX. Not a public header.
 //
 // Why: under bf16-mixed oneDNN 2.6 reorders every bfloat16 operand into its blocked layout and back on each call,
 // without a fast bfloat16 reorder, so its convolutions of 16-64 channels on small maps gain only 1.3-1.5x over
@@ -42,11 +42,11 @@ class WithoutBf16Kernel {
 /// to this process, as oneDNN asks for it), checked once; false where cpu_has_avx512_bf16() is. oneDNN 2.6 runs
 /// bfloat16 convolutions on AMX there (`brgconv:avx512_core_amx_bf16`), faster than zoo's AVX512-BF16 kernel at all
 /// but one of the models' layers (1.2-5.9x; 0.9x at the 1-D ConvNet's first, 1 -> 16 channels), so zoo's bfloat16
-/// convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its swapped weight gradient
+/// convolution (conv2d_bf16: the ODE field, autocast's conv1d rule) and its weight gradient of narrow 2-D layers
 /// (conv_weight_gradient.h) yield to oneDNN on such a CPU; the one-channel first layer (conv2d_one_channel.h, 2.4-2.7x
 /// faster than oneDNN's AMX kernel there) and the experts' few-row linear layers (linear_bf16.h: the MoE trained as
 /// fast or faster with it) stay zoo's, and strided 3-D convolutions' weight gradients go to zoo's
-/// (conv3d_bf16_weight_gradient: oneDNN's AMX one is slow there) (zoo_bench ConvBf16, ConvWeightGradient,
+/// (conv_bf16_weight_gradient: oneDNN's AMX one is slow there) (zoo_bench ConvBf16, ConvWeightGradient,
 /// ConvOneChannel and zoo bench A/B runs; docs/precision.md, "CPUs with AMX"). ZOO_CPU_AMX=0 or 1 in the environment
 /// overrides the check (read once: comparing both routings on one machine); AmxOverride, per thread. Small-map weight
 /// gradients go to zoo's own AMX tile kernel (conv2d_weight_gradient_tiles, ops/conv_weight_gradient.h).
@@ -85,12 +85,13 @@ bool conv2d_bf16_geometry(const torch::Tensor& x, const torch::Tensor& weight, a
 torch::Tensor conv2d_bf16(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, double lead_value = 0);
 
-/// The weight gradient of a 3-D convolution, [O, C, KD, KH, KW] in float32, of bfloat16 x [N, C, D, H, W] and dy
-/// [N, O, OD, OH, OW] (its output's gradient) for `kernel` = {KD, KH, KW} of 1-7 taps per axis, strides up to the
-/// kernel and zero paddings below it, no dilation, one group: the 2-D weight gradient's dot products over pairs of
-/// neighbouring output pixels with a depth axis (conv_weight_gradient.h says where it is used). The products of
-/// bfloat16 values are exact and summed in float32 per block of output channels.
-torch::Tensor conv3d_bf16_weight_gradient(const torch::Tensor& x, const torch::Tensor& go, at::IntArrayRef kernel,
-                                          at::IntArrayRef stride, at::IntArrayRef padding);
+/// The weight gradient of a 2-D or 3-D convolution, [O, C, KH, KW] or [O, C, KD, KH, KW] in float32, of bfloat16 x
+/// [N, C, H, W] or [N, C, D, H, W] and dy [N, O, OH, OW] or [N, O, OD, OH, OW] (its output's gradient) for a kernel,
+/// stride and padding per spatial axis (depth first): 1-7 taps, strides up to the kernel and zero paddings below it,
+/// no dilation, one group. Dot products over pairs of neighbouring output pixels, x laid out by column phase
+/// (conv_weight_gradient.h says where it is used). The products of bfloat16 values are exact and summed in float32
+/// per block of output channels, in a fixed order of item chunks (the same bits at any thread count).
+torch::Tensor conv_bf16_weight_gradient(const torch::Tensor& x, const torch::Tensor& go, at::IntArrayRef kernel,
+                                        at::IntArrayRef stride, at::IntArrayRef padding);
 
 }  // namespace zoo::ops::detail

@@ -29,8 +29,8 @@ Tensor reference(const Tensor& xb, const Tensor& wb, const Tensor& bias, at::Int
                          std::vector<int64_t>(dims, 0), 1);
 }
 
-/// A bfloat16 convolution (autocast's result) whose weight gradient is zoo's: the swapped forward convolution for a
-/// 2-D one (stride 1), conv3d_bf16_weight_gradient for a 3-D one; the forward and the input gradient are oneDNN's.
+/// A bfloat16 convolution (autocast's result) whose weight gradient is zoo's: AMX tiles where `tiles` says so, else the
+/// dot products of conv_bf16_weight_gradient (2-D or 3-D); the forward and the input gradient are oneDNN's.
 struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGradientFunction> {
   /// wb: the weight in bfloat16 (autocast's cached cast of it: a model's weight is cast once a forward).
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
@@ -68,11 +68,8 @@ struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGra
       return out;
     }
     if (ctx->needs_input_grad(1)) {
-      if (dims == 2)
-        out[1] = tiles ? conv2d_weight_gradient_tiles(xb, gy, weight.size(2), weight.size(3), padding)
-                       : conv2d_weight_gradient(xb, gy, padding);
-      else
-        out[1] = conv3d_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
+      out[1] = dims == 2 && tiles ? conv2d_weight_gradient_tiles(xb, gy, weight.size(2), weight.size(3), padding)
+                                  : conv_bf16_weight_gradient(xb, gy, weight.sizes().slice(2), stride, padding);
     }
     if (with_bias) {
       std::vector<int64_t> axes{0};
@@ -344,36 +341,6 @@ Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tens
 
 }  // namespace
 
-Tensor swap_leading_axes(const Tensor& t) {
-  const auto c = t.contiguous();
-  const int64_t A = c.size(0), B = c.size(1), bytes = c.numel() / std::max<int64_t>(1, A * B) * c.element_size();
-  auto sizes = c.sizes().vec();
-  std::swap(sizes[0], sizes[1]);
-  auto out = torch::empty(sizes, c.options());
-  const auto* src = static_cast<const char*>(c.data_ptr());
-  auto* dst = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      for (int64_t a = 0; a < A; ++a) std::memcpy(dst + (b * A + a) * bytes, src + (a * B + b) * bytes, bytes);
-  });
-  return out;
-}
-
-Tensor conv2d_weight_gradient(const Tensor& xb, const Tensor& gy, at::IntArrayRef padding) {
-  TORCH_CHECK(xb.dim() == 4 && gy.dim() == 4 && xb.size(0) == gy.size(0) && xb.scalar_type() == torch::kBFloat16 &&
-                  gy.scalar_type() == torch::kBFloat16 && padding.size() == 2,
-              "conv2d_weight_gradient takes bfloat16 x [N, C, H, W], dy [N, O, HO, WO] and two paddings; got x ",
-              xb.sizes(), ", dy ", gy.sizes());
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  // [C, O, KH, KW]: the batch is the swapped problem's channel axis, dy's maps its kernel.
-  const auto swapped = at::convolution(swap_leading_axes(xb), swap_leading_axes(gy), c10::nullopt, {1, 1}, padding,
-                                       {1, 1}, false, {0, 0}, 1);
-  auto out = torch::empty({swapped.size(1), swapped.size(0), swapped.size(2), swapped.size(3)},
-                          xb.options().dtype(torch::kFloat32));
-  out.copy_(swapped.transpose(0, 1));
-  return out;
-}
-
 Tensor conv2d_weight_gradient_tiles(const Tensor& xb, const Tensor& gy, int64_t KH, int64_t KW,
                                     at::IntArrayRef padding) {
   TORCH_CHECK(xb.dim() == 4 && gy.dim() == 4 && xb.size(0) == gy.size(0) && xb.scalar_type() == torch::kBFloat16 &&
@@ -605,13 +572,11 @@ bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, con
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
   if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 2)) return false;
-  if (stride.front() != 1 || stride.back() != 1) return false;
-  const int64_t O = weight.size(0), C = weight.size(1), KH = weight.size(2), KW = weight.size(3);
-  auto taps = [](int64_t k) { return k >= 3 && k <= 5; };
-  auto channels = [](int64_t c) { return c >= 32 && c <= 256; };
-  if (!channels(C) || !channels(O) || !taps(KH) || !taps(KW)) return false;
-  const int64_t HO = input.size(2) + 2 * padding.front() - KH + 1, WO = input.size(3) + 2 * padding.back() - KW + 1;
-  return input.size(0) >= 16 && HO * WO >= 25 && HO * WO <= 100 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
+  if (weight.size(0) > 64 || weight.size(1) > 64 || input.size(0) < 16) return false;
+  const auto s = per_axis(stride, 2), p = per_axis(padding, 2);
+  const int64_t HO = (input.size(2) + 2 * p[0] - weight.size(2)) / s[0] + 1,
+                WO = (input.size(3) + 2 * p[1] - weight.size(3)) / s[1] + 1;
+  return HO * WO <= 256 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
 }
 
 bool conv2d_weight_tiles_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
@@ -646,9 +611,9 @@ bool conv3d_weight_gradient_applies(const Tensor& input, const Tensor& weight, c
   return input.size(1) >= 2 && cpu_has_amx_bf16();
 }
 
-Tensor conv2d_weight_as_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
-                                at::IntArrayRef padding) {
-  return own_weight_gradient(input, weight, bias, {1, 1}, padding);
+Tensor conv2d_own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding) {
+  return own_weight_gradient(input, weight, bias, stride, padding);
 }
 
 Tensor conv3d_own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,

@@ -1,27 +1,28 @@
-// A 2-D convolution under CPU autocast in bfloat16 whose weight gradient is computed as a forward convolution, with
-// the batch and channel axes swapped:
+// A 2-D or 3-D convolution under CPU autocast in bfloat16 whose weight gradient is zoo's own: the forward and the
+// input gradient are oneDNN's (autocast's rule), the weight gradient one of zoo's kernels.
 //
-//   dW[o, c, i, j] = sum_{n, h, w} dy[n, o, h, w] x_pad[n, c, h + i, w + j]        (stride 1, no dilation, one group)
-//                  = conv2d(x^T, dy^T, padding)[c, o, i, j],    x^T = x.transpose(0, 1): [C, N, H, W]
-//                                                                dy^T = dy.transpose(0, 1): [O, N, H, W] as the kernel
+// Without AMX (CPUs with AVX512-BF16 only), narrow 2-D layers on small maps: conv_bf16_weight_gradient
+// (ops/conv2d_bf16.h), dot products over pairs of neighbouring output pixels,
 //
-// (the identity behind the "backward as convolutions" derivations, e.g. Dumoulin & Visin, arXiv 1603.07285).
+//   dW[o, c, i, j] = sum_{n, h, w} dy[n, o, h, w] x_pad[n, c, s h + i, s w + j]
 //
-// Why: on small maps oneDNN 2.6's bfloat16 weight gradient reduces over N x H x W at about 60% of its forward's
-// rate, while its forward, given the swapped problem (a reduction over the batch and the map's taps), runs near the
-// dot products' peak. The mHC ResNet's 7x7 block convolutions (batch 64, 32 channels): 0.46 ms for oneDNN's weight
-// gradient, 0.34 ms this way. The swapped problem's channels are the batch, so a small batch or a large map loses
-// (`zoo_bench --benchmark_filter=ConvWeightGradient`, 1 thread, 2026-12-06, oneDNN time / swapped time, 3-6 runs):
-//   batch 64, 32 channels, 7x7: 1.30-1.54     batch 64, 64 channels, 7x7: 1.36-1.64    batch 64, 32, 10x10: 1.10-1.19
-//   batch 32, 256 channels, 7x7: 1.05-1.17    batch 16, 32 channels, 7x7: 1.14-1.33    batch 16, 128, 7x7: 1.06
-//   batch 64, 32 channels, 14x14: 1.05-1.15   batch 32, 128, 14x14: 0.92-1.02          batch 8, 256, 7x7: 0.87-1.09
-//   batch 64, 32 channels, 4x4: 1.40-1.53     batch 32, 256-512, 4x4: 0.89-1.16        batch 4, 256-512, 8x8: 0.66-0.88
-//   1x1 kernels: 0.68 (one run of the 10x10 case read 0.89: the VM's noise)
-// hence the region where autocast's conv2d rule (ops/autocast.cpp) uses it: output maps of 25-100 pixels, a batch
-// of 16 or more, 32-256 channels in and out, 3-5 taps per axis. The forward and the input gradient are oneDNN's.
-// On a CPU with AMX (cpu_has_amx_bf16(), ops/conv2d_bf16.h) oneDNN's weight gradient runs on AMX tiles and the swap
-// loses in most of that region (Intel Xeon with AMX, 2026-12-07: batch 64, 32 channels, 7x7: 0.86; 64, 64, 7x7: 0.98;
-// 64, 32, 10x10: 0.63; 16, 32, 7x7: 0.77), so the rule stays off there.
+// Why: on small maps oneDNN 2.6's bfloat16 weight gradient reduces over N x H x W at 50-70% of its forward's rate.
+// oneDNN time / zoo's, 1 thread, the weight gradient alone (AMD EPYC, Zen 5, 2026-12-07, best of 5 in two runs):
+//   batch 64, 32 -> 32 channels, 7x7: 1.20-1.32 (the mHC ResNet's blocks)   batch 64, 32 -> 32, 14x14: 1.37-1.45
+//   batch 64, 32 -> 64, 14x14: 1.26-1.36 (the cnn's second layer)           batch 16, 32 -> 32, 7x7: 1.40
+//   batch 64, 16 -> 32, 14x14: 1.53      batch 32, 64 -> 128, 28x28, stride 2: 1.19-1.25
+//   batch 32, 128 -> 128, 14x14: 0.94    batch 32, 256 -> 256, 7x7: 0.88-0.89    batch 32, 512 -> 512, 4x4: 0.40-0.65
+// and in whole models it lost on large maps of small batches (the U-Net's 64x64 maps of 4 items, 64-512 channels:
+// its training step 3-5% slower, though the layers alone were 1.04-1.5x faster). So autocast's conv2d rule
+// (ops/autocast.cpp) takes batches of 16 or more, at most 64 channels in and out and output maps of at most 256
+// pixels. Before (2026-12-06), the weight gradient there was a forward convolution with the batch and channel axes
+// swapped (1.3-1.5x oneDNN's then); on 2026-12-07 it read 0.81-0.96x oneDNN's at the same layers, and the mHC
+// ResNet's bf16-mixed step was 4.7-5.4% faster with zoo's dot products than with it (in-process A/B, 12-20 paired
+// rounds, faster in 9/12 and 17/20).
+//
+// On a CPU with AMX (cpu_has_amx_bf16(), ops/conv2d_bf16.h) oneDNN's weight gradient runs on AMX tiles, faster than
+// the dot products (and than the swap: Intel Xeon with AMX, 2026-12-07: batch 64, 32 channels, 7x7: 0.86; 64, 64,
+// 7x7: 0.98; 64, 32, 10x10: 0.63; 16, 32, 7x7: 0.77), so the rule stays off there.
 //
 // On a CPU with AMX, small maps get a weight gradient of zoo's own on AMX tiles instead (conv2d_weight_gradient_tiles):
 // one tile product per tap over the zero-padded grid of the batch's maps (the .cpp), where oneDNN 2.6's AMX weight
@@ -35,7 +36,7 @@
 // slower with them (three alternating process pairs), and the mHC ResNet 15.7-15.9 -> 15.2-15.3 ms a step.
 //
 // A 3-D convolution with a stride of 2 or more on every axis, on a CPU with AMX, gets zoo's weight gradient too:
-// conv3d_bf16_weight_gradient (ops/conv2d_bf16.h), the 2-D kernel's dot products over pairs of neighbouring output
+// conv_bf16_weight_gradient (ops/conv2d_bf16.h), the 2-D kernel's dot products over pairs of neighbouring output
 // pixels with a depth axis. oneDNN 2.6's AMX weight gradient of strided 3-D convolutions is slow (conv4d's second
 // layer, 192 frames of 8 x 8^3 -> 16 x 4^3: 3.3-4.0 ms for 42 M multiply-adds, where its AVX512-BF16 kernel, without
 // AMX, takes 1.2), while its unstrided ones run near the tiles' speed. zoo_bench's Conv3dWeightGradient (Intel Xeon
@@ -43,10 +44,11 @@
 // 2.37, conv3d's second and third 1.65 and 1.26, the 3-D U-Net's 2x2x2 downsampling 1.72 and 1.55, 64 -> 128 and
 // 128 -> 128 channels on 8^3 1.20 and 1.45), unstrided ones 0.24-0.76; with oneDNN held to AVX512-BF16
 // (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, what a CPU without AMX runs) 0.78-1.54, so the rule is for CPUs with AMX
-// only. In bf16-mixed training, three alternating process pairs: conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d
-// 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1 (unchanged).
-// Where AMX is really there, the output channels come in multiples of 16 and the taps overlap (a kernel longer than
-// the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs on AMX tiles instead
+// only (on the AMD EPYC, Zen 5, with 3-D layers of 16 or more channels too, conv3d's and conv4d's bf16-mixed steps were
+// 1-3% slower: in-process A/B, 10 paired rounds, 2026-12-07). In bf16-mixed training, three alternating process pairs:
+// conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1
+// (unchanged). Where AMX is really there, the output channels come in multiples of 16 and the taps overlap (a kernel
+// longer than the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs on AMX tiles instead
 // (conv3d_weight_bias_gradient_tiles, which sums the bias's gradient on the way): x split into its stride phases, each
 // a stride-1 grid read at 1-2 offsets per axis, with two phases of 8 channels in one tile's 16 rows (the .cpp).
 // Conv3dWeightGradient's _tiles_ratio (Intel Xeon with AMX, 2026-12-07, 1 thread): conv3d's second and third
@@ -58,31 +60,28 @@
 //
 // Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
 // gradient are the same bits; the weight gradient sums the same products in another order (float32 accumulators),
-// rounded to bfloat16 once as oneDNN's is in 2-D and kept in float32 in 3-D; the bias gradient is summed in float32 and
-// not rounded.
+// rounded to bfloat16 once as oneDNN's is on AMX tiles in 2-D and kept in float32 by the dot products; the bias
+// gradient is summed in float32 and not rounded.
 #pragma once
 
 #include <torch/torch.h>
 
 namespace zoo::ops::detail {
 
-/// Whether autocast's conv2d rule runs conv2d_weight_as_forward on these operands: under CPU autocast in bfloat16,
+/// Whether autocast's conv2d rule runs conv2d_own_weight_gradient on these operands: under CPU autocast in bfloat16,
 /// grad mode on, outside a trace, on a CPU with AVX512-BF16 and without AMX; a float32 or bfloat16 CPU input [N, C, H,
-/// W] with N >= 16, a float32 weight [O, C, KH, KW] that needs its gradient, 32 <= C, O <= 256, 3-5 taps per axis,
-/// stride 1, no dilation, one group, padding below the kernel and output maps of 25-100 pixels (the region above).
+/// W] with N >= 16, a float32 weight [O, C, KH, KW] that needs its gradient, C, O <= 64, 1-7 taps per axis, strides up
+/// to the kernel, no dilation, one group, padding below the kernel and output maps of at most 256 pixels (the region
+/// above).
 bool conv_weight_gradient_applies(const torch::Tensor& input, const torch::Tensor& weight,
                                   const c10::optional<torch::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
-/// torch::conv2d(input, weight, bias, 1, padding) in bfloat16 (autocast's result), one autograd node: the input's
-/// gradient in the input's type (oneDNN's), the weight's in float32 (the swapped forward convolution above), the
-/// bias's in float32. Twice differentiable (under create_graph the backward is autocast's rule's, ops/twice.h).
-torch::Tensor conv2d_weight_as_forward(const torch::Tensor& input, const torch::Tensor& weight,
-                                       const torch::Tensor& bias, at::IntArrayRef padding);
-
-/// The weight gradient alone, [O, C, KH, KW] in float32 (rounded to bfloat16 once): the swapped forward convolution
-/// of bfloat16 x [N, C, H, W] and dy [N, O, HO, WO] at stride 1 with `padding` (KH = H + 2 padding - HO + 1).
-torch::Tensor conv2d_weight_gradient(const torch::Tensor& xb, const torch::Tensor& gy, at::IntArrayRef padding);
+/// torch::conv2d(input, weight, bias, stride, padding) in bfloat16 (autocast's result), one autograd node: the input's
+/// gradient in the input's type (oneDNN's), the weight's in float32 (conv_bf16_weight_gradient, ops/conv2d_bf16.h),
+/// the bias's in float32. Twice differentiable (under create_graph the backward is autocast's rule's, ops/twice.h).
+torch::Tensor conv2d_own_weight_gradient(const torch::Tensor& input, const torch::Tensor& weight,
+                                         const torch::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding);
 
 /// The weight gradient alone on AMX tiles, [O, C, KH, KW] in float32 (rounded to bfloat16 once): bfloat16 x
 /// [N, C, H, W] (any layout) and dy [N, O, HO, WO] (channels-last read as it is, else converted) of a KH x KW
@@ -133,13 +132,9 @@ bool conv3d_weight_tiles_fit(const torch::Tensor& weight, at::IntArrayRef stride
 
 /// torch::conv3d(input, weight, bias, stride, padding) in bfloat16 (autocast's result), one autograd node: the
 /// input's gradient in the input's type (oneDNN's), the weight's in float32 (conv3d_weight_gradient_tiles where
-/// conv3d_weight_tiles_fit says so, else conv3d_bf16_weight_gradient, ops/conv2d_bf16.h), the bias's in float32.
+/// conv3d_weight_tiles_fit says so, else conv_bf16_weight_gradient, ops/conv2d_bf16.h), the bias's in float32.
 /// Twice differentiable (under create_graph the backward is autocast's rule's).
 torch::Tensor conv3d_own_weight_gradient(const torch::Tensor& input, const torch::Tensor& weight,
                                          const torch::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding);
-
-/// t [A, B, ...] as a contiguous [B, A, ...]: t.transpose(0, 1).contiguous() by one copy per plane (LibTorch's
-/// strided copy took 33 us for the mHC blocks' [64, 32, 7, 7] in bfloat16, 16 of them a step).
-torch::Tensor swap_leading_axes(const torch::Tensor& t);
 
 }  // namespace zoo::ops::detail

@@ -1,7 +1,8 @@
-// conv_weight_gradient: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution, and a 3-D
-// one's by zoo's dot products (conv3d_bf16_weight_gradient), against float64's gradient of the same bfloat16 values;
-// autocast's conv2d rule, which runs the first on small maps, and its conv3d rule, which runs the second for strided
-// convolutions on CPUs with AMX, LibTorch's convolution (oneDNN) everywhere else.
+// conv_weight_gradient: a bfloat16 2-D or 3-D convolution's weight gradient by zoo's dot products
+// (conv_bf16_weight_gradient) and on AMX tiles, against float64's gradient of the same bfloat16 values; autocast's
+// conv2d rule, which runs the dot products for narrow layers on small maps (without AMX) and the tiles (with AMX), and
+// its conv3d rule, which runs them for strided convolutions on CPUs with AMX, LibTorch's convolution (oneDNN)
+// everywhere else.
 #include "ops/conv_weight_gradient.h"
 #include "helpers.h"
 #include "ops/autocast.h"
@@ -157,44 +158,49 @@ torch::Tensor exact_weight_gradient(const Conv3dCase& c, const torch::Tensor& x,
 
 }  // namespace
 
-TEST_CASE("conv2d_weight_gradient: the swapped forward convolution gives float64's weight gradient, rounded once",
+TEST_CASE("conv_bf16_weight_gradient in 2-D: float64's weight gradient of the same bfloat16 values, summed in float32",
           "[kernels][precision]") {
+  if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512-BF16: zoo's 2-D bfloat16 weight gradient is not tested here");
+    return;
+  }
   torch::manual_seed(31);
-  // {N, C, O, H, W, K, padding}: the mHC ResNet's blocks, a 5x5 kernel, no padding, non-square maps and kernels
-  // (the swapped kernel's two axes), odd channel and batch counts, then random ones.
-  std::vector<std::array<int64_t, 7>> shapes{{64, 32, 32, 7, 7, 3, 1}, {16, 32, 64, 7, 7, 5, 2},
-                                             {3, 5, 7, 6, 6, 3, 0},    {5, 3, 9, 9, 4, 3, 1},
-                                             {1, 1, 1, 3, 3, 3, 1},    {7, 6, 5, 8, 11, 5, 1}};
+  // {N, C, O, H, W, K, stride, padding}: the mHC ResNet's blocks and stem, the cnn's second layer, a 5x5 kernel, no
+  // padding, strides 2 and 3, a 1x1 kernel, non-square maps, odd channel and batch counts, then random ones.
+  std::vector<std::array<int64_t, 8>> shapes{{64, 32, 32, 7, 7, 3, 1, 1},   {16, 32, 32, 14, 14, 3, 1, 1},
+                                             {16, 32, 64, 14, 14, 3, 1, 1}, {16, 32, 64, 7, 7, 5, 1, 2},
+                                             {3, 5, 7, 6, 6, 3, 1, 0},      {5, 3, 9, 9, 4, 3, 2, 1},
+                                             {4, 6, 20, 11, 13, 3, 3, 1},   {2, 8, 12, 5, 5, 1, 1, 0},
+                                             {1, 1, 1, 3, 3, 3, 1, 1},      {7, 6, 5, 8, 11, 5, 2, 1}};
   std::mt19937 random(32);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
   for (int i = 0; i < 12; ++i) {
-    const int64_t k = pick(1, 3) * 2 + 1;
-    shapes.push_back({pick(1, 20), pick(1, 40), pick(1, 40), pick(k, 12), pick(k, 12), k, pick(0, k - 1)});
+    const int64_t k = pick(1, 7);
+    shapes.push_back({pick(1, 20), pick(1, 40), pick(1, 40), pick(k, 12), pick(k, 12), k, pick(1, k), pick(0, k - 1)});
   }
-  for (const auto& [N, C, O, H, W, K, P] : shapes) {
+  for (const auto& [N, C, O, H, W, K, S, P] : shapes) {
     INFO("x [" << N << ", " << C << ", " << H << ", " << W << "], weight [" << O << ", " << C << ", " << K << ", " << K
-               << "], padding " << P);
+               << "], stride " << S << ", padding " << P);
     const auto x = torch::randn({N, C, H, W}).to(torch::kBFloat16);
-    const int64_t HO = H + 2 * P - K + 1, WO = W + 2 * P - K + 1;
+    const int64_t HO = (H + 2 * P - K) / S + 1, WO = (W + 2 * P - K) / S + 1;
     const auto gy = torch::randn({N, O, HO, WO}).to(torch::kBFloat16);
-    const auto got = zoo::ops::detail::conv2d_weight_gradient(x, gy, {P, P});
+    const auto got = zoo::ops::detail::conv_bf16_weight_gradient(x, gy, {K, K}, {S, S}, {P, P});
     REQUIRE(got.scalar_type() == torch::kFloat32);
     REQUIRE(got.sizes() == torch::IntArrayRef({O, C, K, K}));
     CHECK(got.is_contiguous());
     const auto exact = std::get<1>(at::convolution_backward(
         gy.to(torch::kFloat64), x.to(torch::kFloat64), torch::zeros({O, C, K, K}, torch::kFloat64), c10::nullopt,
-        {1, 1}, {P, P}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
-    CHECK(within_rounding(got, exact, 1.0 / 256));                           // one rounding to bfloat16
-    CHECK(torch::equal(got, got.to(torch::kBFloat16).to(torch::kFloat32)));  // and it is bfloat16's
+        {S, S}, {P, P}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
+    CHECK(within_rounding(got, exact, 0.0));  // the products exact, summed in float32
+    // A 2-D convolution is the 3-D one of depth 1, to the bit.
+    CHECK(torch::equal(got, zoo::ops::detail::conv_bf16_weight_gradient(x.unsqueeze(2), gy.unsqueeze(2), {1, K, K},
+                                                                        {1, S, S}, {0, P, P})
+                                .squeeze(2)));
   }
-  // The batch and channel axes swapped by one copy per plane: transpose(0, 1).contiguous(), to the bit.
-  using zoo::ops::detail::swap_leading_axes;
-  for (const auto& t : {torch::randn({64, 32, 7, 7}).to(torch::kBFloat16), torch::randn({3, 5, 2}),
-                        torch::randn({4, 6, 5, 5}).transpose(2, 3), torch::randn({1, 3, 1, 1})})
-    CHECK(torch::equal(swap_leading_axes(t), t.transpose(0, 1).contiguous()));
-  CHECK_THROWS_WITH(zoo::ops::detail::conv2d_weight_gradient(torch::randn({2, 3, 5, 5}),
-                                                             torch::randn({2, 4, 5, 5}).to(torch::kBFloat16), {1, 1}),
-                    Catch::Contains("bfloat16 x [N, C, H, W]"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv_bf16_weight_gradient(torch::randn({2, 3, 5, 5}).to(torch::kBFloat16),
+                                                                torch::randn({2, 4, 5, 5}).to(torch::kBFloat16),
+                                                                {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                    Catch::Contains("a kernel size, stride and padding per spatial axis"));
 }
 
 TEST_CASE("conv2d_weight_gradient_tiles: AMX tiles give float64's weight gradient, rounded once",
@@ -318,7 +324,7 @@ TEST_CASE(
       [](const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
         return torch::conv2d(x, w, b, 1, 1);
       },
-      1.0 / 256);  // the swapped convolution's output, rounded to bfloat16 once
+      1.0 / 256);  // zoo's float32 sums against oneDNN's, rounded to bfloat16 once
 }
 
 TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a trace", "[kernels][precision]") {
@@ -340,19 +346,20 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
     zoo::ops::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
     CHECK(applies(x, w));
     CHECK(applies(x.to(torch::kBFloat16), w));
-    CHECK(
-        applies(torch::randn({16, 256, 5, 5}), torch::randn({256, 256, 5, 5}, torch::requires_grad()), {1, 1}, {2, 2}));
-    CHECK(applies(torch::randn({32, 32, 10, 10}), w));
-    CHECK_FALSE(applies(x, w.detach()));                 // inference: no weight gradient
-    CHECK_FALSE(applies(x, w, {2, 2}));                  // strided
-    CHECK_FALSE(applies(x, w, {1, 1}, {1, 1}, {2, 2}));  // dilated
+    CHECK(applies(torch::randn({64, 32, 14, 14}), w));                                        // 196 pixels
+    CHECK(applies(torch::randn({64, 32, 4, 4}), w));                                          // 16 pixels
+    CHECK(applies(x, torch::randn({32, 32, 1, 1}, torch::requires_grad()), {1, 1}, {0, 0}));  // 1x1
+    CHECK(applies(torch::randn({16, 64, 28, 28}), torch::randn({64, 64, 3, 3}, torch::requires_grad()), {2, 2}));
+    CHECK(applies(torch::randn({16, 8, 7, 7}), torch::randn({16, 8, 7, 7}, torch::requires_grad()), {1, 1}, {3, 3}));
+    CHECK_FALSE(applies(x, w.detach()));                      // inference
+    CHECK_FALSE(applies(torch::randn({64, 32, 28, 28}), w));  // 784 pixels
+    CHECK_FALSE(applies(torch::randn({8, 32, 7, 7}), w));     // batch 8
+    CHECK_FALSE(applies(torch::randn({64, 128, 7, 7}), torch::randn({32, 128, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(x, torch::randn({128, 32, 3, 3}, torch::requires_grad())));  // 128 outputs
+    CHECK_FALSE(applies(x, w, {4, 4}));                                              // stride > kernel
+    CHECK_FALSE(applies(x, w, {1, 1}, {1, 1}, {2, 2}));                              // dilated
     CHECK_FALSE(applies(x, torch::randn({32, 16, 3, 3}, torch::requires_grad()), {1, 1}, {1, 1}, {1, 1}, 2));
-    CHECK_FALSE(applies(x, torch::randn({32, 32, 1, 1}, torch::requires_grad()), {1, 1}, {0, 0}));  // 1x1
-    CHECK_FALSE(applies(torch::randn({64, 32, 14, 14}), w));                                        // 196 pixels
-    CHECK_FALSE(applies(torch::randn({64, 32, 4, 4}), w));                                          // 16 pixels
-    CHECK_FALSE(applies(torch::randn({8, 32, 7, 7}), w));                                           // batch 8
-    CHECK_FALSE(applies(torch::randn({64, 16, 7, 7}), torch::randn({32, 16, 3, 3}, torch::requires_grad())));
-    CHECK_FALSE(applies(torch::randn({64, 512, 7, 7}), torch::randn({32, 512, 3, 3}, torch::requires_grad())));
+    CHECK_FALSE(applies(x, torch::randn({32, 32, 9, 9}, torch::requires_grad()), {1, 1}, {4, 4}));  // 9 taps
     CHECK_FALSE(applies(x.to(torch::kFloat64), w.to(torch::kFloat64)));
     {
       torch::NoGradGuard inference;
@@ -378,7 +385,7 @@ TEST_CASE("Autocast's conv2d rule: where it applies, second derivatives, and a t
   check_trace(x, w, conv, "aten::conv2d");
 }
 
-TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bfloat16 values, summed in float32",
+TEST_CASE("conv_bf16_weight_gradient: float64's weight gradient of the same bfloat16 values, summed in float32",
           "[kernels][precision]") {
   if (!zoo::ops::detail::cpu_has_avx512_bf16()) {
     WARN("this CPU has no AVX512-BF16: zoo's 3-D bfloat16 weight gradient is not tested here");
@@ -398,7 +405,7 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
   for (const auto& c : cases) {
     INFO(describe(c));
     const auto [x, gy] = operands(c);
-    const auto got = zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, c.k, c.s, c.p);
+    const auto got = zoo::ops::detail::conv_bf16_weight_gradient(x, gy, c.k, c.s, c.p);
     REQUIRE(got.scalar_type() == torch::kFloat32);
     REQUIRE(got.sizes() == torch::IntArrayRef({c.o, c.c, c.k[0], c.k[1], c.k[2]}));
     const auto exact = exact_weight_gradient(c, x, gy);
@@ -410,22 +417,22 @@ TEST_CASE("conv3d_bf16_weight_gradient: float64's weight gradient of the same bf
   auto run = [&](int threads) {
     const int before = at::get_num_threads();
     at::set_num_threads(threads);
-    auto g = zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+    auto g = zoo::ops::detail::conv_bf16_weight_gradient(x, gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
     at::set_num_threads(before);
     return g;
   };
   const auto one = run(1);
   CHECK_FALSE(torch::equal(one, one.to(torch::kBFloat16).to(torch::kFloat32)));
   CHECK(torch::equal(one, run(2)));  // the same bits at any thread count
-  CHECK(torch::equal(zoo::ops::detail::conv3d_bf16_weight_gradient(x.narrow(0, 0, 0), gy.narrow(0, 0, 0), {3, 3, 3},
-                                                                   {2, 2, 2}, {1, 1, 1}),
+  CHECK(torch::equal(zoo::ops::detail::conv_bf16_weight_gradient(x.narrow(0, 0, 0), gy.narrow(0, 0, 0), {3, 3, 3},
+                                                                 {2, 2, 2}, {1, 1, 1}),
                      torch::zeros({16, 8, 3, 3, 3})));  // an empty batch
   CHECK_THROWS_WITH(
-      zoo::ops::detail::conv3d_bf16_weight_gradient(torch::randn({4, 8, 8, 8, 8}), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
-      Catch::Contains("bfloat16 x [N, C, D, H, W]"));
-  CHECK_THROWS_WITH(zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+      zoo::ops::detail::conv_bf16_weight_gradient(torch::randn({4, 8, 8, 8, 8}), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+      Catch::Contains("bfloat16 x [N, C, H, W] or [N, C, D, H, W]"));
+  CHECK_THROWS_WITH(zoo::ops::detail::conv_bf16_weight_gradient(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
                     Catch::Contains("dy of the convolution's output size"));
-  CHECK_THROWS_WITH(zoo::ops::detail::conv3d_bf16_weight_gradient(x, gy, {3, 3, 8}, {2, 2, 2}, {1, 1, 1}),
+  CHECK_THROWS_WITH(zoo::ops::detail::conv_bf16_weight_gradient(x, gy, {3, 3, 8}, {2, 2, 2}, {1, 1, 1}),
                     Catch::Contains("1-7 taps per axis"));
 }
 
@@ -488,7 +495,7 @@ TEST_CASE(
                      torch::zeros({16, 8, 3, 3, 3})));
   CHECK_THROWS_WITH(
       zoo::ops::detail::conv3d_weight_gradient_tiles(x.to(torch::kFloat32), gy, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
-      Catch::Contains("bfloat16 x [N, C, D, H, W]"));
+      Catch::Contains("bfloat16 x [N, C, H, W] or [N, C, D, H, W]"));
   CHECK_THROWS_WITH(zoo::ops::detail::conv3d_weight_gradient_tiles(x, gy, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
                     Catch::Contains("dy of the convolution's output size"));
 }

@@ -20,13 +20,13 @@
 //  - BatchNormTraining/B: ops::batch_norm against torch::batch_norm at the cnn's batch norms (B = 1: bfloat16 x).
 //  - StreamMix/B: ops::mix_streams against torch::matmul at the mHC ResNet's stream mixing (B = 1: bf16-mixed).
 //  - Conv3dFirstLayer/T: ops::conv3d's direct kernel against oneDNN on volume networks' first layers.
-//  - ConvWeightGradient/T: a bfloat16 2-D convolution's weight gradient as the swapped forward convolution (T = 0) or
+//  - ConvWeightGradient/T: a bfloat16 2-D convolution's weight gradient by zoo's dot products (T = 0) or
 //    on zoo's AMX tiles (T = 1, channels-last operands as the mHC ResNet's blocks have them; skipped without AMX)
 //    (ops/conv_weight_gradient.h) against oneDNN's weight gradient, at the models' layers and around the regions
 //    where autocast's conv2d rule uses them, 1 thread. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time / zoo's time
 //    (above 1: zoo's faster), and "applies" (1 where the rule takes the layer that way).
 //  - Conv3dWeightGradient: a bfloat16 3-D convolution's weight gradient by zoo's dot products
-//    (ops::detail::conv3d_bf16_weight_gradient) and on AMX tiles (conv3d_weight_gradient_tiles, where the CPU has
+//    (ops::detail::conv_bf16_weight_gradient) and on AMX tiles (conv3d_weight_gradient_tiles, where the CPU has
 //    AMX and O is a multiple of 16) against oneDNN's, at the 3-D models' layers, 1 thread. Counters:
 //    <N>x<C>x<O>x<D>k<K>s<S>_ratio = oneDNN time / the dot products' time, _tiles_ratio = oneDNN time / the tiles'
 //    time, and "applies" (1 where autocast's conv3d rule takes the layer).
@@ -501,8 +501,10 @@ void Conv3dFirstLayer(benchmark::State& state) {
 BENCHMARK(Conv3dFirstLayer)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iterations(3);
 
 // ConvWeightGradient: the weight gradient of a bfloat16 3x3 convolution (padding 1) both ways, interleaved per
-// layer: oneDNN's (at::convolution_backward, weight only) and zoo's (the swapped forward convolution, or the AMX
-// tiles), each cast to float32 as autocast's weight gradient is.
+// layer: oneDNN's (at::convolution_backward, weight only) and zoo's (the dot products of conv_bf16_weight_gradient,
+// or the AMX tiles), each in float32 as autocast's weight gradient is. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time /
+// zoo's time (above 1: zoo's faster), "applies" (1 where autocast's conv2d rule takes the layer) and oneDNN's time in
+// us.
 void ConvWeightGradient(benchmark::State& state) {
   training::apply_threads(1);
   const bool tiles = state.range(0) == 1;
@@ -534,19 +536,19 @@ void ConvWeightGradient(benchmark::State& state) {
       const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
       const int reps =
           timed ? std::max<int>(2, static_cast<int>(2e8 / static_cast<double>(l.n * l.c * l.o * l.h * l.h * 9))) : 1;
-      for (const bool swapped : {false, true}) {
+      for (const bool own : {false, true}) {
         const auto start = Clock::now();
         for (int i = 0; i < reps; ++i) {
-          if (swapped && tiles)
+          if (own && tiles)
             ops::detail::conv2d_weight_gradient_tiles(x, gy, 3, 3, {1, 1});
-          else if (swapped)
-            ops::detail::conv2d_weight_gradient(x, gy, {1, 1});
+          else if (own)
+            ops::detail::conv_bf16_weight_gradient(x, gy, {3, 3}, {1, 1}, {1, 1});
           else
             std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
                                                  {false, true, false}))
                 .to(torch::kFloat32);
         }
-        us[name + (swapped ? "_swapped" : "_onednn")] += 1e6 * seconds_since(start) / reps;
+        us[name + (own ? "_zoo" : "_onednn")] += 1e6 * seconds_since(start) / reps;
       }
     }
   };
@@ -556,7 +558,7 @@ void ConvWeightGradient(benchmark::State& state) {
   ops::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
   for (const auto& l : layers) {
     const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
-    state.counters[name + "_ratio"] = us[name + "_onednn"] / us[name + "_swapped"];
+    state.counters[name + "_ratio"] = us[name + "_onednn"] / us[name + "_zoo"];
     state.counters[name + "_onednn_us"] = us[name + "_onednn"] / static_cast<double>(state.iterations());
     const auto w = torch::zeros({l.o, l.c, 3, 3}, torch::requires_grad());
     const auto x = torch::zeros({l.n, l.c, l.h, l.h});
@@ -569,7 +571,7 @@ BENCHMARK(ConvWeightGradient)->Arg(0)->Arg(1)->Unit(benchmark::kSecond)->Iterati
 
 // Conv3dWeightGradient: the weight gradient of a bfloat16 3-D convolution both ways, interleaved per layer:
 // oneDNN's (at::convolution_backward, weight only, cast to float32 as autocast's weight gradient is) and zoo's
-// (ops::detail::conv3d_bf16_weight_gradient), at the 3-D models' layers: the conv3d model's second and third,
+// (ops::detail::conv_bf16_weight_gradient), at the 3-D models' layers: the conv3d model's second and third,
 // conv4d's second (its time taps: 192 and 128 frames), the 3-D U-Net's and DeconvNet's (batch 2, 24^3). Counters:
 // <N>x<C>x<O>x<D>[k<K>s<S>]_ratio = oneDNN time / zoo's time (above 1: zoo's faster), "applies" (1 where autocast's
 // conv3d rule takes the layer) and oneDNN's time in us.
@@ -604,7 +606,7 @@ void Conv3dWeightGradient(benchmark::State& state) {
         const auto start = Clock::now();
         for (int i = 0; i < reps; ++i) {
           if (way == 1)
-            ops::detail::conv3d_bf16_weight_gradient(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
+            ops::detail::conv_bf16_weight_gradient(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
           else if (way == 2)
             ops::detail::conv3d_weight_gradient_tiles(x, gy, {l.k, l.k, l.k}, {l.s, l.s, l.s}, {p, p, p});
           else
