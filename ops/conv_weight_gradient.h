@@ -44,13 +44,14 @@
 // 2.37, conv3d's second and third 1.65 and 1.26, the 3-D U-Net's 2x2x2 downsampling 1.72 and 1.55, 64 -> 128 and
 // 128 -> 128 channels on 8^3 1.20 and 1.45), unstrided ones 0.24-0.76; with oneDNN held to AVX512-BF16
 // (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, what a CPU without AMX runs) 0.78-1.54, so the rule is for CPUs with AMX
-// only (on the AMD EPYC, Zen 5, with 3-D layers of 16 or more channels too, conv3d's and conv4d's bf16-mixed steps were
-// 1-3% slower: in-process A/B, 10 paired rounds, 2026-12-07). In bf16-mixed training, three alternating process pairs:
-// conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d 22.6-23.1 -> 21.5-21.7, the 3-D U-Net 39.0-40.3 and 39.7-41.1
-// (unchanged). Where AMX is really there, the output channels come in multiples of 16 and the taps overlap (a kernel
-// longer than the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs on AMX tiles instead
-// (conv3d_weight_bias_gradient_tiles, which sums the bias's gradient on the way): x split into its stride phases, each
-// a stride-1 grid read at 1-2 offsets per axis, with two phases of 8 channels in one tile's 16 rows (the .cpp).
+// only (on the AMD EPYC, Zen 5, taking unstrided 3-D layers of 16 or more channels as well made conv3d's and conv4d's
+// bf16-mixed steps 1-3% slower: in-process A/B, 10 paired rounds, 2026-12-07). In bf16-mixed training, three
+// alternating process pairs: conv4d 37.8-39.7 -> 34.2-34.5 ms a step, conv3d 22.6-23.1 -> 21.5-21.7, the 3-D U-Net
+// 39.0-40.3 and 39.7-41.1 (unchanged). Where AMX is really there, the output channels come in multiples of 16 and
+// the taps overlap (a kernel longer than the stride: conv3d's and conv4d's 3x3x3 at stride 2), the weight gradient runs
+// on AMX tiles instead (conv3d_weight_bias_gradient_tiles, which sums the bias's gradient on the way): x split into its
+// stride phases, each a stride-1 grid read at 1-2 offsets per axis, with two phases of 8 channels in one tile's 16 rows
+// (the .cpp).
 // Conv3dWeightGradient's _tiles_ratio (Intel Xeon with AMX, 2026-12-07, 1 thread): conv3d's second and third
 // layers 2.79 and 2.20, conv4d's second 2.71 and 2.93, 64 -> 128 and 128 -> 128 channels on 8^3 3.77 and 2.58 (the dot
 // products 1.20-2.41 in the same run); the U-Net's 2x2x2 downsampling 0.89 and 1.54 (dot products 1.79 and 1.61), so a
@@ -60,8 +61,8 @@
 //
 // Reference: autocast's rule, torch::conv2d (torch::conv3d) on the bfloat16-rounded operands. The output and the input
 // gradient are the same bits; the weight gradient sums the same products in another order (float32 accumulators),
-// rounded to bfloat16 once as oneDNN's is on AMX tiles in 2-D and kept in float32 by the dot products; the bias
-// gradient is summed in float32 and not rounded.
+// rounded to bfloat16 once (as oneDNN's is) by the 2-D AMX tile kernel and kept in float32 by the dot products and the
+// 3-D tiles; the bias gradient is summed in float32 and not rounded.
 #pragma once
 
 #include <torch/torch.h>
