@@ -568,15 +568,21 @@ Tensor conv3d_weight_gradient_tiles(const Tensor& x, const Tensor& gy, at::IntAr
   return conv3d_weight_bias_gradient_tiles(x, gy, kernel, stride, padding).first;
 }
 
+namespace {
+/// Pixels of a 2-D convolution's output map (the operands own_weight_gradient_operands takes).
+int64_t output_pixels(const Tensor& input, const Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding) {
+  const auto s = per_axis(stride, 2), p = per_axis(padding, 2);
+  return ((input.size(2) + 2 * p[0] - weight.size(2)) / s[0] + 1) *
+         ((input.size(3) + 2 * p[1] - weight.size(3)) / s[1] + 1);
+}
+}  // namespace
+
 bool conv_weight_gradient_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
   if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 2)) return false;
   if (weight.size(0) > 64 || weight.size(1) > 64 || input.size(0) < 16) return false;
-  const auto s = per_axis(stride, 2), p = per_axis(padding, 2);
-  const int64_t HO = (input.size(2) + 2 * p[0] - weight.size(2)) / s[0] + 1,
-                WO = (input.size(3) + 2 * p[1] - weight.size(3)) / s[1] + 1;
-  return HO * WO <= 256 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
+  return output_pixels(input, weight, stride, padding) <= 256 && cpu_has_avx512_bf16() && !cpu_has_amx_bf16();
 }
 
 bool conv2d_weight_tiles_applies(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
@@ -585,9 +591,7 @@ bool conv2d_weight_tiles_applies(const Tensor& input, const Tensor& weight, cons
   if (!own_weight_gradient_operands(input, weight, bias, stride, padding, dilation, groups, 2)) return false;
   if (stride.front() != 1 || stride.back() != 1 || !cpu_has_amx_bf16() || !amx_tiles_present()) return false;
   const int64_t O = weight.size(0), C = weight.size(1);
-  const int64_t HO = input.size(2) + 2 * padding.front() - weight.size(2) + 1,
-                WO = input.size(3) + 2 * padding.back() - weight.size(3) + 1;
-  return C % 16 == 0 && O % 16 == 0 && C <= 64 && O <= 64 && HO * WO <= 100;
+  return C % 16 == 0 && O % 16 == 0 && C <= 64 && O <= 64 && output_pixels(input, weight, stride, padding) <= 100;
 }
 
 Tensor conv2d_weight_by_tiles(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef padding) {
