@@ -267,6 +267,22 @@ TEST_CASE("Bench: --precision 32,bf16-mixed measures both, the twins under torch
   CHECK(bad.err.find("zoo bench --precision measures 32 and bf16-mixed, not 'bf16'") != std::string::npos);
 }
 
+TEST_CASE("Bench: bf16-mixed over float32 is the median of the rounds' paired ratios, not a ratio of medians",
+          "[bench][cli][precision]") {
+  // Three rounds, float32 and bf16-mixed back to back in each; the second is a slow spell for both. Paired: 30/20,
+  // 60/40, 33/30 -> 1.50, 1.50, 1.10, median 1.50x. The medians' ratio, 33 / 30 = 1.10x, sets the third round's
+  // float32 against the third round's bfloat16 by accident of sorting.
+  const std::vector<double> fp32{30, 60, 33}, bf16{20, 40, 30};
+  const auto r = zoo::cli::paired_ratios(fp32, bf16);
+  REQUIRE(r.size() == 3);
+  CHECK(r[0] == Approx(1.5));
+  CHECK(r[1] == Approx(1.5));
+  CHECK(r[2] == Approx(1.1));
+  CHECK(zoo::cli::median(r) == Approx(1.5));
+  CHECK(zoo::cli::median(fp32) / zoo::cli::median(bf16) == Approx(1.1));
+  CHECK(zoo::cli::paired_ratios({10, 20, 30}, {5, 10}).size() == 2);  // only the rounds both sides have
+}
+
 TEST_CASE("Bench --profile: each case's training step, its costliest operators by their own time", "[bench][cli]") {
   const auto r = run_zoo("bench attention --no-python --threads 1 --profile 4 --json" + kQuick);
   INFO(r.err);

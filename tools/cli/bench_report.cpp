@@ -66,13 +66,7 @@ json result_json(const Result& r, bool python) {
         {"infer_items_per_s", batch / i},
         {"samples_ms", {{"train", samples(f.train)}, {"infer", samples(f.infer)}, {"latency", samples(f.latency)}}}};
   };
-  // Speedup: the median over rounds of Python time / C++ time of the same round (measured back to back, so a
-  // slow spell of the machine mostly hits both).
-  auto rounds = [](const std::vector<double>& py, const std::vector<double>& cpp) {
-    std::vector<double> r;
-    for (size_t k = 0; k < std::min(py.size(), cpp.size()); ++k) r.push_back(py[k] / cpp[k]);
-    return r;
-  };
+  // Speedup: the median over rounds of Python time / C++ time of the same round (paired_ratios).
   json j = {{"case", spec.name},
             {"model", spec.model},
             {"description", spec.what},
@@ -83,8 +77,8 @@ json result_json(const Result& r, bool python) {
             {"cpp", side(r.cpp)}};
   if (python) {
     j["python"] = side(r.python);
-    const auto train = rounds(r.python.train, r.cpp.train), infer = rounds(r.python.infer, r.cpp.infer),
-               latency = rounds(r.python.latency, r.cpp.latency);
+    const auto train = paired_ratios(r.python.train, r.cpp.train), infer = paired_ratios(r.python.infer, r.cpp.infer),
+               latency = paired_ratios(r.python.latency, r.cpp.latency);
     j["speedup"] = {{"train", median(train)}, {"infer", median(infer)}, {"latency", median(latency)}};
     j["speedup_rounds"] = {{"train", train}, {"infer", infer}, {"latency", latency}};
     const double target = spec.overhead_bound ? 1.3 : 1.0;
@@ -113,10 +107,12 @@ std::string label(const json& r) {
   return r["case"].get<std::string>() + (p == "32" ? "" : " (" + p + ")");
 }
 
-/// bf16-mixed against float32 for each case and thread count measured in both: time in 32 / time in bf16-mixed.
+/// bf16-mixed against float32 for each case and thread count measured in both: the median over rounds of time in 32
+/// / time in bf16-mixed of the same round (paired_ratios; round_order times a case's two precisions back to back,
+/// each first in every other round).
 void precision_table(std::ostringstream& s, const json& doc, bool python) {
-  s << "\nbf16-mixed against float32 (time in 32 / time in bf16-mixed, of the medians; above 1: bf16-mixed is "
-       "faster):\n\n| case | threads | train C++ | infer C++ |"
+  s << "\nbf16-mixed against float32 (time in 32 / time in bf16-mixed, the median over rounds of the two measured "
+       "back to back; above 1: bf16-mixed is faster):\n\n| case | threads | train C++ | infer C++ |"
     << (python ? " train Python | infer Python |\n|---|---|---|---|---|---|\n" : "\n|---|---|---|---|\n");
   for (const auto& a : doc["results"]) {
     if (a.value("precision", std::string("32")) != "32") continue;
@@ -125,11 +121,12 @@ void precision_table(std::ostringstream& s, const json& doc, bool python) {
           b["threads"] != a["threads"])
         continue;
       auto ratio = [&](const char* side, const char* what) {
-        return fmt::format("{:.2f}x", a[side][what].get<double>() / b[side][what].get<double>());
+        return fmt::format("{:.2f}x", median(paired_ratios(a[side]["samples_ms"][what].get<std::vector<double>>(),
+                                                           b[side]["samples_ms"][what].get<std::vector<double>>())));
       };
       s << "| " << a["case"].get<std::string>() << " | " << a["threads"].get<int64_t>() << " | "
-        << ratio("cpp", "train_ms") << " | " << ratio("cpp", "infer_ms") << " |";
-      if (python) s << " " << ratio("python", "train_ms") << " | " << ratio("python", "infer_ms") << " |";
+        << ratio("cpp", "train") << " | " << ratio("cpp", "infer") << " |";
+      if (python) s << " " << ratio("python", "train") << " | " << ratio("python", "infer") << " |";
       s << "\n";
     }
   }

@@ -18,6 +18,15 @@ inline double median(std::vector<double> v) {
   return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
+/// slow[k] / fast[k] for each round k both have: the speed-up of each round, its two times measured back to back, so
+/// that a slow spell of the machine mostly falls on both (a ratio of the two sides' medians could set one round's
+/// time against another's).
+inline std::vector<double> paired_ratios(const std::vector<double>& slow, const std::vector<double>& fast) {
+  std::vector<double> r;
+  for (size_t k = 0; k < std::min(slow.size(), fast.size()); ++k) r.push_back(slow[k] / fast[k]);
+  return r;
+}
+
 /// speedups: for each measurement of the row (train, inference, latency), Python time / C++ time in every round.
 ///   "met"     every measurement's median speedup reaches the target;
 ///   "parity"  the target is 1.0x ("not slower than Python"), at least kParityRounds rounds, and every measurement
