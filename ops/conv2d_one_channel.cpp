@@ -211,7 +211,7 @@ ZOO_AVX512_BF16 void weight_gradient(const bf16* xb, const bf16* gy, float* dw, 
     }
 }
 
-struct OneChannelFunction : public torch::autograd::Function<OneChannelFunction> {
+struct ConvOneChannelFunction : public torch::autograd::Function<ConvOneChannelFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
                         const Tensor& bias, int64_t pad) {
     const int64_t N = xb.size(0), H = xb.size(2), W = xb.size(3), O = weight.size(0);
@@ -301,7 +301,7 @@ Tensor conv2d_one_channel(const Tensor& input, const Tensor& weight, const Tenso
   const auto b = bias.defined() ? bias.contiguous() : torch::empty({0}, weight.options());
 #ifdef ZOO_X86_KERNELS
   if (xb.numel() == 0 || weight.size(0) == 0) return one_channel_kernels::reference(xb, weight, b, padding);
-  return one_channel_kernels::OneChannelFunction::apply(xb, weight.contiguous(), b, padding);
+  return one_channel_kernels::ConvOneChannelFunction::apply(xb, weight.contiguous(), b, padding);
 #else
   return one_channel_kernels::reference(xb, weight, b, padding);
 #endif

@@ -31,7 +31,7 @@ Tensor reference(const Tensor& xb, const Tensor& wb, const Tensor& bias, at::Int
 
 /// A bfloat16 convolution (autocast's result) whose weight gradient is zoo's: AMX tiles where `tiles` says so, else the
 /// dot products of conv_bf16_weight_gradient (2-D or 3-D); the forward and the input gradient are oneDNN's.
-struct OwnWeightGradientFunction : public torch::autograd::Function<OwnWeightGradientFunction> {
+struct ConvOwnWeightGradientFunction : public torch::autograd::Function<ConvOwnWeightGradientFunction> {
   /// wb: the weight in bfloat16 (autocast's cached cast of it: a model's weight is cast once a forward).
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& xb, const Tensor& weight,
                         const Tensor& bias, const Tensor& wb, std::vector<int64_t> stride, std::vector<int64_t> padding,
@@ -325,7 +325,7 @@ bool own_weight_gradient_operands(const Tensor& input, const Tensor& weight, con
   return true;
 }
 
-/// torch's convolution (2-D or 3-D) of input, weight and bias under bf16-mixed through OwnWeightGradientFunction.
+/// torch's convolution (2-D or 3-D) of input, weight and bias under bf16-mixed through ConvOwnWeightGradientFunction.
 Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tensor& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, bool tiles = false) {
   // Autocast's cache: the weight cast once for the forward (the cast's own gradient is not used: the node hands the
@@ -335,7 +335,7 @@ Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tens
   const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
   const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
   const auto dims = static_cast<size_t>(input.dim() - 2);
-  return OwnWeightGradientFunction::apply(xb, weight, b, wb.detach(), per_axis(stride, dims), per_axis(padding, dims),
+  return ConvOwnWeightGradientFunction::apply(xb, weight, b, wb.detach(), per_axis(stride, dims), per_axis(padding, dims),
                                           tiles);
 }
 

@@ -20,7 +20,7 @@ using zoo::test::within_rounding;
 namespace {
 
 bool ran_kernel(const torch::Tensor& y) {
-  return y.grad_fn() && y.grad_fn()->name().find("OneChannelFunction") != std::string::npos;
+  return y.grad_fn() && y.grad_fn()->name().find("ConvOneChannelFunction") != std::string::npos;
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ using zoo::test::within_rounding;
 namespace {
 
 bool ran_rule(const torch::Tensor& y) {
-  return y.grad_fn() && y.grad_fn()->name().find("OwnWeightGradientFunction") != std::string::npos;
+  return y.grad_fn() && y.grad_fn()->name().find("ConvOwnWeightGradientFunction") != std::string::npos;
 }
 
 /// A convolution of x, w and b (undefined: none) with the geometry under test, run through the dispatcher.
