@@ -335,8 +335,8 @@ Tensor own_weight_gradient(const Tensor& input, const Tensor& weight, const Tens
   const auto xb = input.to(torch::kBFloat16);  // differentiable: a float32 input gets its gradient in float32
   const auto b = bias.defined() ? bias : torch::empty({0}, weight.options());
   const auto dims = static_cast<size_t>(input.dim() - 2);
-  return ConvOwnWeightGradientFunction::apply(xb, weight, b, wb.detach(), per_axis(stride, dims), per_axis(padding, dims),
-                                          tiles);
+  return ConvOwnWeightGradientFunction::apply(xb, weight, b, wb.detach(), per_axis(stride, dims),
+                                              per_axis(padding, dims), tiles);
 }
 
 }  // namespace
