@@ -251,7 +251,8 @@ void ConvBf16(benchmark::State& state) {
       {"cnn_32to64", 64, 32, 14, 14, 64, 3, 1, 1, true},    {"ode_stem1", 64, 1, 28, 28, 32, 3, 1, 0, false},
       {"ode_stem2", 64, 32, 26, 26, 32, 4, 2, 1, true},     {"ode_stem3", 64, 32, 13, 13, 32, 4, 2, 1, true},
       {"mhc_32x28", 64, 32, 28, 28, 32, 3, 1, 1, true},     {"vae_32to64", 64, 32, 14, 14, 64, 4, 2, 1, true},
-      {"unet_64x64", 4, 64, 64, 64, 64, 3, 1, 1, true},     {"resnet_64x7", 64, 64, 7, 7, 64, 3, 1, 1, true}};
+      {"unet_64x64", 4, 64, 64, 64, 64, 3, 1, 1, true},     {"resnet_64x7", 64, 64, 7, 7, 64, 3, 1, 1, true},
+      {"mhc_32x14", 64, 32, 14, 14, 32, 3, 1, 1, true},     {"mhc_32x7", 64, 32, 7, 7, 32, 3, 1, 1, true}};
   std::map<std::string, double> time;
   for (auto _ : state) {
     for (const auto& l : layers) {
@@ -503,8 +504,8 @@ BENCHMARK(Conv3dFirstLayer)->Arg(1)->Arg(0)->Unit(benchmark::kSecond)->Iteration
 // ConvWeightGradient: the weight gradient of a bfloat16 3x3 convolution (padding 1) both ways, interleaved per
 // layer: oneDNN's (at::convolution_backward, weight only) and zoo's (the dot products of conv_bf16_weight_gradient,
 // or the AMX tiles), each in float32 as autocast's weight gradient is. Counters: <N>x<C>x<O>x<H>_ratio = oneDNN time /
-// zoo's time (above 1: zoo's faster), "applies" (1 where autocast's conv2d rule takes the layer) and oneDNN's time in
-// us.
+// zoo's time (above 1: zoo's faster), <...>_f32_ratio = float32's (oneDNN's on float32 operands) time / zoo's,
+// "applies" (1 where autocast's conv2d rule takes the layer) and oneDNN's time in us.
 void ConvWeightGradient(benchmark::State& state) {
   training::apply_threads(1);
   const bool tiles = state.range(0) == 1;
@@ -536,6 +537,13 @@ void ConvWeightGradient(benchmark::State& state) {
       const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
       const int reps =
           timed ? std::max<int>(2, static_cast<int>(2e8 / static_cast<double>(l.n * l.c * l.o * l.h * l.h * 9))) : 1;
+      // float32's weight gradient (oneDNN's, float32 operands): what bfloat16 has to beat.
+      const auto x32 = x.to(torch::kFloat32), gy32 = gy.to(torch::kFloat32), w32 = w.to(torch::kFloat32);
+      const auto start32 = Clock::now();
+      for (int i = 0; i < reps; ++i)
+        at::convolution_backward(gy32, x32, w32, c10::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+                                 {false, true, false});
+      us[name + "_f32"] += 1e6 * seconds_since(start32) / reps;
       for (const bool own : {false, true}) {
         const auto start = Clock::now();
         for (int i = 0; i < reps; ++i) {
@@ -560,6 +568,7 @@ void ConvWeightGradient(benchmark::State& state) {
     const auto name = fmt::format("{}x{}x{}x{}", l.n, l.c, l.o, l.h);
     state.counters[name + "_ratio"] = us[name + "_onednn"] / us[name + "_zoo"];
     state.counters[name + "_onednn_us"] = us[name + "_onednn"] / static_cast<double>(state.iterations());
+    state.counters[name + "_f32_ratio"] = us[name + "_f32"] / us[name + "_zoo"];
     const auto w = torch::zeros({l.o, l.c, 3, 3}, torch::requires_grad());
     const auto x = torch::zeros({l.n, l.c, l.h, l.h});
     state.counters[name + "_applies"] =
