@@ -354,15 +354,17 @@ Tensor pad_channels_last(const Tensor& x, int64_t lead, double value, int64_t ld
 }
 
 // One plane of short rows (W <= 32 columns, L <= 32 padded lanes): rows top .. top + H - 1 of d take the rows of s
-// permuted (lane t of a padded row takes column idx[t] where `valid` has bit t, else 0), the other rows of Hp zero.
+// permuted, `group` rows at a time (group W <= 32 and group L <= 32: the 7-column rows of a 7x7 map three to a
+// permutation): lane t of a group of padded rows takes the group's element idx[t] where `valid` has bit t, else 0.
+// The other rows of Hp are zero.
 ZOO_AVX512_BF16 void permute_plane(const uint16_t* s, uint16_t* d, const uint16_t* idx, uint32_t valid, int64_t W,
-                                   int64_t L, int64_t H, int64_t Hp, int64_t top) {
+                                   int64_t L, int64_t H, int64_t Hp, int64_t top, int64_t group) {
   const __m512i index = _mm512_loadu_si512(idx);
-  const __mmask32 in = first32(W), out = first32(L);
   std::fill(d, d + top * L, uint16_t{0});
-  for (int64_t h = 0; h < H; ++h) {
-    const __m512i row = _mm512_maskz_loadu_epi16(in, s + h * W);
-    _mm512_mask_storeu_epi16(d + (top + h) * L, out, _mm512_maskz_permutexvar_epi16(valid, index, row));
+  for (int64_t h = 0; h < H; h += group) {
+    const int64_t rows = std::min(group, H - h);
+    const __m512i in = _mm512_maskz_loadu_epi16(first32(rows * W), s + h * W);
+    _mm512_mask_storeu_epi16(d + (top + h) * L, first32(rows * L), _mm512_maskz_permutexvar_epi16(valid, index, in));
   }
   std::fill(d + (top + H) * L, d + Hp * L, uint16_t{0});
 }
@@ -388,15 +390,16 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, in
     first[static_cast<size_t>(q)] = (pad - q + stride - 1) / stride;
     end[static_cast<size_t>(q)] = std::min(Wq, (W + pad - q + stride - 1) / stride);
   }
-  // The permutation of a short row: lane t of the padded row (phase t / Wq, column t % Wq) takes x's column idx[t]
-  // where `valid` has bit t, else 0.
+  // The permutation of a group of short rows: lane t (row t / L of the group; phase u / Wq and column u % Wq of that
+  // row, u = t % L) takes x's column idx[t] of the group's rows where `valid` has bit t, else 0.
   const bool short_rows = W <= 32 && L <= 32;
+  const int64_t group = short_rows ? std::min(32 / W, 32 / L) : 1;
   uint16_t idx[32] = {};
   uint32_t valid = 0;
-  for (int64_t t = 0; short_rows && t < L; ++t) {
-    const int64_t q = t / Wq, j = t % Wq, col = j * stride + q - pad;
+  for (int64_t t = 0; short_rows && t < group * L; ++t) {
+    const int64_t g = t / L, u = t % L, q = u / Wq, j = u % Wq, col = j * stride + q - pad;
     if (j >= first[static_cast<size_t>(q)] && j < end[static_cast<size_t>(q)]) {
-      idx[t] = static_cast<uint16_t>(col);
+      idx[t] = static_cast<uint16_t>(g * W + col);
       valid |= 1U << t;
     }
   }
@@ -409,7 +412,8 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, in
             continue;
           }
           if (c >= lead && short_rows) {
-            permute_plane(src + ((n * C + c - lead) * D + z) * H * W, dst + i * Hp * L, idx, valid, W, L, H, Hp, top);
+            permute_plane(src + ((n * C + c - lead) * D + z) * H * W, dst + i * Hp * L, idx, valid, W, L, H, Hp, top,
+                          group);
             continue;
           }
           for (int64_t y = 0; y < Hp; ++y) {
@@ -442,9 +446,19 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, in
   return out;
 }
 
+// rows [count, W] -> [count, W + 1], a zero after each row (W < 32): an odd width made even, so that its pairs are
+// whole words.
+ZOO_AVX512_BF16 void pad_odd_rows(const uint16_t* s, uint16_t* d, int64_t count, int64_t W) {
+  const __mmask32 in = first32(W), out = first32(W + 1);
+  for (int64_t r = 0; r < count; ++r)
+    _mm512_mask_storeu_epi16(d + r * (W + 1), out, _mm512_maskz_loadu_epi16(in, s + r * W));
+}
+
 // go [N, O, H, W] bfloat16 -> [N, H, W2, ldo, 2]: element (n, h, p, o, j) = go[n, o, h, 2 p + j], 0 past W or O.
 // A pair is one 32-bit word (the lower half first, as the pair sits in memory on x86). For an even W the words of a
-// plane are go's own, in order: four channels x four words at a time go through registers.
+// plane are go's own, in order: four channels x four words at a time go through registers. An odd W below 32 (the
+// mHC ResNet's 7x7 blocks) is first padded to W + 1 columns, item by item, and goes the same way; word by word, it had
+// taken a third as long as the weight gradient's dot products.
 Tensor pair_pixels(const Tensor& go, int64_t W2, int64_t ldo) {
   const auto gc = go.contiguous();
   const int64_t N = go.size(0), O = go.size(1), H = go.size(2), W = go.size(3), words = H * W2;
@@ -453,11 +467,15 @@ Tensor pair_pixels(const Tensor& go, int64_t W2, int64_t ldo) {
   auto* dst = reinterpret_cast<uint32_t*>(out.data_ptr<bf16>());
   at::parallel_for(
       0, N, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, words * ldo * 2)), [&](int64_t begin, int64_t end) {
+        std::vector<uint16_t> even(W % 2 && W < 32 ? static_cast<size_t>(O * H * (W + 1)) : 0);
         for (int64_t n = begin; n < end; ++n) {
           uint32_t* item = dst + n * words * ldo;
           const uint16_t* s = src + n * O * H * W;
           for (int64_t hp = 0; hp < words; ++hp) std::fill(item + hp * ldo + O, item + (hp + 1) * ldo, 0U);
-          if (W % 2) {
+          if (!even.empty()) {
+            pad_odd_rows(s, even.data(), O * H, W);
+            s = even.data();
+          } else if (W % 2) {
             for (int64_t o = 0; o < O; ++o)
               for (int64_t h = 0; h < H; ++h) {
                 const uint16_t* r = s + (o * H + h) * W;
