@@ -403,46 +403,46 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, in
       valid |= 1U << t;
     }
   }
-  at::parallel_for(
-      0, N * K * Dp, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Hp * L)), [&](int64_t begin, int64_t stop) {
-        for (int64_t i = begin; i < stop; ++i) {
-          const int64_t n = i / (K * Dp), c = i / Dp % K, z = i % Dp - front;
-          if (z < 0 || z >= D) {
-            std::fill(dst + i * Hp * L, dst + (i + 1) * Hp * L, uint16_t{0});
-            continue;
-          }
-          if (c >= lead && short_rows) {
-            permute_plane(src + ((n * C + c - lead) * D + z) * H * W, dst + i * Hp * L, idx, valid, W, L, H, Hp, top,
-                          group);
-            continue;
-          }
-          for (int64_t y = 0; y < Hp; ++y) {
-            uint16_t* d = dst + (i * Hp + y) * L;
-            const int64_t h = y - top;
-            if (h < 0 || h >= H) {
-              std::fill(d, d + L, uint16_t{0});
-              continue;
-            }
-            const uint16_t* s = c < lead ? nullptr : src + (((n * C + c - lead) * D + z) * H + h) * W;
-            std::fill(d, d + L, uint16_t{0});
-            for (int64_t q = 0; q < stride; ++q) {
-              const int64_t j0 = first[static_cast<size_t>(q)], j1 = end[static_cast<size_t>(q)];
-              uint16_t* to = d + q * Wq;
-              if (!s) {
-                std::fill(to + j0, to + j1, v);
-              } else if (stride == 1) {
-                for (int64_t j = j0; j < j1; ++j) to[j] = s[j - pad];
-              } else if (stride == 2) {  // a constant stride, which the compiler vectorises
-                const uint16_t* from = s + q - pad;
-                for (int64_t j = j0; j < j1; ++j) to[j] = from[2 * j];
-              } else {
-                const uint16_t* from = s + q - pad;
-                for (int64_t j = j0; j < j1; ++j) to[j] = from[j * stride];
-              }
-            }
-          }
-        }
-      });
+  at::parallel_for(0, N * K * Dp, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Hp * L)),
+                   [&](int64_t begin, int64_t stop) {
+                     for (int64_t i = begin; i < stop; ++i) {
+                       const int64_t n = i / (K * Dp), c = i / Dp % K, z = i % Dp - front;
+                       if (z < 0 || z >= D) {
+                         std::fill(dst + i * Hp * L, dst + (i + 1) * Hp * L, uint16_t{0});
+                         continue;
+                       }
+                       if (c >= lead && short_rows) {
+                         permute_plane(src + ((n * C + c - lead) * D + z) * H * W, dst + i * Hp * L, idx, valid, W, L,
+                                       H, Hp, top, group);
+                         continue;
+                       }
+                       for (int64_t y = 0; y < Hp; ++y) {
+                         uint16_t* d = dst + (i * Hp + y) * L;
+                         const int64_t h = y - top;
+                         if (h < 0 || h >= H) {
+                           std::fill(d, d + L, uint16_t{0});
+                           continue;
+                         }
+                         const uint16_t* s = c < lead ? nullptr : src + (((n * C + c - lead) * D + z) * H + h) * W;
+                         std::fill(d, d + L, uint16_t{0});
+                         for (int64_t q = 0; q < stride; ++q) {
+                           const int64_t j0 = first[static_cast<size_t>(q)], j1 = end[static_cast<size_t>(q)];
+                           uint16_t* to = d + q * Wq;
+                           if (!s) {
+                             std::fill(to + j0, to + j1, v);
+                           } else if (stride == 1) {
+                             for (int64_t j = j0; j < j1; ++j) to[j] = s[j - pad];
+                           } else if (stride == 2) {  // a constant stride, which the compiler vectorises
+                             const uint16_t* from = s + q - pad;
+                             for (int64_t j = j0; j < j1; ++j) to[j] = from[2 * j];
+                           } else {
+                             const uint16_t* from = s + q - pad;
+                             for (int64_t j = j0; j < j1; ++j) to[j] = from[j * stride];
+                           }
+                         }
+                       }
+                     }
+                   });
   return out;
 }
 
