@@ -392,7 +392,7 @@ Tensor pad_planes(const Tensor& x, int64_t lead, double value, int64_t front, in
   }
   // The permutation of a group of short rows: lane t (row t / L of the group; phase u / Wq and column u % Wq of that
   // row, u = t % L) takes x's column idx[t] of the group's rows where `valid` has bit t, else 0.
-  const bool short_rows = W <= 32 && L <= 32;
+  const bool short_rows = W >= 1 && W <= 32 && L <= 32;  // (no rows to permute in an empty width)
   const int64_t group = short_rows ? std::min(32 / W, 32 / L) : 1;
   uint16_t idx[32] = {};
   uint32_t valid = 0;
