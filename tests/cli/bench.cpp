@@ -254,6 +254,23 @@ TEST_CASE("Bench: --precision 32,bf16-mixed measures both, the twins under torch
     CHECK(res["python"]["train_ms"].get<double>() > 0);
   }
   CHECK(seen == std::vector<std::string>{"cnn@32", "cnn@bf16-mixed", "sinkhorn@32", "sinkhorn@bf16-mixed"});
+  // bf16-mixed rows carry their speed-up over the float32 row of the same case: each round's paired ratio of the two
+  // rows' samples, and their median.
+  for (size_t k = 0; k < 4; k += 2) {
+    const auto &fp32 = doc["results"][k], &bf16 = doc["results"][k + 1];
+    CHECK_FALSE(fp32.contains("over_32"));
+    REQUIRE(bf16.contains("over_32"));
+    for (const char* side : {"cpp", "python"})
+      for (const char* what : {"train", "infer", "latency"}) {
+        INFO(bf16["case"] << " " << side << " " << what);
+        const auto a = fp32[side]["samples_ms"][what].get<std::vector<double>>(),
+                   b = bf16[side]["samples_ms"][what].get<std::vector<double>>();
+        REQUIRE(a.size() == 1);
+        REQUIRE(b.size() == 1);
+        CHECK(bf16["over_32_rounds"][side][what].get<std::vector<double>>() == std::vector<double>{a[0] / b[0]});
+        CHECK(bf16["over_32"][side][what].get<double>() == Approx(a[0] / b[0]));
+      }
+  }
   CHECK(doc["command"].get<std::string>().find("--precision 32,bf16-mixed") != std::string::npos);
 
   const auto table = run_zoo("bench cnn --no-python --threads 1 --precision 32,bf16-mixed" + kQuick);

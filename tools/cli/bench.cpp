@@ -338,6 +338,7 @@ void run_bench(const BenchArgs& a) {
     doc["calibration"].push_back(
         {{"threads", c.threads}, {"conv_gflops", c.conv_gflops}, {"matmul_gflops", c.matmul_gflops}});
   for (const auto& r : results) doc["results"].push_back(result_json(r, python));
+  add_speedups_over_32(doc["results"]);
   if (a.profile > 0) {
     doc["profiles"] = json::array();
     for (const auto& [title, p] : profiles) {
