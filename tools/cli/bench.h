@@ -162,9 +162,9 @@ std::string machine_description();
 /// One row of the JSON report.
 json result_json(const Result& r, bool python);
 /// To each bf16-mixed row of the JSON report's `results` that has a float32 row of the same case and thread count:
-/// `over_32`, bf16-mixed's speed-up over float32 per side ("cpp", and "python" where measured) and measurement ("train",
-/// "infer", "latency"): the median over rounds of time in 32 / time in bf16-mixed of the same round (paired_ratios),
-/// and `over_32_rounds`, those rounds' ratios.
+/// `over_32`, bf16-mixed's speed-up over float32 per side ("cpp", and "python" where measured) and measurement
+/// ("train", "infer", "latency"): the median over rounds of time in 32 / time in bf16-mixed of the same round
+/// (paired_ratios), and `over_32_rounds`, those rounds' ratios.
 void add_speedups_over_32(json& results);
 /// The published tables, from the JSON report.
 std::string markdown(const json& doc);
