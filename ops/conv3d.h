@@ -34,8 +34,9 @@ enum class Conv3dKernel {
 /// create_graph the direct kernel's backward recomputes the gradients through torch::conv3d's autograd; the input
 /// gradient (a first layer's input rarely wants one) is torch::conv_transpose3d's. Under CPU autocast the direct
 /// kernel computes in float32 and hands its output on in autocast's type, as autocast's rule for conv3d would: in
-/// bfloat16 it rounds the sums in its own stores and reads the bfloat16 gradient as it is, the same bits as a cast
-/// of the float32 output without the cast's passes over memory; on a CPU with AMX (rows of 2-16 voxels, up to 16
+/// bfloat16 it rounds the sums in its own stores and reads the bfloat16 gradient as it is (each plane widened to
+/// float32 once, for all 27 taps), the same bits as a cast of the float32 output and its gradient without the casts'
+/// passes over memory; on a CPU with AMX (rows of 2-16 voxels, up to 16
 /// outputs) its forward computes as autocast's bfloat16 convolution does, within one bfloat16 rounding of it, and
 /// its weight and bias gradients (where 32 voxels make whole rows) as float32 sums of x rounded to bfloat16.
 torch::Tensor conv3d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
