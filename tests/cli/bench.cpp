@@ -279,6 +279,13 @@ TEST_CASE("Bench: --precision 32,bf16-mixed measures both, the twins under torch
   CHECK(table.out.find("bf16-mixed against float32") != std::string::npos);
   CHECK_THAT(table.out, Catch::Matches(R"((.|\n)*\n\| cnn \| 1 \| [0-9.]+x \| [0-9.]+x \|\n(.|\n)*)"));
 
+  // A precision given twice is measured once, as a thread count is: one float32 row for bf16-mixed to pair with.
+  const auto twice = run_zoo("bench sinkhorn --no-python --threads 1 --precision 32,bf16-mixed,32 --json" + kQuick);
+  REQUIRE(twice.code == 0);
+  const auto once = json::parse(twice.out);
+  CHECK(once["settings"]["precisions"] == json::array({"32", "bf16-mixed"}));
+  CHECK(once["results"].size() == 2);
+
   const auto bad = run_zoo("bench cnn --no-python --precision bf16" + kQuick);
   CHECK(bad.code == 1);
   CHECK(bad.err.find("zoo bench --precision measures 32 and bf16-mixed, not 'bf16'") != std::string::npos);

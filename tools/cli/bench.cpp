@@ -198,10 +198,12 @@ void run_bench(const BenchArgs& a) {
   std::vector<std::unique_ptr<Runner>> runners;
   const ScopedTempDir scratch("zoo-bench");
   const auto& tmp = scratch.path();
-  const std::vector<std::string> precisions = a.precisions.empty() ? std::vector<std::string>{"32"} : a.precisions;
-  for (const auto& p : precisions)
+  std::vector<std::string> precisions;  // each once, in the order given (as the thread counts): one row per precision
+  for (const auto& p : a.precisions.empty() ? std::vector<std::string>{"32"} : a.precisions) {
     if (p != "32" && p != "bf16-mixed")
       throw std::invalid_argument("zoo bench --precision measures 32 and bf16-mixed, not '" + p + "'");
+    if (std::find(precisions.begin(), precisions.end(), p) == precisions.end()) precisions.push_back(p);
+  }
   if (std::find(precisions.begin(), precisions.end(), "bf16-mixed") != precisions.end())
     check_precision("bf16-mixed", "cpu", false);
   for (const auto& spec : chosen)
