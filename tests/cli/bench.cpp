@@ -319,14 +319,24 @@ TEST_CASE("Bench --profile: each case's training step, its costliest operators b
   CHECK(step > 0);
   REQUIRE(p["operators"].size() == 4);
   double previous = step, sum = 0;
+  int aten = 0;
   for (const auto& op : p["operators"]) {
     const double ms = op["ms"].get<double>();
     CHECK(ms > 0);
     CHECK(ms <= previous);  // most costly first, each within the step
     previous = ms;
     sum += ms;
-    CHECK(op["operator"].get<std::string>().rfind("aten::", 0) == 0);
+    // Events the profiler names: LibTorch's operators, or the autograd engine's nodes and scopes. Under a loaded
+    // machine (ctest -j2) a scope that was preempted can outweigh the attention's cheaper operators, so only the
+    // kinds of name are fixed, and at least one of the four is an operator.
+    const auto name = op["operator"].get<std::string>();
+    INFO(name);
+    const bool is_aten = name.rfind("aten::", 0) == 0;
+    aten += is_aten;
+    CHECK((is_aten || name.find("autograd") != std::string::npos || name.find("Backward") != std::string::npos ||
+           name.rfind("detach", 0) == 0));
   }
+  CHECK(aten >= 1);
   CHECK(sum <= step * 1.01);  // own times do not count a nested operator twice
   CHECK(doc["command"].get<std::string>().find("--profile 4") != std::string::npos);
   const auto table = run_zoo("bench attention --no-python --threads 1 --profile 2" + kQuick);
